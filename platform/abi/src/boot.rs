@@ -1,0 +1,100 @@
+//! Boot information: what the VMM tells the guest at boot.
+//!
+//! It travels in the device tree's `/chosen/bootargs` as space-separated
+//! `key=value` words, so that the same values can be given to plain QEMU
+//! with `-append`. Unknown words are ignored by the guest (QEMU adds none,
+//! but a user may); a known key with a bad value makes the guest panic with
+//! the key's name.
+
+/// Workload to run: one of [`WORKLOAD_NAMES`].
+pub const KEY_WORKLOAD: &str = "apflab.workload";
+/// Number of tasks the workload starts (per kind, see each workload).
+pub const KEY_TASKS: &str = "apflab.tasks";
+/// `cpu`: loop iterations per task.
+pub const KEY_OPS: &str = "apflab.ops";
+/// `memtouch` / `kv`: size of the working set in MiB.
+pub const KEY_MIB: &str = "apflab.mib";
+/// `memtouch`: `seq` or `random`.
+pub const KEY_PATTERN: &str = "apflab.pattern";
+/// `memtouch`: passes over the working set.
+pub const KEY_PASSES: &str = "apflab.passes";
+/// `memtouch`: `self` (verify what it wrote) or `store` (verify reads
+/// against [`crate::pattern`] without writing first).
+pub const KEY_VERIFY: &str = "apflab.verify";
+/// `kv`: number of requests.
+pub const KEY_REQUESTS: &str = "apflab.requests";
+/// `kv`: mean request inter-arrival time in microseconds.
+pub const KEY_INTERVAL_US: &str = "apflab.interval_us";
+/// Seed for the guest's own pseudo-random choices.
+pub const KEY_SEED: &str = "apflab.seed";
+/// Seed of the synthetic store (for [`crate::pattern`]).
+pub const KEY_STORE_SEED: &str = "apflab.store_seed";
+/// Scheduler time slice in microseconds.
+pub const KEY_TIMESLICE_US: &str = "apflab.timeslice_us";
+/// `off` disables async PF in the guest (the boot option of the protocol).
+pub const KEY_APF: &str = "apflab.apf";
+
+/// Workload: compute loop counting operations.
+pub const WORKLOAD_CPU: u32 = 1;
+/// Workload: touch a working set and verify every page read.
+pub const WORKLOAD_MEMTOUCH: u32 = 2;
+/// Workload: one `cpu` task beside one `memtouch` task.
+pub const WORKLOAD_MIXED: u32 = 3;
+/// Workload: timer-driven requests served from a large table.
+pub const WORKLOAD_KV: u32 = 4;
+
+/// Names of the workloads as written in bootargs and configs, with their ids.
+pub const WORKLOAD_NAMES: [(&str, u32); 4] = [
+    ("cpu", WORKLOAD_CPU),
+    ("memtouch", WORKLOAD_MEMTOUCH),
+    ("mixed", WORKLOAD_MIXED),
+    ("kv", WORKLOAD_KV),
+];
+
+/// Looks up a workload id by name.
+pub fn workload_id(name: &str) -> Option<u32> {
+    WORKLOAD_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, id)| *id)
+}
+
+/// Looks up a workload name by id.
+pub fn workload_name(id: u32) -> Option<&'static str> {
+    WORKLOAD_NAMES
+        .iter()
+        .find(|(_, i)| *i == id)
+        .map(|(n, _)| *n)
+}
+
+/// Offset from RAM base of the region that holds workload memory. Below it
+/// are the kernel image, its stacks, heap and page tables, which are always
+/// resident; only pages at or above it can be made non-resident by the pager.
+pub const WORKLOAD_REGION_OFFSET: u64 = 32 << 20;
+
+/// Guest virtual address at which EL0 tasks see the workload region.
+pub const WORKLOAD_VA: u64 = 0x10_0000_0000;
+
+/// Splits bootargs into `(key, value)` pairs; words without `=` are skipped.
+pub fn parse_bootargs(bootargs: &str) -> impl Iterator<Item = (&str, &str)> {
+    bootargs
+        .split_ascii_whitespace()
+        .filter_map(|word| word.split_once('='))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootargs_split_into_pairs() {
+        let v: [(&str, &str); 2] = {
+            let mut it = parse_bootargs(" apflab.workload=cpu console apflab.ops=10 ");
+            [it.next().unwrap(), it.next().unwrap()]
+        };
+        assert_eq!(v, [("apflab.workload", "cpu"), ("apflab.ops", "10")]);
+        assert_eq!(workload_id("kv"), Some(WORKLOAD_KV));
+        assert_eq!(workload_name(WORKLOAD_MIXED), Some("mixed"));
+        assert_eq!(workload_id("nope"), None);
+    }
+}

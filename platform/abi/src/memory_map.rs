@@ -1,0 +1,55 @@
+//! The guest physical memory map.
+//!
+//! It follows QEMU's `virt` board so that the same guest ELF boots under
+//! apflab and under `qemu-system-aarch64 -M virt,gic-version=3`. The only
+//! apflab-specific device is the hypercall doorbell, placed in a hole of the
+//! `virt` map; it is advertised in the device tree and the guest only uses it
+//! when the device tree says so.
+
+/// Base of guest RAM (QEMU `virt`: `VIRT_MEM`).
+pub const RAM_BASE: u64 = 0x4000_0000;
+
+/// PL011 UART (QEMU `virt`: `VIRT_UART`).
+pub const UART_BASE: u64 = 0x0900_0000;
+/// Size of the PL011 register window.
+pub const UART_SIZE: u64 = 0x1000;
+/// SPI number of the UART interrupt (INTID = 32 + this).
+pub const UART_SPI: u32 = 1;
+
+/// GICv3 distributor (QEMU `virt`: `VIRT_GIC_DIST`).
+pub const GICD_BASE: u64 = 0x0800_0000;
+/// Size of the distributor window.
+pub const GICD_SIZE: u64 = 0x1_0000;
+/// First GICv3 redistributor (QEMU `virt`: `VIRT_GIC_REDIST`).
+pub const GICR_BASE: u64 = 0x080A_0000;
+/// Distance between two vCPUs' redistributors: RD_base + SGI_base frames.
+pub const GICR_STRIDE: u64 = 0x2_0000;
+/// Size of the redistributor region QEMU reserves (123 redistributors).
+pub const GICR_REGION_SIZE: u64 = 0x00F6_0000;
+
+/// apflab hypercall doorbell: an MMIO page used for hypercalls on hosts where
+/// HVC cannot be forwarded to the VMM (arm64 KVM before the SMCCC filter).
+/// See [`crate::hypercall::doorbell`] for the register layout.
+pub const DOORBELL_BASE: u64 = 0x0B00_0000;
+/// Size of the doorbell window.
+pub const DOORBELL_SIZE: u64 = 0x1000;
+
+/// Where QEMU's `-kernel` loads a raw (non-ELF) image: the start of RAM
+/// (bare-metal images without a Linux header are loaded at RAM base).
+pub const RAW_IMAGE_LOAD_ADDR: u64 = RAM_BASE;
+
+/// Largest number of vCPUs the machine offers (token format and control
+/// block tables are sized for it).
+pub const MAX_VCPUS: u32 = 8;
+
+/// Guest page size. Everything in apflab works on 4 KiB pages.
+pub const PAGE_SIZE: u64 = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+
+/// PPI INTID of the EL1 virtual timer (the architected one QEMU and KVM use).
+pub const VTIMER_PPI: u32 = 27;
+/// PPI INTID on which "page ready" is signalled when ready is an interrupt.
+pub const APF_READY_PPI: u32 = 20;
+/// SGI INTID the guest uses to kick another CPU's scheduler.
+pub const RESCHEDULE_SGI: u32 = 1;

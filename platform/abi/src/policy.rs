@@ -1,0 +1,282 @@
+//! The policy ABI, version [`POLICY_ABI_VERSION`].
+//!
+//! A policy is a core WebAssembly module without WASI. It must export:
+//!
+//! | export | signature | meaning |
+//! |---|---|---|
+//! | [`EXPORT_ABI_VERSION`] | `() -> i32` | returns [`POLICY_ABI_VERSION`] |
+//! | [`EXPORT_DECIDE`] | `(i32 vcpu, i64 ipa, i32 el, i32 can_reschedule, i32 runnable, i32 outstanding, i64 now_ns, i64 est_fetch_ns) -> i64` | one decision per fault, packed as [`Decision`] |
+//! | [`EXPORT_ON_READY`] | `(i64 token, i64 latency_ns) -> ()` | a page became ready |
+//! | [`EXPORT_ON_RUN_END`] | `() -> ()` | the run is over |
+//! | `memory` | memory | the module's own state |
+//!
+//! and may import only [`IMPORT_MODULE`].[`IMPORT_LOG`] `(i32 ptr, i32 len)`
+//! (UTF-8 text in its memory, rate limited by the host). Nothing gives a
+//! policy time, randomness or I/O, so a run is deterministic.
+
+/// Version of this ABI, returned by the module's `apf_abi_version`.
+pub const POLICY_ABI_VERSION: i32 = 1;
+
+/// Export: `apf_abi_version() -> i32`.
+pub const EXPORT_ABI_VERSION: &str = "apf_abi_version";
+/// Export: `apf_decide(...) -> i64`.
+pub const EXPORT_DECIDE: &str = "apf_decide";
+/// Export: `apf_on_ready(token: i64, latency_ns: i64)`.
+pub const EXPORT_ON_READY: &str = "apf_on_ready";
+/// Export: `apf_on_run_end()`.
+pub const EXPORT_ON_RUN_END: &str = "apf_on_run_end";
+/// Export: the module's linear memory.
+pub const EXPORT_MEMORY: &str = "memory";
+/// The only import module a policy may use.
+pub const IMPORT_MODULE: &str = "apf";
+/// `apf.log(ptr: i32, len: i32)`.
+pub const IMPORT_LOG: &str = "log";
+
+/// Largest prefetch count a decision may ask for.
+pub const MAX_PREFETCH: u32 = 16;
+
+/// The facts a policy decides on, one fault at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FaultInfo {
+    /// vCPU that faulted.
+    pub vcpu: u32,
+    /// Faulting guest physical address.
+    pub ipa: u64,
+    /// Exception level the guest was in (0 = user task, 1 = kernel).
+    pub el: u32,
+    /// The guest says it can reschedule now (control block state).
+    pub can_reschedule: bool,
+    /// Runnable tasks on the vCPU's run queue (control block).
+    pub runnable: u32,
+    /// Async faults already outstanding on this vCPU.
+    pub outstanding: u32,
+    /// Now, in ns: virtual on emu, monotonic since VM start on kvm.
+    pub now_ns: u64,
+    /// The store's recent fetch latency estimate in ns.
+    pub est_fetch_ns: u64,
+}
+
+/// How "not present" reaches the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotPresentDelivery {
+    /// Reused data abort plus the reason in the control block (RFCv2).
+    DataAbort,
+    /// Dedicated exception class with the token in ESR.ISS.
+    DedicatedEc,
+}
+
+/// How "page ready" reaches the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadyDelivery {
+    /// Injected synchronous exception.
+    Exception,
+    /// PPI plus `APF_ACK`.
+    Interrupt,
+}
+
+/// Who starts the fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Initiation {
+    /// The VMM starts fetching when it sees the fault, then injects.
+    Host,
+    /// The VMM injects; the guest asks with `APF_PAGE_REQUEST`.
+    Guest,
+}
+
+/// What the guest does while the page is fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sleep {
+    /// Idle the vCPU until ready.
+    Halt,
+    /// Run another task.
+    Reschedule,
+}
+
+/// One decision. `Sync` means no async PF: the vCPU stalls until the page
+/// is in (the baseline and the fallback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Stall the vCPU, optionally prefetching neighbours.
+    Sync {
+        /// Neighbouring pages to fetch along (0..=[`MAX_PREFETCH`]).
+        prefetch: u32,
+    },
+    /// Deliver "not present" and "ready".
+    Async {
+        /// How "not present" is delivered.
+        not_present: NotPresentDelivery,
+        /// How "ready" is delivered.
+        ready: ReadyDelivery,
+        /// Who starts the fetch.
+        initiation: Initiation,
+        /// What the guest does meanwhile.
+        sleep: Sleep,
+        /// Neighbouring pages to fetch along (0..=[`MAX_PREFETCH`]).
+        prefetch: u32,
+    },
+}
+
+/// Bit layout of the packed `i64` decision.
+pub mod bits {
+    /// Set: async; clear: sync (all other bits but prefetch ignored).
+    pub const ASYNC: u64 = 1 << 0;
+    /// Set: reschedule; clear: halt.
+    pub const RESCHEDULE: u64 = 1 << 1;
+    /// Set: guest-initiated; clear: host-initiated.
+    pub const GUEST_INITIATED: u64 = 1 << 2;
+    /// Set: ready as interrupt; clear: ready as exception.
+    pub const READY_INTERRUPT: u64 = 1 << 3;
+    /// Set: dedicated EC; clear: data abort.
+    pub const DEDICATED_EC: u64 = 1 << 4;
+    /// Shift of the prefetch count field.
+    pub const PREFETCH_SHIFT: u32 = 8;
+    /// Mask of the prefetch count field (after shifting).
+    pub const PREFETCH_MASK: u64 = 0x1f;
+    /// Every bit that has a meaning; a decision with any other bit set is
+    /// malformed.
+    pub const DEFINED: u64 = ASYNC
+        | RESCHEDULE
+        | GUEST_INITIATED
+        | READY_INTERRUPT
+        | DEDICATED_EC
+        | (PREFETCH_MASK << PREFETCH_SHIFT);
+}
+
+/// Why a packed decision was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionError {
+    /// Bits outside [`bits::DEFINED`] were set.
+    UndefinedBits(u64),
+    /// The prefetch count exceeds [`MAX_PREFETCH`].
+    PrefetchTooLarge(u32),
+}
+
+impl core::fmt::Display for DecisionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecisionError::UndefinedBits(b) => write!(f, "undefined decision bits {b:#x}"),
+            DecisionError::PrefetchTooLarge(n) => {
+                write!(f, "prefetch {n} exceeds the maximum {MAX_PREFETCH}")
+            }
+        }
+    }
+}
+
+impl Decision {
+    /// The built-in fallback: the `sync` baseline without prefetch.
+    pub const FALLBACK: Decision = Decision::Sync { prefetch: 0 };
+
+    /// Packs the decision into the ABI's `i64`.
+    pub const fn pack(self) -> i64 {
+        let v = match self {
+            Decision::Sync { prefetch } => (prefetch as u64) << bits::PREFETCH_SHIFT,
+            Decision::Async {
+                not_present,
+                ready,
+                initiation,
+                sleep,
+                prefetch,
+            } => {
+                let mut v = bits::ASYNC | ((prefetch as u64) << bits::PREFETCH_SHIFT);
+                if matches!(sleep, Sleep::Reschedule) {
+                    v |= bits::RESCHEDULE;
+                }
+                if matches!(initiation, Initiation::Guest) {
+                    v |= bits::GUEST_INITIATED;
+                }
+                if matches!(ready, ReadyDelivery::Interrupt) {
+                    v |= bits::READY_INTERRUPT;
+                }
+                if matches!(not_present, NotPresentDelivery::DedicatedEc) {
+                    v |= bits::DEDICATED_EC;
+                }
+                v
+            }
+        };
+        v as i64
+    }
+
+    /// Unpacks and validates an `i64` returned by a policy.
+    pub const fn unpack(raw: i64) -> Result<Decision, DecisionError> {
+        let v = raw as u64;
+        if v & !bits::DEFINED != 0 {
+            return Err(DecisionError::UndefinedBits(v & !bits::DEFINED));
+        }
+        let prefetch = ((v >> bits::PREFETCH_SHIFT) & bits::PREFETCH_MASK) as u32;
+        if prefetch > MAX_PREFETCH {
+            return Err(DecisionError::PrefetchTooLarge(prefetch));
+        }
+        if v & bits::ASYNC == 0 {
+            return Ok(Decision::Sync { prefetch });
+        }
+        Ok(Decision::Async {
+            not_present: if v & bits::DEDICATED_EC != 0 {
+                NotPresentDelivery::DedicatedEc
+            } else {
+                NotPresentDelivery::DataAbort
+            },
+            ready: if v & bits::READY_INTERRUPT != 0 {
+                ReadyDelivery::Interrupt
+            } else {
+                ReadyDelivery::Exception
+            },
+            initiation: if v & bits::GUEST_INITIATED != 0 {
+                Initiation::Guest
+            } else {
+                Initiation::Host
+            },
+            sleep: if v & bits::RESCHEDULE != 0 {
+                Sleep::Reschedule
+            } else {
+                Sleep::Halt
+            },
+            prefetch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_decision_round_trips() {
+        let nps = [NotPresentDelivery::DataAbort, NotPresentDelivery::DedicatedEc];
+        let rds = [ReadyDelivery::Exception, ReadyDelivery::Interrupt];
+        let ins = [Initiation::Host, Initiation::Guest];
+        let sls = [Sleep::Halt, Sleep::Reschedule];
+        for prefetch in [0, 1, 16] {
+            let d = Decision::Sync { prefetch };
+            assert_eq!(Decision::unpack(d.pack()), Ok(d));
+            for not_present in nps {
+                for ready in rds {
+                    for initiation in ins {
+                        for sleep in sls {
+                            let d = Decision::Async {
+                                not_present,
+                                ready,
+                                initiation,
+                                sleep,
+                                prefetch,
+                            };
+                            assert_eq!(Decision::unpack(d.pack()), Ok(d));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_decisions_are_rejected() {
+        assert_eq!(
+            Decision::unpack(1 << 40),
+            Err(DecisionError::UndefinedBits(1 << 40))
+        );
+        assert_eq!(
+            Decision::unpack(17 << bits::PREFETCH_SHIFT),
+            Err(DecisionError::PrefetchTooLarge(17))
+        );
+        assert!(Decision::unpack(-1).is_err());
+    }
+}

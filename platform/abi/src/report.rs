@@ -1,0 +1,164 @@
+//! The guest's results report, handed to the VMM with `REPORT` before the
+//! guest powers off, and also printed on the console as one line starting
+//! with [`CONSOLE_PREFIX`] so a run on plain QEMU can be compared field by
+//! field with a run under apflab.
+
+/// `GuestReport::magic`: "APFLABRP".
+pub const REPORT_MAGIC: u64 = u64::from_le_bytes(*b"APFLABRP");
+/// Version of the [`GuestReport`] layout.
+pub const REPORT_VERSION: u32 = 1;
+/// Most tasks whose completion time is reported.
+pub const MAX_REPORTED_TASKS: usize = 16;
+/// Buckets of [`GuestReport::latency_hist`]: bucket `i` counts request
+/// latencies in `[2^i, 2^(i+1))` nanoseconds (bucket 0 also holds 0).
+pub const LATENCY_BUCKETS: usize = 40;
+/// Prefix of the console line that carries the report.
+pub const CONSOLE_PREFIX: &str = "APFLAB-REPORT";
+
+/// What the guest measured. All times are from the guest's virtual counter
+/// (CNTVCT_EL0) converted to nanoseconds with CNTFRQ_EL0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestReport {
+    /// [`REPORT_MAGIC`].
+    pub magic: u64,
+    /// [`REPORT_VERSION`].
+    pub version: u32,
+    /// Workload id ([`crate::boot::WORKLOAD_CPU`], ...).
+    pub workload: u32,
+    /// CPUs the guest brought up.
+    pub cpus_online: u32,
+    /// Tasks that ran to completion.
+    pub tasks_completed: u32,
+    /// Context switches on all CPUs.
+    pub context_switches: u64,
+    /// Timer interrupts taken on all CPUs.
+    pub timer_irqs: u64,
+    /// `cpu`: loop operations done by all tasks.
+    pub cpu_ops: u64,
+    /// `memtouch`/`kv`: pages read and verified.
+    pub pages_verified: u64,
+    /// Words that did not match the expected content (must be 0).
+    pub mismatches: u64,
+    /// `kv`: requests served.
+    pub requests: u64,
+    /// Async PF: "not present" notifications taken.
+    pub apf_not_present: u64,
+    /// Async PF: "page ready" notifications taken.
+    pub apf_ready: u64,
+    /// Async PF: tasks parked (rescheduled away).
+    pub apf_parked: u64,
+    /// Async PF: halts (WFI until ready).
+    pub apf_halts: u64,
+    /// Async PF: "ready" that arrived before its "not present" was processed.
+    pub apf_early_ready: u64,
+    /// Whether async PF was enabled (1) or not (0).
+    pub apf_enabled: u64,
+    /// Nanoseconds from boot to the last task's completion.
+    pub elapsed_ns: u64,
+    /// Nanoseconds the CPUs spent in the idle task.
+    pub idle_ns: u64,
+    /// Per-task completion time from boot, nanoseconds (0 = not reported).
+    pub task_done_ns: [u64; MAX_REPORTED_TASKS],
+    /// `kv`: request latency histogram (see [`LATENCY_BUCKETS`]).
+    pub latency_hist: [u64; LATENCY_BUCKETS],
+}
+
+impl GuestReport {
+    /// An empty report with magic and version set.
+    pub const fn new(workload: u32) -> Self {
+        GuestReport {
+            magic: REPORT_MAGIC,
+            version: REPORT_VERSION,
+            workload,
+            cpus_online: 0,
+            tasks_completed: 0,
+            context_switches: 0,
+            timer_irqs: 0,
+            cpu_ops: 0,
+            pages_verified: 0,
+            mismatches: 0,
+            requests: 0,
+            apf_not_present: 0,
+            apf_ready: 0,
+            apf_parked: 0,
+            apf_halts: 0,
+            apf_early_ready: 0,
+            apf_enabled: 0,
+            elapsed_ns: 0,
+            idle_ns: 0,
+            task_done_ns: [0; MAX_REPORTED_TASKS],
+            latency_hist: [0; LATENCY_BUCKETS],
+        }
+    }
+
+    /// Size in bytes, as passed to `REPORT`.
+    pub const SIZE: usize = core::mem::size_of::<GuestReport>();
+
+    /// Reads a report from its in-memory bytes (little-endian host and
+    /// guest); `None` if the size, magic or version is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        // SAFETY: GuestReport is repr(C), made only of integers (every bit
+        // pattern is valid) and `bytes` has exactly its size;
+        // read_unaligned copes with any alignment of the slice.
+        let report: GuestReport = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        (report.magic == REPORT_MAGIC && report.version == REPORT_VERSION).then_some(report)
+    }
+
+    /// The report's bytes, as handed to the host.
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C) with only u32/u64 fields laid out without padding
+        // (checked below), so every byte is initialised.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast(), Self::SIZE) }
+    }
+
+    /// Index of the latency bucket for `ns`.
+    pub const fn latency_bucket(ns: u64) -> usize {
+        let b = if ns == 0 { 0 } else { 63 - ns.leading_zeros() as usize };
+        if b >= LATENCY_BUCKETS {
+            LATENCY_BUCKETS - 1
+        } else {
+            b
+        }
+    }
+}
+
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(GuestReport, magic) == 0);
+    assert!(offset_of!(GuestReport, context_switches) == 24);
+    assert!(offset_of!(GuestReport, task_done_ns) == 136);
+    assert!(offset_of!(GuestReport, latency_hist) == 136 + 8 * MAX_REPORTED_TASKS);
+    // No padding anywhere: the sum of the fields' sizes.
+    assert!(GuestReport::SIZE == 136 + 8 * MAX_REPORTED_TASKS + 8 * LATENCY_BUCKETS);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_round_trips_through_bytes() {
+        let mut r = GuestReport::new(2);
+        r.pages_verified = 77;
+        r.latency_hist[3] = 9;
+        let back = GuestReport::from_bytes(r.as_bytes()).unwrap();
+        assert_eq!(back, r);
+        let mut bad = [0u8; GuestReport::SIZE];
+        bad.copy_from_slice(r.as_bytes());
+        bad[0] ^= 1;
+        assert!(GuestReport::from_bytes(&bad).is_none());
+        assert!(GuestReport::from_bytes(&bad[1..]).is_none());
+    }
+
+    #[test]
+    fn latency_buckets_are_log2() {
+        assert_eq!(GuestReport::latency_bucket(0), 0);
+        assert_eq!(GuestReport::latency_bucket(1), 0);
+        assert_eq!(GuestReport::latency_bucket(1024), 10);
+        assert_eq!(GuestReport::latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+}

@@ -1,0 +1,127 @@
+//! Builds the two artifacts that are not host code: the arm64 guest kernel
+//! (`guest/`, target `aarch64-unknown-none-softfloat`) and the example
+//! policies (`policies/`, target `wasm32-unknown-unknown`), so that a plain
+//! `cargo build` or `cargo test` of the workspace has them ready.
+//!
+//! Each is its own cargo workspace, built by a nested cargo into
+//! `<target>/apflab-artifacts/` (a directory of its own, so the nested cargo
+//! never waits on the outer one's lock).
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUEST_TARGET: &str = "aarch64-unknown-none-softfloat";
+const POLICY_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Variables of the outer build that would change what the nested cargo
+/// does (flags meant for host code, clippy's driver, the outer target dir).
+const OUTER_ONLY_VARS: &[&str] = &[
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTFLAGS",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_PRIMARY_PACKAGE",
+    "__CARGO_FIX_PLZ",
+    "CARGO_LLVM_COV",
+    "LLVM_PROFILE_FILE",
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir
+        .ancestors()
+        .nth(2)
+        .expect("platform/artifacts sits two levels below the workspace root")
+        .to_path_buf();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out (or one level
+    // deeper with --target); find <target> as the parent of `build`'s parent.
+    let target_dir = out_dir
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "build"))
+        .and_then(|build| build.parent())
+        .and_then(|profile| profile.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out_dir.clone());
+    let artifacts_dir = target_dir.join("apflab-artifacts");
+
+    let guest_dir = root.join("guest");
+    let policies_dir = root.join("policies");
+    watch_crate_tree(&guest_dir);
+    watch_crate_tree(&policies_dir);
+    watch_crate_tree(&root.join("platform/abi"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("rust-toolchain.toml").display()
+    );
+
+    let guest_target_dir = artifacts_dir.join("guest");
+    cargo_build(&guest_dir, GUEST_TARGET, &guest_target_dir, &[]);
+    let guest_elf = guest_target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("apflab-guest");
+    assert!(
+        guest_elf.is_file(),
+        "guest build produced no {}",
+        guest_elf.display()
+    );
+    println!("cargo:rustc-env=APFLAB_GUEST_ELF={}", guest_elf.display());
+
+    let policy_target_dir = artifacts_dir.join("policies");
+    cargo_build(&policies_dir, POLICY_TARGET, &policy_target_dir, &["--workspace"]);
+    let wasm_dir = policy_target_dir.join(POLICY_TARGET).join("release");
+    println!("cargo:rustc-env=APFLAB_POLICY_WASM_DIR={}", wasm_dir.display());
+    println!(
+        "cargo:rustc-env=APFLAB_POLICY_WAT_DIR={}",
+        policies_dir.join("wat").display()
+    );
+}
+
+/// Runs `cargo build --release` for `target` in the workspace at `dir`.
+fn cargo_build(dir: &Path, target: &str, target_dir: &Path, extra: &[&str]) {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(dir)
+        .args(["build", "--release", "--target", target, "--target-dir"])
+        .arg(target_dir)
+        .args(extra);
+    for var in OUTER_ONLY_VARS {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo for {}: {e}", dir.display()));
+    assert!(
+        status.success(),
+        "building {} for {target} failed ({status}); run `cargo build --release --target {target}` in {} to see why",
+        dir.display(),
+        dir.display()
+    );
+}
+
+/// Asks cargo to rerun this script when any source of the crates under `dir`
+/// changes, without watching their `target/` directories.
+fn watch_crate_tree(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') && name != ".cargo" {
+            continue;
+        }
+        if path.is_dir() && path.join("Cargo.toml").is_file() {
+            watch_crate_tree(&path);
+        } else {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+}
