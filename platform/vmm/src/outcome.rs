@@ -1,0 +1,62 @@
+//! What a finished run hands back to the caller.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apflab_abi::report::GuestReport;
+
+/// How the guest's run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestExit {
+    /// PSCI SYSTEM_OFF.
+    PowerOff,
+    /// PSCI SYSTEM_RESET.
+    Reset,
+    /// The guest kernel panicked (`PANIC` hypercall) with this message.
+    Panic(String),
+    /// The guest hit a fault the VMM cannot resolve (abort on an address
+    /// outside RAM and devices, undefined instruction with no handler...).
+    Crash(String),
+    /// `max_virtual_ns` passed before the guest powered off.
+    Timeout,
+}
+
+impl GuestExit {
+    /// Whether the run counts as a success.
+    pub fn is_success(&self) -> bool {
+        matches!(self, GuestExit::PowerOff)
+    }
+}
+
+/// Counters the VMM keeps about one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmMetrics {
+    /// Exits by reason (`mmio`, `hypercall`, `psci`, `sysreg`, `wfi`,
+    /// `svc`, `irq`, `not_resident`, ...).
+    pub exits: BTreeMap<String, u64>,
+    /// Guest instructions executed (all vCPUs).
+    pub instructions: u64,
+    /// Virtual time at the end of the run (emu), ns.
+    pub virtual_time_ns: u64,
+    /// Per vCPU: virtual ns spent halted in WFI.
+    pub halted_ns: Vec<u64>,
+    /// Interrupts injected, by INTID.
+    pub interrupts: BTreeMap<u32, u64>,
+}
+
+/// Everything a run produced.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// How it ended.
+    pub exit: GuestExit,
+    /// Everything the guest wrote to its console.
+    pub console: String,
+    /// The guest's report (`REPORT` hypercall), if it sent one.
+    pub report: Option<GuestReport>,
+    /// Per-task completion (virtual ns) from `TASK_DONE`, by task id.
+    pub task_done_ns: BTreeMap<u64, u64>,
+    /// VMM counters.
+    pub metrics: VmMetrics,
+    /// Host wall-clock time of the run (not deterministic).
+    pub wall_time: Duration,
+}
