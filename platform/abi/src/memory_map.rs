@@ -53,3 +53,14 @@ pub const VTIMER_PPI: u32 = 27;
 pub const APF_READY_PPI: u32 = 20;
 /// SGI INTID the guest uses to kick another CPU's scheduler.
 pub const RESCHEDULE_SGI: u32 = 1;
+
+/// Where the device tree blob is placed: the start of RAM, as QEMU `virt`
+/// does for bare-metal (non-Linux) images. apflab also passes it in x0; the
+/// guest uses x0 when it holds a valid blob and this address otherwise
+/// (QEMU leaves x0 zero for ELF images).
+pub const DTB_ADDR: u64 = RAM_BASE;
+/// Room reserved for the device tree at [`DTB_ADDR`].
+pub const DTB_MAX_SIZE: u64 = 2 << 20;
+/// Physical address the guest kernel is linked at: just past the device
+/// tree's room.
+pub const KERNEL_LOAD_ADDR: u64 = RAM_BASE + DTB_MAX_SIZE;
