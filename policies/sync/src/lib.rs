@@ -1,9 +1,18 @@
-#![no_std]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    loop {}
+//! `sync`: the baseline. Every fault is handled synchronously: the vCPU
+//! stalls until the page is in, as without async page faults at all. This is
+//! also the host's built-in fallback decision.
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+use apflab_policy_sdk::{Decision, FaultInfo, Policy};
+
+/// The synchronous baseline.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncPolicy;
+
+impl Policy for SyncPolicy {
+    fn decide(&mut self, _fault: &FaultInfo) -> Decision {
+        Decision::Sync { prefetch: 0 }
+    }
 }
-#[unsafe(no_mangle)]
-pub extern "C" fn apf_abi_version() -> i32 {
-    apflab_abi::policy::POLICY_ABI_VERSION
-}
+
+apflab_policy_sdk::export_policy!(SyncPolicy);
