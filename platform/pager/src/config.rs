@@ -1,0 +1,600 @@
+//! The `[pager]` section of an experiment config, and its validation.
+//!
+//! The structs deserialize with serde and `deny_unknown_fields`, so the CLI
+//! embeds [`PagerConfig`] in its own config and TOML syntax/type errors come
+//! out with file, key and line from the TOML parser. What only makes sense
+//! once the guest's RAM size and the config's directory are known (limits
+//! against RAM, the image file's length, the samples file's lines) is
+//! checked by [`PagerConfig::validate`] and [`crate::Prepared::new`], whose
+//! errors name the key (`pager.<key>`) and the offending value.
+//!
+//! ```toml
+//! [pager]
+//! store = { kind = "synthetic", seed = 7 }
+//! latency = { model = "lognormal", median_us = 40.0, sigma = 0.6 }
+//! bandwidth_bytes_per_sec = 1_250_000_000   # 10 Gbit/s; omit for unlimited
+//! queue_depth = 4                           # concurrent fetches
+//! resident_limit = "64 MiB"                 # or bytes: 67108864; omit for no limit
+//! initially_resident = 0.0                  # post-copy start
+//! eviction = "clock"
+//! retries = 3
+//! seed = 1
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+
+use apflab_abi::boot::WORKLOAD_REGION_OFFSET;
+use apflab_abi::memory_map::PAGE_SIZE;
+use serde::{Deserialize, Serialize};
+
+/// Configuration of the far-memory model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerConfig {
+    /// Where non-resident pages live.
+    pub store: StoreConfig,
+    /// Per-fetch latency (before bandwidth and queueing). Default: constant 0.
+    #[serde(default)]
+    pub latency: LatencyConfig,
+    /// Link bandwidth in bytes per second; every page transfer occupies the
+    /// link for `4096 / bandwidth` seconds, so transfers serialise on it.
+    /// Absent: unlimited.
+    #[serde(default)]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// Fetches in flight at once; more wait for a free slot (queueing delay).
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: u32,
+    /// Most bytes of the workload region resident at once (kernel memory,
+    /// below the workload region, is always resident and not counted).
+    /// An integer (bytes) or a string with a binary unit: `"64 MiB"`,
+    /// `"4KiB"`, `"1 GiB"`. Absent: no limit, nothing is ever evicted.
+    #[serde(default)]
+    pub resident_limit: Option<ByteSize>,
+    /// Fraction (0.0..=1.0) of workload-region pages resident at boot,
+    /// chosen with the seeded RNG, capped by `resident_limit`. 0.0 is the
+    /// post-copy start (nothing resident). Default 1.0.
+    #[serde(default = "default_initially_resident")]
+    pub initially_resident: f64,
+    /// Which resident page makes room for a fetched one.
+    #[serde(default)]
+    pub eviction: EvictionPolicy,
+    /// How often a failed store read is retried before the fault is
+    /// reported as a permanent error (each retry costs another latency).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Seed of the latency RNG and of the initial resident set.
+    #[serde(default)]
+    pub seed: u64,
+    /// Which evicted pages are written back to the store (default
+    /// `conservative`: all of them).
+    #[serde(default)]
+    pub dirty_tracking: DirtyTracking,
+}
+
+fn default_queue_depth() -> u32 {
+    1
+}
+fn default_initially_resident() -> f64 {
+    1.0
+}
+fn default_retries() -> u32 {
+    3
+}
+
+/// The backing store of non-resident pages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// Every page reads as zeros until written back.
+    Zero {},
+    /// A raw guest memory image: file offset 0 is guest physical
+    /// [`apflab_abi::memory_map::RAM_BASE`]; it must cover all of guest RAM.
+    /// Pages are read with `pread`; write-backs stay in memory (the image
+    /// is never modified).
+    File {
+        /// Path of the image (relative paths are taken from the config's
+        /// directory).
+        path: PathBuf,
+    },
+    /// Page content is [`apflab_abi::pattern::fill_page`] of this seed, the
+    /// page frame and its write-back version, so the guest can verify it.
+    Synthetic {
+        /// Pattern seed (the VMM passes it to the guest as
+        /// [`apflab_abi::boot::KEY_STORE_SEED`]).
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+/// Distribution of one fetch's latency, in microseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LatencyConfig {
+    /// Always the same.
+    Constant {
+        /// Latency in µs.
+        us: f64,
+    },
+    /// Uniform in `[min_us, max_us]`.
+    Uniform {
+        /// Lower bound in µs.
+        min_us: f64,
+        /// Upper bound in µs.
+        max_us: f64,
+    },
+    /// Log-normal with the given median and shape (σ of the underlying
+    /// normal; 0.5 is a moderately heavy tail).
+    Lognormal {
+        /// Median in µs.
+        median_us: f64,
+        /// σ of ln(latency).
+        sigma: f64,
+    },
+    /// Drawn uniformly from measured samples: a text file with one latency
+    /// in µs per line (blank lines and `#` comments ignored).
+    Empirical {
+        /// Path of the samples file (relative to the config's directory).
+        samples: PathBuf,
+    },
+}
+
+impl Default for LatencyConfig {
+    fn default() -> Self {
+        LatencyConfig::Constant { us: 0.0 }
+    }
+}
+
+/// Victim selection when the resident limit is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvictionPolicy {
+    /// CLOCK (second chance) over the workload region: a page whose
+    /// accessed bit is set (on install, or by a VMM hint) is skipped once.
+    #[default]
+    Clock,
+    /// Oldest installed page first, ignoring accesses.
+    Fifo,
+}
+
+/// Which evicted pages go back to the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirtyTracking {
+    /// Every evicted page is written back: correct without any help from
+    /// the backend.
+    #[default]
+    Conservative,
+    /// Only pages installed for a write fault or marked dirty by the VMM
+    /// are written back; the backend must report every first write.
+    Hinted,
+}
+
+/// A size in bytes, written as an integer or as a string with a binary
+/// unit (`B`, `KiB`, `MiB`, `GiB`, also `K`, `M`, `G`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"64 MiB"`, `"4KiB"`, `"4096"`, ...
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '_')
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num: u64 = num
+            .replace('_', "")
+            .parse()
+            .map_err(|_| format!("expected a size like \"64 MiB\" or 4096, found {text:?}"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?} (use B, KiB, MiB or GiB)"
+                ));
+            }
+        };
+        num.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} does not fit in 64 bits"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size in bytes (integer) or a string like \"64 MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("a size cannot be negative, found {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A `[pager]` value that cannot be used, naming the key and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key's value is out of its range or inconsistent with the guest.
+    #[error("pager.{key} = {value}: {reason}")]
+    Invalid {
+        /// Key inside `[pager]`, dotted.
+        key: &'static str,
+        /// The value as written (or as parsed).
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// A file named by a key could not be opened or read.
+    #[error("pager.{key} = {path:?}: cannot read: {source}")]
+    File {
+        /// Key inside `[pager]`, dotted.
+        key: &'static str,
+        /// The path, after resolution against the config directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line of a samples file is not a latency.
+    #[error("pager.{key} = {path:?}: {path_display}:{line}: {reason}", path_display = path.display())]
+    FileLine {
+        /// Key inside `[pager]`, dotted.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, value: impl fmt::Display, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The part of guest RAM the pager manages: whole pages from
+/// `RAM_BASE + WORKLOAD_REGION_OFFSET` to the end of RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManagedRange {
+    /// First managed guest page frame (guest physical address >> 12).
+    pub first_pfn: u64,
+    /// Number of managed pages.
+    pub pages: u64,
+}
+
+impl ManagedRange {
+    /// The workload region of a guest with `guest_ram_bytes` of RAM.
+    pub fn for_guest_ram(guest_ram_bytes: u64) -> Result<Self, ConfigError> {
+        use apflab_abi::memory_map::{PAGE_SHIFT, RAM_BASE};
+        if guest_ram_bytes <= WORKLOAD_REGION_OFFSET {
+            return Err(ConfigError::invalid(
+                "guest_memory",
+                format!("{guest_ram_bytes} bytes"),
+                format!(
+                    "the pager manages RAM above the first {} MiB (the kernel's); \
+                     the guest needs more RAM than that",
+                    WORKLOAD_REGION_OFFSET >> 20
+                ),
+            ));
+        }
+        Ok(ManagedRange {
+            first_pfn: (RAM_BASE + WORKLOAD_REGION_OFFSET) >> PAGE_SHIFT,
+            pages: (guest_ram_bytes - WORKLOAD_REGION_OFFSET) / PAGE_SIZE,
+        })
+    }
+
+    /// Index of `pfn` in the range, if it is managed.
+    #[inline]
+    pub fn index(&self, pfn: u64) -> Option<usize> {
+        let i = pfn.checked_sub(self.first_pfn)?;
+        (i < self.pages).then_some(i as usize)
+    }
+
+    /// Whether `pfn` is managed (may be non-resident).
+    #[inline]
+    pub fn contains(&self, pfn: u64) -> bool {
+        self.index(pfn).is_some()
+    }
+
+    /// Page frame at index `i`.
+    #[inline]
+    pub fn pfn(&self, i: usize) -> u64 {
+        self.first_pfn + i as u64
+    }
+}
+
+impl PagerConfig {
+    /// A config with every default and the given store: no latency, no
+    /// limit, everything resident at boot.
+    pub fn with_store(store: StoreConfig) -> Self {
+        PagerConfig {
+            store,
+            latency: LatencyConfig::default(),
+            bandwidth_bytes_per_sec: None,
+            queue_depth: default_queue_depth(),
+            resident_limit: None,
+            initially_resident: default_initially_resident(),
+            eviction: EvictionPolicy::default(),
+            retries: default_retries(),
+            seed: 0,
+            dirty_tracking: DirtyTracking::default(),
+        }
+    }
+
+    /// The synthetic store's seed, which the guest needs to verify pages.
+    pub fn synthetic_seed(&self) -> Option<u64> {
+        match self.store {
+            StoreConfig::Synthetic { seed } => Some(seed),
+            _ => None,
+        }
+    }
+
+    /// Checks every value that does not need a file, against a guest with
+    /// `guest_ram_bytes` of RAM; returns the managed range.
+    pub fn validate(&self, guest_ram_bytes: u64) -> Result<ManagedRange, ConfigError> {
+        let range = ManagedRange::for_guest_ram(guest_ram_bytes)?;
+        if let Some(limit) = self.resident_limit {
+            if limit.0 < PAGE_SIZE {
+                return Err(ConfigError::invalid(
+                    "resident_limit",
+                    limit,
+                    format!("smaller than one page ({PAGE_SIZE} bytes)"),
+                ));
+            }
+            if limit.0 > guest_ram_bytes {
+                return Err(ConfigError::invalid(
+                    "resident_limit",
+                    limit,
+                    format!("larger than guest RAM ({guest_ram_bytes} bytes)"),
+                ));
+            }
+        }
+        let f = self.initially_resident;
+        if !(0.0..=1.0).contains(&f) {
+            return Err(ConfigError::invalid(
+                "initially_resident",
+                f,
+                "expected a fraction between 0.0 and 1.0",
+            ));
+        }
+        if self.queue_depth == 0 {
+            return Err(ConfigError::invalid(
+                "queue_depth",
+                0,
+                "at least one fetch must be able to run",
+            ));
+        }
+        if self.bandwidth_bytes_per_sec == Some(0) {
+            return Err(ConfigError::invalid(
+                "bandwidth_bytes_per_sec",
+                0,
+                "must be positive (omit it for unlimited bandwidth)",
+            ));
+        }
+        self.validate_latency()?;
+        Ok(range)
+    }
+
+    fn validate_latency(&self) -> Result<(), ConfigError> {
+        let finite_nonneg = |key: &'static str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    key,
+                    v,
+                    "expected a finite, non-negative number of microseconds",
+                ))
+            }
+        };
+        match self.latency {
+            LatencyConfig::Constant { us } => finite_nonneg("latency.us", us),
+            LatencyConfig::Uniform { min_us, max_us } => {
+                finite_nonneg("latency.min_us", min_us)?;
+                finite_nonneg("latency.max_us", max_us)?;
+                if min_us > max_us {
+                    return Err(ConfigError::invalid(
+                        "latency.min_us",
+                        min_us,
+                        format!("larger than latency.max_us ({max_us})"),
+                    ));
+                }
+                Ok(())
+            }
+            LatencyConfig::Lognormal { median_us, sigma } => {
+                if !(median_us.is_finite() && median_us > 0.0) {
+                    return Err(ConfigError::invalid(
+                        "latency.median_us",
+                        median_us,
+                        "expected a positive number of microseconds",
+                    ));
+                }
+                if !(sigma.is_finite() && sigma >= 0.0) {
+                    return Err(ConfigError::invalid(
+                        "latency.sigma",
+                        sigma,
+                        "expected a finite, non-negative number",
+                    ));
+                }
+                Ok(())
+            }
+            LatencyConfig::Empirical { .. } => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PagerConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn full_section_parses() {
+        let c = parse(
+            r#"
+            store = { kind = "synthetic", seed = 7 }
+            latency = { model = "lognormal", median_us = 40.0, sigma = 0.6 }
+            bandwidth_bytes_per_sec = 1_250_000_000
+            queue_depth = 4
+            resident_limit = "64 MiB"
+            initially_resident = 0.0
+            eviction = "fifo"
+            retries = 2
+            seed = 9
+            dirty_tracking = "hinted"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.store, StoreConfig::Synthetic { seed: 7 });
+        assert_eq!(c.resident_limit, Some(ByteSize(64 << 20)));
+        assert_eq!(c.eviction, EvictionPolicy::Fifo);
+        assert_eq!(c.dirty_tracking, DirtyTracking::Hinted);
+        assert_eq!(c.synthetic_seed(), Some(7));
+        assert_eq!(c.validate(256 << 20).unwrap().pages, (224 << 20) / 4096);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(r#"store = { kind = "zero" }"#).unwrap();
+        assert_eq!(c, PagerConfig::with_store(StoreConfig::Zero {}));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = parse("store = { kind = \"zero\" }\nresident_limt = 5").unwrap_err();
+        assert!(e.to_string().contains("resident_limt"), "{e}");
+        let e = parse(r#"store = { kind = "zero", seed = 1 }"#).unwrap_err();
+        assert!(e.to_string().contains("seed"), "{e}");
+        let e = parse(
+            "store = { kind = \"zero\" }\nlatency = { model = \"constant\", us = 1.0, x = 2 }",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains('x'), "{e}");
+        let e = parse(r#"store = { kind = "tape" }"#).unwrap_err();
+        assert!(e.to_string().contains("tape"), "{e}");
+    }
+
+    #[test]
+    fn byte_sizes_parse_or_explain() {
+        assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
+        assert_eq!(ByteSize::parse("4KiB"), Ok(ByteSize(4096)));
+        assert_eq!(ByteSize::parse(" 2 GiB "), Ok(ByteSize(2 << 30)));
+        assert_eq!(ByteSize::parse("1_000 B"), Ok(ByteSize(1000)));
+        assert!(
+            ByteSize::parse("12 parsecs")
+                .unwrap_err()
+                .contains("parsecs")
+        );
+        assert!(ByteSize::parse("MiB").is_err());
+        let e = parse("store = { kind = \"zero\" }\nresident_limit = -4").unwrap_err();
+        assert!(e.to_string().contains("negative"), "{e}");
+        let e = parse("store = { kind = \"zero\" }\nresident_limit = \"3 XB\"").unwrap_err();
+        assert!(e.to_string().contains("XB"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_checked_against_guest_ram() {
+        let mut c = PagerConfig::with_store(StoreConfig::Zero {});
+        c.resident_limit = Some(ByteSize(100));
+        let e = c.validate(128 << 20).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "pager.resident_limit = 100 bytes: smaller than one page (4096 bytes)"
+        );
+        c.resident_limit = Some(ByteSize(1 << 30));
+        let e = c.validate(128 << 20).unwrap_err().to_string();
+        assert!(e.contains("pager.resident_limit = 1073741824 bytes"), "{e}");
+        assert!(e.contains("larger than guest RAM (134217728 bytes)"), "{e}");
+        c.resident_limit = Some(ByteSize(4096));
+        assert!(c.validate(128 << 20).is_ok());
+        assert!(c.validate(16 << 20).is_err(), "no workload region");
+    }
+
+    #[test]
+    fn latency_and_fractions_are_checked() {
+        let mut c = PagerConfig::with_store(StoreConfig::Zero {});
+        c.initially_resident = 1.5;
+        assert!(
+            c.validate(64 << 20)
+                .unwrap_err()
+                .to_string()
+                .starts_with("pager.initially_resident = 1.5")
+        );
+        c.initially_resident = f64::NAN;
+        assert!(c.validate(64 << 20).is_err());
+        c.initially_resident = 0.5;
+        c.latency = LatencyConfig::Uniform {
+            min_us: 5.0,
+            max_us: 1.0,
+        };
+        let e = c.validate(64 << 20).unwrap_err().to_string();
+        assert!(e.starts_with("pager.latency.min_us = 5"), "{e}");
+        c.latency = LatencyConfig::Lognormal {
+            median_us: 0.0,
+            sigma: 1.0,
+        };
+        assert!(
+            c.validate(64 << 20)
+                .unwrap_err()
+                .to_string()
+                .contains("latency.median_us")
+        );
+        c.latency = LatencyConfig::default();
+        c.queue_depth = 0;
+        assert!(
+            c.validate(64 << 20)
+                .unwrap_err()
+                .to_string()
+                .contains("queue_depth")
+        );
+    }
+
+    #[test]
+    fn managed_range_indexes_pages() {
+        let r = ManagedRange::for_guest_ram(64 << 20).unwrap();
+        assert_eq!(r.first_pfn, 0x4200_0000 >> 12);
+        assert_eq!(r.pages, 8192);
+        assert_eq!(r.index(r.first_pfn - 1), None);
+        assert_eq!(r.index(r.first_pfn + 8191), Some(8191));
+        assert_eq!(r.index(r.first_pfn + 8192), None);
+        assert_eq!(r.pfn(3), r.first_pfn + 3);
+    }
+}
