@@ -5,6 +5,7 @@
 //! [`RunOutcome`].
 
 pub mod config;
+pub mod kvm;
 pub mod outcome;
 
 pub use config::{BackendKind, CostModel, VmConfig};
