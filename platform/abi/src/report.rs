@@ -117,13 +117,142 @@ impl GuestReport {
 
     /// Index of the latency bucket for `ns`.
     pub const fn latency_bucket(ns: u64) -> usize {
-        let b = if ns == 0 { 0 } else { 63 - ns.leading_zeros() as usize };
+        let b = if ns == 0 {
+            0
+        } else {
+            63 - ns.leading_zeros() as usize
+        };
         if b >= LATENCY_BUCKETS {
             LATENCY_BUCKETS - 1
         } else {
             b
         }
     }
+}
+
+/// Applies `$m!(field, type)` to every scalar field of [`GuestReport`] in
+/// declaration order after `magic`; the console line is written and parsed
+/// from this one list.
+macro_rules! scalar_fields {
+    ($m:ident) => {
+        $m!(version, u32);
+        $m!(workload, u32);
+        $m!(cpus_online, u32);
+        $m!(tasks_completed, u32);
+        $m!(context_switches, u64);
+        $m!(timer_irqs, u64);
+        $m!(cpu_ops, u64);
+        $m!(pages_verified, u64);
+        $m!(mismatches, u64);
+        $m!(requests, u64);
+        $m!(apf_not_present, u64);
+        $m!(apf_ready, u64);
+        $m!(apf_parked, u64);
+        $m!(apf_halts, u64);
+        $m!(apf_early_ready, u64);
+        $m!(apf_enabled, u64);
+        $m!(elapsed_ns, u64);
+        $m!(idle_ns, u64);
+    };
+}
+
+impl GuestReport {
+    /// Writes the report as one console line (no newline):
+    /// [`CONSOLE_PREFIX`] followed by space-separated `field=value` words for
+    /// every field but `magic` (implied by the prefix), with the arrays as
+    /// comma-separated lists: `task_done_ns=1,2,...`, `latency_hist=...`.
+    pub fn write_console_line(&self, out: &mut impl core::fmt::Write) -> core::fmt::Result {
+        out.write_str(CONSOLE_PREFIX)?;
+        macro_rules! write_field {
+            ($f:ident, $t:ty) => {
+                write!(out, concat!(" ", stringify!($f), "={}"), self.$f)?
+            };
+        }
+        scalar_fields!(write_field);
+        for (name, values) in [
+            ("task_done_ns", &self.task_done_ns[..]),
+            ("latency_hist", &self.latency_hist[..]),
+        ] {
+            write!(out, " {name}=")?;
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    out.write_char(',')?;
+                }
+                write!(out, "{v}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses a line written by [`Self::write_console_line`] (surrounding
+    /// whitespace allowed). `None` unless it starts with
+    /// [`CONSOLE_PREFIX`], every field appears exactly once with a valid
+    /// value, no unknown field appears and the version is
+    /// [`REPORT_VERSION`].
+    pub fn parse_console_line(line: &str) -> Option<GuestReport> {
+        let rest = line.trim().strip_prefix(CONSOLE_PREFIX)?;
+        if !rest.is_empty() && !rest.starts_with(' ') {
+            return None;
+        }
+        let mut r = GuestReport::new(0);
+        // One bit per field: scalars, then the two arrays.
+        let mut seen: u32 = 0;
+        for word in rest.split_ascii_whitespace() {
+            let (key, value) = word.split_once('=')?;
+            let mut bit = 0u32;
+            let mut matched = false;
+            macro_rules! parse_field {
+                ($f:ident, $t:ty) => {
+                    if !matched {
+                        if key == stringify!($f) {
+                            r.$f = value.parse::<$t>().ok()?;
+                            matched = true;
+                        } else {
+                            bit += 1;
+                        }
+                    }
+                };
+            }
+            scalar_fields!(parse_field);
+            if !matched {
+                match key {
+                    "task_done_ns" => parse_list(value, &mut r.task_done_ns)?,
+                    "latency_hist" => {
+                        bit += 1;
+                        parse_list(value, &mut r.latency_hist)?
+                    }
+                    _ => return None,
+                }
+            }
+            if seen & (1 << bit) != 0 {
+                return None;
+            }
+            seen |= 1 << bit;
+        }
+        let all = (1u32 << (SCALAR_FIELDS + 2)) - 1;
+        (seen == all && r.version == REPORT_VERSION).then_some(r)
+    }
+}
+
+/// Number of fields in `scalar_fields!`.
+const SCALAR_FIELDS: u32 = {
+    let mut n = 0;
+    macro_rules! count {
+        ($f:ident, $t:ty) => {
+            n += 1
+        };
+    }
+    scalar_fields!(count);
+    n
+};
+
+/// Parses exactly `out.len()` comma-separated integers.
+fn parse_list(value: &str, out: &mut [u64]) -> Option<()> {
+    let mut items = value.split(',');
+    for slot in out.iter_mut() {
+        *slot = items.next()?.parse().ok()?;
+    }
+    items.next().is_none().then_some(())
 }
 
 const _: () = {
@@ -138,7 +267,10 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::format;
+    use std::string::String;
 
     #[test]
     fn report_round_trips_through_bytes() {
@@ -160,5 +292,51 @@ mod tests {
         assert_eq!(GuestReport::latency_bucket(1), 0);
         assert_eq!(GuestReport::latency_bucket(1024), 10);
         assert_eq!(GuestReport::latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn console_line_round_trips() {
+        let mut r = GuestReport::new(crate::boot::WORKLOAD_KV);
+        r.cpus_online = 4;
+        r.tasks_completed = 3;
+        r.context_switches = 17;
+        r.cpu_ops = u64::MAX;
+        r.idle_ns = 5;
+        r.task_done_ns[0] = 123;
+        r.task_done_ns[MAX_REPORTED_TASKS - 1] = 9;
+        r.latency_hist[7] = 42;
+        let mut line = String::new();
+        r.write_console_line(&mut line).unwrap();
+        assert!(line.starts_with("APFLAB-REPORT version=1 workload=4 cpus_online=4 "));
+        assert_eq!(GuestReport::parse_console_line(&line), Some(r));
+        assert_eq!(
+            GuestReport::parse_console_line(&format!("  {line}\r\n")),
+            Some(r)
+        );
+    }
+
+    #[test]
+    fn malformed_console_lines_are_rejected() {
+        let mut line = String::new();
+        GuestReport::new(1).write_console_line(&mut line).unwrap();
+        assert!(GuestReport::parse_console_line(&line).is_some());
+        // Missing field, duplicate, unknown key, bad number, short array.
+        let missing = line.replace(" cpu_ops=0", "");
+        assert!(GuestReport::parse_console_line(&missing).is_none());
+        let dup = format!("{line} cpu_ops=1");
+        assert!(GuestReport::parse_console_line(&dup).is_none());
+        let unknown = format!("{line} bogus=1");
+        assert!(GuestReport::parse_console_line(&unknown).is_none());
+        let bad = line.replace("cpu_ops=0", "cpu_ops=x");
+        assert!(GuestReport::parse_console_line(&bad).is_none());
+        let short = line.replace("task_done_ns=0,", "task_done_ns=");
+        assert!(GuestReport::parse_console_line(&short).is_none());
+        let version = line.replace("version=1", "version=2");
+        assert!(GuestReport::parse_console_line(&version).is_none());
+        assert!(
+            GuestReport::parse_console_line(&line.replace("APFLAB-REPORT", "APFLAB-REPORTX"))
+                .is_none()
+        );
+        assert!(GuestReport::parse_console_line("something else").is_none());
     }
 }
