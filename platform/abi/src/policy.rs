@@ -32,6 +32,10 @@ pub const IMPORT_MODULE: &str = "apf";
 /// `apf.log(ptr: i32, len: i32)`.
 pub const IMPORT_LOG: &str = "log";
 
+/// Longest `apf.log` message the host keeps, in bytes; longer ones are
+/// truncated.
+pub const LOG_MAX_BYTES: usize = 256;
+
 /// Largest prefetch count a decision may ask for.
 pub const MAX_PREFETCH: u32 = 16;
 
@@ -54,6 +58,43 @@ pub struct FaultInfo {
     pub now_ns: u64,
     /// The store's recent fetch latency estimate in ns.
     pub est_fetch_ns: u64,
+}
+
+/// The parameters of [`EXPORT_DECIDE`] in order, as the Wasm types carry
+/// them: `(vcpu, ipa, el, can_reschedule, runnable, outstanding, now_ns,
+/// est_fetch_ns)`. Unsigned values travel bit for bit in signed types.
+pub type DecideArgs = (i32, i64, i32, i32, i32, i32, i64, i64);
+
+impl FaultInfo {
+    /// The arguments of [`EXPORT_DECIDE`] for these facts.
+    pub const fn to_args(&self) -> DecideArgs {
+        (
+            self.vcpu as i32,
+            self.ipa as i64,
+            self.el as i32,
+            self.can_reschedule as i32,
+            self.runnable as i32,
+            self.outstanding as i32,
+            self.now_ns as i64,
+            self.est_fetch_ns as i64,
+        )
+    }
+
+    /// The facts carried by the arguments of [`EXPORT_DECIDE`] (any non-zero
+    /// `can_reschedule` is true).
+    pub const fn from_args(args: DecideArgs) -> FaultInfo {
+        let (vcpu, ipa, el, can_reschedule, runnable, outstanding, now_ns, est_fetch_ns) = args;
+        FaultInfo {
+            vcpu: vcpu as u32,
+            ipa: ipa as u64,
+            el: el as u32,
+            can_reschedule: can_reschedule != 0,
+            runnable: runnable as u32,
+            outstanding: outstanding as u32,
+            now_ns: now_ns as u64,
+            est_fetch_ns: est_fetch_ns as u64,
+        }
+    }
 }
 
 /// How "not present" reaches the guest.
@@ -114,6 +155,22 @@ pub enum Decision {
         /// Neighbouring pages to fetch along (0..=[`MAX_PREFETCH`]).
         prefetch: u32,
     },
+}
+
+/// A per-fault policy, written once and run either natively or as a Wasm
+/// module: the policy SDK exports an implementation through the ABI above,
+/// and the host's Wasm runner implements it by calling those exports. One
+/// value lives for one run; its state is whatever the implementation keeps.
+pub trait Policy {
+    /// Decides how one fault is handled.
+    fn decide(&mut self, fault: &FaultInfo) -> Decision;
+    /// The page of async fault `token` became ready `latency_ns` after the
+    /// fault was taken.
+    fn on_ready(&mut self, token: u64, latency_ns: u64) {
+        let _ = (token, latency_ns);
+    }
+    /// The run is over; no more calls follow.
+    fn on_run_end(&mut self) {}
 }
 
 /// Bit layout of the packed `i64` decision.
@@ -241,7 +298,10 @@ mod tests {
 
     #[test]
     fn every_decision_round_trips() {
-        let nps = [NotPresentDelivery::DataAbort, NotPresentDelivery::DedicatedEc];
+        let nps = [
+            NotPresentDelivery::DataAbort,
+            NotPresentDelivery::DedicatedEc,
+        ];
         let rds = [ReadyDelivery::Exception, ReadyDelivery::Interrupt];
         let ins = [Initiation::Host, Initiation::Guest];
         let sls = [Sleep::Halt, Sleep::Reschedule];
@@ -265,6 +325,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fault_info_round_trips_through_args() {
+        let f = FaultInfo {
+            vcpu: 3,
+            ipa: 0xffff_0000_4000_1000,
+            el: 1,
+            can_reschedule: true,
+            runnable: u32::MAX,
+            outstanding: 64,
+            now_ns: u64::MAX - 1,
+            est_fetch_ns: 50_000,
+        };
+        assert_eq!(FaultInfo::from_args(f.to_args()), f);
+        assert!(FaultInfo::from_args((0, 0, 0, 7, 0, 0, 0, 0)).can_reschedule);
     }
 
     #[test]
