@@ -1,0 +1,48 @@
+//! Thin wrappers over the few architectural operations the kernel needs
+//! that aarch64-cpu does not already provide as safe calls.
+
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{CNTFRQ_EL0, CNTVCT_EL0, DAIF, Readable, Writeable};
+
+/// Masks IRQs on this CPU (the kernel runs with IRQs masked except in the
+/// idle loop's wait window).
+#[inline]
+pub fn mask_irqs() {
+    DAIF.write(DAIF::I::Masked + DAIF::F::Masked + DAIF::A::Masked + DAIF::D::Masked);
+}
+
+/// Waits for an interrupt with IRQs masked, then opens a short window in
+/// which a pending IRQ is taken at EL1 (the `irq_current` handler), and
+/// masks again. WFI wakes on a pending interrupt even while it is masked, so
+/// no wake-up is lost between checking for work and waiting.
+#[inline]
+pub fn wait_for_interrupt() {
+    aarch64_cpu::asm::wfi();
+    DAIF.write(DAIF::I::Unmasked + DAIF::F::Masked + DAIF::A::Masked + DAIF::D::Masked);
+    barrier::isb(barrier::SY);
+    mask_irqs();
+}
+
+/// The virtual counter (CNTVCT_EL0).
+#[inline]
+pub fn counter() -> u64 {
+    barrier::isb(barrier::SY);
+    CNTVCT_EL0.get()
+}
+
+/// Counter frequency in Hz (CNTFRQ_EL0).
+pub fn counter_hz() -> u64 {
+    CNTFRQ_EL0.get()
+}
+
+/// Converts counter ticks to nanoseconds.
+pub fn ticks_to_ns(ticks: u64) -> u64 {
+    (ticks as u128 * 1_000_000_000 / counter_hz().max(1) as u128) as u64
+}
+
+/// Converts nanoseconds to counter ticks (rounded up, so a sleep never ends
+/// early).
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    let hz = counter_hz().max(1) as u128;
+    (ns as u128 * hz).div_ceil(1_000_000_000) as u64
+}

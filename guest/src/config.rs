@@ -1,0 +1,152 @@
+//! The workload configuration, from the bootargs keys defined in
+//! [`apflab_abi::boot`]. Unknown words are ignored; a known key with a bad
+//! value panics naming the key (the run then fails with that message).
+
+use apflab_abi::boot::{self, parse_bootargs};
+use core::str::FromStr;
+
+/// Most workload tasks (one report slot per task).
+pub const MAX_WORKLOAD_TASKS: u32 = apflab_abi::report::MAX_REPORTED_TASKS as u32;
+
+/// `memtouch` access order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    /// Pages in address order.
+    Sequential,
+    /// Pages drawn at random (seeded).
+    Random,
+}
+
+/// What `memtouch` verifies pages against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Write a per-page pattern first, then read and check it.
+    SelfWritten,
+    /// Check pages against the far-memory store's synthetic content.
+    Store,
+}
+
+/// Parsed boot configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Workload id ([`boot::WORKLOAD_CPU`], ...).
+    pub workload: u32,
+    /// Tasks of the workload (`cpu`, `memtouch`).
+    pub tasks: u32,
+    /// `cpu`: loop operations per task.
+    pub ops: u64,
+    /// Working set in MiB (`memtouch`, `kv`, `mixed`).
+    pub mib: u64,
+    /// `memtouch` order.
+    pub pattern: Pattern,
+    /// `memtouch` passes.
+    pub passes: u64,
+    /// `memtouch` verification mode.
+    pub verify: Verify,
+    /// `kv`: requests.
+    pub requests: u64,
+    /// `kv`: mean inter-arrival time, microseconds.
+    pub interval_us: u64,
+    /// Seed of the guest's pseudo-random choices.
+    pub seed: u64,
+    /// Seed of the synthetic store content.
+    pub store_seed: u64,
+    /// Scheduler time slice, microseconds.
+    pub timeslice_us: u64,
+    /// Whether the guest may use async PF (`apflab.apf=off` disables it).
+    pub apf_allowed: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workload: boot::WORKLOAD_CPU,
+            tasks: 1,
+            ops: 1_000_000,
+            mib: 4,
+            pattern: Pattern::Sequential,
+            passes: 1,
+            verify: Verify::SelfWritten,
+            requests: 100,
+            interval_us: 100,
+            seed: 1,
+            store_seed: 0,
+            timeslice_us: 1000,
+            apf_allowed: true,
+        }
+    }
+}
+
+/// Panics naming `key`, its value and what was expected.
+fn bad(key: &str, value: &str, expected: &str) -> ! {
+    panic!("bad bootarg {key}={value:?}: expected {expected}")
+}
+
+/// Parses an integer in `min..=max`.
+fn number<T: FromStr + PartialOrd + Copy + core::fmt::Display>(
+    key: &str,
+    value: &str,
+    min: T,
+    max: T,
+) -> T {
+    match value.parse::<T>() {
+        Ok(v) if v >= min && v <= max => v,
+        _ => {
+            let mut expected = crate::console::FixedBuf::<64>::new();
+            let _ = core::fmt::write(&mut expected, format_args!("an integer in {min}..={max}"));
+            bad(key, value, expected.as_str())
+        }
+    }
+}
+
+impl Config {
+    /// Parses the bootargs; later words override earlier ones.
+    pub fn from_bootargs(bootargs: &str) -> Config {
+        let mut c = Config::default();
+        for (key, value) in parse_bootargs(bootargs) {
+            match key {
+                boot::KEY_WORKLOAD => {
+                    c.workload = boot::workload_id(value)
+                        .unwrap_or_else(|| bad(key, value, "cpu, memtouch, mixed or kv"));
+                }
+                boot::KEY_TASKS => c.tasks = number(key, value, 1, MAX_WORKLOAD_TASKS),
+                boot::KEY_OPS => c.ops = number(key, value, 1, u64::MAX >> 8),
+                boot::KEY_MIB => c.mib = number(key, value, 1, 1 << 20),
+                boot::KEY_PATTERN => {
+                    c.pattern = match value {
+                        "seq" => Pattern::Sequential,
+                        "random" => Pattern::Random,
+                        _ => bad(key, value, "seq or random"),
+                    }
+                }
+                boot::KEY_PASSES => c.passes = number(key, value, 1, 1 << 20),
+                boot::KEY_VERIFY => {
+                    c.verify = match value {
+                        "self" => Verify::SelfWritten,
+                        "store" => Verify::Store,
+                        _ => bad(key, value, "self or store"),
+                    }
+                }
+                boot::KEY_REQUESTS => c.requests = number(key, value, 1, 1 << 32),
+                boot::KEY_INTERVAL_US => c.interval_us = number(key, value, 1, 1 << 32),
+                boot::KEY_SEED => c.seed = number(key, value, 0, u64::MAX),
+                boot::KEY_STORE_SEED => c.store_seed = number(key, value, 0, u64::MAX),
+                boot::KEY_TIMESLICE_US => c.timeslice_us = number(key, value, 10, 10_000_000),
+                boot::KEY_APF => {
+                    c.apf_allowed = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => bad(key, value, "on or off"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// The workload's name as written in bootargs.
+    pub fn workload_name(&self) -> &'static str {
+        boot::workload_name(self.workload).unwrap_or("?")
+    }
+}

@@ -1,0 +1,90 @@
+//! Exception handlers behind aarch64-rt's vector table.
+//!
+//! aarch64-rt's vectors save x0-x18, x29, x30, ELR and SPSR on the current
+//! stack and call these `extern "C"` functions, which preserve x19-x28 per
+//! the calling convention. That is all a context switch needs: every task
+//! has its own kernel stack (SP_EL1 when it traps from EL0), so a handler
+//! may call [`sched::schedule`] and return, much later, into the saved frame
+//! of the same task. SP_EL0 is switched by `sched` with the rest of the
+//! callee-saved context.
+//!
+//! The kernel itself runs with IRQs masked; IRQs are taken from EL0 tasks
+//! (`irq_lower`) and in the idle loop's wait window (`irq_current`). A
+//! handler never switches tasks from `irq_current`: the idle loop picks the
+//! next task itself.
+
+use crate::{gic, sched, syscall};
+use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
+use aarch64_rt::{ExceptionHandlers, RegisterStateRef, exception_handlers};
+use apflab_abi::apf::{EC_DATA_ABORT_LOWER, EC_INSN_ABORT_LOWER, esr_ec};
+
+/// ESR_EL1.EC of an SVC from AArch64.
+const EC_SVC64: u32 = 0x15;
+
+exception_handlers!(Handlers);
+
+/// The kernel's exception handlers.
+struct Handlers;
+
+impl ExceptionHandlers for Handlers {
+    extern "C" fn sync_current(regs: RegisterStateRef) {
+        panic!(
+            "kernel exception: ESR {:#x} FAR {:#x} ELR {:#x}",
+            ESR_EL1.get(),
+            FAR_EL1.get(),
+            regs.elr
+        );
+    }
+
+    extern "C" fn irq_current(_regs: RegisterStateRef) {
+        // Taken only in the idle loop: wake what is due; the idle loop then
+        // schedules.
+        handle_irqs();
+    }
+
+    extern "C" fn sync_lower(mut regs: RegisterStateRef) {
+        let esr = ESR_EL1.get();
+        match esr_ec(esr) {
+            EC_SVC64 => {
+                // SAFETY: only x0 (the syscall result) is changed, which the
+                // EL0 syscall wrappers declare as clobbered.
+                let frame = unsafe { regs.get_mut() };
+                let r = &frame.registers;
+                let result = syscall::dispatch(r[8], [r[0], r[1], r[2], r[3], r[4], r[5]]);
+                frame.registers[0] = result as u64;
+            }
+            ec @ (EC_DATA_ABORT_LOWER | EC_INSN_ABORT_LOWER) => panic!(
+                "task {} took {} abort at {:#x} (FAR {:#x}, ESR {esr:#x})",
+                sched::current_task_id(),
+                if ec == EC_DATA_ABORT_LOWER {
+                    "a data"
+                } else {
+                    "an instruction"
+                },
+                regs.elr,
+                FAR_EL1.get()
+            ),
+            _ => panic!(
+                "task {} took an unexpected exception at {:#x} (ESR {esr:#x})",
+                sched::current_task_id(),
+                regs.elr
+            ),
+        }
+        sched::preempt_if_needed();
+    }
+
+    extern "C" fn irq_lower(_regs: RegisterStateRef) {
+        handle_irqs();
+        sched::preempt_if_needed();
+    }
+}
+
+/// Acknowledges and handles every pending interrupt.
+fn handle_irqs() {
+    while let Some(intid) = gic::acknowledge() {
+        if intid == gic::VTIMER {
+            sched::on_timer_interrupt();
+        }
+        gic::end(intid);
+    }
+}

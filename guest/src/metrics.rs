@@ -1,0 +1,132 @@
+//! The kernel's counters and the final [`GuestReport`].
+//!
+//! Counters are atomics updated by whichever CPU does the work; the report
+//! is assembled once, by the CPU on which the last task exits.
+
+use crate::arch;
+use crate::config::Config;
+use apflab_abi::report::{GuestReport, LATENCY_BUCKETS, MAX_REPORTED_TASKS};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use spin::mutex::SpinMutex;
+
+/// Metric ids of the `report` syscall (EL0 tasks add to these).
+pub mod metric {
+    /// `cpu` loop operations done.
+    pub const CPU_OPS: u64 = 0;
+    /// Pages read and verified.
+    pub const PAGES_VERIFIED: u64 = 1;
+    /// Words that did not match.
+    pub const MISMATCHES: u64 = 2;
+}
+
+/// A named counter.
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Context switches on all CPUs (switches into a task).
+pub static CONTEXT_SWITCHES: Counter = Counter::new();
+/// Virtual timer interrupts on all CPUs.
+pub static TIMER_IRQS: Counter = Counter::new();
+/// `cpu` operations.
+pub static CPU_OPS: Counter = Counter::new();
+/// Pages verified.
+pub static PAGES_VERIFIED: Counter = Counter::new();
+/// Mismatching words.
+pub static MISMATCHES: Counter = Counter::new();
+/// `kv` requests served.
+pub static REQUESTS: Counter = Counter::new();
+/// Counter ticks spent in the idle loop's wait.
+pub static IDLE_TICKS: Counter = Counter::new();
+/// Async PF features the host offered at boot.
+static APF_FEATURES: Counter = Counter::new();
+
+/// Counter value at boot (the report's time origin).
+static BOOT_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Per-task completion times and the request latency histogram.
+struct Detail {
+    task_done_ns: [u64; MAX_REPORTED_TASKS],
+    latency_hist: [u64; LATENCY_BUCKETS],
+}
+
+static DETAIL: SpinMutex<Detail> = SpinMutex::new(Detail {
+    task_done_ns: [0; MAX_REPORTED_TASKS],
+    latency_hist: [0; LATENCY_BUCKETS],
+});
+
+/// Records the boot time (called first thing by the boot CPU).
+pub fn mark_boot() {
+    BOOT_TICKS.store(arch::counter(), Relaxed);
+}
+
+/// Nanoseconds since boot.
+pub fn now_ns() -> u64 {
+    arch::ticks_to_ns(arch::counter().saturating_sub(BOOT_TICKS.load(Relaxed)))
+}
+
+/// Remembers the features `FEATURES` returned.
+pub fn set_apf_features(features: u64) {
+    APF_FEATURES.add(features);
+}
+
+/// Adds `value` to the metric `id` on behalf of an EL0 task; `false` for an
+/// unknown id.
+pub fn add_metric(id: u64, value: u64) -> bool {
+    match id {
+        metric::CPU_OPS => CPU_OPS.add(value),
+        metric::PAGES_VERIFIED => PAGES_VERIFIED.add(value),
+        metric::MISMATCHES => MISMATCHES.add(value),
+        _ => return false,
+    }
+    true
+}
+
+/// Records that workload task `index` finished now.
+pub fn task_done(index: usize) {
+    if index < MAX_REPORTED_TASKS {
+        DETAIL.lock().task_done_ns[index] = now_ns().max(1);
+    }
+}
+
+/// Records one served request with its latency.
+pub fn request_done(latency_ns: u64) {
+    REQUESTS.add(1);
+    DETAIL.lock().latency_hist[GuestReport::latency_bucket(latency_ns)] += 1;
+}
+
+/// Builds the final report.
+pub fn build_report(config: &Config, cpus_online: u32, tasks_completed: u32) -> GuestReport {
+    let mut r = GuestReport::new(config.workload);
+    r.cpus_online = cpus_online;
+    r.tasks_completed = tasks_completed;
+    r.context_switches = CONTEXT_SWITCHES.get();
+    r.timer_irqs = TIMER_IRQS.get();
+    r.cpu_ops = CPU_OPS.get();
+    r.pages_verified = PAGES_VERIFIED.get();
+    r.mismatches = MISMATCHES.get();
+    r.requests = REQUESTS.get();
+    // The async PF client is not enabled yet: it stays off even when the
+    // host offers features (APF_FEATURES), so its counters are all zero.
+    r.apf_enabled = 0;
+    r.elapsed_ns = now_ns();
+    r.idle_ns = arch::ticks_to_ns(IDLE_TICKS.get());
+    let detail = DETAIL.lock();
+    r.task_done_ns = detail.task_done_ns;
+    r.latency_hist = detail.latency_hist;
+    r
+}

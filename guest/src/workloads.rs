@@ -1,0 +1,364 @@
+//! The workloads: which EL0 tasks a configuration starts, the EL0 code they
+//! run, the kernel side of `kv` (timer-driven request arrivals) and the end
+//! of the run (report, power off).
+//!
+//! EL0 code (the `*_task` functions and what they call) lives in the kernel
+//! image but may only touch its parameter block, its stack, the workload
+//! window and read-only data, and only enters the kernel through
+//! [`crate::syscall::user`].
+
+use crate::config::{Config, Pattern, Verify};
+use crate::metrics::{self, metric};
+use crate::sched::{self, Placement, TaskParams};
+use crate::syscall::user;
+use crate::syscall::{E_INVAL, user::NO_MORE_REQUESTS};
+use crate::{arch, console, hypercall, mmu, percpu};
+use apflab_abi::boot::{
+    KEY_MIB, WORKLOAD_CPU, WORKLOAD_KV, WORKLOAD_MEMTOUCH, WORKLOAD_MIXED, WORKLOAD_VA,
+};
+use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE};
+use apflab_abi::pattern::{WORDS_PER_PAGE, splitmix64, synthetic_word};
+use apflab_abi::report::CONSOLE_PREFIX;
+use spin::Once;
+use spin::mutex::SpinMutex;
+
+static CONFIG: Once<Config> = Once::new();
+
+/// Starts the configured workload's tasks (boot CPU, before the scheduler).
+pub fn spawn(config: &Config) {
+    let config = *CONFIG.call_once(|| *config);
+    let region = mmu::workload_phys();
+    let region_pages = (region.end - region.start) >> PAGE_SHIFT;
+    let pages = config.mib << (20 - PAGE_SHIFT);
+    if matches!(
+        config.workload,
+        WORKLOAD_MEMTOUCH | WORKLOAD_MIXED | WORKLOAD_KV
+    ) && pages > region_pages
+    {
+        panic!(
+            "bad bootarg {KEY_MIB}={}: the workload region holds only {} MiB",
+            config.mib,
+            region_pages >> (20 - PAGE_SHIFT)
+        );
+    }
+    let memtouch = |first_page: u64, count: u64| -> TaskParams {
+        [
+            WORKLOAD_VA + (first_page << PAGE_SHIFT),
+            count,
+            region.start + (first_page << PAGE_SHIFT),
+            config.passes,
+            (config.pattern == Pattern::Random) as u64,
+            (config.verify == Verify::Store) as u64,
+            config.seed ^ splitmix64(first_page),
+            config.store_seed,
+        ]
+    };
+    let cpu_params = [config.ops, 0, 0, 0, 0, 0, 0, 0];
+    match config.workload {
+        WORKLOAD_CPU => {
+            for _ in 0..config.tasks {
+                sched::spawn(cpu_task, cpu_params, Placement::Spread);
+            }
+        }
+        WORKLOAD_MEMTOUCH => {
+            // The working set is split evenly; the last task takes the rest.
+            let tasks = u64::from(config.tasks).min(pages);
+            let share = pages / tasks;
+            for i in 0..tasks {
+                let count = if i == tasks - 1 {
+                    pages - share * i
+                } else {
+                    share
+                };
+                sched::spawn(memtouch_task, memtouch(share * i, count), Placement::Spread);
+            }
+        }
+        WORKLOAD_MIXED => {
+            // Both on one CPU: the cpu task can run while memtouch waits.
+            sched::spawn(cpu_task, cpu_params, Placement::Pinned(0));
+            sched::spawn(memtouch_task, memtouch(0, pages), Placement::Pinned(0));
+        }
+        WORKLOAD_KV => {
+            let interval = arch::ns_to_ticks(config.interval_us * 1000).max(2);
+            *KV.lock() = Some(Kv {
+                cpu: 0,
+                total: config.requests,
+                handed_out: 0,
+                interval_ticks: interval,
+                rng: config.seed | 1,
+                next_arrival: None,
+                in_flight: None,
+            });
+            let params = [
+                WORKLOAD_VA,
+                pages,
+                region.start,
+                config.requests,
+                config.seed,
+                0,
+                0,
+                0,
+            ];
+            sched::spawn(kv_task, params, Placement::Pinned(0));
+        }
+        other => unreachable!("workload id {other} passed config parsing"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// EL0 code
+// ---------------------------------------------------------------------------
+
+/// xorshift64*: the EL0 tasks' deterministic pseudo-random numbers.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(splitmix64(seed) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n > 0; the bias is negligible for n << 2^64).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `cpu`: params[0] loop operations, then report them.
+extern "C" fn cpu_task(params: *const TaskParams) -> ! {
+    // SAFETY: the kernel wrote the block at the top of this task's stack.
+    let p = unsafe { params.read() };
+    let mut x = 0x1234_5678u64;
+    let mut done = 0u64;
+    while done < p[0] {
+        // black_box keeps one real dependent operation per iteration.
+        x = core::hint::black_box(x.wrapping_mul(0x5851_F42D_4C95_7F2D).wrapping_add(done));
+        done += 1;
+    }
+    user::report(metric::CPU_OPS, done);
+    user::write("cpu task done\n");
+    user::exit()
+}
+
+/// Checks one page at `va` against `expected(word)`; returns mismatches.
+fn verify_page(va: u64, expected: impl Fn(usize) -> u64) -> u64 {
+    verify_words(va, 0, expected)
+}
+
+/// Checks words `first..` of the page at `va` against `expected(word)`;
+/// returns mismatches.
+fn verify_words(va: u64, first: usize, expected: impl Fn(usize) -> u64) -> u64 {
+    let page = va as *const u64;
+    let mut bad = 0;
+    for w in first..WORDS_PER_PAGE {
+        // SAFETY: `va` is a page of this task's share of the workload
+        // window, mapped for EL0.
+        let v = unsafe { page.add(w).read_volatile() };
+        bad += (v != expected(w)) as u64;
+    }
+    bad
+}
+
+/// Fills one page at `va` with `value(word)`.
+fn fill_page(va: u64, value: impl Fn(usize) -> u64) {
+    let page = va as *mut u64;
+    for w in 0..WORDS_PER_PAGE {
+        // SAFETY: as in `verify_page`.
+        unsafe { page.add(w).write_volatile(value(w)) };
+    }
+}
+
+/// `memtouch`: params = [va, pages, phys, passes, random, store, seed,
+/// store_seed]. Each pass verifies `pages` pages (in order, or drawn at
+/// random); in self mode it first writes every page with that pass's
+/// pattern, in store mode it checks the store's synthetic content.
+extern "C" fn memtouch_task(params: *const TaskParams) -> ! {
+    // SAFETY: the kernel wrote the block at the top of this task's stack.
+    let [va, pages, phys, passes, random, store, seed, store_seed] = unsafe { params.read() };
+    let mut rng = Rng::new(seed);
+    let pfn_of = |i: u64| (phys >> PAGE_SHIFT) + i;
+    for pass in 0..passes {
+        // Version 0 is the store's content; self-written passes use 1, 2, ...
+        let version = (pass + 1) as u32;
+        if store == 0 {
+            for i in 0..pages {
+                fill_page(va + i * PAGE_SIZE, |w| {
+                    synthetic_word(seed, pfn_of(i), version, w)
+                });
+            }
+        }
+        let mut mismatches = 0;
+        for n in 0..pages {
+            let i = if random != 0 { rng.below(pages) } else { n };
+            let page_va = va + i * PAGE_SIZE;
+            mismatches += if store != 0 {
+                verify_page(page_va, |w| synthetic_word(store_seed, pfn_of(i), 0, w))
+            } else {
+                verify_page(page_va, |w| synthetic_word(seed, pfn_of(i), version, w))
+            };
+        }
+        user::report(metric::PAGES_VERIFIED, pages);
+        user::report(metric::MISMATCHES, mismatches);
+    }
+    user::write("memtouch task done\n");
+    user::exit()
+}
+
+/// `kv`: params = [va, pages, phys, requests, seed]. The table is `pages`
+/// pages; word 0 of a page counts its updates, the other words hold the
+/// page's pattern. A request looks up a random page, verifies it and
+/// updates its counter.
+extern "C" fn kv_task(params: *const TaskParams) -> ! {
+    // SAFETY: the kernel wrote the block at the top of this task's stack.
+    let [va, pages, phys, _requests, seed, ..] = unsafe { params.read() };
+    let pfn_of = |i: u64| (phys >> PAGE_SHIFT) + i;
+    for i in 0..pages {
+        fill_page(va + i * PAGE_SIZE, |w| {
+            if w == 0 {
+                0
+            } else {
+                synthetic_word(seed, pfn_of(i), 1, w)
+            }
+        });
+    }
+    let mut rng = Rng::new(seed ^ 0x6b76);
+    let (mut verified, mut mismatches) = (0, 0);
+    loop {
+        let request = user::request_wait();
+        if request == NO_MORE_REQUESTS || request < 0 {
+            break;
+        }
+        let i = rng.below(pages);
+        let page_va = va + i * PAGE_SIZE;
+        // Word 0 is the update counter; the rest must keep their pattern.
+        mismatches += verify_words(page_va, 1, |w| synthetic_word(seed, pfn_of(i), 1, w));
+        // SAFETY: as above.
+        unsafe {
+            let counter = page_va as *mut u64;
+            counter.write_volatile(counter.read_volatile() + 1);
+        }
+        verified += 1;
+        user::request_done(request as u64);
+    }
+    user::report(metric::PAGES_VERIFIED, verified);
+    user::report(metric::MISMATCHES, mismatches);
+    user::write("kv task done\n");
+    user::exit()
+}
+
+// ---------------------------------------------------------------------------
+// Kernel side of `kv`
+// ---------------------------------------------------------------------------
+
+/// Wait key on which the `kv` server sleeps until the next arrival.
+const KV_ARRIVAL_KEY: u64 = u64::from_le_bytes(*b"kv-arrvl");
+
+/// Open-loop request arrivals: request `i` arrives at a fixed time whether
+/// or not the server has finished request `i - 1`, so queueing shows up in
+/// the latency.
+struct Kv {
+    cpu: usize,
+    total: u64,
+    handed_out: u64,
+    interval_ticks: u64,
+    /// xorshift64 state for inter-arrival times.
+    rng: u64,
+    /// Arrival time of the next request (set when the server first waits).
+    next_arrival: Option<u64>,
+    /// The request being served and its arrival time.
+    in_flight: Option<(u64, u64)>,
+}
+
+impl Kv {
+    /// Next inter-arrival time: uniform in [interval/2, 3*interval/2).
+    fn draw(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.interval_ticks / 2 + self.rng % self.interval_ticks
+    }
+}
+
+static KV: SpinMutex<Option<Kv>> = SpinMutex::new(None);
+
+/// `request_wait` syscall: blocks until the next request has arrived.
+pub fn request_wait() -> i64 {
+    loop {
+        let arrival = {
+            let mut guard = KV.lock();
+            let Some(kv) = guard.as_mut() else {
+                return E_INVAL;
+            };
+            if kv.handed_out == kv.total {
+                return NO_MORE_REQUESTS;
+            }
+            let now = arch::counter();
+            let arrival = match kv.next_arrival {
+                Some(a) => a,
+                None => {
+                    let a = now + kv.draw();
+                    kv.next_arrival = Some(a);
+                    a
+                }
+            };
+            if arrival <= now {
+                let index = kv.handed_out;
+                kv.handed_out += 1;
+                kv.in_flight = Some((index, arrival));
+                let next = arrival + kv.draw();
+                kv.next_arrival = Some(next);
+                return index as i64;
+            }
+            arrival
+        };
+        // The arrival is a timer event on this CPU that wakes the key.
+        sched::set_cpu_deadline(Some(arrival));
+        sched::block_current(sched::Wait::Key(KV_ARRIVAL_KEY));
+    }
+}
+
+/// `request_done` syscall: records the latency of the request in flight.
+pub fn request_done(index: u64) -> i64 {
+    let mut guard = KV.lock();
+    let Some(kv) = guard.as_mut() else {
+        return E_INVAL;
+    };
+    match kv.in_flight {
+        Some((i, arrival)) if i == index => {
+            kv.in_flight = None;
+            metrics::request_done(arch::ticks_to_ns(arch::counter() - arrival));
+            0
+        }
+        _ => E_INVAL,
+    }
+}
+
+/// Called on every timer interrupt: wakes the `kv` server when its next
+/// request is due.
+pub fn on_timer(now: u64) {
+    let due = KV.lock().as_ref().is_some_and(|kv| {
+        kv.cpu == percpu::cpu_index() && kv.next_arrival.is_some_and(|a| a <= now)
+    });
+    if due {
+        sched::wake_key(KV_ARRIVAL_KEY);
+    }
+}
+
+/// After the last task: print and hand over the report, power off.
+pub fn finish(cpus_online: u32, tasks_completed: u32) -> ! {
+    let config = CONFIG.get().expect("workloads::spawn ran");
+    let report = metrics::build_report(config, cpus_online, tasks_completed);
+    let mut line = console::FixedBuf::<4096>::new();
+    let _ = report.write_console_line(&mut line);
+    console::println!("{}", line.as_str());
+    debug_assert!(line.as_str().starts_with(CONSOLE_PREFIX));
+    // NOT_SUPPORTED on plain QEMU: the console line is the report there.
+    let _ = hypercall::report(report.as_bytes());
+    hypercall::system_off()
+}
