@@ -405,6 +405,14 @@ impl FaultEngine {
         Ok(())
     }
 
+    /// Whether `pfn` was evicted for write-back and its content has not
+    /// been handed back yet.
+    pub fn write_back_pending(&self, pfn: u64) -> bool {
+        self.range
+            .index(pfn)
+            .is_some_and(|i| self.write_back_pending.contains(&i))
+    }
+
     /// Backend hint: `pfn` was accessed (CLOCK's referenced bit).
     #[inline]
     pub fn note_access(&mut self, pfn: u64) {

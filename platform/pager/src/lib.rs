@@ -11,10 +11,33 @@
 //!
 //! # Using it from a backend
 //!
-//! Build once per run:
+//! Build once per run with [`Prepared::new`] (a [`ConfigError`] names the
+//! key and value: exit 2), then drive one half:
 //!
-//! ```ignore
-//! let prepared = Prepared::new(&config.pager, guest_ram_bytes, config_dir)?; // ConfigError: exit 2
+//! ```
+//! use apflab_pager::{Access, FaultPlan, PagerConfig, Prepared, VirtualPager};
+//!
+//! let config: PagerConfig = toml::from_str(r#"
+//!     store = { kind = "synthetic", seed = 7 }
+//!     latency = { model = "constant", us = 20.0 }
+//!     resident_limit = "1 MiB"
+//!     initially_resident = 0.0
+//! "#)?;
+//! let prepared = Prepared::new(&config, 64 << 20, std::path::Path::new("."))?;
+//! let mut pager = VirtualPager::new(prepared);
+//! let pfn = pager.range().first_pfn;
+//! let mut guest_page = [0u8; 4096];
+//! match pager.fault(pfn, Access::Read, 1_000)? {
+//!     FaultPlan::Fetch { ready_at_ns, evicted } => {
+//!         assert_eq!((ready_at_ns, evicted), (21_000, None));
+//!         // ... at virtual time 21 µs:
+//!         pager.complete(pfn, &mut guest_page)?;
+//!     }
+//!     other => unreachable!("{other:?}"),
+//! }
+//! assert!(pager.is_resident(pfn));
+//! assert_eq!(pager.metrics().fetches, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Only the workload region ([`ManagedRange`]: guest physical
@@ -40,6 +63,7 @@
 //!    - `Resident`: the mapping was stale; map it, no delay.
 //!    - `NoFrame { retry_at_ns }`: all frames are held by fetches in flight;
 //!      call `fault` again then.
+//!
 //!    An `Err(PagerError)` (store failed after the configured retries) must
 //!    stop the VM: it names the guest page, and nothing was installed.
 //! 3. Optional hints: `note_access(pfn)` (CLOCK's referenced bit),

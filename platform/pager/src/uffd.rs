@@ -1,1 +1,854 @@
+//! The kvm half: serving guest pages with userfaultfd, in real time.
+//!
+//! The managed part of the guest RAM mapping is registered with a
+//! userfaultfd (missing-page mode, plus write-protect mode where the kernel
+//! supports it for anonymous memory). A non-resident page is simply missing
+//! from the mapping, so whoever touches it — a vCPU inside `KVM_RUN`, or
+//! any host thread — blocks in the kernel until the page is installed.
+//!
+//! [`UffdPager`] runs a reader thread that turns userfaultfd messages into
+//! requests, and `queue_depth` page-server threads that make the same
+//! decisions as the emu half ([`FaultEngine`]) on the monotonic clock,
+//! sleep until the modeled fetch completes, and install the page with
+//! `UFFDIO_COPY` (which wakes every thread waiting on it).
+//!
+//! Eviction must not lose a write that races with it. With write-protect
+//! support the victim is write-protected first (writers now block), its
+//! content copied and written back, the page dropped with `MADV_DONTNEED`,
+//! then the protection lifted with a wake-up: a blocked writer retries, finds
+//! the page missing and faults it back in with its written-back content.
+//! Without it (arm64 kernels before 6.10 lack uffd-wp) a write landing
+//! between the copy and `MADV_DONTNEED` could be lost; the pager says so in a
+//! warning at start, and such hosts should keep `resident_limit` unset.
 
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE, RAM_BASE};
+use userfaultfd::{
+    Event, FaultKind, FeatureFlags, IoctlFlags, ReadWrite, RegisterMode, Uffd, UffdBuilder,
+};
+
+use crate::config::{DirtyTracking, ManagedRange};
+use crate::engine::{Access, Begin, Eviction, FaultEngine, PagerError, Prepared};
+use crate::metrics::PagerMetrics;
+use crate::residency::PageState;
+use crate::store::{Page, Store};
+
+const PAGE: usize = PAGE_SIZE as usize;
+/// Most page-server threads, whatever the queue depth.
+const MAX_SERVERS: u32 = 64;
+
+/// What went wrong setting up or running userfaultfd.
+#[derive(Debug, thiserror::Error)]
+pub enum UffdError {
+    /// The userfaultfd could not be created (no permission, no kernel
+    /// support, seccomp).
+    #[error("cannot create a userfaultfd (needs root or vm.unprivileged_userfaultfd=1): {0}")]
+    Create(userfaultfd::Error),
+    /// Registering the range failed.
+    #[error("cannot register {len:#x} bytes at {addr:#x} with userfaultfd: {source}")]
+    Register {
+        /// Host address.
+        addr: usize,
+        /// Length.
+        len: usize,
+        /// The error.
+        source: userfaultfd::Error,
+    },
+    /// An address or length is not page aligned, or outside the region.
+    #[error("{what} {value:#x} is not a page-aligned offset inside the region")]
+    Range {
+        /// What it is.
+        what: &'static str,
+        /// The value.
+        value: usize,
+    },
+    /// The mapping is smaller than the guest RAM the pager manages.
+    #[error(
+        "the guest RAM mapping is {len:#x} bytes; the pager manages guest RAM up to offset {needed:#x}"
+    )]
+    TooSmall {
+        /// Mapping length.
+        len: usize,
+        /// Offset the managed range ends at.
+        needed: usize,
+    },
+    /// A userfaultfd ioctl failed.
+    #[error("{op} at region offset {offset:#x}: {source}")]
+    Ioctl {
+        /// Which operation.
+        op: &'static str,
+        /// Offset in the region.
+        offset: usize,
+        /// The error.
+        source: userfaultfd::Error,
+    },
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Os {
+        /// Which call.
+        op: &'static str,
+        /// errno.
+        source: std::io::Error,
+    },
+    /// Serving a page failed (store error: the guest page is named).
+    #[error(transparent)]
+    Pager(#[from] PagerError),
+}
+
+/// An anonymous private mapping, unmapped on drop. Guest RAM for tests and
+/// benchmarks (the VMM passes its own vm-memory mapping instead).
+pub struct AnonMapping {
+    addr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; sharing its
+// address between threads is what userfaultfd serving needs, and every
+// access through it goes through raw pointers with their own SAFETY notes.
+unsafe impl Send for AnonMapping {}
+// SAFETY: as above; `&AnonMapping` only hands out the address.
+unsafe impl Sync for AnonMapping {}
+
+impl AnonMapping {
+    /// Maps `len` bytes (rounded up to pages) of zeroed anonymous memory.
+    pub fn new(len: usize) -> Result<Self, UffdError> {
+        let len = len.div_ceil(PAGE) * PAGE;
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(UffdError::Os {
+                op: "mmap",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(AnonMapping {
+            addr: NonNull::new(p.cast()).ok_or(UffdError::Os {
+                op: "mmap",
+                source: std::io::Error::other("returned NULL"),
+            })?,
+            len,
+        })
+    }
+
+    /// Start of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for AnonMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value created and owns.
+        unsafe { libc::munmap(self.addr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A range of host memory registered with a userfaultfd: the page-level
+/// operations (install, evict) with their safety argument in one place.
+pub struct UffdRegion {
+    uffd: Uffd,
+    addr: usize,
+    len: usize,
+    write_protect: bool,
+}
+
+impl UffdRegion {
+    /// Registers `[addr, addr + len)` for missing-page faults, and for
+    /// write-protect faults when the kernel supports them on this range.
+    /// Pages already present stay present; use [`UffdRegion::discard`] to
+    /// make them fault.
+    ///
+    /// # Safety
+    /// The range must be page aligned, lie inside one private anonymous
+    /// mapping, and stay mapped for the life of the region. Any thread
+    /// touching a missing page of it blocks until the page is installed.
+    pub unsafe fn register(addr: *mut u8, len: usize) -> Result<Self, UffdError> {
+        let a = addr as usize;
+        if !a.is_multiple_of(PAGE) || len == 0 || !len.is_multiple_of(PAGE) {
+            return Err(UffdError::Range {
+                what: "region",
+                value: a,
+            });
+        }
+        let build = |features: FeatureFlags| {
+            UffdBuilder::new()
+                .close_on_exec(true)
+                .non_blocking(true)
+                // KVM touches guest memory from kernel mode on the vCPU's
+                // behalf: those faults must reach us too.
+                .user_mode_only(false)
+                .require_features(features)
+                .create()
+        };
+        let base = FeatureFlags::THREAD_ID;
+        // Prefer write-protect support; fall back to missing-only.
+        let (uffd, mut wp) = match build(base | FeatureFlags::PAGEFAULT_FLAG_WP) {
+            Ok(u) => (u, true),
+            Err(_) => (build(base).map_err(UffdError::Create)?, false),
+        };
+        let mode = if wp {
+            RegisterMode::MISSING | RegisterMode::WRITE_PROTECT
+        } else {
+            RegisterMode::MISSING
+        };
+        let ioctls = match uffd.register_with_mode(addr.cast(), len, mode) {
+            Ok(i) => i,
+            Err(_) if wp => {
+                wp = false;
+                uffd.register_with_mode(addr.cast(), len, RegisterMode::MISSING)
+                    .map_err(|source| UffdError::Register {
+                        addr: a,
+                        len,
+                        source,
+                    })?
+            }
+            Err(source) => {
+                return Err(UffdError::Register {
+                    addr: a,
+                    len,
+                    source,
+                });
+            }
+        };
+        wp &= ioctls.contains(IoctlFlags::WRITE_PROTECT);
+        if !ioctls.contains(IoctlFlags::COPY | IoctlFlags::WAKE) {
+            return Err(UffdError::Register {
+                addr: a,
+                len,
+                source: userfaultfd::Error::UnsupportedIoctls(ioctls),
+            });
+        }
+        Ok(UffdRegion {
+            uffd,
+            addr: a,
+            len,
+            write_protect: wp,
+        })
+    }
+
+    /// Whether evictions are protected against racing writes.
+    pub fn has_write_protect(&self) -> bool {
+        self.write_protect
+    }
+
+    /// Length of the region.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty (never).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn page_ptr(&self, offset: usize) -> Result<*mut libc::c_void, UffdError> {
+        if !offset.is_multiple_of(PAGE) || offset >= self.len {
+            return Err(UffdError::Range {
+                what: "offset",
+                value: offset,
+            });
+        }
+        Ok((self.addr + offset) as *mut libc::c_void)
+    }
+
+    /// Installs `page` at `offset` with `UFFDIO_COPY`, waking the threads
+    /// waiting for it if `wake`. Returns false if a page was already there
+    /// (nothing is overwritten).
+    pub fn install(&self, offset: usize, page: &Page, wake: bool) -> Result<bool, UffdError> {
+        let dst = self.page_ptr(offset)?;
+        // SAFETY: `dst` is a page of the registered range (checked above),
+        // which the registration contract keeps mapped; `page` is a valid
+        // 4 KiB source. UFFDIO_COPY only fills a missing page atomically.
+        match unsafe { self.uffd.copy(page.as_ptr().cast(), dst, PAGE, wake) } {
+            Ok(_) => Ok(true),
+            Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
+                if wake {
+                    self.wake(offset)?;
+                }
+                Ok(false)
+            }
+            Err(source) => Err(UffdError::Ioctl {
+                op: "UFFDIO_COPY",
+                offset,
+                source,
+            }),
+        }
+    }
+
+    /// Wakes threads waiting on the page at `offset`.
+    pub fn wake(&self, offset: usize) -> Result<(), UffdError> {
+        let p = self.page_ptr(offset)?;
+        self.uffd.wake(p, PAGE).map_err(|source| UffdError::Ioctl {
+            op: "UFFDIO_WAKE",
+            offset,
+            source,
+        })
+    }
+
+    /// Removes the page at `offset` so the next touch faults, copying its
+    /// last content into `content` first (for write-back). With
+    /// write-protect support no write can slip between copy and removal.
+    pub fn evict(&self, offset: usize, content: Option<&mut Page>) -> Result<(), UffdError> {
+        let p = self.page_ptr(offset)?;
+        if self.write_protect {
+            self.uffd
+                .write_protect(p, PAGE)
+                .map_err(|source| UffdError::Ioctl {
+                    op: "UFFDIO_WRITEPROTECT",
+                    offset,
+                    source,
+                })?;
+        }
+        if let Some(out) = content {
+            // SAFETY: the page is inside the registered range and present
+            // (the caller evicts only resident pages), so the read does not
+            // fault; with write protection on it cannot change under us.
+            unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), out.as_mut_ptr(), PAGE) };
+        }
+        self.discard(offset, PAGE)?;
+        if self.write_protect {
+            // Wake writers that blocked on the protection: they retry and
+            // now fault on the missing page.
+            self.uffd
+                .remove_write_protection(p, PAGE, true)
+                .map_err(|source| UffdError::Ioctl {
+                    op: "UFFDIO_WRITEPROTECT (clear)",
+                    offset,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Drops `len` bytes from `offset` with `MADV_DONTNEED`: the pages read
+    /// as missing (and fault) again.
+    pub fn discard(&self, offset: usize, len: usize) -> Result<(), UffdError> {
+        let p = self.page_ptr(offset)?;
+        if !len.is_multiple_of(PAGE) || offset + len > self.len {
+            return Err(UffdError::Range {
+                what: "length",
+                value: len,
+            });
+        }
+        // SAFETY: the range is inside the registered private anonymous
+        // mapping; MADV_DONTNEED only drops its pages (they come back
+        // through userfaultfd), it never unmaps.
+        if unsafe { libc::madvise(p, len, libc::MADV_DONTNEED) } != 0 {
+            return Err(UffdError::Os {
+                op: "madvise(MADV_DONTNEED)",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A fault as read from the userfaultfd.
+struct Request {
+    offset: usize,
+    access: Access,
+    tid: i32,
+    at: Instant,
+}
+
+struct Shared {
+    region: UffdRegion,
+    range: ManagedRange,
+    /// Offset of the managed range's first page in the region (0: the
+    /// region is exactly the managed range).
+    engine: Mutex<FaultEngine>,
+    store: Arc<dyn Store>,
+    retries: u32,
+    epoch: Instant,
+    vcpus: Mutex<HashMap<i32, usize>>,
+    failure: Mutex<Option<PagerError>>,
+    failed: Condvar,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, FaultEngine> {
+        // A poisoned lock means a server thread panicked mid-update; the
+        // bookkeeping is still the best we have, and the run is failing.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn sleep_until(&self, t_ns: u64) {
+        let now = self.now_ns();
+        if t_ns > now {
+            std::thread::sleep(Duration::from_nanos(t_ns - now));
+        }
+    }
+
+    fn pfn(&self, offset: usize) -> u64 {
+        self.range.first_pfn + (offset >> PAGE_SHIFT) as u64
+    }
+
+    fn offset(&self, pfn: u64) -> usize {
+        ((pfn - self.range.first_pfn) << PAGE_SHIFT) as usize
+    }
+
+    fn fail(&self, e: PagerError) {
+        tracing::error!(error = %e, "page server failed; the guest page stays absent");
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.failed.notify_all();
+    }
+
+    fn record_stall(&self, tid: i32, ns: u64) {
+        let vcpu = self
+            .vcpus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&tid)
+            .copied();
+        if let Some(v) = vcpu {
+            self.engine().record_stall(v, ns);
+        }
+    }
+}
+
+/// Far memory in real time for the kvm backend (see the module docs).
+pub struct UffdPager {
+    shared: Arc<Shared>,
+    stop_fd: OwnedFd,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl UffdPager {
+    /// Takes over the managed part of guest RAM mapped at `ram` (host
+    /// address of guest physical [`RAM_BASE`], `ram_len` bytes): registers
+    /// it, drops its pages, installs the initially resident ones from the
+    /// store, and starts the page servers.
+    ///
+    /// # Safety
+    /// `ram` must be a private anonymous mapping of `ram_len` bytes that
+    /// stays mapped until this pager is dropped, and the pager must be
+    /// dropped only after every thread that may touch guest RAM (the vCPUs)
+    /// has stopped: closing the userfaultfd lets blocked threads see zero
+    /// pages.
+    pub unsafe fn start(
+        prepared: Prepared,
+        ram: *mut u8,
+        ram_len: usize,
+    ) -> Result<Self, UffdError> {
+        let mut prepared = prepared;
+        // userfaultfd does not report writes to present pages, so every
+        // evicted page is written back.
+        prepared.config.dirty_tracking = DirtyTracking::Conservative;
+        let range = prepared.range;
+        let start = (
+            ((range.first_pfn << PAGE_SHIFT) - RAM_BASE) as usize,
+            (range.pages as usize) * PAGE,
+        );
+        if start.0 + start.1 > ram_len {
+            return Err(UffdError::TooSmall {
+                len: ram_len,
+                needed: start.0 + start.1,
+            });
+        }
+        // SAFETY: the caller guarantees the mapping; the managed part is a
+        // page-aligned subrange of it.
+        let region = unsafe { UffdRegion::register(ram.add(start.0), start.1)? };
+        if !region.has_write_protect() && prepared.config.resident_limit.is_some() {
+            tracing::warn!(
+                "userfaultfd write-protect is not available for anonymous memory on this \
+                 kernel: a guest write racing with an eviction can be lost"
+            );
+        }
+        region.discard(0, region.len())?;
+        let engine = FaultEngine::new(&prepared);
+        let retries = engine.retries();
+        let mut page = Box::new([0u8; PAGE]);
+        for pfn in engine.resident_pfns() {
+            FaultEngine::read_with_retries(retries, &*prepared.store, pfn, &mut page)?;
+            region.install(
+                ((pfn - range.first_pfn) << PAGE_SHIFT) as usize,
+                &page,
+                false,
+            )?;
+        }
+        let servers = prepared.config.queue_depth.clamp(1, MAX_SERVERS);
+        let shared = Arc::new(Shared {
+            region,
+            range,
+            engine: Mutex::new(engine),
+            store: prepared.store,
+            retries,
+            epoch: Instant::now(),
+            vcpus: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+            failed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        // SAFETY: eventfd creates a new descriptor; on success we own it.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(UffdError::Os {
+                op: "eventfd",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `efd` is a fresh descriptor nobody else owns.
+        let stop_fd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let (tx, rx) = mpsc::channel::<Request>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for n in 0..servers {
+            let (s, rx) = (shared.clone(), rx.clone());
+            threads.push(spawn(format!("apf-pager-{n}"), move || serve(&s, &rx))?);
+        }
+        let (s, stop) = (shared.clone(), stop_fd.as_raw_fd());
+        threads.push(spawn("apf-uffd-reader".into(), move || {
+            read_faults(&s, stop, tx)
+        })?);
+        Ok(UffdPager {
+            shared,
+            stop_fd,
+            threads,
+        })
+    }
+
+    /// Attributes the stall time of faults from host thread `tid` (the
+    /// vCPU thread's `gettid()`) to `vcpu`.
+    pub fn register_vcpu_thread(&self, vcpu: usize, tid: i32) {
+        self.shared
+            .vcpus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tid, vcpu);
+    }
+
+    /// The managed range.
+    pub fn range(&self) -> ManagedRange {
+        self.shared.range
+    }
+
+    /// Whether eviction is safe against racing writes on this kernel.
+    pub fn has_write_protect(&self) -> bool {
+        self.shared.region.has_write_protect()
+    }
+
+    /// Whether managed page `pfn` is resident now.
+    pub fn is_resident(&self, pfn: u64) -> bool {
+        self.shared.engine().is_resident(pfn)
+    }
+
+    /// Hint: `pfn` was accessed.
+    pub fn note_access(&self, pfn: u64) {
+        self.shared.engine().note_access(pfn);
+    }
+
+    /// The first fatal error, if a page could not be served. The threads
+    /// waiting for that page stay blocked: stop the VM.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|e| e.to_string())
+    }
+
+    /// Waits up to `timeout` for a fatal error and takes it.
+    pub fn wait_failure(&self, timeout: Duration) -> Option<PagerError> {
+        let g = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (mut g, _) = self
+            .shared
+            .failed
+            .wait_timeout_while(g, timeout, |f| f.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        g.take()
+    }
+
+    /// Metrics so far.
+    pub fn metrics(&self) -> PagerMetrics {
+        self.shared.engine().metrics()
+    }
+}
+
+impl Drop for UffdPager {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a local u64 to our own eventfd.
+        unsafe { libc::write(self.stop_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // The reader exits on the eventfd and drops the request sender,
+        // which ends every server's receive loop.
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, UffdError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|source| UffdError::Os {
+            op: "spawning a page-server thread",
+            source,
+        })
+}
+
+/// Reader thread: userfaultfd messages to requests, until `stop_fd` fires.
+fn read_faults(s: &Shared, stop_fd: i32, tx: Sender<Request>) {
+    let uffd_fd = s.region.uffd.as_raw_fd();
+    let mut fds = [
+        libc::pollfd {
+            fd: uffd_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    while !s.stop.load(Ordering::Acquire) {
+        // SAFETY: `fds` is a valid array of two pollfds for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %std::io::Error::last_os_error(), "poll on the userfaultfd failed");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        loop {
+            match s.region.uffd.read_event() {
+                Ok(Some(Event::Pagefault {
+                    kind,
+                    rw,
+                    addr,
+                    thread_id,
+                })) => {
+                    // Write-protect faults are writers blocked by an eviction
+                    // in progress; the evicting server wakes them.
+                    if kind != FaultKind::Missing {
+                        continue;
+                    }
+                    let offset = (addr as usize - s.region.addr) & !(PAGE - 1);
+                    let access = if rw == ReadWrite::Write {
+                        Access::Write
+                    } else {
+                        Access::Read
+                    };
+                    let req = Request {
+                        offset,
+                        access,
+                        tid: thread_id.as_raw(),
+                        at: Instant::now(),
+                    };
+                    if tx.send(req).is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(userfaultfd::Error::SystemError(e)) if e as i32 == libc::EAGAIN => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the userfaultfd failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Page-server thread: takes requests until the reader goes away.
+fn serve(s: &Shared, rx: &Mutex<Receiver<Request>>) {
+    let mut page = Box::new([0u8; PAGE]);
+    let mut victim = Box::new([0u8; PAGE]);
+    loop {
+        let req = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        };
+        if let Err(e) = serve_one(s, &req, &mut page, &mut victim) {
+            match e {
+                UffdError::Pager(p) => s.fail(p),
+                other => {
+                    let pfn = s.pfn(req.offset);
+                    tracing::error!(pfn, error = %other, "serving a page failed");
+                    s.fail(PagerError::Protocol {
+                        pfn,
+                        what: "userfaultfd operation failed (see the log)",
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn serve_one(
+    s: &Shared,
+    req: &Request,
+    page: &mut Page,
+    victim: &mut Page,
+) -> Result<(), UffdError> {
+    let pfn = s.pfn(req.offset);
+    loop {
+        let (state, pending) = {
+            let e = s.engine();
+            let i = s.range.index(pfn).ok_or(PagerError::NotManaged {
+                pfn,
+                first: s.range.first_pfn,
+                end: s.range.first_pfn + s.range.pages,
+            })?;
+            (e.residency().state(i), e.write_back_pending(pfn))
+        };
+        match state {
+            // A stale message: the page came in meanwhile. Wake in case
+            // the sender is still waiting.
+            PageState::Resident => return s.region.wake(req.offset),
+            // The fetching server wakes everyone when it installs.
+            PageState::InFlight => {
+                let mut e = s.engine();
+                if let Begin::InFlight { ready_at_ns } = e.begin(pfn, s.now_ns())? {
+                    let waited = (s.epoch + Duration::from_nanos(ready_at_ns))
+                        .saturating_duration_since(req.at);
+                    drop(e);
+                    s.record_stall(req.tid, waited.as_nanos() as u64);
+                }
+                return Ok(());
+            }
+            PageState::Absent if pending => {
+                // Our eviction of this page is between DONTNEED and its
+                // bookkeeping; it is done in microseconds.
+                std::thread::yield_now();
+                continue;
+            }
+            PageState::Absent => {}
+        }
+        // Read outside the lock: the store may be slow.
+        let attempts = FaultEngine::read_with_retries(s.retries, &*s.store, pfn, page)?;
+        let now = s.now_ns();
+        let mut e = s.engine();
+        match e.begin(pfn, now)? {
+            Begin::Fetch { evicted } => {
+                let latency: u64 = (0..attempts).map(|_| e.sample_latency()).sum();
+                let ready = e.schedule(pfn, now, attempts, latency);
+                drop(e);
+                if let Some(ev) = evicted {
+                    evict(s, ev, victim)?;
+                }
+                s.sleep_until(ready);
+                if !s.region.install(req.offset, page, true)? {
+                    tracing::warn!(pfn, "page was already present when its fetch completed");
+                }
+                s.engine().complete(pfn, req.access)?;
+                s.record_stall(req.tid, req.at.elapsed().as_nanos() as u64);
+                return Ok(());
+            }
+            Begin::NoFrame { retry_at_ns } => {
+                drop(e);
+                s.sleep_until(retry_at_ns);
+            }
+            // Someone else started or finished it while we read.
+            Begin::InFlight { .. } | Begin::Resident => return Ok(()),
+        }
+    }
+}
+
+fn evict(s: &Shared, ev: Eviction, buf: &mut Page) -> Result<(), UffdError> {
+    let offset = s.offset(ev.pfn);
+    if ev.write_back {
+        // The engine keeps the page "write-back pending" until the content
+        // is in the store; a fault arriving after the drop waits for that,
+        // so it reads the new content.
+        s.region.evict_with(offset, buf, |content| {
+            s.store
+                .write_page(ev.pfn, content)
+                .map_err(|source| PagerError::WriteBack {
+                    pfn: ev.pfn,
+                    source,
+                })?;
+            s.engine().written_back(ev.pfn, s.now_ns())
+        })
+    } else {
+        s.region.evict(offset, None)
+    }
+}
+
+impl UffdRegion {
+    /// Like [`UffdRegion::evict`] with a copy, running `after_drop` on the
+    /// copied content once the page is gone but before writers blocked on
+    /// the protection are woken.
+    fn evict_with(
+        &self,
+        offset: usize,
+        buf: &mut Page,
+        after_drop: impl FnOnce(&Page) -> Result<(), PagerError>,
+    ) -> Result<(), UffdError> {
+        let p = self.page_ptr(offset)?;
+        if self.write_protect {
+            self.uffd
+                .write_protect(p, PAGE)
+                .map_err(|source| UffdError::Ioctl {
+                    op: "UFFDIO_WRITEPROTECT",
+                    offset,
+                    source,
+                })?;
+        }
+        // SAFETY: as in `evict`: a present page of the registered range.
+        unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), buf.as_mut_ptr(), PAGE) };
+        self.discard(offset, PAGE)?;
+        let result = after_drop(buf);
+        if self.write_protect {
+            self.uffd
+                .remove_write_protection(p, PAGE, true)
+                .map_err(|source| UffdError::Ioctl {
+                    op: "UFFDIO_WRITEPROTECT (clear)",
+                    offset,
+                    source,
+                })?;
+        }
+        result.map_err(UffdError::Pager)
+    }
+}

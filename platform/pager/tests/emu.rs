@@ -68,39 +68,37 @@ impl MiniVmm {
             self.pager.note_access(pfn);
             return Ok(());
         }
-        loop {
-            match self.pager.fault(pfn, access, self.now)? {
-                FaultPlan::Fetch {
-                    ready_at_ns,
-                    evicted,
-                } => {
-                    if let Some(e) = evicted {
-                        assert!(self.present.remove(&e.pfn), "evicted a page not present");
-                        let i = self.idx(e.pfn);
-                        if e.write_back {
-                            let data = self.mem[i];
-                            self.pager.write_back(e.pfn, &data, self.now)?;
-                        }
-                        self.mem[i] = [0xEE; 4096]; // the frame is reused
+        match self.pager.fault(pfn, access, self.now)? {
+            FaultPlan::Fetch {
+                ready_at_ns,
+                evicted,
+            } => {
+                if let Some(e) = evicted {
+                    assert!(self.present.remove(&e.pfn), "evicted a page not present");
+                    let i = self.idx(e.pfn);
+                    if e.write_back {
+                        let data = self.mem[i];
+                        self.pager.write_back(e.pfn, &data, self.now)?;
                     }
-                    self.max_frames_seen = self.max_frames_seen.max(self.pager.frames_in_use());
-                    assert!(ready_at_ns > self.now);
-                    self.pager.record_stall(0, ready_at_ns - self.now);
-                    self.now = ready_at_ns;
-                    let i = self.idx(pfn);
-                    let mut page = [0u8; 4096];
-                    self.pager.complete(pfn, &mut page)?;
-                    self.mem[i] = page;
-                    self.present.insert(pfn);
-                    return Ok(());
+                    self.mem[i] = [0xEE; 4096]; // the frame is reused
                 }
-                FaultPlan::Resident => {
-                    self.present.insert(pfn);
-                    return Ok(());
-                }
-                FaultPlan::Joined { .. } | FaultPlan::NoFrame { .. } => {
-                    unreachable!("one vCPU never joins or waits")
-                }
+                self.max_frames_seen = self.max_frames_seen.max(self.pager.frames_in_use());
+                assert!(ready_at_ns > self.now);
+                self.pager.record_stall(0, ready_at_ns - self.now);
+                self.now = ready_at_ns;
+                let i = self.idx(pfn);
+                let mut page = [0u8; 4096];
+                self.pager.complete(pfn, &mut page)?;
+                self.mem[i] = page;
+                self.present.insert(pfn);
+                Ok(())
+            }
+            FaultPlan::Resident => {
+                self.present.insert(pfn);
+                Ok(())
+            }
+            FaultPlan::Joined { .. } | FaultPlan::NoFrame { .. } => {
+                unreachable!("one vCPU never joins or waits")
             }
         }
     }
