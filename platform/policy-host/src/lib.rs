@@ -1,1 +1,44 @@
-//! Placeholder.
+//! Runs apflab's per-fault policies: sandboxed WebAssembly modules
+//! (wasmtime) or native Rust, behind one [`Policy`] trait.
+//!
+//! A Wasm policy speaks ABI v1 ([`apflab_abi::policy`]). Loading
+//! ([`PolicyModule::load`]) compiles it once and checks everything that can
+//! be checked before a run: size, imports (only `apf.log`; no WASI), the
+//! exports and their signatures, that it starts within its fuel and speaks
+//! ABI version 1. Each run gets a fresh instance
+//! ([`PolicyModule::instantiate`]), a [`WasmPolicy`], whose calls run under
+//! fuel and memory/table limits. A call that fails in any way gives the
+//! built-in fallback decision ([`Decision::FALLBACK`], the `sync` baseline)
+//! and is counted in [`PolicyStats`]; too many failures in a row disable the
+//! policy for the rest of the run. Nothing gives a module time, randomness
+//! or I/O, so a run is deterministic.
+//!
+//! Native policies (the example crates under `policies/`, or
+//! [`BuiltinSync`]) implement the same trait, so the VMM and the benchmarks
+//! can use either.
+
+mod config;
+mod error;
+mod log;
+mod module;
+mod runner;
+mod sandbox;
+mod stats;
+
+pub use apflab_abi::policy::{Decision, FaultInfo, Policy};
+pub use config::PolicyConfig;
+pub use error::PolicyError;
+pub use module::{ItemInfo, ModuleInfo, PolicyModule, check, check_with};
+pub use runner::WasmPolicy;
+pub use stats::{CauseCounts, FailureCause, PolicyStats};
+
+/// The built-in policy used when no module is configured: the `sync`
+/// baseline, identical to [`Decision::FALLBACK`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuiltinSync;
+
+impl Policy for BuiltinSync {
+    fn decide(&mut self, _fault: &FaultInfo) -> Decision {
+        Decision::FALLBACK
+    }
+}

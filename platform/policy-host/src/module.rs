@@ -1,0 +1,479 @@
+//! Loading a policy module: compile once, validate against ABI v1, and
+//! start one fresh instance per run.
+
+use crate::config::PolicyConfig;
+use crate::error::PolicyError;
+use crate::log::{LogLimiter, message_text};
+use crate::runner::WasmPolicy;
+use crate::sandbox::{HostState, Limits};
+use crate::stats::FailureCause;
+use apflab_abi::policy::{
+    EXPORT_ABI_VERSION, EXPORT_DECIDE, EXPORT_MEMORY, EXPORT_ON_READY, EXPORT_ON_RUN_END,
+    IMPORT_LOG, IMPORT_MODULE, POLICY_ABI_VERSION,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use wasmtime::{
+    Caller, Config, Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, Trap, ValType,
+};
+
+/// The Wasm value types the ABI uses.
+#[derive(Clone, Copy)]
+enum Ty {
+    I32,
+    I64,
+}
+
+impl Ty {
+    fn matches(self, v: &ValType) -> bool {
+        matches!((self, v), (Ty::I32, ValType::I32) | (Ty::I64, ValType::I64))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Ty::I32 => "i32",
+            Ty::I64 => "i64",
+        }
+    }
+}
+
+/// A function signature the ABI requires.
+struct Signature {
+    params: &'static [Ty],
+    results: &'static [Ty],
+}
+
+impl Signature {
+    fn matches(&self, ft: &FuncType) -> bool {
+        ft.params().len() == self.params.len()
+            && ft.results().len() == self.results.len()
+            && ft.params().zip(self.params).all(|(v, t)| t.matches(&v))
+            && ft.results().zip(self.results).all(|(v, t)| t.matches(&v))
+    }
+
+    fn describe(&self) -> String {
+        let names = |tys: &[Ty]| tys.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ");
+        format!("func({}) -> ({})", names(self.params), names(self.results))
+    }
+}
+
+const SIG_ABI_VERSION: Signature = Signature {
+    params: &[],
+    results: &[Ty::I32],
+};
+const SIG_DECIDE: Signature = Signature {
+    params: &[
+        Ty::I32,
+        Ty::I64,
+        Ty::I32,
+        Ty::I32,
+        Ty::I32,
+        Ty::I32,
+        Ty::I64,
+        Ty::I64,
+    ],
+    results: &[Ty::I64],
+};
+const SIG_ON_READY: Signature = Signature {
+    params: &[Ty::I64, Ty::I64],
+    results: &[],
+};
+const SIG_ON_RUN_END: Signature = Signature {
+    params: &[],
+    results: &[],
+};
+const SIG_LOG: Signature = Signature {
+    params: &[Ty::I32, Ty::I32],
+    results: &[],
+};
+
+/// The function exports of ABI v1.
+const REQUIRED_FUNCS: [(&str, Signature); 4] = [
+    (EXPORT_ABI_VERSION, SIG_ABI_VERSION),
+    (EXPORT_DECIDE, SIG_DECIDE),
+    (EXPORT_ON_READY, SIG_ON_READY),
+    (EXPORT_ON_RUN_END, SIG_ON_RUN_END),
+];
+
+fn describe_func(ft: &FuncType) -> String {
+    let join = |it: &mut dyn Iterator<Item = ValType>| {
+        it.map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "func({}) -> ({})",
+        join(&mut ft.params()),
+        join(&mut ft.results())
+    )
+}
+
+fn describe_extern(ty: &ExternType) -> String {
+    match ty {
+        ExternType::Func(ft) => describe_func(ft),
+        ExternType::Memory(_) => "memory".into(),
+        ExternType::Table(_) => "table".into(),
+        ExternType::Global(_) => "global".into(),
+        ExternType::Tag(_) => "tag".into(),
+    }
+}
+
+/// One import or export of a module: its name and type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ItemInfo {
+    /// `name` for an export, `module.name` for an import.
+    pub name: String,
+    /// E.g. `func(i64, i64) -> ()` or `memory`.
+    pub ty: String,
+}
+
+/// What `apflab policy check` reports about a valid module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModuleInfo {
+    /// The file (or label) it came from.
+    pub module: String,
+    /// Size of the file in bytes.
+    pub size_bytes: usize,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// What `apf_abi_version` returned.
+    pub abi_version: i32,
+    /// Every export, in module order.
+    pub exports: Vec<ItemInfo>,
+    /// Every import, in module order.
+    pub imports: Vec<ItemInfo>,
+}
+
+impl fmt::Display for ModuleInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: valid policy, ABI version {}",
+            self.module, self.abi_version
+        )?;
+        writeln!(f, "  size    {} bytes", self.size_bytes)?;
+        writeln!(f, "  sha256  {}", self.sha256)?;
+        writeln!(f, "  exports")?;
+        for e in &self.exports {
+            writeln!(f, "    {:<18} {}", e.name, e.ty)?;
+        }
+        if self.imports.is_empty() {
+            writeln!(f, "  imports (none)")
+        } else {
+            writeln!(f, "  imports")?;
+            for i in &self.imports {
+                writeln!(f, "    {:<18} {}", i.name, i.ty)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A compiled, validated policy module: compile once per run, then
+/// [`instantiate`](Self::instantiate) for each run (fresh state every time).
+pub struct PolicyModule {
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    config: PolicyConfig,
+    name: Arc<str>,
+    info: ModuleInfo,
+}
+
+impl fmt::Debug for PolicyModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyModule")
+            .field("info", &self.info)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyModule {
+    /// Loads a `.wasm` (binary) or `.wat` (text) file.
+    pub fn load(path: &Path, config: &PolicyConfig) -> Result<Self, PolicyError> {
+        let name = path.display().to_string();
+        // Refuse by size before reading a huge file into memory.
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.len() > config.max_module_bytes as u64
+        {
+            return Err(PolicyError::TooLarge {
+                module: name,
+                size: usize::try_from(meta.len()).unwrap_or(usize::MAX),
+                max: config.max_module_bytes,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+            module: name.clone(),
+            source,
+        })?;
+        Self::from_bytes(&name, &bytes, config)
+    }
+
+    /// Loads a module from memory, binary or text; `name` names it in
+    /// errors and logs.
+    pub fn from_bytes(
+        name: &str,
+        bytes: &[u8],
+        config: &PolicyConfig,
+    ) -> Result<Self, PolicyError> {
+        let module_name = || name.to_string();
+        if bytes.len() > config.max_module_bytes {
+            return Err(PolicyError::TooLarge {
+                module: module_name(),
+                size: bytes.len(),
+                max: config.max_module_bytes,
+            });
+        }
+        let engine = new_engine()?;
+        let module = Module::new(&engine, bytes).map_err(|e| PolicyError::Compile {
+            module: module_name(),
+            message: format!("{e:#}"),
+        })?;
+        let imports = validate_imports(name, &module)?;
+        let exports = validate_exports(name, &module)?;
+
+        let mut linker = Linker::new(&engine);
+        linker
+            .func_wrap(IMPORT_MODULE, IMPORT_LOG, host_log)
+            .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| PolicyError::Compile {
+                module: module_name(),
+                message: format!("{e:#}"),
+            })?;
+
+        let mut this = Self {
+            engine,
+            pre,
+            config: config.clone(),
+            name: name.into(),
+            info: ModuleInfo {
+                module: module_name(),
+                size_bytes: bytes.len(),
+                sha256: hex(&Sha256::digest(bytes)),
+                abi_version: 0,
+                exports,
+                imports,
+            },
+        };
+        // Run the start function and ask the version once now, so a module
+        // that cannot start or speaks another ABI is refused at load.
+        let (mut store, instance) = this.new_instance()?;
+        let version = instance
+            .get_typed_func::<(), i32>(&mut store, EXPORT_ABI_VERSION)
+            .and_then(|f| f.call(&mut store, ()))
+            .map_err(|e| PolicyError::AbiVersionCall {
+                module: module_name(),
+                cause: classify(&e, store.data().limits.hit),
+                message: format!("{e:#}"),
+            })?;
+        if version != POLICY_ABI_VERSION {
+            return Err(PolicyError::AbiVersion {
+                module: module_name(),
+                expected: POLICY_ABI_VERSION,
+                found: version,
+            });
+        }
+        this.info.abi_version = version;
+        Ok(this)
+    }
+
+    /// What the module exports and imports, its ABI version and hash.
+    pub fn info(&self) -> &ModuleInfo {
+        &self.info
+    }
+
+    /// The limits it runs under.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// A fresh instance for one run: new memory, new state, fresh counters.
+    pub fn instantiate(&self) -> Result<WasmPolicy, PolicyError> {
+        let (store, instance) = self.new_instance()?;
+        WasmPolicy::new(store, instance, &self.config, &self.name)
+    }
+
+    /// A store with this module's limits and an instance in it; the start
+    /// function runs under the per-call fuel.
+    fn new_instance(&self) -> Result<(Store<HostState>, wasmtime::Instance), PolicyError> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                limits: Limits::new(
+                    self.config.memory_limit_bytes,
+                    self.config.table_elements_limit,
+                ),
+                log: LogLimiter::new(self.config.log_burst, self.config.log_refill_decisions),
+                module: self.name.clone(),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        let instantiate = store
+            .set_fuel(self.config.fuel_per_call)
+            .and_then(|()| self.pre.instantiate(&mut store));
+        match instantiate {
+            Ok(instance) => Ok((store, instance)),
+            Err(e) => Err(PolicyError::Instantiate {
+                module: self.name.to_string(),
+                cause: classify(&e, store.data().limits.hit),
+                message: format!("{e:#}"),
+            }),
+        }
+    }
+}
+
+/// Validates a module file without keeping it: what `apflab policy check`
+/// runs. Uses the default limits.
+pub fn check(path: &Path) -> Result<ModuleInfo, PolicyError> {
+    check_with(path, &PolicyConfig::default())
+}
+
+/// [`check`] with explicit limits.
+pub fn check_with(path: &Path, config: &PolicyConfig) -> Result<ModuleInfo, PolicyError> {
+    PolicyModule::load(path, config).map(|m| m.info)
+}
+
+/// The engine for policies: fuel metering on, and the few Wasm features
+/// that could make a result depend on the host turned to their
+/// deterministic form.
+fn new_engine() -> Result<Engine, PolicyError> {
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .cranelift_nan_canonicalization(true)
+        .relaxed_simd_deterministic(true);
+    Engine::new(&config).map_err(|e| PolicyError::Engine(format!("{e:#}")))
+}
+
+/// Maps a failed call to its cause; `limit_hit` says whether the store's
+/// limiter refused something during it.
+pub(crate) fn classify(err: &wasmtime::Error, limit_hit: bool) -> FailureCause {
+    if err.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        FailureCause::OutOfFuel
+    } else if limit_hit {
+        FailureCause::ResourceLimit
+    } else {
+        FailureCause::Trap
+    }
+}
+
+fn validate_imports(name: &str, module: &Module) -> Result<Vec<ItemInfo>, PolicyError> {
+    let mut out = Vec::new();
+    for import in module.imports() {
+        let ty = import.ty();
+        let (m, n) = (import.module(), import.name());
+        if m.starts_with("wasi") {
+            return Err(PolicyError::WasiImport {
+                module: name.into(),
+                import_module: m.into(),
+                name: n.into(),
+            });
+        }
+        if m != IMPORT_MODULE || n != IMPORT_LOG {
+            return Err(PolicyError::UnknownImport {
+                module: name.into(),
+                import_module: m.into(),
+                name: n.into(),
+                ty: describe_extern(&ty),
+            });
+        }
+        match &ty {
+            ExternType::Func(ft) if SIG_LOG.matches(ft) => {}
+            other => {
+                return Err(PolicyError::WrongImport {
+                    module: name.into(),
+                    expected: SIG_LOG.describe(),
+                    found: describe_extern(other),
+                });
+            }
+        }
+        out.push(ItemInfo {
+            name: format!("{m}.{n}"),
+            ty: describe_extern(&ty),
+        });
+    }
+    Ok(out)
+}
+
+fn validate_exports(name: &str, module: &Module) -> Result<Vec<ItemInfo>, PolicyError> {
+    for (export, sig) in &REQUIRED_FUNCS {
+        match module.get_export(export) {
+            None => {
+                return Err(PolicyError::MissingExport {
+                    module: name.into(),
+                    export,
+                    expected: sig.describe(),
+                });
+            }
+            Some(ExternType::Func(ft)) if sig.matches(&ft) => {}
+            Some(other) => {
+                return Err(PolicyError::WrongExport {
+                    module: name.into(),
+                    export,
+                    expected: sig.describe(),
+                    found: describe_extern(&other),
+                });
+            }
+        }
+    }
+    match module.get_export(EXPORT_MEMORY) {
+        Some(ExternType::Memory(_)) => {}
+        None => {
+            return Err(PolicyError::MissingExport {
+                module: name.into(),
+                export: EXPORT_MEMORY,
+                expected: "memory".into(),
+            });
+        }
+        Some(other) => {
+            return Err(PolicyError::WrongExport {
+                module: name.into(),
+                export: EXPORT_MEMORY,
+                expected: "memory".into(),
+                found: describe_extern(&other),
+            });
+        }
+    }
+    Ok(module
+        .exports()
+        .map(|e| ItemInfo {
+            name: e.name().into(),
+            ty: describe_extern(&e.ty()),
+        })
+        .collect())
+}
+
+/// `apf.log(ptr, len)`: a message from the module, passed to tracing if the
+/// rate limit allows. Bad pointers drop the message rather than trap: a log
+/// line is not worth failing a decision for.
+fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) {
+    if !caller.data_mut().log.admit() {
+        return;
+    }
+    let text = caller
+        .get_export(EXPORT_MEMORY)
+        .and_then(|e| e.into_memory())
+        .and_then(|mem| {
+            let data = mem.data(&caller);
+            let start = usize::try_from(ptr as u32).ok()?;
+            let end = start.checked_add(usize::try_from(len as u32).ok()?)?;
+            data.get(start..end).map(message_text)
+        });
+    let state = caller.data_mut();
+    match text {
+        Some(text) => tracing::info!(target: "apflab::policy", policy = %state.module, "{text}"),
+        None => {
+            // Counted as dropped, not passed.
+            state.log.passed -= 1;
+            state.log.dropped += 1;
+            tracing::debug!(target: "apflab::policy", policy = %state.module, ptr, len, "apf.log outside the module's memory");
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
