@@ -39,6 +39,8 @@ pub struct DataAccess {
     /// Bytes touched from `va` (an upper bound for the rare forms where the
     /// exact count depends on run-time state, e.g. DC ZVA's block size).
     pub size: u64,
+    /// Whether the access writes (stores, atomics, DC ZVA).
+    pub write: bool,
     /// The disassembly, for logs and errors.
     pub text: String,
 }
@@ -86,7 +88,14 @@ pub fn data_access<R: RegisterSource>(
     if let Some(va) = dc_address(word, regs)? {
         // DC ZVA zeroes an aligned block of at most 2 KiB (DCZID_EL0.BS <= 9);
         // other DC operations act on one cache line. Neither crosses a page.
-        return Ok(DataAccess { va, size: 1, text });
+        // Only DC ZVA writes; cache maintenance counts as a read.
+        let write = word & 0xFFFF_FFE0 == 0xD50B_7420;
+        return Ok(DataAccess {
+            va,
+            size: 1,
+            write,
+            text,
+        });
     }
     let not_memory = || AccessError::NotMemoryAccess {
         word,
@@ -127,7 +136,13 @@ pub fn data_access<R: RegisterSource>(
     }
     let va = addr.ok_or_else(not_memory)?;
     let size = access_size(&inst);
-    Ok(DataAccess { va, size, text })
+    let write = is_write(inst.opcode);
+    Ok(DataAccess {
+        va,
+        size,
+        write,
+        text,
+    })
 }
 
 /// LDR (literal) group: bits 29:27 = 0b011, bits 25:24 = 0b00.
@@ -155,10 +170,10 @@ fn dc_address<R: RegisterSource>(
     let op2 = (word >> 5) & 7;
     let by_va = crn == 7
         && match (op1, crm, op2) {
-            (3, 4, 1) => true,                      // ZVA
-            (0, 6, 1) => true,                      // IVAC
-            (3, 10 | 11 | 12 | 13 | 14, 1) => true, // CVAC, CVAU, CVAP, CVADP, CIVAC
-            (3, 5, 1) => true,                      // IC IVAU
+            (3, 4, 1) => true,       // ZVA
+            (0, 6, 1) => true,       // IVAC
+            (3, 10..=14, 1) => true, // CVAC, CVAU, CVAP, CVADP, CIVAC
+            (3, 5, 1) => true,       // IC IVAU
             _ => false,
         };
     if !by_va || rt == 31 {
@@ -195,6 +210,50 @@ fn extend(raw: u64, size: SizeCode, style: ShiftStyle) -> u64 {
         ShiftStyle::SXTH => raw as u16 as i16 as i64 as u64,
         _ => raw,
     }
+}
+
+/// Whether the instruction writes memory: stores (their mnemonics start
+/// with `ST`) and read-modify-write atomics.
+fn is_write(op: Opcode) -> bool {
+    use Opcode::*;
+    if matches!(
+        op,
+        SWP(_)
+            | SWPB(_)
+            | SWPH(_)
+            | CAS(_)
+            | CASB(_)
+            | CASH(_)
+            | CASP(_)
+            | LDADD(_)
+            | LDADDB(_)
+            | LDADDH(_)
+            | LDCLR(_)
+            | LDCLRB(_)
+            | LDCLRH(_)
+            | LDEOR(_)
+            | LDEORB(_)
+            | LDEORH(_)
+            | LDSET(_)
+            | LDSETB(_)
+            | LDSETH(_)
+            | LDSMAX(_)
+            | LDSMAXB(_)
+            | LDSMAXH(_)
+            | LDSMIN(_)
+            | LDSMINB(_)
+            | LDSMINH(_)
+            | LDUMAX(_)
+            | LDUMAXB(_)
+            | LDUMAXH(_)
+            | LDUMIN(_)
+            | LDUMINB(_)
+            | LDUMINH(_)
+    ) {
+        return true;
+    }
+    // The opcode's Debug form is its mnemonic (ST1, STP, STXR, STLR...).
+    format!("{op:?}").starts_with("ST")
 }
 
 /// Bytes a SIMD&FP register of this size holds.

@@ -42,6 +42,8 @@ pub struct FaultSite {
     pub va: u64,
     /// Which access it was.
     pub kind: FaultKind,
+    /// Whether the access writes (false for fetches).
+    pub write: bool,
     /// Disassembly of the instruction at PC (empty for a fetch fault).
     pub instruction: String,
 }
@@ -121,6 +123,7 @@ where
                 ipa_page: p,
                 va: pc,
                 kind: FaultKind::TableWalk,
+                write: false,
                 instruction: String::new(),
             });
         }
@@ -131,6 +134,7 @@ where
             ipa_page: page(pc_ipa),
             va: pc,
             kind: FaultKind::InstructionFetch,
+            write: false,
             instruction: String::new(),
         });
     }
@@ -162,6 +166,7 @@ where
             ipa_page,
             va: access.va,
             kind,
+            write: access.write,
             instruction: access.text,
         });
     }
@@ -214,6 +219,7 @@ mod tests {
         assert_eq!(site.ipa_page, DATA_PA + 0x1000);
         assert_eq!(site.kind, FaultKind::Data);
         assert_eq!(site.va, DATA_VA + 0x1ff8);
+        assert!(!site.write);
         assert!(
             site.instruction.starts_with("ldr x0"),
             "{}",
@@ -233,6 +239,7 @@ mod tests {
         let site = locate(CODE_VA + 0x10, &t, &mut r, &ram).unwrap();
         assert_eq!(site.ipa_page, DATA_PA + 0x1000);
         assert_eq!(site.va, DATA_VA + 0xff8);
+        assert!(site.write, "stp is a store");
     }
 
     #[test]
