@@ -1,1 +1,15 @@
-//! Placeholder.
+//! apflab's command-line front end as a library: experiment configs, running
+//! one config, the results file, grids of runs (matrices) and reports.
+//!
+//! The `apflab` binary is a thin clap layer over these modules.
+
+pub mod catalog;
+pub mod config;
+pub mod matrix;
+pub mod report;
+pub mod result;
+pub mod runner;
+
+pub use config::{Config, ConfigError, LoadedConfig};
+pub use result::RunResult;
+pub use runner::{RunError, execute, run_config};

@@ -1,0 +1,797 @@
+//! Experiment configs: the TOML file a user writes, its validation, and
+//! what it turns into for the VMM ([`VmConfig`] and the guest's bootargs).
+//!
+//! Parsing happens in two steps. [`RawConfig`] mirrors the file exactly
+//! (`deny_unknown_fields` everywhere, every checked value wrapped in
+//! [`Spanned`] so a semantic error can point at its line and column);
+//! [`Config::from_raw`] then validates it and fills in defaults. Every error
+//! names the file, the position and the dotted key.
+
+use std::path::{Path, PathBuf};
+
+use apflab_abi::boot;
+use apflab_abi::memory_map::MAX_VCPUS;
+use apflab_vmm::{BackendKind, CostModel, VmConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+/// One MiB.
+const MIB: u64 = 1 << 20;
+
+/// An error in a config file (or an experiment file's overrides of one).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {error}")]
+    Read {
+        /// The file as named by the user.
+        file: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A value (or a key) is wrong; `key` is the dotted path.
+    #[error("{file}:{line}:{col}: key `{key}`: {message}")]
+    Key {
+        /// The file as named by the user.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (in characters).
+        col: usize,
+        /// Dotted key, e.g. `guest.vcpus`.
+        key: String,
+        /// What was expected.
+        message: String,
+    },
+    /// The file is not valid TOML, or an error without a key.
+    #[error("{file}:{line}:{col}: {message}")]
+    Syntax {
+        /// The file as named by the user.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (in characters).
+        col: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The `[guest]` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuest {
+    vcpus: Spanned<u32>,
+    memory_mib: Spanned<u64>,
+    kernel: Option<Spanned<PathBuf>>,
+}
+
+/// The `[workload]` section as written. All parameters are optional; which
+/// ones apply depends on `kind` (checked in [`Config::from_raw`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkload {
+    kind: Spanned<String>,
+    tasks: Option<Spanned<u32>>,
+    ops: Option<Spanned<u64>>,
+    mib: Option<Spanned<u64>>,
+    pattern: Option<Spanned<String>>,
+    passes: Option<Spanned<u32>>,
+    verify: Option<Spanned<String>>,
+    requests: Option<Spanned<u64>>,
+    interval_us: Option<Spanned<u64>>,
+    timeslice_us: Option<Spanned<u64>>,
+}
+
+/// `[backend.cost]` as written; missing fields take [`CostModel::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCost {
+    ns_per_instruction: Option<Spanned<f64>>,
+    exit_ns: Option<u64>,
+    hypercall_ns: Option<u64>,
+    inject_ns: Option<u64>,
+}
+
+/// `[backend]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    kind: Option<Backend>,
+    #[serde(default)]
+    cost: RawCost,
+    slice_instructions: Option<Spanned<u64>>,
+    max_virtual_ms: Option<Spanned<u64>>,
+}
+
+/// A config file exactly as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    guest: RawGuest,
+    workload: RawWorkload,
+    #[serde(default)]
+    backend: RawBackend,
+    seed: Option<u64>,
+    // Reserved: `[pager]` (far memory, issue 5) and `[policy]` (the Wasm
+    // policy, issue 6) become `Option<RawPager>` / `Option<RawPolicy>`
+    // fields here, validated in `Config::from_raw` like the others. Until
+    // then `deny_unknown_fields` rejects them by name.
+}
+
+/// Engine, as written in configs and on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Software arm64 CPU in virtual time (deterministic).
+    Emu,
+    /// arm64 KVM (aarch64 Linux host with /dev/kvm).
+    Kvm,
+}
+
+impl Backend {
+    /// The VMM's name for it.
+    pub fn kind(self) -> BackendKind {
+        match self {
+            Backend::Emu => BackendKind::Emu,
+            Backend::Kvm => BackendKind::Kvm,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Emu => "emu",
+            Backend::Kvm => "kvm",
+        }
+    }
+}
+
+/// Workload kinds (names and ids from [`apflab_abi::boot::WORKLOAD_NAMES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// Compute loop counting ops.
+    Cpu,
+    /// Touch a working set and verify every page read.
+    Memtouch,
+    /// One `cpu` task beside one `memtouch` task.
+    Mixed,
+    /// Timer-driven requests served from a large table.
+    Kv,
+}
+
+impl WorkloadKind {
+    /// All kinds, in the ABI's order.
+    pub const ALL: [WorkloadKind; 4] = [
+        WorkloadKind::Cpu,
+        WorkloadKind::Memtouch,
+        WorkloadKind::Mixed,
+        WorkloadKind::Kv,
+    ];
+
+    /// Name as in bootargs and configs.
+    pub fn name(self) -> &'static str {
+        let id = match self {
+            WorkloadKind::Cpu => boot::WORKLOAD_CPU,
+            WorkloadKind::Memtouch => boot::WORKLOAD_MEMTOUCH,
+            WorkloadKind::Mixed => boot::WORKLOAD_MIXED,
+            WorkloadKind::Kv => boot::WORKLOAD_KV,
+        };
+        boot::workload_name(id).expect("every kind has an ABI name")
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The `[workload]` parameters this kind takes (besides `kind`).
+    pub fn params(self) -> &'static [&'static str] {
+        match self {
+            WorkloadKind::Cpu => &["tasks", "ops", "timeslice_us"],
+            WorkloadKind::Memtouch => &[
+                "tasks",
+                "mib",
+                "pattern",
+                "passes",
+                "verify",
+                "timeslice_us",
+            ],
+            WorkloadKind::Mixed => &["ops", "mib", "pattern", "passes", "verify", "timeslice_us"],
+            WorkloadKind::Kv => &["tasks", "mib", "requests", "interval_us", "timeslice_us"],
+        }
+    }
+
+    /// Whether the kind has a working set (`mib`) in the workload region.
+    fn has_working_set(self) -> bool {
+        self != WorkloadKind::Cpu
+    }
+}
+
+/// Default values of the workload parameters (all are passed to the guest
+/// explicitly, so a result records exactly what ran).
+pub mod defaults {
+    /// `tasks` (`cpu`, `memtouch`, `kv`).
+    pub const TASKS: u32 = 2;
+    /// `ops` per `cpu` task.
+    pub const OPS: u64 = 1_000_000;
+    /// `mib` of the working set.
+    pub const MIB: u64 = 16;
+    /// `pattern` of `memtouch`.
+    pub const PATTERN: &str = "seq";
+    /// `passes` of `memtouch`.
+    pub const PASSES: u32 = 1;
+    /// `verify` of `memtouch`.
+    pub const VERIFY: &str = "self";
+    /// `requests` of `kv`.
+    pub const REQUESTS: u64 = 1_000;
+    /// `interval_us` of `kv`.
+    pub const INTERVAL_US: u64 = 100;
+    /// Scheduler time slice.
+    pub const TIMESLICE_US: u64 = 1_000;
+    /// Top-level `seed`.
+    pub const SEED: u64 = 1;
+    /// `backend.slice_instructions`.
+    pub const SLICE_INSTRUCTIONS: u64 = 20_000;
+    /// `backend.max_virtual_ms`.
+    pub const MAX_VIRTUAL_MS: u64 = 10_000;
+}
+
+/// The `[guest]` section, validated.
+#[derive(Clone, Debug, Serialize)]
+pub struct GuestConfig {
+    /// vCPUs, `1..=MAX_VCPUS`.
+    pub vcpus: u32,
+    /// Guest RAM.
+    pub memory_mib: u64,
+    /// Kernel as written in the config (relative to the config file), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+}
+
+/// The `[workload]` section, validated and with defaults filled in: the
+/// parameters that apply to `kind` are `Some`, the others `None`.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadConfig {
+    /// Which workload.
+    pub kind: WorkloadKind,
+    /// Tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<u32>,
+    /// Loop iterations per `cpu` task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<u64>,
+    /// Working set in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mib: Option<u64>,
+    /// `seq` or `random`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Passes over the working set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passes: Option<u32>,
+    /// `self` (or `store`, once a pager serves the pages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    /// `kv` requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// `kv` mean inter-arrival time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_us: Option<u64>,
+    /// Scheduler time slice.
+    pub timeslice_us: u64,
+}
+
+/// The cost model, as recorded in results.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CostConfig {
+    /// See [`CostModel::ns_per_instruction`].
+    pub ns_per_instruction: f64,
+    /// See [`CostModel::exit_ns`].
+    pub exit_ns: u64,
+    /// See [`CostModel::hypercall_ns`].
+    pub hypercall_ns: u64,
+    /// See [`CostModel::inject_ns`].
+    pub inject_ns: u64,
+}
+
+/// The `[backend]` section, validated.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendConfig {
+    /// Engine.
+    pub kind: Backend,
+    /// Emu: instructions per round-robin slice.
+    pub slice_instructions: u64,
+    /// The run fails after this much virtual time.
+    pub max_virtual_ms: u64,
+    /// Emu: host costs charged to virtual time.
+    pub cost: CostConfig,
+}
+
+/// A validated experiment config.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// Seed of every pseudo-random choice (guest and, later, pager).
+    pub seed: u64,
+    /// `[guest]`.
+    pub guest: GuestConfig,
+    /// `[workload]`.
+    pub workload: WorkloadConfig,
+    /// `[backend]`.
+    pub backend: BackendConfig,
+    /// The kernel file that will be booted (the config's `guest.kernel`
+    /// resolved against the config's directory, or the built-in guest).
+    #[serde(skip)]
+    pub kernel_path: PathBuf,
+}
+
+/// A config as loaded from a file: the validated config plus what identifies
+/// the file.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    /// The file as named by the user.
+    pub path: PathBuf,
+    /// Its stem (`quick` for `configs/quick.toml`).
+    pub name: String,
+    /// SHA-256 of the file's text, lower-case hex.
+    pub sha256: String,
+    /// The validated config.
+    pub config: Config,
+}
+
+/// Where a semantic error points: a span in the source text.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// 1-based line and column (in characters) of byte offset `at`.
+    fn line_col(&self, at: usize) -> (usize, usize) {
+        let at = at.min(self.text.len());
+        let before = &self.text[..at];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = self.text[line_start..at].chars().count() + 1;
+        (line, col)
+    }
+
+    fn key_error(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, col) = self.line_col(span.start);
+        ConfigError::Key {
+            file: self.file.to_owned(),
+            line,
+            col,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about a section or key that is missing altogether: points
+    /// at the start of the file.
+    fn missing(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.key_error(0..0, key, message)
+    }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Host RAM in MiB (from /proc/meminfo), if it can be read.
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Deserializes TOML `text` (named `file` in errors) into `T`, with errors
+/// that give the position and the dotted key.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let src = Source { file, text };
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(&src, e, None))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        toml_error(&src, e.into_inner(), Some(path))
+    })
+}
+
+/// Turns a toml error into a [`ConfigError`] with position and, when known,
+/// the dotted key.
+fn toml_error(src: &Source<'_>, err: toml::de::Error, path: Option<String>) -> ConfigError {
+    let (line, col) = err.span().map_or((1, 1), |s| src.line_col(s.start));
+    let message = err.message().trim().to_owned();
+    // `Spanned` values add a private segment to the path; it is no key.
+    let path = path
+        .map(|p| {
+            p.split('.')
+                .filter(|seg| !seg.starts_with("$__serde_spanned_private"))
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .filter(|p| p != "." && !p.is_empty());
+    let with_name = |name: &str| match &path {
+        Some(p) if p == name || p.ends_with(&format!(".{name}")) => p.clone(),
+        Some(p) => format!("{p}.{name}"),
+        None => name.to_owned(),
+    };
+    // serde reports an unknown key as "unknown field `x`, expected ...":
+    // name the full key and keep the list of expected ones.
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((name, expected)) = rest.split_once('`')
+    {
+        let key = with_name(name);
+        let expected = expected.trim_start_matches(',').trim();
+        return ConfigError::Key {
+            file: src.file.to_owned(),
+            line,
+            col,
+            key,
+            message: format!("unknown key; {expected}"),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some((name, _)) = rest.split_once('`')
+    {
+        let key = with_name(name);
+        return ConfigError::Key {
+            file: src.file.to_owned(),
+            line,
+            col,
+            key,
+            message: "missing; this key is required".to_owned(),
+        };
+    }
+    match path {
+        Some(key) => ConfigError::Key {
+            file: src.file.to_owned(),
+            line,
+            col,
+            key,
+            message,
+        },
+        None => ConfigError::Syntax {
+            file: src.file.to_owned(),
+            line,
+            col,
+            message,
+        },
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            file: file.clone(),
+            error,
+        })?;
+        let config = Self::from_text(&file, &text, path.parent().unwrap_or(Path::new("")))?;
+        Ok(LoadedConfig {
+            path: path.to_owned(),
+            name: path
+                .file_stem()
+                .map_or_else(|| "config".to_owned(), |s| s.to_string_lossy().into_owned()),
+            sha256: sha256_hex(text.as_bytes()),
+            config,
+        })
+    }
+
+    /// Parses and validates config `text`; `file` names it in errors and
+    /// `base_dir` is where a relative `guest.kernel` is looked up.
+    pub fn from_text(file: &str, text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = parse_toml(file, text)?;
+        Self::from_raw(file, text, raw, base_dir)
+    }
+
+    /// Validates a parsed config (see [`Config::from_text`]).
+    fn from_raw(
+        file: &str,
+        text: &str,
+        raw: RawConfig,
+        base_dir: &Path,
+    ) -> Result<Config, ConfigError> {
+        let src = Source { file, text };
+
+        // [guest]
+        let vcpus = &raw.guest.vcpus;
+        if !(1..=MAX_VCPUS).contains(vcpus.get_ref()) {
+            return Err(src.key_error(
+                vcpus.span(),
+                "guest.vcpus",
+                format!("{} vCPUs; expected 1..={MAX_VCPUS}", vcpus.get_ref()),
+            ));
+        }
+        let memory = &raw.guest.memory_mib;
+        if let Some(host) = host_memory_mib()
+            && *memory.get_ref() > host
+        {
+            return Err(src.key_error(
+                memory.span(),
+                "guest.memory_mib",
+                format!(
+                    "{} MiB is more memory than this host has ({host} MiB)",
+                    memory.get_ref()
+                ),
+            ));
+        }
+        let (kernel, kernel_path) = match &raw.guest.kernel {
+            Some(k) => {
+                let resolved = base_dir.join(k.get_ref());
+                if !resolved.is_file() {
+                    return Err(src.key_error(
+                        k.span(),
+                        "guest.kernel",
+                        format!(
+                            "guest image {} not found; expected a path to an arm64 ELF or raw image, relative to the config file",
+                            resolved.display()
+                        ),
+                    ));
+                }
+                (Some(k.get_ref().clone()), resolved)
+            }
+            None => {
+                let built_in = apflab_artifacts::guest_elf().to_path_buf();
+                if !built_in.is_file() {
+                    return Err(src.missing(
+                        "guest.kernel",
+                        format!(
+                            "no kernel given and the built-in guest {} is missing (rebuild apflab)",
+                            built_in.display()
+                        ),
+                    ));
+                }
+                (None, built_in)
+            }
+        };
+
+        // [workload]
+        let w = &raw.workload;
+        let kind = WorkloadKind::from_name(w.kind.get_ref()).ok_or_else(|| {
+            let names: Vec<_> = WorkloadKind::ALL.iter().map(|k| k.name()).collect();
+            src.key_error(
+                w.kind.span(),
+                "workload.kind",
+                format!(
+                    "unknown workload `{}`; expected one of {}",
+                    w.kind.get_ref(),
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let given: [(&str, Option<std::ops::Range<usize>>); 9] = [
+            ("tasks", w.tasks.as_ref().map(Spanned::span)),
+            ("ops", w.ops.as_ref().map(Spanned::span)),
+            ("mib", w.mib.as_ref().map(Spanned::span)),
+            ("pattern", w.pattern.as_ref().map(Spanned::span)),
+            ("passes", w.passes.as_ref().map(Spanned::span)),
+            ("verify", w.verify.as_ref().map(Spanned::span)),
+            ("requests", w.requests.as_ref().map(Spanned::span)),
+            ("interval_us", w.interval_us.as_ref().map(Spanned::span)),
+            ("timeslice_us", w.timeslice_us.as_ref().map(Spanned::span)),
+        ];
+        for (name, span) in &given {
+            if let Some(span) = span
+                && !kind.params().contains(name)
+            {
+                return Err(src.key_error(
+                    span.clone(),
+                    &format!("workload.{name}"),
+                    format!(
+                        "does not apply to workload `{}`; it takes {}",
+                        kind.name(),
+                        kind.params().join(", ")
+                    ),
+                ));
+            }
+        }
+        let takes = |name: &str| kind.params().contains(&name);
+        let positive_u32 = |v: &Option<Spanned<u32>>,
+                            name: &str,
+                            default: u32|
+         -> Result<Option<u32>, ConfigError> {
+            if !takes(name) {
+                return Ok(None);
+            }
+            match v {
+                Some(s) if *s.get_ref() == 0 => Err(src.key_error(
+                    s.span(),
+                    &format!("workload.{name}"),
+                    "0; expected at least 1",
+                )),
+                Some(s) => Ok(Some(*s.get_ref())),
+                None => Ok(Some(default)),
+            }
+        };
+        let positive_u64 = |v: &Option<Spanned<u64>>,
+                            name: &str,
+                            default: u64|
+         -> Result<Option<u64>, ConfigError> {
+            if !takes(name) {
+                return Ok(None);
+            }
+            match v {
+                Some(s) if *s.get_ref() == 0 => Err(src.key_error(
+                    s.span(),
+                    &format!("workload.{name}"),
+                    "0; expected at least 1",
+                )),
+                Some(s) => Ok(Some(*s.get_ref())),
+                None => Ok(Some(default)),
+            }
+        };
+        let one_of = |v: &Option<Spanned<String>>,
+                      name: &str,
+                      allowed: &[&str],
+                      default: &str|
+         -> Result<Option<String>, ConfigError> {
+            if !takes(name) {
+                return Ok(None);
+            }
+            match v {
+                Some(s) if !allowed.contains(&s.get_ref().as_str()) => Err(src.key_error(
+                    s.span(),
+                    &format!("workload.{name}"),
+                    format!("`{}`; expected one of {}", s.get_ref(), allowed.join(", ")),
+                )),
+                Some(s) => Ok(Some(s.get_ref().clone())),
+                None => Ok(Some(default.to_owned())),
+            }
+        };
+        let workload = WorkloadConfig {
+            kind,
+            tasks: positive_u32(&w.tasks, "tasks", defaults::TASKS)?,
+            ops: positive_u64(&w.ops, "ops", defaults::OPS)?,
+            mib: positive_u64(&w.mib, "mib", defaults::MIB)?,
+            pattern: one_of(&w.pattern, "pattern", &["seq", "random"], defaults::PATTERN)?,
+            passes: positive_u32(&w.passes, "passes", defaults::PASSES)?,
+            // `store` verifies against the pager's synthetic store, which
+            // needs a `[pager]` section (issue 5); until then only `self`.
+            verify: one_of(&w.verify, "verify", &["self"], defaults::VERIFY)?,
+            requests: positive_u64(&w.requests, "requests", defaults::REQUESTS)?,
+            interval_us: positive_u64(&w.interval_us, "interval_us", defaults::INTERVAL_US)?,
+            timeslice_us: positive_u64(&w.timeslice_us, "timeslice_us", defaults::TIMESLICE_US)?
+                .expect("every kind takes timeslice_us"),
+        };
+
+        // The kernel, its tables and stacks live below the workload region;
+        // the working set lives in it.
+        let region_mib = boot::WORKLOAD_REGION_OFFSET / MIB;
+        let needed = region_mib + workload.mib.unwrap_or(1);
+        if *memory.get_ref() < needed {
+            let why = if kind.has_working_set() {
+                format!(
+                    "{region_mib} MiB for the kernel + {} MiB working set",
+                    workload.mib.unwrap_or(0)
+                )
+            } else {
+                format!("{region_mib} MiB for the kernel + 1 MiB for tasks")
+            };
+            return Err(src.key_error(
+                memory.span(),
+                "guest.memory_mib",
+                format!(
+                    "{} MiB is too small for workload `{}`; expected at least {needed} MiB ({why})",
+                    memory.get_ref(),
+                    kind.name()
+                ),
+            ));
+        }
+
+        // [backend]
+        let b = &raw.backend;
+        let default_cost = CostModel::default();
+        let ns_per_instruction = match &b.cost.ns_per_instruction {
+            Some(s) if !(s.get_ref().is_finite() && *s.get_ref() > 0.0) => {
+                return Err(src.key_error(
+                    s.span(),
+                    "backend.cost.ns_per_instruction",
+                    format!("{}; expected a positive number of nanoseconds", s.get_ref()),
+                ));
+            }
+            Some(s) => *s.get_ref(),
+            None => default_cost.ns_per_instruction,
+        };
+        let positive =
+            |v: &Option<Spanned<u64>>, key: &str, default: u64| -> Result<u64, ConfigError> {
+                match v {
+                    Some(s) if *s.get_ref() == 0 => {
+                        Err(src.key_error(s.span(), key, "0; expected at least 1"))
+                    }
+                    Some(s) => Ok(*s.get_ref()),
+                    None => Ok(default),
+                }
+            };
+        let backend = BackendConfig {
+            kind: b.kind.unwrap_or(Backend::Emu),
+            slice_instructions: positive(
+                &b.slice_instructions,
+                "backend.slice_instructions",
+                defaults::SLICE_INSTRUCTIONS,
+            )?,
+            max_virtual_ms: positive(
+                &b.max_virtual_ms,
+                "backend.max_virtual_ms",
+                defaults::MAX_VIRTUAL_MS,
+            )?,
+            cost: CostConfig {
+                ns_per_instruction,
+                exit_ns: b.cost.exit_ns.unwrap_or(default_cost.exit_ns),
+                hypercall_ns: b.cost.hypercall_ns.unwrap_or(default_cost.hypercall_ns),
+                inject_ns: b.cost.inject_ns.unwrap_or(default_cost.inject_ns),
+            },
+        };
+
+        Ok(Config {
+            seed: raw.seed.unwrap_or(defaults::SEED),
+            guest: GuestConfig {
+                vcpus: *vcpus.get_ref(),
+                memory_mib: *memory.get_ref(),
+                kernel,
+            },
+            workload,
+            backend,
+            kernel_path,
+        })
+    }
+
+    /// The guest's `/chosen/bootargs`: every workload parameter explicitly,
+    /// in a fixed order, with the keys of [`apflab_abi::boot`].
+    pub fn bootargs(&self) -> String {
+        let w = &self.workload;
+        let mut args = vec![format!("{}={}", boot::KEY_WORKLOAD, w.kind.name())];
+        let mut push = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                args.push(format!("{key}={v}"));
+            }
+        };
+        push(boot::KEY_TASKS, w.tasks.map(|v| v.to_string()));
+        push(boot::KEY_OPS, w.ops.map(|v| v.to_string()));
+        push(boot::KEY_MIB, w.mib.map(|v| v.to_string()));
+        push(boot::KEY_PATTERN, w.pattern.clone());
+        push(boot::KEY_PASSES, w.passes.map(|v| v.to_string()));
+        push(boot::KEY_VERIFY, w.verify.clone());
+        push(boot::KEY_REQUESTS, w.requests.map(|v| v.to_string()));
+        push(boot::KEY_INTERVAL_US, w.interval_us.map(|v| v.to_string()));
+        push(boot::KEY_TIMESLICE_US, Some(w.timeslice_us.to_string()));
+        push(boot::KEY_SEED, Some(self.seed.to_string()));
+        args.join(" ")
+    }
+
+    /// What the VMM needs to run this config.
+    pub fn vm_config(&self, echo_console: bool) -> VmConfig {
+        let c = &self.backend.cost;
+        VmConfig {
+            backend: self.backend.kind.kind(),
+            vcpus: self.guest.vcpus,
+            memory_mib: self.guest.memory_mib,
+            kernel: self.kernel_path.clone(),
+            bootargs: self.bootargs(),
+            cost: CostModel {
+                ns_per_instruction: c.ns_per_instruction,
+                exit_ns: c.exit_ns,
+                hypercall_ns: c.hypercall_ns,
+                inject_ns: c.inject_ns,
+            },
+            slice_instructions: self.backend.slice_instructions,
+            max_virtual_ns: self.backend.max_virtual_ms.saturating_mul(1_000_000),
+            echo_console,
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The results file of one run (`result.json`).
+//!
+//! Everything outside the [`Wall`] section is a function of the config file,
+//! the guest kernel and the apflab build only, so two runs of the same
+//! config and seed on the emu backend give byte-identical JSON once `wall`
+//! is removed. Maps are `BTreeMap`s so key order is fixed too.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use apflab_abi::boot;
+use apflab_abi::report::{GuestReport, LATENCY_BUCKETS};
+use apflab_vmm::{GuestExit, RunOutcome};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, WorkloadKind};
+
+/// Version of the layout of [`RunResult`]; bumped on any change that a
+/// reader of old files would misread.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One run's results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// apflab's version (of the build that ran).
+    pub apflab_version: String,
+    /// The config that ran.
+    pub config: ConfigRecord,
+    /// `emu` or `kvm`.
+    pub backend: String,
+    /// vCPUs of the VM.
+    pub vcpus: u32,
+    /// Virtual time at the end of the run (emu), ns.
+    pub virtual_time_ns: u64,
+    /// How the run ended and whether it counts as a success.
+    pub outcome: Outcome,
+    /// What the guest reported (absent if it sent no report).
+    pub guest: Option<GuestRecord>,
+    /// What the VMM counted.
+    pub vmm: VmmRecord,
+    /// Everything that depends on the host or the moment of the run.
+    pub wall: Wall,
+}
+
+/// The config of a run, as recorded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConfigRecord {
+    /// The config file's stem (`quick`).
+    pub name: String,
+    /// SHA-256 of the config file's text.
+    pub sha256: String,
+    /// SHA-256 of the guest kernel file that was booted.
+    pub kernel_sha256: String,
+    /// The guest's bootargs as passed.
+    pub bootargs: String,
+    /// The config as parsed, with defaults filled in.
+    pub parsed: serde_json::Value,
+}
+
+/// How the run ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Whether the run succeeded (powered off with a clean report).
+    pub success: bool,
+    /// `power_off`, `reset`, `panic`, `crash` or `timeout`.
+    pub exit: String,
+    /// The guest's panic or crash message.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+    /// Why a run that powered off still failed (no report, mismatches).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub failure: Option<String>,
+}
+
+/// What the guest reported.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GuestRecord {
+    /// Workload name from the report.
+    pub workload: String,
+    /// CPUs the guest brought up.
+    pub cpus_online: u32,
+    /// Tasks that ran to completion.
+    pub tasks_completed: u32,
+    /// Context switches on all CPUs.
+    pub context_switches: u64,
+    /// Timer interrupts on all CPUs.
+    pub timer_irqs: u64,
+    /// Boot to last task completion (guest clock), ns.
+    pub elapsed_ns: u64,
+    /// Time in the idle task, ns.
+    pub idle_ns: u64,
+    /// Per-workload metrics.
+    pub metrics: WorkloadMetrics,
+    /// Async page fault counters.
+    pub apf: ApfRecord,
+    /// Per-task completion time from boot (guest clock), ns; index = task.
+    pub task_done_ns: Vec<u64>,
+}
+
+/// Per-workload metrics; only the sections of the workload that ran are
+/// present (`mixed` has `cpu` and `memtouch`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WorkloadMetrics {
+    /// `cpu`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu: Option<CpuMetrics>,
+    /// `memtouch`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub memtouch: Option<MemtouchMetrics>,
+    /// `kv`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kv: Option<KvMetrics>,
+}
+
+/// `cpu` workload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CpuMetrics {
+    /// Loop operations done by all tasks.
+    pub ops: u64,
+}
+
+/// `memtouch` workload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemtouchMetrics {
+    /// Pages read and verified.
+    pub pages_verified: u64,
+    /// Words that did not match (must be 0).
+    pub mismatches: u64,
+}
+
+/// `kv` workload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KvMetrics {
+    /// Requests served.
+    pub requests: u64,
+    /// Pages read and verified.
+    pub pages_verified: u64,
+    /// Words that did not match (must be 0).
+    pub mismatches: u64,
+    /// Request latency percentiles.
+    pub latency: LatencySummary,
+    /// Non-empty buckets of the guest's log2 histogram: bucket `i` (the
+    /// key) counts latencies in `[2^i, 2^(i+1))` ns.
+    pub latency_hist: BTreeMap<u32, u64>,
+}
+
+/// Percentiles of a log2 latency histogram. Each value is the upper bound
+/// (exclusive) of the bucket that holds the percentile, so it is exact to
+/// within a factor of two and never an underestimate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    /// Median, ns.
+    pub p50_ns: u64,
+    /// 90th percentile, ns.
+    pub p90_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// Largest, ns.
+    pub max_ns: u64,
+}
+
+impl LatencySummary {
+    /// Summarises a histogram laid out as [`GuestReport::latency_hist`].
+    pub fn from_log2_hist(hist: &[u64; LATENCY_BUCKETS]) -> Self {
+        let count: u64 = hist.iter().sum();
+        let upper = |bucket: usize| 1u64 << (bucket + 1);
+        let percentile = |p: f64| -> u64 {
+            if count == 0 {
+                return 0;
+            }
+            // The smallest bucket whose cumulative count reaches p of all.
+            let rank = ((p * count as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (i, n) in hist.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return upper(i);
+                }
+            }
+            upper(LATENCY_BUCKETS - 1)
+        };
+        let max_ns = hist.iter().rposition(|&n| n > 0).map_or(0, upper);
+        LatencySummary {
+            count,
+            p50_ns: percentile(0.50),
+            p90_ns: percentile(0.90),
+            p99_ns: percentile(0.99),
+            max_ns,
+        }
+    }
+}
+
+/// Async page fault counters of the guest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApfRecord {
+    /// Whether async PF was enabled in the guest.
+    pub enabled: bool,
+    /// "Not present" notifications taken.
+    pub not_present: u64,
+    /// "Page ready" notifications taken.
+    pub ready: u64,
+    /// Tasks parked.
+    pub parked: u64,
+    /// Halts until ready.
+    pub halts: u64,
+    /// Ready before its not-present was processed.
+    pub early_ready: u64,
+}
+
+/// What the VMM counted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmmRecord {
+    /// Exits by reason.
+    pub exits: BTreeMap<String, u64>,
+    /// All exits.
+    pub exits_total: u64,
+    /// Guest instructions, all vCPUs.
+    pub instructions: u64,
+    /// Per vCPU: virtual ns halted in WFI.
+    pub halted_ns: Vec<u64>,
+    /// Interrupts injected, by INTID.
+    pub interrupts: BTreeMap<u32, u64>,
+    /// Per task: completion time (virtual ns) from `TASK_DONE`.
+    pub task_done_ns: BTreeMap<u64, u64>,
+}
+
+/// Host- and time-dependent facts about the run, kept apart so the rest of
+/// the file is deterministic.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Wall {
+    /// Host wall-clock duration of the run, ms.
+    pub wall_time_ms: f64,
+    /// Host name.
+    pub host: String,
+    /// Start of the run, seconds since the Unix epoch.
+    pub started_at_unix_s: u64,
+    /// The config file as named on the command line.
+    pub config_path: String,
+    /// The kernel file that was booted.
+    pub kernel_path: String,
+    /// Guest instructions per host second (emu throughput).
+    pub instructions_per_s: f64,
+}
+
+/// The host's name (best effort; empty if unknown).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// What identifies a run besides its config: the inputs to
+/// [`RunResult::new`].
+pub struct RunInputs<'a> {
+    /// Config stem.
+    pub name: &'a str,
+    /// SHA-256 of the config text.
+    pub config_sha256: &'a str,
+    /// SHA-256 of the kernel file.
+    pub kernel_sha256: &'a str,
+    /// The validated config (backend already overridden if asked).
+    pub config: &'a Config,
+    /// The config file as named by the user.
+    pub config_path: &'a Path,
+    /// When the run started.
+    pub started_at: SystemTime,
+}
+
+impl RunResult {
+    /// Builds the results of a finished run.
+    pub fn new(inputs: &RunInputs<'_>, outcome: &RunOutcome) -> Self {
+        let config = inputs.config;
+        let (exit, message) = match &outcome.exit {
+            GuestExit::PowerOff => ("power_off", None),
+            GuestExit::Reset => ("reset", None),
+            GuestExit::Panic(m) => ("panic", Some(m.clone())),
+            GuestExit::Crash(m) => ("crash", Some(m.clone())),
+            GuestExit::Timeout => (
+                "timeout",
+                Some(format!(
+                    "no power-off within backend.max_virtual_ms = {} ms of virtual time",
+                    config.backend.max_virtual_ms
+                )),
+            ),
+        };
+        let guest = outcome
+            .report
+            .as_ref()
+            .map(|r| GuestRecord::from_report(r, config.workload.kind));
+        let failure = if !outcome.exit.is_success() {
+            None
+        } else {
+            match &outcome.report {
+                None => Some("the guest powered off without sending its report".to_owned()),
+                Some(r) if r.mismatches != 0 => Some(format!(
+                    "the guest found {} words that did not match the expected page content",
+                    r.mismatches
+                )),
+                Some(_) => None,
+            }
+        };
+        let m = &outcome.metrics;
+        let wall_s = outcome.wall_time.as_secs_f64();
+        RunResult {
+            schema_version: SCHEMA_VERSION,
+            apflab_version: env!("CARGO_PKG_VERSION").to_owned(),
+            config: ConfigRecord {
+                name: inputs.name.to_owned(),
+                sha256: inputs.config_sha256.to_owned(),
+                kernel_sha256: inputs.kernel_sha256.to_owned(),
+                bootargs: config.bootargs(),
+                parsed: serde_json::to_value(config).unwrap_or(serde_json::Value::Null),
+            },
+            backend: config.backend.kind.name().to_owned(),
+            vcpus: config.guest.vcpus,
+            virtual_time_ns: m.virtual_time_ns,
+            outcome: Outcome {
+                success: outcome.exit.is_success() && failure.is_none(),
+                exit: exit.to_owned(),
+                message,
+                failure,
+            },
+            guest,
+            vmm: VmmRecord {
+                exits: m.exits.clone(),
+                exits_total: m.exits.values().sum(),
+                instructions: m.instructions,
+                halted_ns: m.halted_ns.clone(),
+                interrupts: m.interrupts.clone(),
+                task_done_ns: outcome.task_done_ns.clone(),
+            },
+            wall: Wall {
+                wall_time_ms: wall_s * 1e3,
+                host: host_name(),
+                started_at_unix_s: inputs
+                    .started_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                config_path: inputs.config_path.display().to_string(),
+                kernel_path: config.kernel_path.display().to_string(),
+                instructions_per_s: if wall_s > 0.0 {
+                    m.instructions as f64 / wall_s
+                } else {
+                    0.0
+                },
+            },
+        }
+    }
+
+    /// A few lines for a human.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} ({}, {} vCPU{}): {} after {:.3} ms virtual, {:.0} ms wall",
+            self.config.name,
+            self.backend,
+            self.vcpus,
+            if self.vcpus == 1 { "" } else { "s" },
+            if self.outcome.success { "ok" } else { "FAILED" },
+            self.virtual_time_ns as f64 / 1e6,
+            self.wall.wall_time_ms,
+        );
+        if let Some(m) = self
+            .outcome
+            .message
+            .as_ref()
+            .or(self.outcome.failure.as_ref())
+        {
+            s += &format!("\n  {}: {m}", self.outcome.exit);
+        }
+        if let Some(g) = &self.guest {
+            s += &format!(
+                "\n  guest: {} tasks done, {} context switches, {} timer irqs",
+                g.tasks_completed, g.context_switches, g.timer_irqs
+            );
+            if let Some(c) = &g.metrics.cpu {
+                s += &format!("\n  cpu: {} ops", c.ops);
+            }
+            if let Some(t) = &g.metrics.memtouch {
+                s += &format!(
+                    "\n  memtouch: {} pages verified, {} mismatches",
+                    t.pages_verified, t.mismatches
+                );
+            }
+            if let Some(k) = &g.metrics.kv {
+                s += &format!(
+                    "\n  kv: {} requests, latency p50 < {} ns, p99 < {} ns",
+                    k.requests, k.latency.p50_ns, k.latency.p99_ns
+                );
+            }
+        }
+        s += &format!(
+            "\n  vmm: {} instructions ({:.1} M/s), {} exits",
+            self.vmm.instructions,
+            self.wall.instructions_per_s / 1e6,
+            self.vmm.exits_total
+        );
+        s
+    }
+}
+
+impl GuestRecord {
+    /// Reads the guest's report; `kind` is the workload that was asked for
+    /// (the report's own workload id is recorded as the guest gave it).
+    fn from_report(r: &GuestReport, kind: WorkloadKind) -> Self {
+        let (cpu, memtouch, kv) = match kind {
+            WorkloadKind::Cpu => (true, false, false),
+            WorkloadKind::Memtouch => (false, true, false),
+            WorkloadKind::Mixed => (true, true, false),
+            WorkloadKind::Kv => (false, false, true),
+        };
+        let metrics = WorkloadMetrics {
+            cpu: cpu.then_some(CpuMetrics { ops: r.cpu_ops }),
+            memtouch: memtouch.then_some(MemtouchMetrics {
+                pages_verified: r.pages_verified,
+                mismatches: r.mismatches,
+            }),
+            kv: kv.then(|| KvMetrics {
+                requests: r.requests,
+                pages_verified: r.pages_verified,
+                mismatches: r.mismatches,
+                latency: LatencySummary::from_log2_hist(&r.latency_hist),
+                latency_hist: r
+                    .latency_hist
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(i, n)| (i as u32, *n))
+                    .collect(),
+            }),
+        };
+        // Completion times of tasks that finished; trailing zeros are slots
+        // the guest did not use.
+        let used = r
+            .task_done_ns
+            .iter()
+            .rposition(|&t| t != 0)
+            .map_or(0, |i| i + 1);
+        GuestRecord {
+            workload: boot::workload_name(r.workload)
+                .map_or_else(|| format!("unknown({})", r.workload), str::to_owned),
+            cpus_online: r.cpus_online,
+            tasks_completed: r.tasks_completed,
+            context_switches: r.context_switches,
+            timer_irqs: r.timer_irqs,
+            elapsed_ns: r.elapsed_ns,
+            idle_ns: r.idle_ns,
+            metrics,
+            apf: ApfRecord {
+                enabled: r.apf_enabled != 0,
+                not_present: r.apf_not_present,
+                ready: r.apf_ready,
+                parked: r.apf_parked,
+                halts: r.apf_halts,
+                early_ready: r.apf_early_ready,
+            },
+            task_done_ns: r.task_done_ns[..used].to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_bucket_upper_bounds() {
+        let mut hist = [0u64; LATENCY_BUCKETS];
+        // 90 samples in [1024, 2048), 9 in [8192, 16384), 1 in [2^20, 2^21).
+        hist[10] = 90;
+        hist[13] = 9;
+        hist[20] = 1;
+        let s = LatencySummary::from_log2_hist(&hist);
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50_ns, 2048);
+        assert_eq!(s.p90_ns, 2048);
+        assert_eq!(s.p99_ns, 16384);
+        assert_eq!(s.max_ns, 1 << 21);
+    }
+
+    #[test]
+    fn empty_histogram_has_zero_percentiles() {
+        let s = LatencySummary::from_log2_hist(&[0; LATENCY_BUCKETS]);
+        assert_eq!(
+            s,
+            LatencySummary {
+                count: 0,
+                p50_ns: 0,
+                p90_ns: 0,
+                p99_ns: 0,
+                max_ns: 0
+            }
+        );
+    }
+
+    #[test]
+    fn mixed_reports_cpu_and_memtouch() {
+        let mut r = GuestReport::new(boot::WORKLOAD_MIXED);
+        r.cpu_ops = 5;
+        r.pages_verified = 7;
+        r.task_done_ns[0] = 10;
+        r.task_done_ns[1] = 20;
+        let g = GuestRecord::from_report(&r, WorkloadKind::Mixed);
+        assert_eq!(g.workload, "mixed");
+        assert_eq!(g.metrics.cpu.unwrap().ops, 5);
+        assert_eq!(g.metrics.memtouch.unwrap().pages_verified, 7);
+        assert!(g.metrics.kv.is_none());
+        assert_eq!(g.task_done_ns, vec![10, 20]);
+    }
+}
