@@ -5,6 +5,7 @@
 
 use crate::arch;
 use crate::config::Config;
+use crate::percpu::{self, MAX_CPUS};
 use apflab_abi::report::{GuestReport, LATENCY_BUCKETS, MAX_REPORTED_TASKS};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use spin::mutex::SpinMutex;
@@ -50,8 +51,13 @@ pub static PAGES_VERIFIED: Counter = Counter::new();
 pub static MISMATCHES: Counter = Counter::new();
 /// `kv` requests served.
 pub static REQUESTS: Counter = Counter::new();
-/// Counter ticks spent in the idle loop's wait.
-pub static IDLE_TICKS: Counter = Counter::new();
+/// Counter ticks spent in finished idle waits.
+static IDLE_TICKS: Counter = Counter::new();
+/// Per CPU: counter value at which its current idle wait began (0 = not
+/// waiting). Whoever swaps a non-zero value out accounts for that wait, so
+/// a wait still going on when the report is built (a CPU without work
+/// sleeps until power-off) is counted exactly once.
+static IDLE_SINCE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Async PF features the host offered at boot.
 static APF_FEATURES: Counter = Counter::new();
 
@@ -77,6 +83,31 @@ pub fn mark_boot() {
 /// Nanoseconds since boot.
 pub fn now_ns() -> u64 {
     arch::ticks_to_ns(arch::counter().saturating_sub(BOOT_TICKS.load(Relaxed)))
+}
+
+/// This CPU starts waiting for an interrupt in its idle loop.
+pub fn idle_begin() {
+    IDLE_SINCE[percpu::cpu_index()].store(arch::counter().max(1), Relaxed);
+}
+
+/// This CPU's idle wait ended.
+pub fn idle_end() {
+    let since = IDLE_SINCE[percpu::cpu_index()].swap(0, Relaxed);
+    if since != 0 {
+        IDLE_TICKS.add(arch::counter().saturating_sub(since));
+    }
+}
+
+/// Idle ticks of all CPUs, including waits still in progress.
+fn idle_ticks_now() -> u64 {
+    let now = arch::counter();
+    let ongoing: u64 = IDLE_SINCE
+        .iter()
+        .map(|s| s.swap(0, Relaxed))
+        .filter(|&since| since != 0)
+        .map(|since| now.saturating_sub(since))
+        .sum();
+    IDLE_TICKS.get() + ongoing
 }
 
 /// Remembers the features `FEATURES` returned.
@@ -124,7 +155,7 @@ pub fn build_report(config: &Config, cpus_online: u32, tasks_completed: u32) -> 
     // host offers features (APF_FEATURES), so its counters are all zero.
     r.apf_enabled = 0;
     r.elapsed_ns = now_ns();
-    r.idle_ns = arch::ticks_to_ns(IDLE_TICKS.get());
+    r.idle_ns = arch::ticks_to_ns(idle_ticks_now());
     let detail = DETAIL.lock();
     r.task_done_ns = detail.task_done_ns;
     r.latency_hist = detail.latency_hist;

@@ -542,8 +542,8 @@ pub fn cpus_online() -> u32 {
 pub fn run_cpu() -> ! {
     loop {
         schedule();
-        let t0 = arch::counter();
+        metrics::idle_begin();
         arch::wait_for_interrupt();
-        metrics::IDLE_TICKS.add(arch::counter() - t0);
+        metrics::idle_end();
     }
 }
