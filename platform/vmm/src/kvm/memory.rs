@@ -5,19 +5,20 @@
 //!   (filling or saving a page) and the fault locator's stage-1 walk never
 //!   trip over a withheld page.
 //! * The **guest view** is a second shared mapping of the same memfd that
-//!   is registered as the KVM memslot. A page is withheld from the guest by
-//!   `mprotect(PROT_NONE)` on this view only: the guest's next access makes
-//!   `KVM_RUN` fail with `EFAULT` (measured on 6.1 and 6.12, `KVM-NOTES.md`),
-//!   and the mmu notifier that mprotect fires removes any stage-2 mapping.
-//!   Making it resident again is `mprotect(PROT_READ | PROT_WRITE)`; the
-//!   content written through the VMM view is what the guest then sees.
+//!   is registered as the KVM memslot, and with a userfaultfd in minor-fault
+//!   mode with `UFFD_FEATURE_SIGBUS`. A page is withheld from the guest by
+//!   dropping it from the guest view only (`MADV_DONTNEED`: the content
+//!   stays in the memfd, the mmu notifier removes the stage-2 mapping). The
+//!   guest's next access is then a minor fault, which userfaultfd turns into
+//!   SIGBUS, so `KVM_RUN` fails with `EFAULT` and the VMM locates the page
+//!   itself (`KVM-NOTES.md`). Giving it back is `UFFDIO_CONTINUE`, which maps
+//!   the memfd page, with whatever was written through the VMM view meanwhile.
 //!
-//! Each withheld page splits the guest view's VMA, so the number of pages
-//! withheld at once is bounded by `vm.max_map_count` / 2 (about 32,000 with
-//! the default); [`GuestRam::set_resident`] reports the ENOMEM clearly.
+//! Unlike withholding by `mprotect`, this keeps the guest view one VMA, so
+//! any number of pages can be withheld at once.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE};
@@ -33,6 +34,11 @@ pub struct GuestRam {
     size: u64,
     vmm_view: GuestMemoryMmap,
     guest_view: *mut u8,
+    /// The memfd behind both views (pages are allocated in it before they
+    /// are withheld).
+    file: File,
+    /// The userfaultfd the guest view is registered with.
+    uffd: OwnedFd,
     /// One bit per page, set = withheld from the guest.
     withheld: Vec<AtomicU64>,
 }
@@ -49,6 +55,88 @@ fn os_err(op: impl Into<String>) -> KvmError {
         op: op.into(),
         errno: std::io::Error::last_os_error(),
     }
+}
+
+/// The userfaultfd ABI (linux/userfaultfd.h), used through `libc` so that
+/// the cross build of the VMM needs no C headers.
+mod uffd {
+    /// `struct uffdio_range`.
+    #[repr(C)]
+    pub struct Range {
+        pub start: u64,
+        pub len: u64,
+    }
+
+    /// `struct uffdio_api`.
+    #[repr(C)]
+    pub struct Api {
+        pub api: u64,
+        pub features: u64,
+        pub ioctls: u64,
+    }
+
+    /// `struct uffdio_register`.
+    #[repr(C)]
+    pub struct Register {
+        pub range: Range,
+        pub mode: u64,
+        pub ioctls: u64,
+    }
+
+    /// `struct uffdio_continue`.
+    #[repr(C)]
+    pub struct Continue {
+        pub range: Range,
+        pub mode: u64,
+        pub mapped: i64,
+    }
+
+    pub const API: u64 = 0xaa;
+    pub const FEATURE_SIGBUS: u64 = 1 << 7;
+    pub const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
+    pub const REGISTER_MODE_MINOR: u64 = 1 << 2;
+    /// Bit of UFFDIO_CONTINUE in `Register::ioctls`.
+    pub const IOCTL_CONTINUE_BIT: u64 = 1 << 0x07;
+
+    /// `_IOWR(0xAA, nr, size)`: the same encoding on every architecture
+    /// apflab builds for (asm-generic ioctl.h).
+    const fn iowr(nr: u64, size: usize) -> u64 {
+        (3 << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
+    }
+    pub const IOCTL_API: u64 = iowr(0x3f, size_of::<Api>());
+    pub const IOCTL_REGISTER: u64 = iowr(0x00, size_of::<Register>());
+    pub const IOCTL_CONTINUE: u64 = iowr(0x07, size_of::<Continue>());
+}
+
+/// A userfaultfd with SIGBUS on every fault, checked to support minor
+/// faults on shared memory.
+fn new_sigbus_uffd() -> Result<OwnedFd, KvmError> {
+    // SAFETY: the userfaultfd system call with flags only; the result is
+    // checked before use.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return Err(os_err(
+            "userfaultfd() for guest RAM residency (needs root or vm.unprivileged_userfaultfd=1)",
+        ));
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut api = uffd::Api {
+        api: uffd::API,
+        features: uffd::FEATURE_SIGBUS,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API with a properly sized, initialised struct.
+    if unsafe { libc::ioctl(uffd.as_raw_fd(), uffd::IOCTL_API as _, &mut api) } != 0 {
+        return Err(os_err("UFFDIO_API(UFFD_FEATURE_SIGBUS)"));
+    }
+    if api.features & uffd::FEATURE_MINOR_SHMEM == 0 {
+        return Err(KvmError::Unsupported(
+            "userfaultfd minor faults on shared memory (Linux 5.14+), which withhold guest pages"
+                .into(),
+        ));
+    }
+    Ok(uffd)
 }
 
 impl GuestRam {
@@ -68,6 +156,7 @@ impl GuestRam {
         }
         let len = usize::try_from(size)
             .map_err(|_| KvmError::Memory(format!("{size:#x} bytes do not fit this host")))?;
+        let uffd = new_sigbus_uffd()?;
         // SAFETY: memfd_create with a valid NUL-terminated name; the result
         // is checked before use.
         let fd = unsafe { libc::memfd_create(c"apflab-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
@@ -95,6 +184,10 @@ impl GuestRam {
         if guest_view == libc::MAP_FAILED {
             return Err(os_err("mmap(guest view of RAM)"));
         }
+        let region_file = file.try_clone().map_err(|errno| KvmError::Ioctl {
+            op: "dup(guest RAM memfd)".into(),
+            errno,
+        })?;
         let region = MmapRegion::from_file(FileOffset::new(file, 0), len)
             .map_err(|e| KvmError::Memory(format!("mapping the VMM view of RAM: {e}")))?;
         let region = GuestRegionMmap::new(region, GuestAddress(base))
@@ -102,13 +195,52 @@ impl GuestRam {
         let vmm_view = GuestMemoryMmap::from_regions(vec![region])
             .map_err(|e| KvmError::Memory(format!("{e}")))?;
         let pages = size >> PAGE_SHIFT;
-        Ok(GuestRam {
+        let ram = GuestRam {
             base,
             size,
             vmm_view,
             guest_view: guest_view.cast(),
+            file: region_file,
+            uffd,
             withheld: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-        })
+        };
+        // Minor faults are raised for any page of the memfd that the guest
+        // view does not map yet, which would include every page the VMM
+        // writes first (the kernel image, the device tree, the pager's
+        // initial content). Mapping all of RAM in the guest view up front
+        // leaves only withheld pages unmapped.
+        // SAFETY: populates the guest view this struct owns.
+        if unsafe { libc::madvise(guest_view, len, libc::MADV_POPULATE_WRITE) } != 0 {
+            return Err(os_err(format!(
+                "madvise(guest RAM, {size:#x} bytes, MADV_POPULATE_WRITE)"
+            )));
+        }
+        let mut register = uffd::Register {
+            range: uffd::Range {
+                start: ram.guest_view as u64,
+                len: size,
+            },
+            mode: uffd::REGISTER_MODE_MINOR,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER of the guest view, which `ram` owns (and
+        // unmaps on drop, which also ends the registration).
+        if unsafe {
+            libc::ioctl(
+                ram.uffd.as_raw_fd(),
+                uffd::IOCTL_REGISTER as _,
+                &mut register,
+            )
+        } != 0
+        {
+            return Err(os_err("UFFDIO_REGISTER(guest view of RAM, minor faults)"));
+        }
+        if register.ioctls & uffd::IOCTL_CONTINUE_BIT == 0 {
+            return Err(KvmError::Unsupported(
+                "UFFDIO_CONTINUE on the guest RAM mapping".into(),
+            ));
+        }
+        Ok(ram)
     }
 
     /// The VMM's always-accessible view.
@@ -136,46 +268,92 @@ impl GuestRam {
     }
 
     /// Withholds the page holding `ipa` from the guest (false) or gives it
-    /// back (true).
+    /// back (true). Its content (read and written through [`Self::memory`])
+    /// is kept either way.
     pub fn set_resident(&self, ipa: u64, resident: bool) -> Result<(), KvmError> {
         let page = self
             .page_index(ipa)
             .ok_or_else(|| KvmError::Memory(format!("{ipa:#x} is outside guest RAM")))?;
-        let prot = if resident {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_NONE
-        };
-        // SAFETY: the address is a page inside the guest view this struct
-        // owns; changing its protection affects only guest accesses (the VMM
-        // never dereferences the guest view).
-        let rc = unsafe {
-            libc::mprotect(
-                self.guest_view.add((page << PAGE_SHIFT) as usize).cast(),
-                PAGE_SIZE as usize,
-                prot,
-            )
-        };
-        if rc != 0 {
-            let errno = std::io::Error::last_os_error();
-            let hint = if errno.raw_os_error() == Some(libc::ENOMEM) {
-                " (too many withheld pages for vm.max_map_count)"
-            } else {
-                ""
-            };
-            return Err(KvmError::Ioctl {
-                op: format!("mprotect(guest page {ipa:#x}){hint}"),
-                errno,
-            });
-        }
         let bit = 1u64 << (page % 64);
         let word = &self.withheld[(page / 64) as usize];
+        let offset = page << PAGE_SHIFT;
+        // SAFETY: `offset` is a page inside the guest view this struct owns.
+        let host = unsafe { self.guest_view.add(offset as usize) };
         if resident {
+            if word.load(Ordering::Acquire) & bit == 0 {
+                return Ok(());
+            }
+            self.uffd_continue(host as u64, ipa)?;
             word.fetch_and(!bit, Ordering::AcqRel);
         } else {
+            // The page must exist in the memfd: a minor fault is only raised
+            // for a page that does, a hole would be filled with zeros. (RAM
+            // is populated at start, so this only guards against a hole
+            // punched since.)
+            // SAFETY: fallocate of one page inside the memfd, keeping its size.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    0,
+                    offset as libc::off_t,
+                    PAGE_SIZE as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                return Err(os_err(format!("fallocate(guest page {ipa:#x})")));
+            }
+            // Marked first: a vCPU faulting on it from now on must find it
+            // withheld when the VMM locates the fault.
             word.fetch_or(bit, Ordering::AcqRel);
+            // SAFETY: drops only the guest view's mapping of the page (the
+            // memfd keeps it); the VMM never dereferences the guest view.
+            if unsafe { libc::madvise(host.cast(), PAGE_SIZE as usize, libc::MADV_DONTNEED) } != 0 {
+                word.fetch_and(!bit, Ordering::AcqRel);
+                return Err(os_err(format!(
+                    "madvise(guest page {ipa:#x}, MADV_DONTNEED)"
+                )));
+            }
         }
         Ok(())
+    }
+
+    /// Maps the memfd page back into the guest view at `host`.
+    fn uffd_continue(&self, host: u64, ipa: u64) -> Result<(), KvmError> {
+        // EAGAIN means the mappings changed meanwhile; it cannot persist.
+        for _ in 0..1000 {
+            let mut cont = uffd::Continue {
+                range: uffd::Range {
+                    start: host,
+                    len: PAGE_SIZE,
+                },
+                // Nobody sleeps on a SIGBUS-mode userfaultfd.
+                mode: 0,
+                mapped: 0,
+            };
+            // SAFETY: UFFDIO_CONTINUE on one page of the registered guest
+            // view, with a properly sized struct.
+            let rc =
+                unsafe { libc::ioctl(self.uffd.as_raw_fd(), uffd::IOCTL_CONTINUE as _, &mut cont) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let errno = std::io::Error::last_os_error();
+            match errno.raw_os_error() {
+                // Already mapped (a racing access by the kernel itself).
+                Some(libc::EEXIST) => return Ok(()),
+                Some(libc::EAGAIN) => continue,
+                _ => {
+                    return Err(KvmError::Ioctl {
+                        op: format!("UFFDIO_CONTINUE(guest page {ipa:#x})"),
+                        errno,
+                    });
+                }
+            }
+        }
+        Err(KvmError::Ioctl {
+            op: format!("UFFDIO_CONTINUE(guest page {ipa:#x}), retried"),
+            errno: std::io::Error::from_raw_os_error(libc::EAGAIN),
+        })
     }
 
     /// Whether the guest can access the page holding `ipa` (addresses
@@ -222,53 +400,116 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
-    /// Permissions of the mapping holding `addr`, from /proc/self/maps.
-    fn perms_at(addr: u64) -> String {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        for line in maps.lines() {
-            let (range, rest) = line.split_once(' ').unwrap();
-            let (lo, hi) = range.split_once('-').unwrap();
-            let lo = u64::from_str_radix(lo, 16).unwrap();
-            let hi = u64::from_str_radix(hi, 16).unwrap();
-            if (lo..hi).contains(&addr) {
-                return rest[..4].to_string();
-            }
+    /// Whether the page at `addr` is mapped in this process (bit 63 of its
+    /// /proc/self/pagemap entry).
+    fn mapped(addr: u64) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+        f.seek(SeekFrom::Start(addr / PAGE_SIZE * 8)).unwrap();
+        let mut entry = [0u8; 8];
+        f.read_exact(&mut entry).unwrap();
+        u64::from_le_bytes(entry) >> 63 == 1
+    }
+
+    /// Reads the u64 at `addr` the way KVM reaches guest memory: through
+    /// get_user_pages (process_vm_readv on ourselves), which fails with
+    /// EFAULT where KVM_RUN would.
+    fn gup_read(addr: u64) -> Result<u64, i32> {
+        let mut v = 0u64;
+        let local = libc::iovec {
+            iov_base: (&raw mut v).cast(),
+            iov_len: 8,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 8,
+        };
+        // SAFETY: reads 8 bytes of our own address space into `v`.
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        if n == 8 {
+            Ok(v)
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
         }
-        panic!("{addr:#x} not mapped");
     }
 
     #[test]
-    fn withholding_protects_only_the_guest_view() {
+    fn withholding_unmaps_only_the_guest_view_and_faults_guest_accesses() {
         let ram = GuestRam::new(0x4000_0000, 16 * PAGE_SIZE).unwrap();
         let page = 0x4000_0000 + 5 * PAGE_SIZE;
-        ram.memory().write_obj(0xfeed_u64, GuestAddress(page + 8)).unwrap();
         let guest_addr = ram.guest_view_addr() + 5 * PAGE_SIZE;
-        assert_eq!(perms_at(guest_addr), "rw-s");
+        ram.memory()
+            .write_obj(0xfeed_u64, GuestAddress(page + 8))
+            .unwrap();
+        assert_eq!(gup_read(guest_addr + 8), Ok(0xfeed));
 
         ram.set_resident(page + 100, false).unwrap();
         assert!(!ram.is_resident(page));
         assert!(ram.is_resident(page + PAGE_SIZE));
-        assert_eq!(perms_at(guest_addr), "---s");
-        assert_eq!(perms_at(guest_addr + PAGE_SIZE), "rw-s");
+        assert!(!mapped(guest_addr));
+        // A guest access now fails as it does for KVM.
+        assert_eq!(gup_read(guest_addr + 8), Err(libc::EFAULT));
         // The VMM still reads and writes it.
         assert_eq!(GuestPhysMem::read_u64(&ram, page + 8), Some(0xfeed));
-        ram.memory().write_obj(0xbeef_u64, GuestAddress(page + 16)).unwrap();
+        ram.memory()
+            .write_obj(0xbeef_u64, GuestAddress(page + 16))
+            .unwrap();
+        // Withholding twice is harmless.
+        ram.set_resident(page, false).unwrap();
 
         ram.set_resident(page, true).unwrap();
         assert!(ram.is_resident(page));
-        assert_eq!(perms_at(guest_addr), "rw-s");
+        assert!(mapped(guest_addr), "UFFDIO_CONTINUE maps the page");
         // Both views are the same memory.
-        // SAFETY: the page is resident (read-write) in the guest view.
-        let seen = unsafe { std::ptr::read_volatile((guest_addr + 16) as *const u64) };
-        assert_eq!(seen, 0xbeef);
+        assert_eq!(gup_read(guest_addr + 16), Ok(0xbeef));
+        ram.set_resident(page, true).unwrap();
+    }
+
+    #[test]
+    fn a_never_touched_page_is_withheld_too() {
+        let ram = GuestRam::new(0x4000_0000, 8 * PAGE_SIZE).unwrap();
+        let page = 0x4000_0000 + 3 * PAGE_SIZE;
+        let guest_addr = ram.guest_view_addr() + 3 * PAGE_SIZE;
+        ram.set_resident(page, false).unwrap();
+        assert_eq!(gup_read(guest_addr), Err(libc::EFAULT));
+        ram.memory().write_obj(7_u64, GuestAddress(page)).unwrap();
+        ram.set_resident(page, true).unwrap();
+        assert_eq!(gup_read(guest_addr), Ok(7));
+    }
+
+    #[test]
+    fn thousands_of_pages_can_be_withheld_at_once() {
+        // Every other page withheld: one VMA per page would need more than
+        // vm.max_map_count of them.
+        let max_maps: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(65_530);
+        let pages = max_maps.min(200_000) + 1_000;
+        let ram = GuestRam::new(0x4000_0000, pages * PAGE_SIZE).unwrap();
+        for i in (0..pages).step_by(2) {
+            ram.set_resident(0x4000_0000 + i * PAGE_SIZE, false)
+                .unwrap();
+        }
+        for i in (0..pages).step_by(2) {
+            ram.set_resident(0x4000_0000 + i * PAGE_SIZE, true).unwrap();
+        }
     }
 
     #[test]
     fn bad_layouts_and_addresses_are_errors() {
-        assert!(matches!(GuestRam::new(0x4000_0000, 0), Err(KvmError::Memory(_))));
-        assert!(matches!(GuestRam::new(0x4000_0001, PAGE_SIZE), Err(KvmError::Memory(_))));
+        assert!(matches!(
+            GuestRam::new(0x4000_0000, 0),
+            Err(KvmError::Memory(_))
+        ));
+        assert!(matches!(
+            GuestRam::new(0x4000_0001, PAGE_SIZE),
+            Err(KvmError::Memory(_))
+        ));
         let ram = GuestRam::new(0x4000_0000, 4 * PAGE_SIZE).unwrap();
-        let e = ram.set_resident(0x4000_0000 + 4 * PAGE_SIZE, false).unwrap_err();
+        let e = ram
+            .set_resident(0x4000_0000 + 4 * PAGE_SIZE, false)
+            .unwrap_err();
         assert!(e.to_string().contains("outside guest RAM"), "{e}");
         // Outside RAM counts as resident (devices).
         assert!(ram.is_resident(0x0900_0000));

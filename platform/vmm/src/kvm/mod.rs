@@ -14,12 +14,14 @@ pub mod stage1;
 
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 mod backend;
-#[cfg(all(target_os = "linux", feature = "kvm"))]
+#[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 mod kick;
 #[cfg(all(target_os = "linux", feature = "kvm"))]
 mod memory;
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 pub mod regs;
+#[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
+pub(crate) mod run;
 
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 pub use backend::{HypercallConduit, KvmHypervisor, KvmIrqLine, KvmVcpu, KvmVcpuKicker};

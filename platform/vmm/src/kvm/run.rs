@@ -57,11 +57,7 @@ pub(crate) fn run(
     mut handler: Option<Box<dyn NotResidentHandler>>,
 ) -> Result<RunOutcome, VmError> {
     let n = config.vcpus;
-    let machine = Arc::new(Machine::new(
-        n,
-        hv.memory().clone(),
-        config.echo_console,
-    ));
+    let machine = Arc::new(Machine::new(n, hv.memory().clone(), config.echo_console));
     let ops: Arc<dyn VmOps> = machine.clone();
     let mut vcpus = (0..n)
         .map(|i| hv.create_vcpu(i, Arc::clone(&ops)))
@@ -86,7 +82,9 @@ pub(crate) fn run(
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index()))
-                .spawn_scoped(scope, move || vcpu_thread(vcpu, &machine, &stop, started, &tx))
+                .spawn_scoped(scope, move || {
+                    vcpu_thread(vcpu, &machine, &stop, started, &tx)
+                })
                 .map_err(|e| HypervisorError::Engine {
                     backend: "kvm",
                     op: "spawning a vCPU thread".into(),
@@ -115,7 +113,11 @@ pub(crate) fn run(
         interrupts: machine.interrupts(),
         stalled_ns: vec![0; n as usize],
     };
-    info!(?exit, wall_ms = wall.as_millis() as u64, "kvm: run finished");
+    info!(
+        ?exit,
+        wall_ms = wall.as_millis() as u64,
+        "kvm: run finished"
+    );
     Ok(RunOutcome {
         exit,
         console: machine.console(),
@@ -170,11 +172,7 @@ fn control_loop(
         match event {
             Event::Exit(exit) => return Ok(exit),
             Event::Error(e) => return Err(e.into()),
-            Event::Fault {
-                vcpu,
-                fault,
-                reply,
-            } => {
+            Event::Fault { vcpu, fault, reply } => {
                 let now = now_ns(started);
                 let Some(h) = handler.as_deref_mut() else {
                     return Ok(GuestExit::Crash(format!(
