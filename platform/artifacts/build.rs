@@ -61,7 +61,14 @@ fn main() {
     );
 
     let guest_target_dir = artifacts_dir.join("guest");
-    cargo_build(&guest_dir, GUEST_TARGET, &guest_target_dir, &[]);
+    // The guest builds `core` from source (guest/.cargo/config.toml).
+    cargo_build(
+        &guest_dir,
+        GUEST_TARGET,
+        &guest_target_dir,
+        &[],
+        &[("RUSTC_BOOTSTRAP", "1")],
+    );
     let guest_elf = guest_target_dir
         .join(GUEST_TARGET)
         .join("release")
@@ -74,9 +81,18 @@ fn main() {
     println!("cargo:rustc-env=APFLAB_GUEST_ELF={}", guest_elf.display());
 
     let policy_target_dir = artifacts_dir.join("policies");
-    cargo_build(&policies_dir, POLICY_TARGET, &policy_target_dir, &["--workspace"]);
+    cargo_build(
+        &policies_dir,
+        POLICY_TARGET,
+        &policy_target_dir,
+        &["--workspace"],
+        &[],
+    );
     let wasm_dir = policy_target_dir.join(POLICY_TARGET).join("release");
-    println!("cargo:rustc-env=APFLAB_POLICY_WASM_DIR={}", wasm_dir.display());
+    println!(
+        "cargo:rustc-env=APFLAB_POLICY_WASM_DIR={}",
+        wasm_dir.display()
+    );
     println!(
         "cargo:rustc-env=APFLAB_POLICY_WAT_DIR={}",
         policies_dir.join("wat").display()
@@ -84,7 +100,7 @@ fn main() {
 }
 
 /// Runs `cargo build --release` for `target` in the workspace at `dir`.
-fn cargo_build(dir: &Path, target: &str, target_dir: &Path, extra: &[&str]) {
+fn cargo_build(dir: &Path, target: &str, target_dir: &Path, extra: &[&str], vars: &[(&str, &str)]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(dir)
@@ -94,6 +110,7 @@ fn cargo_build(dir: &Path, target: &str, target_dir: &Path, extra: &[&str]) {
     for var in OUTER_ONLY_VARS {
         cmd.env_remove(var);
     }
+    cmd.envs(vars.iter().copied());
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo for {}: {e}", dir.display()));

@@ -76,6 +76,14 @@ pub fn policies() -> Vec<PathBuf> {
     all
 }
 
+/// The built example policy called `name` (dashes or underscores), if any.
+pub fn policy_by_name(name: &str) -> Option<PathBuf> {
+    let wanted = name.replace('-', "_");
+    policies()
+        .into_iter()
+        .find(|p| stem(p).replace('-', "_") == wanted)
+}
+
 /// One line per policy.
 pub fn describe_policies() -> String {
     let mut out = String::new();

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use apflab_abi::boot;
 use apflab_abi::memory_map::MAX_VCPUS;
+use apflab_pager::{PagerConfig, Prepared};
 use apflab_vmm::{BackendKind, CostModel, VmConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -114,10 +115,8 @@ pub struct RawConfig {
     #[serde(default)]
     backend: RawBackend,
     seed: Option<u64>,
-    // Reserved: `[pager]` (far memory, issue 5) and `[policy]` (the Wasm
-    // policy, issue 6) become `Option<RawPager>` / `Option<RawPolicy>`
-    // fields here, validated in `Config::from_raw` like the others. Until
-    // then `deny_unknown_fields` rejects them by name.
+    /// Far memory (the pager crate's own schema, `deny_unknown_fields`).
+    pager: Option<Spanned<PagerConfig>>,
 }
 
 /// Engine, as written in configs and on the command line.
@@ -271,7 +270,8 @@ pub struct WorkloadConfig {
     /// Passes over the working set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passes: Option<u32>,
-    /// `self` (or `store`, once a pager serves the pages).
+    /// `self` (pages the guest wrote itself) or `store` (the `[pager]`
+    /// synthetic store's content).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<String>,
     /// `kv` requests.
@@ -321,6 +321,13 @@ pub struct Config {
     pub workload: WorkloadConfig,
     /// `[backend]`.
     pub backend: BackendConfig,
+    /// `[pager]`: far memory; absent, all guest RAM is resident.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pager: Option<PagerConfig>,
+    /// Where the pager's relative file names are looked up (the config
+    /// file's directory).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
     /// The kernel file that will be booted (the config's `guest.kernel`
     /// resolved against the config's directory, or the built-in guest).
     #[serde(skip)]
@@ -371,6 +378,18 @@ impl Source<'_> {
             col,
             key: key.to_owned(),
             message: message.into(),
+        }
+    }
+
+    /// An error whose message names its key itself (e.g. the pager's
+    /// `pager.resident_limit = ...: ...`), at `span`.
+    fn error_at(&self, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        let (line, col) = self.line_col(span.start);
+        ConfigError::Syntax {
+            file: self.file.to_owned(),
+            line,
+            col,
+            message,
         }
     }
 
@@ -661,9 +680,7 @@ impl Config {
             mib: positive_u64(&w.mib, "mib", defaults::MIB)?,
             pattern: one_of(&w.pattern, "pattern", &["seq", "random"], defaults::PATTERN)?,
             passes: positive_u32(&w.passes, "passes", defaults::PASSES)?,
-            // `store` verifies against the pager's synthetic store, which
-            // needs a `[pager]` section (issue 5); until then only `self`.
-            verify: one_of(&w.verify, "verify", &["self"], defaults::VERIFY)?,
+            verify: one_of(&w.verify, "verify", &["self", "store"], defaults::VERIFY)?,
             requests: positive_u64(&w.requests, "requests", defaults::REQUESTS)?,
             interval_us: positive_u64(&w.interval_us, "interval_us", defaults::INTERVAL_US)?,
             timeslice_us: positive_u64(&w.timeslice_us, "timeslice_us", defaults::TIMESLICE_US)?
@@ -691,6 +708,32 @@ impl Config {
                     memory.get_ref(),
                     kind.name()
                 ),
+            ));
+        }
+
+        // [pager]: everything is checked now, files included, so a bad
+        // value fails before any VM is built.
+        let pager = match &raw.pager {
+            Some(p) => {
+                Prepared::new(p.get_ref(), *memory.get_ref() * MIB, base_dir)
+                    .map_err(|e| src.error_at(p.span(), e.to_string()))?;
+                Some(p.get_ref().clone())
+            }
+            None => None,
+        };
+        if workload.verify.as_deref() == Some("store")
+            && pager
+                .as_ref()
+                .and_then(PagerConfig::synthetic_seed)
+                .is_none()
+        {
+            let span = w.verify.as_ref().map_or(0..0, |v| v.span());
+            return Err(src.key_error(
+                span,
+                "workload.verify",
+                "`store` checks pages against the pager's synthetic store; expected a [pager] \
+                 section with store = { kind = \"synthetic\", seed = ... }, or verify = \"self\""
+                    .to_owned(),
             ));
         }
 
@@ -747,6 +790,8 @@ impl Config {
             },
             workload,
             backend,
+            pager,
+            base_dir: base_dir.to_path_buf(),
             kernel_path,
         })
     }
@@ -771,6 +816,13 @@ impl Config {
         push(boot::KEY_INTERVAL_US, w.interval_us.map(|v| v.to_string()));
         push(boot::KEY_TIMESLICE_US, Some(w.timeslice_us.to_string()));
         push(boot::KEY_SEED, Some(self.seed.to_string()));
+        push(
+            boot::KEY_STORE_SEED,
+            self.pager
+                .as_ref()
+                .and_then(PagerConfig::synthetic_seed)
+                .map(|s| s.to_string()),
+        );
         args.join(" ")
     }
 

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod far_memory;
 pub mod matrix;
 pub mod report;
 pub mod result;

@@ -99,6 +99,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Work with policy modules.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Turn result files into markdown tables (one per workload).
     Report {
         /// Directories searched (recursively) for result.json files.
@@ -107,6 +112,21 @@ enum Command {
         /// The markdown file written.
         #[arg(long, value_name = "FILE", default_value = "paper/results.md")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy module (core Wasm, binary or text) the way a run
+    /// would load it, and print its ABI version, exports and imports.
+    /// Exit status 2 if it is not a usable policy.
+    Check {
+        /// The module: a .wasm/.wat file, or the name of an example policy
+        /// built with apflab (see `apflab list`).
+        module: PathBuf,
+        /// Print the module's description as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -163,6 +183,9 @@ fn main() -> ExitCode {
             backend,
             out,
         } => matrix(&experiment, backend, out),
+        Command::Policy {
+            command: PolicyCommand::Check { module, json },
+        } => policy_check(&module, json),
         Command::Report { results, out } => write_report(&results, &out),
     };
     match outcome {
@@ -244,7 +267,7 @@ fn boot(
         max_virtual_ns: max_virtual_ms.saturating_mul(1_000_000),
         echo_console: true,
     };
-    let outcome = runner::execute(config).map_err(|e| {
+    let outcome = runner::execute(config, None).map_err(|e| {
         if e.is_bad_input() {
             bad(e)
         } else {
@@ -357,6 +380,27 @@ fn matrix(path: &Path, backend: Option<Backend>, out: Option<PathBuf>) -> Result
                 .join(", ")
         )))
     }
+}
+
+fn policy_check(module: &Path, json: bool) -> Result<(), Failure> {
+    let path = if module.exists() {
+        module.to_path_buf()
+    } else {
+        catalog::policy_by_name(&module.to_string_lossy()).ok_or_else(|| {
+            bad(anyhow::anyhow!(
+                "{}: no such file, and no example policy of that name (see `apflab list`)",
+                module.display()
+            ))
+        })?
+    };
+    let info = apflab_policy_host::check(&path).map_err(bad)?;
+    if json {
+        let text = serde_json::to_string_pretty(&info).context("serializing the module info")?;
+        println!("{text}");
+    } else {
+        print!("{info}");
+    }
+    Ok(())
 }
 
 fn write_report(dirs: &[PathBuf], out: &Path) -> Result<(), Failure> {

@@ -41,6 +41,13 @@ pub struct RunResult {
     pub guest: Option<GuestRecord>,
     /// What the VMM counted.
     pub vmm: VmmRecord,
+    /// Page content checks: every word the guest verified against what it
+    /// wrote or against the pager's store.
+    pub integrity: Integrity,
+    /// What the pager did (absent without a `[pager]` section):
+    /// [`apflab_pager::PagerMetrics`].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pager: Option<serde_json::Value>,
     /// Everything that depends on the host or the moment of the run.
     pub wall: Wall,
 }
@@ -212,6 +219,15 @@ pub struct ApfRecord {
     pub early_ready: u64,
 }
 
+/// Page content checks of the run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Integrity {
+    /// Pages whose every word the guest compared with the expected content.
+    pub pages_verified: u64,
+    /// Words that differed (a correct run has 0).
+    pub mismatches: u64,
+}
+
 /// What the VMM counted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmmRecord {
@@ -334,6 +350,14 @@ impl RunResult {
                 interrupts: m.interrupts.clone(),
                 task_done_ns: outcome.task_done_ns.clone(),
             },
+            integrity: outcome
+                .report
+                .as_ref()
+                .map_or_else(Integrity::default, |r| Integrity {
+                    pages_verified: r.pages_verified,
+                    mismatches: r.mismatches,
+                }),
+            pager: None,
             wall: Wall {
                 wall_time_ms: wall_s * 1e3,
                 host: host_name(),
@@ -350,6 +374,11 @@ impl RunResult {
                 },
             },
         }
+    }
+
+    /// Records the pager's metrics.
+    pub fn set_pager(&mut self, metrics: &apflab_pager::PagerMetrics) {
+        self.pager = serde_json::to_value(metrics).ok();
     }
 
     /// A few lines for a human.
@@ -393,6 +422,25 @@ impl RunResult {
                 );
             }
         }
+        if let Some(p) = &self.pager {
+            let n = |key: &str| p.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let p99 = p
+                .pointer("/fetch_latency/p99_ns")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            s += &format!(
+                "\n  pager: {} fetches ({} refaults), {} evictions, {} MiB moved, fetch p99 {:.1} us",
+                n("fetches"),
+                n("refaults"),
+                n("evictions"),
+                n("bytes_moved") >> 20,
+                p99 as f64 / 1e3
+            );
+        }
+        s += &format!(
+            "\n  integrity: {} pages verified, {} mismatches",
+            self.integrity.pages_verified, self.integrity.mismatches
+        );
         s += &format!(
             "\n  vmm: {} instructions ({:.1} M/s), {} exits",
             self.vmm.instructions,

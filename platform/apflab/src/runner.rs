@@ -3,9 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use apflab_vmm::{RunOutcome, VmConfig};
+use apflab_pager::{Prepared, VirtualPager};
+use apflab_vmm::{RunOutcome, Vm, VmConfig};
 
-use crate::config::{Backend, LoadedConfig, sha256_hex};
+use crate::config::{Backend, Config, LoadedConfig, sha256_hex};
+use crate::far_memory::FarMemory;
 use crate::result::{RunInputs, RunResult};
 
 /// Why a run could not produce results.
@@ -44,14 +46,28 @@ impl RunError {
     }
 }
 
-/// Builds and runs one VM. This is the only place the CLI calls the VMM.
-pub fn execute(config: VmConfig) -> Result<RunOutcome, RunError> {
+/// Builds and runs one VM, with `far_memory` serving its not-resident
+/// pages if given. This is the only place the CLI calls the VMM.
+pub fn execute(config: VmConfig, far_memory: Option<&FarMemory>) -> Result<RunOutcome, RunError> {
     tracing::debug!(?config, "starting VM");
-    let _ = config;
-    // The VMM's `Vm` is not in this build yet: say so rather than pretend.
-    Err(RunError::Setup(
-        "this build of apflab has no VMM (apflab_vmm::Vm is not available yet)".to_owned(),
-    ))
+    let mut vm = Vm::new(config).map_err(|e| RunError::Setup(e.to_string()))?;
+    if let Some(f) = far_memory {
+        vm.set_not_resident_handler(f.handler());
+    }
+    vm.run().map_err(|e| RunError::Vmm(e.to_string()))
+}
+
+/// The pager of `config`'s `[pager]` section, if it has one.
+fn far_memory(config: &Config) -> Result<Option<FarMemory>, RunError> {
+    let Some(pager) = &config.pager else {
+        return Ok(None);
+    };
+    // Both backends drive the same handler: emu in virtual time, kvm in
+    // host time since the start of the run (fetch latencies become real
+    // stalls of the faulting vCPU).
+    let prepared = Prepared::new(pager, config.guest.memory_mib << 20, &config.base_dir)
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+    Ok(Some(FarMemory::new(VirtualPager::new(prepared))))
 }
 
 /// Where a run's files go by default: `results/<config-stem>`.
@@ -81,8 +97,9 @@ pub fn run_config(
     drop(kernel);
 
     let started_at = SystemTime::now();
-    let outcome = execute(config.vm_config(echo_console))?;
-    let result = RunResult::new(
+    let far_memory = far_memory(&config)?;
+    let outcome = execute(config.vm_config(echo_console), far_memory.as_ref())?;
+    let mut result = RunResult::new(
         &RunInputs {
             name: &loaded.name,
             config_sha256: &loaded.sha256,
@@ -93,6 +110,9 @@ pub fn run_config(
         },
         &outcome,
     );
+    if let Some(f) = &far_memory {
+        result.set_pager(&f.metrics());
+    }
     write_results(out_dir, &result, &outcome.console)?;
     Ok(result)
 }

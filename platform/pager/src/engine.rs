@@ -367,16 +367,6 @@ impl FaultEngine {
         times.ready_ns
     }
 
-    /// The fetch of `pfn` failed for good: its frame is released and the
-    /// page stays absent.
-    pub fn abort(&mut self, pfn: u64) {
-        if let Some(i) = self.range.index(pfn)
-            && self.in_flight.remove(&i).is_some()
-        {
-            self.residency.abort_fetch(i);
-        }
-    }
-
     /// The page is installed in guest memory (dirty if the faulting access
     /// was a write).
     pub fn complete(&mut self, pfn: u64, access: Access) -> Result<(), PagerError> {

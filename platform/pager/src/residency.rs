@@ -143,13 +143,6 @@ impl Residency {
         }
     }
 
-    /// Page `i`'s fetch failed: its frame is freed and it stays absent.
-    pub fn abort_fetch(&mut self, i: usize) {
-        debug_assert_eq!(self.state(i), PageState::InFlight);
-        self.flags[i] &= EVICTED_BEFORE;
-        self.used -= 1;
-    }
-
     /// Makes absent page `i` resident without a fetch (boot-time
     /// population); false if no frame is free.
     pub fn populate(&mut self, i: usize) -> bool {

@@ -299,6 +299,27 @@ fn faults_join_fetches_in_flight_and_wait_for_frames() {
 }
 
 #[test]
+fn simultaneous_faults_queue_beyond_the_queue_depth() {
+    let mut c = config(None, 0.0);
+    c.queue_depth = 2;
+    c.bandwidth_bytes_per_sec = Some(4096 * 1_000_000); // 1 µs per page
+    let mut p = pager(&c);
+    let f = p.range().first_pfn;
+    let ready: Vec<u64> = (0..5)
+        .map(|k| match p.fault(f + k, Access::Read, 0).unwrap() {
+            FaultPlan::Fetch { ready_at_ns, .. } => ready_at_ns,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Two slots: latencies overlap in pairs, transfers serialise on the
+    // link (10 µs latency + 1 µs transfer each).
+    assert_eq!(ready, [11_000, 12_000, 22_000, 23_000, 33_000]);
+    let l = p.metrics().fetch_latency;
+    assert_eq!(l.max_ns, 33_000);
+    assert!(l.p50_ns.abs_diff(22_000) <= 22, "{l:?}");
+}
+
+#[test]
 fn transient_errors_are_retried_and_cost_latency() {
     let store = Arc::new(FaultInjectingStore::new(
         SyntheticStore::new(SEED),

@@ -42,3 +42,12 @@ impl Policy for BuiltinSync {
         Decision::FALLBACK
     }
 }
+
+// A run may drive its policy from a vCPU thread, and a matrix may share one
+// compiled module between runs on several threads.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_sync<T: Send + Sync>() {}
+    send::<WasmPolicy>();
+    send_sync::<PolicyModule>();
+};

@@ -40,6 +40,8 @@ pub struct VmMetrics {
     pub virtual_time_ns: u64,
     /// Per vCPU: virtual ns spent halted in WFI.
     pub halted_ns: Vec<u64>,
+    /// Per vCPU: virtual ns stalled on not-resident pages.
+    pub stalled_ns: Vec<u64>,
     /// Interrupts injected, by INTID.
     pub interrupts: BTreeMap<u32, u64>,
 }

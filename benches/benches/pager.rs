@@ -1,0 +1,170 @@
+//! Pager speed: installing pages with UFFDIO_COPY against a plain memcpy of
+//! the same pages (kvm path), and the cost of one fault's decision and
+//! bookkeeping in virtual time (emu path).
+//!
+//! `cargo bench -p apflab-benches --bench pager`
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use apflab_pager::uffd::{AnonMapping, UffdRegion};
+use apflab_pager::{
+    Access, Begin, ByteSize, FaultEngine, FaultPlan, PagerConfig, Prepared, StoreConfig,
+    VirtualPager,
+};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const PAGE: usize = 4096;
+/// Pages cycled through by the install benchmarks: 64 MiB, well past the
+/// caches, so both sides write to memory rather than to L2.
+const REGION_PAGES: usize = 16 * 1024;
+
+/// Runs `per_page(offset)` `iters` times over the region's pages, calling
+/// `reset()` untimed whenever the region is used up.
+fn cycle(iters: u64, mut per_page: impl FnMut(usize), mut reset: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(REGION_PAGES as u64) as usize;
+        let t = Instant::now();
+        for k in 0..n {
+            per_page(k * PAGE);
+        }
+        total += t.elapsed();
+        left -= n as u64;
+        reset();
+    }
+    total
+}
+
+fn install(c: &mut Criterion) {
+    let mut g = c.benchmark_group("page_install_4k");
+    g.throughput(Throughput::Bytes(PAGE as u64));
+    let src = Box::new([0x5Au8; PAGE]);
+
+    // Plain memcpy into already-populated memory.
+    let dst = AnonMapping::new(REGION_PAGES * PAGE).unwrap();
+    // SAFETY: the whole mapping is ours; populate it so the memcpy side
+    // measures copying, not page faults.
+    unsafe { std::ptr::write_bytes(dst.as_ptr(), 1, dst.len()) };
+    g.bench_function("memcpy", |b| {
+        b.iter_custom(|iters| {
+            cycle(
+                iters,
+                |off| {
+                    // SAFETY: `off` is a page inside `dst`; `src` is a page.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_ptr().add(off), PAGE)
+                    };
+                    black_box(off);
+                },
+                || {},
+            )
+        })
+    });
+
+    // UFFDIO_COPY into a registered region of missing pages.
+    let ram = AnonMapping::new(REGION_PAGES * PAGE).unwrap();
+    // SAFETY: `ram` is a private anonymous mapping that outlives `region`
+    // (declared before it, dropped after), and no other thread touches it.
+    let region = unsafe { UffdRegion::register(ram.as_ptr(), ram.len()) }
+        .expect("userfaultfd must be available (run as root)");
+    g.bench_function("uffdio_copy", |b| {
+        b.iter_custom(|iters| {
+            cycle(
+                iters,
+                |off| {
+                    let installed = region.install(off, &src, false).unwrap();
+                    debug_assert!(installed);
+                },
+                || region.discard(0, region.len()).unwrap(),
+            )
+        })
+    });
+    g.finish();
+    drop(region);
+    drop(ram);
+}
+
+fn prepared(store: StoreConfig, limit_pages: u64) -> Prepared {
+    let mut c = PagerConfig::with_store(store);
+    c.resident_limit = Some(ByteSize(limit_pages * PAGE as u64));
+    c.initially_resident = 1.0;
+    c.latency = apflab_pager::LatencyConfig::Lognormal {
+        median_us: 20.0,
+        sigma: 0.5,
+    };
+    c.queue_depth = 4;
+    c.bandwidth_bytes_per_sec = Some(10_000_000_000);
+    Prepared::new(&c, 256 << 20, Path::new(".")).unwrap()
+}
+
+/// Managed pages of a 256 MiB guest, and the working set the benches sweep:
+/// twice the resident limit, so every fault evicts and writes back.
+const LIMIT: u64 = 8 * 1024;
+const SWEEP: u64 = 2 * LIMIT;
+
+fn emu_fault(c: &mut Criterion) {
+    let mut g = c.benchmark_group("emu_fault");
+    g.throughput(Throughput::Elements(1));
+
+    // The decision and bookkeeping alone: residency, CLOCK, latency draw,
+    // fetch timeline, write-back accounting, metrics.
+    let p = prepared(StoreConfig::Zero {}, LIMIT);
+    let mut engine = FaultEngine::new(&p);
+    let first = engine.range().first_pfn;
+    let (mut k, mut now) = (0u64, 0u64);
+    g.bench_function("decision", |b| {
+        b.iter(|| {
+            let pfn = first + k % SWEEP;
+            k += 1;
+            now += 1_000;
+            match engine.begin(pfn, now).unwrap() {
+                Begin::Fetch { evicted } => {
+                    if let Some(e) = evicted {
+                        engine.written_back(e.pfn, now).unwrap();
+                    }
+                    let lat = engine.sample_latency();
+                    let ready = engine.schedule(pfn, now, 1, lat);
+                    engine.complete(pfn, Access::Read).unwrap();
+                    black_box(ready);
+                }
+                other => {
+                    black_box(other);
+                }
+            }
+        })
+    });
+
+    // The whole emu path with content: store read, staging, copy into the
+    // guest page, write-back of the victim.
+    for (name, store) in [
+        ("with_zero_store", StoreConfig::Zero {}),
+        ("with_synthetic_store", StoreConfig::Synthetic { seed: 1 }),
+    ] {
+        let mut pager = VirtualPager::new(prepared(store, LIMIT));
+        let first = pager.range().first_pfn;
+        let mut guest_page = Box::new([0u8; PAGE]);
+        let (mut k, mut now) = (0u64, 0u64);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let pfn = first + k % SWEEP;
+                k += 1;
+                now += 1_000;
+                if let FaultPlan::Fetch { evicted, .. } =
+                    pager.fault(pfn, Access::Read, now).unwrap()
+                {
+                    if let Some(e) = evicted {
+                        pager.write_back(e.pfn, &guest_page[..], now).unwrap();
+                    }
+                    pager.complete(pfn, &mut guest_page[..]).unwrap();
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, install, emu_fault);
+criterion_main!(benches);

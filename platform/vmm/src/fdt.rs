@@ -1,0 +1,192 @@
+//! The flattened device tree handed to the guest in x0, mirroring the nodes
+//! QEMU's `virt` board generates for the same devices, plus an `apflab`
+//! node advertising the hypercall doorbell.
+
+use apflab_abi::memory_map::{
+    DOORBELL_BASE, DOORBELL_SIZE, DTB_MAX_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE,
+    RAM_BASE, UART_BASE, UART_SIZE, UART_SPI, VTIMER_PPI,
+};
+use vm_fdt::FdtWriter;
+
+use crate::arch::mpidr_of;
+
+/// `compatible` of the apflab node (the doorbell page).
+pub const APFLAB_COMPATIBLE: &str = "apflab,doorbell";
+
+const PHANDLE_GIC: u32 = 1;
+const PHANDLE_CLK: u32 = 2;
+/// GIC binding: interrupt types and flags.
+const GIC_SPI: u32 = 0;
+const GIC_PPI: u32 = 1;
+const IRQ_LEVEL_HIGH: u32 = 4;
+
+/// Why the device tree could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FdtError {
+    /// vm-fdt refused (e.g. a string with a NUL in bootargs).
+    #[error("cannot build the device tree: {0}")]
+    Writer(#[from] vm_fdt::Error),
+    /// Too big for the room reserved for it.
+    #[error(
+        "device tree is {size} bytes, more than the {max} reserved for it (bootargs too long?)"
+    )]
+    TooBig {
+        /// Size.
+        size: usize,
+        /// Room.
+        max: u64,
+    },
+}
+
+/// Builds the device tree for `vcpus` CPUs and `ram_size` bytes of RAM.
+pub fn build(vcpus: u32, ram_size: u64, bootargs: &str) -> Result<Vec<u8>, FdtError> {
+    let mut w = FdtWriter::new()?;
+    let root = w.begin_node("")?;
+    w.property_string("compatible", "linux,dummy-virt")?;
+    w.property_string("model", "apflab virt")?;
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_u32("interrupt-parent", PHANDLE_GIC)?;
+
+    let chosen = w.begin_node("chosen")?;
+    w.property_string("bootargs", bootargs)?;
+    w.property_string("stdout-path", &format!("/pl011@{UART_BASE:x}"))?;
+    w.end_node(chosen)?;
+
+    let memory = w.begin_node(&format!("memory@{RAM_BASE:x}"))?;
+    w.property_string("device_type", "memory")?;
+    w.property_array_u64("reg", &[RAM_BASE, ram_size])?;
+    w.end_node(memory)?;
+
+    let cpus = w.begin_node("cpus")?;
+    w.property_u32("#address-cells", 1)?;
+    w.property_u32("#size-cells", 0)?;
+    for i in 0..vcpus {
+        let cpu = w.begin_node(&format!("cpu@{i}"))?;
+        w.property_string("device_type", "cpu")?;
+        w.property_string("compatible", "arm,arm-v8")?;
+        w.property_u32("reg", mpidr_of(i) as u32)?;
+        w.property_string("enable-method", "psci")?;
+        w.end_node(cpu)?;
+    }
+    w.end_node(cpus)?;
+
+    let psci = w.begin_node("psci")?;
+    w.property_string_list(
+        "compatible",
+        vec![
+            "arm,psci-1.0".into(),
+            "arm,psci-0.2".into(),
+            "arm,psci".into(),
+        ],
+    )?;
+    w.property_string("method", "hvc")?;
+    w.property_u32("cpu_suspend", 0xc400_0001)?;
+    w.property_u32("cpu_off", 0x8400_0002)?;
+    w.property_u32("cpu_on", 0xc400_0003)?;
+    w.end_node(psci)?;
+
+    let gic = w.begin_node(&format!("intc@{GICD_BASE:x}"))?;
+    w.property_string("compatible", "arm,gic-v3")?;
+    w.property_u32("#interrupt-cells", 3)?;
+    w.property_null("interrupt-controller")?;
+    w.property_u32("#redistributor-regions", 1)?;
+    w.property_array_u64(
+        "reg",
+        &[
+            GICD_BASE,
+            GICD_SIZE,
+            GICR_BASE,
+            GICR_STRIDE * u64::from(vcpus),
+        ],
+    )?;
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_null("ranges")?;
+    w.property_phandle(PHANDLE_GIC)?;
+    // Maintenance interrupt, as QEMU lists it.
+    w.property_array_u32("interrupts", &[GIC_PPI, 9, IRQ_LEVEL_HIGH])?;
+    w.end_node(gic)?;
+
+    let timer = w.begin_node("timer")?;
+    w.property_string("compatible", "arm,armv8-timer")?;
+    // Secure physical, non-secure physical, virtual, hypervisor PPIs
+    // (INTID - 16).
+    w.property_array_u32(
+        "interrupts",
+        &[
+            GIC_PPI,
+            13,
+            IRQ_LEVEL_HIGH,
+            GIC_PPI,
+            14,
+            IRQ_LEVEL_HIGH,
+            GIC_PPI,
+            VTIMER_PPI - 16,
+            IRQ_LEVEL_HIGH,
+            GIC_PPI,
+            10,
+            IRQ_LEVEL_HIGH,
+        ],
+    )?;
+    w.property_null("always-on")?;
+    w.end_node(timer)?;
+
+    let clk = w.begin_node("apb-pclk")?;
+    w.property_string("compatible", "fixed-clock")?;
+    w.property_u32("#clock-cells", 0)?;
+    w.property_u32("clock-frequency", 24_000_000)?;
+    w.property_string("clock-output-names", "clk24mhz")?;
+    w.property_phandle(PHANDLE_CLK)?;
+    w.end_node(clk)?;
+
+    let uart = w.begin_node(&format!("pl011@{UART_BASE:x}"))?;
+    w.property_string_list(
+        "compatible",
+        vec!["arm,pl011".into(), "arm,primecell".into()],
+    )?;
+    w.property_array_u64("reg", &[UART_BASE, UART_SIZE])?;
+    w.property_array_u32("interrupts", &[GIC_SPI, UART_SPI, IRQ_LEVEL_HIGH])?;
+    w.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
+    w.property_array_u32("clocks", &[PHANDLE_CLK, PHANDLE_CLK])?;
+    w.end_node(uart)?;
+
+    let apflab = w.begin_node(&format!("apflab@{DOORBELL_BASE:x}"))?;
+    w.property_string("compatible", APFLAB_COMPATIBLE)?;
+    w.property_array_u64("reg", &[DOORBELL_BASE, DOORBELL_SIZE])?;
+    w.end_node(apflab)?;
+
+    w.end_node(root)?;
+    let blob = w.finish()?;
+    if blob.len() as u64 > DTB_MAX_SIZE {
+        return Err(FdtError::TooBig {
+            size: blob.len(),
+            max: DTB_MAX_SIZE,
+        });
+    }
+    Ok(blob)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_has_header_and_names_the_devices() {
+        let blob = build(4, 256 << 20, "apflab.workload=cpu").unwrap();
+        assert_eq!(&blob[..4], &[0xd0, 0x0d, 0xfe, 0xed]);
+        let text = String::from_utf8_lossy(&blob);
+        for needle in [
+            "arm,gic-v3",
+            "arm,armv8-timer",
+            "arm,pl011",
+            "apflab.workload=cpu",
+            APFLAB_COMPATIBLE,
+            "cpu@3",
+            "hvc",
+        ] {
+            assert!(text.contains(needle), "{needle}");
+        }
+        assert!(!text.contains("cpu@4"));
+    }
+}

@@ -1,0 +1,231 @@
+//! The backend interface, in the shape of Cloud Hypervisor's `hypervisor`
+//! crate: a VM-level object that owns guest memory and creates vCPUs, and a
+//! [`Vcpu`] that runs guest code to its next [`VmExit`].
+//!
+//! Device and hypercall handling is *not* in the backends: it lives in
+//! [`crate::machine::Machine`], which implements [`VmOps`]. A backend that
+//! can only complete an access synchronously (the emu backend, whose MMIO and
+//! system register accesses happen in the middle of an instruction) calls
+//! [`VmOps`] inline; a backend that returns to userspace first (kvm) returns
+//! [`VmExit::Mmio`] and its vCPU thread calls the same [`VmOps`]. Either way
+//! the device code is shared, and so is every other exit's handling
+//! ([`crate::machine::Machine::hypercall`], exception injection through
+//! [`Vcpu::inject_exception`]).
+
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::{Reg, SysRegId};
+
+/// Errors of a backend operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// The engine refused an operation (names the operation and the
+    /// engine's error).
+    #[error("{backend} backend: {op} failed: {detail}")]
+    Engine {
+        /// `emu` or `kvm`.
+        backend: &'static str,
+        /// What was attempted.
+        op: String,
+        /// The engine's error.
+        detail: String,
+    },
+    /// A vCPU index beyond what the VM has.
+    #[error("no vCPU {0}")]
+    NoSuchVcpu(u32),
+    /// A guest physical address outside guest RAM.
+    #[error("guest address {0:#x} is outside guest RAM")]
+    OutsideRam(u64),
+}
+
+/// How a hypercall reached the VMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conduit {
+    /// `hvc #0`.
+    Hvc,
+    /// `smc #0`.
+    Smc,
+    /// The MMIO doorbell page.
+    Doorbell,
+}
+
+/// A guest access to a page that is not resident (the pager withheld it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotResidentFault {
+    /// Guest physical address of the access.
+    pub ipa: u64,
+    /// Whether it was a write.
+    pub write: bool,
+    /// Whether it was an instruction fetch.
+    pub fetch: bool,
+    /// PC of the faulting instruction (it has not executed).
+    pub pc: u64,
+}
+
+/// Why [`Vcpu::run`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// An MMIO access the backend could not complete by itself. For a read,
+    /// the caller completes it with [`Vcpu::complete_mmio_read`]. (The emu
+    /// backend completes MMIO inline through [`VmOps`] and never returns
+    /// this.)
+    Mmio {
+        /// Guest physical address.
+        addr: u64,
+        /// Access size in bytes.
+        len: u8,
+        /// `Some(value)` for a write.
+        write: Option<u64>,
+    },
+    /// HVC/SMC (PC already past the instruction) or doorbell call.
+    Hypercall {
+        /// x0 / function id.
+        function: u32,
+        /// x1..x5.
+        args: [u64; 5],
+        /// How it arrived.
+        conduit: Conduit,
+    },
+    /// A trapped system register access not completed inline.
+    SysReg {
+        /// Which register.
+        reg: SysRegId,
+        /// Target/source general register.
+        rt: u8,
+        /// `Some(value)` for MSR.
+        write: Option<u64>,
+    },
+    /// The vCPU executed WFI (PC past it) and waits for an interrupt.
+    Wfi,
+    /// Access to a not-resident page; the instruction did not execute.
+    NotResident(NotResidentFault),
+    /// `svc #imm` (PC past it). The VMM injects the exception entry.
+    Svc {
+        /// The immediate.
+        imm: u16,
+    },
+    /// The emu slice budget is used up (nothing to do but run again).
+    SliceEnd,
+    /// The guest did something the machine cannot continue from: an
+    /// undefined instruction, an abort on an address that is neither RAM
+    /// nor a device, a breakpoint.
+    Crash {
+        /// PC of the instruction.
+        pc: u64,
+        /// Faulting address, when known.
+        addr: Option<u64>,
+        /// What happened.
+        reason: String,
+    },
+    /// The backend saw the machine power off or reset by itself (kvm
+    /// in-kernel PSCI `SYSTEM_EVENT`).
+    SystemEvent {
+        /// true = reset, false = power off.
+        reset: bool,
+    },
+}
+
+impl VmExit {
+    /// Name used for this exit in [`crate::VmMetrics::exits`].
+    pub fn metric_name(&self) -> &'static str {
+        match self {
+            VmExit::Mmio { .. } => "mmio",
+            VmExit::Hypercall { .. } => "hypercall",
+            VmExit::SysReg { .. } => "sysreg",
+            VmExit::Wfi => "wfi",
+            VmExit::NotResident(_) => "not_resident",
+            VmExit::Svc { .. } => "svc",
+            VmExit::SliceEnd => "slice_end",
+            VmExit::Crash { .. } => "crash",
+            VmExit::SystemEvent { .. } => "system_event",
+        }
+    }
+}
+
+/// A synchronous exception to deliver to the guest at EL1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncException {
+    /// ESR_EL1 value.
+    pub esr: u64,
+    /// FAR_EL1 value (0 when not meaningful).
+    pub far: u64,
+    /// Return address written to ELR_EL1: for a fault, the faulting
+    /// instruction (re-executed after the handler); for SVC, the next one.
+    pub return_pc: u64,
+}
+
+/// What an MMIO write did, for the backend's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmioWriteKind {
+    /// A device register write.
+    Plain,
+    /// A doorbell hypercall was made (charge a hypercall; effects may be
+    /// queued for the vCPU loop).
+    Hypercall,
+}
+
+/// Device and system register handling a backend calls while an access is
+/// in flight. Implemented by [`crate::machine::Machine`].
+pub trait VmOps: Send + Sync {
+    /// An MMIO read of `data.len()` bytes at `addr` by vCPU `vcpu` at
+    /// virtual time `now_ns`.
+    fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], now_ns: u64);
+    /// An MMIO write; says whether it was a doorbell hypercall.
+    fn mmio_write(&self, vcpu: u32, addr: u64, data: &[u8], now_ns: u64) -> MmioWriteKind;
+    /// A read of an emulated system register; `None` if the register is not
+    /// one the VMM emulates.
+    fn sysreg_read(&self, vcpu: u32, reg: SysRegId, now_ns: u64) -> Option<u64>;
+    /// A write of an emulated system register; false if not emulated.
+    fn sysreg_write(&self, vcpu: u32, reg: SysRegId, value: u64, now_ns: u64) -> bool;
+}
+
+/// One virtual CPU.
+pub trait Vcpu {
+    /// Index of this vCPU (0 = boot CPU).
+    fn index(&self) -> u32;
+    /// Runs guest code until the next exit.
+    fn run(&mut self) -> Result<VmExit, HypervisorError>;
+    /// Reads a register.
+    fn get_reg(&self, reg: Reg) -> Result<u64, HypervisorError>;
+    /// Writes a register.
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), HypervisorError>;
+    /// Completes an MMIO read returned as [`VmExit::Mmio`].
+    fn complete_mmio_read(&mut self, value: u64) -> Result<(), HypervisorError>;
+    /// Enters the guest's EL1 synchronous exception vector, as the CPU would
+    /// for `exc`.
+    fn inject_exception(&mut self, exc: SyncException) -> Result<(), HypervisorError>;
+    /// Takes an IRQ now if the guest has IRQs unmasked (PSTATE.I clear);
+    /// returns whether it did. (kvm: asserts the line on the in-kernel GIC.)
+    fn inject_irq(&mut self) -> Result<bool, HypervisorError>;
+}
+
+/// A VM: guest memory plus the vCPUs running in it.
+pub trait Hypervisor {
+    /// The vCPU type.
+    type Vcpu: Vcpu;
+    /// Guest RAM.
+    fn memory(&self) -> &GuestMemoryMmap;
+    /// Creates vCPU `index`; its device accesses go to `ops`.
+    fn create_vcpu(
+        &mut self,
+        index: u32,
+        ops: Arc<dyn VmOps>,
+    ) -> Result<Self::Vcpu, HypervisorError>;
+}
+
+/// Per-page residency control: the primitive the pager plugs into.
+///
+/// A page marked absent makes the next guest access to it return
+/// [`VmExit::NotResident`] with the instruction not executed. The VMM (or
+/// the VMM's pager) reads and writes the page's content through guest memory
+/// directly; residency only governs guest accesses.
+pub trait Residency {
+    /// Marks the 4 KiB page holding `ipa` present or absent for the guest.
+    fn set_resident(&mut self, ipa: u64, resident: bool) -> Result<(), HypervisorError>;
+    /// Whether the page holding `ipa` is present.
+    fn is_resident(&self, ipa: u64) -> bool;
+    /// Guest RAM (to fill or save a page's content).
+    fn guest_memory(&self) -> &GuestMemoryMmap;
+}

@@ -1,0 +1,299 @@
+//! Loading the guest kernel into guest RAM: an ELF (PT_LOAD segments at
+//! their physical addresses, entry from the header) or, for anything that is
+//! not ELF, a raw image at [`RAW_IMAGE_LOAD_ADDR`] like QEMU's `-kernel`.
+
+use std::path::{Path, PathBuf};
+
+use apflab_abi::memory_map::{DTB_ADDR, DTB_MAX_SIZE, RAM_BASE, RAW_IMAGE_LOAD_ADDR};
+use goblin::elf::{Elf, header, program_header};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Why a kernel could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read guest kernel {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Empty file.
+    #[error("guest kernel {} is empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// ELF parse error.
+    #[error("guest kernel {} is not a valid ELF file: {detail}", path.display())]
+    BadElf {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        detail: String,
+    },
+    /// An ELF for another machine.
+    #[error("guest kernel {} is an ELF for {machine}, expected a 64-bit little-endian aarch64 ELF", path.display())]
+    NotAarch64 {
+        /// The file.
+        path: PathBuf,
+        /// What it is for.
+        machine: String,
+    },
+    /// A segment that does not fit in guest RAM or overlaps the device tree.
+    #[error(
+        "guest kernel {}: segment {index} at {start:#x}..{end:#x} {problem} (guest RAM is {ram_start:#x}..{ram_end:#x}, device tree at {dtb_start:#x}..{dtb_end:#x})",
+        path.display()
+    )]
+    BadSegment {
+        /// The file.
+        path: PathBuf,
+        /// Program header index (0 for a raw image).
+        index: usize,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+        /// What is wrong.
+        problem: &'static str,
+        /// RAM range.
+        ram_start: u64,
+        /// RAM range end.
+        ram_end: u64,
+        /// DTB range.
+        dtb_start: u64,
+        /// DTB range end.
+        dtb_end: u64,
+    },
+    /// No loadable segment at all.
+    #[error("guest kernel {} has no PT_LOAD segment", path.display())]
+    NoSegments {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The entry point is not in a loaded segment.
+    #[error("guest kernel {}: entry point {entry:#x} is not inside any loaded segment", path.display())]
+    BadEntry {
+        /// The file.
+        path: PathBuf,
+        /// Entry point.
+        entry: u64,
+    },
+}
+
+/// Where the kernel went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadedKernel {
+    /// Entry point (physical).
+    pub entry: u64,
+    /// Lowest loaded address.
+    pub start: u64,
+    /// One past the highest loaded address.
+    pub end: u64,
+    /// Where the device tree goes for this kernel.
+    pub dtb_addr: u64,
+}
+
+/// Loads `path` into `mem` (RAM of `ram_size` bytes at RAM_BASE).
+pub fn load_kernel(
+    path: &Path,
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+) -> Result<LoadedKernel, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if bytes.is_empty() {
+        return Err(LoadError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    if bytes.starts_with(b"\x7fELF") {
+        load_elf(path, &bytes, mem, ram_size)
+    } else {
+        load_raw(path, &bytes, mem, ram_size)
+    }
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    ram_end: u64,
+    dtb: Option<(u64, u64)>,
+}
+
+impl Checker<'_> {
+    fn check(&self, index: usize, start: u64, len: u64) -> Result<(), LoadError> {
+        let end = start.checked_add(len);
+        let (dtb_start, dtb_end) = self.dtb.unwrap_or((0, 0));
+        let err = |end: u64, problem| LoadError::BadSegment {
+            path: self.path.to_owned(),
+            index,
+            start,
+            end,
+            problem,
+            ram_start: RAM_BASE,
+            ram_end: self.ram_end,
+            dtb_start,
+            dtb_end,
+        };
+        let Some(end) = end else {
+            return Err(err(u64::MAX, "wraps around the address space"));
+        };
+        if start < RAM_BASE || end > self.ram_end {
+            return Err(err(end, "lies outside guest RAM"));
+        }
+        if self.dtb.is_some() && start < dtb_end && dtb_start < end {
+            return Err(err(end, "overlaps the device tree's room"));
+        }
+        Ok(())
+    }
+}
+
+fn load_elf(
+    path: &Path,
+    bytes: &[u8],
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+) -> Result<LoadedKernel, LoadError> {
+    let elf = Elf::parse(bytes).map_err(|e| LoadError::BadElf {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if elf.header.e_machine != header::EM_AARCH64 || !elf.is_64 || !elf.little_endian {
+        return Err(LoadError::NotAarch64 {
+            path: path.to_owned(),
+            machine: format!(
+                "{} ({}-bit, {})",
+                header::machine_to_str(elf.header.e_machine),
+                if elf.is_64 { 64 } else { 32 },
+                if elf.little_endian {
+                    "little-endian"
+                } else {
+                    "big-endian"
+                }
+            ),
+        });
+    }
+    let checker = Checker {
+        path,
+        ram_end: RAM_BASE + ram_size,
+        dtb: Some((DTB_ADDR, DTB_ADDR + DTB_MAX_SIZE)),
+    };
+    let (mut lo, mut hi) = (u64::MAX, 0u64);
+    let mut entry_ok = false;
+    for (index, ph) in elf.program_headers.iter().enumerate() {
+        if ph.p_type != program_header::PT_LOAD || ph.p_memsz == 0 {
+            continue;
+        }
+        checker.check(index, ph.p_paddr, ph.p_memsz)?;
+        let file_range = ph.file_range();
+        let data = bytes
+            .get(file_range.clone())
+            .ok_or_else(|| LoadError::BadElf {
+                path: path.to_owned(),
+                detail: format!(
+                    "segment {index} file range {file_range:?} is past the end of the file"
+                ),
+            })?;
+        if ph.p_filesz > ph.p_memsz {
+            return Err(LoadError::BadElf {
+                path: path.to_owned(),
+                detail: format!("segment {index} has p_filesz > p_memsz"),
+            });
+        }
+        // In RAM (checked above), so these writes cannot fail.
+        let write = |buf: &[u8], at: u64| {
+            mem.write_slice(buf, GuestAddress(at))
+                .map_err(|e| LoadError::BadElf {
+                    path: path.to_owned(),
+                    detail: format!("segment {index}: {e}"),
+                })
+        };
+        write(data, ph.p_paddr)?;
+        let bss = (ph.p_memsz - ph.p_filesz) as usize;
+        if bss > 0 {
+            write(&vec![0u8; bss], ph.p_paddr + ph.p_filesz)?;
+        }
+        // The entry is a virtual address; with identity-mapped boot code
+        // it equals the physical one. Translate through the segment.
+        let e = elf.entry;
+        if e >= ph.p_vaddr && e < ph.p_vaddr + ph.p_memsz {
+            entry_ok = true;
+        }
+        lo = lo.min(ph.p_paddr);
+        hi = hi.max(ph.p_paddr + ph.p_memsz);
+    }
+    if hi == 0 {
+        return Err(LoadError::NoSegments {
+            path: path.to_owned(),
+        });
+    }
+    // Physical entry: the segment holding the virtual entry, relocated to
+    // its physical address.
+    let entry = elf
+        .program_headers
+        .iter()
+        .find(|ph| {
+            ph.p_type == program_header::PT_LOAD
+                && elf.entry >= ph.p_vaddr
+                && elf.entry < ph.p_vaddr + ph.p_memsz
+        })
+        .map(|ph| elf.entry - ph.p_vaddr + ph.p_paddr);
+    match entry {
+        Some(entry) if entry_ok => Ok(LoadedKernel {
+            entry,
+            start: lo,
+            end: hi,
+            dtb_addr: DTB_ADDR,
+        }),
+        _ => Err(LoadError::BadEntry {
+            path: path.to_owned(),
+            entry: elf.entry,
+        }),
+    }
+}
+
+fn load_raw(
+    path: &Path,
+    bytes: &[u8],
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+) -> Result<LoadedKernel, LoadError> {
+    let start = RAW_IMAGE_LOAD_ADDR;
+    let len = bytes.len() as u64;
+    let checker = Checker {
+        path,
+        ram_end: RAM_BASE + ram_size,
+        dtb: None,
+    };
+    checker.check(0, start, len)?;
+    mem.write_slice(bytes, GuestAddress(start))
+        .map_err(|e| LoadError::BadElf {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    // The raw image sits where the ELF kernels' device tree goes; put the
+    // device tree after it, 2 MiB aligned (x0 tells the guest where).
+    let dtb_addr = (start + len).next_multiple_of(2 << 20);
+    checker
+        .check(0, dtb_addr, DTB_MAX_SIZE)
+        .map_err(|_| LoadError::BadSegment {
+            path: path.to_owned(),
+            index: 0,
+            start,
+            end: start + len,
+            problem: "leaves no room for the device tree after it",
+            ram_start: RAM_BASE,
+            ram_end: RAM_BASE + ram_size,
+            dtb_start: dtb_addr,
+            dtb_end: dtb_addr + DTB_MAX_SIZE,
+        })?;
+    Ok(LoadedKernel {
+        entry: start,
+        start,
+        end: start + len,
+        dtb_addr,
+    })
+}

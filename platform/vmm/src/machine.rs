@@ -1,0 +1,574 @@
+//! The machine every backend shares: the devices, PSCI and apflab's
+//! hypercalls. Backends reach it through [`VmOps`] (MMIO and system
+//! registers, possibly inline in the middle of an instruction) and through
+//! [`Machine::hypercall`] (HVC/SMC exits); what a call does to vCPUs (start
+//! one, stop one, power off) comes back as [`Effect`]s that the backend's
+//! vCPU loop applies.
+//!
+//! Everything arriving from the guest is hostile input: addresses and
+//! lengths are checked, oversized requests are refused with SMCCC error
+//! codes, and nothing here panics on guest values.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use apflab_abi::hypercall as hc;
+use apflab_abi::memory_map::{
+    DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE, UART_BASE,
+    UART_SIZE, UART_SPI, VTIMER_PPI,
+};
+use apflab_abi::report::GuestReport;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::arch::{SysRegId, sysreg};
+use crate::devices::doorbell::{DoorbellBank, DoorbellWrite};
+use crate::devices::gic::Gic;
+use crate::devices::pl011::Pl011;
+use crate::devices::timer::VirtualTimer;
+use crate::hypervisor::{MmioWriteKind, VmOps};
+
+/// PSCI CPU_ON, SMC32 calling convention.
+const PSCI_CPU_ON_SMC32: u32 = 0x8400_0003;
+/// Most task completions recorded (a guest calling TASK_DONE in a loop with
+/// fresh ids cannot grow the map without bound).
+const MAX_TASKS_RECORDED: usize = 4096;
+
+/// Something a hypercall asks of the vCPU loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// PSCI CPU_ON succeeded: start `target` at `entry` with x0 =
+    /// `context_id`.
+    CpuOn {
+        /// vCPU index.
+        target: u32,
+        /// Entry point (physical; the MMU of a fresh CPU is off).
+        entry: u64,
+        /// Value for x0.
+        context_id: u64,
+    },
+    /// PSCI CPU_OFF from this vCPU.
+    CpuOff {
+        /// vCPU index.
+        vcpu: u32,
+    },
+    /// PSCI SYSTEM_OFF.
+    SystemOff,
+    /// PSCI SYSTEM_RESET.
+    SystemReset,
+    /// apflab PANIC with its message.
+    Panic(String),
+}
+
+/// Whether a vCPU is powered on (PSCI's view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Power {
+    On,
+    Off,
+}
+
+struct State {
+    uart: Pl011,
+    gic: Gic,
+    timers: Vec<VirtualTimer>,
+    doorbell: Vec<DoorbellBank>,
+    power: Vec<Power>,
+    effects: Vec<Effect>,
+    /// Earliest virtual time at which an interrupt was sent to a vCPU by
+    /// another one since it last ran (a halted vCPU wakes no earlier).
+    wake_hints: Vec<Option<u64>>,
+    exits: BTreeMap<String, u64>,
+    report: Option<GuestReport>,
+    task_done_ns: BTreeMap<u64, u64>,
+}
+
+/// The devices and firmware services of one VM.
+pub struct Machine {
+    state: Mutex<State>,
+    memory: GuestMemoryMmap,
+    vcpus: u32,
+}
+
+impl Machine {
+    /// A machine with `vcpus` CPUs (CPU 0 on, the others off) over guest
+    /// RAM `memory`; `echo_console` copies UART output to stdout.
+    pub fn new(vcpus: u32, memory: GuestMemoryMmap, echo_console: bool) -> Self {
+        let n = vcpus as usize;
+        let mut power = vec![Power::Off; n];
+        if let Some(p) = power.first_mut() {
+            *p = Power::On;
+        }
+        Machine {
+            state: Mutex::new(State {
+                uart: Pl011::new(echo_console),
+                gic: Gic::new(vcpus),
+                timers: vec![VirtualTimer::default(); n],
+                doorbell: vec![DoorbellBank::default(); n],
+                power,
+                effects: Vec::new(),
+                wake_hints: vec![None; n],
+                exits: BTreeMap::new(),
+                report: None,
+                task_done_ns: BTreeMap::new(),
+            }),
+            memory,
+            vcpus,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a VMM bug; the state is still
+        // consistent enough to report, so recover it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one exit of kind `name`.
+    pub fn count_exit(&self, name: &str) {
+        *self.lock().exits.entry(name.to_owned()).or_default() += 1;
+    }
+
+    /// Exits counted so far, by kind.
+    pub fn exits(&self) -> BTreeMap<String, u64> {
+        self.lock().exits.clone()
+    }
+
+    /// Interrupts acknowledged by the guest, by INTID.
+    pub fn interrupts(&self) -> BTreeMap<u32, u64> {
+        self.lock().gic.acknowledged().clone()
+    }
+
+    /// The console output so far.
+    pub fn console(&self) -> String {
+        self.lock().uart.console_text()
+    }
+
+    /// The guest's report, if it sent a valid one.
+    pub fn report(&self) -> Option<GuestReport> {
+        self.lock().report
+    }
+
+    /// Task completion times (virtual ns) by task id.
+    pub fn task_done_ns(&self) -> BTreeMap<u64, u64> {
+        self.lock().task_done_ns.clone()
+    }
+
+    /// Takes the effects queued by hypercalls since the last call.
+    pub fn take_effects(&self) -> Vec<Effect> {
+        std::mem::take(&mut self.lock().effects)
+    }
+
+    /// Brings the interrupt lines of `vcpu` (its virtual timer) and the
+    /// UART's up to date at `now_ns`.
+    pub fn update_lines(&self, vcpu: u32, now_ns: u64) {
+        let mut s = self.lock();
+        if let Some(level) = s.timers.get(vcpu as usize).map(|t| t.irq_level(now_ns)) {
+            s.gic.set_level(vcpu, VTIMER_PPI, level);
+        }
+        let uart = s.uart.irq_level();
+        s.gic.set_level(0, 32 + UART_SPI, uart);
+    }
+
+    /// Next virtual time at which `vcpu`'s timer fires, if armed.
+    pub fn next_deadline(&self, vcpu: u32, now_ns: u64) -> Option<u64> {
+        self.lock()
+            .timers
+            .get(vcpu as usize)
+            .and_then(|t| t.deadline_ns(now_ns))
+    }
+
+    /// The INTID the GIC signals to `vcpu` now, if any.
+    pub fn signalled_irq(&self, vcpu: u32) -> Option<u32> {
+        self.lock().gic.signalled(vcpu)
+    }
+
+    /// Takes the wake-up hint of `vcpu` (see [`State::wake_hints`]).
+    pub fn take_wake_hint(&self, vcpu: u32) -> Option<u64> {
+        self.lock()
+            .wake_hints
+            .get_mut(vcpu as usize)
+            .and_then(Option::take)
+    }
+
+    /// Reads the wake-up hint of `vcpu` without clearing it.
+    pub fn wake_hint(&self, vcpu: u32) -> Option<u64> {
+        self.lock().wake_hints.get(vcpu as usize).copied().flatten()
+    }
+
+    /// Handles a hypercall from `vcpu` at `now_ns`; returns x0..x3 for the
+    /// caller. Effects on vCPUs are queued (see [`Machine::take_effects`]).
+    pub fn hypercall(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> [u64; 4] {
+        let mut s = self.lock();
+        let is_psci = hc::smccc_owner(function) == 4;
+        *s.exits
+            .entry(if is_psci { "psci" } else { "hypercall" }.to_owned())
+            .or_default() += 1;
+        let ret = |v: i64| [v as u64, 0, 0, 0];
+        match function {
+            hc::PSCI_VERSION => [hc::PSCI_VERSION_1_0, 0, 0, 0],
+            hc::PSCI_FEATURES => {
+                let supported = matches!(
+                    args[0] as u32,
+                    hc::PSCI_VERSION
+                        | hc::PSCI_CPU_ON
+                        | PSCI_CPU_ON_SMC32
+                        | hc::PSCI_CPU_OFF
+                        | hc::PSCI_SYSTEM_OFF
+                        | hc::PSCI_SYSTEM_RESET
+                        | hc::PSCI_FEATURES
+                );
+                ret(if supported {
+                    hc::SMCCC_SUCCESS
+                } else {
+                    hc::SMCCC_NOT_SUPPORTED
+                })
+            }
+            hc::PSCI_CPU_ON | PSCI_CPU_ON_SMC32 => {
+                let (mpidr, entry, context_id) = if function == PSCI_CPU_ON_SMC32 {
+                    (
+                        args[0] & 0xffff_ffff,
+                        args[1] & 0xffff_ffff,
+                        args[2] & 0xffff_ffff,
+                    )
+                } else {
+                    (args[0], args[1], args[2])
+                };
+                ret(Self::cpu_on(
+                    &mut s,
+                    &self.memory,
+                    self.vcpus,
+                    mpidr,
+                    entry,
+                    context_id,
+                ))
+            }
+            hc::PSCI_CPU_OFF => {
+                if let Some(p) = s.power.get_mut(vcpu as usize) {
+                    *p = Power::Off;
+                }
+                s.effects.push(Effect::CpuOff { vcpu });
+                ret(hc::SMCCC_SUCCESS)
+            }
+            hc::PSCI_SYSTEM_OFF => {
+                s.effects.push(Effect::SystemOff);
+                ret(hc::SMCCC_SUCCESS)
+            }
+            hc::PSCI_SYSTEM_RESET => {
+                s.effects.push(Effect::SystemReset);
+                ret(hc::SMCCC_SUCCESS)
+            }
+            // Async PF is not offered yet: no feature bits.
+            hc::FN_FEATURES => [0, 0, 0, 0],
+            hc::FN_REPORT => {
+                let len = args[1];
+                if len != GuestReport::SIZE as u64 {
+                    return ret(hc::SMCCC_INVALID_PARAMETERS);
+                }
+                let mut buf = [0u8; GuestReport::SIZE];
+                match self.memory.read_slice(&mut buf, GuestAddress(args[0])) {
+                    Ok(()) => match GuestReport::from_bytes(&buf) {
+                        Some(r) => {
+                            s.report = Some(r);
+                            ret(hc::SMCCC_SUCCESS)
+                        }
+                        None => ret(hc::SMCCC_INVALID_PARAMETERS),
+                    },
+                    Err(_) => ret(hc::SMCCC_INVALID_PARAMETERS),
+                }
+            }
+            hc::FN_PANIC => {
+                let len = args[1].min(hc::PANIC_MSG_MAX) as usize;
+                let mut buf = vec![0u8; len];
+                let msg = match self.memory.read_slice(&mut buf, GuestAddress(args[0])) {
+                    Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+                    Err(_) => format!(
+                        "(panic message at {:#x}, {} bytes, is outside guest RAM)",
+                        args[0], args[1]
+                    ),
+                };
+                s.effects.push(Effect::Panic(msg));
+                ret(hc::SMCCC_SUCCESS)
+            }
+            hc::FN_TASK_DONE => {
+                let id = args[0];
+                if s.task_done_ns.len() < MAX_TASKS_RECORDED || s.task_done_ns.contains_key(&id) {
+                    s.task_done_ns.insert(id, now_ns);
+                    ret(hc::SMCCC_SUCCESS)
+                } else {
+                    ret(hc::SMCCC_DENIED)
+                }
+            }
+            _ => {
+                *s.exits
+                    .entry("hypercall_unsupported".to_owned())
+                    .or_default() += 1;
+                ret(hc::SMCCC_NOT_SUPPORTED)
+            }
+        }
+    }
+
+    fn cpu_on(
+        s: &mut State,
+        memory: &GuestMemoryMmap,
+        vcpus: u32,
+        mpidr: u64,
+        entry: u64,
+        context_id: u64,
+    ) -> i64 {
+        // Our CPUs have Aff0 = index and Aff1..Aff3 = 0.
+        if mpidr & !0xff != 0 || mpidr >= u64::from(vcpus) {
+            return hc::SMCCC_INVALID_PARAMETERS;
+        }
+        let target = mpidr as u32;
+        if s.power[target as usize] == Power::On {
+            return hc::PSCI_ALREADY_ON;
+        }
+        if memory
+            .read_slice(&mut [0u8; 4], GuestAddress(entry))
+            .is_err()
+            || entry % 4 != 0
+        {
+            // PSCI INVALID_ADDRESS.
+            return -9;
+        }
+        s.power[target as usize] = Power::On;
+        s.effects.push(Effect::CpuOn {
+            target,
+            entry,
+            context_id,
+        });
+        hc::SMCCC_SUCCESS
+    }
+
+    /// An MMIO write with its kind (see [`MmioWriteKind`]).
+    pub fn mmio_write_kind(&self, vcpu: u32, addr: u64, data: &[u8], now_ns: u64) -> MmioWriteKind {
+        let value = le_value(data);
+        let len = data.len();
+        if in_window(addr, DOORBELL_BASE, DOORBELL_SIZE) {
+            let call = {
+                let mut s = self.lock();
+                *s.exits.entry("mmio".to_owned()).or_default() += 1;
+                match s.doorbell.get_mut(vcpu as usize) {
+                    Some(bank) => bank.write(addr - DOORBELL_BASE, len, value),
+                    None => DoorbellWrite::Stored,
+                }
+            };
+            if let DoorbellWrite::Call { function, args } = call {
+                let r = self.hypercall(vcpu, function, args, now_ns);
+                if let Some(bank) = self.lock().doorbell.get_mut(vcpu as usize) {
+                    bank.set_results([r[0], r[1]]);
+                }
+                return MmioWriteKind::Hypercall;
+            }
+            return MmioWriteKind::Plain;
+        }
+        let mut s = self.lock();
+        *s.exits.entry("mmio".to_owned()).or_default() += 1;
+        if in_window(addr, UART_BASE, UART_SIZE) {
+            s.uart.write(addr - UART_BASE, value as u32);
+        } else if in_window(addr, GICD_BASE, GICD_SIZE) {
+            s.gic.dist_write(addr - GICD_BASE, len, value);
+        } else if in_window(addr, GICR_BASE, GICR_STRIDE * u64::from(self.vcpus)) {
+            s.gic.redist_write(addr - GICR_BASE, len, value);
+        } else {
+            *s.exits.entry("mmio_unhandled".to_owned()).or_default() += 1;
+        }
+        MmioWriteKind::Plain
+    }
+}
+
+fn in_window(addr: u64, base: u64, size: u64) -> bool {
+    addr >= base && addr - base < size
+}
+
+/// Little-endian value of up to 8 bytes.
+fn le_value(data: &[u8]) -> u64 {
+    data.iter()
+        .take(8)
+        .enumerate()
+        .fold(0, |acc, (i, b)| acc | u64::from(*b) << (8 * i))
+}
+
+impl VmOps for Machine {
+    fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], _now_ns: u64) {
+        let mut s = self.lock();
+        *s.exits.entry("mmio".to_owned()).or_default() += 1;
+        let len = data.len();
+        let value = if in_window(addr, UART_BASE, UART_SIZE) {
+            u64::from(s.uart.read(addr - UART_BASE))
+        } else if in_window(addr, GICD_BASE, GICD_SIZE) {
+            s.gic.dist_read(addr - GICD_BASE)
+        } else if in_window(addr, GICR_BASE, GICR_STRIDE * u64::from(self.vcpus)) {
+            s.gic.redist_read(addr - GICR_BASE)
+        } else if in_window(addr, DOORBELL_BASE, DOORBELL_SIZE) {
+            s.doorbell
+                .get(vcpu as usize)
+                .map_or(0, |b| b.read(addr - DOORBELL_BASE, len))
+        } else {
+            *s.exits.entry("mmio_unhandled".to_owned()).or_default() += 1;
+            0
+        };
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (value >> (8 * i)) as u8;
+        }
+    }
+
+    fn mmio_write(&self, vcpu: u32, addr: u64, data: &[u8], now_ns: u64) -> MmioWriteKind {
+        self.mmio_write_kind(vcpu, addr, data, now_ns)
+    }
+
+    fn sysreg_read(&self, vcpu: u32, reg: SysRegId, now_ns: u64) -> Option<u64> {
+        let mut s = self.lock();
+        if let Some(v) = s
+            .timers
+            .get(vcpu as usize)
+            .and_then(|t| t.read(reg, now_ns))
+        {
+            return Some(v);
+        }
+        // Acknowledge sees the timer line as of now.
+        if reg == sysreg::ICC_IAR1_EL1
+            && let Some(level) = s.timers.get(vcpu as usize).map(|t| t.irq_level(now_ns))
+        {
+            s.gic.set_level(vcpu, VTIMER_PPI, level);
+        }
+        s.gic.sysreg_read(vcpu, reg)
+    }
+
+    fn sysreg_write(&self, vcpu: u32, reg: SysRegId, value: u64, now_ns: u64) -> bool {
+        let mut s = self.lock();
+        if let Some(t) = s.timers.get_mut(vcpu as usize)
+            && t.write(reg, value, now_ns)
+        {
+            let level = t.irq_level(now_ns);
+            s.gic.set_level(vcpu, VTIMER_PPI, level);
+            return true;
+        }
+        match s.gic.sysreg_write(vcpu, reg, value) {
+            Some(targets) => {
+                if reg == sysreg::ICC_SGI1R_EL1 {
+                    *s.exits.entry("sysreg".to_owned()).or_default() += 1;
+                }
+                for t in targets {
+                    if let Some(h) = s.wake_hints.get_mut(t as usize) {
+                        *h = Some(h.map_or(now_ns, |old| old.min(now_ns)));
+                    }
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apflab_abi::hypercall::doorbell as db_layout;
+    use apflab_abi::memory_map::RAM_BASE;
+
+    fn machine(vcpus: u32) -> Machine {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), 1 << 20)]).unwrap();
+        Machine::new(vcpus, mem, false)
+    }
+
+    #[test]
+    fn psci_cpu_on_checks_target_state_and_entry() {
+        let m = machine(2);
+        let on =
+            |mpidr, entry| m.hypercall(0, hc::PSCI_CPU_ON, [mpidr, entry, 7, 0, 0], 0)[0] as i64;
+        assert_eq!(on(5, RAM_BASE), hc::SMCCC_INVALID_PARAMETERS);
+        assert_eq!(on(0, RAM_BASE), hc::PSCI_ALREADY_ON);
+        assert_eq!(on(1, 0x10), -9, "entry outside RAM");
+        assert_eq!(on(1, RAM_BASE + 0x100), hc::SMCCC_SUCCESS);
+        assert_eq!(on(1, RAM_BASE + 0x100), hc::PSCI_ALREADY_ON);
+        assert_eq!(
+            m.take_effects(),
+            vec![Effect::CpuOn {
+                target: 1,
+                entry: RAM_BASE + 0x100,
+                context_id: 7
+            }]
+        );
+    }
+
+    #[test]
+    fn hostile_hypercalls_are_refused_not_fatal() {
+        let m = machine(1);
+        let r = m.hypercall(
+            0,
+            hc::FN_REPORT,
+            [u64::MAX - 3, GuestReport::SIZE as u64, 0, 0, 0],
+            0,
+        );
+        assert_eq!(r[0] as i64, hc::SMCCC_INVALID_PARAMETERS);
+        let r = m.hypercall(0, hc::FN_REPORT, [RAM_BASE, 1 << 40, 0, 0, 0], 0);
+        assert_eq!(r[0] as i64, hc::SMCCC_INVALID_PARAMETERS);
+        // Zeroed memory is not a report (bad magic).
+        let r = m.hypercall(
+            0,
+            hc::FN_REPORT,
+            [RAM_BASE, GuestReport::SIZE as u64, 0, 0, 0],
+            0,
+        );
+        assert_eq!(r[0] as i64, hc::SMCCC_INVALID_PARAMETERS);
+        let r = m.hypercall(0, 0xC600_00FF, [0; 5], 0);
+        assert_eq!(r[0] as i64, hc::SMCCC_NOT_SUPPORTED);
+        assert_eq!(m.exits().get("hypercall_unsupported"), Some(&1));
+        m.hypercall(0, hc::FN_PANIC, [u64::MAX, u64::MAX, 0, 0, 0], 0);
+        assert!(
+            matches!(&m.take_effects()[..], [Effect::Panic(msg)] if msg.contains("outside guest RAM"))
+        );
+    }
+
+    #[test]
+    fn valid_report_and_panic_message_are_read_from_guest_memory() {
+        let m = machine(1);
+        let mut rep = GuestReport::new(1);
+        rep.cpu_ops = 1234;
+        m.memory
+            .write_slice(rep.as_bytes(), GuestAddress(RAM_BASE + 0x1000))
+            .unwrap();
+        let r = m.hypercall(
+            0,
+            hc::FN_REPORT,
+            [RAM_BASE + 0x1000, GuestReport::SIZE as u64, 0, 0, 0],
+            0,
+        );
+        assert_eq!(r[0], 0);
+        assert_eq!(m.report().unwrap().cpu_ops, 1234);
+        let long = vec![b'x'; 5000];
+        m.memory
+            .write_slice(&long, GuestAddress(RAM_BASE + 0x2000))
+            .unwrap();
+        m.hypercall(0, hc::FN_PANIC, [RAM_BASE + 0x2000, 5000, 0, 0, 0], 0);
+        match &m.take_effects()[..] {
+            [Effect::Panic(msg)] => assert_eq!(msg.len(), hc::PANIC_MSG_MAX as usize),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn doorbell_call_returns_results_in_the_callers_bank() {
+        let m = machine(2);
+        let w = |vcpu, off: u64, v: u64| {
+            m.mmio_write_kind(vcpu, DOORBELL_BASE + off, &v.to_le_bytes(), 0)
+        };
+        assert_eq!(w(1, db_layout::ARGS[0], 0), MmioWriteKind::Plain);
+        assert_eq!(
+            w(1, db_layout::FUNCTION, u64::from(hc::PSCI_FEATURES)),
+            MmioWriteKind::Hypercall
+        );
+        let mut out = [0u8; 8];
+        m.mmio_read(1, DOORBELL_BASE + db_layout::RESULT0, &mut out, 0);
+        // PSCI_FEATURES(0 = PSCI_VERSION?) -> 0 is not a PSCI id: NOT_SUPPORTED.
+        assert_eq!(u64::from_le_bytes(out) as i64, hc::SMCCC_NOT_SUPPORTED);
+        w(1, db_layout::ARGS[0], u64::from(hc::PSCI_CPU_ON));
+        w(1, db_layout::FUNCTION, u64::from(hc::PSCI_FEATURES));
+        m.mmio_read(1, DOORBELL_BASE + db_layout::RESULT0, &mut out, 0);
+        assert_eq!(u64::from_le_bytes(out), 0);
+        // vCPU 0's bank is untouched.
+        m.mmio_read(0, DOORBELL_BASE + db_layout::RESULT0, &mut out, 0);
+        assert_eq!(u64::from_le_bytes(out), 0);
+        m.mmio_read(0, DOORBELL_BASE + db_layout::ARGS[0], &mut out, 0);
+        assert_eq!(u64::from_le_bytes(out), 0);
+    }
+}
