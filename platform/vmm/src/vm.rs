@@ -299,7 +299,7 @@ impl EmuRun {
         let mut states = vec![RunState::Off; n as usize];
         states[0] = RunState::Running;
         Ok(EmuRun {
-            residency: EmuResidency::new(vm.memory.clone(), vm.config.memory_mib << 20),
+            residency: hv.residency(),
             kernel: vm.kernel,
             handler: vm.handler,
             machine,

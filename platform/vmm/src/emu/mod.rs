@@ -17,6 +17,7 @@ mod residency;
 
 pub use residency::EmuResidency;
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use apflab_abi::memory_map::{
@@ -25,9 +26,12 @@ use apflab_abi::memory_map::{
 };
 use unicorn_engine::{
     Arch, Arm64CpuModel, Arm64Insn, HookType, MemType, Mode, Prot, RegisterARM64, RegisterARM64CP,
-    Unicorn,
+    TlbEntry, TlbType, Unicorn,
 };
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use self::residency::AbsentPages;
+use crate::kvm::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk};
 
 use crate::arch::{self, EntryKind, Reg, SysRegId, insn, pstate, sysreg};
 use crate::config::CostModel;
@@ -63,6 +67,8 @@ fn cp(reg: SysRegId) -> RegisterARM64CP {
 }
 
 const SCR_EL3: SysRegId = SysRegId::new(3, 6, 1, 1, 0);
+const SCTLR_EL1: SysRegId = SysRegId::new(3, 0, 1, 0, 0);
+const TCR_EL1: SysRegId = SysRegId::new(3, 0, 2, 0, 2);
 const HCR_EL2: SysRegId = SysRegId::new(3, 4, 1, 1, 0);
 const SPSR_EL1: SysRegId = SysRegId::new(3, 0, 4, 0, 0);
 
@@ -133,12 +139,145 @@ struct HookState {
     end_slice: bool,
     /// End address of the last block entered (to recognise WFI).
     last_block_end: u64,
+    /// Guest RAM, for the stage-1 walks of TLB fills.
+    memory: GuestMemoryMmap,
+    /// Pages the pager withholds.
+    absent: Rc<AbsentPages>,
+}
+
+/// Guest RAM as the stage-1 walk of a TLB fill reads it.
+struct WalkMemory<'a> {
+    memory: &'a GuestMemoryMmap,
+    absent: &'a AbsentPages,
+}
+
+impl GuestPhysMem for WalkMemory<'_> {
+    fn is_resident(&self, ipa: u64) -> bool {
+        !self.absent.is_absent(ipa)
+    }
+    fn read_u64(&self, ipa: u64) -> Option<u64> {
+        self.memory.read_obj::<u64>(GuestAddress(ipa)).ok()
+    }
+    fn read_u32(&self, ipa: u64) -> Option<u32> {
+        self.memory.read_obj::<u32>(GuestAddress(ipa)).ok()
+    }
 }
 
 impl HookState {
     fn now_ns(&self) -> u64 {
         self.extra_ns + (self.insns as f64 * self.cost.ns_per_instruction) as u64
     }
+}
+
+/// The engine's TLB fill for the page at `va`: the guest's stage-1 walk,
+/// its permissions for the current exception level, and the pager's word on
+/// the target page. `None` fails the access before it has any effect; the
+/// reason is left in `pending` for [`Vcpu::run`] to return.
+fn fill_tlb(uc: &mut Unicorn<'_, HookState>, va: u64, kind: MemType) -> Option<TlbEntry> {
+    let pc = uc.pc_read().unwrap_or(0);
+    let el0 = uc.reg_read(RegisterARM64::PSTATE).unwrap_or(0) & pstate::MODE_MASK == 0;
+    let regs = translation_regs(uc);
+    let st = uc.get_data_mut();
+    let mem = WalkMemory {
+        memory: &st.memory,
+        absent: &st.absent,
+    };
+    let crash = |reason: String| VmExit::Crash {
+        pc,
+        addr: Some(va),
+        reason,
+    };
+    let (exit, entry) = match regs.map(|r| r.walk(va, &mem)) {
+        Ok(Ok(Walk::Leaf { ipa, desc })) => {
+            let page = ipa & !(PAGE_SIZE - 1);
+            let perms = Permissions::of(desc, el0);
+            let allowed = match kind {
+                MemType::WRITE => perms.write,
+                MemType::FETCH => perms.exec,
+                _ => perms.read,
+            };
+            if !allowed {
+                let what = match kind {
+                    MemType::WRITE => "write to",
+                    MemType::FETCH => "instruction fetch from",
+                    _ => "read of",
+                };
+                let el = if el0 { 0 } else { 1 };
+                (
+                    Some(crash(format!(
+                        "permission fault: EL{el} {what} virtual address {va:#x} (descriptor {:#x})",
+                        desc.unwrap_or(0)
+                    ))),
+                    None,
+                )
+            } else if st.absent.is_absent(page) {
+                (
+                    Some(VmExit::NotResident(NotResidentFault {
+                        ipa: page,
+                        write: kind == MemType::WRITE,
+                        fetch: kind == MemType::FETCH,
+                        pc,
+                    })),
+                    None,
+                )
+            } else {
+                let mut prot = Prot::NONE;
+                for (ok, p) in [
+                    (perms.read, Prot::READ),
+                    (perms.write, Prot::WRITE),
+                    (perms.exec, Prot::EXEC),
+                ] {
+                    if ok {
+                        prot |= p;
+                    }
+                }
+                (
+                    None,
+                    // The engine's TLB pages are 1 KiB (the smallest arm
+                    // granule QEMU supports): map exactly the one asked for.
+                    Some(TlbEntry {
+                        paddr: ipa,
+                        perms: prot,
+                    }),
+                )
+            }
+        }
+        Ok(Ok(Walk::NeedsPage(ipa))) => (
+            Some(VmExit::NotResident(NotResidentFault {
+                ipa,
+                write: false,
+                fetch: false,
+                pc,
+            })),
+            None,
+        ),
+        Ok(Err(e)) => (Some(crash(format!("translation fault: {e}"))), None),
+        Err(e) => (
+            Some(crash(format!("cannot read the MMU registers: {e}"))),
+            None,
+        ),
+    };
+    if exit.is_some() {
+        st.pending = exit;
+    }
+    entry
+}
+
+/// The vCPU's EL1&0 translation registers.
+fn translation_regs(uc: &Unicorn<'_, HookState>) -> Result<TranslationRegs, String> {
+    let coproc = |reg: SysRegId| {
+        let mut c = cp(reg);
+        uc.reg_read_arm64_coproc(&mut c)
+            .map(|()| c.val)
+            .map_err(|e| format!("{e:?}"))
+    };
+    let reg = |r: RegisterARM64| uc.reg_read(r).map_err(|e| format!("{e:?}"));
+    Ok(TranslationRegs {
+        sctlr: coproc(SCTLR_EL1)?,
+        tcr: coproc(TCR_EL1)?,
+        ttbr0: reg(RegisterARM64::TTBR0_EL1)?,
+        ttbr1: reg(RegisterARM64::TTBR1_EL1)?,
+    })
 }
 
 /// Completes an emulated access to a system register the engine does not
@@ -177,16 +316,24 @@ pub struct EmuVm {
     memory: GuestMemoryMmap,
     cost: CostModel,
     vcpus: u32,
+    absent: Rc<AbsentPages>,
 }
 
 impl EmuVm {
     /// A VM over `memory` (one region at RAM_BASE) for `vcpus` vCPUs.
     pub fn new(memory: GuestMemoryMmap, vcpus: u32, cost: CostModel) -> Self {
+        let ram_size = memory.iter().map(|r| r.len()).sum();
         EmuVm {
             memory,
             cost,
             vcpus,
+            absent: Rc::new(AbsentPages::new(ram_size)),
         }
+    }
+
+    /// Page residency of this VM's RAM (all resident at first).
+    pub fn residency(&self) -> EmuResidency {
+        EmuResidency::new(self.memory.clone(), self.absent.clone())
     }
 }
 
@@ -201,7 +348,14 @@ impl Hypervisor for EmuVm {
         if index >= self.vcpus {
             return Err(HypervisorError::NoSuchVcpu(index));
         }
-        EmuVcpu::new(index, &self.memory, self.vcpus, ops, self.cost)
+        EmuVcpu::new(
+            index,
+            &self.memory,
+            self.absent.clone(),
+            self.vcpus,
+            ops,
+            self.cost,
+        )
     }
 }
 
@@ -215,6 +369,7 @@ impl EmuVcpu {
     fn new(
         index: u32,
         memory: &GuestMemoryMmap,
+        absent: Rc<AbsentPages>,
         vcpus: u32,
         ops: Arc<dyn VmOps>,
         cost: CostModel,
@@ -231,6 +386,8 @@ impl EmuVcpu {
             stop_requested: false,
             end_slice: false,
             last_block_end: 0,
+            memory: memory.clone(),
+            absent,
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM64, Mode::ARM, state)
             .map_err(|e| engine_err("create engine", e))?;
@@ -238,6 +395,9 @@ impl EmuVcpu {
         // set before any mapping.
         uc.ctl_set_cpu_model(Arm64CpuModel::MAX as i32)
             .map_err(|e| engine_err("select CPU model max", e))?;
+        // Translations come from `fill_tlb` (see residency.rs).
+        uc.ctl_set_tlb_type(TlbType::VIRTUAL)
+            .map_err(|e| engine_err("select the virtual TLB", e))?;
         let region = memory
             .iter()
             .next()
@@ -316,6 +476,7 @@ impl EmuVcpu {
     }
 
     fn install_hooks(uc: &mut Unicorn<'static, HookState>) -> Result<(), unicorn_engine::uc_error> {
+        uc.add_tlb_hook(0, u64::MAX, fill_tlb)?;
         // Counting block hook: exact instruction totals, slice budget.
         uc.add_block_hook(1, 0, |uc, addr, size| {
             let st = uc.get_data_mut();
@@ -495,11 +656,11 @@ impl EmuVcpu {
     }
 
     /// Applies a residency change to this engine's view of guest RAM.
-    pub(crate) fn protect(&mut self, page: u64, resident: bool) -> Result<(), HypervisorError> {
-        let prot = if resident { Prot::ALL } else { Prot::NONE };
+    /// Drops every cached translation of this engine.
+    pub(crate) fn flush_tlb(&mut self) -> Result<(), HypervisorError> {
         self.uc
-            .mem_protect(page, PAGE_SIZE, prot)
-            .map_err(|e| engine_err(format!("protect page {page:#x}"), e))
+            .ctl_flush_tlb()
+            .map_err(|e| engine_err("flush the TLB", e))
     }
 
     fn reg_id(reg: Reg) -> Option<RegisterARM64> {

@@ -1,12 +1,18 @@
 //! Per-page residency on the emu backend.
 //!
-//! Mechanism (EMU-NOTES compares four): guest RAM stays one big mapping in
-//! every engine and an absent page is `mem_protect`ed to no access, so the
-//! guest's access fires the protection hook with the physical address and
-//! the instruction does not execute. This keeps guest speed unchanged for
-//! resident memory (unlike a memory hook on every access); its cost is per
-//! change (~65 us at ~2,000 absent pages) and grows with the number of
-//! distinct protected ranges. The choice is private to this module.
+//! Mechanism (EMU-NOTES compares several): the engines run with a virtual
+//! TLB whose fills this backend makes itself (the guest's stage-1 walk,
+//! then a look-up in the bitmap of absent pages). An access to an absent
+//! page fails its TLB fill before the instruction has any effect, and the
+//! vCPU exits with the page's address. Making a page absent flushes the
+//! engines' TLBs; making it resident is a bit flip. Unlike protecting pages
+//! in the engine's memory map (whose cost grows with every distinct
+//! protected range and made runs with thousands of absent pages crawl),
+//! the cost per change stays constant, and resident memory runs at full
+//! speed once its translation is cached.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
 use vm_memory::GuestMemoryMmap;
@@ -14,37 +20,65 @@ use vm_memory::GuestMemoryMmap;
 use super::EmuVcpu;
 use crate::hypervisor::{HypervisorError, Residency};
 
-/// Residency of guest RAM pages across all engines of a VM.
-pub struct EmuResidency {
-    memory: GuestMemoryMmap,
+/// Which guest RAM pages are absent: one bit per page, written through
+/// [`EmuResidency`] and read by every engine's TLB-fill hook.
+pub(crate) struct AbsentPages {
     ram_size: u64,
-    /// One bit per page: set = absent.
-    absent: Vec<u64>,
-    absent_count: u64,
+    bits: RefCell<Vec<u64>>,
+    count: Cell<u64>,
 }
 
-impl EmuResidency {
+impl AbsentPages {
     /// Everything resident.
-    pub fn new(memory: GuestMemoryMmap, ram_size: u64) -> Self {
+    pub(crate) fn new(ram_size: u64) -> Self {
         let pages = ram_size.div_ceil(PAGE_SIZE);
-        EmuResidency {
-            memory,
+        AbsentPages {
             ram_size,
-            absent: vec![0; pages.div_ceil(64) as usize],
-            absent_count: 0,
+            bits: RefCell::new(vec![0; pages.div_ceil(64) as usize]),
+            count: Cell::new(0),
         }
     }
 
-    fn page_index(&self, ipa: u64) -> Result<usize, HypervisorError> {
-        if ipa < RAM_BASE || ipa - RAM_BASE >= self.ram_size {
-            return Err(HypervisorError::OutsideRam(ipa));
+    fn page_index(&self, ipa: u64) -> Option<usize> {
+        (RAM_BASE..RAM_BASE + self.ram_size)
+            .contains(&ipa)
+            .then(|| ((ipa - RAM_BASE) / PAGE_SIZE) as usize)
+    }
+
+    /// Whether the RAM page holding `ipa` is absent (false outside RAM).
+    pub(crate) fn is_absent(&self, ipa: u64) -> bool {
+        self.page_index(ipa)
+            .is_some_and(|i| self.bits.borrow()[i / 64] & (1 << (i % 64)) != 0)
+    }
+
+    /// Marks page `i` absent or resident; whether that changed anything.
+    fn set(&self, i: usize, absent: bool) -> bool {
+        let mut bits = self.bits.borrow_mut();
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if (bits[word] & bit != 0) == absent {
+            return false;
         }
-        Ok(((ipa - RAM_BASE) / PAGE_SIZE) as usize)
+        bits[word] ^= bit;
+        let n = self.count.get();
+        self.count.set(if absent { n + 1 } else { n - 1 });
+        true
+    }
+}
+
+/// Residency of guest RAM pages across all engines of a VM.
+pub struct EmuResidency {
+    memory: GuestMemoryMmap,
+    absent: Rc<AbsentPages>,
+}
+
+impl EmuResidency {
+    pub(crate) fn new(memory: GuestMemoryMmap, absent: Rc<AbsentPages>) -> Self {
+        EmuResidency { memory, absent }
     }
 
     /// Pages currently absent.
     pub fn absent_pages(&self) -> u64 {
-        self.absent_count
+        self.absent.count.get()
     }
 
     /// A [`Residency`] handle that applies changes to `vcpus`' engines.
@@ -61,31 +95,22 @@ pub struct ResidencyHandle<'a> {
 
 impl Residency for ResidencyHandle<'_> {
     fn set_resident(&mut self, ipa: u64, resident: bool) -> Result<(), HypervisorError> {
-        let i = self.res.page_index(ipa)?;
-        let (word, bit) = (i / 64, 1u64 << (i % 64));
-        let was_absent = self.res.absent[word] & bit != 0;
-        if was_absent != resident {
-            return Ok(());
-        }
-        let page = ipa & !(PAGE_SIZE - 1);
-        for v in self.vcpus.iter_mut() {
-            v.protect(page, resident)?;
-        }
-        if resident {
-            self.res.absent[word] &= !bit;
-            self.res.absent_count -= 1;
-        } else {
-            self.res.absent[word] |= bit;
-            self.res.absent_count += 1;
+        let i = self
+            .res
+            .absent
+            .page_index(ipa)
+            .ok_or(HypervisorError::OutsideRam(ipa))?;
+        if self.res.absent.set(i, !resident) && !resident {
+            // Translations cached while the page was resident must go.
+            for v in self.vcpus.iter_mut() {
+                v.flush_tlb()?;
+            }
         }
         Ok(())
     }
 
     fn is_resident(&self, ipa: u64) -> bool {
-        match self.res.page_index(ipa) {
-            Ok(i) => self.res.absent[i / 64] & (1 << (i % 64)) == 0,
-            Err(_) => false,
-        }
+        self.res.absent.page_index(ipa).is_some() && !self.res.absent.is_absent(ipa)
     }
 
     fn guest_memory(&self) -> &GuestMemoryMmap {

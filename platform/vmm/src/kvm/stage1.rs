@@ -98,6 +98,72 @@ pub enum Translation {
     WalkNeedsPage(u64),
 }
 
+/// Result of a walk, with the leaf descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    /// The VA maps to `ipa` through leaf descriptor `desc` (`None` with the
+    /// MMU off: everything is accessible).
+    Leaf {
+        /// The IPA.
+        ipa: u64,
+        /// The page or block descriptor.
+        desc: Option<u64>,
+    },
+    /// The walk needs a descriptor from this withheld page (page aligned).
+    NeedsPage(u64),
+}
+
+/// Who may access a page, from a leaf descriptor's attributes. Table
+/// descriptors' hierarchical attributes (APTable, XNTable) are not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permissions {
+    /// Readable.
+    pub read: bool,
+    /// Writable.
+    pub write: bool,
+    /// Executable.
+    pub exec: bool,
+}
+
+impl Permissions {
+    /// What an access from EL0 (`el0`) or EL1 may do through `desc`.
+    pub fn of(desc: Option<u64>, el0: bool) -> Permissions {
+        let Some(d) = desc else {
+            return Permissions {
+                read: true,
+                write: true,
+                exec: true,
+            };
+        };
+        // Access flag clear: the first access faults (no hardware update).
+        if d & (1 << 10) == 0 {
+            return Permissions {
+                read: false,
+                write: false,
+                exec: false,
+            };
+        }
+        let el0_access = d & (1 << 6) != 0;
+        let read_only = d & (1 << 7) != 0;
+        let pxn = d & (1 << 53) != 0;
+        let uxn = d & (1 << 54) != 0;
+        if el0 {
+            Permissions {
+                read: el0_access,
+                write: el0_access && !read_only,
+                exec: !uxn,
+            }
+        } else {
+            Permissions {
+                read: true,
+                write: !read_only,
+                // EL1 never executes memory that EL0 can write.
+                exec: !pxn && !(el0_access && !read_only),
+            }
+        }
+    }
+}
+
 /// TCR_EL1 fields the walk needs, for one half of the address space.
 #[derive(Clone, Copy, Debug)]
 struct Half {
@@ -158,8 +224,20 @@ impl TranslationRegs {
     /// Translates `va` as an EL1&0 stage-1 access would, reading descriptors
     /// from `mem`.
     pub fn translate(&self, va: u64, mem: &dyn GuestPhysMem) -> Result<Translation, WalkError> {
+        Ok(match self.walk(va, mem)? {
+            Walk::Leaf { ipa, .. } => Translation::Mapped(ipa),
+            Walk::NeedsPage(ipa) => Translation::WalkNeedsPage(ipa),
+        })
+    }
+
+    /// Like [`TranslationRegs::translate`], and also returns the leaf
+    /// descriptor, whose attributes say who may read, write and execute.
+    pub fn walk(&self, va: u64, mem: &dyn GuestPhysMem) -> Result<Walk, WalkError> {
         if !self.mmu_on() {
-            return Ok(Translation::Mapped(va));
+            return Ok(Walk::Leaf {
+                ipa: va,
+                desc: None,
+            });
         }
         if self.sctlr & SCTLR_EE != 0 {
             return Err(WalkError::Unsupported("big-endian page tables"));
@@ -188,7 +266,7 @@ impl TranslationRegs {
             let index = (va >> shift) & ((1 << index_bits) - 1);
             let desc_ipa = table + index * 8;
             if !mem.is_resident(desc_ipa) {
-                return Ok(Translation::WalkNeedsPage(desc_ipa & !(PAGE_SIZE - 1)));
+                return Ok(Walk::NeedsPage(desc_ipa & !(PAGE_SIZE - 1)));
             }
             let desc = mem.read_u64(desc_ipa).ok_or(WalkError::TableOutsideRam {
                 ipa: desc_ipa,
@@ -203,9 +281,10 @@ impl TranslationRegs {
                 (0b00 | 0b10, _) => return Err(not_mapped),
                 // Level-3 page.
                 (0b11, 3) => {
-                    return Ok(Translation::Mapped(
-                        (desc & OA_MASK_4K) | (va & (PAGE_SIZE - 1)),
-                    ));
+                    return Ok(Walk::Leaf {
+                        ipa: (desc & OA_MASK_4K) | (va & (PAGE_SIZE - 1)),
+                        desc: Some(desc),
+                    });
                 }
                 // Next-level table.
                 (0b11, _) => {
@@ -215,9 +294,10 @@ impl TranslationRegs {
                 // Block at level 1 (1 GiB) or 2 (2 MiB); reserved at 0 and 3.
                 (0b01, 1 | 2) => {
                     let block_mask = (1u64 << shift) - 1;
-                    return Ok(Translation::Mapped(
-                        (desc & OA_MASK_4K & !block_mask) | (va & block_mask),
-                    ));
+                    return Ok(Walk::Leaf {
+                        ipa: (desc & OA_MASK_4K & !block_mask) | (va & block_mask),
+                        desc: Some(desc),
+                    });
                 }
                 (0b01, _) => return Err(not_mapped),
                 _ => unreachable!("two-bit field"),
