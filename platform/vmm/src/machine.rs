@@ -324,7 +324,7 @@ impl Machine {
         if memory
             .read_slice(&mut [0u8; 4], GuestAddress(entry))
             .is_err()
-            || entry % 4 != 0
+            || !entry.is_multiple_of(4)
         {
             // PSCI INVALID_ADDRESS.
             return -9;

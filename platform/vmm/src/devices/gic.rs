@@ -445,7 +445,7 @@ impl Gic {
             0x000c => 0,
             0x6000..0x8000 => {
                 let n = ((offset - 0x6000) / 8) as u32;
-                if n >= 32 && n < NUM_INTIDS {
+                if (32..NUM_INTIDS).contains(&n) {
                     self.irouter[(n - 32) as usize]
                 } else {
                     0
@@ -455,7 +455,7 @@ impl Gic {
             // Blocks for INTIDs 0..31 are RAZ/WI in the distributor when
             // affinity routing is on.
             o if o < 0x0d00 && Self::block_first(o) < 32 => 0,
-            o => self.read_irq_block(0, o, |o, base| Self::first_for(o, base)),
+            o => self.read_irq_block(0, o, Self::first_for),
         }
     }
 
@@ -465,11 +465,11 @@ impl Gic {
             0x0000 => self.dist_enable = (value & 3) as u32,
             0x6000..0x8000 => {
                 let n = ((offset - 0x6000) / 8) as u32;
-                if n >= 32 && n < NUM_INTIDS {
+                if (32..NUM_INTIDS).contains(&n) {
                     let slot = &mut self.irouter[(n - 32) as usize];
-                    if size == 8 && offset % 8 == 0 {
+                    if size == 8 && offset.is_multiple_of(8) {
                         *slot = value;
-                    } else if offset % 8 == 0 {
+                    } else if offset.is_multiple_of(8) {
                         *slot = (*slot & !0xffff_ffff) | (value & 0xffff_ffff);
                     } else {
                         *slot = (*slot & 0xffff_ffff) | (value << 32);
@@ -477,7 +477,7 @@ impl Gic {
                 }
             }
             o if o < 0x0d00 && Self::block_first(o) < 32 => {}
-            o => self.write_irq_block(0, o, size, value, |o, base| Self::first_for(o, base)),
+            o => self.write_irq_block(0, o, size, value, Self::first_for),
         }
     }
 
