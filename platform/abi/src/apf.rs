@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn token_round_trips_vcpu_and_id() {
         let t = Token::new(0x1234, 3);
-        assert_eq!(t.0, 0x1234_003);
+        assert_eq!(t.0, 0x0123_4003);
         assert_eq!(t.vcpu(), 3);
         assert_eq!(t.id(), 0x1234);
         assert!(!t.is_wake_all());

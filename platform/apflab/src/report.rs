@@ -129,6 +129,12 @@ pub fn markdown(results: &[(PathBuf, RunResult)], sources: &[PathBuf]) -> String
             "ctx switches",
         ];
         header.extend_from_slice(extra);
+        let paged = results
+            .iter()
+            .any(|(_, r)| workload_of(r) == w && r.pager.is_some());
+        if paged {
+            header.extend_from_slice(PAGER_COLUMNS);
+        }
         header.extend_from_slice(&["instructions", "exits", "source"]);
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
@@ -170,6 +176,9 @@ pub fn markdown(results: &[(PathBuf, RunResult)], sources: &[PathBuf]) -> String
                     _ => "-".to_owned(),
                 });
             }
+            if paged {
+                row.extend(pager_cells(r));
+            }
             row.push(r.vmm.instructions.to_string());
             row.push(r.vmm.exits_total.to_string());
             row.push(format!("`{}`", path.display()));
@@ -178,6 +187,69 @@ pub fn markdown(results: &[(PathBuf, RunResult)], sources: &[PathBuf]) -> String
         out.push('\n');
     }
     out
+}
+
+/// Far-memory columns, for workloads where some run had a pager.
+const PAGER_COLUMNS: &[&str] = &[
+    "fetch latency",
+    "fetches",
+    "refaults",
+    "evictions",
+    "fetch p99 us",
+    "stalled ms",
+    "task 0 done ms",
+];
+
+/// The cells of [`PAGER_COLUMNS`] for `r` (`-` where it had no pager).
+fn pager_cells(r: &RunResult) -> Vec<String> {
+    let Some(p) = &r.pager else {
+        return vec!["-".to_owned(); PAGER_COLUMNS.len()];
+    };
+    let n = |ptr: &str| {
+        p.pointer(ptr)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let latency = r
+        .config
+        .parsed
+        .pointer("/pager/latency")
+        .map_or_else(String::new, |l| {
+            let mut fields: Vec<String> = l
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                    )
+                })
+                .collect();
+            fields.sort();
+            fields.join(" ")
+        });
+    let stalled: u64 = p
+        .get("stalled_ns")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    let task0 = r
+        .guest
+        .as_ref()
+        .and_then(|g| g.task_done_ns.first().copied())
+        .map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t as f64 / 1e6));
+    vec![
+        latency,
+        n("/fetches").to_string(),
+        n("/refaults").to_string(),
+        n("/evictions").to_string(),
+        format!("{:.1}", n("/fetch_latency/p99_ns") as f64 / 1e3),
+        format!("{:.3}", stalled as f64 / 1e6),
+        task0,
+    ]
 }
 
 /// The workload a result ran (from its parsed config).

@@ -224,9 +224,10 @@ impl SyntheticStore {
     pub fn pattern(seed: u64, pfn: u64, version: u32, out: &mut Page) {
         let mut words = [0u64; pattern::WORDS_PER_PAGE];
         pattern::fill_page(seed, pfn, version, &mut words);
-        for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
+        let (chunks, _) = out.as_chunks_mut::<8>();
+        for (chunk, w) in chunks.iter_mut().zip(words) {
             // The guest is little-endian arm64 and reads these as u64.
-            chunk.copy_from_slice(&w.to_le_bytes());
+            *chunk = w.to_le_bytes();
         }
     }
 }
@@ -306,8 +307,8 @@ mod tests {
         let store = SyntheticStore::new(42);
         let mut page = [0u8; 4096];
         store.read_page(PFN, &mut page).unwrap();
-        for (i, chunk) in page.chunks_exact(8).enumerate() {
-            let w = u64::from_le_bytes(chunk.try_into().unwrap());
+        for (i, chunk) in page.as_chunks::<8>().0.iter().enumerate() {
+            let w = u64::from_le_bytes(*chunk);
             assert_eq!(w, pattern::synthetic_word(42, PFN, 0, i), "word {i}");
         }
         assert_eq!(store.version(PFN), 0);

@@ -67,6 +67,8 @@ fn cp(reg: SysRegId) -> RegisterARM64CP {
 }
 
 const SCR_EL3: SysRegId = SysRegId::new(3, 6, 1, 1, 0);
+/// DAIF, written by `msr daif, xN`.
+const DAIF: SysRegId = SysRegId::new(3, 3, 4, 2, 1);
 const SCTLR_EL1: SysRegId = SysRegId::new(3, 0, 1, 0, 0);
 const TCR_EL1: SysRegId = SysRegId::new(3, 0, 2, 0, 2);
 const HCR_EL2: SysRegId = SysRegId::new(3, 4, 1, 1, 0);
@@ -562,6 +564,13 @@ impl EmuVcpu {
         })?;
         uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_MSR, 1, 0, |uc, _rt, cpreg| {
             let reg = sysreg_of(cpreg);
+            if reg == DAIF && cpreg.val & pstate::I == 0 {
+                // IRQs are unmasked: end the slice so that a pending IRQ is
+                // injected now. Kernels open short windows (unmask, ISB,
+                // mask) that a slice boundary would almost never hit.
+                uc.get_data_mut().end_slice = true;
+                return false;
+            }
             if !sysreg::is_emulated(reg) {
                 return false;
             }

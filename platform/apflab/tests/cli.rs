@@ -1,0 +1,294 @@
+//! The `apflab` command end to end on the emu backend: the real guest, the
+//! real VMM, the results file as a user reads it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const APFLAB: &str = env!("CARGO_BIN_EXE_apflab");
+
+fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+fn apflab(args: &[&str]) -> Output {
+    Command::new(APFLAB)
+        .args(args)
+        .output()
+        .expect("apflab runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Writes `config` into a fresh directory and runs it; returns the exit
+/// status, stdout+stderr and the results (if written).
+fn run_config(config: &str) -> (Option<i32>, String, Option<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.toml");
+    std::fs::write(&path, config).unwrap();
+    run_file(&path, dir.path())
+}
+
+fn run_file(path: &Path, dir: &Path) -> (Option<i32>, String, Option<Value>) {
+    let out_dir = dir.join("out");
+    let out = apflab(&[
+        "run",
+        path.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let log = text(&out.stdout) + &text(&out.stderr);
+    assert!(!log.contains("panicked"), "apflab panicked:\n{log}");
+    let result = std::fs::read_to_string(out_dir.join("result.json"))
+        .ok()
+        .map(|s| serde_json::from_str(&s).expect("result.json is JSON"));
+    (out.status.code(), log, result)
+}
+
+fn u(v: &Value, pointer: &str) -> u64 {
+    v.pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{pointer} missing in {v:#}"))
+}
+
+fn workload_config(vcpus: u32, workload: &str) -> String {
+    format!(
+        "seed = 7\n[guest]\nvcpus = {vcpus}\nmemory_mib = 64\n[workload]\n{workload}\n[backend]\nkind = \"emu\"\n"
+    )
+}
+
+#[test]
+fn quick_config_runs_and_writes_every_required_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, log, result) = run_file(&configs_dir().join("quick.toml"), dir.path());
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("quick (emu, 2 vCPUs): ok"), "summary: {log}");
+    let r = result.unwrap();
+    assert_eq!(u(&r, "/schema_version"), 1);
+    assert_eq!(r["backend"], "emu");
+    assert_eq!(u(&r, "/vcpus"), 2);
+    assert!(u(&r, "/virtual_time_ns") > 0);
+    assert!(r.pointer("/wall/wall_time_ms").unwrap().as_f64().unwrap() > 0.0);
+    assert_eq!(u(&r, "/guest/tasks_completed"), 2);
+    assert!(r.pointer("/guest/context_switches").is_some());
+    assert_eq!(u(&r, "/guest/metrics/cpu/ops"), 200_000);
+    assert_eq!(u(&r, "/guest/metrics/memtouch/pages_verified"), 4 * 256);
+    assert_eq!(u(&r, "/integrity/mismatches"), 0);
+    assert!(
+        u(&r, "/vmm/exits/mmio") > 0,
+        "console writes are MMIO exits"
+    );
+    assert!(u(&r, "/vmm/instructions") > 1_000_000);
+    assert_eq!(r["config"]["sha256"].as_str().unwrap().len(), 64);
+    let console = std::fs::read_to_string(dir.path().join("out/console.log")).unwrap();
+    assert!(
+        console.contains("apflab-guest: 2 cpus"),
+        "console: {console}"
+    );
+}
+
+#[test]
+fn every_workload_completes_on_one_and_four_vcpus() {
+    for vcpus in [1, 4] {
+        let (code, log, r) = run_config(&workload_config(
+            vcpus,
+            "kind = \"cpu\"\ntasks = 3\nops = 50000",
+        ));
+        assert_eq!(code, Some(0), "{log}");
+        let r = r.unwrap();
+        assert_eq!(u(&r, "/guest/cpus_online"), u64::from(vcpus));
+        assert_eq!(u(&r, "/guest/tasks_completed"), 3);
+        assert_eq!(u(&r, "/guest/metrics/cpu/ops"), 150_000);
+
+        let (code, log, r) = run_config(&workload_config(
+            vcpus,
+            "kind = \"memtouch\"\nmib = 2\npattern = \"random\"\npasses = 2",
+        ));
+        assert_eq!(code, Some(0), "{log}");
+        let r = r.unwrap();
+        assert_eq!(u(&r, "/guest/metrics/memtouch/pages_verified"), 2 * 256 * 2);
+        assert_eq!(u(&r, "/guest/metrics/memtouch/mismatches"), 0);
+
+        let (code, log, r) = run_config(&workload_config(
+            vcpus,
+            "kind = \"mixed\"\nops = 50000\nmib = 1",
+        ));
+        assert_eq!(code, Some(0), "{log}");
+        let r = r.unwrap();
+        assert_eq!(u(&r, "/guest/tasks_completed"), 2);
+        assert_eq!(u(&r, "/guest/metrics/cpu/ops"), 50_000);
+        assert_eq!(u(&r, "/guest/metrics/memtouch/pages_verified"), 256);
+
+        let (code, log, r) = run_config(&workload_config(
+            vcpus,
+            "kind = \"kv\"\ntasks = 2\nmib = 4\nrequests = 200\ninterval_us = 20",
+        ));
+        assert_eq!(code, Some(0), "{log}");
+        let r = r.unwrap();
+        assert_eq!(u(&r, "/guest/metrics/kv/requests"), 200);
+        assert_eq!(u(&r, "/guest/metrics/kv/latency/count"), 200);
+        assert_eq!(u(&r, "/guest/metrics/kv/mismatches"), 0);
+    }
+}
+
+#[test]
+fn two_cpu_bound_tasks_on_one_vcpu_are_preempted_and_both_finish() {
+    let (code, log, r) = run_config(&workload_config(
+        1,
+        "kind = \"cpu\"\ntasks = 2\nops = 400000\ntimeslice_us = 100",
+    ));
+    assert_eq!(code, Some(0), "{log}");
+    let r = r.unwrap();
+    assert!(u(&r, "/guest/context_switches") >= 4, "{:#}", r["guest"]);
+    assert!(u(&r, "/guest/timer_irqs") > 0);
+    let done = r
+        .pointer("/guest/task_done_ns")
+        .unwrap()
+        .as_array()
+        .unwrap();
+    let (a, b) = (done[0].as_u64().unwrap(), done[1].as_u64().unwrap());
+    assert!(a > 0 && b > 0, "both tasks finished: {done:?}");
+    // Interleaved, not one after the other: the second finishes well before
+    // twice the first's time.
+    let (first, last) = (a.min(b), a.max(b));
+    assert!(
+        last < first * 3 / 2,
+        "tasks ran one after the other: {done:?}"
+    );
+}
+
+/// The result without its host- and time-dependent section.
+fn deterministic_part(mut r: Value) -> Value {
+    r.as_object_mut().unwrap().remove("wall");
+    r
+}
+
+#[test]
+fn the_same_config_and_seed_give_the_same_results() {
+    let config = workload_config(
+        2,
+        "kind = \"kv\"\ntasks = 2\nmib = 2\nrequests = 100\ninterval_us = 30",
+    ) + "[pager]\nstore = { kind = \"synthetic\", seed = 3 }\nlatency = { model = \"lognormal\", median_us = 10.0, sigma = 0.5 }\nresident_limit = \"1 MiB\"\ninitially_resident = 0.5\nseed = 9\n";
+    let (c1, log1, r1) = run_config(&config);
+    let (c2, _, r2) = run_config(&config);
+    assert_eq!((c1, c2), (Some(0), Some(0)), "{log1}");
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert!(
+        u(&r1, "/pager/fetches") > 0,
+        "the pager did work: {:#}",
+        r1["pager"]
+    );
+    assert_eq!(deterministic_part(r1), deterministic_part(r2));
+}
+
+#[test]
+fn sync_far_memory_twice_the_resident_limit_keeps_every_page_intact() {
+    let config = workload_config(
+        2,
+        "kind = \"memtouch\"\nmib = 8\npattern = \"random\"\npasses = 2\nverify = \"store\"",
+    ) + "[pager]\nstore = { kind = \"synthetic\", seed = 11 }\nlatency = { model = \"constant\", us = 20.0 }\nresident_limit = \"4 MiB\"\ninitially_resident = 0.0\n";
+    let (code, log, r) = run_config(&config);
+    assert_eq!(code, Some(0), "{log}");
+    let r = r.unwrap();
+    assert_eq!(u(&r, "/integrity/pages_verified"), 8 * 256 * 2);
+    assert_eq!(u(&r, "/integrity/mismatches"), 0);
+    // Post-copy start: every page of the working set is fetched at least
+    // once, and with half of it resident at most, pages leave and return.
+    assert!(u(&r, "/pager/fetches") >= 8 * 256, "{:#}", r["pager"]);
+    assert!(u(&r, "/pager/evictions") > 0);
+    assert!(u(&r, "/pager/refaults") > 0);
+    assert!(u(&r, "/pager/resident_high_water_bytes") <= 4 << 20);
+    assert!(u(&r, "/pager/fetch_latency/p50_ns") >= 20_000);
+    // Every not-resident exit was one pager decision.
+    assert_eq!(
+        u(&r, "/vmm/exits/not_resident"),
+        u(&r, "/pager/fetches")
+            + u(&r, "/pager/joined_in_flight")
+            + u(&r, "/pager/spurious")
+            + u(&r, "/pager/no_frame_waits")
+    );
+}
+
+#[test]
+fn a_guest_panic_fails_the_run_with_its_message() {
+    let image = apflab_artifacts::guest_elf();
+    let out = apflab(&[
+        "boot",
+        image.to_str().unwrap(),
+        "--append",
+        "apflab.workload=cpu apflab.ops=banana",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("guest panic"), "{err}");
+    assert!(
+        err.contains("apflab.ops"),
+        "the guest's message names the key: {err}"
+    );
+}
+
+fn assert_bad_config(config: &str, expected: &[&str]) {
+    let (code, log, result) = run_config(config);
+    assert_eq!(code, Some(2), "{log}");
+    for e in expected {
+        assert!(log.contains(e), "expected {e:?} in: {log}");
+    }
+    assert!(result.is_none(), "no results for a bad config");
+}
+
+#[test]
+fn bad_configs_are_clear_errors_with_exit_code_2() {
+    let good = workload_config(1, "kind = \"cpu\"");
+    assert_bad_config(
+        &good.replace("seed = 7", "seed = 7\ncolour = \"blue\""),
+        &["test.toml:", "colour"],
+    );
+    assert_bad_config(
+        &good.replace("vcpus = 1", "vcpus = \"two\""),
+        &["test.toml:", "guest.vcpus"],
+    );
+    assert_bad_config(
+        &good.replace("vcpus = 1", "vcpus = 0"),
+        &["guest.vcpus", "0 vCPUs"],
+    );
+    assert_bad_config(
+        &good.replace("memory_mib = 64", "memory_mib = 100000000"),
+        &["guest.memory_mib", "more memory than this host has"],
+    );
+    assert_bad_config(
+        &good.replace("[workload]", "kernel = \"no-such-guest.elf\"\n[workload]"),
+        &["guest.kernel", "no-such-guest.elf"],
+    );
+    assert_bad_config(
+        &format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\nresident_limit = \"1 GiB\"\n"),
+        &["pager.resident_limit", "larger than guest RAM"],
+    );
+    assert_bad_config(
+        &format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\nresident_limit = 100\n"),
+        &["pager.resident_limit", "smaller than one page"],
+    );
+    assert_bad_config(
+        &format!("{good}[pager]\nstore = {{ kind = \"file\", path = \"missing.img\" }}\n"),
+        &["pager.store.path", "missing.img"],
+    );
+    assert_bad_config(
+        &workload_config(1, "kind = \"memtouch\"\nverify = \"store\""),
+        &["workload.verify", "[pager]"],
+    );
+}
+
+#[test]
+fn an_empirical_samples_file_with_a_bad_line_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("samples.txt"), "12.5\n13\nfast\n").unwrap();
+    let config = workload_config(1, "kind = \"cpu\"")
+        + "[pager]\nstore = { kind = \"zero\" }\nlatency = { model = \"empirical\", samples = \"samples.txt\" }\n";
+    let path = dir.path().join("test.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, log, _) = run_file(&path, dir.path());
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("samples.txt:3"), "{log}");
+}
