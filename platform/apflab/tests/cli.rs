@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use apflab_abi::report::GuestReport;
 use serde_json::Value;
 
 const APFLAB: &str = env!("CARGO_BIN_EXE_apflab");
@@ -291,4 +292,68 @@ fn an_empirical_samples_file_with_a_bad_line_names_the_line() {
     let (code, log, _) = run_file(&path, dir.path());
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("samples.txt:3"), "{log}");
+}
+
+/// The guest's own report of a run on `qemu-system-aarch64 -M virt`.
+fn report_on_qemu(vcpus: u64, memory_mib: u64, bootargs: &str) -> GuestReport {
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "qemu-system-aarch64",
+            "-M",
+            "virt,gic-version=3",
+            "-cpu",
+            "max",
+        ])
+        .args(["-smp", &vcpus.to_string(), "-m", &format!("{memory_mib}M")])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(apflab_artifacts::guest_elf())
+        .args(["-append", bootargs])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cannot run qemu-system-aarch64 (Debian package qemu-system-arm)");
+    let console = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "qemu: {}\n{console}",
+        text(&out.stderr)
+    );
+    console
+        .lines()
+        .find_map(|l| GuestReport::parse_console_line(l.trim_end()))
+        .unwrap_or_else(|| panic!("no report line on QEMU's console:\n{console}"))
+}
+
+#[test]
+fn the_guest_reports_the_same_work_on_qemu_and_on_the_emu_backend() {
+    let (code, log, r) = run_config(&workload_config(
+        2,
+        "kind = \"mixed\"\nops = 300000\nmib = 3\npattern = \"random\"\npasses = 2",
+    ));
+    assert_eq!(code, Some(0), "{log}");
+    let r = r.unwrap();
+    let bootargs = r.pointer("/config/bootargs").unwrap().as_str().unwrap();
+    let qemu = report_on_qemu(2, 64, bootargs);
+    assert_eq!(u64::from(qemu.cpus_online), u(&r, "/guest/cpus_online"));
+    assert_eq!(
+        u64::from(qemu.tasks_completed),
+        u(&r, "/guest/tasks_completed")
+    );
+    assert_eq!(qemu.cpu_ops, u(&r, "/guest/metrics/cpu/ops"));
+    assert_eq!(
+        qemu.pages_verified,
+        u(&r, "/guest/metrics/memtouch/pages_verified")
+    );
+    assert_eq!(qemu.mismatches, 0);
+    assert_eq!(u(&r, "/guest/metrics/memtouch/mismatches"), 0);
+    // Without the apflab VMM, async PF is not offered.
+    assert_eq!(qemu.apf_enabled, 0);
 }
