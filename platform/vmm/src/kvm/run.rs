@@ -44,6 +44,8 @@ enum Event {
 /// A fault waiting for its stall to end.
 struct Stall {
     until_ns: u64,
+    /// When the fault reached the control thread.
+    since_ns: u64,
     vcpu: u32,
     fault: NotResidentFault,
     reply: Sender<Result<(), String>>,
@@ -73,6 +75,7 @@ pub(crate) fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let (tx, rx) = mpsc::channel::<Event>();
+    let mut stalled_ns = vec![0u64; n as usize];
     info!(vcpus = n, conduit = ?hv.conduit(), "kvm: starting vCPU threads");
 
     let exit = std::thread::scope(|scope| {
@@ -92,7 +95,14 @@ pub(crate) fn run(
                 })?;
         }
         drop(tx);
-        let exit = control_loop(config, &mut hv, handler.as_deref_mut(), &rx, started);
+        let exit = control_loop(
+            config,
+            &mut hv,
+            handler.as_deref_mut(),
+            &rx,
+            started,
+            &mut stalled_ns,
+        );
         stop.store(true, Ordering::SeqCst);
         for k in &kickers {
             if let Err(e) = k.kick() {
@@ -111,7 +121,7 @@ pub(crate) fn run(
         virtual_time_ns: wall.as_nanos() as u64,
         halted_ns: vec![0; n as usize],
         interrupts: machine.interrupts(),
-        stalled_ns: vec![0; n as usize],
+        stalled_ns,
     };
     info!(
         ?exit,
@@ -140,6 +150,7 @@ fn control_loop(
     mut handler: Option<&mut (dyn NotResidentHandler + '_)>,
     rx: &Receiver<Event>,
     started: Instant,
+    stalled_ns: &mut [u64],
 ) -> Result<GuestExit, VmError> {
     let mut stalls: Vec<Stall> = Vec::new();
     loop {
@@ -148,6 +159,9 @@ fn control_loop(
         stalls.sort_by_key(|s| s.until_ns);
         while stalls.first().is_some_and(|s| s.until_ns <= now) {
             let s = stalls.remove(0);
+            if let Some(t) = stalled_ns.get_mut(s.vcpu as usize) {
+                *t += now.saturating_sub(s.since_ns);
+            }
             let r = match handler.as_deref_mut() {
                 Some(h) => h.on_stall_end(s.vcpu, &s.fault, now, hv),
                 None => Err("no pager".into()),
@@ -186,6 +200,7 @@ fn control_loop(
                     }
                     FaultDecision::StallUntil(until_ns) => stalls.push(Stall {
                         until_ns,
+                        since_ns: now,
                         vcpu,
                         fault,
                         reply,
