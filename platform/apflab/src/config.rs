@@ -400,6 +400,29 @@ impl Source<'_> {
     }
 }
 
+/// A workload parameter that must be at least 1: `None` if the workload
+/// does not take it (`takes`), `default` if the file leaves it out.
+fn positive_param<T: Copy + PartialEq + Default>(
+    src: &Source<'_>,
+    takes: bool,
+    v: &Option<Spanned<T>>,
+    name: &str,
+    default: T,
+) -> Result<Option<T>, ConfigError> {
+    if !takes {
+        return Ok(None);
+    }
+    match v {
+        Some(s) if *s.get_ref() == T::default() => Err(src.key_error(
+            s.span(),
+            &format!("workload.{name}"),
+            "0; expected at least 1",
+        )),
+        Some(s) => Ok(Some(*s.get_ref())),
+        None => Ok(Some(default)),
+    }
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -621,39 +644,11 @@ impl Config {
             }
         }
         let takes = |name: &str| kind.params().contains(&name);
-        let positive_u32 = |v: &Option<Spanned<u32>>,
-                            name: &str,
-                            default: u32|
-         -> Result<Option<u32>, ConfigError> {
-            if !takes(name) {
-                return Ok(None);
-            }
-            match v {
-                Some(s) if *s.get_ref() == 0 => Err(src.key_error(
-                    s.span(),
-                    &format!("workload.{name}"),
-                    "0; expected at least 1",
-                )),
-                Some(s) => Ok(Some(*s.get_ref())),
-                None => Ok(Some(default)),
-            }
+        let positive_u32 = |v: &Option<Spanned<u32>>, name: &str, default: u32| {
+            positive_param(&src, takes(name), v, name, default)
         };
-        let positive_u64 = |v: &Option<Spanned<u64>>,
-                            name: &str,
-                            default: u64|
-         -> Result<Option<u64>, ConfigError> {
-            if !takes(name) {
-                return Ok(None);
-            }
-            match v {
-                Some(s) if *s.get_ref() == 0 => Err(src.key_error(
-                    s.span(),
-                    &format!("workload.{name}"),
-                    "0; expected at least 1",
-                )),
-                Some(s) => Ok(Some(*s.get_ref())),
-                None => Ok(Some(default)),
-            }
+        let positive_u64 = |v: &Option<Spanned<u64>>, name: &str, default: u64| {
+            positive_param(&src, takes(name), v, name, default)
         };
         let one_of = |v: &Option<Spanned<String>>,
                       name: &str,
