@@ -58,7 +58,7 @@ fn raw_image(words: &[u32]) -> PathBuf {
 /// `x1 = base`; LOOP times: `ldr w2, [x1]`, `x1 += stride`; then PSCI
 /// SYSTEM_OFF. `base_hi` is `base >> 16`.
 fn load_loop(base_hi: u32, stride_page: bool) -> PathBuf {
-    assert!(LOOP < 1 << 16);
+    const { assert!(LOOP < 1 << 16) };
     raw_image(&[
         0xd2a0_0001 | (base_hi << 5),       // movz x1, #base_hi, lsl #16
         0xd280_0003 | ((LOOP as u32) << 5), // movz x3, #LOOP
