@@ -5,6 +5,9 @@ use crate::percpu::MAX_CPUS;
 use apflab_abi::memory_map::{DTB_ADDR, DTB_MAX_SIZE, RAM_BASE};
 use fdt::Fdt;
 
+/// `compatible` of the apflab VMM's doorbell node.
+const DOORBELL_COMPATIBLE: &str = "apflab,doorbell";
+
 /// Big-endian magic word at the start of a flattened device tree.
 const FDT_MAGIC: u32 = 0xd00d_feed;
 
@@ -18,6 +21,8 @@ pub struct BootInfo {
     pub ram_size: u64,
     /// `/chosen/bootargs` ("" when absent).
     pub bootargs: &'static str,
+    /// The device tree has apflab's hypercall doorbell page.
+    pub doorbell: bool,
 }
 
 impl BootInfo {
@@ -61,6 +66,7 @@ impl BootInfo {
             cpu_count,
             ram_size,
             bootargs: fdt.chosen().bootargs().unwrap_or(""),
+            doorbell: fdt.find_compatible(&[DOORBELL_COMPATIBLE]).is_some(),
         }
     }
 

@@ -1,20 +1,65 @@
-//! apflab hypercalls and PSCI power calls, made with HVC (smccc crate).
+//! apflab hypercalls and PSCI power calls.
 //!
-//! On plain QEMU every apflab call answers `NOT_SUPPORTED`; the kernel then
-//! runs without async PF and reports only on the console.
+//! apflab calls go through HVC (smccc crate) or, where the host kernel
+//! cannot forward HVCs to the VMM (arm64 KVM before the SMCCC filter of
+//! Linux 6.4), through the MMIO doorbell the device tree advertises:
+//! [`init`] picks whichever answers. On plain QEMU every apflab call answers
+//! `NOT_SUPPORTED`; the kernel then runs without async PF and reports only
+//! on the console. PSCI is always HVC.
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use apflab_abi::hypercall::{
-    FN_FEATURES, FN_PANIC, FN_REPORT, FN_TASK_DONE, PANIC_MSG_MAX, SMCCC_NOT_SUPPORTED,
+    FN_FEATURES, FN_PANIC, FN_REPORT, FN_TASK_DONE, PANIC_MSG_MAX, SMCCC_NOT_SUPPORTED, doorbell,
 };
+use apflab_abi::memory_map::DOORBELL_BASE;
 use smccc::Hvc;
 
-/// Makes an apflab call with up to two arguments and returns x0 as a
-/// signed SMCCC status or value.
-fn call(function: u32, a1: u64, a2: u64) -> i64 {
+/// apflab calls go through the doorbell rather than HVC.
+static USE_DOORBELL: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the conduit: HVC if the host answers apflab calls there, else
+/// the doorbell if the device tree has one (`doorbell_present`) and the
+/// host answers there.
+pub fn init(doorbell_present: bool) {
+    if hvc_call(FN_FEATURES, 0, 0) != SMCCC_NOT_SUPPORTED || !doorbell_present {
+        return;
+    }
+    if doorbell_call(FN_FEATURES, 0, 0) != SMCCC_NOT_SUPPORTED {
+        USE_DOORBELL.store(true, Ordering::Relaxed);
+    }
+}
+
+fn hvc_call(function: u32, a1: u64, a2: u64) -> i64 {
     let mut args = [0u64; 17];
     args[0] = a1;
     args[1] = a2;
     smccc::hvc64(function, args)[0] as i64
+}
+
+/// One call through the doorbell page (identity-mapped as a device): every
+/// register is accessed with a single 64-bit load or store, which the VMM
+/// can decode on every host.
+fn doorbell_call(function: u32, a1: u64, a2: u64) -> i64 {
+    let reg = |offset: u64| (DOORBELL_BASE + offset) as *mut u64;
+    // SAFETY: the doorbell page is mapped (identity, device memory) and
+    // only exists where the device tree says so; these are MMIO accesses.
+    unsafe {
+        reg(doorbell::ARGS[0]).write_volatile(a1);
+        reg(doorbell::ARGS[1]).write_volatile(a2);
+        reg(doorbell::FUNCTION).write_volatile(u64::from(function));
+        reg(doorbell::RESULT0).read_volatile() as i64
+    }
+}
+
+/// Makes an apflab call with up to two arguments and returns x0 as a
+/// signed SMCCC status or value.
+fn call(function: u32, a1: u64, a2: u64) -> i64 {
+    if USE_DOORBELL.load(Ordering::Relaxed) {
+        doorbell_call(function, a1, a2)
+    } else {
+        hvc_call(function, a1, a2)
+    }
 }
 
 /// `FEATURES`: the async PF features the host offers (0 when the host does

@@ -80,6 +80,7 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     timer::init(&config);
     gic::init(boot.cpus().len());
     gic::init_cpu(0);
+    hypercall::init(boot.doorbell);
     let features = hypercall::features();
     metrics::set_apf_features(features);
     sched::init(boot.cpus().len());
