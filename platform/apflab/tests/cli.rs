@@ -357,3 +357,28 @@ fn the_guest_reports_the_same_work_on_qemu_and_on_the_emu_backend() {
     // Without the apflab VMM, async PF is not offered.
     assert_eq!(qemu.apf_enabled, 0);
 }
+
+#[test]
+fn policy_check_describes_a_module_and_rejects_a_wasi_one() {
+    let out = apflab(&["policy", "check", "paolo"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("valid policy, ABI version 1"), "{stdout}");
+    assert!(stdout.contains("apf_decide"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasi.wat");
+    std::fs::write(
+        &path,
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,
+    )
+    .unwrap();
+    let out = apflab(&["policy", "check", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("wasi_snapshot_preview1.fd_write"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
