@@ -382,3 +382,27 @@ fn policy_check_describes_a_module_and_rejects_a_wasi_one() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[cfg(not(target_arch = "aarch64"))]
+#[test]
+fn asking_for_kvm_on_a_host_without_arm64_kvm_is_one_clear_sentence_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = apflab(&[
+        "run",
+        configs_dir().join("quick.toml").to_str().unwrap(),
+        "--backend",
+        "kvm",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("aarch64 Linux host with /dev/kvm"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("use --backend emu"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!out_dir.join("result.json").exists());
+}
