@@ -237,8 +237,12 @@ pub struct VmmRecord {
     pub exits_total: u64,
     /// Guest instructions, all vCPUs.
     pub instructions: u64,
-    /// Per vCPU: virtual ns halted in WFI.
+    /// Per vCPU: ns halted in WFI (virtual on emu).
     pub halted_ns: Vec<u64>,
+    /// Per vCPU: ns stalled on not-resident pages (virtual on emu, host
+    /// time on kvm).
+    #[serde(default)]
+    pub stalled_ns: Vec<u64>,
     /// Interrupts injected, by INTID.
     pub interrupts: BTreeMap<u32, u64>,
     /// Per task: completion time (virtual ns) from `TASK_DONE`.
@@ -347,6 +351,7 @@ impl RunResult {
                 exits_total: m.exits.values().sum(),
                 instructions: m.instructions,
                 halted_ns: m.halted_ns.clone(),
+                stalled_ns: m.stalled_ns.clone(),
                 interrupts: m.interrupts.clone(),
                 task_done_ns: outcome.task_done_ns.clone(),
             },
