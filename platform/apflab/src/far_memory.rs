@@ -1,5 +1,6 @@
-//! The pager behind the emu backend: [`apflab_pager::VirtualPager`] driven
-//! through the VMM's [`NotResidentHandler`] hook, in virtual time.
+//! The pager behind a run: [`apflab_pager::VirtualPager`] driven through the
+//! VMM's [`NotResidentHandler`] hook, in the backend's time (virtual on emu,
+//! host time since the start of the run on kvm).
 //!
 //! This is the synchronous baseline: the faulting vCPU stalls until its page
 //! is in (the other vCPUs keep running), then retries the access. The
