@@ -91,9 +91,6 @@ pub struct PolicyStats {
     pub last_failure: Option<String>,
     /// Fuel consumed by all calls.
     pub fuel_used: u64,
-    /// Host-side time spent in calls into the module, in ns (wall clock; not
-    /// visible to the module and not part of the run's virtual time).
-    pub policy_time_ns: u64,
     /// `apf.log` messages passed on to tracing.
     pub log_messages: u64,
     /// `apf.log` messages dropped by the rate limit or for pointing outside
