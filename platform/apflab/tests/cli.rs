@@ -296,27 +296,12 @@ fn an_empirical_samples_file_with_a_bad_line_names_the_line() {
 
 /// The guest's own report of a run on `qemu-system-aarch64 -M virt`.
 fn report_on_qemu(vcpus: u64, memory_mib: u64, bootargs: &str) -> GuestReport {
+    let qemu = apflab_artifacts::qemu_virt(vcpus as u32, memory_mib, bootargs);
+    // `timeout` bounds a guest that never powers off.
     let out = Command::new("timeout")
-        .args([
-            "120",
-            "qemu-system-aarch64",
-            "-M",
-            "virt,gic-version=3",
-            "-cpu",
-            "max",
-        ])
-        .args(["-smp", &vcpus.to_string(), "-m", &format!("{memory_mib}M")])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(apflab_artifacts::guest_elf())
-        .args(["-append", bootargs])
+        .arg("120")
+        .arg(qemu.get_program())
+        .args(qemu.get_args())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("cannot run qemu-system-aarch64 (Debian package qemu-system-arm)");

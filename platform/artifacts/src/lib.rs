@@ -2,6 +2,7 @@
 //! kernel and the example policies.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// The apflab guest kernel ELF (built for `aarch64-unknown-none-softfloat`).
 pub fn guest_elf() -> &'static Path {
@@ -18,4 +19,27 @@ pub fn policy_wasm(name: &str) -> PathBuf {
 /// A hand-written policy in `policies/wat/<name>.wat`.
 pub fn policy_wat(name: &str) -> PathBuf {
     Path::new(env!("APFLAB_POLICY_WAT_DIR")).join(format!("{name}.wat"))
+}
+
+/// `qemu-system-aarch64` set up to boot the guest on QEMU's `virt` board
+/// (GICv3, `-cpu max`, no apflab VMM), console on stdout, standard input
+/// closed: the reference the emu backend is compared with. The Debian
+/// package is `qemu-system-arm`.
+pub fn qemu_virt(cpus: u32, memory_mib: u64, bootargs: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(["-M", "virt,gic-version=3", "-cpu", "max"])
+        .args(["-smp", &cpus.to_string(), "-m", &format!("{memory_mib}M")])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(guest_elf())
+        .args(["-append", bootargs])
+        .stdin(Stdio::null());
+    cmd
 }

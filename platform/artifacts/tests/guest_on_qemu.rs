@@ -6,7 +6,7 @@
 use apflab_abi::boot::{WORKLOAD_CPU, WORKLOAD_KV, WORKLOAD_MEMTOUCH, WORKLOAD_MIXED};
 use apflab_abi::report::{CONSOLE_PREFIX, GuestReport};
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Longest a single boot may take before QEMU is killed and the test fails.
@@ -34,22 +34,7 @@ impl Boot {
 /// guest's PSCI SYSTEM_OFF (QEMU exits) or kills QEMU after
 /// [`BOOT_TIMEOUT`].
 fn boot(cpus: u32, append: &str) -> Boot {
-    let elf = apflab_artifacts::guest_elf();
-    let mut child = Command::new("qemu-system-aarch64")
-        .args(["-M", "virt,gic-version=3", "-cpu", "max", "-m", "256M"])
-        .args(["-smp", &cpus.to_string()])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(elf)
-        .args(["-append", append])
-        .stdin(Stdio::null())
+    let mut child = apflab_artifacts::qemu_virt(cpus, 256, append)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -202,7 +187,9 @@ fn kv_serves_every_request() {
         assert_eq!(r.latency_hist.iter().sum::<u64>(), 300, "{r:?}");
         // Requests arrive over time (about 300 x 100 us), not all at once.
         assert!(r.elapsed_ns > 300 * 100_000 / 2, "{r:?}");
-        assert!(r.timer_irqs >= 150, "arrivals are timer-driven: {r:?}");
+        // QEMU's counter follows host time: on a busy host several overdue
+        // arrivals are served per interrupt, so only a floor is certain.
+        assert!(r.timer_irqs >= 30, "arrivals are timer-driven: {r:?}");
     }
 }
 
