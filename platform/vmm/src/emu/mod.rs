@@ -2,7 +2,7 @@
 //! (QEMU TCG), one engine per vCPU, all on the calling thread (`Unicorn` is
 //! `!Send`, and one thread makes exclusives exact and runs deterministic).
 //!
-//! Facts this relies on are in the project's EMU-NOTES: exceptions never
+//! Measured facts about unicorn this relies on: exceptions never
 //! reach the guest's vectors (the interrupt hook sees them and this backend
 //! builds the exception entry), there is no GIC and no timer output (the
 //! [`crate::machine::Machine`] emulates them through system register hooks),
@@ -52,7 +52,7 @@ mod excp {
 }
 
 /// SCR_EL3 = NS | HCE | RW: EL1 is AArch64 non-secure and HVC is enabled
-/// (EMU-NOTES: at reset SCR_EL3 is 0 and EL1 translation breaks).
+/// (at reset SCR_EL3 is 0 and EL1 translation breaks).
 const SCR_EL3_VALUE: u64 = (1 << 0) | (1 << 8) | (1 << 10);
 /// HCR_EL2 = RW: EL1 is AArch64.
 const HCR_EL2_VALUE: u64 = 1 << 31;
@@ -412,7 +412,7 @@ impl EmuVcpu {
         // SAFETY: `host` points to the `size` bytes of the guest memory
         // region, which stays mapped as long as `memory` (a clone of which
         // the VM keeps for the lifetime of every engine) lives; all engines
-        // share it, as EMU-NOTES shows is coherent on one thread.
+        // share it, which is coherent when all run on one thread.
         unsafe { uc.mem_map_ptr(base, size, Prot::ALL, host.cast()) }
             .map_err(|e| engine_err("map guest RAM", e))?;
         for (name, base, size) in [
@@ -689,7 +689,7 @@ impl EmuVcpu {
     }
 
     /// Exception entry to EL1 at `VBAR_EL1 + vector`, as the CPU does it
-    /// (EMU-NOTES: the software CPU never takes exceptions itself).
+    /// (the software CPU never takes exceptions itself).
     fn enter_el1(
         &mut self,
         kind: EntryKind,
@@ -713,7 +713,7 @@ impl EmuVcpu {
         }
         self.set_reg(Reg::Pstate, pstate::EL1H_MASKED)?;
         // The SPSR write goes through the coprocessor interface, which also
-        // makes the new PSTATE's exception level take effect (EMU-NOTES).
+        // makes the new PSTATE's exception level take effect.
         self.set_reg(Reg::SpsrEl1, old_pstate)?;
         if from_el0 || old_pstate & pstate::MODE_MASK == pstate::EL1T {
             let sp1 = self.get_reg(Reg::SpEl1)?;

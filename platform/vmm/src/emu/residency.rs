@@ -1,6 +1,6 @@
 //! Per-page residency on the emu backend.
 //!
-//! Mechanism (EMU-NOTES compares several): the engines run with a virtual
+//! Mechanism: the engines run with a virtual
 //! TLB whose fills this backend makes itself (the guest's stage-1 walk,
 //! then a look-up in the bitmap of absent pages). An access to an absent
 //! page fails its TLB fill before the instruction has any effect, and the

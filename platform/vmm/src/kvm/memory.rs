@@ -11,7 +11,7 @@
 //!   stays in the memfd, the mmu notifier removes the stage-2 mapping). The
 //!   guest's next access is then a minor fault, which userfaultfd turns into
 //!   SIGBUS, so `KVM_RUN` fails with `EFAULT` and the VMM locates the page
-//!   itself (`KVM-NOTES.md`). Giving it back is `UFFDIO_CONTINUE`, which maps
+//!   itself (measured on Debian 6.1 and 6.12). Giving it back is `UFFDIO_CONTINUE`, which maps
 //!   the memfd page, with whatever was written through the VMM view meanwhile.
 //!
 //! Unlike withholding by `mprotect`, this keeps the guest view one VMA, so

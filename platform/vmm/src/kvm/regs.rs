@@ -3,7 +3,7 @@
 //! Core registers (X0..X30, SP_EL0, PC, PSTATE, SP_EL1, ELR_EL1, SPSR_EL1)
 //! are addressed by their offset in `struct kvm_regs`, in 32-bit words;
 //! ELR_EL1 and SPSR_EL1 must go this way (their sysreg ids give ENOENT,
-//! see `KVM-NOTES.md`). Other EL1 system registers use the sysreg encoding.
+//! as measured on Debian 6.1 and 6.12 arm64 kernels). Other EL1 system registers use the sysreg encoding.
 
 use std::mem::offset_of;
 

@@ -3,7 +3,7 @@
 //!
 //! KVM on the kernels apflab runs on reports a guest access to a withheld
 //! page only as `KVM_RUN` failing with `EFAULT`, without the address (see
-//! `KVM-NOTES.md`). To find the page, the VMM redoes what the guest's MMU
+//! measured on Debian 6.1 and 6.12 arm64 kernels). To find the page, the VMM redoes what the guest's MMU
 //! did: this module reads the EL1&0 translation registers and walks the
 //! guest's page tables (4 KiB granule, as the apflab guest and every arm64
 //! Linux guest on these hosts use). The tables themselves may sit on a
