@@ -452,7 +452,7 @@ impl EmuVcpu {
             Self::map_device(&mut uc, base, size)
                 .map_err(|e| engine_err(format!("map {name}"), e))?;
         }
-        Self::install_hooks(&mut uc, (base, base + size as u64))
+        Self::install_hooks(&mut uc, (base, base + size))
             .map_err(|e| engine_err("install hooks", e))?;
         uc.reg_write_arm64_coproc(&cp(SCR_EL3).val(SCR_EL3_VALUE))
             .map_err(|e| engine_err("write SCR_EL3", e))?;
