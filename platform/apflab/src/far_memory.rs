@@ -27,8 +27,6 @@ pub struct FarMemory {
 
 struct State {
     pager: VirtualPager,
-    /// Pages whose fetch this handler started, by pfn: when they are due.
-    in_flight: HashMap<u64, u64>,
     /// When each stalled vCPU began waiting.
     stalled_since: HashMap<u32, u64>,
     /// Reused page buffer.
@@ -41,7 +39,6 @@ impl FarMemory {
         FarMemory {
             state: Rc::new(RefCell::new(State {
                 pager,
-                in_flight: HashMap::new(),
                 stalled_since: HashMap::new(),
                 page: Box::new([0; PAGE_SIZE as usize]),
             })),
@@ -153,7 +150,6 @@ impl NotResidentHandler for FarMemory {
                         }
                     }
                 }
-                s.in_flight.insert(pfn, ready_at_ns);
                 ready_at_ns
             }
             FaultPlan::Joined { ready_at_ns } => ready_at_ns,
@@ -179,8 +175,7 @@ impl NotResidentHandler for FarMemory {
         // The first waiter whose stall ends installs the page; a vCPU that
         // joined the fetch, or waited for a free frame, finds it either
         // resident or still absent, and its retry faults again if needed.
-        if s.in_flight.get(&pfn).is_some_and(|&due| due <= now_ns) {
-            s.in_flight.remove(&pfn);
+        if s.pager.fetch_ready_at(pfn).is_some_and(|due| due <= now_ns) {
             let State { pager, page, .. } = &mut *s;
             pager
                 .complete(pfn, &mut page[..])

@@ -94,6 +94,12 @@ impl VirtualPager {
         self.engine.is_resident(pfn)
     }
 
+    /// When the fetch of `pfn` in flight completes, so that
+    /// [`VirtualPager::complete`] may be called (`None` if none is).
+    pub fn fetch_ready_at(&self, pfn: u64) -> Option<u64> {
+        self.engine.fetch_ready_at(pfn)
+    }
+
     /// A guest access to non-resident page `pfn` at virtual time `now_ns`.
     ///
     /// A store error that retries cannot fix is returned naming the page;

@@ -245,6 +245,13 @@ impl FaultEngine {
             .is_some_and(|i| self.residency.state(i) == PageState::Resident)
     }
 
+    /// When the fetch of `pfn` in flight completes (`None` if none is).
+    pub fn fetch_ready_at(&self, pfn: u64) -> Option<u64> {
+        self.range
+            .index(pfn)
+            .and_then(|i| self.in_flight.get(&i).copied())
+    }
+
     fn index(&self, pfn: u64) -> Result<usize, PagerError> {
         self.range.index(pfn).ok_or(PagerError::NotManaged {
             pfn,
