@@ -88,12 +88,8 @@ mod aarch64 {
                     len,
                     write: None,
                 } => {
-                    let mut buf = [0u8; 8];
-                    let len = usize::from(len).min(8);
-                    self.ops.mmio_read(0, addr, &mut buf[..len], 0);
-                    self.vcpu
-                        .complete_mmio_read(u64::from_le_bytes(buf))
-                        .unwrap();
+                    let value = self.ops.mmio_read_value(0, addr, usize::from(len), 0);
+                    self.vcpu.complete_mmio_read(value).unwrap();
                 }
                 other => panic!("unexpected exit {other:?}"),
             }

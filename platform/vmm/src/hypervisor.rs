@@ -172,6 +172,13 @@ pub trait VmOps: Send + Sync {
     /// An MMIO read of `data.len()` bytes at `addr` by vCPU `vcpu` at
     /// virtual time `now_ns`.
     fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], now_ns: u64);
+    /// [`VmOps::mmio_read`] of `len` bytes (at most 8) as the little-endian
+    /// value a load puts in its register.
+    fn mmio_read_value(&self, vcpu: u32, addr: u64, len: usize, now_ns: u64) -> u64 {
+        let mut buf = [0u8; 8];
+        self.mmio_read(vcpu, addr, &mut buf[..len.min(8)], now_ns);
+        u64::from_le_bytes(buf)
+    }
     /// An MMIO write; says whether it was a doorbell hypercall.
     fn mmio_write(&self, vcpu: u32, addr: u64, data: &[u8], now_ns: u64) -> MmioWriteKind;
     /// A read of an emulated system register; `None` if the register is not

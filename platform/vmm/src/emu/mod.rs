@@ -475,11 +475,8 @@ impl EmuVcpu {
                 move |uc: &mut Unicorn<'_, HookState>, offset: u64, len: usize| {
                     let st = uc.get_data_mut();
                     st.extra_ns += st.cost.exit_ns;
-                    let mut buf = [0u8; 8];
-                    let len = len.min(8);
                     st.ops
-                        .mmio_read(st.index, base + offset, &mut buf[..len], st.now_ns());
-                    u64::from_le_bytes(buf)
+                        .mmio_read_value(st.index, base + offset, len, st.now_ns())
                 },
             ),
             Some(

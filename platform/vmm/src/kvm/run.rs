@@ -239,10 +239,8 @@ fn vcpu_thread(
                     len,
                     write: None,
                 } => {
-                    let mut buf = [0u8; 8];
-                    let len = usize::from(len).min(8);
-                    machine.mmio_read(idx, addr, &mut buf[..len], now);
-                    vcpu.complete_mmio_read(u64::from_le_bytes(buf))?;
+                    let value = machine.mmio_read_value(idx, addr, usize::from(len), now);
+                    vcpu.complete_mmio_read(value)?;
                 }
                 VmExit::Mmio {
                     addr,
