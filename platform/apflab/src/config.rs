@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use apflab_abi::boot;
 use apflab_abi::memory_map::MAX_VCPUS;
 use apflab_pager::{PagerConfig, Prepared};
-use apflab_vmm::{BackendKind, CostModel, VmConfig};
+use apflab_vmm::{BackendKind, CostModel, VmConfig, host_memory_mib};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
@@ -429,14 +429,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Host RAM in MiB (from /proc/meminfo), if it can be read.
-fn host_memory_mib() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
 }
 
 /// Deserializes TOML `text` (named `file` in errors) into `T`, with errors

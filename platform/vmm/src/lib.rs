@@ -27,4 +27,4 @@ mod vm;
 pub use config::{BackendKind, CostModel, VmConfig};
 pub use outcome::{GuestExit, RunOutcome, VmMetrics};
 pub use pager_hook::{FaultDecision, NotResidentHandler};
-pub use vm::{Vm, VmError};
+pub use vm::{Vm, VmError, host_memory_mib};

@@ -142,7 +142,7 @@ impl VmConfig {
 
 /// Host RAM in MiB, from /proc/meminfo (None if it cannot be read: the
 /// allocation itself then reports the failure).
-fn host_memory_mib() -> Option<u64> {
+pub fn host_memory_mib() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
