@@ -73,13 +73,15 @@
 //!    results JSON under `pager`.
 //!
 //! **kvm (real time)**, [`uffd::UffdPager`] (Linux): hand it the host
-//! mapping of guest RAM (anonymous, private; the part above the workload
-//! offset is registered with userfaultfd). Absent pages are missing from the
-//! mapping, so a vCPU (or any thread) touching one blocks in the kernel;
-//! the pager's page-server threads apply the latency model as real delays,
-//! install the page with `UFFDIO_COPY`, and evict with userfaultfd
-//! write-protection + `MADV_DONTNEED` so the next touch faults again.
-//! `register_vcpu_thread(vcpu, tid)` attributes stall time to vCPUs.
+//! mapping of guest RAM ([`uffd::RamMapping`]; the part above the workload
+//! offset is registered with userfaultfd). Absent pages are unmapped, so a
+//! vCPU (or any thread) touching one blocks in the kernel; the pager's
+//! page-server threads apply the latency model as real delays and install
+//! the page: `UFFDIO_COPY` into a private anonymous mapping, or, for the
+//! kvm backend's memfd guest RAM, a write through the VMM's view and
+//! `UFFDIO_CONTINUE` in the guest's. Eviction is `MADV_DONTNEED`, so the
+//! next touch faults again. `register_vcpu_thread(vcpu, tid)` attributes
+//! stall time to vCPUs.
 //!
 //! All decisions (which page, which victim, when ready) are made by the
 //! shared [`FaultEngine`], so both backends behave the same for the same

@@ -1,25 +1,39 @@
 //! The kvm half: serving guest pages with userfaultfd, in real time.
 //!
 //! The managed part of the guest RAM mapping is registered with a
-//! userfaultfd (missing-page mode, plus write-protect mode where the kernel
-//! supports it for anonymous memory). A non-resident page is simply missing
-//! from the mapping, so whoever touches it — a vCPU inside `KVM_RUN`, or
-//! any host thread — blocks in the kernel until the page is installed.
+//! userfaultfd. A non-resident page is unmapped, so whoever touches it — a
+//! vCPU inside `KVM_RUN`, or any host thread — blocks in the kernel until
+//! the page is installed. Two layouts of guest RAM are served
+//! ([`RamMapping`]):
+//!
+//! * **Anonymous**: one private mapping, registered for missing-page faults
+//!   (plus write-protect where the kernel supports it for anonymous memory).
+//!   A page is installed with `UFFDIO_COPY`.
+//! * **Shared file**: one memfd mapped twice, as the kvm backend maps guest
+//!   RAM. The guest's view is registered for minor faults; the VMM's view
+//!   is always accessible. A page is installed by writing its content
+//!   through the VMM's view and mapping it in the guest's with
+//!   `UFFDIO_CONTINUE`.
 //!
 //! [`UffdPager`] runs a reader thread that turns userfaultfd messages into
 //! requests, and `queue_depth` page-server threads that make the same
 //! decisions as the emu half ([`FaultEngine`]) on the monotonic clock,
-//! sleep until the modeled fetch completes, and install the page with
-//! `UFFDIO_COPY` (which wakes every thread waiting on it).
+//! sleep until the modeled fetch completes, and install the page (which
+//! wakes every thread waiting on it).
 //!
-//! Eviction must not lose a write that races with it. With write-protect
-//! support the victim is write-protected first (writers now block), its
-//! content copied and written back, the page dropped with `MADV_DONTNEED`,
-//! then the protection lifted with a wake-up: a blocked writer retries, finds
-//! the page missing and faults it back in with its written-back content.
-//! Without it (arm64 kernels before 6.10 lack uffd-wp) a write landing
-//! between the copy and `MADV_DONTNEED` could be lost; the pager says so in a
-//! warning at start, and such hosts should keep `resident_limit` unset.
+//! Eviction must not lose a write that races with it.
+//! * Shared file: the page is unmapped from the guest's view first (a
+//!   writer now faults and waits), then its content is read through the
+//!   VMM's view, which no guest write can reach any more.
+//! * Anonymous with write-protect support: the victim is write-protected
+//!   first (writers now block), its content copied and written back, the
+//!   page dropped with `MADV_DONTNEED`, then the protection lifted with a
+//!   wake-up. A blocked writer retries, finds the page missing and faults
+//!   it back in with its written-back content.
+//! * Anonymous without it (arm64 kernels before 6.10 lack uffd-wp): a write
+//!   landing between the copy and `MADV_DONTNEED` could be lost. The pager
+//!   says so in a warning at start, and such hosts should use the shared
+//!   file layout or keep `resident_limit` unset.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -171,16 +185,217 @@ impl Drop for AnonMapping {
     }
 }
 
+/// One memfd mapped twice, shared: the guest's view and the VMM's, the
+/// layout of the kvm backend's guest RAM. For tests and benchmarks of the
+/// [`RamMapping::SharedFile`] layout.
+pub struct SharedMapping {
+    guest: AnonMapping,
+    vmm: AnonMapping,
+}
+
+impl SharedMapping {
+    /// Creates a zeroed memfd of `len` bytes (rounded up to pages) and maps
+    /// it twice.
+    pub fn new(len: usize) -> Result<Self, UffdError> {
+        let len = len.div_ceil(PAGE) * PAGE;
+        let os = |op| move |source| UffdError::Os { op, source };
+        // SAFETY: memfd_create with a valid NUL-terminated name; the result
+        // is checked before use.
+        let fd = unsafe { libc::memfd_create(c"apflab-shared-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(os("memfd_create")(std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(len as u64).map_err(os("ftruncate"))?;
+        let map = || -> Result<AnonMapping, UffdError> {
+            // SAFETY: a new shared mapping of the memfd at an address of the
+            // kernel's choosing; the mapping keeps the file referenced.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(os("mmap(memfd)")(std::io::Error::last_os_error()));
+            }
+            Ok(AnonMapping {
+                addr: NonNull::new(p.cast())
+                    .ok_or_else(|| os("mmap(memfd)")(std::io::Error::other("returned NULL")))?,
+                len,
+            })
+        };
+        let (guest, vmm) = (map()?, map()?);
+        // The page cache holds every page from the start, as in the kvm
+        // backend, so the guest's view raises minor faults only.
+        // SAFETY: writes zeros to the VMM view this value owns.
+        unsafe { std::ptr::write_bytes(vmm.as_ptr(), 0, len) };
+        Ok(SharedMapping { guest, vmm })
+    }
+
+    /// The guest's view.
+    pub fn guest_ptr(&self) -> *mut u8 {
+        self.guest.as_ptr()
+    }
+
+    /// The VMM's view.
+    pub fn vmm_ptr(&self) -> *mut u8 {
+        self.vmm.as_ptr()
+    }
+
+    /// Length of each view.
+    pub fn len(&self) -> usize {
+        self.guest.len
+    }
+
+    /// Whether the mapping is empty (never: at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.guest.len == 0
+    }
+
+    /// This mapping as the pager takes it.
+    pub fn ram(&self) -> RamMapping {
+        RamMapping::SharedFile {
+            guest: self.guest_ptr(),
+            vmm: self.vmm_ptr(),
+            len: self.len(),
+        }
+    }
+}
+
+/// Where the guest RAM a [`UffdPager`] serves lives in this process.
+#[derive(Clone, Copy, Debug)]
+pub enum RamMapping {
+    /// A private anonymous mapping of `len` bytes at `addr`.
+    Anonymous {
+        /// Host address of guest physical `RAM_BASE`.
+        addr: *mut u8,
+        /// Bytes.
+        len: usize,
+    },
+    /// A memfd mapped twice, `len` bytes each: `guest` (the KVM memslot) and
+    /// `vmm` (the VMM's always-accessible view).
+    SharedFile {
+        /// Host address of guest physical `RAM_BASE` in the guest's view.
+        guest: *mut u8,
+        /// The same in the VMM's view.
+        vmm: *mut u8,
+        /// Bytes.
+        len: usize,
+    },
+}
+
+impl RamMapping {
+    fn len(&self) -> usize {
+        match *self {
+            RamMapping::Anonymous { len, .. } | RamMapping::SharedFile { len, .. } => len,
+        }
+    }
+
+    /// The same layout from byte `offset`, `len` bytes long.
+    ///
+    /// # Safety
+    /// `offset + len` must not exceed the mapping.
+    unsafe fn sub(&self, offset: usize, len: usize) -> RamMapping {
+        // SAFETY: the caller keeps the range inside the mappings.
+        unsafe {
+            match *self {
+                RamMapping::Anonymous { addr, .. } => RamMapping::Anonymous {
+                    addr: addr.add(offset),
+                    len,
+                },
+                RamMapping::SharedFile { guest, vmm, .. } => RamMapping::SharedFile {
+                    guest: guest.add(offset),
+                    vmm: vmm.add(offset),
+                    len,
+                },
+            }
+        }
+    }
+}
+
 /// A range of host memory registered with a userfaultfd: the page-level
 /// operations (install, evict) with their safety argument in one place.
 pub struct UffdRegion {
     uffd: Uffd,
+    /// Start of the registered range (the guest's view).
     addr: usize,
     len: usize,
     write_protect: bool,
+    /// The VMM's view of the same pages, for the shared file layout.
+    vmm_view: Option<usize>,
 }
 
 impl UffdRegion {
+    /// Registers `ram` with its layout's fault mode (see the module docs).
+    ///
+    /// # Safety
+    /// As for [`UffdRegion::register`] or [`UffdRegion::register_shared`].
+    pub unsafe fn register_mapping(ram: RamMapping) -> Result<Self, UffdError> {
+        // SAFETY: passed on from the caller.
+        unsafe {
+            match ram {
+                RamMapping::Anonymous { addr, len } => Self::register(addr, len),
+                RamMapping::SharedFile { guest, vmm, len } => {
+                    Self::register_shared(guest, vmm, len)
+                }
+            }
+        }
+    }
+
+    /// Registers the guest's view `[guest, guest + len)` of a memfd for
+    /// minor faults; `vmm` maps the same file range. Pages mapped in the
+    /// guest's view stay mapped; use [`UffdRegion::discard`] to make them
+    /// fault.
+    ///
+    /// # Safety
+    /// Both ranges must be page aligned, lie inside shared mappings of the
+    /// same memfd pages, and stay mapped for the life of the region. Any
+    /// thread touching a page unmapped in the guest's view blocks until the
+    /// page is installed.
+    pub unsafe fn register_shared(
+        guest: *mut u8,
+        vmm: *mut u8,
+        len: usize,
+    ) -> Result<Self, UffdError> {
+        let a = guest as usize;
+        for p in [a, vmm as usize] {
+            if !p.is_multiple_of(PAGE) || len == 0 || !len.is_multiple_of(PAGE) {
+                return Err(UffdError::Range {
+                    what: "region",
+                    value: p,
+                });
+            }
+        }
+        let uffd = UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            // KVM touches guest memory from kernel mode on the vCPU's
+            // behalf: those faults must reach us too.
+            .user_mode_only(false)
+            .require_features(FeatureFlags::THREAD_ID)
+            .create()
+            .map_err(UffdError::Create)?;
+        uffd.register_with_mode(guest.cast(), len, RegisterMode::MINOR)
+            .map_err(|source| UffdError::Register {
+                addr: a,
+                len,
+                source,
+            })?;
+        Ok(UffdRegion {
+            uffd,
+            addr: a,
+            len,
+            write_protect: false,
+            vmm_view: Some(vmm as usize),
+        })
+    }
+
     /// Registers `[addr, addr + len)` for missing-page faults, and for
     /// write-protect faults when the kernel supports them on this range.
     /// Pages already present stay present; use [`UffdRegion::discard`] to
@@ -251,12 +466,14 @@ impl UffdRegion {
             addr: a,
             len,
             write_protect: wp,
+            vmm_view: None,
         })
     }
 
-    /// Whether evictions are protected against racing writes.
-    pub fn has_write_protect(&self) -> bool {
-        self.write_protect
+    /// Whether evictions are safe against racing writes: always for the
+    /// shared file layout, with uffd write-protect for anonymous memory.
+    pub fn evicts_safely(&self) -> bool {
+        self.write_protect || self.vmm_view.is_some()
     }
 
     /// Length of the region.
@@ -279,11 +496,34 @@ impl UffdRegion {
         Ok((self.addr + offset) as *mut libc::c_void)
     }
 
-    /// Installs `page` at `offset` with `UFFDIO_COPY`, waking the threads
-    /// waiting for it if `wake`. Returns false if a page was already there
-    /// (nothing is overwritten).
+    /// Installs `page` at `offset` (`UFFDIO_COPY`; for the shared file
+    /// layout a write through the VMM's view and `UFFDIO_CONTINUE`), waking
+    /// the threads waiting for it if `wake`. Returns false if a page was
+    /// already there (with `UFFDIO_COPY` nothing is overwritten).
     pub fn install(&self, offset: usize, page: &Page, wake: bool) -> Result<bool, UffdError> {
         let dst = self.page_ptr(offset)?;
+        if let Some(vmm) = self.vmm_view {
+            // SAFETY: the same page in the VMM's view, which the
+            // registration contract keeps mapped; the guest's view does not
+            // map it, so no guest access sees the write half done.
+            unsafe {
+                std::ptr::copy_nonoverlapping(page.as_ptr(), (vmm + offset) as *mut u8, PAGE)
+            };
+            return match self.uffd.r#continue(dst, PAGE, wake) {
+                Ok(_) => Ok(true),
+                Err(userfaultfd::Error::SystemError(e)) if e as i32 == libc::EEXIST => {
+                    if wake {
+                        self.wake(offset)?;
+                    }
+                    Ok(false)
+                }
+                Err(source) => Err(UffdError::Ioctl {
+                    op: "UFFDIO_CONTINUE",
+                    offset,
+                    source,
+                }),
+            };
+        }
         // SAFETY: `dst` is a page of the registered range (checked above),
         // which the registration contract keeps mapped; `page` is a valid
         // 4 KiB source. UFFDIO_COPY only fills a missing page atomically.
@@ -318,6 +558,21 @@ impl UffdRegion {
     /// write-protect support no write can slip between copy and removal.
     pub fn evict(&self, offset: usize, content: Option<&mut Page>) -> Result<(), UffdError> {
         let p = self.page_ptr(offset)?;
+        if let Some(vmm) = self.vmm_view {
+            self.discard(offset, PAGE)?;
+            if let Some(out) = content {
+                // SAFETY: the page in the VMM's view, always mapped; the
+                // guest's view no longer maps it, so it cannot change.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        (vmm + offset) as *const u8,
+                        out.as_mut_ptr(),
+                        PAGE,
+                    )
+                };
+            }
+            return Ok(());
+        }
         if self.write_protect {
             self.uffd
                 .write_protect(p, PAGE)
@@ -358,9 +613,10 @@ impl UffdRegion {
                 value: len,
             });
         }
-        // SAFETY: the range is inside the registered private anonymous
-        // mapping; MADV_DONTNEED only drops its pages (they come back
-        // through userfaultfd), it never unmaps.
+        // SAFETY: the range is inside the registered mapping;
+        // MADV_DONTNEED only drops its pages from it (they come back
+        // through userfaultfd; a memfd keeps their content), it never
+        // unmaps.
         if unsafe { libc::madvise(p, len, libc::MADV_DONTNEED) } != 0 {
             return Err(UffdError::Os {
                 op: "madvise(MADV_DONTNEED)",
@@ -450,22 +706,19 @@ pub struct UffdPager {
 }
 
 impl UffdPager {
-    /// Takes over the managed part of guest RAM mapped at `ram` (host
-    /// address of guest physical [`RAM_BASE`], `ram_len` bytes): registers
-    /// it, drops its pages, installs the initially resident ones from the
+    /// Takes over the managed part of guest RAM mapped as `ram` (its
+    /// addresses are those of guest physical [`RAM_BASE`]): registers it,
+    /// drops its pages, installs the initially resident ones from the
     /// store, and starts the page servers.
     ///
     /// # Safety
-    /// `ram` must be a private anonymous mapping of `ram_len` bytes that
-    /// stays mapped until this pager is dropped, and the pager must be
-    /// dropped only after every thread that may touch guest RAM (the vCPUs)
-    /// has stopped: closing the userfaultfd lets blocked threads see zero
-    /// pages.
-    pub unsafe fn start(
-        prepared: Prepared,
-        ram: *mut u8,
-        ram_len: usize,
-    ) -> Result<Self, UffdError> {
+    /// `ram` must describe live mappings of its layout that stay mapped
+    /// until this pager is dropped, and the pager must be dropped only
+    /// after every thread that may touch guest RAM (the vCPUs) has
+    /// stopped: closing the userfaultfd lets blocked threads through (to
+    /// zero pages, or to whatever the memfd holds).
+    pub unsafe fn start(prepared: Prepared, ram: RamMapping) -> Result<Self, UffdError> {
+        let ram_len = ram.len();
         let mut prepared = prepared;
         // userfaultfd does not report writes to present pages, so every
         // evicted page is written back.
@@ -482,9 +735,9 @@ impl UffdPager {
             });
         }
         // SAFETY: the caller guarantees the mapping; the managed part is a
-        // page-aligned subrange of it.
-        let region = unsafe { UffdRegion::register(ram.add(start.0), start.1)? };
-        if !region.has_write_protect() && prepared.config.resident_limit.is_some() {
+        // page-aligned subrange of it (checked above).
+        let region = unsafe { UffdRegion::register_mapping(ram.sub(start.0, start.1))? };
+        if !region.evicts_safely() && prepared.config.resident_limit.is_some() {
             tracing::warn!(
                 "userfaultfd write-protect is not available for anonymous memory on this \
                  kernel: a guest write racing with an eviction can be lost"
@@ -558,9 +811,10 @@ impl UffdPager {
         self.shared.range
     }
 
-    /// Whether eviction is safe against racing writes on this kernel.
-    pub fn has_write_protect(&self) -> bool {
-        self.shared.region.has_write_protect()
+    /// Whether eviction is safe against racing writes (see
+    /// [`UffdRegion::evicts_safely`]).
+    pub fn evicts_safely(&self) -> bool {
+        self.shared.region.evicts_safely()
     }
 
     /// Whether managed page `pfn` is resident now.
@@ -667,7 +921,7 @@ fn read_faults(s: &Shared, stop_fd: i32, tx: Sender<Request>) {
                 })) => {
                     // Write-protect faults are writers blocked by an eviction
                     // in progress; the evicting server wakes them.
-                    if kind != FaultKind::Missing {
+                    if kind == FaultKind::WriteProtected {
                         continue;
                     }
                     let offset = (addr as usize - s.region.addr) & !(PAGE - 1);
@@ -826,6 +1080,10 @@ impl UffdRegion {
         buf: &mut Page,
         after_drop: impl FnOnce(&Page) -> Result<(), PagerError>,
     ) -> Result<(), UffdError> {
+        if self.vmm_view.is_some() {
+            self.evict(offset, Some(buf))?;
+            return after_drop(buf).map_err(UffdError::Pager);
+        }
         let p = self.page_ptr(offset)?;
         if self.write_protect {
             self.uffd

@@ -1,5 +1,8 @@
 //! The userfaultfd page server on a real mapping of this host: threads
 //! touch guest RAM pages that are missing and must see the store's content.
+//! Every scenario runs on both layouts of guest RAM: a private anonymous
+//! mapping (UFFDIO_COPY) and a memfd mapped twice (UFFDIO_CONTINUE), the
+//! kvm backend's.
 #![cfg(target_os = "linux")]
 
 use std::path::Path;
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use apflab_abi::boot::WORKLOAD_REGION_OFFSET;
 use apflab_abi::pattern::synthetic_word;
 use apflab_pager::store::{FaultInjectingStore, SyntheticStore};
-use apflab_pager::uffd::{AnonMapping, UffdPager};
+use apflab_pager::uffd::{AnonMapping, RamMapping, SharedMapping, UffdPager};
 use apflab_pager::{ByteSize, LatencyConfig, PagerConfig, Prepared, StoreConfig};
 
 const RAM: usize = 40 << 20; // 8 MiB (2048 pages) above the kernel part
@@ -23,24 +26,81 @@ fn config() -> PagerConfig {
     c
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    Anonymous,
+    SharedFile,
+}
+
+/// Runs a scenario once per layout, as two tests.
+macro_rules! on_both_layouts {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn anonymous() {
+                super::$scenario(super::Layout::Anonymous);
+            }
+            #[test]
+            fn shared_file() {
+                super::$scenario(super::Layout::SharedFile);
+            }
+        }
+    };
+}
+
+enum Ram {
+    Anonymous(AnonMapping),
+    SharedFile(SharedMapping),
+}
+
+impl Ram {
+    fn new(layout: Layout) -> Self {
+        match layout {
+            Layout::Anonymous => Ram::Anonymous(AnonMapping::new(RAM).unwrap()),
+            Layout::SharedFile => Ram::SharedFile(SharedMapping::new(RAM).unwrap()),
+        }
+    }
+
+    /// The view the guest (the touching threads) uses.
+    fn as_ptr(&self) -> *mut u8 {
+        match self {
+            Ram::Anonymous(m) => m.as_ptr(),
+            Ram::SharedFile(m) => m.guest_ptr(),
+        }
+    }
+
+    fn mapping(&self) -> RamMapping {
+        match self {
+            Ram::Anonymous(m) => RamMapping::Anonymous {
+                addr: m.as_ptr(),
+                len: m.len(),
+            },
+            Ram::SharedFile(m) => m.ram(),
+        }
+    }
+}
+
 /// Guest RAM plus the pager serving it.
 struct Guest {
     // Field order: the pager (and its threads) go before the mapping.
     pager: UffdPager,
-    ram: Arc<AnonMapping>,
+    ram: Arc<Ram>,
 }
 
 impl Guest {
-    fn new(c: &PagerConfig) -> Self {
-        Self::with_prepared(Prepared::new(c, RAM as u64, Path::new(".")).unwrap())
+    fn new(layout: Layout, c: &PagerConfig) -> Self {
+        Self::with_prepared(
+            layout,
+            Prepared::new(c, RAM as u64, Path::new(".")).unwrap(),
+        )
     }
 
-    fn with_prepared(p: Prepared) -> Self {
-        let ram = Arc::new(AnonMapping::new(RAM).unwrap());
-        // SAFETY: `ram` is a private anonymous mapping of RAM bytes that
-        // outlives the pager (dropped after it); threads touching it are
-        // joined before the guest is dropped.
-        let pager = unsafe { UffdPager::start(p, ram.as_ptr(), RAM) }
+    fn with_prepared(layout: Layout, p: Prepared) -> Self {
+        let ram = Arc::new(Ram::new(layout));
+        // SAFETY: `ram` maps RAM bytes of its layout and outlives the pager
+        // (dropped after it); threads touching it are joined before the
+        // guest is dropped.
+        let pager = unsafe { UffdPager::start(p, ram.mapping()) }
             .expect("userfaultfd must be available (run as root)");
         Guest { pager, ram }
     }
@@ -51,7 +111,7 @@ impl Guest {
 }
 
 /// Address of word `w` of managed page `k` (as a usize, to cross threads).
-fn word_addr(ram: &AnonMapping, k: usize, w: usize) -> usize {
+fn word_addr(ram: &Ram, k: usize, w: usize) -> usize {
     ram.as_ptr() as usize + WORKLOAD_REGION_OFFSET as usize + k * 4096 + w * 8
 }
 
@@ -71,26 +131,25 @@ fn gettid() -> i32 {
     unsafe { libc::gettid() }
 }
 
-/// Resident pages of the managed region, from mincore.
-fn resident_pages(ram: &AnonMapping) -> usize {
-    let len = RAM - WORKLOAD_REGION_OFFSET as usize;
-    let mut vec = vec![0u8; len / 4096];
-    // SAFETY: the range is inside the mapping and `vec` has one byte per
-    // page of it.
-    let r = unsafe {
-        libc::mincore(
-            ram.as_ptr().add(WORKLOAD_REGION_OFFSET as usize).cast(),
-            len,
-            vec.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    vec.iter().filter(|&&b| b & 1 != 0).count()
+/// Pages of the managed region mapped in the guest's view, from
+/// /proc/self/pagemap (bit 63: present). mincore would not do: it reports
+/// the memfd's page cache, not the mapping.
+fn resident_pages(ram: &Ram) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    let first = ram.as_ptr() as u64 + WORKLOAD_REGION_OFFSET;
+    let pages = (RAM - WORKLOAD_REGION_OFFSET as usize) / 4096;
+    let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+    f.seek(SeekFrom::Start(first / 4096 * 8)).unwrap();
+    let mut entries = vec![0u8; pages * 8];
+    f.read_exact(&mut entries).unwrap();
+    entries
+        .chunks_exact(8)
+        .filter(|e| u64::from_le_bytes((*e).try_into().unwrap()) >> 63 == 1)
+        .count()
 }
 
-#[test]
-fn missing_pages_are_served_with_store_content() {
-    let g = Guest::new(&config());
+fn missing_pages_are_served_with_store_content(layout: Layout) {
+    let g = Guest::new(layout, &config());
     assert_eq!(
         resident_pages(&g.ram),
         0,
@@ -123,11 +182,10 @@ fn missing_pages_are_served_with_store_content() {
     assert!(g.pager.failure().is_none());
 }
 
-#[test]
-fn initially_resident_pages_are_present_with_content() {
+fn initially_resident_pages_are_present_with_content(layout: Layout) {
     let mut c = config();
     c.initially_resident = 0.5;
-    let g = Guest::new(&c);
+    let g = Guest::new(layout, &c);
     assert_eq!(resident_pages(&g.ram), 1024);
     let first = g.first_pfn();
     let k = (0..2048u64)
@@ -141,14 +199,14 @@ fn initially_resident_pages_are_present_with_content() {
     assert_eq!(g.pager.metrics().fetches, 0);
 }
 
-#[test]
-fn eviction_keeps_the_limit_and_written_data_survives() {
+fn eviction_keeps_the_limit_and_written_data_survives(layout: Layout) {
     let mut c = config();
     c.resident_limit = Some(ByteSize(64 * 4096));
-    let g = Guest::new(&c);
+    let g = Guest::new(layout, &c);
     if cfg!(target_arch = "x86_64") {
-        // uffd-wp on anonymous memory has been in x86 kernels since 5.7.
-        assert!(g.pager.has_write_protect());
+        // uffd-wp on anonymous memory has been in x86 kernels since 5.7; the
+        // shared file layout needs none.
+        assert!(g.pager.evicts_safely());
     }
     let first = g.first_pfn();
     let ram = g.ram.clone();
@@ -181,9 +239,8 @@ fn eviction_keeps_the_limit_and_written_data_survives() {
     assert_eq!(m.refaults, 2 * 256);
 }
 
-#[test]
-fn concurrent_touches_of_the_same_pages_fetch_each_once() {
-    let g = Guest::new(&config());
+fn concurrent_touches_of_the_same_pages_fetch_each_once(layout: Layout) {
+    let g = Guest::new(layout, &config());
     let first = g.first_pfn();
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -205,12 +262,11 @@ fn concurrent_touches_of_the_same_pages_fetch_each_once() {
     assert_eq!(g.pager.metrics().fetches, 200);
 }
 
-#[test]
-fn latency_is_applied_as_real_delay() {
+fn latency_is_applied_as_real_delay(layout: Layout) {
     let mut c = config();
     c.latency = LatencyConfig::Constant { us: 3_000.0 };
     c.queue_depth = 1;
-    let g = Guest::new(&c);
+    let g = Guest::new(layout, &c);
     let ram = g.ram.clone();
     let took = std::thread::spawn(move || {
         let t = Instant::now();
@@ -226,8 +282,7 @@ fn latency_is_applied_as_real_delay() {
     assert!(l.p50_ns >= 3_000_000 && l.p50_ns < 3_010_000, "{l:?}");
 }
 
-#[test]
-fn permanent_store_error_names_the_page_and_never_fills_zeros() {
+fn permanent_store_error_names_the_page_and_never_fills_zeros(layout: Layout) {
     let mut c = config();
     c.retries = 1;
     let first = apflab_pager::ManagedRange::for_guest_ram(RAM as u64)
@@ -242,7 +297,7 @@ fn permanent_store_error_names_the_page_and_never_fills_zeros() {
     let p = Prepared::new(&c, RAM as u64, Path::new("."))
         .unwrap()
         .with_store(store);
-    let g = Guest::with_prepared(p);
+    let g = Guest::with_prepared(layout, p);
     let ram = g.ram.clone();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -264,3 +319,10 @@ fn permanent_store_error_names_the_page_and_never_fills_zeros() {
     // cannot stop that thread, so the guest is leaked until process exit.
     std::mem::forget(g);
 }
+
+on_both_layouts!(missing_pages_are_served_with_store_content);
+on_both_layouts!(initially_resident_pages_are_present_with_content);
+on_both_layouts!(eviction_keeps_the_limit_and_written_data_survives);
+on_both_layouts!(concurrent_touches_of_the_same_pages_fetch_each_once);
+on_both_layouts!(latency_is_applied_as_real_delay);
+on_both_layouts!(permanent_store_error_names_the_page_and_never_fills_zeros);
