@@ -142,9 +142,10 @@ fn resident_pages(ram: &Ram) -> usize {
     f.seek(SeekFrom::Start(first / 4096 * 8)).unwrap();
     let mut entries = vec![0u8; pages * 8];
     f.read_exact(&mut entries).unwrap();
+    let (entries, _) = entries.as_chunks::<8>();
     entries
-        .chunks_exact(8)
-        .filter(|e| u64::from_le_bytes((*e).try_into().unwrap()) >> 63 == 1)
+        .iter()
+        .filter(|e| u64::from_le_bytes(**e) >> 63 == 1)
         .count()
 }
 
