@@ -1,6 +1,8 @@
-//! Pager speed: installing pages with UFFDIO_COPY against a plain memcpy of
-//! the same pages (kvm path), and the cost of one fault's decision and
-//! bookkeeping in virtual time (emu path).
+//! Pager speed: installing pages through userfaultfd against a plain memcpy
+//! of the same pages (kvm path: `UFFDIO_COPY` into anonymous memory, and the
+//! kvm backend's own layout, a write through the VMM's view of a memfd plus
+//! `UFFDIO_CONTINUE` in the guest's), and the cost of one fault's decision
+//! and bookkeeping in virtual time (emu path).
 //!
 //! `cargo bench -p apflab-benches --bench pager`
 
@@ -8,7 +10,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use apflab_pager::uffd::{AnonMapping, UffdRegion};
+use apflab_pager::uffd::{AnonMapping, SharedMapping, UffdRegion};
 use apflab_pager::{
     Access, Begin, ByteSize, FaultEngine, FaultPlan, PagerConfig, Prepared, StoreConfig,
     VirtualPager,
@@ -82,9 +84,33 @@ fn install(c: &mut Criterion) {
             )
         })
     });
-    g.finish();
     drop(region);
     drop(ram);
+
+    // The kvm backend's layout: the content goes through the VMM's view of
+    // a memfd, then UFFDIO_CONTINUE maps the page in the guest's view.
+    let shared = SharedMapping::new(REGION_PAGES * PAGE).unwrap();
+    // SAFETY: both views map the same memfd pages and outlive `region`;
+    // no other thread touches them.
+    let region =
+        unsafe { UffdRegion::register_shared(shared.guest_ptr(), shared.vmm_ptr(), shared.len()) }
+            .expect("userfaultfd must be available (run as root)");
+    region.discard(0, region.len()).unwrap();
+    g.bench_function("memfd_uffdio_continue", |b| {
+        b.iter_custom(|iters| {
+            cycle(
+                iters,
+                |off| {
+                    let installed = region.install(off, &src, false).unwrap();
+                    debug_assert!(installed);
+                },
+                || region.discard(0, region.len()).unwrap(),
+            )
+        })
+    });
+    g.finish();
+    drop(region);
+    drop(shared);
 }
 
 fn prepared(store: StoreConfig, limit_pages: u64) -> Prepared {
