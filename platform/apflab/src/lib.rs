@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod config;
 pub mod far_memory;
 pub mod matrix;
+pub mod page_server;
 pub mod report;
 pub mod result;
 pub mod runner;

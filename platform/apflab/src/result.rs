@@ -386,6 +386,15 @@ impl RunResult {
         self.pager = serde_json::to_value(metrics).ok();
     }
 
+    /// Sets the per-vCPU stall times from outside the VMM (one entry per
+    /// vCPU; vCPUs not in `stalled_ns` stalled 0 ns).
+    pub fn set_stalls(&mut self, stalled_ns: &[u64]) {
+        let n = self.vmm.stalled_ns.len().max(self.vcpus as usize);
+        self.vmm.stalled_ns = (0..n)
+            .map(|v| stalled_ns.get(v).copied().unwrap_or(0))
+            .collect();
+    }
+
     /// A few lines for a human.
     pub fn summary(&self) -> String {
         let mut s = format!(

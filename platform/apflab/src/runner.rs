@@ -1,13 +1,15 @@
 //! Running one config: build the VM, run it, write `result.json`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use apflab_pager::{Prepared, VirtualPager};
+use apflab_pager::{FaultPath, PagerMetrics, Prepared, VirtualPager};
 use apflab_vmm::{RunOutcome, Vm, VmConfig};
 
 use crate::config::{Backend, Config, LoadedConfig, sha256_hex};
 use crate::far_memory::FarMemory;
+use crate::page_server::KernelPager;
 use crate::result::{RunInputs, RunResult};
 
 /// Why a run could not produce results.
@@ -46,28 +48,60 @@ impl RunError {
     }
 }
 
-/// Builds and runs one VM, with `far_memory` serving its not-resident
-/// pages if given. This is the only place the CLI calls the VMM.
-pub fn execute(config: VmConfig, far_memory: Option<&FarMemory>) -> Result<RunOutcome, RunError> {
+/// The far memory behind a run, by where its faults are handled
+/// (`[pager] fault_path`).
+pub enum Pager {
+    /// Faults exit to the VMM, which stalls the vCPU.
+    InVmm(FarMemory),
+    /// Faults block in the host kernel; page-server threads answer (kvm).
+    InKernel(Arc<KernelPager>),
+}
+
+impl Pager {
+    /// What the pager did (None if it never started).
+    pub fn metrics(&self) -> Option<PagerMetrics> {
+        match self {
+            Pager::InVmm(f) => Some(f.metrics()),
+            Pager::InKernel(k) => k.metrics(),
+        }
+    }
+}
+
+/// Builds and runs one VM, with `pager` serving its not-resident pages if
+/// given. This is the only place the CLI calls the VMM.
+pub fn execute(config: VmConfig, pager: Option<&Pager>) -> Result<RunOutcome, RunError> {
     tracing::debug!(?config, "starting VM");
     let mut vm = Vm::new(config).map_err(|e| RunError::Setup(e.to_string()))?;
-    if let Some(f) = far_memory {
-        vm.set_not_resident_handler(f.handler());
+    match pager {
+        Some(Pager::InVmm(f)) => vm.set_not_resident_handler(f.handler()),
+        Some(Pager::InKernel(k)) => vm.set_page_server(k.clone()),
+        None => {}
     }
     vm.run().map_err(|e| RunError::Vmm(e.to_string()))
 }
 
-/// The pager of `config`'s `[pager]` section, if it has one.
-fn far_memory(config: &Config) -> Result<Option<FarMemory>, RunError> {
+/// The pager of `config`'s `[pager]` section (from the file `path`), if it
+/// has one.
+fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
     let Some(pager) = &config.pager else {
         return Ok(None);
     };
-    // Both backends drive the same handler: emu in virtual time, kvm in
-    // host time since the start of the run (fetch latencies become real
-    // stalls of the faulting vCPU).
+    if pager.fault_path == FaultPath::Kernel && config.backend.kind != Backend::Kvm {
+        return Err(RunError::Setup(format!(
+            "{}: [pager] fault_path = \"kernel\" serves pages in the host kernel's fault \
+             path, which only the kvm backend has; use fault_path = \"vmm\" or --backend kvm",
+            path.display()
+        )));
+    }
     let prepared = Prepared::new(pager, config.guest.memory_mib << 20, &config.base_dir)
         .map_err(|e| RunError::Setup(e.to_string()))?;
-    Ok(Some(FarMemory::new(VirtualPager::new(prepared))))
+    Ok(Some(match pager.fault_path {
+        // Both backends drive the same handler: emu in virtual time, kvm in
+        // host time since the start of the run (fetch latencies become real
+        // stalls of the faulting vCPU).
+        FaultPath::Vmm => Pager::InVmm(FarMemory::new(VirtualPager::new(prepared))),
+        FaultPath::Kernel => Pager::InKernel(Arc::new(KernelPager::new(prepared))),
+    }))
 }
 
 /// Where a run's files go by default: `results/<config-stem>`.
@@ -97,8 +131,8 @@ pub fn run_config(
     drop(kernel);
 
     let started_at = SystemTime::now();
-    let far_memory = far_memory(&config)?;
-    let outcome = execute(config.vm_config(echo_console), far_memory.as_ref())?;
+    let pager = pager(&config, &loaded.path)?;
+    let outcome = execute(config.vm_config(echo_console), pager.as_ref())?;
     let mut result = RunResult::new(
         &RunInputs {
             name: &loaded.name,
@@ -110,8 +144,12 @@ pub fn run_config(
         },
         &outcome,
     );
-    if let Some(f) = &far_memory {
-        result.set_pager(&f.metrics());
+    if let Some(m) = pager.as_ref().and_then(Pager::metrics) {
+        if matches!(pager, Some(Pager::InKernel(_))) {
+            // The VMM never sees these stalls; the page servers timed them.
+            result.set_stalls(&m.stalled_ns);
+        }
+        result.set_pager(&m);
     }
     write_results(out_dir, &result, &outcome.console)?;
     Ok(result)

@@ -19,6 +19,7 @@
 //! eviction = "clock"
 //! retries = 3
 //! seed = 1
+//! fault_path = "vmm"                        # or "kernel" (kvm only)
 //! ```
 
 use std::fmt;
@@ -70,6 +71,25 @@ pub struct PagerConfig {
     /// `conservative`: all of them).
     #[serde(default)]
     pub dirty_tracking: DirtyTracking,
+    /// Where a vCPU that touched a non-resident page waits for it.
+    #[serde(default)]
+    pub fault_path: FaultPath,
+}
+
+/// Where a fault on a non-resident page is handled, and so where the
+/// faulting vCPU waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultPath {
+    /// The access exits to the VMM, which asks the pager and stalls the
+    /// vCPU until the page is in. Both backends; the async variants build
+    /// on this path, since the VMM sees every fault.
+    #[default]
+    Vmm,
+    /// The vCPU blocks inside the host kernel on userfaultfd, and the
+    /// pager's page-server threads install the page; the VMM sees no exit.
+    /// This is stock KVM post-copy and swap. kvm backend only.
+    Kernel,
 }
 
 fn default_queue_depth() -> u32 {
@@ -353,6 +373,7 @@ impl PagerConfig {
             retries: default_retries(),
             seed: 0,
             dirty_tracking: DirtyTracking::default(),
+            fault_path: FaultPath::default(),
         }
     }
 

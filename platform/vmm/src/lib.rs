@@ -26,5 +26,5 @@ mod vm;
 
 pub use config::{BackendKind, CostModel, VmConfig};
 pub use outcome::{GuestExit, RunOutcome, VmMetrics};
-pub use pager_hook::{FaultDecision, NotResidentHandler};
+pub use pager_hook::{FaultDecision, HostRam, NotResidentHandler, PageServer};
 pub use vm::{Vm, VmError, host_memory_mib};

@@ -32,7 +32,7 @@ use crate::hypervisor::{
 use crate::loader::{self, LoadError, LoadedKernel};
 use crate::machine::{Effect, Machine};
 use crate::outcome::{GuestExit, RunOutcome, VmMetrics};
-use crate::pager_hook::{FaultDecision, NotResidentHandler};
+use crate::pager_hook::{FaultDecision, NotResidentHandler, PageServer};
 
 /// Smallest guest RAM accepted (room for the device tree and a kernel).
 const MIN_MEMORY_MIB: u64 = 8;
@@ -155,6 +155,7 @@ pub struct Vm {
     memory: GuestMemoryMmap,
     kernel: LoadedKernel,
     handler: Option<Box<dyn NotResidentHandler>>,
+    page_server: Option<Arc<dyn PageServer>>,
     /// The kvm VM (its RAM is `memory`), when the backend is kvm.
     #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
     kvm: Option<crate::kvm::KvmHypervisor>,
@@ -214,6 +215,7 @@ impl Vm {
             memory,
             kernel,
             handler: None,
+            page_server: None,
             #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
             kvm,
         })
@@ -222,6 +224,12 @@ impl Vm {
     /// Plugs in the handler for not-resident faults (the pager).
     pub fn set_not_resident_handler(&mut self, handler: Box<dyn NotResidentHandler>) {
         self.handler = Some(handler);
+    }
+
+    /// Plugs in a server of non-resident pages that works inside the host
+    /// kernel's fault path (kvm only; the run fails on emu).
+    pub fn set_page_server(&mut self, server: Arc<dyn PageServer>) {
+        self.page_server = Some(server);
     }
 
     /// Guest RAM (e.g. for a pager to prepare page contents).
@@ -241,10 +249,23 @@ impl Vm {
         let mut self_ = self;
         #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
         if let Some(hv) = self_.kvm.take() {
-            return crate::kvm::run::run(&self_.config, hv, self_.kernel, self_.handler);
+            return crate::kvm::run::run(
+                &self_.config,
+                hv,
+                self_.kernel,
+                self_.handler,
+                self_.page_server,
+            );
         }
         #[cfg(not(all(target_arch = "aarch64", target_os = "linux", feature = "kvm")))]
         let self_ = self;
+        if self_.page_server.is_some() {
+            return Err(VmError::BackendUnavailable {
+                backend: "emu",
+                why: "pages served in the host kernel's fault path need the kvm backend; \
+                      use fault_path = \"vmm\" on emu",
+            });
+        }
         self_.run_emu()
     }
 

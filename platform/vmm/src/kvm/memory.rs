@@ -23,10 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE};
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 use super::KvmError;
 use super::stage1::GuestPhysMem;
+use crate::pager_hook::HostRam;
 
 /// Guest RAM: a contiguous range of guest physical addresses.
 pub struct GuestRam {
@@ -105,6 +106,9 @@ mod uffd {
     }
     pub const IOCTL_API: u64 = iowr(0x3f, size_of::<Api>());
     pub const IOCTL_REGISTER: u64 = iowr(0x00, size_of::<Register>());
+    /// `_IOR(0xAA, 0x01, struct uffdio_range)`.
+    pub const IOCTL_UNREGISTER: u64 =
+        (2 << 30) | ((size_of::<Range>() as u64) << 16) | (0xaa << 8) | 0x01;
     pub const IOCTL_CONTINUE: u64 = iowr(0x07, size_of::<Continue>());
 }
 
@@ -261,6 +265,39 @@ impl GuestRam {
     /// Host address of the guest view (for the memslot).
     pub fn guest_view_addr(&self) -> u64 {
         self.guest_view as u64
+    }
+
+    /// Hands residency over to a page server in the host kernel's fault
+    /// path: the guest view leaves this struct's SIGBUS userfaultfd (so
+    /// the server can register it with its own, where faults wait instead
+    /// of failing `KVM_RUN`), and both views are returned. Pages withheld
+    /// through [`Self::set_resident`] before this stay unmapped.
+    pub fn hand_over_residency(&self) -> Result<HostRam, KvmError> {
+        let mut range = uffd::Range {
+            start: self.guest_view as u64,
+            len: self.size,
+        };
+        // SAFETY: UFFDIO_UNREGISTER of exactly the range registered in
+        // `new`, with a properly sized struct.
+        if unsafe {
+            libc::ioctl(
+                self.uffd.as_raw_fd(),
+                uffd::IOCTL_UNREGISTER as _,
+                &mut range,
+            )
+        } != 0
+        {
+            return Err(os_err("UFFDIO_UNREGISTER(guest view of RAM)"));
+        }
+        let vmm_view = self
+            .vmm_view
+            .get_host_address(GuestAddress(self.base))
+            .map_err(|e| KvmError::Memory(format!("the VMM view of RAM: {e}")))?;
+        Ok(HostRam {
+            guest_view: self.guest_view,
+            vmm_view,
+            len: self.size as usize,
+        })
     }
 
     fn page_index(&self, ipa: u64) -> Option<u64> {
@@ -494,6 +531,65 @@ mod tests {
         for i in (0..pages).step_by(2) {
             ram.set_resident(0x4000_0000 + i * PAGE_SIZE, true).unwrap();
         }
+    }
+
+    /// Registers the guest view of `ram` for minor faults with a new
+    /// userfaultfd (as a page server does); the errno, or 0.
+    fn register_with_new_uffd(ram: &GuestRam) -> i32 {
+        // SAFETY: the userfaultfd system call with flags only.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut api = uffd::Api {
+            api: uffd::API,
+            features: 0,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API with a properly sized struct.
+        assert_eq!(
+            unsafe { libc::ioctl(fd.as_raw_fd(), uffd::IOCTL_API as _, &mut api) },
+            0
+        );
+        let mut register = uffd::Register {
+            range: uffd::Range {
+                start: ram.guest_view_addr(),
+                len: ram.size(),
+            },
+            mode: uffd::REGISTER_MODE_MINOR,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER of the guest view `ram` owns; the
+        // registration ends with `fd`, dropped on return.
+        match unsafe { libc::ioctl(fd.as_raw_fd(), uffd::IOCTL_REGISTER as _, &mut register) } {
+            0 => 0,
+            _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+        }
+    }
+
+    #[test]
+    fn residency_hands_over_to_a_page_server() {
+        let ram = GuestRam::new(0x4000_0000, 8 * PAGE_SIZE).unwrap();
+        assert_eq!(register_with_new_uffd(&ram), libc::EBUSY);
+        let host = ram.hand_over_residency().unwrap();
+        assert_eq!(host.len, 8 * PAGE_SIZE as usize);
+        assert_eq!(host.guest_view as u64, ram.guest_view_addr());
+        // The two views returned are the same memory.
+        ram.memory()
+            .write_obj(0x1234_u64, GuestAddress(0x4000_0000 + PAGE_SIZE))
+            .unwrap();
+        // SAFETY: an aligned word inside the mapped guest view.
+        let seen = unsafe { *host.guest_view.add(PAGE_SIZE as usize).cast::<u64>() };
+        assert_eq!(seen, 0x1234);
+        // SAFETY: an aligned word inside the VMM view.
+        unsafe { *host.vmm_view.add(16).cast::<u64>() = 9 };
+        assert_eq!(
+            ram.memory()
+                .read_obj::<u64>(GuestAddress(0x4000_0010))
+                .unwrap(),
+            9
+        );
+        assert_eq!(register_with_new_uffd(&ram), 0);
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! [`Machine`] (the same device and hypercall code as the emu backend). A
 //! not-resident fault is sent to the control thread, which asks the handler
 //! and answers when the page may be retried; the faulting vCPU waits (the
-//! synchronous baseline; the other vCPUs keep running). Time on this
-//! backend is host time since the start of the run.
+//! synchronous baseline; the other vCPUs keep running). With a
+//! [`PageServer`] instead, a vCPU touching a non-resident page blocks in the
+//! host kernel and the server's threads answer; the control thread only
+//! watches for the server's failure. Time on this backend is host time since
+//! the start of the run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use crate::hypervisor::{Hypervisor, HypervisorError, NotResidentFault, Vcpu, VmE
 use crate::loader::LoadedKernel;
 use crate::machine::{Effect, Machine};
 use crate::outcome::{GuestExit, RunOutcome, VmMetrics};
-use crate::pager_hook::{FaultDecision, NotResidentHandler};
+use crate::pager_hook::{FaultDecision, NotResidentHandler, PageServer};
 use crate::vm::VmError;
 
 /// What a vCPU thread tells the control thread.
@@ -51,12 +54,16 @@ struct Stall {
     reply: Sender<Result<(), String>>,
 }
 
+/// How often the control thread checks a page server for a failure.
+const PAGE_SERVER_POLL: Duration = Duration::from_millis(10);
+
 /// Runs `hv` (RAM already holding `kernel` and its device tree) to the end.
 pub(crate) fn run(
     config: &VmConfig,
     mut hv: KvmHypervisor,
     kernel: LoadedKernel,
     mut handler: Option<Box<dyn NotResidentHandler>>,
+    server: Option<Arc<dyn PageServer>>,
 ) -> Result<RunOutcome, VmError> {
     let n = config.vcpus;
     let machine = Arc::new(Machine::new(n, hv.memory().clone(), config.echo_console));
@@ -71,6 +78,15 @@ pub(crate) fn run(
     if let Some(h) = handler.as_mut() {
         h.init(&mut hv).map_err(VmError::Pager)?;
     }
+    if let Some(s) = &server {
+        let ram = hv
+            .ram()
+            .hand_over_residency()
+            .map_err(|e| VmError::Hypervisor(e.into()))?;
+        // SAFETY: both views belong to `hv`'s guest RAM, which lives until
+        // this function returns; `stop` is called before that, below.
+        unsafe { s.start(ram) }.map_err(VmError::Pager)?;
+    }
     let kickers: Vec<KvmVcpuKicker> = vcpus.iter().map(KvmVcpu::kicker).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -83,9 +99,13 @@ pub(crate) fn run(
             let tx = tx.clone();
             let machine = Arc::clone(&machine);
             let stop = Arc::clone(&stop);
+            let server = server.clone();
             std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index()))
                 .spawn_scoped(scope, move || {
+                    if let Some(s) = &server {
+                        s.register_vcpu_thread(vcpu.index());
+                    }
                     vcpu_thread(vcpu, &machine, &stop, started, &tx)
                 })
                 .map_err(|e| HypervisorError::Engine {
@@ -99,6 +119,7 @@ pub(crate) fn run(
             config,
             &mut hv,
             handler.as_deref_mut(),
+            server.as_deref(),
             &rx,
             started,
             &mut stalled_ns,
@@ -108,6 +129,11 @@ pub(crate) fn run(
             if let Err(e) = k.kick() {
                 warn!("kicking a vCPU at the end of the run: {e}");
             }
+        }
+        // A vCPU blocked on a page that will never come (the server
+        // failed) is let through, so that its thread can see the stop.
+        if let Some(s) = &server {
+            s.stop();
         }
         exit
     })?;
@@ -148,6 +174,7 @@ fn control_loop(
     config: &VmConfig,
     hv: &mut KvmHypervisor,
     mut handler: Option<&mut (dyn NotResidentHandler + '_)>,
+    server: Option<&dyn PageServer>,
     rx: &Receiver<Event>,
     started: Instant,
     stalled_ns: &mut [u64],
@@ -172,10 +199,16 @@ fn control_loop(
         if now >= config.max_virtual_ns {
             return Ok(GuestExit::Timeout);
         }
-        let wake = stalls
+        let mut wake = stalls
             .first()
             .map_or(config.max_virtual_ns, |s| s.until_ns)
             .min(config.max_virtual_ns);
+        if let Some(s) = server {
+            if let Some(msg) = s.failure() {
+                return Ok(GuestExit::Crash(format!("page server: {msg}")));
+            }
+            wake = wake.min(now + PAGE_SERVER_POLL.as_nanos() as u64);
+        }
         let event = match rx.recv_timeout(Duration::from_nanos(wake.saturating_sub(now))) {
             Ok(e) => e,
             Err(RecvTimeoutError::Timeout) => continue,
