@@ -214,6 +214,42 @@ fn sync_far_memory_twice_the_resident_limit_keeps_every_page_intact() {
 }
 
 #[test]
+fn injected_store_errors_are_retried_or_stop_the_run_naming_the_page() {
+    let memtouch = workload_config(
+        1,
+        "kind = \"memtouch\"\nmib = 2\npattern = \"seq\"\npasses = 1\nverify = \"store\"",
+    ) + "[pager]\nstore = { kind = \"synthetic\", seed = 5 }\nlatency = { model = \"constant\", us = 10.0 }\ninitially_resident = 0.0\n";
+
+    // Every 7th store read fails once and is retried: the content is still
+    // right, and a retried fetch costs a second latency.
+    let (code, log, r) =
+        run_config(&(memtouch.clone() + "inject_errors = { transient_every = 7 }\n"));
+    assert_eq!(code, Some(0), "{log}");
+    let r = r.unwrap();
+    assert_eq!(u(&r, "/integrity/pages_verified"), 512);
+    assert_eq!(u(&r, "/integrity/mismatches"), 0);
+    assert_eq!(u(&r, "/pager/fetches"), 512);
+    // 512 reads plus the retries, every 7th of them failing: 597 / 7.
+    assert_eq!(u(&r, "/pager/store_retries"), 85, "{:#}", r["pager"]);
+    // (The histogram keeps three significant digits.)
+    let p50 = u(&r, "/pager/fetch_latency/p50_ns");
+    assert!((10_000..10_010).contains(&p50), "{p50}");
+    assert!(u(&r, "/pager/fetch_latency/max_ns") >= 20_000);
+
+    // A page that can never be read stops the run, named; no zero page is
+    // handed to the guest in its place.
+    let (code, log, r) =
+        run_config(&(memtouch + "inject_errors = { permanent = [0x4210_0000] }\n"));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("guest page 0x42100"), "{log}");
+    assert!(log.contains("injected media error"), "{log}");
+    if let Some(r) = r {
+        assert_eq!(r["outcome"]["success"], false);
+        assert_eq!(u(&r, "/integrity/mismatches"), 0);
+    }
+}
+
+#[test]
 fn a_guest_panic_fails_the_run_with_its_message() {
     let image = apflab_artifacts::guest_elf();
     let out = apflab(&[
@@ -278,6 +314,15 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
     assert_bad_config(
         &workload_config(1, "kind = \"memtouch\"\nverify = \"store\""),
         &["workload.verify", "[pager]"],
+    );
+    assert_bad_config(
+        &format!(
+            "{good}[pager]\nstore = {{ kind = \"zero\" }}\ninject_errors = {{ permanent = [0x1000] }}\n"
+        ),
+        &[
+            "pager.inject_errors.permanent = 0x1000",
+            "not in the pager's range",
+        ],
     );
     assert_bad_config(
         &format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\nfault_path = \"guest\"\n"),

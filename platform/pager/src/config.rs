@@ -20,6 +20,7 @@
 //! retries = 3
 //! seed = 1
 //! fault_path = "vmm"                        # or "kernel" (kvm only)
+//! inject_errors = { transient_every = 100, permanent = [0x4300_0000] }
 //! ```
 
 use std::fmt;
@@ -74,6 +75,25 @@ pub struct PagerConfig {
     /// Where a vCPU that touched a non-resident page waits for it.
     #[serde(default)]
     pub fault_path: FaultPath,
+    /// Store reads made to fail (flaky far memory, and the error paths).
+    /// Absent: the store never fails unless it really does.
+    #[serde(default)]
+    pub inject_errors: Option<InjectErrors>,
+}
+
+/// Store read failures injected into a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectErrors {
+    /// Every n-th store read fails transiently: it is retried (up to
+    /// `retries` times), each attempt costing another fetch latency.
+    /// 0: never.
+    #[serde(default)]
+    pub transient_every: u64,
+    /// Guest physical addresses whose pages can never be read: the first
+    /// fault on one stops the run with an error naming the page.
+    #[serde(default)]
+    pub permanent: Vec<u64>,
 }
 
 /// Where a fault on a non-resident page is handled, and so where the
@@ -374,6 +394,7 @@ impl PagerConfig {
             seed: 0,
             dirty_tracking: DirtyTracking::default(),
             fault_path: FaultPath::default(),
+            inject_errors: None,
         }
     }
 
@@ -428,6 +449,19 @@ impl PagerConfig {
             ));
         }
         self.validate_latency()?;
+        for &addr in self.inject_errors.iter().flat_map(|i| &i.permanent) {
+            if range.index(addr / PAGE_SIZE).is_none() {
+                return Err(ConfigError::invalid(
+                    "inject_errors.permanent",
+                    format_args!("{addr:#x}"),
+                    format!(
+                        "not in the pager's range (guest physical {:#x}..{:#x})",
+                        range.first_pfn * PAGE_SIZE,
+                        (range.first_pfn + range.pages) * PAGE_SIZE
+                    ),
+                ));
+            }
+        }
         Ok(range)
     }
 

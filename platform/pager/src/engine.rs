@@ -19,7 +19,9 @@ use crate::config::{ConfigError, DirtyTracking, ManagedRange, PagerConfig, Store
 use crate::latency::{FetchTimeline, LatencyModel};
 use crate::metrics::{MetricsRecorder, PagerMetrics};
 use crate::residency::{PageState, Residency};
-use crate::store::{FileStore, Page, Store, StoreError, SyntheticStore, ZeroStore};
+use crate::store::{
+    FaultInjectingStore, FileStore, Page, Store, StoreError, SyntheticStore, ZeroStore,
+};
 
 /// A validated `[pager]` config with its files opened: what both halves
 /// are built from.
@@ -58,6 +60,14 @@ impl Prepared {
                 })?;
                 Arc::new(store)
             }
+        };
+        let store = match &config.inject_errors {
+            Some(i) => Arc::new(FaultInjectingStore::new(
+                store,
+                i.transient_every,
+                i.permanent.iter().map(|a| a / PAGE_SIZE).collect(),
+            )),
+            None => store,
         };
         let latency = LatencyModel::from_config(&config.latency, base_dir)?;
         Ok(Prepared {

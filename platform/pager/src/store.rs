@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE, RAM_BASE};
 use apflab_abi::pattern;
@@ -56,6 +56,18 @@ pub trait Store: Send + Sync {
     fn write_page(&self, pfn: u64, data: &Page) -> Result<(), StoreError>;
     /// Short description for logs and results (`synthetic(seed=7)`).
     fn describe(&self) -> String;
+}
+
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn read_page(&self, pfn: u64, out: &mut Page) -> Result<(), StoreError> {
+        (**self).read_page(pfn, out)
+    }
+    fn write_page(&self, pfn: u64, data: &Page) -> Result<(), StoreError> {
+        (**self).write_page(pfn, data)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }
 
 /// Written-back pages, each with its write-back version (1 after the first
