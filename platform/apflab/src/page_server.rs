@@ -88,11 +88,10 @@ impl PageServer for KernelPager {
 
     fn stop(&self) {
         let mut state = self.state();
-        if let State::Serving(p) = &*state {
-            let metrics = p.metrics();
-            // Dropping the pager joins its threads and closes the
-            // userfaultfd.
-            *state = State::Done(metrics);
+        if let State::Serving(p) = std::mem::replace(&mut *state, State::Failed) {
+            // Joins the page servers (a fetch in progress completes and is
+            // counted), then closes the userfaultfd.
+            *state = State::Done(p.finish());
         }
     }
 }

@@ -857,10 +857,18 @@ impl UffdPager {
     pub fn metrics(&self) -> PagerMetrics {
         self.shared.engine().metrics()
     }
-}
 
-impl Drop for UffdPager {
-    fn drop(&mut self) {
+    /// Stops serving, as dropping does, and returns the final metrics: a
+    /// fetch a server had begun is finished and counted first.
+    pub fn finish(mut self) -> PagerMetrics {
+        self.shut_down();
+        self.metrics()
+    }
+
+    fn shut_down(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
         self.shared.stop.store(true, Ordering::Release);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a local u64 to our own eventfd.
@@ -870,6 +878,12 @@ impl Drop for UffdPager {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for UffdPager {
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }
 
@@ -1033,10 +1047,13 @@ fn serve_one(
                     evict(s, ev, victim)?;
                 }
                 s.sleep_until(ready);
-                if !s.region.install(req.offset, page, true)? {
+                if !s.region.install(req.offset, page, false)? {
                     tracing::warn!(pfn, "page was already present when its fetch completed");
                 }
+                // Accounted before anyone waiting on the page runs again, so
+                // what a woken thread can observe, the metrics already hold.
                 s.engine().complete(pfn, req.access)?;
+                s.region.wake(req.offset)?;
                 s.record_stall(req.tid, req.at.elapsed().as_nanos() as u64);
                 return Ok(());
             }
