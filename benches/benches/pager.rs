@@ -1,8 +1,10 @@
 //! Pager speed: installing pages through userfaultfd against a plain memcpy
 //! of the same pages (kvm path: `UFFDIO_COPY` into anonymous memory, and the
 //! kvm backend's own layout, a write through the VMM's view of a memfd plus
-//! `UFFDIO_CONTINUE` in the guest's), and the cost of one fault's decision
-//! and bookkeeping in virtual time (emu path).
+//! `UFFDIO_CONTINUE` in the guest's); one fault served by the page-server
+//! threads (the kvm `fault_path = "kernel"` path, with a host thread in the
+//! vCPU's place); and the cost of one fault's decision and bookkeeping in
+//! virtual time (emu path).
 //!
 //! `cargo bench -p apflab-benches --bench pager`
 
@@ -10,7 +12,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use apflab_pager::uffd::{AnonMapping, SharedMapping, UffdRegion};
+use apflab_pager::uffd::{AnonMapping, RamMapping, SharedMapping, UffdPager, UffdRegion};
 use apflab_pager::{
     Access, Begin, ByteSize, FaultEngine, FaultPlan, PagerConfig, Prepared, StoreConfig,
     VirtualPager,
@@ -192,5 +194,111 @@ fn emu_fault(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, install, emu_fault);
+/// Guest RAM of the page-server benchmark: the managed part is what the
+/// toucher sweeps.
+const SERVED_RAM: usize = 64 << 20;
+
+fn served_fault(c: &mut Criterion) {
+    let mut g = c.benchmark_group("page_server_fault");
+    g.throughput(Throughput::Elements(1));
+    for layout in ["anonymous", "shared_file"] {
+        // Zero modeled latency: what is measured is the mechanism (fault
+        // message, reader and server threads, engine, store read, install,
+        // wake-up), with the resident limit forcing an eviction and a
+        // write-back on every fault of the sweep.
+        let mut config = PagerConfig::with_store(StoreConfig::Synthetic { seed: 1 });
+        config.initially_resident = 0.0;
+        config.resident_limit = Some(ByteSize(1 << 20));
+        let p = Prepared::new(&config, SERVED_RAM as u64, Path::new(".")).unwrap();
+        let first = p.range.first_pfn;
+        let pages = p.range.pages as usize;
+        let managed = (first * PAGE as u64 - apflab_abi::memory_map::RAM_BASE) as usize;
+        let (anon, shared);
+        let (ram, touch_base) = match layout {
+            "anonymous" => {
+                anon = AnonMapping::new(SERVED_RAM).unwrap();
+                let m = RamMapping::Anonymous {
+                    addr: anon.as_ptr(),
+                    len: anon.len(),
+                };
+                (m, anon.as_ptr() as usize)
+            }
+            _ => {
+                shared = SharedMapping::new(SERVED_RAM).unwrap();
+                (shared.ram(), shared.guest_ptr() as usize)
+            }
+        };
+        // SAFETY: the mapping outlives the pager (dropped at the end of
+        // this iteration, after it), and only this thread touches it.
+        let pager = unsafe { UffdPager::start(p, ram) }
+            .expect("userfaultfd must be available (run as root)");
+        let mut k = 0usize;
+        g.bench_function(layout, |b| {
+            b.iter(|| {
+                let addr = touch_base + managed + (k % pages) * PAGE;
+                k += 1;
+                // SAFETY: a word of a managed page of the live mapping; the
+                // read blocks until the page server installs the page.
+                black_box(unsafe { std::ptr::read_volatile(addr as *const u64) })
+            })
+        });
+        let m = pager.finish();
+        assert_eq!(m.fetches, k as u64, "every touch of the sweep faulted");
+    }
+
+    // The bare mechanism on the same host: one thread answering each
+    // missing-page fault with UFFDIO_COPY of a fixed page, nothing else.
+    let ram = AnonMapping::new(SERVED_RAM).unwrap();
+    let uffd = std::sync::Arc::new(
+        userfaultfd::UffdBuilder::new()
+            .close_on_exec(true)
+            .user_mode_only(false)
+            .create()
+            .expect("userfaultfd must be available (run as root)"),
+    );
+    uffd.register(ram.as_ptr().cast(), ram.len()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler = {
+        let (uffd, stop) = (uffd.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let page = Box::new([0x5Au8; PAGE]);
+            loop {
+                let Ok(Some(userfaultfd::Event::Pagefault { addr, .. })) = uffd.read_event() else {
+                    continue;
+                };
+                let dst = (addr as usize & !(PAGE - 1)) as *mut std::ffi::c_void;
+                // SAFETY: `dst` is a missing page of the registered mapping,
+                // `page` a 4 KiB source.
+                let _ = unsafe { uffd.copy(page.as_ptr().cast(), dst, PAGE, true) };
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+            }
+        })
+    };
+    let base = ram.as_ptr() as usize;
+    let touch = |off: usize| {
+        // SAFETY: a word of the live mapping; the read blocks until the
+        // handler installs the page.
+        black_box(unsafe { std::ptr::read_volatile((base + off) as *const u64) });
+    };
+    let discard = || {
+        // SAFETY: drops the pages of the mapping this function owns; they
+        // fault again through the userfaultfd.
+        let r = unsafe { libc::madvise(ram.as_ptr().cast(), ram.len(), libc::MADV_DONTNEED) };
+        assert_eq!(r, 0);
+    };
+    g.bench_function("minimal_handler", |b| {
+        b.iter_custom(|iters| cycle(iters, touch, discard))
+    });
+    // One more fault lets the handler see the stop.
+    discard();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    touch(0);
+    handler.join().unwrap();
+    uffd.unregister(ram.as_ptr().cast(), ram.len()).unwrap();
+    g.finish();
+}
+
+criterion_group!(benches, install, served_fault, emu_fault);
 criterion_main!(benches);
