@@ -192,9 +192,11 @@ pub fn markdown(results: &[(PathBuf, RunResult)], sources: &[PathBuf]) -> String
 /// Far-memory columns, for workloads where some run had a pager.
 const PAGER_COLUMNS: &[&str] = &[
     "fetch latency",
+    "injected errors",
     "fetches",
     "refaults",
     "evictions",
+    "store retries",
     "fetch p99 us",
     "stalled ms",
     "task 0 done ms",
@@ -210,25 +212,31 @@ fn pager_cells(r: &RunResult) -> Vec<String> {
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0)
     };
-    let latency = r
-        .config
-        .parsed
-        .pointer("/pager/latency")
-        .map_or_else(String::new, |l| {
-            let mut fields: Vec<String> = l
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| {
-                    format!(
-                        "{k}={}",
-                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                    )
-                })
-                .collect();
-            fields.sort();
-            fields.join(" ")
-        });
+    // A `[pager]` sub-table as `key=value` pairs, sorted.
+    let fields = |ptr: &str| {
+        r.config.parsed.pointer(ptr).map_or_else(
+            || "-".to_owned(),
+            |t| {
+                let mut fields: Vec<String> = t
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={}",
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                        )
+                    })
+                    .collect();
+                fields.sort();
+                if fields.is_empty() {
+                    "-".to_owned()
+                } else {
+                    fields.join(" ")
+                }
+            },
+        )
+    };
     let stalled: u64 = p
         .get("stalled_ns")
         .and_then(serde_json::Value::as_array)
@@ -242,10 +250,12 @@ fn pager_cells(r: &RunResult) -> Vec<String> {
         .and_then(|g| g.task_done_ns.first().copied())
         .map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t as f64 / 1e6));
     vec![
-        latency,
+        fields("/pager/latency"),
+        fields("/pager/inject_errors"),
         n("/fetches").to_string(),
         n("/refaults").to_string(),
         n("/evictions").to_string(),
+        n("/store_retries").to_string(),
         format!("{:.1}", n("/fetch_latency/p99_ns") as f64 / 1e3),
         format!("{:.3}", stalled as f64 / 1e6),
         task0,
