@@ -201,7 +201,11 @@ const SERVED_RAM: usize = 64 << 20;
 fn served_fault(c: &mut Criterion) {
     let mut g = c.benchmark_group("page_server_fault");
     g.throughput(Throughput::Elements(1));
-    for layout in ["anonymous", "shared_file"] {
+    for (name, layout, poll_us) in [
+        ("anonymous", "anonymous", 0),
+        ("shared_file", "shared_file", 0),
+        ("shared_file_server_poll_100us", "shared_file", 100),
+    ] {
         // Zero modeled latency: what is measured is the mechanism (fault
         // message, reader and server threads, engine, store read, install,
         // wake-up), with the resident limit forcing an eviction and a
@@ -209,6 +213,8 @@ fn served_fault(c: &mut Criterion) {
         let mut config = PagerConfig::with_store(StoreConfig::Synthetic { seed: 1 });
         config.initially_resident = 0.0;
         config.resident_limit = Some(ByteSize(1 << 20));
+        config.fault_path = apflab_pager::FaultPath::Kernel;
+        config.server_poll_us = poll_us;
         let p = Prepared::new(&config, SERVED_RAM as u64, Path::new(".")).unwrap();
         let first = p.range.first_pfn;
         let pages = p.range.pages as usize;
@@ -233,7 +239,7 @@ fn served_fault(c: &mut Criterion) {
         let pager = unsafe { UffdPager::start(p, ram) }
             .expect("userfaultfd must be available (run as root)");
         let mut k = 0usize;
-        g.bench_function(layout, |b| {
+        g.bench_function(name, |b| {
             b.iter(|| {
                 let addr = touch_base + managed + (k % pages) * PAGE;
                 k += 1;

@@ -325,6 +325,10 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
         ],
     );
     assert_bad_config(
+        &format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\nserver_poll_us = 50\n"),
+        &["pager.server_poll_us = 50", "kernel fault path"],
+    );
+    assert_bad_config(
         &format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\nfault_path = \"guest\"\n"),
         &["test.toml:", "fault_path", "guest"],
     );

@@ -20,6 +20,7 @@
 //! retries = 3
 //! seed = 1
 //! fault_path = "vmm"                        # or "kernel" (kvm only)
+//! server_poll_us = 0                        # kernel fault path: busy-poll before blocking
 //! inject_errors = { transient_every = 100, permanent = [0x4300_0000] }
 //! ```
 
@@ -75,6 +76,12 @@ pub struct PagerConfig {
     /// Where a vCPU that touched a non-resident page waits for it.
     #[serde(default)]
     pub fault_path: FaultPath,
+    /// Kernel fault path: how long (µs) a page server keeps polling the
+    /// userfaultfd before it blocks, as KVM's `halt_poll_ns` does for vCPUs.
+    /// A fault arriving meanwhile costs no thread wake-up on the server's
+    /// side, at the price of a busy host CPU. Default 0: block at once.
+    #[serde(default)]
+    pub server_poll_us: u64,
     /// Store reads made to fail (flaky far memory, and the error paths).
     /// Absent: the store never fails unless it really does.
     #[serde(default)]
@@ -394,6 +401,7 @@ impl PagerConfig {
             seed: 0,
             dirty_tracking: DirtyTracking::default(),
             fault_path: FaultPath::default(),
+            server_poll_us: 0,
             inject_errors: None,
         }
     }
@@ -449,6 +457,21 @@ impl PagerConfig {
             ));
         }
         self.validate_latency()?;
+        if self.server_poll_us > 0 && self.fault_path != FaultPath::Kernel {
+            return Err(ConfigError::invalid(
+                "server_poll_us",
+                self.server_poll_us,
+                "only the kernel fault path (fault_path = \"kernel\") has page-server threads \
+                 to poll",
+            ));
+        }
+        if self.server_poll_us > 1_000_000 {
+            return Err(ConfigError::invalid(
+                "server_poll_us",
+                self.server_poll_us,
+                "at most 1000000 (one second of busy polling per fault)",
+            ));
+        }
         for &addr in self.inject_errors.iter().flat_map(|i| &i.permanent) {
             if range.index(addr / PAGE_SIZE).is_none() {
                 return Err(ConfigError::invalid(

@@ -651,6 +651,8 @@ struct Shared {
     failure: Mutex<Option<PagerError>>,
     failed: Condvar,
     stop: AtomicBool,
+    /// How long the server holding the turn busy-polls before blocking.
+    poll_for: Duration,
 }
 
 impl Shared {
@@ -770,6 +772,7 @@ impl UffdPager {
             failure: Mutex::new(None),
             failed: Condvar::new(),
             stop: AtomicBool::new(false),
+            poll_for: Duration::from_micros(prepared.config.server_poll_us),
         });
         // SAFETY: eventfd creates a new descriptor; on success we own it.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -912,6 +915,7 @@ fn next_request(s: &Shared, stop_fd: i32) -> Option<Request> {
             revents: 0,
         },
     ];
+    let mut polling_since: Option<Instant> = None;
     loop {
         if s.stop.load(Ordering::Acquire) {
             return None;
@@ -948,7 +952,15 @@ fn next_request(s: &Shared, stop_fd: i32) -> Option<Request> {
                 return None;
             }
         }
-        // Nothing pending: wait for a fault or the stop.
+        // Nothing pending: keep polling for `poll_for`, then wait for a
+        // fault or the stop.
+        if !s.poll_for.is_zero() {
+            let since = *polling_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < s.poll_for {
+                std::hint::spin_loop();
+                continue;
+            }
+        }
         // SAFETY: `fds` is a valid array of two pollfds for the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {

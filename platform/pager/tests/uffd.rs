@@ -183,6 +183,30 @@ fn missing_pages_are_served_with_store_content(layout: Layout) {
     assert!(g.pager.failure().is_none());
 }
 
+fn busy_polling_servers_serve_every_page_with_its_content(layout: Layout) {
+    let mut c = config();
+    c.fault_path = apflab_pager::FaultPath::Kernel;
+    c.server_poll_us = 200;
+    c.resident_limit = Some(ByteSize(32 * 4096));
+    let g = Guest::new(layout, &c);
+    let first = g.first_pfn();
+    let ram = g.ram.clone();
+    let bad = std::thread::spawn(move || {
+        (0..2)
+            .flat_map(|_| 0..300)
+            .filter(|&k| {
+                read_word(word_addr(&ram, k, 3)) != synthetic_word(SEED, first + k as u64, 0, 3)
+            })
+            .count()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(bad, 0);
+    let m = g.pager.metrics();
+    assert_eq!(m.fetches, 600);
+    assert_eq!(m.refaults, 300);
+}
+
 fn initially_resident_pages_are_present_with_content(layout: Layout) {
     let mut c = config();
     c.initially_resident = 0.5;
@@ -327,3 +351,4 @@ on_both_layouts!(eviction_keeps_the_limit_and_written_data_survives);
 on_both_layouts!(concurrent_touches_of_the_same_pages_fetch_each_once);
 on_both_layouts!(latency_is_applied_as_real_delay);
 on_both_layouts!(permanent_store_error_names_the_page_and_never_fills_zeros);
+on_both_layouts!(busy_polling_servers_serve_every_page_with_its_content);
