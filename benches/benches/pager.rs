@@ -68,24 +68,30 @@ fn install(c: &mut Criterion) {
         })
     });
 
-    // UFFDIO_COPY into a registered region of missing pages.
+    // Installs into a registered region whose pages are all absent.
+    let mut bench_install = |name: &str, region: &UffdRegion| {
+        region.discard(0, region.len()).unwrap();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                cycle(
+                    iters,
+                    |off| {
+                        let installed = region.install(off, &src, false).unwrap();
+                        debug_assert!(installed);
+                    },
+                    || region.discard(0, region.len()).unwrap(),
+                )
+            })
+        });
+    };
+
+    // UFFDIO_COPY into private anonymous memory.
     let ram = AnonMapping::new(REGION_PAGES * PAGE).unwrap();
     // SAFETY: `ram` is a private anonymous mapping that outlives `region`
     // (declared before it, dropped after), and no other thread touches it.
     let region = unsafe { UffdRegion::register(ram.as_ptr(), ram.len()) }
         .expect("userfaultfd must be available (run as root)");
-    g.bench_function("uffdio_copy", |b| {
-        b.iter_custom(|iters| {
-            cycle(
-                iters,
-                |off| {
-                    let installed = region.install(off, &src, false).unwrap();
-                    debug_assert!(installed);
-                },
-                || region.discard(0, region.len()).unwrap(),
-            )
-        })
-    });
+    bench_install("uffdio_copy", &region);
     drop(region);
     drop(ram);
 
@@ -97,19 +103,7 @@ fn install(c: &mut Criterion) {
     let region =
         unsafe { UffdRegion::register_shared(shared.guest_ptr(), shared.vmm_ptr(), shared.len()) }
             .expect("userfaultfd must be available (run as root)");
-    region.discard(0, region.len()).unwrap();
-    g.bench_function("memfd_uffdio_continue", |b| {
-        b.iter_custom(|iters| {
-            cycle(
-                iters,
-                |off| {
-                    let installed = region.install(off, &src, false).unwrap();
-                    debug_assert!(installed);
-                },
-                || region.discard(0, region.len()).unwrap(),
-            )
-        })
-    });
+    bench_install("memfd_uffdio_continue", &region);
     g.finish();
     drop(region);
     drop(shared);

@@ -505,44 +505,39 @@ impl UffdRegion {
     /// already there (with `UFFDIO_COPY` nothing is overwritten).
     pub fn install(&self, offset: usize, page: &Page, wake: bool) -> Result<bool, UffdError> {
         let dst = self.page_ptr(offset)?;
-        if let Some(vmm) = self.vmm_view {
-            // SAFETY: the same page in the VMM's view, which the
-            // registration contract keeps mapped; the guest's view does not
-            // map it, so no guest access sees the write half done.
-            unsafe {
-                std::ptr::copy_nonoverlapping(page.as_ptr(), (vmm + offset) as *mut u8, PAGE)
-            };
-            return match self.uffd.r#continue(dst, PAGE, wake) {
-                Ok(_) => Ok(true),
-                Err(userfaultfd::Error::SystemError(e)) if e as i32 == libc::EEXIST => {
-                    if wake {
-                        self.wake(offset)?;
-                    }
-                    Ok(false)
-                }
-                Err(source) => Err(UffdError::Ioctl {
-                    op: "UFFDIO_CONTINUE",
-                    offset,
-                    source,
-                }),
-            };
-        }
-        // SAFETY: `dst` is a page of the registered range (checked above),
-        // which the registration contract keeps mapped; `page` is a valid
-        // 4 KiB source. UFFDIO_COPY only fills a missing page atomically.
-        match unsafe { self.uffd.copy(page.as_ptr().cast(), dst, PAGE, wake) } {
-            Ok(_) => Ok(true),
-            Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
+        let (op, result) = match self.vmm_view {
+            Some(vmm) => {
+                // SAFETY: the same page in the VMM's view, which the
+                // registration contract keeps mapped. The pager installs
+                // only pages it holds absent, which the guest's view does
+                // not map, so no guest access sees the write half done.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(page.as_ptr(), (vmm + offset) as *mut u8, PAGE)
+                };
+                let r = self.uffd.r#continue(dst, PAGE, wake).map(drop);
+                ("UFFDIO_CONTINUE", r)
+            }
+            // SAFETY: `dst` is a page of the registered range (checked
+            // above), which the registration contract keeps mapped; `page`
+            // is a valid 4 KiB source. UFFDIO_COPY only fills a missing page
+            // atomically.
+            None => ("UFFDIO_COPY", unsafe {
+                self.uffd
+                    .copy(page.as_ptr().cast(), dst, PAGE, wake)
+                    .map(drop)
+            }),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(userfaultfd::Error::CopyFailed(e) | userfaultfd::Error::SystemError(e))
+                if e as i32 == libc::EEXIST =>
+            {
                 if wake {
                     self.wake(offset)?;
                 }
                 Ok(false)
             }
-            Err(source) => Err(UffdError::Ioctl {
-                op: "UFFDIO_COPY",
-                offset,
-                source,
-            }),
+            Err(source) => Err(UffdError::Ioctl { op, offset, source }),
         }
     }
 

@@ -99,16 +99,19 @@ mod uffd {
     /// Bit of UFFDIO_CONTINUE in `Register::ioctls`.
     pub const IOCTL_CONTINUE_BIT: u64 = 1 << 0x07;
 
-    /// `_IOWR(0xAA, nr, size)`: the same encoding on every architecture
-    /// apflab builds for (asm-generic ioctl.h).
+    /// `_IOC(dir, 0xAA, nr, size)`: the same encoding on every
+    /// architecture apflab builds for (asm-generic ioctl.h).
+    const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+        (dir << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
+    }
+    /// `_IOWR(0xAA, nr, size)`.
     const fn iowr(nr: u64, size: usize) -> u64 {
-        (3 << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
+        ioc(3, nr, size)
     }
     pub const IOCTL_API: u64 = iowr(0x3f, size_of::<Api>());
     pub const IOCTL_REGISTER: u64 = iowr(0x00, size_of::<Register>());
     /// `_IOR(0xAA, 0x01, struct uffdio_range)`.
-    pub const IOCTL_UNREGISTER: u64 =
-        (2 << 30) | ((size_of::<Range>() as u64) << 16) | (0xaa << 8) | 0x01;
+    pub const IOCTL_UNREGISTER: u64 = ioc(2, 0x01, size_of::<Range>());
     pub const IOCTL_CONTINUE: u64 = iowr(0x07, size_of::<Continue>());
 }
 
