@@ -119,12 +119,16 @@ impl MetricsRecorder {
         m.fetch_latency = if h.is_empty() {
             LatencySummary::default()
         } else {
+            // The histogram answers with the top of a bucket (three
+            // significant digits), which can lie above the largest latency
+            // recorded; no percentile is reported above the exact maximum.
+            let at = |q| h.value_at_quantile(q).min(self.max_latency);
             LatencySummary {
                 count: h.len(),
                 mean_ns: h.mean(),
-                p50_ns: h.value_at_quantile(0.5),
-                p90_ns: h.value_at_quantile(0.9),
-                p99_ns: h.value_at_quantile(0.99),
+                p50_ns: at(0.5),
+                p90_ns: at(0.9),
+                p99_ns: at(0.99),
                 max_ns: self.max_latency,
             }
         };
@@ -157,5 +161,16 @@ mod tests {
         assert_eq!(l.max_ns, 1_000_000);
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["fetch_latency"]["count"], 1000);
+    }
+
+    #[test]
+    fn no_percentile_lies_above_the_maximum() {
+        let mut r = MetricsRecorder::default();
+        // 50 µs falls inside a histogram bucket whose top is above it.
+        for _ in 0..10 {
+            r.record_latency(50_000);
+        }
+        let l = r.snapshot(0).fetch_latency;
+        assert_eq!((l.p50_ns, l.p99_ns, l.max_ns), (50_000, 50_000, 50_000));
     }
 }
