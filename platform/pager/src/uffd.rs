@@ -192,9 +192,16 @@ impl Drop for AnonMapping {
 /// layout of the kvm backend's guest RAM. For tests and benchmarks of the
 /// [`RamMapping::SharedFile`] layout.
 pub struct SharedMapping {
-    guest: AnonMapping,
-    vmm: AnonMapping,
+    guest: NonNull<u8>,
+    vmm: NonNull<u8>,
+    len: usize,
 }
+
+// SAFETY: as for `AnonMapping`: plain memory owned by this value, reached
+// only through raw pointers with their own SAFETY notes.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above; `&SharedMapping` only hands out the addresses.
+unsafe impl Sync for SharedMapping {}
 
 impl SharedMapping {
     /// Creates a zeroed memfd of `len` bytes (rounded up to pages) and maps
@@ -211,7 +218,7 @@ impl SharedMapping {
         // SAFETY: a fresh descriptor nobody else owns.
         let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(len as u64).map_err(os("ftruncate"))?;
-        let map = || -> Result<AnonMapping, UffdError> {
+        let map = || -> Result<NonNull<u8>, UffdError> {
             // SAFETY: a new shared mapping of the memfd at an address of the
             // kernel's choosing; the mapping keeps the file referenced.
             let p = unsafe {
@@ -227,18 +234,23 @@ impl SharedMapping {
             if p == libc::MAP_FAILED {
                 return Err(os("mmap(memfd)")(std::io::Error::last_os_error()));
             }
-            Ok(AnonMapping {
-                addr: NonNull::new(p.cast())
-                    .ok_or_else(|| os("mmap(memfd)")(std::io::Error::other("returned NULL")))?,
-                len,
-            })
+            NonNull::new(p.cast())
+                .ok_or_else(|| os("mmap(memfd)")(std::io::Error::other("returned NULL")))
         };
-        let (guest, vmm) = (map()?, map()?);
+        let guest = map()?;
+        let vmm = match map() {
+            Ok(v) => v,
+            Err(e) => {
+                // SAFETY: unmaps the view mapped just above, nothing else.
+                unsafe { libc::munmap(guest.as_ptr().cast(), len) };
+                return Err(e);
+            }
+        };
         // The page cache holds every page from the start, as in the kvm
         // backend, so the guest's view raises minor faults only.
-        // SAFETY: writes zeros to the VMM view this value owns.
+        // SAFETY: writes zeros to the VMM view mapped above.
         unsafe { std::ptr::write_bytes(vmm.as_ptr(), 0, len) };
-        Ok(SharedMapping { guest, vmm })
+        Ok(SharedMapping { guest, vmm, len })
     }
 
     /// The guest's view.
@@ -253,12 +265,12 @@ impl SharedMapping {
 
     /// Length of each view.
     pub fn len(&self) -> usize {
-        self.guest.len
+        self.len
     }
 
     /// Whether the mapping is empty (never: at least one page).
     pub fn is_empty(&self) -> bool {
-        self.guest.len == 0
+        self.len == 0
     }
 
     /// This mapping as the pager takes it.
@@ -267,6 +279,15 @@ impl SharedMapping {
             guest: self.guest_ptr(),
             vmm: self.vmm_ptr(),
             len: self.len(),
+        }
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        for view in [self.guest, self.vmm] {
+            // SAFETY: unmaps exactly the views this value mapped and owns.
+            unsafe { libc::munmap(view.as_ptr().cast(), self.len) };
         }
     }
 }
