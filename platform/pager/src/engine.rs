@@ -120,6 +120,15 @@ pub enum PagerError {
         /// One past the last managed frame.
         end: u64,
     },
+    /// The host interface pages are served through failed (a userfaultfd
+    /// read or ioctl): the pages it was serving stay absent.
+    #[error("{what}: {detail}")]
+    Host {
+        /// Which operation.
+        what: &'static str,
+        /// The error, with the guest page where there is one.
+        detail: String,
+    },
     /// The backend broke the protocol (a call out of order); a VMM bug.
     #[error("guest page {pfn:#x}: {what}")]
     Protocol {

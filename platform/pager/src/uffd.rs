@@ -964,7 +964,10 @@ fn next_request(s: &Shared, stop_fd: i32) -> Option<Request> {
             Ok(None) => {}
             Err(userfaultfd::Error::SystemError(e)) if e as i32 == libc::EAGAIN => {}
             Err(e) => {
-                tracing::error!(error = %e, "reading the userfaultfd failed");
+                s.fail(PagerError::Host {
+                    what: "reading the userfaultfd",
+                    detail: e.to_string(),
+                });
                 return None;
             }
         }
@@ -979,9 +982,15 @@ fn next_request(s: &Shared, stop_fd: i32) -> Option<Request> {
         }
         // SAFETY: `fds` is a valid array of two pollfds for the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            tracing::error!(error = %std::io::Error::last_os_error(), "poll on the userfaultfd failed");
-            return None;
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                s.fail(PagerError::Host {
+                    what: "polling the userfaultfd",
+                    detail: e.to_string(),
+                });
+                return None;
+            }
         }
         if fds[1].revents != 0 {
             return None;
@@ -1005,14 +1014,10 @@ fn serve(s: &Shared, turn: &Mutex<()>, stop_fd: i32) {
         if let Err(e) = serve_one(s, &req, &mut page, &mut victim) {
             match e {
                 UffdError::Pager(p) => s.fail(p),
-                other => {
-                    let pfn = s.pfn(req.offset);
-                    tracing::error!(pfn, error = %other, "serving a page failed");
-                    s.fail(PagerError::Protocol {
-                        pfn,
-                        what: "userfaultfd operation failed (see the log)",
-                    });
-                }
+                other => s.fail(PagerError::Host {
+                    what: "serving a page through userfaultfd",
+                    detail: format!("guest page {:#x}: {other}", s.pfn(req.offset)),
+                }),
             }
         }
     }
