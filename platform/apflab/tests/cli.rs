@@ -214,6 +214,42 @@ fn sync_far_memory_twice_the_resident_limit_keeps_every_page_intact() {
 }
 
 #[test]
+fn post_copy_from_an_image_keeps_the_guests_writes_across_evictions() {
+    // A guest RAM image (sparse: all zeros) as the store, nothing resident
+    // at start, a quarter of the working set resident at most: the guest's
+    // own writes must come back from the store's write-back overlay.
+    let dir = tempfile::tempdir().unwrap();
+    let image = std::fs::File::create(dir.path().join("ram.img")).unwrap();
+    image.set_len(64 << 20).unwrap();
+    let config = workload_config(
+        1,
+        "kind = \"memtouch\"\nmib = 4\npattern = \"random\"\npasses = 3\nverify = \"self\"",
+    ) + "[pager]\nstore = { kind = \"file\", path = \"ram.img\" }\nresident_limit = \"1 MiB\"\ninitially_resident = 0.0\n";
+    let path = dir.path().join("test.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, log, r) = run_file(&path, dir.path());
+    assert_eq!(code, Some(0), "{log}");
+    let r = r.unwrap();
+    assert!(
+        u(&r, "/integrity/pages_verified") > 0,
+        "{:#}",
+        r["integrity"]
+    );
+    assert_eq!(u(&r, "/integrity/mismatches"), 0);
+    assert!(u(&r, "/pager/refaults") > 0, "{:#}", r["pager"]);
+    assert!(u(&r, "/pager/write_backs") > 0);
+    assert!(u(&r, "/pager/resident_high_water_bytes") <= 1 << 20);
+    // A short image is refused before any VM is built.
+    std::fs::File::create(dir.path().join("ram.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let (code, log, _) = run_file(&path, dir.path());
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("pager.store.path"), "{log}");
+}
+
+#[test]
 fn injected_store_errors_are_retried_or_stop_the_run_naming_the_page() {
     let memtouch = workload_config(
         1,
