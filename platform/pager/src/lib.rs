@@ -72,7 +72,12 @@
 //! 4. `pager.metrics()` ([`PagerMetrics`], `Serialize`) goes into the
 //!    results JSON under `pager`.
 //!
-//! **kvm (real time)**, [`uffd::UffdPager`] (Linux): hand it the host
+//! The same half serves the kvm backend's `fault_path = "vmm"`, with host
+//! time in place of virtual time: the fault exits to the VMM, which stalls
+//! the vCPU until `ready_at_ns`.
+//!
+//! **kvm, `fault_path = "kernel"` (real time)**, [`uffd::UffdPager`]
+//! (Linux): hand it the host
 //! mapping of guest RAM ([`uffd::RamMapping`]; the part above the workload
 //! offset is registered with userfaultfd). Absent pages are unmapped, so a
 //! vCPU (or any thread) touching one blocks in the kernel; the pager's
@@ -84,8 +89,8 @@
 //! stall time to vCPUs.
 //!
 //! All decisions (which page, which victim, when ready) are made by the
-//! shared [`FaultEngine`], so both backends behave the same for the same
-//! config and seed.
+//! shared [`FaultEngine`], so every backend and fault path makes the same
+//! ones for the same config, seed and order of faults.
 
 pub mod config;
 pub mod emu;
