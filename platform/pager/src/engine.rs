@@ -200,7 +200,7 @@ pub struct FaultEngine {
 
 impl FaultEngine {
     /// Builds the engine; the initially resident pages are chosen here
-    /// (see [`FaultEngine::initially_resident`]).
+    /// (see [`FaultEngine::resident_pfns`]).
     pub fn new(p: &Prepared) -> Self {
         let c = &p.config;
         let pages = p.range.pages as usize;

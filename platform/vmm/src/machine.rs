@@ -180,7 +180,9 @@ impl Machine {
         self.lock().gic.signalled(vcpu)
     }
 
-    /// Takes the wake-up hint of `vcpu` (see [`State::wake_hints`]).
+    /// Takes the wake-up hint of `vcpu`: the earliest virtual time at which
+    /// another vCPU sent it an interrupt since it last ran (a halted vCPU
+    /// wakes no earlier).
     pub fn take_wake_hint(&self, vcpu: u32) -> Option<u64> {
         self.lock()
             .wake_hints

@@ -1,6 +1,6 @@
 //! The arm64 KVM backend.
 //!
-//! The backend proper ([`KvmHypervisor`], [`KvmVcpu`]: VM, memslots,
+//! The backend proper (`KvmHypervisor`, `KvmVcpu`: VM, memslots,
 //! in-kernel vGICv3 and PSCI, exception and PPI injection, kicking) exists
 //! only on aarch64 Linux with the `kvm` feature. The logic that finds the
 //! guest page behind a `KVM_RUN` → `EFAULT` ([`fault_site`], built on
