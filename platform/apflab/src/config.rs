@@ -4,7 +4,7 @@
 //! Parsing happens in two steps. [`RawConfig`] mirrors the file exactly
 //! (`deny_unknown_fields` everywhere, every checked value wrapped in
 //! [`Spanned`] so a semantic error can point at its line and column);
-//! [`Config::from_raw`] then validates it and fills in defaults. Every error
+//! `Config::from_raw` then validates it and fills in defaults. Every error
 //! names the file, the position and the dotted key.
 
 use std::path::{Path, PathBuf};
@@ -69,7 +69,7 @@ pub struct RawGuest {
 }
 
 /// The `[workload]` section as written. All parameters are optional; which
-/// ones apply depends on `kind` (checked in [`Config::from_raw`]).
+/// ones apply depends on `kind` (checked in `Config::from_raw`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWorkload {
