@@ -18,10 +18,11 @@
 //! any number of pages can be withheld at once.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE};
+use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
@@ -39,7 +40,7 @@ pub struct GuestRam {
     /// are withheld).
     file: File,
     /// The userfaultfd the guest view is registered with.
-    uffd: OwnedFd,
+    uffd: Uffd,
     /// One bit per page, set = withheld from the guest.
     withheld: Vec<AtomicU64>,
 }
@@ -58,92 +59,35 @@ fn os_err(op: impl Into<String>) -> KvmError {
     }
 }
 
-/// The userfaultfd ABI (linux/userfaultfd.h), used through `libc` so that
-/// the cross build of the VMM needs no C headers.
-mod uffd {
-    /// `struct uffdio_range`.
-    #[repr(C)]
-    pub struct Range {
-        pub start: u64,
-        pub len: u64,
+fn uffd_err(op: impl Into<String>, e: userfaultfd::Error) -> KvmError {
+    let errno = match e {
+        userfaultfd::Error::SystemError(errno) => std::io::Error::from_raw_os_error(errno as i32),
+        other => std::io::Error::other(other.to_string()),
+    };
+    KvmError::Ioctl {
+        op: op.into(),
+        errno,
     }
-
-    /// `struct uffdio_api`.
-    #[repr(C)]
-    pub struct Api {
-        pub api: u64,
-        pub features: u64,
-        pub ioctls: u64,
-    }
-
-    /// `struct uffdio_register`.
-    #[repr(C)]
-    pub struct Register {
-        pub range: Range,
-        pub mode: u64,
-        pub ioctls: u64,
-    }
-
-    /// `struct uffdio_continue`.
-    #[repr(C)]
-    pub struct Continue {
-        pub range: Range,
-        pub mode: u64,
-        pub mapped: i64,
-    }
-
-    pub const API: u64 = 0xaa;
-    pub const FEATURE_SIGBUS: u64 = 1 << 7;
-    pub const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
-    pub const REGISTER_MODE_MINOR: u64 = 1 << 2;
-    /// Bit of UFFDIO_CONTINUE in `Register::ioctls`.
-    pub const IOCTL_CONTINUE_BIT: u64 = 1 << 0x07;
-
-    /// `_IOC(dir, 0xAA, nr, size)`: the same encoding on every
-    /// architecture apflab builds for (asm-generic ioctl.h).
-    const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
-        (dir << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
-    }
-    /// `_IOWR(0xAA, nr, size)`.
-    const fn iowr(nr: u64, size: usize) -> u64 {
-        ioc(3, nr, size)
-    }
-    pub const IOCTL_API: u64 = iowr(0x3f, size_of::<Api>());
-    pub const IOCTL_REGISTER: u64 = iowr(0x00, size_of::<Register>());
-    /// `_IOR(0xAA, 0x01, struct uffdio_range)`.
-    pub const IOCTL_UNREGISTER: u64 = ioc(2, 0x01, size_of::<Range>());
-    pub const IOCTL_CONTINUE: u64 = iowr(0x07, size_of::<Continue>());
 }
 
-/// A userfaultfd with SIGBUS on every fault, checked to support minor
-/// faults on shared memory.
-fn new_sigbus_uffd() -> Result<OwnedFd, KvmError> {
-    // SAFETY: the userfaultfd system call with flags only; the result is
-    // checked before use.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-    if fd < 0 {
-        return Err(os_err(
-            "userfaultfd() for guest RAM residency (needs root or vm.unprivileged_userfaultfd=1)",
-        ));
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut api = uffd::Api {
-        api: uffd::API,
-        features: uffd::FEATURE_SIGBUS,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_API with a properly sized, initialised struct.
-    if unsafe { libc::ioctl(uffd.as_raw_fd(), uffd::IOCTL_API as _, &mut api) } != 0 {
-        return Err(os_err("UFFDIO_API(UFFD_FEATURE_SIGBUS)"));
-    }
-    if api.features & uffd::FEATURE_MINOR_SHMEM == 0 {
-        return Err(KvmError::Unsupported(
-            "userfaultfd minor faults on shared memory (Linux 5.14+), which withhold guest pages"
-                .into(),
-        ));
-    }
-    Ok(uffd)
+/// A userfaultfd that raises SIGBUS on every fault instead of waiting for
+/// an answer: a vCPU's access to a withheld page then fails `KVM_RUN` with
+/// `EFAULT`.
+fn new_sigbus_uffd() -> Result<Uffd, KvmError> {
+    UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        // KVM reaches guest memory from kernel mode on the vCPU's behalf.
+        .user_mode_only(false)
+        .require_features(FeatureFlags::SIGBUS)
+        .create()
+        .map_err(|e| {
+            uffd_err(
+                "userfaultfd(SIGBUS) for guest RAM residency (needs root or \
+                 vm.unprivileged_userfaultfd=1)",
+                e,
+            )
+        })
 }
 
 impl GuestRam {
@@ -222,30 +166,21 @@ impl GuestRam {
                 "madvise(guest RAM, {size:#x} bytes, MADV_POPULATE_WRITE)"
             )));
         }
-        let mut register = uffd::Register {
-            range: uffd::Range {
-                start: ram.guest_view as u64,
-                len: size,
-            },
-            mode: uffd::REGISTER_MODE_MINOR,
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_REGISTER of the guest view, which `ram` owns (and
-        // unmaps on drop, which also ends the registration).
-        if unsafe {
-            libc::ioctl(
-                ram.uffd.as_raw_fd(),
-                uffd::IOCTL_REGISTER as _,
-                &mut register,
-            )
-        } != 0
+        // The registration ends when `ram` unmaps the guest view on drop.
+        if let Err(e) = ram
+            .uffd
+            .register_with_mode(ram.guest_view.cast(), len, RegisterMode::MINOR)
         {
-            return Err(os_err("UFFDIO_REGISTER(guest view of RAM, minor faults)"));
-        }
-        if register.ioctls & uffd::IOCTL_CONTINUE_BIT == 0 {
-            return Err(KvmError::Unsupported(
-                "UFFDIO_CONTINUE on the guest RAM mapping".into(),
-            ));
+            return Err(match e {
+                userfaultfd::Error::SystemError(errno) if errno as i32 == libc::EINVAL => {
+                    KvmError::Unsupported(
+                        "userfaultfd minor faults on shared memory (Linux 5.14+), which \
+                         withhold guest pages"
+                            .into(),
+                    )
+                }
+                e => uffd_err("UFFDIO_REGISTER(guest view of RAM, minor faults)", e),
+            });
         }
         Ok(ram)
     }
@@ -276,22 +211,9 @@ impl GuestRam {
     /// of failing `KVM_RUN`), and both views are returned. Pages withheld
     /// through [`Self::set_resident`] before this stay unmapped.
     pub fn hand_over_residency(&self) -> Result<HostRam, KvmError> {
-        let mut range = uffd::Range {
-            start: self.guest_view as u64,
-            len: self.size,
-        };
-        // SAFETY: UFFDIO_UNREGISTER of exactly the range registered in
-        // `new`, with a properly sized struct.
-        if unsafe {
-            libc::ioctl(
-                self.uffd.as_raw_fd(),
-                uffd::IOCTL_UNREGISTER as _,
-                &mut range,
-            )
-        } != 0
-        {
-            return Err(os_err("UFFDIO_UNREGISTER(guest view of RAM)"));
-        }
+        self.uffd
+            .unregister(self.guest_view.cast(), self.size as usize)
+            .map_err(|e| uffd_err("UFFDIO_UNREGISTER(guest view of RAM)", e))?;
         let vmm_view = self
             .vmm_view
             .get_host_address(GuestAddress(self.base))
@@ -361,33 +283,19 @@ impl GuestRam {
     fn uffd_continue(&self, host: u64, ipa: u64) -> Result<(), KvmError> {
         // EAGAIN means the mappings changed meanwhile; it cannot persist.
         for _ in 0..1000 {
-            let mut cont = uffd::Continue {
-                range: uffd::Range {
-                    start: host,
-                    len: PAGE_SIZE,
-                },
-                // Nobody sleeps on a SIGBUS-mode userfaultfd.
-                mode: 0,
-                mapped: 0,
-            };
-            // SAFETY: UFFDIO_CONTINUE on one page of the registered guest
-            // view, with a properly sized struct.
-            let rc =
-                unsafe { libc::ioctl(self.uffd.as_raw_fd(), uffd::IOCTL_CONTINUE as _, &mut cont) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let errno = std::io::Error::last_os_error();
-            match errno.raw_os_error() {
+            // Nobody sleeps on a SIGBUS-mode userfaultfd, so no wake-up is
+            // needed; waking costs nothing either.
+            match self
+                .uffd
+                .r#continue(host as *mut libc::c_void, PAGE_SIZE as usize, true)
+            {
+                Ok(_) => return Ok(()),
                 // Already mapped (a racing access by the kernel itself).
-                Some(libc::EEXIST) => return Ok(()),
-                Some(libc::EAGAIN) => continue,
-                _ => {
-                    return Err(KvmError::Ioctl {
-                        op: format!("UFFDIO_CONTINUE(guest page {ipa:#x})"),
-                        errno,
-                    });
+                Err(userfaultfd::Error::SystemError(e)) if e as i32 == libc::EEXIST => {
+                    return Ok(());
                 }
+                Err(userfaultfd::Error::SystemError(e)) if e as i32 == libc::EAGAIN => {}
+                Err(e) => return Err(uffd_err(format!("UFFDIO_CONTINUE(guest page {ipa:#x})"), e)),
             }
         }
         Err(KvmError::Ioctl {
@@ -539,34 +447,12 @@ mod tests {
     /// Registers the guest view of `ram` for minor faults with a new
     /// userfaultfd (as a page server does); the errno, or 0.
     fn register_with_new_uffd(ram: &GuestRam) -> i32 {
-        // SAFETY: the userfaultfd system call with flags only.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let mut api = uffd::Api {
-            api: uffd::API,
-            features: 0,
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_API with a properly sized struct.
-        assert_eq!(
-            unsafe { libc::ioctl(fd.as_raw_fd(), uffd::IOCTL_API as _, &mut api) },
-            0
-        );
-        let mut register = uffd::Register {
-            range: uffd::Range {
-                start: ram.guest_view_addr(),
-                len: ram.size(),
-            },
-            mode: uffd::REGISTER_MODE_MINOR,
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_REGISTER of the guest view `ram` owns; the
-        // registration ends with `fd`, dropped on return.
-        match unsafe { libc::ioctl(fd.as_raw_fd(), uffd::IOCTL_REGISTER as _, &mut register) } {
-            0 => 0,
-            _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+        let uffd = UffdBuilder::new().close_on_exec(true).create().unwrap();
+        let view = ram.guest_view_addr() as *mut libc::c_void;
+        match uffd.register_with_mode(view, ram.size() as usize, RegisterMode::MINOR) {
+            Ok(_) => 0,
+            Err(userfaultfd::Error::SystemError(errno)) => errno as i32,
+            Err(e) => panic!("{e}"),
         }
     }
 
