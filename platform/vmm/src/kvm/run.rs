@@ -94,25 +94,43 @@ pub(crate) fn run(
     let mut stalled_ns = vec![0u64; n as usize];
     info!(vcpus = n, conduit = ?hv.conduit(), "kvm: starting vCPU threads");
 
+    // Ends the run for every vCPU thread started: a blocked vCPU is kicked
+    // out of KVM_RUN, and one waiting on a page that will never come (the
+    // server failed) is let through, so that its thread sees the stop.
+    let stop_all = || {
+        stop.store(true, Ordering::SeqCst);
+        for k in &kickers {
+            if let Err(e) = k.kick() {
+                warn!("kicking a vCPU at the end of the run: {e}");
+            }
+        }
+        if let Some(s) = &server {
+            s.stop();
+        }
+    };
     let exit = std::thread::scope(|scope| {
         for vcpu in vcpus {
             let tx = tx.clone();
             let machine = Arc::clone(&machine);
             let stop = Arc::clone(&stop);
             let server = server.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index()))
                 .spawn_scoped(scope, move || {
                     if let Some(s) = &server {
                         s.register_vcpu_thread(vcpu.index());
                     }
                     vcpu_thread(vcpu, &machine, &stop, started, &tx)
-                })
-                .map_err(|e| HypervisorError::Engine {
+                });
+            if let Err(e) = spawned {
+                stop_all();
+                return Err(HypervisorError::Engine {
                     backend: "kvm",
                     op: "spawning a vCPU thread".into(),
                     detail: e.to_string(),
-                })?;
+                }
+                .into());
+            }
         }
         drop(tx);
         let exit = control_loop(
@@ -124,17 +142,7 @@ pub(crate) fn run(
             started,
             &mut stalled_ns,
         );
-        stop.store(true, Ordering::SeqCst);
-        for k in &kickers {
-            if let Err(e) = k.kick() {
-                warn!("kicking a vCPU at the end of the run: {e}");
-            }
-        }
-        // A vCPU blocked on a page that will never come (the server
-        // failed) is let through, so that its thread can see the stop.
-        if let Some(s) = &server {
-            s.stop();
-        }
+        stop_all();
         exit
     })?;
 
