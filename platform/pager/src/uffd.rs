@@ -138,29 +138,9 @@ impl AnonMapping {
     /// Maps `len` bytes (rounded up to pages) of zeroed anonymous memory.
     pub fn new(len: usize) -> Result<Self, UffdError> {
         let len = len.div_ceil(PAGE) * PAGE;
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's
-        // choosing; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(UffdError::Os {
-                op: "mmap",
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
         Ok(AnonMapping {
-            addr: NonNull::new(p.cast()).ok_or(UffdError::Os {
-                op: "mmap",
-                source: std::io::Error::other("returned NULL"),
-            })?,
+            addr: mmap(len, flags, -1, "mmap")?,
             len,
         })
     }
@@ -186,6 +166,33 @@ impl Drop for AnonMapping {
         // SAFETY: unmaps exactly the mapping this value created and owns.
         unsafe { libc::munmap(self.addr.as_ptr().cast(), self.len) };
     }
+}
+
+/// A new read-write mapping of `len` bytes at an address of the kernel's
+/// choosing: anonymous with `fd` -1, else of the open file `fd`.
+fn mmap(len: usize, flags: i32, fd: i32, op: &'static str) -> Result<NonNull<u8>, UffdError> {
+    // SAFETY: no address is given, so no existing mapping is affected; the
+    // result is checked before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(UffdError::Os {
+            op,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    NonNull::new(p.cast()).ok_or(UffdError::Os {
+        op,
+        source: std::io::Error::other("returned NULL"),
+    })
 }
 
 /// One memfd mapped twice, shared: the guest's view and the VMM's, the
@@ -218,25 +225,7 @@ impl SharedMapping {
         // SAFETY: a fresh descriptor nobody else owns.
         let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(len as u64).map_err(os("ftruncate"))?;
-        let map = || -> Result<NonNull<u8>, UffdError> {
-            // SAFETY: a new shared mapping of the memfd at an address of the
-            // kernel's choosing; the mapping keeps the file referenced.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    file.as_raw_fd(),
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(os("mmap(memfd)")(std::io::Error::last_os_error()));
-            }
-            NonNull::new(p.cast())
-                .ok_or_else(|| os("mmap(memfd)")(std::io::Error::other("returned NULL")))
-        };
+        let map = || mmap(len, libc::MAP_SHARED, file.as_raw_fd(), "mmap(memfd)");
         let guest = map()?;
         let vmm = match map() {
             Ok(v) => v,
