@@ -55,8 +55,14 @@ impl KernelPager {
 impl PageServer for KernelPager {
     unsafe fn start(&self, ram: HostRam) -> Result<(), String> {
         let mut state = self.state();
-        let State::Ready(prepared) = std::mem::replace(&mut *state, State::Failed) else {
-            return Err("the page server was started twice".into());
+        let prepared = match std::mem::replace(&mut *state, State::Failed) {
+            State::Ready(p) => p,
+            other => {
+                // A pager already serving must not be dropped here: that
+                // would let its blocked vCPUs through.
+                *state = other;
+                return Err("the page server was started twice".into());
+            }
         };
         let mapping = RamMapping::SharedFile {
             guest: ram.guest_view,
@@ -88,10 +94,12 @@ impl PageServer for KernelPager {
 
     fn stop(&self) {
         let mut state = self.state();
-        if let State::Serving(p) = std::mem::replace(&mut *state, State::Failed) {
+        *state = match std::mem::replace(&mut *state, State::Failed) {
             // Joins the page servers (a fetch in progress completes and is
             // counted), then closes the userfaultfd.
-            *state = State::Done(p.finish());
-        }
+            State::Serving(p) => State::Done(p.finish()),
+            // Stopping twice keeps what the first stop recorded.
+            other => other,
+        };
     }
 }
