@@ -210,9 +210,8 @@ fn served_fault(c: &mut Criterion) {
         config.fault_path = apflab_pager::FaultPath::Kernel;
         config.server_poll_us = poll_us;
         let p = Prepared::new(&config, SERVED_RAM as u64, Path::new(".")).unwrap();
-        let first = p.range.first_pfn;
         let pages = p.range.pages as usize;
-        let managed = (first * PAGE as u64 - apflab_abi::memory_map::RAM_BASE) as usize;
+        let managed = apflab_abi::boot::WORKLOAD_REGION_OFFSET as usize;
         let (anon, shared);
         let (ram, touch_base) = match layout {
             "anonymous" => {
