@@ -16,12 +16,17 @@
 //!
 //! Unlike withholding by `mprotect`, this keeps the guest view one VMA, so
 //! any number of pages can be withheld at once.
+//!
+//! The memfd and its guest view are built by the pager's
+//! [`MemfdRam`], the same guest RAM its page server is tested and
+//! benchmarked on; only the VMM view is mapped here, by vm-memory, which
+//! must own it (the [`GuestMemoryMmap`] is cloned into the machine).
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE};
+use apflab_pager::uffd::{MemfdRam, UffdError};
 use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
@@ -35,22 +40,15 @@ pub struct GuestRam {
     base: u64,
     size: u64,
     vmm_view: GuestMemoryMmap,
-    guest_view: *mut u8,
     /// The memfd behind both views (pages are allocated in it before they
-    /// are withheld).
-    file: File,
+    /// are withheld) and the guest view, unmapped on drop; KVM's memslot
+    /// goes away with the VM fd, which the hypervisor drops first.
+    memfd: MemfdRam,
     /// The userfaultfd the guest view is registered with.
     uffd: Uffd,
     /// One bit per page, set = withheld from the guest.
     withheld: Vec<AtomicU64>,
 }
-
-// SAFETY: `guest_view` is a shared mapping owned by this struct for its
-// whole life; it is only passed to the kernel (memslot, mprotect), never
-// dereferenced by the VMM, so sharing the pointer between threads is sound.
-unsafe impl Send for GuestRam {}
-// SAFETY: as above; the residency bitmap is atomic.
-unsafe impl Sync for GuestRam {}
 
 fn os_err(op: impl Into<String>) -> KvmError {
     KvmError::Ioctl {
@@ -67,6 +65,17 @@ fn uffd_err(op: impl Into<String>, e: userfaultfd::Error) -> KvmError {
     KvmError::Ioctl {
         op: op.into(),
         errno,
+    }
+}
+
+/// The error for building the memfd and its guest view.
+fn memfd_err(size: u64) -> impl FnOnce(UffdError) -> KvmError {
+    move |e| match e {
+        UffdError::Os { op, source } => KvmError::Ioctl {
+            op: format!("{op} for {size:#x} bytes"),
+            errno: source,
+        },
+        other => KvmError::Memory(format!("guest RAM of {size:#x} bytes: {other}")),
     }
 }
 
@@ -108,38 +117,12 @@ impl GuestRam {
         let len = usize::try_from(size)
             .map_err(|_| KvmError::Memory(format!("{size:#x} bytes do not fit this host")))?;
         let uffd = new_sigbus_uffd()?;
-        // SAFETY: memfd_create with a valid NUL-terminated name; the result
-        // is checked before use.
-        let fd = unsafe { libc::memfd_create(c"apflab-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(os_err("memfd_create(guest RAM)"));
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size).map_err(|errno| KvmError::Ioctl {
-            op: format!("ftruncate(guest RAM, {size:#x})"),
-            errno,
-        })?;
-        // SAFETY: a new shared mapping of the memfd, no fixed address; the
-        // result is checked. The memfd stays referenced by the mapping.
-        let guest_view = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if guest_view == libc::MAP_FAILED {
-            return Err(os_err("mmap(guest view of RAM)"));
-        }
-        let region_file = file.try_clone().map_err(|errno| KvmError::Ioctl {
+        let memfd = MemfdRam::new(len).map_err(memfd_err(size))?;
+        let region_file = memfd.file().try_clone().map_err(|errno| KvmError::Ioctl {
             op: "dup(guest RAM memfd)".into(),
             errno,
         })?;
-        let region = MmapRegion::from_file(FileOffset::new(file, 0), len)
+        let region = MmapRegion::from_file(FileOffset::new(region_file, 0), len)
             .map_err(|e| KvmError::Memory(format!("mapping the VMM view of RAM: {e}")))?;
         let region = GuestRegionMmap::new(region, GuestAddress(base))
             .ok_or_else(|| KvmError::Memory(format!("RAM at {base:#x} overflows")))?;
@@ -150,26 +133,14 @@ impl GuestRam {
             base,
             size,
             vmm_view,
-            guest_view: guest_view.cast(),
-            file: region_file,
+            memfd,
             uffd,
             withheld: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
         };
-        // Minor faults are raised for any page of the memfd that the guest
-        // view does not map yet, which would include every page the VMM
-        // writes first (the kernel image, the device tree, the pager's
-        // initial content). Mapping all of RAM in the guest view up front
-        // leaves only withheld pages unmapped.
-        // SAFETY: populates the guest view this struct owns.
-        if unsafe { libc::madvise(guest_view, len, libc::MADV_POPULATE_WRITE) } != 0 {
-            return Err(os_err(format!(
-                "madvise(guest RAM, {size:#x} bytes, MADV_POPULATE_WRITE)"
-            )));
-        }
         // The registration ends when `ram` unmaps the guest view on drop.
-        if let Err(e) = ram
-            .uffd
-            .register_with_mode(ram.guest_view.cast(), len, RegisterMode::MINOR)
+        if let Err(e) =
+            ram.uffd
+                .register_with_mode(ram.memfd.guest_ptr().cast(), len, RegisterMode::MINOR)
         {
             return Err(match e {
                 userfaultfd::Error::SystemError(errno) if errno as i32 == libc::EINVAL => {
@@ -202,7 +173,7 @@ impl GuestRam {
 
     /// Host address of the guest view (for the memslot).
     pub fn guest_view_addr(&self) -> u64 {
-        self.guest_view as u64
+        self.memfd.guest_ptr() as u64
     }
 
     /// Hands residency over to a page server in the host kernel's fault
@@ -212,14 +183,14 @@ impl GuestRam {
     /// through [`Self::set_resident`] before this stay unmapped.
     pub fn hand_over_residency(&self) -> Result<HostRam, KvmError> {
         self.uffd
-            .unregister(self.guest_view.cast(), self.size as usize)
+            .unregister(self.memfd.guest_ptr().cast(), self.size as usize)
             .map_err(|e| uffd_err("UFFDIO_UNREGISTER(guest view of RAM)", e))?;
         let vmm_view = self
             .vmm_view
             .get_host_address(GuestAddress(self.base))
             .map_err(|e| KvmError::Memory(format!("the VMM view of RAM: {e}")))?;
         Ok(HostRam {
-            guest_view: self.guest_view,
+            guest_view: self.memfd.guest_ptr(),
             vmm_view,
             len: self.size as usize,
         })
@@ -240,7 +211,7 @@ impl GuestRam {
         let word = &self.withheld[(page / 64) as usize];
         let offset = page << PAGE_SHIFT;
         // SAFETY: `offset` is a page inside the guest view this struct owns.
-        let host = unsafe { self.guest_view.add(offset as usize) };
+        let host = unsafe { self.memfd.guest_ptr().add(offset as usize) };
         if resident {
             if word.load(Ordering::Acquire) & bit == 0 {
                 return Ok(());
@@ -255,7 +226,7 @@ impl GuestRam {
             // SAFETY: fallocate of one page inside the memfd, keeping its size.
             let rc = unsafe {
                 libc::fallocate(
-                    self.file.as_raw_fd(),
+                    self.memfd.file().as_raw_fd(),
                     0,
                     offset as libc::off_t,
                     PAGE_SIZE as libc::off_t,
@@ -313,16 +284,6 @@ impl GuestRam {
                     == 0
             }
             None => true,
-        }
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the guest view mapped in `new`; KVM's
-        // memslot goes away with the VM fd, which the hypervisor drops first.
-        unsafe {
-            libc::munmap(self.guest_view.cast(), self.size as usize);
         }
     }
 }
