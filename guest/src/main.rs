@@ -11,8 +11,6 @@
 //! hands it to the host and powers off with PSCI `SYSTEM_OFF`.
 #![no_std]
 #![no_main]
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod arch;
 mod bootinfo;

@@ -9,15 +9,20 @@ pub enum PolicyError {
     /// The file could not be read.
     #[error("policy {module}: cannot read: {source}")]
     Read {
+        /// The file (or label) the module came from.
         module: String,
+        /// Why reading failed.
         #[source]
         source: std::io::Error,
     },
     /// The module is larger than [`PolicyConfig::max_module_bytes`](crate::PolicyConfig).
     #[error("policy {module}: {size} bytes is larger than the limit of {max} bytes")]
     TooLarge {
+        /// The file (or label) the module came from.
         module: String,
+        /// The module's size in bytes.
         size: usize,
+        /// The limit in bytes.
         max: usize,
     },
     /// The engine could not be created with the sandbox's settings.
@@ -25,20 +30,32 @@ pub enum PolicyError {
     Engine(String),
     /// Not valid WebAssembly (binary or text), or cranelift rejected it.
     #[error("policy {module}: not a valid module: {message}")]
-    Compile { module: String, message: String },
+    Compile {
+        /// The file (or label) the module came from.
+        module: String,
+        /// Wasmtime's error, with its causes.
+        message: String,
+    },
     /// A required export is absent.
     #[error("policy {module}: missing export `{export}` (expected {expected})")]
     MissingExport {
+        /// The file (or label) the module came from.
         module: String,
+        /// The export's name.
         export: &'static str,
+        /// What the export must be (kind and signature).
         expected: String,
     },
     /// A required export has the wrong kind or signature.
     #[error("policy {module}: export `{export}` is {found}, expected {expected}")]
     WrongExport {
+        /// The file (or label) the module came from.
         module: String,
+        /// The export's name.
         export: &'static str,
+        /// What the export must be (kind and signature).
         expected: String,
+        /// What the module exports under that name.
         found: String,
     },
     /// A WASI import: policies get no system interface, so runs stay
@@ -47,8 +64,11 @@ pub enum PolicyError {
         "policy {module}: imports `{import_module}.{name}`; WASI is not available to policies (only `apf.log` may be imported)"
     )]
     WasiImport {
+        /// The file (or label) the module came from.
         module: String,
+        /// The import's module name (`wasi_snapshot_preview1`, ...).
         import_module: String,
+        /// The imported item's name.
         name: String,
     },
     /// An import the host does not provide.
@@ -56,37 +76,53 @@ pub enum PolicyError {
         "policy {module}: unknown import `{import_module}.{name}` ({ty}); only `apf.log` may be imported"
     )]
     UnknownImport {
+        /// The file (or label) the module came from.
         module: String,
+        /// The import's module name.
         import_module: String,
+        /// The imported item's name.
         name: String,
+        /// The imported item's kind and type.
         ty: String,
     },
     /// `apf.log` imported with the wrong type.
     #[error("policy {module}: import `apf.log` is {found}, expected {expected}")]
     WrongImport {
+        /// The file (or label) the module came from.
         module: String,
+        /// The signature the host provides.
         expected: String,
+        /// The type the module imports it with.
         found: String,
     },
     /// `apf_abi_version` returned a version this host does not speak.
     #[error("policy {module}: ABI version {found}, this host speaks version {expected}")]
     AbiVersion {
+        /// The file (or label) the module came from.
         module: String,
+        /// The host's version, [`POLICY_ABI_VERSION`](apflab_abi::policy::POLICY_ABI_VERSION).
         expected: i32,
+        /// The version the module returned.
         found: i32,
     },
     /// Instantiation (memory set-up, the start function) failed.
     #[error("policy {module}: instantiation failed ({cause}): {message}")]
     Instantiate {
+        /// The file (or label) the module came from.
         module: String,
+        /// What kind of failure it was.
         cause: FailureCause,
+        /// Wasmtime's error, with its causes.
         message: String,
     },
     /// Calling `apf_abi_version` failed.
     #[error("policy {module}: `apf_abi_version` failed ({cause}): {message}")]
     AbiVersionCall {
+        /// The file (or label) the module came from.
         module: String,
+        /// What kind of failure it was.
         cause: FailureCause,
+        /// Wasmtime's error, with its causes.
         message: String,
     },
 }

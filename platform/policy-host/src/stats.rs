@@ -35,10 +35,15 @@ impl fmt::Display for FailureCause {
 /// A count per [`FailureCause`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CauseCounts {
+    /// [`FailureCause::Trap`].
     pub trap: u64,
+    /// [`FailureCause::OutOfFuel`].
     pub out_of_fuel: u64,
+    /// [`FailureCause::ResourceLimit`].
     pub resource_limit: u64,
+    /// [`FailureCause::MalformedDecision`].
     pub malformed_decision: u64,
+    /// [`FailureCause::Disabled`].
     pub disabled: u64,
 }
 

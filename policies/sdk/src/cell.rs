@@ -23,7 +23,8 @@ impl<P> PolicyCell<P> {
     /// No other call of `with` on this cell may be running (no re-entrancy
     /// from within `f` or `init`, no second thread).
     pub unsafe fn with<R>(&self, init: impl FnOnce() -> P, f: impl FnOnce(&mut P) -> R) -> R {
-        // SAFETY: exclusive access is the caller's promise.
+        // SAFETY: the caller promises that no other `with` on this cell is
+        // running, so this is the only reference to the slot while it lives.
         let slot = unsafe { &mut *self.0.get() };
         f(slot.get_or_insert_with(init))
     }
