@@ -10,10 +10,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
 use apflab_vmm::{
-    BackendKind, CostModel, FaultDecision, GuestExit, NotResidentHandler, Vm, VmConfig,
+    Action, BackendKind, CostModel, EngineCall, FaultHook, GuestExit, HookInitError,
+    HypercallAnswer, NoFarMemory, Vm, VmConfig, no_async_pf,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -34,12 +36,9 @@ fn config(kernel: PathBuf, bootargs: &str) -> VmConfig {
     }
 }
 
-fn run(config: VmConfig, handler: Option<Box<dyn NotResidentHandler>>) -> u64 {
-    let mut vm = Vm::new(config).expect("VM");
-    if let Some(h) = handler {
-        vm.set_not_resident_handler(h);
-    }
-    let out = vm.run().expect("run");
+fn run(config: VmConfig, hook: &mut dyn FaultHook) -> u64 {
+    let vm = Vm::new(config).expect("VM");
+    let out = vm.run(hook).expect("run");
     assert_eq!(out.exit, GuestExit::PowerOff, "{}", out.console);
     out.metrics.instructions
 }
@@ -83,12 +82,14 @@ fn cpu_workload(c: &mut Criterion) {
         kernel,
         "apflab.workload=cpu apflab.tasks=1 apflab.ops=3000000 apflab.timeslice_us=1000",
     );
-    let instructions = run(cfg.clone(), None);
+    let instructions = run(cfg.clone(), &mut NoFarMemory);
     let mut g = c.benchmark_group("emu_cpu_workload");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     // Elements = guest instructions: criterion prints instructions/s.
     g.throughput(Throughput::Elements(instructions));
-    g.bench_function("guest_instructions", |b| b.iter(|| run(cfg.clone(), None)));
+    g.bench_function("guest_instructions", |b| {
+        b.iter(|| run(cfg.clone(), &mut NoFarMemory))
+    });
     g.finish();
 }
 
@@ -98,8 +99,8 @@ fn mmio_exit(c: &mut Criterion) {
     let ram = config(load_loop((RAM_BASE >> 16) as u32, false), "");
     let mut g = c.benchmark_group("emu_mmio_round_trip");
     g.throughput(Throughput::Elements(LOOP));
-    g.bench_function("exit", |b| b.iter(|| run(mmio.clone(), None)));
-    g.bench_function("no_exit", |b| b.iter(|| run(ram.clone(), None)));
+    g.bench_function("exit", |b| b.iter(|| run(mmio.clone(), &mut NoFarMemory)));
+    g.bench_function("no_exit", |b| b.iter(|| run(ram.clone(), &mut NoFarMemory)));
     g.finish();
 }
 
@@ -109,35 +110,39 @@ struct Immediate;
 
 const FAULT_BASE: u64 = RAM_BASE + 0x10_0000;
 
-impl NotResidentHandler for Immediate {
-    fn init(&mut self, res: &mut dyn Residency) -> Result<(), String> {
-        (0..LOOP).try_for_each(|i| {
-            res.set_resident(FAULT_BASE + i * PAGE_SIZE, false)
-                .map_err(|e| e.to_string())
-        })
+impl FaultHook for Immediate {
+    fn init(&mut self, res: &mut dyn Residency) -> Result<(), HookInitError> {
+        for i in 0..LOOP {
+            res.set_resident(Gpa(FAULT_BASE + i * PAGE_SIZE), false)?;
+        }
+        Ok(())
     }
 
-    fn on_fault(
+    fn on_not_resident(
         &mut self,
         _vcpu: u32,
         fault: &NotResidentFault,
         _now_ns: u64,
         res: &mut dyn Residency,
-    ) -> FaultDecision {
-        match res.set_resident(fault.ipa, true) {
-            Ok(()) => FaultDecision::Retry,
-            Err(e) => FaultDecision::Fail(e.to_string()),
+    ) -> Action {
+        match res.set_resident(fault.gpa, true) {
+            Ok(()) => Action::Retry,
+            Err(e) => Action::Fail(e.to_string()),
         }
     }
 
-    fn on_stall_end(
+    fn on_wait_end(&mut self, _vcpu: u32, _now_ns: u64, _res: &mut dyn Residency) -> Action {
+        Action::Retry
+    }
+
+    fn on_hypercall(
         &mut self,
         _vcpu: u32,
-        _fault: &NotResidentFault,
+        call: EngineCall,
         _now_ns: u64,
         _res: &mut dyn Residency,
-    ) -> Result<(), String> {
-        Ok(())
+    ) -> HypercallAnswer {
+        no_async_pf(call)
     }
 }
 
@@ -145,10 +150,10 @@ fn fault_exit(c: &mut Criterion) {
     let sweep = config(load_loop((FAULT_BASE >> 16) as u32, true), "");
     let mut g = c.benchmark_group("emu_fault_round_trip");
     g.throughput(Throughput::Elements(LOOP));
-    g.bench_function("exit", |b| {
-        b.iter(|| run(sweep.clone(), Some(Box::new(Immediate))))
+    g.bench_function("exit", |b| b.iter(|| run(sweep.clone(), &mut Immediate)));
+    g.bench_function("no_exit", |b| {
+        b.iter(|| run(sweep.clone(), &mut NoFarMemory))
     });
-    g.bench_function("no_exit", |b| b.iter(|| run(sweep.clone(), None)));
     g.finish();
 }
 

@@ -10,6 +10,7 @@
 //! would not understand fails to build.
 #![no_std]
 
+pub mod addr;
 pub mod apf;
 pub mod boot;
 pub mod hypercall;

@@ -5,7 +5,6 @@
 
 pub mod catalog;
 pub mod config;
-pub mod far_memory;
 pub mod matrix;
 pub mod page_server;
 pub mod report;

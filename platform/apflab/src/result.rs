@@ -351,7 +351,8 @@ impl RunResult {
                 exits_total: m.exits.values().sum(),
                 instructions: m.instructions,
                 halted_ns: m.halted_ns.clone(),
-                stalled_ns: m.stalled_ns.clone(),
+                // Set from the fault engine or the page server, if any.
+                stalled_ns: vec![0; config.guest.vcpus as usize],
                 interrupts: m.interrupts.clone(),
                 task_done_ns: outcome.task_done_ns.clone(),
             },
@@ -386,8 +387,9 @@ impl RunResult {
         self.pager = serde_json::to_value(metrics).ok();
     }
 
-    /// Sets the per-vCPU stall times from outside the VMM (one entry per
-    /// vCPU; vCPUs not in `stalled_ns` stalled 0 ns).
+    /// Sets the per-vCPU stall times, as the fault engine or the page
+    /// server counted them (one entry per vCPU; vCPUs not in `stalled_ns`
+    /// stalled 0 ns).
     pub fn set_stalls(&mut self, stalled_ns: &[u64]) {
         let n = self.vmm.stalled_ns.len().max(self.vcpus as usize);
         self.vmm.stalled_ns = (0..n)

@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use apflab_apf::Engine;
 use apflab_pager::{FaultPath, PagerMetrics, Prepared, VirtualPager};
-use apflab_vmm::{RunOutcome, Vm, VmConfig};
+use apflab_policy_host::BuiltinSync;
+use apflab_vmm::{NoFarMemory, RunOutcome, Vm, VmConfig};
 
 use crate::config::{Backend, Config, LoadedConfig, sha256_hex};
-use crate::far_memory::FarMemory;
 use crate::page_server::KernelPager;
 use crate::result::{RunInputs, RunResult};
 
@@ -51,8 +52,8 @@ impl RunError {
 /// The far memory behind a run, by where its faults are handled
 /// (`[pager] fault_path`).
 pub enum Pager {
-    /// Faults exit to the VMM, which stalls the vCPU.
-    InVmm(FarMemory),
+    /// Faults exit to the VMM, whose fault engine stalls the vCPU.
+    InVmm(Box<Engine>),
     /// Faults block in the host kernel; page-server threads answer (kvm).
     InKernel(Arc<KernelPager>),
 }
@@ -61,7 +62,7 @@ impl Pager {
     /// What the pager did (None if it never started).
     pub fn metrics(&self) -> Option<PagerMetrics> {
         match self {
-            Pager::InVmm(f) => Some(f.metrics()),
+            Pager::InVmm(e) => Some(e.pager_metrics()),
             Pager::InKernel(k) => k.metrics(),
         }
     }
@@ -69,15 +70,22 @@ impl Pager {
 
 /// Builds and runs one VM, with `pager` serving its not-resident pages if
 /// given. This is the only place the CLI calls the VMM.
-pub fn execute(config: VmConfig, pager: Option<&Pager>) -> Result<RunOutcome, RunError> {
+pub fn execute(config: VmConfig, pager: Option<&mut Pager>) -> Result<RunOutcome, RunError> {
     tracing::debug!(?config, "starting VM");
     let mut vm = Vm::new(config).map_err(|e| RunError::Setup(e.to_string()))?;
-    match pager {
-        Some(Pager::InVmm(f)) => vm.set_not_resident_handler(f.handler()),
-        Some(Pager::InKernel(k)) => vm.set_page_server(k.clone()),
-        None => {}
-    }
-    vm.run().map_err(|e| RunError::Vmm(e.to_string()))
+    let outcome = match pager {
+        Some(Pager::InVmm(engine)) => {
+            let outcome = vm.run(engine.as_mut());
+            engine.finish();
+            outcome
+        }
+        Some(Pager::InKernel(k)) => {
+            vm.set_page_server(k.clone());
+            vm.run(&mut NoFarMemory)
+        }
+        None => vm.run(&mut NoFarMemory),
+    };
+    outcome.map_err(|e| RunError::Vmm(e.to_string()))
 }
 
 /// The pager of `config`'s `[pager]` section (from the file `path`), if it
@@ -99,7 +107,11 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
         // Both backends drive the same handler: emu in virtual time, kvm in
         // host time since the start of the run (fetch latencies become real
         // stalls of the faulting vCPU).
-        FaultPath::Vmm => Pager::InVmm(FarMemory::new(VirtualPager::new(prepared))),
+        FaultPath::Vmm => Pager::InVmm(Box::new(Engine::new(
+            config.guest.vcpus,
+            VirtualPager::new(prepared),
+            Box::new(BuiltinSync),
+        ))),
         FaultPath::Kernel => Pager::InKernel(Arc::new(KernelPager::new(prepared))),
     }))
 }
@@ -131,8 +143,8 @@ pub fn run_config(
     drop(kernel);
 
     let started_at = SystemTime::now();
-    let pager = pager(&config, &loaded.path)?;
-    let outcome = execute(config.vm_config(echo_console), pager.as_ref())?;
+    let mut pager = pager(&config, &loaded.path)?;
+    let outcome = execute(config.vm_config(echo_console), pager.as_mut())?;
     let mut result = RunResult::new(
         &RunInputs {
             name: &loaded.name,
@@ -144,11 +156,17 @@ pub fn run_config(
         },
         &outcome,
     );
-    if let Some(m) = pager.as_ref().and_then(Pager::metrics) {
-        if matches!(pager, Some(Pager::InKernel(_))) {
-            // The VMM never sees these stalls; the page servers timed them.
-            result.set_stalls(&m.stalled_ns);
+    match &pager {
+        Some(Pager::InVmm(engine)) => result.set_stalls(&engine.metrics().stalled_ns),
+        // The VMM never sees these stalls; the page servers timed them.
+        Some(Pager::InKernel(k)) => {
+            if let Some(m) = k.metrics() {
+                result.set_stalls(&m.stalled_ns);
+            }
         }
+        None => {}
+    }
+    if let Some(m) = pager.as_ref().and_then(Pager::metrics) {
         result.set_pager(&m);
     }
     write_results(out_dir, &result, &outcome.console)?;

@@ -3,6 +3,13 @@
 
 use std::path::PathBuf;
 
+use apflab_abi::memory_map::MAX_VCPUS;
+
+use crate::error::VmError;
+
+/// Smallest guest RAM accepted (room for the device tree and a kernel).
+pub const MIN_MEMORY_MIB: u64 = 8;
+
 /// Which engine runs the guest's instructions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {
@@ -63,4 +70,51 @@ pub struct VmConfig {
     pub max_virtual_ns: u64,
     /// Echo the guest console to stdout as it is written.
     pub echo_console: bool,
+}
+
+impl VmConfig {
+    /// Checks what only the VMM knows: vCPU and memory limits (including the
+    /// host's RAM), the cost model and slice size. The kernel file is
+    /// checked when it is loaded.
+    pub fn validate(&self) -> Result<(), VmError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(VmError::Vcpus(self.vcpus));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(VmError::MemoryTooSmall(self.memory_mib));
+        }
+        if let Some(host) = host_memory_mib()
+            && self.memory_mib > host
+        {
+            return Err(VmError::MemoryTooLarge {
+                requested: self.memory_mib,
+                host,
+            });
+        }
+        let nspi = self.cost.ns_per_instruction;
+        if !(nspi.is_finite() && nspi > 0.0 && nspi < 1e6) {
+            return Err(VmError::BadValue {
+                key: "cost.ns_per_instruction",
+                value: nspi.to_string(),
+                expected: "a positive number of nanoseconds below 1e6",
+            });
+        }
+        if self.slice_instructions == 0 {
+            return Err(VmError::BadValue {
+                key: "slice_instructions",
+                value: "0".into(),
+                expected: "at least 1",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Host RAM in MiB, from /proc/meminfo (None if it cannot be read: the
+/// allocation itself then reports the failure).
+pub fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }

@@ -2,19 +2,19 @@
 //! crate: a VM-level object that owns guest memory and creates vCPUs, and a
 //! [`Vcpu`] that runs guest code to its next [`VmExit`].
 //!
-//! Device and hypercall handling is *not* in the backends: it lives in
-//! [`crate::machine::Machine`], which implements [`VmOps`]. A backend that
-//! can only complete an access synchronously (the emu backend, whose MMIO and
-//! system register accesses happen in the middle of an instruction) calls
-//! [`VmOps`] inline; a backend that returns to userspace first (kvm) returns
-//! [`VmExit::Mmio`] and its vCPU thread calls the same [`VmOps`]. Either way
-//! the device code is shared, and so is every other exit's handling
-//! ([`crate::machine::Machine::hypercall`], exception injection through
-//! [`Vcpu::inject_exception`]).
+//! Device and system register accesses never come back out of
+//! [`Vcpu::run`]: every backend completes them inside `run` through the
+//! [`VmOps`] it was created with (implemented by
+//! [`crate::machine::Machine`]), whether the access happens in the middle
+//! of an instruction (emu) or after a return to userspace (kvm). So
+//! [`VmExit`] holds only what a run loop must decide on: hypercalls, WFI,
+//! SVC, not-resident pages, crashes, system events and slice ends.
 
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
+
+use apflab_abi::addr::Gpa;
 
 use crate::arch::{Reg, SysRegId};
 
@@ -54,32 +54,24 @@ pub enum Conduit {
 /// A guest access to a page that is not resident (the pager withheld it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NotResidentFault {
-    /// Guest physical address of the access.
-    pub ipa: u64,
+    /// The first address of the page (the access, or the stage-1 table
+    /// read its translation needed, is somewhere in it).
+    pub gpa: Gpa,
     /// Whether it was a write.
     pub write: bool,
     /// Whether it was an instruction fetch.
     pub fetch: bool,
     /// PC of the faulting instruction (it has not executed).
     pub pc: u64,
+    /// Exception level the access was made at (0: a user task, 1: the
+    /// kernel).
+    pub el: u8,
 }
 
 /// Why [`Vcpu::run`] returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmExit {
-    /// An MMIO access the backend could not complete by itself. For a read,
-    /// the caller completes it with [`Vcpu::complete_mmio_read`]. (The emu
-    /// backend completes MMIO inline through [`VmOps`] and never returns
-    /// this.)
-    Mmio {
-        /// Guest physical address.
-        addr: u64,
-        /// Access size in bytes.
-        len: u8,
-        /// `Some(value)` for a write.
-        write: Option<u64>,
-    },
-    /// HVC/SMC (PC already past the instruction) or doorbell call.
+    /// HVC/SMC (PC already past the instruction).
     Hypercall {
         /// x0 / function id.
         function: u32,
@@ -87,15 +79,6 @@ pub enum VmExit {
         args: [u64; 5],
         /// How it arrived.
         conduit: Conduit,
-    },
-    /// A trapped system register access not completed inline.
-    SysReg {
-        /// Which register.
-        reg: SysRegId,
-        /// Target/source general register.
-        rt: u8,
-        /// `Some(value)` for MSR.
-        write: Option<u64>,
     },
     /// The vCPU executed WFI (PC past it) and waits for an interrupt.
     Wfi,
@@ -106,7 +89,9 @@ pub enum VmExit {
         /// The immediate.
         imm: u16,
     },
-    /// The emu slice budget is used up (nothing to do but run again).
+    /// Nothing to decide but what the loop checks after every exit: the emu
+    /// slice budget is used up, a doorbell call was made (its effects and
+    /// any engine call are queued in the machine), or the vCPU was kicked.
     SliceEnd,
     /// The guest did something the machine cannot continue from: an
     /// undefined instruction, an abort on an address that is neither RAM
@@ -131,9 +116,7 @@ impl VmExit {
     /// Name used for this exit in [`crate::VmMetrics::exits`].
     pub fn metric_name(&self) -> &'static str {
         match self {
-            VmExit::Mmio { .. } => "mmio",
             VmExit::Hypercall { .. } => "hypercall",
-            VmExit::SysReg { .. } => "sysreg",
             VmExit::Wfi => "wfi",
             VmExit::NotResident(_) => "not_resident",
             VmExit::Svc { .. } => "svc",
@@ -167,7 +150,8 @@ pub enum MmioWriteKind {
 }
 
 /// Device and system register handling a backend calls while an access is
-/// in flight. Implemented by [`crate::machine::Machine`].
+/// in flight, inside [`Vcpu::run`]. Implemented by
+/// [`crate::machine::Machine`].
 pub trait VmOps: Send + Sync {
     /// An MMIO read of `data.len()` bytes at `addr` by vCPU `vcpu` at
     /// virtual time `now_ns`.
@@ -186,6 +170,9 @@ pub trait VmOps: Send + Sync {
     fn sysreg_read(&self, vcpu: u32, reg: SysRegId, now_ns: u64) -> Option<u64>;
     /// A write of an emulated system register; false if not emulated.
     fn sysreg_write(&self, vcpu: u32, reg: SysRegId, value: u64, now_ns: u64) -> bool;
+    /// Drives the level of host-owned interrupt line `intid` (a PPI) of
+    /// `vcpu` on the emulated interrupt controller.
+    fn set_irq_line(&self, vcpu: u32, intid: u32, level: bool);
 }
 
 /// One virtual CPU.
@@ -198,14 +185,14 @@ pub trait Vcpu {
     fn get_reg(&self, reg: Reg) -> Result<u64, HypervisorError>;
     /// Writes a register.
     fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), HypervisorError>;
-    /// Completes an MMIO read returned as [`VmExit::Mmio`].
-    fn complete_mmio_read(&mut self, value: u64) -> Result<(), HypervisorError>;
     /// Enters the guest's EL1 synchronous exception vector, as the CPU would
     /// for `exc`.
     fn inject_exception(&mut self, exc: SyncException) -> Result<(), HypervisorError>;
-    /// Takes an IRQ now if the guest has IRQs unmasked (PSTATE.I clear);
-    /// returns whether it did. (kvm: asserts the line on the in-kernel GIC.)
-    fn inject_irq(&mut self) -> Result<bool, HypervisorError>;
+    /// Sets the level of this vCPU's "page ready" PPI
+    /// ([`apflab_abi::memory_map::APF_READY_PPI`]). Level semantics: the
+    /// interrupt controller delivers it once the guest can take it, and
+    /// nothing is lost while the guest has IRQs masked.
+    fn set_ready_line(&mut self, level: bool) -> Result<(), HypervisorError>;
 }
 
 /// A VM: guest memory plus the vCPUs running in it.
@@ -229,10 +216,10 @@ pub trait Hypervisor {
 /// the VMM's pager) reads and writes the page's content through guest memory
 /// directly; residency only governs guest accesses.
 pub trait Residency {
-    /// Marks the 4 KiB page holding `ipa` present or absent for the guest.
-    fn set_resident(&mut self, ipa: u64, resident: bool) -> Result<(), HypervisorError>;
-    /// Whether the page holding `ipa` is present.
-    fn is_resident(&self, ipa: u64) -> bool;
+    /// Marks the 4 KiB page holding `gpa` present or absent for the guest.
+    fn set_resident(&mut self, gpa: Gpa, resident: bool) -> Result<(), HypervisorError>;
+    /// Whether the page holding `gpa` is present.
+    fn is_resident(&self, gpa: Gpa) -> bool;
     /// Guest RAM (to fill or save a page's content).
     fn guest_memory(&self) -> &GuestMemoryMmap;
 }

@@ -25,6 +25,7 @@ use crate::devices::doorbell::{DoorbellBank, DoorbellWrite};
 use crate::devices::gic::Gic;
 use crate::devices::pl011::Pl011;
 use crate::devices::timer::VirtualTimer;
+use crate::fault_hook::{EngineCall, is_engine_call};
 use crate::hypervisor::{MmioWriteKind, VmOps};
 
 /// PSCI CPU_ON, SMC32 calling convention.
@@ -59,6 +60,15 @@ pub enum Effect {
     Panic(String),
 }
 
+/// Who answers a hypercall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// The machine did: x0..x3 for the caller.
+    Answered([u64; 4]),
+    /// The fault engine must ([`crate::FaultHook::on_hypercall`]).
+    Engine(EngineCall),
+}
+
 /// Whether a vCPU is powered on (PSCI's view).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Power {
@@ -71,6 +81,9 @@ struct State {
     gic: Gic,
     timers: Vec<VirtualTimer>,
     doorbell: Vec<DoorbellBank>,
+    /// An engine call made through the doorbell, waiting for the vCPU loop
+    /// to hand it to the fault engine (its result goes back into the bank).
+    doorbell_engine_calls: Vec<Option<EngineCall>>,
     power: Vec<Power>,
     effects: Vec<Effect>,
     /// Earliest virtual time at which an interrupt was sent to a vCPU by
@@ -103,6 +116,7 @@ impl Machine {
                 gic: Gic::new(vcpus),
                 timers: vec![VirtualTimer::default(); n],
                 doorbell: vec![DoorbellBank::default(); n],
+                doorbell_engine_calls: vec![None; n],
                 power,
                 effects: Vec::new(),
                 wake_hints: vec![None; n],
@@ -195,8 +209,36 @@ impl Machine {
         self.lock().wake_hints.get(vcpu as usize).copied().flatten()
     }
 
-    /// Handles a hypercall from `vcpu` at `now_ns`; returns x0..x3 for the
-    /// caller. Effects on vCPUs are queued (see [`Machine::take_effects`]).
+    /// Routes a hypercall from `vcpu` at `now_ns`: the fault engine's calls
+    /// ([`is_engine_call`]) are counted and handed back for the vCPU loop to
+    /// pass on; the machine answers every other one ([`Machine::hypercall`]).
+    pub fn dispatch(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> Call {
+        if is_engine_call(function) {
+            self.count_exit("hypercall");
+            return Call::Engine(EngineCall { function, args });
+        }
+        Call::Answered(self.hypercall(vcpu, function, args, now_ns))
+    }
+
+    /// The engine call `vcpu` made through the doorbell, if one waits.
+    pub fn take_doorbell_engine_call(&self, vcpu: u32) -> Option<EngineCall> {
+        self.lock()
+            .doorbell_engine_calls
+            .get_mut(vcpu as usize)
+            .and_then(Option::take)
+    }
+
+    /// Stores the results of a doorbell call in `vcpu`'s bank, where the
+    /// guest reads them.
+    pub fn set_doorbell_results(&self, vcpu: u32, regs: [u64; 4]) {
+        if let Some(bank) = self.lock().doorbell.get_mut(vcpu as usize) {
+            bank.set_results([regs[0], regs[1]]);
+        }
+    }
+
+    /// Handles a hypercall the machine answers, from `vcpu` at `now_ns`;
+    /// returns x0..x3 for the caller. Effects on vCPUs are queued (see
+    /// [`Machine::take_effects`]).
     pub fn hypercall(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> [u64; 4] {
         let mut s = self.lock();
         let is_psci = hc::smccc_owner(function) == 4;
@@ -257,8 +299,6 @@ impl Machine {
                 s.effects.push(Effect::SystemReset);
                 ret(hc::SMCCC_SUCCESS)
             }
-            // Async PF is not offered yet: no feature bits.
-            hc::FN_FEATURES => [0, 0, 0, 0],
             hc::FN_REPORT => {
                 let len = args[1];
                 if len != GuestReport::SIZE as u64 {
@@ -354,9 +394,14 @@ impl Machine {
                 }
             };
             if let DoorbellWrite::Call { function, args } = call {
-                let r = self.hypercall(vcpu, function, args, now_ns);
-                if let Some(bank) = self.lock().doorbell.get_mut(vcpu as usize) {
-                    bank.set_results([r[0], r[1]]);
+                match self.dispatch(vcpu, function, args, now_ns) {
+                    Call::Answered(r) => self.set_doorbell_results(vcpu, r),
+                    Call::Engine(c) => {
+                        if let Some(slot) = self.lock().doorbell_engine_calls.get_mut(vcpu as usize)
+                        {
+                            *slot = Some(c);
+                        }
+                    }
                 }
                 return MmioWriteKind::Hypercall;
             }
@@ -433,6 +478,10 @@ impl VmOps for Machine {
             s.gic.set_level(vcpu, VTIMER_PPI, level);
         }
         s.gic.sysreg_read(vcpu, reg)
+    }
+
+    fn set_irq_line(&self, vcpu: u32, intid: u32, level: bool) {
+        self.lock().gic.set_level(vcpu, intid, level);
     }
 
     fn sysreg_write(&self, vcpu: u32, reg: SysRegId, value: u64, now_ns: u64) -> bool {

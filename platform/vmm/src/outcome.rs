@@ -38,10 +38,9 @@ pub struct VmMetrics {
     pub instructions: u64,
     /// Virtual time at the end of the run (emu), ns.
     pub virtual_time_ns: u64,
-    /// Per vCPU: virtual ns spent halted in WFI.
+    /// Per vCPU: virtual ns spent halted in WFI. (Time stalled or parked on
+    /// not-resident pages is the fault engine's to count.)
     pub halted_ns: Vec<u64>,
-    /// Per vCPU: virtual ns stalled on not-resident pages.
-    pub stalled_ns: Vec<u64>,
     /// Interrupts injected, by INTID.
     pub interrupts: BTreeMap<u32, u64>,
 }

@@ -6,15 +6,21 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE, VTIMER_PPI};
+use apflab_abi::addr::Gpa;
+use apflab_abi::memory_map::{RAM_BASE, VTIMER_PPI};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
-use apflab_vmm::{FaultDecision, GuestExit, NotResidentHandler, Vm};
+use apflab_vmm::{
+    Action, EngineCall, FaultHook, GuestExit, HookInitError, HypercallAnswer, NoFarMemory, Vm,
+};
 use common::{SYSTEM_OFF, config, image, temp_file};
 use vm_memory::{Bytes, GuestAddress};
 
 fn run(pieces: &[(usize, &[u32])], vcpus: u32) -> apflab_vmm::RunOutcome {
     let path = temp_file(&image(pieces));
-    Vm::new(config(path, vcpus)).unwrap().run().unwrap()
+    Vm::new(config(path, vcpus))
+        .unwrap()
+        .run(&mut NoFarMemory)
+        .unwrap()
 }
 
 const HELLO: [u32; 9] = [
@@ -266,7 +272,7 @@ fn a_guest_that_never_powers_off_times_out_in_virtual_time() {
     let path = temp_file(&image(&[(0, &SPIN)]));
     let mut cfg = config(path, 1);
     cfg.max_virtual_ns = 200_000;
-    let out = Vm::new(cfg).unwrap().run().unwrap();
+    let out = Vm::new(cfg).unwrap().run(&mut NoFarMemory).unwrap();
     assert_eq!(out.exit, GuestExit::Timeout);
 }
 
@@ -285,48 +291,66 @@ fn runs_are_deterministic() {
 }
 
 /// Makes one page absent at boot; a fault on it stalls the vCPU for
-/// `delay_ns` and then installs `value` at offset 8.
+/// `delay_ns` and then installs `value` at offset 8. Times each vCPU's
+/// stall from the clock the VMM hands it.
 struct DelayedPage {
     page: u64,
     delay_ns: u64,
     value: u64,
     faults: Vec<NotResidentFault>,
+    stalled_since: [Option<u64>; 2],
+    stalled_ns: [u64; 2],
 }
 
-impl NotResidentHandler for DelayedPage {
-    fn init(&mut self, res: &mut dyn Residency) -> Result<(), String> {
+impl FaultHook for DelayedPage {
+    fn init(&mut self, res: &mut dyn Residency) -> Result<(), HookInitError> {
         res.guest_memory()
-            .write_obj(0xdead_u64, GuestAddress(self.page + 8))
-            .map_err(|e| e.to_string())?;
-        res.set_resident(self.page, false)
-            .map_err(|e| e.to_string())
+            .write_obj(0xdead_u64, GuestAddress(self.page + 8))?;
+        res.set_resident(Gpa(self.page), false)?;
+        Ok(())
     }
 
-    fn on_fault(
+    fn on_not_resident(
         &mut self,
-        _vcpu: u32,
+        vcpu: u32,
         fault: &NotResidentFault,
         now_ns: u64,
         _res: &mut dyn Residency,
-    ) -> FaultDecision {
+    ) -> Action {
         self.faults.push(*fault);
-        if fault.ipa & !(PAGE_SIZE - 1) != self.page {
-            return FaultDecision::Fail(format!("unexpected fault at {:#x}", fault.ipa));
+        if fault.gpa.page_base() != Gpa(self.page) {
+            return Action::Fail(format!("unexpected fault at {:#x}", fault.gpa));
         }
-        FaultDecision::StallUntil(now_ns + self.delay_ns)
+        self.stalled_since[vcpu as usize] = Some(now_ns);
+        Action::StallUntil(now_ns + self.delay_ns)
     }
 
-    fn on_stall_end(
+    fn on_wait_end(&mut self, vcpu: u32, now_ns: u64, res: &mut dyn Residency) -> Action {
+        if let Some(since) = self.stalled_since[vcpu as usize].take() {
+            self.stalled_ns[vcpu as usize] += now_ns - since;
+        }
+        let installed = res
+            .guest_memory()
+            .write_obj(self.value, GuestAddress(self.page + 8))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                res.set_resident(Gpa(self.page), true)
+                    .map_err(|e| e.to_string())
+            });
+        match installed {
+            Ok(()) => Action::Retry,
+            Err(e) => Action::Fail(e),
+        }
+    }
+
+    fn on_hypercall(
         &mut self,
         _vcpu: u32,
-        _fault: &NotResidentFault,
+        _call: EngineCall,
         _now_ns: u64,
-        res: &mut dyn Residency,
-    ) -> Result<(), String> {
-        res.guest_memory()
-            .write_obj(self.value, GuestAddress(self.page + 8))
-            .map_err(|e| e.to_string())?;
-        res.set_resident(self.page, true).map_err(|e| e.to_string())
+        _res: &mut dyn Residency,
+    ) -> HypercallAnswer {
+        HypercallAnswer::not_supported()
     }
 }
 
@@ -375,27 +399,28 @@ fn not_resident_access_stalls_the_vcpu_then_completes_with_the_installed_data() 
         0x17fffffd, // 0x314: b 1b
     ];
     let path = temp_file(&image(&[(0, &main), (0x300, &counter)]));
-    let mut vm = Vm::new(config(path, 2)).unwrap();
+    let vm = Vm::new(config(path, 2)).unwrap();
     let page = RAM_BASE + 0x10_0000;
-    vm.set_not_resident_handler(Box::new(DelayedPage {
+    let mut hook = DelayedPage {
         page,
         delay_ns: 50_000,
         value: 0x1234,
         faults: Vec::new(),
-    }));
-    let out = vm.run().unwrap();
+        stalled_since: [None; 2],
+        stalled_ns: [0; 2],
+    };
+    let out = vm.run(&mut hook).unwrap();
     assert_eq!(
         out.console, "YC",
         "Y = data installed by the pager, C = the other vCPU kept running"
     );
     assert_eq!(out.exit, GuestExit::PowerOff);
     assert_eq!(out.metrics.exits.get("not_resident"), Some(&1));
-    assert!(
-        out.metrics.stalled_ns[0] >= 50_000,
-        "{:?}",
-        out.metrics.stalled_ns
-    );
-    assert_eq!(out.metrics.stalled_ns[1], 0);
+    assert!(hook.stalled_ns[0] >= 50_000, "{:?}", hook.stalled_ns);
+    assert_eq!(hook.stalled_ns[1], 0);
+    assert_eq!(hook.faults.len(), 1);
+    assert_eq!(hook.faults[0].gpa, Gpa(page));
+    assert!(!hook.faults[0].write);
 }
 
 #[test]

@@ -18,6 +18,8 @@ use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
 use vm_memory::GuestMemoryMmap;
 
 use super::EmuVcpu;
+use apflab_abi::addr::Gpa;
+
 use crate::hypervisor::{HypervisorError, Residency};
 
 /// Which guest RAM pages are absent: one bit per page, written through
@@ -94,7 +96,8 @@ pub struct ResidencyHandle<'a> {
 }
 
 impl Residency for ResidencyHandle<'_> {
-    fn set_resident(&mut self, ipa: u64, resident: bool) -> Result<(), HypervisorError> {
+    fn set_resident(&mut self, gpa: Gpa, resident: bool) -> Result<(), HypervisorError> {
+        let ipa = gpa.0;
         let i = self
             .res
             .absent
@@ -109,7 +112,8 @@ impl Residency for ResidencyHandle<'_> {
         Ok(())
     }
 
-    fn is_resident(&self, ipa: u64) -> bool {
+    fn is_resident(&self, gpa: Gpa) -> bool {
+        let ipa = gpa.0;
         self.res.absent.page_index(ipa).is_some() && !self.res.absent.is_absent(ipa)
     }
 

@@ -7,11 +7,13 @@
 //! comes to the VMM: MMIO outside RAM (PL011, doorbell), apflab's
 //! vendor-hypervisor HVCs (through the SMCCC filter on kernels that have it,
 //! 6.4+), and guest accesses to withheld pages (`EFAULT`, located by
-//! [`super::fault_site`]).
+//! [`crate::arch::fault_site`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
+use apflab_abi::addr::Gpa;
 use apflab_abi::hypercall::APFLAB_FN_BASE;
 use apflab_abi::memory_map::{APF_READY_PPI, GICD_BASE, GICR_BASE};
 use kvm_bindings::{
@@ -29,16 +31,16 @@ use kvm_ioctls::{DeviceFd, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use super::KvmError;
-use super::access::{AddrReg, RegisterSource};
-use super::fault_site::{FaultKind, LocateError, locate};
 use super::kick::{self, KickState, Kicker};
 use super::memory::GuestRam;
 use super::regs;
-use super::stage1::TranslationRegs;
+use crate::arch::access::{AddrReg, RegisterSource};
+use crate::arch::fault_site::{FaultKind, LocateError, locate};
+use crate::arch::stage1::TranslationRegs;
 use crate::arch::{self, EntryKind, Reg, pstate};
 use crate::hypervisor::{
-    Conduit, Hypervisor, HypervisorError, NotResidentFault, Residency, SyncException, Vcpu, VmExit,
-    VmOps,
+    Conduit, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, Residency,
+    SyncException, Vcpu, VmExit, VmOps,
 };
 
 /// Interrupt lines of the in-kernel GIC: SGIs+PPIs (32) plus 96 SPIs.
@@ -303,7 +305,7 @@ impl Hypervisor for KvmHypervisor {
             irq: self.irq_line(),
             kick: Arc::new(KickState::default()),
             bound: false,
-            mmio: None,
+            origin: Instant::now(),
             settle_pending: false,
             unexplained_efaults: 0,
         })
@@ -311,12 +313,12 @@ impl Hypervisor for KvmHypervisor {
 }
 
 impl Residency for KvmHypervisor {
-    fn set_resident(&mut self, ipa: u64, resident: bool) -> Result<(), HypervisorError> {
-        Ok(self.ram.set_resident(ipa, resident)?)
+    fn set_resident(&mut self, gpa: Gpa, resident: bool) -> Result<(), HypervisorError> {
+        Ok(self.ram.set_resident(gpa.0, resident)?)
     }
 
-    fn is_resident(&self, ipa: u64) -> bool {
-        self.ram.is_resident(ipa)
+    fn is_resident(&self, gpa: Gpa) -> bool {
+        self.ram.is_resident(gpa.0)
     }
 
     fn guest_memory(&self) -> &GuestMemoryMmap {
@@ -324,25 +326,19 @@ impl Residency for KvmHypervisor {
     }
 }
 
-/// An MMIO read waiting for its data.
-#[derive(Clone, Copy, Debug)]
-struct PendingMmio {
-    len: usize,
-}
-
 /// One arm64 KVM vCPU. Runs on one host thread at a time.
 pub struct KvmVcpu {
     index: u32,
     fd: VcpuFd,
-    #[allow(dead_code)] // Device access goes through the caller (VmExit::Mmio).
+    /// Where MMIO exits are completed, inside [`Vcpu::run`].
     ops: Arc<dyn VmOps>,
     ram: Arc<GuestRam>,
     irq: KvmIrqLine,
     kick: Arc<KickState>,
     /// This thread's kick signal reaches this vCPU.
     bound: bool,
-    /// The last exit was an MMIO read not yet given its data.
-    mmio: Option<PendingMmio>,
+    /// Time zero of the run (device accesses are timed from it).
+    origin: Instant,
     /// The last exit was MMIO: KVM completes it (PC += 4, load result) on
     /// the next entry, so register writes must wait until that happened.
     settle_pending: bool,
@@ -357,9 +353,9 @@ impl KvmVcpu {
         })
     }
 
-    /// Lowers the "page ready" PPI of this vCPU (after the guest's ACK).
-    pub fn lower_ready_irq(&self) -> Result<(), HypervisorError> {
-        Ok(self.irq.set_ppi(self.index, APF_READY_PPI, false)?)
+    /// Sets time zero of the run, from which device accesses are timed.
+    pub fn set_clock_origin(&mut self, origin: Instant) {
+        self.origin = origin;
     }
 
     fn get(&self, id: u64, name: &str) -> Result<u64, KvmError> {
@@ -431,19 +427,21 @@ impl KvmVcpu {
         let pc = self.get(regs::PC, "PC")?;
         let tregs = self.translation_regs()?;
         let ram = Arc::clone(&self.ram);
+        let ps = self.get(regs::PSTATE, "PSTATE")?;
         let mut src = VcpuRegs {
             vcpu: self,
-            pstate: None,
+            pstate: Some(ps),
         };
         match locate(pc, &tregs, &mut src, ram.as_ref()) {
             Ok(site) => {
                 self.unexplained_efaults = 0;
                 tracing::trace!(vcpu = self.index, ?site, "kvm: not-resident fault");
                 Ok(Some(VmExit::NotResident(NotResidentFault {
-                    ipa: site.ipa_page,
+                    gpa: Gpa(site.ipa_page),
                     write: site.write,
                     fetch: site.kind == FaultKind::InstructionFetch,
                     pc,
+                    el: u8::from(ps & pstate::MODE_MASK != pstate::EL0T),
                 })))
             }
             Err(LocateError::AllResident { .. })
@@ -499,25 +497,22 @@ impl Vcpu for KvmVcpu {
             }
             self.settle_pending = false;
             let exit = match self.fd.run() {
+                // KVM completes the access (the loaded value, PC += 4) on
+                // the next entry; register writes before it must settle it.
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    let len = data.len();
-                    self.mmio = Some(PendingMmio { len });
                     self.settle_pending = true;
-                    VmExit::Mmio {
-                        addr,
-                        len: len as u8,
-                        write: None,
-                    }
+                    let now = self.origin.elapsed().as_nanos() as u64;
+                    self.ops.mmio_read(self.index, addr, data, now);
+                    continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    let mut v = [0u8; 8];
-                    let len = data.len().min(8);
-                    v[..len].copy_from_slice(&data[..len]);
                     self.settle_pending = true;
-                    VmExit::Mmio {
-                        addr,
-                        len: len as u8,
-                        write: Some(u64::from_le_bytes(v)),
+                    let now = self.origin.elapsed().as_nanos() as u64;
+                    match self.ops.mmio_write(self.index, addr, data, now) {
+                        MmioWriteKind::Plain => continue,
+                        // A doorbell call: its effects and any engine call
+                        // wait in the machine for the vCPU loop.
+                        MmioWriteKind::Hypercall => VmExit::SliceEnd,
                     }
                 }
                 Ok(VcpuExit::Hypercall(h)) => {
@@ -599,21 +594,6 @@ impl Vcpu for KvmVcpu {
         Ok(self.set(id, name, value)?)
     }
 
-    fn complete_mmio_read(&mut self, value: u64) -> Result<(), HypervisorError> {
-        let pending = self.mmio.take().ok_or_else(|| HypervisorError::Engine {
-            backend: "kvm",
-            op: "complete MMIO read".into(),
-            detail: "the last exit was not an MMIO read".into(),
-        })?;
-        let bytes = value.to_le_bytes();
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the last exit was KVM_EXIT_MMIO (recorded in `pending`),
-        // so `mmio` is the active union member; exit_reason is untouched.
-        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
-        mmio.data[..pending.len].copy_from_slice(&bytes[..pending.len]);
-        Ok(())
-    }
-
     fn inject_exception(&mut self, exc: SyncException) -> Result<(), HypervisorError> {
         self.settle()?;
         let pstate = self.get(regs::PSTATE, "PSTATE")?;
@@ -628,13 +608,11 @@ impl Vcpu for KvmVcpu {
         Ok(())
     }
 
-    /// Raises this vCPU's "page ready" PPI on the in-kernel GIC; the GIC
-    /// delivers it when the guest unmasks. It stays raised until
-    /// [`KvmVcpu::lower_ready_irq`] (level semantics: nothing is lost while
-    /// the guest has it masked).
-    fn inject_irq(&mut self) -> Result<bool, HypervisorError> {
-        self.irq.set_ppi(self.index, APF_READY_PPI, true)?;
-        Ok(true)
+    /// Sets this vCPU's "page ready" PPI on the in-kernel GIC, which
+    /// delivers it when the guest unmasks (level semantics: nothing is lost
+    /// while the guest has it masked).
+    fn set_ready_line(&mut self, level: bool) -> Result<(), HypervisorError> {
+        Ok(self.irq.set_ppi(self.index, APF_READY_PPI, level)?)
     }
 }
 

@@ -32,8 +32,8 @@ use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 use super::KvmError;
-use super::stage1::GuestPhysMem;
-use crate::pager_hook::HostRam;
+use crate::arch::stage1::GuestPhysMem;
+use crate::page_server::HostRam;
 
 /// Guest RAM: a contiguous range of guest physical addresses.
 pub struct GuestRam {

@@ -3,19 +3,17 @@
 //! The backend proper (`KvmHypervisor`, `KvmVcpu`: VM, memslots,
 //! in-kernel vGICv3 and PSCI, exception and PPI injection, kicking) exists
 //! only on aarch64 Linux with the `kvm` feature. The logic that finds the
-//! guest page behind a `KVM_RUN` → `EFAULT` ([`fault_site`], built on
-//! [`stage1`] and [`access`]) is host independent and compiled and tested
-//! everywhere; so is [`unavailable_reason`], which the VM uses to refuse
-//! `--backend kvm` with one clear sentence on hosts that cannot run it.
-
-pub mod access;
-pub mod fault_site;
-pub mod stage1;
+//! guest page behind a `KVM_RUN` → `EFAULT` ([`crate::arch::fault_site`],
+//! built on [`crate::arch::stage1`] and [`crate::arch::access`]) is shared
+//! arch code, compiled and tested on any host; [`unavailable_reason`] is
+//! compiled everywhere too, so the VM can refuse `--backend kvm` with one
+//! clear sentence on hosts that cannot run it.
 
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 mod backend;
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 mod kick;
+pub mod mailbox;
 #[cfg(all(target_os = "linux", feature = "kvm"))]
 mod memory;
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]

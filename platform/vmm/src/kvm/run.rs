@@ -1,57 +1,53 @@
-//! The kvm vCPU loop: one host thread per vCPU plus the control thread (the
-//! caller's), which owns the not-resident handler (the pager) and decides
-//! when the run ends.
+//! The kvm run loop: one host thread per vCPU plus the control thread (the
+//! caller's), which owns the fault hook and decides when the run ends.
 //!
-//! A vCPU thread handles its own MMIO and hypercall exits through the shared
-//! [`Machine`] (the same device and hypercall code as the emu backend). A
-//! not-resident fault is sent to the control thread, which asks the handler
-//! and answers when the page may be retried; the faulting vCPU waits (the
-//! synchronous baseline; the other vCPUs keep running). With a
-//! [`PageServer`] instead, a vCPU touching a non-resident page blocks in the
-//! host kernel and the server's threads answer; the control thread only
-//! watches for the server's failure. Time on this backend is host time since
-//! the start of the run.
+//! A vCPU thread runs its vCPU; device accesses complete inside
+//! [`Vcpu::run`] through the shared [`Machine`] (the same device and
+//! hypercall code as the emu backend). What the fault hook must answer (a
+//! not-resident fault, an engine call) goes to the control thread as an
+//! [`Event`], and the vCPU thread blocks on its [`Mailbox`] until the
+//! answer comes back as [`Mail`]. The control thread times the waits the
+//! hook orders, and posts what the hook decides for a running vCPU into its
+//! mailbox and kicks it out of `KVM_RUN`; the vCPU's own thread applies it.
+//! With a [`PageServer`], a vCPU touching a non-resident page blocks in the
+//! host kernel instead and the server's threads answer; the control thread
+//! only watches for the server's failure. Time on this backend is host time
+//! since the start of the run.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use super::backend::{KvmHypervisor, KvmVcpu, KvmVcpuKicker};
+use super::mailbox::{Mail, Mailbox};
 use crate::arch::{Reg, pstate};
 use crate::config::VmConfig;
+use crate::error::VmError;
+use crate::fault_hook::{Action, EngineCall, FaultHook};
 use crate::hypervisor::{Hypervisor, HypervisorError, NotResidentFault, Vcpu, VmExit, VmOps};
 use crate::loader::LoadedKernel;
-use crate::machine::{Effect, Machine};
-use crate::outcome::{GuestExit, RunOutcome, VmMetrics};
-use crate::pager_hook::{FaultDecision, NotResidentHandler, PageServer};
-use crate::vm::VmError;
+use crate::machine::{Call, Effect, Machine};
+use crate::outcome::{GuestExit, RunOutcome};
+use crate::page_server::PageServer;
+use crate::run_loop::{self, Next, Totals};
 
 /// What a vCPU thread tells the control thread.
 enum Event {
-    /// A not-resident fault; the answer goes to `reply`.
-    Fault {
+    /// A not-resident fault; the vCPU waits for its mail.
+    Fault { vcpu: u32, fault: NotResidentFault },
+    /// An engine call (through HVC, or through the doorbell, whose results
+    /// go into the machine's doorbell bank); the vCPU waits for its mail.
+    Call {
         vcpu: u32,
-        fault: NotResidentFault,
-        reply: Sender<Result<(), String>>,
+        call: EngineCall,
+        doorbell: bool,
     },
     /// The run is over (power off, reset, panic, crash).
     Exit(GuestExit),
     /// A backend operation failed.
     Error(HypervisorError),
-}
-
-/// A fault waiting for its stall to end.
-struct Stall {
-    until_ns: u64,
-    /// When the fault reached the control thread.
-    since_ns: u64,
-    vcpu: u32,
-    fault: NotResidentFault,
-    reply: Sender<Result<(), String>>,
 }
 
 /// How often the control thread checks a page server for a failure.
@@ -62,7 +58,7 @@ pub(crate) fn run(
     config: &VmConfig,
     mut hv: KvmHypervisor,
     kernel: LoadedKernel,
-    mut handler: Option<Box<dyn NotResidentHandler>>,
+    hook: &mut dyn FaultHook,
     server: Option<Arc<dyn PageServer>>,
 ) -> Result<RunOutcome, VmError> {
     let n = config.vcpus;
@@ -75,9 +71,7 @@ pub(crate) fn run(
     boot.set_reg(Reg::Pstate, pstate::EL1H_MASKED)?;
     boot.set_reg(Reg::X(0), kernel.dtb_addr)?;
     boot.set_reg(Reg::Pc, kernel.entry)?;
-    if let Some(h) = handler.as_mut() {
-        h.init(&mut hv).map_err(VmError::Pager)?;
-    }
+    hook.init(&mut hv).map_err(VmError::HookInit)?;
     if let Some(s) = &server {
         let ram = hv
             .ram()
@@ -85,21 +79,24 @@ pub(crate) fn run(
             .map_err(|e| VmError::Hypervisor(e.into()))?;
         // SAFETY: both views belong to `hv`'s guest RAM, which lives until
         // this function returns; `stop` is called before that, below.
-        unsafe { s.start(ram) }.map_err(VmError::Pager)?;
+        unsafe { s.start(ram) }.map_err(VmError::PageServer)?;
     }
     let kickers: Vec<KvmVcpuKicker> = vcpus.iter().map(KvmVcpu::kicker).collect();
-    let stop = Arc::new(AtomicBool::new(false));
+    let mailboxes: Vec<Arc<Mailbox>> = (0..n).map(|_| Arc::default()).collect();
     let started = Instant::now();
+    for v in &mut vcpus {
+        v.set_clock_origin(started);
+    }
     let (tx, rx) = mpsc::channel::<Event>();
-    let mut stalled_ns = vec![0u64; n as usize];
     info!(vcpus = n, conduit = ?hv.conduit(), "kvm: starting vCPU threads");
 
-    // Ends the run for every vCPU thread started: a blocked vCPU is kicked
-    // out of KVM_RUN, and one waiting on a page that will never come (the
-    // server failed) is let through, so that its thread sees the stop.
+    // Ends the run for every vCPU thread started: a running vCPU is kicked
+    // out of KVM_RUN and finds the stop in its mailbox, and one waiting on a
+    // page that will never come (the server failed) is let through, so
+    // that its thread sees the stop.
     let stop_all = || {
-        stop.store(true, Ordering::SeqCst);
-        for k in &kickers {
+        for (m, k) in mailboxes.iter().zip(&kickers) {
+            m.post(Mail::Stop);
             if let Err(e) = k.kick() {
                 warn!("kicking a vCPU at the end of the run: {e}");
             }
@@ -112,7 +109,7 @@ pub(crate) fn run(
         for vcpu in vcpus {
             let tx = tx.clone();
             let machine = Arc::clone(&machine);
-            let stop = Arc::clone(&stop);
+            let mailbox = Arc::clone(&mailboxes[vcpu.index() as usize]);
             let server = server.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index()))
@@ -120,7 +117,7 @@ pub(crate) fn run(
                     if let Some(s) = &server {
                         s.register_vcpu_thread(vcpu.index());
                     }
-                    vcpu_thread(vcpu, &machine, &stop, started, &tx)
+                    vcpu_thread(vcpu, &machine, &mailbox, started, &tx)
                 });
             if let Err(e) = spawned {
                 stop_all();
@@ -133,127 +130,238 @@ pub(crate) fn run(
             }
         }
         drop(tx);
-        let exit = control_loop(
+        let mut control = Control {
             config,
-            &mut hv,
-            handler.as_deref_mut(),
-            server.as_deref(),
-            &rx,
+            hv: &mut hv,
+            hook,
+            machine: &machine,
+            mailboxes: &mailboxes,
+            kickers: &kickers,
+            waits: Vec::new(),
+            blocked: vec![false; n as usize],
             started,
-            &mut stalled_ns,
-        );
+        };
+        let exit = control.run(server.as_deref(), &rx);
         stop_all();
         exit
     })?;
 
     let wall = started.elapsed();
-    let mut exits: BTreeMap<String, u64> = machine.exits();
-    exits.remove("slice_end");
-    let metrics = VmMetrics {
-        exits,
-        instructions: 0,
-        virtual_time_ns: wall.as_nanos() as u64,
-        halted_ns: vec![0; n as usize],
-        interrupts: machine.interrupts(),
-        stalled_ns,
-    };
     info!(
         ?exit,
         wall_ms = wall.as_millis() as u64,
         "kvm: run finished"
     );
-    Ok(RunOutcome {
-        exit,
-        console: machine.console(),
-        report: machine.report(),
-        task_done_ns: machine.task_done_ns(),
-        metrics,
-        wall_time: wall,
-    })
+    let totals = Totals {
+        instructions: 0,
+        time_ns: wall.as_nanos() as u64,
+        halted_ns: vec![0; n as usize],
+        irq_entries: 0,
+    };
+    Ok(run_loop::outcome(&machine, exit, totals, wall))
 }
 
 fn now_ns(started: Instant) -> u64 {
     started.elapsed().as_nanos() as u64
 }
 
-/// The control thread: serves faults through the handler, enforces the
-/// time limit, and returns how the run ended.
-fn control_loop(
-    config: &VmConfig,
-    hv: &mut KvmHypervisor,
-    mut handler: Option<&mut (dyn NotResidentHandler + '_)>,
-    server: Option<&dyn PageServer>,
-    rx: &Receiver<Event>,
+/// A wait the hook ordered for a vCPU.
+struct Wait {
+    until_ns: u64,
+    vcpu: u32,
+}
+
+/// The control thread: the fault hook, the waits it ordered, the time
+/// limit.
+struct Control<'a> {
+    config: &'a VmConfig,
+    hv: &'a mut KvmHypervisor,
+    hook: &'a mut dyn FaultHook,
+    machine: &'a Machine,
+    mailboxes: &'a [Arc<Mailbox>],
+    kickers: &'a [KvmVcpuKicker],
+    waits: Vec<Wait>,
+    /// Per vCPU: its thread waits for mail before it runs the guest again.
+    blocked: Vec<bool>,
     started: Instant,
-    stalled_ns: &mut [u64],
-) -> Result<GuestExit, VmError> {
-    let mut stalls: Vec<Stall> = Vec::new();
-    loop {
-        let now = now_ns(started);
-        // Serve the stalls that are due.
-        stalls.sort_by_key(|s| s.until_ns);
-        while stalls.first().is_some_and(|s| s.until_ns <= now) {
-            let s = stalls.remove(0);
-            if let Some(t) = stalled_ns.get_mut(s.vcpu as usize) {
-                *t += now.saturating_sub(s.since_ns);
+}
+
+impl Control<'_> {
+    fn run(
+        &mut self,
+        server: Option<&dyn PageServer>,
+        rx: &Receiver<Event>,
+    ) -> Result<GuestExit, VmError> {
+        loop {
+            let now = now_ns(self.started);
+            // The waits that are due.
+            self.waits.sort_by_key(|w| w.until_ns);
+            while self.waits.first().is_some_and(|w| w.until_ns <= now) {
+                let w = self.waits.remove(0);
+                let action = self.hook.on_wait_end(w.vcpu, now, self.hv);
+                if let Some(exit) = self.act(w.vcpu, action) {
+                    return Ok(exit);
+                }
             }
-            let r = match handler.as_deref_mut() {
-                Some(h) => h.on_stall_end(s.vcpu, &s.fault, now, hv),
-                None => Err("no pager".into()),
-            };
-            // A vCPU thread that has gone away needs no answer.
-            let _ = s.reply.send(r);
-        }
-        if now >= config.max_virtual_ns {
-            return Ok(GuestExit::Timeout);
-        }
-        let mut wake = stalls
-            .first()
-            .map_or(config.max_virtual_ns, |s| s.until_ns)
-            .min(config.max_virtual_ns);
-        if let Some(s) = server {
-            if let Some(msg) = s.failure() {
-                return Ok(GuestExit::Crash(format!("page server: {msg}")));
-            }
-            wake = wake.min(now + PAGE_SERVER_POLL.as_nanos() as u64);
-        }
-        let event = match rx.recv_timeout(Duration::from_nanos(wake.saturating_sub(now))) {
-            Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Ok(GuestExit::Crash("every vCPU thread stopped".into()));
-            }
-        };
-        match event {
-            Event::Exit(exit) => return Ok(exit),
-            Event::Error(e) => return Err(e.into()),
-            Event::Fault { vcpu, fault, reply } => {
-                let now = now_ns(started);
-                let Some(h) = handler.as_deref_mut() else {
-                    return Ok(GuestExit::Crash(format!(
-                        "vCPU {vcpu}: access to not-resident page {:#x} at pc {:#x} with no pager",
-                        fault.ipa, fault.pc
-                    )));
-                };
-                match h.on_fault(vcpu, &fault, now, hv) {
-                    FaultDecision::Retry => {
-                        let _ = reply.send(Ok(()));
-                    }
-                    FaultDecision::StallUntil(until_ns) => stalls.push(Stall {
-                        until_ns,
-                        since_ns: now,
-                        vcpu,
-                        fault,
-                        reply,
-                    }),
-                    FaultDecision::Fail(msg) => {
-                        return Ok(GuestExit::Crash(format!(
-                            "vCPU {vcpu}: page {:#x} unavailable: {msg}",
-                            fault.ipa
-                        )));
+            if self.hook.next_deadline().is_some_and(|d| d <= now) {
+                for (vcpu, action) in self.hook.on_time(now, self.hv) {
+                    if let Some(exit) = self.act(vcpu, action) {
+                        return Ok(exit);
                     }
                 }
             }
+            let limit = self.config.max_virtual_ns;
+            if now >= limit {
+                return Ok(GuestExit::Timeout);
+            }
+            let mut wake = self
+                .waits
+                .iter()
+                .map(|w| w.until_ns)
+                .chain(self.hook.next_deadline())
+                .fold(limit, u64::min);
+            if let Some(s) = server {
+                if let Some(msg) = s.failure() {
+                    return Ok(GuestExit::Crash(format!("page server: {msg}")));
+                }
+                wake = wake.min(now + PAGE_SERVER_POLL.as_nanos() as u64);
+            }
+            let event = match rx.recv_timeout(Duration::from_nanos(wake.saturating_sub(now))) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(GuestExit::Crash("every vCPU thread stopped".into()));
+                }
+            };
+            let now = now_ns(self.started);
+            let end = match event {
+                Event::Exit(exit) => return Ok(exit),
+                Event::Error(e) => return Err(e.into()),
+                Event::Fault { vcpu, fault } => {
+                    self.set_blocked(vcpu);
+                    let action = self.hook.on_not_resident(vcpu, &fault, now, self.hv);
+                    self.act(vcpu, action)
+                }
+                Event::Call {
+                    vcpu,
+                    call,
+                    doorbell,
+                } => {
+                    self.set_blocked(vcpu);
+                    let (hook, hv) = (&mut *self.hook, &mut *self.hv);
+                    let answer = run_loop::answer(self.machine, Call::Engine(call), |c| {
+                        Some(hook.on_hypercall(vcpu, c, now, hv))
+                    })
+                    .expect("the engine is on this thread");
+                    if doorbell {
+                        self.machine.set_doorbell_results(vcpu, answer.regs);
+                    } else {
+                        self.post(vcpu, Mail::Return(answer.regs));
+                    }
+                    self.act(vcpu, answer.action)
+                }
+            };
+            if let Some(exit) = end {
+                return Ok(exit);
+            }
+        }
+    }
+
+    fn set_blocked(&mut self, vcpu: u32) {
+        if let Some(b) = self.blocked.get_mut(vcpu as usize) {
+            *b = true;
+        }
+    }
+
+    fn post(&self, vcpu: u32, mail: Mail) {
+        if let Some(m) = self.mailboxes.get(vcpu as usize) {
+            m.post(mail);
+        }
+    }
+
+    /// Makes vCPU `vcpu` do what `action` says; the run's end if it ends it.
+    fn act(&mut self, vcpu: u32, action: Action) -> Option<GuestExit> {
+        let Some(&blocked) = self.blocked.get(vcpu as usize) else {
+            return Some(GuestExit::Crash(format!(
+                "the fault engine acted on vCPU {vcpu}, which this VM does not have"
+            )));
+        };
+        match action {
+            Action::Fail(msg) => return Some(GuestExit::Crash(run_loop::fail_text(vcpu, &msg))),
+            Action::StallUntil(until_ns) | Action::HaltUntil(until_ns) => {
+                // (A halt on this backend is not cut short by an interrupt:
+                // the vCPU waits in the VMM, not in the guest's WFI.)
+                self.waits.retain(|w| w.vcpu != vcpu);
+                self.waits.push(Wait { until_ns, vcpu });
+                if !blocked {
+                    self.post(vcpu, Mail::Wait);
+                    self.kick(vcpu);
+                    self.set_blocked(vcpu);
+                }
+                return None;
+            }
+            Action::Retry => {}
+            a @ (Action::InjectException(_) | Action::SetReadyLine(_)) => {
+                self.post(vcpu, Mail::Apply(a));
+                if !blocked {
+                    self.kick(vcpu);
+                }
+            }
+        }
+        if blocked {
+            self.waits.retain(|w| w.vcpu != vcpu);
+            self.post(vcpu, Mail::Resume);
+            self.blocked[vcpu as usize] = false;
+        }
+        None
+    }
+
+    fn kick(&self, vcpu: u32) {
+        if let Some(k) = self.kickers.get(vcpu as usize)
+            && let Err(e) = k.kick()
+        {
+            warn!("kicking vCPU {vcpu}: {e}");
+        }
+    }
+}
+
+/// Whether a vCPU thread goes on after reading its mail.
+enum Flow {
+    Run,
+    /// The run is over for this thread (with how, if it decided that).
+    Stop(Option<GuestExit>),
+}
+
+/// Applies the vCPU's mail; with `blocked`, keeps reading (and waiting for
+/// more) until the control thread lets it run again.
+fn read_mail(
+    vcpu: &mut KvmVcpu,
+    mailbox: &Mailbox,
+    mut blocked: bool,
+) -> Result<Flow, HypervisorError> {
+    loop {
+        let mail = if blocked {
+            mailbox.take()
+        } else {
+            match mailbox.try_take() {
+                Some(m) => m,
+                None => return Ok(Flow::Run),
+            }
+        };
+        match mail {
+            Mail::Return(regs) => {
+                for (n, value) in regs.iter().enumerate() {
+                    vcpu.set_reg(Reg::X(n as u8), *value)?;
+                }
+            }
+            Mail::Apply(action) => {
+                if let Next::End(exit) = run_loop::apply(vcpu, action)? {
+                    return Ok(Flow::Stop(Some(exit)));
+                }
+            }
+            Mail::Wait => blocked = true,
+            Mail::Resume => blocked = false,
+            Mail::Stop => return Ok(Flow::Stop(None)),
         }
     }
 }
@@ -262,105 +370,93 @@ fn control_loop(
 fn vcpu_thread(
     mut vcpu: KvmVcpu,
     machine: &Machine,
-    stop: &AtomicBool,
+    mailbox: &Mailbox,
     started: Instant,
     tx: &Sender<Event>,
 ) {
     let idx = vcpu.index();
+    // Hands `event` to the control thread and waits for its answer.
+    let ask = |vcpu: &mut KvmVcpu, event: Event| -> Result<Flow, HypervisorError> {
+        if tx.send(event).is_err() {
+            return Ok(Flow::Stop(None));
+        }
+        read_mail(vcpu, mailbox, true)
+    };
     let result = (|| -> Result<Option<GuestExit>, HypervisorError> {
         loop {
-            if stop.load(Ordering::SeqCst) {
-                return Ok(None);
+            // Mail posted while the guest ran (the kick ended `run`).
+            if let Flow::Stop(end) = read_mail(&mut vcpu, mailbox, false)? {
+                return Ok(end);
             }
             let exit = vcpu.run()?;
             let now = now_ns(started);
-            match exit {
-                VmExit::Mmio {
-                    addr,
-                    len,
-                    write: None,
-                } => {
-                    let value = machine.mmio_read_value(idx, addr, usize::from(len), now);
-                    vcpu.complete_mmio_read(value)?;
-                }
-                VmExit::Mmio {
-                    addr,
-                    len,
-                    write: Some(value),
-                } => {
-                    let len = usize::from(len).min(8);
-                    machine.mmio_write(idx, addr, &value.to_le_bytes()[..len], now);
-                }
+            if let VmExit::SystemEvent { .. } = exit {
+                machine.count_exit("system_event");
+            }
+            if let Some(end) = run_loop::terminal_exit(idx, &exit) {
+                return Ok(Some(end));
+            }
+            let flow = match exit {
                 VmExit::Hypercall { function, args, .. } => {
-                    let r = machine.hypercall(idx, function, args, now);
-                    for (n, value) in r.iter().enumerate() {
-                        vcpu.set_reg(Reg::X(n as u8), *value)?;
+                    match machine.dispatch(idx, function, args, now) {
+                        Call::Engine(call) => ask(
+                            &mut vcpu,
+                            Event::Call {
+                                vcpu: idx,
+                                call,
+                                doorbell: false,
+                            },
+                        )?,
+                        answered @ Call::Answered(_) => {
+                            let answer = run_loop::answer(machine, answered, |_| None);
+                            match run_loop::return_from_hypercall(&mut vcpu, answer)? {
+                                Next::End(exit) => Flow::Stop(Some(exit)),
+                                _ => Flow::Run,
+                            }
+                        }
                     }
                 }
                 VmExit::NotResident(fault) => {
                     machine.count_exit("not_resident");
-                    let (reply, answer) = mpsc::channel();
-                    if tx
-                        .send(Event::Fault {
-                            vcpu: idx,
-                            fault,
-                            reply,
-                        })
-                        .is_err()
-                    {
-                        return Ok(None);
-                    }
-                    match answer.recv() {
-                        Ok(Ok(())) => {}
-                        Ok(Err(msg)) => {
-                            return Ok(Some(GuestExit::Crash(format!(
-                                "vCPU {idx}: page {:#x} could not be made resident: {msg}",
-                                fault.ipa
-                            ))));
-                        }
-                        // The control thread ended the run meanwhile.
-                        Err(_) => return Ok(None),
-                    }
+                    ask(&mut vcpu, Event::Fault { vcpu: idx, fault })?
                 }
-                VmExit::SystemEvent { reset } => {
-                    machine.count_exit("system_event");
-                    return Ok(Some(if reset {
-                        GuestExit::Reset
-                    } else {
-                        GuestExit::PowerOff
-                    }));
-                }
-                VmExit::Crash { pc, addr, reason } => {
-                    let at = addr
-                        .map(|a| format!(", address {a:#x}"))
-                        .unwrap_or_default();
-                    return Ok(Some(GuestExit::Crash(format!(
-                        "vCPU {idx}: {reason} at pc {pc:#x}{at}"
-                    ))));
-                }
-                VmExit::SliceEnd => {}
-                // KVM handles WFI, SVC and system registers in the kernel.
-                e @ (VmExit::Wfi | VmExit::Svc { .. } | VmExit::SysReg { .. }) => {
+                VmExit::SliceEnd => Flow::Run,
+                // KVM handles WFI and SVC in the kernel.
+                e @ (VmExit::Wfi | VmExit::Svc { .. }) => {
                     machine.count_exit(e.metric_name());
+                    Flow::Run
+                }
+                VmExit::Crash { .. } | VmExit::SystemEvent { .. } => Flow::Run,
+            };
+            if let Flow::Stop(end) = flow {
+                return Ok(end);
+            }
+            if let Some(call) = machine.take_doorbell_engine_call(idx) {
+                let event = Event::Call {
+                    vcpu: idx,
+                    call,
+                    doorbell: true,
+                };
+                if let Flow::Stop(end) = ask(&mut vcpu, event)? {
+                    return Ok(end);
                 }
             }
             // Every effect that reaches this loop ends the run, so the first
             // one decides how.
             if let Some(effect) = machine.take_effects().into_iter().next() {
                 debug!(vcpu = idx, ?effect, "hypercall effect");
-                match effect {
-                    Effect::Panic(msg) => return Ok(Some(GuestExit::Panic(msg))),
-                    Effect::SystemOff => return Ok(Some(GuestExit::PowerOff)),
-                    Effect::SystemReset => return Ok(Some(GuestExit::Reset)),
+                return Ok(Some(run_loop::terminal_effect(&effect).unwrap_or_else(|| {
                     // PSCI is in the kernel on this backend; a CPU_ON or
                     // CPU_OFF through the doorbell is a guest error.
-                    e @ (Effect::CpuOn { .. } | Effect::CpuOff { .. }) => {
-                        return Ok(Some(GuestExit::Crash(format!(
-                            "vCPU {idx}: PSCI call {e:?} through the apflab conduit; on kvm PSCI \
-                             is HVC to the in-kernel firmware"
-                        ))));
-                    }
-                }
+                    debug_assert!(matches!(
+                        effect,
+                        Effect::CpuOn { .. } | Effect::CpuOff { .. }
+                    ));
+                    GuestExit::Crash(format!(
+                        "vCPU {idx}: PSCI call {effect:?} through the apflab conduit; on kvm PSCI \
+                         is HVC to the in-kernel firmware"
+                    ))
+                })));
             }
         }
     })();

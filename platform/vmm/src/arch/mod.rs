@@ -1,6 +1,13 @@
 //! arm64 architecture facts the VMM needs: typed registers, system register
 //! encodings, PSTATE bits, exception vector offsets and instruction decoding
-//! for the few instructions the VMM must recognise.
+//! for the few instructions the VMM must recognise, plus what both backends
+//! use to find the page behind a fault: the guest's stage-1 walk
+//! ([`stage1`]), the data access of a load/store ([`access`]) and the two
+//! combined ([`fault_site`]).
+
+pub mod access;
+pub mod fault_site;
+pub mod stage1;
 
 /// A vCPU register, typed (Firecracker style) so that backends translate one
 /// enum instead of passing raw ids around.

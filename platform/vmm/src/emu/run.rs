@@ -1,0 +1,341 @@
+//! The emu run loop: all vCPUs on this thread, each with its own virtual
+//! clock.
+//!
+//! The scheduler always runs the vCPU whose clock is lowest (ties: lowest
+//! index) for one slice, which keeps the clocks within a slice of each
+//! other, makes interactions between vCPUs causal in virtual time, and makes
+//! the whole run deterministic. A halted (WFI) vCPU is ready at its timer
+//! deadline or when another vCPU sends it an interrupt; a vCPU the fault
+//! hook made wait is ready when that wait ends. When every vCPU waits,
+//! virtual time jumps to the earliest of those.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use apflab_abi::apf::esr;
+use tracing::{debug, info};
+
+use super::{EmuResidency, EmuVcpu};
+use crate::arch::{Reg, ec, pstate};
+use crate::config::VmConfig;
+use crate::error::VmError;
+use crate::fault_hook::FaultHook;
+use crate::hypervisor::{SyncException, Vcpu, VmExit};
+use crate::loader::LoadedKernel;
+use crate::machine::{Effect, Machine};
+use crate::outcome::{GuestExit, RunOutcome};
+use crate::run_loop::{self, Next, Totals};
+
+/// While an interrupt waits for the guest to unmask IRQs, slices are cut to
+/// this many instructions so it is taken soon after the unmask.
+const IRQ_POLL_INSTRUCTIONS: u64 = 1_000;
+
+/// Scheduling state of one vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    /// Powered off (PSCI).
+    Off,
+    Running,
+    /// In WFI.
+    Halted,
+    /// Kept off the CPU by the fault hook until `until` (with `halt`, also
+    /// until an interrupt is signalled to it).
+    Waiting {
+        until: u64,
+        halt: bool,
+    },
+}
+
+/// What one emu run drives.
+pub(crate) struct EmuRun<'h> {
+    config: VmConfig,
+    kernel: LoadedKernel,
+    hook: &'h mut dyn FaultHook,
+    machine: Arc<Machine>,
+    vcpus: Vec<EmuVcpu>,
+    residency: EmuResidency,
+    states: Vec<RunState>,
+    halted_ns: Vec<u64>,
+    irq_entries: u64,
+}
+
+impl<'h> EmuRun<'h> {
+    /// A run of `vcpus` (vCPU 0 boots `kernel`) on `machine`.
+    pub(crate) fn new(
+        config: VmConfig,
+        kernel: LoadedKernel,
+        machine: Arc<Machine>,
+        vcpus: Vec<EmuVcpu>,
+        residency: EmuResidency,
+        hook: &'h mut dyn FaultHook,
+    ) -> Self {
+        let n = vcpus.len();
+        let mut states = vec![RunState::Off; n];
+        states[0] = RunState::Running;
+        EmuRun {
+            config,
+            kernel,
+            hook,
+            machine,
+            vcpus,
+            residency,
+            states,
+            halted_ns: vec![0; n],
+            irq_entries: 0,
+        }
+    }
+
+    /// Runs the guest to its end.
+    pub(crate) fn run(mut self) -> Result<RunOutcome, VmError> {
+        let started = Instant::now();
+        self.hook
+            .init(&mut self.residency.with(&mut self.vcpus))
+            .map_err(VmError::HookInit)?;
+        let boot = &mut self.vcpus[0];
+        boot.set_reg(Reg::X(0), self.kernel.dtb_addr)?;
+        boot.set_reg(Reg::Pc, self.kernel.entry)?;
+        let exit = self.schedule()?;
+        let totals = Totals {
+            instructions: self.vcpus.iter().map(EmuVcpu::instructions).sum(),
+            time_ns: self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0),
+            halted_ns: self.halted_ns.clone(),
+            irq_entries: self.irq_entries,
+        };
+        info!(?exit, virtual_ns = totals.time_ns, "run finished");
+        Ok(run_loop::outcome(
+            &self.machine,
+            exit,
+            totals,
+            started.elapsed(),
+        ))
+    }
+
+    /// When vCPU `i` can next run, if ever.
+    fn ready_time(&self, i: usize) -> Option<u64> {
+        let now = self.vcpus[i].now_ns();
+        let irq_wake = || {
+            self.machine
+                .signalled_irq(i as u32)
+                .map(|_| self.machine.wake_hint(i as u32).map_or(now, |h| h.max(now)))
+        };
+        match self.states[i] {
+            RunState::Off => None,
+            RunState::Running => Some(now),
+            RunState::Waiting { until, halt: false } => Some(until.max(now)),
+            RunState::Waiting { until, halt: true } => {
+                Some(irq_wake().map_or(until, |t| t.min(until)).max(now))
+            }
+            RunState::Halted => irq_wake().or_else(|| self.machine.next_deadline(i as u32, now)),
+        }
+    }
+
+    /// Puts vCPU `i` in the state `next` asks for; the run's end if it is
+    /// one.
+    fn enter(&mut self, i: usize, next: Next) -> Option<GuestExit> {
+        self.states[i] = match next {
+            Next::Run => RunState::Running,
+            Next::Stall(until) => RunState::Waiting { until, halt: false },
+            Next::Halt(until) => RunState::Waiting { until, halt: true },
+            Next::End(exit) => return Some(exit),
+        };
+        None
+    }
+
+    /// Applies what the hook says at its own deadline (time `t`).
+    fn hook_deadline(&mut self, t: u64) -> Result<Option<GuestExit>, VmError> {
+        let actions = self
+            .hook
+            .on_time(t, &mut self.residency.with(&mut self.vcpus));
+        for (v, action) in actions {
+            let i = v as usize;
+            let Some(vcpu) = self.vcpus.get_mut(i) else {
+                return Ok(Some(GuestExit::Crash(format!(
+                    "the fault engine acted on vCPU {v}, which this VM does not have"
+                ))));
+            };
+            vcpu.advance_to(t);
+            let next = run_loop::apply(vcpu, action)?;
+            if let Some(exit) = self.enter(i, next) {
+                return Ok(Some(exit));
+            }
+        }
+        Ok(None)
+    }
+
+    fn schedule(&mut self) -> Result<GuestExit, VmError> {
+        let cost = self.config.cost;
+        loop {
+            let next = (0..self.vcpus.len())
+                .filter_map(|i| self.ready_time(i).map(|t| (t, i)))
+                .min();
+            let deadline = self.hook.next_deadline();
+            if let Some(d) = deadline
+                && next.is_none_or(|(t, _)| d <= t)
+            {
+                if d > self.config.max_virtual_ns {
+                    return Ok(GuestExit::Timeout);
+                }
+                if let Some(exit) = self.hook_deadline(d)? {
+                    return Ok(exit);
+                }
+                continue;
+            }
+            let Some((t, i)) = next else {
+                return Ok(GuestExit::Crash(
+                    "every vCPU is off or halted with no timer armed and no interrupt pending"
+                        .into(),
+                ));
+            };
+            if t > self.config.max_virtual_ns {
+                return Ok(GuestExit::Timeout);
+            }
+            let idx = i as u32;
+            match self.states[i] {
+                RunState::Halted => {
+                    self.halted_ns[i] += self.vcpus[i].advance_to(t);
+                    // Waking from WFI is an exit on real hardware too.
+                    self.vcpus[i].charge_ns(cost.exit_ns);
+                    self.states[i] = RunState::Running;
+                }
+                RunState::Waiting { .. } => {
+                    self.vcpus[i].advance_to(t);
+                    let now = self.vcpus[i].now_ns();
+                    let action =
+                        self.hook
+                            .on_wait_end(idx, now, &mut self.residency.with(&mut self.vcpus));
+                    let next = run_loop::apply(&mut self.vcpus[i], action)?;
+                    if let Some(exit) = self.enter(i, next) {
+                        return Ok(exit);
+                    }
+                    if self.states[i] != RunState::Running {
+                        continue;
+                    }
+                }
+                RunState::Running | RunState::Off => {}
+            }
+            let v = &mut self.vcpus[i];
+            let now = v.now_ns();
+            self.machine.take_wake_hint(idx);
+            self.machine.update_lines(idx, now);
+            let mut budget = self.config.slice_instructions;
+            if self.machine.signalled_irq(idx).is_some() {
+                if v.enter_irq()? {
+                    v.charge_ns(cost.inject_ns);
+                    self.irq_entries += 1;
+                } else {
+                    budget = budget.min(IRQ_POLL_INSTRUCTIONS);
+                }
+            }
+            for d in [self.machine.next_deadline(idx, now), deadline]
+                .into_iter()
+                .flatten()
+            {
+                budget = budget.min(v.instructions_until(d));
+            }
+            v.set_budget(budget);
+            let exit = v.run()?;
+            let now = v.now_ns();
+            if let Some(end) = run_loop::terminal_exit(idx, &exit) {
+                return Ok(end);
+            }
+            let next = match exit {
+                VmExit::SliceEnd => Next::Run,
+                VmExit::Wfi => {
+                    self.machine.count_exit("wfi");
+                    self.machine.update_lines(idx, now);
+                    if self.machine.signalled_irq(idx).is_none() {
+                        self.states[i] = RunState::Halted;
+                    }
+                    Next::Run
+                }
+                VmExit::Svc { imm } => {
+                    self.machine.count_exit("svc");
+                    let pc = v.get_reg(Reg::Pc)?;
+                    v.inject_exception(SyncException {
+                        esr: esr(ec::SVC64, u64::from(imm)),
+                        far: 0,
+                        return_pc: pc,
+                    })?;
+                    Next::Run
+                }
+                VmExit::Hypercall { function, args, .. } => {
+                    v.charge_ns(cost.exit_ns + cost.hypercall_ns);
+                    let call = self.machine.dispatch(idx, function, args, now);
+                    let hook = &mut *self.hook;
+                    let residency = &mut self.residency;
+                    let vcpus = &mut self.vcpus;
+                    let answer = run_loop::answer(&self.machine, call, |c| {
+                        Some(hook.on_hypercall(idx, c, now, &mut residency.with(vcpus)))
+                    });
+                    run_loop::return_from_hypercall(&mut self.vcpus[i], answer)?
+                }
+                VmExit::NotResident(fault) => {
+                    self.machine.count_exit("not_resident");
+                    // The exit to the VMM comes first; the fetch starts after it.
+                    v.charge_ns(cost.exit_ns);
+                    let now = v.now_ns();
+                    let action = self.hook.on_not_resident(
+                        idx,
+                        &fault,
+                        now,
+                        &mut self.residency.with(&mut self.vcpus),
+                    );
+                    run_loop::apply(&mut self.vcpus[i], action)?
+                }
+                // Handled above.
+                VmExit::Crash { .. } | VmExit::SystemEvent { .. } => Next::Run,
+            };
+            if let Some(exit) = self.enter_unless_halted(i, next) {
+                return Ok(exit);
+            }
+            if let Some(call) = self.machine.take_doorbell_engine_call(idx) {
+                let now = self.vcpus[i].now_ns();
+                let hook = &mut *self.hook;
+                let residency = &mut self.residency;
+                let vcpus = &mut self.vcpus;
+                let answer =
+                    run_loop::answer(&self.machine, crate::machine::Call::Engine(call), |c| {
+                        Some(hook.on_hypercall(idx, c, now, &mut residency.with(vcpus)))
+                    });
+                let next =
+                    run_loop::return_from_doorbell(&mut self.vcpus[i], &self.machine, answer)?;
+                if let Some(exit) = self.enter_unless_halted(i, next) {
+                    return Ok(exit);
+                }
+            }
+            for effect in self.machine.take_effects() {
+                debug!(vcpu = i, ?effect, "hypercall effect");
+                if let Some(exit) = run_loop::terminal_effect(&effect) {
+                    return Ok(exit);
+                }
+                match effect {
+                    Effect::CpuOn {
+                        target,
+                        entry,
+                        context_id,
+                    } => {
+                        let t = target as usize;
+                        let caller_now = self.vcpus[i].now_ns();
+                        let tv = &mut self.vcpus[t];
+                        tv.advance_to(caller_now);
+                        tv.set_reg(Reg::Pstate, pstate::EL1H_MASKED)?;
+                        tv.set_reg(Reg::X(0), context_id)?;
+                        tv.set_reg(Reg::Pc, entry)?;
+                        self.states[t] = RunState::Running;
+                    }
+                    Effect::CpuOff { vcpu } => self.states[vcpu as usize] = RunState::Off,
+                    Effect::SystemOff | Effect::SystemReset | Effect::Panic(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Like [`EmuRun::enter`], except that [`Next::Run`] leaves a vCPU that
+    /// just went into WFI halted.
+    fn enter_unless_halted(&mut self, i: usize, next: Next) -> Option<GuestExit> {
+        if next == Next::Run && self.states[i] == RunState::Halted {
+            return None;
+        }
+        self.enter(i, next)
+    }
+}

@@ -1,0 +1,152 @@
+//! The virtual TLB fill: unicorn asks for every translation, and the VMM
+//! answers with the guest's own stage-1 walk, its permissions for the
+//! current exception level, and the pager's word on the target page. A
+//! page the pager withholds fails the fill before the access has any
+//! effect, so the instruction can be retried once the page is in.
+
+use apflab_abi::addr::Gpa;
+use apflab_abi::memory_map::PAGE_SIZE;
+use unicorn_engine::{MemType, Prot, RegisterARM64, TlbEntry, Unicorn};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::hooks::HookState;
+use super::residency::AbsentPages;
+use super::{SCTLR_EL1, TCR_EL1, cp};
+use crate::arch::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk};
+use crate::arch::{SysRegId, pstate};
+use crate::hypervisor::{NotResidentFault, VmExit};
+
+/// Guest RAM as the stage-1 walk of a TLB fill reads it.
+struct WalkMemory<'a> {
+    memory: &'a GuestMemoryMmap,
+    absent: &'a AbsentPages,
+}
+
+impl GuestPhysMem for WalkMemory<'_> {
+    fn is_resident(&self, ipa: u64) -> bool {
+        !self.absent.is_absent(ipa)
+    }
+    fn read_u64(&self, ipa: u64) -> Option<u64> {
+        self.memory.read_obj::<u64>(GuestAddress(ipa)).ok()
+    }
+    fn read_u32(&self, ipa: u64) -> Option<u32> {
+        self.memory.read_obj::<u32>(GuestAddress(ipa)).ok()
+    }
+}
+
+/// The engine's TLB fill for the page at `va`: the guest's stage-1 walk,
+/// its permissions for the current exception level, and the pager's word on
+/// the target page. `None` fails the access before it has any effect; the
+/// reason is left in `pending` for [`Vcpu::run`] to return.
+pub(super) fn fill_tlb(
+    uc: &mut Unicorn<'_, HookState>,
+    va: u64,
+    kind: MemType,
+) -> Option<TlbEntry> {
+    let pc = uc.pc_read().unwrap_or(0);
+    let el0 = uc.reg_read(RegisterARM64::PSTATE).unwrap_or(0) & pstate::MODE_MASK == 0;
+    let regs = translation_regs(uc);
+    let st = uc.get_data_mut();
+    let mem = WalkMemory {
+        memory: &st.memory,
+        absent: &st.absent,
+    };
+    let crash = |reason: String| VmExit::Crash {
+        pc,
+        addr: Some(va),
+        reason,
+    };
+    let (exit, entry) = match regs.map(|r| r.walk(va, &mem)) {
+        Ok(Ok(Walk::Leaf { ipa, desc })) => {
+            let page = ipa & !(PAGE_SIZE - 1);
+            let perms = Permissions::of(desc, el0);
+            let allowed = match kind {
+                MemType::WRITE => perms.write,
+                MemType::FETCH => perms.exec,
+                _ => perms.read,
+            };
+            if !allowed {
+                let what = match kind {
+                    MemType::WRITE => "write to",
+                    MemType::FETCH => "instruction fetch from",
+                    _ => "read of",
+                };
+                let el = if el0 { 0 } else { 1 };
+                (
+                    Some(crash(format!(
+                        "permission fault: EL{el} {what} virtual address {va:#x} (descriptor {:#x})",
+                        desc.unwrap_or(0)
+                    ))),
+                    None,
+                )
+            } else if st.absent.is_absent(page) {
+                (
+                    Some(VmExit::NotResident(NotResidentFault {
+                        gpa: Gpa(page),
+                        write: kind == MemType::WRITE,
+                        fetch: kind == MemType::FETCH,
+                        pc,
+                        el: u8::from(!el0),
+                    })),
+                    None,
+                )
+            } else {
+                let mut prot = Prot::NONE;
+                for (ok, p) in [
+                    (perms.read, Prot::READ),
+                    (perms.write, Prot::WRITE),
+                    (perms.exec, Prot::EXEC),
+                ] {
+                    if ok {
+                        prot |= p;
+                    }
+                }
+                (
+                    None,
+                    // The engine's TLB pages are 1 KiB (the smallest arm
+                    // granule QEMU supports): map exactly the one asked for.
+                    Some(TlbEntry {
+                        paddr: ipa,
+                        perms: prot,
+                    }),
+                )
+            }
+        }
+        Ok(Ok(Walk::NeedsPage(ipa))) => (
+            Some(VmExit::NotResident(NotResidentFault {
+                gpa: Gpa(ipa).page_base(),
+                write: false,
+                fetch: false,
+                pc,
+                el: u8::from(!el0),
+            })),
+            None,
+        ),
+        Ok(Err(e)) => (Some(crash(format!("translation fault: {e}"))), None),
+        Err(e) => (
+            Some(crash(format!("cannot read the MMU registers: {e}"))),
+            None,
+        ),
+    };
+    if exit.is_some() {
+        st.pending = exit;
+    }
+    entry
+}
+
+/// The vCPU's EL1&0 translation registers.
+fn translation_regs(uc: &Unicorn<'_, HookState>) -> Result<TranslationRegs, String> {
+    let coproc = |reg: SysRegId| {
+        let mut c = cp(reg);
+        uc.reg_read_arm64_coproc(&mut c)
+            .map(|()| c.val)
+            .map_err(|e| format!("{e:?}"))
+    };
+    let reg = |r: RegisterARM64| uc.reg_read(r).map_err(|e| format!("{e:?}"));
+    Ok(TranslationRegs {
+        sctlr: coproc(SCTLR_EL1)?,
+        tcr: coproc(TCR_EL1)?,
+        ttbr0: reg(RegisterARM64::TTBR0_EL1)?,
+        ttbr1: reg(RegisterARM64::TTBR1_EL1)?,
+    })
+}

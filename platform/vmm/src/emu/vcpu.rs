@@ -1,0 +1,241 @@
+//! One vCPU on its own unicorn engine: creating it (guest RAM and device
+//! windows mapped, hooks installed, the EL3/EL2 registers fixed so EL1 can
+//! turn its MMU on), its virtual clock, and its registers.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use apflab_abi::memory_map::{
+    APF_READY_PPI, DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE,
+    RAM_BASE, UART_BASE, UART_SIZE,
+};
+use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, Unicorn};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::hooks::{self, HookState, read_insn};
+use super::residency::AbsentPages;
+use super::{HCR_EL2, HCR_EL2_VALUE, SCR_EL3, SCR_EL3_VALUE, SPSR_EL1, XREGS, cp, engine_err};
+use crate::arch::{EntryKind, Reg, insn, pstate};
+use crate::config::CostModel;
+use crate::hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
+
+/// One vCPU on its own unicorn engine.
+pub struct EmuVcpu {
+    pub(super) index: u32,
+    pub(super) uc: Unicorn<'static, HookState>,
+}
+
+impl EmuVcpu {
+    pub(super) fn new(
+        index: u32,
+        memory: &GuestMemoryMmap,
+        absent: Rc<AbsentPages>,
+        vcpus: u32,
+        ops: Arc<dyn VmOps>,
+        cost: CostModel,
+    ) -> Result<Self, HypervisorError> {
+        let state = HookState {
+            index,
+            ops,
+            cost,
+            insns: 0,
+            slice_insns: 0,
+            budget: u64::MAX,
+            extra_ns: 0,
+            pending: None,
+            stop_requested: false,
+            end_slice: false,
+            last_block_end: 0,
+            memory: memory.clone(),
+            absent,
+        };
+        let mut uc = Unicorn::new_with_data(Arch::ARM64, Mode::ARM, state)
+            .map_err(|e| engine_err("create engine", e))?;
+        // `-cpu max`, like the QEMU runs the guest is compared with; must be
+        // set before any mapping.
+        uc.ctl_set_cpu_model(Arm64CpuModel::MAX as i32)
+            .map_err(|e| engine_err("select CPU model max", e))?;
+        // Translations come from `fill_tlb` (see residency.rs).
+        uc.ctl_set_tlb_type(TlbType::VIRTUAL)
+            .map_err(|e| engine_err("select the virtual TLB", e))?;
+        let region = memory
+            .iter()
+            .next()
+            .ok_or(HypervisorError::OutsideRam(RAM_BASE))?;
+        let base = region.start_addr().0;
+        let size = region.len();
+        let host = memory
+            .get_host_address(GuestAddress(base))
+            .map_err(|_| HypervisorError::OutsideRam(base))?;
+        // SAFETY: `host` points to the `size` bytes of the guest memory
+        // region, which stays mapped as long as `memory` (a clone of which
+        // the VM keeps for the lifetime of every engine) lives; all engines
+        // share it, which is coherent when all run on one thread.
+        unsafe { uc.mem_map_ptr(base, size, Prot::ALL, host.cast()) }
+            .map_err(|e| engine_err("map guest RAM", e))?;
+        for (name, base, size) in [
+            ("pl011", UART_BASE, UART_SIZE),
+            ("gic distributor", GICD_BASE, GICD_SIZE),
+            (
+                "gic redistributors",
+                GICR_BASE,
+                GICR_STRIDE * u64::from(vcpus),
+            ),
+            ("doorbell", DOORBELL_BASE, DOORBELL_SIZE),
+        ] {
+            hooks::map_device(&mut uc, base, size)
+                .map_err(|e| engine_err(format!("map {name}"), e))?;
+        }
+        hooks::install_hooks(&mut uc, (base, base + size))
+            .map_err(|e| engine_err("install hooks", e))?;
+        uc.reg_write_arm64_coproc(&cp(SCR_EL3).val(SCR_EL3_VALUE))
+            .map_err(|e| engine_err("write SCR_EL3", e))?;
+        uc.reg_write_arm64_coproc(&cp(HCR_EL2).val(HCR_EL2_VALUE))
+            .map_err(|e| engine_err("write HCR_EL2", e))?;
+        uc.reg_write(RegisterARM64::PSTATE, pstate::EL1H_MASKED)
+            .map_err(|e| engine_err("write PSTATE", e))?;
+        Ok(EmuVcpu { index, uc })
+    }
+
+    /// Virtual time of this vCPU, ns.
+    pub fn now_ns(&self) -> u64 {
+        self.uc.get_data().now_ns()
+    }
+
+    /// Instructions this vCPU has executed.
+    pub fn instructions(&self) -> u64 {
+        self.uc.get_data().insns
+    }
+
+    /// Adds host cost or waiting time to this vCPU's clock.
+    pub fn charge_ns(&mut self, ns: u64) {
+        self.uc.get_data_mut().extra_ns += ns;
+    }
+
+    /// Moves this vCPU's clock forward to `t` (no-op if already there);
+    /// returns how far it moved.
+    pub fn advance_to(&mut self, t: u64) -> u64 {
+        let now = self.now_ns();
+        let d = t.saturating_sub(now);
+        self.charge_ns(d);
+        d
+    }
+
+    /// Instructions the next [`Vcpu::run`] may execute before returning
+    /// [`VmExit::SliceEnd`] (rounded up to a whole block).
+    pub fn set_budget(&mut self, instructions: u64) {
+        self.uc.get_data_mut().budget = instructions.max(1);
+    }
+
+    /// The instructions left until `ns` of this vCPU's virtual time.
+    pub fn instructions_until(&self, ns: u64) -> u64 {
+        let st = self.uc.get_data();
+        let d = ns.saturating_sub(st.now_ns());
+        ((d as f64 / st.cost.ns_per_instruction).ceil() as u64).max(1)
+    }
+
+    /// Applies a residency change to this engine's view of guest RAM.
+    /// Drops every cached translation of this engine.
+    pub(crate) fn flush_tlb(&mut self) -> Result<(), HypervisorError> {
+        self.uc
+            .ctl_flush_tlb()
+            .map_err(|e| engine_err("flush the TLB", e))
+    }
+
+    fn reg_id(reg: Reg) -> Option<RegisterARM64> {
+        Some(match reg {
+            Reg::X(n) => *XREGS.get(usize::from(n))?,
+            Reg::Sp => RegisterARM64::SP,
+            Reg::Pc => RegisterARM64::PC,
+            Reg::Pstate => RegisterARM64::PSTATE,
+            Reg::SpEl0 => RegisterARM64::SP_EL0,
+            Reg::SpEl1 => RegisterARM64::SP_EL1,
+            Reg::ElrEl1 => RegisterARM64::ELR_EL1,
+            Reg::EsrEl1 => RegisterARM64::ESR_EL1,
+            Reg::FarEl1 => RegisterARM64::FAR_EL1,
+            Reg::VbarEl1 => RegisterARM64::VBAR_EL1,
+            Reg::SpsrEl1 => return None,
+        })
+    }
+}
+
+impl Vcpu for EmuVcpu {
+    fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn run(&mut self) -> Result<VmExit, HypervisorError> {
+        {
+            let st = self.uc.get_data_mut();
+            st.slice_insns = 0;
+            st.pending = None;
+            st.stop_requested = false;
+            st.end_slice = false;
+            st.last_block_end = 0;
+        }
+        let pc = self.get_reg(Reg::Pc)?;
+        let result = self.uc.emu_start(pc, 0, 0, 0);
+        if let Some(exit) = self.uc.get_data_mut().pending.take() {
+            return Ok(exit);
+        }
+        let pc = self.get_reg(Reg::Pc)?;
+        match result {
+            Ok(()) => {
+                // WFI ends the engine's run with PC past it and no hook: the
+                // last block entered ends right there with a WFI.
+                let st = self.uc.get_data();
+                if st.last_block_end == pc
+                    && read_insn(&self.uc, pc.wrapping_sub(4)) == Some(insn::WFI)
+                {
+                    Ok(VmExit::Wfi)
+                } else {
+                    Ok(VmExit::SliceEnd)
+                }
+            }
+            Err(e) => Ok(VmExit::Crash {
+                pc,
+                addr: None,
+                reason: format!("CPU stopped with {e:?}"),
+            }),
+        }
+    }
+
+    fn get_reg(&self, reg: Reg) -> Result<u64, HypervisorError> {
+        match Self::reg_id(reg) {
+            Some(id) => self
+                .uc
+                .reg_read(id)
+                .map_err(|e| engine_err(format!("read {reg:?}"), e)),
+            None => {
+                let mut c = cp(SPSR_EL1);
+                self.uc
+                    .reg_read_arm64_coproc(&mut c)
+                    .map_err(|e| engine_err("read SPSR_EL1", e))?;
+                Ok(c.val)
+            }
+        }
+    }
+
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), HypervisorError> {
+        match Self::reg_id(reg) {
+            Some(id) => self
+                .uc
+                .reg_write(id, value)
+                .map_err(|e| engine_err(format!("write {reg:?}"), e)),
+            None => self
+                .uc
+                .reg_write_arm64_coproc(&cp(SPSR_EL1).val(value))
+                .map_err(|e| engine_err("write SPSR_EL1", e)),
+        }
+    }
+
+    fn inject_exception(&mut self, exc: SyncException) -> Result<(), HypervisorError> {
+        self.enter_el1(EntryKind::Sync, exc.return_pc, Some(exc.esr), Some(exc.far))
+    }
+
+    fn set_ready_line(&mut self, level: bool) -> Result<(), HypervisorError> {
+        let st = self.uc.get_data();
+        st.ops.set_irq_line(self.index, APF_READY_PPI, level);
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! Why a VM could not be built or run. A guest that misbehaves is not an
+//! error: its run ends with a [`crate::GuestExit`] that says what happened.
+
+use apflab_abi::memory_map::MAX_VCPUS;
+
+use crate::config::MIN_MEMORY_MIB;
+use crate::fault_hook::HookInitError;
+use crate::fdt::FdtError;
+use crate::hypervisor::HypervisorError;
+use crate::loader::LoadError;
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// vCPU count out of range.
+    #[error("vcpus = {0}: must be between 1 and {MAX_VCPUS}")]
+    Vcpus(u32),
+    /// Memory too small.
+    #[error("memory = {0} MiB: must be at least {MIN_MEMORY_MIB} MiB")]
+    MemoryTooSmall(u64),
+    /// Memory larger than the host has.
+    #[error("memory = {requested} MiB is more than this host's {host} MiB of RAM")]
+    MemoryTooLarge {
+        /// Requested MiB.
+        requested: u64,
+        /// Host MiB.
+        host: u64,
+    },
+    /// A cost model or slice value that makes no sense.
+    #[error("{key} = {value}: {expected}")]
+    BadValue {
+        /// Config key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is expected.
+        expected: &'static str,
+    },
+    /// Guest RAM could not be allocated.
+    #[error("cannot allocate {mib} MiB of guest RAM: {detail}")]
+    Allocate {
+        /// Size.
+        mib: u64,
+        /// Why.
+        detail: String,
+    },
+    /// The backend is not available on this host/build.
+    #[error("the {backend} backend is not available: {why}")]
+    BackendUnavailable {
+        /// Which one.
+        backend: &'static str,
+        /// Why, and what to use instead.
+        why: &'static str,
+    },
+    /// `--backend kvm` on a host or build that cannot run it; the text is
+    /// one sentence naming the alternative (the CLI exits with code 2).
+    #[error("{0}")]
+    KvmUnavailable(String),
+    /// The kernel could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The device tree could not be built.
+    #[error(transparent)]
+    Fdt(#[from] FdtError),
+    /// A backend operation failed.
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    /// The fault hook failed at start-up (e.g. the pager could not read the
+    /// pages of a post-copy start).
+    #[error("pager set-up failed: {0}")]
+    HookInit(#[source] HookInitError),
+    /// The page server failed at start-up (kvm, `fault_path = "kernel"`).
+    #[error("pager set-up failed: {0}")]
+    PageServer(String),
+}

@@ -1,0 +1,217 @@
+//! The one seam between the backends and the fault engine (`platform/apf`).
+//!
+//! Both backends report the same three things to a [`FaultHook`]: a guest
+//! access to a page that is not resident, an apflab async-PF hypercall, and
+//! the passing of time (a wait the hook ordered has ended, or the hook's own
+//! deadline has come). The hook answers with [`Action`]s in the backends'
+//! vocabulary, and each backend's run loop applies them in one place
+//! ([`crate::run_loop::apply`]). Everything the protocol decides (sync or
+//! async, which exception, when "ready" is raised) stays behind this trait,
+//! so it can grow without touching a backend.
+//!
+//! Times are in ns: virtual on emu, host time since the start of the run on
+//! kvm.
+//!
+//! ```
+//! use apflab_vmm::hypervisor::{NotResidentFault, Residency};
+//! use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer};
+//!
+//! /// Every fault waits 10 µs, then the page is made resident and retried.
+//! struct FixedDelay;
+//!
+//! impl FaultHook for FixedDelay {
+//!     fn init(&mut self, _pages: &mut dyn Residency) -> Result<(), HookInitError> {
+//!         Ok(())
+//!     }
+//!     fn on_not_resident(
+//!         &mut self,
+//!         _vcpu: u32,
+//!         _fault: &NotResidentFault,
+//!         now_ns: u64,
+//!         _pages: &mut dyn Residency,
+//!     ) -> Action {
+//!         Action::StallUntil(now_ns + 10_000)
+//!     }
+//!     fn on_wait_end(&mut self, _vcpu: u32, _now_ns: u64, _pages: &mut dyn Residency) -> Action {
+//!         Action::Retry
+//!     }
+//!     fn on_hypercall(
+//!         &mut self,
+//!         _vcpu: u32,
+//!         _call: EngineCall,
+//!         _now_ns: u64,
+//!         _pages: &mut dyn Residency,
+//!     ) -> HypercallAnswer {
+//!         HypercallAnswer::not_supported()
+//!     }
+//! }
+//! ```
+
+use apflab_abi::hypercall as hc;
+
+use crate::hypervisor::{NotResidentFault, Residency, SyncException};
+
+/// What a backend does next with the vCPU a hook answered for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run on: the faulting access is retried (or the call returns).
+    Retry,
+    /// Do not run the vCPU until this time, then call
+    /// [`FaultHook::on_wait_end`]. The time counts as stalled.
+    StallUntil(u64),
+    /// Enter the guest's EL1 synchronous exception vector as the CPU would
+    /// for this exception, then run on.
+    InjectException(SyncException),
+    /// Set the level of this vCPU's "page ready" PPI
+    /// ([`apflab_abi::memory_map::APF_READY_PPI`]), then run on.
+    SetReadyLine(bool),
+    /// Idle the vCPU as in WFI until this time or until an interrupt is
+    /// signalled to it, whichever comes first, then call
+    /// [`FaultHook::on_wait_end`]. The time counts as halted.
+    HaltUntil(u64),
+    /// The run cannot go on: it ends as a crash with this text (the backend
+    /// prefixes the vCPU).
+    Fail(String),
+}
+
+/// An apflab async-PF hypercall ([`is_engine_call`]) as the guest made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineCall {
+    /// Function id (x0).
+    pub function: u32,
+    /// x1..x5.
+    pub args: [u64; 5],
+}
+
+/// A hook's answer to an [`EngineCall`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HypercallAnswer {
+    /// x0..x3 for the caller.
+    pub regs: [u64; 4],
+    /// What the calling vCPU does next ([`Action::Retry`]: return to the
+    /// guest).
+    pub action: Action,
+}
+
+impl HypercallAnswer {
+    /// `SMCCC_NOT_SUPPORTED`, and the guest runs on.
+    pub fn not_supported() -> Self {
+        HypercallAnswer::returning(hc::SMCCC_NOT_SUPPORTED as u64)
+    }
+
+    /// x0 = `x0`, and the guest runs on.
+    pub fn returning(x0: u64) -> Self {
+        HypercallAnswer {
+            regs: [x0, 0, 0, 0],
+            action: Action::Retry,
+        }
+    }
+}
+
+/// Whether `function` is a call the fault engine answers (feature discovery
+/// and the async-PF protocol) rather than the machine.
+pub const fn is_engine_call(function: u32) -> bool {
+    matches!(
+        function,
+        hc::FN_FEATURES
+            | hc::FN_APF_ENABLE
+            | hc::FN_APF_DISABLE
+            | hc::FN_APF_ACK
+            | hc::FN_APF_PAGE_REQUEST
+    )
+}
+
+/// Why a hook could not set up before the run (the run does not start).
+pub type HookInitError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The fault engine as a backend sees it. One value serves one run; on kvm
+/// it lives on the control thread and the vCPU threads reach it through
+/// messages.
+pub trait FaultHook {
+    /// Called once before any vCPU runs (e.g. to mark pages absent for a
+    /// post-copy start).
+    fn init(&mut self, pages: &mut dyn Residency) -> Result<(), HookInitError>;
+
+    /// vCPU `vcpu` touched the not-resident page of `fault.gpa` at `now_ns`;
+    /// the instruction has not executed.
+    fn on_not_resident(
+        &mut self,
+        vcpu: u32,
+        fault: &NotResidentFault,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> Action;
+
+    /// The [`Action::StallUntil`] or [`Action::HaltUntil`] ordered for
+    /// `vcpu` has ended at `now_ns`.
+    fn on_wait_end(&mut self, vcpu: u32, now_ns: u64, pages: &mut dyn Residency) -> Action;
+
+    /// vCPU `vcpu` made the engine call `call` at `now_ns`.
+    fn on_hypercall(
+        &mut self,
+        vcpu: u32,
+        call: EngineCall,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> HypercallAnswer;
+
+    /// The earliest time at which the hook wants [`FaultHook::on_time`]
+    /// called, if any.
+    fn next_deadline(&self) -> Option<u64> {
+        None
+    }
+
+    /// Time has reached [`FaultHook::next_deadline`]; the answer says what
+    /// to do with which vCPUs (by index).
+    fn on_time(&mut self, now_ns: u64, pages: &mut dyn Residency) -> Vec<(u32, Action)> {
+        let _ = (now_ns, pages);
+        Vec::new()
+    }
+}
+
+/// The hook of a run without far memory: no async PF is offered, and a
+/// not-resident page (which nothing made absent) ends the run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoFarMemory;
+
+impl FaultHook for NoFarMemory {
+    fn init(&mut self, _pages: &mut dyn Residency) -> Result<(), HookInitError> {
+        Ok(())
+    }
+
+    fn on_not_resident(
+        &mut self,
+        _vcpu: u32,
+        fault: &NotResidentFault,
+        _now_ns: u64,
+        _pages: &mut dyn Residency,
+    ) -> Action {
+        Action::Fail(format!(
+            "access to not-resident page {:#x} at pc {:#x} with no pager",
+            fault.gpa, fault.pc
+        ))
+    }
+
+    fn on_wait_end(&mut self, _vcpu: u32, _now_ns: u64, _pages: &mut dyn Residency) -> Action {
+        Action::Retry
+    }
+
+    fn on_hypercall(
+        &mut self,
+        _vcpu: u32,
+        call: EngineCall,
+        _now_ns: u64,
+        _pages: &mut dyn Residency,
+    ) -> HypercallAnswer {
+        no_async_pf(call)
+    }
+}
+
+/// The answer of a machine that offers no async PF: no feature bits, and
+/// every protocol call refused.
+pub fn no_async_pf(call: EngineCall) -> HypercallAnswer {
+    match call.function {
+        hc::FN_FEATURES => HypercallAnswer::returning(0),
+        _ => HypercallAnswer::not_supported(),
+    }
+}
