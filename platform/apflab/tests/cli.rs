@@ -486,3 +486,68 @@ fn asking_for_kvm_on_a_host_without_arm64_kvm_is_one_clear_sentence_and_exit_2()
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!out_dir.join("result.json").exists());
 }
+
+/// The synchronous baseline on two vCPUs, pinned value by value: the emu
+/// backend is deterministic, so any change to the fault path, the pager or
+/// the guest that moves one of these numbers shows here. (Recorded before
+/// the fault engine moved into `platform/apf`; a deliberate change updates
+/// them and says why.)
+#[test]
+fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, log, r) = run_file(&configs_dir().join("farmem-sync.toml"), dir.path());
+    assert_eq!(code, Some(0), "{log}");
+    let r = r.unwrap();
+    assert_eq!(u(&r, "/vcpus"), 2);
+    assert_eq!(u(&r, "/virtual_time_ns"), 146_087_013);
+    assert_eq!(u(&r, "/vmm/instructions"), 63_804_890);
+    let exits: Vec<(&str, u64)> = [
+        ("hypercall", 5),
+        ("irq", 141),
+        ("mmio", 1114),
+        ("not_resident", 4716),
+        ("psci", 2),
+        ("svc", 9),
+        ("wfi", 1),
+    ]
+    .into();
+    for (name, n) in &exits {
+        assert_eq!(u(&r, &format!("/vmm/exits/{name}")), *n, "exits.{name}");
+    }
+    assert_eq!(r["vmm"]["exits"].as_object().unwrap().len(), exits.len());
+    assert_eq!(u(&r, "/vmm/exits_total"), 5988);
+    assert_eq!(r["vmm"]["stalled_ns"], serde_json::json!([116_239_841, 0]));
+    assert_eq!(r["vmm"]["halted_ns"], serde_json::json!([0, 0]));
+    assert_eq!(
+        r["vmm"]["task_done_ns"],
+        serde_json::json!({"0": 7_690_141, "1": 144_756_590})
+    );
+    assert_eq!(u(&r, "/vmm/interrupts/27"), 141);
+    for (key, n) in [
+        ("fetches", 4716),
+        ("evictions", 2668),
+        ("write_backs", 2668),
+        ("refaults", 1192),
+        ("bytes_fetched", 19_316_736),
+        ("bytes_written_back", 10_928_128),
+        ("resident_high_water_pages", 2048),
+        ("joined_in_flight", 0),
+        ("no_frame_waits", 0),
+        ("spurious", 0),
+        ("store_retries", 0),
+    ] {
+        assert_eq!(u(&r, &format!("/pager/{key}")), n, "pager.{key}");
+    }
+    assert_eq!(r["pager"]["stalled_ns"], serde_json::json!([116_239_841]));
+    assert_eq!(u(&r, "/pager/fetch_latency/max_ns"), 114_526);
+    assert_eq!(u(&r, "/pager/fetch_latency/p50_ns"), 21_919);
+    assert_eq!(u(&r, "/pager/fetch_latency/p99_ns"), 68_159);
+    assert_eq!(u(&r, "/integrity/pages_verified"), 8192);
+    assert_eq!(u(&r, "/integrity/mismatches"), 0);
+    assert_eq!(u(&r, "/guest/context_switches"), 8);
+    assert_eq!(u(&r, "/guest/elapsed_ns"), 144_687_104);
+    assert_eq!(
+        r["guest"]["task_done_ns"],
+        serde_json::json!([7_618_848, 144_685_296])
+    );
+}

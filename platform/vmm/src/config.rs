@@ -81,7 +81,10 @@ impl VmConfig {
             return Err(VmError::Vcpus(self.vcpus));
         }
         if self.memory_mib < MIN_MEMORY_MIB {
-            return Err(VmError::MemoryTooSmall(self.memory_mib));
+            return Err(VmError::MemoryTooSmall {
+                requested: self.memory_mib,
+                minimum: MIN_MEMORY_MIB,
+            });
         }
         if let Some(host) = host_memory_mib()
             && self.memory_mib > host

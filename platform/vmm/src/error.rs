@@ -3,7 +3,6 @@
 
 use apflab_abi::memory_map::MAX_VCPUS;
 
-use crate::config::MIN_MEMORY_MIB;
 use crate::fault_hook::HookInitError;
 use crate::fdt::FdtError;
 use crate::hypervisor::HypervisorError;
@@ -16,8 +15,13 @@ pub enum VmError {
     #[error("vcpus = {0}: must be between 1 and {MAX_VCPUS}")]
     Vcpus(u32),
     /// Memory too small.
-    #[error("memory = {0} MiB: must be at least {MIN_MEMORY_MIB} MiB")]
-    MemoryTooSmall(u64),
+    #[error("memory = {requested} MiB: must be at least {minimum} MiB")]
+    MemoryTooSmall {
+        /// Requested MiB.
+        requested: u64,
+        /// The least that works.
+        minimum: u64,
+    },
     /// Memory larger than the host has.
     #[error("memory = {requested} MiB is more than this host's {host} MiB of RAM")]
     MemoryTooLarge {

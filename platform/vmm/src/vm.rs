@@ -77,7 +77,10 @@ impl Vm {
         let kernel = loader::load_kernel(&config.kernel, &memory, ram_size)?;
         let dtb = fdt::build(config.vcpus, ram_size, &config.bootargs)?;
         if kernel.dtb_addr + DTB_MAX_SIZE > RAM_BASE + ram_size {
-            return Err(VmError::MemoryTooSmall(config.memory_mib));
+            return Err(VmError::MemoryTooSmall {
+                requested: config.memory_mib,
+                minimum: crate::config::MIN_MEMORY_MIB,
+            });
         }
         memory
             .write_slice(&dtb, GuestAddress(kernel.dtb_addr))

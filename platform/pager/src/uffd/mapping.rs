@@ -12,7 +12,10 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use super::{PAGE, UffdError};
+use super::error::UffdError;
+
+/// One page, as the host maps it.
+pub(super) const PAGE: usize = apflab_abi::memory_map::PAGE_SIZE as usize;
 
 /// A read-write mapping this value owns, unmapped on drop.
 struct Mmap {

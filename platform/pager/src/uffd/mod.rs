@@ -39,6 +39,7 @@
 //!   says so in a warning at start, and such hosts should use the shared
 //!   file layout or keep `resident_limit` unset.
 
+mod error;
 mod mapping;
 mod region;
 mod server;
@@ -50,8 +51,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE, RAM_BASE};
+use apflab_abi::memory_map::{PAGE_SHIFT, RAM_BASE};
 
+pub use error::UffdError;
+use mapping::PAGE;
 pub use mapping::{AnonMapping, MemfdRam, RamMapping, SharedMapping};
 pub use region::UffdRegion;
 use server::{Shared, serve, spawn};
@@ -60,67 +63,8 @@ use crate::config::{DirtyTracking, ManagedRange};
 use crate::engine::{FaultEngine, PagerError, Prepared};
 use crate::metrics::PagerMetrics;
 
-const PAGE: usize = PAGE_SIZE as usize;
 /// Most page-server threads, whatever the queue depth.
 const MAX_SERVERS: u32 = 64;
-
-/// What went wrong setting up or running userfaultfd.
-#[derive(Debug, thiserror::Error)]
-pub enum UffdError {
-    /// The userfaultfd could not be created (no permission, no kernel
-    /// support, seccomp).
-    #[error("cannot create a userfaultfd (needs root or vm.unprivileged_userfaultfd=1): {0}")]
-    Create(userfaultfd::Error),
-    /// Registering the range failed.
-    #[error("cannot register {len:#x} bytes at {addr:#x} with userfaultfd: {source}")]
-    Register {
-        /// Host address.
-        addr: usize,
-        /// Length.
-        len: usize,
-        /// The error.
-        source: userfaultfd::Error,
-    },
-    /// An address or length is not page aligned, or outside the region.
-    #[error("{what} {value:#x} is not a page-aligned offset inside the region")]
-    Range {
-        /// What it is.
-        what: &'static str,
-        /// The value.
-        value: usize,
-    },
-    /// The mapping is smaller than the guest RAM the pager manages.
-    #[error(
-        "the guest RAM mapping is {len:#x} bytes; the pager manages guest RAM up to offset {needed:#x}"
-    )]
-    TooSmall {
-        /// Mapping length.
-        len: usize,
-        /// Offset the managed range ends at.
-        needed: usize,
-    },
-    /// A userfaultfd ioctl failed.
-    #[error("{op} at region offset {offset:#x}: {source}")]
-    Ioctl {
-        /// Which operation.
-        op: &'static str,
-        /// Offset in the region.
-        offset: usize,
-        /// The error.
-        source: userfaultfd::Error,
-    },
-    /// A system call failed.
-    #[error("{op}: {source}")]
-    Os {
-        /// Which call.
-        op: &'static str,
-        /// errno.
-        source: std::io::Error,
-    },
-    /// Serving a page failed (store error: the guest page is named).
-    #[error(transparent)]
-    Pager(#[from] PagerError),
-}
 
 /// Far memory in real time for the kvm backend (see the module docs).
 pub struct UffdPager {

@@ -5,7 +5,8 @@
 
 use userfaultfd::{FeatureFlags, IoctlFlags, RegisterMode, Uffd, UffdBuilder};
 
-use super::{PAGE, RamMapping, UffdError};
+use super::error::UffdError;
+use super::mapping::{PAGE, RamMapping};
 use crate::engine::PagerError;
 use crate::store::Page;
 

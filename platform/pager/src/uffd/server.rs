@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use apflab_abi::memory_map::PAGE_SHIFT;
 use userfaultfd::{Event, FaultKind, ReadWrite};
 
-use super::{PAGE, UffdError, UffdRegion};
+use super::error::UffdError;
+use super::mapping::PAGE;
+use super::region::UffdRegion;
 use crate::config::ManagedRange;
 use crate::engine::{Access, Begin, Eviction, FaultEngine, PagerError};
 use crate::residency::PageState;
@@ -31,8 +33,8 @@ struct Request {
 pub(super) struct Shared {
     pub(super) region: UffdRegion,
     pub(super) range: ManagedRange,
-    /// Offset of the managed range's first page in the region (0: the
-    /// region is exactly the managed range).
+    /// The pager's decisions (which page, which victim, when ready), shared
+    /// by every page-server thread.
     pub(super) engine: Mutex<FaultEngine>,
     pub(super) store: Arc<dyn Store>,
     pub(super) retries: u32,

@@ -19,11 +19,16 @@
 //! stage-1 walk plus the pager's word on the page), `entry` (exception and
 //! IRQ entry, which the software CPU never does itself), [`residency`]
 //! (absent pages) and `run` (the scheduler of all vCPUs in virtual time).
+//! `state` is what the hooks of one engine share, `absent` the bitmap of
+//! withheld pages, `regs` the register ids the files share.
 
+mod absent;
 mod entry;
 mod hooks;
+mod regs;
 mod residency;
 pub(crate) mod run;
+mod state;
 mod tlb;
 pub mod vcpu;
 
@@ -33,82 +38,11 @@ pub use vcpu::EmuVcpu;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use unicorn_engine::{RegisterARM64, RegisterARM64CP};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use self::residency::AbsentPages;
-use crate::arch::SysRegId;
+use self::absent::AbsentPages;
 use crate::config::CostModel;
 use crate::hypervisor::{Hypervisor, HypervisorError, VmOps};
-
-/// SCR_EL3 = NS | HCE | RW: EL1 is AArch64 non-secure and HVC is enabled
-/// (at reset SCR_EL3 is 0 and EL1 translation breaks).
-const SCR_EL3_VALUE: u64 = (1 << 0) | (1 << 8) | (1 << 10);
-/// HCR_EL2 = RW: EL1 is AArch64.
-const HCR_EL2_VALUE: u64 = 1 << 31;
-
-fn cp(reg: SysRegId) -> RegisterARM64CP {
-    RegisterARM64CP::new()
-        .op0(u32::from(reg.op0))
-        .op1(u32::from(reg.op1))
-        .crn(u32::from(reg.crn))
-        .crm(u32::from(reg.crm))
-        .op2(u32::from(reg.op2))
-}
-
-const SCR_EL3: SysRegId = SysRegId::new(3, 6, 1, 1, 0);
-/// DAIF, written by `msr daif, xN`.
-const DAIF: SysRegId = SysRegId::new(3, 3, 4, 2, 1);
-const SCTLR_EL1: SysRegId = SysRegId::new(3, 0, 1, 0, 0);
-const TCR_EL1: SysRegId = SysRegId::new(3, 0, 2, 0, 2);
-const HCR_EL2: SysRegId = SysRegId::new(3, 4, 1, 1, 0);
-const SPSR_EL1: SysRegId = SysRegId::new(3, 0, 4, 0, 0);
-
-/// General purpose registers in unicorn's numbering.
-const XREGS: [RegisterARM64; 31] = {
-    use RegisterARM64 as R;
-    [
-        R::X0,
-        R::X1,
-        R::X2,
-        R::X3,
-        R::X4,
-        R::X5,
-        R::X6,
-        R::X7,
-        R::X8,
-        R::X9,
-        R::X10,
-        R::X11,
-        R::X12,
-        R::X13,
-        R::X14,
-        R::X15,
-        R::X16,
-        R::X17,
-        R::X18,
-        R::X19,
-        R::X20,
-        R::X21,
-        R::X22,
-        R::X23,
-        R::X24,
-        R::X25,
-        R::X26,
-        R::X27,
-        R::X28,
-        R::X29,
-        R::X30,
-    ]
-};
-
-fn engine_err(op: impl Into<String>, e: unicorn_engine::uc_error) -> HypervisorError {
-    HypervisorError::Engine {
-        backend: "emu",
-        op: op.into(),
-        detail: format!("{e:?}"),
-    }
-}
 
 /// The emu VM: guest RAM and the engines' common settings.
 pub struct EmuVm {

@@ -15,7 +15,8 @@ use std::time::Instant;
 use apflab_abi::apf::esr;
 use tracing::{debug, info};
 
-use super::{EmuResidency, EmuVcpu};
+use super::residency::EmuResidency;
+use super::vcpu::EmuVcpu;
 use crate::arch::{Reg, ec, pstate};
 use crate::config::VmConfig;
 use crate::error::VmError;

@@ -9,9 +9,9 @@ use apflab_abi::memory_map::PAGE_SIZE;
 use unicorn_engine::{MemType, Prot, RegisterARM64, TlbEntry, Unicorn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::hooks::HookState;
-use super::residency::AbsentPages;
-use super::{SCTLR_EL1, TCR_EL1, cp};
+use super::absent::AbsentPages;
+use super::regs::{SCTLR_EL1, TCR_EL1, cp};
+use super::state::HookState;
 use crate::arch::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk};
 use crate::arch::{SysRegId, pstate};
 use crate::hypervisor::{NotResidentFault, VmExit};

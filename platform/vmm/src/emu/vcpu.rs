@@ -12,9 +12,12 @@ use apflab_abi::memory_map::{
 use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, Unicorn};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::hooks::{self, HookState, read_insn};
-use super::residency::AbsentPages;
-use super::{HCR_EL2, HCR_EL2_VALUE, SCR_EL3, SCR_EL3_VALUE, SPSR_EL1, XREGS, cp, engine_err};
+use super::absent::AbsentPages;
+use super::hooks::{self, read_insn};
+use super::regs::{
+    HCR_EL2, HCR_EL2_VALUE, SCR_EL3, SCR_EL3_VALUE, SPSR_EL1, XREGS, cp, engine_err,
+};
+use super::state::HookState;
 use crate::arch::{EntryKind, Reg, insn, pstate};
 use crate::config::CostModel;
 use crate::hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};

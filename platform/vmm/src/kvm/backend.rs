@@ -30,7 +30,7 @@ use kvm_bindings::{
 use kvm_ioctls::{DeviceFd, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-use super::KvmError;
+use super::error::KvmError;
 use super::kick::{self, KickState, Kicker};
 use super::memory::GuestRam;
 use super::regs;

@@ -15,7 +15,7 @@ use kvm_bindings::kvm_run;
 use libc::{c_int, c_void, siginfo_t};
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
-use super::KvmError;
+use super::error::KvmError;
 
 thread_local! {
     /// The `kvm_run` of the vCPU this thread runs (null before binding).

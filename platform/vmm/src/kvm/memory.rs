@@ -31,7 +31,7 @@ use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
-use super::KvmError;
+use super::error::KvmError;
 use crate::arch::stage1::GuestPhysMem;
 use crate::page_server::HostRam;
 

@@ -11,9 +11,12 @@
 
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 mod backend;
+mod error;
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 mod kick;
 pub mod mailbox;
+
+pub use error::KvmError;
 #[cfg(all(target_os = "linux", feature = "kvm"))]
 mod memory;
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
@@ -59,25 +62,6 @@ pub fn unavailable_reason() -> Option<String> {
             std::env::consts::OS
         ))
     }
-}
-
-/// Errors of the kvm backend. Every failed ioctl names itself and its errno.
-#[derive(Debug, thiserror::Error)]
-pub enum KvmError {
-    /// An ioctl (or mmap/mprotect/signal call) failed.
-    #[error("{op} failed: {errno}")]
-    Ioctl {
-        /// The ioctl and what it was for, e.g. `KVM_SET_ONE_REG(ESR_EL1)`.
-        op: String,
-        /// The error number and its text.
-        errno: std::io::Error,
-    },
-    /// The host kernel lacks something the backend requires.
-    #[error("the host kernel does not support {0}")]
-    Unsupported(String),
-    /// A guest-memory layout the backend cannot set up.
-    #[error("guest memory: {0}")]
-    Memory(String),
 }
 
 #[cfg(test)]

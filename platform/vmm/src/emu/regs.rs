@@ -1,0 +1,78 @@
+//! Register plumbing shared by the emu backend's files: unicorn's register
+//! ids for the general registers, the coprocessor-interface ids of the
+//! system registers the backend reads or writes itself, and the error type
+//! of a refused engine operation.
+
+use unicorn_engine::{RegisterARM64, RegisterARM64CP};
+
+use crate::arch::SysRegId;
+use crate::hypervisor::HypervisorError;
+
+/// SCR_EL3 = NS | HCE | RW: EL1 is AArch64 non-secure and HVC is enabled
+/// (at reset SCR_EL3 is 0 and EL1 translation breaks).
+pub(super) const SCR_EL3_VALUE: u64 = (1 << 0) | (1 << 8) | (1 << 10);
+/// HCR_EL2 = RW: EL1 is AArch64.
+pub(super) const HCR_EL2_VALUE: u64 = 1 << 31;
+
+pub(super) fn cp(reg: SysRegId) -> RegisterARM64CP {
+    RegisterARM64CP::new()
+        .op0(u32::from(reg.op0))
+        .op1(u32::from(reg.op1))
+        .crn(u32::from(reg.crn))
+        .crm(u32::from(reg.crm))
+        .op2(u32::from(reg.op2))
+}
+
+pub(super) const SCR_EL3: SysRegId = SysRegId::new(3, 6, 1, 1, 0);
+/// DAIF, written by `msr daif, xN`.
+pub(super) const DAIF: SysRegId = SysRegId::new(3, 3, 4, 2, 1);
+pub(super) const SCTLR_EL1: SysRegId = SysRegId::new(3, 0, 1, 0, 0);
+pub(super) const TCR_EL1: SysRegId = SysRegId::new(3, 0, 2, 0, 2);
+pub(super) const HCR_EL2: SysRegId = SysRegId::new(3, 4, 1, 1, 0);
+pub(super) const SPSR_EL1: SysRegId = SysRegId::new(3, 0, 4, 0, 0);
+
+/// General purpose registers in unicorn's numbering.
+pub(super) const XREGS: [RegisterARM64; 31] = {
+    use RegisterARM64 as R;
+    [
+        R::X0,
+        R::X1,
+        R::X2,
+        R::X3,
+        R::X4,
+        R::X5,
+        R::X6,
+        R::X7,
+        R::X8,
+        R::X9,
+        R::X10,
+        R::X11,
+        R::X12,
+        R::X13,
+        R::X14,
+        R::X15,
+        R::X16,
+        R::X17,
+        R::X18,
+        R::X19,
+        R::X20,
+        R::X21,
+        R::X22,
+        R::X23,
+        R::X24,
+        R::X25,
+        R::X26,
+        R::X27,
+        R::X28,
+        R::X29,
+        R::X30,
+    ]
+};
+
+pub(super) fn engine_err(op: impl Into<String>, e: unicorn_engine::uc_error) -> HypervisorError {
+    HypervisorError::Engine {
+        backend: "emu",
+        op: op.into(),
+        detail: format!("{e:?}"),
+    }
+}

@@ -1,0 +1,44 @@
+//! What the hooks of one engine share: the vCPU's clock and slice budget,
+//! the exit a hook decided on, and the pieces of the VM the hooks reach.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+use super::absent::AbsentPages;
+use crate::config::CostModel;
+use crate::hypervisor::{VmExit, VmOps};
+
+/// Per-engine state the hooks work on.
+pub(super) struct HookState {
+    pub(super) index: u32,
+    pub(super) ops: Arc<dyn VmOps>,
+    pub(super) cost: CostModel,
+    /// Instructions executed in total (counted per block at block entry).
+    pub(super) insns: u64,
+    /// Instructions in the current slice.
+    pub(super) slice_insns: u64,
+    /// Slice budget.
+    pub(super) budget: u64,
+    /// Virtual ns not due to instructions (host costs, halts, stalls).
+    pub(super) extra_ns: u64,
+    /// The exit a hook decided on.
+    pub(super) pending: Option<VmExit>,
+    /// A hook asked the engine to stop.
+    pub(super) stop_requested: bool,
+    /// A hook asked for the slice to end at the next block boundary.
+    pub(super) end_slice: bool,
+    /// End address of the last block entered (to recognise WFI).
+    pub(super) last_block_end: u64,
+    /// Guest RAM, for the stage-1 walks of TLB fills.
+    pub(super) memory: GuestMemoryMmap,
+    /// Pages the pager withholds.
+    pub(super) absent: Rc<AbsentPages>,
+}
+
+impl HookState {
+    pub(super) fn now_ns(&self) -> u64 {
+        self.extra_ns + (self.insns as f64 * self.cost.ns_per_instruction) as u64
+    }
+}
