@@ -14,8 +14,7 @@ use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
 use apflab_vmm::{
-    Action, BackendKind, CostModel, EngineCall, FaultHook, GuestExit, HookInitError,
-    HypercallAnswer, NoFarMemory, Vm, VmConfig, no_async_pf,
+    Action, BackendKind, CostModel, FaultHook, GuestExit, HookInitError, NoFarMemory, Vm, VmConfig,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -133,16 +132,6 @@ impl FaultHook for Immediate {
 
     fn on_wait_end(&mut self, _vcpu: u32, _now_ns: u64, _res: &mut dyn Residency) -> Action {
         Action::Retry
-    }
-
-    fn on_hypercall(
-        &mut self,
-        _vcpu: u32,
-        call: EngineCall,
-        _now_ns: u64,
-        _res: &mut dyn Residency,
-    ) -> HypercallAnswer {
-        no_async_pf(call)
     }
 }
 

@@ -13,7 +13,7 @@ use apflab_abi::addr::Gpa;
 use apflab_abi::policy::{Decision, FaultInfo, Policy};
 use apflab_pager::{Access, PagerMetrics};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
-use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, no_async_pf};
+use apflab_vmm::{Action, FaultHook, HookInitError};
 
 use crate::far_memory::{FarMemory, Fetch};
 use crate::metrics::FaultMetrics;
@@ -168,15 +168,5 @@ impl FaultHook for Engine {
             Ok(()) => Action::Retry,
             Err(e) => Action::Fail(format!("page {gpa:#x} could not be made resident: {e}")),
         }
-    }
-
-    fn on_hypercall(
-        &mut self,
-        _vcpu: u32,
-        call: EngineCall,
-        _now_ns: u64,
-        _pages: &mut dyn Residency,
-    ) -> HypercallAnswer {
-        no_async_pf(call)
     }
 }

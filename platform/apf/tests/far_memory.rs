@@ -14,9 +14,7 @@ use apflab_abi::pattern::synthetic_word;
 use apflab_abi::policy::{Decision, FaultInfo, Policy};
 use apflab_apf::{ApfError, Engine, FarMemory, Fetch};
 use apflab_pager::store::{FaultInjectingStore, SyntheticStore};
-use apflab_pager::{
-    Access, ByteSize, LatencyConfig, PagerConfig, Prepared, StoreConfig, VirtualPager,
-};
+use apflab_pager::{Access, LatencyConfig, PagerConfig, Prepared, VirtualPager};
 use apflab_vmm::hypervisor::{HypervisorError, NotResidentFault, Residency};
 use apflab_vmm::{Action, FaultHook};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -24,16 +22,35 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 const RAM: u64 = 64 << 20; // 8192 managed pages above the 32 MiB kernel part
 const SEED: u64 = 0xfeed;
 
+/// A `[pager]` section: synthetic pages, 10 µs per fetch, at most
+/// `limit_pages` resident, `initially` of them resident at start.
 fn config(limit_pages: Option<u64>, initially: f64) -> PagerConfig {
-    let mut c = PagerConfig::with_store(StoreConfig::Synthetic { seed: SEED });
-    c.resident_limit = limit_pages.map(|p| ByteSize(p * 4096));
-    c.initially_resident = initially;
-    c.latency = LatencyConfig::Constant { us: 10.0 };
-    c
+    let limit = limit_pages.map_or(String::new(), |p| {
+        format!("resident_limit = \"{} KiB\"", p * 4)
+    });
+    let section = format!(
+        "store = {{ kind = \"synthetic\", seed = {SEED} }}\n\
+         latency = {{ model = \"constant\", us = 10.0 }}\n\
+         initially_resident = {initially:?}\n{limit}"
+    );
+    toml::from_str(&section).expect("a valid [pager] section")
 }
 
 fn pager(c: &PagerConfig) -> VirtualPager {
     VirtualPager::new(Prepared::new(c, RAM, Path::new(".")).unwrap())
+}
+
+/// The managed page `k` pages from the start of the range.
+fn managed(k: u64) -> u64 {
+    let range = apflab_pager::ManagedRange::for_guest_ram(RAM).unwrap();
+    range.first_pfn + k
+}
+
+/// A pager of `c` whose store can never read page `bad`.
+fn pager_failing_on(c: &PagerConfig, bad: u64) -> VirtualPager {
+    let store = FaultInjectingStore::new(SyntheticStore::new(SEED), 0, vec![bad]);
+    let prepared = Prepared::new(c, RAM, Path::new("."));
+    VirtualPager::new(prepared.unwrap().with_store(Arc::new(store)))
 }
 
 /// Guest RAM and residency as a backend keeps them.
@@ -260,19 +277,8 @@ fn write_back_then_refault_returns_the_written_data() {
 fn permanent_error_names_the_page_and_installs_nothing() {
     let mut c = config(Some(1), 0.0);
     c.retries = 2;
-    let bad = apflab_pager::ManagedRange::for_guest_ram(RAM)
-        .unwrap()
-        .first_pfn
-        + 7;
-    let store = Arc::new(FaultInjectingStore::new(
-        SyntheticStore::new(SEED),
-        0,
-        vec![bad],
-    ));
-    let prepared = Prepared::new(&c, RAM, Path::new("."))
-        .unwrap()
-        .with_store(store);
-    let mut v = OneVcpu::boot(VirtualPager::new(prepared));
+    let bad = managed(7);
+    let mut v = OneVcpu::boot(pager_failing_on(&c, bad));
     v.touch(bad - 1, Access::Read).unwrap();
     let msg = v.touch(bad, Access::Read).unwrap_err().to_string();
     assert!(msg.contains(&format!("guest page {bad:#x}")), "{msg}");
@@ -354,10 +360,7 @@ fn the_engine_stalls_each_vcpu_until_its_page_is_in_and_counts_the_stall() {
     engine.init(&mut m).unwrap();
     let first = engine.pager_metrics();
     assert_eq!(first.fetches, 0);
-    let a = Pfn(apflab_pager::ManagedRange::for_guest_ram(RAM)
-        .unwrap()
-        .first_pfn)
-    .gpa();
+    let a = Pfn(managed(0)).gpa();
     let b = Pfn(a.pfn().0 + 1).gpa();
     // Both vCPUs fault at 1 µs; vCPU 1 on another page.
     assert_eq!(
@@ -402,10 +405,7 @@ fn an_async_decision_is_counted_and_served_synchronously() {
     );
     let mut m = FakeMachine::new();
     engine.init(&mut m).unwrap();
-    let a = Pfn(apflab_pager::ManagedRange::for_guest_ram(RAM)
-        .unwrap()
-        .first_pfn)
-    .gpa();
+    let a = Pfn(managed(0)).gpa();
     assert_eq!(
         engine.on_not_resident(0, &fault(a, false), 0, &mut m),
         Action::StallUntil(10_000)
@@ -420,24 +420,10 @@ fn an_async_decision_is_counted_and_served_synchronously() {
 fn a_store_failure_fails_the_run_naming_the_page() {
     let mut c = config(None, 0.0);
     c.retries = 0;
-    let bad = apflab_pager::ManagedRange::for_guest_ram(RAM)
-        .unwrap()
-        .first_pfn
-        + 3;
-    let store = Arc::new(FaultInjectingStore::new(
-        SyntheticStore::new(SEED),
-        0,
-        vec![bad],
-    ));
-    let prepared = Prepared::new(&c, RAM, Path::new("."))
-        .unwrap()
-        .with_store(store);
+    let bad = managed(3);
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let mut engine = Engine::new(
-        1,
-        VirtualPager::new(prepared),
-        Box::new(Fixed(Decision::Sync { prefetch: 0 }, calls)),
-    );
+    let sync = Fixed(Decision::Sync { prefetch: 0 }, calls);
+    let mut engine = Engine::new(1, pager_failing_on(&c, bad), Box::new(sync));
     let mut m = FakeMachine::new();
     engine.init(&mut m).unwrap();
     let gpa = Pfn(bad).gpa();

@@ -14,7 +14,7 @@
 //!
 //! ```
 //! use apflab_vmm::hypervisor::{NotResidentFault, Residency};
-//! use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer};
+//! use apflab_vmm::{Action, FaultHook, HookInitError};
 //!
 //! /// Every fault waits 10 µs, then the page is made resident and retried.
 //! struct FixedDelay;
@@ -35,15 +35,7 @@
 //!     fn on_wait_end(&mut self, _vcpu: u32, _now_ns: u64, _pages: &mut dyn Residency) -> Action {
 //!         Action::Retry
 //!     }
-//!     fn on_hypercall(
-//!         &mut self,
-//!         _vcpu: u32,
-//!         _call: EngineCall,
-//!         _now_ns: u64,
-//!         _pages: &mut dyn Residency,
-//!     ) -> HypercallAnswer {
-//!         HypercallAnswer::not_supported()
-//!     }
+//!     // `on_hypercall`: the default offers no async PF.
 //! }
 //! ```
 
@@ -146,14 +138,18 @@ pub trait FaultHook {
     /// `vcpu` has ended at `now_ns`.
     fn on_wait_end(&mut self, vcpu: u32, now_ns: u64, pages: &mut dyn Residency) -> Action;
 
-    /// vCPU `vcpu` made the engine call `call` at `now_ns`.
+    /// vCPU `vcpu` made the engine call `call` at `now_ns`. By default the
+    /// hook offers no async PF ([`no_async_pf`]).
     fn on_hypercall(
         &mut self,
         vcpu: u32,
         call: EngineCall,
         now_ns: u64,
         pages: &mut dyn Residency,
-    ) -> HypercallAnswer;
+    ) -> HypercallAnswer {
+        let _ = (vcpu, now_ns, pages);
+        no_async_pf(call)
+    }
 
     /// The earliest time at which the hook wants [`FaultHook::on_time`]
     /// called, if any.
@@ -194,16 +190,6 @@ impl FaultHook for NoFarMemory {
 
     fn on_wait_end(&mut self, _vcpu: u32, _now_ns: u64, _pages: &mut dyn Residency) -> Action {
         Action::Retry
-    }
-
-    fn on_hypercall(
-        &mut self,
-        _vcpu: u32,
-        call: EngineCall,
-        _now_ns: u64,
-        _pages: &mut dyn Residency,
-    ) -> HypercallAnswer {
-        no_async_pf(call)
     }
 }
 

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::{RAM_BASE, VTIMER_PPI};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
-use apflab_vmm::{
-    Action, EngineCall, FaultHook, GuestExit, HookInitError, HypercallAnswer, NoFarMemory, Vm,
-};
+use apflab_vmm::{Action, FaultHook, GuestExit, HookInitError, NoFarMemory, Vm};
 use common::{SYSTEM_OFF, config, image, temp_file};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -341,16 +339,6 @@ impl FaultHook for DelayedPage {
             Ok(()) => Action::Retry,
             Err(e) => Action::Fail(e),
         }
-    }
-
-    fn on_hypercall(
-        &mut self,
-        _vcpu: u32,
-        _call: EngineCall,
-        _now_ns: u64,
-        _res: &mut dyn Residency,
-    ) -> HypercallAnswer {
-        HypercallAnswer::not_supported()
     }
 }
 

@@ -260,15 +260,7 @@ impl UffdRegion {
             }
             return Ok(());
         }
-        if self.write_protect {
-            self.uffd
-                .write_protect(p, PAGE)
-                .map_err(|source| UffdError::Ioctl {
-                    op: "UFFDIO_WRITEPROTECT",
-                    offset,
-                    source,
-                })?;
-        }
+        self.protect(p, offset)?;
         if let Some(out) = content {
             // SAFETY: the page is inside the registered range and present
             // (the caller evicts only resident pages), so the read does not
@@ -276,17 +268,7 @@ impl UffdRegion {
             unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), out.as_mut_ptr(), PAGE) };
         }
         self.discard(offset, PAGE)?;
-        if self.write_protect {
-            // Wake writers that blocked on the protection: they retry and
-            // now fault on the missing page.
-            self.uffd
-                .remove_write_protection(p, PAGE, true)
-                .map_err(|source| UffdError::Ioctl {
-                    op: "UFFDIO_WRITEPROTECT (clear)",
-                    offset,
-                    source,
-                })?;
-        }
+        self.unprotect(p, offset)?;
         Ok(())
     }
 
@@ -327,28 +309,42 @@ impl UffdRegion {
             return after_drop(buf).map_err(UffdError::Pager);
         }
         let p = self.page_ptr(offset)?;
-        if self.write_protect {
-            self.uffd
-                .write_protect(p, PAGE)
-                .map_err(|source| UffdError::Ioctl {
-                    op: "UFFDIO_WRITEPROTECT",
-                    offset,
-                    source,
-                })?;
-        }
+        self.protect(p, offset)?;
         // SAFETY: as in `evict`: a present page of the registered range.
         unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), buf.as_mut_ptr(), PAGE) };
         self.discard(offset, PAGE)?;
         let result = after_drop(buf);
-        if self.write_protect {
-            self.uffd
-                .remove_write_protection(p, PAGE, true)
-                .map_err(|source| UffdError::Ioctl {
-                    op: "UFFDIO_WRITEPROTECT (clear)",
-                    offset,
-                    source,
-                })?;
-        }
+        self.unprotect(p, offset)?;
         result.map_err(UffdError::Pager)
+    }
+
+    /// Write-protects the page at `p` (region offset `offset`), where the
+    /// kernel supports it, so no write slips in while it is copied out.
+    fn protect(&self, p: *mut libc::c_void, offset: usize) -> Result<(), UffdError> {
+        if !self.write_protect {
+            return Ok(());
+        }
+        self.uffd
+            .write_protect(p, PAGE)
+            .map_err(|source| UffdError::Ioctl {
+                op: "UFFDIO_WRITEPROTECT",
+                offset,
+                source,
+            })
+    }
+
+    /// Lifts [`UffdRegion::protect`] and wakes writers that blocked on it:
+    /// they retry and now fault on the missing page.
+    fn unprotect(&self, p: *mut libc::c_void, offset: usize) -> Result<(), UffdError> {
+        if !self.write_protect {
+            return Ok(());
+        }
+        self.uffd
+            .remove_write_protection(p, PAGE, true)
+            .map_err(|source| UffdError::Ioctl {
+                op: "UFFDIO_WRITEPROTECT (clear)",
+                offset,
+                source,
+            })
     }
 }
