@@ -1,37 +1,140 @@
 //! [`Engine`]: the fault engine behind the VMM's [`FaultHook`].
 //!
-//! Per fault: the policy decides, the page side ([`FarMemory`]) asks the
-//! pager and applies its evictions, and the engine answers the backend
-//! with an [`Action`]. The engine keeps per vCPU the fault it waits on and
-//! since when, which is where the one stall metric of a run comes from.
-//!
-//! Every decision is served synchronously: the vCPU stalls until its page
-//! is in (the baseline). An async decision is counted and served the same
-//! way until the async protocol is part of the engine.
+//! Per fault: the policy decides ([`decision`](crate::decision)), and the
+//! engine either stalls the vCPU until the page is in (sync) or hands the
+//! guest a token: "not present" is injected on the faulting instruction
+//! ([`not_present`](crate::not_present)), the fetch starts now or when the
+//! guest asks ([`initiation`](crate::initiation)), the guest sleeps as the
+//! decision says ([`sleep`](crate::sleep)), and once the page is in, "page
+//! ready" reaches it ([`ready`](crate::ready)). The page side
+//! ([`FarMemory`]) is the same for both. The engine keeps per vCPU the
+//! fault it stalls on, its control block, its tokens and its ready ring;
+//! the one stall metric and every protocol counter of a run come from here.
+
+use std::collections::BTreeMap;
 
 use apflab_abi::addr::Gpa;
+use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, REASON_NOT_PRESENT, Token};
+use apflab_abi::hypercall as hc;
 use apflab_abi::policy::{Decision, FaultInfo, Policy};
 use apflab_pager::{Access, PagerMetrics};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
-use apflab_vmm::{Action, FaultHook, HookInitError};
+use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer};
 
+use crate::control_block::{BadBlock, ControlBlockRef};
+use crate::decision::{AsyncPlan, Served, VcpuFacts, serve};
+use crate::events::{Event, EventLog, TokenEvent};
 use crate::far_memory::{FarMemory, Fetch};
 use crate::metrics::FaultMetrics;
+use crate::ready::{ReadyRing, RingViolation};
+use crate::{initiation, not_present, sleep};
 
-/// What the engine remembers about one vCPU.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the host offers the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApfConfig {
+    /// Feature bits `FEATURES` answers ([`apflab_abi::apf::features`]); 0
+    /// offers no async PF at all (the guest never enables it).
+    pub offered: u64,
+    /// Most unconsumed tokens in a vCPU's ready ring (1..=64).
+    pub ring_depth: u32,
+}
+
+impl ApfConfig {
+    /// Every feature this engine implements.
+    pub const IMPLEMENTED: u64 = apf::features::NOT_PRESENT_DATA_ABORT
+        | apf::features::NOT_PRESENT_DEDICATED_EC
+        | apf::features::READY_INTERRUPT
+        | apf::features::READY_RING
+        | apf::features::GUEST_INITIATED;
+
+    /// No async PF offered: the synchronous baseline.
+    pub const OFF: ApfConfig = ApfConfig {
+        offered: 0,
+        ring_depth: apf::READY_RING_SLOTS as u32,
+    };
+
+    /// Everything implemented offered, with a ring of `ring_depth`.
+    pub fn all(ring_depth: u32) -> ApfConfig {
+        ApfConfig {
+            offered: Self::IMPLEMENTED,
+            ring_depth,
+        }
+    }
+}
+
+/// Where an outstanding token's page is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenState {
+    /// Guest-initiated: waiting for `APF_PAGE_REQUEST`.
+    AwaitingRequest,
+    /// Being fetched; the pager has it at `due`.
+    Fetching { due: u64 },
+    /// In; queued for or in the ready ring.
+    Ready,
+}
+
+/// A token handed to the guest and not yet consumed.
+#[derive(Clone, Copy, Debug)]
+struct Outstanding {
+    page: Gpa,
+    access: Access,
+    fault_ns: u64,
+    state: TokenState,
+}
+
+/// What the engine keeps about one vCPU.
+#[derive(Debug)]
 struct VcpuState {
-    /// The page its stall waits for.
+    /// The page its synchronous stall waits for.
     waiting_for: Option<Gpa>,
     /// When its current stall began (a retry that faults again continues
     /// the same stall).
     stalled_since: Option<u64>,
+    /// Its control block, once the guest enabled async PF.
+    cb: Option<ControlBlockRef>,
+    /// Features the guest accepted with `APF_ENABLE`.
+    accepted: u64,
+    /// Sequence number of the next token.
+    next_id: u64,
+    tokens: BTreeMap<Token, Outstanding>,
+    ring: ReadyRing,
+}
+
+impl VcpuState {
+    fn new(ring_depth: u32) -> Self {
+        VcpuState {
+            waiting_for: None,
+            stalled_since: None,
+            cb: None,
+            accepted: 0,
+            next_id: 1,
+            tokens: BTreeMap::new(),
+            ring: ReadyRing::new(ring_depth),
+        }
+    }
+
+    /// A token not outstanding on `vcpu` (ids wrap within what a token
+    /// holds, and never give 0 or the wake-all token).
+    fn new_token(&mut self, vcpu: u32) -> Token {
+        loop {
+            let id = self.next_id;
+            self.next_id = if id >= (u64::MAX >> Token::VCPU_BITS) - 1 {
+                1
+            } else {
+                id + 1
+            };
+            let t = Token::new(id, vcpu);
+            if !self.tokens.contains_key(&t) {
+                return t;
+            }
+        }
+    }
 }
 
 /// The fault engine of one run.
 ///
 /// ```
-/// use apflab_apf::Engine;
+/// use apflab_apf::{ApfConfig, Engine};
 /// use apflab_pager::{PagerConfig, Prepared, VirtualPager};
 ///
 /// let config: PagerConfig = toml::from_str(r#"
@@ -39,7 +142,7 @@ struct VcpuState {
 ///     latency = { model = "constant", us = 10.0 }
 /// "#)?;
 /// let prepared = Prepared::new(&config, 64 << 20, std::path::Path::new("."))?;
-/// let engine = Engine::new(2, VirtualPager::new(prepared), Box::new(Sync));
+/// let engine = Engine::new(2, VirtualPager::new(prepared), Box::new(Sync), ApfConfig::OFF);
 /// // `vm.run(&mut engine)` drives it; afterwards:
 /// assert_eq!(engine.metrics().stalled_ns, [0, 0]);
 ///
@@ -55,24 +158,44 @@ struct VcpuState {
 pub struct Engine {
     far: FarMemory,
     policy: Box<dyn Policy>,
+    config: ApfConfig,
     vcpus: Vec<VcpuState>,
     metrics: FaultMetrics,
+    events: EventLog,
+    /// Moving average of fetch latencies seen (the policy's estimate).
+    fetch_estimate_ns: u64,
 }
 
 impl Engine {
-    /// An engine for `vcpus` vCPUs over `pager`, deciding with `policy`.
-    pub fn new(vcpus: u32, pager: apflab_pager::VirtualPager, policy: Box<dyn Policy>) -> Self {
+    /// An engine for `vcpus` vCPUs over `pager`, deciding with `policy`,
+    /// offering what `config` says.
+    pub fn new(
+        vcpus: u32,
+        pager: apflab_pager::VirtualPager,
+        policy: Box<dyn Policy>,
+        config: ApfConfig,
+    ) -> Self {
         Engine {
             far: FarMemory::new(pager),
             policy,
-            vcpus: vec![VcpuState::default(); vcpus as usize],
+            config,
+            vcpus: (0..vcpus)
+                .map(|_| VcpuState::new(config.ring_depth))
+                .collect(),
             metrics: FaultMetrics::new(vcpus),
+            events: EventLog::default(),
+            fetch_estimate_ns: 0,
         }
     }
 
     /// What the engine counted so far.
     pub fn metrics(&self) -> &FaultMetrics {
         &self.metrics
+    }
+
+    /// Every token's life so far.
+    pub fn events(&self) -> &[Event] {
+        self.events.events()
     }
 
     /// What the pager did so far.
@@ -88,36 +211,360 @@ impl Engine {
     fn vcpu(&mut self, vcpu: u32) -> &mut VcpuState {
         let i = vcpu as usize;
         if self.vcpus.len() <= i {
-            self.vcpus.resize(i + 1, VcpuState::default());
+            let depth = self.config.ring_depth;
+            self.vcpus.resize_with(i + 1, || VcpuState::new(depth));
         }
         &mut self.vcpus[i]
     }
 
-    fn decide(&mut self, vcpu: u32, fault: &NotResidentFault, now_ns: u64) {
+    fn violation(&mut self, kind: &str) -> HypercallAnswer {
+        FaultMetrics::count(&mut self.metrics.violations, kind);
+        HypercallAnswer::returning(hc::SMCCC_INVALID_PARAMETERS as u64)
+    }
+
+    fn decide(
+        &mut self,
+        vcpu: u32,
+        fault: &NotResidentFault,
+        now_ns: u64,
+        pages: &dyn Residency,
+    ) -> Served {
+        let estimate = self.fetch_estimate_ns;
+        let page = fault.gpa.page_base();
+        let v = self.vcpu(vcpu);
+        let (can_reschedule, runnable) = v.cb.map_or((false, 0), |cb| {
+            let mem = pages.guest_memory();
+            (
+                cb.guest_state(mem) & GUEST_CAN_RESCHEDULE != 0,
+                cb.runnable_tasks(mem),
+            )
+        });
+        let facts = VcpuFacts {
+            accepted: v.cb.map(|_| v.accepted),
+            el: fault.el,
+            outstanding: v.tokens.len(),
+            repeat: v.tokens.values().any(|o| o.page == page),
+        };
         let info = FaultInfo {
             vcpu,
             ipa: fault.gpa.0,
             el: u32::from(fault.el),
-            // The guest's control block is not read yet: it cannot be asked.
-            can_reschedule: false,
-            runnable: 0,
-            outstanding: 0,
+            can_reschedule,
+            runnable,
+            outstanding: facts.outstanding as u32,
             now_ns,
-            est_fetch_ns: 0,
+            est_fetch_ns: estimate,
         };
-        let prefetch = match self.policy.decide(&info) {
-            Decision::Sync { prefetch } => {
-                self.metrics.sync_faults += 1;
-                prefetch
-            }
-            Decision::Async { prefetch, .. } => {
-                self.metrics.async_decisions_served_sync += 1;
-                prefetch
-            }
-        };
+        self.metrics.policy_calls += 1;
+        let decision = self.policy.decide(&info);
+        let (Decision::Sync { prefetch } | Decision::Async { prefetch, .. }) = decision;
         if prefetch > 0 {
             self.metrics.prefetch_requests_ignored += 1;
         }
+        serve(decision, facts)
+    }
+
+    /// The synchronous baseline: the vCPU stalls until the page is in.
+    fn stall(
+        &mut self,
+        vcpu: u32,
+        fault: &NotResidentFault,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> Action {
+        self.metrics.sync_faults += 1;
+        match self.far.fault(fault.gpa, access(fault), now_ns, pages) {
+            Ok(Fetch::Mapped) => Action::Retry,
+            Ok(Fetch::DueAt(t)) => {
+                let state = self.vcpu(vcpu);
+                state.waiting_for = Some(fault.gpa);
+                state.stalled_since.get_or_insert(now_ns);
+                Action::StallUntil(t)
+            }
+            Err(e) => Action::Fail(format!("page {:#x} unavailable: {e}", fault.gpa)),
+        }
+    }
+
+    /// Hands the guest a token for the fault, as `plan` says.
+    fn go_async(
+        &mut self,
+        vcpu: u32,
+        fault: &NotResidentFault,
+        plan: AsyncPlan,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> Action {
+        let page = fault.gpa.page_base();
+        let state = if initiation::fetch_at_fault(plan.initiation) {
+            match self.far.fault(page, access(fault), now_ns, pages) {
+                // A stale mapping: nothing to wait for.
+                Ok(Fetch::Mapped) => return Action::Retry,
+                Ok(Fetch::DueAt(due)) => TokenState::Fetching { due },
+                Err(e) => return Action::Fail(format!("page {page:#x} unavailable: {e}")),
+            }
+        } else {
+            TokenState::AwaitingRequest
+        };
+        let v = self.vcpu(vcpu);
+        let token = v.new_token(vcpu);
+        let Some(cb) = v.cb else {
+            unreachable!("served async only with a control block");
+        };
+        let written = cb.write_notification(
+            pages.guest_memory(),
+            REASON_NOT_PRESENT,
+            token.0,
+            sleep::action(plan.sleep),
+            page,
+        );
+        if !written {
+            // Checked at registration: cannot happen while RAM stays.
+            return Action::Fail(format!(
+                "the control block of vCPU {vcpu} became unwritable"
+            ));
+        }
+        v.tokens.insert(
+            token,
+            Outstanding {
+                page,
+                access: access(fault),
+                fault_ns: now_ns,
+                state,
+            },
+        );
+        let outstanding = v.tokens.len();
+        self.metrics.outstanding(vcpu, outstanding);
+        self.metrics.async_faults += 1;
+        let kind = match plan.not_present {
+            apflab_abi::policy::NotPresentDelivery::DataAbort => "data_abort",
+            apflab_abi::policy::NotPresentDelivery::DedicatedEc => "dedicated_ec",
+        };
+        FaultMetrics::count(&mut self.metrics.not_present, kind);
+        self.events.record(now_ns, token, TokenEvent::Fault);
+        self.events.record(now_ns, token, TokenEvent::NotPresent);
+        Action::InjectException(not_present::exception(plan.not_present, token, fault))
+    }
+
+    /// The page of `token` was due at `now_ns`: install it, or fetch it
+    /// again if it is not in (its frame waited, or it was evicted before).
+    fn fetch_due(
+        &mut self,
+        vcpu: u32,
+        token: Token,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> Result<(), String> {
+        let Some(o) = self.vcpus[vcpu as usize].tokens.get(&token).copied() else {
+            return Ok(());
+        };
+        self.far
+            .complete_due(o.page, now_ns, pages)
+            .map_err(|e| format!("page {:#x} could not be made resident: {e}", o.page))?;
+        let state = if self.far.pager().is_resident(o.page.pfn().0) {
+            TokenState::Ready
+        } else {
+            match self.far.fault(o.page, o.access, now_ns, pages) {
+                Ok(Fetch::Mapped) => TokenState::Ready,
+                Ok(Fetch::DueAt(due)) => TokenState::Fetching { due },
+                Err(e) => return Err(format!("page {:#x} unavailable: {e}", o.page)),
+            }
+        };
+        let v = &mut self.vcpus[vcpu as usize];
+        if let Some(t) = v.tokens.get_mut(&token) {
+            t.state = state;
+        }
+        if state == TokenState::Ready {
+            v.ring.queue(token);
+            self.metrics.fetches_done += 1;
+            self.events.record(now_ns, token, TokenEvent::FetchDone);
+            let latency = now_ns.saturating_sub(o.fault_ns);
+            self.fetch_estimate_ns = if self.fetch_estimate_ns == 0 {
+                latency
+            } else {
+                self.fetch_estimate_ns - self.fetch_estimate_ns / 8 + latency / 8
+            };
+            self.policy.on_ready(token.0, latency);
+        }
+        Ok(())
+    }
+
+    /// Moves ready tokens of `vcpu` into its ring; whether the ready line
+    /// went up.
+    fn fill_ring(&mut self, vcpu: u32, now_ns: u64, pages: &dyn Residency) -> bool {
+        let v = &mut self.vcpus[vcpu as usize];
+        let Some(cb) = v.cb else {
+            return false;
+        };
+        let (pushed, raised) = v.ring.fill(&cb, pages.guest_memory());
+        self.metrics.ready_pushed += pushed.len() as u64;
+        for t in pushed {
+            self.events.record(now_ns, t, TokenEvent::Pushed);
+        }
+        if raised {
+            self.metrics.ready_interrupts += 1;
+        }
+        raised
+    }
+
+    fn enable(
+        &mut self,
+        vcpu: u32,
+        args: [u64; 5],
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> HypercallAnswer {
+        let cb = match ControlBlockRef::register(pages.guest_memory(), Gpa(args[0])) {
+            Ok(cb) => cb,
+            Err(bad) => {
+                return self.violation(match bad {
+                    BadBlock::Misaligned => "control_block_misaligned",
+                    BadBlock::OutsideRam => "control_block_outside_ram",
+                    BadBlock::Version => "control_block_version",
+                });
+            }
+        };
+        let lower = self.drop_tokens(vcpu, now_ns);
+        let offered = self.config.offered;
+        let v = self.vcpu(vcpu);
+        v.cb = Some(cb);
+        v.accepted = args[1] & offered;
+        HypercallAnswer {
+            regs: [hc::SMCCC_SUCCESS as u64, 0, 0, 0],
+            action: if lower {
+                Action::SetReadyLine(false)
+            } else {
+                Action::Retry
+            },
+        }
+    }
+
+    /// Forgets every token of `vcpu` (the guest wakes its sleepers itself);
+    /// whether the ready line must be lowered.
+    fn drop_tokens(&mut self, vcpu: u32, now_ns: u64) -> bool {
+        let v = self.vcpu(vcpu);
+        let dropped: Vec<Token> = std::mem::take(&mut v.tokens).into_keys().collect();
+        let lower = v.ring.clear();
+        self.metrics.tokens_dropped += dropped.len() as u64;
+        for t in dropped {
+            self.events.record(now_ns, t, TokenEvent::Dropped);
+        }
+        lower
+    }
+
+    fn disable(&mut self, vcpu: u32, now_ns: u64) -> HypercallAnswer {
+        if self.vcpu(vcpu).cb.is_none() {
+            return self.violation("disable_not_enabled");
+        }
+        let lower = self.drop_tokens(vcpu, now_ns);
+        self.vcpu(vcpu).cb = None;
+        self.metrics.wake_alls += 1;
+        HypercallAnswer {
+            regs: [hc::SMCCC_SUCCESS as u64, apf::TOKEN_WAKE_ALL, 0, 0],
+            action: if lower {
+                Action::SetReadyLine(false)
+            } else {
+                Action::Retry
+            },
+        }
+    }
+
+    fn ack(&mut self, vcpu: u32, now_ns: u64, pages: &mut dyn Residency) -> HypercallAnswer {
+        let v = self.vcpu(vcpu);
+        let Some(cb) = v.cb else {
+            return self.violation("ack_not_enabled");
+        };
+        let acked = match v.ring.ack(&cb, pages.guest_memory()) {
+            Ok(a) => a,
+            Err(RingViolation::AckWithoutConsumption) => {
+                return self.violation("ack_without_consumption");
+            }
+            Err(RingViolation::TailOutOfRange) => return self.violation("ready_tail_out_of_range"),
+        };
+        let mut latencies = Vec::with_capacity(acked.consumed.len());
+        for t in &acked.consumed {
+            if let Some(o) = v.tokens.remove(t) {
+                latencies.push(now_ns.saturating_sub(o.fault_ns));
+            }
+        }
+        for (t, ns) in acked.consumed.iter().zip(latencies) {
+            self.events.record(now_ns, *t, TokenEvent::Consumed);
+            self.metrics.token_latency(ns);
+        }
+        let n = acked.consumed.len() as u64;
+        self.metrics.ready_delivered += n;
+        self.metrics.acks += 1;
+        *self
+            .metrics
+            .tokens_per_ack
+            .entry(n.min(apf::READY_RING_SLOTS as u64) as u32)
+            .or_default() += 1;
+        self.metrics.ready_pushed += acked.pushed.len() as u64;
+        for t in &acked.pushed {
+            self.events.record(now_ns, *t, TokenEvent::Pushed);
+        }
+        let action = match acked.line {
+            Some(level) => {
+                if level {
+                    self.metrics.ready_interrupts += 1;
+                }
+                Action::SetReadyLine(level)
+            }
+            None => {
+                if !acked.pushed.is_empty() || self.vcpus[vcpu as usize].ring.pending() > 0 {
+                    // The line stays up: the guest takes it again.
+                    self.metrics.ready_interrupts += 1;
+                }
+                Action::Retry
+            }
+        };
+        HypercallAnswer {
+            regs: [hc::SMCCC_SUCCESS as u64, 0, 0, 0],
+            action,
+        }
+    }
+
+    fn page_request(
+        &mut self,
+        vcpu: u32,
+        token: u64,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> HypercallAnswer {
+        let token = Token(token);
+        let v = self.vcpu(vcpu);
+        if v.cb.is_none() {
+            return self.violation("request_not_enabled");
+        }
+        let Some(o) = v.tokens.get(&token).copied() else {
+            return self.violation("request_unknown_token");
+        };
+        if o.state != TokenState::AwaitingRequest {
+            return self.violation("request_not_awaited");
+        }
+        self.metrics.page_requests += 1;
+        self.events.record(now_ns, token, TokenEvent::Request);
+        let state = match self.far.fault(o.page, o.access, now_ns, pages) {
+            Ok(Fetch::Mapped) => TokenState::Fetching { due: now_ns },
+            Ok(Fetch::DueAt(due)) => TokenState::Fetching { due },
+            Err(e) => {
+                return HypercallAnswer {
+                    regs: [hc::SMCCC_SUCCESS as u64, 0, 0, 0],
+                    action: Action::Fail(format!("page {:#x} unavailable: {e}", o.page)),
+                };
+            }
+        };
+        if let Some(t) = self.vcpus[vcpu as usize].tokens.get_mut(&token) {
+            t.state = state;
+        }
+        HypercallAnswer::returning(hc::SMCCC_SUCCESS as u64)
+    }
+}
+
+fn access(fault: &NotResidentFault) -> Access {
+    if fault.write {
+        Access::Write
+    } else {
+        Access::Read
     }
 }
 
@@ -134,21 +581,14 @@ impl FaultHook for Engine {
         pages: &mut dyn Residency,
     ) -> Action {
         self.metrics.faults += 1;
-        self.decide(vcpu, fault, now_ns);
-        let access = if fault.write {
-            Access::Write
-        } else {
-            Access::Read
-        };
-        match self.far.fault(fault.gpa, access, now_ns, pages) {
-            Ok(Fetch::Mapped) => Action::Retry,
-            Ok(Fetch::DueAt(t)) => {
-                let state = self.vcpu(vcpu);
-                state.waiting_for = Some(fault.gpa);
-                state.stalled_since.get_or_insert(now_ns);
-                Action::StallUntil(t)
+        match self.decide(vcpu, fault, now_ns, pages) {
+            Served::Sync(fallback) => {
+                if let Some(f) = fallback {
+                    FaultMetrics::count(&mut self.metrics.fallbacks, f.name());
+                }
+                self.stall(vcpu, fault, now_ns, pages)
             }
-            Err(e) => Action::Fail(format!("page {:#x} unavailable: {e}", fault.gpa)),
+            Served::Async(plan) => self.go_async(vcpu, fault, plan, now_ns, pages),
         }
     }
 
@@ -168,5 +608,63 @@ impl FaultHook for Engine {
             Ok(()) => Action::Retry,
             Err(e) => Action::Fail(format!("page {gpa:#x} could not be made resident: {e}")),
         }
+    }
+
+    fn on_hypercall(
+        &mut self,
+        vcpu: u32,
+        call: EngineCall,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> HypercallAnswer {
+        if call.function == hc::FN_FEATURES {
+            return HypercallAnswer::returning(self.config.offered);
+        }
+        if self.config.offered == 0 {
+            return HypercallAnswer::not_supported();
+        }
+        match call.function {
+            hc::FN_APF_ENABLE => self.enable(vcpu, call.args, now_ns, pages),
+            hc::FN_APF_DISABLE => self.disable(vcpu, now_ns),
+            hc::FN_APF_ACK => self.ack(vcpu, now_ns, pages),
+            hc::FN_APF_PAGE_REQUEST => self.page_request(vcpu, call.args[0], now_ns, pages),
+            _ => HypercallAnswer::not_supported(),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.vcpus
+            .iter()
+            .flat_map(|v| v.tokens.values())
+            .filter_map(|o| match o.state {
+                TokenState::Fetching { due } => Some(due),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn on_time(&mut self, now_ns: u64, pages: &mut dyn Residency) -> Vec<(u32, Action)> {
+        let mut actions = Vec::new();
+        for v in 0..self.vcpus.len() as u32 {
+            let mut due: Vec<(u64, Token)> = self.vcpus[v as usize]
+                .tokens
+                .iter()
+                .filter_map(|(t, o)| match o.state {
+                    TokenState::Fetching { due } if due <= now_ns => Some((due, *t)),
+                    _ => None,
+                })
+                .collect();
+            due.sort_unstable();
+            for (_, token) in due {
+                if let Err(msg) = self.fetch_due(v, token, now_ns, pages) {
+                    actions.push((v, Action::Fail(msg)));
+                    return actions;
+                }
+            }
+            if self.fill_ring(v, now_ns, pages) {
+                actions.push((v, Action::SetReadyLine(true)));
+            }
+        }
+        actions
     }
 }

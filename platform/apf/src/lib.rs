@@ -3,22 +3,36 @@
 //!
 //! Both backends report faults, async-PF hypercalls and the passing of time
 //! through the VMM's [`apflab_vmm::FaultHook`]; [`Engine`] implements it.
-//! It owns the per-vCPU fault state, asks the run's
-//! [`apflab_abi::policy::Policy`] (native, or Wasm through the policy host)
-//! for a decision, serves the page through the pager ([`FarMemory`]: evict,
-//! write back, complete, install) and keeps the run's fault metrics
-//! ([`FaultMetrics`]). It does no I/O of its own: guest memory and
-//! residency come from the backend, time from its clock.
+//! It asks the run's [`apflab_abi::policy::Policy`] (native, or Wasm through
+//! the policy host) for a decision per fault and serves it:
 //!
-//! Today every fault is served synchronously (the vCPU stalls until its
-//! page is in), which is the baseline every async variant is compared with.
+//! - synchronously: the vCPU stalls until its page is in (the baseline);
+//! - asynchronously: the guest gets a token. One module per axis of the
+//!   protocol: [`not_present`] (data abort or dedicated exception class),
+//!   [`ready`] (the ready ring and PPI, acknowledged), [`initiation`] (host
+//!   or guest starts the fetch), [`sleep`] (halt or reschedule); [`decision`]
+//!   says when an async decision falls back to sync, [`control_block`]
+//!   reads and writes the guest's block, [`events`] logs every token's life.
+//!
+//! The page side ([`FarMemory`]: evict, write back, complete, install) is
+//! the same for both, and [`FaultMetrics`] is the run's one set of fault
+//! counters. The engine does no I/O of its own: guest memory and residency
+//! come from the backend, time from its clock.
 
+pub mod control_block;
+pub mod decision;
 mod engine;
 mod error;
+pub mod events;
 pub mod far_memory;
+pub mod initiation;
 mod metrics;
+pub mod not_present;
+pub mod ready;
+pub mod sleep;
 
-pub use engine::Engine;
+pub use engine::{ApfConfig, Engine};
 pub use error::ApfError;
+pub use events::{Event, TokenEvent};
 pub use far_memory::{FarMemory, Fetch};
-pub use metrics::FaultMetrics;
+pub use metrics::{FaultMetrics, LATENCY_BUCKETS};

@@ -1,115 +1,25 @@
-//! The engine's page side and the engine itself, driven the way a backend
-//! drives them, over a fake machine: real guest memory and a set of absent
-//! pages. The one-vCPU driver scribbles over every page evicted once its
-//! fault is served (the host reuses the frame), so a refault can only see
-//! the right bytes if the store delivered them.
+//! The engine's page side and the engine's synchronous path, driven the
+//! way a backend drives them, over a fake machine (see `common`). The
+//! one-vCPU driver scribbles over every page evicted once its fault is
+//! served (the host reuses the frame), so a refault can only see the right
+//! bytes if the store delivered them.
 
-use std::collections::HashSet;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use apflab_abi::addr::{Gpa, Pfn};
-use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
+use apflab_abi::addr::Pfn;
+use apflab_abi::memory_map::PAGE_SIZE;
 use apflab_abi::pattern::synthetic_word;
-use apflab_abi::policy::{Decision, FaultInfo, Policy};
-use apflab_apf::{ApfError, Engine, FarMemory, Fetch};
-use apflab_pager::store::{FaultInjectingStore, SyntheticStore};
-use apflab_pager::{Access, LatencyConfig, PagerConfig, Prepared, VirtualPager};
-use apflab_vmm::hypervisor::{HypervisorError, NotResidentFault, Residency};
+use apflab_abi::policy::{Decision, Initiation};
+use apflab_apf::{ApfConfig, ApfError, Engine, FarMemory, Fetch};
+use apflab_pager::store::SyntheticStore;
+use apflab_pager::{Access, LatencyConfig, Prepared, VirtualPager};
+use apflab_vmm::hypervisor::Residency;
 use apflab_vmm::{Action, FaultHook};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-const RAM: u64 = 64 << 20; // 8192 managed pages above the 32 MiB kernel part
-const SEED: u64 = 0xfeed;
-
-/// A `[pager]` section: synthetic pages, 10 µs per fetch, at most
-/// `limit_pages` resident, `initially` of them resident at start.
-fn config(limit_pages: Option<u64>, initially: f64) -> PagerConfig {
-    let limit = limit_pages.map_or(String::new(), |p| {
-        format!("resident_limit = \"{} KiB\"", p * 4)
-    });
-    let section = format!(
-        "store = {{ kind = \"synthetic\", seed = {SEED} }}\n\
-         latency = {{ model = \"constant\", us = 10.0 }}\n\
-         initially_resident = {initially:?}\n{limit}"
-    );
-    toml::from_str(&section).expect("a valid [pager] section")
-}
-
-fn pager(c: &PagerConfig) -> VirtualPager {
-    VirtualPager::new(Prepared::new(c, RAM, Path::new(".")).unwrap())
-}
-
-/// The managed page `k` pages from the start of the range.
-fn managed(k: u64) -> u64 {
-    let range = apflab_pager::ManagedRange::for_guest_ram(RAM).unwrap();
-    range.first_pfn + k
-}
-
-/// A pager of `c` whose store can never read page `bad`.
-fn pager_failing_on(c: &PagerConfig, bad: u64) -> VirtualPager {
-    let store = FaultInjectingStore::new(SyntheticStore::new(SEED), 0, vec![bad]);
-    let prepared = Prepared::new(c, RAM, Path::new("."));
-    VirtualPager::new(prepared.unwrap().with_store(Arc::new(store)))
-}
-
-/// Guest RAM and residency as a backend keeps them.
-struct FakeMachine {
-    memory: GuestMemoryMmap,
-    absent: HashSet<Gpa>,
-    /// Pages made absent since the driver last looked.
-    evicted: Vec<Gpa>,
-}
-
-impl FakeMachine {
-    fn new() -> Self {
-        FakeMachine {
-            memory: GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), RAM as usize)])
-                .unwrap(),
-            absent: HashSet::new(),
-            evicted: Vec::new(),
-        }
-    }
-
-    fn word(&self, pfn: u64, w: u64) -> u64 {
-        self.memory
-            .read_obj(GuestAddress(Pfn(pfn).gpa().0 + w * 8))
-            .unwrap()
-    }
-
-    fn set_word(&self, pfn: u64, w: u64, v: u64) {
-        self.memory
-            .write_obj(v, GuestAddress(Pfn(pfn).gpa().0 + w * 8))
-            .unwrap();
-    }
-}
-
-impl Residency for FakeMachine {
-    fn set_resident(&mut self, gpa: Gpa, resident: bool) -> Result<(), HypervisorError> {
-        let page = gpa.page_base();
-        if !(RAM_BASE..RAM_BASE + RAM).contains(&page.0) {
-            return Err(HypervisorError::OutsideRam(gpa.0));
-        }
-        if resident {
-            self.absent.remove(&page);
-        } else {
-            // The content stays readable, as on both backends (the
-            // write-back reads it after the guest's mapping is gone).
-            if self.absent.insert(page) {
-                self.evicted.push(page);
-            }
-        }
-        Ok(())
-    }
-
-    fn is_resident(&self, gpa: Gpa) -> bool {
-        !self.absent.contains(&gpa.page_base())
-    }
-
-    fn guest_memory(&self) -> &GuestMemoryMmap {
-        &self.memory
-    }
-}
+use common::{FakeMachine, Fixed, RAM, SEED, config, fault, managed, pager, pager_failing_on};
+use vm_memory::{Bytes, GuestAddress};
 
 /// One vCPU that stalls on every fault (the sync baseline), in virtual
 /// time, with the page side doing the work.
@@ -329,33 +239,13 @@ fn an_absent_page_outside_the_managed_range_is_refused() {
     );
 }
 
-/// A policy that answers with a fixed decision and counts its calls.
-struct Fixed(Decision, Arc<std::sync::atomic::AtomicU32>);
-
-impl Policy for Fixed {
-    fn decide(&mut self, _: &FaultInfo) -> Decision {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.0
-    }
-}
-
-fn fault(gpa: Gpa, write: bool) -> NotResidentFault {
-    NotResidentFault {
-        gpa,
-        write,
-        fetch: false,
-        pc: 0x4000_1000,
-        el: 0,
-    }
-}
-
 #[test]
 fn the_engine_stalls_each_vcpu_until_its_page_is_in_and_counts_the_stall() {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let policy = Fixed(Decision::Sync { prefetch: 0 }, calls.clone());
     let mut c = config(None, 0.0);
     c.queue_depth = 2; // the two fetches overlap
-    let mut engine = Engine::new(2, pager(&c), Box::new(policy));
+    let mut engine = Engine::new(2, pager(&c), Box::new(policy), ApfConfig::OFF);
     let mut m = FakeMachine::new();
     engine.init(&mut m).unwrap();
     let first = engine.pager_metrics();
@@ -388,20 +278,14 @@ fn the_engine_stalls_each_vcpu_until_its_page_is_in_and_counts_the_stall() {
 }
 
 #[test]
-fn an_async_decision_is_counted_and_served_synchronously() {
-    use apflab_abi::policy::{Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
-    let decision = Decision::Async {
-        not_present: NotPresentDelivery::DedicatedEc,
-        ready: ReadyDelivery::Interrupt,
-        initiation: Initiation::Host,
-        sleep: Sleep::Reschedule,
-        prefetch: 2,
-    };
+fn an_async_decision_before_the_guest_enabled_async_pf_is_served_sync() {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let policy = Fixed(common::rfcv2_like(Initiation::Host, 2), calls);
     let mut engine = Engine::new(
         1,
         pager(&config(None, 0.0)),
-        Box::new(Fixed(decision, calls)),
+        Box::new(policy),
+        ApfConfig::all(64),
     );
     let mut m = FakeMachine::new();
     engine.init(&mut m).unwrap();
@@ -411,9 +295,9 @@ fn an_async_decision_is_counted_and_served_synchronously() {
         Action::StallUntil(10_000)
     );
     let metrics = engine.metrics();
-    assert_eq!(metrics.async_decisions_served_sync, 1);
+    assert_eq!(metrics.fallbacks["not_enabled"], 1);
     assert_eq!(metrics.prefetch_requests_ignored, 1);
-    assert_eq!(metrics.sync_faults, 0);
+    assert_eq!((metrics.sync_faults, metrics.async_faults), (1, 0));
 }
 
 #[test]
@@ -423,7 +307,7 @@ fn a_store_failure_fails_the_run_naming_the_page() {
     let bad = managed(3);
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let sync = Fixed(Decision::Sync { prefetch: 0 }, calls);
-    let mut engine = Engine::new(1, pager_failing_on(&c, bad), Box::new(sync));
+    let mut engine = Engine::new(1, pager_failing_on(&c, bad), Box::new(sync), ApfConfig::OFF);
     let mut m = FakeMachine::new();
     engine.init(&mut m).unwrap();
     let gpa = Pfn(bad).gpa();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use apflab_apf::Engine;
+use apflab_apf::{ApfConfig, Engine};
 use apflab_pager::{FaultPath, PagerMetrics, Prepared, VirtualPager};
 use apflab_policy_host::BuiltinSync;
 use apflab_vmm::{NoFarMemory, RunOutcome, Vm, VmConfig};
@@ -111,6 +111,7 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
             config.guest.vcpus,
             VirtualPager::new(prepared),
             Box::new(BuiltinSync),
+            ApfConfig::OFF,
         ))),
         FaultPath::Kernel => Pager::InKernel(Arc::new(KernelPager::new(prepared))),
     }))

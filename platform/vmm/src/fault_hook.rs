@@ -5,7 +5,7 @@
 //! the passing of time (a wait the hook ordered has ended, or the hook's own
 //! deadline has come). The hook answers with [`Action`]s in the backends'
 //! vocabulary, and each backend's run loop applies them in one place
-//! ([`crate::run_loop::apply`]). Everything the protocol decides (sync or
+//! (`run_loop::apply`). Everything the protocol decides (sync or
 //! async, which exception, when "ready" is raised) stays behind this trait,
 //! so it can grow without touching a backend.
 //!

@@ -63,6 +63,9 @@ pub struct NotResidentFault {
     pub fetch: bool,
     /// PC of the faulting instruction (it has not executed).
     pub pc: u64,
+    /// Virtual address of the access (FAR_EL1 of the abort the hardware
+    /// would have taken).
+    pub va: u64,
     /// Exception level the access was made at (0: a user task, 1: the
     /// kernel).
     pub el: u8,

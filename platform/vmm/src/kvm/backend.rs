@@ -441,6 +441,7 @@ impl KvmVcpu {
                     write: site.write,
                     fetch: site.kind == FaultKind::InstructionFetch,
                     pc,
+                    va: site.va,
                     el: u8::from(ps & pstate::MODE_MASK != pstate::EL0T),
                 })))
             }

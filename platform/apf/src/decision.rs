@@ -1,0 +1,169 @@
+//! From the policy's decision to what the engine serves: an async decision
+//! is served async only if the guest can take it, and otherwise falls back
+//! to a synchronous fault, counted by cause.
+
+use apflab_abi::apf::MAX_OUTSTANDING;
+use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
+
+use crate::{initiation, not_present, ready};
+
+/// An async decision the engine serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncPlan {
+    /// How "not present" is delivered.
+    pub not_present: NotPresentDelivery,
+    /// How "ready" is delivered.
+    pub ready: ReadyDelivery,
+    /// Who starts the fetch.
+    pub initiation: Initiation,
+    /// What the guest does meanwhile.
+    pub sleep: Sleep,
+}
+
+/// Why an async decision was served synchronously.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fallback {
+    /// The guest has not enabled async PF on this vCPU.
+    NotEnabled,
+    /// The fault was taken in the kernel, where async PF is not delivered.
+    KernelMode,
+    /// The vCPU already has [`MAX_OUTSTANDING`] tokens outstanding.
+    OutstandingCap,
+    /// The decision needs a feature the host does not offer or the guest
+    /// did not accept.
+    FeatureNotAccepted,
+    /// The vCPU faulted again on a page it already holds a token for (it
+    /// waits for it, as x86's APF_HALT does).
+    RepeatFault,
+}
+
+impl Fallback {
+    /// The name used in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fallback::NotEnabled => "not_enabled",
+            Fallback::KernelMode => "kernel_mode",
+            Fallback::OutstandingCap => "outstanding_cap",
+            Fallback::FeatureNotAccepted => "feature_not_accepted",
+            Fallback::RepeatFault => "repeat_fault",
+        }
+    }
+}
+
+/// What the engine does with a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The vCPU stalls until the page is in; why, if the policy wanted
+    /// async.
+    Sync(Option<Fallback>),
+    /// Async, as planned.
+    Async(AsyncPlan),
+}
+
+/// The facts about the vCPU a decision is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuFacts {
+    /// Features accepted on this vCPU (`None`: async PF not enabled).
+    pub accepted: Option<u64>,
+    /// Exception level of the fault.
+    pub el: u8,
+    /// Tokens outstanding on the vCPU.
+    pub outstanding: usize,
+    /// It already holds a token for this page.
+    pub repeat: bool,
+}
+
+/// How `decision` is served on a vCPU with `facts`.
+pub fn serve(decision: Decision, facts: VcpuFacts) -> Served {
+    let Decision::Async {
+        not_present,
+        ready,
+        initiation,
+        sleep,
+        ..
+    } = decision
+    else {
+        return Served::Sync(None);
+    };
+    let Some(accepted) = facts.accepted else {
+        return Served::Sync(Some(Fallback::NotEnabled));
+    };
+    let fallback = if facts.repeat {
+        Some(Fallback::RepeatFault)
+    } else if facts.el != 0 {
+        Some(Fallback::KernelMode)
+    } else if facts.outstanding >= MAX_OUTSTANDING {
+        Some(Fallback::OutstandingCap)
+    } else {
+        let needs = not_present::feature(not_present)
+            | ready::feature(ready)
+            | initiation::feature(initiation);
+        (accepted & needs != needs).then_some(Fallback::FeatureNotAccepted)
+    };
+    match fallback {
+        Some(f) => Served::Sync(Some(f)),
+        None => Served::Async(AsyncPlan {
+            not_present,
+            ready,
+            initiation,
+            sleep,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apflab_abi::apf::features as f;
+
+    const PAOLO: Decision = Decision::Async {
+        not_present: NotPresentDelivery::DedicatedEc,
+        ready: ReadyDelivery::Interrupt,
+        initiation: Initiation::Guest,
+        sleep: Sleep::Reschedule,
+        prefetch: 0,
+    };
+
+    fn facts(accepted: Option<u64>) -> VcpuFacts {
+        VcpuFacts {
+            accepted,
+            el: 0,
+            outstanding: 0,
+            repeat: false,
+        }
+    }
+
+    #[test]
+    fn an_async_decision_is_served_only_when_the_guest_can_take_it() {
+        let all = f::NOT_PRESENT_DEDICATED_EC | f::READY_INTERRUPT | f::GUEST_INITIATED;
+        assert!(matches!(serve(PAOLO, facts(Some(all))), Served::Async(_)));
+        assert_eq!(
+            serve(PAOLO, facts(None)),
+            Served::Sync(Some(Fallback::NotEnabled))
+        );
+        assert_eq!(
+            serve(PAOLO, facts(Some(all & !f::GUEST_INITIATED))),
+            Served::Sync(Some(Fallback::FeatureNotAccepted))
+        );
+        let kernel = VcpuFacts {
+            el: 1,
+            ..facts(Some(all))
+        };
+        assert_eq!(
+            serve(PAOLO, kernel),
+            Served::Sync(Some(Fallback::KernelMode))
+        );
+        let full = VcpuFacts {
+            outstanding: MAX_OUTSTANDING,
+            ..facts(Some(all))
+        };
+        assert_eq!(
+            serve(PAOLO, full),
+            Served::Sync(Some(Fallback::OutstandingCap))
+        );
+        assert_eq!(
+            serve(Decision::Sync { prefetch: 0 }, facts(Some(all))),
+            Served::Sync(None)
+        );
+    }
+}

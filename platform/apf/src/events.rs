@@ -1,0 +1,69 @@
+//! The life of every token, as an event log a test can read and
+//! `RUST_LOG=apflab_apf=debug` shows: fault, "not present" injected, page
+//! request, fetch done, pushed into the ready ring, consumed by the guest,
+//! or dropped when the guest disabled async PF.
+
+use apflab_abi::apf::Token;
+
+/// What happened to a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TokenEvent {
+    /// The fault was decided async and the token allocated.
+    Fault,
+    /// "Not present" was injected for it.
+    NotPresent,
+    /// The guest asked for its page (`APF_PAGE_REQUEST`).
+    Request,
+    /// Its page is in.
+    FetchDone,
+    /// It was put into the ready ring.
+    Pushed,
+    /// The guest consumed it from the ring (acknowledged).
+    Consumed,
+    /// The guest disabled async PF before consuming it.
+    Dropped,
+}
+
+/// One entry of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// When (ns, the backend's clock).
+    pub t: u64,
+    /// Which token (its vCPU is in it).
+    pub token: Token,
+    /// What happened.
+    pub kind: TokenEvent,
+}
+
+/// The log, bounded so a long run cannot grow it without end (what does
+/// not fit is counted).
+#[derive(Debug, Default)]
+pub struct EventLog {
+    events: Vec<Event>,
+    dropped: u64,
+}
+
+/// Most events kept.
+const MAX_EVENTS: usize = 1 << 20;
+
+impl EventLog {
+    /// Records `kind` for `token` at `t`.
+    pub fn record(&mut self, t: u64, token: Token, kind: TokenEvent) {
+        tracing::debug!(target: "apflab_apf::tokens", t, token = format_args!("{:#x}", token.0), ?kind);
+        if self.events.len() < MAX_EVENTS {
+            self.events.push(Event { t, token, kind });
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Every event kept, in the order they happened.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Events not kept because the log was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}

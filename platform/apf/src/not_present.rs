@@ -1,0 +1,83 @@
+//! "Not present": how the guest learns, on the faulting instruction, that
+//! its page is not there and which token stands for it.
+//!
+//! - [`NotPresentDelivery::DataAbort`] (Gavin Shan's RFCv2): the data abort
+//!   the hardware would have taken (translation fault, FAR = the faulting
+//!   address); the control block's `reason` says it is "not present" and
+//!   carries the token.
+//! - [`NotPresentDelivery::DedicatedEc`] (Paolo Bonzini's review): an
+//!   exception class the architecture leaves unallocated
+//!   ([`EC_APF_NOT_PRESENT`]), the token in ESR.ISS (and, in full, in the
+//!   control block).
+
+use apflab_abi::apf::{
+    DFSC_TRANSLATION_L3, EC_APF_NOT_PRESENT, EC_DATA_ABORT_LOWER, Token, esr, features,
+};
+use apflab_abi::policy::NotPresentDelivery;
+use apflab_vmm::hypervisor::{NotResidentFault, SyncException};
+
+/// ESR.ISS.WnR of a data abort: the access was a write.
+const ISS_WNR: u64 = 1 << 6;
+
+/// The feature bit the guest must have accepted for `delivery`.
+pub fn feature(delivery: NotPresentDelivery) -> u64 {
+    match delivery {
+        NotPresentDelivery::DataAbort => features::NOT_PRESENT_DATA_ABORT,
+        NotPresentDelivery::DedicatedEc => features::NOT_PRESENT_DEDICATED_EC,
+    }
+}
+
+/// The exception that tells the guest "not present" for `token`, taken on
+/// the faulting instruction (which runs again once the guest returns).
+/// Async faults are only delivered from EL0, so the class is always the
+/// "from a lower level" one.
+pub fn exception(
+    delivery: NotPresentDelivery,
+    token: Token,
+    fault: &NotResidentFault,
+) -> SyncException {
+    let esr = match delivery {
+        NotPresentDelivery::DataAbort => {
+            let wnr = if fault.write { ISS_WNR } else { 0 };
+            esr(EC_DATA_ABORT_LOWER, DFSC_TRANSLATION_L3 | wnr)
+        }
+        NotPresentDelivery::DedicatedEc => esr(EC_APF_NOT_PRESENT, token.0),
+    };
+    SyncException {
+        esr,
+        far: fault.va,
+        return_pc: fault.pc,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apflab_abi::addr::Gpa;
+    use apflab_abi::apf::{ESR_IL, esr_ec};
+
+    fn fault(write: bool) -> NotResidentFault {
+        NotResidentFault {
+            gpa: Gpa(0x4210_0000),
+            write,
+            fetch: false,
+            pc: 0x40_1000,
+            va: 0x10_0123,
+            el: 0,
+        }
+    }
+
+    #[test]
+    fn each_delivery_builds_its_own_syndrome() {
+        let t = Token::new(5, 1);
+        let da = exception(NotPresentDelivery::DataAbort, t, &fault(true));
+        assert_eq!(esr_ec(da.esr), EC_DATA_ABORT_LOWER);
+        assert_eq!(da.esr & 0x3f, DFSC_TRANSLATION_L3);
+        assert_ne!(da.esr & ISS_WNR, 0);
+        assert_eq!((da.far, da.return_pc), (0x10_0123, 0x40_1000));
+        let ec = exception(NotPresentDelivery::DedicatedEc, t, &fault(false));
+        assert_eq!(esr_ec(ec.esr), EC_APF_NOT_PRESENT);
+        assert_eq!(ec.esr & 0x1ff_ffff, t.0);
+        assert_ne!(ec.esr & ESR_IL, 0);
+    }
+}

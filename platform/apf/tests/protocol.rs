@@ -1,0 +1,382 @@
+//! The async protocol as the engine plays it, call by call, against a fake
+//! machine that plays the guest's side: enable, fault, "not present",
+//! request, fetch done, ready ring, ACK, disable; and what a misbehaving
+//! guest gets.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+
+use apflab_abi::addr::{Gpa, Pfn};
+use apflab_abi::apf::{
+    self, CONTROL_BLOCK_VERSION, EC_APF_NOT_PRESENT, EC_DATA_ABORT_LOWER, REASON_NOT_PRESENT,
+    Token, cb_offset, esr_ec,
+};
+use apflab_abi::hypercall as hc;
+use apflab_abi::memory_map::RAM_BASE;
+use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
+use apflab_apf::{ApfConfig, Engine, TokenEvent};
+use apflab_vmm::hypervisor::Residency;
+use apflab_vmm::{Action, EngineCall, FaultHook};
+use common::{FakeMachine, Fixed, config, fault, managed, pager};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Where the fake guest keeps vCPU 0's control block.
+const CB: u64 = RAM_BASE + 0x10_0000;
+
+fn engine(decision: Decision, depth: u32) -> (Engine, FakeMachine) {
+    let mut c = config(None, 0.0);
+    c.queue_depth = 4;
+    let policy = Fixed(decision, Arc::new(AtomicU32::new(0)));
+    let mut e = Engine::new(1, pager(&c), Box::new(policy), ApfConfig::all(depth));
+    let mut m = FakeMachine::new();
+    e.init(&mut m).unwrap();
+    (e, m)
+}
+
+fn call(
+    e: &mut Engine,
+    m: &mut FakeMachine,
+    function: u32,
+    args: [u64; 5],
+    now: u64,
+) -> ([u64; 4], Action) {
+    let a = e.on_hypercall(0, EngineCall { function, args }, now, m);
+    (a.regs, a.action)
+}
+
+/// Enables async PF on vCPU 0 with everything accepted.
+fn enable(e: &mut Engine, m: &mut FakeMachine) {
+    m.memory
+        .write_obj(CONTROL_BLOCK_VERSION, GuestAddress(CB))
+        .unwrap();
+    let (regs, _) = call(e, m, hc::FN_FEATURES, [0; 5], 0);
+    assert_eq!(regs[0], ApfConfig::IMPLEMENTED);
+    let (regs, action) = call(
+        e,
+        m,
+        hc::FN_APF_ENABLE,
+        [CB, apf::features::ALL, 0, 0, 0],
+        0,
+    );
+    assert_eq!((regs[0], action), (0, Action::Retry));
+}
+
+fn cb_u32(m: &FakeMachine, offset: usize) -> u32 {
+    m.memory.read_obj(GuestAddress(CB + offset as u64)).unwrap()
+}
+
+fn ring_slot(m: &FakeMachine, i: u32) -> u64 {
+    let slot = (i as usize % apf::READY_RING_SLOTS) as u64;
+    m.memory
+        .read_obj(GuestAddress(CB + cb_offset::READY_RING as u64 + 8 * slot))
+        .unwrap()
+}
+
+/// The guest consumes its ring up to `tail`.
+fn consume(m: &FakeMachine, tail: u32) {
+    m.memory
+        .write_obj(tail, GuestAddress(CB + cb_offset::READY_TAIL as u64))
+        .unwrap();
+}
+
+fn decision(not_present: NotPresentDelivery, initiation: Initiation) -> Decision {
+    Decision::Async {
+        not_present,
+        ready: ReadyDelivery::Interrupt,
+        initiation,
+        sleep: Sleep::Reschedule,
+        prefetch: 0,
+    }
+}
+
+fn kinds(e: &Engine, token: Token) -> Vec<TokenEvent> {
+    e.events()
+        .iter()
+        .filter(|ev| ev.token == token)
+        .map(|ev| ev.kind)
+        .collect()
+}
+
+#[test]
+fn host_initiated_fault_injects_not_present_then_rings_ready_then_acks() {
+    let (mut e, mut m) = engine(
+        decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
+        64,
+    );
+    enable(&mut e, &mut m);
+    let page = Pfn(managed(0)).gpa();
+    let Action::InjectException(exc) = e.on_not_resident(0, &fault(page, false), 1_000, &mut m)
+    else {
+        panic!("an async fault injects \"not present\"")
+    };
+    assert_eq!(esr_ec(exc.esr), EC_APF_NOT_PRESENT);
+    let token = Token(exc.esr & 0x1ff_ffff);
+    assert_eq!(token.vcpu(), 0);
+    assert_eq!((exc.far, exc.return_pc), (0x10_0000, 0x4000_1000));
+    assert_eq!(cb_u32(&m, cb_offset::REASON), REASON_NOT_PRESENT);
+    let cb_token: u64 = m
+        .memory
+        .read_obj(GuestAddress(CB + cb_offset::TOKEN as u64))
+        .unwrap();
+    assert_eq!(cb_token, token.0);
+    assert!(!m.is_resident(page));
+    // The fetch was started at the fault: 10 µs later it is due.
+    assert_eq!(e.next_deadline(), Some(11_000));
+    assert_eq!(e.on_time(11_000, &mut m), [(0, Action::SetReadyLine(true))]);
+    assert!(m.is_resident(page), "installed before ready is delivered");
+    assert_eq!(cb_u32(&m, cb_offset::READY_HEAD), 1);
+    assert_eq!(ring_slot(&m, 0), token.0);
+    assert_eq!(e.next_deadline(), None);
+    consume(&m, 1);
+    let (regs, action) = call(&mut e, &mut m, hc::FN_APF_ACK, [0; 5], 12_000);
+    assert_eq!((regs[0], action), (0, Action::SetReadyLine(false)));
+    assert_eq!(
+        kinds(&e, token),
+        [
+            TokenEvent::Fault,
+            TokenEvent::NotPresent,
+            TokenEvent::FetchDone,
+            TokenEvent::Pushed,
+            TokenEvent::Consumed
+        ]
+    );
+    let mt = e.metrics();
+    assert_eq!(
+        (mt.async_faults, mt.sync_faults, mt.ready_delivered),
+        (1, 0, 1)
+    );
+    assert_eq!((mt.acks, mt.ready_interrupts), (1, 1));
+    assert_eq!(mt.not_present["dedicated_ec"], 1);
+    assert_eq!(mt.outstanding_high_water, [1]);
+    // 11 µs from fault to consumed: the 8..16 µs bucket.
+    assert_eq!(mt.token_latency_log2_us[3], 1);
+}
+
+#[test]
+fn guest_initiated_fetch_starts_at_the_request() {
+    let (mut e, mut m) = engine(
+        decision(NotPresentDelivery::DataAbort, Initiation::Guest),
+        64,
+    );
+    enable(&mut e, &mut m);
+    let page = Pfn(managed(3)).gpa();
+    let Action::InjectException(exc) = e.on_not_resident(0, &fault(page, true), 1_000, &mut m)
+    else {
+        panic!()
+    };
+    assert_eq!(esr_ec(exc.esr), EC_DATA_ABORT_LOWER);
+    let token: u64 = m
+        .memory
+        .read_obj(GuestAddress(CB + cb_offset::TOKEN as u64))
+        .unwrap();
+    assert_eq!(
+        e.next_deadline(),
+        None,
+        "nothing is fetched before the request"
+    );
+    assert_eq!(e.pager_metrics().fetches, 0);
+    let (regs, _) = call(
+        &mut e,
+        &mut m,
+        hc::FN_APF_PAGE_REQUEST,
+        [token, 0, 0, 0, 0],
+        50_000,
+    );
+    assert_eq!(regs[0], 0);
+    assert_eq!(
+        e.next_deadline(),
+        Some(60_000),
+        "latency counts from the request"
+    );
+    // A second request for the same token is refused.
+    let (regs, _) = call(
+        &mut e,
+        &mut m,
+        hc::FN_APF_PAGE_REQUEST,
+        [token, 0, 0, 0, 0],
+        50_000,
+    );
+    assert_eq!(regs[0], hc::SMCCC_INVALID_PARAMETERS as u64);
+    assert_eq!(e.metrics().violations["request_not_awaited"], 1);
+    assert_eq!(e.on_time(60_000, &mut m), [(0, Action::SetReadyLine(true))]);
+    assert_eq!(
+        kinds(&e, Token(token)),
+        [
+            TokenEvent::Fault,
+            TokenEvent::NotPresent,
+            TokenEvent::Request,
+            TokenEvent::FetchDone,
+            TokenEvent::Pushed
+        ]
+    );
+    assert_eq!(e.metrics().page_requests, 1);
+}
+
+#[test]
+fn a_ring_of_depth_one_delivers_one_token_per_interrupt() {
+    let (mut e, mut m) = engine(
+        decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
+        1,
+    );
+    enable(&mut e, &mut m);
+    for k in 0..3 {
+        let page = Pfn(managed(k)).gpa();
+        assert!(matches!(
+            e.on_not_resident(0, &fault(page, false), 0, &mut m),
+            Action::InjectException(_)
+        ));
+    }
+    assert_eq!(e.metrics().outstanding_high_water, [3]);
+    // All three fetches overlap (queue depth 4) and are due at 10 µs.
+    assert_eq!(e.on_time(10_000, &mut m), [(0, Action::SetReadyLine(true))]);
+    assert_eq!(cb_u32(&m, cb_offset::READY_HEAD), 1, "one token at a time");
+    for tail in 1..=3 {
+        consume(&m, tail);
+        let (_, action) = call(&mut e, &mut m, hc::FN_APF_ACK, [0; 5], 20_000);
+        assert_eq!(cb_u32(&m, cb_offset::READY_HEAD), 3.min(tail + 1));
+        let expect = if tail < 3 {
+            Action::Retry
+        } else {
+            Action::SetReadyLine(false)
+        };
+        assert_eq!(action, expect, "after ACK {tail}");
+    }
+    let mt = e.metrics();
+    assert_eq!((mt.ready_delivered, mt.acks), (3, 3));
+    assert_eq!(mt.tokens_per_ack[&1], 3);
+}
+
+#[test]
+fn the_65th_outstanding_fault_is_served_sync() {
+    let (mut e, mut m) = engine(
+        decision(NotPresentDelivery::DedicatedEc, Initiation::Guest),
+        64,
+    );
+    enable(&mut e, &mut m);
+    for k in 0..apf::MAX_OUTSTANDING as u64 {
+        let page = Pfn(managed(k)).gpa();
+        assert!(matches!(
+            e.on_not_resident(0, &fault(page, false), 0, &mut m),
+            Action::InjectException(_)
+        ));
+    }
+    let page = Pfn(managed(100)).gpa();
+    assert!(matches!(
+        e.on_not_resident(0, &fault(page, false), 0, &mut m),
+        Action::StallUntil(_)
+    ));
+    assert_eq!(e.metrics().fallbacks["outstanding_cap"], 1);
+    // A fault again on a page the vCPU holds a token for waits for it.
+    let held = Pfn(managed(5)).gpa();
+    assert!(matches!(
+        e.on_not_resident(0, &fault(held, false), 0, &mut m),
+        Action::StallUntil(_)
+    ));
+    assert_eq!(e.metrics().fallbacks["repeat_fault"], 1);
+}
+
+#[test]
+fn kernel_mode_faults_stay_sync() {
+    let (mut e, mut m) = engine(
+        decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
+        64,
+    );
+    enable(&mut e, &mut m);
+    let mut f = fault(Pfn(managed(0)).gpa(), false);
+    f.el = 1;
+    assert!(matches!(
+        e.on_not_resident(0, &f, 0, &mut m),
+        Action::StallUntil(_)
+    ));
+    assert_eq!(e.metrics().fallbacks["kernel_mode"], 1);
+}
+
+#[test]
+fn a_misbehaving_guest_gets_errors_and_is_counted() {
+    let (mut e, mut m) = engine(
+        decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
+        64,
+    );
+    let bad = hc::SMCCC_INVALID_PARAMETERS as u64;
+    // Before enabling: ACK and requests.
+    assert_eq!(call(&mut e, &mut m, hc::FN_APF_ACK, [0; 5], 0).0[0], bad);
+    // Control blocks misaligned, outside RAM, of another version.
+    assert_eq!(
+        call(&mut e, &mut m, hc::FN_APF_ENABLE, [CB + 8, 0, 0, 0, 0], 0).0[0],
+        bad
+    );
+    assert_eq!(
+        call(&mut e, &mut m, hc::FN_APF_ENABLE, [0x1000, 0, 0, 0, 0], 0).0[0],
+        bad
+    );
+    assert_eq!(
+        call(&mut e, &mut m, hc::FN_APF_ENABLE, [CB, 0, 0, 0, 0], 0).0[0],
+        bad
+    );
+    enable(&mut e, &mut m);
+    assert_eq!(call(&mut e, &mut m, hc::FN_APF_ACK, [0; 5], 0).0[0], bad);
+    assert_eq!(
+        call(
+            &mut e,
+            &mut m,
+            hc::FN_APF_PAGE_REQUEST,
+            [0x7001, 0, 0, 0, 0],
+            0
+        )
+        .0[0],
+        bad
+    );
+    consume(&m, 9);
+    assert_eq!(call(&mut e, &mut m, hc::FN_APF_ACK, [0; 5], 0).0[0], bad);
+    let v = &e.metrics().violations;
+    for (kind, n) in [
+        ("ack_not_enabled", 1),
+        ("control_block_misaligned", 1),
+        ("control_block_outside_ram", 1),
+        ("control_block_version", 1),
+        ("ack_without_consumption", 1),
+        ("request_unknown_token", 1),
+        ("ready_tail_out_of_range", 1),
+    ] {
+        assert_eq!(v.get(kind), Some(&n), "{kind}: {v:?}");
+    }
+}
+
+#[test]
+fn disable_drops_every_token_and_offers_nothing_when_off() {
+    let (mut e, mut m) = engine(
+        decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
+        64,
+    );
+    enable(&mut e, &mut m);
+    let page = Pfn(managed(0)).gpa();
+    e.on_not_resident(0, &fault(page, false), 0, &mut m);
+    e.on_time(10_000, &mut m);
+    let (regs, action) = call(&mut e, &mut m, hc::FN_APF_DISABLE, [0; 5], 10_000);
+    assert_eq!((regs[0], regs[1]), (0, apf::TOKEN_WAKE_ALL));
+    assert_eq!(action, Action::SetReadyLine(false));
+    assert_eq!((e.metrics().wake_alls, e.metrics().tokens_dropped), (1, 1));
+    // Faults after the disable are sync again.
+    let other = Pfn(managed(1)).gpa();
+    assert!(matches!(
+        e.on_not_resident(0, &fault(other, false), 10_000, &mut m),
+        Action::StallUntil(_)
+    ));
+
+    let mut c = config(None, 0.0);
+    c.queue_depth = 1;
+    let policy = Fixed(
+        decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
+        Arc::new(AtomicU32::new(0)),
+    );
+    let mut off = Engine::new(1, pager(&c), Box::new(policy), ApfConfig::OFF);
+    let mut m = FakeMachine::new();
+    off.init(&mut m).unwrap();
+    let (regs, _) = call(&mut off, &mut m, hc::FN_FEATURES, [0; 5], 0);
+    assert_eq!(regs[0], 0);
+    let (regs, _) = call(&mut off, &mut m, hc::FN_APF_ENABLE, [CB, 0, 0, 0, 0], 0);
+    assert_eq!(regs[0], hc::SMCCC_NOT_SUPPORTED as u64);
+    let _ = Gpa(0);
+}
