@@ -10,6 +10,7 @@ pub mod page_server;
 pub mod report;
 pub mod result;
 pub mod runner;
+pub mod slurm;
 
 pub use config::{Config, ConfigError, LoadedConfig};
 pub use result::RunResult;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use apflab::config::{Backend, Config};
-use apflab::matrix::{Experiment, MatrixSummary, Table};
+use apflab::config::Backend;
+use apflab::matrix::{Experiment, MatrixSummary};
 use apflab::{catalog, report, runner};
 use apflab_vmm::{CostModel, GuestExit, VmConfig};
 use clap::{Parser, Subcommand};
@@ -54,6 +54,15 @@ enum Command {
         /// Also echo the guest console to stdout while it runs.
         #[arg(long)]
         console: bool,
+        /// The run's name in result.json [default: the config's stem]
+        /// (a matrix names its points <experiment>/<run>).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Take the config's relative paths (guest.kernel, pager files)
+        /// from DIR instead of the config's directory (a matrix point's
+        /// config is relative to its experiment's base config).
+        #[arg(long, value_name = "DIR")]
+        base_dir: Option<PathBuf>,
     },
     /// Boot any bare-metal arm64 image built for QEMU's virt board (ELF, or
     /// a raw image loaded at the start of RAM like QEMU's -kernel), with the
@@ -87,18 +96,11 @@ enum Command {
         configs: PathBuf,
     },
     /// Run every point of an experiment grid (base config x axes x
-    /// repetitions) with a progress bar; writes DIR/table.csv and
-    /// DIR/<run>/result.json.
-    Matrix {
-        /// The experiment file (TOML; see experiments/).
-        experiment: PathBuf,
-        /// Engine for every run, overriding the configs.
-        #[arg(long, value_enum)]
-        backend: Option<Backend>,
-        /// Directory for the results [default: results/<experiment-stem>].
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-    },
+    /// repetitions), JOBS at a time, each in a process of its own, with a
+    /// progress bar; writes DIR/points/<run>.toml, DIR/<run>/result.json
+    /// and DIR/table.csv. Points whose results are already in DIR (same
+    /// config hash, backend and schema version) are not run again.
+    Matrix(MatrixArgs),
     /// Work with policy modules.
     Policy {
         #[command(subcommand)]
@@ -113,6 +115,58 @@ enum Command {
         #[arg(long, value_name = "FILE", default_value = "paper/results.md")]
         out: PathBuf,
     },
+}
+
+/// `apflab matrix`'s arguments.
+#[derive(clap::Args)]
+struct MatrixArgs {
+    /// The experiment file (TOML; see experiments/).
+    experiment: PathBuf,
+    /// Engine for every run, overriding the configs.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Directory for the results [default: results/<experiment-stem>].
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["slurm", "collect"])]
+    out: Option<PathBuf>,
+    /// Runs at a time [default: the number of CPUs].
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// Run the points again even if their results are there.
+    #[arg(long)]
+    force: bool,
+    /// Only the points whose axis AXIS has VALUE (`rep=N`: repetition N).
+    /// Repeatable: filters on one axis admit any of their values, filters
+    /// on different axes must all hold.
+    #[arg(long, value_name = "AXIS=VALUE")]
+    filter: Vec<String>,
+    /// Instead of running the points, write a Slurm job array running them
+    /// (DIR/job.sbatch, one array task per point) and the point configs
+    /// into DIR, the results folder, which must be on a filesystem the
+    /// compute nodes share.
+    #[arg(long, value_name = "DIR", conflicts_with = "collect")]
+    slurm: Option<PathBuf>,
+    /// With --slurm: points per array task.
+    #[arg(long, value_name = "K", requires = "slurm", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    chunk: u32,
+    /// With --slurm: submit the job with sbatch (which must be on the PATH).
+    #[arg(long, requires = "slurm")]
+    submit: bool,
+    /// With --slurm: the partition (#SBATCH --partition).
+    #[arg(long, value_name = "NAME", requires = "slurm")]
+    partition: Option<String>,
+    /// With --slurm: the time limit of each array task (#SBATCH --time,
+    /// e.g. 30 or 1:00:00).
+    #[arg(long, value_name = "TIME", requires = "slurm")]
+    time: Option<String>,
+    /// With --slurm: the account charged (#SBATCH --account).
+    #[arg(long, value_name = "NAME", requires = "slurm")]
+    account: Option<String>,
+    /// Run nothing: write DIR/table.csv from the results in DIR (e.g. of a
+    /// --slurm job), and list the points without results (exit status 1
+    /// if any, or if a point failed).
+    #[arg(long, value_name = "DIR")]
+    collect: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -165,7 +219,9 @@ fn main() -> ExitCode {
             backend,
             out,
             console,
-        } => run(&config, backend, out, console),
+            name,
+            base_dir,
+        } => run(&config, backend, out, console, name, base_dir),
         Command::Boot {
             image,
             append,
@@ -178,11 +234,7 @@ fn main() -> ExitCode {
             list(&configs);
             Ok(())
         }
-        Command::Matrix {
-            experiment,
-            backend,
-            out,
-        } => matrix(&experiment, backend, out),
+        Command::Matrix(args) => matrix(&args),
         Command::Policy {
             command: PolicyCommand::Check { module, json },
         } => policy_check(&module, json),
@@ -207,8 +259,11 @@ fn run(
     backend: Option<Backend>,
     out: Option<PathBuf>,
     console: bool,
+    name: Option<String>,
+    base_dir: Option<PathBuf>,
 ) -> Result<(), Failure> {
-    let loaded = Config::load(config_path).map_err(bad)?;
+    let loaded = apflab::matrix::load_config_as(config_path, name.as_deref(), base_dir.as_deref())
+        .map_err(bad)?;
     let out = out.unwrap_or_else(|| runner::default_out_dir(&loaded));
     let result = runner::run_config(&loaded, backend, &out, console).map_err(|e| {
         if e.is_bad_input() {
@@ -297,88 +352,246 @@ fn list(configs: &Path) {
     print!("{}", catalog::describe_policies());
 }
 
-fn matrix(path: &Path, backend: Option<Backend>, out: Option<PathBuf>) -> Result<(), Failure> {
-    let experiment = Experiment::load(path).map_err(bad)?;
-    let out = out.unwrap_or_else(|| Path::new("results").join(&experiment.name));
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let table_path = out.join("table.csv");
-    let mut table = Table::create(&table_path, &experiment.axes)
-        .with_context(|| format!("{}: cannot write", table_path.display()))?;
-    let bar = indicatif::ProgressBar::new(experiment.points.len() as u64);
+fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
+    use apflab::matrix::{Event, Layout, Runner, Status};
+    use std::collections::BTreeMap;
+
+    // Everything is checked before the first run starts: every point's
+    // config, the selection, the engines, the results folder.
+    let experiment = Experiment::load(&args.experiment).map_err(bad)?;
+    let selected = experiment.select(&args.filter).map_err(bad)?;
+    // The submitting host need not have the compute nodes' /dev/kvm.
+    experiment
+        .preflight(&selected, args.backend, args.slurm.is_none())
+        .map_err(bad)?;
+    let root = args
+        .collect
+        .clone()
+        .or(args.slurm.clone())
+        .or(args.out.clone())
+        .unwrap_or_else(|| Path::new("results").join(&experiment.name));
+    if args.collect.is_some() && !root.is_dir() {
+        return Err(bad(anyhow::anyhow!(
+            "{}: no such results folder",
+            root.display()
+        )));
+    }
+    let sbatch = if args.submit {
+        Some(apflab::slurm::find_sbatch().ok_or_else(|| {
+            bad(anyhow::anyhow!(
+                "--submit: sbatch is not on the PATH; submit {} from a Slurm login node, \
+                 or drop --submit and run sbatch yourself",
+                root.join("job.sbatch").display()
+            ))
+        })?)
+    } else {
+        None
+    };
+    let root = if args.slurm.is_some() {
+        std::path::absolute(&root).with_context(|| format!("{}", root.display()))?
+    } else {
+        root
+    };
+    let layout = Layout { root };
+    if args.collect.is_some() {
+        layout.check_schema().map_err(bad)?;
+    } else {
+        layout.prepare(args.force).map_err(bad)?;
+    }
+    let exe = std::env::current_exe().context("cannot find the apflab executable")?;
+    let runner = Runner {
+        experiment: &experiment,
+        layout: layout.clone(),
+        backend: args.backend,
+        exe,
+    };
+
+    // What is already there: every point of the grid (a filtered run still
+    // tables the others' results).
+    let mut done: BTreeMap<usize, Status> = BTreeMap::new();
+    for (i, point) in experiment.points.iter().enumerate() {
+        let rerun = args.force && selected.contains(&i);
+        if !rerun && let Some(r) = layout.existing(point, point.backend(args.backend)) {
+            done.insert(i, Status::of(r));
+        }
+    }
+    let pending: Vec<usize> = selected
+        .iter()
+        .copied()
+        .filter(|i| !done.contains_key(i))
+        .collect();
+    let skipped = selected.len() - pending.len();
+    let table_path = layout.table();
+
+    if args.collect.is_some() {
+        runner
+            .write_table(&done)
+            .with_context(|| format!("{}: cannot write", table_path.display()))?;
+        return matrix_outcome(&experiment, &selected, &done, 0, &table_path);
+    }
+    layout
+        .write_points(selected.iter().map(|&i| &experiment.points[i]))
+        .with_context(|| format!("{}: cannot write the point configs", layout.root.display()))?;
+
+    if args.slurm.is_some() {
+        if pending.is_empty() {
+            println!(
+                "{}: all {} points have results in {}; nothing to submit (--force reruns them)",
+                experiment.name,
+                selected.len(),
+                layout.root.display()
+            );
+            return Ok(());
+        }
+        let options = apflab::slurm::SlurmOptions {
+            chunk: args.chunk as usize,
+            partition: args.partition.clone(),
+            time: args.time.clone(),
+            account: args.account.clone(),
+        };
+        let job = apflab::slurm::write_job(
+            &experiment,
+            &layout,
+            &pending,
+            args.backend,
+            &runner.exe,
+            &options,
+        )
+        .with_context(|| format!("{}: cannot write the job", layout.root.display()))?;
+        println!(
+            "{}: {} ({} array tasks for {} points{})",
+            experiment.name,
+            job.script.display(),
+            job.tasks,
+            job.points,
+            if skipped > 0 {
+                format!("; {skipped} already done")
+            } else {
+                String::new()
+            }
+        );
+        if let Some(sbatch) = sbatch {
+            let id = apflab::slurm::submit(&sbatch, &job.script).map_err(|e| anyhow::anyhow!(e))?;
+            println!("submitted batch job {id}");
+        } else {
+            println!("submit it with: sbatch {}", job.script.display());
+        }
+        println!(
+            "then: apflab matrix {} --collect {}",
+            args.experiment.display(),
+            layout.root.display()
+        );
+        return Ok(());
+    }
+
+    if skipped > 0 {
+        println!(
+            "{}: {skipped} of {} points already have results in {} (--force reruns them)",
+            experiment.name,
+            selected.len(),
+            layout.root.display()
+        );
+    }
+    let jobs = args.jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        |j| j as usize,
+    );
+    let bar = indicatif::ProgressBar::new(pending.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (ETA {eta})",
         )
         .expect("the template is valid"),
     );
-    let mut summary = MatrixSummary::default();
-    for point in &experiment.points {
-        bar.set_message(point.label());
-        let dir = out.join(&point.id);
-        match runner::run_config(&point.config, backend, &dir, false) {
-            Ok(result) => {
-                if result.outcome.success {
-                    summary.ok += 1;
-                } else {
-                    let why = result
-                        .outcome
-                        .message
-                        .clone()
-                        .or(result.outcome.failure.clone())
-                        .unwrap_or_else(|| result.outcome.exit.clone());
-                    bar.println(format!("{} ({}): FAILED: {why}", point.id, point.label()));
-                    summary.failed.insert(point.id.clone(), why);
+    let (mut finished, mut failed) = (0usize, 0usize);
+    let mut running: Vec<String> = Vec::new();
+    let message = |finished: usize, failed: usize, running: &[String]| {
+        format!(
+            "done {}, failed {failed}, remaining {}; running {}",
+            finished - failed,
+            pending.len() - finished,
+            running.join(" ")
+        )
+    };
+    bar.set_message(message(0, 0, &running));
+    runner
+        .run(&pending, jobs, &mut done, |event| match event {
+            Event::Started(point) => {
+                running.push(point.id.clone());
+                bar.set_message(message(finished, failed, &running));
+            }
+            Event::Finished(point, status) => {
+                running.retain(|id| *id != point.id);
+                finished += 1;
+                if let Some(why) = status.failure() {
+                    failed += 1;
+                    // (`println` of a hidden bar, as when stderr is no
+                    // terminal, would print nothing.)
+                    bar.suspend(|| eprintln!("{} ({}): FAILED: {why}", point.id, point.label()));
                 }
-                table
-                    .append(point, Ok((&result, &dir.join("result.json"))))
-                    .with_context(|| format!("{}: cannot write", table_path.display()))?;
+                bar.set_message(message(finished, failed, &running));
+                bar.inc(1);
             }
-            // A setup error (bad image, backend missing) would fail every
-            // run the same way: stop at the first.
-            Err(e) if e.is_bad_input() => {
-                bar.abandon();
-                return Err(bad(
-                    anyhow::Error::new(e).context(format!("run {}", point.id))
-                ));
-            }
-            Err(e) => {
-                let message = e.to_string();
-                bar.println(format!(
-                    "{} ({}): ERROR: {message}",
-                    point.id,
-                    point.label()
-                ));
-                table
-                    .append(point, Err(&message))
-                    .with_context(|| format!("{}: cannot write", table_path.display()))?;
-                summary.failed.insert(point.id.clone(), message);
-            }
-        }
-        bar.inc(1);
-    }
+        })
+        .with_context(|| format!("{}: cannot write", table_path.display()))?;
     bar.finish_and_clear();
+    matrix_outcome(&experiment, &selected, &done, skipped, &table_path)
+}
+
+/// Prints the counts of a matrix over its points `selected`; exit status 1
+/// if one failed or has no results.
+fn matrix_outcome(
+    experiment: &Experiment,
+    selected: &[usize],
+    done: &std::collections::BTreeMap<usize, apflab::matrix::Status>,
+    skipped: usize,
+    table_path: &Path,
+) -> Result<(), Failure> {
+    let summary = MatrixSummary::of(experiment, selected, done);
     println!(
-        "{}: {} runs, {} ok, {} failed; table: {}",
+        "{}: {} runs, {} ok, {} failed{}{}; table: {}",
         experiment.name,
-        experiment.points.len(),
+        selected.len(),
         summary.ok,
         summary.failed.len(),
+        if summary.missing.is_empty() {
+            String::new()
+        } else {
+            format!(", {} without results", summary.missing.len())
+        },
+        if skipped > 0 {
+            format!(" ({skipped} already done)")
+        } else {
+            String::new()
+        },
         table_path.display()
     );
-    if summary.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Failed(anyhow::anyhow!(
+    let mut problems = Vec::new();
+    if !summary.failed.is_empty() {
+        problems.push(format!(
             "{} of {} runs failed: {}",
             summary.failed.len(),
-            experiment.points.len(),
+            selected.len(),
             summary
                 .failed
                 .keys()
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", ")
-        )))
+        ));
+    }
+    if !summary.missing.is_empty() {
+        problems.push(format!(
+            "{} of {} runs have no results: {}",
+            summary.missing.len(),
+            selected.len(),
+            summary.missing.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(anyhow::anyhow!(problems.join("; "))))
     }
 }
 

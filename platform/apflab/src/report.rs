@@ -40,7 +40,9 @@ pub enum ReportError {
     },
 }
 
-/// Every `result.json` below `dir`, sorted by path.
+/// Every `result.json` below `dir`, sorted by path. Hidden entries (a name
+/// starting with `.`, such as the matrix's `.partial-r003` folders of runs
+/// still going) are skipped.
 pub fn find_results(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -50,6 +52,9 @@ pub fn find_results(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
             error,
         })?;
         for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);

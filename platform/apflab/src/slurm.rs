@@ -1,0 +1,209 @@
+//! `apflab matrix --slurm DIR`: a matrix as a Slurm job array.
+//!
+//! [`write_job`] writes `DIR/job.sbatch`, one array task per point (or per
+//! chunk of points), beside the point configs (`DIR/points/`). Each task
+//! runs `apflab run` for its points into `DIR`, exactly as a local matrix
+//! does (a partial folder renamed into place once complete), so `DIR` must
+//! be on a filesystem the compute nodes share, and so must the `apflab`
+//! executable and the guest it boots. Slurm distributes the work; apflab
+//! only writes the script, hands it to `sbatch` ([`submit`]) and, once the
+//! tasks are done, `apflab matrix EXPERIMENT --collect DIR` writes the
+//! table from the results.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::config::Backend;
+use crate::matrix::{Experiment, Layout};
+
+/// What the job asks of Slurm.
+#[derive(Clone, Debug, Default)]
+pub struct SlurmOptions {
+    /// Points per array task (at least 1).
+    pub chunk: usize,
+    /// `#SBATCH --partition`.
+    pub partition: Option<String>,
+    /// `#SBATCH --time` (Slurm's format: `MM`, `HH:MM:SS`, `D-HH`...), per
+    /// array task.
+    pub time: Option<String>,
+    /// `#SBATCH --account`.
+    pub account: Option<String>,
+}
+
+/// A job script written by [`write_job`].
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The script.
+    pub script: PathBuf,
+    /// Array tasks.
+    pub tasks: usize,
+    /// Points the tasks run.
+    pub points: usize,
+}
+
+/// `sbatch` on the `PATH`, if there is one.
+pub fn find_sbatch() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("sbatch"))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// `s` quoted for bash.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A path quoted for bash (paths that are not UTF-8 are named lossily).
+fn quote_path(p: &Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
+/// Writes the job array that runs the points `pending` (indices into the
+/// experiment's points) of `experiment` into `layout`'s folder (an absolute
+/// path), each with `exe run`, and returns it. Creates `slurm/` for the
+/// tasks' output.
+pub fn write_job(
+    experiment: &Experiment,
+    layout: &Layout,
+    pending: &[usize],
+    backend: Option<Backend>,
+    exe: &Path,
+    options: &SlurmOptions,
+) -> std::io::Result<Job> {
+    let chunk = options.chunk.max(1);
+    let chunks: Vec<&[usize]> = pending.chunks(chunk).collect();
+    let logs = layout.root.join("slurm");
+    std::fs::create_dir_all(&logs)?;
+    let base_dir = experiment
+        .points
+        .first()
+        .map(|p| std::path::absolute(&p.base_dir).unwrap_or_else(|_| p.base_dir.clone()))
+        .unwrap_or_default();
+    // The emu engine runs a VM on one host thread; kvm on one per vCPU.
+    let cpus = pending
+        .iter()
+        .map(|&i| {
+            let p = &experiment.points[i];
+            match p.backend(backend) {
+                Backend::Emu => 1,
+                Backend::Kvm => p.config.config.guest.vcpus,
+            }
+        })
+        .max()
+        .unwrap_or(1);
+
+    let mut s = String::new();
+    let _ = writeln!(s, "#!/bin/bash");
+    let _ = writeln!(
+        s,
+        "# apflab matrix {} ({}): {} points in {} array tasks of up to {chunk}.",
+        experiment.name,
+        experiment.file,
+        pending.len(),
+        chunks.len()
+    );
+    let _ = writeln!(
+        s,
+        "# Written by `apflab matrix --slurm`. Each task runs `apflab run` for its points \
+         into\n# the results folder below, which the compute nodes must share (as the \
+         apflab\n# executable and its guest). When the job is done:\n#   apflab matrix {} \
+         --collect {}",
+        experiment.file,
+        layout.root.display()
+    );
+    let _ = writeln!(s, "#SBATCH --job-name=apflab-{}", experiment.name);
+    let _ = writeln!(s, "#SBATCH --array=0-{}", chunks.len().saturating_sub(1));
+    let _ = writeln!(s, "#SBATCH --output={}/%A_%a.out", logs.display());
+    let _ = writeln!(s, "#SBATCH --ntasks=1");
+    let _ = writeln!(s, "#SBATCH --cpus-per-task={cpus}");
+    for (flag, value) in [
+        ("partition", &options.partition),
+        ("time", &options.time),
+        ("account", &options.account),
+    ] {
+        if let Some(v) = value {
+            let _ = writeln!(s, "#SBATCH --{flag}={v}");
+        }
+    }
+    let _ = writeln!(s, "set -u");
+    let _ = writeln!(s, "apflab={}", quote_path(exe));
+    let _ = writeln!(s, "dir={}", quote_path(&layout.root));
+    let _ = writeln!(s, "base={}", quote_path(&base_dir));
+    let _ = writeln!(s, "name={}", quote(&experiment.name));
+    let backend_arg = backend.map_or_else(String::new, |b| format!(" --backend {}", b.name()));
+    let _ = writeln!(
+        s,
+        "case \"${{SLURM_ARRAY_TASK_ID:?submit this script with sbatch: it is a job array}}\" in"
+    );
+    for (task, points) in chunks.iter().enumerate() {
+        let ids: Vec<&str> = points
+            .iter()
+            .map(|&i| experiment.points[i].id.as_str())
+            .collect();
+        let _ = writeln!(s, "    {task}) points=\"{}\" ;;", ids.join(" "));
+    }
+    let _ = writeln!(
+        s,
+        "    *) echo \"no array task $SLURM_ARRAY_TASK_ID in this job\" >&2; exit 2 ;;"
+    );
+    let _ = writeln!(s, "esac");
+    s.push_str(&format!(
+        r#"status=0
+for p in $points; do
+    # Written aside and renamed into place, result.json last: a task that
+    # is cancelled or runs out of time leaves no half-written result.
+    tmp="$dir/.partial-$p"
+    rm -rf "$tmp"
+    echo "apflab: $p: $(date -u +%FT%TZ) on $(hostname)"
+    "$apflab" run "$dir/points/$p.toml" --name "$name/$p" --base-dir "$base" --out "$tmp"{backend_arg} || status=1
+    if [ -f "$tmp/result.json" ]; then
+        mkdir -p "$dir/$p" &&
+            {{ [ ! -f "$tmp/console.log" ] || mv -f "$tmp/console.log" "$dir/$p/console.log"; }} &&
+            mv -f "$tmp/result.json" "$dir/$p/result.json" &&
+            rm -rf "$tmp" || status=1
+    else
+        rm -rf "$tmp"
+        status=1
+    fi
+done
+exit "$status"
+"#
+    ));
+    let script = layout.root.join("job.sbatch");
+    crate::matrix::write_atomic(&script, s.as_bytes())?;
+    Ok(Job {
+        script,
+        tasks: chunks.len(),
+        points: pending.len(),
+    })
+}
+
+/// Submits `script` with `sbatch`; returns the job id.
+pub fn submit(sbatch: &Path, script: &Path) -> Result<String, String> {
+    let out = Command::new(sbatch)
+        .arg("--parsable")
+        .arg(script)
+        .output()
+        .map_err(|e| format!("{}: cannot run: {e}", sbatch.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "sbatch {} failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // `--parsable` prints `jobid` or `jobid;cluster`.
+    let id = stdout.trim().split(';').next().unwrap_or("").to_owned();
+    if id.is_empty() {
+        return Err(format!("sbatch {} printed no job id", script.display()));
+    }
+    Ok(id)
+}

@@ -1,0 +1,467 @@
+//! `apflab matrix` end to end on the emu backend: parallel points equal to
+//! sequential ones, resuming, slices, failed points, bad input checked
+//! before any run, and the Slurm job script (run here without Slurm, task
+//! by task, as `sbatch` would; `scripts/slurm-test` submits it to a real
+//! single-node cluster).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+const APFLAB: &str = env!("CARGO_BIN_EXE_apflab");
+
+fn apflab(args: &[&str]) -> Output {
+    Command::new(APFLAB)
+        .args(args)
+        .output()
+        .expect("apflab runs")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A short config (two small cpu tasks) as `base.toml` in `dir`, and the
+/// experiment `exp.toml` over it with `axes` (TOML lines) and
+/// `repetitions`.
+fn experiment(dir: &Path, axes: &str, repetitions: u32) -> PathBuf {
+    std::fs::write(
+        dir.join("base.toml"),
+        "seed = 3\n[guest]\nvcpus = 1\nmemory_mib = 64\n[workload]\nkind = \"cpu\"\n\
+         tasks = 2\nops = 20000\n[backend]\nkind = \"emu\"\n",
+    )
+    .unwrap();
+    let path = dir.join("exp.toml");
+    std::fs::write(
+        &path,
+        format!("base = \"base.toml\"\nrepetitions = {repetitions}\n[axes]\n{axes}\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// Two axes of two values, two repetitions: eight short points.
+const GRID: &str = "\"guest.vcpus\" = [1, 2]\n\"workload.ops\" = [20000, 40000]";
+
+/// `result.json` of every point below `dir`, without its `wall` section,
+/// by run id.
+fn results(dir: &Path) -> Vec<(String, Value)> {
+    let mut found: Vec<(String, Value)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("result.json").is_file())
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path().join("result.json")).unwrap();
+            let mut v: Value = serde_json::from_str(&text).unwrap();
+            v.as_object_mut().unwrap().remove("wall");
+            (e.file_name().to_string_lossy().into_owned(), v)
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// `table.csv` of `dir` without its wall-clock column, as rows of cells.
+fn table(dir: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("table.csv")).unwrap();
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    let wall = rows[0].iter().position(|c| c == "wall_time_ms").unwrap();
+    rows.into_iter()
+        .map(|mut r| {
+            r.remove(wall);
+            r
+        })
+        .collect()
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+#[test]
+fn parallel_points_give_the_sequential_results_and_a_rerun_skips_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), GRID, 2);
+    let (seq, par) = (dir.path().join("seq"), dir.path().join("par"));
+    let out = apflab(&["matrix", s(&exp), "--out", s(&seq), "--jobs", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = apflab(&["matrix", s(&exp), "--out", s(&par), "--jobs", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("exp: 8 runs, 8 ok, 0 failed"),
+        "{}",
+        text(&out)
+    );
+
+    let (a, b) = (results(&seq), results(&par));
+    assert_eq!(a.len(), 8);
+    assert_eq!(a, b, "--jobs 2 gives the results of --jobs 1");
+    // Each point is its own run: names, seeds and configs differ.
+    assert_eq!(a[0].1["config"]["name"], "exp/r000");
+    assert_eq!(a[1].1["config"]["parsed"]["seed"], 4);
+    assert_eq!(a[7].1["config"]["parsed"]["guest"]["vcpus"], 2);
+    assert_eq!(a[7].1["guest"]["metrics"]["cpu"]["ops"], 80000);
+    let t = table(&seq);
+    assert_eq!(t, table(&par));
+    assert_eq!(t.len(), 9);
+    assert_eq!(&t[0][..3], ["run", "guest.vcpus", "workload.ops"]);
+    assert_eq!(&t[8][..4], ["r007", "2", "40000", "1"]);
+    assert!(t[8].contains(&"r007/result.json".to_owned()), "{t:?}");
+    // The point's config is kept beside its result, and hashed in it.
+    let point = std::fs::read_to_string(par.join("points/r005.toml")).unwrap();
+    assert!(point.contains("vcpus = 2"), "{point}");
+
+    // Resumed: nothing runs again...
+    let before = modified(&par.join("r005/result.json"));
+    let out = apflab(&["matrix", s(&exp), "--out", s(&par)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("8 of 8 points already have results"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(modified(&par.join("r005/result.json")), before);
+    assert_eq!(table(&par), t);
+
+    // ... unless forced, here for a slice only (other points untouched,
+    // still in the table).
+    let untouched = modified(&par.join("r000/result.json"));
+    let out = apflab(&[
+        "matrix",
+        s(&exp),
+        "--out",
+        s(&par),
+        "--force",
+        "--filter",
+        "guest.vcpus=2",
+        "--filter",
+        "rep=1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("exp: 2 runs, 2 ok"), "{}", text(&out));
+    assert_ne!(modified(&par.join("r005/result.json")), before);
+    assert_eq!(modified(&par.join("r000/result.json")), untouched);
+    assert_eq!(table(&par), t);
+    assert_eq!(results(&par), a);
+
+    // A changed config is a different point: it runs again.
+    let base = dir.path().join("base.toml");
+    let changed = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("tasks = 2", "tasks = 1");
+    std::fs::write(&base, changed).unwrap();
+    let out = apflab(&["matrix", s(&exp), "--out", s(&par), "--filter", "rep=0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("exp: 4 runs, 4 ok"), "{}", text(&out));
+    assert!(!text(&out).contains("already"), "{}", text(&out));
+}
+
+#[test]
+fn a_failing_point_is_recorded_with_its_error_and_the_others_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "\"backend.max_virtual_ms\" = [1, 10000]", 1);
+    let out_dir = dir.path().join("out");
+    let out = apflab(&["matrix", s(&exp), "--out", s(&out_dir)]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("r000 (backend.max_virtual_ms=1 rep=0): FAILED"),
+        "{log}"
+    );
+    assert!(log.contains("1 of 2 runs failed: r000"), "{log}");
+    let t = table(&out_dir);
+    let col = |name: &str| t[0].iter().position(|c| c == name).unwrap();
+    assert_eq!(t[1][col("success")], "false");
+    assert_eq!(t[1][col("exit")], "timeout");
+    assert!(
+        t[1][col("error")].contains("max_virtual_ms = 1 ms"),
+        "{t:?}"
+    );
+    assert_eq!(t[2][col("success")], "true");
+    assert_eq!(t[2][col("error")], "");
+    assert!(out_dir.join("r001/result.json").is_file());
+}
+
+/// Runs `apflab matrix` on an experiment with `axes` and `extra` arguments
+/// into a fresh folder; checks exit status 2, that the message has every
+/// one of `expected`, and that no point ran.
+fn assert_bad(axes: &str, extra: &[&str], expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), axes, 1);
+    let out_dir = dir.path().join("out");
+    let mut args = vec!["matrix", s(&exp), "--out", s(&out_dir)];
+    args.extend_from_slice(extra);
+    let out = apflab(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{axes} {extra:?}: {}",
+        text(&out)
+    );
+    for e in expected {
+        assert!(
+            stderr.contains(e),
+            "{axes} {extra:?}: expected {e:?} in:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!out_dir.join("r000").exists(), "a point ran: {stderr}");
+}
+
+#[test]
+fn bad_experiments_and_selections_are_exit_2_before_any_run() {
+    assert_bad(
+        "\"guest.vcpuz\" = [1, 2]",
+        &[],
+        &[
+            "exp.toml",
+            "axes.\"guest.vcpuz\"",
+            "not a config key",
+            "vcpus",
+        ],
+    );
+    assert_bad(
+        "\"workload.kind\" = [\"cpu\", \"bogus\"]",
+        &[],
+        &[
+            "exp.toml",
+            "axes.\"workload.kind\"",
+            "\"bogus\"",
+            "unknown workload",
+        ],
+    );
+    assert_bad(
+        "\"guest.vcpus\" = [1, 2]\n\"workload.ops\" = []",
+        &[],
+        &["exp.toml", "axes.\"workload.ops\"", "empty"],
+    );
+    assert_bad(
+        "\"guest.vcpus\" = [1, 99]",
+        &[],
+        &["exp.toml", "axes.\"guest.vcpus\"", "value 99"],
+    );
+    assert_bad(
+        "\"guest.vcpus\" = [1, 2]",
+        &["--filter", "guest.vcpus=3"],
+        &["exp.toml", "--filter guest.vcpus=3", "values: 1, 2"],
+    );
+    assert_bad(
+        "\"guest.vcpus\" = [1, 2]",
+        &["--filter", "workload.ops=5"],
+        &["exp.toml", "not an axis", "guest.vcpus, rep"],
+    );
+    assert_bad(
+        "\"guest.vcpus\" = [1, 2]",
+        &["--filter", "rep=1"],
+        &["exp.toml", "no repetition `1`"],
+    );
+    // Not a point of the kvm half runs before the kvm half fails.
+    if !(cfg!(target_arch = "aarch64") && Path::new("/dev/kvm").exists()) {
+        assert_bad(
+            "\"backend.kind\" = [\"emu\", \"kvm\"]",
+            &[],
+            &["exp.toml", "r001", "axes.\"backend.kind\"", "kvm"],
+        );
+    }
+}
+
+#[test]
+fn an_unusable_results_folder_is_exit_2_before_any_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "\"guest.vcpus\" = [1, 2]", 1);
+
+    // --out naming a file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep me").unwrap();
+    let out = apflab(&["matrix", s(&exp), "--out", s(&file)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not a directory"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+    // A folder of results of another schema version.
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(old.join("r001")).unwrap();
+    std::fs::write(old.join("r001/result.json"), "{\"schema_version\": 0}").unwrap();
+    let out = apflab(&["matrix", s(&exp), "--out", s(&old)]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    for e in ["r001/result.json", "schema_version", "--force"] {
+        assert!(log.contains(e), "expected {e:?} in {log}");
+    }
+    assert!(!old.join("r000").exists());
+    // --force reruns every point over them.
+    let out = apflab(&["matrix", s(&exp), "--out", s(&old), "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(results(&old).len(), 2);
+}
+
+#[test]
+fn an_interrupted_matrix_leaves_no_half_written_result_and_resumes() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(
+        dir.path(),
+        "\"workload.ops\" = [4000000, 5000000, 6000000, 7000000]",
+        2,
+    );
+    let out_dir = dir.path().join("out");
+    let mut child = Command::new(APFLAB)
+        .args(["matrix", s(&exp), "--out", s(&out_dir), "--jobs", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Ctrl-C, as a terminal sends it: to the whole process group, once the
+    // first runs are under way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !out_dir.join("points/r007.toml").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pgid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) with a negative pid signals that process group; it
+    // touches no memory of ours.
+    unsafe {
+        libc::kill(-pgid, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    let interrupted = !status.success();
+    // Every result.json present is whole.
+    let partial = results(&out_dir);
+    assert!(partial.len() <= 8);
+    // The rest runs on the next start; the finished ones are kept.
+    let out = apflab(&["matrix", s(&exp), "--out", s(&out_dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    if interrupted && !partial.is_empty() {
+        assert!(
+            text(&out).contains("already have results"),
+            "{}",
+            text(&out)
+        );
+    }
+    let all = results(&out_dir);
+    assert_eq!(all.len(), 8);
+    for (id, r) in &partial {
+        assert_eq!(all.iter().find(|(i, _)| i == id).map(|(_, v)| v), Some(r));
+    }
+    let hidden: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".partial"))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
+
+#[test]
+fn the_slurm_job_runs_each_point_as_a_local_matrix_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), GRID, 1);
+    let local = dir.path().join("local");
+    let out = apflab(&["matrix", s(&exp), "--out", s(&local)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // --submit needs sbatch.
+    let shared = dir.path().join("shared");
+    let empty = dir.path().join("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    let out = Command::new(APFLAB)
+        .args(["matrix", s(&exp), "--slurm", s(&shared), "--submit"])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("sbatch is not on the PATH"),
+        "{}",
+        text(&out)
+    );
+    assert!(!shared.exists());
+
+    let out = apflab(&[
+        "matrix",
+        s(&exp),
+        "--slurm",
+        s(&shared),
+        "--chunk",
+        "3",
+        "--partition",
+        "short",
+        "--time",
+        "5:00",
+        "--account",
+        "lab",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 array tasks for 4 points"),
+        "{}",
+        text(&out)
+    );
+    let script = std::fs::read_to_string(shared.join("job.sbatch")).unwrap();
+    for line in [
+        "#SBATCH --array=0-1",
+        "#SBATCH --partition=short",
+        "#SBATCH --time=5:00",
+        "#SBATCH --account=lab",
+        "0) points=\"r000 r001 r002\" ;;",
+        "1) points=\"r003\" ;;",
+    ] {
+        assert!(script.contains(line), "{line:?} in:\n{script}");
+    }
+    assert!(!shared.join("r000").exists(), "--slurm runs nothing itself");
+    // Nothing collected yet.
+    let out = apflab(&["matrix", s(&exp), "--collect", s(&shared)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("4 of 4 runs have no results"),
+        "{}",
+        text(&out)
+    );
+
+    // The array tasks, one after the other, as Slurm would start them.
+    for task in ["0", "1"] {
+        let out = Command::new("bash")
+            .arg(shared.join("job.sbatch"))
+            .env("SLURM_ARRAY_TASK_ID", task)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "task {task}: {}", text(&out));
+    }
+    let out = apflab(&["matrix", s(&exp), "--collect", s(&shared)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(results(&shared), results(&local));
+    assert_eq!(table(&shared), table(&local));
+    // Resubmitting a finished matrix has nothing to do.
+    let out = apflab(&["matrix", s(&exp), "--slurm", s(&shared)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("nothing to submit"), "{}", text(&out));
+}
+
+#[test]
+fn report_reads_a_matrix_folder_and_skips_runs_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "\"guest.vcpus\" = [1, 2]", 1);
+    let out_dir = dir.path().join("out");
+    let out = apflab(&["matrix", s(&exp), "--out", s(&out_dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A run still writing (or killed while writing).
+    std::fs::create_dir_all(out_dir.join(".partial-r001")).unwrap();
+    std::fs::write(out_dir.join(".partial-r001/result.json"), "{\"schema").unwrap();
+    let md = dir.path().join("report.md");
+    let out = apflab(&["report", s(&out_dir), "--out", s(&md)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("from 2 result files"), "{md}");
+    assert!(md.contains("exp/r001"), "{md}");
+}
