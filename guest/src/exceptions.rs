@@ -13,10 +13,10 @@
 //! handler never switches tasks from `irq_current`: the idle loop picks the
 //! next task itself.
 
-use crate::{gic, sched, syscall};
+use crate::{apf, gic, sched, syscall};
 use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
 use aarch64_rt::{ExceptionHandlers, RegisterStateRef, exception_handlers};
-use apflab_abi::apf::{EC_DATA_ABORT_LOWER, EC_INSN_ABORT_LOWER, esr_ec};
+use apflab_abi::apf::{EC_APF_NOT_PRESENT, EC_DATA_ABORT_LOWER, EC_INSN_ABORT_LOWER, esr_ec};
 
 /// ESR_EL1.EC of an SVC from AArch64.
 const EC_SVC64: u32 = 0x15;
@@ -53,6 +53,13 @@ impl ExceptionHandlers for Handlers {
                 let result = syscall::dispatch(r[8], [r[0], r[1], r[2], r[3], r[4], r[5]]);
                 frame.registers[0] = result as u64;
             }
+            // "Not present": a class of its own, or a data abort whose
+            // control block says so (the host decides which per fault).
+            EC_APF_NOT_PRESENT | EC_DATA_ABORT_LOWER
+                if let Some((token, action)) = apf::take_not_present() =>
+            {
+                apf::not_present(token, action);
+            }
             ec @ (EC_DATA_ABORT_LOWER | EC_INSN_ABORT_LOWER) => panic!(
                 "task {} took {} abort at {:#x} (FAR {:#x}, ESR {esr:#x})",
                 sched::current_task_id(),
@@ -84,6 +91,8 @@ fn handle_irqs() {
     while let Some(intid) = gic::acknowledge() {
         if intid == gic::VTIMER {
             sched::on_timer_interrupt();
+        } else if intid == gic::APF_READY {
+            apf::on_ready_interrupt();
         }
         gic::end(intid);
     }

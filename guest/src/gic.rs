@@ -2,7 +2,7 @@
 //! `LDR`/`STR` through safe-mmio), the CPU interface through the ICC system
 //! registers.
 
-use apflab_abi::memory_map::{GICD_BASE, GICR_BASE, VTIMER_PPI};
+use apflab_abi::memory_map::{APF_READY_PPI, GICD_BASE, GICR_BASE, VTIMER_PPI};
 use arm_gic::gicv3::registers::{Gicd, GicrSgi};
 use arm_gic::gicv3::{GicCpuInterface, GicV3};
 use arm_gic::{IntId, UniqueMmioPointer};
@@ -14,6 +14,8 @@ const PRIORITY: u8 = 0x80;
 
 /// The virtual timer's interrupt.
 pub const VTIMER: IntId = IntId::ppi(VTIMER_PPI - 16);
+/// The async PF "page ready" interrupt.
+pub const APF_READY: IntId = IntId::ppi(APF_READY_PPI - 16);
 
 struct Gic(Option<GicV3<'static>>);
 
@@ -49,6 +51,15 @@ pub fn init_cpu(cpu: usize) {
     gic.set_interrupt_priority(VTIMER, Some(cpu), PRIORITY)
         .and_then(|()| gic.enable_interrupt(VTIMER, Some(cpu), true))
         .unwrap_or_else(|e| panic!("GIC cpu {cpu}: cannot enable the virtual timer: {e}"));
+}
+
+/// Enables the "page ready" interrupt on this CPU.
+pub fn enable_apf_ready(cpu: usize) {
+    let mut g = GIC.lock();
+    let gic = g.0.as_mut().expect("gic::init ran");
+    gic.set_interrupt_priority(APF_READY, Some(cpu), PRIORITY)
+        .and_then(|()| gic.enable_interrupt(APF_READY, Some(cpu), true))
+        .unwrap_or_else(|e| panic!("GIC cpu {cpu}: cannot enable the page-ready PPI: {e}"));
 }
 
 /// Acknowledges the highest-priority pending group 1 interrupt.

@@ -10,7 +10,8 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use apflab_abi::hypercall::{
-    FN_FEATURES, FN_PANIC, FN_REPORT, FN_TASK_DONE, PANIC_MSG_MAX, SMCCC_NOT_SUPPORTED, doorbell,
+    FN_APF_ACK, FN_APF_DISABLE, FN_APF_ENABLE, FN_APF_PAGE_REQUEST, FN_FEATURES, FN_PANIC,
+    FN_REPORT, FN_TASK_DONE, PANIC_MSG_MAX, SMCCC_NOT_SUPPORTED, doorbell,
 };
 use apflab_abi::memory_map::DOORBELL_BASE;
 use smccc::Hvc;
@@ -71,6 +72,27 @@ pub fn features() -> u64 {
     } else {
         r as u64
     }
+}
+
+/// `APF_ENABLE`: registers this CPU's control block (physical address)
+/// and the features the guest accepts; 0 on success.
+pub fn apf_enable(control_block: u64, features: u64) -> i64 {
+    call(FN_APF_ENABLE, control_block, features)
+}
+
+/// `APF_DISABLE`: stops async PF on this CPU.
+pub fn apf_disable() -> i64 {
+    call(FN_APF_DISABLE, 0, 0)
+}
+
+/// `APF_ACK`: the ready ring was consumed up to its published tail.
+pub fn apf_ack() -> i64 {
+    call(FN_APF_ACK, 0, 0)
+}
+
+/// `APF_PAGE_REQUEST`: asks the host to fetch the page behind `token`.
+pub fn apf_page_request(token: u64) -> i64 {
+    call(FN_APF_PAGE_REQUEST, token, 0)
 }
 
 /// `REPORT`: hands the report bytes to the host. The kernel runs on an

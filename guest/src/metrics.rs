@@ -58,6 +58,18 @@ static IDLE_TICKS: Counter = Counter::new();
 /// a wait still going on when the report is built (a CPU without work
 /// sleeps until power-off) is counted exactly once.
 static IDLE_SINCE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// CPUs that enabled async PF.
+pub static APF_ENABLED: Counter = Counter::new();
+/// "Not present" notifications handled.
+pub static APF_NOT_PRESENT: Counter = Counter::new();
+/// "Page ready" tokens received.
+pub static APF_READY: Counter = Counter::new();
+/// Tasks parked on a token.
+pub static APF_PARKED: Counter = Counter::new();
+/// CPUs halted until a token was ready.
+pub static APF_HALTS: Counter = Counter::new();
+/// Tokens found ready before their task slept (dummy entries used).
+pub static APF_EARLY_READY: Counter = Counter::new();
 /// Async PF features the host offered at boot.
 static APF_FEATURES: Counter = Counter::new();
 
@@ -151,9 +163,12 @@ pub fn build_report(config: &Config, cpus_online: u32, tasks_completed: u32) -> 
     r.pages_verified = PAGES_VERIFIED.get();
     r.mismatches = MISMATCHES.get();
     r.requests = REQUESTS.get();
-    // The async PF client is not enabled yet: it stays off even when the
-    // host offers features (APF_FEATURES), so its counters are all zero.
-    r.apf_enabled = 0;
+    r.apf_enabled = APF_ENABLED.get();
+    r.apf_not_present = APF_NOT_PRESENT.get();
+    r.apf_ready = APF_READY.get();
+    r.apf_parked = APF_PARKED.get();
+    r.apf_halts = APF_HALTS.get();
+    r.apf_early_ready = APF_EARLY_READY.get();
     r.elapsed_ns = now_ns();
     r.idle_ns = arch::ticks_to_ns(idle_ticks_now());
     let detail = DETAIL.lock();

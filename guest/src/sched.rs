@@ -430,6 +430,14 @@ pub fn wake_key(key: u64) -> usize {
     wake_where(&mut t, cpu, |w| w == Wait::Key(key))
 }
 
+/// Wakes every task of this CPU blocked on a key `pred` accepts; returns
+/// how many.
+pub fn wake_matching(pred: impl Fn(u64) -> bool) -> usize {
+    let cpu = cpu_index();
+    let mut t = TABLE.lock();
+    wake_where(&mut t, cpu, |w| matches!(w, Wait::Key(k) if pred(k)))
+}
+
 fn wake_where(t: &mut Table, cpu: usize, pred: impl Fn(Wait) -> bool) -> usize {
     let mut woken = 0;
     for id in 0..MAX_TASKS {

@@ -4,7 +4,7 @@
 
 use crate::bootinfo::BootInfo;
 use crate::percpu::{self, MAX_CPUS};
-use crate::{gic, mmu, sched};
+use crate::{apf, gic, mmu, sched};
 use aarch64_rt::{Stack, start_core};
 use smccc::Hvc;
 
@@ -42,6 +42,7 @@ fn secondary_main(index: usize) -> ! {
     mmu::activate();
     percpu::set_cpu_index(index);
     gic::init_cpu(index);
+    apf::init_cpu();
     sched::cpu_online();
     sched::run_cpu()
 }

@@ -352,6 +352,7 @@ pub fn on_timer(now: u64) {
 
 /// After the last task: print and hand over the report, power off.
 pub fn finish(cpus_online: u32, tasks_completed: u32) -> ! {
+    crate::apf::disable_cpu();
     let config = CONFIG.get().expect("workloads::spawn ran");
     let report = metrics::build_report(config, cpus_online, tasks_completed);
     let mut line = console::FixedBuf::<4096>::new();

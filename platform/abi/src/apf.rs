@@ -123,6 +123,12 @@ pub const REASON_PAGE_READY: u32 = 2;
 pub const ACTION_RESCHEDULE: u32 = 0;
 /// [`ControlBlock::action`]: idle this vCPU (WFI) until the token is ready.
 pub const ACTION_HALT: u32 = 1;
+/// Mask of the sleep part of [`ControlBlock::action`] ([`ACTION_RESCHEDULE`]
+/// or [`ACTION_HALT`]).
+pub const ACTION_SLEEP_MASK: u32 = 0xff;
+/// [`ControlBlock::action`] flag: the host has not started the fetch; the
+/// guest asks for it with `APF_PAGE_REQUEST` (guest-initiated variant).
+pub const ACTION_REQUEST_PAGE: u32 = 1 << 8;
 
 /// [`ControlBlock::guest_state`] bit: the guest can schedule right now
 /// (preemption enabled, not in the idle task, not in the exception entry
@@ -158,7 +164,8 @@ pub struct ControlBlock {
     /// Host: token of the current notification.
     pub token: u64,
     /// Host: for "not present", what the policy decided the guest should do
-    /// ([`ACTION_RESCHEDULE`] or [`ACTION_HALT`]).
+    /// ([`ACTION_RESCHEDULE`] or [`ACTION_HALT`], with
+    /// [`ACTION_REQUEST_PAGE`] when the guest must ask for the page).
     pub action: u32,
     /// Guest: [`GUEST_CAN_RESCHEDULE`], [`GUEST_IN_IDLE`], [`GUEST_NO_INJECT`].
     pub guest_state: u32,

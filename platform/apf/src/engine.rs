@@ -314,7 +314,7 @@ impl Engine {
             pages.guest_memory(),
             REASON_NOT_PRESENT,
             token.0,
-            sleep::action(plan.sleep),
+            sleep::action(plan.sleep) | initiation::action_flags(plan.initiation),
             page,
         );
         if !written {

@@ -117,6 +117,10 @@ pub struct RawConfig {
     seed: Option<u64>,
     /// Far memory (the pager crate's own schema, `deny_unknown_fields`).
     pager: Option<Spanned<PagerConfig>>,
+    /// The per-fault policy.
+    policy: Option<crate::policy_config::RawPolicy>,
+    /// What the host offers the async PF client.
+    apf: Option<crate::policy_config::RawApf>,
 }
 
 /// Engine, as written in configs and on the command line.
@@ -324,6 +328,12 @@ pub struct Config {
     /// `[pager]`: far memory; absent, all guest RAM is resident.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pager: Option<PagerConfig>,
+    /// `[policy]`: absent, no async PF is offered (the sync baseline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy_config::PolicyChoice>,
+    /// `[apf]`: what the host offers (used with a policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apf: Option<crate::policy_config::ApfSettings>,
     /// Where the pager's relative file names are looked up (the config
     /// file's directory).
     #[serde(skip)]
@@ -768,6 +778,23 @@ impl Config {
             },
         };
 
+        let problem = |p: crate::policy_config::KeyProblem| match p.span {
+            Some(span) => src.key_error(span, p.key, p.message),
+            None => src.missing(p.key, p.message),
+        };
+        let policy = raw
+            .policy
+            .as_ref()
+            .map(|p| crate::policy_config::policy(p, base_dir))
+            .transpose()
+            .map_err(problem)?;
+        let apf = raw
+            .apf
+            .as_ref()
+            .map(crate::policy_config::apf)
+            .transpose()
+            .map_err(problem)?;
+
         Ok(Config {
             seed: raw.seed.unwrap_or(defaults::SEED),
             guest: GuestConfig {
@@ -778,6 +805,8 @@ impl Config {
             workload,
             backend,
             pager,
+            policy,
+            apf,
             base_dir: base_dir.to_path_buf(),
             kernel_path,
         })

@@ -48,6 +48,15 @@ pub struct RunResult {
     /// [`apflab_pager::PagerMetrics`].
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pager: Option<serde_json::Value>,
+    /// The policy that decided the faults (absent: the built-in sync
+    /// baseline).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub policy: Option<PolicyRecord>,
+    /// The fault engine's counters (faults sync and async, fallbacks by
+    /// cause, "not present" and "ready" deliveries, ACKs, violations...),
+    /// when the run offered async PF.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub apf: Option<serde_json::Value>,
     /// Everything that depends on the host or the moment of the run.
     pub wall: Wall,
 }
@@ -228,6 +237,18 @@ pub struct Integrity {
     pub mismatches: u64,
 }
 
+/// The policy of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// As the config names it (a built-in example, a path, or `decision`).
+    pub module: String,
+    /// SHA-256 of the module file, hex (empty for a fixed decision).
+    pub sha256: String,
+    /// The fixed decision, when there is no module.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub decision: Option<serde_json::Value>,
+}
+
 /// What the VMM counted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmmRecord {
@@ -364,6 +385,8 @@ impl RunResult {
                     mismatches: r.mismatches,
                 }),
             pager: None,
+            policy: None,
+            apf: None,
             wall: Wall {
                 wall_time_ms: wall_s * 1e3,
                 host: host_name(),

@@ -4,14 +4,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use apflab_abi::policy::Policy;
 use apflab_apf::{ApfConfig, Engine};
 use apflab_pager::{FaultPath, PagerMetrics, Prepared, VirtualPager};
-use apflab_policy_host::BuiltinSync;
+use apflab_policy_host::{BuiltinFixed, BuiltinSync, PolicyConfig, PolicyModule};
 use apflab_vmm::{NoFarMemory, RunOutcome, Vm, VmConfig};
 
 use crate::config::{Backend, Config, LoadedConfig, sha256_hex};
 use crate::page_server::KernelPager;
-use crate::result::{RunInputs, RunResult};
+use crate::policy_config::PolicyChoice;
+use crate::result::{PolicyRecord, RunInputs, RunResult};
 
 /// Why a run could not produce results.
 #[derive(Debug, thiserror::Error)]
@@ -101,20 +103,71 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
             path.display()
         )));
     }
+    if config.policy.is_some() && pager.fault_path == FaultPath::Kernel {
+        return Err(RunError::Setup(format!(
+            "{}: [policy] decides faults that exit to the VMM; with [pager] fault_path = \"kernel\" \
+             they never do: use fault_path = \"vmm\" for async PF",
+            path.display()
+        )));
+    }
     let prepared = Prepared::new(pager, config.guest.memory_mib << 20, &config.base_dir)
         .map_err(|e| RunError::Setup(e.to_string()))?;
     Ok(Some(match pager.fault_path {
-        // Both backends drive the same handler: emu in virtual time, kvm in
+        // Both backends drive the same engine: emu in virtual time, kvm in
         // host time since the start of the run (fetch latencies become real
         // stalls of the faulting vCPU).
-        FaultPath::Vmm => Pager::InVmm(Box::new(Engine::new(
-            config.guest.vcpus,
-            VirtualPager::new(prepared),
-            Box::new(BuiltinSync),
-            ApfConfig::OFF,
-        ))),
+        FaultPath::Vmm => {
+            let (policy, _) = policy(config, path)?;
+            let offered = match (&config.policy, config.apf) {
+                (None, _) => ApfConfig::OFF,
+                (Some(_), apf) => ApfConfig::all(apf.unwrap_or_default().ring_depth),
+            };
+            Pager::InVmm(Box::new(Engine::new(
+                config.guest.vcpus,
+                VirtualPager::new(prepared),
+                policy,
+                offered,
+            )))
+        }
         FaultPath::Kernel => Pager::InKernel(Arc::new(KernelPager::new(prepared))),
     }))
+}
+
+/// The policy `config` names (the sync baseline without `[policy]`), and
+/// what the results say of it.
+fn policy(
+    config: &Config,
+    path: &Path,
+) -> Result<(Box<dyn Policy>, Option<PolicyRecord>), RunError> {
+    Ok(match &config.policy {
+        None => (Box::new(BuiltinSync), None),
+        Some(PolicyChoice::Module { name, path: file }) => {
+            let module = PolicyModule::load(file, &PolicyConfig::default()).map_err(|e| {
+                RunError::Setup(format!(
+                    "{}: policy.module = {name:?}: {}: {e}",
+                    path.display(),
+                    file.display()
+                ))
+            })?;
+            let record = PolicyRecord {
+                module: name.clone(),
+                sha256: module.info().sha256.clone(),
+                decision: None,
+            };
+            let instance = module.instantiate().map_err(|e| {
+                RunError::Setup(format!("{}: policy.module = {name:?}: {e}", path.display()))
+            })?;
+            (Box::new(instance), Some(record))
+        }
+        Some(PolicyChoice::Decision(d)) => (
+            Box::new(BuiltinFixed(d.decision())),
+            Some(PolicyRecord {
+                module: "decision".into(),
+                sha256: String::new(),
+                decision: serde_json::to_value(d).ok(),
+            }),
+        ),
+    })
 }
 
 /// Where a run's files go by default: `results/<config-stem>`.
@@ -158,7 +211,13 @@ pub fn run_config(
         &outcome,
     );
     match &pager {
-        Some(Pager::InVmm(engine)) => result.set_stalls(&engine.metrics().stalled_ns),
+        Some(Pager::InVmm(engine)) => {
+            result.set_stalls(&engine.metrics().stalled_ns);
+            if config.policy.is_some() {
+                result.apf = serde_json::to_value(engine.metrics()).ok();
+                result.policy = policy(&config, &loaded.path)?.1;
+            }
+        }
         // The VMM never sees these stalls; the page servers timed them.
         Some(Pager::InKernel(k)) => {
             if let Some(m) = k.metrics() {

@@ -43,6 +43,17 @@ impl Policy for BuiltinSync {
     }
 }
 
+/// A policy that gives the same decision for every fault (a config's
+/// `[policy] decision = { ... }`): the variants without a Wasm module.
+#[derive(Clone, Copy, Debug)]
+pub struct BuiltinFixed(pub Decision);
+
+impl Policy for BuiltinFixed {
+    fn decide(&mut self, _fault: &FaultInfo) -> Decision {
+        self.0
+    }
+}
+
 // A run may drive its policy from a vCPU thread, and a matrix may share one
 // compiled module between runs on several threads.
 const _: () = {

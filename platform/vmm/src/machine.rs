@@ -204,6 +204,19 @@ impl Machine {
             .and_then(Option::take)
     }
 
+    /// Records that an interrupt was sent to `vcpu` at `at_ns` from outside
+    /// it (another vCPU, the fault engine): a halted `vcpu` wakes no
+    /// earlier.
+    pub fn interrupt_sent(&self, vcpu: u32, at_ns: u64) {
+        Self::hint_wake(&mut self.lock(), vcpu, at_ns);
+    }
+
+    fn hint_wake(s: &mut State, vcpu: u32, at_ns: u64) {
+        if let Some(h) = s.wake_hints.get_mut(vcpu as usize) {
+            *h = Some(h.map_or(at_ns, |old| old.min(at_ns)));
+        }
+    }
+
     /// Reads the wake-up hint of `vcpu` without clearing it.
     pub fn wake_hint(&self, vcpu: u32) -> Option<u64> {
         self.lock().wake_hints.get(vcpu as usize).copied().flatten()
@@ -499,9 +512,7 @@ impl VmOps for Machine {
                     *s.exits.entry("sysreg".to_owned()).or_default() += 1;
                 }
                 for t in targets {
-                    if let Some(h) = s.wake_hints.get_mut(t as usize) {
-                        *h = Some(h.map_or(now_ns, |old| old.min(now_ns)));
-                    }
+                    Self::hint_wake(&mut s, t, now_ns);
                 }
                 true
             }

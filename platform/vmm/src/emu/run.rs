@@ -20,7 +20,7 @@ use super::vcpu::EmuVcpu;
 use crate::arch::{Reg, ec, pstate};
 use crate::config::VmConfig;
 use crate::error::VmError;
-use crate::fault_hook::FaultHook;
+use crate::fault_hook::{Action, FaultHook};
 use crate::hypervisor::{SyncException, Vcpu, VmExit};
 use crate::loader::LoadedKernel;
 use crate::machine::{Effect, Machine};
@@ -154,8 +154,18 @@ impl<'h> EmuRun<'h> {
                     "the fault engine acted on vCPU {v}, which this VM does not have"
                 ))));
             };
+            if let Action::SetReadyLine(level) = action {
+                // An interrupt from outside the vCPU, sent at `t`: a halted
+                // vCPU wakes through it (no earlier), a running one takes it
+                // at its next slice; neither is moved in time here.
+                vcpu.set_ready_line(level)?;
+                if level {
+                    self.machine.interrupt_sent(v, t);
+                }
+                continue;
+            }
             vcpu.advance_to(t);
-            let next = run_loop::apply(vcpu, action)?;
+            let next = apply(vcpu, action, self.config.cost.inject_ns)?;
             if let Some(exit) = self.enter(i, next) {
                 return Ok(Some(exit));
             }
@@ -204,7 +214,7 @@ impl<'h> EmuRun<'h> {
                     let action =
                         self.hook
                             .on_wait_end(idx, now, &mut self.residency.with(&mut self.vcpus));
-                    let next = run_loop::apply(&mut self.vcpus[i], action)?;
+                    let next = apply(&mut self.vcpus[i], action, cost.inject_ns)?;
                     if let Some(exit) = self.enter(i, next) {
                         return Ok(exit);
                     }
@@ -281,7 +291,7 @@ impl<'h> EmuRun<'h> {
                         now,
                         &mut self.residency.with(&mut self.vcpus),
                     );
-                    run_loop::apply(&mut self.vcpus[i], action)?
+                    apply(&mut self.vcpus[i], action, cost.inject_ns)?
                 }
                 // Handled above.
                 VmExit::Crash { .. } | VmExit::SystemEvent { .. } => Next::Run,
@@ -339,4 +349,12 @@ impl<'h> EmuRun<'h> {
         }
         self.enter(i, next)
     }
+}
+
+/// [`run_loop::apply`], charging an exception injection its cost.
+fn apply(vcpu: &mut EmuVcpu, action: Action, inject_ns: u64) -> Result<Next, VmError> {
+    if let Action::InjectException(_) = action {
+        vcpu.charge_ns(inject_ns);
+    }
+    Ok(run_loop::apply(vcpu, action)?)
 }

@@ -1,0 +1,237 @@
+//! The `[policy]` and `[apf]` sections: which policy decides every fault,
+//! and what the host offers the guest's async PF client.
+//!
+//! ```toml
+//! [policy]
+//! module = "paolo"        # a built-in example, or a path to a .wasm / .wat
+//! # or a fixed decision for every fault, without Wasm:
+//! # decision = { not_present = "dedicated-ec", ready = "interrupt", initiation = "host", sleep = "reschedule" }
+//!
+//! [apf]
+//! ring_depth = 64         # 1 (x86: one token per interrupt) ..= 64
+//! ```
+//!
+//! Without `[policy]` no async PF is offered (the guest never enables it)
+//! and every fault is the synchronous baseline.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use apflab_abi::apf::READY_RING_SLOTS;
+use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// The example policies shipped with apflab (`policies/`), by name.
+pub const BUILT_IN: [&str; 7] = [
+    "sync",
+    "gavin-rfcv2",
+    "paolo",
+    "always-halt",
+    "always-reschedule",
+    "adaptive",
+    "threshold",
+];
+
+/// `[policy]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    module: Option<Spanned<String>>,
+    decision: Option<Spanned<FixedDecision>>,
+}
+
+/// `[apf]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApf {
+    ring_depth: Option<Spanned<u32>>,
+}
+
+/// A decision given in the config, the same for every fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedDecision {
+    /// `data-abort` or `dedicated-ec`.
+    pub not_present: NotPresentName,
+    /// `exception` or `interrupt`.
+    pub ready: ReadyName,
+    /// `host` or `guest`.
+    pub initiation: InitiationName,
+    /// `halt` or `reschedule`.
+    pub sleep: SleepName,
+}
+
+/// How "not present" is delivered, as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotPresentName {
+    /// RFCv2's data abort.
+    DataAbort,
+    /// The dedicated exception class.
+    DedicatedEc,
+}
+
+/// How "ready" is delivered, as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadyName {
+    /// An injected exception.
+    Exception,
+    /// The PPI and the ready ring.
+    Interrupt,
+}
+
+/// Who starts the fetch, as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitiationName {
+    /// The host, at the fault.
+    Host,
+    /// The guest, with `APF_PAGE_REQUEST`.
+    Guest,
+}
+
+/// What the guest does meanwhile, as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SleepName {
+    /// The vCPU waits.
+    Halt,
+    /// Another task runs.
+    Reschedule,
+}
+
+impl FixedDecision {
+    /// The policy ABI's decision.
+    pub fn decision(&self) -> Decision {
+        Decision::Async {
+            not_present: match self.not_present {
+                NotPresentName::DataAbort => NotPresentDelivery::DataAbort,
+                NotPresentName::DedicatedEc => NotPresentDelivery::DedicatedEc,
+            },
+            ready: match self.ready {
+                ReadyName::Exception => ReadyDelivery::Exception,
+                ReadyName::Interrupt => ReadyDelivery::Interrupt,
+            },
+            initiation: match self.initiation {
+                InitiationName::Host => Initiation::Host,
+                InitiationName::Guest => Initiation::Guest,
+            },
+            sleep: match self.sleep {
+                SleepName::Halt => Sleep::Halt,
+                SleepName::Reschedule => Sleep::Reschedule,
+            },
+            prefetch: 0,
+        }
+    }
+}
+
+/// Which policy a run uses.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyChoice {
+    /// A Wasm module: a built-in example or a file.
+    Module {
+        /// As written (a built-in name or a path).
+        name: String,
+        /// The file that is loaded.
+        #[serde(skip)]
+        path: PathBuf,
+    },
+    /// The same decision for every fault, decided natively.
+    Decision(FixedDecision),
+}
+
+/// What the host offers the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ApfSettings {
+    /// Most unconsumed tokens in a vCPU's ready ring.
+    pub ring_depth: u32,
+}
+
+impl Default for ApfSettings {
+    fn default() -> Self {
+        ApfSettings {
+            ring_depth: READY_RING_SLOTS as u32,
+        }
+    }
+}
+
+/// A `[policy]` or `[apf]` key that is wrong: where, which, what was
+/// expected.
+pub struct KeyProblem {
+    /// Byte span of the value in the file (None: the key is missing).
+    pub span: Option<Range<usize>>,
+    /// The dotted key.
+    pub key: &'static str,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Checks `[policy]`; relative module paths are resolved against
+/// `base_dir`.
+pub fn policy(raw: &RawPolicy, base_dir: &Path) -> Result<PolicyChoice, KeyProblem> {
+    match (&raw.module, &raw.decision) {
+        (Some(m), None) => {
+            let name = m.get_ref();
+            let path = if BUILT_IN.contains(&name.as_str()) {
+                if name == "threshold" {
+                    apflab_artifacts::policy_wat(name)
+                } else {
+                    apflab_artifacts::policy_wasm(name)
+                }
+            } else {
+                base_dir.join(name)
+            };
+            if !path.is_file() {
+                return Err(KeyProblem {
+                    span: Some(m.span()),
+                    key: "policy.module",
+                    message: format!(
+                        "no policy `{name}` ({} is not a file); expected one of {} or a path to \
+                         a .wasm or .wat file, relative to the config file",
+                        path.display(),
+                        BUILT_IN.join(", ")
+                    ),
+                });
+            }
+            Ok(PolicyChoice::Module {
+                name: name.clone(),
+                path,
+            })
+        }
+        (None, Some(d)) => Ok(PolicyChoice::Decision(*d.get_ref())),
+        (Some(m), Some(_)) => Err(KeyProblem {
+            span: Some(m.span()),
+            key: "policy.module",
+            message: "give either `module` or `decision`, not both".into(),
+        }),
+        (None, None) => Err(KeyProblem {
+            span: None,
+            key: "policy.module",
+            message: "missing; expected `module = NAME` (one of the built-in examples or a \
+                      .wasm path) or `decision = { ... }`"
+                .into(),
+        }),
+    }
+}
+
+/// Checks `[apf]`.
+pub fn apf(raw: &RawApf) -> Result<ApfSettings, KeyProblem> {
+    let mut s = ApfSettings::default();
+    if let Some(d) = &raw.ring_depth {
+        if !(1..=READY_RING_SLOTS as u32).contains(d.get_ref()) {
+            return Err(KeyProblem {
+                span: Some(d.span()),
+                key: "apf.ring_depth",
+                message: format!(
+                    "{}; expected 1 (one token per interrupt, as x86) ..= {READY_RING_SLOTS}",
+                    d.get_ref()
+                ),
+            });
+        }
+        s.ring_depth = *d.get_ref();
+    }
+    Ok(s)
+}
