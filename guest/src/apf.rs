@@ -19,7 +19,7 @@ use apflab_abi::apf::{
     ACTION_HALT, ACTION_REQUEST_PAGE, ACTION_SLEEP_MASK, ControlBlock, GUEST_CAN_RESCHEDULE,
     READY_RING_SLOTS, REASON_NONE, REASON_NOT_PRESENT, TOKEN_WAKE_ALL, Token, features,
 };
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::mutex::SpinMutex;
 
 use crate::percpu::{MAX_CPUS, cpu_index};
@@ -49,6 +49,8 @@ static BLOCKS: Blocks = Blocks([const { UnsafeCell::new(ControlBlock::new()) }; 
 
 /// The boot options allow async PF (`apflab.apf=off` clears it).
 static ALLOWED: AtomicBool = AtomicBool::new(false);
+/// What the host offered at boot (`FEATURES`), of what this client handles.
+static OFFERED: AtomicU64 = AtomicU64::new(0);
 
 /// Per CPU: async PF is enabled.
 static ENABLED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
@@ -93,17 +95,18 @@ fn block(cpu: usize) -> *mut ControlBlock {
     BLOCKS.0[cpu].get()
 }
 
-/// Records whether the boot options allow async PF (boot CPU, before any
-/// [`init_cpu`]).
-pub fn init(allowed: bool) {
+/// Records whether the boot options allow async PF and what the host
+/// offers (boot CPU, before any [`init_cpu`]).
+pub fn init(allowed: bool, offered: u64) {
     ALLOWED.store(allowed, Ordering::Relaxed);
+    OFFERED.store(offered & ACCEPTED, Ordering::Relaxed);
 }
 
 /// Enables async PF on this CPU if the boot options allow it and the host
 /// offers what this client handles.
 pub fn init_cpu() {
     let cpu = cpu_index();
-    let offered = hypercall::features() & ACCEPTED;
+    let offered = OFFERED.load(Ordering::Relaxed);
     let delivers_not_present =
         offered & (features::NOT_PRESENT_DATA_ABORT | features::NOT_PRESENT_DEDICATED_EC) != 0;
     if !ALLOWED.load(Ordering::Relaxed)
@@ -219,5 +222,9 @@ fn wake(cpu: usize, token: u64) {
     metrics::APF_READY.add(1);
     if sched::wake_key(KEY_TAG | token) == 0 {
         EARLY[cpu].lock().insert(token);
+    } else {
+        // The woken task waited for its page; let it run now rather than
+        // after the current task's slice.
+        sched::request_preempt();
     }
 }

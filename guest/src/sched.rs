@@ -495,6 +495,12 @@ pub fn on_timer_interrupt() {
     arm_timer(&t, cpu);
 }
 
+/// Asks for the current task to give way on the way back to EL0 (a woken
+/// task should run soon, as Linux's wake-up preemption has it).
+pub fn request_preempt() {
+    NEED_RESCHED[cpu_index()].store(1, Ordering::Relaxed);
+}
+
 /// On the way back to EL0: if the timer asked for it, put the current task
 /// at the back of the queue and run the next one.
 pub fn preempt_if_needed() {

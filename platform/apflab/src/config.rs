@@ -832,6 +832,9 @@ impl Config {
         push(boot::KEY_INTERVAL_US, w.interval_us.map(|v| v.to_string()));
         push(boot::KEY_TIMESLICE_US, Some(w.timeslice_us.to_string()));
         push(boot::KEY_SEED, Some(self.seed.to_string()));
+        if self.apf.is_some_and(|a| !a.guest_enables) {
+            push(boot::KEY_APF, Some("off".into()));
+        }
         push(
             boot::KEY_STORE_SEED,
             self.pager

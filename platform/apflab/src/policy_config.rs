@@ -9,6 +9,7 @@
 //!
 //! [apf]
 //! ring_depth = 64         # 1 (x86: one token per interrupt) ..= 64
+//! guest_enables = true    # false: boot the guest with `apflab.apf=off`
 //! ```
 //!
 //! Without `[policy]` no async PF is offered (the guest never enables it)
@@ -46,6 +47,7 @@ pub struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawApf {
     ring_depth: Option<Spanned<u32>>,
+    guest_enables: Option<bool>,
 }
 
 /// A decision given in the config, the same for every fault.
@@ -148,12 +150,16 @@ pub enum PolicyChoice {
 pub struct ApfSettings {
     /// Most unconsumed tokens in a vCPU's ready ring.
     pub ring_depth: u32,
+    /// Whether the guest may enable async PF (false: its `apflab.apf=off`
+    /// boot option, so every fault is sync although the host offers it).
+    pub guest_enables: bool,
 }
 
 impl Default for ApfSettings {
     fn default() -> Self {
         ApfSettings {
             ring_depth: READY_RING_SLOTS as u32,
+            guest_enables: true,
         }
     }
 }
@@ -232,6 +238,9 @@ pub fn apf(raw: &RawApf) -> Result<ApfSettings, KeyProblem> {
             });
         }
         s.ring_depth = *d.get_ref();
+    }
+    if let Some(g) = raw.guest_enables {
+        s.guest_enables = g;
     }
     Ok(s)
 }
