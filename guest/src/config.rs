@@ -1,12 +1,12 @@
 //! The workload configuration, from the bootargs keys defined in
 //! [`apflab_abi::boot`]. Unknown words are ignored; a known key with a bad
-//! value panics naming the key (the run then fails with that message).
+//! value panics naming the key (the run then fails with that message). The
+//! ranges are [`apflab_abi::limits`], which the VMM's CLI checks as well
+//! when it loads a config.
 
 use apflab_abi::boot::{self, parse_bootargs};
+use apflab_abi::limits::{self, Bound};
 use core::str::FromStr;
-
-/// Most workload tasks (one report slot per task).
-pub const MAX_WORKLOAD_TASKS: u32 = apflab_abi::report::MAX_REPORTED_TASKS as u32;
 
 /// `memtouch` access order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +82,15 @@ fn bad(key: &str, value: &str, expected: &str) -> ! {
     panic!("bad bootarg {key}={value:?}: expected {expected}")
 }
 
+/// Parses an integer in `bound` (the limits the VMM's CLI checks too).
+fn bounded<T: FromStr + PartialOrd + Copy + core::fmt::Display>(
+    key: &str,
+    value: &str,
+    bound: Bound<T>,
+) -> T {
+    number(key, value, bound.min, bound.max)
+}
+
 /// Parses an integer in `min..=max`.
 fn number<T: FromStr + PartialOrd + Copy + core::fmt::Display>(
     key: &str,
@@ -109,9 +118,9 @@ impl Config {
                     c.workload = boot::workload_id(value)
                         .unwrap_or_else(|| bad(key, value, "cpu, memtouch, mixed or kv"));
                 }
-                boot::KEY_TASKS => c.tasks = number(key, value, 1, MAX_WORKLOAD_TASKS),
-                boot::KEY_OPS => c.ops = number(key, value, 1, u64::MAX >> 8),
-                boot::KEY_MIB => c.mib = number(key, value, 1, 1 << 20),
+                boot::KEY_TASKS => c.tasks = bounded(key, value, limits::TASKS),
+                boot::KEY_OPS => c.ops = bounded(key, value, limits::OPS),
+                boot::KEY_MIB => c.mib = bounded(key, value, limits::MIB),
                 boot::KEY_PATTERN => {
                     c.pattern = match value {
                         "seq" => Pattern::Sequential,
@@ -119,7 +128,7 @@ impl Config {
                         _ => bad(key, value, "seq or random"),
                     }
                 }
-                boot::KEY_PASSES => c.passes = number(key, value, 1, 1 << 20),
+                boot::KEY_PASSES => c.passes = bounded(key, value, limits::PASSES),
                 boot::KEY_VERIFY => {
                     c.verify = match value {
                         "self" => Verify::SelfWritten,
@@ -127,11 +136,13 @@ impl Config {
                         _ => bad(key, value, "self or store"),
                     }
                 }
-                boot::KEY_REQUESTS => c.requests = number(key, value, 1, 1 << 32),
-                boot::KEY_INTERVAL_US => c.interval_us = number(key, value, 1, 1 << 32),
+                boot::KEY_REQUESTS => c.requests = bounded(key, value, limits::REQUESTS),
+                boot::KEY_INTERVAL_US => c.interval_us = bounded(key, value, limits::INTERVAL_US),
                 boot::KEY_SEED => c.seed = number(key, value, 0, u64::MAX),
                 boot::KEY_STORE_SEED => c.store_seed = number(key, value, 0, u64::MAX),
-                boot::KEY_TIMESLICE_US => c.timeslice_us = number(key, value, 10, 10_000_000),
+                boot::KEY_TIMESLICE_US => {
+                    c.timeslice_us = bounded(key, value, limits::TIMESLICE_US)
+                }
                 boot::KEY_APF => {
                     c.apf_allowed = match value {
                         "on" => true,

@@ -2,7 +2,7 @@
 //! policies.
 //!
 //! Everything that both sides of a boundary must agree on lives here and only
-//! here: the guest memory map, the boot information keys, hypercall function
+//! here: the guest memory map, the boot information keys and their limits, hypercall function
 //! ids, the async page fault control block and token format, the exception
 //! classes used for notifications, the guest's results report and the policy
 //! ABI. Layouts are `#[repr(C)]` and checked with `size_of`/`offset_of`
@@ -14,6 +14,7 @@ pub mod addr;
 pub mod apf;
 pub mod boot;
 pub mod hypercall;
+pub mod limits;
 pub mod memory_map;
 pub mod pattern;
 pub mod policy;

@@ -10,8 +10,13 @@
 use std::path::{Path, PathBuf};
 
 use apflab_abi::boot;
+use apflab_abi::limits::{self, Bound};
 use apflab_abi::memory_map::MAX_VCPUS;
 use apflab_pager::{PagerConfig, Prepared};
+use apflab_vmm::config::{
+    MAX_COST_NS, MAX_NS_PER_INSTRUCTION, MAX_SLICE_INSTRUCTIONS, MAX_VIRTUAL_MS,
+    MIN_NS_PER_INSTRUCTION, MIN_SLICE_INSTRUCTIONS,
+};
 use apflab_vmm::{BackendKind, CostModel, VmConfig, host_memory_mib};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -19,6 +24,22 @@ use toml::Spanned;
 
 /// One MiB.
 const MIB: u64 = 1 << 20;
+
+/// Largest config (or experiment) file read: configs are a few hundred
+/// bytes; anything near this is not one.
+pub const MAX_CONFIG_BYTES: u64 = MIB;
+
+/// Reads the text of a config or experiment file named by the user: a
+/// regular file of at most [`MAX_CONFIG_BYTES`] (a FIFO or `/dev/zero` is
+/// refused before it is read).
+pub fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    apflab_files::read_regular_to_string(path, MAX_CONFIG_BYTES, "a config file").map_err(|error| {
+        ConfigError::Read {
+            file: path.display().to_string(),
+            error,
+        }
+    })
+}
 
 /// An error in a config file (or an experiment file's overrides of one).
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +111,9 @@ pub struct RawWorkload {
 #[serde(deny_unknown_fields)]
 pub struct RawCost {
     ns_per_instruction: Option<Spanned<f64>>,
-    exit_ns: Option<u64>,
-    hypercall_ns: Option<u64>,
-    inject_ns: Option<u64>,
+    exit_ns: Option<Spanned<u64>>,
+    hypercall_ns: Option<Spanned<u64>>,
+    inject_ns: Option<Spanned<u64>>,
 }
 
 /// `[backend]` as written.
@@ -410,28 +431,58 @@ impl Source<'_> {
     }
 }
 
-/// A workload parameter that must be at least 1: `None` if the workload
-/// does not take it (`takes`), `default` if the file leaves it out.
-fn positive_param<T: Copy + PartialEq + Default>(
+/// A workload parameter in `bound` (the guest's own limits, from
+/// [`apflab_abi::limits`]): `None` if the workload does not take it
+/// (`takes`), `default` if the file leaves it out.
+fn bounded_param<T: Copy + PartialOrd + Into<u64>>(
     src: &Source<'_>,
     takes: bool,
     v: &Option<Spanned<T>>,
     name: &str,
+    bound: Bound<u64>,
     default: T,
 ) -> Result<Option<T>, ConfigError> {
     if !takes {
         return Ok(None);
     }
     match v {
-        Some(s) if *s.get_ref() == T::default() => Err(src.key_error(
-            s.span(),
-            &format!("workload.{name}"),
-            "0; expected at least 1",
-        )),
-        Some(s) => Ok(Some(*s.get_ref())),
+        Some(s) => {
+            let value: u64 = (*s.get_ref()).into();
+            check_bound(src, s.span(), &format!("workload.{name}"), value, bound)?;
+            Ok(Some(*s.get_ref()))
+        }
         None => Ok(Some(default)),
     }
 }
+
+/// `value` of `key` (at `span`) must be in `bound`.
+fn check_bound(
+    src: &Source<'_>,
+    span: std::ops::Range<usize>,
+    key: &str,
+    value: u64,
+    bound: Bound<u64>,
+) -> Result<(), ConfigError> {
+    if bound.contains(value) {
+        return Ok(());
+    }
+    let message = if value < bound.min && bound.min == 1 {
+        format!("{value}; expected at least 1")
+    } else {
+        format!(
+            "{value}; expected {}..={} ({})",
+            bound.min, bound.max, bound.why
+        )
+    };
+    Err(src.key_error(span, key, message))
+}
+
+/// [`limits::TASKS`] as a `u64` bound.
+const TASKS_BOUND: Bound<u64> = Bound {
+    min: limits::TASKS.min as u64,
+    max: limits::TASKS.max as u64,
+    why: limits::TASKS.why,
+};
 
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -522,10 +573,7 @@ impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            file: file.clone(),
-            error,
-        })?;
+        let text = read_config_text(path)?;
         let config = Self::from_text(&file, &text, path.parent().unwrap_or(Path::new("")))?;
         Ok(LoadedConfig {
             path: path.to_owned(),
@@ -575,18 +623,46 @@ impl Config {
                 ),
             ));
         }
+        if *memory.get_ref() > limits::MAX_MEMORY_MIB {
+            return Err(src.key_error(
+                memory.span(),
+                "guest.memory_mib",
+                format!(
+                    "{} MiB; expected at most {} MiB (RAM starts at 1 GiB and the machine's \
+                     physical address space ends at 1 TiB)",
+                    memory.get_ref(),
+                    limits::MAX_MEMORY_MIB
+                ),
+            ));
+        }
+        let ram_bytes = *memory.get_ref() * MIB;
         let (kernel, kernel_path) = match &raw.guest.kernel {
             Some(k) => {
                 let resolved = base_dir.join(k.get_ref());
-                if !resolved.is_file() {
-                    return Err(src.key_error(
-                        k.span(),
-                        "guest.kernel",
-                        format!(
-                            "guest image {} not found; expected a path to an arm64 ELF or raw image, relative to the config file",
-                            resolved.display()
-                        ),
-                    ));
+                // The image is loaded into guest RAM: a larger one cannot
+                // fit, and is refused before anything reads it.
+                match apflab_files::check_regular(&resolved, ram_bytes, "guest RAM") {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(src.key_error(
+                            k.span(),
+                            "guest.kernel",
+                            format!(
+                                "guest image {} not found; expected a path to an arm64 ELF or raw image, relative to the config file",
+                                resolved.display()
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(src.key_error(
+                            k.span(),
+                            "guest.kernel",
+                            format!(
+                                "guest image {}: {e}; expected an arm64 ELF or raw image that fits in guest RAM",
+                                resolved.display()
+                            ),
+                        ));
+                    }
                 }
                 (Some(k.get_ref().clone()), resolved)
             }
@@ -646,12 +722,14 @@ impl Config {
             }
         }
         let takes = |name: &str| kind.params().contains(&name);
-        let positive_u32 = |v: &Option<Spanned<u32>>, name: &str, default: u32| {
-            positive_param(&src, takes(name), v, name, default)
-        };
-        let positive_u64 = |v: &Option<Spanned<u64>>, name: &str, default: u64| {
-            positive_param(&src, takes(name), v, name, default)
-        };
+        let bounded_u32 =
+            |v: &Option<Spanned<u32>>, name: &str, bound: Bound<u64>, default: u32| {
+                bounded_param(&src, takes(name), v, name, bound, default)
+            };
+        let bounded_u64 =
+            |v: &Option<Spanned<u64>>, name: &str, bound: Bound<u64>, default: u64| {
+                bounded_param(&src, takes(name), v, name, bound, default)
+            };
         let one_of = |v: &Option<Spanned<String>>,
                       name: &str,
                       allowed: &[&str],
@@ -672,16 +750,31 @@ impl Config {
         };
         let workload = WorkloadConfig {
             kind,
-            tasks: positive_u32(&w.tasks, "tasks", defaults::TASKS)?,
-            ops: positive_u64(&w.ops, "ops", defaults::OPS)?,
-            mib: positive_u64(&w.mib, "mib", defaults::MIB)?,
+            tasks: bounded_u32(&w.tasks, "tasks", TASKS_BOUND, defaults::TASKS)?,
+            ops: bounded_u64(&w.ops, "ops", limits::OPS, defaults::OPS)?,
+            mib: bounded_u64(&w.mib, "mib", limits::MIB, defaults::MIB)?,
             pattern: one_of(&w.pattern, "pattern", &["seq", "random"], defaults::PATTERN)?,
-            passes: positive_u32(&w.passes, "passes", defaults::PASSES)?,
+            passes: bounded_u32(&w.passes, "passes", limits::PASSES, defaults::PASSES)?,
             verify: one_of(&w.verify, "verify", &["self", "store"], defaults::VERIFY)?,
-            requests: positive_u64(&w.requests, "requests", defaults::REQUESTS)?,
-            interval_us: positive_u64(&w.interval_us, "interval_us", defaults::INTERVAL_US)?,
-            timeslice_us: positive_u64(&w.timeslice_us, "timeslice_us", defaults::TIMESLICE_US)?
-                .expect("every kind takes timeslice_us"),
+            requests: bounded_u64(
+                &w.requests,
+                "requests",
+                limits::REQUESTS,
+                defaults::REQUESTS,
+            )?,
+            interval_us: bounded_u64(
+                &w.interval_us,
+                "interval_us",
+                limits::INTERVAL_US,
+                defaults::INTERVAL_US,
+            )?,
+            timeslice_us: bounded_u64(
+                &w.timeslice_us,
+                "timeslice_us",
+                limits::TIMESLICE_US,
+                defaults::TIMESLICE_US,
+            )?
+            .expect("every kind takes timeslice_us"),
         };
 
         // The kernel, its tables and stacks live below the workload region;
@@ -712,7 +805,7 @@ impl Config {
         // value fails before any VM is built.
         let pager = match &raw.pager {
             Some(p) => {
-                Prepared::new(p.get_ref(), *memory.get_ref() * MIB, base_dir)
+                Prepared::new(p.get_ref(), ram_bytes, base_dir)
                     .map_err(|e| src.error_at(p.span(), e.to_string()))?;
                 Some(p.get_ref().clone())
             }
@@ -738,43 +831,85 @@ impl Config {
         let b = &raw.backend;
         let default_cost = CostModel::default();
         let ns_per_instruction = match &b.cost.ns_per_instruction {
-            Some(s) if !(s.get_ref().is_finite() && *s.get_ref() > 0.0) => {
+            Some(s)
+                if !(s.get_ref().is_finite()
+                    && (MIN_NS_PER_INSTRUCTION..MAX_NS_PER_INSTRUCTION).contains(s.get_ref())) =>
+            {
                 return Err(src.key_error(
                     s.span(),
                     "backend.cost.ns_per_instruction",
-                    format!("{}; expected a positive number of nanoseconds", s.get_ref()),
+                    format!(
+                        "{}; expected {MIN_NS_PER_INSTRUCTION} ns or more (no CPU retires \
+                         instructions faster, and virtual time must advance) and below \
+                         {MAX_NS_PER_INSTRUCTION:e} ns",
+                        s.get_ref()
+                    ),
                 ));
             }
             Some(s) => *s.get_ref(),
             None => default_cost.ns_per_instruction,
         };
-        let positive =
-            |v: &Option<Spanned<u64>>, key: &str, default: u64| -> Result<u64, ConfigError> {
-                match v {
-                    Some(s) if *s.get_ref() == 0 => {
-                        Err(src.key_error(s.span(), key, "0; expected at least 1"))
-                    }
-                    Some(s) => Ok(*s.get_ref()),
-                    None => Ok(default),
+        let bounded = |v: &Option<Spanned<u64>>,
+                       key: &str,
+                       bound: Bound<u64>,
+                       default: u64|
+         -> Result<u64, ConfigError> {
+            match v {
+                Some(s) => {
+                    check_bound(&src, s.span(), key, *s.get_ref(), bound)?;
+                    Ok(*s.get_ref())
                 }
-            };
+                None => Ok(default),
+            }
+        };
+        let cost_bound = |min: u64| Bound {
+            min,
+            max: MAX_COST_NS,
+            why: "one exit, hypercall or injection costs at most a second, so the \
+                  virtual clock cannot wrap",
+        };
         let backend = BackendConfig {
             kind: b.kind.unwrap_or(Backend::Emu),
-            slice_instructions: positive(
+            slice_instructions: bounded(
                 &b.slice_instructions,
                 "backend.slice_instructions",
+                Bound {
+                    min: MIN_SLICE_INSTRUCTIONS,
+                    max: MAX_SLICE_INSTRUCTIONS,
+                    why: apflab_vmm::config::SLICE_INSTRUCTIONS_WHY,
+                },
                 defaults::SLICE_INSTRUCTIONS,
             )?,
-            max_virtual_ms: positive(
+            max_virtual_ms: bounded(
                 &b.max_virtual_ms,
                 "backend.max_virtual_ms",
+                Bound {
+                    min: 1,
+                    max: MAX_VIRTUAL_MS,
+                    why: "about 11.6 days of guest time, far past any run",
+                },
                 defaults::MAX_VIRTUAL_MS,
             )?,
             cost: CostConfig {
                 ns_per_instruction,
-                exit_ns: b.cost.exit_ns.unwrap_or(default_cost.exit_ns),
-                hypercall_ns: b.cost.hypercall_ns.unwrap_or(default_cost.hypercall_ns),
-                inject_ns: b.cost.inject_ns.unwrap_or(default_cost.inject_ns),
+                exit_ns: bounded(
+                    &b.cost.exit_ns,
+                    "backend.cost.exit_ns",
+                    cost_bound(0),
+                    default_cost.exit_ns,
+                )?,
+                hypercall_ns: bounded(
+                    &b.cost.hypercall_ns,
+                    "backend.cost.hypercall_ns",
+                    cost_bound(0),
+                    default_cost.hypercall_ns,
+                )?,
+                inject_ns: bounded(
+                    &b.cost.inject_ns,
+                    "backend.cost.inject_ns",
+                    cost_bound(0),
+                    default_cost.inject_ns,
+                )?,
             },
         };
 

@@ -27,9 +27,32 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use apflab_abi::apf::MAX_OUTSTANDING;
 use apflab_abi::boot::WORKLOAD_REGION_OFFSET;
-use apflab_abi::memory_map::PAGE_SIZE;
+use apflab_abi::memory_map::{MAX_VCPUS, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
+
+/// Most fetch slots (`queue_depth`): no more fetches can be in flight at
+/// once than every vCPU's outstanding async faults together
+/// ([`MAX_VCPUS`] x [`MAX_OUTSTANDING`]); more slots would never be used.
+pub const MAX_QUEUE_DEPTH: u32 = MAX_VCPUS * MAX_OUTSTANDING as u32;
+
+/// Most retries of a failed store read (`retries`): each costs another
+/// fetch latency, and a store that fails a page this often is down.
+pub const MAX_RETRIES: u32 = 100;
+
+/// Longest fetch latency a model may give, µs (1000 s): far slower than
+/// any far memory, and small enough that the sums of latencies on the
+/// fetch timeline stay far from wrapping the ns clock.
+pub const MAX_LATENCY_US: f64 = 1e9;
+
+/// Largest `latency.sigma` of the log-normal model: at 10, one fetch in a
+/// hundred already takes e^23 (10^10) times the median.
+pub const MAX_LOGNORMAL_SIGMA: f64 = 10.0;
+
+/// Largest samples file read (`latency.samples`): 16 MiB of text is
+/// millions of samples.
+pub const MAX_SAMPLES_BYTES: u64 = 16 << 20;
 
 /// Configuration of the far-memory model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -324,6 +347,14 @@ pub enum ConfigError {
     },
 }
 
+/// What a latency in µs must be (for error messages).
+pub(crate) fn latency_range() -> String {
+    format!(
+        "expected a finite, non-negative number of microseconds, at most {MAX_LATENCY_US:e} \
+         (1000 s; no far memory is slower)"
+    )
+}
+
 impl ConfigError {
     fn invalid(key: &'static str, value: impl fmt::Display, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
@@ -449,6 +480,26 @@ impl PagerConfig {
                 "at least one fetch must be able to run",
             ));
         }
+        if self.queue_depth > MAX_QUEUE_DEPTH {
+            return Err(ConfigError::invalid(
+                "queue_depth",
+                self.queue_depth,
+                format!(
+                    "at most {MAX_QUEUE_DEPTH}: no more fetches are ever in flight at once \
+                     ({MAX_VCPUS} vCPUs x {MAX_OUTSTANDING} outstanding async faults each)"
+                ),
+            ));
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(ConfigError::invalid(
+                "retries",
+                self.retries,
+                format!(
+                    "at most {MAX_RETRIES}: each retry costs another fetch latency, and a store \
+                     that fails a page this often is down"
+                ),
+            ));
+        }
         if self.bandwidth_bytes_per_sec == Some(0) {
             return Err(ConfigError::invalid(
                 "bandwidth_bytes_per_sec",
@@ -490,14 +541,10 @@ impl PagerConfig {
 
     fn validate_latency(&self) -> Result<(), ConfigError> {
         let finite_nonneg = |key: &'static str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
+            if v.is_finite() && (0.0..=MAX_LATENCY_US).contains(&v) {
                 Ok(())
             } else {
-                Err(ConfigError::invalid(
-                    key,
-                    v,
-                    "expected a finite, non-negative number of microseconds",
-                ))
+                Err(ConfigError::invalid(key, v, latency_range()))
             }
         };
         match self.latency {
@@ -515,18 +562,24 @@ impl PagerConfig {
                 Ok(())
             }
             LatencyConfig::Lognormal { median_us, sigma } => {
-                if !(median_us.is_finite() && median_us > 0.0) {
+                if !(median_us.is_finite() && median_us > 0.0 && median_us <= MAX_LATENCY_US) {
                     return Err(ConfigError::invalid(
                         "latency.median_us",
                         median_us,
-                        "expected a positive number of microseconds",
+                        format!(
+                            "expected a positive number of microseconds, at most \
+                             {MAX_LATENCY_US:e} (1000 s)"
+                        ),
                     ));
                 }
-                if !(sigma.is_finite() && sigma >= 0.0) {
+                if !(sigma.is_finite() && (0.0..=MAX_LOGNORMAL_SIGMA).contains(&sigma)) {
                     return Err(ConfigError::invalid(
                         "latency.sigma",
                         sigma,
-                        "expected a finite, non-negative number",
+                        format!(
+                            "expected a number from 0 to {MAX_LOGNORMAL_SIGMA} (at 10, one fetch \
+                             in a hundred takes 10^10 times the median)"
+                        ),
                     ));
                 }
                 Ok(())

@@ -132,7 +132,7 @@ impl VirtualPager {
             };
             match self.engine.begin(pfn, now_ns)? {
                 Begin::Fetch { evicted } => {
-                    let latency: u64 = (0..attempts).map(|_| self.engine.sample_latency()).sum();
+                    let latency = self.engine.sample_latencies(attempts);
                     let ready_at_ns = self.engine.schedule(pfn, now_ns, attempts, latency);
                     self.staged.insert(pfn, (buf, access));
                     Ok(FaultPlan::Fetch {

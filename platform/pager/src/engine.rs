@@ -342,6 +342,13 @@ impl FaultEngine {
         self.latency.sample(&mut self.rng)
     }
 
+    /// Draws the latencies of `attempts` store reads and sums them,
+    /// saturating (a sum past `u64::MAX` ns is "never", not a wrapped,
+    /// early time).
+    pub fn sample_latencies(&mut self, attempts: u32) -> u64 {
+        (0..attempts).fold(0u64, |sum, _| sum.saturating_add(self.sample_latency()))
+    }
+
     /// Reads `pfn` from `store` into `out`, retrying transient errors up to
     /// the configured count. Returns the number of attempts made.
     pub fn read_with_retries(

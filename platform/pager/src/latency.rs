@@ -15,7 +15,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, Uniform};
 
-use crate::config::{ConfigError, LatencyConfig};
+use crate::config::{ConfigError, LatencyConfig, MAX_LATENCY_US, MAX_SAMPLES_BYTES, latency_range};
 
 /// A latency distribution ready to sample.
 #[derive(Clone, Debug)]
@@ -73,6 +73,7 @@ impl LatencyModel {
     }
 }
 
+/// µs to ns; saturates (a float-to-integer cast does) rather than wraps.
 fn us_to_ns(us: f64) -> u64 {
     (us * 1e3).round() as u64
 }
@@ -81,11 +82,12 @@ fn us_to_ns(us: f64) -> u64 {
 /// `#` comments ignored; errors name the file and line.
 pub fn load_samples(path: &Path) -> Result<Vec<u64>, ConfigError> {
     const KEY: &str = "latency.samples";
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
-        key: KEY,
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = apflab_files::read_regular_to_string(path, MAX_SAMPLES_BYTES, "a samples file")
+        .map_err(|source| ConfigError::File {
+            key: KEY,
+            path: path.to_owned(),
+            source,
+        })?;
     let mut samples = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -103,10 +105,8 @@ pub fn load_samples(path: &Path) -> Result<Vec<u64>, ConfigError> {
                 "expected a latency in microseconds, found {line:?}"
             ))
         })?;
-        if !(us.is_finite() && us >= 0.0) {
-            return Err(bad(format!(
-                "expected a finite, non-negative latency, found {line:?}"
-            )));
+        if !(us.is_finite() && (0.0..=MAX_LATENCY_US).contains(&us)) {
+            return Err(bad(format!("{}, found {line:?}", latency_range())));
         }
         samples.push(us_to_ns(us));
     }
@@ -167,9 +167,13 @@ impl FetchTimeline {
     pub fn schedule(&mut self, now_ns: u64, latency_ns: u64) -> FetchTimes {
         let Reverse(slot_free) = self.slots.pop().unwrap_or(Reverse(0));
         let start_ns = now_ns.max(slot_free);
+        // Saturating: a clock at u64::MAX means "never" (the run's time
+        // limit stops it), never a wrapped, early time.
         let mut ready_ns = start_ns.saturating_add(latency_ns);
         if self.transfer_ns > 0 {
-            ready_ns = ready_ns.max(self.link_free_ns) + self.transfer_ns;
+            ready_ns = ready_ns
+                .max(self.link_free_ns)
+                .saturating_add(self.transfer_ns);
             self.link_free_ns = ready_ns;
         }
         self.slots.push(Reverse(ready_ns));
@@ -179,7 +183,10 @@ impl FetchTimeline {
     /// Accounts a page written back at `now_ns` (it uses the link).
     pub fn write_back(&mut self, now_ns: u64) {
         if self.transfer_ns > 0 {
-            self.link_free_ns = self.link_free_ns.max(now_ns) + self.transfer_ns;
+            self.link_free_ns = self
+                .link_free_ns
+                .max(now_ns)
+                .saturating_add(self.transfer_ns);
         }
     }
 }

@@ -154,11 +154,13 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Opens `path`; it must be at least `min_len` bytes long (all of guest
-    /// RAM). Errors are the I/O error, or `InvalidData` for a short file.
+    /// Opens `path`; it must be a regular file (a FIFO or a device is
+    /// refused before it is opened) at least `min_len` bytes long (all of
+    /// guest RAM). Errors are the I/O error, or `InvalidData` for a short
+    /// file. Pages are read one by one as they are needed, so the image may
+    /// be of any size.
     pub fn open(path: &Path, min_len: u64) -> std::io::Result<Self> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
+        let (file, len) = apflab_files::open_regular(path, u64::MAX, "a store image")?;
         if len < min_len {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,

@@ -193,20 +193,25 @@ impl PolicyModule {
     /// Loads a `.wasm` (binary) or `.wat` (text) file.
     pub fn load(path: &Path, config: &PolicyConfig) -> Result<Self, PolicyError> {
         let name = path.display().to_string();
-        // Refuse by size before reading a huge file into memory.
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.len() > config.max_module_bytes as u64
-        {
-            return Err(PolicyError::TooLarge {
-                module: name,
-                size: usize::try_from(meta.len()).unwrap_or(usize::MAX),
-                max: config.max_module_bytes,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
-            module: name.clone(),
-            source,
-        })?;
+        let max = config.max_module_bytes as u64;
+        // Refuse by size (and anything but a regular file) before reading
+        // a huge file into memory, or blocking on a FIFO.
+        let bytes =
+            apflab_files::read_regular(path, max, "max_module_bytes").map_err(|source| {
+                if source.kind() == std::io::ErrorKind::FileTooLarge {
+                    let size = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
+                    PolicyError::TooLarge {
+                        module: name.clone(),
+                        size: usize::try_from(size).unwrap_or(usize::MAX),
+                        max: config.max_module_bytes,
+                    }
+                } else {
+                    PolicyError::Read {
+                        module: name.clone(),
+                        source,
+                    }
+                }
+            })?;
         Self::from_bytes(&name, &bytes, config)
     }
 

@@ -3,12 +3,51 @@
 
 use std::path::PathBuf;
 
+use apflab_abi::limits::MAX_MEMORY_MIB;
 use apflab_abi::memory_map::MAX_VCPUS;
 
 use crate::error::VmError;
 
 /// Smallest guest RAM accepted (room for the device tree and a kernel).
 pub const MIN_MEMORY_MIB: u64 = 8;
+
+/// Fewest instructions in an emu slice. The engine translates up to 512
+/// instructions (QEMU's `TCG_MAX_INSNS`) into one block and ends a slice
+/// only at a block's start: the block that reaches the budget is counted
+/// but runs in the next slice. A slice no longer than the block it starts
+/// with would end before running it, again and again.
+pub const MIN_SLICE_INSTRUCTIONS: u64 = 513;
+
+/// Most instructions in an emu slice. The run's virtual-time limit is
+/// checked between slices (and a slice is cut at timer deadlines only), so
+/// a spinning guest overshoots the limit by up to one slice: at most 10^9
+/// instructions keeps that to seconds of host time.
+pub const MAX_SLICE_INSTRUCTIONS: u64 = 1_000_000_000;
+
+/// Why the slice has the bounds it has (for error messages).
+pub const SLICE_INSTRUCTIONS_WHY: &str = "a slice must be longer than the 512 instructions the \
+     engine runs as one block, or it never finishes one; and short enough that the virtual-time \
+     limit, checked between slices, is reached";
+
+/// Least virtual time per instruction, ns: no CPU retires instructions
+/// faster (100 instructions per ns), and below it the virtual clock of a
+/// spinning guest would hardly move, so its time limit would never come.
+pub const MIN_NS_PER_INSTRUCTION: f64 = 0.01;
+
+/// Virtual time per instruction must be below this, ns.
+pub const MAX_NS_PER_INSTRUCTION: f64 = 1e6;
+
+/// Most virtual time one exit, hypercall or injection may cost, ns (one
+/// second). With slices of at most [`MAX_SLICE_INSTRUCTIONS`] the clock
+/// cannot wrap within a slice even if every instruction exits.
+pub const MAX_COST_NS: u64 = 1_000_000_000;
+
+/// Longest run, in ms of virtual time (about 11.6 days): the clock is a
+/// `u64` of ns, and this leaves it four orders of magnitude of headroom.
+pub const MAX_VIRTUAL_MS: u64 = 1_000_000_000;
+
+/// [`MAX_VIRTUAL_MS`] in ns.
+pub const MAX_VIRTUAL_NS: u64 = MAX_VIRTUAL_MS * 1_000_000;
 
 /// Which engine runs the guest's instructions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,8 +113,9 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// Checks what only the VMM knows: vCPU and memory limits (including the
-    /// host's RAM), the cost model and slice size. The kernel file is
-    /// checked when it is loaded.
+    /// host's RAM), the cost model, the slice size and the time limit (so
+    /// that the virtual clock can neither stall nor wrap). The kernel file
+    /// is checked when it is loaded.
     pub fn validate(&self) -> Result<(), VmError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(VmError::Vcpus(self.vcpus));
@@ -94,19 +134,51 @@ impl VmConfig {
                 host,
             });
         }
+        if self.memory_mib > MAX_MEMORY_MIB {
+            return Err(VmError::BadValue {
+                key: "memory",
+                value: format!("{} MiB", self.memory_mib),
+                expected: "at most 1047552 MiB (RAM from 1 GiB to the end of the machine's \
+                           1 TiB physical address space)",
+            });
+        }
         let nspi = self.cost.ns_per_instruction;
-        if !(nspi.is_finite() && nspi > 0.0 && nspi < 1e6) {
+        if !(nspi.is_finite() && (MIN_NS_PER_INSTRUCTION..MAX_NS_PER_INSTRUCTION).contains(&nspi)) {
             return Err(VmError::BadValue {
                 key: "cost.ns_per_instruction",
                 value: nspi.to_string(),
-                expected: "a positive number of nanoseconds below 1e6",
+                expected: "at least 0.01 ns (no CPU is faster, and virtual time must advance) \
+                           and below 1e6 ns",
             });
         }
-        if self.slice_instructions == 0 {
+        for (key, ns) in [
+            ("cost.exit_ns", self.cost.exit_ns),
+            ("cost.hypercall_ns", self.cost.hypercall_ns),
+            ("cost.inject_ns", self.cost.inject_ns),
+        ] {
+            if ns > MAX_COST_NS {
+                return Err(VmError::BadValue {
+                    key,
+                    value: ns.to_string(),
+                    expected: "at most 1000000000 ns (one second), so the virtual clock \
+                               cannot wrap",
+                });
+            }
+        }
+        if !(MIN_SLICE_INSTRUCTIONS..=MAX_SLICE_INSTRUCTIONS).contains(&self.slice_instructions) {
             return Err(VmError::BadValue {
                 key: "slice_instructions",
-                value: "0".into(),
-                expected: "at least 1",
+                value: self.slice_instructions.to_string(),
+                expected: "513..=1000000000 instructions: a slice must be longer than the \
+                           512 instructions the engine runs as one block, and short enough \
+                           that the virtual-time limit, checked between slices, is reached",
+            });
+        }
+        if self.max_virtual_ns == 0 || self.max_virtual_ns > MAX_VIRTUAL_NS {
+            return Err(VmError::BadValue {
+                key: "max_virtual_ns",
+                value: self.max_virtual_ns.to_string(),
+                expected: "1..=10^15 ns (about 11.6 days of guest time)",
             });
         }
         Ok(())

@@ -95,15 +95,19 @@ pub struct LoadedKernel {
     pub dtb_addr: u64,
 }
 
-/// Loads `path` into `mem` (RAM of `ram_size` bytes at RAM_BASE).
+/// Loads `path` into `mem` (RAM of `ram_size` bytes at RAM_BASE). The file
+/// must be a regular file no larger than guest RAM (checked before it is
+/// read: a larger one cannot fit).
 pub fn load_kernel(
     path: &Path,
     mem: &GuestMemoryMmap,
     ram_size: u64,
 ) -> Result<LoadedKernel, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-        path: path.to_owned(),
-        source,
+    let bytes = apflab_files::read_regular(path, ram_size, "guest RAM").map_err(|source| {
+        LoadError::Read {
+            path: path.to_owned(),
+            source,
+        }
     })?;
     if bytes.is_empty() {
         return Err(LoadError::Empty {

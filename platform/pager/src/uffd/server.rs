@@ -261,7 +261,7 @@ fn serve_one(
         let mut e = s.engine();
         match e.begin(pfn, now)? {
             Begin::Fetch { evicted } => {
-                let latency: u64 = (0..attempts).map(|_| e.sample_latency()).sum();
+                let latency = e.sample_latencies(attempts);
                 let ready = e.schedule(pfn, now, attempts, latency);
                 drop(e);
                 if let Some(ev) = evicted {

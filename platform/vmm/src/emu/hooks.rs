@@ -87,7 +87,7 @@ pub(super) fn map_device(
         Some(
             move |uc: &mut Unicorn<'_, HookState>, offset: u64, len: usize| {
                 let st = uc.get_data_mut();
-                st.extra_ns += st.cost.exit_ns;
+                st.extra_ns = st.extra_ns.saturating_add(st.cost.exit_ns);
                 st.ops
                     .mmio_read_value(st.index, base + offset, len, st.now_ns())
             },
@@ -95,14 +95,14 @@ pub(super) fn map_device(
         Some(
             move |uc: &mut Unicorn<'_, HookState>, offset: u64, len: usize, value: u64| {
                 let st = uc.get_data_mut();
-                st.extra_ns += st.cost.exit_ns;
+                st.extra_ns = st.extra_ns.saturating_add(st.cost.exit_ns);
                 let len = len.min(8);
                 let bytes = value.to_le_bytes();
                 let kind = st
                     .ops
                     .mmio_write(st.index, base + offset, &bytes[..len], st.now_ns());
                 if kind == MmioWriteKind::Hypercall {
-                    st.extra_ns += st.cost.hypercall_ns;
+                    st.extra_ns = st.extra_ns.saturating_add(st.cost.hypercall_ns);
                     // The call may have queued effects (power off,
                     // CPU_ON...) for the vCPU loop.
                     request_stop(uc);
@@ -217,7 +217,7 @@ pub(super) fn install_hooks(
         st.ops.sysreg_write(st.index, reg, cpreg.val, st.now_ns());
         if reg == sysreg::ICC_SGI1R_EL1 {
             // Generating an SGI traps to the hypervisor on real hardware.
-            st.extra_ns += st.cost.exit_ns;
+            st.extra_ns = st.extra_ns.saturating_add(st.cost.exit_ns);
         }
         // Timer, priority mask, EOI and SGI writes change what the vCPU
         // loop must deliver or when the slice must end. The slice ends

@@ -61,6 +61,15 @@ impl EmuVcpu {
         // Translations come from `fill_tlb` (see residency.rs).
         uc.ctl_set_tlb_type(TlbType::VIRTUAL)
             .map_err(|e| engine_err("select the virtual TLB", e))?;
+        // No stop address: with the exits list enabled and empty, the
+        // `until` of `emu_start` is ignored and no PC ends a run; only a
+        // hook or the slice budget does. Any `until` is an address the
+        // guest can reach: at 0, a guest that branches to address 0 would
+        // run nothing, forever, instead of faulting there; elsewhere, the
+        // engine would also translate that address after every run, to
+        // drop the exit it compiled there.
+        uc.ctl_exits_enable()
+            .map_err(|e| engine_err("disable the stop address", e))?;
         let region = memory
             .iter()
             .next()
@@ -112,7 +121,10 @@ impl EmuVcpu {
 
     /// Adds host cost or waiting time to this vCPU's clock.
     pub fn charge_ns(&mut self, ns: u64) {
-        self.uc.get_data_mut().extra_ns += ns;
+        let st = self.uc.get_data_mut();
+        // Saturating: a clock pinned at the end is past every time limit;
+        // a wrapped one would restart the run's time.
+        st.extra_ns = st.extra_ns.saturating_add(ns);
     }
 
     /// Moves this vCPU's clock forward to `t` (no-op if already there);
@@ -177,6 +189,7 @@ impl Vcpu for EmuVcpu {
             st.last_block_end = 0;
         }
         let pc = self.get_reg(Reg::Pc)?;
+        // `until` is ignored (no exits; see `new`).
         let result = self.uc.emu_start(pc, 0, 0, 0);
         if let Some(exit) = self.uc.get_data_mut().pending.take() {
             return Ok(exit);
