@@ -409,8 +409,9 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
     // What is already there: every point of the grid (a filtered run still
     // tables the others' results).
     let mut done: BTreeMap<usize, Status> = BTreeMap::new();
+    let chosen: std::collections::BTreeSet<usize> = selected.iter().copied().collect();
     for (i, point) in experiment.points.iter().enumerate() {
-        let rerun = args.force && selected.contains(&i);
+        let rerun = args.force && chosen.contains(&i);
         if !rerun && let Some(r) = layout.existing(point, point.backend(args.backend)) {
             done.insert(i, Status::of(r));
         }
