@@ -476,6 +476,35 @@ impl RunResult {
                 p99 as f64 / 1e3
             );
         }
+        if let Some(a) = &self.apf {
+            let n = |key: &str| a.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let kinds = |key: &str| {
+                a.get(key)
+                    .and_then(serde_json::Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "none".into())
+            };
+            s += &format!(
+                "\n  async PF ({}): {} of {} faults async (not present: {}), {} sync (fallbacks: {}); \
+                 {} tokens ready in {} interrupts, {} page requests, violations: {}",
+                self.policy.as_ref().map_or("sync", |p| p.module.as_str()),
+                n("async_faults"),
+                n("faults"),
+                kinds("not_present"),
+                n("sync_faults"),
+                kinds("fallbacks"),
+                n("ready_delivered"),
+                n("ready_interrupts"),
+                n("page_requests"),
+                kinds("violations"),
+            );
+        }
         s += &format!(
             "\n  integrity: {} pages verified, {} mismatches",
             self.integrity.pages_verified, self.integrity.mismatches

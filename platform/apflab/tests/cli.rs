@@ -84,6 +84,11 @@ fn quick_config_runs_and_writes_every_required_field() {
     );
     assert!(u(&r, "/vmm/instructions") > 1_000_000);
     assert_eq!(r["config"]["sha256"].as_str().unwrap().len(), 64);
+    // The README's first command shows a real async run, and says so.
+    assert_eq!(r["policy"]["module"], "paolo");
+    assert!(u(&r, "/apf/async_faults") > 0, "{:#}", r["apf"]);
+    assert_eq!(u(&r, "/apf/ready_delivered"), u(&r, "/apf/async_faults"));
+    assert!(log.contains("async PF (paolo): "), "summary: {log}");
     let console = std::fs::read_to_string(dir.path().join("out/console.log")).unwrap();
     assert!(
         console.contains("apflab-guest: 2 cpus"),
