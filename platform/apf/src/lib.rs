@@ -28,6 +28,7 @@ pub mod far_memory;
 pub mod initiation;
 mod metrics;
 pub mod not_present;
+pub mod plain;
 pub mod ready;
 pub mod sleep;
 

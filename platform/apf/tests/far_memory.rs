@@ -34,7 +34,7 @@ impl OneVcpu {
     fn boot(pager: VirtualPager) -> Self {
         let mut v = OneVcpu {
             far: FarMemory::new(pager),
-            machine: FakeMachine::new(),
+            machine: FakeMachine::new(RAM),
             now: 0,
             max_frames_seen: 0,
         };
@@ -246,7 +246,7 @@ fn the_engine_stalls_each_vcpu_until_its_page_is_in_and_counts_the_stall() {
     let mut c = config(None, 0.0);
     c.queue_depth = 2; // the two fetches overlap
     let mut engine = Engine::new(2, pager(&c), Box::new(policy), ApfConfig::OFF);
-    let mut m = FakeMachine::new();
+    let mut m = FakeMachine::new(RAM);
     engine.init(&mut m).unwrap();
     let first = engine.pager_metrics();
     assert_eq!(first.fetches, 0);
@@ -287,7 +287,7 @@ fn an_async_decision_before_the_guest_enabled_async_pf_is_served_sync() {
         Box::new(policy),
         ApfConfig::all(64),
     );
-    let mut m = FakeMachine::new();
+    let mut m = FakeMachine::new(RAM);
     engine.init(&mut m).unwrap();
     let a = Pfn(managed(0)).gpa();
     assert_eq!(
@@ -308,7 +308,7 @@ fn a_store_failure_fails_the_run_naming_the_page() {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let sync = Fixed(Decision::Sync { prefetch: 0 }, calls);
     let mut engine = Engine::new(1, pager_failing_on(&c, bad), Box::new(sync), ApfConfig::OFF);
-    let mut m = FakeMachine::new();
+    let mut m = FakeMachine::new(RAM);
     engine.init(&mut m).unwrap();
     let gpa = Pfn(bad).gpa();
     let Action::Fail(msg) = engine.on_not_resident(0, &fault(gpa, false), 0, &mut m) else {

@@ -19,7 +19,7 @@ use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery
 use apflab_apf::{ApfConfig, Engine, TokenEvent};
 use apflab_vmm::hypervisor::Residency;
 use apflab_vmm::{Action, EngineCall, FaultHook};
-use common::{FakeMachine, Fixed, config, fault, managed, pager};
+use common::{FakeMachine, Fixed, RAM, config, fault, managed, pager};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Where the fake guest keeps vCPU 0's control block.
@@ -30,7 +30,7 @@ fn engine(decision: Decision, depth: u32) -> (Engine, FakeMachine) {
     c.queue_depth = 4;
     let policy = Fixed(decision, Arc::new(AtomicU32::new(0)));
     let mut e = Engine::new(1, pager(&c), Box::new(policy), ApfConfig::all(depth));
-    let mut m = FakeMachine::new();
+    let mut m = FakeMachine::new(RAM);
     e.init(&mut m).unwrap();
     (e, m)
 }
@@ -372,7 +372,7 @@ fn disable_drops_every_token_and_offers_nothing_when_off() {
         Arc::new(AtomicU32::new(0)),
     );
     let mut off = Engine::new(1, pager(&c), Box::new(policy), ApfConfig::OFF);
-    let mut m = FakeMachine::new();
+    let mut m = FakeMachine::new(RAM);
     off.init(&mut m).unwrap();
     let (regs, _) = call(&mut off, &mut m, hc::FN_FEATURES, [0; 5], 0);
     assert_eq!(regs[0], 0);

@@ -4,19 +4,16 @@
 
 #![allow(dead_code)] // Each test file uses a part.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use apflab_abi::addr::{Gpa, Pfn};
-use apflab_abi::memory_map::RAM_BASE;
+use apflab_abi::addr::Gpa;
 use apflab_abi::policy::{
     Decision, FaultInfo, Initiation, NotPresentDelivery, Policy, ReadyDelivery, Sleep,
 };
 use apflab_pager::store::{FaultInjectingStore, SyntheticStore};
 use apflab_pager::{PagerConfig, Prepared, VirtualPager};
-use apflab_vmm::hypervisor::{HypervisorError, NotResidentFault, Residency};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use apflab_vmm::hypervisor::NotResidentFault;
 
 pub const RAM: u64 = 64 << 20; // 8192 managed pages above the 32 MiB kernel part
 pub const SEED: u64 = 0xfeed;
@@ -52,63 +49,8 @@ pub fn pager_failing_on(c: &PagerConfig, bad: u64) -> VirtualPager {
     VirtualPager::new(prepared.unwrap().with_store(Arc::new(store)))
 }
 
-/// Guest RAM and residency as a backend keeps them.
-pub struct FakeMachine {
-    pub memory: GuestMemoryMmap,
-    pub absent: HashSet<Gpa>,
-    /// Pages made absent since the driver last looked.
-    pub evicted: Vec<Gpa>,
-}
-
-impl FakeMachine {
-    pub fn new() -> Self {
-        FakeMachine {
-            memory: GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), RAM as usize)])
-                .unwrap(),
-            absent: HashSet::new(),
-            evicted: Vec::new(),
-        }
-    }
-
-    pub fn word(&self, pfn: u64, w: u64) -> u64 {
-        self.memory
-            .read_obj(GuestAddress(Pfn(pfn).gpa().0 + w * 8))
-            .unwrap()
-    }
-
-    pub fn set_word(&self, pfn: u64, w: u64, v: u64) {
-        self.memory
-            .write_obj(v, GuestAddress(Pfn(pfn).gpa().0 + w * 8))
-            .unwrap();
-    }
-}
-
-impl Residency for FakeMachine {
-    fn set_resident(&mut self, gpa: Gpa, resident: bool) -> Result<(), HypervisorError> {
-        let page = gpa.page_base();
-        if !(RAM_BASE..RAM_BASE + RAM).contains(&page.0) {
-            return Err(HypervisorError::OutsideRam(gpa.0));
-        }
-        if resident {
-            self.absent.remove(&page);
-        } else {
-            // The content stays readable, as on both backends (the
-            // write-back reads it after the guest's mapping is gone).
-            if self.absent.insert(page) {
-                self.evicted.push(page);
-            }
-        }
-        Ok(())
-    }
-
-    fn is_resident(&self, gpa: Gpa) -> bool {
-        !self.absent.contains(&gpa.page_base())
-    }
-
-    fn guest_memory(&self) -> &GuestMemoryMmap {
-        &self.memory
-    }
-}
+/// The engine's off-line machine, under the name the tests use.
+pub type FakeMachine = apflab_apf::plain::PlainMachine;
 
 /// A policy that answers with a fixed decision and counts its calls.
 pub struct Fixed(pub Decision, pub Arc<std::sync::atomic::AtomicU32>);
