@@ -52,7 +52,7 @@ fn fault(k: u64) -> NotResidentFault {
     let first = ManagedRange::for_guest_ram(RAM).expect("range").first_pfn;
     NotResidentFault {
         gpa: Pfn(first + k % PAGES).gpa(),
-        write: k % 3 == 0,
+        write: k.is_multiple_of(3),
         fetch: false,
         pc: RAM_BASE + 0x1000,
         va: 0x10_0000_0000 + (k % PAGES) * 4096,
