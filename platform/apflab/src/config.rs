@@ -842,7 +842,7 @@ impl Config {
                         "{}; expected {MIN_NS_PER_INSTRUCTION} ns or more (no CPU retires \
                          instructions faster, and virtual time must advance) and below \
                          {MAX_NS_PER_INSTRUCTION:e} ns",
-                        s.get_ref()
+                        apflab_pager::config::float_text(*s.get_ref())
                     ),
                 ));
             }

@@ -21,6 +21,35 @@ const EXIT_FAILED: u8 = 1;
 /// Exit status when the guest asked for SYSTEM_RESET (`apflab boot`).
 const EXIT_RESET: u8 = 3;
 
+/// `out!` that never panics: everything apflab prints on standard output
+/// goes through it (see [`write_stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
+}
+
+/// `outln!` that never panics (see [`write_stdout`]).
+macro_rules! outln {
+    () => { write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to standard output. A reader that went away (`apflab list |
+/// head -1`: a broken pipe) is no error of the command, whose status stays
+/// what its work decided (`out!` would panic, exit 101); another write
+/// error is reported once on stderr.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+        && !REPORTED.swap(true, Ordering::Relaxed)
+    {
+        eprintln!("apflab: cannot write to standard output: {e}");
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "apflab",
@@ -272,8 +301,8 @@ fn run(
             Failure::Failed(e.into())
         }
     })?;
-    println!("{}", result.summary());
-    println!("  results: {}", out.join("result.json").display());
+    outln!("{}", result.summary());
+    outln!("  results: {}", out.join("result.json").display());
     if result.outcome.success {
         Ok(())
     } else {
@@ -305,11 +334,29 @@ fn boot(
     if memory_mib == 0 {
         return Err(bad(anyhow::anyhow!("--memory 0: expected at least 1 MiB")));
     }
-    if !image.is_file() {
+    let max_ms = apflab_vmm::config::MAX_VIRTUAL_MS;
+    if !(1..=max_ms).contains(&max_virtual_ms) {
         return Err(bad(anyhow::anyhow!(
-            "{}: guest image not found",
-            image.display()
+            "--max-virtual-ms {max_virtual_ms}: expected 1..={max_ms} (about 11.6 days)"
         )));
+    }
+    // The image is loaded into guest RAM: one that cannot fit is refused
+    // before it is read, and so is anything but a regular file.
+    let ram = memory_mib.saturating_mul(1 << 20);
+    match apflab_files::check_regular(image, ram, &format!("--memory {memory_mib} MiB")) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(anyhow::anyhow!(
+                "{}: guest image not found",
+                image.display()
+            )));
+        }
+        Err(e) => {
+            return Err(bad(anyhow::anyhow!(
+                "{}: guest image {e}; expected an arm64 ELF or raw image that fits in guest RAM",
+                image.display()
+            )));
+        }
     }
     let config = VmConfig {
         backend: backend.kind(),
@@ -344,12 +391,12 @@ fn boot(
 }
 
 fn list(configs: &Path) {
-    println!("configs ({}):", configs.display());
-    print!("{}", catalog::describe_configs(configs));
-    println!("workloads (and their [workload] parameters):");
-    print!("{}", catalog::describe_workloads());
-    println!("policies:");
-    print!("{}", catalog::describe_policies());
+    outln!("configs ({}):", configs.display());
+    out!("{}", catalog::describe_configs(configs));
+    outln!("workloads (and their [workload] parameters):");
+    out!("{}", catalog::describe_workloads());
+    outln!("policies:");
+    out!("{}", catalog::describe_policies());
 }
 
 fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
@@ -436,7 +483,7 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
 
     if args.slurm.is_some() {
         if pending.is_empty() {
-            println!(
+            outln!(
                 "{}: all {} points have results in {}; nothing to submit (--force reruns them)",
                 experiment.name,
                 selected.len(),
@@ -459,7 +506,7 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
             &options,
         )
         .with_context(|| format!("{}: cannot write the job", layout.root.display()))?;
-        println!(
+        outln!(
             "{}: {} ({} array tasks for {} points{})",
             experiment.name,
             job.script.display(),
@@ -473,11 +520,11 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
         );
         if let Some(sbatch) = sbatch {
             let id = apflab::slurm::submit(&sbatch, &job.script).map_err(|e| anyhow::anyhow!(e))?;
-            println!("submitted batch job {id}");
+            outln!("submitted batch job {id}");
         } else {
-            println!("submit it with: sbatch {}", job.script.display());
+            outln!("submit it with: sbatch {}", job.script.display());
         }
-        println!(
+        outln!(
             "then: apflab matrix {} --collect {}",
             args.experiment.display(),
             layout.root.display()
@@ -486,7 +533,7 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
     }
 
     if skipped > 0 {
-        println!(
+        outln!(
             "{}: {skipped} of {} points already have results in {} (--force reruns them)",
             experiment.name,
             selected.len(),
@@ -549,7 +596,7 @@ fn matrix_outcome(
     table_path: &Path,
 ) -> Result<(), Failure> {
     let summary = MatrixSummary::of(experiment, selected, done);
-    println!(
+    outln!(
         "{}: {} runs, {} ok, {} failed{}{}; table: {}",
         experiment.name,
         selected.len(),
@@ -610,9 +657,9 @@ fn policy_check(module: &Path, json: bool) -> Result<(), Failure> {
     let info = apflab_policy_host::check(&path).map_err(bad)?;
     if json {
         let text = serde_json::to_string_pretty(&info).context("serializing the module info")?;
-        println!("{text}");
+        outln!("{text}");
     } else {
-        print!("{info}");
+        out!("{info}");
     }
     Ok(())
 }
@@ -640,6 +687,6 @@ fn write_report(dirs: &[PathBuf], out: &Path) -> Result<(), Failure> {
             .with_context(|| format!("{}: cannot create", parent.display()))?;
     }
     std::fs::write(out, md).with_context(|| format!("{}: cannot write", out.display()))?;
-    println!("{} results → {}", results.len(), out.display());
+    outln!("{} results → {}", results.len(), out.display());
     Ok(())
 }

@@ -189,10 +189,16 @@ pub fn run_config(
     if let Some(b) = backend {
         config.backend.kind = b;
     }
-    let kernel = std::fs::read(&config.kernel_path).map_err(|error| RunError::Kernel {
-        path: config.kernel_path.display().to_string(),
-        error,
-    })?;
+    // No larger than guest RAM, which it is loaded into (and checked again
+    // there): a regular file, refused before it is read otherwise.
+    let ram = config.guest.memory_mib.saturating_mul(1 << 20);
+    let kernel =
+        apflab_files::read_regular(&config.kernel_path, ram, "guest RAM").map_err(|error| {
+            RunError::Kernel {
+                path: config.kernel_path.display().to_string(),
+                error,
+            }
+        })?;
     let kernel_sha256 = sha256_hex(&kernel);
     drop(kernel);
 

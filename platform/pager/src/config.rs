@@ -347,6 +347,15 @@ pub enum ConfigError {
     },
 }
 
+/// `v` as a user would write it: `1e300`, not three hundred digits.
+pub fn float_text(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-6..1e16).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 /// What a latency in µs must be (for error messages).
 pub(crate) fn latency_range() -> String {
     format!(
@@ -469,7 +478,7 @@ impl PagerConfig {
         if !(0.0..=1.0).contains(&f) {
             return Err(ConfigError::invalid(
                 "initially_resident",
-                f,
+                float_text(f),
                 "expected a fraction between 0.0 and 1.0",
             ));
         }
@@ -544,7 +553,7 @@ impl PagerConfig {
             if v.is_finite() && (0.0..=MAX_LATENCY_US).contains(&v) {
                 Ok(())
             } else {
-                Err(ConfigError::invalid(key, v, latency_range()))
+                Err(ConfigError::invalid(key, float_text(v), latency_range()))
             }
         };
         match self.latency {
@@ -555,7 +564,7 @@ impl PagerConfig {
                 if min_us > max_us {
                     return Err(ConfigError::invalid(
                         "latency.min_us",
-                        min_us,
+                        float_text(min_us),
                         format!("larger than latency.max_us ({max_us})"),
                     ));
                 }
@@ -565,7 +574,7 @@ impl PagerConfig {
                 if !(median_us.is_finite() && median_us > 0.0 && median_us <= MAX_LATENCY_US) {
                     return Err(ConfigError::invalid(
                         "latency.median_us",
-                        median_us,
+                        float_text(median_us),
                         format!(
                             "expected a positive number of microseconds, at most \
                              {MAX_LATENCY_US:e} (1000 s)"
@@ -575,7 +584,7 @@ impl PagerConfig {
                 if !(sigma.is_finite() && (0.0..=MAX_LOGNORMAL_SIGMA).contains(&sigma)) {
                     return Err(ConfigError::invalid(
                         "latency.sigma",
-                        sigma,
+                        float_text(sigma),
                         format!(
                             "expected a number from 0 to {MAX_LOGNORMAL_SIGMA} (at 10, one fetch \
                              in a hundred takes 10^10 times the median)"
@@ -716,6 +725,42 @@ mod tests {
                 .to_string()
                 .contains("queue_depth")
         );
+    }
+
+    #[test]
+    fn counts_depths_and_times_are_bounded() {
+        let mut c = PagerConfig::with_store(StoreConfig::Zero {});
+        c.queue_depth = u32::MAX;
+        let e = c.validate(64 << 20).unwrap_err().to_string();
+        assert!(
+            e.starts_with("pager.queue_depth = 4294967295: at most 512"),
+            "{e}"
+        );
+        c.queue_depth = MAX_QUEUE_DEPTH;
+        assert!(c.validate(64 << 20).is_ok());
+        c.retries = MAX_RETRIES + 1;
+        assert!(
+            c.validate(64 << 20)
+                .unwrap_err()
+                .to_string()
+                .contains("pager.retries")
+        );
+        c.retries = 3;
+        c.latency = LatencyConfig::Constant { us: 1e300 };
+        let e = c.validate(64 << 20).unwrap_err().to_string();
+        assert!(e.starts_with("pager.latency.us = 1e300: "), "{e}");
+        c.latency = LatencyConfig::Lognormal {
+            median_us: 10.0,
+            sigma: 11.0,
+        };
+        assert!(
+            c.validate(64 << 20)
+                .unwrap_err()
+                .to_string()
+                .contains("latency.sigma")
+        );
+        assert_eq!(float_text(1e-300), "1e-300");
+        assert_eq!(float_text(2.5), "2.5");
     }
 
     #[test]

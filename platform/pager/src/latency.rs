@@ -320,6 +320,20 @@ mod tests {
     }
 
     #[test]
+    fn huge_latencies_saturate_the_timeline_instead_of_wrapping_it() {
+        // 1e300 µs with a bandwidth used to wrap to a fetch ready at once.
+        let m = model(LatencyConfig::Constant { us: 1e300 });
+        assert_eq!(m.sample(&mut rng(0)), u64::MAX);
+        let mut t = FetchTimeline::new(2, Some(1_000_000_000));
+        let f = t.schedule(1_000, u64::MAX);
+        assert_eq!(f.ready_ns, u64::MAX);
+        // The link stays busy "forever": the next fetch is never early.
+        assert_eq!(t.schedule(2_000, 0).ready_ns, u64::MAX);
+        t.write_back(u64::MAX);
+        assert_eq!(t.schedule(3_000, 0).ready_ns, u64::MAX);
+    }
+
+    #[test]
     fn queueing_shows_when_depth_is_exceeded() {
         let mut t = FetchTimeline::new(2, None);
         let lat: Vec<u64> = (0..6)
