@@ -17,7 +17,8 @@ use core::ptr::{addr_of, addr_of_mut};
 
 use apflab_abi::apf::{
     ACTION_HALT, ACTION_REQUEST_PAGE, ACTION_SLEEP_MASK, ControlBlock, GUEST_CAN_RESCHEDULE,
-    READY_RING_SLOTS, REASON_NONE, REASON_NOT_PRESENT, TOKEN_WAKE_ALL, Token, features,
+    GUEST_IN_IDLE, READY_RING_SLOTS, REASON_NONE, REASON_NOT_PRESENT, REASON_PAGE_READY,
+    TOKEN_WAKE_ALL, Token, features,
 };
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::mutex::SpinMutex;
@@ -28,6 +29,7 @@ use crate::{arch, gic, hypercall, metrics, sched};
 /// The features this client handles.
 const ACCEPTED: u64 = features::NOT_PRESENT_DATA_ABORT
     | features::NOT_PRESENT_DEDICATED_EC
+    | features::READY_EXCEPTION
     | features::READY_INTERRUPT
     | features::READY_RING
     | features::GUEST_INITIATED;
@@ -109,10 +111,8 @@ pub fn init_cpu() {
     let offered = OFFERED.load(Ordering::Relaxed);
     let delivers_not_present =
         offered & (features::NOT_PRESENT_DATA_ABORT | features::NOT_PRESENT_DEDICATED_EC) != 0;
-    if !ALLOWED.load(Ordering::Relaxed)
-        || !delivers_not_present
-        || offered & features::READY_INTERRUPT == 0
-    {
+    let delivers_ready = offered & (features::READY_INTERRUPT | features::READY_EXCEPTION) != 0;
+    if !ALLOWED.load(Ordering::Relaxed) || !delivers_not_present || !delivers_ready {
         return;
     }
     let cb = block(cpu);
@@ -138,9 +138,9 @@ pub fn disable_cpu() {
     }
 }
 
-/// The "not present" this CPU's control block describes, if the exception
-/// being handled is one: its token and what to do.
-pub fn take_not_present() -> Option<(u64, u32)> {
+/// The notification of kind `reason` this CPU's control block describes,
+/// if the exception being handled is one: its token and action.
+fn take_notification(reason: u32) -> Option<(u64, u32)> {
     let cpu = cpu_index();
     if !ENABLED[cpu].load(Ordering::Relaxed) {
         return None;
@@ -149,7 +149,7 @@ pub fn take_not_present() -> Option<(u64, u32)> {
     // SAFETY: this CPU's own block; the host wrote it before injecting the
     // exception being handled.
     unsafe {
-        if addr_of!((*cb).reason).read_volatile() != REASON_NOT_PRESENT {
+        if addr_of!((*cb).reason).read_volatile() != reason {
             return None;
         }
         let token = addr_of!((*cb).token).read_volatile();
@@ -157,6 +157,47 @@ pub fn take_not_present() -> Option<(u64, u32)> {
         addr_of_mut!((*cb).reason).write_volatile(REASON_NONE);
         Some((token, action))
     }
+}
+
+/// The "not present" being handled, if it is one: its token and what to
+/// do.
+pub fn take_not_present() -> Option<(u64, u32)> {
+    take_notification(REASON_NOT_PRESENT)
+}
+
+/// The "page ready" exception being handled, if it is one: its token.
+pub fn take_page_ready() -> Option<u64> {
+    take_notification(REASON_PAGE_READY).map(|(token, _)| token)
+}
+
+/// "Page ready" as an exception (taken from a task, or in a wait marked
+/// with [`wait_marked`]): wakes the token's sleeper.
+pub fn page_ready(token: u64) {
+    wake(cpu_index(), token);
+}
+
+/// Waits for an interrupt with this CPU's control block saying so
+/// (`GUEST_IN_IDLE`), the one place besides EL0 where the host may enter a
+/// "page ready" exception: no lock is held here. Interrupts are taken after
+/// the mark is cleared.
+pub fn wait_marked() {
+    let cpu = cpu_index();
+    let enabled = ENABLED[cpu].load(Ordering::Relaxed);
+    let state = {
+        let cb = block(cpu);
+        // SAFETY: this CPU's own block: a plain field the host only reads.
+        unsafe { addr_of_mut!((*cb).guest_state) }
+    };
+    if enabled {
+        // SAFETY: as above.
+        unsafe { state.write_volatile(GUEST_CAN_RESCHEDULE | GUEST_IN_IDLE) };
+    }
+    arch::wfi();
+    if enabled {
+        // SAFETY: as above.
+        unsafe { state.write_volatile(GUEST_CAN_RESCHEDULE) };
+    }
+    arch::take_interrupts();
 }
 
 /// Handles "not present" for `token` taken by the current EL0 task: asks
@@ -173,7 +214,7 @@ pub fn not_present(token: u64, action: u32) {
         // Interrupts are taken in the wait window: the ready interrupt
         // finds no sleeper for this token and leaves a dummy entry.
         while !EARLY[cpu].lock().take(token) {
-            arch::wait_for_interrupt();
+            wait_marked();
         }
         return;
     }

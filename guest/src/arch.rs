@@ -11,13 +11,19 @@ pub fn mask_irqs() {
     DAIF.write(DAIF::I::Masked + DAIF::F::Masked + DAIF::A::Masked + DAIF::D::Masked);
 }
 
-/// Waits for an interrupt with IRQs masked, then opens a short window in
-/// which a pending IRQ is taken at EL1 (the `irq_current` handler), and
-/// masks again. WFI wakes on a pending interrupt even while it is masked, so
-/// no wake-up is lost between checking for work and waiting.
+/// Waits for an interrupt (or an event), IRQs staying as they are: the
+/// kernel waits with IRQs masked, then takes what is pending in the window
+/// of [`take_interrupts`]. WFI wakes on a pending interrupt even while it is
+/// masked, so no wake-up is lost between checking for work and waiting.
 #[inline]
-pub fn wait_for_interrupt() {
+pub fn wfi() {
     aarch64_cpu::asm::wfi();
+}
+
+/// Opens the short window in which pending IRQs are taken at EL1 (the
+/// `irq_current` handler), then masks again.
+#[inline]
+pub fn take_interrupts() {
     DAIF.write(DAIF::I::Unmasked + DAIF::F::Masked + DAIF::A::Masked + DAIF::D::Masked);
     barrier::isb(barrier::SY);
     mask_irqs();

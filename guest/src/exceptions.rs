@@ -16,7 +16,10 @@
 use crate::{apf, gic, sched, syscall};
 use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
 use aarch64_rt::{ExceptionHandlers, RegisterStateRef, exception_handlers};
-use apflab_abi::apf::{EC_APF_NOT_PRESENT, EC_DATA_ABORT_LOWER, EC_INSN_ABORT_LOWER, esr_ec};
+use apflab_abi::apf::{
+    EC_APF_NOT_PRESENT, EC_APF_READY, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER,
+    EC_INSN_ABORT_LOWER, esr_ec,
+};
 
 /// ESR_EL1.EC of an SVC from AArch64.
 const EC_SVC64: u32 = 0x15;
@@ -28,6 +31,14 @@ struct Handlers;
 
 impl ExceptionHandlers for Handlers {
     extern "C" fn sync_current(regs: RegisterStateRef) {
+        // "Page ready" as an exception, entered by the host only in a wait
+        // marked for it (`apf::wait_marked`).
+        if matches!(esr_ec(ESR_EL1.get()), EC_APF_READY | EC_DATA_ABORT_CURRENT)
+            && let Some(token) = apf::take_page_ready()
+        {
+            apf::page_ready(token);
+            return;
+        }
         panic!(
             "kernel exception: ESR {:#x} FAR {:#x} ELR {:#x}",
             ESR_EL1.get(),
@@ -52,6 +63,11 @@ impl ExceptionHandlers for Handlers {
                 let r = &frame.registers;
                 let result = syscall::dispatch(r[8], [r[0], r[1], r[2], r[3], r[4], r[5]]);
                 frame.registers[0] = result as u64;
+            }
+            // "Page ready" as an exception (a class of its own, or a data
+            // abort whose control block says so).
+            EC_APF_READY | EC_DATA_ABORT_LOWER if let Some(token) = apf::take_page_ready() => {
+                apf::page_ready(token);
             }
             // "Not present": a class of its own, or a data abort whose
             // control block says so (the host decides which per fault).

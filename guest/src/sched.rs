@@ -557,7 +557,7 @@ pub fn run_cpu() -> ! {
     loop {
         schedule();
         metrics::idle_begin();
-        arch::wait_for_interrupt();
+        crate::apf::wait_marked();
         metrics::idle_end();
     }
 }

@@ -66,6 +66,12 @@ impl ControlBlockRef {
         self.read_u32(mem, cb_offset::RUNNABLE_TASKS).unwrap_or(0)
     }
 
+    /// `reason` (what the last injected exception was for; the guest resets
+    /// it once read).
+    pub fn reason(&self, mem: &GuestMemoryMmap) -> Option<u32> {
+        self.read_u32(mem, cb_offset::REASON)
+    }
+
     /// `ready_tail`, as the guest last wrote it.
     pub fn ready_tail(&self, mem: &GuestMemoryMmap) -> Option<u32> {
         self.read_u32(mem, cb_offset::READY_TAIL)
@@ -88,6 +94,17 @@ impl ControlBlockRef {
                 .write_obj(fault.0, self.at(cb_offset::FAULT_IPA))
                 .is_ok()
             && mem.write_obj(reason, self.at(cb_offset::REASON)).is_ok()
+    }
+
+    /// Describes the "page ready" exception being injected for `token`.
+    pub fn write_ready(&self, mem: &GuestMemoryMmap, token: u64) -> bool {
+        mem.write_obj(token, self.at(cb_offset::TOKEN)).is_ok()
+            && mem
+                .write_obj(
+                    apflab_abi::apf::REASON_PAGE_READY,
+                    self.at(cb_offset::REASON),
+                )
+                .is_ok()
     }
 
     /// Puts `token` into ring slot `head % READY_RING_SLOTS` and publishes

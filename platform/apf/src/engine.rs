@@ -11,15 +11,16 @@
 //! fault it stalls on, its control block, its tokens and its ready ring;
 //! the one stall metric and every protocol counter of a run come from here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, REASON_NOT_PRESENT, Token};
 use apflab_abi::hypercall as hc;
 use apflab_abi::policy::{Decision, FaultInfo, Policy};
+use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
 use apflab_pager::{Access, PagerMetrics};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
-use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer};
+use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, ResumeState};
 
 use crate::control_block::{BadBlock, ControlBlockRef};
 use crate::decision::{AsyncPlan, Served, VcpuFacts, serve};
@@ -27,7 +28,7 @@ use crate::events::{Event, EventLog, TokenEvent};
 use crate::far_memory::{FarMemory, Fetch};
 use crate::metrics::FaultMetrics;
 use crate::ready::{ReadyRing, RingViolation};
-use crate::{initiation, not_present, sleep};
+use crate::{initiation, not_present, ready, sleep};
 
 /// What the host offers the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,7 @@ impl ApfConfig {
     /// Every feature this engine implements.
     pub const IMPLEMENTED: u64 = apf::features::NOT_PRESENT_DATA_ABORT
         | apf::features::NOT_PRESENT_DEDICATED_EC
+        | apf::features::READY_EXCEPTION
         | apf::features::READY_INTERRUPT
         | apf::features::READY_RING
         | apf::features::GUEST_INITIATED;
@@ -80,6 +82,10 @@ struct Outstanding {
     access: Access,
     fault_ns: u64,
     state: TokenState,
+    /// How "not present" went (the ready exception matches it).
+    not_present: NotPresentDelivery,
+    /// How "ready" goes.
+    ready: ReadyDelivery,
 }
 
 /// What the engine keeps about one vCPU.
@@ -98,6 +104,9 @@ struct VcpuState {
     next_id: u64,
     tokens: BTreeMap<Token, Outstanding>,
     ring: ReadyRing,
+    /// Ready tokens to be delivered as exceptions, with when they became
+    /// ready, oldest first.
+    pending_exceptions: VecDeque<(Token, u64)>,
 }
 
 impl VcpuState {
@@ -110,6 +119,7 @@ impl VcpuState {
             next_id: 1,
             tokens: BTreeMap::new(),
             ring: ReadyRing::new(ring_depth),
+            pending_exceptions: VecDeque::new(),
         }
     }
 
@@ -330,14 +340,16 @@ impl Engine {
                 access: access(fault),
                 fault_ns: now_ns,
                 state,
+                not_present: plan.not_present,
+                ready: plan.ready,
             },
         );
         let outstanding = v.tokens.len();
         self.metrics.outstanding(vcpu, outstanding);
         self.metrics.async_faults += 1;
         let kind = match plan.not_present {
-            apflab_abi::policy::NotPresentDelivery::DataAbort => "data_abort",
-            apflab_abi::policy::NotPresentDelivery::DedicatedEc => "dedicated_ec",
+            NotPresentDelivery::DataAbort => "data_abort",
+            NotPresentDelivery::DedicatedEc => "dedicated_ec",
         };
         FaultMetrics::count(&mut self.metrics.not_present, kind);
         self.events.record(now_ns, token, TokenEvent::Fault);
@@ -374,7 +386,10 @@ impl Engine {
             t.state = state;
         }
         if state == TokenState::Ready {
-            v.ring.queue(token);
+            match o.ready {
+                ReadyDelivery::Interrupt => v.ring.queue(token),
+                ReadyDelivery::Exception => v.pending_exceptions.push_back((token, now_ns)),
+            }
             self.metrics.fetches_done += 1;
             self.events.record(now_ns, token, TokenEvent::FetchDone);
             let latency = now_ns.saturating_sub(o.fault_ns);
@@ -443,6 +458,7 @@ impl Engine {
     fn drop_tokens(&mut self, vcpu: u32, now_ns: u64) -> bool {
         let v = self.vcpu(vcpu);
         let dropped: Vec<Token> = std::mem::take(&mut v.tokens).into_keys().collect();
+        v.pending_exceptions.clear();
         let lower = v.ring.clear();
         self.metrics.tokens_dropped += dropped.len() as u64;
         for t in dropped {
@@ -630,6 +646,48 @@ impl FaultHook for Engine {
             hc::FN_APF_PAGE_REQUEST => self.page_request(vcpu, call.args[0], now_ns, pages),
             _ => HypercallAnswer::not_supported(),
         }
+    }
+
+    fn resume_pending_since(&self, vcpu: u32) -> Option<u64> {
+        self.vcpus
+            .get(vcpu as usize)?
+            .pending_exceptions
+            .front()
+            .map(|&(_, t)| t)
+    }
+
+    fn on_resume(
+        &mut self,
+        vcpu: u32,
+        state: ResumeState,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> Action {
+        let v = self.vcpu(vcpu);
+        let (Some(&(token, _)), Some(cb)) = (v.pending_exceptions.front(), v.cb) else {
+            return Action::Retry;
+        };
+        let mem = pages.guest_memory();
+        let reason = cb.reason(mem).unwrap_or(u32::MAX);
+        if !ready::exception_deliverable(state, cb.guest_state(mem), reason) {
+            // Held until the guest can take it.
+            return Action::Retry;
+        }
+        v.pending_exceptions.pop_front();
+        let Some(o) = v.tokens.remove(&token) else {
+            return Action::Retry;
+        };
+        if !cb.write_ready(mem, token.0) {
+            return Action::Fail(format!(
+                "the control block of vCPU {vcpu} became unwritable"
+            ));
+        }
+        self.metrics.ready_delivered += 1;
+        self.metrics.ready_exceptions += 1;
+        self.metrics
+            .token_latency(now_ns.saturating_sub(o.fault_ns));
+        self.events.record(now_ns, token, TokenEvent::Consumed);
+        Action::InjectException(ready::exception(o.not_present, token, state))
     }
 
     fn next_deadline(&self) -> Option<u64> {

@@ -35,6 +35,8 @@ pub struct FaultMetrics {
     pub ready_pushed: u64,
     /// Tokens the guest consumed (ready delivered).
     pub ready_delivered: u64,
+    /// Tokens delivered as a "page ready" exception.
+    pub ready_exceptions: u64,
     /// Times the ready PPI was raised.
     pub ready_interrupts: u64,
     /// `APF_ACK`s accepted.

@@ -10,13 +10,25 @@
 //! ACK. A token stays outstanding until the guest has consumed it, so the
 //! 64-slot ring can never overflow.
 //!
-//! [`ReadyDelivery::Exception`] (RFCv2) is not offered yet: a policy asking
-//! for it falls back to a synchronous fault, counted.
+//! [`ReadyDelivery::Exception`] (RFCv2): a synchronous exception per token,
+//! held until the guest can take it: when the vCPU resumes at EL0, or in a
+//! wait the guest marks with `GUEST_IN_IDLE` (its idle and halt loops),
+//! never with `GUEST_NO_INJECT` set or while the control block still holds
+//! an unread notification. With the dedicated exception class it is
+//! [`EC_APF_READY`]; with the data-abort variant, a data abort whose control
+//! block says "page ready". The backend asks at resume
+//! ([`apflab_vmm::FaultHook::on_resume`]); the emu backend does, the kvm
+//! backend does not yet, so the host offers it only on emu.
 
 use std::collections::VecDeque;
 
-use apflab_abi::apf::{Token, features};
-use apflab_abi::policy::ReadyDelivery;
+use apflab_abi::apf::{
+    DFSC_TRANSLATION_L3, EC_APF_READY, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER, GUEST_IN_IDLE,
+    GUEST_NO_INJECT, Token, esr, features,
+};
+use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
+use apflab_vmm::ResumeState;
+use apflab_vmm::hypervisor::SyncException;
 use vm_memory::GuestMemoryMmap;
 
 use crate::control_block::ControlBlockRef;
@@ -26,6 +38,38 @@ pub fn feature(delivery: ReadyDelivery) -> u64 {
     match delivery {
         ReadyDelivery::Exception => features::READY_EXCEPTION,
         ReadyDelivery::Interrupt => features::READY_INTERRUPT,
+    }
+}
+
+/// Whether a "page ready" exception can be entered now, with the vCPU in
+/// `state` and its control block's `guest_state` and `reason`.
+pub fn exception_deliverable(state: ResumeState, guest_state: u32, reason: u32) -> bool {
+    let where_ok = state.el == 0 || guest_state & GUEST_IN_IDLE != 0;
+    where_ok && guest_state & GUEST_NO_INJECT == 0 && reason == apflab_abi::apf::REASON_NONE
+}
+
+/// The "page ready" exception for `token`, in the class that goes with how
+/// its "not present" was delivered, returning to where the vCPU resumes.
+pub fn exception(
+    not_present: NotPresentDelivery,
+    token: Token,
+    state: ResumeState,
+) -> SyncException {
+    let esr = match not_present {
+        NotPresentDelivery::DedicatedEc => esr(EC_APF_READY, token.0),
+        NotPresentDelivery::DataAbort => {
+            let ec = if state.el == 0 {
+                EC_DATA_ABORT_LOWER
+            } else {
+                EC_DATA_ABORT_CURRENT
+            };
+            esr(ec, DFSC_TRANSLATION_L3)
+        }
+    };
+    SyncException {
+        esr,
+        far: 0,
+        return_pc: state.pc,
     }
 }
 

@@ -380,3 +380,72 @@ fn disable_drops_every_token_and_offers_nothing_when_off() {
     assert_eq!(regs[0], hc::SMCCC_NOT_SUPPORTED as u64);
     let _ = Gpa(0);
 }
+
+#[test]
+fn ready_as_an_exception_waits_until_the_guest_can_take_it() {
+    use apflab_abi::apf::{EC_APF_READY, GUEST_IN_IDLE, REASON_NONE, REASON_PAGE_READY};
+    use apflab_vmm::ResumeState;
+    let plan = Decision::Async {
+        not_present: NotPresentDelivery::DedicatedEc,
+        ready: ReadyDelivery::Exception,
+        initiation: Initiation::Host,
+        sleep: Sleep::Reschedule,
+        prefetch: 0,
+    };
+    let (mut e, mut m) = engine(plan, 64);
+    enable(&mut e, &mut m);
+    let page = Pfn(managed(0)).gpa();
+    assert!(matches!(
+        e.on_not_resident(0, &fault(page, false), 0, &mut m),
+        Action::InjectException(_)
+    ));
+    // The guest read its "not present".
+    m.memory
+        .write_obj(REASON_NONE, GuestAddress(CB + cb_offset::REASON as u64))
+        .unwrap();
+    assert_eq!(e.resume_pending_since(0), None);
+    assert_eq!(e.on_time(10_000, &mut m), [], "no ring, no line");
+    assert_eq!(e.resume_pending_since(0), Some(10_000));
+    // In the kernel, outside a marked wait: held.
+    let kernel = ResumeState {
+        el: 1,
+        pc: 0x4008_0000,
+    };
+    assert_eq!(e.on_resume(0, kernel, 11_000, &mut m), Action::Retry);
+    // In a marked wait: delivered, returning where the vCPU was.
+    let state = GuestAddress(CB + cb_offset::GUEST_STATE as u64);
+    m.memory.write_obj(GUEST_IN_IDLE, state).unwrap();
+    let Action::InjectException(exc) = e.on_resume(0, kernel, 12_000, &mut m) else {
+        panic!("deliverable in a marked wait")
+    };
+    assert_eq!(esr_ec(exc.esr), EC_APF_READY);
+    assert_eq!(exc.return_pc, 0x4008_0000);
+    assert_eq!(cb_u32(&m, cb_offset::REASON), REASON_PAGE_READY);
+    assert_eq!(e.resume_pending_since(0), None);
+    let mt = e.metrics();
+    assert_eq!(
+        (mt.ready_exceptions, mt.ready_delivered, mt.acks),
+        (1, 1, 0)
+    );
+    // At EL0 the next one goes at once, but not over an unread notification.
+    m.memory.write_obj(0u32, state).unwrap();
+    let other = Pfn(managed(1)).gpa();
+    e.on_not_resident(0, &fault(other, false), 20_000, &mut m);
+    e.on_time(30_000, &mut m);
+    let user = ResumeState {
+        el: 0,
+        pc: 0x40_0000,
+    };
+    assert_eq!(
+        e.on_resume(0, user, 30_000, &mut m),
+        Action::Retry,
+        "the guest has not read the last notification"
+    );
+    m.memory
+        .write_obj(REASON_NONE, GuestAddress(CB + cb_offset::REASON as u64))
+        .unwrap();
+    assert!(matches!(
+        e.on_resume(0, user, 31_000, &mut m),
+        Action::InjectException(_)
+    ));
+}

@@ -69,66 +69,89 @@ fn cpu_task_done(r: &Value) -> u64 {
     u(r, "/guest/task_done_ns/0")
 }
 
+/// Every combination of the four axes (not present x ready x initiation x
+/// sleep).
+const VARIANTS: [(&str, &str, &str, &str); 16] = {
+    let mut v = [("", "", "", ""); 16];
+    let np = ["data-abort", "dedicated-ec"];
+    let ready = ["interrupt", "exception"];
+    let init = ["host", "guest"];
+    let sleep = ["halt", "reschedule"];
+    let mut i = 0;
+    while i < 16 {
+        v[i] = (
+            np[i / 8],
+            ready[(i / 4) % 2],
+            init[(i / 2) % 2],
+            sleep[i % 2],
+        );
+        i += 1;
+    }
+    v
+};
+
 #[test]
-fn every_offered_variant_delivers_each_token_exactly_once() {
+fn every_variant_delivers_each_token_exactly_once() {
     let sync = run(&config(1, 2_000_000, ""));
     assert_complete(&sync);
     assert!(sync.get("apf").is_none(), "no policy: no async PF offered");
     assert_eq!(sync["guest"]["apf"]["enabled"], false);
-    for not_present in ["data-abort", "dedicated-ec"] {
-        for initiation in ["host", "guest"] {
-            for sleep in ["halt", "reschedule"] {
-                let variant = format!("{not_present}/{initiation}/{sleep}");
-                let r = run(&config(
-                    1,
-                    2_000_000,
-                    &decision(not_present, "interrupt", initiation, sleep),
-                ));
-                assert_complete(&r);
-                let a = &r["apf"];
-                let n = u(a, "/async_faults");
-                assert!(n > 0, "{variant}: {a:#}");
-                assert_eq!(u(a, "/sync_faults"), 0, "{variant}: {a:#}");
-                assert_eq!(a["fallbacks"], serde_json::json!({}), "{variant}");
-                assert_eq!(a["violations"], serde_json::json!({}), "{variant}");
-                // Exactly once: every token the guest was handed came back
-                // ready once, and the guest woke once per "not present".
-                assert_eq!(u(a, "/ready_delivered"), n, "{variant}");
-                assert_eq!(u(a, "/ready_pushed"), n, "{variant}");
-                assert_eq!(u(a, "/tokens_dropped"), 0, "{variant}");
-                assert_eq!(u(&r, "/guest/apf/not_present"), n, "{variant}");
-                assert_eq!(u(&r, "/guest/apf/ready"), n, "{variant}");
-                let key = not_present.replace('-', "_");
-                assert_eq!(u(a, &format!("/not_present/{key}")), n, "{variant}");
-                assert_eq!(u(a, "/acks"), u(a, "/ready_interrupts"), "{variant}");
-                // The variant's own signature.
-                let requests = u(a, "/page_requests");
-                match initiation {
-                    "guest" => {
-                        assert_eq!(requests, n, "{variant}: every fetch waits for its request")
-                    }
-                    _ => assert_eq!(requests, 0, "{variant}"),
-                }
-                let (parked, halts) = (u(&r, "/guest/apf/parked"), u(&r, "/guest/apf/halts"));
-                if sleep == "halt" {
-                    assert_eq!((parked, halts), (0, n), "{variant}");
-                    assert!(u(&r, "/vmm/halted_ns/0") > 0, "{variant}");
-                    assert!(
-                        cpu_task_done(&r) >= cpu_task_done(&sync),
-                        "{variant}: a halted vCPU runs nothing"
-                    );
-                } else {
-                    assert_eq!((parked, halts), (n, 0), "{variant}");
-                    assert!(
-                        cpu_task_done(&r) < cpu_task_done(&sync),
-                        "{variant}: the CPU task runs while the memory task waits ({} vs {} ns)",
-                        cpu_task_done(&r),
-                        cpu_task_done(&sync)
-                    );
-                }
-                assert_eq!(u(&r, "/vmm/stalled_ns/0"), 0, "{variant}: no vCPU stall");
-            }
+    for (not_present, ready, initiation, sleep) in VARIANTS {
+        let variant = format!("{not_present}/{ready}/{initiation}/{sleep}");
+        let r = run(&config(
+            1,
+            2_000_000,
+            &decision(not_present, ready, initiation, sleep),
+        ));
+        assert_complete(&r);
+        let a = &r["apf"];
+        let n = u(a, "/async_faults");
+        assert!(n > 0, "{variant}: {a:#}");
+        assert_eq!(u(a, "/sync_faults"), 0, "{variant}: {a:#}");
+        assert_eq!(a["fallbacks"], serde_json::json!({}), "{variant}");
+        assert_eq!(a["violations"], serde_json::json!({}), "{variant}");
+        // Exactly once: every token the guest was handed came back
+        // ready once, and the guest woke once per "not present".
+        assert_eq!(u(a, "/ready_delivered"), n, "{variant}");
+        assert_eq!(u(a, "/tokens_dropped"), 0, "{variant}");
+        assert_eq!(u(&r, "/guest/apf/not_present"), n, "{variant}");
+        assert_eq!(u(&r, "/guest/apf/ready"), n, "{variant}");
+        let key = not_present.replace('-', "_");
+        assert_eq!(u(a, &format!("/not_present/{key}")), n, "{variant}");
+        if ready == "interrupt" {
+            assert_eq!(u(a, "/ready_pushed"), n, "{variant}");
+            assert_eq!(u(a, "/acks"), u(a, "/ready_interrupts"), "{variant}");
+            assert_eq!(u(a, "/ready_exceptions"), 0, "{variant}");
+        } else {
+            assert_eq!(u(a, "/ready_exceptions"), n, "{variant}");
+            assert_eq!((u(a, "/acks"), u(a, "/ready_pushed")), (0, 0), "{variant}");
         }
+        // The variant's own signature.
+        let requests = u(a, "/page_requests");
+        match initiation {
+            "guest" => {
+                assert_eq!(requests, n, "{variant}: every fetch waits for its request")
+            }
+            _ => assert_eq!(requests, 0, "{variant}"),
+        }
+        let (parked, halts) = (u(&r, "/guest/apf/parked"), u(&r, "/guest/apf/halts"));
+        if sleep == "halt" {
+            assert_eq!((parked, halts), (0, n), "{variant}");
+            assert!(u(&r, "/vmm/halted_ns/0") > 0, "{variant}");
+            assert!(
+                cpu_task_done(&r) >= cpu_task_done(&sync),
+                "{variant}: a halted vCPU runs nothing"
+            );
+        } else {
+            assert_eq!((parked, halts), (n, 0), "{variant}");
+            assert!(
+                cpu_task_done(&r) < cpu_task_done(&sync),
+                "{variant}: the CPU task runs while the memory task waits ({} vs {} ns)",
+                cpu_task_done(&r),
+                cpu_task_done(&sync)
+            );
+        }
+        assert_eq!(u(&r, "/vmm/stalled_ns/0"), 0, "{variant}: no vCPU stall");
     }
 }
 
@@ -171,22 +194,6 @@ fn a_ring_of_depth_one_carries_one_token_per_interrupt() {
     let per_ack = r["apf"]["tokens_per_ack"].as_object().unwrap();
     assert_eq!(per_ack.keys().collect::<Vec<_>>(), ["1"], "{per_ack:?}");
     assert_eq!(u(&r, "/apf/acks"), u(&r, "/apf/ready_delivered"));
-}
-
-#[test]
-fn ready_as_an_exception_is_not_offered_and_falls_back_to_sync_counted() {
-    let r = run(&config(
-        1,
-        2_000_000,
-        &decision("data-abort", "exception", "host", "reschedule"),
-    ));
-    assert_complete(&r);
-    let a = &r["apf"];
-    let faults = u(a, "/faults");
-    assert_eq!(u(a, "/async_faults"), 0);
-    assert_eq!(u(a, "/sync_faults"), faults);
-    assert_eq!(u(a, "/fallbacks/feature_not_accepted"), faults);
-    assert!(u(&r, "/vmm/stalled_ns/0") > 0);
 }
 
 #[test]
@@ -233,8 +240,8 @@ fn example_policies_decide_in_wasm_and_their_choice_shows() {
     assert_eq!(u(a, "/not_present/dedicated_ec"), n);
     assert_eq!(u(a, "/page_requests"), n);
     assert_eq!(u(a, "/policy_calls"), u(a, "/faults"));
-    // Gavin Shan's RFCv2 wants ready as an exception, which the host does
-    // not offer: every fault falls back, counted.
+    // Gavin Shan's RFCv2: a data abort for "not present", ready as an
+    // exception, host-initiated.
     let r = run(&config(
         1,
         2_000_000,
@@ -242,8 +249,24 @@ fn example_policies_decide_in_wasm_and_their_choice_shows() {
     ));
     assert_complete(&r);
     let a = &r["apf"];
-    assert_eq!(u(a, "/async_faults"), 0);
-    assert_eq!(u(a, "/fallbacks/feature_not_accepted"), u(a, "/faults"));
+    let n = u(a, "/async_faults");
+    assert!(n > 0, "{a:#}");
+    assert_eq!(u(a, "/not_present/data_abort"), n);
+    assert_eq!(u(a, "/ready_exceptions"), n);
+    assert_eq!(u(a, "/page_requests"), 0);
+    // always-halt: the vCPU waits for every page.
+    let r = run(&config(
+        1,
+        2_000_000,
+        "[policy]\nmodule = \"always-halt\"\n",
+    ));
+    assert_complete(&r);
+    let n = u(&r, "/apf/async_faults");
+    assert!(n > 0);
+    assert_eq!(
+        (u(&r, "/guest/apf/halts"), u(&r, "/guest/apf/parked")),
+        (n, 0)
+    );
 }
 
 #[test]

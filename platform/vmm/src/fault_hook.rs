@@ -66,6 +66,16 @@ pub enum Action {
     Fail(String),
 }
 
+/// Where a vCPU is as it resumes ([`FaultHook::on_resume`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeState {
+    /// Exception level it runs at (0: a user task, 1: the kernel).
+    pub el: u8,
+    /// The instruction it resumes at (an exception entered now returns
+    /// there).
+    pub pc: u64,
+}
+
 /// An apflab async-PF hypercall ([`is_engine_call`]) as the guest made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineCall {
@@ -155,6 +165,28 @@ pub trait FaultHook {
     /// called, if any.
     fn next_deadline(&self) -> Option<u64> {
         None
+    }
+
+    /// Since when the hook has something for `vcpu` that it can only
+    /// deliver when it sees where the guest is ([`FaultHook::on_resume`]),
+    /// if it has. A halted vCPU is woken for it from then on.
+    fn resume_pending_since(&self, vcpu: u32) -> Option<u64> {
+        let _ = vcpu;
+        None
+    }
+
+    /// `vcpu` is about to run guest code in `state` at `now_ns` and the hook
+    /// said it has something pending for it: what to do first (e.g. enter
+    /// an exception the guest can take there, or nothing yet).
+    fn on_resume(
+        &mut self,
+        vcpu: u32,
+        state: ResumeState,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> Action {
+        let _ = (vcpu, state, now_ns, pages);
+        Action::Retry
     }
 
     /// Time has reached [`FaultHook::next_deadline`]; the answer says what

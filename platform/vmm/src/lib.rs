@@ -35,8 +35,8 @@ mod vm;
 pub use config::{BackendKind, CostModel, VmConfig, host_memory_mib};
 pub use error::VmError;
 pub use fault_hook::{
-    Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, NoFarMemory, is_engine_call,
-    no_async_pf,
+    Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, NoFarMemory, ResumeState,
+    is_engine_call, no_async_pf,
 };
 pub use outcome::{GuestExit, RunOutcome, VmMetrics};
 pub use page_server::{HostRam, PageServer};

@@ -20,7 +20,7 @@ use super::vcpu::EmuVcpu;
 use crate::arch::{Reg, ec, pstate};
 use crate::config::VmConfig;
 use crate::error::VmError;
-use crate::fault_hook::{Action, FaultHook};
+use crate::fault_hook::{Action, FaultHook, ResumeState};
 use crate::hypervisor::{SyncException, Vcpu, VmExit};
 use crate::loader::LoadedKernel;
 use crate::machine::{Effect, Machine};
@@ -126,7 +126,14 @@ impl<'h> EmuRun<'h> {
             RunState::Waiting { until, halt: true } => {
                 Some(irq_wake().map_or(until, |t| t.min(until)).max(now))
             }
-            RunState::Halted => irq_wake().or_else(|| self.machine.next_deadline(i as u32, now)),
+            RunState::Halted => [
+                irq_wake(),
+                self.machine.next_deadline(i as u32, now),
+                self.hook.resume_pending_since(i as u32).map(|t| t.max(now)),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         }
     }
 
@@ -223,6 +230,24 @@ impl<'h> EmuRun<'h> {
                     }
                 }
                 RunState::Running | RunState::Off => {}
+            }
+            if self.hook.resume_pending_since(idx).is_some() {
+                let v = &mut self.vcpus[i];
+                let state = ResumeState {
+                    el: u8::from(v.get_reg(Reg::Pstate)? & pstate::MODE_MASK != pstate::EL0T),
+                    pc: v.get_reg(Reg::Pc)?,
+                };
+                let now = v.now_ns();
+                let action =
+                    self.hook
+                        .on_resume(idx, state, now, &mut self.residency.with(&mut self.vcpus));
+                let next = apply(&mut self.vcpus[i], action, cost.inject_ns)?;
+                if let Some(exit) = self.enter(i, next) {
+                    return Ok(exit);
+                }
+                if self.states[i] != RunState::Running {
+                    continue;
+                }
             }
             let v = &mut self.vcpus[i];
             let now = v.now_ns();
