@@ -434,8 +434,17 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
     } else {
         None
     };
+    let slurm_options = apflab::slurm::SlurmOptions {
+        chunk: args.chunk as usize,
+        partition: args.partition.clone(),
+        time: args.time.clone(),
+        account: args.account.clone(),
+    };
     let root = if args.slurm.is_some() {
-        std::path::absolute(&root).with_context(|| format!("{}", root.display()))?
+        slurm_options.check().map_err(|e| bad(anyhow::anyhow!(e)))?;
+        let root = std::path::absolute(&root).with_context(|| format!("{}", root.display()))?;
+        apflab::slurm::check_folder(&root).map_err(|e| bad(anyhow::anyhow!(e)))?;
+        root
     } else {
         root
     };
@@ -491,19 +500,13 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
             );
             return Ok(());
         }
-        let options = apflab::slurm::SlurmOptions {
-            chunk: args.chunk as usize,
-            partition: args.partition.clone(),
-            time: args.time.clone(),
-            account: args.account.clone(),
-        };
         let job = apflab::slurm::write_job(
             &experiment,
             &layout,
             &pending,
             args.backend,
             &runner.exe,
-            &options,
+            &slurm_options,
         )
         .with_context(|| format!("{}: cannot write the job", layout.root.display()))?;
         outln!(

@@ -31,6 +31,39 @@ pub struct SlurmOptions {
     pub account: Option<String>,
 }
 
+impl SlurmOptions {
+    /// Checks the values that become `#SBATCH` lines: one word each (a
+    /// newline would end the line and start a shell command).
+    pub fn check(&self) -> Result<(), String> {
+        for (flag, value) in [
+            ("--partition", &self.partition),
+            ("--time", &self.time),
+            ("--account", &self.account),
+        ] {
+            if let Some(v) = value
+                && (v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(format!(
+                    "{flag} {v:?}: expected one word, as sbatch takes it"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the results folder of a job: its path goes into `#SBATCH
+/// --output`, which takes no spaces.
+pub fn check_folder(dir: &Path) -> Result<(), String> {
+    let text = dir.to_string_lossy();
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "--slurm {text:?}: a path without spaces, as #SBATCH --output takes it"
+        ));
+    }
+    Ok(())
+}
+
 /// A job script written by [`write_job`].
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -117,7 +150,18 @@ pub fn write_job(
         experiment.file,
         layout.root.display()
     );
-    let _ = writeln!(s, "#SBATCH --job-name=apflab-{}", experiment.name);
+    let job_name: String = experiment
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let _ = writeln!(s, "#SBATCH --job-name=apflab-{job_name}");
     let _ = writeln!(s, "#SBATCH --array=0-{}", chunks.len().saturating_sub(1));
     let _ = writeln!(s, "#SBATCH --output={}/%A_%a.out", logs.display());
     let _ = writeln!(s, "#SBATCH --ntasks=1");

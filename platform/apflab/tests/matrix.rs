@@ -387,6 +387,18 @@ fn the_slurm_job_runs_each_point_as_a_local_matrix_does() {
         text(&out)
     );
     assert!(!shared.exists());
+    // What becomes an #SBATCH line is one word.
+    let out = apflab(&[
+        "matrix",
+        s(&exp),
+        "--slurm",
+        s(&shared),
+        "--time",
+        "5\nrm -rf /",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--time"), "{}", text(&out));
+    assert!(!shared.exists());
 
     let out = apflab(&[
         "matrix",
