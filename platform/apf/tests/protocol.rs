@@ -46,6 +46,27 @@ fn call(
     (a.regs, a.action)
 }
 
+/// An engine for `decision` with async PF enabled on vCPU 0.
+fn enabled(decision: Decision, depth: u32) -> (Engine, FakeMachine) {
+    let (mut e, mut m) = engine(decision, depth);
+    enable(&mut e, &mut m);
+    (e, m)
+}
+
+/// An async fault on managed page `k` at `now`: the "not present" injected.
+fn inject(
+    e: &mut Engine,
+    m: &mut FakeMachine,
+    k: u64,
+    write: bool,
+    now: u64,
+) -> apflab_vmm::hypervisor::SyncException {
+    match e.on_not_resident(0, &fault(Pfn(managed(k)).gpa(), write), now, m) {
+        Action::InjectException(exc) => exc,
+        other => panic!("an async fault injects \"not present\", not {other:?}"),
+    }
+}
+
 /// Enables async PF on vCPU 0 with everything accepted.
 fn enable(e: &mut Engine, m: &mut FakeMachine) {
     m.memory
@@ -101,16 +122,12 @@ fn kinds(e: &Engine, token: Token) -> Vec<TokenEvent> {
 
 #[test]
 fn host_initiated_fault_injects_not_present_then_rings_ready_then_acks() {
-    let (mut e, mut m) = engine(
+    let (mut e, mut m) = enabled(
         decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
         64,
     );
-    enable(&mut e, &mut m);
     let page = Pfn(managed(0)).gpa();
-    let Action::InjectException(exc) = e.on_not_resident(0, &fault(page, false), 1_000, &mut m)
-    else {
-        panic!("an async fault injects \"not present\"")
-    };
+    let exc = inject(&mut e, &mut m, 0, false, 1_000);
     assert_eq!(esr_ec(exc.esr), EC_APF_NOT_PRESENT);
     let token = Token(exc.esr & 0x1ff_ffff);
     assert_eq!(token.vcpu(), 0);
@@ -156,16 +173,11 @@ fn host_initiated_fault_injects_not_present_then_rings_ready_then_acks() {
 
 #[test]
 fn guest_initiated_fetch_starts_at_the_request() {
-    let (mut e, mut m) = engine(
+    let (mut e, mut m) = enabled(
         decision(NotPresentDelivery::DataAbort, Initiation::Guest),
         64,
     );
-    enable(&mut e, &mut m);
-    let page = Pfn(managed(3)).gpa();
-    let Action::InjectException(exc) = e.on_not_resident(0, &fault(page, true), 1_000, &mut m)
-    else {
-        panic!()
-    };
+    let exc = inject(&mut e, &mut m, 3, true, 1_000);
     assert_eq!(esr_ec(exc.esr), EC_DATA_ABORT_LOWER);
     let token: u64 = m
         .memory
@@ -216,17 +228,12 @@ fn guest_initiated_fetch_starts_at_the_request() {
 
 #[test]
 fn a_ring_of_depth_one_delivers_one_token_per_interrupt() {
-    let (mut e, mut m) = engine(
+    let (mut e, mut m) = enabled(
         decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
         1,
     );
-    enable(&mut e, &mut m);
     for k in 0..3 {
-        let page = Pfn(managed(k)).gpa();
-        assert!(matches!(
-            e.on_not_resident(0, &fault(page, false), 0, &mut m),
-            Action::InjectException(_)
-        ));
+        inject(&mut e, &mut m, k, false, 0);
     }
     assert_eq!(e.metrics().outstanding_high_water, [3]);
     // All three fetches overlap (queue depth 4) and are due at 10 µs.
@@ -250,17 +257,12 @@ fn a_ring_of_depth_one_delivers_one_token_per_interrupt() {
 
 #[test]
 fn the_65th_outstanding_fault_is_served_sync() {
-    let (mut e, mut m) = engine(
+    let (mut e, mut m) = enabled(
         decision(NotPresentDelivery::DedicatedEc, Initiation::Guest),
         64,
     );
-    enable(&mut e, &mut m);
     for k in 0..apf::MAX_OUTSTANDING as u64 {
-        let page = Pfn(managed(k)).gpa();
-        assert!(matches!(
-            e.on_not_resident(0, &fault(page, false), 0, &mut m),
-            Action::InjectException(_)
-        ));
+        inject(&mut e, &mut m, k, false, 0);
     }
     let page = Pfn(managed(100)).gpa();
     assert!(matches!(
@@ -279,11 +281,10 @@ fn the_65th_outstanding_fault_is_served_sync() {
 
 #[test]
 fn kernel_mode_faults_stay_sync() {
-    let (mut e, mut m) = engine(
+    let (mut e, mut m) = enabled(
         decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
         64,
     );
-    enable(&mut e, &mut m);
     let mut f = fault(Pfn(managed(0)).gpa(), false);
     f.el = 1;
     assert!(matches!(
@@ -346,11 +347,10 @@ fn a_misbehaving_guest_gets_errors_and_is_counted() {
 
 #[test]
 fn disable_drops_every_token_and_offers_nothing_when_off() {
-    let (mut e, mut m) = engine(
+    let (mut e, mut m) = enabled(
         decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
         64,
     );
-    enable(&mut e, &mut m);
     let page = Pfn(managed(0)).gpa();
     e.on_not_resident(0, &fault(page, false), 0, &mut m);
     e.on_time(10_000, &mut m);
@@ -392,13 +392,8 @@ fn ready_as_an_exception_waits_until_the_guest_can_take_it() {
         sleep: Sleep::Reschedule,
         prefetch: 0,
     };
-    let (mut e, mut m) = engine(plan, 64);
-    enable(&mut e, &mut m);
-    let page = Pfn(managed(0)).gpa();
-    assert!(matches!(
-        e.on_not_resident(0, &fault(page, false), 0, &mut m),
-        Action::InjectException(_)
-    ));
+    let (mut e, mut m) = enabled(plan, 64);
+    inject(&mut e, &mut m, 0, false, 0);
     // The guest read its "not present".
     m.memory
         .write_obj(REASON_NONE, GuestAddress(CB + cb_offset::REASON as u64))

@@ -20,19 +20,9 @@ use std::path::{Path, PathBuf};
 
 use apflab_abi::apf::READY_RING_SLOTS;
 use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
+use apflab_artifacts::{EXAMPLE_POLICIES, WAT_POLICIES};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
-
-/// The example policies shipped with apflab (`policies/`), by name.
-pub const BUILT_IN: [&str; 7] = [
-    "sync",
-    "gavin-rfcv2",
-    "paolo",
-    "always-halt",
-    "always-reschedule",
-    "adaptive",
-    "threshold",
-];
 
 /// `[policy]` as written.
 #[derive(Debug, Deserialize)]
@@ -181,12 +171,10 @@ pub fn policy(raw: &RawPolicy, base_dir: &Path) -> Result<PolicyChoice, KeyProbl
     match (&raw.module, &raw.decision) {
         (Some(m), None) => {
             let name = m.get_ref();
-            let path = if BUILT_IN.contains(&name.as_str()) {
-                if name == "threshold" {
-                    apflab_artifacts::policy_wat(name)
-                } else {
-                    apflab_artifacts::policy_wasm(name)
-                }
+            let path = if EXAMPLE_POLICIES.contains(&name.as_str()) {
+                apflab_artifacts::policy_wasm(name)
+            } else if WAT_POLICIES.contains(&name.as_str()) {
+                apflab_artifacts::policy_wat(name)
             } else {
                 base_dir.join(name)
             };
@@ -198,7 +186,9 @@ pub fn policy(raw: &RawPolicy, base_dir: &Path) -> Result<PolicyChoice, KeyProbl
                         "no policy `{name}` ({} is not a file); expected one of {} or a path to \
                          a .wasm or .wat file, relative to the config file",
                         path.display(),
-                        BUILT_IN.join(", ")
+                        [&EXAMPLE_POLICIES[..], &WAT_POLICIES[..]]
+                            .concat()
+                            .join(", ")
                     ),
                 });
             }

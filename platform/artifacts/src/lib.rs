@@ -9,6 +9,19 @@ pub fn guest_elf() -> &'static Path {
     Path::new(env!("APFLAB_GUEST_ELF"))
 }
 
+/// The example policies built from `policies/` (Rust, to Wasm), by name.
+pub const EXAMPLE_POLICIES: [&str; 6] = [
+    "sync",
+    "gavin-rfcv2",
+    "paolo",
+    "always-halt",
+    "always-reschedule",
+    "adaptive",
+];
+
+/// The hand-written WAT policies in `policies/wat/`, by name.
+pub const WAT_POLICIES: [&str; 1] = ["threshold"];
+
 /// An example policy by crate name with dashes as underscores, e.g.
 /// `gavin_rfcv2`: `<dir>/<name>.wasm`. Hand-written WAT policies are found
 /// with [`policy_wat`].

@@ -326,14 +326,7 @@ fn check_reports_exports_and_abi_version() {
 
 #[test]
 fn every_example_is_built() {
-    for name in [
-        "sync",
-        "gavin-rfcv2",
-        "paolo",
-        "always-halt",
-        "always-reschedule",
-        "adaptive",
-    ] {
+    for name in apflab_artifacts::EXAMPLE_POLICIES {
         let path = policy_wasm(name);
         assert!(path.is_file(), "{} missing", path.display());
         check(&path).unwrap_or_else(|e| panic!("{e}"));
