@@ -92,6 +92,10 @@ enum Command {
         /// config is relative to its experiment's base config).
         #[arg(long, value_name = "DIR")]
         base_dir: Option<PathBuf>,
+        /// The policy that decides every fault, overriding the config's
+        /// `[policy]`: a built-in example's name or a .wasm / .wat file.
+        #[arg(long, value_name = "MODULE")]
+        policy: Option<String>,
     },
     /// Boot any bare-metal arm64 image built for QEMU's virt board (ELF, or
     /// a raw image loaded at the start of RAM like QEMU's -kernel), with the
@@ -250,7 +254,8 @@ fn main() -> ExitCode {
             console,
             name,
             base_dir,
-        } => run(&config, backend, out, console, name, base_dir),
+            policy,
+        } => run(&config, backend, out, console, name, base_dir, policy),
         Command::Boot {
             image,
             append,
@@ -290,9 +295,17 @@ fn run(
     console: bool,
     name: Option<String>,
     base_dir: Option<PathBuf>,
+    policy: Option<String>,
 ) -> Result<(), Failure> {
-    let loaded = apflab::matrix::load_config_as(config_path, name.as_deref(), base_dir.as_deref())
-        .map_err(bad)?;
+    let mut loaded =
+        apflab::matrix::load_config_as(config_path, name.as_deref(), base_dir.as_deref())
+            .map_err(bad)?;
+    if let Some(module) = policy {
+        // Relative to where the command runs, as any path on the command line.
+        let choice = apflab::policy_config::module(&module, Path::new("."))
+            .map_err(|p| bad(anyhow::anyhow!("--policy {module}: {}", p.message)))?;
+        loaded.config.policy = Some(choice);
+    }
     let out = out.unwrap_or_else(|| runner::default_out_dir(&loaded));
     let result = runner::run_config(&loaded, backend, &out, console).map_err(|e| {
         if e.is_bad_input() {

@@ -169,34 +169,10 @@ pub struct KeyProblem {
 /// `base_dir`.
 pub fn policy(raw: &RawPolicy, base_dir: &Path) -> Result<PolicyChoice, KeyProblem> {
     match (&raw.module, &raw.decision) {
-        (Some(m), None) => {
-            let name = m.get_ref();
-            let path = if EXAMPLE_POLICIES.contains(&name.as_str()) {
-                apflab_artifacts::policy_wasm(name)
-            } else if WAT_POLICIES.contains(&name.as_str()) {
-                apflab_artifacts::policy_wat(name)
-            } else {
-                base_dir.join(name)
-            };
-            if !path.is_file() {
-                return Err(KeyProblem {
-                    span: Some(m.span()),
-                    key: "policy.module",
-                    message: format!(
-                        "no policy `{name}` ({} is not a file); expected one of {} or a path to \
-                         a .wasm or .wat file, relative to the config file",
-                        path.display(),
-                        [&EXAMPLE_POLICIES[..], &WAT_POLICIES[..]]
-                            .concat()
-                            .join(", ")
-                    ),
-                });
-            }
-            Ok(PolicyChoice::Module {
-                name: name.clone(),
-                path,
-            })
-        }
+        (Some(m), None) => module(m.get_ref(), base_dir).map_err(|mut p| {
+            p.span = Some(m.span());
+            p
+        }),
         (None, Some(d)) => Ok(PolicyChoice::Decision(*d.get_ref())),
         (Some(m), Some(_)) => Err(KeyProblem {
             span: Some(m.span()),
@@ -211,6 +187,36 @@ pub fn policy(raw: &RawPolicy, base_dir: &Path) -> Result<PolicyChoice, KeyProbl
                 .into(),
         }),
     }
+}
+
+/// The policy module `name` (a built-in example, or a file relative to
+/// `base_dir`).
+pub fn module(name: &str, base_dir: &Path) -> Result<PolicyChoice, KeyProblem> {
+    let path = if EXAMPLE_POLICIES.contains(&name) {
+        apflab_artifacts::policy_wasm(name)
+    } else if WAT_POLICIES.contains(&name) {
+        apflab_artifacts::policy_wat(name)
+    } else {
+        base_dir.join(name)
+    };
+    if !path.is_file() {
+        return Err(KeyProblem {
+            span: None,
+            key: "policy.module",
+            message: format!(
+                "no policy `{name}` ({} is not a file); expected one of {} or a path to a .wasm \
+                 or .wat file, relative to the config file",
+                path.display(),
+                [&EXAMPLE_POLICIES[..], &WAT_POLICIES[..]]
+                    .concat()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(PolicyChoice::Module {
+        name: name.to_owned(),
+        path,
+    })
 }
 
 /// Checks `[apf]`.

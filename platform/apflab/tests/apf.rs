@@ -282,3 +282,48 @@ fn two_vcpus_run_async_with_intact_pages() {
     assert_eq!(u(a, "/ready_delivered"), u(a, "/async_faults"));
     assert_eq!(a["violations"], serde_json::json!({}));
 }
+
+#[test]
+fn the_policy_flag_overrides_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.toml");
+    std::fs::write(&path, config(1, 2_000_000, "")).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = Command::new(APFLAB)
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--policy",
+            "paolo",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["policy"]["module"], "paolo");
+    assert!(u(&r, "/apf/async_faults") > 0);
+    // A module that is not there is bad input, before anything runs.
+    let out = Command::new(APFLAB)
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--policy",
+            "missing.wasm",
+            "--out",
+            dir.path().join("out2").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--policy missing.wasm: no policy"));
+    assert!(!dir.path().join("out2/result.json").exists());
+}
