@@ -5,7 +5,9 @@
 use apflab_abi::apf::MAX_OUTSTANDING;
 use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
 
-use crate::{initiation, not_present, ready};
+use crate::initiation;
+use crate::not_present;
+use crate::ready;
 
 /// An async decision the engine serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,9 +26,12 @@ use crate::control_block::{BadBlock, ControlBlockRef};
 use crate::decision::{AsyncPlan, Served, VcpuFacts, serve};
 use crate::events::{Event, EventLog, TokenEvent};
 use crate::far_memory::{FarMemory, Fetch};
+use crate::initiation;
 use crate::metrics::FaultMetrics;
+use crate::not_present;
+use crate::ready;
 use crate::ready::{ReadyRing, RingViolation};
-use crate::{initiation, not_present, ready, sleep};
+use crate::sleep;
 
 /// What the host offers the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
