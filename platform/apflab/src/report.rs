@@ -191,7 +191,75 @@ pub fn markdown(results: &[(PathBuf, RunResult)], sources: &[PathBuf]) -> String
         }
         out.push('\n');
     }
+    async_table(&mut out, results);
     out
+}
+
+/// How each run with async PF served its faults: one table, one row per
+/// run, for the question "what did each variant do".
+fn async_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
+    let runs: Vec<_> = results
+        .iter()
+        .filter_map(|(path, r)| r.apf.as_ref().map(|a| (path, r, a)))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Async page faults
+");
+    let header = [
+        "run",
+        "policy",
+        "virtual ms",
+        "faults (async / sync)",
+        "fallbacks",
+        "not present",
+        "ready (interrupts / exceptions)",
+        "page requests",
+        "halted ms",
+        "source",
+    ];
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
+    for (path, r, a) in runs {
+        let n = |key: &str| a.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let kinds = |key: &str| {
+            let text: Vec<String> = a
+                .get(key)
+                .and_then(serde_json::Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            if text.is_empty() {
+                "-".to_owned()
+            } else {
+                text.join(", ")
+            }
+        };
+        let halted: u64 = r.vmm.halted_ns.iter().sum();
+        let row = [
+            r.config.name.clone(),
+            r.policy
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |p| p.module.clone()),
+            format!("{:.3}", r.virtual_time_ns as f64 / 1e6),
+            format!("{} ({} / {})", n("faults"), n("async_faults"), n("sync_faults")),
+            kinds("fallbacks"),
+            kinds("not_present"),
+            format!(
+                "{} ({} / {})",
+                n("ready_delivered"),
+                n("ready_interrupts"),
+                n("ready_exceptions")
+            ),
+            n("page_requests").to_string(),
+            format!("{:.3}", halted as f64 / 1e6),
+            format!("`{}`", path.display()),
+        ];
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    out.push('\n');
 }
 
 /// Far-memory columns, for workloads where some run had a pager.
