@@ -144,8 +144,10 @@ pub const GUEST_NO_INJECT: u32 = 1 << 2;
 /// Number of slots of the ready ring.
 pub const READY_RING_SLOTS: usize = 64;
 
-/// Version of the control block layout, in [`ControlBlock::version`].
-pub const CONTROL_BLOCK_VERSION: u32 = 1;
+/// Version of the control block layout and meaning, in
+/// [`ControlBlock::version`]. 2: [`ControlBlock::action`] carries
+/// [`ACTION_REQUEST_PAGE`] beside the sleep choice.
+pub const CONTROL_BLOCK_VERSION: u32 = 2;
 
 /// The per-vCPU async PF control block, in guest memory, registered with
 /// `APF_ENABLE`. 64-byte aligned; fields are written by the side named.

@@ -17,8 +17,9 @@
 //! an unread notification. With the dedicated exception class it is
 //! [`EC_APF_READY`]; with the data-abort variant, a data abort whose control
 //! block says "page ready". The backend asks at resume
-//! ([`apflab_vmm::FaultHook::on_resume`]); the emu backend does, the kvm
-//! backend does not yet, so the host offers it only on emu.
+//! ([`apflab_vmm::FaultHook::on_resume`]): the emu scheduler before a
+//! vCPU's slice, the kvm vCPU thread before `KVM_RUN` (kicked out of it
+//! while something is held for it).
 
 use std::collections::VecDeque;
 

@@ -120,16 +120,7 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
             let (policy, _) = policy(config, path)?;
             let offered = match (&config.policy, config.apf) {
                 (None, _) => ApfConfig::OFF,
-                (Some(_), apf) => {
-                    let mut offered = ApfConfig::all(apf.unwrap_or_default().ring_depth);
-                    if config.backend.kind == Backend::Kvm {
-                        // Ready as an exception waits for the guest to be
-                        // able to take it, which only the emu run loop
-                        // checks so far (FaultHook::on_resume).
-                        offered.offered &= !apflab_abi::apf::features::READY_EXCEPTION;
-                    }
-                    offered
-                }
+                (Some(_), apf) => ApfConfig::all(apf.unwrap_or_default().ring_depth),
             };
             Pager::InVmm(Box::new(Engine::new(
                 config.guest.vcpus,

@@ -15,6 +15,7 @@
 //! since the start of the run.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use super::mailbox::{Mail, Mailbox};
 use crate::arch::{Reg, pstate};
 use crate::config::VmConfig;
 use crate::error::VmError;
-use crate::fault_hook::{Action, EngineCall, FaultHook};
+use crate::fault_hook::{Action, EngineCall, FaultHook, ResumeState};
 use crate::hypervisor::{Hypervisor, HypervisorError, NotResidentFault, Vcpu, VmExit, VmOps};
 use crate::loader::LoadedKernel;
 use crate::machine::{Call, Effect, Machine};
@@ -44,6 +45,9 @@ enum Event {
         call: EngineCall,
         doorbell: bool,
     },
+    /// The vCPU is about to run guest code and the hook has something
+    /// pending for it ([`FaultHook::on_resume`]); it waits for its mail.
+    Resume { vcpu: u32, state: ResumeState },
     /// The run is over (power off, reset, panic, crash).
     Exit(GuestExit),
     /// A backend operation failed.
@@ -52,6 +56,10 @@ enum Event {
 
 /// How often the control thread checks a page server for a failure.
 const PAGE_SERVER_POLL: Duration = Duration::from_millis(10);
+/// While the hook holds something for a vCPU until it resumes somewhere it
+/// can take it, how often that vCPU is kicked out of `KVM_RUN` to look
+/// (a vCPU running guest code makes no exit of its own).
+const RESUME_POLL: Duration = Duration::from_micros(200);
 
 /// Runs `hv` (RAM already holding `kernel` and its device tree) to the end.
 pub(crate) fn run(
@@ -83,6 +91,8 @@ pub(crate) fn run(
     }
     let kickers: Vec<KvmVcpuKicker> = vcpus.iter().map(KvmVcpu::kicker).collect();
     let mailboxes: Vec<Arc<Mailbox>> = (0..n).map(|_| Arc::default()).collect();
+    let resume_pending: Arc<Vec<AtomicBool>> =
+        Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
     let started = Instant::now();
     for v in &mut vcpus {
         v.set_clock_origin(started);
@@ -110,6 +120,7 @@ pub(crate) fn run(
             let tx = tx.clone();
             let machine = Arc::clone(&machine);
             let mailbox = Arc::clone(&mailboxes[vcpu.index() as usize]);
+            let resume_pending = Arc::clone(&resume_pending);
             let server = server.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index()))
@@ -117,7 +128,8 @@ pub(crate) fn run(
                     if let Some(s) = &server {
                         s.register_vcpu_thread(vcpu.index());
                     }
-                    vcpu_thread(vcpu, &machine, &mailbox, started, &tx)
+                    let pending = &resume_pending[vcpu.index() as usize];
+                    vcpu_thread(vcpu, &machine, &mailbox, pending, started, &tx)
                 });
             if let Err(e) = spawned {
                 stop_all();
@@ -139,6 +151,7 @@ pub(crate) fn run(
             kickers: &kickers,
             waits: Vec::new(),
             blocked: vec![false; n as usize],
+            resume_pending: &resume_pending,
             started,
         };
         let exit = control.run(server.as_deref(), &rx);
@@ -183,6 +196,8 @@ struct Control<'a> {
     waits: Vec<Wait>,
     /// Per vCPU: its thread waits for mail before it runs the guest again.
     blocked: Vec<bool>,
+    /// Per vCPU: the hook has something for it at its next resume.
+    resume_pending: &'a [AtomicBool],
     started: Instant,
 }
 
@@ -220,6 +235,9 @@ impl Control<'_> {
                 .map(|w| w.until_ns)
                 .chain(self.hook.next_deadline())
                 .fold(limit, u64::min);
+            if self.update_resume_pending() {
+                wake = wake.min(now + RESUME_POLL.as_nanos() as u64);
+            }
             if let Some(s) = server {
                 if let Some(msg) = s.failure() {
                     return Ok(GuestExit::Crash(format!("page server: {msg}")));
@@ -237,6 +255,11 @@ impl Control<'_> {
             let end = match event {
                 Event::Exit(exit) => return Ok(exit),
                 Event::Error(e) => return Err(e.into()),
+                Event::Resume { vcpu, state } => {
+                    self.set_blocked(vcpu);
+                    let action = self.hook.on_resume(vcpu, state, now, self.hv);
+                    self.act(vcpu, action)
+                }
                 Event::Fault { vcpu, fault } => {
                     self.set_blocked(vcpu);
                     let action = self.hook.on_not_resident(vcpu, &fault, now, self.hv);
@@ -265,6 +288,24 @@ impl Control<'_> {
                 return Ok(exit);
             }
         }
+    }
+
+    /// Tells each vCPU thread whether the hook has something for it at its
+    /// next resume, and kicks those that run so they come to look; whether
+    /// any has.
+    fn update_resume_pending(&self) -> bool {
+        let mut any = false;
+        for (v, flag) in self.resume_pending.iter().enumerate() {
+            let pending = self.hook.resume_pending_since(v as u32).is_some();
+            flag.store(pending, Ordering::SeqCst);
+            if pending {
+                any = true;
+                if !self.blocked[v] {
+                    self.kick(v as u32);
+                }
+            }
+        }
+        any
     }
 
     fn set_blocked(&mut self, vcpu: u32) {
@@ -371,6 +412,7 @@ fn vcpu_thread(
     mut vcpu: KvmVcpu,
     machine: &Machine,
     mailbox: &Mailbox,
+    resume_pending: &AtomicBool,
     started: Instant,
     tx: &Sender<Event>,
 ) {
@@ -387,6 +429,16 @@ fn vcpu_thread(
             // Mail posted while the guest ran (the kick ended `run`).
             if let Flow::Stop(end) = read_mail(&mut vcpu, mailbox, false)? {
                 return Ok(end);
+            }
+            if resume_pending.load(Ordering::SeqCst) {
+                let ps = vcpu.get_reg(Reg::Pstate)?;
+                let state = ResumeState {
+                    el: u8::from(ps & pstate::MODE_MASK != pstate::EL0T),
+                    pc: vcpu.get_reg(Reg::Pc)?,
+                };
+                if let Flow::Stop(end) = ask(&mut vcpu, Event::Resume { vcpu: idx, state })? {
+                    return Ok(end);
+                }
             }
             let exit = vcpu.run()?;
             let now = now_ns(started);
