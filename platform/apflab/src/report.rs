@@ -205,8 +205,11 @@ fn async_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
     if runs.is_empty() {
         return;
     }
-    let _ = writeln!(out, "## Async page faults
-");
+    let _ = writeln!(
+        out,
+        "## Async page faults
+"
+    );
     let header = [
         "run",
         "policy",
@@ -244,7 +247,12 @@ fn async_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |p| p.module.clone()),
             format!("{:.3}", r.virtual_time_ns as f64 / 1e6),
-            format!("{} ({} / {})", n("faults"), n("async_faults"), n("sync_faults")),
+            format!(
+                "{} ({} / {})",
+                n("faults"),
+                n("async_faults"),
+                n("sync_faults")
+            ),
             kinds("fallbacks"),
             kinds("not_present"),
             format!(
