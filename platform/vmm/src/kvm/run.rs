@@ -152,6 +152,7 @@ pub(crate) fn run(
             waits: Vec::new(),
             blocked: vec![false; n as usize],
             resume_pending: &resume_pending,
+            resume_kicked_at: vec![0; n as usize],
             started,
         };
         let exit = control.run(server.as_deref(), &rx);
@@ -198,6 +199,10 @@ struct Control<'a> {
     blocked: Vec<bool>,
     /// Per vCPU: the hook has something for it at its next resume.
     resume_pending: &'a [AtomicBool],
+    /// Per vCPU: when it was last kicked to resume (its guest must get to
+    /// run between two looks, or it never reaches a point where it can
+    /// take what is held for it).
+    resume_kicked_at: Vec<u64>,
     started: Instant,
 }
 
@@ -235,7 +240,7 @@ impl Control<'_> {
                 .map(|w| w.until_ns)
                 .chain(self.hook.next_deadline())
                 .fold(limit, u64::min);
-            if self.update_resume_pending() {
+            if self.update_resume_pending(now) {
                 wake = wake.min(now + RESUME_POLL.as_nanos() as u64);
             }
             if let Some(s) = server {
@@ -291,16 +296,18 @@ impl Control<'_> {
     }
 
     /// Tells each vCPU thread whether the hook has something for it at its
-    /// next resume, and kicks those that run so they come to look; whether
-    /// any has.
-    fn update_resume_pending(&self) -> bool {
+    /// next resume, and kicks those that run so they come to look, at most
+    /// once per [`RESUME_POLL`]; whether any has.
+    fn update_resume_pending(&mut self, now: u64) -> bool {
+        let poll = RESUME_POLL.as_nanos() as u64;
         let mut any = false;
         for (v, flag) in self.resume_pending.iter().enumerate() {
             let pending = self.hook.resume_pending_since(v as u32).is_some();
             flag.store(pending, Ordering::SeqCst);
             if pending {
                 any = true;
-                if !self.blocked[v] {
+                if !self.blocked[v] && now >= self.resume_kicked_at[v].saturating_add(poll) {
+                    self.resume_kicked_at[v] = now;
                     self.kick(v as u32);
                 }
             }
