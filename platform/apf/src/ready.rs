@@ -19,7 +19,8 @@
 //! block says "page ready". The backend asks at resume
 //! ([`apflab_vmm::FaultHook::on_resume`]): the emu scheduler before a
 //! vCPU's slice, the kvm vCPU thread before `KVM_RUN` (kicked out of it
-//! while something is held for it).
+//! while something is held for it). The CLI does not offer it on kvm yet:
+//! there a held exception was seen to stay held.
 
 use std::collections::VecDeque;
 
