@@ -9,7 +9,8 @@
 //! - synchronously: the vCPU stalls until its page is in (the baseline);
 //! - asynchronously: the guest gets a token. One module per axis of the
 //!   protocol: [`not_present`] (data abort or dedicated exception class),
-//!   [`ready`] (the ready ring and PPI, acknowledged), [`initiation`] (host
+//!   [`ready`] (the ready ring and PPI, acknowledged, or an exception held
+//!   until the guest can take it), [`initiation`] (host
 //!   or guest starts the fetch), [`sleep`] (halt or reschedule); [`decision`]
 //!   says when an async decision falls back to sync, [`control_block`]
 //!   reads and writes the guest's block, [`events`] logs every token's life.
@@ -17,7 +18,8 @@
 //! The page side ([`FarMemory`]: evict, write back, complete, install) is
 //! the same for both, and [`FaultMetrics`] is the run's one set of fault
 //! counters. The engine does no I/O of its own: guest memory and residency
-//! come from the backend, time from its clock.
+//! come from the backend, time from its clock; [`plain`] stands in for a
+//! backend off-line.
 
 pub mod control_block;
 pub mod decision;
