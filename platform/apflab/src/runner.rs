@@ -55,7 +55,12 @@ impl RunError {
 /// (`[pager] fault_path`).
 pub enum Pager {
     /// Faults exit to the VMM, whose fault engine stalls the vCPU.
-    InVmm(Box<Engine>),
+    InVmm {
+        /// The fault engine.
+        engine: Box<Engine>,
+        /// What the results say of its policy (`None`: no `[policy]`).
+        policy: Option<PolicyRecord>,
+    },
     /// Faults block in the host kernel; page-server threads answer (kvm).
     InKernel(Arc<KernelPager>),
 }
@@ -64,7 +69,7 @@ impl Pager {
     /// What the pager did (None if it never started).
     pub fn metrics(&self) -> Option<PagerMetrics> {
         match self {
-            Pager::InVmm(e) => Some(e.pager_metrics()),
+            Pager::InVmm { engine, .. } => Some(engine.pager_metrics()),
             Pager::InKernel(k) => k.metrics(),
         }
     }
@@ -76,7 +81,7 @@ pub fn execute(config: VmConfig, pager: Option<&mut Pager>) -> Result<RunOutcome
     tracing::debug!(?config, "starting VM");
     let mut vm = Vm::new(config).map_err(|e| RunError::Setup(e.to_string()))?;
     let outcome = match pager {
-        Some(Pager::InVmm(engine)) => {
+        Some(Pager::InVmm { engine, .. }) => {
             let outcome = vm.run(engine.as_mut());
             engine.finish();
             outcome
@@ -117,7 +122,7 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
         // host time since the start of the run (fetch latencies become real
         // stalls of the faulting vCPU).
         FaultPath::Vmm => {
-            let (policy, _) = policy(config, path)?;
+            let (policy, record) = policy(config, path)?;
             let offered = match (&config.policy, config.apf) {
                 (None, _) => ApfConfig::OFF,
                 (Some(_), apf) => {
@@ -131,12 +136,15 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
                     offered
                 }
             };
-            Pager::InVmm(Box::new(Engine::new(
-                config.guest.vcpus,
-                VirtualPager::new(prepared),
-                policy,
-                offered,
-            )))
+            Pager::InVmm {
+                engine: Box::new(Engine::new(
+                    config.guest.vcpus,
+                    VirtualPager::new(prepared),
+                    policy,
+                    offered,
+                )),
+                policy: record,
+            }
         }
         FaultPath::Kernel => Pager::InKernel(Arc::new(KernelPager::new(prepared))),
     }))
@@ -226,11 +234,11 @@ pub fn run_config(
         &outcome,
     );
     match &pager {
-        Some(Pager::InVmm(engine)) => {
+        Some(Pager::InVmm { engine, policy }) => {
             result.set_stalls(&engine.metrics().stalled_ns);
-            if config.policy.is_some() {
+            if policy.is_some() {
                 result.apf = serde_json::to_value(engine.metrics()).ok();
-                result.policy = policy(&config, &loaded.path)?.1;
+                result.policy = policy.clone();
             }
         }
         // The VMM never sees these stalls; the page servers timed them.
