@@ -20,10 +20,10 @@ use super::vcpu::EmuVcpu;
 use crate::arch::{Reg, ec, pstate};
 use crate::config::VmConfig;
 use crate::error::VmError;
-use crate::fault_hook::{Action, FaultHook, ResumeState};
+use crate::fault_hook::{Action, FaultHook, HypercallAnswer, ResumeState};
 use crate::hypervisor::{SyncException, Vcpu, VmExit};
 use crate::loader::LoadedKernel;
-use crate::machine::{Effect, Machine};
+use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, RunOutcome};
 use crate::run_loop::{self, Next, Totals};
 
@@ -297,12 +297,7 @@ impl<'h> EmuRun<'h> {
                 VmExit::Hypercall { function, args, .. } => {
                     v.charge_ns(cost.exit_ns + cost.hypercall_ns);
                     let call = self.machine.dispatch(idx, function, args, now);
-                    let hook = &mut *self.hook;
-                    let residency = &mut self.residency;
-                    let vcpus = &mut self.vcpus;
-                    let answer = run_loop::answer(&self.machine, call, |c| {
-                        Some(hook.on_hypercall(idx, c, now, &mut residency.with(vcpus)))
-                    });
+                    let answer = self.answer(idx, call, now);
                     run_loop::return_from_hypercall(&mut self.vcpus[i], answer)?
                 }
                 VmExit::NotResident(fault) => {
@@ -326,13 +321,7 @@ impl<'h> EmuRun<'h> {
             }
             if let Some(call) = self.machine.take_doorbell_engine_call(idx) {
                 let now = self.vcpus[i].now_ns();
-                let hook = &mut *self.hook;
-                let residency = &mut self.residency;
-                let vcpus = &mut self.vcpus;
-                let answer =
-                    run_loop::answer(&self.machine, crate::machine::Call::Engine(call), |c| {
-                        Some(hook.on_hypercall(idx, c, now, &mut residency.with(vcpus)))
-                    });
+                let answer = self.answer(idx, Call::Engine(call), now);
                 let next =
                     run_loop::return_from_doorbell(&mut self.vcpus[i], &self.machine, answer)?;
                 if let Some(exit) = self.enter_unless_halted(i, next) {
@@ -364,6 +353,15 @@ impl<'h> EmuRun<'h> {
                 }
             }
         }
+    }
+
+    /// The answer to hypercall `call` of vCPU `vcpu` at `now`: the
+    /// machine's, or the hook's.
+    fn answer(&mut self, vcpu: u32, call: Call, now: u64) -> Option<HypercallAnswer> {
+        let (hook, residency, vcpus) = (&mut *self.hook, &mut self.residency, &mut self.vcpus);
+        run_loop::answer(&self.machine, call, |c| {
+            Some(hook.on_hypercall(vcpu, c, now, &mut residency.with(vcpus)))
+        })
     }
 
     /// Like [`EmuRun::enter`], except that [`Next::Run`] leaves a vCPU that
