@@ -414,14 +414,19 @@ impl Engine {
             return false;
         };
         let (pushed, raised) = v.ring.fill(&cb, pages.guest_memory());
-        self.metrics.ready_pushed += pushed.len() as u64;
-        for t in pushed {
-            self.events.record(now_ns, t, TokenEvent::Pushed);
-        }
+        self.note_pushed(&pushed, now_ns);
         if raised {
             self.metrics.ready_interrupts += 1;
         }
         raised
+    }
+
+    /// Counts and logs tokens that went into a ready ring.
+    fn note_pushed(&mut self, pushed: &[Token], now_ns: u64) {
+        self.metrics.ready_pushed += pushed.len() as u64;
+        for t in pushed {
+            self.events.record(now_ns, *t, TokenEvent::Pushed);
+        }
     }
 
     fn enable(
@@ -499,15 +504,15 @@ impl Engine {
             }
             Err(RingViolation::TailOutOfRange) => return self.violation("ready_tail_out_of_range"),
         };
-        let mut latencies = Vec::with_capacity(acked.consumed.len());
         for t in &acked.consumed {
-            if let Some(o) = v.tokens.remove(t) {
-                latencies.push(now_ns.saturating_sub(o.fault_ns));
-            }
-        }
-        for (t, ns) in acked.consumed.iter().zip(latencies) {
+            let fault_ns = self.vcpus[vcpu as usize]
+                .tokens
+                .remove(t)
+                .map(|o| o.fault_ns);
             self.events.record(now_ns, *t, TokenEvent::Consumed);
-            self.metrics.token_latency(ns);
+            if let Some(at) = fault_ns {
+                self.metrics.token_latency(now_ns.saturating_sub(at));
+            }
         }
         let n = acked.consumed.len() as u64;
         self.metrics.ready_delivered += n;
@@ -517,10 +522,7 @@ impl Engine {
             .tokens_per_ack
             .entry(n.min(apf::READY_RING_SLOTS as u64) as u32)
             .or_default() += 1;
-        self.metrics.ready_pushed += acked.pushed.len() as u64;
-        for t in &acked.pushed {
-            self.events.record(now_ns, *t, TokenEvent::Pushed);
-        }
+        self.note_pushed(&acked.pushed, now_ns);
         let action = match acked.line {
             Some(level) => {
                 if level {
