@@ -57,6 +57,7 @@ fn fault(k: u64) -> NotResidentFault {
         pc: RAM_BASE + 0x1000,
         va: 0x10_0000_0000 + (k % PAGES) * 4096,
         el: 0,
+        irqs_masked: false,
     }
 }
 

@@ -6,11 +6,17 @@
 //! until it is ready), "page ready" from the ready ring behind the PPI,
 //! acknowledged, and dummy entries for a ready that finds no sleeper.
 //!
-//! Only faults taken from EL0 are async: the host never delivers "not
-//! present" to the kernel. "Ready" arrives as an interrupt, which the
-//! kernel takes only from EL0 tasks, in the idle loop and in the halt loop
-//! below, never while it holds the run-queue lock and never for the task
-//! that is running, so no wake has to be delayed.
+//! A fault taken by the kernel itself (a system call reading a task's page
+//! with IRQs unmasked) is async only as async-halt, which the client
+//! accepts with `KERNEL_MODE_ASYNC`: the kernel cannot give its CPU away in
+//! the middle of a call, so it waits in the halt loop for its token. The
+//! host never sends "not present" while IRQs are masked, so never while the
+//! kernel holds the run-queue lock. "Ready" arrives as an interrupt, which
+//! the kernel takes only from EL0 tasks, in the idle loop, in the halt loop
+//! below and in such a system call, never while it holds the run-queue lock
+//! and never for a task that sleeps in the run queue's sense while it runs
+//! (a halting CPU finds its token in the dummy entries), so no wake has to
+//! be delayed.
 
 use core::cell::UnsafeCell;
 use core::ptr::{addr_of, addr_of_mut};
@@ -20,6 +26,7 @@ use apflab_abi::apf::{
     GUEST_IN_IDLE, READY_RING_SLOTS, REASON_NONE, REASON_NOT_PRESENT, REASON_PAGE_READY,
     TOKEN_WAKE_ALL, Token, features,
 };
+use apflab_guest_core::DummyEntries;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::mutex::SpinMutex;
 
@@ -32,7 +39,8 @@ const ACCEPTED: u64 = features::NOT_PRESENT_DATA_ABORT
     | features::READY_EXCEPTION
     | features::READY_INTERRUPT
     | features::READY_RING
-    | features::GUEST_INITIATED;
+    | features::GUEST_INITIATED
+    | features::KERNEL_MODE_ASYNC;
 
 /// Tags a scheduler wait key as an async PF token (tokens never use the
 /// top bit; other keys in the kernel are ASCII tags, which do not either).
@@ -57,41 +65,9 @@ static OFFERED: AtomicU64 = AtomicU64::new(0);
 /// Per CPU: async PF is enabled.
 static ENABLED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-/// Tokens whose "ready" came before anyone slept on them (Linux's dummy
-/// entries): the sleeper finds its token here and does not sleep.
-struct EarlyReady {
-    tokens: [u64; READY_RING_SLOTS],
-    len: usize,
-}
-
-impl EarlyReady {
-    const EMPTY: EarlyReady = EarlyReady {
-        tokens: [0; READY_RING_SLOTS],
-        len: 0,
-    };
-
-    fn insert(&mut self, token: u64) {
-        // At most 64 tokens are outstanding per CPU, so it never fills.
-        if self.len < self.tokens.len() {
-            self.tokens[self.len] = token;
-            self.len += 1;
-        }
-    }
-
-    fn take(&mut self, token: u64) -> bool {
-        match self.tokens[..self.len].iter().position(|&t| t == token) {
-            Some(i) => {
-                self.len -= 1;
-                self.tokens[i] = self.tokens[self.len];
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-static EARLY: [SpinMutex<EarlyReady>; MAX_CPUS] =
-    [const { SpinMutex::new(EarlyReady::EMPTY) }; MAX_CPUS];
+/// Per CPU: tokens whose "ready" came before anyone slept on them.
+static EARLY: [SpinMutex<DummyEntries>; MAX_CPUS] =
+    [const { SpinMutex::new(DummyEntries::EMPTY) }; MAX_CPUS];
 
 fn block(cpu: usize) -> *mut ControlBlock {
     BLOCKS.0[cpu].get()
@@ -176,6 +152,44 @@ pub fn page_ready(token: u64) {
     wake(cpu_index(), token);
 }
 
+/// Publishes how many tasks wait in this CPU's run queue (a policy input:
+/// with none, rescheduling a faulting task only idles the CPU). Called by
+/// the scheduler, on this CPU, whenever the number changes.
+pub fn note_runnable(tasks: usize) {
+    let cpu = cpu_index();
+    if ENABLED[cpu].load(Ordering::Relaxed) {
+        let cb = block(cpu);
+        // SAFETY: this CPU's own block: a plain field the host only reads.
+        unsafe { addr_of_mut!((*cb).runnable_tasks).write_volatile(tasks as u32) };
+    }
+}
+
+/// Runs `f`, a part of a system call that reads a task's pages, with IRQs
+/// unmasked and this CPU's control block saying the kernel cannot
+/// reschedule (preemption disabled): a fault there is the kernel's, which
+/// the host may make async only as async-halt.
+pub fn kernel_reads<R>(f: impl FnOnce() -> R) -> R {
+    let cpu = cpu_index();
+    let enabled = ENABLED[cpu].load(Ordering::Relaxed);
+    let cb = block(cpu);
+    if enabled {
+        // SAFETY: this CPU's own block: plain fields the host only reads.
+        unsafe {
+            addr_of_mut!((*cb).preempt_count).write_volatile(1);
+            addr_of_mut!((*cb).guest_state).write_volatile(0);
+        }
+    }
+    let r = arch::with_irqs_unmasked(f);
+    if enabled {
+        // SAFETY: as above.
+        unsafe {
+            addr_of_mut!((*cb).guest_state).write_volatile(GUEST_CAN_RESCHEDULE);
+            addr_of_mut!((*cb).preempt_count).write_volatile(0);
+        }
+    }
+    r
+}
+
 /// Waits for an interrupt with this CPU's control block saying so
 /// (`GUEST_IN_IDLE`), the one place besides EL0 where the host may enter a
 /// "page ready" exception: no lock is held here. Interrupts are taken after
@@ -188,16 +202,39 @@ pub fn wait_marked() {
         // SAFETY: this CPU's own block: a plain field the host only reads.
         unsafe { addr_of_mut!((*cb).guest_state) }
     };
+    // The mark is added to what the state says (the kernel halting in a
+    // system call stays unable to reschedule) and taken off after.
+    // SAFETY: as above.
+    let before = unsafe { state.read_volatile() };
     if enabled {
         // SAFETY: as above.
-        unsafe { state.write_volatile(GUEST_CAN_RESCHEDULE | GUEST_IN_IDLE) };
+        unsafe { state.write_volatile(before | GUEST_IN_IDLE) };
     }
     arch::wfi();
     if enabled {
         // SAFETY: as above.
-        unsafe { state.write_volatile(GUEST_CAN_RESCHEDULE) };
+        unsafe { state.write_volatile(before) };
     }
     arch::take_interrupts();
+}
+
+/// Asks for the page of `token` if the host wants the guest to.
+fn request_if_asked(token: u64, action: u32) {
+    if action & ACTION_REQUEST_PAGE != 0 {
+        let _ = hypercall::apf_page_request(token);
+    }
+}
+
+/// The halt loop: waits until `token` is ready. Interrupts are taken in
+/// the wait window: the ready interrupt finds no sleeper for this token and
+/// leaves a dummy entry, which ends the loop.
+fn halt_until_ready(cpu: usize, token: u64) {
+    metrics::APF_HALTS.add(1);
+    let start = arch::counter();
+    while !EARLY[cpu].lock().take(token) {
+        wait_marked();
+    }
+    metrics::APF_HALTED_TICKS.add(arch::counter().wrapping_sub(start));
 }
 
 /// Handles "not present" for `token` taken by the current EL0 task: asks
@@ -206,16 +243,9 @@ pub fn wait_marked() {
 pub fn not_present(token: u64, action: u32) {
     let cpu = cpu_index();
     metrics::APF_NOT_PRESENT.add(1);
-    if action & ACTION_REQUEST_PAGE != 0 {
-        let _ = hypercall::apf_page_request(token);
-    }
+    request_if_asked(token, action);
     if action & ACTION_SLEEP_MASK == ACTION_HALT {
-        metrics::APF_HALTS.add(1);
-        // Interrupts are taken in the wait window: the ready interrupt
-        // finds no sleeper for this token and leaves a dummy entry.
-        while !EARLY[cpu].lock().take(token) {
-            wait_marked();
-        }
+        halt_until_ready(cpu, token);
         return;
     }
     if EARLY[cpu].lock().take(token) {
@@ -224,6 +254,16 @@ pub fn not_present(token: u64, action: u32) {
     }
     metrics::APF_PARKED.add(1);
     sched::block_current(sched::Wait::Key(KEY_TAG | token));
+}
+
+/// Handles "not present" for `token` taken by the kernel itself: it halts
+/// until the token is ready whatever the action says, since it cannot give
+/// its CPU away in the middle of a call. Returning retries the access.
+pub fn not_present_in_kernel(token: u64, action: u32) {
+    metrics::APF_NOT_PRESENT.add(1);
+    metrics::APF_KERNEL_HALTS.add(1);
+    request_if_asked(token, action);
+    halt_until_ready(cpu_index(), token);
 }
 
 /// The ready interrupt: wakes the sleeper of every token in the ring, then
@@ -256,8 +296,9 @@ pub fn on_ready_interrupt() {
 /// the wake-all token wakes every sleeper of this CPU.
 fn wake(cpu: usize, token: u64) {
     if Token(token).is_wake_all() {
+        metrics::APF_WAKE_ALLS.add(1);
         sched::wake_matching(|key| key & KEY_TAG != 0);
-        *EARLY[cpu].lock() = EarlyReady::EMPTY;
+        EARLY[cpu].lock().clear();
         return;
     }
     metrics::APF_READY.add(1);

@@ -29,6 +29,16 @@ pub fn take_interrupts() {
     mask_irqs();
 }
 
+/// Runs `f` with IRQs unmasked at EL1 (a system call that may wait on a
+/// page in the kernel, as async-halt does), masking them again after.
+#[inline]
+pub fn with_irqs_unmasked<R>(f: impl FnOnce() -> R) -> R {
+    DAIF.write(DAIF::I::Unmasked + DAIF::F::Masked + DAIF::A::Masked + DAIF::D::Masked);
+    let r = f();
+    mask_irqs();
+    r
+}
+
 /// The virtual counter (CNTVCT_EL0).
 #[inline]
 pub fn counter() -> u64 {

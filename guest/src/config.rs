@@ -26,6 +26,16 @@ pub enum Verify {
     Store,
 }
 
+/// Who reads the pages `memtouch` verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// The task itself, at EL0.
+    Task,
+    /// The kernel, in a system call that checksums a page at EL1 with IRQs
+    /// unmasked (so the kernel takes the not-resident faults).
+    Kernel,
+}
+
 /// Parsed boot configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -43,6 +53,8 @@ pub struct Config {
     pub passes: u64,
     /// `memtouch` verification mode.
     pub verify: Verify,
+    /// `memtouch`: who reads the pages.
+    pub reader: Reader,
     /// `kv`: requests.
     pub requests: u64,
     /// `kv`: mean inter-arrival time, microseconds.
@@ -67,6 +79,7 @@ impl Default for Config {
             pattern: Pattern::Sequential,
             passes: 1,
             verify: Verify::SelfWritten,
+            reader: Reader::Task,
             requests: 100,
             interval_us: 100,
             seed: 1,
@@ -134,6 +147,13 @@ impl Config {
                         "self" => Verify::SelfWritten,
                         "store" => Verify::Store,
                         _ => bad(key, value, "self or store"),
+                    }
+                }
+                boot::KEY_READER => {
+                    c.reader = match value {
+                        "task" => Reader::Task,
+                        "kernel" => Reader::Kernel,
+                        _ => bad(key, value, "task or kernel"),
                     }
                 }
                 boot::KEY_REQUESTS => c.requests = bounded(key, value, limits::REQUESTS),

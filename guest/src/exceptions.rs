@@ -9,9 +9,10 @@
 //! callee-saved context.
 //!
 //! The kernel itself runs with IRQs masked; IRQs are taken from EL0 tasks
-//! (`irq_lower`) and in the idle loop's wait window (`irq_current`). A
-//! handler never switches tasks from `irq_current`: the idle loop picks the
-//! next task itself.
+//! (`irq_lower`), and at EL1 (`irq_current`) in the idle loop's wait
+//! window, the async PF halt loop and the checksum system call. A handler
+//! never switches tasks from `irq_current`: the idle loop picks the next
+//! task itself, and a system call reschedules on its way back to EL0.
 
 use crate::{apf, gic, sched, syscall};
 use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
@@ -31,12 +32,21 @@ struct Handlers;
 
 impl ExceptionHandlers for Handlers {
     extern "C" fn sync_current(regs: RegisterStateRef) {
+        let ec = esr_ec(ESR_EL1.get());
         // "Page ready" as an exception, entered by the host only in a wait
         // marked for it (`apf::wait_marked`).
-        if matches!(esr_ec(ESR_EL1.get()), EC_APF_READY | EC_DATA_ABORT_CURRENT)
+        if matches!(ec, EC_APF_READY | EC_DATA_ABORT_CURRENT)
             && let Some(token) = apf::take_page_ready()
         {
             apf::page_ready(token);
+            return;
+        }
+        // "Not present" taken by the kernel (async-halt, with IRQs unmasked
+        // in a system call that reads a task's page).
+        if matches!(ec, EC_APF_NOT_PRESENT | EC_DATA_ABORT_CURRENT)
+            && let Some((token, action)) = apf::take_not_present()
+        {
+            apf::not_present_in_kernel(token, action);
             return;
         }
         panic!(
@@ -48,7 +58,7 @@ impl ExceptionHandlers for Handlers {
     }
 
     extern "C" fn irq_current(_regs: RegisterStateRef) {
-        // Taken only in the idle loop: wake what is due; the idle loop then
+        // Wake what is due; the idle loop, or the return to EL0, then
         // schedules.
         handle_irqs();
     }

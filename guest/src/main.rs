@@ -15,6 +15,7 @@
 mod apf;
 mod arch;
 mod bootinfo;
+mod checksum;
 mod config;
 mod console;
 mod exceptions;

@@ -70,6 +70,12 @@ pub static APF_PARKED: Counter = Counter::new();
 pub static APF_HALTS: Counter = Counter::new();
 /// Tokens found ready before their task slept (dummy entries used).
 pub static APF_EARLY_READY: Counter = Counter::new();
+/// "Not present" taken by the kernel itself (each waited for halting).
+pub static APF_KERNEL_HALTS: Counter = Counter::new();
+/// Wake-all tokens handled.
+pub static APF_WAKE_ALLS: Counter = Counter::new();
+/// Counter ticks spent in the halt loop.
+pub static APF_HALTED_TICKS: Counter = Counter::new();
 /// Async PF features the host offered at boot.
 static APF_FEATURES: Counter = Counter::new();
 
@@ -169,6 +175,9 @@ pub fn build_report(config: &Config, cpus_online: u32, tasks_completed: u32) -> 
     r.apf_parked = APF_PARKED.get();
     r.apf_halts = APF_HALTS.get();
     r.apf_early_ready = APF_EARLY_READY.get();
+    r.apf_kernel_halts = APF_KERNEL_HALTS.get();
+    r.apf_wake_alls = APF_WAKE_ALLS.get();
+    r.apf_halted_ns = arch::ticks_to_ns(APF_HALTED_TICKS.get());
     r.elapsed_ns = now_ns();
     r.idle_ns = arch::ticks_to_ns(idle_ticks_now());
     let detail = DETAIL.lock();

@@ -9,13 +9,14 @@
 //!
 //! Blocking is "sleep on a wait condition" ([`Wait`]): a deadline on the
 //! virtual counter (the `sleep` syscall) or a key that some interrupt or
-//! exception handler wakes with [`wake_key`] (`kv` request arrivals; later
-//! the async PF "page ready" tokens). Round-robin with a time slice: the
+//! exception handler wakes with [`wake_key`] (`kv` request arrivals, async
+//! PF "page ready" tokens). The number of tasks waiting in a CPU's run
+//! queue is published to the host ([`apf::note_runnable`]) as it changes. Round-robin with a time slice: the
 //! virtual timer preempts a task whose slice is over when another task is
 //! runnable.
 
 use crate::percpu::{MAX_CPUS, cpu_index};
-use crate::{arch, hypercall, metrics, timer, workloads};
+use crate::{apf, arch, hypercall, metrics, timer, workloads};
 use aarch64_rt::Stack;
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
@@ -200,37 +201,8 @@ struct Task {
     ops: u64,
 }
 
-/// A fixed-capacity FIFO of task ids.
-#[derive(Clone, Copy)]
-struct RunQueue {
-    slots: [usize; MAX_TASKS],
-    head: usize,
-    len: usize,
-}
-
-impl RunQueue {
-    const EMPTY: RunQueue = RunQueue {
-        slots: [0; MAX_TASKS],
-        head: 0,
-        len: 0,
-    };
-
-    fn push(&mut self, task: usize) {
-        assert!(self.len < MAX_TASKS, "run queue overflow");
-        self.slots[(self.head + self.len) % MAX_TASKS] = task;
-        self.len += 1;
-    }
-
-    fn pop(&mut self) -> Option<usize> {
-        if self.len == 0 {
-            return None;
-        }
-        let t = self.slots[self.head];
-        self.head = (self.head + 1) % MAX_TASKS;
-        self.len -= 1;
-        Some(t)
-    }
-}
+/// A CPU's run queue.
+type RunQueue = apflab_guest_core::RunQueue<MAX_TASKS>;
 
 #[derive(Clone, Copy)]
 struct Cpu {
@@ -351,6 +323,7 @@ pub fn schedule() {
         let c = &mut t.cpus[cpu];
         let prev = c.current;
         let next = c.runqueue.pop();
+        apf::note_runnable(c.runqueue.len());
         c.current = next;
         if let Some(n) = next {
             c.slice_end = now + timer::slice_ticks();
@@ -419,6 +392,7 @@ pub fn yield_current() {
         let current = t.cpus[cpu].current.expect("yield from a task");
         t.tasks[current].state = State::Runnable;
         t.cpus[cpu].runqueue.push(current);
+        apf::note_runnable(t.cpus[cpu].runqueue.len());
     }
     schedule();
 }
@@ -450,6 +424,9 @@ fn wake_where(t: &mut Table, cpu: usize, pred: impl Fn(Wait) -> bool) -> usize {
             t.cpus[cpu].runqueue.push(id);
             woken += 1;
         }
+    }
+    if woken > 0 {
+        apf::note_runnable(t.cpus[cpu].runqueue.len());
     }
     woken
 }
@@ -484,7 +461,7 @@ pub fn on_timer_interrupt() {
     let mut t = TABLE.lock();
     let c = &mut t.cpus[cpu];
     if c.current.is_some() && now >= c.slice_end {
-        if c.runqueue.len > 0 {
+        if !c.runqueue.is_empty() {
             NEED_RESCHED[cpu].store(1, Ordering::Relaxed);
         }
         // A fresh slice (for the next task, or the same one if alone); the

@@ -4,7 +4,8 @@
 //! The kernel side is [`dispatch`]; the EL0 side is [`user`], the only part
 //! of the kernel the EL0 workload code calls.
 
-use crate::{arch, console, metrics, mmu, sched, workloads};
+use crate::{apf, arch, checksum, console, metrics, mmu, sched, workloads};
+use apflab_abi::memory_map::PAGE_SIZE;
 
 /// Give the CPU to the next runnable task.
 pub const SYS_YIELD: u64 = 0;
@@ -21,6 +22,11 @@ pub const SYS_REPORT: u64 = 4;
 pub const SYS_REQUEST_WAIT: u64 = 5;
 /// `kv`: request x0 is served (records its latency).
 pub const SYS_REQUEST_DONE: u64 = 6;
+
+/// Checksum x1 bytes at x0 ([`checksum`]), read by the kernel with IRQs
+/// unmasked: `memtouch`'s `reader = kernel`, which makes the kernel itself
+/// take faults on the task's far-memory pages.
+pub const SYS_CHECKSUM: u64 = 7;
 
 /// Unknown syscall number.
 pub const E_NOSYS: i64 = -1;
@@ -64,6 +70,26 @@ pub fn dispatch(number: u64, args: [u64; 6]) -> i64 {
             } else {
                 E_INVAL
             }
+        }
+        SYS_CHECKSUM => {
+            let (ptr, len) = (args[0], args[1]);
+            if len > PAGE_SIZE
+                || len % 8 != 0
+                || ptr % 8 != 0
+                || !mmu::el0_readable(ptr, len, &sched::user_stacks())
+            {
+                return E_INVAL;
+            }
+            let words = ptr as *const u64;
+            let sum = apf::kernel_reads(|| {
+                (0..(len / 8) as usize).fold(checksum::INITIAL, |acc, i| {
+                    // SAFETY: the range was checked to lie in memory mapped
+                    // for EL0, aligned; a not-resident page faults here and
+                    // the access is retried once it is in.
+                    checksum::fold(acc, i, unsafe { words.add(i).read_volatile() })
+                })
+            });
+            checksum::finish(sum) as i64
         }
         SYS_REQUEST_WAIT => workloads::request_wait(),
         SYS_REQUEST_DONE => workloads::request_done(args[0]),
@@ -127,6 +153,12 @@ pub mod user {
     /// Adds `value` to metric `id`.
     pub fn report(id: u64, value: u64) -> i64 {
         svc(super::SYS_REPORT, id, value)
+    }
+
+    /// The kernel's checksum of the `len` bytes at `ptr`, or a negative
+    /// error.
+    pub fn checksum(ptr: u64, len: u64) -> i64 {
+        svc(super::SYS_CHECKSUM, ptr, len)
     }
 
     /// Waits for the next `kv` request.

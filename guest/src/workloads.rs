@@ -7,12 +7,12 @@
 //! window and read-only data, and only enters the kernel through
 //! [`crate::syscall::user`].
 
-use crate::config::{Config, Pattern, Verify};
+use crate::config::{Config, Pattern, Reader, Verify};
 use crate::metrics::{self, metric};
 use crate::sched::{self, Placement, TaskParams};
 use crate::syscall::user;
 use crate::syscall::{E_INVAL, user::NO_MORE_REQUESTS};
-use crate::{arch, console, hypercall, mmu, percpu};
+use crate::{arch, checksum, console, hypercall, mmu, percpu};
 use apflab_abi::boot::{
     KEY_MIB, WORKLOAD_CPU, WORKLOAD_KV, WORKLOAD_MEMTOUCH, WORKLOAD_MIXED, WORKLOAD_VA,
 };
@@ -23,6 +23,12 @@ use spin::Once;
 use spin::mutex::SpinMutex;
 
 static CONFIG: Once<Config> = Once::new();
+
+/// `memtouch` mode flag: pages in random order.
+const MEMTOUCH_RANDOM: u64 = 1 << 0;
+/// `memtouch` mode flag: the kernel reads the pages (a checksum system
+/// call) instead of the task.
+const MEMTOUCH_KERNEL_READS: u64 = 1 << 1;
 
 /// Starts the configured workload's tasks (boot CPU, before the scheduler).
 pub fn spawn(config: &Config) {
@@ -47,7 +53,15 @@ pub fn spawn(config: &Config) {
             count,
             region.start + (first_page << PAGE_SHIFT),
             config.passes,
-            (config.pattern == Pattern::Random) as u64,
+            if config.pattern == Pattern::Random {
+                MEMTOUCH_RANDOM
+            } else {
+                0
+            } | if config.reader == Reader::Kernel {
+                MEMTOUCH_KERNEL_READS
+            } else {
+                0
+            },
             (config.verify == Verify::Store) as u64,
             config.seed ^ splitmix64(first_page),
             config.store_seed,
@@ -165,6 +179,16 @@ fn verify_words(va: u64, first: usize, expected: impl Fn(usize) -> u64) -> u64 {
     bad
 }
 
+/// Has the kernel checksum the page at `va` and compares it with the
+/// checksum of `expected(word)`; returns 1 if they differ (or the call
+/// failed), else 0.
+fn verify_page_in_kernel(va: u64, expected: impl Fn(usize) -> u64) -> u64 {
+    let want = (0..WORDS_PER_PAGE).fold(checksum::INITIAL, |acc, w| {
+        checksum::fold(acc, w, expected(w))
+    });
+    (user::checksum(va, PAGE_SIZE) != checksum::finish(want) as i64) as u64
+}
+
 /// Fills one page at `va` with `value(word)`.
 fn fill_page(va: u64, value: impl Fn(usize) -> u64) {
     let page = va as *mut u64;
@@ -174,13 +198,17 @@ fn fill_page(va: u64, value: impl Fn(usize) -> u64) {
     }
 }
 
-/// `memtouch`: params = [va, pages, phys, passes, random, store, seed,
-/// store_seed]. Each pass verifies `pages` pages (in order, or drawn at
-/// random); in self mode it first writes every page with that pass's
-/// pattern, in store mode it checks the store's synthetic content.
+/// `memtouch`: params = [va, pages, phys, passes, mode, store, seed,
+/// store_seed], mode holding `MEMTOUCH_*` flags. Each pass verifies `pages`
+/// pages (in order, or drawn at random); in self mode it first writes every
+/// page with that pass's pattern, in store mode it checks the store's
+/// synthetic content. With kernel reads a page is checked by its checksum,
+/// and a mismatch counts the page.
 extern "C" fn memtouch_task(params: *const TaskParams) -> ! {
     // SAFETY: the kernel wrote the block at the top of this task's stack.
-    let [va, pages, phys, passes, random, store, seed, store_seed] = unsafe { params.read() };
+    let [va, pages, phys, passes, mode, store, seed, store_seed] = unsafe { params.read() };
+    let random = mode & MEMTOUCH_RANDOM != 0;
+    let kernel_reads = mode & MEMTOUCH_KERNEL_READS != 0;
     let mut rng = Rng::new(seed);
     let pfn_of = |i: u64| (phys >> PAGE_SHIFT) + i;
     for pass in 0..passes {
@@ -195,12 +223,15 @@ extern "C" fn memtouch_task(params: *const TaskParams) -> ! {
         }
         let mut mismatches = 0;
         for n in 0..pages {
-            let i = if random != 0 { rng.below(pages) } else { n };
+            let i = if random { rng.below(pages) } else { n };
             let page_va = va + i * PAGE_SIZE;
-            mismatches += if store != 0 {
-                verify_page(page_va, |w| synthetic_word(store_seed, pfn_of(i), 0, w))
-            } else {
-                verify_page(page_va, |w| synthetic_word(seed, pfn_of(i), version, w))
+            let store_word = |w| synthetic_word(store_seed, pfn_of(i), 0, w);
+            let own_word = |w| synthetic_word(seed, pfn_of(i), version, w);
+            mismatches += match (store != 0, kernel_reads) {
+                (true, false) => verify_page(page_va, store_word),
+                (false, false) => verify_page(page_va, own_word),
+                (true, true) => verify_page_in_kernel(page_va, store_word),
+                (false, true) => verify_page_in_kernel(page_va, own_word),
             };
         }
         user::report(metric::PAGES_VERIFIED, pages);

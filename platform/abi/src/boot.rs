@@ -21,6 +21,10 @@ pub const KEY_PASSES: &str = "apflab.passes";
 /// `memtouch`: `self` (verify what it wrote) or `store` (verify reads
 /// against [`crate::pattern`] without writing first).
 pub const KEY_VERIFY: &str = "apflab.verify";
+/// `memtouch`: who reads the pages it verifies: `task` (the task, at EL0)
+/// or `kernel` (a system call checksums each page at EL1 with interrupts
+/// unmasked, so not-resident faults are taken by the kernel).
+pub const KEY_READER: &str = "apflab.reader";
 /// `kv`: number of requests.
 pub const KEY_REQUESTS: &str = "apflab.requests";
 /// `kv`: mean request inter-arrival time in microseconds.

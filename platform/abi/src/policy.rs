@@ -171,6 +171,24 @@ pub trait Policy {
     }
     /// The run is over; no more calls follow.
     fn on_run_end(&mut self) {}
+    /// What running the policy has cost so far (a policy the host runs
+    /// natively reports nothing).
+    fn usage(&self) -> PolicyUsage {
+        PolicyUsage::default()
+    }
+}
+
+/// The cost of a policy over a run, for the results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyUsage {
+    /// Wasm fuel consumed by all calls.
+    pub fuel_used: u64,
+    /// Calls that trapped, ran out of fuel, hit a limit or returned a
+    /// malformed decision, and those skipped once the policy was disabled
+    /// (each decision among them answered by the fallback).
+    pub failed_calls: u64,
+    /// The host disabled the policy after repeated failures.
+    pub disabled: bool,
 }
 
 /// Bit layout of the packed `i64` decision.

@@ -5,8 +5,9 @@
 
 /// `GuestReport::magic`: "APFLABRP".
 pub const REPORT_MAGIC: u64 = u64::from_le_bytes(*b"APFLABRP");
-/// Version of the [`GuestReport`] layout.
-pub const REPORT_VERSION: u32 = 1;
+/// Version of the [`GuestReport`] layout. 2: kernel-mode halts, wake-alls
+/// and halted time of the async PF client.
+pub const REPORT_VERSION: u32 = 2;
 /// Most tasks whose completion time is reported.
 pub const MAX_REPORTED_TASKS: usize = 16;
 /// Buckets of [`GuestReport::latency_hist`]: bucket `i` counts request
@@ -54,6 +55,13 @@ pub struct GuestReport {
     pub apf_early_ready: u64,
     /// Whether async PF was enabled (1) or not (0).
     pub apf_enabled: u64,
+    /// Async PF: "not present" taken by the kernel itself (EL1), each
+    /// waited for in the halt loop.
+    pub apf_kernel_halts: u64,
+    /// Async PF: wake-all tokens handled (every sleeper of a CPU woken).
+    pub apf_wake_alls: u64,
+    /// Async PF: nanoseconds spent in the halt loop waiting for tokens.
+    pub apf_halted_ns: u64,
     /// Nanoseconds from boot to the last task's completion.
     pub elapsed_ns: u64,
     /// Nanoseconds the CPUs spent in the idle task.
@@ -85,6 +93,9 @@ impl GuestReport {
             apf_halts: 0,
             apf_early_ready: 0,
             apf_enabled: 0,
+            apf_kernel_halts: 0,
+            apf_wake_alls: 0,
+            apf_halted_ns: 0,
             elapsed_ns: 0,
             idle_ns: 0,
             task_done_ns: [0; MAX_REPORTED_TASKS],
@@ -151,6 +162,9 @@ macro_rules! scalar_fields {
         $m!(apf_halts, u64);
         $m!(apf_early_ready, u64);
         $m!(apf_enabled, u64);
+        $m!(apf_kernel_halts, u64);
+        $m!(apf_wake_alls, u64);
+        $m!(apf_halted_ns, u64);
         $m!(elapsed_ns, u64);
         $m!(idle_ns, u64);
     };
@@ -259,10 +273,11 @@ const _: () = {
     use core::mem::offset_of;
     assert!(offset_of!(GuestReport, magic) == 0);
     assert!(offset_of!(GuestReport, context_switches) == 24);
-    assert!(offset_of!(GuestReport, task_done_ns) == 136);
-    assert!(offset_of!(GuestReport, latency_hist) == 136 + 8 * MAX_REPORTED_TASKS);
+    assert!(offset_of!(GuestReport, apf_kernel_halts) == 120);
+    assert!(offset_of!(GuestReport, task_done_ns) == 160);
+    assert!(offset_of!(GuestReport, latency_hist) == 160 + 8 * MAX_REPORTED_TASKS);
     // No padding anywhere: the sum of the fields' sizes.
-    assert!(GuestReport::SIZE == 136 + 8 * MAX_REPORTED_TASKS + 8 * LATENCY_BUCKETS);
+    assert!(GuestReport::SIZE == 160 + 8 * MAX_REPORTED_TASKS + 8 * LATENCY_BUCKETS);
 };
 
 #[cfg(test)]
@@ -307,7 +322,7 @@ mod tests {
         r.latency_hist[7] = 42;
         let mut line = String::new();
         r.write_console_line(&mut line).unwrap();
-        assert!(line.starts_with("APFLAB-REPORT version=1 workload=4 cpus_online=4 "));
+        assert!(line.starts_with("APFLAB-REPORT version=2 workload=4 cpus_online=4 "));
         assert_eq!(GuestReport::parse_console_line(&line), Some(r));
         assert_eq!(
             GuestReport::parse_console_line(&format!("  {line}\r\n")),
@@ -331,7 +346,7 @@ mod tests {
         assert!(GuestReport::parse_console_line(&bad).is_none());
         let short = line.replace("task_done_ns=0,", "task_done_ns=");
         assert!(GuestReport::parse_console_line(&short).is_none());
-        let version = line.replace("version=1", "version=2");
+        let version = line.replace("version=2", "version=1");
         assert!(GuestReport::parse_console_line(&version).is_none());
         assert!(
             GuestReport::parse_console_line(&line.replace("APFLAB-REPORT", "APFLAB-REPORTX"))

@@ -1,8 +1,14 @@
 //! From the policy's decision to what the engine serves: an async decision
 //! is served async only if the guest can take it, and otherwise falls back
 //! to a synchronous fault, counted by cause.
+//!
+//! A fault the kernel takes (EL1) is async only as async-halt (the SEND_ALWAYS
+//! analogue): the guest accepted [`features::KERNEL_MODE_ASYNC`], the policy
+//! chose [`Sleep::Halt`] and the kernel had IRQs unmasked at the access (it
+//! can wait for "ready" there). A kernel never reschedules on a token: its
+//! faulting context may not be a task at all.
 
-use apflab_abi::apf::MAX_OUTSTANDING;
+use apflab_abi::apf::{MAX_OUTSTANDING, features};
 use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
 
 use crate::initiation;
@@ -27,7 +33,8 @@ pub struct AsyncPlan {
 pub enum Fallback {
     /// The guest has not enabled async PF on this vCPU.
     NotEnabled,
-    /// The fault was taken in the kernel, where async PF is not delivered.
+    /// The fault was taken in the kernel, where async PF is delivered only
+    /// as async-halt, with IRQs unmasked, to a guest that accepted it.
     KernelMode,
     /// The vCPU already has [`MAX_OUTSTANDING`] tokens outstanding.
     OutstandingCap,
@@ -73,6 +80,13 @@ pub struct VcpuFacts {
     pub outstanding: usize,
     /// It already holds a token for this page.
     pub repeat: bool,
+    /// IRQs were masked at the access.
+    pub irqs_masked: bool,
+}
+
+/// Whether a kernel-mode fault with `facts` can be served as async `sleep`.
+fn kernel_can_wait(facts: &VcpuFacts, accepted: u64, sleep: Sleep) -> bool {
+    accepted & features::KERNEL_MODE_ASYNC != 0 && sleep == Sleep::Halt && !facts.irqs_masked
 }
 
 /// How `decision` is served on a vCPU with `facts`.
@@ -92,7 +106,7 @@ pub fn serve(decision: Decision, facts: VcpuFacts) -> Served {
     };
     let fallback = if facts.repeat {
         Some(Fallback::RepeatFault)
-    } else if facts.el != 0 {
+    } else if facts.el != 0 && !kernel_can_wait(&facts, accepted, sleep) {
         Some(Fallback::KernelMode)
     } else if facts.outstanding >= MAX_OUTSTANDING {
         Some(Fallback::OutstandingCap)
@@ -132,6 +146,7 @@ mod tests {
             el: 0,
             outstanding: 0,
             repeat: false,
+            irqs_masked: false,
         }
     }
 
@@ -166,6 +181,59 @@ mod tests {
         assert_eq!(
             serve(Decision::Sync { prefetch: 0 }, facts(Some(all))),
             Served::Sync(None)
+        );
+    }
+
+    #[test]
+    fn the_kernel_gets_async_halt_only_when_it_can_wait() {
+        let halt = Decision::Async {
+            not_present: NotPresentDelivery::DataAbort,
+            ready: ReadyDelivery::Interrupt,
+            initiation: Initiation::Host,
+            sleep: Sleep::Halt,
+            prefetch: 0,
+        };
+        let all = f::NOT_PRESENT_DATA_ABORT | f::READY_INTERRUPT | f::KERNEL_MODE_ASYNC;
+        let kernel = VcpuFacts {
+            el: 1,
+            ..facts(Some(all))
+        };
+        assert!(matches!(serve(halt, kernel), Served::Async(_)));
+        let masked = VcpuFacts {
+            irqs_masked: true,
+            ..kernel
+        };
+        assert_eq!(
+            serve(halt, masked),
+            Served::Sync(Some(Fallback::KernelMode))
+        );
+        let not_accepted = VcpuFacts {
+            accepted: Some(all & !f::KERNEL_MODE_ASYNC),
+            ..kernel
+        };
+        assert_eq!(
+            serve(halt, not_accepted),
+            Served::Sync(Some(Fallback::KernelMode))
+        );
+        let Decision::Async {
+            not_present,
+            ready,
+            initiation,
+            ..
+        } = halt
+        else {
+            unreachable!()
+        };
+        let reschedule = Decision::Async {
+            not_present,
+            ready,
+            initiation,
+            sleep: Sleep::Reschedule,
+            prefetch: 0,
+        };
+        assert_eq!(
+            serve(reschedule, kernel),
+            Served::Sync(Some(Fallback::KernelMode))
         );
     }
 }

@@ -12,11 +12,12 @@
 //! the one stall metric and every protocol counter of a run come from here.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, REASON_NOT_PRESENT, Token};
 use apflab_abi::hypercall as hc;
-use apflab_abi::policy::{Decision, FaultInfo, Policy};
+use apflab_abi::policy::{Decision, FaultInfo, Policy, PolicyUsage};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
 use apflab_pager::{Access, PagerMetrics};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
@@ -50,7 +51,8 @@ impl ApfConfig {
         | apf::features::READY_EXCEPTION
         | apf::features::READY_INTERRUPT
         | apf::features::READY_RING
-        | apf::features::GUEST_INITIATED;
+        | apf::features::GUEST_INITIATED
+        | apf::features::KERNEL_MODE_ASYNC;
 
     /// No async PF offered: the synchronous baseline.
     pub const OFF: ApfConfig = ApfConfig {
@@ -177,6 +179,8 @@ pub struct Engine {
     events: EventLog,
     /// Moving average of fetch latencies seen (the policy's estimate).
     fetch_estimate_ns: u64,
+    /// Host time spent in the policy's calls.
+    policy_time: Duration,
 }
 
 impl Engine {
@@ -198,6 +202,7 @@ impl Engine {
             metrics: FaultMetrics::new(vcpus),
             events: EventLog::default(),
             fetch_estimate_ns: 0,
+            policy_time: Duration::ZERO,
         }
     }
 
@@ -211,6 +216,11 @@ impl Engine {
         self.events.events()
     }
 
+    /// Token events not kept because the log was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.events.dropped()
+    }
+
     /// What the pager did so far.
     pub fn pager_metrics(&self) -> PagerMetrics {
         self.far.metrics()
@@ -218,7 +228,21 @@ impl Engine {
 
     /// Tells the policy the run is over.
     pub fn finish(&mut self) {
+        let start = Instant::now();
         self.policy.on_run_end();
+        self.policy_time += start.elapsed();
+    }
+
+    /// What running the policy cost, by its own account (fuel, failed
+    /// calls).
+    pub fn policy_usage(&self) -> PolicyUsage {
+        self.policy.usage()
+    }
+
+    /// Host time spent in the policy's calls (not deterministic: it belongs
+    /// with a run's wall-clock facts).
+    pub fn policy_time(&self) -> Duration {
+        self.policy_time
     }
 
     fn vcpu(&mut self, vcpu: u32) -> &mut VcpuState {
@@ -257,6 +281,7 @@ impl Engine {
             el: fault.el,
             outstanding: v.tokens.len(),
             repeat: v.tokens.values().any(|o| o.page == page),
+            irqs_masked: fault.irqs_masked,
         };
         let info = FaultInfo {
             vcpu,
@@ -269,7 +294,9 @@ impl Engine {
             est_fetch_ns: estimate,
         };
         self.metrics.policy_calls += 1;
+        let start = Instant::now();
         let decision = self.policy.decide(&info);
+        self.policy_time += start.elapsed();
         let (Decision::Sync { prefetch } | Decision::Async { prefetch, .. }) = decision;
         if prefetch > 0 {
             self.metrics.prefetch_requests_ignored += 1;
@@ -401,7 +428,9 @@ impl Engine {
             } else {
                 self.fetch_estimate_ns - self.fetch_estimate_ns / 8 + latency / 8
             };
+            let start = Instant::now();
             self.policy.on_ready(token.0, latency);
+            self.policy_time += start.elapsed();
         }
         Ok(())
     }

@@ -24,6 +24,21 @@ pub enum TokenEvent {
     Dropped,
 }
 
+impl TokenEvent {
+    /// Its name in a token log.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenEvent::Fault => "fault",
+            TokenEvent::NotPresent => "not_present",
+            TokenEvent::Request => "request",
+            TokenEvent::FetchDone => "fetch_done",
+            TokenEvent::Pushed => "pushed",
+            TokenEvent::Consumed => "consumed",
+            TokenEvent::Dropped => "dropped",
+        }
+    }
+}
+
 /// One entry of the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {

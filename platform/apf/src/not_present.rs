@@ -11,7 +11,8 @@
 //!   control block).
 
 use apflab_abi::apf::{
-    DFSC_TRANSLATION_L3, EC_APF_NOT_PRESENT, EC_DATA_ABORT_LOWER, Token, esr, features,
+    DFSC_TRANSLATION_L3, EC_APF_NOT_PRESENT, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER, Token,
+    esr, features,
 };
 use apflab_abi::policy::NotPresentDelivery;
 use apflab_vmm::hypervisor::{NotResidentFault, SyncException};
@@ -29,8 +30,8 @@ pub fn feature(delivery: NotPresentDelivery) -> u64 {
 
 /// The exception that tells the guest "not present" for `token`, taken on
 /// the faulting instruction (which runs again once the guest returns).
-/// Async faults are only delivered from EL0, so the class is always the
-/// "from a lower level" one.
+/// A data abort has the class of the level the fault was taken at (from a
+/// task, or from the kernel in async-halt).
 pub fn exception(
     delivery: NotPresentDelivery,
     token: Token,
@@ -39,7 +40,12 @@ pub fn exception(
     let esr = match delivery {
         NotPresentDelivery::DataAbort => {
             let wnr = if fault.write { ISS_WNR } else { 0 };
-            esr(EC_DATA_ABORT_LOWER, DFSC_TRANSLATION_L3 | wnr)
+            let ec = if fault.el == 0 {
+                EC_DATA_ABORT_LOWER
+            } else {
+                EC_DATA_ABORT_CURRENT
+            };
+            esr(ec, DFSC_TRANSLATION_L3 | wnr)
         }
         NotPresentDelivery::DedicatedEc => esr(EC_APF_NOT_PRESENT, token.0),
     };
@@ -64,6 +70,7 @@ mod tests {
             pc: 0x40_1000,
             va: 0x10_0123,
             el: 0,
+            irqs_masked: false,
         }
     }
 
@@ -79,5 +86,11 @@ mod tests {
         assert_eq!(esr_ec(ec.esr), EC_APF_NOT_PRESENT);
         assert_eq!(ec.esr & 0x1ff_ffff, t.0);
         assert_ne!(ec.esr & ESR_IL, 0);
+        let kernel = NotResidentFault {
+            el: 1,
+            ..fault(false)
+        };
+        let da = exception(NotPresentDelivery::DataAbort, t, &kernel);
+        assert_eq!(esr_ec(da.esr), EC_DATA_ABORT_CURRENT);
     }
 }

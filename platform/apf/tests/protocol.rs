@@ -280,18 +280,45 @@ fn the_65th_outstanding_fault_is_served_sync() {
 }
 
 #[test]
-fn kernel_mode_faults_stay_sync() {
+fn kernel_mode_faults_stay_sync_unless_the_policy_says_halt() {
+    let mut kernel = fault(Pfn(managed(0)).gpa(), false);
+    kernel.el = 1;
+    // Reschedule is never served in the kernel.
     let (mut e, mut m) = enabled(
         decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
         64,
     );
-    let mut f = fault(Pfn(managed(0)).gpa(), false);
-    f.el = 1;
     assert!(matches!(
-        e.on_not_resident(0, &f, 0, &mut m),
+        e.on_not_resident(0, &kernel, 0, &mut m),
         Action::StallUntil(_)
     ));
     assert_eq!(e.metrics().fallbacks["kernel_mode"], 1);
+    // Async-halt is, with IRQs unmasked: a data abort of the current level.
+    let halt = Decision::Async {
+        not_present: NotPresentDelivery::DataAbort,
+        ready: ReadyDelivery::Interrupt,
+        initiation: Initiation::Host,
+        sleep: Sleep::Halt,
+        prefetch: 0,
+    };
+    let (mut e, mut m) = enabled(halt, 64);
+    let Action::InjectException(exc) = e.on_not_resident(0, &kernel, 0, &mut m) else {
+        panic!("async-halt in the kernel injects \"not present\"")
+    };
+    assert_eq!(esr_ec(exc.esr), apf::EC_DATA_ABORT_CURRENT);
+    assert_eq!(cb_u32(&m, cb_offset::ACTION), apf::ACTION_HALT);
+    // With IRQs masked the kernel could not wait: sync.
+    let masked = apflab_vmm::hypervisor::NotResidentFault {
+        gpa: Pfn(managed(1)).gpa(),
+        irqs_masked: true,
+        ..kernel
+    };
+    assert!(matches!(
+        e.on_not_resident(0, &masked, 0, &mut m),
+        Action::StallUntil(_)
+    ));
+    assert_eq!(e.metrics().fallbacks["kernel_mode"], 1);
+    assert_eq!(e.metrics().async_faults, 1);
 }
 
 #[test]

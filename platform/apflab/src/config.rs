@@ -101,6 +101,7 @@ pub struct RawWorkload {
     pattern: Option<Spanned<String>>,
     passes: Option<Spanned<u32>>,
     verify: Option<Spanned<String>>,
+    reader: Option<Spanned<String>>,
     requests: Option<Spanned<u64>>,
     interval_us: Option<Spanned<u64>>,
     timeslice_us: Option<Spanned<u64>>,
@@ -220,9 +221,18 @@ impl WorkloadKind {
                 "pattern",
                 "passes",
                 "verify",
+                "reader",
                 "timeslice_us",
             ],
-            WorkloadKind::Mixed => &["ops", "mib", "pattern", "passes", "verify", "timeslice_us"],
+            WorkloadKind::Mixed => &[
+                "ops",
+                "mib",
+                "pattern",
+                "passes",
+                "verify",
+                "reader",
+                "timeslice_us",
+            ],
             WorkloadKind::Kv => &["tasks", "mib", "requests", "interval_us", "timeslice_us"],
         }
     }
@@ -248,6 +258,8 @@ pub mod defaults {
     pub const PASSES: u32 = 1;
     /// `verify` of `memtouch`.
     pub const VERIFY: &str = "self";
+    /// `reader` of `memtouch`.
+    pub const READER: &str = "task";
     /// `requests` of `kv`.
     pub const REQUESTS: u64 = 1_000;
     /// `interval_us` of `kv`.
@@ -299,6 +311,10 @@ pub struct WorkloadConfig {
     /// synthetic store's content).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<String>,
+    /// Who reads the pages to verify them: `task` (at EL0) or `kernel` (a
+    /// system call checksums them at EL1, so the kernel takes the faults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reader: Option<String>,
     /// `kv` requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
@@ -695,13 +711,14 @@ impl Config {
                 ),
             )
         })?;
-        let given: [(&str, Option<std::ops::Range<usize>>); 9] = [
+        let given: [(&str, Option<std::ops::Range<usize>>); 10] = [
             ("tasks", w.tasks.as_ref().map(Spanned::span)),
             ("ops", w.ops.as_ref().map(Spanned::span)),
             ("mib", w.mib.as_ref().map(Spanned::span)),
             ("pattern", w.pattern.as_ref().map(Spanned::span)),
             ("passes", w.passes.as_ref().map(Spanned::span)),
             ("verify", w.verify.as_ref().map(Spanned::span)),
+            ("reader", w.reader.as_ref().map(Spanned::span)),
             ("requests", w.requests.as_ref().map(Spanned::span)),
             ("interval_us", w.interval_us.as_ref().map(Spanned::span)),
             ("timeslice_us", w.timeslice_us.as_ref().map(Spanned::span)),
@@ -756,6 +773,7 @@ impl Config {
             pattern: one_of(&w.pattern, "pattern", &["seq", "random"], defaults::PATTERN)?,
             passes: bounded_u32(&w.passes, "passes", limits::PASSES, defaults::PASSES)?,
             verify: one_of(&w.verify, "verify", &["self", "store"], defaults::VERIFY)?,
+            reader: one_of(&w.reader, "reader", &["task", "kernel"], defaults::READER)?,
             requests: bounded_u64(
                 &w.requests,
                 "requests",
@@ -963,6 +981,7 @@ impl Config {
         push(boot::KEY_PATTERN, w.pattern.clone());
         push(boot::KEY_PASSES, w.passes.map(|v| v.to_string()));
         push(boot::KEY_VERIFY, w.verify.clone());
+        push(boot::KEY_READER, w.reader.clone());
         push(boot::KEY_REQUESTS, w.requests.map(|v| v.to_string()));
         push(boot::KEY_INTERVAL_US, w.interval_us.map(|v| v.to_string()));
         push(boot::KEY_TIMESLICE_US, Some(w.timeslice_us.to_string()));

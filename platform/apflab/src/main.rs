@@ -4,6 +4,7 @@
 //! results, VMM error), 2 bad input (config, experiment or image), 3 the
 //! guest asked for a reset (`apflab boot`).
 
+use apflab::runner::RunFlags;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -96,6 +97,11 @@ enum Command {
         /// `[policy]`: a built-in example's name or a .wasm / .wat file.
         #[arg(long, value_name = "MODULE")]
         policy: Option<String>,
+        /// Also write DIR/tokens.csv: each async token's life (fault, not
+        /// present, request, fetch done, pushed, consumed, dropped) with
+        /// the time of each event.
+        #[arg(long)]
+        token_log: bool,
     },
     /// Boot any bare-metal arm64 image built for QEMU's virt board (ELF, or
     /// a raw image loaded at the start of RAM like QEMU's -kernel), with the
@@ -255,7 +261,16 @@ fn main() -> ExitCode {
             name,
             base_dir,
             policy,
-        } => run(&config, backend, out, console, name, base_dir, policy),
+            token_log,
+        } => run(
+            &config,
+            backend,
+            out,
+            RunFlags { console, token_log },
+            name,
+            base_dir,
+            policy,
+        ),
         Command::Boot {
             image,
             append,
@@ -292,7 +307,7 @@ fn run(
     config_path: &Path,
     backend: Option<Backend>,
     out: Option<PathBuf>,
-    console: bool,
+    flags: RunFlags,
     name: Option<String>,
     base_dir: Option<PathBuf>,
     policy: Option<String>,
@@ -307,7 +322,7 @@ fn run(
         loaded.config.policy = Some(choice);
     }
     let out = out.unwrap_or_else(|| runner::default_out_dir(&loaded));
-    let result = runner::run_config(&loaded, backend, &out, console).map_err(|e| {
+    let result = runner::run_config(&loaded, backend, &out, flags).map_err(|e| {
         if e.is_bad_input() {
             bad(e)
         } else {
@@ -316,6 +331,9 @@ fn run(
     })?;
     outln!("{}", result.summary());
     outln!("  results: {}", out.join("result.json").display());
+    if flags.token_log {
+        outln!("  tokens: {}", out.join(runner::TOKEN_LOG).display());
+    }
     if result.outcome.success {
         Ok(())
     } else {

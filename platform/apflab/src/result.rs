@@ -226,6 +226,15 @@ pub struct ApfRecord {
     pub halts: u64,
     /// Ready before its not-present was processed.
     pub early_ready: u64,
+    /// "Not present" taken by the kernel itself, each waited out halting.
+    #[serde(default)]
+    pub kernel_halts: u64,
+    /// Wake-all tokens handled.
+    #[serde(default)]
+    pub wake_alls: u64,
+    /// Nanoseconds in the halt loop (guest time).
+    #[serde(default)]
+    pub halted_ns: u64,
 }
 
 /// Page content checks of the run.
@@ -247,6 +256,16 @@ pub struct PolicyRecord {
     /// The fixed decision, when there is no module.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub decision: Option<serde_json::Value>,
+    /// Wasm fuel the module consumed over the run (0 without a module).
+    #[serde(default)]
+    pub fuel_used: u64,
+    /// Calls that failed (trap, fuel, limit, malformed decision) or were
+    /// skipped once the policy was disabled; their decisions were sync.
+    #[serde(default)]
+    pub failed_calls: u64,
+    /// The host disabled the module after repeated failures.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// What the VMM counted.
@@ -286,6 +305,9 @@ pub struct Wall {
     pub kernel_path: String,
     /// Guest instructions per host second (emu throughput).
     pub instructions_per_s: f64,
+    /// Host time spent in the policy's calls, ms.
+    #[serde(default)]
+    pub policy_time_ms: f64,
 }
 
 /// The host's name (best effort; empty if unknown).
@@ -401,6 +423,7 @@ impl RunResult {
                 } else {
                     0.0
                 },
+                policy_time_ms: 0.0,
             },
         }
     }
@@ -573,6 +596,9 @@ impl GuestRecord {
                 parked: r.apf_parked,
                 halts: r.apf_halts,
                 early_ready: r.apf_early_ready,
+                kernel_halts: r.apf_kernel_halts,
+                wake_alls: r.apf_wake_alls,
+                halted_ns: r.apf_halted_ns,
             },
             task_done_ns: r.task_done_ns[..used].to_vec(),
         }

@@ -170,6 +170,9 @@ fn policy(
                 module: name.clone(),
                 sha256: module.info().sha256.clone(),
                 decision: None,
+                fuel_used: 0,
+                failed_calls: 0,
+                disabled: false,
             };
             let instance = module.instantiate().map_err(|e| {
                 RunError::Setup(format!("{}: policy.module = {name:?}: {e}", path.display()))
@@ -182,6 +185,9 @@ fn policy(
                 module: "decision".into(),
                 sha256: String::new(),
                 decision: serde_json::to_value(d).ok(),
+                fuel_used: 0,
+                failed_calls: 0,
+                disabled: false,
             }),
         ),
     })
@@ -192,7 +198,21 @@ pub fn default_out_dir(loaded: &LoadedConfig) -> PathBuf {
     Path::new("results").join(&loaded.name)
 }
 
-/// Runs a loaded config and writes `DIR/result.json` and `DIR/console.log`.
+/// What a run writes and shows beside its results.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunFlags {
+    /// Echo the guest console to stdout while it runs.
+    pub console: bool,
+    /// Write [`TOKEN_LOG`] (runs with a policy only).
+    pub token_log: bool,
+}
+
+/// The file of a run's token event log: `t_ns,vcpu,token,event`, one row
+/// per event in the order they happened.
+pub const TOKEN_LOG: &str = "tokens.csv";
+
+/// Runs a loaded config and writes `DIR/result.json` and `DIR/console.log`
+/// (and [`TOKEN_LOG`] if `flags` ask for it).
 /// A run whose guest failed still writes its results (and
 /// [`RunResult::outcome`] says why); only a run that produced no results
 /// is an error.
@@ -200,7 +220,7 @@ pub fn run_config(
     loaded: &LoadedConfig,
     backend: Option<Backend>,
     out_dir: &Path,
-    echo_console: bool,
+    flags: RunFlags,
 ) -> Result<RunResult, RunError> {
     let mut config = loaded.config.clone();
     if let Some(b) = backend {
@@ -221,7 +241,7 @@ pub fn run_config(
 
     let started_at = SystemTime::now();
     let mut pager = pager(&config, &loaded.path)?;
-    let outcome = execute(config.vm_config(echo_console), pager.as_mut())?;
+    let outcome = execute(config.vm_config(flags.console), pager.as_mut())?;
     let mut result = RunResult::new(
         &RunInputs {
             name: &loaded.name,
@@ -236,9 +256,22 @@ pub fn run_config(
     match &pager {
         Some(Pager::InVmm { engine, policy }) => {
             result.set_stalls(&engine.metrics().stalled_ns);
-            if policy.is_some() {
+            if let Some(record) = policy {
                 result.apf = serde_json::to_value(engine.metrics()).ok();
-                result.policy = policy.clone();
+                if let Some(apf) = result.apf.as_mut().and_then(|v| v.as_object_mut()) {
+                    apf.insert(
+                        "token_events_dropped".into(),
+                        engine.events_dropped().into(),
+                    );
+                }
+                let usage = engine.policy_usage();
+                result.policy = Some(PolicyRecord {
+                    fuel_used: usage.fuel_used,
+                    failed_calls: usage.failed_calls,
+                    disabled: usage.disabled,
+                    ..record.clone()
+                });
+                result.wall.policy_time_ms = engine.policy_time().as_secs_f64() * 1e3;
             }
         }
         // The VMM never sees these stalls; the page servers timed them.
@@ -253,7 +286,33 @@ pub fn run_config(
         result.set_pager(&m);
     }
     write_results(out_dir, &result, &outcome.console)?;
+    if flags.token_log
+        && let Some(Pager::InVmm { engine, .. }) = &pager
+    {
+        write_token_log(out_dir, engine.events())?;
+    }
     Ok(result)
+}
+
+/// Writes `events` to `dir`/[`TOKEN_LOG`].
+fn write_token_log(dir: &Path, events: &[apflab_apf::Event]) -> Result<(), RunError> {
+    use std::fmt::Write as _;
+    let mut csv = String::from("t_ns,vcpu,token,event\n");
+    for e in events {
+        let _ = writeln!(
+            csv,
+            "{},{},{:#x},{}",
+            e.t,
+            e.token.vcpu(),
+            e.token.0,
+            e.kind.name()
+        );
+    }
+    let path = dir.join(TOKEN_LOG);
+    std::fs::write(&path, csv).map_err(|error| RunError::Write {
+        path: path.display().to_string(),
+        error,
+    })
 }
 
 /// Writes `result.json` and `console.log` into `dir` (created if needed).

@@ -31,6 +31,19 @@ fn decision(not_present: &str, ready: &str, initiation: &str, sleep: &str) -> St
 
 /// Runs `config`; its results (the run must succeed).
 fn run(config: &str) -> Value {
+    run_logged(config).0
+}
+
+/// One row of a run's `tokens.csv`.
+#[derive(Debug)]
+struct TokenEvent {
+    t: u64,
+    token: String,
+    event: String,
+}
+
+/// Runs `config` with its token log; its results and the log.
+fn run_logged(config: &str) -> (Value, Vec<TokenEvent>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apf.toml");
     std::fs::write(&path, config).unwrap();
@@ -39,6 +52,7 @@ fn run(config: &str) -> Value {
         .args([
             "run",
             path.to_str().unwrap(),
+            "--token-log",
             "--out",
             out_dir.to_str().unwrap(),
         ])
@@ -48,7 +62,59 @@ fn run(config: &str) -> Value {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}\n--- config:\n{config}");
     let text = std::fs::read_to_string(out_dir.join("result.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    let events = match std::fs::read_to_string(out_dir.join("tokens.csv")) {
+        Ok(csv) => {
+            let mut lines = csv.lines();
+            assert_eq!(lines.next(), Some("t_ns,vcpu,token,event"));
+            lines
+                .map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    assert_eq!(f.len(), 4, "{l}");
+                    TokenEvent {
+                        t: f[0].parse().unwrap(),
+                        token: f[2].to_owned(),
+                        event: f[3].to_owned(),
+                    }
+                })
+                .collect()
+        }
+        // A run without a policy has no engine log.
+        Err(_) => Vec::new(),
+    };
+    (serde_json::from_str(&text).unwrap(), events)
+}
+
+/// From the token log: every token's life, in order, is fault, "not
+/// present", (its request, when the guest initiates), fetch done, (pushed
+/// into the ring, for interrupt ready), consumed, each exactly once; so no
+/// fetch started before its request and every token reached the guest
+/// exactly once. Returns the number of tokens.
+fn assert_each_token_once(events: &[TokenEvent], guest_initiated: bool, ring: bool) -> usize {
+    let mut lives: std::collections::BTreeMap<&str, Vec<(u64, &str)>> = Default::default();
+    for e in events {
+        lives
+            .entry(e.token.as_str())
+            .or_default()
+            .push((e.t, e.event.as_str()));
+    }
+    let mut expected = vec!["fault", "not_present"];
+    if guest_initiated {
+        expected.push("request");
+    }
+    expected.push("fetch_done");
+    if ring {
+        expected.push("pushed");
+    }
+    expected.push("consumed");
+    for (token, life) in &lives {
+        let kinds: Vec<&str> = life.iter().map(|(_, k)| *k).collect();
+        assert_eq!(kinds, expected, "token {token}");
+        assert!(
+            life.windows(2).all(|w| w[0].0 <= w[1].0),
+            "token {token}: {life:?}"
+        );
+    }
+    lives.len()
 }
 
 fn u(v: &Value, pointer: &str) -> u64 {
@@ -98,7 +164,7 @@ fn every_variant_delivers_each_token_exactly_once() {
     assert_eq!(sync["guest"]["apf"]["enabled"], false);
     for (not_present, ready, initiation, sleep) in VARIANTS {
         let variant = format!("{not_present}/{ready}/{initiation}/{sleep}");
-        let r = run(&config(
+        let (r, tokens) = run_logged(&config(
             1,
             2_000_000,
             &decision(not_present, ready, initiation, sleep),
@@ -107,6 +173,11 @@ fn every_variant_delivers_each_token_exactly_once() {
         let a = &r["apf"];
         let n = u(a, "/async_faults");
         assert!(n > 0, "{variant}: {a:#}");
+        assert_eq!(
+            assert_each_token_once(&tokens, initiation == "guest", ready == "interrupt"),
+            n as usize,
+            "{variant}"
+        );
         assert_eq!(u(a, "/sync_faults"), 0, "{variant}: {a:#}");
         assert_eq!(a["fallbacks"], serde_json::json!({}), "{variant}");
         assert_eq!(a["violations"], serde_json::json!({}), "{variant}");
@@ -267,6 +338,113 @@ fn example_policies_decide_in_wasm_and_their_choice_shows() {
         (u(&r, "/guest/apf/halts"), u(&r, "/guest/apf/parked")),
         (n, 0)
     );
+    // always-reschedule: the task always gives its CPU away.
+    let r = run(&config(
+        1,
+        2_000_000,
+        "[policy]\nmodule = \"always-reschedule\"\n",
+    ));
+    assert_complete(&r);
+    let n = u(&r, "/apf/async_faults");
+    assert!(n > 0);
+    assert_eq!(
+        (u(&r, "/guest/apf/halts"), u(&r, "/guest/apf/parked")),
+        (0, n)
+    );
+}
+
+#[test]
+fn adaptive_halts_on_fast_fetches_and_reschedules_on_slow_ones() {
+    let with_latency = |us: &str| {
+        config(1, 2_000_000, "[policy]\nmodule = \"adaptive\"\n")
+            .replace("us = 100.0", &format!("us = {us}"))
+    };
+    // 2 µs fetches, below what a task switch costs it: it halts.
+    let fast = run(&with_latency("2.0"));
+    assert_complete(&fast);
+    let n = u(&fast, "/apf/async_faults");
+    assert!(n > 0);
+    assert_eq!(
+        (u(&fast, "/guest/apf/halts"), u(&fast, "/guest/apf/parked")),
+        (n, 0)
+    );
+    // 100 µs fetches: it reschedules while the CPU task is runnable (the
+    // run queue's length in the control block says so), and halts once
+    // that task is done and nothing else could run.
+    let slow = run(&with_latency("100.0"));
+    assert_complete(&slow);
+    let (halts, parked) = (u(&slow, "/guest/apf/halts"), u(&slow, "/guest/apf/parked"));
+    assert!(parked > 0 && halts > 0, "halts {halts}, parked {parked}");
+    assert_eq!(halts + parked, u(&slow, "/apf/async_faults"));
+}
+
+/// The mixed workload with the kernel reading the memory task's pages (a
+/// checksum system call with IRQs unmasked), so the faults are the
+/// kernel's.
+fn kernel_reads(extra: &str) -> String {
+    config(1, 2_000_000, extra).replace(
+        "verify = \"store\"\n",
+        "verify = \"store\"\nreader = \"kernel\"\n",
+    )
+}
+
+#[test]
+fn kernel_mode_faults_are_sync_by_default_and_async_halt_when_the_policy_says_so() {
+    // Reschedule is never served in the kernel: every fault falls back.
+    let r = run(&kernel_reads(&decision(
+        "dedicated-ec",
+        "interrupt",
+        "host",
+        "reschedule",
+    )));
+    assert_complete(&r);
+    assert!(
+        r["config"]["bootargs"]
+            .as_str()
+            .unwrap()
+            .contains("apflab.reader=kernel")
+    );
+    let a = &r["apf"];
+    let faults = u(a, "/faults");
+    assert!(faults > 0, "{a:#}");
+    assert_eq!(u(a, "/async_faults"), 0);
+    assert_eq!(u(a, "/fallbacks/kernel_mode"), faults);
+    assert_eq!(u(&r, "/guest/apf/kernel_halts"), 0);
+    // Paolo Bonzini's policy decides sync in kernel mode itself.
+    let r = run(&kernel_reads("[policy]\nmodule = \"paolo\"\n"));
+    assert_complete(&r);
+    assert_eq!(u(&r, "/apf/async_faults"), 0);
+    assert_eq!(r["apf"]["fallbacks"], serde_json::json!({}));
+    assert!(u(&r, "/policy/fuel_used") > 0);
+    // Async-halt: the kernel waits in its halt loop; the ready interrupt or
+    // exception reaches it there.
+    for (not_present, ready, initiation) in [
+        ("dedicated-ec", "interrupt", "guest"),
+        ("data-abort", "exception", "host"),
+    ] {
+        let variant = format!("{not_present}/{ready}/{initiation}/halt in the kernel");
+        let (r, tokens) = run_logged(&kernel_reads(&decision(
+            not_present,
+            ready,
+            initiation,
+            "halt",
+        )));
+        assert_complete(&r);
+        let a = &r["apf"];
+        let n = u(a, "/async_faults");
+        assert!(n > 0, "{variant}: {a:#}");
+        assert_eq!(u(a, "/sync_faults"), 0, "{variant}: {a:#}");
+        assert_eq!(
+            assert_each_token_once(&tokens, initiation == "guest", ready == "interrupt"),
+            n as usize,
+            "{variant}"
+        );
+        let g = &r["guest"]["apf"];
+        assert_eq!(u(g, "/kernel_halts"), n, "{variant}: {g:#}");
+        assert_eq!((u(g, "/halts"), u(g, "/parked")), (n, 0), "{variant}");
+        assert!(u(g, "/halted_ns") > 0, "{variant}");
+        assert_eq!(u(&r, "/vmm/stalled_ns/0"), 0, "{variant}: no vCPU stall");
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ use crate::sandbox::HostState;
 use crate::stats::{FailureCause, PolicyStats};
 use apflab_abi::policy::{
     DecideArgs, Decision, EXPORT_DECIDE, EXPORT_ON_READY, EXPORT_ON_RUN_END, FaultInfo, Policy,
+    PolicyUsage,
 };
 use wasmtime::{Instance, Store, TypedFunc};
 
@@ -192,5 +193,13 @@ impl Policy for WasmPolicy {
 
     fn on_run_end(&mut self) {
         self.notify(|this| this.call(|store, e| e.on_run_end.call(store, ())));
+    }
+
+    fn usage(&self) -> PolicyUsage {
+        PolicyUsage {
+            fuel_used: self.stats.fuel_used,
+            failed_calls: self.stats.fallbacks.total() + self.stats.failed_notifications.total(),
+            disabled: self.stats.disabled,
+        }
     }
 }

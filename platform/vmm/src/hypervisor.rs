@@ -69,6 +69,10 @@ pub struct NotResidentFault {
     /// Exception level the access was made at (0: a user task, 1: the
     /// kernel).
     pub el: u8,
+    /// Whether IRQs were masked (PSTATE.I) at the access: a kernel that
+    /// faults with IRQs unmasked could take an interrupt there, so it can
+    /// also take an asynchronous "not present" and wait for "ready".
+    pub irqs_masked: bool,
 }
 
 /// Why [`Vcpu::run`] returned.

@@ -70,6 +70,7 @@ pub fn fault(gpa: Gpa, write: bool) -> NotResidentFault {
         pc: 0x4000_1000,
         va: 0x10_0000,
         el: 0,
+        irqs_masked: false,
     }
 }
 

@@ -44,7 +44,9 @@ pub(super) fn fill_tlb(
     kind: MemType,
 ) -> Option<TlbEntry> {
     let pc = uc.pc_read().unwrap_or(0);
-    let el0 = uc.reg_read(RegisterARM64::PSTATE).unwrap_or(0) & pstate::MODE_MASK == 0;
+    let ps = uc.reg_read(RegisterARM64::PSTATE).unwrap_or(0);
+    let el0 = ps & pstate::MODE_MASK == 0;
+    let irqs_masked = ps & pstate::I != 0;
     let regs = translation_regs(uc);
     let st = uc.get_data_mut();
     let mem = WalkMemory {
@@ -88,6 +90,7 @@ pub(super) fn fill_tlb(
                         pc,
                         va,
                         el: u8::from(!el0),
+                        irqs_masked,
                     })),
                     None,
                 )
@@ -121,6 +124,7 @@ pub(super) fn fill_tlb(
                 pc,
                 va,
                 el: u8::from(!el0),
+                irqs_masked,
             })),
             None,
         ),

@@ -443,6 +443,7 @@ impl KvmVcpu {
                     pc,
                     va: site.va,
                     el: u8::from(ps & pstate::MODE_MASK != pstate::EL0T),
+                    irqs_masked: ps & pstate::I != 0,
                 })))
             }
             Err(LocateError::AllResident { .. })
