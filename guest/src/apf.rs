@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::mutex::SpinMutex;
 
 use crate::percpu::{MAX_CPUS, cpu_index};
-use crate::{arch, gic, hypercall, metrics, sched};
+use crate::{apf_abuse, arch, gic, hypercall, metrics, sched};
 
 /// The features this client handles.
 const ACCEPTED: u64 = features::NOT_PRESENT_DATA_ABORT
@@ -59,6 +59,8 @@ static BLOCKS: Blocks = Blocks([const { UnsafeCell::new(ControlBlock::new()) }; 
 
 /// The boot options allow async PF (`apflab.apf=off` clears it).
 static ALLOWED: AtomicBool = AtomicBool::new(false);
+/// The boot CPU misuses the protocol before using it (`apflab.apf_abuse`).
+static ABUSE: AtomicBool = AtomicBool::new(false);
 /// What the host offered at boot (`FEATURES`), of what this client handles.
 static OFFERED: AtomicU64 = AtomicU64::new(0);
 
@@ -73,10 +75,11 @@ fn block(cpu: usize) -> *mut ControlBlock {
     BLOCKS.0[cpu].get()
 }
 
-/// Records whether the boot options allow async PF and what the host
-/// offers (boot CPU, before any [`init_cpu`]).
-pub fn init(allowed: bool, offered: u64) {
+/// Records whether the boot options allow async PF (and ask for abuse
+/// first) and what the host offers (boot CPU, before any [`init_cpu`]).
+pub fn init(allowed: bool, abuse: bool, offered: u64) {
     ALLOWED.store(allowed, Ordering::Relaxed);
+    ABUSE.store(abuse, Ordering::Relaxed);
     OFFERED.store(offered & ACCEPTED, Ordering::Relaxed);
 }
 
@@ -98,10 +101,22 @@ pub fn init_cpu() {
         addr_of_mut!((*cb).guest_state).write_volatile(GUEST_CAN_RESCHEDULE);
     }
     gic::enable_apf_ready(cpu);
+    let abuse = cpu == 0 && ABUSE.load(Ordering::Relaxed);
+    let mut refused = if abuse {
+        apf_abuse::before_enable(cb, offered)
+    } else {
+        apf_abuse::Refused::default()
+    };
     // The kernel runs on an identity map: the address is the physical one.
     if hypercall::apf_enable(cb as u64, offered) == 0 {
         ENABLED[cpu].store(true, Ordering::Relaxed);
         metrics::APF_ENABLED.add(1);
+        if abuse {
+            refused.add(apf_abuse::after_enable(cb));
+        }
+    }
+    if abuse {
+        refused.print();
     }
 }
 

@@ -67,6 +67,9 @@ pub struct Config {
     pub timeslice_us: u64,
     /// Whether the guest may use async PF (`apflab.apf=off` disables it).
     pub apf_allowed: bool,
+    /// Whether the boot CPU misuses the async PF protocol first
+    /// (`apflab.apf_abuse=on`).
+    pub apf_abuse: bool,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             store_seed: 0,
             timeslice_us: 1000,
             apf_allowed: true,
+            apf_abuse: false,
         }
     }
 }
@@ -162,6 +166,13 @@ impl Config {
                 boot::KEY_STORE_SEED => c.store_seed = number(key, value, 0, u64::MAX),
                 boot::KEY_TIMESLICE_US => {
                     c.timeslice_us = bounded(key, value, limits::TIMESLICE_US)
+                }
+                boot::KEY_APF_ABUSE => {
+                    c.apf_abuse = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => bad(key, value, "on or off"),
+                    }
                 }
                 boot::KEY_APF => {
                     c.apf_allowed = match value {

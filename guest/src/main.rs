@@ -13,6 +13,7 @@
 #![no_main]
 
 mod apf;
+mod apf_abuse;
 mod arch;
 mod bootinfo;
 mod checksum;
@@ -83,7 +84,7 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     hypercall::init(boot.doorbell);
     let features = hypercall::features();
     metrics::set_apf_features(features);
-    apf::init(config.apf_allowed, features);
+    apf::init(config.apf_allowed, config.apf_abuse, features);
     apf::init_cpu();
     sched::init(boot.cpus().len());
     workloads::spawn(&config);

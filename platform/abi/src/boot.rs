@@ -37,6 +37,12 @@ pub const KEY_STORE_SEED: &str = "apflab.store_seed";
 pub const KEY_TIMESLICE_US: &str = "apflab.timeslice_us";
 /// `off` disables async PF in the guest (the boot option of the protocol).
 pub const KEY_APF: &str = "apflab.apf";
+/// `on`: the guest's boot CPU first misuses the async PF protocol in every
+/// way the host must refuse (before and after enabling it, then an ACK
+/// flood of [`APF_ABUSE_ACK_FLOOD`]), and only then uses it properly.
+pub const KEY_APF_ABUSE: &str = "apflab.apf_abuse";
+/// ACKs with nothing consumed that an abusive guest sends in a row.
+pub const APF_ABUSE_ACK_FLOOD: u64 = 1000;
 
 /// Workload: compute loop counting operations.
 pub const WORKLOAD_CPU: u32 = 1;

@@ -989,6 +989,9 @@ impl Config {
         if self.apf.is_some_and(|a| !a.guest_enables) {
             push(boot::KEY_APF, Some("off".into()));
         }
+        if self.apf.is_some_and(|a| a.guest_abuses) {
+            push(boot::KEY_APF_ABUSE, Some("on".into()));
+        }
         push(
             boot::KEY_STORE_SEED,
             self.pager

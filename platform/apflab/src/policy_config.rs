@@ -10,6 +10,7 @@
 //! [apf]
 //! ring_depth = 64         # 1 (x86: one token per interrupt) ..= 64
 //! guest_enables = true    # false: boot the guest with `apflab.apf=off`
+//! guest_abuses = false    # true: the guest first misuses the protocol (`apflab.apf_abuse=on`)
 //! ```
 //!
 //! Without `[policy]` no async PF is offered (the guest never enables it)
@@ -38,6 +39,7 @@ pub struct RawPolicy {
 pub struct RawApf {
     ring_depth: Option<Spanned<u32>>,
     guest_enables: Option<bool>,
+    guest_abuses: Option<bool>,
 }
 
 /// A decision given in the config, the same for every fault.
@@ -143,6 +145,9 @@ pub struct ApfSettings {
     /// Whether the guest may enable async PF (false: its `apflab.apf=off`
     /// boot option, so every fault is sync although the host offers it).
     pub guest_enables: bool,
+    /// Whether the guest first misuses the protocol in every way the host
+    /// must refuse (its `apflab.apf_abuse=on` boot option).
+    pub guest_abuses: bool,
 }
 
 impl Default for ApfSettings {
@@ -150,6 +155,7 @@ impl Default for ApfSettings {
         ApfSettings {
             ring_depth: READY_RING_SLOTS as u32,
             guest_enables: true,
+            guest_abuses: false,
         }
     }
 }
@@ -237,6 +243,9 @@ pub fn apf(raw: &RawApf) -> Result<ApfSettings, KeyProblem> {
     }
     if let Some(g) = raw.guest_enables {
         s.guest_enables = g;
+    }
+    if let Some(a) = raw.guest_abuses {
+        s.guest_abuses = a;
     }
     Ok(s)
 }

@@ -42,8 +42,9 @@ struct TokenEvent {
     event: String,
 }
 
-/// Runs `config` with its token log; its results and the log.
-fn run_logged(config: &str) -> (Value, Vec<TokenEvent>) {
+/// Runs `config` with its token log; its results, the log and the guest's
+/// console.
+fn run_logged(config: &str) -> (Value, Vec<TokenEvent>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apf.toml");
     std::fs::write(&path, config).unwrap();
@@ -81,7 +82,8 @@ fn run_logged(config: &str) -> (Value, Vec<TokenEvent>) {
         // A run without a policy has no engine log.
         Err(_) => Vec::new(),
     };
-    (serde_json::from_str(&text).unwrap(), events)
+    let console = std::fs::read_to_string(out_dir.join("console.log")).unwrap();
+    (serde_json::from_str(&text).unwrap(), events, console)
 }
 
 /// From the token log: every token's life, in order, is fault, "not
@@ -164,7 +166,7 @@ fn every_variant_delivers_each_token_exactly_once() {
     assert_eq!(sync["guest"]["apf"]["enabled"], false);
     for (not_present, ready, initiation, sleep) in VARIANTS {
         let variant = format!("{not_present}/{ready}/{initiation}/{sleep}");
-        let (r, tokens) = run_logged(&config(
+        let (r, tokens, _) = run_logged(&config(
             1,
             2_000_000,
             &decision(not_present, ready, initiation, sleep),
@@ -223,6 +225,10 @@ fn every_variant_delivers_each_token_exactly_once() {
             );
         }
         assert_eq!(u(&r, "/vmm/stalled_ns/0"), 0, "{variant}: no vCPU stall");
+        // APF_DISABLE at shutdown: the host dropped nothing, the guest
+        // handled the wake-all it answers with.
+        assert_eq!(u(a, "/wake_alls"), 1, "{variant}");
+        assert_eq!(u(&r, "/guest/apf/wake_alls"), 1, "{variant}");
     }
 }
 
@@ -423,7 +429,7 @@ fn kernel_mode_faults_are_sync_by_default_and_async_halt_when_the_policy_says_so
         ("data-abort", "exception", "host"),
     ] {
         let variant = format!("{not_present}/{ready}/{initiation}/halt in the kernel");
-        let (r, tokens) = run_logged(&kernel_reads(&decision(
+        let (r, tokens, _) = run_logged(&kernel_reads(&decision(
             not_present,
             ready,
             initiation,
@@ -445,6 +451,56 @@ fn kernel_mode_faults_are_sync_by_default_and_async_halt_when_the_policy_says_so
         assert!(u(g, "/halted_ns") > 0, "{variant}");
         assert_eq!(u(&r, "/vmm/stalled_ns/0"), 0, "{variant}: no vCPU stall");
     }
+}
+
+#[test]
+fn a_guest_that_misuses_the_protocol_is_refused_each_time_and_the_run_still_finishes() {
+    let (r, tokens, console) = run_logged(&config(
+        1,
+        2_000_000,
+        &(decision("dedicated-ec", "interrupt", "guest", "reschedule")
+            + "[apf]\nguest_abuses = true\n"),
+    ));
+    assert_complete(&r);
+    assert!(
+        r["config"]["bootargs"]
+            .as_str()
+            .unwrap()
+            .contains("apflab.apf_abuse=on")
+    );
+    let flood = apflab_abi::boot::APF_ABUSE_ACK_FLOOD;
+    let expected = [
+        ("ack_not_enabled", 1),
+        ("request_not_enabled", 1),
+        ("disable_not_enabled", 1),
+        ("control_block_misaligned", 1),
+        ("control_block_outside_ram", 1),
+        ("control_block_version", 1),
+        ("request_unknown_token", 1),
+        ("ack_without_consumption", flood),
+        ("ready_tail_out_of_range", 1),
+    ];
+    let v = r["apf"]["violations"].as_object().unwrap();
+    assert_eq!(v.len(), expected.len(), "{v:?}");
+    for (kind, n) in expected {
+        assert_eq!(
+            v.get(kind).and_then(Value::as_u64),
+            Some(n),
+            "{kind}: {v:?}"
+        );
+    }
+    // The guest saw each misuse answered with INVALID_PARAMETERS.
+    let sent: u64 = expected.iter().map(|(_, n)| n).sum();
+    assert!(
+        console.contains(&format!("apf abuse: {sent} of {sent} misuses refused")),
+        "{console}"
+    );
+    assert_eq!(r["guest"]["apf"]["enabled"], true);
+    // And then it used the protocol as it should: every token once.
+    let a = &r["apf"];
+    let n = u(a, "/async_faults");
+    assert!(n > 0);
+    assert_eq!(assert_each_token_once(&tokens, true, true), n as usize);
 }
 
 #[test]
