@@ -6,7 +6,10 @@
 //!   stall (install);
 //! - `async/interrupt`: the fault (policy call, token, "not present" in the
 //!   control block and the exception), the fetch done (install, ready ring,
-//!   line), the guest's ACK (ring bookkeeping, line).
+//!   line), the guest's ACK (ring bookkeeping, line);
+//! - `async/exception`: the same fault, the fetch done (install, queued
+//!   for delivery), and the "page ready" exception entered when the guest
+//!   resumes at EL0 (control block, the exception).
 //!
 //! Goal: an async fault's host-side work at most 2x a sync fault's. The
 //! guest's side (exception entry, the scheduler) runs in the guest and is
@@ -25,7 +28,7 @@ use apflab_apf::{ApfConfig, Engine};
 use apflab_pager::{ManagedRange, PagerConfig, Prepared, VirtualPager};
 use apflab_policy_host::BuiltinFixed;
 use apflab_vmm::hypervisor::NotResidentFault;
-use apflab_vmm::{Action, EngineCall, FaultHook};
+use apflab_vmm::{Action, EngineCall, FaultHook, ResumeState};
 use criterion::{Criterion, criterion_group, criterion_main};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -85,15 +88,7 @@ fn async_fault(c: &mut Criterion) {
         sleep: Sleep::Reschedule,
         prefetch: 0,
     };
-    let (mut e, mut m) = engine(decision, ApfConfig::all(64));
-    m.memory
-        .write_obj(CONTROL_BLOCK_VERSION, GuestAddress(CONTROL_BLOCK))
-        .expect("control block");
-    let enable = EngineCall {
-        function: hc::FN_APF_ENABLE,
-        args: [CONTROL_BLOCK, apf::features::ALL, 0, 0, 0],
-    };
-    assert_eq!(e.on_hypercall(0, enable, 0, &mut m).regs[0], 0);
+    let (mut e, mut m) = enabled(decision);
     let ack = EngineCall {
         function: hc::FN_APF_ACK,
         args: [0; 5],
@@ -117,5 +112,63 @@ fn async_fault(c: &mut Criterion) {
     assert_eq!(e.metrics().ready_delivered, u64::from(consumed));
 }
 
-criterion_group!(benches, sync_fault, async_fault);
+/// An engine for `decision` with async PF enabled on vCPU 0.
+fn enabled(decision: Decision) -> (Engine, PlainMachine) {
+    let (mut e, mut m) = engine(decision, ApfConfig::all(64));
+    m.memory
+        .write_obj(CONTROL_BLOCK_VERSION, GuestAddress(CONTROL_BLOCK))
+        .expect("control block");
+    let enable = EngineCall {
+        function: hc::FN_APF_ENABLE,
+        args: [CONTROL_BLOCK, apf::features::ALL, 0, 0, 0],
+    };
+    assert_eq!(e.on_hypercall(0, enable, 0, &mut m).regs[0], 0);
+    (e, m)
+}
+
+fn async_fault_ready_exception(c: &mut Criterion) {
+    let decision = Decision::Async {
+        not_present: NotPresentDelivery::DataAbort,
+        ready: ReadyDelivery::Exception,
+        initiation: Initiation::Host,
+        sleep: Sleep::Reschedule,
+        prefetch: 0,
+    };
+    let (mut e, mut m) = enabled(decision);
+    let reason = GuestAddress(CONTROL_BLOCK + cb_offset::REASON as u64);
+    let at_el0 = ResumeState {
+        el: 0,
+        pc: 0x10_0000_0000,
+    };
+    let (mut k, mut now) = (0u64, 0u64);
+    c.bench_function("apf_host_work/async_exception", |b| {
+        b.iter(|| {
+            k += 1;
+            now += 20_000;
+            let action = e.on_not_resident(0, &fault(k), now, &mut m);
+            assert!(matches!(action, Action::InjectException(_)), "{action:?}");
+            // The guest read its "not present".
+            m.memory
+                .write_obj(apf::REASON_NONE, reason)
+                .expect("reason");
+            now = e.next_deadline().expect("the fetch is due");
+            black_box(e.on_time(now, &mut m));
+            let ready = e.on_resume(0, at_el0, now, &mut m);
+            assert!(matches!(ready, Action::InjectException(_)), "{ready:?}");
+            // And its "page ready".
+            m.memory
+                .write_obj(apf::REASON_NONE, reason)
+                .expect("reason");
+            black_box(ready)
+        })
+    });
+    assert_eq!(e.metrics().ready_exceptions, k);
+}
+
+criterion_group!(
+    benches,
+    sync_fault,
+    async_fault,
+    async_fault_ready_exception
+);
 criterion_main!(benches);

@@ -130,8 +130,9 @@ pub fn disable_cpu() {
 }
 
 /// The notification of kind `reason` this CPU's control block describes,
-/// if the exception being handled is one: its token and action.
-fn take_notification(reason: u32) -> Option<(u64, u32)> {
+/// if the exception being handled is one: its token and action. The
+/// notification stays current until [`end_notification`].
+fn notification(reason: u32) -> Option<(u64, u32)> {
     let cpu = cpu_index();
     if !ENABLED[cpu].load(Ordering::Relaxed) {
         return None;
@@ -143,28 +144,44 @@ fn take_notification(reason: u32) -> Option<(u64, u32)> {
         if addr_of!((*cb).reason).read_volatile() != reason {
             return None;
         }
-        let token = addr_of!((*cb).token).read_volatile();
-        let action = addr_of!((*cb).action).read_volatile();
-        addr_of_mut!((*cb).reason).write_volatile(REASON_NONE);
-        Some((token, action))
+        Some((
+            addr_of!((*cb).token).read_volatile(),
+            addr_of!((*cb).action).read_volatile(),
+        ))
     }
 }
 
+/// Tells the host the current notification was read: it injects the next
+/// exception only after this.
+fn end_notification() {
+    let cb = block(cpu_index());
+    // SAFETY: this CPU's own block; the host writes `reason` only while it
+    // reads REASON_NONE here.
+    unsafe { addr_of_mut!((*cb).reason).write_volatile(REASON_NONE) };
+}
+
 /// The "not present" being handled, if it is one: its token and what to
-/// do.
+/// do. ("Not present" is only injected on a faulting access, never into
+/// this handler, so it ends at once.)
 pub fn take_not_present() -> Option<(u64, u32)> {
-    take_notification(REASON_NOT_PRESENT)
+    let n = notification(REASON_NOT_PRESENT)?;
+    end_notification();
+    Some(n)
 }
 
-/// The "page ready" exception being handled, if it is one: its token.
-pub fn take_page_ready() -> Option<u64> {
-    take_notification(REASON_PAGE_READY).map(|(token, _)| token)
-}
-
-/// "Page ready" as an exception (taken from a task, or in a wait marked
-/// with [`wait_marked`]): wakes the token's sleeper.
-pub fn page_ready(token: u64) {
+/// Handles a "page ready" exception (taken from a task, or in a wait
+/// marked with [`wait_marked`]), if the exception being handled is one:
+/// wakes the token's sleeper. The notification ends only after the wake,
+/// once no lock is held: the host may enter the next "page ready" as soon
+/// as it has ended, possibly before this handler returns, and a nested
+/// handler that found the run queue locked by this one would spin forever.
+pub fn page_ready_exception() -> bool {
+    let Some((token, _)) = notification(REASON_PAGE_READY) else {
+        return false;
+    };
     wake(cpu_index(), token);
+    end_notification();
+    true
 }
 
 /// Publishes how many tasks wait in this CPU's run queue (a policy input:

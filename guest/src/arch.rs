@@ -20,6 +20,16 @@ pub fn wfi() {
     aarch64_cpu::asm::wfi();
 }
 
+/// Encoding of `wfi`.
+const WFI: u32 = 0xD503_207F;
+
+/// Whether the kernel instruction at `pc` is a WFI.
+pub fn is_wfi(pc: u64) -> bool {
+    // SAFETY: `pc` is the return address of an exception taken at EL1, so
+    // it lies in the kernel's own code, mapped readable and aligned.
+    pc.is_multiple_of(4) && unsafe { (pc as *const u32).read_volatile() } == WFI
+}
+
 /// Opens the short window in which pending IRQs are taken at EL1 (the
 /// `irq_current` handler), then masks again.
 #[inline]

@@ -14,7 +14,7 @@
 //! never switches tasks from `irq_current`: the idle loop picks the next
 //! task itself, and a system call reschedules on its way back to EL0.
 
-use crate::{apf, gic, sched, syscall};
+use crate::{apf, arch, gic, sched, syscall};
 use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
 use aarch64_rt::{ExceptionHandlers, RegisterStateRef, exception_handlers};
 use apflab_abi::apf::{
@@ -31,14 +31,21 @@ exception_handlers!(Handlers);
 struct Handlers;
 
 impl ExceptionHandlers for Handlers {
-    extern "C" fn sync_current(regs: RegisterStateRef) {
+    extern "C" fn sync_current(mut regs: RegisterStateRef) {
         let ec = esr_ec(ESR_EL1.get());
         // "Page ready" as an exception, entered by the host only in a wait
-        // marked for it (`apf::wait_marked`).
-        if matches!(ec, EC_APF_READY | EC_DATA_ABORT_CURRENT)
-            && let Some(token) = apf::take_page_ready()
-        {
-            apf::page_ready(token);
+        // marked for it (`apf::wait_marked`), which waits in WFI.
+        if matches!(ec, EC_APF_READY | EC_DATA_ABORT_CURRENT) && apf::page_ready_exception() {
+            // SAFETY: the return address moves only past a WFI, which may
+            // complete at any time (the architecture allows spurious
+            // wake-ups), so the wait goes on as if it had woken by itself.
+            // Hosts differ on whether an exception entered in WFI returns
+            // to it or past it; returning to it would sleep again with the
+            // woken task runnable.
+            let frame = unsafe { regs.get_mut() };
+            if arch::is_wfi(frame.elr as u64) {
+                frame.elr += 4;
+            }
             return;
         }
         // "Not present" taken by the kernel (async-halt, with IRQs unmasked
@@ -76,9 +83,7 @@ impl ExceptionHandlers for Handlers {
             }
             // "Page ready" as an exception (a class of its own, or a data
             // abort whose control block says so).
-            EC_APF_READY | EC_DATA_ABORT_LOWER if let Some(token) = apf::take_page_ready() => {
-                apf::page_ready(token);
-            }
+            EC_APF_READY | EC_DATA_ABORT_LOWER if apf::page_ready_exception() => {}
             // "Not present": a class of its own, or a data abort whose
             // control block says so (the host decides which per fault).
             EC_APF_NOT_PRESENT | EC_DATA_ABORT_LOWER

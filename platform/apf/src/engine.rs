@@ -705,6 +705,7 @@ impl FaultHook for Engine {
         let reason = cb.reason(mem).unwrap_or(u32::MAX);
         if !ready::exception_deliverable(state, cb.guest_state(mem), reason) {
             // Held until the guest can take it.
+            self.metrics.ready_exception_held += 1;
             return Action::Retry;
         }
         v.pending_exceptions.pop_front();

@@ -37,6 +37,10 @@ pub struct FaultMetrics {
     pub ready_delivered: u64,
     /// Tokens delivered as a "page ready" exception.
     pub ready_exceptions: u64,
+    /// Times a vCPU resumed with a "page ready" exception held for it but
+    /// could not take it there (not at EL0 nor in a marked wait, or its
+    /// last notification not yet read), so it stayed held.
+    pub ready_exception_held: u64,
     /// Times the ready PPI was raised.
     pub ready_interrupts: u64,
     /// `APF_ACK`s accepted.

@@ -449,6 +449,7 @@ fn ready_as_an_exception_waits_until_the_guest_can_take_it() {
         (mt.ready_exceptions, mt.ready_delivered, mt.acks),
         (1, 1, 0)
     );
+    assert_eq!(mt.ready_exception_held, 1, "held once, in the kernel");
     // At EL0 the next one goes at once, but not over an unread notification.
     m.memory.write_obj(0u32, state).unwrap();
     let other = Pfn(managed(1)).gpa();

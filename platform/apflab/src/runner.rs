@@ -125,16 +125,7 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
             let (policy, record) = policy(config, path)?;
             let offered = match (&config.policy, config.apf) {
                 (None, _) => ApfConfig::OFF,
-                (Some(_), apf) => {
-                    let mut offered = ApfConfig::all(apf.unwrap_or_default().ring_depth);
-                    if config.backend.kind == Backend::Kvm {
-                        // On kvm a held ready exception can stay held: in
-                        // the nested test a token was never delivered (146
-                        // of 147 were). Not offered until that is found.
-                        offered.offered &= !apflab_abi::apf::features::READY_EXCEPTION;
-                    }
-                    offered
-                }
+                (Some(_), apf) => ApfConfig::all(apf.unwrap_or_default().ring_depth),
             };
             Pager::InVmm {
                 engine: Box::new(Engine::new(
