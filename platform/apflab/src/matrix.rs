@@ -656,15 +656,20 @@ impl Layout {
     }
 
     /// The results already in the folder for `point` run on `backend`:
-    /// `None` if missing, of another config or another engine.
+    /// `None` if missing, of another config, another guest kernel or
+    /// another engine. (A run is deterministic given those and the VMM
+    /// build; after changing the VMM, `--force` reruns.)
     pub fn existing(&self, point: &Point, backend: Backend) -> Option<RunResult> {
         let path = self.result(&point.id);
         if !path.is_file() {
             return None;
         }
-        load_result(&path)
-            .ok()
-            .filter(|r| r.config.sha256 == point.config.sha256 && r.backend == backend.name())
+        let r = load_result(&path).ok()?;
+        if r.config.sha256 != point.config.sha256 || r.backend != backend.name() {
+            return None;
+        }
+        let kernel = std::fs::read(&point.config.config.kernel_path).ok()?;
+        (r.config.kernel_sha256 == sha256_hex(&kernel)).then_some(r)
     }
 }
 

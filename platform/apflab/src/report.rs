@@ -219,6 +219,7 @@ fn async_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
         "not present",
         "ready (interrupts / exceptions)",
         "page requests",
+        "guest: parked / halts (kernel)",
         "halted ms",
         "source",
     ];
@@ -262,6 +263,15 @@ fn async_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
                 n("ready_exceptions")
             ),
             n("page_requests").to_string(),
+            r.guest.as_ref().map_or_else(
+                || "-".to_owned(),
+                |g| {
+                    format!(
+                        "{} / {} ({})",
+                        g.apf.parked, g.apf.halts, g.apf.kernel_halts
+                    )
+                },
+            ),
             format!("{:.3}", halted as f64 / 1e6),
             format!("`{}`", path.display()),
         ];
