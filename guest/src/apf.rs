@@ -80,6 +80,7 @@ fn block(cpu: usize) -> *mut ControlBlock {
 pub fn init(allowed: bool, abuse: bool, offered: u64) {
     ALLOWED.store(allowed, Ordering::Relaxed);
     ABUSE.store(abuse, Ordering::Relaxed);
+    sched::observe_run_queue(note_runnable);
     OFFERED.store(offered & ACCEPTED, Ordering::Relaxed);
 }
 
@@ -187,7 +188,7 @@ pub fn page_ready_exception() -> bool {
 /// Publishes how many tasks wait in this CPU's run queue (a policy input:
 /// with none, rescheduling a faulting task only idles the CPU). Called by
 /// the scheduler, on this CPU, whenever the number changes.
-pub fn note_runnable(tasks: usize) {
+fn note_runnable(tasks: usize) {
     let cpu = cpu_index();
     if ENABLED[cpu].load(Ordering::Relaxed) {
         let cb = block(cpu);

@@ -7,6 +7,24 @@
 use apflab_abi::boot::{self, parse_bootargs};
 use apflab_abi::limits::{self, Bound};
 use core::str::FromStr;
+use spin::Once;
+
+/// The configuration of this boot, once parsed.
+static CONFIG: Once<Config> = Once::new();
+
+/// Keeps `config` as this boot's configuration (boot CPU, once).
+pub fn set(config: &Config) -> &'static Config {
+    CONFIG.call_once(|| *config)
+}
+
+/// This boot's configuration.
+///
+/// # Panics
+///
+/// Before [`set`].
+pub fn get() -> &'static Config {
+    CONFIG.get().expect("the configuration was set at boot")
+}
 
 /// `memtouch` access order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

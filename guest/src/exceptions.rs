@@ -14,7 +14,7 @@
 //! never switches tasks from `irq_current`: the idle loop picks the next
 //! task itself, and a system call reschedules on its way back to EL0.
 
-use crate::{apf, arch, gic, sched, syscall};
+use crate::{apf, arch, gic, kv, sched, syscall};
 use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
 use aarch64_rt::{ExceptionHandlers, RegisterStateRef, exception_handlers};
 use apflab_abi::apf::{
@@ -121,6 +121,7 @@ impl ExceptionHandlers for Handlers {
 fn handle_irqs() {
     while let Some(intid) = gic::acknowledge() {
         if intid == gic::VTIMER {
+            kv::on_timer(arch::counter());
             sched::on_timer_interrupt();
         } else if intid == gic::APF_READY {
             apf::on_ready_interrupt();

@@ -22,13 +22,16 @@ mod console;
 mod exceptions;
 mod gic;
 mod hypercall;
+mod kv;
 mod metrics;
 mod mmu;
 mod percpu;
+mod run_end;
 mod sched;
 mod smp;
 mod syscall;
 mod timer;
+mod uapi;
 mod workloads;
 
 use aarch64_paging::descriptor::El1Attributes;

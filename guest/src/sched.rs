@@ -10,13 +10,13 @@
 //! Blocking is "sleep on a wait condition" ([`Wait`]): a deadline on the
 //! virtual counter (the `sleep` syscall) or a key that some interrupt or
 //! exception handler wakes with [`wake_key`] (`kv` request arrivals, async
-//! PF "page ready" tokens). The number of tasks waiting in a CPU's run
-//! queue is published to the host ([`apf::note_runnable`]) as it changes. Round-robin with a time slice: the
+//! PF "page ready" tokens). Whoever asked ([`observe_run_queue`]) is told
+//! the number of tasks waiting in a CPU's run queue as it changes. Round-robin with a time slice: the
 //! virtual timer preempts a task whose slice is over when another task is
 //! runnable.
 
 use crate::percpu::{MAX_CPUS, cpu_index};
-use crate::{apf, arch, hypercall, metrics, timer, workloads};
+use crate::{arch, hypercall, metrics, run_end, timer};
 use aarch64_rt::Stack;
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
@@ -239,6 +239,22 @@ static TABLE: SpinMutex<Table> = SpinMutex::new(Table {
     spawned: 0,
 });
 
+/// Told the length of a CPU's run queue, on that CPU, whenever it changes
+/// (the async PF client publishes it to the host).
+static RUN_QUEUE_OBSERVER: spin::Once<fn(usize)> = spin::Once::new();
+
+/// Makes `observer` be told the length of the calling CPU's run queue
+/// whenever it changes (set once, at boot).
+pub fn observe_run_queue(observer: fn(usize)) {
+    RUN_QUEUE_OBSERVER.call_once(|| observer);
+}
+
+fn run_queue_changed(len: usize) {
+    if let Some(observer) = RUN_QUEUE_OBSERVER.get() {
+        observer(len);
+    }
+}
+
 /// Tasks not yet exited.
 static LIVE_TASKS: AtomicU32 = AtomicU32::new(0);
 /// Tasks that exited.
@@ -323,7 +339,7 @@ pub fn schedule() {
         let c = &mut t.cpus[cpu];
         let prev = c.current;
         let next = c.runqueue.pop();
-        apf::note_runnable(c.runqueue.len());
+        run_queue_changed(c.runqueue.len());
         c.current = next;
         if let Some(n) = next {
             c.slice_end = now + timer::slice_ticks();
@@ -392,7 +408,7 @@ pub fn yield_current() {
         let current = t.cpus[cpu].current.expect("yield from a task");
         t.tasks[current].state = State::Runnable;
         t.cpus[cpu].runqueue.push(current);
-        apf::note_runnable(t.cpus[cpu].runqueue.len());
+        run_queue_changed(t.cpus[cpu].runqueue.len());
     }
     schedule();
 }
@@ -426,14 +442,14 @@ fn wake_where(t: &mut Table, cpu: usize, pred: impl Fn(Wait) -> bool) -> usize {
         }
     }
     if woken > 0 {
-        apf::note_runnable(t.cpus[cpu].runqueue.len());
+        run_queue_changed(t.cpus[cpu].runqueue.len());
     }
     woken
 }
 
 /// Sets (or clears) an extra timer deadline on this CPU, for handlers that
 /// wake keys at a given time ([`on_timer_interrupt`] calls
-/// [`workloads::on_timer`]).
+/// [`crate::kv::on_timer`]).
 pub fn set_cpu_deadline(deadline: Option<u64>) {
     let cpu = cpu_index();
     let mut t = TABLE.lock();
@@ -457,7 +473,6 @@ pub fn on_timer_interrupt() {
         }
         wake_where(&mut t, cpu, |w| matches!(w, Wait::Until(d) if d <= now));
     }
-    workloads::on_timer(now);
     let mut t = TABLE.lock();
     let c = &mut t.cpus[cpu];
     if c.current.is_some() && now >= c.slice_end {
@@ -509,7 +524,7 @@ pub fn exit_current() -> ! {
     let _ = hypercall::task_done(id as u32, ops);
     EXITED_TASKS.fetch_add(1, Ordering::SeqCst);
     if LIVE_TASKS.fetch_sub(1, Ordering::SeqCst) == 1 {
-        workloads::finish(
+        run_end::finish(
             CPUS_ONLINE.load(Ordering::SeqCst),
             EXITED_TASKS.load(Ordering::SeqCst),
         );

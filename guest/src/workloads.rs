@@ -1,28 +1,21 @@
-//! The workloads: which EL0 tasks a configuration starts, the EL0 code they
-//! run, the kernel side of `kv` (timer-driven request arrivals) and the end
-//! of the run (report, power off).
+//! The workloads: which EL0 tasks a configuration starts and the EL0 code
+//! they run (the kernel side of `kv` is [`crate::kv`]).
 //!
 //! EL0 code (the `*_task` functions and what they call) lives in the kernel
 //! image but may only touch its parameter block, its stack, the workload
 //! window and read-only data, and only enters the kernel through
-//! [`crate::syscall::user`].
+//! [`crate::uapi`].
 
 use crate::config::{Config, Pattern, Reader, Verify};
-use crate::metrics::{self, metric};
+use crate::metrics::metric;
 use crate::sched::{self, Placement, TaskParams};
-use crate::syscall::user;
-use crate::syscall::{E_INVAL, user::NO_MORE_REQUESTS};
-use crate::{arch, checksum, console, hypercall, mmu, percpu};
+use crate::uapi::{self as user, NO_MORE_REQUESTS};
+use crate::{checksum, config, kv, mmu};
 use apflab_abi::boot::{
     KEY_MIB, WORKLOAD_CPU, WORKLOAD_KV, WORKLOAD_MEMTOUCH, WORKLOAD_MIXED, WORKLOAD_VA,
 };
 use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE};
 use apflab_abi::pattern::{WORDS_PER_PAGE, splitmix64, synthetic_word};
-use apflab_abi::report::CONSOLE_PREFIX;
-use spin::Once;
-use spin::mutex::SpinMutex;
-
-static CONFIG: Once<Config> = Once::new();
 
 /// `memtouch` mode flag: pages in random order.
 const MEMTOUCH_RANDOM: u64 = 1 << 0;
@@ -32,7 +25,7 @@ const MEMTOUCH_KERNEL_READS: u64 = 1 << 1;
 
 /// Starts the configured workload's tasks (boot CPU, before the scheduler).
 pub fn spawn(config: &Config) {
-    let config = *CONFIG.call_once(|| *config);
+    let config = *config::set(config);
     let region = mmu::workload_phys();
     let region_pages = (region.end - region.start) >> PAGE_SHIFT;
     let pages = config.mib << (20 - PAGE_SHIFT);
@@ -93,16 +86,7 @@ pub fn spawn(config: &Config) {
             sched::spawn(memtouch_task, memtouch(0, pages), Placement::Pinned(0));
         }
         WORKLOAD_KV => {
-            let interval = arch::ns_to_ticks(config.interval_us * 1000).max(2);
-            *KV.lock() = Some(Kv {
-                cpu: 0,
-                total: config.requests,
-                handed_out: 0,
-                interval_ticks: interval,
-                rng: config.seed | 1,
-                next_arrival: None,
-                in_flight: None,
-            });
+            kv::start(0, config.requests, config.interval_us, config.seed);
             let params = [
                 WORKLOAD_VA,
                 pages,
@@ -281,116 +265,4 @@ extern "C" fn kv_task(params: *const TaskParams) -> ! {
     user::report(metric::MISMATCHES, mismatches);
     user::write("kv task done\n");
     user::exit()
-}
-
-// ---------------------------------------------------------------------------
-// Kernel side of `kv`
-// ---------------------------------------------------------------------------
-
-/// Wait key on which the `kv` server sleeps until the next arrival.
-const KV_ARRIVAL_KEY: u64 = u64::from_le_bytes(*b"kv-arrvl");
-
-/// Open-loop request arrivals: request `i` arrives at a fixed time whether
-/// or not the server has finished request `i - 1`, so queueing shows up in
-/// the latency.
-struct Kv {
-    cpu: usize,
-    total: u64,
-    handed_out: u64,
-    interval_ticks: u64,
-    /// xorshift64 state for inter-arrival times.
-    rng: u64,
-    /// Arrival time of the next request (set when the server first waits).
-    next_arrival: Option<u64>,
-    /// The request being served and its arrival time.
-    in_flight: Option<(u64, u64)>,
-}
-
-impl Kv {
-    /// Next inter-arrival time: uniform in [interval/2, 3*interval/2).
-    fn draw(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.interval_ticks / 2 + self.rng % self.interval_ticks
-    }
-}
-
-static KV: SpinMutex<Option<Kv>> = SpinMutex::new(None);
-
-/// `request_wait` syscall: blocks until the next request has arrived.
-pub fn request_wait() -> i64 {
-    loop {
-        let arrival = {
-            let mut guard = KV.lock();
-            let Some(kv) = guard.as_mut() else {
-                return E_INVAL;
-            };
-            if kv.handed_out == kv.total {
-                return NO_MORE_REQUESTS;
-            }
-            let now = arch::counter();
-            let arrival = match kv.next_arrival {
-                Some(a) => a,
-                None => {
-                    let a = now + kv.draw();
-                    kv.next_arrival = Some(a);
-                    a
-                }
-            };
-            if arrival <= now {
-                let index = kv.handed_out;
-                kv.handed_out += 1;
-                kv.in_flight = Some((index, arrival));
-                let next = arrival + kv.draw();
-                kv.next_arrival = Some(next);
-                return index as i64;
-            }
-            arrival
-        };
-        // The arrival is a timer event on this CPU that wakes the key.
-        sched::set_cpu_deadline(Some(arrival));
-        sched::block_current(sched::Wait::Key(KV_ARRIVAL_KEY));
-    }
-}
-
-/// `request_done` syscall: records the latency of the request in flight.
-pub fn request_done(index: u64) -> i64 {
-    let mut guard = KV.lock();
-    let Some(kv) = guard.as_mut() else {
-        return E_INVAL;
-    };
-    match kv.in_flight {
-        Some((i, arrival)) if i == index => {
-            kv.in_flight = None;
-            metrics::request_done(arch::ticks_to_ns(arch::counter() - arrival));
-            0
-        }
-        _ => E_INVAL,
-    }
-}
-
-/// Called on every timer interrupt: wakes the `kv` server when its next
-/// request is due.
-pub fn on_timer(now: u64) {
-    let due = KV.lock().as_ref().is_some_and(|kv| {
-        kv.cpu == percpu::cpu_index() && kv.next_arrival.is_some_and(|a| a <= now)
-    });
-    if due {
-        sched::wake_key(KV_ARRIVAL_KEY);
-    }
-}
-
-/// After the last task: print and hand over the report, power off.
-pub fn finish(cpus_online: u32, tasks_completed: u32) -> ! {
-    crate::apf::disable_cpu();
-    let config = CONFIG.get().expect("workloads::spawn ran");
-    let report = metrics::build_report(config, cpus_online, tasks_completed);
-    let mut line = console::FixedBuf::<4096>::new();
-    let _ = report.write_console_line(&mut line);
-    console::println!("{}", line.as_str());
-    debug_assert!(line.as_str().starts_with(CONSOLE_PREFIX));
-    // NOT_SUPPORTED on plain QEMU: the console line is the report there.
-    let _ = hypercall::report(report.as_bytes());
-    hypercall::system_off()
 }

@@ -510,8 +510,8 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(code, Some(0), "{log}");
     let r = r.unwrap();
     assert_eq!(u(&r, "/vcpus"), 2);
-    assert_eq!(u(&r, "/virtual_time_ns"), 146_243_676);
-    assert_eq!(u(&r, "/vmm/instructions"), 63_816_028);
+    assert_eq!(u(&r, "/virtual_time_ns"), 146_216_740);
+    assert_eq!(u(&r, "/vmm/instructions"), 63_734_423);
     let exits: Vec<(&str, u64)> = [
         ("hypercall", 5),
         ("irq", 141),
@@ -531,7 +531,7 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(r["vmm"]["halted_ns"], serde_json::json!([0, 0]));
     assert_eq!(
         r["vmm"]["task_done_ns"],
-        serde_json::json!({"0": 7_690_584, "1": 144_759_808})
+        serde_json::json!({"0": 7_663_635, "1": 144_732_865})
     );
     assert_eq!(u(&r, "/vmm/interrupts/27"), 141);
     for (key, n) in [
@@ -556,9 +556,9 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(u(&r, "/integrity/pages_verified"), 8192);
     assert_eq!(u(&r, "/integrity/mismatches"), 0);
     assert_eq!(u(&r, "/guest/context_switches"), 8);
-    assert_eq!(u(&r, "/guest/elapsed_ns"), 144_690_240);
+    assert_eq!(u(&r, "/guest/elapsed_ns"), 144_663_040);
     assert_eq!(
         r["guest"]["task_done_ns"],
-        serde_json::json!([7_619_184, 144_688_400])
+        serde_json::json!([7_591_968, 144_661_200])
     );
 }

@@ -1,0 +1,20 @@
+//! The end of the run, after the last task: async PF off, the report
+//! printed and handed to the host, power off.
+
+use apflab_abi::report::CONSOLE_PREFIX;
+
+use crate::{apf, config, console, hypercall, metrics};
+
+/// After the last task: print and hand over the report, power off.
+pub fn finish(cpus_online: u32, tasks_completed: u32) -> ! {
+    apf::disable_cpu();
+    let config = config::get();
+    let report = metrics::build_report(config, cpus_online, tasks_completed);
+    let mut line = console::FixedBuf::<4096>::new();
+    let _ = report.write_console_line(&mut line);
+    console::println!("{}", line.as_str());
+    debug_assert!(line.as_str().starts_with(CONSOLE_PREFIX));
+    // NOT_SUPPORTED on plain QEMU: the console line is the report there.
+    let _ = hypercall::report(report.as_bytes());
+    hypercall::system_off()
+}
