@@ -298,7 +298,11 @@ impl<'h> EmuRun<'h> {
                     v.charge_ns(cost.exit_ns + cost.hypercall_ns);
                     let call = self.machine.dispatch(idx, function, args, now);
                     let answer = self.answer(idx, call, now);
-                    run_loop::return_from_hypercall(&mut self.vcpus[i], answer)?
+                    let next = run_loop::return_from_hypercall(&mut self.vcpus[i], answer)?;
+                    let v = &mut self.vcpus[i];
+                    let entered = self.machine.deliver_sdei(v)?;
+                    v.charge_ns(cost.inject_ns * u64::from(entered));
+                    next
                 }
                 VmExit::NotResident(fault) => {
                     self.machine.count_exit("not_resident");

@@ -470,7 +470,10 @@ fn vcpu_thread(
                             let answer = run_loop::answer(machine, answered, |_| None);
                             match run_loop::return_from_hypercall(&mut vcpu, answer)? {
                                 Next::End(exit) => Flow::Stop(Some(exit)),
-                                _ => Flow::Run,
+                                _ => {
+                                    machine.deliver_sdei(&mut vcpu)?;
+                                    Flow::Run
+                                }
                             }
                         }
                     }
