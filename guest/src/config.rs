@@ -55,6 +55,8 @@ pub struct Config {
     pub timeslice_us: u64,
     /// Whether the guest may use async PF (`apflab.apf=off` disables it).
     pub apf_allowed: bool,
+    /// Run the SDEI conformance test at boot (`apflab.selftest=sdei`).
+    pub selftest_sdei: bool,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             store_seed: 0,
             timeslice_us: 1000,
             apf_allowed: true,
+            selftest_sdei: false,
         }
     }
 }
@@ -148,6 +151,12 @@ impl Config {
                         "on" => true,
                         "off" => false,
                         _ => bad(key, value, "on or off"),
+                    }
+                }
+                boot::KEY_SELFTEST => {
+                    c.selftest_sdei = match value {
+                        "sdei" => true,
+                        _ => bad(key, value, "sdei"),
                     }
                 }
                 _ => {}

@@ -33,6 +33,9 @@ pub const KEY_STORE_SEED: &str = "apflab.store_seed";
 pub const KEY_TIMESLICE_US: &str = "apflab.timeslice_us";
 /// `off` disables async PF in the guest (the boot option of the protocol).
 pub const KEY_APF: &str = "apflab.apf";
+/// `sdei` runs the SDEI firmware conformance test at boot (it prints one
+/// `sdei-selftest: PASS|FAIL` line per check), before the workload.
+pub const KEY_SELFTEST: &str = "apflab.selftest";
 
 /// Workload: compute loop counting operations.
 pub const WORKLOAD_CPU: u32 = 1;
