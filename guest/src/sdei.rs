@@ -9,13 +9,49 @@
 //! handler returns only the completing call is left: `EVENT_COMPLETE`
 //! (the handler returned 0) or `EVENT_COMPLETE_AND_RESUME` at the address
 //! it returned. Neither returns.
+//!
+//! For async PF (Gavin Shan's v4) each CPU registers, enables and unmasks
+//! the event at boot ([`enable_for_apf`]). Its handler takes the token from
+//! the control block and completes-and-resumes into the IRQ vector of the
+//! interrupted task, as if an interrupt had come from it; the IRQ path
+//! ([`take_deferred_not_present`]) then puts the task to sleep on the token.
+//! Only a task's faults (EL0) come this way.
 
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use aarch64_cpu::registers::{Readable, VBAR_EL1};
 use apflab_abi::sdei as abi;
+
+use crate::apf;
+use crate::percpu::{MAX_CPUS, cpu_index};
+
+/// Offset of "IRQ from a lower exception level, AArch64" in the vectors.
+const VECTOR_LOWER_EL_IRQ: u64 = 0x480;
+/// PSTATE.M\[3:0\] of EL0t.
+const PSTATE_EL0T: u64 = 0;
+const PSTATE_MODE_MASK: u64 = 0xf;
+
+/// Per CPU: a "not present" the handler took, for the IRQ path.
+struct Deferred {
+    pending: AtomicBool,
+    token: AtomicU64,
+    action: AtomicU32,
+}
+
+static DEFERRED: [Deferred; MAX_CPUS] = [const {
+    Deferred {
+        pending: AtomicBool::new(false),
+        token: AtomicU64::new(0),
+        action: AtomicU32::new(0),
+    }
+}; MAX_CPUS];
 
 /// What a handler registered with argument `arg` is for.
 pub mod arg {
     /// The conformance self-test ([`crate::sdei_selftest`]).
     pub const SELFTEST: u64 = 1;
+    /// "Not present" of async PF.
+    pub const APF: u64 = 2;
 }
 
 core::arch::global_asm!(
@@ -62,8 +98,48 @@ pub fn entry_point() -> u64 {
 extern "C" fn sdei_handler(event: u64, arg: u64, pc: u64, pstate: u64) -> u64 {
     match arg {
         arg::SELFTEST => crate::sdei_selftest::on_event(event, arg, pc, pstate),
+        arg::APF => apf_event(pstate),
         _ => panic!("SDEI event {event:#x} with unknown argument {arg:#x} (pc {pc:#x})"),
     }
+}
+
+/// "Not present" for the task this CPU was running: noted for the IRQ path,
+/// which the handler resumes into. Anything else (no token in the control
+/// block, or not a task that was interrupted) just completes; the access is
+/// then retried and the host sees the fault again.
+fn apf_event(pstate: u64) -> u64 {
+    if pstate & PSTATE_MODE_MASK != PSTATE_EL0T {
+        return 0;
+    }
+    let Some((token, action)) = apf::take_not_present() else {
+        return 0;
+    };
+    let d = &DEFERRED[cpu_index()];
+    d.token.store(token, Ordering::Relaxed);
+    d.action.store(action, Ordering::Relaxed);
+    d.pending.store(true, Ordering::Relaxed);
+    VBAR_EL1.get() + VECTOR_LOWER_EL_IRQ
+}
+
+/// The "not present" the SDEI handler left for this CPU's IRQ path, if any:
+/// (token, action) as [`apf::take_not_present`] gives them.
+pub fn take_deferred_not_present() -> Option<(u64, u32)> {
+    let d = &DEFERRED[cpu_index()];
+    d.pending.swap(false, Ordering::Relaxed).then(|| {
+        (
+            d.token.load(Ordering::Relaxed),
+            d.action.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// Registers, enables and unmasks the async PF event on this CPU; whether
+/// the host can now deliver "not present" through it.
+pub fn enable_for_apf() -> bool {
+    let ev = u64::from(abi::EVENT_APF);
+    call(abi::FN_EVENT_REGISTER, ev, entry_point(), arg::APF, 0) == abi::SUCCESS
+        && call(abi::FN_EVENT_ENABLE, ev, 0, 0, 0) == abi::SUCCESS
+        && call(abi::FN_PE_UNMASK, 0, 0, 0, 0) == abi::SUCCESS
 }
 
 extern "C" fn complete_failed() -> ! {

@@ -9,11 +9,16 @@
 //!   exception class the architecture leaves unallocated
 //!   ([`EC_APF_NOT_PRESENT`]), the token in ESR.ISS (and, in full, in the
 //!   control block).
+//! - [`NotPresentDelivery::Sdei`] (Gavin Shan's v4): the SDEI event the
+//!   guest registered ([`apflab_abi::sdei::EVENT_APF`]), dispatched by the
+//!   machine's SDEI firmware on the faulting instruction; the token is in
+//!   the control block.
 
 use apflab_abi::apf::{
     DFSC_TRANSLATION_L3, EC_APF_NOT_PRESENT, EC_DATA_ABORT_LOWER, Token, esr, features,
 };
 use apflab_abi::policy::NotPresentDelivery;
+use apflab_vmm::Action;
 use apflab_vmm::hypervisor::{NotResidentFault, SyncException};
 
 /// ESR.ISS.WnR of a data abort: the access was a write.
@@ -24,6 +29,18 @@ pub fn feature(delivery: NotPresentDelivery) -> u64 {
     match delivery {
         NotPresentDelivery::DataAbort => features::NOT_PRESENT_DATA_ABORT,
         NotPresentDelivery::DedicatedEc => features::NOT_PRESENT_DEDICATED_EC,
+        NotPresentDelivery::Sdei => features::NOT_PRESENT_SDEI,
+    }
+}
+
+/// What the backend does to tell the guest "not present" for `token`:
+/// inject [`exception`], or signal the SDEI event.
+pub fn action(delivery: NotPresentDelivery, token: Token, fault: &NotResidentFault) -> Action {
+    match delivery {
+        NotPresentDelivery::Sdei => Action::SignalSdei,
+        NotPresentDelivery::DataAbort | NotPresentDelivery::DedicatedEc => {
+            Action::InjectException(exception(delivery, token, fault))
+        }
     }
 }
 
@@ -37,7 +54,9 @@ pub fn exception(
     fault: &NotResidentFault,
 ) -> SyncException {
     let esr = match delivery {
-        NotPresentDelivery::DataAbort => {
+        // An SDEI event has no syndrome; a data abort is what the
+        // architecture would have taken.
+        NotPresentDelivery::DataAbort | NotPresentDelivery::Sdei => {
             let wnr = if fault.write { ISS_WNR } else { 0 };
             esr(EC_DATA_ABORT_LOWER, DFSC_TRANSLATION_L3 | wnr)
         }
@@ -79,5 +98,13 @@ mod tests {
         assert_eq!(esr_ec(ec.esr), EC_APF_NOT_PRESENT);
         assert_eq!(ec.esr & 0x1ff_ffff, t.0);
         assert_ne!(ec.esr & ESR_IL, 0);
+        assert_eq!(
+            action(NotPresentDelivery::Sdei, t, &fault(false)),
+            Action::SignalSdei
+        );
+        assert_eq!(
+            action(NotPresentDelivery::DedicatedEc, t, &fault(false)),
+            Action::InjectException(ec)
+        );
     }
 }

@@ -349,7 +349,7 @@ impl Control<'_> {
                 return None;
             }
             Action::Retry => {}
-            a @ (Action::InjectException(_) | Action::SetReadyLine(_)) => {
+            a @ (Action::InjectException(_) | Action::SetReadyLine(_) | Action::SignalSdei) => {
                 self.post(vcpu, Mail::Apply(a));
                 if !blocked {
                     self.kick(vcpu);
@@ -384,6 +384,7 @@ enum Flow {
 /// more) until the control thread lets it run again.
 fn read_mail(
     vcpu: &mut KvmVcpu,
+    machine: &Machine,
     mailbox: &Mailbox,
     mut blocked: bool,
 ) -> Result<Flow, HypervisorError> {
@@ -403,7 +404,7 @@ fn read_mail(
                 }
             }
             Mail::Apply(action) => {
-                if let Next::End(exit) = run_loop::apply(vcpu, action)? {
+                if let Next::End(exit) = run_loop::apply(vcpu, machine, action)? {
                     return Ok(Flow::Stop(Some(exit)));
                 }
             }
@@ -429,12 +430,12 @@ fn vcpu_thread(
         if tx.send(event).is_err() {
             return Ok(Flow::Stop(None));
         }
-        read_mail(vcpu, mailbox, true)
+        read_mail(vcpu, machine, mailbox, true)
     };
     let result = (|| -> Result<Option<GuestExit>, HypervisorError> {
         loop {
             // Mail posted while the guest ran (the kick ended `run`).
-            if let Flow::Stop(end) = read_mail(&mut vcpu, mailbox, false)? {
+            if let Flow::Stop(end) = read_mail(&mut vcpu, machine, mailbox, false)? {
                 return Ok(end);
             }
             if resume_pending.load(Ordering::SeqCst) {
@@ -468,7 +469,7 @@ fn vcpu_thread(
                         )?,
                         answered @ Call::Answered(_) => {
                             let answer = run_loop::answer(machine, answered, |_| None);
-                            match run_loop::return_from_hypercall(&mut vcpu, answer)? {
+                            match run_loop::return_from_hypercall(&mut vcpu, machine, answer)? {
                                 Next::End(exit) => Flow::Stop(Some(exit)),
                                 _ => {
                                     machine.deliver_sdei(&mut vcpu)?;
