@@ -36,6 +36,7 @@ use crate::{apf_abuse, arch, gic, hypercall, metrics, sched};
 /// The features this client handles.
 const ACCEPTED: u64 = features::NOT_PRESENT_DATA_ABORT
     | features::NOT_PRESENT_DEDICATED_EC
+    | features::NOT_PRESENT_SDEI
     | features::READY_EXCEPTION
     | features::READY_INTERRUPT
     | features::READY_RING
@@ -88,12 +89,19 @@ pub fn init(allowed: bool, abuse: bool, offered: u64) {
 /// offers what this client handles.
 pub fn init_cpu() {
     let cpu = cpu_index();
-    let offered = OFFERED.load(Ordering::Relaxed);
-    let delivers_not_present =
-        offered & (features::NOT_PRESENT_DATA_ABORT | features::NOT_PRESENT_DEDICATED_EC) != 0;
+    let mut offered = OFFERED.load(Ordering::Relaxed);
+    let delivers_not_present = offered
+        & (features::NOT_PRESENT_DATA_ABORT
+            | features::NOT_PRESENT_DEDICATED_EC
+            | features::NOT_PRESENT_SDEI)
+        != 0;
     let delivers_ready = offered & (features::READY_INTERRUPT | features::READY_EXCEPTION) != 0;
     if !ALLOWED.load(Ordering::Relaxed) || !delivers_not_present || !delivers_ready {
         return;
+    }
+    // SDEI "not present" only once this CPU's handler can take it.
+    if offered & features::NOT_PRESENT_SDEI != 0 && !crate::sdei::enable_for_apf() {
+        offered &= !features::NOT_PRESENT_SDEI;
     }
     let cb = block(cpu);
     // SAFETY: this CPU's own block, not yet registered with the host.

@@ -88,6 +88,8 @@ pub struct Config {
     /// Whether the boot CPU misuses the async PF protocol first
     /// (`apflab.apf_abuse=on`).
     pub apf_abuse: bool,
+    /// Run the SDEI conformance test at boot (`apflab.selftest=sdei`).
+    pub selftest_sdei: bool,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Config {
             timeslice_us: 1000,
             apf_allowed: true,
             apf_abuse: false,
+            selftest_sdei: false,
         }
     }
 }
@@ -197,6 +200,12 @@ impl Config {
                         "on" => true,
                         "off" => false,
                         _ => bad(key, value, "on or off"),
+                    }
+                }
+                boot::KEY_SELFTEST => {
+                    c.selftest_sdei = match value {
+                        "sdei" => true,
+                        _ => bad(key, value, "sdei"),
                     }
                 }
                 _ => {}

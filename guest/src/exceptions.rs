@@ -14,7 +14,7 @@
 //! never switches tasks from `irq_current`: the idle loop picks the next
 //! task itself, and a system call reschedules on its way back to EL0.
 
-use crate::{apf, arch, gic, kv, sched, syscall};
+use crate::{apf, arch, gic, kv, sched, sdei, syscall};
 use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
 use aarch64_rt::{ExceptionHandlers, RegisterStateRef, exception_handlers};
 use apflab_abi::apf::{
@@ -113,6 +113,10 @@ impl ExceptionHandlers for Handlers {
 
     extern "C" fn irq_lower(_regs: RegisterStateRef) {
         handle_irqs();
+        // "Not present" through SDEI resumes here, as an IRQ from the task.
+        if let Some((token, action)) = sdei::take_deferred_not_present() {
+            apf::not_present(token, action);
+        }
         sched::preempt_if_needed();
     }
 }

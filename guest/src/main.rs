@@ -28,6 +28,8 @@ mod mmu;
 mod percpu;
 mod run_end;
 mod sched;
+mod sdei;
+mod sdei_selftest;
 mod smp;
 mod syscall;
 mod timer;
@@ -85,6 +87,9 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     gic::init(boot.cpus().len());
     gic::init_cpu(0);
     hypercall::init(boot.doorbell);
+    if config.selftest_sdei {
+        sdei_selftest::run();
+    }
     let features = hypercall::features();
     metrics::set_apf_features(features);
     apf::init(config.apf_allowed, config.apf_abuse, features);

@@ -1,4 +1,4 @@
-;; threshold: a policy written by hand in WebAssembly text (ABI v1).
+;; threshold: a policy written by hand in WebAssembly text (ABI v2).
 ;;
 ;; Decision table:
 ;;   kernel mode (el != 0)                          -> sync, prefetch 4 neighbours
@@ -15,7 +15,7 @@
   (data (i32.const 16) "threshold: run ended")
 
   (func (export "apf_abi_version") (result i32)
-    i32.const 1)
+    i32.const 2)
 
   (func (export "apf_decide")
     (param $vcpu i32) (param $ipa i64) (param $el i32) (param $can_reschedule i32)

@@ -34,8 +34,12 @@ pub mod features {
     pub const KERNEL_MODE_ASYNC: u64 = 1 << 6;
     /// Hypercalls through the MMIO doorbell rather than HVC.
     pub const DOORBELL: u64 = 1 << 7;
+    /// "Not present" as the SDEI event [`crate::sdei::EVENT_APF`], the
+    /// token in the control block (the guest registers and enables the
+    /// event on the CPU before it accepts this).
+    pub const NOT_PRESENT_SDEI: u64 = 1 << 8;
     /// Every feature this ABI version defines.
-    pub const ALL: u64 = (1 << 8) - 1;
+    pub const ALL: u64 = (1 << 9) - 1;
 }
 
 /// Exception class used for "not present" in the dedicated-EC variant.

@@ -43,6 +43,9 @@ pub const KEY_APF: &str = "apflab.apf";
 pub const KEY_APF_ABUSE: &str = "apflab.apf_abuse";
 /// ACKs with nothing consumed that an abusive guest sends in a row.
 pub const APF_ABUSE_ACK_FLOOD: u64 = 1000;
+/// `sdei` runs the SDEI firmware conformance test at boot (it prints one
+/// `sdei-selftest: PASS|FAIL` line per check), before the workload.
+pub const KEY_SELFTEST: &str = "apflab.selftest";
 
 /// Workload: compute loop counting operations.
 pub const WORKLOAD_CPU: u32 = 1;

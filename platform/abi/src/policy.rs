@@ -15,7 +15,10 @@
 //! policy time, randomness or I/O, so a run is deterministic.
 
 /// Version of this ABI, returned by the module's `apf_abi_version`.
-pub const POLICY_ABI_VERSION: i32 = 1;
+///
+/// Version 2 added [`NotPresentDelivery::Sdei`] ([`bits::SDEI`]); a
+/// version 1 module is refused, naming both versions.
+pub const POLICY_ABI_VERSION: i32 = 2;
 
 /// Export: `apf_abi_version() -> i32`.
 pub const EXPORT_ABI_VERSION: &str = "apf_abi_version";
@@ -104,6 +107,8 @@ pub enum NotPresentDelivery {
     DataAbort,
     /// Dedicated exception class with the token in ESR.ISS.
     DedicatedEc,
+    /// An SDEI event, the token in the control block (Gavin Shan's v4).
+    Sdei,
 }
 
 /// How "page ready" reaches the guest.
@@ -201,8 +206,10 @@ pub mod bits {
     pub const GUEST_INITIATED: u64 = 1 << 2;
     /// Set: ready as interrupt; clear: ready as exception.
     pub const READY_INTERRUPT: u64 = 1 << 3;
-    /// Set: dedicated EC; clear: data abort.
+    /// Set: dedicated EC; clear: data abort (unless [`SDEI`]).
     pub const DEDICATED_EC: u64 = 1 << 4;
+    /// Set: "not present" as an SDEI event (with [`DEDICATED_EC`] clear).
+    pub const SDEI: u64 = 1 << 5;
     /// Shift of the prefetch count field.
     pub const PREFETCH_SHIFT: u32 = 8;
     /// Mask of the prefetch count field (after shifting).
@@ -214,6 +221,7 @@ pub mod bits {
         | GUEST_INITIATED
         | READY_INTERRUPT
         | DEDICATED_EC
+        | SDEI
         | (PREFETCH_MASK << PREFETCH_SHIFT);
 }
 
@@ -224,6 +232,9 @@ pub enum DecisionError {
     UndefinedBits(u64),
     /// The prefetch count exceeds [`MAX_PREFETCH`].
     PrefetchTooLarge(u32),
+    /// Both [`bits::DEDICATED_EC`] and [`bits::SDEI`]: two "not present"
+    /// deliveries at once.
+    TwoNotPresentDeliveries,
 }
 
 impl core::fmt::Display for DecisionError {
@@ -232,6 +243,9 @@ impl core::fmt::Display for DecisionError {
             DecisionError::UndefinedBits(b) => write!(f, "undefined decision bits {b:#x}"),
             DecisionError::PrefetchTooLarge(n) => {
                 write!(f, "prefetch {n} exceeds the maximum {MAX_PREFETCH}")
+            }
+            DecisionError::TwoNotPresentDeliveries => {
+                write!(f, "both the dedicated-EC and the SDEI bit are set")
             }
         }
     }
@@ -262,8 +276,10 @@ impl Decision {
                 if matches!(ready, ReadyDelivery::Interrupt) {
                     v |= bits::READY_INTERRUPT;
                 }
-                if matches!(not_present, NotPresentDelivery::DedicatedEc) {
-                    v |= bits::DEDICATED_EC;
+                match not_present {
+                    NotPresentDelivery::DataAbort => {}
+                    NotPresentDelivery::DedicatedEc => v |= bits::DEDICATED_EC,
+                    NotPresentDelivery::Sdei => v |= bits::SDEI,
                 }
                 v
             }
@@ -284,12 +300,14 @@ impl Decision {
         if v & bits::ASYNC == 0 {
             return Ok(Decision::Sync { prefetch });
         }
+        let not_present = match (v & bits::DEDICATED_EC != 0, v & bits::SDEI != 0) {
+            (true, true) => return Err(DecisionError::TwoNotPresentDeliveries),
+            (true, false) => NotPresentDelivery::DedicatedEc,
+            (false, true) => NotPresentDelivery::Sdei,
+            (false, false) => NotPresentDelivery::DataAbort,
+        };
         Ok(Decision::Async {
-            not_present: if v & bits::DEDICATED_EC != 0 {
-                NotPresentDelivery::DedicatedEc
-            } else {
-                NotPresentDelivery::DataAbort
-            },
+            not_present,
             ready: if v & bits::READY_INTERRUPT != 0 {
                 ReadyDelivery::Interrupt
             } else {
@@ -319,6 +337,7 @@ mod tests {
         let nps = [
             NotPresentDelivery::DataAbort,
             NotPresentDelivery::DedicatedEc,
+            NotPresentDelivery::Sdei,
         ];
         let rds = [ReadyDelivery::Exception, ReadyDelivery::Interrupt];
         let ins = [Initiation::Host, Initiation::Guest];
@@ -343,6 +362,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn two_not_present_deliveries_are_malformed() {
+        let v = (bits::ASYNC | bits::DEDICATED_EC | bits::SDEI) as i64;
+        assert_eq!(
+            Decision::unpack(v),
+            Err(DecisionError::TwoNotPresentDeliveries)
+        );
     }
 
     #[test]

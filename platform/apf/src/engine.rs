@@ -48,6 +48,7 @@ impl ApfConfig {
     /// Every feature this engine implements.
     pub const IMPLEMENTED: u64 = apf::features::NOT_PRESENT_DATA_ABORT
         | apf::features::NOT_PRESENT_DEDICATED_EC
+        | apf::features::NOT_PRESENT_SDEI
         | apf::features::READY_EXCEPTION
         | apf::features::READY_INTERRUPT
         | apf::features::READY_RING
@@ -380,11 +381,12 @@ impl Engine {
         let kind = match plan.not_present {
             NotPresentDelivery::DataAbort => "data_abort",
             NotPresentDelivery::DedicatedEc => "dedicated_ec",
+            NotPresentDelivery::Sdei => "sdei",
         };
         FaultMetrics::count(&mut self.metrics.not_present, kind);
         self.events.record(now_ns, token, TokenEvent::Fault);
         self.events.record(now_ns, token, TokenEvent::NotPresent);
-        Action::InjectException(not_present::exception(plan.not_present, token, fault))
+        not_present::action(plan.not_present, token, fault)
     }
 
     /// The page of `token` was due at `now_ns`: install it, or fetch it

@@ -25,7 +25,8 @@ pub struct FaultMetrics {
     pub prefetch_requests_ignored: u64,
     /// Policy calls made.
     pub policy_calls: u64,
-    /// "Not present" injected, by delivery (`data_abort`, `dedicated_ec`).
+    /// "Not present" injected, by delivery (`data_abort`, `dedicated_ec`,
+    /// `sdei`).
     pub not_present: BTreeMap<String, u64>,
     /// `APF_PAGE_REQUEST`s that started a fetch.
     pub page_requests: u64,

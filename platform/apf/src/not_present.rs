@@ -9,12 +9,17 @@
 //!   exception class the architecture leaves unallocated
 //!   ([`EC_APF_NOT_PRESENT`]), the token in ESR.ISS (and, in full, in the
 //!   control block).
+//! - [`NotPresentDelivery::Sdei`] (Gavin Shan's v4): the SDEI event the
+//!   guest registered ([`apflab_abi::sdei::EVENT_APF`]), dispatched by the
+//!   machine's SDEI firmware on the faulting instruction; the token is in
+//!   the control block.
 
 use apflab_abi::apf::{
     DFSC_TRANSLATION_L3, EC_APF_NOT_PRESENT, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER, Token,
     esr, features,
 };
 use apflab_abi::policy::NotPresentDelivery;
+use apflab_vmm::Action;
 use apflab_vmm::hypervisor::{NotResidentFault, SyncException};
 
 /// ESR.ISS.WnR of a data abort: the access was a write.
@@ -25,6 +30,18 @@ pub fn feature(delivery: NotPresentDelivery) -> u64 {
     match delivery {
         NotPresentDelivery::DataAbort => features::NOT_PRESENT_DATA_ABORT,
         NotPresentDelivery::DedicatedEc => features::NOT_PRESENT_DEDICATED_EC,
+        NotPresentDelivery::Sdei => features::NOT_PRESENT_SDEI,
+    }
+}
+
+/// What the backend does to tell the guest "not present" for `token`:
+/// inject [`exception`], or signal the SDEI event.
+pub fn action(delivery: NotPresentDelivery, token: Token, fault: &NotResidentFault) -> Action {
+    match delivery {
+        NotPresentDelivery::Sdei => Action::SignalSdei,
+        NotPresentDelivery::DataAbort | NotPresentDelivery::DedicatedEc => {
+            Action::InjectException(exception(delivery, token, fault))
+        }
     }
 }
 
@@ -38,7 +55,9 @@ pub fn exception(
     fault: &NotResidentFault,
 ) -> SyncException {
     let esr = match delivery {
-        NotPresentDelivery::DataAbort => {
+        // An SDEI event has no syndrome; a data abort is what the
+        // architecture would have taken.
+        NotPresentDelivery::DataAbort | NotPresentDelivery::Sdei => {
             let wnr = if fault.write { ISS_WNR } else { 0 };
             let ec = if fault.el == 0 {
                 EC_DATA_ABORT_LOWER
@@ -92,5 +111,13 @@ mod tests {
         };
         let da = exception(NotPresentDelivery::DataAbort, t, &kernel);
         assert_eq!(esr_ec(da.esr), EC_DATA_ABORT_CURRENT);
+        assert_eq!(
+            action(NotPresentDelivery::Sdei, t, &fault(false)),
+            Action::SignalSdei
+        );
+        assert_eq!(
+            action(NotPresentDelivery::DedicatedEc, t, &fault(false)),
+            Action::InjectException(ec)
+        );
     }
 }

@@ -59,7 +59,8 @@ pub fn exception(
 ) -> SyncException {
     let esr = match not_present {
         NotPresentDelivery::DedicatedEc => esr(EC_APF_READY, token.0),
-        NotPresentDelivery::DataAbort => {
+        // After an SDEI "not present", ready comes as RFCv2's did.
+        NotPresentDelivery::DataAbort | NotPresentDelivery::Sdei => {
             let ec = if state.el == 0 {
                 EC_DATA_ABORT_LOWER
             } else {

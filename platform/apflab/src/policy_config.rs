@@ -46,7 +46,7 @@ pub struct RawApf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FixedDecision {
-    /// `data-abort` or `dedicated-ec`.
+    /// `data-abort`, `dedicated-ec` or `sdei`.
     pub not_present: NotPresentName,
     /// `exception` or `interrupt`.
     pub ready: ReadyName,
@@ -64,6 +64,8 @@ pub enum NotPresentName {
     DataAbort,
     /// The dedicated exception class.
     DedicatedEc,
+    /// The SDEI event (Gavin Shan's v4).
+    Sdei,
 }
 
 /// How "ready" is delivered, as written.
@@ -103,6 +105,7 @@ impl FixedDecision {
             not_present: match self.not_present {
                 NotPresentName::DataAbort => NotPresentDelivery::DataAbort,
                 NotPresentName::DedicatedEc => NotPresentDelivery::DedicatedEc,
+                NotPresentName::Sdei => NotPresentDelivery::Sdei,
             },
             ready: match self.ready {
                 ReadyName::Exception => ReadyDelivery::Exception,

@@ -139,14 +139,14 @@ fn cpu_task_done(r: &Value) -> u64 {
 
 /// Every combination of the four axes (not present x ready x initiation x
 /// sleep).
-const VARIANTS: [(&str, &str, &str, &str); 16] = {
-    let mut v = [("", "", "", ""); 16];
-    let np = ["data-abort", "dedicated-ec"];
+const VARIANTS: [(&str, &str, &str, &str); 24] = {
+    let mut v = [("", "", "", ""); 24];
+    let np = ["data-abort", "dedicated-ec", "sdei"];
     let ready = ["interrupt", "exception"];
     let init = ["host", "guest"];
     let sleep = ["halt", "reschedule"];
     let mut i = 0;
-    while i < 16 {
+    while i < 24 {
         v[i] = (
             np[i / 8],
             ready[(i / 4) % 2],
@@ -191,6 +191,10 @@ fn every_variant_delivers_each_token_exactly_once() {
         assert_eq!(u(&r, "/guest/apf/ready"), n, "{variant}");
         let key = not_present.replace('-', "_");
         assert_eq!(u(a, &format!("/not_present/{key}")), n, "{variant}");
+        // Through SDEI, each "not present" is one handler entry.
+        let dispatches = r["vmm"]["exits"]["sdei_dispatch"].as_u64().unwrap_or(0);
+        let expected = if not_present == "sdei" { n } else { 0 };
+        assert_eq!(dispatches, expected, "{variant}");
         if ready == "interrupt" {
             assert_eq!(u(a, "/ready_pushed"), n, "{variant}");
             assert_eq!(u(a, "/acks"), u(a, "/ready_interrupts"), "{variant}");
@@ -331,6 +335,18 @@ fn example_policies_decide_in_wasm_and_their_choice_shows() {
     assert_eq!(u(a, "/not_present/data_abort"), n);
     assert_eq!(u(a, "/ready_exceptions"), n);
     assert_eq!(u(a, "/page_requests"), 0);
+    // Gavin Shan's v4: "not present" as an SDEI event, ready as the PPI
+    // acknowledged by hypercall, host-initiated, the task rescheduled.
+    let r = run(&config(1, 2_000_000, "[policy]\nmodule = \"gavin-v4\"\n"));
+    assert_complete(&r);
+    let a = &r["apf"];
+    let n = u(a, "/async_faults");
+    assert!(n > 0, "{a:#}");
+    assert_eq!(u(a, "/not_present/sdei"), n);
+    assert_eq!(u(&r, "/vmm/exits/sdei_dispatch"), n);
+    assert_eq!(u(a, "/acks"), u(a, "/ready_interrupts"));
+    assert_eq!(u(a, "/page_requests"), 0);
+    assert_eq!(u(&r, "/guest/apf/parked"), n);
     // always-halt: the vCPU waits for every page.
     let r = run(&config(
         1,

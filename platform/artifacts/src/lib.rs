@@ -10,9 +10,10 @@ pub fn guest_elf() -> &'static Path {
 }
 
 /// The example policies built from `policies/` (Rust, to Wasm), by name.
-pub const EXAMPLE_POLICIES: [&str; 6] = [
+pub const EXAMPLE_POLICIES: [&str; 7] = [
     "sync",
     "gavin-rfcv2",
+    "gavin-v4",
     "paolo",
     "always-halt",
     "always-reschedule",

@@ -1,11 +1,11 @@
 //! Runs apflab's per-fault policies: sandboxed WebAssembly modules
 //! (wasmtime) or native Rust, behind one [`Policy`] trait.
 //!
-//! A Wasm policy speaks ABI v1 ([`apflab_abi::policy`]). Loading
+//! A Wasm policy speaks ABI v2 ([`apflab_abi::policy`]). Loading
 //! ([`PolicyModule::load`]) compiles it once and checks everything that can
 //! be checked before a run: size, imports (only `apf.log`; no WASI), the
 //! exports and their signatures, that it starts within its fuel and speaks
-//! ABI version 1. Each run gets a fresh instance
+//! ABI version 2. Each run gets a fresh instance
 //! ([`PolicyModule::instantiate`]), a [`WasmPolicy`], whose calls run under
 //! fuel and memory/table limits. A call that fails in any way gives the
 //! built-in fallback decision ([`Decision::FALLBACK`], the `sync` baseline)

@@ -1,4 +1,4 @@
-//! Loading a policy module: compile once, validate against ABI v1, and
+//! Loading a policy module: compile once, validate against ABI v2, and
 //! start one fresh instance per run.
 
 use crate::config::PolicyConfig;
@@ -90,7 +90,7 @@ const SIG_LOG: Signature = Signature {
     results: &[],
 };
 
-/// The function exports of ABI v1.
+/// The function exports of ABI v2.
 const REQUIRED_FUNCS: [(&str, Signature); 4] = [
     (EXPORT_ABI_VERSION, SIG_ABI_VERSION),
     (EXPORT_DECIDE, SIG_DECIDE),

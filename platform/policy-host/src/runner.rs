@@ -55,7 +55,7 @@ impl WasmPolicy {
         let wrong = |export: &'static str, e: wasmtime::Error| PolicyError::WrongExport {
             module: module.into(),
             export,
-            expected: "the ABI v1 signature".into(),
+            expected: "the ABI v2 signature".into(),
             found: format!("unusable: {e:#}"),
         };
         let decide = instance

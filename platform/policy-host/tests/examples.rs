@@ -115,6 +115,26 @@ fn gavin_rfcv2_decision_table() {
 }
 
 #[test]
+fn gavin_v4_decision_table() {
+    let v4 = Decision::Async {
+        not_present: NotPresentDelivery::Sdei,
+        ready: ReadyDelivery::Interrupt,
+        initiation: Initiation::Host,
+        sleep: Sleep::Reschedule,
+        prefetch: 0,
+    };
+    assert_table(
+        "gavin_v4",
+        &[
+            (user(), v4),
+            (cannot_reschedule(), SYNC),
+            (kernel(), SYNC),
+            (full(), SYNC),
+        ],
+    );
+}
+
+#[test]
 fn paolo_decision_table() {
     assert_table(
         "paolo",
@@ -299,7 +319,7 @@ fn wasm_builds_decide_exactly_like_the_native_ones() {
 #[test]
 fn check_reports_exports_and_abi_version() {
     let info = check(&policy_wasm("gavin_rfcv2")).unwrap();
-    assert_eq!(info.abi_version, 1);
+    assert_eq!(info.abi_version, 2);
     assert_eq!(info.sha256.len(), 64);
     let decide = info
         .exports
@@ -316,7 +336,7 @@ fn check_reports_exports_and_abi_version() {
             .any(|e| e.name == "memory" && e.ty == "memory")
     );
     assert!(info.imports.is_empty());
-    assert!(info.to_string().contains("ABI version 1"));
+    assert!(info.to_string().contains("ABI version 2"));
 
     let info = check(&policy_wat("threshold")).unwrap();
     assert_eq!(info.imports.len(), 1);

@@ -6,14 +6,14 @@ use apflab_policy_host::{
     Decision, FailureCause, FaultInfo, Policy, PolicyConfig, PolicyError, PolicyModule, WasmPolicy,
 };
 
-/// A valid ABI v1 policy with `decide` as the body of `apf_decide` (params
+/// A valid ABI v2 policy with `decide` as the body of `apf_decide` (params
 /// 0..=7 are the facts) and `extra` as more module fields.
 fn policy(decide: &str, extra: &str) -> String {
     format!(
         r#"(module
              {extra}
              (memory (export "memory") 1)
-             (func (export "apf_abi_version") (result i32) i32.const 1)
+             (func (export "apf_abi_version") (result i32) i32.const 2)
              (func (export "apf_decide")
                (param i32 i64 i32 i32 i32 i32 i64 i64) (result i64)
                {decide})
@@ -106,7 +106,7 @@ fn malformed_decision_falls_back() {
 #[test]
 fn wrong_export_signature_is_refused_with_expected_and_found() {
     let wat = r#"(module (memory (export "memory") 1)
-        (func (export "apf_abi_version") (result i32) i32.const 1)
+        (func (export "apf_abi_version") (result i32) i32.const 2)
         (func (export "apf_decide") (param i32) (result i64) i64.const 0)
         (func (export "apf_on_ready") (param i64 i64))
         (func (export "apf_on_run_end")))"#;
@@ -167,19 +167,20 @@ fn missing_export_is_refused() {
 
 #[test]
 fn wrong_abi_version_is_refused() {
-    let wat = policy("i64.const 0", "").replace("i32.const 1)", "i32.const 2)");
-    let err = load(&wat).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PolicyError::AbiVersion {
-                expected: 1,
-                found: 2,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    // Version 1 (before SDEI) and a future version 3 alike.
+    for found in [1, 3] {
+        let wat = policy("i64.const 0", "").replace("i32.const 2)", &format!("i32.const {found})"));
+        let err = load(&wat).unwrap_err();
+        assert!(
+            matches!(err, PolicyError::AbiVersion { expected: 2, found: f, .. } if f == found),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("ABI version {found}, this host speaks version 2")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

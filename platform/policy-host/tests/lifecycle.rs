@@ -8,7 +8,7 @@ use apflab_policy_host::{BuiltinSync, Decision, FaultInfo, Policy, PolicyConfig,
 /// n neighbours (a counter in its memory).
 const COUNTER: &str = r#"(module
   (memory (export "memory") 1)
-  (func (export "apf_abi_version") (result i32) i32.const 1)
+  (func (export "apf_abi_version") (result i32) i32.const 2)
   (func (export "apf_decide") (param i32 i64 i32 i32 i32 i32 i64 i64) (result i64)
     (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (i32.const 1)))
     (i64.shl (i64.extend_i32_u (i32.load (i32.const 0))) (i64.const 8)))

@@ -54,6 +54,10 @@ pub enum Action {
     /// Enter the guest's EL1 synchronous exception vector as the CPU would
     /// for this exception, then run on.
     InjectException(SyncException),
+    /// Signal the SDEI event ([`apflab_abi::sdei::EVENT_APF`]) on this
+    /// vCPU and deliver it as the firmware's dispatch rules allow, then run
+    /// on (the control block already says what it is for).
+    SignalSdei,
     /// Set the level of this vCPU's "page ready" PPI
     /// ([`apflab_abi::memory_map::APF_READY_PPI`]), then run on.
     SetReadyLine(bool),

@@ -1,6 +1,7 @@
 //! The flattened device tree handed to the guest in x0, mirroring the nodes
 //! QEMU's `virt` board generates for the same devices, plus an `apflab`
-//! node advertising the hypercall doorbell.
+//! node advertising the hypercall doorbell and the `/firmware/sdei` node of
+//! the SDEI firmware.
 
 use apflab_abi::memory_map::{
     DOORBELL_BASE, DOORBELL_SIZE, DTB_MAX_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE,
@@ -12,6 +13,9 @@ use crate::arch::mpidr_of;
 
 /// `compatible` of the apflab node (the doorbell page).
 pub const APFLAB_COMPATIBLE: &str = "apflab,doorbell";
+
+/// `compatible` of the `/firmware/sdei` node (the SDEI 1.0 binding).
+pub const SDEI_COMPATIBLE: &str = "arm,sdei-1.0";
 
 const PHANDLE_GIC: u32 = 1;
 const PHANDLE_CLK: u32 = 2;
@@ -156,6 +160,15 @@ pub fn build(vcpus: u32, ram_size: u64, bootargs: &str) -> Result<Vec<u8>, FdtEr
     w.property_array_u64("reg", &[DOORBELL_BASE, DOORBELL_SIZE])?;
     w.end_node(apflab)?;
 
+    // Where Linux looks for SDEI (last, so the guest's walks for the nodes
+    // above are unchanged).
+    let firmware = w.begin_node("firmware")?;
+    let sdei = w.begin_node("sdei")?;
+    w.property_string("compatible", SDEI_COMPATIBLE)?;
+    w.property_string("method", "hvc")?;
+    w.end_node(sdei)?;
+    w.end_node(firmware)?;
+
     w.end_node(root)?;
     let blob = w.finish()?;
     if blob.len() as u64 > DTB_MAX_SIZE {
@@ -182,6 +195,7 @@ mod tests {
             "arm,pl011",
             "apflab.workload=cpu",
             APFLAB_COMPATIBLE,
+            SDEI_COMPATIBLE,
             "cpu@3",
             "hvc",
         ] {

@@ -8,7 +8,8 @@
 //! Layout: [`hypervisor`] is the backend interface ([`hypervisor::Vcpu`],
 //! [`hypervisor::VmExit`], [`hypervisor::VmOps`]); [`emu`] implements it on
 //! unicorn-engine and [`kvm`] on arm64 KVM; [`machine`] holds the devices,
-//! PSCI and the apflab hypercalls shared by every backend; [`fault_hook`]
+//! PSCI and the apflab hypercalls shared by every backend, [`sdei`] the
+//! SDEI firmware interface they offer; [`fault_hook`]
 //! is the one seam to the fault engine, and `run_loop` what both backends'
 //! loops share; [`arch`] has the architecture facts and the stage-1 walk
 //! and instruction decode both backends use to find a faulting page;
@@ -30,6 +31,7 @@ pub mod machine;
 pub mod outcome;
 pub mod page_server;
 mod run_loop;
+pub mod sdei;
 mod vm;
 
 pub use config::{BackendKind, CostModel, VmConfig, host_memory_mib};

@@ -18,6 +18,7 @@ use apflab_abi::memory_map::{
     UART_SIZE, UART_SPI, VTIMER_PPI,
 };
 use apflab_abi::report::GuestReport;
+use apflab_abi::sdei as sdei_abi;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::{SysRegId, sysreg};
@@ -26,7 +27,8 @@ use crate::devices::gic::Gic;
 use crate::devices::pl011::Pl011;
 use crate::devices::timer::VirtualTimer;
 use crate::fault_hook::{EngineCall, is_engine_call};
-use crate::hypervisor::{MmioWriteKind, VmOps};
+use crate::hypervisor::{HypervisorError, MmioWriteKind, Vcpu, VmOps};
+use crate::sdei;
 
 /// PSCI CPU_ON, SMC32 calling convention.
 const PSCI_CPU_ON_SMC32: u32 = 0x8400_0003;
@@ -97,6 +99,9 @@ struct State {
 /// The devices and firmware services of one VM.
 pub struct Machine {
     state: Mutex<State>,
+    /// Locked on its own: delivering an event writes vCPU registers, which
+    /// on kvm are ioctls that need not hold up the devices.
+    sdei: Mutex<sdei::Firmware>,
     memory: GuestMemoryMmap,
     vcpus: u32,
 }
@@ -124,6 +129,7 @@ impl Machine {
                 report: None,
                 task_done_ns: BTreeMap::new(),
             }),
+            sdei: Mutex::new(sdei::Firmware::new(vcpus)),
             memory,
             vcpus,
         }
@@ -133,6 +139,39 @@ impl Machine {
         // A panic while holding the lock is a VMM bug; the state is still
         // consistent enough to report, so recover it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_sdei(&self) -> MutexGuard<'_, sdei::Firmware> {
+        self.sdei.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Carries out what the SDEI firmware has for `vcpu` (see
+    /// [`sdei::deliver`]); run loops call it after every hypercall the
+    /// machine answered. Each handler entry is counted as an
+    /// `sdei_dispatch` exit; returns how many there were.
+    pub fn deliver_sdei<V: Vcpu + ?Sized>(&self, vcpu: &mut V) -> Result<u32, HypervisorError> {
+        let entered = sdei::deliver(&mut self.lock_sdei(), vcpu)?;
+        if entered > 0 {
+            *self
+                .lock()
+                .exits
+                .entry("sdei_dispatch".to_owned())
+                .or_default() += u64::from(entered);
+        }
+        Ok(entered)
+    }
+
+    /// Signals the SDEI event on `vcpu` (delivered by the next
+    /// [`Machine::deliver_sdei`] the rules allow): [`sdei_abi::SUCCESS`],
+    /// or [`sdei_abi::DENIED`] when the guest registered no handler there.
+    pub fn signal_sdei(&self, vcpu: u32) -> i64 {
+        self.lock_sdei().signal(vcpu)
+    }
+
+    /// Whether an SDEI event signalled on `vcpu` now would be dispatched at
+    /// once (registered, enabled, PE unmasked, no handler running).
+    pub fn sdei_can_dispatch_now(&self, vcpu: u32) -> bool {
+        self.lock_sdei().can_dispatch_now(vcpu)
     }
 
     /// Counts one exit of kind `name`.
@@ -254,10 +293,14 @@ impl Machine {
     /// [`Machine::take_effects`]).
     pub fn hypercall(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> [u64; 4] {
         let mut s = self.lock();
-        let is_psci = hc::smccc_owner(function) == 4;
-        *s.exits
-            .entry(if is_psci { "psci" } else { "hypercall" }.to_owned())
-            .or_default() += 1;
+        let kind = if sdei_abi::is_sdei_call(function) {
+            "sdei"
+        } else if hc::smccc_owner(function) == 4 {
+            "psci"
+        } else {
+            "hypercall"
+        };
+        *s.exits.entry(kind.to_owned()).or_default() += 1;
         let ret = |v: i64| [v as u64, 0, 0, 0];
         match function {
             hc::PSCI_VERSION => [hc::PSCI_VERSION_1_0, 0, 0, 0],
@@ -351,6 +394,9 @@ impl Machine {
                     ret(hc::SMCCC_DENIED)
                 }
             }
+            f if sdei_abi::is_sdei_call(f) || f == sdei_abi::FN_APFLAB_SIGNAL => {
+                [self.lock_sdei().call(vcpu, f, args), 0, 0, 0]
+            }
             _ => {
                 *s.exits
                     .entry("hypercall_unsupported".to_owned())
@@ -407,6 +453,14 @@ impl Machine {
                 }
             };
             if let DoorbellWrite::Call { function, args } = call {
+                if sdei_abi::is_sdei_call(function) || function == sdei_abi::FN_APFLAB_SIGNAL {
+                    // SDEI's conduit is HVC (the device tree says so): its
+                    // calls change the caller's registers, which a doorbell
+                    // store cannot.
+                    self.count_exit("hypercall_unsupported");
+                    self.set_doorbell_results(vcpu, [hc::SMCCC_NOT_SUPPORTED as u64, 0, 0, 0]);
+                    return MmioWriteKind::Hypercall;
+                }
                 match self.dispatch(vcpu, function, args, now_ns) {
                     Call::Answered(r) => self.set_doorbell_results(vcpu, r),
                     Call::Engine(c) => {

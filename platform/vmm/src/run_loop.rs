@@ -81,9 +81,10 @@ pub(crate) fn terminal_effect(effect: &Effect) -> Option<GuestExit> {
     }
 }
 
-/// Applies the hook's `action` to `vcpu`.
+/// Applies the hook's `action` to `vcpu` of `machine`.
 pub(crate) fn apply<V: Vcpu + ?Sized>(
     vcpu: &mut V,
+    machine: &Machine,
     action: Action,
 ) -> Result<Next, HypervisorError> {
     Ok(match action {
@@ -96,6 +97,13 @@ pub(crate) fn apply<V: Vcpu + ?Sized>(
         }
         Action::SetReadyLine(level) => {
             vcpu.set_ready_line(level)?;
+            Next::Run
+        }
+        Action::SignalSdei => {
+            // Without a registered handler the signal is refused and the
+            // vCPU retries the access (the hook sees the fault again).
+            machine.signal_sdei(vcpu.index());
+            machine.deliver_sdei(vcpu)?;
             Next::Run
         }
         Action::Fail(msg) => Next::End(GuestExit::Crash(fail_text(vcpu.index(), &msg))),
@@ -122,6 +130,7 @@ pub(crate) fn answer(
 /// Returns from an HVC/SMC: writes x0..x3 and applies the answer's action.
 pub(crate) fn return_from_hypercall<V: Vcpu + ?Sized>(
     vcpu: &mut V,
+    machine: &Machine,
     answer: Option<HypercallAnswer>,
 ) -> Result<Next, HypervisorError> {
     let Some(answer) = answer else {
@@ -130,7 +139,7 @@ pub(crate) fn return_from_hypercall<V: Vcpu + ?Sized>(
     for (n, value) in answer.regs.iter().enumerate() {
         vcpu.set_reg(Reg::X(n as u8), *value)?;
     }
-    apply(vcpu, answer.action)
+    apply(vcpu, machine, answer.action)
 }
 
 /// Returns from a doorbell call: the results go where the guest reads them,
@@ -146,7 +155,7 @@ pub(crate) fn return_from_doorbell<V: Vcpu + ?Sized>(
         return Ok(Next::End(GuestExit::Crash(ENGINE_GONE.into())));
     };
     machine.set_doorbell_results(vcpu.index(), answer.regs);
-    apply(vcpu, answer.action)
+    apply(vcpu, machine, answer.action)
 }
 
 const ENGINE_GONE: &str = "the fault engine stopped before answering a hypercall";
@@ -254,6 +263,8 @@ mod tests {
 
     #[test]
     fn actions_become_what_the_loop_does_next() {
+        let m = machine();
+        let apply = |v: &mut FakeVcpu, a| apply(v, &m, a);
         let mut v = FakeVcpu::default();
         assert_eq!(apply(&mut v, Action::Retry).unwrap(), Next::Run);
         assert_eq!(
@@ -292,7 +303,7 @@ mod tests {
         engine: impl FnOnce(EngineCall) -> Option<HypercallAnswer>,
     ) -> Next {
         let routed = m.dispatch(v.index(), function, args, 5);
-        return_from_hypercall(v, answer(m, routed, engine)).unwrap()
+        return_from_hypercall(v, m, answer(m, routed, engine)).unwrap()
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! A policy is a type implementing [`Policy`] (from the shared ABI crate, so
 //! the very same code also runs natively on the host). [`export_policy!`]
-//! turns it into a module the host can load: on `wasm32` it emits the ABI v1
+//! turns it into a module the host can load: on `wasm32` it emits the ABI v2
 //! exports (`apf_abi_version`, `apf_decide`, `apf_on_ready`,
 //! `apf_on_run_end`) around one value of the type that lives for the whole
 //! run; on any other target it emits nothing, so the crate is also a plain
@@ -67,7 +67,7 @@ pub const fn has_async_room(fault: &FaultInfo) -> bool {
     (fault.outstanding as usize) < MAX_OUTSTANDING
 }
 
-/// Emits the ABI v1 exports for a [`Policy`] type on `wasm32` (nothing on
+/// Emits the ABI v2 exports for a [`Policy`] type on `wasm32` (nothing on
 /// other targets).
 ///
 /// `export_policy!(MyPolicy)` starts the run with `MyPolicy::default()`;

@@ -172,7 +172,7 @@ impl<'h> EmuRun<'h> {
                 continue;
             }
             vcpu.advance_to(t);
-            let next = apply(vcpu, action, self.config.cost.inject_ns)?;
+            let next = apply(vcpu, &self.machine, action, self.config.cost.inject_ns)?;
             if let Some(exit) = self.enter(i, next) {
                 return Ok(Some(exit));
             }
@@ -221,7 +221,7 @@ impl<'h> EmuRun<'h> {
                     let action =
                         self.hook
                             .on_wait_end(idx, now, &mut self.residency.with(&mut self.vcpus));
-                    let next = apply(&mut self.vcpus[i], action, cost.inject_ns)?;
+                    let next = apply(&mut self.vcpus[i], &self.machine, action, cost.inject_ns)?;
                     if let Some(exit) = self.enter(i, next) {
                         return Ok(exit);
                     }
@@ -241,7 +241,7 @@ impl<'h> EmuRun<'h> {
                 let action =
                     self.hook
                         .on_resume(idx, state, now, &mut self.residency.with(&mut self.vcpus));
-                let next = apply(&mut self.vcpus[i], action, cost.inject_ns)?;
+                let next = apply(&mut self.vcpus[i], &self.machine, action, cost.inject_ns)?;
                 if let Some(exit) = self.enter(i, next) {
                     return Ok(exit);
                 }
@@ -298,7 +298,12 @@ impl<'h> EmuRun<'h> {
                     v.charge_ns(cost.exit_ns + cost.hypercall_ns);
                     let call = self.machine.dispatch(idx, function, args, now);
                     let answer = self.answer(idx, call, now);
-                    run_loop::return_from_hypercall(&mut self.vcpus[i], answer)?
+                    let next =
+                        run_loop::return_from_hypercall(&mut self.vcpus[i], &self.machine, answer)?;
+                    let v = &mut self.vcpus[i];
+                    let entered = self.machine.deliver_sdei(v)?;
+                    v.charge_ns(cost.inject_ns * u64::from(entered));
+                    next
                 }
                 VmExit::NotResident(fault) => {
                     self.machine.count_exit("not_resident");
@@ -311,7 +316,7 @@ impl<'h> EmuRun<'h> {
                         now,
                         &mut self.residency.with(&mut self.vcpus),
                     );
-                    apply(&mut self.vcpus[i], action, cost.inject_ns)?
+                    apply(&mut self.vcpus[i], &self.machine, action, cost.inject_ns)?
                 }
                 // Handled above.
                 VmExit::Crash { .. } | VmExit::SystemEvent { .. } => Next::Run,
@@ -374,10 +379,16 @@ impl<'h> EmuRun<'h> {
     }
 }
 
-/// [`run_loop::apply`], charging an exception injection its cost.
-fn apply(vcpu: &mut EmuVcpu, action: Action, inject_ns: u64) -> Result<Next, VmError> {
-    if let Action::InjectException(_) = action {
+/// [`run_loop::apply`], charging an exception injection (or an SDEI
+/// dispatch) its cost.
+fn apply(
+    vcpu: &mut EmuVcpu,
+    machine: &Machine,
+    action: Action,
+    inject_ns: u64,
+) -> Result<Next, VmError> {
+    if let Action::InjectException(_) | Action::SignalSdei = action {
         vcpu.charge_ns(inject_ns);
     }
-    Ok(run_loop::apply(vcpu, action)?)
+    Ok(run_loop::apply(vcpu, machine, action)?)
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 use apflab_abi::addr::Gpa;
 use apflab_abi::hypercall::APFLAB_FN_BASE;
 use apflab_abi::memory_map::{APF_READY_PPI, GICD_BASE, GICR_BASE};
+use apflab_abi::sdei;
 use kvm_bindings::{
     KVM_ARM_IRQ_TYPE_PPI, KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_VCPU_SHIFT, KVM_ARM_VCPU_POWER_OFF,
     KVM_ARM_VCPU_PSCI_0_2, KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER,
@@ -48,6 +49,8 @@ const GIC_NR_IRQS: u32 = 128;
 /// Size of the SMCCC function-id range forwarded to the VMM: the whole
 /// vendor-hypervisor range 0xC600_0000..=0xC600_FFFF.
 const APFLAB_FN_RANGE: u32 = 0x1_0000;
+/// Size of the SDEI 1.0 function-id range (0xC400_0020..=0xC400_003F).
+const SDEI_FN_RANGE: u32 = 0x20;
 /// How often a `KVM_RUN` → `EFAULT` whose pages all turn out resident is
 /// retried before the run is failed (a page made resident concurrently
 /// explains one; a stuck vCPU must not spin forever).
@@ -204,11 +207,35 @@ impl KvmHypervisor {
             flags: 0,
         };
         match vm.set_device_attr(&attr) {
-            Ok(()) => HypercallConduit::Hvc,
+            Ok(()) => {
+                Self::forward_sdei(vm);
+                HypercallConduit::Hvc
+            }
             Err(e) => {
                 tracing::info!("kvm: no SMCCC filter ({e}); hypercalls go through the doorbell");
                 HypercallConduit::Doorbell
             }
+        }
+    }
+
+    /// Asks the kernel to forward the SDEI range too (the machine's SDEI
+    /// firmware answers it). Without it KVM answers SDEI calls itself with
+    /// NOT_SUPPORTED, which the guest takes as "no SDEI".
+    fn forward_sdei(vm: &VmFd) {
+        let filter = kvm_smccc_filter {
+            base: sdei::FN_BASE,
+            nr_functions: SDEI_FN_RANGE,
+            action: kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER as u8,
+            pad: [0; 15],
+        };
+        let attr = kvm_device_attr {
+            group: KVM_ARM_VM_SMCCC_CTRL,
+            attr: KVM_ARM_VM_SMCCC_FILTER as u64,
+            addr: &filter as *const kvm_smccc_filter as u64,
+            flags: 0,
+        };
+        if let Err(e) = vm.set_device_attr(&attr) {
+            tracing::info!("kvm: SDEI calls not forwarded ({e}); the guest sees no SDEI");
         }
     }
 

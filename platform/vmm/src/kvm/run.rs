@@ -363,7 +363,7 @@ impl Control<'_> {
                 return None;
             }
             Action::Retry => {}
-            a @ (Action::InjectException(_) | Action::SetReadyLine(_)) => {
+            a @ (Action::InjectException(_) | Action::SetReadyLine(_) | Action::SignalSdei) => {
                 self.post(vcpu, Mail::Apply(a));
                 if !blocked {
                     self.kick(vcpu);
@@ -398,6 +398,7 @@ enum Flow {
 /// more) until the control thread lets it run again.
 fn read_mail(
     vcpu: &mut KvmVcpu,
+    machine: &Machine,
     mailbox: &Mailbox,
     mut blocked: bool,
 ) -> Result<Flow, HypervisorError> {
@@ -417,7 +418,7 @@ fn read_mail(
                 }
             }
             Mail::Apply(action) => {
-                if let Next::End(exit) = run_loop::apply(vcpu, action)? {
+                if let Next::End(exit) = run_loop::apply(vcpu, machine, action)? {
                     return Ok(Flow::Stop(Some(exit)));
                 }
             }
@@ -443,12 +444,12 @@ fn vcpu_thread(
         if tx.send(event).is_err() {
             return Ok(Flow::Stop(None));
         }
-        read_mail(vcpu, mailbox, true)
+        read_mail(vcpu, machine, mailbox, true)
     };
     let result = (|| -> Result<Option<GuestExit>, HypervisorError> {
         loop {
             // Mail posted while the guest ran (the kick ended `run`).
-            if let Flow::Stop(end) = read_mail(&mut vcpu, mailbox, false)? {
+            if let Flow::Stop(end) = read_mail(&mut vcpu, machine, mailbox, false)? {
                 return Ok(end);
             }
             if resume_pending.load(Ordering::SeqCst) {
@@ -483,9 +484,12 @@ fn vcpu_thread(
                         )?,
                         answered @ Call::Answered(_) => {
                             let answer = run_loop::answer(machine, answered, |_| None);
-                            match run_loop::return_from_hypercall(&mut vcpu, answer)? {
+                            match run_loop::return_from_hypercall(&mut vcpu, machine, answer)? {
                                 Next::End(exit) => Flow::Stop(Some(exit)),
-                                _ => Flow::Run,
+                                _ => {
+                                    machine.deliver_sdei(&mut vcpu)?;
+                                    Flow::Run
+                                }
                             }
                         }
                     }
