@@ -506,8 +506,8 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(code, Some(0), "{log}");
     let r = r.unwrap();
     assert_eq!(u(&r, "/vcpus"), 2);
-    assert_eq!(u(&r, "/virtual_time_ns"), 146_060_114);
-    assert_eq!(u(&r, "/vmm/instructions"), 63_723_416);
+    assert_eq!(u(&r, "/virtual_time_ns"), 146_061_172);
+    assert_eq!(u(&r, "/vmm/instructions"), 63_726_630);
     let exits: Vec<(&str, u64)> = [
         ("hypercall", 5),
         ("irq", 141),
@@ -527,7 +527,7 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(r["vmm"]["halted_ns"], serde_json::json!([0, 0]));
     assert_eq!(
         r["vmm"]["task_done_ns"],
-        serde_json::json!({"0": 7_663_283, "1": 144_729_647})
+        serde_json::json!({"0": 7_664_341, "1": 144_730_705})
     );
     assert_eq!(u(&r, "/vmm/interrupts/27"), 141);
     for (key, n) in [
@@ -552,9 +552,9 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(u(&r, "/integrity/pages_verified"), 8192);
     assert_eq!(u(&r, "/integrity/mismatches"), 0);
     assert_eq!(u(&r, "/guest/context_switches"), 8);
-    assert_eq!(u(&r, "/guest/elapsed_ns"), 144_659_728);
+    assert_eq!(u(&r, "/guest/elapsed_ns"), 144_660_784);
     assert_eq!(
         r["guest"]["task_done_ns"],
-        serde_json::json!([7_591_536, 144_657_904])
+        serde_json::json!([7_592_592, 144_658_960])
     );
 }
