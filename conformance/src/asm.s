@@ -150,6 +150,10 @@ read_hcr_el2:
 read_impdef:
     mrs     x0, s3_0_c11_c15_7
     ret
+    .global do_fmov
+do_fmov:
+    .inst   0x9e670000          // fmov d0, x0
+    ret
     .global read_pmcr
 read_pmcr:
     mrs     x0, pmcr_el0

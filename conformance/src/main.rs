@@ -7,7 +7,7 @@
 //! It knows nothing of apflab: it is written against the architecture and
 //! the board, so that the same image can be compared between machines
 //! (apflab's emu backend, QEMU, KVM). Covered: synchronous exceptions
-//! (UNDEFINED, BRK, SVC, stage-1 translation / access flag /
+//! (UNDEFINED, BRK, SVC, FP traps, stage-1 translation / access flag /
 //! permission faults from EL1 and EL0, external aborts on unassigned
 //! addresses) with their ESR/FAR/ELR; MPIDR against the device tree; PSCI;
 //! interrupts taken at each kind of unmask; both EL1 timers; SGIs; the
@@ -34,6 +34,7 @@ unsafe extern "C" {
     fn read_hcr_el2() -> u64;
     fn read_impdef() -> u64;
     fn read_pmcr() -> u64;
+    fn do_fmov();
     fn load_u8(addr: u64) -> u64;
     fn load_u64(addr: u64) -> u64;
     fn store_u8(addr: u64, v: u64);
@@ -479,6 +480,27 @@ fn test_brk_svc() {
     check("svc_elr", elr, fn_addr(do_svc) + 4);
 }
 
+fn test_fp_trap() {
+    let cpacr = mrs!("cpacr_el1");
+    msr!("cpacr_el1", cpacr & !(3 << 20));
+    let (esr, _, elr) = expect_sync(|| call0(do_fmov));
+    check("fp_trap_esr", esr, 0x1fe0_0000);
+    check("fp_trap_elr", elr, fn_addr(do_fmov));
+    // FPEN = 0b01: EL1 may, EL0 still traps.
+    msr!("cpacr_el1", (cpacr & !(3 << 20)) | (1 << 20));
+    let before = SYNC.count.load(Relaxed);
+    call0(do_fmov);
+    check(
+        "fp_el1_allowed_by_fpen_01",
+        SYNC.count.load(Relaxed) - before,
+        0,
+    );
+    msr!("cpacr_el1", cpacr | (3 << 20));
+    let before = SYNC.count.load(Relaxed);
+    call0(do_fmov);
+    check("fp_enabled_no_trap", SYNC.count.load(Relaxed) - before, 0);
+}
+
 fn test_aborts_el1() {
     // SAFETY (all below): loads and stores the tables make fault; the
     // handler resumes after them.
@@ -839,6 +861,7 @@ extern "C" fn kmain(x0: u64) -> ! {
     test_psci();
     test_undefined();
     test_brk_svc();
+    test_fp_trap();
     mmu_on();
     test_aborts_el1();
     test_el0();

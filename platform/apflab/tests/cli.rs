@@ -506,8 +506,8 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(code, Some(0), "{log}");
     let r = r.unwrap();
     assert_eq!(u(&r, "/vcpus"), 2);
-    assert_eq!(u(&r, "/virtual_time_ns"), 146_061_172);
-    assert_eq!(u(&r, "/vmm/instructions"), 63_726_630);
+    assert_eq!(u(&r, "/virtual_time_ns"), 146_061_169);
+    assert_eq!(u(&r, "/vmm/instructions"), 63_726_624);
     let exits: Vec<(&str, u64)> = [
         ("hypercall", 5),
         ("irq", 141),
@@ -527,7 +527,7 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(r["vmm"]["halted_ns"], serde_json::json!([0, 0]));
     assert_eq!(
         r["vmm"]["task_done_ns"],
-        serde_json::json!({"0": 7_664_341, "1": 144_730_705})
+        serde_json::json!({"0": 7_664_339, "1": 144_730_703})
     );
     assert_eq!(u(&r, "/vmm/interrupts/27"), 141);
     for (key, n) in [

@@ -10,7 +10,7 @@ use apflab_abi::memory_map::{
     APF_READY_PPI, DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE,
     RAM_BASE, RTC_BASE, RTC_SIZE, UART_BASE, UART_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
-use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, Unicorn};
+use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, UcHookId, Unicorn};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::absent::AbsentPages;
@@ -28,6 +28,8 @@ use crate::hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
 pub struct EmuVcpu {
     pub(super) index: u32,
     pub(super) uc: Unicorn<'static, HookState>,
+    /// The code hook that raises FP traps, while the guest has them on.
+    pub(super) fp_watch: Option<UcHookId>,
 }
 
 impl EmuVcpu {
@@ -53,6 +55,7 @@ impl EmuVcpu {
             stop_requested: false,
             end_slice: false,
             irq_waiting: false,
+            fp_watching: false,
             last_block_end: 0,
             memory: memory.clone(),
             absent,
@@ -123,7 +126,11 @@ impl EmuVcpu {
             .map_err(|e| engine_err("write VMPIDR_EL2", e))?;
         uc.reg_write(RegisterARM64::PSTATE, pstate::EL1H_MASKED)
             .map_err(|e| engine_err("write PSTATE", e))?;
-        Ok(EmuVcpu { index, uc })
+        Ok(EmuVcpu {
+            index,
+            uc,
+            fp_watch: None,
+        })
     }
 
     /// Virtual time of this vCPU, ns.
@@ -212,6 +219,7 @@ impl Vcpu for EmuVcpu {
             st.last_block_end = 0;
         }
         let result = loop {
+            self.sync_fp_watch()?;
             let pc = self.get_reg(Reg::Pc)?;
             // `until` is ignored (no exits; see `new`).
             let result = self.uc.emu_start(pc, 0, 0, 0);
