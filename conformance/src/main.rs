@@ -10,7 +10,8 @@
 //! (UNDEFINED, BRK, SVC, FP traps, stage-1 translation / access flag /
 //! permission faults from EL1 and EL0, external aborts on unassigned
 //! addresses) with their ESR/FAR/ELR; MPIDR against the device tree; PSCI;
-//! interrupts taken at each kind of unmask; both EL1 timers; SGIs; the
+//! interrupts taken at each kind of unmask; exclusives and LSE atomics
+//! contended by every CPU; both EL1 timers; SGIs; the
 //! board's absent virtio-mmio transports, its RTC and the PMU's presence.
 
 #![no_std]
@@ -22,7 +23,8 @@ mod gic;
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::ptr::{read_volatile, write_volatile};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::Ordering::{self, Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 global_asm!(include_str!("asm.s"));
 
@@ -441,6 +443,11 @@ fn mmu_on() {
         l3[7] = page_pa(3) | data | AP_EL0;
         l3[8] = page_pa(0) | data;
     }
+    mmu_enable();
+}
+
+/// Turns the MMU on with the tables `mmu_on` built (every CPU).
+fn mmu_enable() {
     msr!("mair_el1", 0x00ff);
     // T0SZ 25 (39 bits), inner/outer write-back, inner shareable, 4 KiB,
     // TTBR1 walks disabled, 40-bit IPS.
@@ -626,10 +633,11 @@ fn test_interrupts() {
     // WFI with IRQs unmasked: taken after the WFI, virtual timer 1 ms out.
     let freq = mrs!("cntfrq_el0");
     check_that("cntfrq_nonzero", freq != 0, freq, 1);
+    // t0 before arming: the deadline is at least 1 ms after it.
+    let t0 = mrs!("cntvct_el0");
     msr!("cntv_tval_el0", freq / 1000);
     msr!("cntv_ctl_el0", 1);
     let before = IRQS.load(Relaxed);
-    let t0 = mrs!("cntvct_el0");
     let at = call_ret(unmask_wfi);
     let t1 = mrs!("cntvct_el0");
     check_that(
@@ -678,14 +686,46 @@ fn test_interrupts() {
     call_ret(unmask_daifclr);
 }
 
+/// Waits up to 2 s of counter time for `cond`.
 fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..2_000_000 {
+    let freq = mrs!("cntfrq_el0");
+    let start = mrs!("cntvct_el0");
+    while mrs!("cntvct_el0") - start < 2 * freq {
         if cond() {
             return true;
         }
         core::hint::spin_loop();
     }
-    false
+    cond()
+}
+
+/// Rounds each CPU makes through the contended lock.
+const ROUNDS: u32 = 3000;
+static START: AtomicU32 = AtomicU32::new(0);
+static DONE: AtomicU32 = AtomicU32::new(0);
+static LOCK: AtomicU32 = AtomicU32::new(0);
+/// Incremented under LOCK with a plain read and write.
+static GUARDED: Shared<u64> = Shared::new(0);
+/// Incremented with LSE `ldadd`.
+static LSE_COUNT: Shared<u32> = Shared::new(0);
+
+/// This CPU's share of the contention test: ROUNDS increments under a
+/// load-exclusive/store-exclusive spinlock, ROUNDS with LSE atomics.
+fn contend() {
+    for _ in 0..ROUNDS {
+        while LOCK
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        // SAFETY: LOCK is held.
+        unsafe { write_volatile(GUARDED.ptr(), read_volatile(GUARDED.ptr()) + 1) };
+        LOCK.store(0, Ordering::Release);
+        // SAFETY: `ldadd w1, w2, [x0]` (LSE, which -cpu max has) on a
+        // 4-byte aligned word.
+        unsafe { asm!(".inst 0xb8210002", in("x0") LSE_COUNT.ptr(), in("x1") 1u64, out("x2") _) };
+    }
 }
 
 fn test_smp(dtb: &dt::Tree, ncpus: usize) {
@@ -728,6 +768,19 @@ fn test_smp(dtb: &dt::Tree, ncpus: usize) {
         distinct &= m == regs[i];
     }
     check_that("mpidr_all_cpus_match_dt", distinct, 0, 1);
+    START.store(1, Ordering::Release);
+    contend();
+    let all = wait_for(|| DONE.load(Ordering::Acquire) == ncpus as u32 - 1);
+    let want = u64::from(ROUNDS) * ncpus as u64;
+    // SAFETY: every CPU is done with them.
+    let (guarded, lse) = unsafe { (read_volatile(GUARDED.ptr()), read_volatile(LSE_COUNT.ptr())) };
+    check_that(
+        "exclusives_spinlock_contended",
+        all && guarded == want,
+        guarded,
+        want,
+    );
+    check("lse_ldadd_contended", u64::from(lse), want);
     // SGI 3 to CPU 1 only (target list).
     let aff = regs[1];
     let sgi = |intid: u64, list: u64| {
@@ -882,7 +935,13 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
     let cpu = (cpu as usize).min(MAX_CPUS - 1);
     CPU_MPIDR[cpu].store(mrs!("mpidr_el1"), Relaxed);
     gic::init_cpu(cpu_index(mrs!("mpidr_el1")));
+    mmu_enable();
     CPU_READY[cpu].store(1, Relaxed);
+    while START.load(Ordering::Acquire) == 0 {
+        core::hint::spin_loop();
+    }
+    contend();
+    DONE.fetch_add(1, Ordering::AcqRel);
     loop {
         call_ret(unmask_wfi);
     }
