@@ -118,6 +118,7 @@ static IRQ_ELR: AtomicU64 = AtomicU64::new(0);
 
 /// What secondaries report: MPIDR, ready flag, SGIs taken and the last.
 static CPU_MPIDR: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static CPU_SCTLR_AT_ENTRY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static CPU_READY: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 static CPU_SGIS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 static CPU_LAST_SGI: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
@@ -781,6 +782,7 @@ fn test_smp(dtb: &dt::Tree, ncpus: usize) {
         want,
     );
     check("lse_ldadd_contended", u64::from(lse), want);
+    START.store(2, Ordering::Release);
     // SGI 3 to CPU 1 only (target list).
     let aff = regs[1];
     let sgi = |intid: u64, list: u64| {
@@ -807,6 +809,13 @@ fn test_smp(dtb: &dt::Tree, ncpus: usize) {
     msr!("s3_0_c12_c11_5", sgi(7, 1 << (aff & 0xf)));
     let off = wait_for(|| psci(PSCI_AFFINITY_INFO, regs[1], 0, 0) == 1);
     check_that("psci_affinity_info_after_cpu_off", off, 0, 1);
+    // On again: PSCI brings it up with the MMU off, though it went off
+    // with the MMU on.
+    CPU_READY[1].store(0, Relaxed);
+    let r = psci(PSCI_CPU_ON, regs[1], fn_addr(secondary_entry), 1);
+    let up = r == 0 && wait_for(|| CPU_READY[1].load(Relaxed) != 0);
+    let sctlr = CPU_SCTLR_AT_ENTRY[1].load(Relaxed);
+    check_that("psci_cpu_on_again_mmu_off", up && sctlr & 1 == 0, sctlr, 0);
 }
 
 fn test_psci() {
@@ -933,6 +942,7 @@ extern "C" fn kmain(x0: u64) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn secondary_main(cpu: u64) -> ! {
     let cpu = (cpu as usize).min(MAX_CPUS - 1);
+    CPU_SCTLR_AT_ENTRY[cpu].store(mrs!("sctlr_el1"), Relaxed);
     CPU_MPIDR[cpu].store(mrs!("mpidr_el1"), Relaxed);
     gic::init_cpu(cpu_index(mrs!("mpidr_el1")));
     mmu_enable();
@@ -940,8 +950,11 @@ extern "C" fn secondary_main(cpu: u64) -> ! {
     while START.load(Ordering::Acquire) == 0 {
         core::hint::spin_loop();
     }
-    contend();
-    DONE.fetch_add(1, Ordering::AcqRel);
+    // START is 2 once the contention test is over (a CPU turned on again).
+    if START.load(Ordering::Acquire) == 1 {
+        contend();
+        DONE.fetch_add(1, Ordering::AcqRel);
+    }
     loop {
         call_ret(unmask_wfi);
     }

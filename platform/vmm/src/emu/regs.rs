@@ -25,6 +25,12 @@ pub(super) fn cp(reg: SysRegId) -> RegisterARM64CP {
 
 pub(super) const SCR_EL3: SysRegId = SysRegId::new(3, 6, 1, 1, 0);
 pub(super) const SCTLR_EL1: SysRegId = SysRegId::new(3, 0, 1, 0, 0);
+/// SCTLR_EL1 bits PSCI CPU_ON clears: MMU, alignment check, data and
+/// instruction caches.
+pub(super) const SCTLR_M: u64 = 1 << 0;
+pub(super) const SCTLR_A: u64 = 1 << 1;
+pub(super) const SCTLR_C: u64 = 1 << 2;
+pub(super) const SCTLR_I: u64 = 1 << 12;
 pub(super) const TCR_EL1: SysRegId = SysRegId::new(3, 0, 2, 0, 2);
 pub(super) const HCR_EL2: SysRegId = SysRegId::new(3, 4, 1, 1, 0);
 pub(super) const SPSR_EL1: SysRegId = SysRegId::new(3, 0, 4, 0, 0);

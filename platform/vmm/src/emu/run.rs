@@ -341,9 +341,7 @@ impl<'h> EmuRun<'h> {
                         let caller_now = self.vcpus[i].now_ns();
                         let tv = &mut self.vcpus[t];
                         tv.advance_to(caller_now);
-                        tv.set_reg(Reg::Pstate, pstate::EL1H_MASKED)?;
-                        tv.set_reg(Reg::X(0), context_id)?;
-                        tv.set_reg(Reg::Pc, entry)?;
+                        tv.power_on(entry, context_id)?;
                         self.states[t] = RunState::Running;
                     }
                     Effect::CpuOff { vcpu } => self.states[vcpu as usize] = RunState::Off,
