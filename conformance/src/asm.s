@@ -209,6 +209,8 @@ unmask_eret:
 unmask_wfi:
     adr     x0, 1f
     msr     daifclr, #2
+    .global unmask_wfi_wfi
+unmask_wfi_wfi:
     wfi
 1:  nop
     msr     daifset, #2

@@ -69,7 +69,7 @@ pub(super) enum GuestFault {
 }
 
 /// The registers an address computation reads, from the engine.
-struct EngineRegs<'a, 'b>(&'a Unicorn<'b, HookState>);
+pub(super) struct EngineRegs<'a, 'b>(pub(super) &'a Unicorn<'b, HookState>);
 
 impl RegisterSource for EngineRegs<'_, '_> {
     type Error = unicorn_engine::uc_error;

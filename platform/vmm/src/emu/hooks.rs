@@ -6,8 +6,8 @@
 //! HVC, SMC).
 
 use super::exception::{Access, GuestFault};
-use super::fp_trap;
-use super::regs::{CPACR_EL1, ID_AA64DFR0_EL1, PMUVER_MASK, XREGS, cp};
+use super::insn_watch;
+use super::regs::{CPACR_EL1, ID_AA64DFR0_EL1, PMUVER_MASK, SCTLR_EL1, XREGS, cp};
 use super::state::HookState;
 use super::tlb::fill_tlb;
 use crate::arch::{SysRegId, insn, pstate, sysreg};
@@ -207,11 +207,12 @@ pub(super) fn install_hooks(
     })?;
     uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_MSR, 1, 0, |uc, _rt, cpreg| {
         let reg = sysreg_of(cpreg);
-        if reg == CPACR_EL1 {
+        if reg == CPACR_EL1 || reg == SCTLR_EL1 {
             // The write ends its block; the slice ends with it when the
-            // FP trap watch must come or go (fp_trap.rs).
+            // instruction watch must come or go (insn_watch.rs).
+            let needed = insn_watch::needed_after_write(uc, reg, cpreg.val);
             let st = uc.get_data_mut();
-            if fp_trap::traps_any(cpreg.val) != st.fp_watching {
+            if needed != st.watching {
                 st.end_slice = true;
             }
             return false;

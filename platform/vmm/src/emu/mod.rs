@@ -18,8 +18,8 @@
 //! registers, CPU exceptions), `tlb` (the virtual TLB fill: the guest's
 //! stage-1 walk plus the pager's word on the page), `entry` (exception and
 //! IRQ entry, which the software CPU never does itself), `exception` (the
-//! syndrome of the guest's synchronous exceptions), `fp_trap` (the
-//! CPACR_EL1 traps the software CPU lacks), `residency`
+//! syndrome of the guest's synchronous exceptions), `insn_watch` (the
+//! FP traps and alignment checks the software CPU lacks), `residency`
 //! (absent pages) and `run` (the scheduler of all vCPUs in virtual time).
 //! `state` is what the hooks of one engine share, `absent` the bitmap of
 //! withheld pages, `regs` the register ids the files share.
@@ -27,8 +27,8 @@
 mod absent;
 mod entry;
 mod exception;
-mod fp_trap;
 mod hooks;
+mod insn_watch;
 mod regs;
 mod residency;
 pub(crate) mod run;

@@ -41,8 +41,8 @@ pub(super) struct HookState {
     /// the interrupt is taken at the instruction that follows the unmask
     /// (`msr daifclr`, `msr daif` and `eret` all end a block).
     pub(super) irq_waiting: bool,
-    /// The FP trap watch is installed (see `fp_trap.rs`).
-    pub(super) fp_watching: bool,
+    /// The instruction watch is installed (see `insn_watch.rs`).
+    pub(super) watching: bool,
     /// End address of the last block entered (to recognise WFI).
     pub(super) last_block_end: u64,
     /// Guest RAM, for the stage-1 walks of TLB fills.

@@ -28,8 +28,9 @@ use crate::hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
 pub struct EmuVcpu {
     pub(super) index: u32,
     pub(super) uc: Unicorn<'static, HookState>,
-    /// The code hook that raises FP traps, while the guest has them on.
-    pub(super) fp_watch: Option<UcHookId>,
+    /// The code hook that raises FP traps and alignment faults, while the
+    /// guest has either on (see `insn_watch.rs`).
+    pub(super) insn_watch: Option<UcHookId>,
 }
 
 impl EmuVcpu {
@@ -55,7 +56,7 @@ impl EmuVcpu {
             stop_requested: false,
             end_slice: false,
             irq_waiting: false,
-            fp_watching: false,
+            watching: false,
             last_block_end: 0,
             memory: memory.clone(),
             absent,
@@ -129,7 +130,7 @@ impl EmuVcpu {
         Ok(EmuVcpu {
             index,
             uc,
-            fp_watch: None,
+            insn_watch: None,
         })
     }
 
@@ -219,7 +220,7 @@ impl Vcpu for EmuVcpu {
             st.last_block_end = 0;
         }
         let result = loop {
-            self.sync_fp_watch()?;
+            self.sync_insn_watch()?;
             let pc = self.get_reg(Reg::Pc)?;
             // `until` is ignored (no exits; see `new`).
             let result = self.uc.emu_start(pc, 0, 0, 0);
