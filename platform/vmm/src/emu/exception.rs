@@ -8,6 +8,11 @@
 //! address) and enters the guest's vector. The only case the run does not
 //! survive is the one real hardware does not either: an exception taken at
 //! the very vector it would enter, which repeats forever.
+//!
+//! Not modelled: the debug exceptions (hardware breakpoints, watchpoints,
+//! software step; MDSCR_EL1 enables are ignored), SError (nothing in the
+//! machine raises one) and FIQ (the GIC signals only group 1 interrupts,
+//! as IRQs).
 
 use unicorn_engine::{MemType, RegisterARM64, Unicorn};
 
