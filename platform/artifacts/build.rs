@@ -1,5 +1,6 @@
-//! Builds the two artifacts that are not host code: the arm64 guest kernel
-//! (`guest/`, target `aarch64-unknown-none-softfloat`) and the example
+//! Builds the artifacts that are not host code: the arm64 guest kernel
+//! (`guest/`, target `aarch64-unknown-none-softfloat`), the board
+//! conformance kernel (`conformance/`, same target) and the example
 //! policies (`policies/`, target `wasm32-unknown-unknown`), so that a plain
 //! `cargo build` or `cargo test` of the workspace has them ready.
 //!
@@ -54,6 +55,8 @@ fn main() {
     let policies_dir = root.join("policies");
     watch_crate_tree(&guest_dir);
     watch_crate_tree(&policies_dir);
+    let conformance_dir = root.join("conformance");
+    watch_crate_tree(&conformance_dir);
     watch_crate_tree(&root.join("platform/abi"));
     println!(
         "cargo:rerun-if-changed={}",
@@ -79,6 +82,30 @@ fn main() {
         guest_elf.display()
     );
     println!("cargo:rustc-env=APFLAB_GUEST_ELF={}", guest_elf.display());
+
+    // Its own target directory: `core` is built for its profile (sharing
+    // the guest's would rebuild one for the other on every change).
+    let conformance_target_dir = artifacts_dir.join("conformance");
+    cargo_build(
+        &conformance_dir,
+        GUEST_TARGET,
+        &conformance_target_dir,
+        &[],
+        &[("RUSTC_BOOTSTRAP", "1")],
+    );
+    let conformance_elf = conformance_target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("virt-conformance");
+    assert!(
+        conformance_elf.is_file(),
+        "conformance build produced no {}",
+        conformance_elf.display()
+    );
+    println!(
+        "cargo:rustc-env=APFLAB_CONFORMANCE_ELF={}",
+        conformance_elf.display()
+    );
 
     let policy_target_dir = artifacts_dir.join("policies");
     cargo_build(

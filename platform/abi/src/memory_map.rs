@@ -16,6 +16,21 @@ pub const UART_SIZE: u64 = 0x1000;
 /// SPI number of the UART interrupt (INTID = 32 + this).
 pub const UART_SPI: u32 = 1;
 
+/// PL031 real-time clock (QEMU `virt`: `VIRT_RTC`).
+pub const RTC_BASE: u64 = 0x0901_0000;
+/// Size of the PL031 register window.
+pub const RTC_SIZE: u64 = 0x1000;
+/// SPI number of the RTC interrupt (INTID = 32 + this).
+pub const RTC_SPI: u32 = 2;
+
+/// First virtio-mmio transport (QEMU `virt`: `VIRT_MMIO`); apflab plugs
+/// nothing into them.
+pub const VIRTIO_MMIO_BASE: u64 = 0x0a00_0000;
+/// Size of the window of all transports (32 of 0x200 bytes each).
+pub const VIRTIO_MMIO_SIZE: u64 = 32 * 0x200;
+/// Size of one transport's register window.
+pub const VIRTIO_MMIO_STRIDE: u64 = 0x200;
+
 /// GICv3 distributor (QEMU `virt`: `VIRT_GIC_DIST`).
 pub const GICD_BASE: u64 = 0x0800_0000;
 /// Size of the distributor window.
@@ -49,6 +64,8 @@ pub const PAGE_SHIFT: u32 = 12;
 
 /// PPI INTID of the EL1 virtual timer (the architected one QEMU and KVM use).
 pub const VTIMER_PPI: u32 = 27;
+/// PPI INTID of the EL1 (non-secure) physical timer.
+pub const PTIMER_PPI: u32 = 30;
 /// PPI INTID on which "page ready" is signalled when ready is an interrupt.
 pub const APF_READY_PPI: u32 = 20;
 /// SGI INTID the guest uses to kick another CPU's scheduler.

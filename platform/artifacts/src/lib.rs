@@ -9,6 +9,13 @@ pub fn guest_elf() -> &'static Path {
     Path::new(env!("APFLAB_GUEST_ELF"))
 }
 
+/// The board conformance kernel (`conformance/`): a bare-metal image for
+/// QEMU's `virt` board, independent of apflab, that prints one `PASS` or
+/// `FAIL` line per behaviour of the machine it checks.
+pub fn conformance_elf() -> &'static Path {
+    Path::new(env!("APFLAB_CONFORMANCE_ELF"))
+}
+
 /// The example policies built from `policies/` (Rust, to Wasm), by name.
 pub const EXAMPLE_POLICIES: [&str; 7] = [
     "sync",
@@ -40,6 +47,13 @@ pub fn policy_wat(name: &str) -> PathBuf {
 /// closed: the reference the emu backend is compared with. The Debian
 /// package is `qemu-system-arm`.
 pub fn qemu_virt(cpus: u32, memory_mib: u64, bootargs: &str) -> Command {
+    let mut cmd = qemu_virt_kernel(guest_elf(), cpus, memory_mib);
+    cmd.args(["-append", bootargs]);
+    cmd
+}
+
+/// Like [`qemu_virt`], for any bare-metal `kernel` and no command line.
+pub fn qemu_virt_kernel(kernel: &Path, cpus: u32, memory_mib: u64) -> Command {
     let mut cmd = Command::new("qemu-system-aarch64");
     cmd.args(["-M", "virt,gic-version=3", "-cpu", "max"])
         .args(["-smp", &cpus.to_string(), "-m", &format!("{memory_mib}M")])
@@ -52,8 +66,7 @@ pub fn qemu_virt(cpus: u32, memory_mib: u64, bootargs: &str) -> Command {
             "stdio",
         ])
         .arg("-kernel")
-        .arg(guest_elf())
-        .args(["-append", bootargs])
+        .arg(kernel)
         .stdin(Stdio::null());
     cmd
 }

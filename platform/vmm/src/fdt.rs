@@ -5,7 +5,7 @@
 
 use apflab_abi::memory_map::{
     DOORBELL_BASE, DOORBELL_SIZE, DTB_MAX_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE,
-    RAM_BASE, UART_BASE, UART_SIZE, UART_SPI, VTIMER_PPI,
+    PTIMER_PPI, RAM_BASE, RTC_BASE, RTC_SIZE, RTC_SPI, UART_BASE, UART_SIZE, UART_SPI, VTIMER_PPI,
 };
 use vm_fdt::FdtWriter;
 
@@ -123,7 +123,7 @@ pub fn build(vcpus: u32, ram_size: u64, bootargs: &str) -> Result<Vec<u8>, FdtEr
             13,
             IRQ_LEVEL_HIGH,
             GIC_PPI,
-            14,
+            PTIMER_PPI - 16,
             IRQ_LEVEL_HIGH,
             GIC_PPI,
             VTIMER_PPI - 16,
@@ -154,6 +154,17 @@ pub fn build(vcpus: u32, ram_size: u64, bootargs: &str) -> Result<Vec<u8>, FdtEr
     w.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
     w.property_array_u32("clocks", &[PHANDLE_CLK, PHANDLE_CLK])?;
     w.end_node(uart)?;
+
+    let rtc = w.begin_node(&format!("pl031@{RTC_BASE:x}"))?;
+    w.property_string_list(
+        "compatible",
+        vec!["arm,pl031".into(), "arm,primecell".into()],
+    )?;
+    w.property_array_u64("reg", &[RTC_BASE, RTC_SIZE])?;
+    w.property_array_u32("interrupts", &[GIC_SPI, RTC_SPI, IRQ_LEVEL_HIGH])?;
+    w.property_string("clock-names", "apb_pclk")?;
+    w.property_u32("clocks", PHANDLE_CLK)?;
+    w.end_node(rtc)?;
 
     let apflab = w.begin_node(&format!("apflab@{DOORBELL_BASE:x}"))?;
     w.property_string("compatible", APFLAB_COMPATIBLE)?;
@@ -193,6 +204,7 @@ mod tests {
             "arm,gic-v3",
             "arm,armv8-timer",
             "arm,pl011",
+            "arm,pl031",
             "apflab.workload=cpu",
             APFLAB_COMPATIBLE,
             SDEI_COMPATIBLE,

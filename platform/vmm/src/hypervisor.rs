@@ -101,8 +101,9 @@ pub enum VmExit {
     /// any engine call are queued in the machine), or the vCPU was kicked.
     SliceEnd,
     /// The guest did something the machine cannot continue from: an
-    /// undefined instruction, an abort on an address that is neither RAM
-    /// nor a device, a breakpoint.
+    /// exception with no vector table to take it (the CPU would take it
+    /// again forever), a translation setup the VMM does not implement, an
+    /// engine failure. (Exceptions the guest can take go to its vectors.)
     Crash {
         /// PC of the instruction.
         pc: u64,

@@ -14,24 +14,44 @@ use std::sync::{Mutex, MutexGuard};
 
 use apflab_abi::hypercall as hc;
 use apflab_abi::memory_map::{
-    DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE, UART_BASE,
-    UART_SIZE, UART_SPI, VTIMER_PPI,
+    DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE, RTC_BASE, RTC_SIZE,
+    UART_BASE, UART_SIZE, UART_SPI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_STRIDE,
 };
 use apflab_abi::report::GuestReport;
 use apflab_abi::sdei as sdei_abi;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::arch::{SysRegId, sysreg};
+use crate::arch::{SysRegId, mpidr_of, sysreg};
 use crate::devices::doorbell::{DoorbellBank, DoorbellWrite};
 use crate::devices::gic::Gic;
 use crate::devices::pl011::Pl011;
-use crate::devices::timer::VirtualTimer;
+use crate::devices::pl031::Pl031;
+use crate::devices::timer::CpuTimers;
+use crate::devices::virtio_mmio;
 use crate::fault_hook::{EngineCall, is_engine_call};
 use crate::hypervisor::{HypervisorError, MmioWriteKind, Vcpu, VmOps};
 use crate::sdei;
 
 /// PSCI CPU_ON, SMC32 calling convention.
 const PSCI_CPU_ON_SMC32: u32 = 0x8400_0003;
+/// PSCI CPU_SUSPEND, SMC32 and SMC64.
+const PSCI_CPU_SUSPEND_SMC32: u32 = 0x8400_0001;
+const PSCI_CPU_SUSPEND: u32 = 0xC400_0001;
+/// PSCI AFFINITY_INFO, SMC32 and SMC64.
+const PSCI_AFFINITY_INFO_SMC32: u32 = 0x8400_0004;
+const PSCI_AFFINITY_INFO: u32 = 0xC400_0004;
+/// PSCI MIGRATE_INFO_TYPE.
+const PSCI_MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
+/// MIGRATE_INFO_TYPE: no Trusted OS, nothing to migrate.
+const PSCI_TOS_NOT_PRESENT_MP: i64 = 2;
+/// AFFINITY_INFO answers.
+const PSCI_AFFINITY_ON: i64 = 0;
+const PSCI_AFFINITY_OFF: i64 = 1;
+/// CPU_SUSPEND power_state bits that must be zero: only the original
+/// format's StateID (15:0) and StateType (16) are accepted, as QEMU's
+/// firmware does; every state is a standby (the caller resumes after the
+/// call once an interrupt is pending).
+const PSCI_POWER_STATE_RESERVED: u64 = 0xfffe_0000;
 /// Most task completions recorded (a guest calling TASK_DONE in a loop with
 /// fresh ids cannot grow the map without bound).
 const MAX_TASKS_RECORDED: usize = 4096;
@@ -51,6 +71,11 @@ pub enum Effect {
     },
     /// PSCI CPU_OFF from this vCPU.
     CpuOff {
+        /// vCPU index.
+        vcpu: u32,
+    },
+    /// PSCI CPU_SUSPEND from this vCPU: it idles as in WFI.
+    CpuSuspend {
         /// vCPU index.
         vcpu: u32,
     },
@@ -80,8 +105,9 @@ enum Power {
 
 struct State {
     uart: Pl011,
+    rtc: Pl031,
     gic: Gic,
-    timers: Vec<VirtualTimer>,
+    timers: Vec<CpuTimers>,
     doorbell: Vec<DoorbellBank>,
     /// An engine call made through the doorbell, waiting for the vCPU loop
     /// to hand it to the fault engine (its result goes back into the bank).
@@ -118,8 +144,9 @@ impl Machine {
         Machine {
             state: Mutex::new(State {
                 uart: Pl011::new(echo_console),
+                rtc: Pl031::default(),
                 gic: Gic::new(vcpus),
-                timers: vec![VirtualTimer::default(); n],
+                timers: vec![CpuTimers::default(); n],
                 doorbell: vec![DoorbellBank::default(); n],
                 doorbell_engine_calls: vec![None; n],
                 power,
@@ -213,14 +240,20 @@ impl Machine {
     /// UART's up to date at `now_ns`.
     pub fn update_lines(&self, vcpu: u32, now_ns: u64) {
         let mut s = self.lock();
-        if let Some(level) = s.timers.get(vcpu as usize).map(|t| t.irq_level(now_ns)) {
-            s.gic.set_level(vcpu, VTIMER_PPI, level);
-        }
+        Self::update_timer_lines(&mut s, vcpu, now_ns);
         let uart = s.uart.irq_level();
         s.gic.set_level(0, 32 + UART_SPI, uart);
     }
 
-    /// Next virtual time at which `vcpu`'s timer fires, if armed.
+    fn update_timer_lines(s: &mut State, vcpu: u32, now_ns: u64) {
+        if let Some(levels) = s.timers.get(vcpu as usize).map(|t| t.irq_levels(now_ns)) {
+            for (intid, level) in levels {
+                s.gic.set_level(vcpu, intid, level);
+            }
+        }
+    }
+
+    /// Next virtual time at which one of `vcpu`'s timers fires, if armed.
     pub fn next_deadline(&self, vcpu: u32, now_ns: u64) -> Option<u64> {
         self.lock()
             .timers
@@ -311,6 +344,11 @@ impl Machine {
                         | hc::PSCI_CPU_ON
                         | PSCI_CPU_ON_SMC32
                         | hc::PSCI_CPU_OFF
+                        | PSCI_CPU_SUSPEND
+                        | PSCI_CPU_SUSPEND_SMC32
+                        | PSCI_AFFINITY_INFO
+                        | PSCI_AFFINITY_INFO_SMC32
+                        | PSCI_MIGRATE_INFO_TYPE
                         | hc::PSCI_SYSTEM_OFF
                         | hc::PSCI_SYSTEM_RESET
                         | hc::PSCI_FEATURES
@@ -347,6 +385,29 @@ impl Machine {
                 s.effects.push(Effect::CpuOff { vcpu });
                 ret(hc::SMCCC_SUCCESS)
             }
+            PSCI_CPU_SUSPEND | PSCI_CPU_SUSPEND_SMC32 => {
+                if args[0] & PSCI_POWER_STATE_RESERVED != 0 {
+                    return ret(hc::SMCCC_INVALID_PARAMETERS);
+                }
+                s.effects.push(Effect::CpuSuspend { vcpu });
+                ret(hc::SMCCC_SUCCESS)
+            }
+            PSCI_AFFINITY_INFO | PSCI_AFFINITY_INFO_SMC32 => {
+                let target = if function == PSCI_AFFINITY_INFO_SMC32 {
+                    args[0] & 0xffff_ffff
+                } else {
+                    args[0]
+                };
+                // Only level 0 (one CPU) is answered, as QEMU does.
+                ret(match Self::vcpu_of(self.vcpus, target) {
+                    Some(t) if args[1] == 0 => match s.power[t as usize] {
+                        Power::On => PSCI_AFFINITY_ON,
+                        Power::Off => PSCI_AFFINITY_OFF,
+                    },
+                    _ => hc::SMCCC_INVALID_PARAMETERS,
+                })
+            }
+            PSCI_MIGRATE_INFO_TYPE => ret(PSCI_TOS_NOT_PRESENT_MP),
             hc::PSCI_SYSTEM_OFF => {
                 s.effects.push(Effect::SystemOff);
                 ret(hc::SMCCC_SUCCESS)
@@ -406,6 +467,11 @@ impl Machine {
         }
     }
 
+    /// The vCPU whose affinity (MPIDR_EL1 Aff3..Aff0) is `mpidr`.
+    fn vcpu_of(vcpus: u32, mpidr: u64) -> Option<u32> {
+        (0..vcpus).find(|&i| mpidr_of(i) == mpidr)
+    }
+
     fn cpu_on(
         s: &mut State,
         memory: &GuestMemoryMmap,
@@ -414,11 +480,9 @@ impl Machine {
         entry: u64,
         context_id: u64,
     ) -> i64 {
-        // Our CPUs have Aff0 = index and Aff1..Aff3 = 0.
-        if mpidr & !0xff != 0 || mpidr >= u64::from(vcpus) {
+        let Some(target) = Self::vcpu_of(vcpus, mpidr) else {
             return hc::SMCCC_INVALID_PARAMETERS;
-        }
-        let target = mpidr as u32;
+        };
         if s.power[target as usize] == Power::On {
             return hc::PSCI_ALREADY_ON;
         }
@@ -482,6 +546,10 @@ impl Machine {
             s.gic.dist_write(addr - GICD_BASE, len, value);
         } else if in_window(addr, GICR_BASE, GICR_STRIDE * u64::from(self.vcpus)) {
             s.gic.redist_write(addr - GICR_BASE, len, value);
+        } else if in_window(addr, RTC_BASE, RTC_SIZE) {
+            s.rtc.write(addr - RTC_BASE, value as u32, now_ns);
+        } else if in_window(addr, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE) {
+            // An empty transport ignores writes.
         } else {
             *s.exits.entry("mmio_unhandled".to_owned()).or_default() += 1;
         }
@@ -502,7 +570,7 @@ fn le_value(data: &[u8]) -> u64 {
 }
 
 impl VmOps for Machine {
-    fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], _now_ns: u64) {
+    fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], now_ns: u64) {
         let mut s = self.lock();
         *s.exits.entry("mmio".to_owned()).or_default() += 1;
         let len = data.len();
@@ -512,6 +580,12 @@ impl VmOps for Machine {
             s.gic.dist_read(addr - GICD_BASE)
         } else if in_window(addr, GICR_BASE, GICR_STRIDE * u64::from(self.vcpus)) {
             s.gic.redist_read(addr - GICR_BASE)
+        } else if in_window(addr, RTC_BASE, RTC_SIZE) {
+            u64::from(s.rtc.read(addr - RTC_BASE, now_ns))
+        } else if in_window(addr, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE) {
+            u64::from(virtio_mmio::read_empty(
+                (addr - VIRTIO_MMIO_BASE) % VIRTIO_MMIO_STRIDE,
+            ))
         } else if in_window(addr, DOORBELL_BASE, DOORBELL_SIZE) {
             s.doorbell
                 .get(vcpu as usize)
@@ -538,11 +612,9 @@ impl VmOps for Machine {
         {
             return Some(v);
         }
-        // Acknowledge sees the timer line as of now.
-        if reg == sysreg::ICC_IAR1_EL1
-            && let Some(level) = s.timers.get(vcpu as usize).map(|t| t.irq_level(now_ns))
-        {
-            s.gic.set_level(vcpu, VTIMER_PPI, level);
+        // Acknowledge sees the timer lines as of now.
+        if reg == sysreg::ICC_IAR1_EL1 {
+            Self::update_timer_lines(&mut s, vcpu, now_ns);
         }
         s.gic.sysreg_read(vcpu, reg)
     }
@@ -556,8 +628,7 @@ impl VmOps for Machine {
         if let Some(t) = s.timers.get_mut(vcpu as usize)
             && t.write(reg, value, now_ns)
         {
-            let level = t.irq_level(now_ns);
-            s.gic.set_level(vcpu, VTIMER_PPI, level);
+            Self::update_timer_lines(&mut s, vcpu, now_ns);
             return true;
         }
         match s.gic.sysreg_write(vcpu, reg, value) {
@@ -604,6 +675,39 @@ mod tests {
                 context_id: 7
             }]
         );
+    }
+
+    #[test]
+    fn psci_affinity_info_follows_cpu_on_and_off() {
+        let m = machine(2);
+        let info = |f, mpidr, level| m.hypercall(0, f, [mpidr, level, 0, 0, 0], 0)[0] as i64;
+        assert_eq!(info(PSCI_AFFINITY_INFO, 1, 0), PSCI_AFFINITY_OFF);
+        assert_eq!(info(PSCI_AFFINITY_INFO, 0, 0), PSCI_AFFINITY_ON);
+        assert_eq!(info(PSCI_AFFINITY_INFO, 2, 0), hc::SMCCC_INVALID_PARAMETERS);
+        assert_eq!(info(PSCI_AFFINITY_INFO, 1, 1), hc::SMCCC_INVALID_PARAMETERS);
+        m.hypercall(0, hc::PSCI_CPU_ON, [1, RAM_BASE, 0, 0, 0], 0);
+        assert_eq!(info(PSCI_AFFINITY_INFO_SMC32, 1, 0), PSCI_AFFINITY_ON);
+        m.hypercall(1, hc::PSCI_CPU_OFF, [0; 5], 0);
+        assert_eq!(info(PSCI_AFFINITY_INFO, 1, 0), PSCI_AFFINITY_OFF);
+        assert_eq!(info(PSCI_MIGRATE_INFO_TYPE, 0, 0), PSCI_TOS_NOT_PRESENT_MP);
+        m.take_effects();
+        assert_eq!(
+            info(PSCI_CPU_SUSPEND, 1 << 17, 0),
+            hc::SMCCC_INVALID_PARAMETERS
+        );
+        assert_eq!(info(PSCI_CPU_SUSPEND, 1 << 16, 0), hc::SMCCC_SUCCESS);
+        assert_eq!(m.take_effects(), vec![Effect::CpuSuspend { vcpu: 0 }]);
+        for f in [
+            PSCI_CPU_SUSPEND,
+            PSCI_CPU_SUSPEND_SMC32,
+            PSCI_AFFINITY_INFO,
+            PSCI_AFFINITY_INFO_SMC32,
+            PSCI_MIGRATE_INFO_TYPE,
+            hc::PSCI_CPU_OFF,
+        ] {
+            let r = m.hypercall(0, hc::PSCI_FEATURES, [u64::from(f), 0, 0, 0, 0], 0)[0];
+            assert_eq!(r, 0, "{f:#x}");
+        }
     }
 
     #[test]

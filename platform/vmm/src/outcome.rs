@@ -14,8 +14,9 @@ pub enum GuestExit {
     Reset,
     /// The guest kernel panicked (`PANIC` hypercall) with this message.
     Panic(String),
-    /// The guest hit a fault the VMM cannot resolve (abort on an address
-    /// outside RAM and devices, undefined instruction with no handler...).
+    /// The guest hit a fault the VMM cannot resolve (an exception with no
+    /// vector table to take it, a translation setup the VMM does not
+    /// implement...).
     Crash(String),
     /// `max_virtual_ns` passed before the guest powered off.
     Timeout,

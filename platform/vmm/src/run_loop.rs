@@ -77,7 +77,7 @@ pub(crate) fn terminal_effect(effect: &Effect) -> Option<GuestExit> {
         Effect::SystemOff => Some(GuestExit::PowerOff),
         Effect::SystemReset => Some(GuestExit::Reset),
         Effect::Panic(msg) => Some(GuestExit::Panic(msg.clone())),
-        Effect::CpuOn { .. } | Effect::CpuOff { .. } => None,
+        Effect::CpuOn { .. } | Effect::CpuOff { .. } | Effect::CpuSuspend { .. } => None,
     }
 }
 

@@ -145,6 +145,30 @@ pub fn data_access<R: RegisterSource>(
     })
 }
 
+/// The unit an access of `size` bytes by instruction `word` must be
+/// aligned to when alignment checking is on (SCTLR_ELx.A): its element
+/// size. A register pair's elements are its two halves; the multiple
+/// structure loads and stores of Advanced SIMD use their element size; any
+/// other access is one element (the single-structure forms are checked as
+/// byte accesses, which never fault).
+pub fn alignment_unit(word: u32, size: u64) -> u64 {
+    // Load/store register pair: bits 29:27 = 0b101, bit 25 = 0.
+    let pair = (word >> 27) & 0b111 == 0b101 && word & (1 << 25) == 0;
+    // Advanced SIMD load/store multiple structures: bits 29:24 = 0b001100.
+    let simd_multiple = word >> 31 == 0 && (word >> 24) & 0x3f == 0b00_1100;
+    // Advanced SIMD load/store single structure: bits 29:24 = 0b001101.
+    let simd_single = word >> 31 == 0 && (word >> 24) & 0x3f == 0b00_1101;
+    if pair {
+        (size / 2).max(1)
+    } else if simd_multiple {
+        1 << ((word >> 10) & 3)
+    } else if simd_single {
+        1
+    } else {
+        size.max(1)
+    }
+}
+
 /// LDR (literal) group: bits 29:27 = 0b011, bits 25:24 = 0b00.
 fn is_load_literal(word: u32) -> bool {
     word & 0x3B00_0000 == 0x1800_0000
@@ -445,5 +469,15 @@ pub(crate) mod tests {
             data_access(0x0000_0000, 0, &mut r),
             Err(AccessError::Undecodable { .. }) | Err(AccessError::NotMemoryAccess { .. })
         ));
+    }
+
+    #[test]
+    fn alignment_units_are_element_sizes() {
+        assert_eq!(alignment_unit(0xf940_0000, 8), 8); // ldr x0, [x0]
+        assert_eq!(alignment_unit(0x3940_0000, 1), 1); // ldrb w0, [x0]
+        assert_eq!(alignment_unit(0xa940_0400, 16), 8); // ldp x0, x1, [x0]
+        assert_eq!(alignment_unit(0xad40_0400, 32), 16); // ldp q0, q1, [x0]
+        assert_eq!(alignment_unit(0x4c40_7800, 16), 4); // ld1 {v0.4s}, [x0]
+        assert_eq!(alignment_unit(0x4d40_8000, 4), 1); // ld1 {v0.s}[2], [x0]
     }
 }

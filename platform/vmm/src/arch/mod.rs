@@ -8,6 +8,7 @@
 pub mod access;
 pub mod fault_site;
 pub mod stage1;
+pub mod syndrome;
 
 /// A vCPU register, typed (Firecracker style) so that backends translate one
 /// enum instead of passing raw ids around.
@@ -121,6 +122,12 @@ pub mod sysreg {
     pub const CNTPCTSS_EL0: SysRegId = SysRegId::new(3, 3, 14, 0, 5);
     /// CNTVCTSS_EL0 (self-synchronised virtual count).
     pub const CNTVCTSS_EL0: SysRegId = SysRegId::new(3, 3, 14, 0, 6);
+    /// CNTP_TVAL_EL0: physical timer value (down-counter view).
+    pub const CNTP_TVAL_EL0: SysRegId = SysRegId::new(3, 3, 14, 2, 0);
+    /// CNTP_CTL_EL0: physical timer control.
+    pub const CNTP_CTL_EL0: SysRegId = SysRegId::new(3, 3, 14, 2, 1);
+    /// CNTP_CVAL_EL0: physical timer compare value.
+    pub const CNTP_CVAL_EL0: SysRegId = SysRegId::new(3, 3, 14, 2, 2);
     /// CNTV_TVAL_EL0: virtual timer value (down-counter view).
     pub const CNTV_TVAL_EL0: SysRegId = SysRegId::new(3, 3, 14, 3, 0);
     /// CNTV_CTL_EL0: virtual timer control.
@@ -138,10 +145,10 @@ pub mod sysreg {
     /// Whether the VMM emulates `reg` (so the software CPU must not).
     pub fn is_emulated(reg: SysRegId) -> bool {
         // Whole GICv3 CPU interface (op0=3, op1=0, CRn=12, CRm 8..=12 and
-        // PMR), and the counter/virtual-timer block (op1=3, CRn=14, CRm 0
-        // and 3).
+        // PMR), and the counter and EL1 timer block (op1=3, CRn=14, CRm 0,
+        // 2 and 3).
         is_gic_cpu_interface(reg)
-            || (reg.op0 == 3 && reg.op1 == 3 && reg.crn == 14 && (reg.crm == 0 || reg.crm == 3))
+            || (reg.op0 == 3 && reg.op1 == 3 && reg.crn == 14 && matches!(reg.crm, 0 | 2 | 3))
     }
 }
 
@@ -202,6 +209,20 @@ pub fn vector_offset(pstate: u64, kind: EntryKind) -> u64 {
 
 /// Exception classes the VMM builds syndromes for.
 pub mod ec {
+    /// Unknown reason: UNDEFINED instructions and system registers.
+    pub const UNKNOWN: u32 = 0x00;
+    /// FP/Advanced SIMD access trapped by CPACR_EL1.FPEN.
+    pub const FP_ACCESS: u32 = 0x07;
+    /// Instruction abort from a lower exception level.
+    pub const IABT_LOWER: u32 = 0x20;
+    /// Instruction abort without a change in exception level.
+    pub const IABT_CURRENT: u32 = 0x21;
+    /// Data abort from a lower exception level.
+    pub const DABT_LOWER: u32 = 0x24;
+    /// Data abort without a change in exception level.
+    pub const DABT_CURRENT: u32 = 0x25;
+    /// BRK from AArch64.
+    pub const BRK64: u32 = 0x3c;
     /// SVC from AArch64.
     pub const SVC64: u32 = 0x15;
     /// HVC from AArch64.

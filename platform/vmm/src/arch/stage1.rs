@@ -17,6 +17,9 @@ const SCTLR_M: u64 = 1 << 0;
 /// SCTLR_EL1.EE: page tables and data are big-endian at EL1.
 const SCTLR_EE: u64 = 1 << 25;
 
+/// AF, the access flag of a leaf descriptor.
+const DESC_AF: u64 = 1 << 10;
+
 /// Bits 47:12 of a descriptor or TTBR: the next-level table / output address
 /// with a 4 KiB granule and 48-bit output addresses.
 const OA_MASK_4K: u64 = 0x0000_FFFF_FFFF_F000;
@@ -108,6 +111,9 @@ pub enum Walk {
         ipa: u64,
         /// The page or block descriptor.
         desc: Option<u64>,
+        /// Lookup level of the leaf (3 for a page, 1 or 2 for a block; 0
+        /// with the MMU off).
+        level: u8,
     },
     /// The walk needs a descriptor from this withheld page (page aligned).
     NeedsPage(u64),
@@ -126,6 +132,13 @@ pub struct Permissions {
 }
 
 impl Permissions {
+    /// Whether leaf descriptor `desc` has its access flag clear, so that
+    /// every access through it takes an access flag fault (the hardware
+    /// does not set the flag itself).
+    pub fn access_flag_clear(desc: Option<u64>) -> bool {
+        desc.is_some_and(|d| d & DESC_AF == 0)
+    }
+
     /// What an access from EL0 (`el0`) or EL1 may do through `desc`.
     pub fn of(desc: Option<u64>, el0: bool) -> Permissions {
         let Some(d) = desc else {
@@ -136,7 +149,7 @@ impl Permissions {
             };
         };
         // Access flag clear: the first access faults (no hardware update).
-        if d & (1 << 10) == 0 {
+        if d & DESC_AF == 0 {
             return Permissions {
                 read: false,
                 write: false,
@@ -237,6 +250,7 @@ impl TranslationRegs {
             return Ok(Walk::Leaf {
                 ipa: va,
                 desc: None,
+                level: 0,
             });
         }
         if self.sctlr & SCTLR_EE != 0 {
@@ -284,6 +298,7 @@ impl TranslationRegs {
                     return Ok(Walk::Leaf {
                         ipa: (desc & OA_MASK_4K) | (va & (PAGE_SIZE - 1)),
                         desc: Some(desc),
+                        level: 3,
                     });
                 }
                 // Next-level table.
@@ -297,6 +312,7 @@ impl TranslationRegs {
                     return Ok(Walk::Leaf {
                         ipa: (desc & OA_MASK_4K & !block_mask) | (va & block_mask),
                         desc: Some(desc),
+                        level: level as u8,
                     });
                 }
                 (0b01, _) => return Err(not_mapped),

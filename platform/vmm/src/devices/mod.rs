@@ -3,4 +3,6 @@
 pub mod doorbell;
 pub mod gic;
 pub mod pl011;
+pub mod pl031;
 pub mod timer;
+pub mod virtio_mmio;

@@ -2,6 +2,7 @@
 //! never takes an exception itself (its interrupt hook sees them), so the
 //! VMM builds every entry to the guest's vectors.
 
+use super::regs::{SCTLR_A, SCTLR_C, SCTLR_EL1, SCTLR_I, SCTLR_M, cp, engine_err};
 use super::vcpu::EmuVcpu;
 use crate::arch::{self, EntryKind, Reg, pstate};
 use crate::hypervisor::{HypervisorError, Vcpu};
@@ -40,6 +41,26 @@ impl EmuVcpu {
         }
         let vbar = self.get_reg(Reg::VbarEl1)?;
         self.set_reg(Reg::Pc, vbar + vector)
+    }
+
+    /// Starts this vCPU as PSCI CPU_ON does: at EL1h with every interrupt
+    /// masked, the MMU and caches off (a CPU turned off with them on comes
+    /// back without), at `entry` with x0 = `context_id`.
+    pub(super) fn power_on(&mut self, entry: u64, context_id: u64) -> Result<(), HypervisorError> {
+        let mut sctlr = cp(SCTLR_EL1);
+        self.uc
+            .reg_read_arm64_coproc(&mut sctlr)
+            .map_err(|e| engine_err("read SCTLR_EL1", e))?;
+        let off = sctlr.val & !(SCTLR_M | SCTLR_A | SCTLR_C | SCTLR_I);
+        if off != sctlr.val {
+            self.uc
+                .reg_write_arm64_coproc(&cp(SCTLR_EL1).val(off))
+                .map_err(|e| engine_err("write SCTLR_EL1", e))?;
+            self.flush_tlb()?;
+        }
+        self.set_reg(Reg::Pstate, pstate::EL1H_MASKED)?;
+        self.set_reg(Reg::X(0), context_id)?;
+        self.set_reg(Reg::Pc, entry)
     }
 
     /// Takes an IRQ now, as the CPU would, if the guest has IRQs unmasked

@@ -1,9 +1,13 @@
 //! What unicorn calls back while a vCPU runs: the counting block hook
 //! (instruction totals and the slice budget), MMIO windows, the emulated
 //! system registers, and CPU exceptions, which never reach the guest's
-//! vectors on this engine and become [`VmExit`]s instead.
+//! vectors on this engine: they are recorded for `exception.rs` to enter
+//! the guest's vectors with their syndrome, or become [`VmExit`]s (SVC,
+//! HVC, SMC).
 
-use super::regs::{DAIF, XREGS};
+use super::exception::{Access, GuestFault};
+use super::insn_watch;
+use super::regs::{CPACR_EL1, ID_AA64DFR0_EL1, PMUVER_MASK, SCTLR_EL1, XREGS, cp};
 use super::state::HookState;
 use super::tlb::fill_tlb;
 use crate::arch::{SysRegId, insn, pstate, sysreg};
@@ -21,27 +25,22 @@ mod excp {
     pub const SMC: u32 = 13;
 }
 
-/// A guest access to a physical address where nothing is mapped: the run
-/// fails naming it (pages the pager withholds never get here; they fail
+/// A guest access to a physical address where nothing is mapped: on the
+/// bus that is a decode error, which the guest takes as a synchronous
+/// external abort (pages the pager withholds never get here; they fail
 /// their TLB fill).
 fn unmapped_access(
     uc: &mut Unicorn<'_, HookState>,
     kind: MemType,
-    addr: u64,
+    _addr: u64,
     _size: usize,
     _value: i64,
 ) -> bool {
-    let pc = uc.pc_read().unwrap_or(0);
-    let what = match kind {
-        MemType::WRITE_UNMAPPED => "write",
-        MemType::FETCH_UNMAPPED => "instruction fetch",
-        _ => "read",
-    };
-    uc.get_data_mut().pending = Some(VmExit::Crash {
-        pc,
-        addr: Some(addr),
-        reason: format!("{what} of unmapped guest physical address {addr:#x}"),
-    });
+    if !uc.get_data().probing.get() {
+        uc.get_data_mut().fault = Some(GuestFault::External {
+            access: Access::of(kind),
+        });
+    }
     false
 }
 
@@ -72,14 +71,21 @@ pub(super) fn request_stop(uc: &mut Unicorn<'_, HookState>) {
 /// fetch it.
 pub(super) fn read_insn(uc: &Unicorn<'_, HookState>, va: u64) -> Option<u32> {
     let mut b = [0u8; 4];
-    uc.vmem_read(va, Prot::EXEC, &mut b).ok()?;
-    Some(u32::from_le_bytes(b))
+    let probing = &uc.get_data().probing;
+    probing.set(true);
+    let read = uc.vmem_read(va, Prot::EXEC, &mut b);
+    uc.get_data().probing.set(false);
+    read.ok().map(|()| u32::from_le_bytes(b))
 }
 
+/// Maps the device window `[base, base + size)`; with `ends_slice`, every
+/// write to it ends the slice at the next block (an interrupt controller
+/// write can make an interrupt deliverable at once).
 pub(super) fn map_device(
     uc: &mut Unicorn<'static, HookState>,
     base: u64,
     size: u64,
+    ends_slice: bool,
 ) -> Result<(), unicorn_engine::uc_error> {
     uc.mmio_map(
         base,
@@ -101,6 +107,7 @@ pub(super) fn map_device(
                 let kind = st
                     .ops
                     .mmio_write(st.index, base + offset, &bytes[..len], st.now_ns());
+                st.end_slice |= ends_slice;
                 if kind == MmioWriteKind::Hypercall {
                     st.extra_ns = st.extra_ns.saturating_add(st.cost.hypercall_ns);
                     // The call may have queued effects (power off,
@@ -120,12 +127,16 @@ pub(super) fn install_hooks(
     uc.add_tlb_hook(0, u64::MAX, fill_tlb)?;
     // Counting block hook: exact instruction totals, slice budget.
     uc.add_block_hook(1, 0, |uc, addr, size| {
+        let unmasked = uc.get_data().irq_waiting
+            && uc
+                .reg_read(RegisterARM64::PSTATE)
+                .is_ok_and(|p| p & pstate::I == 0);
         let st = uc.get_data_mut();
         let n = u64::from(size / 4);
         st.insns += n;
         st.slice_insns += n;
         st.last_block_end = addr + u64::from(size);
-        if st.slice_insns >= st.budget || st.end_slice {
+        if st.slice_insns >= st.budget || st.end_slice || unmasked {
             request_stop(uc);
         }
     })?;
@@ -153,31 +164,15 @@ pub(super) fn install_hooks(
                     },
                 }
             }
-            excp::UDEF => {
-                let word = read_insn(uc, pc);
-                VmExit::Crash {
-                    pc,
-                    addr: None,
-                    reason: match word {
-                        Some(w) => format!("undefined instruction {w:#010x}"),
-                        None => "undefined instruction (unreadable)".to_owned(),
-                    },
-                }
-            }
-            excp::DATA_ABORT => VmExit::Crash {
-                pc,
-                addr: None,
-                reason: "data abort (stage 1 translation or permission fault)".to_owned(),
-            },
+            excp::UDEF => return guest_fault(uc, GuestFault::Undefined),
+            excp::BKPT => return guest_fault(uc, GuestFault::Breakpoint),
+            // With this backend's TLB fills the engine raises data aborts
+            // only from its own alignment check.
+            excp::DATA_ABORT => return guest_fault(uc, GuestFault::Alignment),
             excp::PREFETCH_ABORT => VmExit::Crash {
                 pc,
                 addr: Some(pc),
-                reason: "instruction abort".to_owned(),
-            },
-            excp::BKPT => VmExit::Crash {
-                pc,
-                addr: None,
-                reason: "breakpoint (brk)".to_owned(),
+                reason: "instruction abort the engine raised by itself".to_owned(),
             },
             n => VmExit::Crash {
                 pc,
@@ -190,6 +185,15 @@ pub(super) fn install_hooks(
     })?;
     uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_MRS, 1, 0, |uc, rt, cpreg| {
         let reg = sysreg_of(cpreg);
+        if reg == ID_AA64DFR0_EL1 {
+            // The PMU is absent (MDCR_EL2 traps it): PMUVer reads 0.
+            let mut c = cp(ID_AA64DFR0_EL1);
+            let value = uc.reg_read_arm64_coproc(&mut c).map_or(0, |()| c.val) & !PMUVER_MASK;
+            if rt != RegisterARM64::XZR {
+                let _ = uc.reg_write(rt, value);
+            }
+            return true;
+        }
         if !sysreg::is_emulated(reg) {
             return false;
         }
@@ -203,11 +207,14 @@ pub(super) fn install_hooks(
     })?;
     uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_MSR, 1, 0, |uc, _rt, cpreg| {
         let reg = sysreg_of(cpreg);
-        if reg == DAIF && cpreg.val & pstate::I == 0 {
-            // IRQs are unmasked: end the slice so that a pending IRQ is
-            // injected now. Kernels open short windows (unmask, ISB,
-            // mask) that a slice boundary would almost never hit.
-            uc.get_data_mut().end_slice = true;
+        if reg == CPACR_EL1 || reg == SCTLR_EL1 {
+            // The write ends its block; the slice ends with it when the
+            // instruction watch must come or go (insn_watch.rs).
+            let needed = insn_watch::needed_after_write(uc, reg, cpreg.val);
+            let st = uc.get_data_mut();
+            if needed != st.watching {
+                st.end_slice = true;
+            }
             return false;
         }
         if !sysreg::is_emulated(reg) {
@@ -236,6 +243,13 @@ pub(super) fn install_hooks(
         uc.add_mem_hook(HookType::MEM_UNMAPPED, begin, end, unmapped_access)?;
     }
     Ok(())
+}
+
+/// Records the synchronous exception `fault` for the vCPU to take once the
+/// engine stops (see `exception.rs`).
+fn guest_fault(uc: &mut Unicorn<'_, HookState>, fault: GuestFault) {
+    uc.get_data_mut().fault = Some(fault);
+    request_stop(uc);
 }
 
 fn sysreg_of(c: &RegisterARM64CP) -> SysRegId {

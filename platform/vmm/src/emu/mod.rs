@@ -17,14 +17,18 @@
 //! registers), `hooks` (what unicorn calls back: counting, MMIO, system
 //! registers, CPU exceptions), `tlb` (the virtual TLB fill: the guest's
 //! stage-1 walk plus the pager's word on the page), `entry` (exception and
-//! IRQ entry, which the software CPU never does itself), `residency`
+//! IRQ entry, which the software CPU never does itself), `exception` (the
+//! syndrome of the guest's synchronous exceptions), `insn_watch` (the
+//! FP traps and alignment checks the software CPU lacks), `residency`
 //! (absent pages) and `run` (the scheduler of all vCPUs in virtual time).
 //! `state` is what the hooks of one engine share, `absent` the bitmap of
 //! withheld pages, `regs` the register ids the files share.
 
 mod absent;
 mod entry;
+mod exception;
 mod hooks;
+mod insn_watch;
 mod regs;
 mod residency;
 pub(crate) mod run;

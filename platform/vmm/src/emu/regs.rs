@@ -24,12 +24,30 @@ pub(super) fn cp(reg: SysRegId) -> RegisterARM64CP {
 }
 
 pub(super) const SCR_EL3: SysRegId = SysRegId::new(3, 6, 1, 1, 0);
-/// DAIF, written by `msr daif, xN`.
-pub(super) const DAIF: SysRegId = SysRegId::new(3, 3, 4, 2, 1);
 pub(super) const SCTLR_EL1: SysRegId = SysRegId::new(3, 0, 1, 0, 0);
+/// SCTLR_EL1 bits PSCI CPU_ON clears: MMU, alignment check, data and
+/// instruction caches.
+pub(super) const SCTLR_M: u64 = 1 << 0;
+pub(super) const SCTLR_A: u64 = 1 << 1;
+pub(super) const SCTLR_C: u64 = 1 << 2;
+pub(super) const SCTLR_I: u64 = 1 << 12;
 pub(super) const TCR_EL1: SysRegId = SysRegId::new(3, 0, 2, 0, 2);
 pub(super) const HCR_EL2: SysRegId = SysRegId::new(3, 4, 1, 1, 0);
 pub(super) const SPSR_EL1: SysRegId = SysRegId::new(3, 0, 4, 0, 0);
+pub(super) const CPACR_EL1: SysRegId = SysRegId::new(3, 0, 1, 0, 2);
+/// What MPIDR_EL1 reads at EL1 while EL2 is enabled.
+pub(super) const VMPIDR_EL2: SysRegId = SysRegId::new(3, 4, 0, 0, 5);
+/// MDCR_EL2, whose TPM and TPMCR bits trap EL1's PMU accesses to EL2.
+pub(super) const MDCR_EL2: SysRegId = SysRegId::new(3, 4, 1, 1, 1);
+/// MDCR_EL2.TPM | TPMCR: with no EL2 software, a trapped access is
+/// UNDEFINED at EL1, as on a CPU without a PMU.
+pub(super) const MDCR_EL2_NO_PMU: u64 = (1 << 6) | (1 << 5);
+/// ID_AA64DFR0_EL1, whose PMUVer field (11:8) says whether a PMU exists.
+pub(super) const ID_AA64DFR0_EL1: SysRegId = SysRegId::new(3, 0, 0, 5, 0);
+/// ID_AA64DFR0_EL1.PMUVer.
+pub(super) const PMUVER_MASK: u64 = 0xf << 8;
+/// MPIDR_EL1 bit 31, RES1.
+pub(super) const MPIDR_RES1: u64 = 1 << 31;
 
 /// General purpose registers in unicorn's numbering.
 pub(super) const XREGS: [RegisterARM64; 31] = {

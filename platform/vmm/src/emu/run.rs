@@ -27,10 +27,6 @@ use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, RunOutcome};
 use crate::run_loop::{self, Next, Totals};
 
-/// While an interrupt waits for the guest to unmask IRQs, slices are cut to
-/// this many instructions so it is taken soon after the unmask.
-const IRQ_POLL_INSTRUCTIONS: u64 = 1_000;
-
 /// Scheduling state of one vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RunState {
@@ -254,14 +250,16 @@ impl<'h> EmuRun<'h> {
             self.machine.take_wake_hint(idx);
             self.machine.update_lines(idx, now);
             let mut budget = self.config.slice_instructions;
+            let mut irq_waiting = false;
             if self.machine.signalled_irq(idx).is_some() {
                 if v.enter_irq()? {
                     v.charge_ns(cost.inject_ns);
                     self.irq_entries += 1;
                 } else {
-                    budget = budget.min(IRQ_POLL_INSTRUCTIONS);
+                    irq_waiting = true;
                 }
             }
+            v.set_irq_waiting(irq_waiting);
             for d in [self.machine.next_deadline(idx, now), deadline]
                 .into_iter()
                 .flatten()
@@ -348,12 +346,20 @@ impl<'h> EmuRun<'h> {
                         let caller_now = self.vcpus[i].now_ns();
                         let tv = &mut self.vcpus[t];
                         tv.advance_to(caller_now);
-                        tv.set_reg(Reg::Pstate, pstate::EL1H_MASKED)?;
-                        tv.set_reg(Reg::X(0), context_id)?;
-                        tv.set_reg(Reg::Pc, entry)?;
+                        tv.power_on(entry, context_id)?;
                         self.states[t] = RunState::Running;
                     }
                     Effect::CpuOff { vcpu } => self.states[vcpu as usize] = RunState::Off,
+                    // Idles as in WFI: the call returns once an interrupt
+                    // is pending (or at once if one is).
+                    Effect::CpuSuspend { vcpu } => {
+                        let v = vcpu as usize;
+                        let now = self.vcpus[v].now_ns();
+                        self.machine.update_lines(vcpu, now);
+                        if self.machine.signalled_irq(vcpu).is_none() {
+                            self.states[v] = RunState::Halted;
+                        }
+                    }
                     Effect::SystemOff | Effect::SystemReset | Effect::Panic(_) => {}
                 }
             }

@@ -1,12 +1,14 @@
 //! What the hooks of one engine share: the vCPU's clock and slice budget,
 //! the exit a hook decided on, and the pieces of the VM the hooks reach.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
 
 use super::absent::AbsentPages;
+use super::exception::GuestFault;
 use crate::config::CostModel;
 use crate::hypervisor::{VmExit, VmOps};
 
@@ -25,10 +27,22 @@ pub(super) struct HookState {
     pub(super) extra_ns: u64,
     /// The exit a hook decided on.
     pub(super) pending: Option<VmExit>,
+    /// The synchronous exception a hook saw the guest take.
+    pub(super) fault: Option<GuestFault>,
+    /// The VMM itself is translating an address (reading the instruction
+    /// at PC): a failed fill is no guest fault.
+    pub(super) probing: Cell<bool>,
     /// A hook asked the engine to stop.
     pub(super) stop_requested: bool,
     /// A hook asked for the slice to end at the next block boundary.
     pub(super) end_slice: bool,
+    /// An interrupt is signalled to this vCPU while it has IRQs masked:
+    /// the first block entered with PSTATE.I clear ends the slice, so that
+    /// the interrupt is taken at the instruction that follows the unmask
+    /// (`msr daifclr`, `msr daif` and `eret` all end a block).
+    pub(super) irq_waiting: bool,
+    /// The instruction watch is installed (see `insn_watch.rs`).
+    pub(super) watching: bool,
     /// End address of the last block entered (to recognise WFI).
     pub(super) last_block_end: u64,
     /// Guest RAM, for the stage-1 walks of TLB fills.

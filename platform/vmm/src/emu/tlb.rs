@@ -10,9 +10,11 @@ use unicorn_engine::{MemType, Prot, RegisterARM64, TlbEntry, Unicorn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::absent::AbsentPages;
+use super::exception::{Access, GuestFault};
 use super::regs::{SCTLR_EL1, TCR_EL1, cp};
 use super::state::HookState;
-use crate::arch::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk};
+use crate::arch::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk, WalkError};
+use crate::arch::syndrome::FaultStatus;
 use crate::arch::{SysRegId, pstate};
 use crate::hypervisor::{NotResidentFault, VmExit};
 
@@ -37,7 +39,8 @@ impl GuestPhysMem for WalkMemory<'_> {
 /// The engine's TLB fill for the page at `va`: the guest's stage-1 walk,
 /// its permissions for the current exception level, and the pager's word on
 /// the target page. `None` fails the access before it has any effect; the
-/// reason is left in `pending` for [`Vcpu::run`] to return.
+/// reason is left in `pending` for [`Vcpu::run`] to return, or, for a fault
+/// of the guest's own translation, in `fault` for the guest to take.
 pub(super) fn fill_tlb(
     uc: &mut Unicorn<'_, HookState>,
     va: u64,
@@ -58,8 +61,14 @@ pub(super) fn fill_tlb(
         addr: Some(va),
         reason,
     };
-    let (exit, entry) = match regs.map(|r| r.walk(va, &mem)) {
-        Ok(Ok(Walk::Leaf { ipa, desc })) => {
+    let access = Access::of(kind);
+    let abort = |status: FaultStatus| GuestFault::Abort {
+        page_va: va,
+        access,
+        status,
+    };
+    let (exit, fault, entry) = match regs.map(|r| r.walk(va, &mem)) {
+        Ok(Ok(Walk::Leaf { ipa, desc, level })) => {
             let page = ipa & !(PAGE_SIZE - 1);
             let perms = Permissions::of(desc, el0);
             let allowed = match kind {
@@ -68,19 +77,12 @@ pub(super) fn fill_tlb(
                 _ => perms.read,
             };
             if !allowed {
-                let what = match kind {
-                    MemType::WRITE => "write to",
-                    MemType::FETCH => "instruction fetch from",
-                    _ => "read of",
+                let status = if Permissions::access_flag_clear(desc) {
+                    FaultStatus::AccessFlag(level)
+                } else {
+                    FaultStatus::Permission(level)
                 };
-                let el = if el0 { 0 } else { 1 };
-                (
-                    Some(crash(format!(
-                        "permission fault: EL{el} {what} virtual address {va:#x} (descriptor {:#x})",
-                        desc.unwrap_or(0)
-                    ))),
-                    None,
-                )
+                (None, Some(abort(status)), None)
             } else if st.absent.is_absent(page) {
                 (
                     Some(VmExit::NotResident(NotResidentFault {
@@ -92,6 +94,7 @@ pub(super) fn fill_tlb(
                         el: u8::from(!el0),
                         irqs_masked,
                     })),
+                    None,
                     None,
                 )
             } else {
@@ -106,6 +109,7 @@ pub(super) fn fill_tlb(
                     }
                 }
                 (
+                    None,
                     None,
                     // The engine's TLB pages are 1 KiB (the smallest arm
                     // granule QEMU supports): map exactly the one asked for.
@@ -127,17 +131,42 @@ pub(super) fn fill_tlb(
                 irqs_masked,
             })),
             None,
+            None,
         ),
-        Ok(Err(e)) => (Some(crash(format!("translation fault: {e}"))), None),
+        Ok(Err(e)) => match walk_fault(&e) {
+            Some(status) => (None, Some(abort(status)), None),
+            None => (Some(crash(format!("translation fault: {e}"))), None, None),
+        },
         Err(e) => (
             Some(crash(format!("cannot read the MMU registers: {e}"))),
             None,
+            None,
         ),
     };
-    if exit.is_some() {
-        st.pending = exit;
+    if !st.probing.get() {
+        if exit.is_some() {
+            st.pending = exit;
+        }
+        if fault.is_some() {
+            st.fault = fault;
+        }
     }
     entry
+}
+
+/// The fault the guest's own MMU raises for a walk that fails with `e`;
+/// `None` for a setup the walker does not implement (the run cannot go on
+/// faithfully).
+fn walk_fault(e: &WalkError) -> Option<FaultStatus> {
+    Some(match *e {
+        WalkError::NotMapped { level, .. } => FaultStatus::Translation(level),
+        // Outside TnSZ's range, or EPDn set: a level-0 translation fault.
+        WalkError::OutOfRange { .. } | WalkError::WalksDisabled { .. } => {
+            FaultStatus::Translation(0)
+        }
+        WalkError::TableOutsideRam { level, .. } => FaultStatus::ExternalOnWalk(level),
+        WalkError::Unsupported(_) => return None,
+    })
 }
 
 /// The vCPU's EL1&0 translation registers.

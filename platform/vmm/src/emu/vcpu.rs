@@ -2,23 +2,25 @@
 //! windows mapped, hooks installed, the EL3/EL2 registers fixed so EL1 can
 //! turn its MMU on), its virtual clock, and its registers.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use apflab_abi::memory_map::{
     APF_READY_PPI, DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE,
-    RAM_BASE, UART_BASE, UART_SIZE,
+    RAM_BASE, RTC_BASE, RTC_SIZE, UART_BASE, UART_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
-use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, Unicorn};
+use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, UcHookId, Unicorn};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::absent::AbsentPages;
 use super::hooks::{self, read_insn};
 use super::regs::{
-    HCR_EL2, HCR_EL2_VALUE, SCR_EL3, SCR_EL3_VALUE, SPSR_EL1, XREGS, cp, engine_err,
+    HCR_EL2, HCR_EL2_VALUE, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3, SCR_EL3_VALUE,
+    SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
 };
 use super::state::HookState;
-use crate::arch::{EntryKind, Reg, insn, pstate};
+use crate::arch::{EntryKind, Reg, insn, mpidr_of, pstate};
 use crate::config::CostModel;
 use crate::hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
 
@@ -26,6 +28,9 @@ use crate::hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
 pub struct EmuVcpu {
     pub(super) index: u32,
     pub(super) uc: Unicorn<'static, HookState>,
+    /// The code hook that raises FP traps and alignment faults, while the
+    /// guest has either on (see `insn_watch.rs`).
+    pub(super) insn_watch: Option<UcHookId>,
 }
 
 impl EmuVcpu {
@@ -46,8 +51,12 @@ impl EmuVcpu {
             budget: u64::MAX,
             extra_ns: 0,
             pending: None,
+            fault: None,
+            probing: Cell::new(false),
             stop_requested: false,
             end_slice: false,
+            irq_waiting: false,
+            watching: false,
             last_block_end: 0,
             memory: memory.clone(),
             absent,
@@ -85,17 +94,20 @@ impl EmuVcpu {
         // share it, which is coherent when all run on one thread.
         unsafe { uc.mem_map_ptr(base, size, Prot::ALL, host.cast()) }
             .map_err(|e| engine_err("map guest RAM", e))?;
-        for (name, base, size) in [
-            ("pl011", UART_BASE, UART_SIZE),
-            ("gic distributor", GICD_BASE, GICD_SIZE),
+        for (name, base, size, gic) in [
+            ("pl011", UART_BASE, UART_SIZE, false),
+            ("gic distributor", GICD_BASE, GICD_SIZE, true),
             (
                 "gic redistributors",
                 GICR_BASE,
                 GICR_STRIDE * u64::from(vcpus),
+                true,
             ),
-            ("doorbell", DOORBELL_BASE, DOORBELL_SIZE),
+            ("doorbell", DOORBELL_BASE, DOORBELL_SIZE, false),
+            ("pl031", RTC_BASE, RTC_SIZE, false),
+            ("virtio-mmio", VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, false),
         ] {
-            hooks::map_device(&mut uc, base, size)
+            hooks::map_device(&mut uc, base, size, gic)
                 .map_err(|e| engine_err(format!("map {name}"), e))?;
         }
         hooks::install_hooks(&mut uc, (base, base + size))
@@ -104,9 +116,22 @@ impl EmuVcpu {
             .map_err(|e| engine_err("write SCR_EL3", e))?;
         uc.reg_write_arm64_coproc(&cp(HCR_EL2).val(HCR_EL2_VALUE))
             .map_err(|e| engine_err("write HCR_EL2", e))?;
+        // No PMU: the engine's counts cycles in host time (it would make
+        // runs differ); its registers trap and the ID register says so
+        // (see hooks.rs).
+        uc.reg_write_arm64_coproc(&cp(MDCR_EL2).val(MDCR_EL2_NO_PMU))
+            .map_err(|e| engine_err("write MDCR_EL2", e))?;
+        // With EL2 enabled, EL1 reads MPIDR_EL1 from VMPIDR_EL2: each vCPU
+        // gets the affinity the device tree gives it.
+        uc.reg_write_arm64_coproc(&cp(VMPIDR_EL2).val(MPIDR_RES1 | mpidr_of(index)))
+            .map_err(|e| engine_err("write VMPIDR_EL2", e))?;
         uc.reg_write(RegisterARM64::PSTATE, pstate::EL1H_MASKED)
             .map_err(|e| engine_err("write PSTATE", e))?;
-        Ok(EmuVcpu { index, uc })
+        Ok(EmuVcpu {
+            index,
+            uc,
+            insn_watch: None,
+        })
     }
 
     /// Virtual time of this vCPU, ns.
@@ -140,6 +165,12 @@ impl EmuVcpu {
     /// [`VmExit::SliceEnd`] (rounded up to a whole block).
     pub fn set_budget(&mut self, instructions: u64) {
         self.uc.get_data_mut().budget = instructions.max(1);
+    }
+
+    /// Says whether an interrupt waits for this vCPU to unmask IRQs: the
+    /// next [`Vcpu::run`] then ends right after the unmask.
+    pub fn set_irq_waiting(&mut self, waiting: bool) {
+        self.uc.get_data_mut().irq_waiting = waiting;
     }
 
     /// The instructions left until `ns` of this vCPU's virtual time.
@@ -188,9 +219,26 @@ impl Vcpu for EmuVcpu {
             st.end_slice = false;
             st.last_block_end = 0;
         }
-        let pc = self.get_reg(Reg::Pc)?;
-        // `until` is ignored (no exits; see `new`).
-        let result = self.uc.emu_start(pc, 0, 0, 0);
+        let result = loop {
+            self.sync_insn_watch()?;
+            let pc = self.get_reg(Reg::Pc)?;
+            // `until` is ignored (no exits; see `new`).
+            let result = self.uc.emu_start(pc, 0, 0, 0);
+            let Some(fault) = self.uc.get_data_mut().fault.take() else {
+                break result;
+            };
+            // The guest takes it to its own vectors and the slice goes on:
+            // on hardware no exception here leaves the guest.
+            if let Some(crash) = self.take_fault(fault)? {
+                return Ok(crash);
+            }
+            let st = self.uc.get_data_mut();
+            st.pending = None;
+            if st.slice_insns >= st.budget || st.end_slice {
+                return Ok(VmExit::SliceEnd);
+            }
+            st.stop_requested = false;
+        };
         if let Some(exit) = self.uc.get_data_mut().pending.take() {
             return Ok(exit);
         }

@@ -528,7 +528,7 @@ fn vcpu_thread(
                     // CPU_OFF through the doorbell is a guest error.
                     debug_assert!(matches!(
                         effect,
-                        Effect::CpuOn { .. } | Effect::CpuOff { .. }
+                        Effect::CpuOn { .. } | Effect::CpuOff { .. } | Effect::CpuSuspend { .. }
                     ));
                     GuestExit::Crash(format!(
                         "vCPU {idx}: PSCI call {effect:?} through the apflab conduit; on kvm PSCI \

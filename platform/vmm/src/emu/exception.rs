@@ -1,0 +1,225 @@
+//! Synchronous exceptions the guest takes to its own EL1 vectors.
+//!
+//! The software CPU reports them without syndrome (its interrupt hook gets
+//! a bare exception number, a failed TLB fill only a page), so the hooks
+//! record what they saw as a [`GuestFault`] and, once the engine has
+//! stopped, this file builds ESR_EL1 and FAR_EL1 as the architecture
+//! defines them (the instruction at PC is decoded for the exact data
+//! address) and enters the guest's vector. The only case the run does not
+//! survive is the one real hardware does not either: an exception taken at
+//! the very vector it would enter, which repeats forever.
+//!
+//! Not modelled: the debug exceptions (hardware breakpoints, watchpoints,
+//! software step; MDSCR_EL1 enables are ignored), SError (nothing in the
+//! machine raises one) and FIQ (the GIC signals only group 1 interrupts,
+//! as IRQs).
+
+use unicorn_engine::{MemType, RegisterARM64, Unicorn};
+
+use super::hooks::read_insn;
+use super::regs::{CPACR_EL1, XREGS, cp};
+use super::state::HookState;
+use super::vcpu::EmuVcpu;
+use crate::arch::access::{AddrReg, RegisterSource, data_access};
+use crate::arch::syndrome::{self, FaultStatus};
+use crate::arch::{self, EntryKind, Reg, pstate};
+use crate::hypervisor::{HypervisorError, Vcpu, VmExit};
+
+/// The kind of access that faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    /// A data read.
+    Read,
+    /// A data write.
+    Write,
+    /// An instruction fetch.
+    Fetch,
+}
+
+impl Access {
+    pub(super) fn of(kind: MemType) -> Self {
+        match kind {
+            MemType::WRITE | MemType::WRITE_UNMAPPED | MemType::WRITE_PROT => Access::Write,
+            MemType::FETCH | MemType::FETCH_UNMAPPED | MemType::FETCH_PROT => Access::Fetch,
+            _ => Access::Read,
+        }
+    }
+}
+
+/// A synchronous exception a hook saw the guest take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GuestFault {
+    /// The guest's own stage-1 translation refuses the access to the
+    /// engine page at `page_va`.
+    Abort {
+        /// First address of the engine page whose fill failed.
+        page_va: u64,
+        /// What was attempted.
+        access: Access,
+        /// Why.
+        status: FaultStatus,
+    },
+    /// The access reached a physical address nothing answers at.
+    External {
+        /// What was attempted.
+        access: Access,
+    },
+    /// The engine's undefined-instruction exception (FP/SIMD traps
+    /// included: it raises both the same way).
+    Undefined,
+    /// `brk #imm`.
+    Breakpoint,
+    /// The engine's own alignment check failed a data access.
+    Alignment,
+}
+
+/// The registers an address computation reads, from the engine.
+pub(super) struct EngineRegs<'a, 'b>(pub(super) &'a Unicorn<'b, HookState>);
+
+impl RegisterSource for EngineRegs<'_, '_> {
+    type Error = unicorn_engine::uc_error;
+
+    fn read(&mut self, reg: AddrReg) -> Result<u64, Self::Error> {
+        match reg {
+            AddrReg::X(n) => self
+                .0
+                .reg_read(*XREGS.get(usize::from(n)).unwrap_or(&RegisterARM64::XZR)),
+            AddrReg::Sp => self.0.reg_read(RegisterARM64::SP),
+        }
+    }
+}
+
+/// `DC <op>, Xt` other than DC ZVA: cache maintenance by VA.
+fn is_cache_maintenance(word: u32) -> bool {
+    let sys_crn7 = word & 0xfff8_f000 == 0xd508_7000;
+    let zva = word & 0xffff_ffe0 == 0xd50b_7420;
+    sys_crn7 && !zva
+}
+
+impl EmuVcpu {
+    /// The data address and direction of the load/store at `pc`, if it
+    /// decodes as one.
+    fn data_address(&self, pc: u64) -> Option<(u64, u64, bool, bool)> {
+        let word = read_insn(&self.uc, pc)?;
+        let access = data_access(word, pc, &mut EngineRegs(&self.uc)).ok()?;
+        Some((
+            access.va,
+            access.size,
+            access.write,
+            is_cache_maintenance(word),
+        ))
+    }
+
+    /// ESR and FAR of `fault` taken at `pc` from EL0 (`el0`) or EL1.
+    fn syndrome_of(&self, fault: GuestFault, pc: u64, el0: bool) -> (u64, Option<u64>) {
+        match fault {
+            GuestFault::Undefined => {
+                let mut cpacr = cp(CPACR_EL1);
+                let cpacr = self
+                    .uc
+                    .reg_read_arm64_coproc(&mut cpacr)
+                    .map_or(0, |()| cpacr.val);
+                let fp = read_insn(&self.uc, pc).is_some_and(syndrome::is_fp_simd);
+                if fp && syndrome::fp_trapped(cpacr, el0) {
+                    (syndrome::fp_access(), None)
+                } else {
+                    (syndrome::undefined(), None)
+                }
+            }
+            GuestFault::Breakpoint => {
+                let imm = read_insn(&self.uc, pc).map_or(0, |w| ((w >> 5) & 0xffff) as u16);
+                (syndrome::breakpoint(imm), None)
+            }
+            GuestFault::Abort {
+                access: Access::Fetch,
+                page_va,
+                status,
+            } => {
+                // A fetch faults on the page it is in, unless the engine
+                // reports a page the instruction is not on.
+                let far = if pc & !0x3ff == page_va & !0x3ff {
+                    pc
+                } else {
+                    page_va
+                };
+                (syndrome::instruction_abort(el0, status), Some(far))
+            }
+            GuestFault::External {
+                access: Access::Fetch,
+            } => (
+                syndrome::instruction_abort(el0, FaultStatus::External),
+                Some(pc),
+            ),
+            GuestFault::Abort {
+                page_va,
+                access,
+                status,
+            } => {
+                let write = access == Access::Write;
+                let (far, cm) = match self.data_address(pc) {
+                    // An access that starts below the faulting page and
+                    // runs into it faults at the page's first byte.
+                    Some((va, size, _, cm)) if page_va > va && page_va - va < size => (page_va, cm),
+                    Some((va, _, _, cm)) => (va, cm),
+                    None => (page_va, false),
+                };
+                (syndrome::data_abort(el0, write, cm, status), Some(far))
+            }
+            GuestFault::External { access } => {
+                let (far, write, cm) = self
+                    .data_address(pc)
+                    .map_or((0, access == Access::Write, false), |(va, _, w, cm)| {
+                        (va, w, cm)
+                    });
+                (
+                    syndrome::data_abort(el0, write, cm, FaultStatus::External),
+                    Some(far),
+                )
+            }
+            GuestFault::Alignment => {
+                let (far, write, cm) = self
+                    .data_address(pc)
+                    .map_or((0, false, false), |(va, _, w, cm)| (va, w, cm));
+                (
+                    syndrome::data_abort(el0, write, cm, FaultStatus::Alignment),
+                    Some(far),
+                )
+            }
+        }
+    }
+
+    /// Enters the guest's synchronous exception vector for `fault`, taken
+    /// at the current PC (the faulting instruction, which is ELR_EL1);
+    /// the crash it is if that PC is the vector itself.
+    pub(super) fn take_fault(
+        &mut self,
+        fault: GuestFault,
+    ) -> Result<Option<VmExit>, HypervisorError> {
+        let pc = self.get_reg(Reg::Pc)?;
+        let old_pstate = self.get_reg(Reg::Pstate)?;
+        let el0 = old_pstate & pstate::MODE_MASK == pstate::EL0T;
+        let (esr, far) = self.syndrome_of(fault, pc, el0);
+        let vbar = self.get_reg(Reg::VbarEl1)?;
+        let offset = arch::vector_offset(old_pstate, EntryKind::Sync);
+        if pc == vbar.wrapping_add(offset) {
+            // The exception that led here left its syndrome in the EL1
+            // registers: name it, it is the guest's real problem.
+            let (elr, first_esr, first_far) = (
+                self.get_reg(Reg::ElrEl1)?,
+                self.get_reg(Reg::EsrEl1)?,
+                self.get_reg(Reg::FarEl1)?,
+            );
+            return Ok(Some(VmExit::Crash {
+                pc: elr,
+                addr: Some(first_far),
+                reason: format!(
+                    "synchronous exception (ESR_EL1 {first_esr:#x}, FAR_EL1 {first_far:#x}) \
+                     taken to VBAR_EL1 {vbar:#x} + {offset:#x}, where there is no vector \
+                     table: the CPU takes exception {esr:#x} there again and again"
+                ),
+            }));
+        }
+        self.enter_el1(EntryKind::Sync, pc, Some(esr), far)?;
+        Ok(None)
+    }
+}
