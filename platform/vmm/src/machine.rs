@@ -168,12 +168,6 @@ impl Machine {
         self.lock_sdei().signal(vcpu)
     }
 
-    /// Whether an SDEI event signalled on `vcpu` now would be dispatched at
-    /// once (registered, enabled, PE unmasked, no handler running).
-    pub fn sdei_can_dispatch_now(&self, vcpu: u32) -> bool {
-        self.lock_sdei().can_dispatch_now(vcpu)
-    }
-
     /// Counts one exit of kind `name`.
     pub fn count_exit(&self, name: &str) {
         *self.lock().exits.entry(name.to_owned()).or_default() += 1;
