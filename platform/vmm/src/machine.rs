@@ -680,5 +680,18 @@ mod tests {
         assert_eq!(u64::from_le_bytes(out), 0);
         m.mmio_read(0, DOORBELL_BASE + db_layout::ARGS[0], &mut out, 0);
         assert_eq!(u64::from_le_bytes(out), 0);
+        // SDEI is HVC only: through the doorbell it is not supported, and
+        // nothing is registered.
+        let ev = u64::from(sdei_abi::EVENT_APF);
+        w(1, db_layout::ARGS[0], ev);
+        w(
+            1,
+            db_layout::FUNCTION,
+            u64::from(sdei_abi::FN_EVENT_REGISTER),
+        );
+        m.mmio_read(1, DOORBELL_BASE + db_layout::RESULT0, &mut out, 0);
+        assert_eq!(u64::from_le_bytes(out) as i64, hc::SMCCC_NOT_SUPPORTED);
+        let status = m.hypercall(1, sdei_abi::FN_EVENT_STATUS, [ev, 0, 0, 0, 0], 0);
+        assert_eq!(status[0], 0);
     }
 }
