@@ -195,12 +195,6 @@ impl Machine {
         self.lock_sdei().signal(vcpu)
     }
 
-    /// Whether an SDEI event signalled on `vcpu` now would be dispatched at
-    /// once (registered, enabled, PE unmasked, no handler running).
-    pub fn sdei_can_dispatch_now(&self, vcpu: u32) -> bool {
-        self.lock_sdei().can_dispatch_now(vcpu)
-    }
-
     /// Counts one exit of kind `name`.
     pub fn count_exit(&self, name: &str) {
         *self.lock().exits.entry(name.to_owned()).or_default() += 1;
@@ -790,5 +784,18 @@ mod tests {
         assert_eq!(u64::from_le_bytes(out), 0);
         m.mmio_read(0, DOORBELL_BASE + db_layout::ARGS[0], &mut out, 0);
         assert_eq!(u64::from_le_bytes(out), 0);
+        // SDEI is HVC only: through the doorbell it is not supported, and
+        // nothing is registered.
+        let ev = u64::from(sdei_abi::EVENT_APF);
+        w(1, db_layout::ARGS[0], ev);
+        w(
+            1,
+            db_layout::FUNCTION,
+            u64::from(sdei_abi::FN_EVENT_REGISTER),
+        );
+        m.mmio_read(1, DOORBELL_BASE + db_layout::RESULT0, &mut out, 0);
+        assert_eq!(u64::from_le_bytes(out) as i64, hc::SMCCC_NOT_SUPPORTED);
+        let status = m.hypercall(1, sdei_abi::FN_EVENT_STATUS, [ev, 0, 0, 0, 0], 0);
+        assert_eq!(status[0], 0);
     }
 }

@@ -339,6 +339,32 @@ mod tests {
     }
 
     #[test]
+    fn an_sdei_signal_enters_the_registered_handler_or_is_refused() {
+        use apflab_abi::sdei;
+        let m = machine();
+        let mut v = FakeVcpu::default();
+        // No handler: refused, the vCPU retries the access untouched.
+        assert_eq!(apply(&mut v, &m, Action::SignalSdei).unwrap(), Next::Run);
+        assert!(v.regs.is_empty());
+        let ev = u64::from(sdei::EVENT_APF);
+        for (f, args) in [
+            (sdei::FN_EVENT_REGISTER, [ev, 0x4000_2000, 0x77, 0, 0]),
+            (sdei::FN_EVENT_ENABLE, [ev, 0, 0, 0, 0]),
+            (sdei::FN_PE_UNMASK, [0; 5]),
+        ] {
+            assert_eq!(
+                call(&mut v, &m, f, args, |_| panic!("the machine's")),
+                Next::Run
+            );
+            assert_eq!(v.regs[&0], 0, "{f:#x}");
+        }
+        assert_eq!(apply(&mut v, &m, Action::SignalSdei).unwrap(), Next::Run);
+        assert_eq!((v.regs[&0], v.regs[&1]), (ev, 0x77));
+        assert_eq!(m.exits()["sdei_dispatch"], 1);
+        assert_eq!(m.exits()["sdei"], 3);
+    }
+
+    #[test]
     fn a_refused_engine_call_is_counted_as_unsupported() {
         let m = machine();
         let mut v = FakeVcpu::default();
