@@ -71,6 +71,7 @@ fn fault() -> NotResidentFault {
         pc: TASK_PC,
         va: 0x10_0000_0000,
         el: 0,
+        irqs_masked: false,
     }
 }
 
