@@ -178,19 +178,40 @@ pub fn take_not_present() -> Option<(u64, u32)> {
     Some(n)
 }
 
-/// Handles a "page ready" exception (taken from a task, or in a wait
-/// marked with [`wait_marked`]), if the exception being handled is one:
-/// wakes the token's sleeper. The notification ends only after the wake,
-/// once no lock is held: the host may enter the next "page ready" as soon
-/// as it has ended, possibly before this handler returns, and a nested
-/// handler that found the run queue locked by this one would spin forever.
-pub fn page_ready_exception() -> bool {
-    let Some((token, _)) = notification(REASON_PAGE_READY) else {
-        return false;
-    };
+/// What the control block says an exception carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// "Not present" for `token`; `action` says what to do.
+    NotPresent {
+        /// The token.
+        token: u64,
+        /// `ACTION_*` of the protocol.
+        action: u32,
+    },
+    /// "Page ready" for `token` ([`page_ready`] handles it).
+    PageReady {
+        /// The token.
+        token: u64,
+    },
+}
+
+/// The notification the exception being handled carries, if it is one.
+pub fn take_notification() -> Option<Notification> {
+    if let Some((token, action)) = take_not_present() {
+        return Some(Notification::NotPresent { token, action });
+    }
+    notification(REASON_PAGE_READY).map(|(token, _)| Notification::PageReady { token })
+}
+
+/// Handles a "page ready" exception for `token` (taken from a task, or in
+/// a wait marked with [`wait_marked`]): wakes the token's sleeper. The
+/// notification ends only after the wake, once no lock is held: the host
+/// may enter the next "page ready" as soon as it has ended, possibly before
+/// this handler returns, and a nested handler that found the run queue
+/// locked by this one would spin forever.
+pub fn page_ready(token: u64) {
     wake(cpu_index(), token);
     end_notification();
-    true
 }
 
 /// Publishes how many tasks wait in this CPU's run queue (a policy input:

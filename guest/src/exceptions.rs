@@ -14,6 +14,7 @@
 //! never switches tasks from `irq_current`: the idle loop picks the next
 //! task itself, and a system call reschedules on its way back to EL0.
 
+use crate::apf::Notification;
 use crate::{apf, arch, gic, kv, sched, sdei, syscall};
 use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
 use aarch64_rt::{ExceptionHandlers, RegisterStateRef, exception_handlers};
@@ -32,36 +33,34 @@ struct Handlers;
 
 impl ExceptionHandlers for Handlers {
     extern "C" fn sync_current(mut regs: RegisterStateRef) {
-        let ec = esr_ec(ESR_EL1.get());
-        // "Page ready" as an exception, entered by the host only in a wait
-        // marked for it (`apf::wait_marked`), which waits in WFI.
-        if matches!(ec, EC_APF_READY | EC_DATA_ABORT_CURRENT) && apf::page_ready_exception() {
-            // SAFETY: the return address moves only past a WFI, which may
-            // complete at any time (the architecture allows spurious
-            // wake-ups), so the wait goes on as if it had woken by itself.
-            // Hosts differ on whether an exception entered in WFI returns
-            // to it or past it; returning to it would sleep again with the
-            // woken task runnable.
-            let frame = unsafe { regs.get_mut() };
-            if arch::is_wfi(frame.elr as u64) {
-                frame.elr += 4;
+        match apf_notification(esr_ec(ESR_EL1.get())) {
+            // Entered by the host only in a wait marked for it
+            // (`apf::wait_marked`), which waits in WFI.
+            Some(Notification::PageReady { token }) => {
+                apf::page_ready(token);
+                // SAFETY: the return address moves only past a WFI, which
+                // may complete at any time (the architecture allows
+                // spurious wake-ups), so the wait goes on as if it had
+                // woken by itself. Hosts differ on whether an exception
+                // entered in WFI returns to it or past it; returning to it
+                // would sleep again with the woken task runnable.
+                let frame = unsafe { regs.get_mut() };
+                if arch::is_wfi(frame.elr as u64) {
+                    frame.elr += 4;
+                }
             }
-            return;
+            // Taken by the kernel itself (async-halt, with IRQs unmasked in
+            // a system call that reads a task's page).
+            Some(Notification::NotPresent { token, action }) => {
+                apf::not_present_in_kernel(token, action);
+            }
+            None => panic!(
+                "kernel exception: ESR {:#x} FAR {:#x} ELR {:#x}",
+                ESR_EL1.get(),
+                FAR_EL1.get(),
+                regs.elr
+            ),
         }
-        // "Not present" taken by the kernel (async-halt, with IRQs unmasked
-        // in a system call that reads a task's page).
-        if matches!(ec, EC_APF_NOT_PRESENT | EC_DATA_ABORT_CURRENT)
-            && let Some((token, action)) = apf::take_not_present()
-        {
-            apf::not_present_in_kernel(token, action);
-            return;
-        }
-        panic!(
-            "kernel exception: ESR {:#x} FAR {:#x} ELR {:#x}",
-            ESR_EL1.get(),
-            FAR_EL1.get(),
-            regs.elr
-        );
     }
 
     extern "C" fn irq_current(_regs: RegisterStateRef) {
@@ -72,41 +71,35 @@ impl ExceptionHandlers for Handlers {
 
     extern "C" fn sync_lower(mut regs: RegisterStateRef) {
         let esr = ESR_EL1.get();
-        match esr_ec(esr) {
-            EC_SVC64 => {
-                // SAFETY: only x0 (the syscall result) is changed, which the
-                // EL0 syscall wrappers declare as clobbered.
-                let frame = unsafe { regs.get_mut() };
-                let r = &frame.registers;
-                let result = syscall::dispatch(r[8], [r[0], r[1], r[2], r[3], r[4], r[5]]);
-                frame.registers[0] = result as u64;
+        let ec = esr_ec(esr);
+        if ec == EC_SVC64 {
+            // SAFETY: only x0 (the syscall result) is changed, which the
+            // EL0 syscall wrappers declare as clobbered.
+            let frame = unsafe { regs.get_mut() };
+            let r = &frame.registers;
+            let result = syscall::dispatch(r[8], [r[0], r[1], r[2], r[3], r[4], r[5]]);
+            frame.registers[0] = result as u64;
+        } else {
+            match apf_notification(ec) {
+                Some(Notification::PageReady { token }) => apf::page_ready(token),
+                Some(Notification::NotPresent { token, action }) => apf::not_present(token, action),
+                None if matches!(ec, EC_DATA_ABORT_LOWER | EC_INSN_ABORT_LOWER) => panic!(
+                    "task {} took {} abort at {:#x} (FAR {:#x}, ESR {esr:#x})",
+                    sched::current_task_id(),
+                    if ec == EC_DATA_ABORT_LOWER {
+                        "a data"
+                    } else {
+                        "an instruction"
+                    },
+                    regs.elr,
+                    FAR_EL1.get()
+                ),
+                None => panic!(
+                    "task {} took an unexpected exception at {:#x} (ESR {esr:#x})",
+                    sched::current_task_id(),
+                    regs.elr
+                ),
             }
-            // "Page ready" as an exception (a class of its own, or a data
-            // abort whose control block says so).
-            EC_APF_READY | EC_DATA_ABORT_LOWER if apf::page_ready_exception() => {}
-            // "Not present": a class of its own, or a data abort whose
-            // control block says so (the host decides which per fault).
-            EC_APF_NOT_PRESENT | EC_DATA_ABORT_LOWER
-                if let Some((token, action)) = apf::take_not_present() =>
-            {
-                apf::not_present(token, action);
-            }
-            ec @ (EC_DATA_ABORT_LOWER | EC_INSN_ABORT_LOWER) => panic!(
-                "task {} took {} abort at {:#x} (FAR {:#x}, ESR {esr:#x})",
-                sched::current_task_id(),
-                if ec == EC_DATA_ABORT_LOWER {
-                    "a data"
-                } else {
-                    "an instruction"
-                },
-                regs.elr,
-                FAR_EL1.get()
-            ),
-            _ => panic!(
-                "task {} took an unexpected exception at {:#x} (ESR {esr:#x})",
-                sched::current_task_id(),
-                regs.elr
-            ),
         }
         sched::preempt_if_needed();
     }
@@ -118,6 +111,19 @@ impl ExceptionHandlers for Handlers {
             apf::not_present(token, action);
         }
         sched::preempt_if_needed();
+    }
+}
+
+/// The async PF notification an exception of class `ec` carries, if it is
+/// one: the classes of its own, or a data abort whose control block says so
+/// (the host decides which per fault). The one place where exception
+/// classes meet the protocol.
+fn apf_notification(ec: u32) -> Option<Notification> {
+    match ec {
+        EC_APF_NOT_PRESENT | EC_APF_READY | EC_DATA_ABORT_LOWER | EC_DATA_ABORT_CURRENT => {
+            apf::take_notification()
+        }
+        _ => None,
     }
 }
 

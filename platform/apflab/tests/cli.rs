@@ -513,8 +513,8 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(code, Some(0), "{log}");
     let r = r.unwrap();
     assert_eq!(u(&r, "/vcpus"), 2);
-    assert_eq!(u(&r, "/virtual_time_ns"), 146_217_910);
-    assert_eq!(u(&r, "/vmm/instructions"), 63_737_975);
+    assert_eq!(u(&r, "/virtual_time_ns"), 146_218_342);
+    assert_eq!(u(&r, "/vmm/instructions"), 63_739_283);
     let exits: Vec<(&str, u64)> = [
         ("hypercall", 5),
         ("irq", 141),
@@ -534,7 +534,7 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(r["vmm"]["halted_ns"], serde_json::json!([0, 0]));
     assert_eq!(
         r["vmm"]["task_done_ns"],
-        serde_json::json!({"0": 7_664_781, "1": 144_734_024})
+        serde_json::json!({"0": 7_664_863, "1": 144_734_455})
     );
     assert_eq!(u(&r, "/vmm/interrupts/27"), 141);
     for (key, n) in [
@@ -559,9 +559,9 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(u(&r, "/integrity/pages_verified"), 8192);
     assert_eq!(u(&r, "/integrity/mismatches"), 0);
     assert_eq!(u(&r, "/guest/context_switches"), 8);
-    assert_eq!(u(&r, "/guest/elapsed_ns"), 144_664_096);
+    assert_eq!(u(&r, "/guest/elapsed_ns"), 144_664_496);
     assert_eq!(
         r["guest"]["task_done_ns"],
-        serde_json::json!([7_593_024, 144_662_272])
+        serde_json::json!([7_593_072, 144_662_672])
     );
 }
