@@ -99,6 +99,13 @@ pub fn execute(config: VmConfig, pager: Option<&mut Pager>) -> Result<RunOutcome
 /// has one.
 fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
     let Some(pager) = &config.pager else {
+        if config.policy.is_some() {
+            // Its module is never loaded, so it must not pass unnoticed.
+            return Err(RunError::Setup(format!(
+                "{}: [policy] decides faults on far memory, and without a [pager] section                  there are none: add [pager] or remove [policy]",
+                path.display()
+            )));
+        }
         return Ok(None);
     };
     if pager.fault_path == FaultPath::Kernel && config.backend.kind != Backend::Kvm {

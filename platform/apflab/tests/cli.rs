@@ -382,6 +382,59 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
 }
 
 #[test]
+fn bad_policy_and_apf_sections_are_exit_2_naming_the_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = workload_config(1, "kind = \"cpu\"");
+    assert_bad_config(
+        &format!("{good}[policy]\nmodule = \"paolo\"\n"),
+        &["test.toml", "[policy]", "without a [pager] section"],
+    );
+    let good = format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\n");
+    assert_bad_config(
+        &format!("{good}[policy]\nmodule = \"no-such-policy\"\n"),
+        &[
+            "test.toml:",
+            "policy.module",
+            "no policy `no-such-policy`",
+            "paolo",
+        ],
+    );
+    assert_bad_config(
+        &format!(
+            "{good}[policy]\nmodule = \"paolo\"\ndecision = {{ not_present = \"sdei\", ready = \"interrupt\", initiation = \"host\", sleep = \"halt\" }}\n"
+        ),
+        &["test.toml:", "policy.module", "not both"],
+    );
+    assert_bad_config(
+        &format!(
+            "{good}[policy]\ndecision = {{ not_present = \"page-fault\", ready = \"interrupt\", initiation = \"host\", sleep = \"halt\" }}\n"
+        ),
+        &["test.toml:", "page-fault"],
+    );
+    assert_bad_config(
+        &format!("{good}[policy]\nmodule = \"paolo\"\n[apf]\nring_depth = 65\n"),
+        &["test.toml:", "apf.ring_depth", "65"],
+    );
+    assert_bad_config(
+        &format!("{good}[policy]\nmodule = \"paolo\"\n[apf]\nguest_abuses = \"yes\"\n"),
+        &["test.toml:", "guest_abuses"],
+    );
+    // A file that is not a Wasm module: refused before anything runs.
+    std::fs::write(dir.path().join("not-wasm.wasm"), "this is text").unwrap();
+    let config = format!("{good}[policy]\nmodule = \"not-wasm.wasm\"\n");
+    let path = dir.path().join("test.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, log, r) = run_file(&path, dir.path());
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("test.toml") && log.contains("policy.module"),
+        "{log}"
+    );
+    assert!(log.contains("not-wasm.wasm"), "{log}");
+    assert!(r.is_none());
+}
+
+#[test]
 fn an_empirical_samples_file_with_a_bad_line_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("samples.txt"), "12.5\n13\nfast\n").unwrap();
