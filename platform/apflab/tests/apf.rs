@@ -520,6 +520,30 @@ fn a_guest_that_misuses_the_protocol_is_refused_each_time_and_the_run_still_fini
 }
 
 #[test]
+fn a_ready_that_comes_before_its_sleeper_leaves_a_dummy_entry() {
+    // Through SDEI the task is put to sleep on the IRQ path the handler
+    // resumes into, after the pending interrupts are taken; with 0.5 us
+    // fetches the ready interrupt for the token is among them, finds no
+    // sleeper and leaves a dummy entry, which the task then finds instead
+    // of sleeping.
+    let (r, tokens, _) = run_logged(
+        &config(
+            1,
+            2_000_000,
+            &decision("sdei", "interrupt", "host", "reschedule"),
+        )
+        .replace("us = 100.0", "us = 0.5"),
+    );
+    assert_complete(&r);
+    let n = u(&r, "/apf/async_faults");
+    assert!(n > 0);
+    let g = &r["guest"]["apf"];
+    assert_eq!((u(g, "/early_ready"), u(g, "/parked")), (n, 0), "{g:#}");
+    assert_eq!(u(g, "/ready"), n);
+    assert_eq!(assert_each_token_once(&tokens, false, true), n as usize);
+}
+
+#[test]
 fn two_vcpus_run_async_with_intact_pages() {
     let r = run(&config(
         2,
