@@ -222,14 +222,14 @@ impl Experiment {
     /// Reads an experiment file and builds (and validates) its whole grid.
     pub fn load(path: &Path) -> Result<Self, MatrixError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        let text = read_config(path).map_err(|error| ConfigError::Read {
             file: file.clone(),
             error,
         })?;
         let raw: RawExperiment = crate::config::parse_toml(&file, &text)?;
         let dir = path.parent().unwrap_or(Path::new(""));
         let base_path = dir.join(&raw.base);
-        let base_text = std::fs::read_to_string(&base_path).map_err(|source| MatrixError::Key {
+        let base_text = read_config(&base_path).map_err(|source| MatrixError::Key {
             file: file.clone(),
             key: "base".to_owned(),
             message: format!("cannot read {}: {source}", base_path.display()),
@@ -535,7 +535,7 @@ pub fn load_config_as(
         None => Config::load(path)?,
         Some(dir) => {
             let file = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            let text = read_config(path).map_err(|error| ConfigError::Read {
                 file: file.clone(),
                 error,
             })?;
@@ -668,9 +668,17 @@ impl Layout {
         if r.config.sha256 != point.config.sha256 || r.backend != backend.name() {
             return None;
         }
-        let kernel = std::fs::read(&point.config.config.kernel_path).ok()?;
+        let ram = point.config.config.guest.memory_mib.saturating_mul(1 << 20);
+        let kernel =
+            apflab_files::read_regular(&point.config.config.kernel_path, ram, "guest RAM").ok()?;
         (r.config.kernel_sha256 == sha256_hex(&kernel)).then_some(r)
     }
+}
+
+/// A config or experiment file's text: a regular file of at most
+/// [`crate::config::MAX_CONFIG_BYTES`].
+fn read_config(path: &Path) -> std::io::Result<String> {
+    apflab_files::read_regular_to_string(path, crate::config::MAX_CONFIG_BYTES, "a config file")
 }
 
 /// Writes `bytes` to a temporary name beside `path` and renames it onto

@@ -67,13 +67,18 @@ pub fn find_results(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     Ok(found)
 }
 
+/// Largest result file read: far above any run's (a few KiB to a few hundred
+/// KiB), so a FIFO or a huge file is refused rather than read.
+pub const MAX_RESULT_BYTES: u64 = 64 << 20;
+
 /// Reads one result file, checking its schema version first so an old file
 /// gets a clear message rather than a field-by-field complaint.
 pub fn load_result(path: &Path) -> Result<RunResult, ReportError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ReportError::Io {
-        path: path.display().to_string(),
-        error,
-    })?;
+    let text = apflab_files::read_regular_to_string(path, MAX_RESULT_BYTES, "a result file")
+        .map_err(|error| ReportError::Io {
+            path: path.display().to_string(),
+            error,
+        })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ReportError::Parse {
         path: path.display().to_string(),
         message: e.to_string(),

@@ -332,6 +332,27 @@ fn a_config_that_is_a_fifo_a_device_or_too_large_is_refused_before_it_is_read() 
 }
 
 #[test]
+fn experiments_and_result_files_that_are_fifos_are_refused_before_they_are_read() {
+    let dir = fixtures();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let out = p("out");
+    let ran = apflab(&["matrix", &p("fifo"), "--out", &out]);
+    assert_eq!(ran.code, Some(2), "{}", ran.log);
+    assert!(
+        ran.log
+            .contains("is a FIFO (named pipe), not a regular file"),
+        "{}",
+        ran.log
+    );
+    // A results folder with a FIFO where a result file should be.
+    std::fs::create_dir_all(dir.path().join("results/r000")).unwrap();
+    mkfifo(&dir.path().join("results/r000/result.json"));
+    let ran = apflab(&["report", &p("results"), "--out", &p("report.md")]);
+    assert_eq!(ran.code, Some(2), "{}", ran.log);
+    assert!(ran.log.contains("result.json: is a FIFO"), "{}", ran.log);
+}
+
+#[test]
 fn boot_refuses_an_image_that_cannot_fit_or_is_not_a_file_before_reading_it() {
     let dir = fixtures();
     let p = |name: &str| -> PathBuf { dir.path().join(name) };
