@@ -440,6 +440,36 @@ impl Source<'_> {
         }
     }
 
+    /// Where the key `dotted` (its first part) is written in the section
+    /// at `section` (a table's span): the start of its line, or the
+    /// section itself if it is not found there (a default, or a value that
+    /// came from elsewhere).
+    fn key_in_section(
+        &self,
+        section: std::ops::Range<usize>,
+        dotted: &str,
+    ) -> std::ops::Range<usize> {
+        let first = dotted.split('.').next().unwrap_or(dotted);
+        let mut at = section.start;
+        for (i, line) in self.text[section.start.min(self.text.len())..]
+            .split_inclusive('\n')
+            .enumerate()
+        {
+            let trimmed = line.trim_start();
+            if i > 0 && trimmed.starts_with('[') {
+                break;
+            }
+            if let Some(rest) = trimmed.strip_prefix(first)
+                && rest.trim_start().starts_with('=')
+            {
+                let start = at + (line.len() - trimmed.len());
+                return start..start + first.len();
+            }
+            at += line.len();
+        }
+        section
+    }
+
     /// An error about a section or key that is missing altogether: points
     /// at the start of the file.
     fn missing(&self, key: &str, message: impl Into<String>) -> ConfigError {
@@ -823,8 +853,15 @@ impl Config {
         // value fails before any VM is built.
         let pager = match &raw.pager {
             Some(p) => {
-                Prepared::new(p.get_ref(), ram_bytes, base_dir)
-                    .map_err(|e| src.error_at(p.span(), e.to_string()))?;
+                Prepared::new(p.get_ref(), ram_bytes, base_dir).map_err(|e| {
+                    let at = match &e {
+                        apflab_pager::ConfigError::Invalid { key, .. } => {
+                            src.key_in_section(p.span(), key)
+                        }
+                        _ => p.span(),
+                    };
+                    src.error_at(at, e.to_string())
+                })?;
                 Some(p.get_ref().clone())
             }
             None => None,

@@ -365,6 +365,18 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
             "not in the pager's range",
         ],
     );
+    // A pager value is named at its own line, not the section's.
+    let config = format!(
+        "{good}[pager]\nstore = {{ kind = \"zero\" }}\nlatency = {{ model = \"constant\", us = -1.0 }}\n"
+    );
+    let line = 1 + config
+        .lines()
+        .position(|l| l.starts_with("latency"))
+        .unwrap();
+    assert_bad_config(
+        &config,
+        &[&format!("test.toml:{line}:1: pager.latency.us = -1")],
+    );
     assert_bad_config(
         &format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\nserver_poll_us = 50\n"),
         &["pager.server_poll_us = 50", "kernel fault path"],
