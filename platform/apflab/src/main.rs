@@ -648,6 +648,7 @@ fn matrix_outcome(
         },
         table_path.display()
     );
+    out!("{}", apflab::matrix::comparison(experiment, done));
     let mut problems = Vec::new();
     if !summary.failed.is_empty() {
         problems.push(format!(

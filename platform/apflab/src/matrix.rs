@@ -1018,3 +1018,110 @@ impl MatrixSummary {
         summary
     }
 }
+
+/// Whether `r` is the synchronous baseline: no async PF offered, or the
+/// `sync` policy.
+fn is_sync_baseline(r: &RunResult) -> bool {
+    r.policy.as_ref().is_none_or(|p| p.module == "sync")
+}
+
+/// The comparison printed at the end of a matrix: per run, its makespan
+/// against the synchronous baseline that shares every other axis value (and
+/// repetition), the share of faults served async, and the stalled and halted
+/// vCPU time. Empty when no run of `done` has such a baseline.
+pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> String {
+    use std::fmt::Write as _;
+    let ok = |i: usize| match done.get(&i) {
+        Some(Status::Ok(r)) => Some(r.as_ref()),
+        _ => None,
+    };
+    // Every axis value but the policy's, and the repetition.
+    let others = |p: &Point| -> String {
+        let mut key: Vec<String> = p
+            .values
+            .iter()
+            .filter(|(k, _)| !k.starts_with("policy."))
+            .map(|(k, v)| format!("{k}={}", value_text(v)))
+            .collect();
+        key.push(format!("rep={}", p.repetition));
+        key.join(" ")
+    };
+    let baselines: BTreeMap<String, u64> = done
+        .keys()
+        .filter_map(|&i| ok(i).filter(|r| is_sync_baseline(r)).map(|r| (i, r)))
+        .map(|(i, r)| (others(&experiment.points[i]), r.virtual_time_ns))
+        .collect();
+    let mut rows = Vec::new();
+    for &i in done.keys() {
+        let (Some(r), point) = (ok(i), &experiment.points[i]) else {
+            continue;
+        };
+        let Some(&base) = baselines.get(&others(point)) else {
+            continue;
+        };
+        let n = |key: &str| {
+            r.apf
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        let faults = n("faults");
+        let async_share = if faults == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0}%", 100.0 * n("async_faults") as f64 / faults as f64)
+        };
+        let ms = |ns: u64| format!("{:.3}", ns as f64 / 1e6);
+        rows.push([
+            point.id.clone(),
+            r.policy
+                .as_ref()
+                .map_or("-".to_owned(), |p| p.module.clone()),
+            ms(r.virtual_time_ns),
+            format!(
+                "{:+.1}%",
+                100.0 * (r.virtual_time_ns as f64 - base as f64) / base.max(1) as f64
+            ),
+            async_share,
+            ms(r.vmm.stalled_ns.iter().sum()),
+            ms(r.vmm.halted_ns.iter().sum()),
+        ]);
+    }
+    if rows.len() <= baselines.len() {
+        // Only baselines: nothing to compare.
+        return String::new();
+    }
+    let header = [
+        "run",
+        "policy",
+        "makespan ms",
+        "vs sync",
+        "async",
+        "stalled ms",
+        "halted ms",
+    ];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", padded.join("  ").trim_end());
+    };
+    line(&mut out, &header);
+    for r in &rows {
+        line(&mut out, &r.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    out
+}

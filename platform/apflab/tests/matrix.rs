@@ -477,3 +477,40 @@ fn report_reads_a_matrix_folder_and_skips_runs_in_progress() {
     assert!(md.contains("from 2 result files"), "{md}");
     assert!(md.contains("exp/r001"), "{md}");
 }
+
+#[test]
+fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The mixed far-memory workload of configs/quick.toml, sync against an
+    // async variant.
+    let quick = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/quick.toml"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("base.toml"), quick).unwrap();
+    let exp = dir.path().join("cmp.toml");
+    std::fs::write(
+        &exp,
+        "base = \"base.toml\"\n[axes]\n\"policy.module\" = [\"sync\", \"gavin-rfcv2\"]\n",
+    )
+    .unwrap();
+    let out = apflab(&["matrix", s(&exp), "--out", s(&dir.path().join("out"))]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let rows: Vec<&str> = log.lines().skip_while(|l| !l.contains("vs sync")).collect();
+    assert_eq!(rows.len(), 3, "{log}");
+    assert!(
+        rows[1].contains("sync") && rows[1].contains("+0.0%"),
+        "{log}"
+    );
+    let async_row: Vec<&str> = rows[2].split_whitespace().collect();
+    assert_eq!(async_row[1], "gavin-rfcv2", "{log}");
+    let sync_ms: f64 = rows[1].split_whitespace().nth(2).unwrap().parse().unwrap();
+    let async_ms: f64 = async_row[2].parse().unwrap();
+    let percent: f64 = async_row[3].trim_end_matches('%').parse().unwrap();
+    assert!(
+        (percent - 100.0 * (async_ms - sync_ms) / sync_ms).abs() < 0.1,
+        "{log}"
+    );
+    assert_eq!(async_row[4], "100%", "{log}");
+}
