@@ -1025,10 +1025,11 @@ fn is_sync_baseline(r: &RunResult) -> bool {
     r.policy.as_ref().is_none_or(|p| p.module == "sync")
 }
 
-/// The comparison printed at the end of a matrix: per run, its makespan
-/// against the synchronous baseline that shares every other axis value (and
-/// repetition), the share of faults served async, and the stalled and halted
-/// vCPU time. Empty when no run of `done` has such a baseline.
+/// The comparison printed at the end of a matrix: per run, the other axes'
+/// values, its makespan against the synchronous baseline that shares them
+/// (and the repetition), the share of faults served async, and the stalled
+/// and halted vCPU time, grouped by those values. Empty when no run of
+/// `done` but the baselines has such a baseline.
 pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> String {
     use std::fmt::Write as _;
     let ok = |i: usize| match done.get(&i) {
@@ -1043,7 +1044,9 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
             .filter(|(k, _)| !k.starts_with("policy."))
             .map(|(k, v)| format!("{k}={}", value_text(v)))
             .collect();
-        key.push(format!("rep={}", p.repetition));
+        if experiment.repetitions > 1 {
+            key.push(format!("rep={}", p.repetition));
+        }
         key.join(" ")
     };
     let baselines: BTreeMap<String, u64> = done
@@ -1073,8 +1076,14 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
             format!("{:.0}%", 100.0 * n("async_faults") as f64 / faults as f64)
         };
         let ms = |ns: u64| format!("{:.3}", ns as f64 / 1e6);
+        let group = others(point);
         rows.push([
             point.id.clone(),
+            if group.is_empty() {
+                "-".to_owned()
+            } else {
+                group
+            },
             r.policy
                 .as_ref()
                 .map_or("-".to_owned(), |p| p.module.clone()),
@@ -1088,12 +1097,14 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
             ms(r.vmm.halted_ns.iter().sum()),
         ]);
     }
+    rows.sort_by(|a, b| (&a[1], &a[0]).cmp(&(&b[1], &b[0])));
     if rows.len() <= baselines.len() {
         // Only baselines: nothing to compare.
         return String::new();
     }
     let header = [
         "run",
+        "with",
         "policy",
         "makespan ms",
         "vs sync",
