@@ -273,6 +273,12 @@ el0_exit:                       // + 20
 el0_svc:                        // + 24
     svc     #0x77
     svc     #1
+el0_wfi:                        // + 32
+    wfi
+    svc     #1
+el0_mrs_ctr:                    // + 40
+    mrs     x0, ctr_el0
+    svc     #1
 
 // A page the tests map execute-never at EL1.
     .section .xn, "ax"

@@ -610,6 +610,27 @@ fn test_el0() {
     check("el0_iabt_uxn_block_esr", esr, 0x8200_000d);
     check("el0_iabt_uxn_block_far", far, target);
     let (esr, _, elr) = expect_sync(|| el0(el0_va(24), sp, 0));
+    // With SCTLR_EL1.nTWI and UCT clear, EL0's WFI and CTR_EL0 read trap
+    // to EL1 (EC 0x01 and 0x18) instead of running.
+    let sctlr = mrs!("sctlr_el1");
+    msr!("sctlr_el1", sctlr & !(1 << 16) & !(1 << 15));
+    let (wfi_esr, _, wfi_elr) = expect_sync(|| el0(el0_va(32), sp, 0));
+    let (ctr_esr, _, ctr_elr) = expect_sync(|| el0(el0_va(40), sp, 0));
+    msr!("sctlr_el1", sctlr | (1 << 15));
+    let before = SYNC.count.load(Relaxed);
+    let ctr = el0(el0_va(40), sp, 0);
+    let ctr_traps = SYNC.count.load(Relaxed) - before;
+    msr!("sctlr_el1", sctlr);
+    check("el0_wfi_trapped_esr", wfi_esr, 0x07e0_0000);
+    check("el0_wfi_trapped_elr", wfi_elr, el0_va(32));
+    check("el0_ctr_el0_trapped_esr", ctr_esr, 0x6232_c001);
+    check("el0_ctr_el0_trapped_elr", ctr_elr, el0_va(40));
+    check_that(
+        "el0_ctr_el0_with_uct",
+        ctr_traps == 0 && ctr != 0,
+        ctr_traps,
+        0,
+    );
     check("el0_svc_esr", esr, 0x5600_0077);
     check("el0_svc_elr", elr, el0_va(28));
 }

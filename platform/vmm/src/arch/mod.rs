@@ -211,8 +211,12 @@ pub fn vector_offset(pstate: u64, kind: EntryKind) -> u64 {
 pub mod ec {
     /// Unknown reason: UNDEFINED instructions and system registers.
     pub const UNKNOWN: u32 = 0x00;
+    /// WFI or WFE trapped.
+    pub const WFX: u32 = 0x01;
     /// FP/Advanced SIMD access trapped by CPACR_EL1.FPEN.
     pub const FP_ACCESS: u32 = 0x07;
+    /// MSR, MRS or system instruction trapped.
+    pub const SYSREG_TRAP: u32 = 0x18;
     /// Instruction abort from a lower exception level.
     pub const IABT_LOWER: u32 = 0x20;
     /// Instruction abort without a change in exception level.

@@ -64,6 +64,65 @@ pub fn fp_access() -> u64 {
     esr(ec::FP_ACCESS, (1 << 24) | (0xe << 20))
 }
 
+/// ESR of `wfi` (`wfe` with `is_wfe`) at EL0 trapped by SCTLR_EL1.nTWI
+/// (nTWE) clear (EC 0x01; CV = 1, COND = 0xE, TI).
+pub fn wfx_trap(is_wfe: bool) -> u64 {
+    esr(ec::WFX, (1 << 24) | (0xe << 20) | u64::from(is_wfe))
+}
+
+/// SCTLR_EL1 bits that let EL0 use what would otherwise trap to EL1.
+mod sctlr {
+    /// UMA: EL0 may access DAIF.
+    pub const UMA: u64 = 1 << 9;
+    /// DZE: EL0 may use DC ZVA.
+    pub const DZE: u64 = 1 << 14;
+    /// UCT: EL0 may read CTR_EL0.
+    pub const UCT: u64 = 1 << 15;
+    /// nTWI: EL0's WFI does not trap.
+    pub const NTWI: u64 = 1 << 16;
+    /// nTWE: EL0's WFE does not trap.
+    pub const NTWE: u64 = 1 << 18;
+    /// UCI: EL0 may clean/invalidate caches by VA.
+    pub const UCI: u64 = 1 << 26;
+}
+
+/// The syndrome of the EL0 instruction `word` if SCTLR_EL1 = `sctlr` makes
+/// it trap to EL1 rather than be UNDEFINED: WFI/WFE (EC 0x01), and the
+/// system register and instruction accesses EL0 is granted by a SCTLR_EL1
+/// bit (EC 0x18, ISS naming the access): CTR_EL0 (UCT), DAIF (UMA),
+/// DC ZVA (DZE), cache maintenance by VA (UCI).
+pub fn el0_trap(word: u32, sctlr: u64) -> Option<u64> {
+    if word == 0xd503_207f {
+        return (sctlr & sctlr::NTWI == 0).then(|| wfx_trap(false));
+    }
+    if word == 0xd503_205f {
+        return (sctlr & sctlr::NTWE == 0).then(|| wfx_trap(true));
+    }
+    // MRS/MSR/SYS: 1101 0101 00 L op0(2) op1(3) CRn CRm op2 Rt.
+    if word & 0xffc0_0000 != 0xd500_0000 {
+        return None;
+    }
+    let read = (word >> 21) & 1;
+    let op0 = (word >> 19) & 3;
+    let op1 = (word >> 16) & 7;
+    let crn = (word >> 12) & 0xf;
+    let crm = (word >> 8) & 0xf;
+    let op2 = (word >> 5) & 7;
+    let rt = word & 0x1f;
+    let enabled_by = match (op0, op1, crn, crm, op2) {
+        (3, 3, 0, 0, 1) if read == 1 => sctlr::UCT,
+        (3, 3, 4, 2, 1) => sctlr::UMA,
+        (1, 3, 7, 4, 1) => sctlr::DZE,
+        (1, 3, 7, 5 | 10 | 11 | 12 | 13 | 14, 1) => sctlr::UCI,
+        _ => return None,
+    };
+    (sctlr & enabled_by == 0).then(|| {
+        let iss =
+            (op0 << 20) | (op2 << 17) | (op1 << 14) | (crn << 10) | (rt << 5) | (crm << 1) | read;
+        esr(ec::SYSREG_TRAP, u64::from(iss))
+    })
+}
+
 /// ESR of `brk #imm` (EC 0x3C, ISS = the immediate).
 pub fn breakpoint(imm: u16) -> u64 {
     esr(ec::BRK64, u64::from(imm))
@@ -166,6 +225,28 @@ mod tests {
         assert!(!is_fp_simd(0x8b01_0000)); // add x0, x0, x1
         assert!(!is_fp_simd(0xd538_1040)); // mrs x0, cpacr_el1
         assert!(!is_fp_simd(0x0000_0000)); // udf #0
+    }
+
+    #[test]
+    fn el0_traps_follow_sctlr() {
+        let all = sctlr::UMA | sctlr::DZE | sctlr::UCT | sctlr::NTWI | sctlr::NTWE | sctlr::UCI;
+        for word in [
+            0xd503_207f,
+            0xd53b_0020,
+            0xd53b_4220,
+            0xd50b_7420,
+            0xd50b_7b20,
+        ] {
+            assert_eq!(el0_trap(word, all), None, "{word:#x}");
+        }
+        assert_eq!(el0_trap(0xd503_207f, 0), Some(0x07e0_0000)); // wfi
+        assert_eq!(el0_trap(0xd503_205f, 0), Some(0x07e0_0001)); // wfe
+        // mrs x0, ctr_el0: Op0 3, Op2 1, Op1 3, CRn 0, Rt 0, CRm 0, read.
+        assert_eq!(el0_trap(0xd53b_0020, 0), Some(0x6200_0000 | 0x32_c001));
+        // dc zva, x0: Op0 1, Op2 1, Op1 3, CRn 7, CRm 4, write.
+        assert_eq!(el0_trap(0xd50b_7420, 0), Some(0x6200_0000 | 0x12_dc08));
+        // mrs x0, sctlr_el1 is UNDEFINED at EL0 whatever SCTLR says.
+        assert_eq!(el0_trap(0xd538_1000, 0), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use unicorn_engine::{MemType, RegisterARM64, Unicorn};
 
 use super::hooks::read_insn;
-use super::regs::{CPACR_EL1, XREGS, cp};
+use super::regs::{CPACR_EL1, SCTLR_EL1, XREGS, cp};
 use super::state::HookState;
 use super::vcpu::EmuVcpu;
 use crate::arch::access::{AddrReg, RegisterSource, data_access};
@@ -64,8 +64,9 @@ pub(super) enum GuestFault {
         /// What was attempted.
         access: Access,
     },
-    /// The engine's undefined-instruction exception (FP/SIMD traps
-    /// included: it raises both the same way).
+    /// The engine's undefined-instruction exception (FP/SIMD traps, WFx
+    /// and system register traps from EL0 included: it raises them all the
+    /// same way).
     Undefined,
     /// `brk #imm`.
     Breakpoint,
@@ -119,9 +120,20 @@ impl EmuVcpu {
                     .uc
                     .reg_read_arm64_coproc(&mut cpacr)
                     .map_or(0, |()| cpacr.val);
-                let fp = read_insn(&self.uc, pc).is_some_and(syndrome::is_fp_simd);
+                let mut sctlr = cp(SCTLR_EL1);
+                let sctlr = self
+                    .uc
+                    .reg_read_arm64_coproc(&mut sctlr)
+                    .map_or(0, |()| sctlr.val);
+                let word = read_insn(&self.uc, pc);
+                let fp = word.is_some_and(syndrome::is_fp_simd);
+                let el0_trap = word
+                    .filter(|_| el0)
+                    .and_then(|w| syndrome::el0_trap(w, sctlr));
                 if fp && syndrome::fp_trapped(cpacr, el0) {
                     (syndrome::fp_access(), None)
+                } else if let Some(esr) = el0_trap {
+                    (esr, None)
                 } else {
                     (syndrome::undefined(), None)
                 }
