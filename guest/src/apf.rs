@@ -1,22 +1,21 @@
 //! The async page fault client, in the shape of Linux's
 //! `arch/x86/kernel/kvm.c`: discovery with `FEATURES`, `APF_ENABLE` per CPU
 //! with its control block, "not present" taken on the faulting instruction
-//! of an EL0 task (a dedicated exception class, or a data abort whose
-//! control block says so), the task parked on its token (or the CPU halted
-//! until it is ready), "page ready" from the ready ring behind the PPI,
-//! acknowledged, and dummy entries for a ready that finds no sleeper.
+//! of an EL0 task (a dedicated exception class, a data abort whose control
+//! block says so, or the SDEI event of [`crate::sdei`]), the task parked on
+//! its token (or the CPU halted until it is ready), "page ready" from the
+//! ready ring behind the PPI, acknowledged, or as an exception, and dummy
+//! entries for a ready that finds no sleeper.
 //!
 //! A fault taken by the kernel itself (a system call reading a task's page
 //! with IRQs unmasked) is async only as async-halt, which the client
 //! accepts with `KERNEL_MODE_ASYNC`: the kernel cannot give its CPU away in
 //! the middle of a call, so it waits in the halt loop for its token. The
 //! host never sends "not present" while IRQs are masked, so never while the
-//! kernel holds the run-queue lock. "Ready" arrives as an interrupt, which
-//! the kernel takes only from EL0 tasks, in the idle loop, in the halt loop
-//! below and in such a system call, never while it holds the run-queue lock
-//! and never for a task that sleeps in the run queue's sense while it runs
-//! (a halting CPU finds its token in the dummy entries), so no wake has to
-//! be delayed.
+//! kernel holds the run-queue lock. "Ready" is taken only where no lock is
+//! held (from EL0 tasks, in the idle loop, in the halt loop below and in
+//! such a system call), and a CPU halting for its own token finds it among
+//! the dummy entries, so no wake ever has to be delayed.
 
 use core::cell::UnsafeCell;
 use core::ptr::{addr_of, addr_of_mut};
