@@ -229,9 +229,15 @@ impl Engine {
 
     /// Tells the policy the run is over.
     pub fn finish(&mut self) {
+        self.call_policy(|p| p.on_run_end());
+    }
+
+    /// Calls the policy, adding the host time the call took.
+    fn call_policy<R>(&mut self, call: impl FnOnce(&mut dyn Policy) -> R) -> R {
         let start = Instant::now();
-        self.policy.on_run_end();
+        let r = call(self.policy.as_mut());
         self.policy_time += start.elapsed();
+        r
     }
 
     /// What running the policy cost, by its own account (fuel, failed
@@ -295,9 +301,7 @@ impl Engine {
             est_fetch_ns: estimate,
         };
         self.metrics.policy_calls += 1;
-        let start = Instant::now();
-        let decision = self.policy.decide(&info);
-        self.policy_time += start.elapsed();
+        let decision = self.call_policy(|p| p.decide(&info));
         let (Decision::Sync { prefetch } | Decision::Async { prefetch, .. }) = decision;
         if prefetch > 0 {
             self.metrics.prefetch_requests_ignored += 1;
@@ -430,9 +434,7 @@ impl Engine {
             } else {
                 self.fetch_estimate_ns - self.fetch_estimate_ns / 8 + latency / 8
             };
-            let start = Instant::now();
-            self.policy.on_ready(token.0, latency);
-            self.policy_time += start.elapsed();
+            self.call_policy(|p| p.on_ready(token.0, latency));
         }
         Ok(())
     }
