@@ -102,7 +102,8 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
         if config.policy.is_some() {
             // Its module is never loaded, so it must not pass unnoticed.
             return Err(RunError::Setup(format!(
-                "{}: [policy] decides faults on far memory, and without a [pager] section                  there are none: add [pager] or remove [policy]",
+                "{}: [policy] decides faults on far memory, and without a [pager] section \
+                 there are none: add [pager] or remove [policy]",
                 path.display()
             )));
         }
