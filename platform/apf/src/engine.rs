@@ -25,7 +25,7 @@ use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, 
 
 use crate::control_block::{BadBlock, ControlBlockRef};
 use crate::decision::{AsyncPlan, Served, VcpuFacts, serve};
-use crate::events::{Event, EventLog, TokenEvent};
+use crate::events::{Event, EventLog, Stall, TokenEvent};
 use crate::far_memory::{FarMemory, Fetch};
 use crate::initiation;
 use crate::metrics::FaultMetrics;
@@ -217,7 +217,12 @@ impl Engine {
         self.events.events()
     }
 
-    /// Token events not kept because the log was full.
+    /// Every synchronous stall so far.
+    pub fn stalls(&self) -> &[Stall] {
+        self.events.stalls()
+    }
+
+    /// Token events and stalls not kept because the log was full.
     pub fn events_dropped(&self) -> u64 {
         self.events.dropped()
     }
@@ -654,6 +659,14 @@ impl FaultHook for Engine {
             let ns = now_ns.saturating_sub(since);
             self.far.record_stall(vcpu, ns);
             self.metrics.add_stall(vcpu, ns);
+            if let Some(page) = waiting_for {
+                self.events.record_stall(Stall {
+                    vcpu,
+                    page,
+                    start: since,
+                    end: now_ns,
+                });
+            }
         }
         let Some(gpa) = waiting_for else {
             return Action::Retry;

@@ -3,6 +3,7 @@
 //! request, fetch done, pushed into the ready ring, consumed by the guest,
 //! or dropped when the guest disabled async PF.
 
+use apflab_abi::addr::Gpa;
 use apflab_abi::apf::Token;
 
 /// What happened to a token.
@@ -50,11 +51,26 @@ pub struct Event {
     pub kind: TokenEvent,
 }
 
+/// A synchronous stall of a vCPU on a page, from the fault to the end of
+/// its wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall {
+    /// The vCPU.
+    pub vcpu: u32,
+    /// The page it waited for.
+    pub page: Gpa,
+    /// When the stall began (ns, the backend's clock).
+    pub start: u64,
+    /// When it ended.
+    pub end: u64,
+}
+
 /// The log, bounded so a long run cannot grow it without end (what does
 /// not fit is counted).
 #[derive(Debug, Default)]
 pub struct EventLog {
     events: Vec<Event>,
+    stalls: Vec<Stall>,
     dropped: u64,
 }
 
@@ -72,12 +88,26 @@ impl EventLog {
         }
     }
 
+    /// Records a stall.
+    pub fn record_stall(&mut self, stall: Stall) {
+        if self.stalls.len() < MAX_EVENTS {
+            self.stalls.push(stall);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Every stall kept, in the order they ended.
+    pub fn stalls(&self) -> &[Stall] {
+        &self.stalls
+    }
+
     /// Every event kept, in the order they happened.
     pub fn events(&self) -> &[Event] {
         &self.events
     }
 
-    /// Events not kept because the log was full.
+    /// Events and stalls not kept because the log was full.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }

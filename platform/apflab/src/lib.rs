@@ -12,6 +12,7 @@ pub mod report;
 pub mod result;
 pub mod runner;
 pub mod slurm;
+pub mod trace;
 
 pub use config::{Config, ConfigError, LoadedConfig};
 pub use result::RunResult;

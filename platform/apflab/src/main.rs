@@ -102,6 +102,11 @@ enum Command {
         /// the time of each event.
         #[arg(long)]
         token_log: bool,
+        /// Also write the run as a Chrome trace-event JSON file (open it in
+        /// ui.perfetto.dev): a track per vCPU with its stalls on far
+        /// memory, and each async PF token's life as a slice.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
     },
     /// Boot any bare-metal arm64 image built for QEMU's virt board (ELF, or
     /// a raw image loaded at the start of RAM like QEMU's -kernel), with the
@@ -262,11 +267,16 @@ fn main() -> ExitCode {
             base_dir,
             policy,
             token_log,
+            trace,
         } => run(
             &config,
             backend,
             out,
-            RunFlags { console, token_log },
+            RunFlags {
+                console,
+                token_log,
+                trace,
+            },
             name,
             base_dir,
             policy,
@@ -322,7 +332,7 @@ fn run(
         loaded.config.policy = Some(choice);
     }
     let out = out.unwrap_or_else(|| runner::default_out_dir(&loaded));
-    let result = runner::run_config(&loaded, backend, &out, flags).map_err(|e| {
+    let result = runner::run_config(&loaded, backend, &out, &flags).map_err(|e| {
         if e.is_bad_input() {
             bad(e)
         } else {
@@ -333,6 +343,9 @@ fn run(
     outln!("  results: {}", out.join("result.json").display());
     if flags.token_log {
         outln!("  tokens: {}", out.join(runner::TOKEN_LOG).display());
+    }
+    if let Some(trace) = &flags.trace {
+        outln!("  trace: {} (open it in ui.perfetto.dev)", trace.display());
     }
     if result.outcome.success {
         Ok(())

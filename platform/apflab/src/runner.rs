@@ -198,12 +198,14 @@ pub fn default_out_dir(loaded: &LoadedConfig) -> PathBuf {
 }
 
 /// What a run writes and shows beside its results.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunFlags {
     /// Echo the guest console to stdout while it runs.
     pub console: bool,
     /// Write [`TOKEN_LOG`] (runs with a policy only).
     pub token_log: bool,
+    /// Write the run's Chrome trace here ([`crate::trace`]).
+    pub trace: Option<PathBuf>,
 }
 
 /// The file of a run's token event log: `t_ns,vcpu,token,event`, one row
@@ -219,7 +221,7 @@ pub fn run_config(
     loaded: &LoadedConfig,
     backend: Option<Backend>,
     out_dir: &Path,
-    flags: RunFlags,
+    flags: &RunFlags,
 ) -> Result<RunResult, RunError> {
     let mut config = loaded.config.clone();
     if let Some(b) = backend {
@@ -285,10 +287,21 @@ pub fn run_config(
         result.set_pager(&m);
     }
     write_results(out_dir, &result, &outcome.console)?;
-    if flags.token_log
-        && let Some(Pager::InVmm { engine, .. }) = &pager
-    {
-        write_token_log(out_dir, engine.events())?;
+    // Without an engine in the VMM nothing was logged: the trace has just
+    // its tracks.
+    let (events, stalls) = match &pager {
+        Some(Pager::InVmm { engine, .. }) => (engine.events(), engine.stalls()),
+        _ => (&[][..], &[][..]),
+    };
+    if flags.token_log {
+        write_token_log(out_dir, events)?;
+    }
+    if let Some(path) = &flags.trace {
+        let trace = crate::trace::chrome_trace(config.guest.vcpus, events, stalls);
+        std::fs::write(path, trace.to_string()).map_err(|error| RunError::Write {
+            path: path.display().to_string(),
+            error,
+        })?;
     }
     Ok(result)
 }

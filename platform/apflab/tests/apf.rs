@@ -601,3 +601,83 @@ fn the_policy_flag_overrides_the_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--policy missing.wasm: no policy"));
     assert!(!dir.path().join("out2/result.json").exists());
 }
+
+/// Runs `config` with `--trace`; its results and the trace's events.
+fn run_traced(config: &str) -> (Value, Vec<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apf.toml");
+    std::fs::write(&path, config).unwrap();
+    let (out_dir, trace) = (dir.path().join("out"), dir.path().join("trace.json"));
+    let out = Command::new(APFLAB)
+        .args(["run", path.to_str().unwrap(), "--out"])
+        .arg(&out_dir)
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("result.json")).unwrap())
+            .unwrap();
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = t["traceEvents"]
+        .as_array()
+        .expect("a traceEvents array")
+        .clone();
+    // Every event is of a kind the trace-event format defines, on the one
+    // process, with a time where the kind has one.
+    for e in &events {
+        let ph = e["ph"].as_str().expect("ph");
+        assert!(["M", "X", "b", "n", "e"].contains(&ph), "{e}");
+        assert_eq!(e["pid"], 1, "{e}");
+        if ph != "M" {
+            assert!(
+                e["ts"].as_f64().is_some() && e["tid"].as_u64().is_some(),
+                "{e}"
+            );
+        }
+    }
+    (r, events)
+}
+
+#[test]
+fn the_trace_has_a_slice_per_token_and_the_stalls_of_each_vcpu() {
+    let (r, events) = run_traced(&config(
+        1,
+        2_000_000,
+        &decision("dedicated-ec", "interrupt", "guest", "reschedule"),
+    ));
+    let mut lives: std::collections::BTreeMap<String, Vec<(&str, f64)>> = Default::default();
+    for e in events.iter().filter(|e| e["cat"] == "token") {
+        lives
+            .entry(e["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((e["ph"].as_str().unwrap(), e["ts"].as_f64().unwrap()));
+    }
+    assert_eq!(lives.len() as u64, u(&r, "/apf/async_faults"));
+    for (id, life) in &lives {
+        let phases: String = life.iter().map(|(ph, _)| *ph).collect();
+        // fault; not present, request, fetch done, pushed; consumed.
+        assert_eq!(phases, "bnnnne", "token {id}: {life:?}");
+        assert!(
+            life.windows(2).all(|w| w[0].1 <= w[1].1),
+            "token {id}: {life:?}"
+        );
+    }
+    // The synchronous baseline: the vCPU's stalls, adding up to its
+    // stalled time.
+    let (r, events) = run_traced(&config(1, 2_000_000, ""));
+    let stalls: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    assert!(!stalls.is_empty());
+    let total_us: f64 = stalls.iter().map(|e| e["dur"].as_f64().unwrap()).sum();
+    let stalled_us = u(&r, "/vmm/stalled_ns/0") as f64 / 1e3;
+    assert!(
+        (total_us - stalled_us).abs() < 1.0,
+        "{total_us} vs {stalled_us}"
+    );
+}
