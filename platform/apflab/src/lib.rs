@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod config;
 pub mod matrix;
 pub mod page_server;
+pub mod plot;
 pub mod policy_config;
 pub mod report;
 pub mod result;

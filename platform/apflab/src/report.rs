@@ -367,3 +367,29 @@ fn workload_of(r: &RunResult) -> String {
         .unwrap_or("unknown")
         .to_owned()
 }
+
+/// The markdown that shows the makespan plot `svg` (beside the report) and
+/// names the runs on it.
+pub fn plot_section(svg: &Path, points: &[crate::plot::MakespanPoint]) -> String {
+    let name = svg
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let mut out = format!(
+        "## Makespan against sync\n\n![makespan relative to the synchronous baseline]({name})\n\n\
+         Each async run's makespan over that of the run with the same config, seed and backend \
+         and no async PF, against its median fetch latency.\n\n\
+         | policy | median fetch us | makespan / sync | source |\n|---|---|---|---|\n"
+    );
+    for p in points {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.3} | `{}` |",
+            p.policy,
+            p.latency_us,
+            p.ratio,
+            p.source.display()
+        );
+    }
+    out.push('\n');
+    out
+}

@@ -513,4 +513,30 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
         "{log}"
     );
     assert_eq!(async_row[5], "100%", "{log}");
+    // The report plots it: one series, the async run's makespan over its
+    // baseline's, and a section that shows the plot and names the run.
+    let md = dir.path().join("paper/cmp.md");
+    let out = apflab(&["report", s(&dir.path().join("out")), "--out", s(&md)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let svg = std::fs::read_to_string(dir.path().join("paper/cmp-makespan.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("gavin-rfcv2") && svg.contains("makespan / sync"),
+        "{svg}"
+    );
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(md.contains("![makespan relative to the synchronous baseline](cmp-makespan.svg)"));
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| gavin-rfcv2 |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    let ratio: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
+    assert!(
+        (ratio - async_ms / sync_ms).abs() < 0.001,
+        "{row}: {async_ms} / {sync_ms}"
+    );
+    assert!(row.contains("r001/result.json"), "{row}");
 }
