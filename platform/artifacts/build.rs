@@ -63,6 +63,13 @@ fn main() {
         root.join("rust-toolchain.toml").display()
     );
 
+    // The checkout's path must not reach the artifacts: panic locations
+    // carry source paths, and their lengths move the guest's data, its
+    // instruction counts and so emu's virtual times, and the policies'
+    // sha256. Every checkout builds them as if it were at /apflab.
+    let remap = format!("--remap-path-prefix={}=/apflab", root.display());
+    let rustflags: (&str, &str) = ("CARGO_ENCODED_RUSTFLAGS", &remap);
+
     let guest_target_dir = artifacts_dir.join("guest");
     // The guest builds `core` from source (guest/.cargo/config.toml).
     cargo_build(
@@ -70,7 +77,7 @@ fn main() {
         GUEST_TARGET,
         &guest_target_dir,
         &[],
-        &[("RUSTC_BOOTSTRAP", "1")],
+        &[("RUSTC_BOOTSTRAP", "1"), rustflags],
     );
     let guest_elf = guest_target_dir
         .join(GUEST_TARGET)
@@ -91,7 +98,7 @@ fn main() {
         GUEST_TARGET,
         &conformance_target_dir,
         &[],
-        &[("RUSTC_BOOTSTRAP", "1")],
+        &[("RUSTC_BOOTSTRAP", "1"), rustflags],
     );
     let conformance_elf = conformance_target_dir
         .join(GUEST_TARGET)
@@ -113,7 +120,7 @@ fn main() {
         POLICY_TARGET,
         &policy_target_dir,
         &["--workspace"],
-        &[],
+        &[rustflags],
     );
     let wasm_dir = policy_target_dir.join(POLICY_TARGET).join("release");
     println!(
