@@ -569,8 +569,11 @@ fn asking_for_kvm_on_a_host_without_arm64_kvm_is_one_clear_sentence_and_exit_2()
 /// `memtouch` its kernel-reader mode, the guest its SDEI client and
 /// self-test, and its modules were rearranged, and the emu machine started
 /// taking exceptions and interrupts as the architecture does (3,208 more
-/// instructions on their own): 63,723,416 instructions and 146,060,114 ns
-/// before; exits, stalls and pager figures unchanged.)
+/// instructions on their own), and the guest is built with the checkout's
+/// path remapped: 63,723,416 instructions and 146,060,114 ns before;
+/// exits, stalls and pager figures unchanged. The guest's layout still
+/// depends on where the checkout is, through cargo's crate hashes, by a few
+/// instructions: these are the figures of a checkout at /work/main.)
 #[test]
 fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     let dir = tempfile::tempdir().unwrap();
