@@ -571,9 +571,13 @@ fn asking_for_kvm_on_a_host_without_arm64_kvm_is_one_clear_sentence_and_exit_2()
 /// taking exceptions and interrupts as the architecture does (3,208 more
 /// instructions on their own), and the guest is built with the checkout's
 /// path remapped: 63,723,416 instructions and 146,060,114 ns before;
-/// exits, stalls and pager figures unchanged. The guest's layout still
-/// depends on where the checkout is, through cargo's crate hashes, by a few
-/// instructions: these are the figures of a checkout at /work/main.)
+/// exits, stalls and pager figures unchanged.)
+///
+/// Instruction counts and the times that follow from them are pinned to
+/// within [`LAYOUT_SLACK`]: the guest's layout depends on where the
+/// checkout is (cargo's crate hashes order its sections), which moved them
+/// by 5 instructions and 2 ns between two checkouts. Every other figure is
+/// exact.
 #[test]
 fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -581,8 +585,8 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(code, Some(0), "{log}");
     let r = r.unwrap();
     assert_eq!(u(&r, "/vcpus"), 2);
-    assert_eq!(u(&r, "/virtual_time_ns"), 146_218_342);
-    assert_eq!(u(&r, "/vmm/instructions"), 63_739_283);
+    near(&r, "/virtual_time_ns", 146_218_342);
+    near(&r, "/vmm/instructions", 63_739_283);
     let exits: Vec<(&str, u64)> = [
         ("hypercall", 5),
         ("irq", 141),
@@ -600,10 +604,9 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(u(&r, "/vmm/exits_total"), 6090);
     assert_eq!(r["vmm"]["stalled_ns"], serde_json::json!([116_239_841, 0]));
     assert_eq!(r["vmm"]["halted_ns"], serde_json::json!([0, 0]));
-    assert_eq!(
-        r["vmm"]["task_done_ns"],
-        serde_json::json!({"0": 7_664_863, "1": 144_734_455})
-    );
+    assert_eq!(r["vmm"]["task_done_ns"].as_object().unwrap().len(), 2);
+    near(&r, "/vmm/task_done_ns/0", 7_664_863);
+    near(&r, "/vmm/task_done_ns/1", 144_734_455);
     assert_eq!(u(&r, "/vmm/interrupts/27"), 141);
     for (key, n) in [
         ("fetches", 4716),
@@ -627,9 +630,21 @@ fn farmem_sync_on_two_vcpus_gives_the_pinned_results() {
     assert_eq!(u(&r, "/integrity/pages_verified"), 8192);
     assert_eq!(u(&r, "/integrity/mismatches"), 0);
     assert_eq!(u(&r, "/guest/context_switches"), 8);
-    assert_eq!(u(&r, "/guest/elapsed_ns"), 144_664_496);
-    assert_eq!(
-        r["guest"]["task_done_ns"],
-        serde_json::json!([7_593_072, 144_662_672])
+    near(&r, "/guest/elapsed_ns", 144_664_496);
+    assert_eq!(r["guest"]["task_done_ns"].as_array().unwrap().len(), 2);
+    near(&r, "/guest/task_done_ns/0", 7_593_072);
+    near(&r, "/guest/task_done_ns/1", 144_662_672);
+}
+
+/// How far an instruction count or a time of the pinned run may move with
+/// the guest's layout alone.
+const LAYOUT_SLACK: u64 = 256;
+
+/// `pointer` in `r` is `pinned`, to within [`LAYOUT_SLACK`].
+fn near(r: &Value, pointer: &str, pinned: u64) {
+    let got = u(r, pointer);
+    assert!(
+        got.abs_diff(pinned) <= LAYOUT_SLACK,
+        "{pointer} = {got}, pinned {pinned} (at most {LAYOUT_SLACK} apart)"
     );
 }
