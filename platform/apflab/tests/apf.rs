@@ -3,6 +3,7 @@
 //! file and the guest's report. Emu runs are deterministic, so the
 //! comparisons of virtual times are exact.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -42,48 +43,52 @@ struct TokenEvent {
     event: String,
 }
 
-/// Runs `config` with its token log; its results, the log and the guest's
-/// console.
-fn run_logged(config: &str) -> (Value, Vec<TokenEvent>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("apf.toml");
+/// Runs `config` in `dir` with `flags` added to `apflab run` (the run
+/// must succeed); its results and the folder they are in.
+fn run_in(dir: &Path, config: &str, flags: &[&str]) -> (Value, PathBuf) {
+    let path = dir.join("apf.toml");
     std::fs::write(&path, config).unwrap();
-    let out_dir = dir.path().join("out");
+    let out_dir = dir.join("out");
     let out = Command::new(APFLAB)
         .args([
             "run",
             path.to_str().unwrap(),
-            "--token-log",
             "--out",
             out_dir.to_str().unwrap(),
         ])
+        .args(flags)
         .output()
         .unwrap();
     let log =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}\n--- config:\n{config}");
     let text = std::fs::read_to_string(out_dir.join("result.json")).unwrap();
-    let events = match std::fs::read_to_string(out_dir.join("tokens.csv")) {
-        Ok(csv) => {
-            let mut lines = csv.lines();
-            assert_eq!(lines.next(), Some("t_ns,vcpu,token,event"));
-            lines
-                .map(|l| {
-                    let f: Vec<&str> = l.split(',').collect();
-                    assert_eq!(f.len(), 4, "{l}");
-                    TokenEvent {
-                        t: f[0].parse().unwrap(),
-                        token: f[2].to_owned(),
-                        event: f[3].to_owned(),
-                    }
-                })
-                .collect()
-        }
-        // A run without a policy has no engine log.
-        Err(_) => Vec::new(),
-    };
+    (serde_json::from_str(&text).unwrap(), out_dir)
+}
+
+/// Runs `config` with its token log; its results, the log and the guest's
+/// console.
+fn run_logged(config: &str) -> (Value, Vec<TokenEvent>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, out_dir) = run_in(dir.path(), config, &["--token-log"]);
+    // Written for every run; a run without an engine in the VMM logs no
+    // token.
+    let csv = std::fs::read_to_string(out_dir.join("tokens.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("t_ns,vcpu,token,event"));
+    let events = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 4, "{l}");
+            TokenEvent {
+                t: f[0].parse().unwrap(),
+                token: f[2].to_owned(),
+                event: f[3].to_owned(),
+            }
+        })
+        .collect();
     let console = std::fs::read_to_string(out_dir.join("console.log")).unwrap();
-    (serde_json::from_str(&text).unwrap(), events, console)
+    (r, events, console)
 }
 
 /// From the token log: every token's life, in order, is fault, "not
@@ -605,25 +610,8 @@ fn the_policy_flag_overrides_the_config() {
 /// Runs `config` with `--trace`; its results and the trace's events.
 fn run_traced(config: &str) -> (Value, Vec<Value>) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("apf.toml");
-    std::fs::write(&path, config).unwrap();
-    let (out_dir, trace) = (dir.path().join("out"), dir.path().join("trace.json"));
-    let out = Command::new(APFLAB)
-        .args(["run", path.to_str().unwrap(), "--out"])
-        .arg(&out_dir)
-        .arg("--trace")
-        .arg(&trace)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("result.json")).unwrap())
-            .unwrap();
+    let trace = dir.path().join("trace.json");
+    let (r, _) = run_in(dir.path(), config, &["--trace", trace.to_str().unwrap()]);
     let t: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     let events = t["traceEvents"]
         .as_array()
