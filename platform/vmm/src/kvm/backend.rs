@@ -192,11 +192,12 @@ impl KvmHypervisor {
         })
     }
 
-    /// Asks the kernel to forward apflab's function ids to userspace.
-    fn forward_apflab_hvcs(vm: &VmFd) -> HypercallConduit {
+    /// Asks the kernel to forward the `count` SMCCC function ids from
+    /// `base` to userspace (KVM's SMCCC filter).
+    fn forward_to_user(vm: &VmFd, base: u32, count: u32) -> Result<(), kvm_ioctls::Error> {
         let filter = kvm_smccc_filter {
-            base: APFLAB_FN_BASE,
-            nr_functions: APFLAB_FN_RANGE,
+            base,
+            nr_functions: count,
             action: kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER as u8,
             pad: [0; 15],
         };
@@ -206,7 +207,12 @@ impl KvmHypervisor {
             addr: &filter as *const kvm_smccc_filter as u64,
             flags: 0,
         };
-        match vm.set_device_attr(&attr) {
+        vm.set_device_attr(&attr)
+    }
+
+    /// Asks the kernel to forward apflab's function ids to userspace.
+    fn forward_apflab_hvcs(vm: &VmFd) -> HypercallConduit {
+        match Self::forward_to_user(vm, APFLAB_FN_BASE, APFLAB_FN_RANGE) {
             Ok(()) => {
                 Self::forward_sdei(vm);
                 HypercallConduit::Hvc
@@ -222,19 +228,7 @@ impl KvmHypervisor {
     /// firmware answers it). Without it KVM answers SDEI calls itself with
     /// NOT_SUPPORTED, which the guest takes as "no SDEI".
     fn forward_sdei(vm: &VmFd) {
-        let filter = kvm_smccc_filter {
-            base: sdei::FN_BASE,
-            nr_functions: SDEI_FN_RANGE,
-            action: kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER as u8,
-            pad: [0; 15],
-        };
-        let attr = kvm_device_attr {
-            group: KVM_ARM_VM_SMCCC_CTRL,
-            attr: KVM_ARM_VM_SMCCC_FILTER as u64,
-            addr: &filter as *const kvm_smccc_filter as u64,
-            flags: 0,
-        };
-        if let Err(e) = vm.set_device_attr(&attr) {
+        if let Err(e) = Self::forward_to_user(vm, sdei::FN_BASE, SDEI_FN_RANGE) {
             tracing::info!("kvm: SDEI calls not forwarded ({e}); the guest sees no SDEI");
         }
     }
