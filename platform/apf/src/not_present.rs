@@ -14,16 +14,15 @@
 //!   machine's SDEI firmware on the faulting instruction; the token is in
 //!   the control block.
 
-use apflab_abi::apf::{
-    DFSC_TRANSLATION_L3, EC_APF_NOT_PRESENT, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER, Token,
-    esr, features,
-};
+use apflab_abi::apf::{EC_APF_NOT_PRESENT, Token, esr, features};
 use apflab_abi::policy::NotPresentDelivery;
 use apflab_vmm::Action;
+use apflab_vmm::arch::syndrome::{FaultStatus, data_abort};
 use apflab_vmm::hypervisor::{NotResidentFault, SyncException};
 
-/// ESR.ISS.WnR of a data abort: the access was a write.
-const ISS_WNR: u64 = 1 << 6;
+/// The fault status of a "not present" data abort
+/// ([`apflab_abi::apf::DFSC_TRANSLATION_L3`]).
+pub(crate) const NOT_PRESENT_FAULT: FaultStatus = FaultStatus::Translation(3);
 
 /// The feature bit the guest must have accepted for `delivery`.
 pub fn feature(delivery: NotPresentDelivery) -> u64 {
@@ -58,13 +57,7 @@ pub fn exception(
         // An SDEI event has no syndrome; a data abort is what the
         // architecture would have taken.
         NotPresentDelivery::DataAbort | NotPresentDelivery::Sdei => {
-            let wnr = if fault.write { ISS_WNR } else { 0 };
-            let ec = if fault.el == 0 {
-                EC_DATA_ABORT_LOWER
-            } else {
-                EC_DATA_ABORT_CURRENT
-            };
-            esr(ec, DFSC_TRANSLATION_L3 | wnr)
+            data_abort(fault.el == 0, fault.write, false, NOT_PRESENT_FAULT)
         }
         NotPresentDelivery::DedicatedEc => esr(EC_APF_NOT_PRESENT, token.0),
     };
@@ -79,7 +72,12 @@ pub fn exception(
 mod tests {
     use super::*;
     use apflab_abi::addr::Gpa;
-    use apflab_abi::apf::{ESR_IL, esr_ec};
+    use apflab_abi::apf::{
+        DFSC_TRANSLATION_L3, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER, ESR_IL, esr_ec,
+    };
+
+    /// ESR.ISS.WnR of a data abort: the access was a write.
+    const ISS_WNR: u64 = 1 << 6;
 
     fn fault(write: bool) -> NotResidentFault {
         NotResidentFault {

@@ -24,12 +24,10 @@
 
 use std::collections::VecDeque;
 
-use apflab_abi::apf::{
-    DFSC_TRANSLATION_L3, EC_APF_READY, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER, GUEST_IN_IDLE,
-    GUEST_NO_INJECT, Token, esr, features,
-};
+use apflab_abi::apf::{EC_APF_READY, GUEST_IN_IDLE, GUEST_NO_INJECT, Token, esr, features};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
 use apflab_vmm::ResumeState;
+use apflab_vmm::arch::syndrome::data_abort;
 use apflab_vmm::hypervisor::SyncException;
 use vm_memory::GuestMemoryMmap;
 
@@ -60,14 +58,12 @@ pub fn exception(
     let esr = match not_present {
         NotPresentDelivery::DedicatedEc => esr(EC_APF_READY, token.0),
         // After an SDEI "not present", ready comes as RFCv2's did.
-        NotPresentDelivery::DataAbort | NotPresentDelivery::Sdei => {
-            let ec = if state.el == 0 {
-                EC_DATA_ABORT_LOWER
-            } else {
-                EC_DATA_ABORT_CURRENT
-            };
-            esr(ec, DFSC_TRANSLATION_L3)
-        }
+        NotPresentDelivery::DataAbort | NotPresentDelivery::Sdei => data_abort(
+            state.el == 0,
+            false,
+            false,
+            crate::not_present::NOT_PRESENT_FAULT,
+        ),
     };
     SyncException {
         esr,

@@ -217,14 +217,16 @@ pub mod ec {
     pub const FP_ACCESS: u32 = 0x07;
     /// MSR, MRS or system instruction trapped.
     pub const SYSREG_TRAP: u32 = 0x18;
+    // The aborts are also the async PF protocol's data-abort delivery: the
+    // values are the ABI's.
     /// Instruction abort from a lower exception level.
-    pub const IABT_LOWER: u32 = 0x20;
+    pub const IABT_LOWER: u32 = apflab_abi::apf::EC_INSN_ABORT_LOWER;
     /// Instruction abort without a change in exception level.
-    pub const IABT_CURRENT: u32 = 0x21;
+    pub const IABT_CURRENT: u32 = apflab_abi::apf::EC_INSN_ABORT_CURRENT;
     /// Data abort from a lower exception level.
-    pub const DABT_LOWER: u32 = 0x24;
+    pub const DABT_LOWER: u32 = apflab_abi::apf::EC_DATA_ABORT_LOWER;
     /// Data abort without a change in exception level.
-    pub const DABT_CURRENT: u32 = 0x25;
+    pub const DABT_CURRENT: u32 = apflab_abi::apf::EC_DATA_ABORT_CURRENT;
     /// BRK from AArch64.
     pub const BRK64: u32 = 0x3c;
     /// SVC from AArch64.
