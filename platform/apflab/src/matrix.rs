@@ -1019,12 +1019,6 @@ impl MatrixSummary {
     }
 }
 
-/// Whether `r` is the synchronous baseline: no async PF offered, or the
-/// `sync` policy.
-fn is_sync_baseline(r: &RunResult) -> bool {
-    r.policy.as_ref().is_none_or(|p| p.module == "sync")
-}
-
 /// The comparison printed at the end of a matrix: per run, the other axes'
 /// values, its makespan against the synchronous baseline that shares them
 /// (and the repetition), the share of faults served async, and the stalled
@@ -1051,7 +1045,7 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
     };
     let baselines: BTreeMap<String, u64> = done
         .keys()
-        .filter_map(|&i| ok(i).filter(|r| is_sync_baseline(r)).map(|r| (i, r)))
+        .filter_map(|&i| ok(i).filter(|r| r.is_sync_baseline()).map(|r| (i, r)))
         .map(|(i, r)| (others(&experiment.points[i]), r.virtual_time_ns))
         .collect();
     let mut rows = Vec::new();

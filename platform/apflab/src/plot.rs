@@ -34,20 +34,16 @@ fn baseline_key(r: &RunResult) -> String {
     format!("{} {parsed}", r.backend)
 }
 
-fn is_baseline(r: &RunResult) -> bool {
-    r.policy.as_ref().is_none_or(|p| p.module == "sync")
-}
-
 /// Every successful async run of `results` that has a baseline among them.
 pub fn makespan_points(results: &[(PathBuf, RunResult)]) -> Vec<MakespanPoint> {
     let ok = results.iter().filter(|(_, r)| r.outcome.success);
     let baselines: BTreeMap<String, u64> = ok
         .clone()
-        .filter(|(_, r)| is_baseline(r))
+        .filter(|(_, r)| r.is_sync_baseline())
         .map(|(_, r)| (baseline_key(r), r.virtual_time_ns))
         .collect();
     let mut points: Vec<MakespanPoint> = ok
-        .filter(|(_, r)| !is_baseline(r))
+        .filter(|(_, r)| !r.is_sync_baseline())
         .filter_map(|(path, r)| {
             let base = *baselines.get(&baseline_key(r))?;
             let p50 = r

@@ -247,7 +247,7 @@ pub struct Integrity {
 }
 
 /// The policy of a run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PolicyRecord {
     /// As the config names it (a built-in example, a path, or `decision`).
     pub module: String,
@@ -335,6 +335,12 @@ pub struct RunInputs<'a> {
 }
 
 impl RunResult {
+    /// Whether this run is a synchronous baseline: no async PF offered, or
+    /// the `sync` policy.
+    pub fn is_sync_baseline(&self) -> bool {
+        self.policy.as_ref().is_none_or(|p| p.module == "sync")
+    }
+
     /// Builds the results of a finished run.
     pub fn new(inputs: &RunInputs<'_>, outcome: &RunOutcome) -> Self {
         let config = inputs.config;

@@ -168,10 +168,7 @@ fn policy(
             let record = PolicyRecord {
                 module: name.clone(),
                 sha256: module.info().sha256.clone(),
-                decision: None,
-                fuel_used: 0,
-                failed_calls: 0,
-                disabled: false,
+                ..PolicyRecord::default()
             };
             let instance = module.instantiate().map_err(|e| {
                 RunError::Setup(format!("{}: policy.module = {name:?}: {e}", path.display()))
@@ -184,9 +181,7 @@ fn policy(
                 module: "decision".into(),
                 sha256: String::new(),
                 decision: serde_json::to_value(d).ok(),
-                fuel_used: 0,
-                failed_calls: 0,
-                disabled: false,
+                ..PolicyRecord::default()
             }),
         ),
     })
