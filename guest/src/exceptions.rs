@@ -131,8 +131,11 @@ fn apf_notification(ec: u32) -> Option<Notification> {
 fn handle_irqs() {
     while let Some(intid) = gic::acknowledge() {
         if intid == gic::VTIMER {
-            kv::on_timer(arch::counter());
-            sched::on_timer_interrupt();
+            // One reading of the counter for both, as the workload's
+            // events and the scheduler's deadlines are on the same clock.
+            let now = arch::counter();
+            kv::on_timer(now);
+            sched::on_timer_interrupt(now);
         } else if intid == gic::APF_READY {
             apf::on_ready_interrupt();
         }

@@ -448,7 +448,7 @@ fn wake_where(t: &mut Table, cpu: usize, pred: impl Fn(Wait) -> bool) -> usize {
 }
 
 /// Sets (or clears) an extra timer deadline on this CPU, for handlers that
-/// wake keys at a given time ([`on_timer_interrupt`] calls
+/// wake keys at a given time (the timer interrupt's dispatch calls
 /// [`crate::kv::on_timer`]).
 pub fn set_cpu_deadline(deadline: Option<u64>) {
     let cpu = cpu_index();
@@ -460,12 +460,11 @@ pub fn set_cpu_deadline(deadline: Option<u64>) {
 /// Per-CPU flag: the current task's slice is over and another task waits.
 static NEED_RESCHED: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
-/// The virtual timer fired on this CPU: wake due sleepers, let the
-/// workload handle due events, decide on preemption, re-arm.
-pub fn on_timer_interrupt() {
+/// The virtual timer fired on this CPU, read at `now`: wake due sleepers,
+/// decide on preemption, re-arm.
+pub fn on_timer_interrupt(now: u64) {
     metrics::TIMER_IRQS.add(1);
     let cpu = cpu_index();
-    let now = arch::counter();
     {
         let mut t = TABLE.lock();
         if t.cpus[cpu].extra_deadline.is_some_and(|d| d <= now) {
