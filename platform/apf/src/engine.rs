@@ -182,6 +182,8 @@ pub struct Engine {
     fetch_estimate_ns: u64,
     /// Host time spent in the policy's calls.
     policy_time: Duration,
+    /// Host time spent serving the VMM's calls (the policy's included).
+    host_time: Duration,
 }
 
 impl Engine {
@@ -204,6 +206,7 @@ impl Engine {
             events: EventLog::default(),
             fetch_estimate_ns: 0,
             policy_time: Duration::ZERO,
+            host_time: Duration::ZERO,
         }
     }
 
@@ -255,6 +258,21 @@ impl Engine {
     /// with a run's wall-clock facts).
     pub fn policy_time(&self) -> Duration {
         self.policy_time
+    }
+
+    /// Host time spent serving the VMM's fault, hypercall, resume and timer
+    /// calls, the pager's and the policy's work included: the VMM's side of
+    /// every fault (wall-clock, like [`Engine::policy_time`]).
+    pub fn host_time(&self) -> Duration {
+        self.host_time
+    }
+
+    /// Runs one of the hook's calls, adding the host time it took.
+    fn timed<R>(&mut self, call: impl FnOnce(&mut Self) -> R) -> R {
+        let start = Instant::now();
+        let r = call(self);
+        self.host_time += start.elapsed();
+        r
     }
 
     fn vcpu(&mut self, vcpu: u32) -> &mut VcpuState {
@@ -627,12 +645,9 @@ fn access(fault: &NotResidentFault) -> Access {
     }
 }
 
-impl FaultHook for Engine {
-    fn init(&mut self, pages: &mut dyn Residency) -> Result<(), HookInitError> {
-        Ok(self.far.init(pages)?)
-    }
-
-    fn on_not_resident(
+/// The hook's calls, untimed; [`FaultHook`] times each one.
+impl Engine {
+    fn serve_on_not_resident(
         &mut self,
         vcpu: u32,
         fault: &NotResidentFault,
@@ -651,7 +666,7 @@ impl FaultHook for Engine {
         }
     }
 
-    fn on_wait_end(&mut self, vcpu: u32, now_ns: u64, pages: &mut dyn Residency) -> Action {
+    fn serve_on_wait_end(&mut self, vcpu: u32, now_ns: u64, pages: &mut dyn Residency) -> Action {
         let state = self.vcpu(vcpu);
         let since = state.stalled_since.take();
         let waiting_for = state.waiting_for.take();
@@ -677,7 +692,7 @@ impl FaultHook for Engine {
         }
     }
 
-    fn on_hypercall(
+    fn serve_on_hypercall(
         &mut self,
         vcpu: u32,
         call: EngineCall,
@@ -699,15 +714,7 @@ impl FaultHook for Engine {
         }
     }
 
-    fn resume_pending_since(&self, vcpu: u32) -> Option<u64> {
-        self.vcpus
-            .get(vcpu as usize)?
-            .pending_exceptions
-            .front()
-            .map(|&(_, t)| t)
-    }
-
-    fn on_resume(
+    fn serve_on_resume(
         &mut self,
         vcpu: u32,
         state: ResumeState,
@@ -742,18 +749,7 @@ impl FaultHook for Engine {
         Action::InjectException(ready::exception(o.not_present, token, state))
     }
 
-    fn next_deadline(&self) -> Option<u64> {
-        self.vcpus
-            .iter()
-            .flat_map(|v| v.tokens.values())
-            .filter_map(|o| match o.state {
-                TokenState::Fetching { due } => Some(due),
-                _ => None,
-            })
-            .min()
-    }
-
-    fn on_time(&mut self, now_ns: u64, pages: &mut dyn Residency) -> Vec<(u32, Action)> {
+    fn serve_on_time(&mut self, now_ns: u64, pages: &mut dyn Residency) -> Vec<(u32, Action)> {
         let mut actions = Vec::new();
         for v in 0..self.vcpus.len() as u32 {
             let mut due: Vec<(u64, Token)> = self.vcpus[v as usize]
@@ -776,5 +772,68 @@ impl FaultHook for Engine {
             }
         }
         actions
+    }
+}
+
+impl FaultHook for Engine {
+    fn init(&mut self, pages: &mut dyn Residency) -> Result<(), HookInitError> {
+        Ok(self.far.init(pages)?)
+    }
+
+    fn on_not_resident(
+        &mut self,
+        vcpu: u32,
+        fault: &NotResidentFault,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> Action {
+        self.timed(|e| e.serve_on_not_resident(vcpu, fault, now_ns, pages))
+    }
+
+    fn on_wait_end(&mut self, vcpu: u32, now_ns: u64, pages: &mut dyn Residency) -> Action {
+        self.timed(|e| e.serve_on_wait_end(vcpu, now_ns, pages))
+    }
+
+    fn on_hypercall(
+        &mut self,
+        vcpu: u32,
+        call: EngineCall,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> HypercallAnswer {
+        self.timed(|e| e.serve_on_hypercall(vcpu, call, now_ns, pages))
+    }
+
+    fn resume_pending_since(&self, vcpu: u32) -> Option<u64> {
+        self.vcpus
+            .get(vcpu as usize)?
+            .pending_exceptions
+            .front()
+            .map(|&(_, t)| t)
+    }
+
+    fn on_resume(
+        &mut self,
+        vcpu: u32,
+        state: ResumeState,
+        now_ns: u64,
+        pages: &mut dyn Residency,
+    ) -> Action {
+        self.timed(|e| e.serve_on_resume(vcpu, state, now_ns, pages))
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.vcpus
+            .iter()
+            .flat_map(|v| v.tokens.values())
+            .filter_map(|o| match o.state {
+                TokenState::Fetching { due } => Some(due),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn on_time(&mut self, now_ns: u64, pages: &mut dyn Residency) -> Vec<(u32, Action)> {
+        self.timed(|e| e.serve_on_time(now_ns, pages))
     }
 }

@@ -734,15 +734,15 @@ fn write_report(dirs: &[PathBuf], out: &Path) -> Result<(), Failure> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
     }
-    let points = apflab::plot::makespan_points(&results);
-    if !points.is_empty() {
-        let stem = out
-            .file_stem()
-            .map_or_else(|| "report".to_owned(), |s| s.to_string_lossy().into_owned());
-        let svg = out.with_file_name(format!("{stem}-makespan.svg"));
-        apflab::plot::makespan_svg(&points, &svg)
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "report".to_owned(), |s| s.to_string_lossy().into_owned());
+    for figure in report::figures(&results) {
+        let files = figure
+            .figure
+            .save(&out.with_file_name(format!("{stem}-{}", figure.name)))
             .map_err(|e| Failure::Failed(anyhow::anyhow!(e)))?;
-        md.push_str(&report::plot_section(&svg, &points));
+        md.push_str(&report::figure_section(&figure, &files, &results));
     }
     std::fs::write(out, md).with_context(|| format!("{}: cannot write", out.display()))?;
     outln!("{} results → {}", results.len(), out.display());

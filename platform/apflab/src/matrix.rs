@@ -6,9 +6,15 @@
 //! ```toml
 //! base = "../configs/quick.toml"   # relative to the experiment file
 //! repetitions = 2                  # repetition r runs with seed = base seed + r
+//! [set]                            # the same in every point, over the base
+//! "backend.max_virtual_ms" = 60000
 //! [axes]
 //! "workload.kind" = ["cpu", "mixed"]
 //! "guest.vcpus" = [1, 2]
+//! # Several keys varied together (one column each in the table):
+//! "guest.vcpus,workload.tasks" = [[1, 1], [2, 2], [4, 4]]
+//! # A whole table as a value (here a sync baseline and a fixed decision):
+//! policy = [{ module = "sync" }, { decision = { not_present = "sdei", ready = "interrupt", initiation = "host", sleep = "reschedule" } }]
 //! ```
 //!
 //! A matrix folder holds, for a point `r003`:
@@ -93,6 +99,9 @@ impl From<ConfigError> for MatrixError {
 struct RawExperiment {
     base: PathBuf,
     repetitions: Option<u32>,
+    /// Dotted keys set the same in every point, over the base config.
+    #[serde(default)]
+    set: toml::Table,
     #[serde(default)]
     axes: toml::Table,
 }
@@ -133,12 +142,29 @@ impl Point {
     }
 }
 
-/// A value as a CSV cell / label: strings without quotes.
-fn value_text(v: &toml::Value) -> String {
+/// A value as a CSV cell / label: strings without quotes, a table as its
+/// leaf values joined by `/` (`{ module = "sync" }` is `sync`), short
+/// enough for a column.
+pub fn value_text(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
+        toml::Value::Table(t) => t.values().map(value_text).collect::<Vec<_>>().join("/"),
         other => other.to_string(),
     }
+}
+
+/// What one value of the axis `key` sets: `(key, value)`, or for keys varied
+/// together (`"a,b"`, checked at load to have an array of as many values)
+/// each key with its own value.
+fn assignments(key: &str, value: &toml::Value) -> Vec<(String, toml::Value)> {
+    if !key.contains(',') {
+        return vec![(key.to_owned(), value.clone())];
+    }
+    let parts = value.as_array().map_or(&[][..], Vec::as_slice);
+    key.split(',')
+        .map(|k| k.trim().to_owned())
+        .zip(parts.iter().cloned())
+        .collect()
 }
 
 /// A parsed experiment: every point of its grid, already validated.
@@ -239,7 +265,14 @@ impl Experiment {
         // Parse (and validate) the base alone first so its own errors point
         // into its own file.
         let base_config = Config::from_text(&base_file, &base_text, &base_dir)?;
-        let base_table: toml::Table = crate::config::parse_toml(&base_file, &base_text)?;
+        let mut base_table: toml::Table = crate::config::parse_toml(&base_file, &base_text)?;
+        for (key, value) in raw.set {
+            set_dotted(&mut base_table, &key, value).map_err(|message| MatrixError::Key {
+                file: file.clone(),
+                key: format!("set.\"{key}\""),
+                message,
+            })?;
+        }
 
         let repetitions = raw.repetitions.unwrap_or(1);
         if repetitions == 0 {
@@ -269,12 +302,39 @@ impl Experiment {
                     });
                 }
             };
-            if key == "rep" {
+            if key.split(',').any(|k| k.trim() == "rep") {
                 return Err(MatrixError::Key {
                     file,
-                    key: "axes.rep".to_owned(),
+                    key: format!("axes.\"{key}\""),
                     message: "`rep` is not a config key (set `repetitions` instead)".to_owned(),
                 });
+            }
+            let keys: Vec<&str> = key.split(',').map(str::trim).collect();
+            if keys.len() > 1 {
+                if keys.iter().any(|k| k.is_empty()) {
+                    return Err(MatrixError::Key {
+                        file,
+                        key: format!("axes.\"{key}\""),
+                        message: "an empty key in a list of keys varied together; expected \
+                                  `\"a.b,c.d\"`"
+                            .to_owned(),
+                    });
+                }
+                if let Some(bad) = values
+                    .iter()
+                    .find(|v| v.as_array().is_none_or(|a| a.len() != keys.len()))
+                {
+                    return Err(MatrixError::Key {
+                        file,
+                        key: format!("axes.\"{key}\""),
+                        message: format!(
+                            "value {bad}: {} keys vary together, so each value is an array of {} \
+                             values, one per key",
+                            keys.len(),
+                            keys.len()
+                        ),
+                    });
+                }
             }
             axes.push((key, values));
         }
@@ -290,7 +350,7 @@ impl Experiment {
             let values: Vec<(String, toml::Value)> = axes
                 .iter()
                 .zip(&index)
-                .map(|((k, vs), &i)| (k.clone(), vs[i].clone()))
+                .flat_map(|((k, vs), &i)| assignments(k, &vs[i]))
                 .collect();
             for repetition in 0..repetitions {
                 let mut table = base_table.clone();
@@ -361,9 +421,32 @@ impl Experiment {
         }
     }
 
-    /// Axis keys, in order.
+    /// Axis keys, in order, a key varied together with others as a column
+    /// of its own.
     pub fn axis_names(&self) -> Vec<String> {
-        self.axes.iter().map(|(k, _)| k.clone()).collect()
+        self.columns().into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Every key the axes set, with the values it takes: an axis of
+    /// several keys gives one entry per key.
+    fn columns(&self) -> Vec<(String, Vec<toml::Value>)> {
+        let mut columns: Vec<(String, Vec<toml::Value>)> = Vec::new();
+        for (key, values) in &self.axes {
+            let start = columns.len();
+            for value in values {
+                for (n, (k, v)) in assignments(key, value).into_iter().enumerate() {
+                    match columns.get_mut(start + n) {
+                        Some((_, vs)) => {
+                            if !vs.contains(&v) {
+                                vs.push(v);
+                            }
+                        }
+                        None => columns.push((k, vec![v])),
+                    }
+                }
+            }
+        }
+        columns
     }
 
     /// Indices (into [`Experiment::points`]) of the points every filter
@@ -392,10 +475,11 @@ impl Experiment {
                     }
                 }
             } else {
-                let Some((_, values)) = self.axes.iter().find(|(k, _)| k == axis) else {
+                let columns = self.columns();
+                let Some((_, values)) = columns.iter().find(|(k, _)| k == axis) else {
                     return Err(bad(format!(
                         "`{axis}` is not an axis of this experiment; its axes: {}",
-                        self.axes
+                        columns
                             .iter()
                             .map(|(k, _)| k.as_str())
                             .chain(["rep"])
@@ -1035,7 +1119,9 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
         let mut key: Vec<String> = p
             .values
             .iter()
-            .filter(|(k, _)| !k.starts_with("policy."))
+            .filter(|(k, _)| {
+                k != "policy" && !k.starts_with("policy.") && k != "apf" && !k.starts_with("apf.")
+            })
             .map(|(k, v)| format!("{k}={}", value_text(v)))
             .collect();
         if experiment.repetitions > 1 {
@@ -1078,9 +1164,7 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
             } else {
                 group
             },
-            r.policy
-                .as_ref()
-                .map_or("-".to_owned(), |p| p.module.clone()),
+            r.policy_label(),
             ms(r.virtual_time_ns),
             format!(
                 "{:+.1}%",

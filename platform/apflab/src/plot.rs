@@ -1,17 +1,30 @@
-//! The plot `apflab report` writes beside its tables (SVG, with plotters):
-//! each async run's makespan relative to its synchronous baseline, against
-//! the fetch latency its pager measured, one series per policy. A run's
-//! baseline is the run of the same config, seed and backend apart from its
-//! policy (and `[apf]`), with no async PF.
+//! The plots `apflab report` draws beside its tables, each written as SVG
+//! and PNG with plotters:
+//!
+//! - makespan relative to the synchronous baseline against the fetch
+//!   latency, one series per policy ([`makespan_points`]); a run's baseline
+//!   is the run of the same config, seed and backend apart from its policy
+//!   (and `[apf]`), with no async PF;
+//! - cumulative distributions from the log2 histograms runs record: token
+//!   latency (fault to "page ready" consumed) and, for `kv`, request latency
+//!   ([`token_latency_cdfs`], [`request_latency_cdfs`]);
+//! - where each run's vCPU time went: running, stalled, halted waiting for a
+//!   page, idle ([`vcpu_time_bars`]).
+//!
+//! Text is laid out (and in PNG drawn) with a TrueType font read at run
+//! time ([`FONT_PATHS`], or the file `APFLAB_FONT` names), as plotters'
+//! bitmap backend has no font of its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::result::RunResult;
 
-/// One run on the plot.
+/// One run on the makespan plot.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MakespanPoint {
     /// The policy (the series).
@@ -24,8 +37,58 @@ pub struct MakespanPoint {
     pub source: PathBuf,
 }
 
+/// One curve of a CDF plot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CdfSeries {
+    /// The curve's legend.
+    pub label: String,
+    /// `(latency, fraction of samples at or below it)`, latency ascending.
+    pub points: Vec<(f64, f64)>,
+    /// The result file it came from.
+    pub source: PathBuf,
+}
+
+/// One run's bar of the vCPU time plot, ms summed over its vCPUs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VcpuTimeBar {
+    /// The bar's label.
+    pub label: String,
+    /// Executing guest code (or exits other than the ones below).
+    pub running_ms: f64,
+    /// Stalled by the VMM on a not-resident page (sync faults).
+    pub stalled_ms: f64,
+    /// Halted by the guest until a page is ready (async-halt).
+    pub page_halted_ms: f64,
+    /// Otherwise halted in WFI: nothing to run.
+    pub idle_ms: f64,
+    /// The result file it came from.
+    pub source: PathBuf,
+}
+
+/// A figure of the report.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Figure {
+    /// Makespan over the sync baseline's against fetch latency.
+    Makespan(Vec<MakespanPoint>),
+    /// Cumulative distributions of a latency, in µs.
+    Cdf {
+        /// The figure's caption.
+        caption: String,
+        /// The x axis' description.
+        x_desc: String,
+        /// One curve per run.
+        series: Vec<CdfSeries>,
+    },
+    /// Stacked vCPU time per run.
+    VcpuTime(Vec<VcpuTimeBar>),
+}
+
+/// Most curves drawn on one CDF plot: more are unreadable (the report's
+/// text says how many were left out).
+pub const MAX_CDF_SERIES: usize = 12;
+
 /// The config of `r` without what tells variants apart, as a key.
-fn baseline_key(r: &RunResult) -> String {
+pub fn baseline_key(r: &RunResult) -> String {
     let mut parsed = r.config.parsed.clone();
     if let Some(table) = parsed.as_object_mut() {
         table.remove("policy");
@@ -34,16 +97,22 @@ fn baseline_key(r: &RunResult) -> String {
     format!("{} {parsed}", r.backend)
 }
 
+/// The makespan of the sync baseline of each successful baseline run of
+/// `results`, by [`baseline_key`].
+pub fn baselines(results: &[(PathBuf, RunResult)]) -> BTreeMap<String, u64> {
+    results
+        .iter()
+        .filter(|(_, r)| r.outcome.success && r.is_sync_baseline())
+        .map(|(_, r)| (baseline_key(r), r.virtual_time_ns))
+        .collect()
+}
+
 /// Every successful async run of `results` that has a baseline among them.
 pub fn makespan_points(results: &[(PathBuf, RunResult)]) -> Vec<MakespanPoint> {
-    let ok = results.iter().filter(|(_, r)| r.outcome.success);
-    let baselines: BTreeMap<String, u64> = ok
-        .clone()
-        .filter(|(_, r)| r.is_sync_baseline())
-        .map(|(_, r)| (baseline_key(r), r.virtual_time_ns))
-        .collect();
-    let mut points: Vec<MakespanPoint> = ok
-        .filter(|(_, r)| !r.is_sync_baseline())
+    let baselines = baselines(results);
+    let mut points: Vec<MakespanPoint> = results
+        .iter()
+        .filter(|(_, r)| r.outcome.success && !r.is_sync_baseline())
         .filter_map(|(path, r)| {
             let base = *baselines.get(&baseline_key(r))?;
             let p50 = r
@@ -52,7 +121,7 @@ pub fn makespan_points(results: &[(PathBuf, RunResult)]) -> Vec<MakespanPoint> {
                 .pointer("/fetch_latency/p50_ns")?
                 .as_u64()?;
             Some(MakespanPoint {
-                policy: r.policy.as_ref()?.module.clone(),
+                policy: r.policy_label(),
                 latency_us: p50 as f64 / 1e3,
                 ratio: r.virtual_time_ns as f64 / base.max(1) as f64,
                 source: path.clone(),
@@ -67,60 +136,363 @@ pub fn makespan_points(results: &[(PathBuf, RunResult)]) -> Vec<MakespanPoint> {
     points
 }
 
-/// Draws `points` into the SVG file `path`.
-pub fn makespan_svg(points: &[MakespanPoint], path: &Path) -> Result<(), String> {
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+/// The CDF of a log2 histogram whose bucket `i` holds `[2^i, 2^(i+1))`
+/// units: one point at each non-empty bucket's upper bound, scaled by
+/// `scale` (to µs).
+fn log2_cdf(buckets: impl IntoIterator<Item = (u32, u64)>, scale: f64) -> Vec<(f64, f64)> {
+    let buckets: Vec<(u32, u64)> = buckets.into_iter().filter(|&(_, n)| n > 0).collect();
+    let total: u64 = buckets.iter().map(|&(_, n)| n).sum();
+    let mut seen = 0;
+    buckets
+        .into_iter()
+        .filter(|&(i, _)| i < 63)
+        .map(|(i, n)| {
+            seen += n;
+            ((1u64 << (i + 1)) as f64 * scale, seen as f64 / total as f64)
+        })
+        .collect()
+}
+
+/// A short name for a run: the last folder of its result file (the matrix
+/// point id, `r003`) with its policy.
+pub fn run_label(path: &Path, r: &RunResult) -> String {
+    let id = path
+        .parent()
+        .and_then(Path::file_name)
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    format!("{id} {}", r.policy_label())
+}
+
+/// Token latency CDFs of the successful runs with async page faults.
+pub fn token_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> {
+    results
+        .iter()
+        .filter(|(_, r)| r.outcome.success)
+        .filter_map(|(path, r)| {
+            let hist = r.apf.as_ref()?.get("token_latency_log2_us")?.as_array()?;
+            let buckets = hist
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i as u32, n.as_u64().unwrap_or(0)));
+            let points = log2_cdf(buckets, 1.0);
+            (!points.is_empty()).then(|| CdfSeries {
+                label: run_label(path, r),
+                points,
+                source: path.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Request latency CDFs of the successful `kv` runs.
+pub fn request_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> {
+    results
+        .iter()
+        .filter(|(_, r)| r.outcome.success)
+        .filter_map(|(path, r)| {
+            let kv = r.guest.as_ref()?.metrics.kv.as_ref()?;
+            let points = log2_cdf(kv.latency_hist.iter().map(|(&i, &n)| (i, n)), 1e-3);
+            (!points.is_empty()).then(|| CdfSeries {
+                label: run_label(path, r),
+                points,
+                source: path.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Where the vCPU time of each successful run went.
+pub fn vcpu_time_bars(results: &[(PathBuf, RunResult)]) -> Vec<VcpuTimeBar> {
+    results
+        .iter()
+        .filter(|(_, r)| r.outcome.success)
+        .map(|(path, r)| {
+            let ms = |ns: u64| ns as f64 / 1e6;
+            let total = r.virtual_time_ns.saturating_mul(u64::from(r.vcpus));
+            let stalled: u64 = r.vmm.stalled_ns.iter().sum();
+            let halted: u64 = r.vmm.halted_ns.iter().sum();
+            let page_halted = r.guest.as_ref().map_or(0, |g| g.apf.halted_ns).min(halted);
+            VcpuTimeBar {
+                label: run_label(path, r),
+                running_ms: ms(total.saturating_sub(stalled).saturating_sub(halted)),
+                stalled_ms: ms(stalled),
+                page_halted_ms: ms(page_halted),
+                idle_ms: ms(halted - page_halted),
+                source: path.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Where the plots look for a TrueType font (Debian's `fonts-dejavu-core`
+/// first), after the file named by the `APFLAB_FONT` environment variable.
+pub const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers the font text is measured and drawn with, once.
+fn text_font() -> Result<(), String> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let candidates: Vec<PathBuf> = std::env::var_os("APFLAB_FONT")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(PathBuf::from))
+            .collect();
+        let (path, bytes) = candidates
+            .iter()
+            .find_map(|p| {
+                apflab_files::read_regular(p, 64 << 20, "a font")
+                    .ok()
+                    .map(|b| (p, b))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "plots need a TrueType font: none of {} (install fonts-dejavu-core, or \
+                     name one with APFLAB_FONT)",
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        // plotters keeps registered fonts for the life of the process.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{}: not a TrueType font", path.display()))
+    })
+    .clone()
+}
+
+impl Figure {
+    /// Pixel size of the figure.
+    fn size(&self) -> (u32, u32) {
+        match self {
+            Figure::VcpuTime(bars) => (760, 110 + 22 * bars.len().max(1) as u32),
+            _ => (720, 440),
+        }
+    }
+
+    /// Writes the figure as `<stem>.svg` and `<stem>.png`; returns both
+    /// paths.
+    pub fn save(&self, stem: &Path) -> Result<[PathBuf; 2], String> {
+        let svg = stem.with_extension("svg");
+        let png = stem.with_extension("png");
+        let size = self.size();
+        // Both backends lay text out with the registered font's metrics.
+        text_font()?;
+        self.draw(SVGBackend::new(&svg, size).into_drawing_area())
+            .map_err(|e| format!("{}: {e}", svg.display()))?;
+        self.draw(BitMapBackend::new(&png, size).into_drawing_area())
+            .map_err(|e| format!("{}: {e}", png.display()))?;
+        Ok([svg, png])
+    }
+
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, Shift>,
+    ) -> Result<(), Box<dyn std::error::Error>>
+    where
+        DB::ErrorType: 'static,
+    {
         root.fill(&WHITE)?;
-        let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-            (lo.min(p.latency_us), hi.max(p.latency_us))
-        });
-        // Some room either side, and a log axis: latencies span decades.
-        let (x_lo, x_hi) = ((lo / 2.0).max(0.01), hi * 2.0);
-        let (y_lo, y_hi) = points.iter().fold((1.0f64, 1.0f64), |(lo, hi), p| {
-            (lo.min(p.ratio), hi.max(p.ratio))
-        });
-        let pad = ((y_hi - y_lo) * 0.15).max(0.05);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "makespan relative to the synchronous baseline",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo - pad)..(y_hi + pad))?;
-        chart
-            .configure_mesh()
-            .x_desc("median fetch latency (µs)")
-            .y_desc("makespan / sync")
-            .draw()?;
-        chart.draw_series(LineSeries::new([(x_lo, 1.0), (x_hi, 1.0)], BLACK.mix(0.4)))?;
-        let mut by_policy: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-        for p in points {
-            by_policy
-                .entry(&p.policy)
-                .or_default()
-                .push((p.latency_us, p.ratio));
+        match self {
+            Figure::Makespan(points) => draw_makespan(&root, points)?,
+            Figure::Cdf {
+                caption,
+                x_desc,
+                series,
+            } => draw_cdf(&root, caption, x_desc, series)?,
+            Figure::VcpuTime(bars) => draw_vcpu_time(&root, bars)?,
         }
-        for (i, (policy, series)) in by_policy.into_iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    series.iter().copied(),
-                    color.stroke_width(2),
-                ))?
-                .label(policy)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
-            chart.draw_series(series.iter().map(|&xy| Circle::new(xy, 4, color.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
         root.present()?;
         Ok(())
-    };
-    draw().map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Log-axis bounds around `values`, with room either side.
+fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi {
+        return (1.0, 10.0);
+    }
+    ((lo / 2.0).max(0.01), (hi * 2.0).max(0.02))
+}
+
+type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+fn draw_makespan<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    points: &[MakespanPoint],
+) -> DrawResult<DB> {
+    // Latencies span decades: a log axis.
+    let (x_lo, x_hi) = log_range(points.iter().map(|p| p.latency_us));
+    let (y_lo, y_hi) = points.iter().fold((1.0f64, 1.0f64), |(lo, hi), p| {
+        (lo.min(p.ratio), hi.max(p.ratio))
+    });
+    let pad = ((y_hi - y_lo) * 0.15).max(0.05);
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            "makespan relative to the synchronous baseline",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo - pad)..(y_hi + pad))?;
+    chart
+        .configure_mesh()
+        .x_desc("median fetch latency (µs)")
+        .y_desc("makespan / sync")
+        .draw()?;
+    chart.draw_series(LineSeries::new([(x_lo, 1.0), (x_hi, 1.0)], BLACK.mix(0.4)))?;
+    let mut by_policy: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for p in points {
+        by_policy
+            .entry(&p.policy)
+            .or_default()
+            .push((p.latency_us, p.ratio));
+    }
+    for (i, (policy, series)) in by_policy.into_iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(policy)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+        chart.draw_series(series.iter().map(|&xy| Circle::new(xy, 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+}
+
+fn draw_cdf<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    caption: &str,
+    x_desc: &str,
+    series: &[CdfSeries],
+) -> DrawResult<DB> {
+    let shown = &series[..series.len().min(MAX_CDF_SERIES)];
+    let (x_lo, x_hi) = log_range(shown.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..1.02)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("fraction at or below")
+        .draw()?;
+    for (i, s) in shown.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        // A step from 0 at the first bucket's lower bound.
+        let first = s.points.first().map_or(x_lo, |p| p.0 / 2.0);
+        let curve = std::iter::once((first, 0.0)).chain(s.points.iter().copied());
+        chart
+            .draw_series(LineSeries::new(curve, color.stroke_width(2)))?
+            .label(s.label.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+}
+
+/// The colours and names of the vCPU time plot's parts, in stacking order.
+const VCPU_PARTS: [(&str, RGBColor); 4] = [
+    ("running", RGBColor(66, 133, 244)),
+    ("stalled (sync)", RGBColor(219, 68, 55)),
+    ("halted for a page", RGBColor(244, 180, 0)),
+    ("idle", RGBColor(189, 189, 189)),
+];
+
+fn draw_vcpu_time<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    bars: &[VcpuTimeBar],
+) -> DrawResult<DB> {
+    let parts = |b: &VcpuTimeBar| [b.running_ms, b.stalled_ms, b.page_halted_ms, b.idle_ms];
+    let x_hi = bars
+        .iter()
+        .map(|b| parts(b).iter().sum::<f64>())
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        * 1.05;
+    let n = bars.len().max(1);
+    let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            "vCPU time (summed over vCPUs, virtual ms)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(260)
+        .build_cartesian_2d(0.0..x_hi, -0.5..n as f64 - 0.5)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .light_line_style(WHITE)
+        .x_labels(6)
+        .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+        .y_labels(n)
+        .y_label_formatter(&|y: &f64| {
+            // Bar i is centred on n - 1 - i (the first run at the top).
+            let i = y.round();
+            if (y - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(n - 1 - i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("ms")
+        .draw()?;
+    for (k, (name, color)) in VCPU_PARTS.iter().enumerate() {
+        let color = *color;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, b)| {
+                let p = parts(b);
+                let start: f64 = p[..k].iter().sum();
+                // The first run at the top.
+                let y = (n - 1 - i) as f64;
+                Rectangle::new(
+                    [(start, y - 0.35), (start + p[k], y + 0.35)],
+                    color.filled(),
+                )
+            }))?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log2_cdf_ends_at_one_at_the_last_buckets_upper_bound() {
+        let cdf = log2_cdf([(0, 0), (3, 1), (4, 3)], 1.0);
+        assert_eq!(cdf, vec![(16.0, 0.25), (32.0, 1.0)]);
+        let scaled = log2_cdf([(10, 2)], 1e-3);
+        assert_eq!(scaled, vec![(2.048, 1.0)]);
+        assert!(log2_cdf([(5, 0)], 1.0).is_empty());
+    }
 }

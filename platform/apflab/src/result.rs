@@ -308,6 +308,15 @@ pub struct Wall {
     /// Host time spent in the policy's calls, ms.
     #[serde(default)]
     pub policy_time_ms: f64,
+    /// Host time the fault engine spent serving the VMM's calls (faults,
+    /// waits, hypercalls, resumptions, completions; pager and policy
+    /// included), ms: the VMM's side of far memory.
+    #[serde(default)]
+    pub fault_path_ms: f64,
+    /// [`Wall::fault_path_ms`] per fault the engine saw, ns (0 without
+    /// faults).
+    #[serde(default)]
+    pub fault_path_ns_per_fault: f64,
 }
 
 /// The host's name (best effort; empty if unknown).
@@ -339,6 +348,29 @@ impl RunResult {
     /// the `sync` policy.
     pub fn is_sync_baseline(&self) -> bool {
         self.policy.as_ref().is_none_or(|p| p.module == "sync")
+    }
+
+    /// The policy as tables and plots name it: the module, or for a fixed
+    /// decision its four choices (`dedicated-ec/interrupt/guest/reschedule`),
+    /// or `none` without `[policy]`.
+    pub fn policy_label(&self) -> String {
+        let Some(p) = &self.policy else {
+            return "none".to_owned();
+        };
+        let choice = |key: &str| {
+            p.decision
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?")
+                .to_owned()
+        };
+        match &p.decision {
+            Some(_) => ["not_present", "ready", "initiation", "sleep"]
+                .map(choice)
+                .join("/"),
+            None => p.module.clone(),
+        }
     }
 
     /// Builds the results of a finished run.
@@ -430,6 +462,8 @@ impl RunResult {
                     0.0
                 },
                 policy_time_ms: 0.0,
+                fault_path_ms: 0.0,
+                fault_path_ns_per_fault: 0.0,
             },
         }
     }

@@ -252,6 +252,12 @@ pub fn run_config(
     match &pager {
         Some(Pager::InVmm { engine, policy }) => {
             result.set_stalls(&engine.metrics().stalled_ns);
+            let host = engine.host_time();
+            result.wall.fault_path_ms = host.as_secs_f64() * 1e3;
+            if engine.metrics().faults > 0 {
+                result.wall.fault_path_ns_per_fault =
+                    host.as_nanos() as f64 / engine.metrics().faults as f64;
+            }
             if let Some(record) = policy {
                 result.apf = serde_json::to_value(engine.metrics()).ok();
                 if let Some(apf) = result.apf.as_mut().and_then(|v| v.as_object_mut()) {

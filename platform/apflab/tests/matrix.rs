@@ -265,6 +265,16 @@ fn bad_experiments_and_selections_are_exit_2_before_any_run() {
         &["--filter", "rep=1"],
         &["exp.toml", "no repetition `1`"],
     );
+    assert_bad(
+        "\"guest.vcpus,workload.ops\" = [[1, 20000], [2]]",
+        &[],
+        &[
+            "exp.toml",
+            "axes.\"guest.vcpus,workload.ops\"",
+            "value [2]",
+            "an array of 2 values",
+        ],
+    );
     // Not a point of the kvm half runs before the kvm half fails.
     if !(cfg!(target_arch = "aarch64") && Path::new("/dev/kvm").exists()) {
         assert_bad(
@@ -513,30 +523,115 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
         "{log}"
     );
     assert_eq!(async_row[5], "100%", "{log}");
-    // The report plots it: one series, the async run's makespan over its
-    // baseline's, and a section that shows the plot and names the run.
+    // The report: tables of at most ten columns, the async run's makespan
+    // against its baseline, and every plot as SVG and PNG with its series.
     let md = dir.path().join("paper/cmp.md");
     let out = apflab(&["report", s(&dir.path().join("out")), "--out", s(&md)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let svg = std::fs::read_to_string(dir.path().join("paper/cmp-makespan.svg")).unwrap();
-    assert!(
-        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
-        "{svg}"
-    );
-    assert!(
-        svg.contains("gavin-rfcv2") && svg.contains("makespan / sync"),
-        "{svg}"
+    let plot = |name: &str, series: &[&str]| {
+        let svg =
+            std::fs::read_to_string(dir.path().join(format!("paper/cmp-{name}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{name}: {svg}"
+        );
+        for label in series {
+            assert!(svg.contains(label), "{name}: no {label:?} in {svg}");
+        }
+        let png = std::fs::read(dir.path().join(format!("paper/cmp-{name}.png"))).unwrap();
+        assert_eq!(png[..8], *b"\x89PNG\r\n\x1a\n", "{name}: not a PNG");
+        assert_eq!(&png[12..16], b"IHDR", "{name}");
+        let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+        let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+        assert!(width >= 700 && height >= 150, "{name}: {width}x{height}");
+        // Not a blank image: it compresses to more than a few hundred bytes.
+        assert!(png.len() > 4000, "{name}: {} bytes", png.len());
+    };
+    plot("makespan", &["gavin-rfcv2", "makespan / sync"]);
+    plot("token-latency", &["r001 gavin-rfcv2"]);
+    plot(
+        "vcpu-time",
+        &["r000 sync", "r001 gavin-rfcv2", "stalled (sync)"],
     );
     let md = std::fs::read_to_string(&md).unwrap();
-    assert!(md.contains("![makespan relative to the synchronous baseline](cmp-makespan.svg)"));
+    for name in ["makespan", "token-latency", "vcpu-time"] {
+        assert!(md.contains(&format!("(cmp-{name}.svg)")), "{md}");
+        assert!(md.contains(&format!("`cmp-{name}.png`")), "{md}");
+    }
+    for line in md.lines().filter(|l| l.starts_with('|')) {
+        let columns = line.matches('|').count() - 1;
+        assert!(columns <= 10, "{columns} columns: {line}");
+    }
     let row = md
         .lines()
-        .find(|l| l.starts_with("| gavin-rfcv2 |"))
+        .find(|l| l.starts_with("| cmp/r001 |"))
         .unwrap_or_else(|| panic!("{md}"));
-    let ratio: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
-    assert!(
-        (ratio - async_ms / sync_ms).abs() < 0.001,
-        "{row}: {async_ms} / {sync_ms}"
-    );
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[2], "gavin-rfcv2", "{row}");
+    let vs: f64 = cells[8].trim_end_matches('%').trim().parse().unwrap();
+    assert!((vs - percent).abs() < 0.051, "{row}: {percent}");
     assert!(row.contains("r001/result.json"), "{row}");
+    // Each figure names its runs' result files and config hashes.
+    let sha = results(&dir.path().join("out"))
+        .into_iter()
+        .find(|(p, _)| p.contains("r001"))
+        .map(|(_, r)| r["config"]["sha256"].as_str().unwrap()[..12].to_owned())
+        .unwrap();
+    let figure_row = md
+        .lines()
+        .find(|l| l.starts_with("| r001 gavin-rfcv2 |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(
+        figure_row.contains("r001/result.json") && figure_row.contains(&format!("`{sha}`")),
+        "{figure_row}"
+    );
+}
+
+#[test]
+fn keys_varied_together_and_set_keys_reach_every_point_and_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(
+        dir.path(),
+        "\"guest.vcpus,workload.tasks\" = [[1, 1], [2, 4]]\n\
+         backend = [{ kind = \"emu\", slice_instructions = 4000 }]",
+        1,
+    );
+    let text_of = std::fs::read_to_string(&exp).unwrap();
+    std::fs::write(
+        &exp,
+        text_of.replace("[axes]", "[set]\n\"workload.ops\" = 1000\n[axes]"),
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = apflab(&["matrix", s(&exp), "--out", s(&out_dir), "-j", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows = table(&out_dir);
+    assert_eq!(
+        rows[0][..5],
+        ["run", "backend", "guest.vcpus", "workload.tasks", "rep"],
+        "{rows:?}"
+    );
+    assert_eq!(rows[1][..4], ["r000", "emu/4000", "1", "1"], "{rows:?}");
+    assert_eq!(rows[2][..4], ["r001", "emu/4000", "2", "4"], "{rows:?}");
+    let runs = results(&out_dir);
+    assert_eq!(runs.len(), 2);
+    for ((id, r), (vcpus, tasks)) in runs.iter().zip([(1, 1), (2, 4)]) {
+        let parsed = &r["config"]["parsed"];
+        assert_eq!(parsed["guest"]["vcpus"], vcpus, "{id}");
+        assert_eq!(parsed["workload"]["tasks"], tasks, "{id}");
+        assert_eq!(parsed["workload"]["ops"], 1000, "{id}");
+        assert_eq!(parsed["backend"]["slice_instructions"], 4000, "{id}");
+        assert_eq!(r["guest"]["tasks_completed"], tasks, "{id}");
+    }
+    // A filter names one key of the joint axis.
+    let out = apflab(&[
+        "matrix",
+        s(&exp),
+        "--out",
+        s(&dir.path().join("one")),
+        "--filter",
+        "workload.tasks=4",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(table(&dir.path().join("one")).len(), 2);
 }
