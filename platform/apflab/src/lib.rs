@@ -1,5 +1,6 @@
 //! apflab's command-line front end as a library: experiment configs, running
-//! one config, the results file, grids of runs (matrices) and reports.
+//! one config, the results file, grids of runs (matrices), reports and the
+//! paper's generated figures.
 //!
 //! The `apflab` binary is a thin clap layer over these modules.
 
@@ -7,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod matrix;
 pub mod page_server;
+pub mod paper;
 pub mod plot;
 pub mod policy_config;
 pub mod report;

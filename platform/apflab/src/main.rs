@@ -159,6 +159,19 @@ enum Command {
         #[arg(long, value_name = "FILE", default_value = "paper/results.md")]
         out: PathBuf,
     },
+    /// Fill a markdown template's `{{...}}` placeholders with figures
+    /// computed from experiment results (see `paper/paper.in.md`).
+    Paper {
+        /// The template.
+        #[arg(value_name = "TEMPLATE", default_value = "paper/paper.in.md")]
+        template: PathBuf,
+        /// The folder holding one results folder per experiment.
+        #[arg(long, value_name = "DIR", default_value = "results/paper")]
+        results: PathBuf,
+        /// The markdown file written.
+        #[arg(long, value_name = "FILE", default_value = "paper/paper.md")]
+        out: PathBuf,
+    },
 }
 
 /// `apflab matrix`'s arguments.
@@ -298,6 +311,11 @@ fn main() -> ExitCode {
             command: PolicyCommand::Check { module, json },
         } => policy_check(&module, json),
         Command::Report { results, out } => write_report(&results, &out),
+        Command::Paper {
+            template,
+            results,
+            out,
+        } => write_paper(&template, &results, &out),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -709,6 +727,21 @@ fn policy_check(module: &Path, json: bool) -> Result<(), Failure> {
     } else {
         out!("{info}");
     }
+    Ok(())
+}
+
+fn write_paper(template: &Path, results: &Path, out: &Path) -> Result<(), Failure> {
+    let text = apflab_files::read_regular_to_string(
+        template,
+        apflab::paper::MAX_TEMPLATE_BYTES,
+        "a paper template",
+    )
+    .with_context(|| format!("{}: cannot read", template.display()))
+    .map_err(Failure::BadInput)?;
+    let paper =
+        apflab::paper::render(&template.display().to_string(), &text, results).map_err(bad)?;
+    std::fs::write(out, paper).with_context(|| format!("{}: cannot write", out.display()))?;
+    outln!("{} → {}", template.display(), out.display());
     Ok(())
 }
 

@@ -577,6 +577,61 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
         .find(|(p, _)| p.contains("r001"))
         .map(|(_, r)| r["config"]["sha256"].as_str().unwrap()[..12].to_owned())
         .unwrap();
+    // The paper's placeholders compute the same figures from the same
+    // folder.
+    let template = dir.path().join("paper.in.md");
+    std::fs::write(
+        &template,
+        "change: {{vs-sync out policy.module.name=gavin-rfcv2}}\n\
+         faults: {{value out /apf/faults count policy.module.name=gavin-rfcv2}}\n\
+         {{runs out}}\n",
+    )
+    .unwrap();
+    let paper = dir.path().join("paper.md");
+    let out = apflab(&[
+        "paper",
+        s(&template),
+        "--results",
+        s(dir.path()),
+        "--out",
+        s(&paper),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let paper = std::fs::read_to_string(&paper).unwrap();
+    let expected = format!("{percent:+.1} %").replace('-', "\u{2212}");
+    assert!(
+        paper.starts_with(&format!("change: {expected}\n")),
+        "{paper}"
+    );
+    let faults = results(&dir.path().join("out"))[1].1["apf"]["faults"].clone();
+    assert!(paper.contains(&format!("faults: {faults}\n")), "{paper}");
+    assert!(
+        paper.contains("| policy.module | policy | makespan ms | vs sync |"),
+        "{paper}"
+    );
+    assert!(
+        paper.contains(&format!(
+            "| gavin-rfcv2 | gavin-rfcv2 | {async_ms:.3} | {expected} |"
+        )),
+        "{paper}"
+    );
+    // A selection of no run is an error naming the template's line.
+    std::fs::write(&template, "ok\n{{vs-sync out policy.module.name=paolo}}\n").unwrap();
+    let out = apflab(&[
+        "paper",
+        s(&template),
+        "--results",
+        s(dir.path()),
+        "--out",
+        s(&dir.path().join("p2.md")),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("paper.in.md:2: no run has policy.module.name=paolo"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("p2.md").exists());
     let figure_row = md
         .lines()
         .find(|l| l.starts_with("| r001 gavin-rfcv2 |"))
