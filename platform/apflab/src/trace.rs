@@ -3,7 +3,11 @@
 //! track per vCPU with its synchronous stalls on far memory, and one async
 //! slice per async PF token on the vCPU that took the fault, from the fault
 //! to its consumption (or its drop), with the "not present", request, fetch
-//! done and pushed events of its life as instants inside it.
+//! done and pushed events of its life as instants inside it. Each step of a
+//! token's life is also a short slice on its vCPU's track ("token" steps),
+//! and one flow per token joins them in order (fault → not present →
+//! request → fetch done → ready → consumed), so the UI draws arrows from the
+//! fault to the wake-up.
 //!
 //! Times are the backend's clock (virtual on emu), in µs as the format
 //! wants.
@@ -13,6 +17,10 @@ use serde_json::{Value, json};
 
 /// The process id every track belongs to.
 const PID: u32 = 1;
+
+/// Length of the slice marking one step of a token's life, µs: long enough
+/// for a flow to bind to, short against any fetch.
+const STEP_US: f64 = 0.05;
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
@@ -53,6 +61,31 @@ pub fn chrome_trace(vcpus: u32, events: &[Event], stalls: &[Stall]) -> Value {
             "id": format!("{:#x}", e.token.0), "name": name, "ts": us(e.t),
             "args": { "event": e.kind.name() }
         }));
+    }
+    // A flow per token: start at its first step, steps, finish at its last.
+    let mut lives: std::collections::BTreeMap<u64, Vec<&Event>> = Default::default();
+    for e in events {
+        lives.entry(e.token.0).or_default().push(e);
+    }
+    for (token, life) in lives {
+        let last = life.len() - 1;
+        for (i, e) in life.into_iter().enumerate() {
+            let (tid, ts) = (e.token.vcpu(), us(e.t));
+            out.push(json!({
+                "ph": "X", "pid": PID, "tid": tid, "cat": "token-step",
+                "name": e.kind.name(), "ts": ts, "dur": STEP_US,
+                "args": { "token": format!("{token:#x}") }
+            }));
+            let ph = match i {
+                0 => "s",
+                i if i == last => "f",
+                _ => "t",
+            };
+            out.push(json!({
+                "ph": ph, "pid": PID, "tid": tid, "cat": "token-flow",
+                "id": format!("{token:#x}"), "name": "token", "ts": ts, "bp": "e"
+            }));
+        }
     }
     json!({ "traceEvents": out, "displayTimeUnit": "ns" })
 }

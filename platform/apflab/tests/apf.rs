@@ -621,7 +621,10 @@ fn run_traced(config: &str) -> (Value, Vec<Value>) {
     // process, with a time where the kind has one.
     for e in &events {
         let ph = e["ph"].as_str().expect("ph");
-        assert!(["M", "X", "b", "n", "e"].contains(&ph), "{e}");
+        assert!(
+            ["M", "X", "b", "n", "e", "s", "t", "f"].contains(&ph),
+            "{e}"
+        );
         assert_eq!(e["pid"], 1, "{e}");
         if ph != "M" {
             assert!(
@@ -657,10 +660,43 @@ fn the_trace_has_a_slice_per_token_and_the_stalls_of_each_vcpu() {
             "token {id}: {life:?}"
         );
     }
+    // One flow per token through the same steps, each bound to a step slice
+    // at the same time on the same vCPU.
+    let mut flows: std::collections::BTreeMap<String, Vec<(&str, f64)>> = Default::default();
+    for e in events.iter().filter(|e| e["cat"] == "token-flow") {
+        let ts = e["ts"].as_f64().unwrap();
+        assert!(
+            events.iter().any(|s| s["cat"] == "token-step"
+                && s["ts"].as_f64() == Some(ts)
+                && s["tid"] == e["tid"]),
+            "{e}: no step slice under it"
+        );
+        flows
+            .entry(e["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((e["ph"].as_str().unwrap(), ts));
+    }
+    assert_eq!(
+        flows.keys().collect::<Vec<_>>(),
+        lives.keys().collect::<Vec<_>>()
+    );
+    for (id, flow) in &flows {
+        let phases: String = flow.iter().map(|(ph, _)| *ph).collect();
+        assert_eq!(phases, "sttttf", "token {id}: {flow:?}");
+        let times: Vec<f64> = lives[id].iter().map(|(_, t)| *t).collect();
+        assert_eq!(
+            flow.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
+            times,
+            "token {id}"
+        );
+    }
     // The synchronous baseline: the vCPU's stalls, adding up to its
     // stalled time.
     let (r, events) = run_traced(&config(1, 2_000_000, ""));
-    let stalls: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    let stalls: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["cat"] == "stall")
+        .collect();
     assert!(!stalls.is_empty());
     let total_us: f64 = stalls.iter().map(|e| e["dur"].as_f64().unwrap()).sum();
     let stalled_us = u(&r, "/vmm/stalled_ns/0") as f64 / 1e3;
