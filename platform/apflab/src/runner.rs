@@ -298,7 +298,8 @@ pub fn run_config(
         write_token_log(out_dir, events)?;
     }
     if let Some(path) = &flags.trace {
-        let trace = crate::trace::chrome_trace(config.guest.vcpus, events, stalls);
+        let trace =
+            crate::trace::chrome_trace(config.guest.vcpus, events, stalls, &outcome.metrics.halts);
         std::fs::write(path, trace.to_string()).map_err(|error| RunError::Write {
             path: path.display().to_string(),
             error,

@@ -1,6 +1,7 @@
 //! `apflab run --trace FILE`: the run as a Chrome trace-event JSON file,
 //! which Perfetto's UI (ui.perfetto.dev) and `chrome://tracing` open. One
-//! track per vCPU with its synchronous stalls on far memory, and one async
+//! track per vCPU with its synchronous stalls on far memory and its halts in
+//! WFI (emu; the gaps between are the vCPU running), and one async
 //! slice per async PF token on the vCPU that took the fault, from the fault
 //! to its consumption (or its drop), with the "not present", request, fetch
 //! done and pushed events of its life as instants inside it. Each step of a
@@ -13,6 +14,7 @@
 //! wants.
 
 use apflab_apf::{Event, Stall, TokenEvent};
+use apflab_vmm::Halt;
 use serde_json::{Value, json};
 
 /// The process id every track belongs to.
@@ -26,9 +28,9 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
 }
 
-/// The trace of a run on `vcpus` vCPUs with its token `events` and
-/// `stalls`.
-pub fn chrome_trace(vcpus: u32, events: &[Event], stalls: &[Stall]) -> Value {
+/// The trace of a run on `vcpus` vCPUs with its token `events`, `stalls`
+/// and `halts`.
+pub fn chrome_trace(vcpus: u32, events: &[Event], stalls: &[Stall], halts: &[Halt]) -> Value {
     let mut out = vec![json!({
         "ph": "M", "pid": PID, "name": "process_name", "args": { "name": "apflab guest" }
     })];
@@ -44,6 +46,13 @@ pub fn chrome_trace(vcpus: u32, events: &[Event], stalls: &[Stall]) -> Value {
             "name": "stalled on far memory",
             "ts": us(s.start), "dur": us(s.end.saturating_sub(s.start)),
             "args": { "page": format!("{:#x}", s.page.0) }
+        }));
+    }
+    for h in halts {
+        out.push(json!({
+            "ph": "X", "pid": PID, "tid": h.vcpu, "cat": "halt",
+            "name": "halted (WFI)",
+            "ts": us(h.start_ns), "dur": us(h.end_ns.saturating_sub(h.start_ns))
         }));
     }
     for e in events {

@@ -680,6 +680,19 @@ fn the_trace_has_a_slice_per_token_and_the_stalls_of_each_vcpu() {
         flows.keys().collect::<Vec<_>>(),
         lives.keys().collect::<Vec<_>>()
     );
+    // The vCPU's halts in WFI add up to its halted time (none is dropped
+    // in a run this short).
+    let halted_us: f64 = events
+        .iter()
+        .filter(|e| e["cat"] == "halt")
+        .map(|e| e["dur"].as_f64().unwrap())
+        .sum();
+    let expected_us = u(&r, "/vmm/halted_ns/0") as f64 / 1e3;
+    assert!(expected_us > 0.0);
+    assert!(
+        (halted_us - expected_us).abs() < 1.0,
+        "{halted_us} vs {expected_us}"
+    );
     for (id, flow) in &flows {
         let phases: String = flow.iter().map(|(ph, _)| *ph).collect();
         assert_eq!(phases, "sttttf", "token {id}: {flow:?}");

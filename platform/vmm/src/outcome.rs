@@ -42,8 +42,27 @@ pub struct VmMetrics {
     /// Per vCPU: virtual ns spent halted in WFI. (Time stalled or parked on
     /// not-resident pages is the fault engine's to count.)
     pub halted_ns: Vec<u64>,
+    /// The WFI halts themselves, in the order they ended (emu only; the
+    /// first [`MAX_RECORDED_HALTS`]), for timelines.
+    pub halts: Vec<Halt>,
+    /// Halts not kept in [`VmMetrics::halts`] because it was full.
+    pub halts_dropped: u64,
     /// Interrupts injected, by INTID.
     pub interrupts: BTreeMap<u32, u64>,
+}
+
+/// Most halts a run keeps ([`VmMetrics::halts`]): 2.4 MB.
+pub const MAX_RECORDED_HALTS: usize = 100_000;
+
+/// One stretch of virtual time a vCPU spent halted in WFI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Halt {
+    /// The vCPU.
+    pub vcpu: u32,
+    /// When it halted, ns.
+    pub start_ns: u64,
+    /// When it woke, ns.
+    pub end_ns: u64,
 }
 
 /// Everything a run produced.

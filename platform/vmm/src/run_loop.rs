@@ -27,7 +27,7 @@ use crate::arch::Reg;
 use crate::fault_hook::{Action, EngineCall, HypercallAnswer};
 use crate::hypervisor::{HypervisorError, Vcpu, VmExit};
 use crate::machine::{Call, Effect, Machine};
-use crate::outcome::{GuestExit, RunOutcome, VmMetrics};
+use crate::outcome::{GuestExit, Halt, RunOutcome, VmMetrics};
 
 /// What a run loop does with a vCPU next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +176,8 @@ pub(crate) struct Totals {
     pub time_ns: u64,
     /// Per vCPU: ns halted in WFI.
     pub halted_ns: Vec<u64>,
+    /// The halts kept, and how many were not.
+    pub halts: (Vec<Halt>, u64),
     /// Interrupt entries the loop made itself (emu), counted as `irq`
     /// exits.
     pub irq_entries: u64,
@@ -204,6 +206,8 @@ pub(crate) fn outcome(
             instructions: totals.instructions,
             virtual_time_ns: totals.time_ns,
             halted_ns: totals.halted_ns,
+            halts: totals.halts.0,
+            halts_dropped: totals.halts.1,
             interrupts: machine.interrupts(),
         },
         wall_time,

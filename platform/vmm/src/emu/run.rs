@@ -24,7 +24,7 @@ use crate::fault_hook::{Action, FaultHook, HypercallAnswer, ResumeState};
 use crate::hypervisor::{SyncException, Vcpu, VmExit};
 use crate::loader::LoadedKernel;
 use crate::machine::{Call, Effect, Machine};
-use crate::outcome::{GuestExit, RunOutcome};
+use crate::outcome::{GuestExit, Halt, MAX_RECORDED_HALTS, RunOutcome};
 use crate::run_loop::{self, Next, Totals};
 
 /// Scheduling state of one vCPU.
@@ -53,6 +53,8 @@ pub(crate) struct EmuRun<'h> {
     residency: EmuResidency,
     states: Vec<RunState>,
     halted_ns: Vec<u64>,
+    halts: Vec<Halt>,
+    halts_dropped: u64,
     irq_entries: u64,
 }
 
@@ -78,7 +80,22 @@ impl<'h> EmuRun<'h> {
             residency,
             states,
             halted_ns: vec![0; n],
+            halts: Vec::new(),
+            halts_dropped: 0,
             irq_entries: 0,
+        }
+    }
+
+    /// Keeps a halt for timelines, while there is room.
+    fn record_halt(&mut self, vcpu: u32, start_ns: u64, end_ns: u64) {
+        if self.halts.len() < MAX_RECORDED_HALTS {
+            self.halts.push(Halt {
+                vcpu,
+                start_ns,
+                end_ns,
+            });
+        } else {
+            self.halts_dropped += 1;
         }
     }
 
@@ -96,6 +113,7 @@ impl<'h> EmuRun<'h> {
             instructions: self.vcpus.iter().map(EmuVcpu::instructions).sum(),
             time_ns: self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0),
             halted_ns: self.halted_ns.clone(),
+            halts: (std::mem::take(&mut self.halts), self.halts_dropped),
             irq_entries: self.irq_entries,
         };
         info!(?exit, virtual_ns = totals.time_ns, "run finished");
@@ -206,7 +224,11 @@ impl<'h> EmuRun<'h> {
             let idx = i as u32;
             match self.states[i] {
                 RunState::Halted => {
-                    self.halted_ns[i] += self.vcpus[i].advance_to(t);
+                    let ns = self.vcpus[i].advance_to(t);
+                    self.halted_ns[i] += ns;
+                    if ns > 0 {
+                        self.record_halt(idx, t - ns, t);
+                    }
                     // Waking from WFI is an exit on real hardware too.
                     self.vcpus[i].charge_ns(cost.exit_ns);
                     self.states[i] = RunState::Running;

@@ -176,6 +176,7 @@ pub(crate) fn run(
         instructions: 0,
         time_ns: wall.as_nanos() as u64,
         halted_ns: vec![0; n as usize],
+        halts: (Vec::new(), 0),
         irq_entries: 0,
     };
     Ok(run_loop::outcome(&machine, exit, totals, wall))
