@@ -163,19 +163,17 @@ pub fn run_label(path: &Path, r: &RunResult) -> String {
     format!("{id} {}", r.policy_label())
 }
 
-/// Token latency CDFs of the successful runs with async page faults.
-pub fn token_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> {
+/// One CDF per successful run for which `cdf` finds a non-empty one.
+fn cdfs(
+    results: &[(PathBuf, RunResult)],
+    cdf: impl Fn(&RunResult) -> Option<Vec<(f64, f64)>>,
+) -> Vec<CdfSeries> {
     results
         .iter()
         .filter(|(_, r)| r.outcome.success)
         .filter_map(|(path, r)| {
-            let hist = r.apf.as_ref()?.get("token_latency_log2_us")?.as_array()?;
-            let buckets = hist
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (i as u32, n.as_u64().unwrap_or(0)));
-            let points = log2_cdf(buckets, 1.0);
-            (!points.is_empty()).then(|| CdfSeries {
+            let points = cdf(r).filter(|p| !p.is_empty())?;
+            Some(CdfSeries {
                 label: run_label(path, r),
                 points,
                 source: path.clone(),
@@ -184,21 +182,27 @@ pub fn token_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> {
         .collect()
 }
 
-/// Request latency CDFs of the successful `kv` runs.
+/// Token latency CDFs of the successful runs with async page faults.
+pub fn token_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> {
+    cdfs(results, |r| {
+        let hist = r.apf.as_ref()?.get("token_latency_log2_us")?.as_array()?;
+        let buckets = hist
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32, n.as_u64().unwrap_or(0)));
+        Some(log2_cdf(buckets, 1.0))
+    })
+}
+
+/// Request latency CDFs (µs) of the successful `kv` runs.
 pub fn request_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> {
-    results
-        .iter()
-        .filter(|(_, r)| r.outcome.success)
-        .filter_map(|(path, r)| {
-            let kv = r.guest.as_ref()?.metrics.kv.as_ref()?;
-            let points = log2_cdf(kv.latency_hist.iter().map(|(&i, &n)| (i, n)), 1e-3);
-            (!points.is_empty()).then(|| CdfSeries {
-                label: run_label(path, r),
-                points,
-                source: path.clone(),
-            })
-        })
-        .collect()
+    cdfs(results, |r| {
+        let kv = r.guest.as_ref()?.metrics.kv.as_ref()?;
+        Some(log2_cdf(
+            kv.latency_hist.iter().map(|(&i, &n)| (i, n)),
+            1e-3,
+        ))
+    })
 }
 
 /// Where the vCPU time of each successful run went.
