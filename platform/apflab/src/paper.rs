@@ -71,6 +71,13 @@ impl Results {
                 return Err(format!("`{name}` is not an experiment name"));
             }
             let dir = self.dir.join(name);
+            if !dir.is_dir() {
+                return Err(format!(
+                    "no results under {} (run `apflab matrix experiments/{name}.toml --out {}` first)",
+                    dir.display(),
+                    dir.display()
+                ));
+            }
             let mut runs = Vec::new();
             for path in find_results(&dir).map_err(|e| e.to_string())? {
                 let r = load_result(&path).map_err(|e| e.to_string())?;
