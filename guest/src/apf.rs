@@ -202,15 +202,31 @@ pub fn take_notification() -> Option<Notification> {
     notification(REASON_PAGE_READY).map(|(token, _)| Notification::PageReady { token })
 }
 
-/// Handles a "page ready" exception for `token` (taken from a task, or in
-/// a wait marked with [`wait_marked`]): wakes the token's sleeper. The
-/// notification ends only after the wake, once no lock is held: the host
-/// may enter the next "page ready" as soon as it has ended, possibly before
-/// this handler returns, and a nested handler that found the run queue
-/// locked by this one would spin forever.
+/// Handles a "page ready" exception for `token` taken from a task: wakes
+/// the token's sleeper. The notification ends only after the wake, once no
+/// lock is held (the host may enter the next "page ready" once it has
+/// ended and the CPU is back where it may take one).
 pub fn page_ready(token: u64) {
     wake(cpu_index(), token);
     end_notification();
+}
+
+/// Handles a "page ready" exception for `token` entered in a wait marked
+/// with [`wait_marked`]: the wait is over (the handler returns past its
+/// WFI), so the mark comes off before the notification ends. Left on, it
+/// would let the host enter the next "page ready" into this handler itself,
+/// at any instruction, including the exception return after ELR_EL1 and
+/// SPSR_EL1 have been reloaded from the frame: the nested entry overwrites
+/// both, and the outer `eret` then goes back to the return sequence instead
+/// of to the wait, popping one frame more each time round.
+pub fn page_ready_in_wait(token: u64) {
+    let cb = block(cpu_index());
+    // SAFETY: this CPU's own block: a plain field the host only reads.
+    unsafe {
+        let state = addr_of_mut!((*cb).guest_state);
+        state.write_volatile(state.read_volatile() & !GUEST_IN_IDLE);
+    }
+    page_ready(token);
 }
 
 /// Publishes how many tasks wait in this CPU's run queue (a policy input:
@@ -253,8 +269,9 @@ pub fn kernel_reads<R>(f: impl FnOnce() -> R) -> R {
 
 /// Waits for an interrupt with this CPU's control block saying so
 /// (`GUEST_IN_IDLE`), the one place besides EL0 where the host may enter a
-/// "page ready" exception: no lock is held here. Interrupts are taken after
-/// the mark is cleared.
+/// "page ready" exception: no lock is held here. The mark covers only the
+/// WFI (the handler of such an exception takes it off, see
+/// [`page_ready_in_wait`]). Interrupts are taken after the mark is cleared.
 pub fn wait_marked() {
     let cpu = cpu_index();
     let enabled = ENABLED[cpu].load(Ordering::Relaxed);

@@ -37,7 +37,7 @@ impl ExceptionHandlers for Handlers {
             // Entered by the host only in a wait marked for it
             // (`apf::wait_marked`), which waits in WFI.
             Some(Notification::PageReady { token }) => {
-                apf::page_ready(token);
+                apf::page_ready_in_wait(token);
                 // SAFETY: the return address moves only past a WFI, which
                 // may complete at any time (the architecture allows
                 // spurious wake-ups), so the wait goes on as if it had

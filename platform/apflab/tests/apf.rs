@@ -548,6 +548,45 @@ fn a_ready_that_comes_before_its_sleeper_leaves_a_dummy_entry() {
     assert_eq!(assert_each_token_once(&tokens, false, true), n as usize);
 }
 
+/// Four memory tasks on one vCPU, each writing then verifying its share of
+/// a working set twice the resident limit, every fault async with "page
+/// ready" as an exception: the vCPU often idles with several tokens in
+/// flight, so "page ready" comes in the idle loop's marked wait, one after
+/// another.
+const READY_IN_IDLE: &str = "seed = 1\n[guest]\nvcpus = 1\nmemory_mib = 128\n\
+    [workload]\nkind = \"memtouch\"\nmib = 16\npasses = 2\npattern = \"random\"\ntasks = 4\nverify = \"self\"\n\
+    [backend]\nkind = \"emu\"\nmax_virtual_ms = 10000\n[apf]\nring_depth = 1\n\
+    [pager]\nstore = { kind = \"synthetic\", seed = 42 }\n\
+    latency = { model = \"uniform\", min_us = 40.0, max_us = 60.0 }\n\
+    queue_depth = 4\nresident_limit = \"8 MiB\"\ninitially_resident = 0.0\nseed = 1\n";
+
+#[test]
+fn page_ready_exceptions_in_the_idle_wait_do_not_nest() {
+    // The handler of a "page ready" entered in the marked wait must take
+    // the mark off before it ends the notification: left on, the host
+    // entered the next one into the handler's own exception return, after
+    // ELR_EL1 and SPSR_EL1 were reloaded, and the kernel panicked on a
+    // stack pointer run off the top of RAM.
+    for policy in [
+        "[policy]\nmodule = \"always-reschedule\"\n".to_owned(),
+        decision("dedicated-ec", "exception", "host", "reschedule"),
+    ] {
+        let (r, tokens, _) = run_logged(&(READY_IN_IDLE.to_owned() + &policy));
+        assert_eq!(u(&r, "/guest/tasks_completed"), 4, "{policy}");
+        assert_eq!(u(&r, "/integrity/pages_verified"), 16 * 256 * 2, "{policy}");
+        assert_eq!(u(&r, "/integrity/mismatches"), 0, "{policy}");
+        let a = &r["apf"];
+        let n = u(a, "/async_faults");
+        assert_eq!(u(a, "/faults"), n, "{policy}");
+        assert_eq!(u(a, "/ready_exceptions"), n, "{policy}");
+        // Some were held until the vCPU could take them (not at EL0 nor in
+        // the marked wait).
+        assert!(u(a, "/ready_exception_held") > 0, "{policy}");
+        assert_eq!(u(&r, "/guest/apf/ready"), n, "{policy}");
+        assert_eq!(assert_each_token_once(&tokens, false, false), n as usize);
+    }
+}
+
 #[test]
 fn two_vcpus_run_async_with_intact_pages() {
     let r = run(&config(
