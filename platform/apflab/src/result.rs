@@ -18,7 +18,7 @@ use crate::config::{Config, WorkloadKind};
 
 /// Version of the layout of [`RunResult`]; bumped on any change that a
 /// reader of old files would misread.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One run's results.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,6 +44,9 @@ pub struct RunResult {
     /// Page content checks: every word the guest verified against what it
     /// wrote or against the pager's store.
     pub integrity: Integrity,
+    /// Why the watchdog stopped the run (`null`: it did not).
+    #[serde(default)]
+    pub watchdog: Option<WatchdogRecord>,
     /// What the pager did (absent without a `[pager]` section):
     /// [`apflab_pager::PagerMetrics`].
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -81,7 +84,8 @@ pub struct ConfigRecord {
 pub struct Outcome {
     /// Whether the run succeeded (powered off with a clean report).
     pub success: bool,
-    /// `power_off`, `reset`, `panic`, `crash` or `timeout`.
+    /// `power_off`, `reset`, `panic`, `crash`, `timeout` or `hang` (the
+    /// watchdog stopped it: see [`RunResult::watchdog`]).
     pub exit: String,
     /// The guest's panic or crash message.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -246,6 +250,63 @@ pub struct Integrity {
     pub mismatches: u64,
 }
 
+/// The watchdog's diagnosis of a run it stopped
+/// ([`apflab_vmm::HangDiagnosis`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchdogRecord {
+    /// How long the guest showed no sign of life, ms (`backend.watchdog_ms`).
+    pub quiet_ms: u64,
+    /// When the run was stopped, ns.
+    pub at_ns: u64,
+    /// Every vCPU.
+    pub vcpus: Vec<WatchdogVcpu>,
+    /// What the fault engine still owed the guest, one entry each.
+    pub outstanding: Vec<String>,
+}
+
+/// One vCPU as the watchdog found it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchdogVcpu {
+    /// Its index.
+    pub vcpu: u32,
+    /// Its run state, in words.
+    pub state: String,
+    /// Its program counter (hex), when the backend can tell.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pc: Option<String>,
+    /// Its exception level, when known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub el: Option<u8>,
+    /// Whether it had IRQs masked, when known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub irqs_masked: Option<bool>,
+    /// An interrupt signalled to it and not taken, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pending_irq: Option<u32>,
+}
+
+impl WatchdogRecord {
+    fn from_diagnosis(d: &apflab_vmm::HangDiagnosis) -> Self {
+        WatchdogRecord {
+            quiet_ms: d.quiet_ns / 1_000_000,
+            at_ns: d.at_ns,
+            vcpus: d
+                .vcpus
+                .iter()
+                .map(|v| WatchdogVcpu {
+                    vcpu: v.vcpu,
+                    state: v.state.clone(),
+                    pc: v.at.map(|p| format!("{:#x}", p.pc)),
+                    el: v.at.map(|p| p.el),
+                    irqs_masked: v.at.map(|p| p.irqs_masked),
+                    pending_irq: v.pending_irq,
+                })
+                .collect(),
+            outstanding: d.pending.clone(),
+        }
+    }
+}
+
 /// The policy of a run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PolicyRecord {
@@ -356,6 +417,11 @@ impl RunResult {
                     config.backend.max_virtual_ms
                 )),
             ),
+            GuestExit::Hang(d) => ("hang", Some(d.to_string())),
+        };
+        let watchdog = match &outcome.exit {
+            GuestExit::Hang(d) => Some(WatchdogRecord::from_diagnosis(d)),
+            _ => None,
         };
         let guest = outcome
             .report
@@ -412,6 +478,7 @@ impl RunResult {
                     pages_verified: r.pages_verified,
                     mismatches: r.mismatches,
                 }),
+            watchdog,
             pager: None,
             policy: None,
             apf: None,

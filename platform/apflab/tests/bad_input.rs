@@ -145,6 +145,18 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
             ),
             vec!["backend.max_virtual_ms", "1000000000"],
         ),
+        (
+            edit("[backend]\n", "[backend]\nwatchdog_ms = 0\n"),
+            vec!["test.toml:9:", "backend.watchdog_ms", "at least 1"],
+        ),
+        (
+            edit("[backend]\n", "[backend]\nwatchdog_ms = 1\n"),
+            vec![
+                "test.toml:9:",
+                "key `backend.watchdog_ms`: 1;",
+                "more than workload.timeslice_us = 1000 us",
+            ],
+        ),
         // 2. What the guest would reject is rejected at load, with the
         //    guest's own limits.
         (

@@ -68,7 +68,11 @@ fn quick_config_runs_and_writes_every_required_field() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("quick (emu, 2 vCPUs): ok"), "summary: {log}");
     let r = result.unwrap();
-    assert_eq!(u(&r, "/schema_version"), 1);
+    assert_eq!(
+        u(&r, "/schema_version"),
+        u64::from(apflab::result::SCHEMA_VERSION)
+    );
+    assert!(r["watchdog"].is_null(), "{:#}", r["watchdog"]);
     assert_eq!(r["backend"], "emu");
     assert_eq!(u(&r, "/vcpus"), 2);
     assert!(u(&r, "/virtual_time_ns") > 0);
