@@ -44,6 +44,20 @@ pub struct RunResult {
     /// Page content checks: every word the guest verified against what it
     /// wrote or against the pager's store.
     pub integrity: Integrity,
+    /// Guest misuse of the async-PF protocol, by kind (each call got an
+    /// SMCCC error); empty when none, or when the run offered no async PF.
+    /// (Kept here, not under `apf`.)
+    #[serde(default)]
+    pub violations: BTreeMap<String, u64>,
+    /// Faults the policy decided async but that were served synchronously,
+    /// by cause; empty when none, or when the run offered no async PF.
+    /// (Kept here, not under `apf`.)
+    #[serde(default)]
+    pub fallbacks: BTreeMap<String, u64>,
+    /// Store reads the pager retried after a transient error (0 without a
+    /// pager). (Kept here, not as `pager.store_retries`.)
+    #[serde(default)]
+    pub retries: u64,
     /// Why the watchdog stopped the run (`null`: it did not).
     #[serde(default)]
     pub watchdog: Option<WatchdogRecord>,
@@ -478,6 +492,9 @@ impl RunResult {
                     pages_verified: r.pages_verified,
                     mismatches: r.mismatches,
                 }),
+            violations: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
+            retries: 0,
             watchdog,
             pager: None,
             policy: None,
@@ -501,9 +518,29 @@ impl RunResult {
         }
     }
 
-    /// Records the pager's metrics.
+    /// Records the pager's metrics (its retries go to
+    /// [`RunResult::retries`]).
     pub fn set_pager(&mut self, metrics: &apflab_pager::PagerMetrics) {
+        self.retries = metrics.store_retries;
         self.pager = serde_json::to_value(metrics).ok();
+        if let Some(p) = self.pager.as_mut().and_then(|v| v.as_object_mut()) {
+            p.remove("store_retries");
+        }
+    }
+
+    /// Records the fault engine's counters under `apf` (its violations and
+    /// fallbacks go to [`RunResult::violations`] and
+    /// [`RunResult::fallbacks`]), with the count of token events the log
+    /// dropped.
+    pub fn set_apf(&mut self, metrics: &apflab_apf::FaultMetrics, token_events_dropped: u64) {
+        self.violations = metrics.violations.clone();
+        self.fallbacks = metrics.fallbacks.clone();
+        self.apf = serde_json::to_value(metrics).ok();
+        if let Some(apf) = self.apf.as_mut().and_then(|v| v.as_object_mut()) {
+            apf.remove("violations");
+            apf.remove("fallbacks");
+            apf.insert("token_events_dropped".into(), token_events_dropped.into());
+        }
     }
 
     /// Sets the per-vCPU stall times, as the fault engine or the page
@@ -572,6 +609,16 @@ impl RunResult {
                 p99 as f64 / 1e3
             );
         }
+        let kinds_of = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "none".to_owned()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
         if let Some(a) = &self.apf {
             let n = |key: &str| a.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
             let kinds = |key: &str| {
@@ -594,11 +641,11 @@ impl RunResult {
                 n("faults"),
                 kinds("not_present"),
                 n("sync_faults"),
-                kinds("fallbacks"),
+                kinds_of(&self.fallbacks),
                 n("ready_delivered"),
                 n("ready_interrupts"),
                 n("page_requests"),
-                kinds("violations"),
+                kinds_of(&self.violations),
             );
         }
         s += &format!(

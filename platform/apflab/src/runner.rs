@@ -253,13 +253,7 @@ pub fn run_config(
         Some(Pager::InVmm { engine, policy }) => {
             result.set_stalls(&engine.metrics().stalled_ns);
             if let Some(record) = policy {
-                result.apf = serde_json::to_value(engine.metrics()).ok();
-                if let Some(apf) = result.apf.as_mut().and_then(|v| v.as_object_mut()) {
-                    apf.insert(
-                        "token_events_dropped".into(),
-                        engine.events_dropped().into(),
-                    );
-                }
+                result.set_apf(engine.metrics(), engine.events_dropped());
                 let usage = engine.policy_usage();
                 result.policy = Some(PolicyRecord {
                     fuel_used: usage.fuel_used,
