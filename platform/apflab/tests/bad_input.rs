@@ -157,6 +157,14 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
                 "more than workload.timeslice_us = 1000 us",
             ],
         ),
+        (
+            pager("inject_errors = { spike_every = 3 }"),
+            vec!["pager.inject_errors.spike_every", "go together"],
+        ),
+        (
+            pager("inject_errors = { spike_every = 3, spike_us = 18446744073709551615 }"),
+            vec!["pager.inject_errors.spike_us", "at most 1000000000"],
+        ),
         // 2. What the guest would reject is rejected at load, with the
         //    guest's own limits.
         (
