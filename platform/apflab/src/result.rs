@@ -383,6 +383,26 @@ pub struct Wall {
     /// Host time spent in the policy's calls, ms.
     #[serde(default)]
     pub policy_time_ms: f64,
+    /// The apflab process's peak resident set at the end of the run, MiB
+    /// (`getrusage` `ru_maxrss`; in a process that ran several points, the
+    /// peak over all of them so far).
+    #[serde(default)]
+    pub peak_rss_mib: f64,
+}
+
+/// The peak resident set of this process so far, MiB (0 if unknown).
+pub fn peak_rss_mib() -> f64 {
+    // SAFETY: `getrusage` fills the zeroed struct it is given and reads
+    // nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    // Linux reports it in KiB.
+    usage.ru_maxrss as f64 / 1024.0
 }
 
 /// The host's name (best effort; empty if unknown).
@@ -514,6 +534,7 @@ impl RunResult {
                     0.0
                 },
                 policy_time_ms: 0.0,
+                peak_rss_mib: peak_rss_mib(),
             },
         }
     }

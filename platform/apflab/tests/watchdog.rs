@@ -3,7 +3,9 @@
 //! state and the page it waits for, and the `watchdog` field of the results;
 //! `apflab boot --timeout` ends an image that spins or waits in WFI with
 //! interrupts masked the same way. A run the watchdog does not stop records
-//! `watchdog: null`.
+//! `watchdog: null`. And a scaled-down `configs/scale.toml`: many vCPUs
+//! over far memory larger than the resident limit end with every page
+//! intact, no watchdog, and a peak resident set within guest RAM + 128 MiB.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -120,4 +122,30 @@ fn boot_timeout_ends_an_image_that_spins_or_waits_with_interrupts_masked() {
     let (code, log) = apflab(&["boot", &image(dir.path(), &masked_spin), "--timeout", "0"]);
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("--timeout 0"), "{log}");
+}
+
+#[test]
+fn a_scaled_down_scale_run_keeps_every_page_and_its_memory_within_bounds() {
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/scale.toml"),
+    )
+    .unwrap()
+    .replace("vcpus = 8", "vcpus = 4")
+    .replace("memory_mib = 1024", "memory_mib = 256")
+    .replace("tasks = 8", "tasks = 4")
+    .replace("mib = 768", "mib = 96")
+    .replace(
+        "resident_limit = \"256 MiB\"",
+        "resident_limit = \"32 MiB\"",
+    );
+    let (code, log, r) = run(&config);
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(r["integrity"]["mismatches"], 0);
+    assert_eq!(r["integrity"]["pages_verified"], 2 * 96 * 256);
+    assert!(r["watchdog"].is_null());
+    let fetches = r["pager"]["fetches"].as_u64().unwrap();
+    // Every page once, and again after its eviction for many.
+    assert!(fetches > 96 * 256 + 5_000, "{fetches}");
+    let rss = r["wall"]["peak_rss_mib"].as_f64().unwrap();
+    assert!(rss > 0.0 && rss < 256.0 + 128.0, "peak RSS {rss} MiB");
 }
