@@ -31,6 +31,7 @@ fn config(kernel: PathBuf, bootargs: &str) -> VmConfig {
         cost: CostModel::default(),
         slice_instructions: 20_000,
         max_virtual_ns: 60_000_000_000,
+        watchdog_ns: 60_000_000_000,
         echo_console: false,
     }
 }

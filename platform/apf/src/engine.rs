@@ -822,6 +822,31 @@ impl FaultHook for Engine {
         self.timed(|e| e.serve_on_resume(vcpu, state, now_ns, pages))
     }
 
+    fn pending(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (v, state) in self.vcpus.iter().enumerate() {
+            if let Some(page) = state.waiting_for {
+                let due = match self.far.pager().fetch_ready_at(page.pfn().0) {
+                    Some(t) => format!("its fetch due at {t} ns"),
+                    None => "no fetch under way".to_owned(),
+                };
+                lines.push(format!("vCPU {v} stalled on page {page} ({due})"));
+            }
+            for (token, o) in &state.tokens {
+                let where_ = match o.state {
+                    TokenState::AwaitingRequest => "awaiting the guest's page request".to_owned(),
+                    TokenState::Fetching { due } => format!("fetching, due at {due} ns"),
+                    TokenState::Ready => "in, not yet consumed by the guest".to_owned(),
+                };
+                lines.push(format!(
+                    "token {:#x} of vCPU {v} for page {} (faulted at {} ns): {where_}",
+                    token.0, o.page, o.fault_ns
+                ));
+            }
+        }
+        lines
+    }
+
     fn next_deadline(&self) -> Option<u64> {
         self.vcpus
             .iter()

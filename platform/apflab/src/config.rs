@@ -126,6 +126,7 @@ pub struct RawBackend {
     cost: RawCost,
     slice_instructions: Option<Spanned<u64>>,
     max_virtual_ms: Option<Spanned<u64>>,
+    watchdog_ms: Option<Spanned<u64>>,
 }
 
 /// A config file exactly as written.
@@ -272,6 +273,10 @@ pub mod defaults {
     pub const SLICE_INSTRUCTIONS: u64 = 20_000;
     /// `backend.max_virtual_ms`.
     pub const MAX_VIRTUAL_MS: u64 = 10_000;
+    /// `backend.watchdog_ms`: a second without a sign of life. The guest's
+    /// timer interrupt comes every time slice (at most 10 s, and 1 ms by
+    /// default), and no fetch in the configs takes more than milliseconds.
+    pub const WATCHDOG_MS: u64 = 1_000;
 }
 
 /// The `[guest]` section, validated.
@@ -347,6 +352,9 @@ pub struct BackendConfig {
     pub slice_instructions: u64,
     /// The run fails after this much virtual time.
     pub max_virtual_ms: u64,
+    /// The run is stopped once the guest has shown no sign of life for this
+    /// long (virtual time on emu, host time on kvm).
+    pub watchdog_ms: u64,
     /// Emu: host costs charged to virtual time.
     pub cost: CostConfig,
 }
@@ -945,6 +953,16 @@ impl Config {
                 },
                 defaults::MAX_VIRTUAL_MS,
             )?,
+            watchdog_ms: bounded(
+                &b.watchdog_ms,
+                "backend.watchdog_ms",
+                Bound {
+                    min: 1,
+                    max: MAX_VIRTUAL_MS,
+                    why: "about 11.6 days of guest time, far past any run",
+                },
+                defaults::WATCHDOG_MS,
+            )?,
             cost: CostConfig {
                 ns_per_instruction,
                 exit_ns: bounded(
@@ -967,6 +985,27 @@ impl Config {
                 )?,
             },
         };
+        // A guest that computes makes no exit between two timer interrupts,
+        // which come once a time slice.
+        if backend.watchdog_ms.saturating_mul(1000) <= workload.timeslice_us {
+            let message = format!(
+                "{}; expected more than workload.timeslice_us = {} us: a busy guest may show \
+                 no sign of life for a whole time slice",
+                backend.watchdog_ms, workload.timeslice_us
+            );
+            return Err(match (&b.watchdog_ms, &raw.workload.timeslice_us) {
+                (Some(s), _) => src.key_error(s.span(), "backend.watchdog_ms", message),
+                (None, Some(t)) => src.key_error(
+                    t.span(),
+                    "workload.timeslice_us",
+                    format!(
+                        "{message} (backend.watchdog_ms defaults to {})",
+                        defaults::WATCHDOG_MS
+                    ),
+                ),
+                (None, None) => src.missing("backend.watchdog_ms", message),
+            });
+        }
 
         let problem = |p: crate::policy_config::KeyProblem| match p.span {
             Some(span) => src.key_error(span, p.key, p.message),
@@ -1056,6 +1095,7 @@ impl Config {
             },
             slice_instructions: self.backend.slice_instructions,
             max_virtual_ns: self.backend.max_virtual_ms.saturating_mul(1_000_000),
+            watchdog_ns: self.backend.watchdog_ms.saturating_mul(1_000_000),
             echo_console,
         }
     }

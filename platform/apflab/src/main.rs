@@ -131,6 +131,13 @@ enum Command {
         /// Give up (exit 1) after this much virtual time.
         #[arg(long, value_name = "MS", default_value_t = apflab::config::defaults::MAX_VIRTUAL_MS)]
         max_virtual_ms: u64,
+        /// Give up (exit 1, with what each vCPU was doing) once the guest
+        /// has shown no sign of life (an exit to the VMM, console output,
+        /// an interrupt taken) for this long: virtual time on emu, host
+        /// time on kvm. An image that spins or waits in WFI with interrupts
+        /// masked ends here.
+        #[arg(long, value_name = "MS", default_value_t = apflab::config::defaults::WATCHDOG_MS)]
+        timeout: u64,
     },
     /// List the configs in a directory, the guest's workloads and the
     /// policies built with apflab.
@@ -301,7 +308,16 @@ fn main() -> ExitCode {
             memory,
             backend,
             max_virtual_ms,
-        } => boot(&image, append, vcpus, memory, backend, max_virtual_ms),
+            timeout,
+        } => boot(
+            &image,
+            append,
+            vcpus,
+            memory,
+            backend,
+            max_virtual_ms,
+            timeout,
+        ),
         Command::List { configs } => {
             list(&configs);
             Ok(())
@@ -388,6 +404,7 @@ fn boot(
     memory_mib: u64,
     backend: Backend,
     max_virtual_ms: u64,
+    timeout_ms: u64,
 ) -> Result<(), Failure> {
     let max = apflab_abi::memory_map::MAX_VCPUS;
     if !(1..=max).contains(&vcpus) {
@@ -400,6 +417,11 @@ fn boot(
     if !(1..=max_ms).contains(&max_virtual_ms) {
         return Err(bad(anyhow::anyhow!(
             "--max-virtual-ms {max_virtual_ms}: expected 1..={max_ms} (about 11.6 days)"
+        )));
+    }
+    if !(1..=max_ms).contains(&timeout_ms) {
+        return Err(bad(anyhow::anyhow!(
+            "--timeout {timeout_ms}: expected 1..={max_ms} ms (about 11.6 days)"
         )));
     }
     // The image is loaded into guest RAM: one that cannot fit is refused
@@ -429,6 +451,7 @@ fn boot(
         cost: CostModel::default(),
         slice_instructions: apflab::config::defaults::SLICE_INSTRUCTIONS,
         max_virtual_ns: max_virtual_ms.saturating_mul(1_000_000),
+        watchdog_ns: timeout_ms.saturating_mul(1_000_000),
         echo_console: true,
     };
     let outcome = runner::execute(config, None).map_err(|e| {
@@ -449,6 +472,7 @@ fn boot(
         GuestExit::Timeout => Err(Failure::Failed(anyhow::anyhow!(
             "no power-off within {max_virtual_ms} ms of virtual time"
         ))),
+        GuestExit::Hang(d) => Err(Failure::Failed(anyhow::anyhow!("guest hung: {d}"))),
     }
 }
 

@@ -778,13 +778,59 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// What a matrix keeps of a finished point for its table and comparison:
+/// a few hundred bytes, not the whole result (which stays in the point's
+/// `result.json`), so a matrix of many points runs in flat memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PointRow {
+    /// The cells of [`COLUMNS`] from `success` to `wall_time_ms`.
+    pub cells: Vec<String>,
+    /// [`RunResult::is_sync_baseline`].
+    pub sync_baseline: bool,
+    /// [`RunResult::policy_label`].
+    pub policy: String,
+    /// The makespan, virtual ns.
+    pub virtual_time_ns: u64,
+    /// Faults the engine saw.
+    pub faults: u64,
+    /// Faults served async.
+    pub async_faults: u64,
+    /// Stalled vCPU time (sync faults), summed over vCPUs, ns.
+    pub stalled_ns: u64,
+    /// Halted vCPU time (WFI), summed over vCPUs, ns.
+    pub halted_ns: u64,
+}
+
+impl PointRow {
+    /// The row of `r`.
+    pub fn of(r: &RunResult) -> Self {
+        let n = |key: &str| {
+            r.apf
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        PointRow {
+            cells: result_cells(r),
+            sync_baseline: r.is_sync_baseline(),
+            policy: r.policy_label(),
+            virtual_time_ns: r.virtual_time_ns,
+            faults: n("faults"),
+            async_faults: n("async_faults"),
+            stalled_ns: r.vmm.stalled_ns.iter().sum(),
+            halted_ns: r.vmm.halted_ns.iter().sum(),
+        }
+    }
+}
+
 /// How a point ended.
 #[derive(Clone, Debug)]
 pub enum Status {
     /// The run succeeded.
-    Ok(Box<RunResult>),
+    Ok(Box<PointRow>),
     /// The run wrote results, and they say it failed (why).
-    Failed(Box<RunResult>, String),
+    Failed(Box<PointRow>, String),
     /// The run wrote no results (why).
     Error(String),
 }
@@ -792,8 +838,9 @@ pub enum Status {
 impl Status {
     /// The status its results give a run.
     pub fn of(result: RunResult) -> Status {
+        let row = Box::new(PointRow::of(&result));
         if result.outcome.success {
-            Status::Ok(Box::new(result))
+            Status::Ok(row)
         } else {
             let why = result
                 .outcome
@@ -801,7 +848,7 @@ impl Status {
                 .clone()
                 .or(result.outcome.failure.clone())
                 .unwrap_or_else(|| result.outcome.exit.clone());
-            Status::Failed(Box::new(result), why)
+            Status::Failed(row, why)
         }
     }
 
@@ -1016,7 +1063,7 @@ pub fn table_csv<'p>(
         row.push(point.config.config.seed.to_string());
         match status {
             Status::Ok(r) | Status::Failed(r, _) => {
-                row.extend(result_cells(r));
+                row.extend(r.cells.iter().cloned());
                 row.push(format!("{}/result.json", point.id));
                 row.push(status.failure().unwrap_or("").to_owned());
             }
@@ -1131,7 +1178,7 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
     };
     let baselines: BTreeMap<String, u64> = done
         .keys()
-        .filter_map(|&i| ok(i).filter(|r| r.is_sync_baseline()).map(|r| (i, r)))
+        .filter_map(|&i| ok(i).filter(|r| r.sync_baseline).map(|r| (i, r)))
         .map(|(i, r)| (others(&experiment.points[i]), r.virtual_time_ns))
         .collect();
     let mut rows = Vec::new();
@@ -1142,18 +1189,10 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
         let Some(&base) = baselines.get(&others(point)) else {
             continue;
         };
-        let n = |key: &str| {
-            r.apf
-                .as_ref()
-                .and_then(|a| a.get(key))
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0)
-        };
-        let faults = n("faults");
-        let async_share = if faults == 0 {
+        let async_share = if r.faults == 0 {
             "-".to_owned()
         } else {
-            format!("{:.0}%", 100.0 * n("async_faults") as f64 / faults as f64)
+            format!("{:.0}%", 100.0 * r.async_faults as f64 / r.faults as f64)
         };
         let ms = |ns: u64| format!("{:.3}", ns as f64 / 1e6);
         let group = others(point);
@@ -1164,15 +1203,15 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
             } else {
                 group
             },
-            r.policy_label(),
+            r.policy.clone(),
             ms(r.virtual_time_ns),
             format!(
                 "{:+.1}%",
                 100.0 * (r.virtual_time_ns as f64 - base as f64) / base.max(1) as f64
             ),
             async_share,
-            ms(r.vmm.stalled_ns.iter().sum()),
-            ms(r.vmm.halted_ns.iter().sum()),
+            ms(r.stalled_ns),
+            ms(r.halted_ns),
         ]);
     }
     rows.sort_by(|a, b| (&a[1], &a[0]).cmp(&(&b[1], &b[0])));

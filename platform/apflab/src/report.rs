@@ -409,7 +409,7 @@ fn async_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
                     n("async_faults"),
                     n("sync_faults")
                 ),
-                kinds("fallbacks"),
+                fallbacks(&r.fallbacks),
                 kinds("not_present"),
                 format!(
                     "{} ({} / {}) in {} ACKs",
@@ -464,6 +464,18 @@ const PAGER_COLUMNS: &[&str] = &[
     "stalled ms",
 ];
 
+/// Fallbacks by cause as `cause n, ...` (`-`: none).
+fn fallbacks(by_cause: &std::collections::BTreeMap<String, u64>) -> String {
+    if by_cause.is_empty() {
+        return "-".to_owned();
+    }
+    by_cause
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The cells of [`PAGER_COLUMNS`] for `r` (`-` where it had no pager).
 fn pager_cells(r: &RunResult) -> Vec<String> {
     let Some(p) = &r.pager else {
@@ -512,7 +524,7 @@ fn pager_cells(r: &RunResult) -> Vec<String> {
         n("/fetches").to_string(),
         n("/refaults").to_string(),
         n("/evictions").to_string(),
-        n("/store_retries").to_string(),
+        r.retries.to_string(),
         format!("{:.1}", n("/fetch_latency/p99_ns") as f64 / 1e3),
         format!("{:.3}", stalled as f64 / 1e6),
     ]

@@ -18,7 +18,7 @@ use crate::config::{Config, WorkloadKind};
 
 /// Version of the layout of [`RunResult`]; bumped on any change that a
 /// reader of old files would misread.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One run's results.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,6 +44,23 @@ pub struct RunResult {
     /// Page content checks: every word the guest verified against what it
     /// wrote or against the pager's store.
     pub integrity: Integrity,
+    /// Guest misuse of the async-PF protocol, by kind (each call got an
+    /// SMCCC error); empty when none, or when the run offered no async PF.
+    /// (Kept here, not under `apf`.)
+    #[serde(default)]
+    pub violations: BTreeMap<String, u64>,
+    /// Faults the policy decided async but that were served synchronously,
+    /// by cause; empty when none, or when the run offered no async PF.
+    /// (Kept here, not under `apf`.)
+    #[serde(default)]
+    pub fallbacks: BTreeMap<String, u64>,
+    /// Store reads the pager retried after a transient error (0 without a
+    /// pager). (Kept here, not as `pager.store_retries`.)
+    #[serde(default)]
+    pub retries: u64,
+    /// Why the watchdog stopped the run (`null`: it did not).
+    #[serde(default)]
+    pub watchdog: Option<WatchdogRecord>,
     /// What the pager did (absent without a `[pager]` section):
     /// [`apflab_pager::PagerMetrics`].
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -81,7 +98,8 @@ pub struct ConfigRecord {
 pub struct Outcome {
     /// Whether the run succeeded (powered off with a clean report).
     pub success: bool,
-    /// `power_off`, `reset`, `panic`, `crash` or `timeout`.
+    /// `power_off`, `reset`, `panic`, `crash`, `timeout` or `hang` (the
+    /// watchdog stopped it: see [`RunResult::watchdog`]).
     pub exit: String,
     /// The guest's panic or crash message.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -246,6 +264,63 @@ pub struct Integrity {
     pub mismatches: u64,
 }
 
+/// The watchdog's diagnosis of a run it stopped
+/// ([`apflab_vmm::HangDiagnosis`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchdogRecord {
+    /// How long the guest showed no sign of life, ms (`backend.watchdog_ms`).
+    pub quiet_ms: u64,
+    /// When the run was stopped, ns.
+    pub at_ns: u64,
+    /// Every vCPU.
+    pub vcpus: Vec<WatchdogVcpu>,
+    /// What the fault engine still owed the guest, one entry each.
+    pub outstanding: Vec<String>,
+}
+
+/// One vCPU as the watchdog found it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchdogVcpu {
+    /// Its index.
+    pub vcpu: u32,
+    /// Its run state, in words.
+    pub state: String,
+    /// Its program counter (hex), when the backend can tell.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pc: Option<String>,
+    /// Its exception level, when known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub el: Option<u8>,
+    /// Whether it had IRQs masked, when known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub irqs_masked: Option<bool>,
+    /// An interrupt signalled to it and not taken, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pending_irq: Option<u32>,
+}
+
+impl WatchdogRecord {
+    fn from_diagnosis(d: &apflab_vmm::HangDiagnosis) -> Self {
+        WatchdogRecord {
+            quiet_ms: d.quiet_ns / 1_000_000,
+            at_ns: d.at_ns,
+            vcpus: d
+                .vcpus
+                .iter()
+                .map(|v| WatchdogVcpu {
+                    vcpu: v.vcpu,
+                    state: v.state.clone(),
+                    pc: v.at.map(|p| format!("{:#x}", p.pc)),
+                    el: v.at.map(|p| p.el),
+                    irqs_masked: v.at.map(|p| p.irqs_masked),
+                    pending_irq: v.pending_irq,
+                })
+                .collect(),
+            outstanding: d.pending.clone(),
+        }
+    }
+}
+
 /// The policy of a run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PolicyRecord {
@@ -317,6 +392,26 @@ pub struct Wall {
     /// faults).
     #[serde(default)]
     pub fault_path_ns_per_fault: f64,
+    /// The apflab process's peak resident set at the end of the run, MiB
+    /// (`getrusage` `ru_maxrss`; in a process that ran several points, the
+    /// peak over all of them so far).
+    #[serde(default)]
+    pub peak_rss_mib: f64,
+}
+
+/// The peak resident set of this process so far, MiB (0 if unknown).
+pub fn peak_rss_mib() -> f64 {
+    // SAFETY: `getrusage` fills the zeroed struct it is given and reads
+    // nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    // Linux reports it in KiB.
+    usage.ru_maxrss as f64 / 1024.0
 }
 
 /// The host's name (best effort; empty if unknown).
@@ -388,6 +483,11 @@ impl RunResult {
                     config.backend.max_virtual_ms
                 )),
             ),
+            GuestExit::Hang(d) => ("hang", Some(d.to_string())),
+        };
+        let watchdog = match &outcome.exit {
+            GuestExit::Hang(d) => Some(WatchdogRecord::from_diagnosis(d)),
+            _ => None,
         };
         let guest = outcome
             .report
@@ -444,6 +544,10 @@ impl RunResult {
                     pages_verified: r.pages_verified,
                     mismatches: r.mismatches,
                 }),
+            violations: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
+            retries: 0,
+            watchdog,
             pager: None,
             policy: None,
             apf: None,
@@ -464,13 +568,34 @@ impl RunResult {
                 policy_time_ms: 0.0,
                 fault_path_ms: 0.0,
                 fault_path_ns_per_fault: 0.0,
+                peak_rss_mib: peak_rss_mib(),
             },
         }
     }
 
-    /// Records the pager's metrics.
+    /// Records the pager's metrics (its retries go to
+    /// [`RunResult::retries`]).
     pub fn set_pager(&mut self, metrics: &apflab_pager::PagerMetrics) {
+        self.retries = metrics.store_retries;
         self.pager = serde_json::to_value(metrics).ok();
+        if let Some(p) = self.pager.as_mut().and_then(|v| v.as_object_mut()) {
+            p.remove("store_retries");
+        }
+    }
+
+    /// Records the fault engine's counters under `apf` (its violations and
+    /// fallbacks go to [`RunResult::violations`] and
+    /// [`RunResult::fallbacks`]), with the count of token events the log
+    /// dropped.
+    pub fn set_apf(&mut self, metrics: &apflab_apf::FaultMetrics, token_events_dropped: u64) {
+        self.violations = metrics.violations.clone();
+        self.fallbacks = metrics.fallbacks.clone();
+        self.apf = serde_json::to_value(metrics).ok();
+        if let Some(apf) = self.apf.as_mut().and_then(|v| v.as_object_mut()) {
+            apf.remove("violations");
+            apf.remove("fallbacks");
+            apf.insert("token_events_dropped".into(), token_events_dropped.into());
+        }
     }
 
     /// Sets the per-vCPU stall times, as the fault engine or the page
@@ -539,6 +664,16 @@ impl RunResult {
                 p99 as f64 / 1e3
             );
         }
+        let kinds_of = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "none".to_owned()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
         if let Some(a) = &self.apf {
             let n = |key: &str| a.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
             let kinds = |key: &str| {
@@ -561,11 +696,11 @@ impl RunResult {
                 n("faults"),
                 kinds("not_present"),
                 n("sync_faults"),
-                kinds("fallbacks"),
+                kinds_of(&self.fallbacks),
                 n("ready_delivered"),
                 n("ready_interrupts"),
                 n("page_requests"),
-                kinds("violations"),
+                kinds_of(&self.violations),
             );
         }
         s += &format!(

@@ -259,13 +259,7 @@ pub fn run_config(
                     host.as_nanos() as f64 / engine.metrics().faults as f64;
             }
             if let Some(record) = policy {
-                result.apf = serde_json::to_value(engine.metrics()).ok();
-                if let Some(apf) = result.apf.as_mut().and_then(|v| v.as_object_mut()) {
-                    apf.insert(
-                        "token_events_dropped".into(),
-                        engine.events_dropped().into(),
-                    );
-                }
+                result.set_apf(engine.metrics(), engine.events_dropped());
                 let usage = engine.policy_usage();
                 result.policy = Some(PolicyRecord {
                     fuel_used: usage.fuel_used,

@@ -88,7 +88,39 @@ fn fixtures() -> tempfile::TempDir {
     std::fs::write(p.join("bad-samples.txt"), "12\n1e300\n").unwrap();
     let huge = std::fs::File::create(p.join("huge-samples.txt")).unwrap();
     huge.set_len((16 << 20) + 1).unwrap();
+    std::fs::write(p.join("empty-samples.txt"), "").unwrap();
+    std::fs::write(p.join("garbage-samples.txt"), "12\nbanana\n").unwrap();
+    std::fs::write(p.join("empty.wasm"), "").unwrap();
+    std::fs::write(p.join("text.wasm"), "not a module\n").unwrap();
+    let mut truncated = elf(0x4008_0000, 0x4008_0000);
+    truncated.truncate(40);
+    std::fs::write(p.join("truncated.elf"), truncated).unwrap();
+    std::fs::write(p.join("low.elf"), elf(0x1000, 0x1000)).unwrap();
+    std::fs::write(p.join("entry.elf"), elf(0x4100_0000, 0x1000)).unwrap();
     dir
+}
+
+/// A minimal arm64 ELF: one 4-byte segment (`b .`) loaded at `vaddr`,
+/// entry at `entry`.
+fn elf(vaddr: u64, entry: u64) -> Vec<u8> {
+    let mut e = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&entry.to_le_bytes());
+    e.extend_from_slice(&64u64.to_le_bytes()); // program headers
+    e.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    e.extend_from_slice(&0u32.to_le_bytes());
+    for half in [64u16, 56, 1, 64, 0, 0] {
+        e.extend_from_slice(&half.to_le_bytes());
+    }
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R X
+    for word in [120u64, vaddr, vaddr, 4, 4, 4] {
+        e.extend_from_slice(&word.to_le_bytes());
+    }
+    e.extend_from_slice(&0x1400_0000u32.to_le_bytes());
+    e
 }
 
 /// `GOOD` with `from` replaced by `to` (which must occur).
@@ -144,6 +176,87 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
                 "[backend]\nmax_virtual_ms = 18446744073709551615\n",
             ),
             vec!["backend.max_virtual_ms", "1000000000"],
+        ),
+        (
+            edit("[backend]\n", "[backend]\nwatchdog_ms = 0\n"),
+            vec!["test.toml:9:", "backend.watchdog_ms", "at least 1"],
+        ),
+        (
+            edit("[backend]\n", "[backend]\nwatchdog_ms = 1\n"),
+            vec![
+                "test.toml:9:",
+                "key `backend.watchdog_ms`: 1;",
+                "more than workload.timeslice_us = 1000 us",
+            ],
+        ),
+        (
+            pager("inject_errors = { spike_every = 3 }"),
+            vec!["pager.inject_errors.spike_every", "go together"],
+        ),
+        (
+            pager("inject_errors = { spike_every = 3, spike_us = 18446744073709551615 }"),
+            vec!["pager.inject_errors.spike_us", "at most 1000000000"],
+        ),
+        // 4. The kinds of every config error: syntax, unknown keys, wrong
+        //    types, non-finite values, policy files, conflicting options,
+        //    samples files, kernels.
+        (edit("vcpus = 1", "vcpus = = 1"), vec!["test.toml:3:"]),
+        (
+            edit("[backend]\n", "[backend]\nturbo = true\n"),
+            vec!["test.toml:9:", "turbo"],
+        ),
+        (
+            edit("memory_mib = 64", "memory_mib = \"lots\""),
+            vec!["test.toml:4:", "guest.memory_mib"],
+        ),
+        (
+            pager("latency = { model = \"constant\", us = nan }"),
+            vec!["pager.latency.us", "finite"],
+        ),
+        (
+            format!(
+                "{GOOD}[pager]\nstore = {{ kind = \"zero\" }}\n[policy]\nmodule = \"missing.wasm\"\n"
+            ),
+            vec!["policy.module", "missing.wasm"],
+        ),
+        (
+            format!(
+                "{GOOD}[pager]\nstore = {{ kind = \"zero\" }}\n[policy]\nmodule = \"empty.wasm\"\n"
+            ),
+            vec!["policy.module", "empty.wasm"],
+        ),
+        (
+            format!(
+                "{GOOD}[pager]\nstore = {{ kind = \"zero\" }}\n[policy]\nmodule = \"text.wasm\"\n"
+            ),
+            vec!["policy.module", "text.wasm"],
+        ),
+        (
+            format!("{GOOD}[policy]\nmodule = \"paolo\"\n"),
+            vec!["[policy]", "without a [pager] section"],
+        ),
+        (
+            pager("latency = { model = \"empirical\", samples = \"empty-samples.txt\" }"),
+            vec!["empty-samples.txt"],
+        ),
+        (
+            pager("latency = { model = \"empirical\", samples = \"garbage-samples.txt\" }"),
+            vec!["garbage-samples.txt:2", "banana"],
+        ),
+        (
+            edit("[workload]", "kernel = \"truncated.elf\"\n[workload]"),
+            vec!["truncated.elf"],
+        ),
+        (
+            edit("[workload]", "kernel = \"low.elf\"\n[workload]"),
+            vec!["low.elf", "0x1000..0x1004 lies outside guest RAM"],
+        ),
+        (
+            edit("[workload]", "kernel = \"entry.elf\"\n[workload]"),
+            vec![
+                "entry.elf",
+                "entry point 0x1000 is not inside any loaded segment",
+            ],
         ),
         // 2. What the guest would reject is rejected at load, with the
         //    guest's own limits.

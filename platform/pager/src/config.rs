@@ -21,7 +21,7 @@
 //! seed = 1
 //! fault_path = "vmm"                        # or "kernel" (kvm only)
 //! server_poll_us = 0                        # kernel fault path: busy-poll before blocking
-//! inject_errors = { transient_every = 100, permanent = [0x4300_0000] }
+//! inject_errors = { transient_every = 100, permanent = [0x4300_0000], spike_every = 50, spike_us = 2000 }
 //! ```
 
 use std::fmt;
@@ -124,6 +124,14 @@ pub struct InjectErrors {
     /// fault on one stops the run with an error naming the page.
     #[serde(default)]
     pub permanent: Vec<u64>,
+    /// Every n-th fetch takes `spike_us` longer (a congested link, a slow
+    /// disk): the fetches after it overtake it, so completions come out of
+    /// fault order. 0: never.
+    #[serde(default)]
+    pub spike_every: u64,
+    /// The extra latency of a spiked fetch, µs (at most 10^9).
+    #[serde(default)]
+    pub spike_us: u64,
 }
 
 /// Where a fault on a non-resident page is handled, and so where the
@@ -531,6 +539,22 @@ impl PagerConfig {
                 self.server_poll_us,
                 "at most 1000000 (one second of busy polling per fault)",
             ));
+        }
+        if let Some(i) = &self.inject_errors {
+            if i.spike_us as f64 > MAX_LATENCY_US {
+                return Err(ConfigError::invalid(
+                    "inject_errors.spike_us",
+                    i.spike_us,
+                    "at most 1000000000 (1000 s; no far memory is slower)",
+                ));
+            }
+            if (i.spike_every == 0) != (i.spike_us == 0) {
+                return Err(ConfigError::invalid(
+                    "inject_errors.spike_every",
+                    i.spike_every,
+                    "spike_every and spike_us go together: both 0, or both set",
+                ));
+            }
         }
         for &addr in self.inject_errors.iter().flat_map(|i| &i.permanent) {
             if range.index(addr / PAGE_SIZE).is_none() {

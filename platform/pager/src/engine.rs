@@ -191,6 +191,10 @@ pub struct FaultEngine {
     rng: ChaCha8Rng,
     dirty_tracking: DirtyTracking,
     retries: u32,
+    /// Every n-th fetch takes this much longer, ns (`inject_errors`).
+    spike: Option<(u64, u64)>,
+    /// Fetches whose latency was drawn.
+    fetches_drawn: u64,
     /// Ready time of every fetch in flight, by page index.
     in_flight: HashMap<usize, u64>,
     /// Pages evicted whose content the backend has not handed back yet.
@@ -231,6 +235,12 @@ impl FaultEngine {
             rng,
             dirty_tracking: c.dirty_tracking,
             retries: c.retries,
+            spike: c
+                .inject_errors
+                .as_ref()
+                .filter(|i| i.spike_every > 0)
+                .map(|i| (i.spike_every, i.spike_us.saturating_mul(1_000))),
+            fetches_drawn: 0,
             in_flight: HashMap::new(),
             write_back_pending: HashSet::new(),
             metrics,
@@ -345,8 +355,17 @@ impl FaultEngine {
     /// Draws the latencies of `attempts` store reads and sums them,
     /// saturating (a sum past `u64::MAX` ns is "never", not a wrapped,
     /// early time).
+    /// Every `inject_errors.spike_every`-th fetch adds `spike_us`.
     pub fn sample_latencies(&mut self, attempts: u32) -> u64 {
-        (0..attempts).fold(0u64, |sum, _| sum.saturating_add(self.sample_latency()))
+        let sum = (0..attempts).fold(0u64, |sum, _| sum.saturating_add(self.sample_latency()));
+        self.fetches_drawn += 1;
+        match self.spike {
+            Some((every, ns)) if self.fetches_drawn.is_multiple_of(every) => {
+                self.metrics.counters.latency_spikes += 1;
+                sum.saturating_add(ns)
+            }
+            _ => sum,
+        }
     }
 
     /// Reads `pfn` from `store` into `out`, retrying transient errors up to

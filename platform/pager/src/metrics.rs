@@ -49,6 +49,8 @@ pub struct PagerMetrics {
     pub write_backs: u64,
     /// Store reads retried after a transient error.
     pub store_retries: u64,
+    /// Fetches given an injected latency spike (`inject_errors.spike_every`).
+    pub latency_spikes: u64,
     /// Bytes fetched from the store.
     pub bytes_fetched: u64,
     /// Bytes written back.

@@ -107,6 +107,10 @@ pub struct VmConfig {
     pub slice_instructions: u64,
     /// Stop the run (as a failure) after this much virtual time.
     pub max_virtual_ns: u64,
+    /// Stop the run ([`crate::GuestExit::Hang`]) once the guest has shown
+    /// no sign of life for this long: virtual ns on emu, host ns on kvm
+    /// (see [`crate::watchdog`]).
+    pub watchdog_ns: u64,
     /// Echo the guest console to stdout as it is written.
     pub echo_console: bool,
 }
@@ -179,6 +183,13 @@ impl VmConfig {
                 key: "max_virtual_ns",
                 value: self.max_virtual_ns.to_string(),
                 expected: "1..=10^15 ns (about 11.6 days of guest time)",
+            });
+        }
+        if self.watchdog_ns == 0 || self.watchdog_ns > MAX_VIRTUAL_NS {
+            return Err(VmError::BadValue {
+                key: "watchdog_ns",
+                value: self.watchdog_ns.to_string(),
+                expected: "1..=10^15 ns (about 11.6 days)",
             });
         }
         Ok(())

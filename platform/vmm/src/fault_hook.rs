@@ -193,6 +193,13 @@ pub trait FaultHook {
         Action::Retry
     }
 
+    /// What the hook still owes the guest (a stall on a page, a token not
+    /// yet consumed...), one line each, for the diagnosis of a run the
+    /// watchdog stops.
+    fn pending(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Time has reached [`FaultHook::next_deadline`]; the answer says what
     /// to do with which vCPUs (by index).
     fn on_time(&mut self, now_ns: u64, pages: &mut dyn Residency) -> Vec<(u32, Action)> {

@@ -14,7 +14,8 @@
 //! loops share; [`arch`] has the architecture facts and the stage-1 walk
 //! and instruction decode both backends use to find a faulting page;
 //! [`loader`] and [`fdt`] prepare guest memory; [`page_server`] is where
-//! a pager serving faults inside the host kernel plugs in (kvm).
+//! a pager serving faults inside the host kernel plugs in (kvm);
+//! [`watchdog`] stops a run whose guest shows no sign of life.
 
 pub mod arch;
 pub mod config;
@@ -33,6 +34,7 @@ pub mod page_server;
 mod run_loop;
 pub mod sdei;
 mod vm;
+pub mod watchdog;
 
 pub use config::{BackendKind, CostModel, VmConfig, host_memory_mib};
 pub use error::VmError;
@@ -43,3 +45,4 @@ pub use fault_hook::{
 pub use outcome::{GuestExit, Halt, MAX_RECORDED_HALTS, RunOutcome, VmMetrics};
 pub use page_server::{HostRam, PageServer};
 pub use vm::Vm;
+pub use watchdog::HangDiagnosis;

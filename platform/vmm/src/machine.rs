@@ -200,6 +200,18 @@ impl Machine {
         *self.lock().exits.entry(name.to_owned()).or_default() += 1;
     }
 
+    /// The guest's signs of life so far, for the watchdog: every exit
+    /// counted except those that are no work of the guest's (WFI, the emu
+    /// slice ends, the kvm loop's kicks to look at a vCPU).
+    pub fn activity(&self) -> u64 {
+        self.lock()
+            .exits
+            .iter()
+            .filter(|(kind, _)| !matches!(kind.as_str(), "wfi" | "slice_end" | "resume_check"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Exits counted so far, by kind.
     pub fn exits(&self) -> BTreeMap<String, u64> {
         self.lock().exits.clone()

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use apflab_abi::report::GuestReport;
 
+use crate::watchdog::HangDiagnosis;
+
 /// How the guest's run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestExit {
@@ -20,6 +22,9 @@ pub enum GuestExit {
     Crash(String),
     /// `max_virtual_ns` passed before the guest powered off.
     Timeout,
+    /// The watchdog stopped the run: the guest showed no sign of life for
+    /// `watchdog_ns`.
+    Hang(HangDiagnosis),
 }
 
 impl GuestExit {

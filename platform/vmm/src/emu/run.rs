@@ -26,6 +26,7 @@ use crate::loader::LoadedKernel;
 use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, Halt, MAX_RECORDED_HALTS, RunOutcome};
 use crate::run_loop::{self, Next, Totals};
+use crate::watchdog::{GuestPosition, HangDiagnosis, VcpuDiagnosis, Watchdog};
 
 /// Scheduling state of one vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,13 +195,71 @@ impl<'h> EmuRun<'h> {
         Ok(None)
     }
 
+    /// What every vCPU is doing and what the hook owes the guest, as the
+    /// watchdog stops the run at `at_ns`.
+    fn diagnose(&self, watchdog: &Watchdog, at_ns: u64) -> Result<HangDiagnosis, VmError> {
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for (i, v) in self.vcpus.iter().enumerate() {
+            let state = match self.states[i] {
+                RunState::Off => "off".to_owned(),
+                RunState::Running => "running".to_owned(),
+                RunState::Halted => "halted in WFI".to_owned(),
+                RunState::Waiting { until, halt: false } => {
+                    format!("stalled by the fault engine until {until} ns")
+                }
+                RunState::Waiting { until, halt: true } => {
+                    format!("halted by the fault engine until {until} ns or an interrupt")
+                }
+            };
+            let at = if self.states[i] == RunState::Off {
+                None
+            } else {
+                let ps = v.get_reg(Reg::Pstate)?;
+                Some(GuestPosition {
+                    pc: v.get_reg(Reg::Pc)?,
+                    el: u8::from(ps & pstate::MODE_MASK != pstate::EL0T),
+                    irqs_masked: ps & pstate::I != 0,
+                })
+            };
+            vcpus.push(VcpuDiagnosis {
+                vcpu: i as u32,
+                state,
+                at,
+                pending_irq: self.machine.signalled_irq(i as u32),
+            });
+        }
+        Ok(HangDiagnosis {
+            quiet_ns: watchdog.span_ns(),
+            at_ns,
+            vcpus,
+            pending: self.hook.pending(),
+        })
+    }
+
+    /// The guest's signs of life so far (see [`crate::watchdog`]).
+    fn activity(&self) -> u64 {
+        self.machine.activity() + self.irq_entries
+    }
+
     fn schedule(&mut self) -> Result<GuestExit, VmError> {
         let cost = self.config.cost;
+        let mut watchdog = Watchdog::new(self.config.watchdog_ns);
         loop {
             let next = (0..self.vcpus.len())
                 .filter_map(|i| self.ready_time(i).map(|t| (t, i)))
                 .min();
             let deadline = self.hook.next_deadline();
+            // Signs of life since the last look happened by the latest
+            // clock (the vCPU that just ran); nothing at all to happen next
+            // is a hang as soon as it is seen.
+            let now = self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0);
+            watchdog.observe(self.activity(), now);
+            let soonest = next.map(|(t, _)| t).into_iter().chain(deadline).min();
+            let bite = watchdog.deadline_ns();
+            if soonest.is_none_or(|t| t > bite && bite <= self.config.max_virtual_ns) {
+                let at = bite.min(self.config.max_virtual_ns);
+                return Ok(GuestExit::Hang(self.diagnose(&watchdog, at)?));
+            }
             if let Some(d) = deadline
                 && next.is_none_or(|(t, _)| d <= t)
             {
@@ -213,10 +272,9 @@ impl<'h> EmuRun<'h> {
                 continue;
             }
             let Some((t, i)) = next else {
-                return Ok(GuestExit::Crash(
-                    "every vCPU is off or halted with no timer armed and no interrupt pending"
-                        .into(),
-                ));
+                // Not reached: with nothing to run and no deadline the
+                // watchdog has stopped the run above.
+                return Ok(GuestExit::Hang(self.diagnose(&watchdog, bite)?));
             };
             if t > self.config.max_virtual_ns {
                 return Ok(GuestExit::Timeout);

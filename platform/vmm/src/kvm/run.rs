@@ -33,6 +33,7 @@ use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, RunOutcome};
 use crate::page_server::PageServer;
 use crate::run_loop::{self, Next, Totals};
+use crate::watchdog::{HangDiagnosis, VcpuDiagnosis, Watchdog};
 
 /// What a vCPU thread tells the control thread.
 enum Event {
@@ -159,6 +160,7 @@ pub(crate) fn run(
             blocked: vec![false; n as usize],
             resume_pending: &resume_pending,
             resume_kicked_at: vec![0; n as usize],
+            watchdog: Watchdog::new(config.watchdog_ns),
             started,
         };
         let exit = control.run(server.as_deref(), &rx);
@@ -210,6 +212,10 @@ struct Control<'a> {
     /// (its guest must get to run between two looks, or it never reaches a
     /// point where it can take what is held for it).
     resume_kicked_at: Vec<u64>,
+    /// Host time without a sign of life from the guest ([`crate::watchdog`];
+    /// the timer and the GIC are in the kernel, so only exits to the VMM
+    /// count here).
+    watchdog: Watchdog,
     started: Instant,
 }
 
@@ -241,11 +247,16 @@ impl Control<'_> {
             if now >= limit {
                 return Ok(GuestExit::Timeout);
             }
+            self.watchdog.observe(self.machine.activity(), now);
+            if now >= self.watchdog.deadline_ns() {
+                return Ok(GuestExit::Hang(self.diagnose(now)));
+            }
             let mut wake = self
                 .waits
                 .iter()
                 .map(|w| w.until_ns)
                 .chain(self.hook.next_deadline())
+                .chain([self.watchdog.deadline_ns()])
                 .fold(limit, u64::min);
             if self.update_resume_pending(now) {
                 wake = wake.min(now + RESUME_POLL.as_nanos() as u64);
@@ -307,6 +318,39 @@ impl Control<'_> {
             if let Some(exit) = end {
                 return Ok(exit);
             }
+        }
+    }
+
+    /// What every vCPU thread is doing and what the hook owes the guest, as
+    /// the watchdog stops the run at `now`. (A vCPU in `KVM_RUN` cannot be
+    /// asked where it is from here.)
+    fn diagnose(&self, now: u64) -> HangDiagnosis {
+        let vcpus = (0..self.blocked.len())
+            .map(|v| {
+                let wait = self.waits.iter().find(|w| w.vcpu as usize == v);
+                let state = match (self.blocked[v], wait) {
+                    (true, Some(w)) => {
+                        format!(
+                            "waiting in the VMM for the fault engine until {} ns",
+                            w.until_ns
+                        )
+                    }
+                    (true, None) => "waiting in the VMM for the fault engine".to_owned(),
+                    (false, _) => "in the guest (KVM_RUN), making no exits".to_owned(),
+                };
+                VcpuDiagnosis {
+                    vcpu: v as u32,
+                    state,
+                    at: None,
+                    pending_irq: None,
+                }
+            })
+            .collect();
+        HangDiagnosis {
+            quiet_ns: self.watchdog.span_ns(),
+            at_ns: now,
+            vcpus,
+            pending: self.hook.pending(),
         }
     }
 
