@@ -109,15 +109,26 @@ pub fn load_kernel(
             source,
         }
     })?;
+    load_image(path, &bytes, mem, ram_size)
+}
+
+/// Loads the image `bytes` as [`load_kernel`] loads the file's contents;
+/// `path` only names it in errors.
+pub fn load_image(
+    path: &Path,
+    bytes: &[u8],
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+) -> Result<LoadedKernel, LoadError> {
     if bytes.is_empty() {
         return Err(LoadError::Empty {
             path: path.to_owned(),
         });
     }
     if bytes.starts_with(b"\x7fELF") {
-        load_elf(path, &bytes, mem, ram_size)
+        load_elf(path, bytes, mem, ram_size)
     } else {
-        load_raw(path, &bytes, mem, ram_size)
+        load_raw(path, bytes, mem, ram_size)
     }
 }
 
