@@ -6,7 +6,7 @@
 //!
 //! Each is its own cargo workspace, built by a nested cargo into
 //! `<target>/apflab-artifacts/` (a directory of its own, so the nested cargo
-//! never waits on the outer one's lock).
+//! never waits on the outer one's lock), or into `APFLAB_ARTIFACTS_DIR`.
 
 use std::env;
 use std::fs;
@@ -49,7 +49,11 @@ fn main() {
         .and_then(|profile| profile.parent())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| out_dir.clone());
-    let artifacts_dir = target_dir.join("apflab-artifacts");
+    // Nothing in the artifacts depends on the outer build, so a second
+    // build tree (the fuzz targets') may reuse a first one's.
+    println!("cargo:rerun-if-env-changed=APFLAB_ARTIFACTS_DIR");
+    let artifacts_dir = env::var_os("APFLAB_ARTIFACTS_DIR")
+        .map_or_else(|| target_dir.join("apflab-artifacts"), PathBuf::from);
 
     let guest_dir = root.join("guest");
     let policies_dir = root.join("policies");

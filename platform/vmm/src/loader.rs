@@ -109,15 +109,26 @@ pub fn load_kernel(
             source,
         }
     })?;
+    load_image(path, &bytes, mem, ram_size)
+}
+
+/// Loads the image `bytes` as [`load_kernel`] loads the file's contents;
+/// `path` only names it in errors.
+pub fn load_image(
+    path: &Path,
+    bytes: &[u8],
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+) -> Result<LoadedKernel, LoadError> {
     if bytes.is_empty() {
         return Err(LoadError::Empty {
             path: path.to_owned(),
         });
     }
     if bytes.starts_with(b"\x7fELF") {
-        load_elf(path, &bytes, mem, ram_size)
+        load_elf(path, bytes, mem, ram_size)
     } else {
-        load_raw(path, &bytes, mem, ram_size)
+        load_raw(path, bytes, mem, ram_size)
     }
 }
 
@@ -222,8 +233,7 @@ fn load_elf(
         }
         // The entry is a virtual address; with identity-mapped boot code
         // it equals the physical one. Translate through the segment.
-        let e = elf.entry;
-        if e >= ph.p_vaddr && e < ph.p_vaddr + ph.p_memsz {
+        if holds_vaddr(ph, elf.entry) {
             entry_ok = true;
         }
         lo = lo.min(ph.p_paddr);
@@ -239,11 +249,7 @@ fn load_elf(
     let entry = elf
         .program_headers
         .iter()
-        .find(|ph| {
-            ph.p_type == program_header::PT_LOAD
-                && elf.entry >= ph.p_vaddr
-                && elf.entry < ph.p_vaddr + ph.p_memsz
-        })
+        .find(|ph| ph.p_type == program_header::PT_LOAD && holds_vaddr(ph, elf.entry))
         .map(|ph| elf.entry - ph.p_vaddr + ph.p_paddr);
     match entry {
         Some(entry) if entry_ok => Ok(LoadedKernel {
@@ -257,6 +263,13 @@ fn load_elf(
             entry: elf.entry,
         }),
     }
+}
+
+/// Whether segment `ph` covers virtual address `va`. The header's
+/// `p_vaddr` is the image's to choose: `p_vaddr + p_memsz` may wrap.
+fn holds_vaddr(ph: &program_header::ProgramHeader, va: u64) -> bool {
+    va.checked_sub(ph.p_vaddr)
+        .is_some_and(|offset| offset < ph.p_memsz)
 }
 
 fn load_raw(
@@ -300,4 +313,75 @@ fn load_raw(
         end: start + len,
         dtb_addr,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 8 << 20;
+    const LOAD: u64 = RAM_BASE + DTB_MAX_SIZE;
+
+    fn ram() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), RAM as usize)]).unwrap()
+    }
+
+    /// An aarch64 ELF with one PT_LOAD of 16 bytes (memsz one page more)
+    /// at physical `paddr`, virtual `vaddr`, and entry `entry`.
+    fn elf(paddr: u64, vaddr: u64, entry: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"\x7fELF\x02\x01\x01\0");
+        b.extend_from_slice(&[0; 8]);
+        for half in [2u16, header::EM_AARCH64] {
+            b.extend_from_slice(&half.to_le_bytes());
+        }
+        b.extend_from_slice(&1u32.to_le_bytes());
+        for word in [entry, 64, 0] {
+            b.extend_from_slice(&word.to_le_bytes());
+        }
+        b.extend_from_slice(&0u32.to_le_bytes());
+        for half in [64u16, 56, 1, 0, 0, 0] {
+            b.extend_from_slice(&half.to_le_bytes());
+        }
+        b.extend_from_slice(&program_header::PT_LOAD.to_le_bytes());
+        b.extend_from_slice(&5u32.to_le_bytes());
+        for word in [120, vaddr, paddr, 16, 16 + 4096, 4096] {
+            b.extend_from_slice(&word.to_le_bytes());
+        }
+        b.extend_from_slice(&[0x7f, 0x20, 0x03, 0xd5, 0xff, 0xff, 0xff, 0x17]);
+        b.extend_from_slice(&[0; 8]);
+        b
+    }
+
+    #[test]
+    fn an_elf_loads_at_its_physical_address_with_its_entry_translated() {
+        let k = load_image(
+            Path::new("k"),
+            &elf(LOAD, 0xffff_0000_0000_0000, 0xffff_0000_0000_0004),
+            &ram(),
+            RAM,
+        )
+        .unwrap();
+        assert_eq!(
+            (k.start, k.end, k.entry),
+            (LOAD, LOAD + 16 + 4096, LOAD + 4)
+        );
+    }
+
+    /// Found by the `image` fuzz target: a segment whose virtual range ends
+    /// past 2^64 made the entry check overflow (a panic in a debug build;
+    /// a wrapped comparison, so a refused entry, in a release one). Only
+    /// the entry is translated through virtual addresses, so the segment
+    /// loads at its physical address like any other.
+    #[test]
+    fn a_segment_whose_virtual_range_wraps_loads_by_its_physical_address() {
+        let top = 0xffff_ffff_ffff_f000;
+        let k = load_image(Path::new("k"), &elf(LOAD, top, top + 4), &ram(), RAM).unwrap();
+        assert_eq!((k.start, k.entry), (LOAD, LOAD + 4));
+        let past = load_image(Path::new("k"), &elf(LOAD, top, 0x10), &ram(), RAM);
+        assert!(
+            matches!(past, Err(LoadError::BadEntry { entry: 0x10, .. })),
+            "{past:?}"
+        );
+    }
 }
