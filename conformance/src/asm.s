@@ -220,6 +220,33 @@ wfi_masked:
     wfi
     ret
 
+// Software step at EL1: x0 = MDSCR_EL1 for the run, x1 = SPSR_EL1.SS.
+// Returns with an ERET to step_target, D clear, so that the nops there are
+// stepped (the handler counts the steps and ends stepping).
+    .global step_run
+step_run:
+    msr     mdscr_el1, x0
+    isb
+    adr     x2, step_target
+    msr     elr_el1, x2
+    mov     x2, #0x1c5          // EL1h, A, I, F masked, D clear
+    orr     x2, x2, x1
+    msr     spsr_el1, x2
+    eret
+    .global step_target
+step_target:
+    nop
+    nop
+    nop
+    msr     daifset, #8
+    ret
+
+// A function to put a hardware breakpoint on: returns 7.
+    .global bp_target
+bp_target:
+    mov     x0, #7
+    ret
+
 // Runs EL0 code: x0 = entry, x1 = EL0 stack, x2 = argument in EL0's x0.
 // Returns EL0's x0 when EL0 makes `svc #1` (the handler resumes at
 // el0_return at EL1).

@@ -9,7 +9,8 @@
 //! (apflab's emu backend, QEMU, KVM). Covered: synchronous exceptions
 //! (UNDEFINED, BRK, SVC, FP traps, alignment faults, stage-1 translation / access flag /
 //! permission faults from EL1 and EL0, external aborts on unassigned
-//! addresses) with their ESR/FAR/ELR; MPIDR against the device tree; PSCI;
+//! addresses) with their ESR/FAR/ELR; the debug exceptions (hardware
+//! breakpoints and software step at EL1); MPIDR against the device tree; PSCI;
 //! interrupts taken at each kind of unmask; exclusives and LSE atomics
 //! contended by every CPU; both EL1 timers; SGIs; the
 //! board's absent virtio-mmio transports, its RTC and the PMU's presence.
@@ -52,6 +53,9 @@ unsafe extern "C" {
     fn el0_base();
     fn xn_page();
     fn secondary_entry();
+    fn step_run(mdscr: u64, spsr_ss: u64);
+    fn step_target();
+    fn bp_target() -> u64;
 }
 
 const UART: usize = 0x0900_0000;
@@ -257,6 +261,10 @@ extern "C" fn exception(frame: &mut Frame, kind: u64) {
                 // Instruction abort: the target cannot be skipped; go back
                 // to the caller of `call_addr`.
                 0x21 => frame.elr = frame.x[30],
+                // Breakpoint: disarm it and run the instruction.
+                0x31 => msr!("dbgbcr0_el1", 0),
+                // Software step: ELR is the next instruction to step.
+                0x33 => software_step(frame),
                 _ if RESUME_AT_LR.load(Relaxed) != 0 => frame.elr = frame.x[30],
                 _ => frame.elr += 4,
             }
@@ -289,6 +297,29 @@ extern "C" fn exception(frame: &mut Frame, kind: u64) {
             puts("\n");
             psci(PSCI_SYSTEM_OFF, 0, 0, 0);
         }
+    }
+}
+
+/// Software step exceptions taken, their ELRs, and how many to take.
+static STEPS: AtomicU64 = AtomicU64::new(0);
+static STEP_ELRS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static STEP_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// SPSR_EL1.SS.
+const SPSR_SS: u64 = 1 << 21;
+
+/// A software step exception: steps the next instruction (SPSR_EL1.SS
+/// set again) until STEP_LIMIT, then ends stepping.
+fn software_step(frame: &mut Frame) {
+    let n = STEPS.fetch_add(1, Relaxed);
+    if let Some(slot) = STEP_ELRS.get(n as usize) {
+        slot.store(frame.elr, Relaxed);
+    }
+    if n + 1 < STEP_LIMIT.load(Relaxed) {
+        frame.spsr |= SPSR_SS;
+    } else {
+        msr!("mdscr_el1", 0);
+        frame.spsr &= !SPSR_SS;
     }
 }
 
@@ -534,6 +565,102 @@ fn test_alignment() {
         SYNC.count.load(Relaxed) - before,
         0,
     );
+}
+
+// ---- debug exceptions ----
+
+const MDSCR_SS: u64 = 1 << 0;
+const MDSCR_KDE: u64 = 1 << 13;
+const MDSCR_MDE: u64 = 1 << 15;
+
+/// Runs `step_run` with `mdscr` and SPSR_EL1.SS = `ss`, taking at most
+/// `limit` step exceptions; returns how many were taken.
+fn stepped(mdscr: u64, ss: u64, limit: u64) -> u64 {
+    STEPS.store(0, Relaxed);
+    STEP_LIMIT.store(limit, Relaxed);
+    // SAFETY: step_run returns to its caller through step_target; the
+    // handler keeps every register.
+    unsafe { step_run(mdscr, ss) };
+    msr!("mdscr_el1", 0);
+    STEPS.load(Relaxed)
+}
+
+/// Runs `f` with PSTATE.D clear, so that debug exceptions are enabled at
+/// EL1 (with MDSCR_EL1.KDE).
+fn debug_unmasked<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: only the debug mask changes; the handler of every debug
+    // exception the tests arm disarms it.
+    unsafe { asm!("msr daifclr, #8") };
+    let r = f();
+    // SAFETY: back to this kernel's normal state.
+    unsafe { asm!("msr daifset, #8") };
+    r
+}
+
+fn test_debug() {
+    // Debug exceptions are disabled while the OS lock is set (as it is at
+    // reset on hardware): unlock it, as an OS does.
+    msr!("oslar_el1", 0);
+    let dfr0 = mrs!("id_aa64dfr0_el1");
+    check("id_aa64dfr0_brps", (dfr0 >> 12) & 0xf, 5);
+    check("id_aa64dfr0_debugver_v8", u64::from((dfr0 & 0xf) >= 6), 1);
+    let target = fn_addr(step_target);
+
+    // Two instructions stepped at EL1: each step exception returns
+    // to the next instruction.
+    let n = stepped(MDSCR_SS | MDSCR_KDE, SPSR_SS, 2);
+    check("step_el1_count", n, 2);
+    check("step_el1_first_elr", STEP_ELRS[0].load(Relaxed), target + 4);
+    check(
+        "step_el1_second_elr",
+        STEP_ELRS[1].load(Relaxed),
+        target + 8,
+    );
+    check("step_el1_esr", SYNC.esr.load(Relaxed), 0xcf00_0022);
+    // SPSR_EL1.SS clear: active-pending, taken before any instruction,
+    // without ISV.
+    let n = stepped(MDSCR_SS | MDSCR_KDE, 0, 1);
+    check("step_pending_count", n, 1);
+    check("step_pending_elr", STEP_ELRS[0].load(Relaxed), target);
+    check("step_pending_esr", SYNC.esr.load(Relaxed), 0xce00_0022);
+    // Without MDSCR_EL1.KDE, EL1 is not stepped.
+    check("step_el1_needs_kde", stepped(MDSCR_SS, SPSR_SS, 2), 0);
+
+    // A hardware breakpoint on bp_target: taken before its first
+    // instruction, which runs once the handler disarms it.
+    let bp = bp_target as *const () as u64;
+    // E, PMC = EL1 and EL0, BAS = 0b1111.
+    let bcr = 0x1e7;
+    msr!("dbgbvr0_el1", bp);
+    msr!("dbgbcr0_el1", bcr);
+    check("dbgbcr0_reads_back", mrs!("dbgbcr0_el1"), bcr);
+    msr!("mdscr_el1", MDSCR_MDE | MDSCR_KDE);
+    let before = SYNC.count.load(Relaxed);
+    let v = debug_unmasked(|| call_ret(bp_target));
+    let taken = SYNC.count.load(Relaxed) - before;
+    check("hw_breakpoint_count", taken, 1);
+    check("hw_breakpoint_esr", SYNC.esr.load(Relaxed), 0xc600_0022);
+    check("hw_breakpoint_elr", SYNC.elr.load(Relaxed), bp);
+    check("hw_breakpoint_then_runs", v, 7);
+    // Armed, but PSTATE.D set (as in this kernel's normal state), or
+    // MDSCR_EL1.MDE clear: no exception.
+    msr!("dbgbcr0_el1", bcr);
+    let before = SYNC.count.load(Relaxed);
+    let v = call_ret(bp_target);
+    check(
+        "hw_breakpoint_masked_by_d",
+        SYNC.count.load(Relaxed) - before + v,
+        7,
+    );
+    msr!("mdscr_el1", MDSCR_KDE);
+    let v = debug_unmasked(|| call_ret(bp_target));
+    check(
+        "hw_breakpoint_needs_mde",
+        SYNC.count.load(Relaxed) - before + v,
+        7,
+    );
+    msr!("dbgbcr0_el1", 0);
+    msr!("mdscr_el1", 0);
 }
 
 fn test_aborts_el1() {
@@ -973,6 +1100,7 @@ extern "C" fn kmain(x0: u64) -> ! {
     test_undefined();
     test_brk_svc();
     test_fp_trap();
+    test_debug();
     mmu_on();
     test_aborts_el1();
     test_alignment();

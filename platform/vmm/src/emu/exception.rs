@@ -9,10 +9,16 @@
 //! survive is the one real hardware does not either: an exception taken at
 //! the very vector it would enter, which repeats forever.
 //!
-//! Not modelled: the debug exceptions (hardware breakpoints, watchpoints,
-//! software step; MDSCR_EL1 enables are ignored), SError (nothing in the
-//! machine raises one) and FIQ (the GIC signals only group 1 interrupts,
-//! as IRQs).
+//! The debug exceptions come from `debug.rs`: hardware breakpoints (EC
+//! 0x30/0x31, ELR = the breakpoint's instruction, not executed) and
+//! software step (EC 0x32/0x33 with ISV/EX, ELR = the next instruction).
+//!
+//! Not modelled: watchpoints (EC 0x34/0x35; the watchpoint registers are
+//! stored and never match), SError (nothing in the machine raises one:
+//! unassigned addresses answer with a synchronous external abort, and no
+//! device reports an asynchronous error) and FIQ (the GIC model signals
+//! only group 1 interrupts, as IRQs, and the guest cannot route one as
+//! FIQ).
 
 use unicorn_engine::{MemType, RegisterARM64, Unicorn};
 
@@ -72,6 +78,17 @@ pub(super) enum GuestFault {
     Breakpoint,
     /// The engine's own alignment check failed a data access.
     Alignment,
+    /// A hardware breakpoint matched the instruction at PC (`debug.rs`).
+    HwBreakpoint,
+    /// Software step: the stepped instruction completed (`isv`; `ex`: it
+    /// was a load-exclusive), or stepping is active with PSTATE.SS clear
+    /// (`isv` false). PC is the next instruction to step.
+    SoftwareStep {
+        /// An instruction was stepped.
+        isv: bool,
+        /// It was a load-exclusive.
+        ex: bool,
+    },
 }
 
 /// The registers an address computation reads, from the engine.
@@ -138,6 +155,9 @@ impl EmuVcpu {
                     (syndrome::undefined(), None)
                 }
             }
+            // FAR is UNKNOWN for both.
+            GuestFault::HwBreakpoint => (syndrome::hw_breakpoint(el0), None),
+            GuestFault::SoftwareStep { isv, ex } => (syndrome::software_step(el0, isv, ex), None),
             GuestFault::Breakpoint => {
                 let imm = read_insn(&self.uc, pc).map_or(0, |w| ((w >> 5) & 0xffff) as u16);
                 (syndrome::breakpoint(imm), None)

@@ -14,10 +14,11 @@ use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, Uc
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::absent::AbsentPages;
+use super::debug::{DebugRegs, Step};
 use super::hooks::{self, read_insn};
 use super::regs::{
-    HCR_EL2, HCR_EL2_VALUE, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3, SCR_EL3_VALUE,
-    SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
+    HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3,
+    SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
 };
 use super::state::HookState;
 use crate::arch::{EntryKind, Reg, insn, mpidr_of, pstate};
@@ -31,6 +32,9 @@ pub struct EmuVcpu {
     /// The code hook that raises FP traps and alignment faults, while the
     /// guest has either on (see `insn_watch.rs`).
     pub(super) insn_watch: Option<UcHookId>,
+    /// The code hooks of the armed hardware breakpoints, by address (see
+    /// `debug.rs`).
+    pub(super) breakpoint_hooks: Vec<(u64, UcHookId)>,
 }
 
 impl EmuVcpu {
@@ -56,6 +60,7 @@ impl EmuVcpu {
             stop_requested: false,
             end_slice: false,
             irq_waiting: false,
+            debug: DebugRegs::new(0),
             watching: false,
             last_block_end: 0,
             memory: memory.clone(),
@@ -127,10 +132,17 @@ impl EmuVcpu {
             .map_err(|e| engine_err("write VMPIDR_EL2", e))?;
         uc.reg_write(RegisterARM64::PSTATE, pstate::EL1H_MASKED)
             .map_err(|e| engine_err("write PSTATE", e))?;
+        // As many breakpoints as the ID register the guest reads says
+        // (BRPs + 1).
+        let mut dfr0 = cp(ID_AA64DFR0_EL1);
+        uc.reg_read_arm64_coproc(&mut dfr0)
+            .map_err(|e| engine_err("read ID_AA64DFR0_EL1", e))?;
+        uc.get_data_mut().debug = DebugRegs::new(((dfr0.val >> 12) & 0xf) as usize + 1);
         Ok(EmuVcpu {
             index,
             uc,
             insn_watch: None,
+            breakpoint_hooks: Vec::new(),
         })
     }
 
@@ -221,9 +233,25 @@ impl Vcpu for EmuVcpu {
         }
         let result = loop {
             self.sync_insn_watch()?;
+            let stepping = self.sync_debug()?;
             let pc = self.get_reg(Reg::Pc)?;
-            // `until` is ignored (no exits; see `new`).
-            let result = self.uc.emu_start(pc, 0, 0, 0);
+            let result = if stepping {
+                match self.step(pc)? {
+                    Step::Stop(result) => result,
+                    Step::Next => {
+                        let st = self.uc.get_data();
+                        let unmasked =
+                            st.irq_waiting && self.get_reg(Reg::Pstate)? & pstate::I == 0;
+                        if st.slice_insns >= st.budget || st.end_slice || unmasked {
+                            return Ok(VmExit::SliceEnd);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                // `until` is ignored (no exits; see `new`).
+                self.uc.emu_start(pc, 0, 0, 0)
+            };
             let Some(fault) = self.uc.get_data_mut().fault.take() else {
                 break result;
             };
