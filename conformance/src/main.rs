@@ -10,7 +10,7 @@
 //! (UNDEFINED, BRK, SVC, FP traps, alignment faults, stage-1 translation / access flag /
 //! permission faults from EL1 and EL0, external aborts on unassigned
 //! addresses) with their ESR/FAR/ELR; the debug exceptions (hardware
-//! breakpoints and software step at EL1); MPIDR against the device tree; PSCI;
+//! breakpoints, watchpoints and software step at EL1); MPIDR against the device tree; PSCI;
 //! interrupts taken at each kind of unmask; exclusives and LSE atomics
 //! contended by every CPU; both EL1 timers; SGIs; the
 //! board's absent virtio-mmio transports, its RTC and the PMU's presence.
@@ -263,6 +263,8 @@ extern "C" fn exception(frame: &mut Frame, kind: u64) {
                 0x21 => frame.elr = frame.x[30],
                 // Breakpoint: disarm it and run the instruction.
                 0x31 => msr!("dbgbcr0_el1", 0),
+                // Watchpoint: disarm it and run the access.
+                0x35 => msr!("dbgwcr0_el1", 0),
                 // Software step: ELR is the next instruction to step.
                 0x33 => software_step(frame),
                 _ if RESUME_AT_LR.load(Relaxed) != 0 => frame.elr = frame.x[30],
@@ -660,7 +662,50 @@ fn test_debug() {
         7,
     );
     msr!("dbgbcr0_el1", 0);
+    test_watchpoints();
     msr!("mdscr_el1", 0);
+}
+
+/// The doubleword the watchpoint tests watch.
+static WATCHED: Shared<u64> = Shared::new(0);
+
+/// Watchpoint 0 on WATCHED (all 8 bytes, EL1 and EL0) for loads (`lsc`
+/// 0b01) or stores (0b10).
+fn watch(lsc: u64) {
+    msr!("dbgwvr0_el1", WATCHED.ptr() as u64);
+    msr!("dbgwcr0_el1", 1 | (0b11 << 1) | (lsc << 3) | (0xff << 5));
+}
+
+fn test_watchpoints() {
+    check("id_aa64dfr0_wrps", (mrs!("id_aa64dfr0_el1") >> 20) & 0xf, 3);
+    let addr = WATCHED.ptr() as u64;
+    msr!("mdscr_el1", MDSCR_MDE | MDSCR_KDE);
+    // A store watchpoint: loads pass; a store to a watched byte is taken
+    // before it is made, and made once the handler disarms it.
+    watch(0b10);
+    let before = SYNC.count.load(Relaxed);
+    let v = debug_unmasked(|| call1(load_u64, addr));
+    check(
+        "watchpoint_store_only_lets_loads_pass",
+        SYNC.count.load(Relaxed) - before + v,
+        0,
+    );
+    let (esr, far, elr) = expect_sync(|| debug_unmasked(|| call2(store_u8, addr + 3, 0x5a)));
+    check("watchpoint_store_esr", esr, 0xd600_0062);
+    check("watchpoint_store_far", far, addr + 3);
+    check("watchpoint_store_elr", elr, store_u8 as *const () as u64);
+    check(
+        "watchpoint_store_then_made",
+        call1(load_u64, addr),
+        0x5a00_0000,
+    );
+    // A load watchpoint: WnR clear.
+    watch(0b01);
+    let (esr, far, elr) = expect_sync(|| debug_unmasked(|| call1(load_u64, addr)));
+    check("watchpoint_load_esr", esr, 0xd600_0022);
+    check("watchpoint_load_far", far, addr);
+    check("watchpoint_load_elr", elr, load_u64 as *const () as u64);
+    msr!("dbgwcr0_el1", 0);
 }
 
 fn test_aborts_el1() {

@@ -239,6 +239,10 @@ pub mod ec {
     pub const SOFTSTEP_LOWER: u32 = 0x32;
     /// Software step without a change in exception level.
     pub const SOFTSTEP_CURRENT: u32 = 0x33;
+    /// Watchpoint from a lower exception level.
+    pub const WATCHPT_LOWER: u32 = 0x34;
+    /// Watchpoint without a change in exception level.
+    pub const WATCHPT_CURRENT: u32 = 0x35;
     /// BRK from AArch64.
     pub const BRK64: u32 = 0x3c;
     /// SVC from AArch64.

@@ -142,6 +142,19 @@ pub fn hw_breakpoint(from_el0: bool) -> u64 {
     esr(class, DEBUG_FSC)
 }
 
+/// ESR of a watchpoint taken to EL1 from EL0 (`from_el0`) or EL1 (EC
+/// 0x34 / 0x35): WnR for a store, CM for a cache maintenance instruction.
+pub fn watchpoint(from_el0: bool, write: bool, cache_maintenance: bool) -> u64 {
+    let class = if from_el0 {
+        ec::WATCHPT_LOWER
+    } else {
+        ec::WATCHPT_CURRENT
+    };
+    let wnr = if write || cache_maintenance { WNR } else { 0 };
+    let cm = if cache_maintenance { CM } else { 0 };
+    esr(class, wnr | cm | DEBUG_FSC)
+}
+
 /// ESR of a software step exception taken to EL1 from EL0 (`from_el0`) or
 /// EL1 (EC 0x32 / 0x33). `isv`: an instruction was stepped (it is 0 when
 /// the exception is taken before any, in the active-pending state); `ex`:
@@ -250,6 +263,8 @@ mod tests {
         assert_eq!(hw_breakpoint(false), 0xc600_0022);
         assert_eq!(hw_breakpoint(true), 0xc200_0022);
         assert_eq!(software_step(false, true, false), 0xcf00_0022);
+        assert_eq!(watchpoint(false, true, false), 0xd600_0062);
+        assert_eq!(watchpoint(true, false, false), 0xd200_0022);
         assert_eq!(software_step(true, true, true), 0xcb00_0062);
         // EX is only meaningful with ISV.
         assert_eq!(software_step(false, false, true), 0xce00_0022);

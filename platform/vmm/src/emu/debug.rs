@@ -1,7 +1,8 @@
 //! The self-hosted debug exceptions a kernel arms through MDSCR_EL1 and
-//! the breakpoint registers: hardware breakpoints (DBGBVR<n>_EL1 /
-//! DBGBCR<n>_EL1, unlinked address match) and software step
-//! (MDSCR_EL1.SS with PSTATE.SS set by an exception return).
+//! the breakpoint and watchpoint registers: hardware breakpoints
+//! (DBGBVR<n>_EL1 / DBGBCR<n>_EL1, unlinked address match), watchpoints
+//! (DBGWVR<n>_EL1 / DBGWCR<n>_EL1, byte select or power-of-two mask) and
+//! software step (MDSCR_EL1.SS with PSTATE.SS set by an exception return).
 //!
 //! The software CPU stores these registers and would act on them itself,
 //! but raises what it finds as a bare exception number the interrupt hook
@@ -13,6 +14,10 @@
 //!   is set and debug exceptions are enabled at the current EL (from EL0
 //!   always, at EL1 only with MDSCR_EL1.KDE set and PSTATE.D clear; never
 //!   while the OS lock is set);
+//! - while a watchpoint is armed, a code hook decodes each load and store
+//!   before it executes and stops the engine there when the bytes it
+//!   accesses meet a watchpoint for that direction and EL (FAR = the first
+//!   watched byte accessed, ISS.WnR = the direction);
 //! - while MDSCR_EL1.SS is set, the engine runs one instruction at a time
 //!   and this file keeps PSTATE.SS (an exception return executed with
 //!   debug exceptions disabled copies it from SPSR_EL1.SS, if stepping is
@@ -21,19 +26,18 @@
 //!   active with PSTATE.SS clear takes the Software Step exception before
 //!   the next instruction, whose address is ELR_EL1.
 //!
-//! A guest that arms neither runs without any of it: no hook, no
-//! single-instruction runs. Not modelled: watchpoints (DBGWVR/DBGWCR are
-//! stored by the engine, which never acts on them since MDSCR_EL1 is kept
-//! from it: ID_AA64DFR0_EL1.WRPs still reports the engine's four), linked
-//! and context-matching breakpoints, halting debug.
+//! A guest that arms none runs without any of it: no hook, no
+//! single-instruction runs. Not modelled: linked and context-matching
+//! breakpoints and watchpoints, halting debug.
 
 use unicorn_engine::{RegisterARM64, Unicorn};
 
-use super::exception::GuestFault;
+use super::exception::{EngineRegs, GuestFault};
 use super::hooks::{read_insn, request_stop};
 use super::regs::{SPSR_EL1, cp, engine_err};
 use super::state::HookState;
 use super::vcpu::EmuVcpu;
+use crate::arch::access::data_access;
 use crate::arch::{SysRegId, pstate, syndrome};
 use crate::hypervisor::HypervisorError;
 
@@ -47,7 +51,7 @@ const MDSCR_SS: u64 = 1 << 0;
 const MDSCR_KDE: u64 = 1 << 13;
 /// MDSCR_EL1.MDE: breakpoint and watchpoint exceptions enabled.
 const MDSCR_MDE: u64 = 1 << 15;
-/// The most breakpoints the architecture defines.
+/// The most breakpoints (and watchpoints) the architecture defines.
 const MAX_BREAKPOINTS: usize = 16;
 /// `eret`.
 const ERET: u32 = 0xd69f_03e0;
@@ -59,8 +63,12 @@ pub(super) struct DebugRegs {
     mdscr: u64,
     bvr: [u64; MAX_BREAKPOINTS],
     bcr: [u64; MAX_BREAKPOINTS],
+    wvr: [u64; MAX_BREAKPOINTS],
+    wcr: [u64; MAX_BREAKPOINTS],
     /// Breakpoints implemented (ID_AA64DFR0_EL1.BRPs + 1).
     breakpoints: usize,
+    /// Watchpoints implemented (ID_AA64DFR0_EL1.WRPs + 1).
+    watchpoints: usize,
     /// PSTATE.SS.
     ss: bool,
     /// An instruction was stepped and the step exception is due: whether
@@ -72,59 +80,131 @@ pub(super) struct DebugRegs {
 }
 
 impl DebugRegs {
-    /// Reset state, for a CPU with `breakpoints` breakpoints.
-    pub(super) fn new(breakpoints: usize) -> Self {
+    /// Reset state, for a CPU with `breakpoints` breakpoints and
+    /// `watchpoints` watchpoints.
+    pub(super) fn new(breakpoints: usize, watchpoints: usize) -> Self {
         DebugRegs {
             mdscr: 0,
             bvr: [0; MAX_BREAKPOINTS],
             bcr: [0; MAX_BREAKPOINTS],
+            wvr: [0; MAX_BREAKPOINTS],
+            wcr: [0; MAX_BREAKPOINTS],
             breakpoints: breakpoints.min(MAX_BREAKPOINTS),
+            watchpoints: watchpoints.min(MAX_BREAKPOINTS),
             ss: false,
             stepped: None,
             changed: false,
         }
     }
 
-    /// The register `reg` names, if it is one kept here: MDSCR_EL1 (`None`)
-    /// or breakpoint `n`'s value (`Some((n, false))`) or control
-    /// (`Some((n, true))`) register.
-    fn slot(&self, reg: SysRegId) -> Option<Option<(usize, bool)>> {
+    /// The register `reg` names, if it is one kept here.
+    fn slot(&self, reg: SysRegId) -> Option<Slot> {
         if reg == MDSCR_EL1 {
-            return Some(None);
+            return Some(Slot::Mdscr);
         }
         let n = usize::from(reg.crm);
-        let is_bp = reg.op0 == 2 && reg.op1 == 0 && reg.crn == 0 && n < self.breakpoints;
+        if !(reg.op0 == 2 && reg.op1 == 0 && reg.crn == 0) {
+            return None;
+        }
         match reg.op2 {
-            4 if is_bp => Some(Some((n, false))),
-            5 if is_bp => Some(Some((n, true))),
+            4 if n < self.breakpoints => Some(Slot::Bvr(n)),
+            5 if n < self.breakpoints => Some(Slot::Bcr(n)),
+            6 if n < self.watchpoints => Some(Slot::Wvr(n)),
+            7 if n < self.watchpoints => Some(Slot::Wcr(n)),
             _ => None,
         }
     }
 
     fn read(&self, reg: SysRegId) -> Option<u64> {
         Some(match self.slot(reg)? {
-            None => self.mdscr,
-            Some((n, false)) => self.bvr[n],
-            Some((n, true)) => self.bcr[n],
+            Slot::Mdscr => self.mdscr,
+            Slot::Bvr(n) => self.bvr[n],
+            Slot::Bcr(n) => self.bcr[n],
+            Slot::Wvr(n) => self.wvr[n],
+            Slot::Wcr(n) => self.wcr[n],
         })
     }
 
     fn write(&mut self, reg: SysRegId, value: u64) -> bool {
-        // The upper halves of MDSCR_EL1 and DBGBCR<n>_EL1 are RES0.
+        // The upper halves of MDSCR_EL1 and the control registers are RES0.
         match self.slot(reg) {
             None => return false,
-            Some(None) => {
+            Some(Slot::Mdscr) => {
                 if value & MDSCR_SS == 0 {
                     self.ss = false;
                     self.stepped = None;
                 }
                 self.mdscr = value & 0xffff_ffff;
             }
-            Some(Some((n, false))) => self.bvr[n] = value,
-            Some(Some((n, true))) => self.bcr[n] = value & 0xffff_ffff,
+            Some(Slot::Bvr(n)) => self.bvr[n] = value,
+            Some(Slot::Bcr(n)) => self.bcr[n] = value & 0xffff_ffff,
+            Some(Slot::Wvr(n)) => self.wvr[n] = value,
+            Some(Slot::Wcr(n)) => self.wcr[n] = value & 0xffff_ffff,
         }
         self.changed = true;
         true
+    }
+
+    /// The bytes watchpoint `n` watches, `[start, end)` (a byte select
+    /// may leave holes: `bytes` are the selected ones of the doubleword at
+    /// `start`), if it is enabled for loads or stores at EL0/EL1.
+    fn watched(&self, n: usize) -> Option<Watched> {
+        let wcr = self.wcr[n];
+        let enabled = wcr & 1 != 0;
+        let pac = (wcr >> 1) & 0b11;
+        let lsc = (wcr >> 3) & 0b11;
+        let el1_el0 = wcr & (1 << 13) == 0 && (wcr >> 14) & 0b11 <= 0b01;
+        let linked = wcr & (1 << 20) != 0;
+        if !(enabled && pac != 0 && lsc != 0 && el1_el0 && !linked) {
+            return None;
+        }
+        let va = ((self.wvr[n] << 11) as i64 >> 11) as u64;
+        let mask = (wcr >> 24) & 0x1f;
+        let (start, len, bytes) = match mask {
+            0 => (va & !7, 8, ((wcr >> 5) & 0xff) as u8),
+            // Masks 1 and 2 are reserved.
+            1 | 2 => return None,
+            m => (va & !((1u64 << m) - 1), 1u64 << m, 0xff),
+        };
+        Some(Watched {
+            start,
+            len,
+            bytes,
+            pac,
+            lsc,
+        })
+    }
+
+    /// Whether a watchpoint is armed (the watch hook must be installed).
+    fn watching(&self) -> bool {
+        self.mdscr & MDSCR_MDE != 0 && (0..self.watchpoints).any(|n| self.watched(n).is_some())
+    }
+
+    /// The first watched byte an access of `size` bytes at `va` (a store
+    /// with `write`) at EL0 (`el0`) or EL1 meets, if any.
+    fn watch_hit(&self, va: u64, size: u64, write: bool, el0: bool) -> Option<u64> {
+        let end = va.saturating_add(size.max(1));
+        (0..self.watchpoints)
+            .filter_map(|n| self.watched(n))
+            .filter(|w| {
+                let el_ok = if el0 {
+                    w.pac & 0b10 != 0
+                } else {
+                    w.pac & 0b01 != 0
+                };
+                let dir_ok = if write {
+                    w.lsc & 0b10 != 0
+                } else {
+                    w.lsc & 0b01 != 0
+                };
+                el_ok && dir_ok
+            })
+            .filter_map(|w| {
+                let first = va.max(w.start);
+                let last = end.min(w.start.saturating_add(w.len));
+                (first..last).find(|&b| w.len > 8 || w.bytes & (1 << (b - w.start)) != 0)
+            })
+            .min()
     }
 
     /// Whether software step is enabled (the engine must run one
@@ -175,6 +255,58 @@ impl DebugRegs {
             };
             el_ok && self.breakpoint_address(n) == Some(pc & !3)
         })
+    }
+}
+
+/// A register kept here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Mdscr,
+    Bvr(usize),
+    Bcr(usize),
+    Wvr(usize),
+    Wcr(usize),
+}
+
+/// What an armed watchpoint watches.
+#[derive(Clone, Copy, Debug)]
+struct Watched {
+    start: u64,
+    len: u64,
+    /// With `len` 8: the selected bytes (DBGWCR.BAS).
+    bytes: u8,
+    /// DBGWCR.PAC: bit 0 EL1, bit 1 EL0.
+    pac: u64,
+    /// DBGWCR.LSC: bit 0 loads, bit 1 stores.
+    lsc: u64,
+}
+
+/// The code hook while a watchpoint is armed: the Watchpoint exception,
+/// before the load or store at `pc` executes, if it meets one.
+fn watch_hook(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
+    let Ok(p) = uc.reg_read(RegisterARM64::PSTATE) else {
+        return;
+    };
+    if !enabled(uc, uc.get_data().debug.mdscr, p) {
+        return;
+    }
+    let Some(word) = read_insn(uc, pc) else {
+        return;
+    };
+    let Ok(access) = data_access(word, pc, &mut EngineRegs(uc)) else {
+        return;
+    };
+    let el0 = p & pstate::MODE_MASK == pstate::EL0T;
+    let hit = uc
+        .get_data()
+        .debug
+        .watch_hit(access.va, access.size, access.write, el0);
+    if let Some(far) = hit {
+        uc.get_data_mut().fault = Some(GuestFault::Watchpoint {
+            far,
+            write: access.write,
+        });
+        request_stop(uc);
     }
 }
 
@@ -254,6 +386,7 @@ impl EmuVcpu {
         }
         st.debug.changed = false;
         let want = st.debug.armed_addresses();
+        let watching = st.debug.watching();
         let have: Vec<u64> = self.breakpoint_hooks.iter().map(|&(a, _)| a).collect();
         if want != have {
             for (_, id) in self.breakpoint_hooks.drain(..) {
@@ -267,6 +400,21 @@ impl EmuVcpu {
                     .add_code_hook(a, a + 3, breakpoint_hook)
                     .map_err(|e| engine_err("add a breakpoint hook", e))?;
                 self.breakpoint_hooks.push((a, id));
+            }
+        }
+        if watching != self.watch_hook.is_some() {
+            match self.watch_hook.take() {
+                Some(id) => self
+                    .uc
+                    .remove_hook(id)
+                    .map_err(|e| engine_err("remove the watchpoint hook", e))?,
+                None => {
+                    let id = self
+                        .uc
+                        .add_code_hook(1, 0, watch_hook)
+                        .map_err(|e| engine_err("add the watchpoint hook", e))?;
+                    self.watch_hook = Some(id);
+                }
             }
         }
         // Code already translated was compiled without (or with) the
@@ -374,7 +522,7 @@ mod tests {
 
     #[test]
     fn breakpoints_arm_with_mde_and_match_their_el() {
-        let mut d = DebugRegs::new(6);
+        let mut d = DebugRegs::new(6, 4);
         assert!(d.write(BVR0, 0x4008_1002));
         // E, PMC = EL1 only, BAS = 0xf.
         assert!(d.write(BCR0, 0x1e3));
@@ -391,7 +539,7 @@ mod tests {
 
     #[test]
     fn breakpoint_addresses_are_sign_extended_and_slots_bounded() {
-        let mut d = DebugRegs::new(6);
+        let mut d = DebugRegs::new(6, 4);
         d.write(MDSCR_EL1, MDSCR_MDE);
         d.write(BVR0, 0x001f_ffff_8000_0000);
         d.write(BCR0, 0x1e7);
@@ -403,8 +551,29 @@ mod tests {
     }
 
     #[test]
+    fn watchpoints_match_selected_bytes_and_direction() {
+        const WVR0: SysRegId = SysRegId::new(2, 0, 0, 0, 6);
+        const WCR0: SysRegId = SysRegId::new(2, 0, 0, 0, 7);
+        let mut d = DebugRegs::new(6, 4);
+        d.write(WVR0, 0x4010_0008);
+        // E, PAC = EL1 and EL0, LSC = stores, BAS = bytes 4..8.
+        d.write(WCR0, 1 | (0b11 << 1) | (0b10 << 3) | (0xf0 << 5));
+        assert!(!d.watching(), "MDE clear");
+        d.write(MDSCR_EL1, MDSCR_MDE);
+        assert!(d.watching());
+        assert_eq!(d.watch_hit(0x4010_0008, 8, true, false), Some(0x4010_000c));
+        assert_eq!(d.watch_hit(0x4010_0008, 4, true, true), None);
+        assert_eq!(d.watch_hit(0x4010_0008, 8, false, false), None);
+        // A masked range: 2^12 bytes, all of them.
+        d.write(WCR0, 1 | (0b01 << 1) | (0b11 << 3) | (12 << 24));
+        assert_eq!(d.watch_hit(0x4010_0ffc, 8, false, false), Some(0x4010_0ffc));
+        assert_eq!(d.watch_hit(0x4010_0ff8, 8, false, true), None);
+        assert_eq!(d.watch_hit(0x4010_1000, 8, true, false), None);
+    }
+
+    #[test]
     fn clearing_mdscr_ss_leaves_no_step_pending() {
-        let mut d = DebugRegs::new(6);
+        let mut d = DebugRegs::new(6, 4);
         d.write(MDSCR_EL1, MDSCR_SS | MDSCR_KDE);
         assert!(d.stepping());
         d.ss = true;

@@ -35,6 +35,9 @@ pub struct EmuVcpu {
     /// The code hooks of the armed hardware breakpoints, by address (see
     /// `debug.rs`).
     pub(super) breakpoint_hooks: Vec<(u64, UcHookId)>,
+    /// The code hook that checks loads and stores while a watchpoint is
+    /// armed.
+    pub(super) watch_hook: Option<UcHookId>,
 }
 
 impl EmuVcpu {
@@ -60,7 +63,7 @@ impl EmuVcpu {
             stop_requested: false,
             end_slice: false,
             irq_waiting: false,
-            debug: DebugRegs::new(0),
+            debug: DebugRegs::new(0, 0),
             watching: false,
             last_block_end: 0,
             memory: memory.clone(),
@@ -132,17 +135,21 @@ impl EmuVcpu {
             .map_err(|e| engine_err("write VMPIDR_EL2", e))?;
         uc.reg_write(RegisterARM64::PSTATE, pstate::EL1H_MASKED)
             .map_err(|e| engine_err("write PSTATE", e))?;
-        // As many breakpoints as the ID register the guest reads says
-        // (BRPs + 1).
+        // As many breakpoints and watchpoints as the ID register the guest
+        // reads says (BRPs + 1, WRPs + 1).
         let mut dfr0 = cp(ID_AA64DFR0_EL1);
         uc.reg_read_arm64_coproc(&mut dfr0)
             .map_err(|e| engine_err("read ID_AA64DFR0_EL1", e))?;
-        uc.get_data_mut().debug = DebugRegs::new(((dfr0.val >> 12) & 0xf) as usize + 1);
+        uc.get_data_mut().debug = DebugRegs::new(
+            ((dfr0.val >> 12) & 0xf) as usize + 1,
+            ((dfr0.val >> 20) & 0xf) as usize + 1,
+        );
         Ok(EmuVcpu {
             index,
             uc,
             insn_watch: None,
             breakpoint_hooks: Vec::new(),
+            watch_hook: None,
         })
     }
 
