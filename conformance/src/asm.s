@@ -249,9 +249,15 @@ bp_target:
 
 // Runs EL0 code: x0 = entry, x1 = EL0 stack, x2 = argument in EL0's x0.
 // Returns EL0's x0 when EL0 makes `svc #1` (the handler resumes at
-// el0_return at EL1).
+// el0_return at EL1). run_el0_stepped returns to EL0 with SPSR_EL1.SS set.
+    .global run_el0_stepped
+run_el0_stepped:
+    mov     x11, #(1 << 21)
+    b       1f
     .global run_el0
 run_el0:
+    mov     x11, #0
+1:
     adrp    x9, EL0_SAVED
     add     x9, x9, :lo12:EL0_SAVED
     stp     x19, x20, [x9, #0]
@@ -265,6 +271,7 @@ run_el0:
     msr     sp_el0, x1
     msr     elr_el1, x0
     mov     x10, #0x3c0         // EL0t, all masked
+    orr     x10, x10, x11
     msr     spsr_el1, x10
     mov     x0, x2
     eret
@@ -305,6 +312,10 @@ el0_wfi:                        // + 32
     svc     #1
 el0_mrs_ctr:                    // + 40
     mrs     x0, ctr_el0
+    svc     #1
+el0_nops:                       // + 48
+    nop
+    nop
     svc     #1
 
 // A page the tests map execute-never at EL1.

@@ -49,6 +49,7 @@ unsafe extern "C" {
     fn unmask_wfi_wfi();
     fn wfi_masked();
     fn run_el0(entry: u64, sp: u64, arg: u64) -> u64;
+    fn run_el0_stepped(entry: u64, sp: u64, arg: u64) -> u64;
     fn el0_return();
     fn el0_base();
     fn xn_page();
@@ -285,6 +286,9 @@ extern "C" fn exception(frame: &mut Frame, kind: u64) {
             match ec {
                 0x15 => {}
                 0x20 => frame.elr = el0_va(20),
+                // Breakpoint: disarm it and run the instruction.
+                0x30 => msr!("dbgbcr0_el1", 0),
+                0x32 => software_step(frame),
                 _ => frame.elr += 4,
             }
         }
@@ -674,6 +678,36 @@ static WATCHED: Shared<u64> = Shared::new(0);
 fn watch(lsc: u64) {
     msr!("dbgwvr0_el1", WATCHED.ptr() as u64);
     msr!("dbgwcr0_el1", 1 | (0b11 << 1) | (lsc << 3) | (0xff << 5));
+}
+
+/// Software step and a breakpoint at EL0 (run after test_el0, with the
+/// EL0 page mapped): EC 0x32 / 0x30, whatever PSTATE.D and KDE.
+fn test_debug_el0() {
+    let sp = TV_EL0_DATA + 0x1000;
+    STEPS.store(0, Relaxed);
+    STEP_LIMIT.store(2, Relaxed);
+    // Two nops stepped, then the handler ends stepping before `svc #1`.
+    msr!("mdscr_el1", MDSCR_SS);
+    // SAFETY: as in el0(); the step exceptions return to EL0.
+    unsafe { run_el0_stepped(el0_va(48), sp, 0) };
+    msr!("mdscr_el1", 0);
+    check("step_el0_count", STEPS.load(Relaxed), 2);
+    check("step_el0_first_elr", STEP_ELRS[0].load(Relaxed), el0_va(52));
+    check(
+        "step_el0_second_elr",
+        STEP_ELRS[1].load(Relaxed),
+        el0_va(56),
+    );
+    check("step_el0_esr", SYNC.esr.load(Relaxed), 0xcb00_0022);
+    // A breakpoint for EL0 only (PMC = 0b10), on the first nop.
+    msr!("dbgbvr0_el1", el0_va(48));
+    msr!("dbgbcr0_el1", 1 | (0b10 << 1) | (0xf << 5));
+    msr!("mdscr_el1", MDSCR_MDE);
+    let (esr, _, elr) = expect_sync(|| el0(el0_va(48), sp, 0));
+    msr!("dbgbcr0_el1", 0);
+    msr!("mdscr_el1", 0);
+    check("hw_breakpoint_el0_esr", esr, 0xc200_0022);
+    check("hw_breakpoint_el0_elr", elr, el0_va(48));
 }
 
 fn test_watchpoints() {
@@ -1150,6 +1184,7 @@ extern "C" fn kmain(x0: u64) -> ! {
     test_aborts_el1();
     test_alignment();
     test_el0();
+    test_debug_el0();
     test_interrupts();
     test_devices(&tree);
     test_smp(&tree, ncpus);

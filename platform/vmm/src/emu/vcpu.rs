@@ -259,7 +259,13 @@ impl Vcpu for EmuVcpu {
                 // `until` is ignored (no exits; see `new`).
                 self.uc.emu_start(pc, 0, 0, 0)
             };
-            let Some(fault) = self.uc.get_data_mut().fault.take() else {
+            let st = self.uc.get_data_mut();
+            // An exit a hook decided on (an SVC, say) comes first: a fault
+            // recorded after it is the engine fetching on before it
+            // stopped, which the guest would not see (it re-faults when
+            // the guest gets back there).
+            let fault = st.fault.take().filter(|_| st.pending.is_none());
+            let Some(fault) = fault else {
                 break result;
             };
             // The guest takes it to its own vectors and the slice goes on:
