@@ -1,11 +1,11 @@
 //! The self-hosted debug exceptions a kernel arms through MDSCR_EL1 and
 //! the breakpoint and watchpoint registers: hardware breakpoints
-//! (DBGBVR<n>_EL1 / DBGBCR<n>_EL1, unlinked address match), watchpoints
-//! (DBGWVR<n>_EL1 / DBGWCR<n>_EL1, byte select or power-of-two mask) and
+//! (`DBGBVR<n>_EL1` / `DBGBCR<n>_EL1`, unlinked address match), watchpoints
+//! (`DBGWVR<n>_EL1` / `DBGWCR<n>_EL1`, byte select or power-of-two mask) and
 //! software step (MDSCR_EL1.SS with PSTATE.SS set by an exception return).
 //!
-//! The software CPU stores these registers and would act on them itself,
-//! but raises what it finds as a bare exception number the interrupt hook
+//! The software CPU has its own model of these registers, but it would
+//! report what it finds as a bare exception number the interrupt hook
 //! cannot tell from a BRK or an UNDEFINED instruction. So the VMM keeps
 //! them: writes at EL1 land here (the engine never sees them), and this
 //! file does what the architecture does with them:
@@ -21,13 +21,15 @@
 //! - while MDSCR_EL1.SS is set, the engine runs one instruction at a time
 //!   and this file keeps PSTATE.SS (an exception return executed with
 //!   debug exceptions disabled copies it from SPSR_EL1.SS, if stepping is
-//!   active where it returns to; executing an instruction while stepping is active clears
-//!   it; exception entry saves it in SPSR_EL1.SS and clears it); stepping
+//!   active where it returns to; executing an instruction while stepping
+//!   is active clears it; exception entry saves it in SPSR_EL1.SS and
+//!   clears it); stepping
 //!   active with PSTATE.SS clear takes the Software Step exception before
 //!   the next instruction, whose address is ELR_EL1.
 //!
 //! A guest that arms none runs without any of it: no hook, no
-//! single-instruction runs. Not modelled: linked and context-matching
+//! single-instruction runs (an armed watchpoint costs a check per
+//! instruction, an armed breakpoint a call at its one address). Not modelled: linked and context-matching
 //! breakpoints and watchpoints, halting debug.
 
 use unicorn_engine::{RegisterARM64, Unicorn};
