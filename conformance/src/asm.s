@@ -220,11 +220,44 @@ wfi_masked:
     wfi
     ret
 
+// Software step at EL1: x0 = MDSCR_EL1 for the run, x1 = SPSR_EL1.SS.
+// Returns with an ERET to step_target, D clear, so that the nops there are
+// stepped (the handler counts the steps and ends stepping).
+    .global step_run
+step_run:
+    msr     mdscr_el1, x0
+    isb
+    adr     x2, step_target
+    msr     elr_el1, x2
+    mov     x2, #0x1c5          // EL1h, A, I, F masked, D clear
+    orr     x2, x2, x1
+    msr     spsr_el1, x2
+    eret
+    .global step_target
+step_target:
+    nop
+    nop
+    nop
+    msr     daifset, #8
+    ret
+
+// A function to put a hardware breakpoint on: returns 7.
+    .global bp_target
+bp_target:
+    mov     x0, #7
+    ret
+
 // Runs EL0 code: x0 = entry, x1 = EL0 stack, x2 = argument in EL0's x0.
 // Returns EL0's x0 when EL0 makes `svc #1` (the handler resumes at
-// el0_return at EL1).
+// el0_return at EL1). run_el0_stepped returns to EL0 with SPSR_EL1.SS set.
+    .global run_el0_stepped
+run_el0_stepped:
+    mov     x11, #(1 << 21)
+    b       1f
     .global run_el0
 run_el0:
+    mov     x11, #0
+1:
     adrp    x9, EL0_SAVED
     add     x9, x9, :lo12:EL0_SAVED
     stp     x19, x20, [x9, #0]
@@ -238,6 +271,7 @@ run_el0:
     msr     sp_el0, x1
     msr     elr_el1, x0
     mov     x10, #0x3c0         // EL0t, all masked
+    orr     x10, x10, x11
     msr     spsr_el1, x10
     mov     x0, x2
     eret
@@ -278,6 +312,10 @@ el0_wfi:                        // + 32
     svc     #1
 el0_mrs_ctr:                    // + 40
     mrs     x0, ctr_el0
+    svc     #1
+el0_nops:                       // + 48
+    nop
+    nop
     svc     #1
 
 // A page the tests map execute-never at EL1.

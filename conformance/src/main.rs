@@ -9,7 +9,8 @@
 //! (apflab's emu backend, QEMU, KVM). Covered: synchronous exceptions
 //! (UNDEFINED, BRK, SVC, FP traps, alignment faults, stage-1 translation / access flag /
 //! permission faults from EL1 and EL0, external aborts on unassigned
-//! addresses) with their ESR/FAR/ELR; MPIDR against the device tree; PSCI;
+//! addresses) with their ESR/FAR/ELR; the debug exceptions (hardware
+//! breakpoints, watchpoints and software step at EL1); MPIDR against the device tree; PSCI;
 //! interrupts taken at each kind of unmask; exclusives and LSE atomics
 //! contended by every CPU; both EL1 timers; SGIs; the
 //! board's absent virtio-mmio transports, its RTC and the PMU's presence.
@@ -48,10 +49,14 @@ unsafe extern "C" {
     fn unmask_wfi_wfi();
     fn wfi_masked();
     fn run_el0(entry: u64, sp: u64, arg: u64) -> u64;
+    fn run_el0_stepped(entry: u64, sp: u64, arg: u64) -> u64;
     fn el0_return();
     fn el0_base();
     fn xn_page();
     fn secondary_entry();
+    fn step_run(mdscr: u64, spsr_ss: u64);
+    fn step_target();
+    fn bp_target() -> u64;
 }
 
 const UART: usize = 0x0900_0000;
@@ -257,6 +262,12 @@ extern "C" fn exception(frame: &mut Frame, kind: u64) {
                 // Instruction abort: the target cannot be skipped; go back
                 // to the caller of `call_addr`.
                 0x21 => frame.elr = frame.x[30],
+                // Breakpoint: disarm it and run the instruction.
+                0x31 => msr!("dbgbcr0_el1", 0),
+                // Watchpoint: disarm it and run the access.
+                0x35 => msr!("dbgwcr0_el1", 0),
+                // Software step: ELR is the next instruction to step.
+                0x33 => software_step(frame),
                 _ if RESUME_AT_LR.load(Relaxed) != 0 => frame.elr = frame.x[30],
                 _ => frame.elr += 4,
             }
@@ -275,6 +286,9 @@ extern "C" fn exception(frame: &mut Frame, kind: u64) {
             match ec {
                 0x15 => {}
                 0x20 => frame.elr = el0_va(20),
+                // Breakpoint: disarm it and run the instruction.
+                0x30 => msr!("dbgbcr0_el1", 0),
+                0x32 => software_step(frame),
                 _ => frame.elr += 4,
             }
         }
@@ -289,6 +303,29 @@ extern "C" fn exception(frame: &mut Frame, kind: u64) {
             puts("\n");
             psci(PSCI_SYSTEM_OFF, 0, 0, 0);
         }
+    }
+}
+
+/// Software step exceptions taken, their ELRs, and how many to take.
+static STEPS: AtomicU64 = AtomicU64::new(0);
+static STEP_ELRS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static STEP_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// SPSR_EL1.SS.
+const SPSR_SS: u64 = 1 << 21;
+
+/// A software step exception: steps the next instruction (SPSR_EL1.SS
+/// set again) until STEP_LIMIT, then ends stepping.
+fn software_step(frame: &mut Frame) {
+    let n = STEPS.fetch_add(1, Relaxed);
+    if let Some(slot) = STEP_ELRS.get(n as usize) {
+        slot.store(frame.elr, Relaxed);
+    }
+    if n + 1 < STEP_LIMIT.load(Relaxed) {
+        frame.spsr |= SPSR_SS;
+    } else {
+        msr!("mdscr_el1", 0);
+        frame.spsr &= !SPSR_SS;
     }
 }
 
@@ -534,6 +571,175 @@ fn test_alignment() {
         SYNC.count.load(Relaxed) - before,
         0,
     );
+}
+
+// ---- debug exceptions ----
+
+const MDSCR_SS: u64 = 1 << 0;
+const MDSCR_KDE: u64 = 1 << 13;
+const MDSCR_MDE: u64 = 1 << 15;
+
+/// Runs `step_run` with `mdscr` and SPSR_EL1.SS = `ss`, taking at most
+/// `limit` step exceptions; returns how many were taken.
+fn stepped(mdscr: u64, ss: u64, limit: u64) -> u64 {
+    STEPS.store(0, Relaxed);
+    STEP_LIMIT.store(limit, Relaxed);
+    // SAFETY: step_run returns to its caller through step_target; the
+    // handler keeps every register.
+    unsafe { step_run(mdscr, ss) };
+    msr!("mdscr_el1", 0);
+    STEPS.load(Relaxed)
+}
+
+/// Runs `f` with PSTATE.D clear, so that debug exceptions are enabled at
+/// EL1 (with MDSCR_EL1.KDE).
+fn debug_unmasked<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: only the debug mask changes; the handler of every debug
+    // exception the tests arm disarms it.
+    unsafe { asm!("msr daifclr, #8") };
+    let r = f();
+    // SAFETY: back to this kernel's normal state.
+    unsafe { asm!("msr daifset, #8") };
+    r
+}
+
+fn test_debug() {
+    // Debug exceptions are disabled while the OS lock is set (as it is at
+    // reset on hardware): unlock it, as an OS does.
+    msr!("oslar_el1", 0);
+    let dfr0 = mrs!("id_aa64dfr0_el1");
+    check("id_aa64dfr0_brps", (dfr0 >> 12) & 0xf, 5);
+    check("id_aa64dfr0_debugver_v8", u64::from((dfr0 & 0xf) >= 6), 1);
+    let target = fn_addr(step_target);
+
+    // Two instructions stepped at EL1: each step exception returns
+    // to the next instruction.
+    let n = stepped(MDSCR_SS | MDSCR_KDE, SPSR_SS, 2);
+    check("step_el1_count", n, 2);
+    check("step_el1_first_elr", STEP_ELRS[0].load(Relaxed), target + 4);
+    check(
+        "step_el1_second_elr",
+        STEP_ELRS[1].load(Relaxed),
+        target + 8,
+    );
+    check("step_el1_esr", SYNC.esr.load(Relaxed), 0xcf00_0022);
+    // SPSR_EL1.SS clear: active-pending, taken before any instruction,
+    // without ISV.
+    let n = stepped(MDSCR_SS | MDSCR_KDE, 0, 1);
+    check("step_pending_count", n, 1);
+    check("step_pending_elr", STEP_ELRS[0].load(Relaxed), target);
+    check("step_pending_esr", SYNC.esr.load(Relaxed), 0xce00_0022);
+    // Without MDSCR_EL1.KDE, EL1 is not stepped.
+    check("step_el1_needs_kde", stepped(MDSCR_SS, SPSR_SS, 2), 0);
+
+    // A hardware breakpoint on bp_target: taken before its first
+    // instruction, which runs once the handler disarms it.
+    let bp = bp_target as *const () as u64;
+    // E, PMC = EL1 and EL0, BAS = 0b1111.
+    let bcr = 0x1e7;
+    msr!("dbgbvr0_el1", bp);
+    msr!("dbgbcr0_el1", bcr);
+    check("dbgbcr0_reads_back", mrs!("dbgbcr0_el1"), bcr);
+    msr!("mdscr_el1", MDSCR_MDE | MDSCR_KDE);
+    let before = SYNC.count.load(Relaxed);
+    let v = debug_unmasked(|| call_ret(bp_target));
+    let taken = SYNC.count.load(Relaxed) - before;
+    check("hw_breakpoint_count", taken, 1);
+    check("hw_breakpoint_esr", SYNC.esr.load(Relaxed), 0xc600_0022);
+    check("hw_breakpoint_elr", SYNC.elr.load(Relaxed), bp);
+    check("hw_breakpoint_then_runs", v, 7);
+    // Armed, but PSTATE.D set (as in this kernel's normal state), or
+    // MDSCR_EL1.MDE clear: no exception.
+    msr!("dbgbcr0_el1", bcr);
+    let before = SYNC.count.load(Relaxed);
+    let v = call_ret(bp_target);
+    check(
+        "hw_breakpoint_masked_by_d",
+        SYNC.count.load(Relaxed) - before + v,
+        7,
+    );
+    msr!("mdscr_el1", MDSCR_KDE);
+    let v = debug_unmasked(|| call_ret(bp_target));
+    check(
+        "hw_breakpoint_needs_mde",
+        SYNC.count.load(Relaxed) - before + v,
+        7,
+    );
+    msr!("dbgbcr0_el1", 0);
+    test_watchpoints();
+    msr!("mdscr_el1", 0);
+}
+
+/// The doubleword the watchpoint tests watch.
+static WATCHED: Shared<u64> = Shared::new(0);
+
+/// Watchpoint 0 on WATCHED (all 8 bytes, EL1 and EL0) for loads (`lsc`
+/// 0b01) or stores (0b10).
+fn watch(lsc: u64) {
+    msr!("dbgwvr0_el1", WATCHED.ptr() as u64);
+    msr!("dbgwcr0_el1", 1 | (0b11 << 1) | (lsc << 3) | (0xff << 5));
+}
+
+/// Software step and a breakpoint at EL0 (run after test_el0, with the
+/// EL0 page mapped): EC 0x32 / 0x30, whatever PSTATE.D and KDE.
+fn test_debug_el0() {
+    let sp = TV_EL0_DATA + 0x1000;
+    STEPS.store(0, Relaxed);
+    STEP_LIMIT.store(2, Relaxed);
+    // Two nops stepped, then the handler ends stepping before `svc #1`.
+    msr!("mdscr_el1", MDSCR_SS);
+    // SAFETY: as in el0(); the step exceptions return to EL0.
+    unsafe { run_el0_stepped(el0_va(48), sp, 0) };
+    msr!("mdscr_el1", 0);
+    check("step_el0_count", STEPS.load(Relaxed), 2);
+    check("step_el0_first_elr", STEP_ELRS[0].load(Relaxed), el0_va(52));
+    check(
+        "step_el0_second_elr",
+        STEP_ELRS[1].load(Relaxed),
+        el0_va(56),
+    );
+    check("step_el0_esr", SYNC.esr.load(Relaxed), 0xcb00_0022);
+    // A breakpoint for EL0 only (PMC = 0b10), on the first nop.
+    msr!("dbgbvr0_el1", el0_va(48));
+    msr!("dbgbcr0_el1", 1 | (0b10 << 1) | (0xf << 5));
+    msr!("mdscr_el1", MDSCR_MDE);
+    let (esr, _, elr) = expect_sync(|| el0(el0_va(48), sp, 0));
+    msr!("dbgbcr0_el1", 0);
+    msr!("mdscr_el1", 0);
+    check("hw_breakpoint_el0_esr", esr, 0xc200_0022);
+    check("hw_breakpoint_el0_elr", elr, el0_va(48));
+}
+
+fn test_watchpoints() {
+    check("id_aa64dfr0_wrps", (mrs!("id_aa64dfr0_el1") >> 20) & 0xf, 3);
+    let addr = WATCHED.ptr() as u64;
+    msr!("mdscr_el1", MDSCR_MDE | MDSCR_KDE);
+    // A store watchpoint: loads pass; a store to a watched byte is taken
+    // before it is made, and made once the handler disarms it.
+    watch(0b10);
+    let before = SYNC.count.load(Relaxed);
+    let v = debug_unmasked(|| call1(load_u64, addr));
+    check(
+        "watchpoint_store_only_lets_loads_pass",
+        SYNC.count.load(Relaxed) - before + v,
+        0,
+    );
+    let (esr, far, elr) = expect_sync(|| debug_unmasked(|| call2(store_u8, addr + 3, 0x5a)));
+    check("watchpoint_store_esr", esr, 0xd600_0062);
+    check("watchpoint_store_far", far, addr + 3);
+    check("watchpoint_store_elr", elr, store_u8 as *const () as u64);
+    check(
+        "watchpoint_store_then_made",
+        call1(load_u64, addr),
+        0x5a00_0000,
+    );
+    // A load watchpoint: WnR clear.
+    watch(0b01);
+    let (esr, far, elr) = expect_sync(|| debug_unmasked(|| call1(load_u64, addr)));
+    check("watchpoint_load_esr", esr, 0xd600_0022);
+    check("watchpoint_load_far", far, addr);
+    check("watchpoint_load_elr", elr, load_u64 as *const () as u64);
+    msr!("dbgwcr0_el1", 0);
 }
 
 fn test_aborts_el1() {
@@ -973,10 +1179,12 @@ extern "C" fn kmain(x0: u64) -> ! {
     test_undefined();
     test_brk_svc();
     test_fp_trap();
+    test_debug();
     mmu_on();
     test_aborts_el1();
     test_alignment();
     test_el0();
+    test_debug_el0();
     test_interrupts();
     test_devices(&tree);
     test_smp(&tree, ncpus);

@@ -156,6 +156,10 @@ pub mod sysreg {
 pub mod pstate {
     /// IRQ mask.
     pub const I: u64 = 1 << 7;
+    /// Debug exception mask.
+    pub const D: u64 = 1 << 9;
+    /// Software step (SS): the next instruction is to be stepped.
+    pub const SS: u64 = 1 << 21;
     /// Mode field M\[3:0\].
     pub const MODE_MASK: u64 = 0xf;
     /// EL0t.
@@ -227,6 +231,18 @@ pub mod ec {
     pub const DABT_LOWER: u32 = apflab_abi::apf::EC_DATA_ABORT_LOWER;
     /// Data abort without a change in exception level.
     pub const DABT_CURRENT: u32 = apflab_abi::apf::EC_DATA_ABORT_CURRENT;
+    /// Breakpoint (hardware, DBGBCR/DBGBVR) from a lower exception level.
+    pub const BKPT_LOWER: u32 = 0x30;
+    /// Breakpoint without a change in exception level.
+    pub const BKPT_CURRENT: u32 = 0x31;
+    /// Software step from a lower exception level.
+    pub const SOFTSTEP_LOWER: u32 = 0x32;
+    /// Software step without a change in exception level.
+    pub const SOFTSTEP_CURRENT: u32 = 0x33;
+    /// Watchpoint from a lower exception level.
+    pub const WATCHPT_LOWER: u32 = 0x34;
+    /// Watchpoint without a change in exception level.
+    pub const WATCHPT_CURRENT: u32 = 0x35;
     /// BRK from AArch64.
     pub const BRK64: u32 = 0x3c;
     /// SVC from AArch64.

@@ -128,6 +128,55 @@ pub fn breakpoint(imm: u16) -> u64 {
     esr(ec::BRK64, u64::from(imm))
 }
 
+/// ISS\[5:0\] of the debug exceptions (IFSC/DFSC "debug exception").
+const DEBUG_FSC: u64 = 0b10_0010;
+
+/// ESR of a hardware breakpoint (DBGBCR/DBGBVR address match) taken to
+/// EL1 from EL0 (`from_el0`) or EL1 (EC 0x30 / 0x31).
+pub fn hw_breakpoint(from_el0: bool) -> u64 {
+    let class = if from_el0 {
+        ec::BKPT_LOWER
+    } else {
+        ec::BKPT_CURRENT
+    };
+    esr(class, DEBUG_FSC)
+}
+
+/// ESR of a watchpoint taken to EL1 from EL0 (`from_el0`) or EL1 (EC
+/// 0x34 / 0x35): WnR for a store, CM for a cache maintenance instruction.
+pub fn watchpoint(from_el0: bool, write: bool, cache_maintenance: bool) -> u64 {
+    let class = if from_el0 {
+        ec::WATCHPT_LOWER
+    } else {
+        ec::WATCHPT_CURRENT
+    };
+    let wnr = if write || cache_maintenance { WNR } else { 0 };
+    let cm = if cache_maintenance { CM } else { 0 };
+    esr(class, wnr | cm | DEBUG_FSC)
+}
+
+/// ESR of a software step exception taken to EL1 from EL0 (`from_el0`) or
+/// EL1 (EC 0x32 / 0x33). `isv`: an instruction was stepped (it is 0 when
+/// the exception is taken before any, in the active-pending state); `ex`:
+/// that instruction was a load-exclusive.
+pub fn software_step(from_el0: bool, isv: bool, ex: bool) -> u64 {
+    let class = if from_el0 {
+        ec::SOFTSTEP_LOWER
+    } else {
+        ec::SOFTSTEP_CURRENT
+    };
+    let ex = if isv && ex { 1 << 6 } else { 0 };
+    esr(class, (u64::from(isv) << 24) | ex | DEBUG_FSC)
+}
+
+/// Whether `word` is a load-exclusive (LDXR, LDAXR, LDXRB/H, LDAXRB/H,
+/// LDXP, LDAXP), which a software step syndrome reports as ISS.EX.
+pub fn is_load_exclusive(word: u32) -> bool {
+    // size 001000 o2=0 L=1 o1 ...: o1 = 1 is a pair only for 64-bit-wide
+    // sizes (bit 31 set); below it, the encoding is CASP.
+    word & 0x3fc0_0000 == 0x0840_0000 && !(word >> 31 == 0 && word & (1 << 21) != 0)
+}
+
 /// ESR of a data abort taken to EL1 from EL0 (`from_el0`) or EL1.
 pub fn data_abort(from_el0: bool, write: bool, cache_maintenance: bool, fsc: FaultStatus) -> u64 {
     let class = if from_el0 {
@@ -211,6 +260,24 @@ mod tests {
             0x8600_000f
         );
         assert_eq!(fp_access(), 0x1fe0_0000);
+        assert_eq!(hw_breakpoint(false), 0xc600_0022);
+        assert_eq!(hw_breakpoint(true), 0xc200_0022);
+        assert_eq!(software_step(false, true, false), 0xcf00_0022);
+        assert_eq!(watchpoint(false, true, false), 0xd600_0062);
+        assert_eq!(watchpoint(true, false, false), 0xd200_0022);
+        assert_eq!(software_step(true, true, true), 0xcb00_0062);
+        // EX is only meaningful with ISV.
+        assert_eq!(software_step(false, false, true), 0xce00_0022);
+    }
+
+    #[test]
+    fn load_exclusives_are_recognised() {
+        assert!(is_load_exclusive(0xc85f_7c20)); // ldxr x0, [x1]
+        assert!(is_load_exclusive(0x885f_fc20)); // ldaxr w0, [x1]
+        assert!(is_load_exclusive(0xc87f_0440)); // ldxp x0, x1, [x2]
+        assert!(!is_load_exclusive(0xc802_7c20)); // stxr w2, x0, [x1]
+        assert!(!is_load_exclusive(0xc8df_fc20)); // ldar x0, [x1]
+        assert!(!is_load_exclusive(0x4860_7c82)); // caspa x0, x1, x2, x3, [x4]
     }
 
     #[test]

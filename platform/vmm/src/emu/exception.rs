@@ -9,10 +9,16 @@
 //! survive is the one real hardware does not either: an exception taken at
 //! the very vector it would enter, which repeats forever.
 //!
-//! Not modelled: the debug exceptions (hardware breakpoints, watchpoints,
-//! software step; MDSCR_EL1 enables are ignored), SError (nothing in the
-//! machine raises one) and FIQ (the GIC signals only group 1 interrupts,
-//! as IRQs).
+//! The debug exceptions come from `debug.rs`: hardware breakpoints (EC
+//! 0x30/0x31, ELR = the breakpoint's instruction, not executed),
+//! watchpoints (EC 0x34/0x35 with WnR, FAR = the first watched byte
+//! accessed, ELR = the load or store, not executed) and software step
+//! (EC 0x32/0x33 with ISV/EX, ELR = the next instruction).
+//!
+//! Not modelled: SError (nothing in the machine raises one: unassigned
+//! addresses answer with a synchronous external abort, and no device
+//! reports an asynchronous error) and FIQ (the GIC signals only group 1
+//! interrupts, as IRQs).
 
 use unicorn_engine::{MemType, RegisterARM64, Unicorn};
 
@@ -72,6 +78,25 @@ pub(super) enum GuestFault {
     Breakpoint,
     /// The engine's own alignment check failed a data access.
     Alignment,
+    /// A hardware breakpoint matched the instruction at PC (`debug.rs`).
+    HwBreakpoint,
+    /// A watchpoint matched the load or store at PC (`debug.rs`): the
+    /// first watched byte it accesses, and its direction.
+    Watchpoint {
+        /// FAR_EL1.
+        far: u64,
+        /// A store.
+        write: bool,
+    },
+    /// Software step: the stepped instruction completed (`isv`; `ex`: it
+    /// was a load-exclusive), or stepping is active with PSTATE.SS clear
+    /// (`isv` false). PC is the next instruction to step.
+    SoftwareStep {
+        /// An instruction was stepped.
+        isv: bool,
+        /// It was a load-exclusive.
+        ex: bool,
+    },
 }
 
 /// The registers an address computation reads, from the engine.
@@ -138,6 +163,13 @@ impl EmuVcpu {
                     (syndrome::undefined(), None)
                 }
             }
+            // FAR is UNKNOWN for both.
+            GuestFault::HwBreakpoint => (syndrome::hw_breakpoint(el0), None),
+            GuestFault::Watchpoint { far, write } => {
+                let cm = read_insn(&self.uc, pc).is_some_and(is_cache_maintenance);
+                (syndrome::watchpoint(el0, write, cm), Some(far))
+            }
+            GuestFault::SoftwareStep { isv, ex } => (syndrome::software_step(el0, isv, ex), None),
             GuestFault::Breakpoint => {
                 let imm = read_insn(&self.uc, pc).map_or(0, |w| ((w >> 5) & 0xffff) as u16);
                 (syndrome::breakpoint(imm), None)

@@ -5,6 +5,7 @@
 //! the guest's vectors with their syndrome, or become [`VmExit`]s (SVC,
 //! HVC, SMC).
 
+use super::debug;
 use super::exception::{Access, GuestFault};
 use super::insn_watch;
 use super::regs::{CPACR_EL1, ID_AA64DFR0_EL1, PMUVER_MASK, SCTLR_EL1, XREGS, cp};
@@ -194,6 +195,12 @@ pub(super) fn install_hooks(
             }
             return true;
         }
+        if let Some(value) = debug::on_mrs(uc, reg) {
+            if rt != RegisterARM64::XZR {
+                let _ = uc.reg_write(rt, value);
+            }
+            return true;
+        }
         if !sysreg::is_emulated(reg) {
             return false;
         }
@@ -216,6 +223,9 @@ pub(super) fn install_hooks(
                 st.end_slice = true;
             }
             return false;
+        }
+        if debug::on_msr(uc, reg, cpreg.val) {
+            return true;
         }
         if !sysreg::is_emulated(reg) {
             return false;

@@ -18,13 +18,15 @@
 //! registers, CPU exceptions), `tlb` (the virtual TLB fill: the guest's
 //! stage-1 walk plus the pager's word on the page), `entry` (exception and
 //! IRQ entry, which the software CPU never does itself), `exception` (the
-//! syndrome of the guest's synchronous exceptions), `insn_watch` (the
+//! syndrome of the guest's synchronous exceptions), `debug` (hardware
+//! breakpoints, watchpoints and software step), `insn_watch` (the
 //! FP traps and alignment checks the software CPU lacks), `residency`
 //! (absent pages) and `run` (the scheduler of all vCPUs in virtual time).
 //! `state` is what the hooks of one engine share, `absent` the bitmap of
 //! withheld pages, `regs` the register ids the files share.
 
 mod absent;
+mod debug;
 mod entry;
 mod exception;
 mod hooks;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::absent::AbsentPages;
+use super::debug::DebugRegs;
 use super::exception::GuestFault;
 use crate::config::CostModel;
 use crate::hypervisor::{VmExit, VmOps};
@@ -41,6 +42,8 @@ pub(super) struct HookState {
     /// the interrupt is taken at the instruction that follows the unmask
     /// (`msr daifclr`, `msr daif` and `eret` all end a block).
     pub(super) irq_waiting: bool,
+    /// The debug registers and software step state (see `debug.rs`).
+    pub(super) debug: DebugRegs,
     /// The instruction watch is installed (see `insn_watch.rs`).
     pub(super) watching: bool,
     /// End address of the last block entered (to recognise WFI).

@@ -14,10 +14,11 @@ use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, Uc
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::absent::AbsentPages;
+use super::debug::{DebugRegs, Step};
 use super::hooks::{self, read_insn};
 use super::regs::{
-    HCR_EL2, HCR_EL2_VALUE, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3, SCR_EL3_VALUE,
-    SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
+    HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3,
+    SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
 };
 use super::state::HookState;
 use crate::arch::{EntryKind, Reg, insn, mpidr_of, pstate};
@@ -31,6 +32,12 @@ pub struct EmuVcpu {
     /// The code hook that raises FP traps and alignment faults, while the
     /// guest has either on (see `insn_watch.rs`).
     pub(super) insn_watch: Option<UcHookId>,
+    /// The code hooks of the armed hardware breakpoints, by address (see
+    /// `debug.rs`).
+    pub(super) breakpoint_hooks: Vec<(u64, UcHookId)>,
+    /// The code hook that checks loads and stores while a watchpoint is
+    /// armed.
+    pub(super) watch_hook: Option<UcHookId>,
 }
 
 impl EmuVcpu {
@@ -56,6 +63,7 @@ impl EmuVcpu {
             stop_requested: false,
             end_slice: false,
             irq_waiting: false,
+            debug: DebugRegs::new(0, 0),
             watching: false,
             last_block_end: 0,
             memory: memory.clone(),
@@ -127,10 +135,21 @@ impl EmuVcpu {
             .map_err(|e| engine_err("write VMPIDR_EL2", e))?;
         uc.reg_write(RegisterARM64::PSTATE, pstate::EL1H_MASKED)
             .map_err(|e| engine_err("write PSTATE", e))?;
+        // As many breakpoints and watchpoints as the ID register the guest
+        // reads says (BRPs + 1, WRPs + 1).
+        let mut dfr0 = cp(ID_AA64DFR0_EL1);
+        uc.reg_read_arm64_coproc(&mut dfr0)
+            .map_err(|e| engine_err("read ID_AA64DFR0_EL1", e))?;
+        uc.get_data_mut().debug = DebugRegs::new(
+            ((dfr0.val >> 12) & 0xf) as usize + 1,
+            ((dfr0.val >> 20) & 0xf) as usize + 1,
+        );
         Ok(EmuVcpu {
             index,
             uc,
             insn_watch: None,
+            breakpoint_hooks: Vec::new(),
+            watch_hook: None,
         })
     }
 
@@ -221,10 +240,32 @@ impl Vcpu for EmuVcpu {
         }
         let result = loop {
             self.sync_insn_watch()?;
+            let stepping = self.sync_debug()?;
             let pc = self.get_reg(Reg::Pc)?;
-            // `until` is ignored (no exits; see `new`).
-            let result = self.uc.emu_start(pc, 0, 0, 0);
-            let Some(fault) = self.uc.get_data_mut().fault.take() else {
+            let result = if stepping {
+                match self.step(pc)? {
+                    Step::Stop(result) => result,
+                    Step::Next => {
+                        let st = self.uc.get_data();
+                        let unmasked =
+                            st.irq_waiting && self.get_reg(Reg::Pstate)? & pstate::I == 0;
+                        if st.slice_insns >= st.budget || st.end_slice || unmasked {
+                            return Ok(VmExit::SliceEnd);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                // `until` is ignored (no exits; see `new`).
+                self.uc.emu_start(pc, 0, 0, 0)
+            };
+            let st = self.uc.get_data_mut();
+            // An exit a hook decided on (an SVC, say) comes first: a fault
+            // recorded after it is the engine fetching on before it
+            // stopped, which the guest would not see (it re-faults when
+            // the guest gets back there).
+            let fault = st.fault.take().filter(|_| st.pending.is_none());
+            let Some(fault) = fault else {
                 break result;
             };
             // The guest takes it to its own vectors and the slice goes on:
