@@ -20,6 +20,9 @@
 use std::fmt;
 
 /// The guest has been quiet since `since_ns`, as of its last sign of life.
+/// (Only the backends' run loops use it: a build with neither, such as the
+/// fuzz targets', has none.)
+#[cfg_attr(not(any(feature = "emu", feature = "kvm")), allow(dead_code))]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Watchdog {
     span_ns: u64,
@@ -27,6 +30,7 @@ pub(crate) struct Watchdog {
     since_ns: u64,
 }
 
+#[cfg_attr(not(any(feature = "emu", feature = "kvm")), allow(dead_code))]
 impl Watchdog {
     /// A watchdog that bites after `span_ns` without a sign of life.
     pub(crate) fn new(span_ns: u64) -> Self {
