@@ -261,7 +261,11 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
 fn runs_table(exp: &Experiment) -> String {
     let all = baselines(&exp.runs);
     let mut out = String::new();
-    let mut header: Vec<&str> = exp.axes.iter().map(String::as_str).collect();
+    // The policy column names the policy; an axis over it would say it twice.
+    let shown: Vec<usize> = (0..exp.axes.len())
+        .filter(|&i| exp.axes[i] != "policy" && !exp.axes[i].starts_with("policy."))
+        .collect();
+    let mut header: Vec<&str> = shown.iter().map(|&i| exp.axes[i].as_str()).collect();
     header.extend(["policy", "makespan ms", "vs sync"]);
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let _ = write!(out, "|{}", "---|".repeat(header.len()));
@@ -270,11 +274,16 @@ fn runs_table(exp: &Experiment) -> String {
             .parent()
             .and_then(Path::file_name)
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let mut row: Vec<String> = exp
-            .values
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| vec!["-".to_owned(); exp.axes.len()]);
+        let mut row: Vec<String> = shown
+            .iter()
+            .map(|&i| {
+                exp.values
+                    .get(&id)
+                    .and_then(|v| v.get(i))
+                    .cloned()
+                    .unwrap_or_else(|| "-".to_owned())
+            })
+            .collect();
         row.push(r.policy_label());
         row.push(format!("{:.3}", r.virtual_time_ns as f64 / 1e6));
         row.push(match all.get(&baseline_key(r)) {

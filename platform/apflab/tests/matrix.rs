@@ -606,13 +606,11 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
     let faults = results(&dir.path().join("out"))[1].1["apf"]["faults"].clone();
     assert!(paper.contains(&format!("faults: {faults}\n")), "{paper}");
     assert!(
-        paper.contains("| policy.module | policy | makespan ms | vs sync |"),
+        paper.contains("| policy | makespan ms | vs sync |\n"),
         "{paper}"
     );
     assert!(
-        paper.contains(&format!(
-            "| gavin-rfcv2 | gavin-rfcv2 | {async_ms:.3} | {expected} |"
-        )),
+        paper.contains(&format!("| gavin-rfcv2 | {async_ms:.3} | {expected} |")),
         "{paper}"
     );
     // A selection of no run is an error naming the template's line.
