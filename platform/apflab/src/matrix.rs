@@ -11,8 +11,9 @@
 //! [axes]
 //! "workload.kind" = ["cpu", "mixed"]
 //! "guest.vcpus" = [1, 2]
-//! # Several keys varied together (one column each in the table):
-//! "guest.vcpus,workload.tasks" = [[1, 1], [2, 2], [4, 4]]
+//! # Several keys varied together (one column each in the table), in an
+//! # experiment whose other axes do not name them:
+//! # "guest.vcpus,workload.tasks" = [[1, 1], [2, 2], [4, 4]]
 //! # A whole table as a value (here a sync baseline and a fixed decision):
 //! policy = [{ module = "sync" }, { decision = { not_present = "sdei", ready = "interrupt", initiation = "host", sleep = "reschedule" } }]
 //! ```
