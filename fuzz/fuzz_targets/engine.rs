@@ -9,7 +9,6 @@
 
 #![no_main]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::LazyLock;
 
@@ -19,7 +18,7 @@ use apflab_abi::hypercall as hc;
 use apflab_abi::memory_map::RAM_BASE;
 use apflab_abi::policy::{Decision, FaultInfo, Policy};
 use apflab_apf::plain::PlainMachine;
-use apflab_apf::{ApfConfig, Engine, TokenEvent};
+use apflab_apf::{ApfConfig, Engine};
 use apflab_pager::{ManagedRange, PagerConfig, Prepared, VirtualPager};
 use apflab_vmm::hypervisor::NotResidentFault;
 use apflab_vmm::{EngineCall, FaultHook, ResumeState};
@@ -231,28 +230,14 @@ fn check_books(e: &Engine, m: &PlainMachine) {
             .all(|&n| n as usize <= MAX_OUTSTANDING),
         "{mt:?}"
     );
-    let mut lives: BTreeMap<_, Vec<TokenEvent>> = BTreeMap::new();
-    for ev in e.events() {
-        lives.entry(ev.token).or_default().push(ev.kind);
-    }
+    let lives = apflab_apf::events::lives(e.events());
     if e.events_dropped() == 0 {
         assert_eq!(lives.len() as u64, mt.async_faults, "one life per token");
     }
     for (token, life) in &lives {
-        let count = |k: TokenEvent| life.iter().filter(|&&x| x == k).count();
-        assert_eq!(life[0], TokenEvent::Fault, "{token:?} {life:?}");
-        assert_eq!(count(TokenEvent::Fault), 1, "{token:?} {life:?}");
-        assert!(
-            count(TokenEvent::Consumed) + count(TokenEvent::Dropped) <= 1,
-            "{token:?} ended twice: {life:?}"
-        );
-        if let Some(at) = life.iter().position(|&k| k == TokenEvent::Consumed) {
-            assert!(
-                life[..at].contains(&TokenEvent::FetchDone),
-                "{token:?} consumed before its page came in: {life:?}"
-            );
+        if let Err(e) = apflab_apf::events::check_life(*token, life) {
+            panic!("{e}");
         }
-        assert!(count(TokenEvent::Request) <= 1, "{token:?} {life:?}");
     }
     // Every page the engine says is absent is one the guest could fault on.
     for page in &m.absent {

@@ -3,6 +3,8 @@
 //! request, fetch done, pushed into the ready ring, consumed by the guest,
 //! or dropped when the guest disabled async PF.
 
+use std::collections::BTreeMap;
+
 use apflab_abi::addr::Gpa;
 use apflab_abi::apf::Token;
 
@@ -49,6 +51,39 @@ pub struct Event {
     pub token: Token,
     /// What happened.
     pub kind: TokenEvent,
+}
+
+/// Every token's life in `events` (its event kinds in order), by token.
+pub fn lives(events: &[Event]) -> BTreeMap<Token, Vec<TokenEvent>> {
+    let mut lives: BTreeMap<Token, Vec<TokenEvent>> = BTreeMap::new();
+    for e in events {
+        lives.entry(e.token).or_default().push(e.kind);
+    }
+    lives
+}
+
+/// Checks the token books the protocol keeps whatever the guest does:
+/// each life starts with its one fault, ends at most once, is consumed only
+/// after its page came in, and asks for its page at most once. The error
+/// names the token and its life.
+pub fn check_life(token: Token, life: &[TokenEvent]) -> Result<(), String> {
+    let count = |k: TokenEvent| life.iter().filter(|&&x| x == k).count();
+    let bad = |why: &str| Err(format!("{token:?} {why}: {life:?}"));
+    if life.first() != Some(&TokenEvent::Fault) || count(TokenEvent::Fault) != 1 {
+        return bad("does not start with its one fault");
+    }
+    if count(TokenEvent::Consumed) + count(TokenEvent::Dropped) > 1 {
+        return bad("ended twice");
+    }
+    if let Some(at) = life.iter().position(|&k| k == TokenEvent::Consumed)
+        && !life[..at].contains(&TokenEvent::FetchDone)
+    {
+        return bad("was consumed before its page came in");
+    }
+    if count(TokenEvent::Request) > 1 {
+        return bad("asked for its page twice");
+    }
+    Ok(())
 }
 
 /// A synchronous stall of a vCPU on a page, from the fault to the end of

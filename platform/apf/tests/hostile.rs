@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use apflab_abi::addr::Pfn;
 use apflab_abi::apf::{self, CONTROL_BLOCK_VERSION, MAX_OUTSTANDING, cb_offset};
 use apflab_abi::hypercall as hc;
@@ -18,7 +16,7 @@ use apflab_abi::memory_map::RAM_BASE;
 use apflab_abi::policy::{
     Decision, FaultInfo, Initiation, NotPresentDelivery, Policy, ReadyDelivery, Sleep,
 };
-use apflab_apf::{ApfConfig, Engine, TokenEvent};
+use apflab_apf::{ApfConfig, Engine};
 use apflab_vmm::{EngineCall, FaultHook, ResumeState};
 use common::{FakeMachine, RAM, config, fault, managed, pager};
 use vm_memory::{Bytes, GuestAddress};
@@ -187,34 +185,12 @@ fn a_guest_that_does_anything_never_breaks_the_engine_or_its_books() {
                 .iter()
                 .all(|&n| n as usize <= MAX_OUTSTANDING)
         );
-        let mut lives: BTreeMap<_, Vec<TokenEvent>> = BTreeMap::new();
-        for ev in e.events() {
-            lives.entry(ev.token).or_default().push(ev.kind);
-        }
+        let lives = apflab_apf::events::lives(e.events());
         assert_eq!(lives.len() as u64, mt.async_faults, "seed {seed}");
         for (token, life) in &lives {
-            let count = |k: TokenEvent| life.iter().filter(|&&x| x == k).count();
-            assert_eq!(
-                life[0],
-                TokenEvent::Fault,
-                "seed {seed}: {token:?} {life:?}"
-            );
-            assert_eq!(
-                count(TokenEvent::Fault),
-                1,
-                "seed {seed}: {token:?} {life:?}"
-            );
-            assert!(
-                count(TokenEvent::Consumed) + count(TokenEvent::Dropped) <= 1,
-                "seed {seed}: {token:?} ended twice: {life:?}"
-            );
-            if let Some(at) = life.iter().position(|&k| k == TokenEvent::Consumed) {
-                assert!(
-                    life[..at].contains(&TokenEvent::FetchDone),
-                    "seed {seed}: {token:?} consumed before its page came in: {life:?}"
-                );
+            if let Err(e) = apflab_apf::events::check_life(*token, life) {
+                panic!("seed {seed}: {e}");
             }
-            assert!(count(TokenEvent::Request) <= 1, "seed {seed}: {life:?}");
         }
     }
 }
