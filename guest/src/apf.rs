@@ -25,6 +25,7 @@ use apflab_abi::apf::{
     GUEST_IN_IDLE, READY_RING_SLOTS, REASON_NONE, REASON_NOT_PRESENT, REASON_PAGE_READY,
     TOKEN_WAKE_ALL, Token, features,
 };
+use apflab_abi::trace::BLOCK_KEY_TOKEN;
 use apflab_guest_core::DummyEntries;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::mutex::SpinMutex;
@@ -41,10 +42,6 @@ const ACCEPTED: u64 = features::NOT_PRESENT_DATA_ABORT
     | features::READY_RING
     | features::GUEST_INITIATED
     | features::KERNEL_MODE_ASYNC;
-
-/// Tags a scheduler wait key as an async PF token (tokens never use the
-/// top bit; other keys in the kernel are ASCII tags, which do not either).
-const KEY_TAG: u64 = 1 << 63;
 
 /// One control block per CPU, shared with the host.
 struct Blocks([UnsafeCell<ControlBlock>; MAX_CPUS]);
@@ -331,7 +328,7 @@ pub fn not_present(token: u64, action: u32) {
         return;
     }
     metrics::APF_PARKED.add(1);
-    sched::block_current(sched::Wait::Key(KEY_TAG | token));
+    sched::block_current(sched::Wait::Key(BLOCK_KEY_TOKEN | token));
 }
 
 /// Handles "not present" for `token` taken by the kernel itself: it halts
@@ -375,12 +372,12 @@ pub fn on_ready_interrupt() {
 fn wake(cpu: usize, token: u64) {
     if Token(token).is_wake_all() {
         metrics::APF_WAKE_ALLS.add(1);
-        sched::wake_matching(|key| key & KEY_TAG != 0);
+        sched::wake_matching(|key| key & BLOCK_KEY_TOKEN != 0);
         EARLY[cpu].lock().clear();
         return;
     }
     metrics::APF_READY.add(1);
-    if sched::wake_key(KEY_TAG | token) == 0 {
+    if sched::wake_key(BLOCK_KEY_TOKEN | token) == 0 {
         EARLY[cpu].lock().insert(token);
     } else {
         // The woken task waited for its page; let it run now rather than

@@ -88,6 +88,8 @@ pub struct Config {
     /// Whether the boot CPU misuses the async PF protocol first
     /// (`apflab.apf_abuse=on`).
     pub apf_abuse: bool,
+    /// Keep the timeline log for the host (`apflab.trace=on`).
+    pub trace: bool,
     /// Run the SDEI conformance test at boot (`apflab.selftest=sdei`).
     pub selftest_sdei: bool,
 }
@@ -110,6 +112,7 @@ impl Default for Config {
             timeslice_us: 1000,
             apf_allowed: true,
             apf_abuse: false,
+            trace: false,
             selftest_sdei: false,
         }
     }
@@ -187,6 +190,13 @@ impl Config {
                 boot::KEY_STORE_SEED => c.store_seed = number(key, value, 0, u64::MAX),
                 boot::KEY_TIMESLICE_US => {
                     c.timeslice_us = bounded(key, value, limits::TIMESLICE_US)
+                }
+                boot::KEY_TRACE => {
+                    c.trace = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => bad(key, value, "on or off"),
+                    }
                 }
                 boot::KEY_APF_ABUSE => {
                     c.apf_abuse = match value {

@@ -15,13 +15,14 @@
 //! task itself, and a system call reschedules on its way back to EL0.
 
 use crate::apf::Notification;
-use crate::{apf, arch, gic, kv, sched, sdei, syscall};
+use crate::{apf, arch, gic, kv, sched, sdei, syscall, timeline};
 use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
 use aarch64_rt::{ExceptionHandlers, RegisterStateRef, exception_handlers};
 use apflab_abi::apf::{
     EC_APF_NOT_PRESENT, EC_APF_READY, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER,
     EC_INSN_ABORT_LOWER, esr_ec,
 };
+use apflab_abi::trace::Handler;
 
 /// ESR_EL1.EC of an SVC from AArch64.
 const EC_SVC64: u32 = 0x15;
@@ -37,6 +38,7 @@ impl ExceptionHandlers for Handlers {
             // Entered by the host only in a wait marked for it
             // (`apf::wait_marked`), which waits in WFI.
             Some(Notification::PageReady { token }) => {
+                let _h = timeline::handler(Handler::PageReady);
                 apf::page_ready_in_wait(token);
                 // SAFETY: the return address moves only past a WFI, which
                 // may complete at any time (the architecture allows
@@ -52,6 +54,7 @@ impl ExceptionHandlers for Handlers {
             // Taken by the kernel itself (async-halt, with IRQs unmasked in
             // a system call that reads a task's page).
             Some(Notification::NotPresent { token, action }) => {
+                let _h = timeline::handler(Handler::NotPresent);
                 apf::not_present_in_kernel(token, action);
             }
             None => panic!(
@@ -66,6 +69,7 @@ impl ExceptionHandlers for Handlers {
     extern "C" fn irq_current(_regs: RegisterStateRef) {
         // Wake what is due; the idle loop, or the return to EL0, then
         // schedules.
+        let _h = timeline::handler(Handler::Irq);
         handle_irqs();
     }
 
@@ -73,6 +77,7 @@ impl ExceptionHandlers for Handlers {
         let esr = ESR_EL1.get();
         let ec = esr_ec(esr);
         if ec == EC_SVC64 {
+            let _h = timeline::handler(Handler::Syscall);
             // SAFETY: only x0 (the syscall result) is changed, which the
             // EL0 syscall wrappers declare as clobbered.
             let frame = unsafe { regs.get_mut() };
@@ -81,8 +86,14 @@ impl ExceptionHandlers for Handlers {
             frame.registers[0] = result as u64;
         } else {
             match apf_notification(ec) {
-                Some(Notification::PageReady { token }) => apf::page_ready(token),
-                Some(Notification::NotPresent { token, action }) => apf::not_present(token, action),
+                Some(Notification::PageReady { token }) => {
+                    let _h = timeline::handler(Handler::PageReady);
+                    apf::page_ready(token);
+                }
+                Some(Notification::NotPresent { token, action }) => {
+                    let _h = timeline::handler(Handler::NotPresent);
+                    apf::not_present(token, action);
+                }
                 None if matches!(ec, EC_DATA_ABORT_LOWER | EC_INSN_ABORT_LOWER) => panic!(
                     "task {} took {} abort at {:#x} (FAR {:#x}, ESR {esr:#x})",
                     sched::current_task_id(),
@@ -102,15 +113,21 @@ impl ExceptionHandlers for Handlers {
             }
         }
         sched::preempt_if_needed();
+        timeline::hand_over_if_half_full();
     }
 
     extern "C" fn irq_lower(_regs: RegisterStateRef) {
-        handle_irqs();
+        {
+            let _h = timeline::handler(Handler::Irq);
+            handle_irqs();
+        }
         // "Not present" through SDEI resumes here, as an IRQ from the task.
         if let Some((token, action)) = sdei::take_deferred_not_present() {
+            let _h = timeline::handler(Handler::NotPresent);
             apf::not_present(token, action);
         }
         sched::preempt_if_needed();
+        timeline::hand_over_if_half_full();
     }
 }
 
@@ -137,6 +154,7 @@ fn handle_irqs() {
             kv::on_timer(now);
             sched::on_timer_interrupt(now);
         } else if intid == gic::APF_READY {
+            let _h = timeline::handler(Handler::PageReady);
             apf::on_ready_interrupt();
         }
         gic::end(intid);

@@ -11,9 +11,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use apflab_abi::hypercall::{
     FN_APF_ACK, FN_APF_DISABLE, FN_APF_ENABLE, FN_APF_PAGE_REQUEST, FN_FEATURES, FN_PANIC,
-    FN_REPORT, FN_TASK_DONE, PANIC_MSG_MAX, SMCCC_NOT_SUPPORTED, doorbell,
+    FN_REPORT, FN_TASK_DONE, FN_TRACE, PANIC_MSG_MAX, SMCCC_NOT_SUPPORTED, doorbell,
 };
 use apflab_abi::memory_map::DOORBELL_BASE;
+use apflab_abi::trace::TraceRecord;
 use smccc::Hvc;
 
 /// apflab calls go through the doorbell rather than HVC.
@@ -23,44 +24,50 @@ static USE_DOORBELL: AtomicBool = AtomicBool::new(false);
 /// the doorbell if the device tree has one (`doorbell_present`) and the
 /// host answers there.
 pub fn init(doorbell_present: bool) {
-    if hvc_call(FN_FEATURES, 0, 0) != SMCCC_NOT_SUPPORTED || !doorbell_present {
+    if hvc_call(FN_FEATURES, &[0, 0]) != SMCCC_NOT_SUPPORTED || !doorbell_present {
         return;
     }
-    if doorbell_call(FN_FEATURES, 0, 0) != SMCCC_NOT_SUPPORTED {
+    if doorbell_call(FN_FEATURES, &[0, 0]) != SMCCC_NOT_SUPPORTED {
         USE_DOORBELL.store(true, Ordering::Relaxed);
     }
 }
 
-fn hvc_call(function: u32, a1: u64, a2: u64) -> i64 {
+fn hvc_call(function: u32, a: &[u64]) -> i64 {
     let mut args = [0u64; 17];
-    args[0] = a1;
-    args[1] = a2;
+    args[..a.len()].copy_from_slice(a);
     smccc::hvc64(function, args)[0] as i64
 }
 
 /// One call through the doorbell page (identity-mapped as a device): every
 /// register is accessed with a single 64-bit load or store, which the VMM
-/// can decode on every host.
-fn doorbell_call(function: u32, a1: u64, a2: u64) -> i64 {
+/// can decode on every host. Only the arguments given are written (each
+/// write is an exit on kvm).
+fn doorbell_call(function: u32, a: &[u64]) -> i64 {
     let reg = |offset: u64| (DOORBELL_BASE + offset) as *mut u64;
     // SAFETY: the doorbell page is mapped (identity, device memory) and
     // only exists where the device tree says so; these are MMIO accesses.
     unsafe {
-        reg(doorbell::ARGS[0]).write_volatile(a1);
-        reg(doorbell::ARGS[1]).write_volatile(a2);
+        for (offset, value) in doorbell::ARGS.iter().zip(a) {
+            reg(*offset).write_volatile(*value);
+        }
         reg(doorbell::FUNCTION).write_volatile(u64::from(function));
         reg(doorbell::RESULT0).read_volatile() as i64
     }
 }
 
-/// Makes an apflab call with up to two arguments and returns x0 as a
-/// signed SMCCC status or value.
-fn call(function: u32, a1: u64, a2: u64) -> i64 {
+/// Makes an apflab call with arguments `a` (at most five) and returns x0
+/// as a signed SMCCC status or value.
+fn call_with(function: u32, a: &[u64]) -> i64 {
     if USE_DOORBELL.load(Ordering::Relaxed) {
-        doorbell_call(function, a1, a2)
+        doorbell_call(function, a)
     } else {
-        hvc_call(function, a1, a2)
+        hvc_call(function, a)
     }
+}
+
+/// [`call_with`] two arguments.
+fn call(function: u32, a1: u64, a2: u64) -> i64 {
+    call_with(function, &[a1, a2])
 }
 
 /// `FEATURES`: the async PF features the host offers (0 when the host does
@@ -104,6 +111,15 @@ pub fn report(bytes: &[u8]) -> i64 {
 /// `TASK_DONE`: a workload task finished after `ops` operations.
 pub fn task_done(task_id: u32, ops: u64) -> i64 {
     call(FN_TASK_DONE, u64::from(task_id), ops)
+}
+
+/// `TRACE`: hands `records` of the timeline log to the host, and how many
+/// records were not kept since the last call.
+pub fn trace(records: &[TraceRecord], dropped: u64) -> i64 {
+    call_with(
+        FN_TRACE,
+        &[records.as_ptr() as u64, records.len() as u64, dropped],
+    )
 }
 
 /// `PANIC`: hands the panic message to the host (returns on plain QEMU).

@@ -32,6 +32,7 @@ mod sdei;
 mod sdei_selftest;
 mod smp;
 mod syscall;
+mod timeline;
 mod timer;
 mod uapi;
 mod workloads;
@@ -94,6 +95,9 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     metrics::set_apf_features(features);
     apf::init(config.apf_allowed, config.apf_abuse, features);
     apf::init_cpu();
+    if config.trace {
+        timeline::enable();
+    }
     sched::init(boot.cpus().len());
     workloads::spawn(&config);
     smp::start_secondaries(&boot);

@@ -3,11 +3,12 @@
 
 use apflab_abi::report::CONSOLE_PREFIX;
 
-use crate::{apf, config, console, hypercall, metrics};
+use crate::{apf, config, console, hypercall, metrics, timeline};
 
 /// After the last task: print and hand over the report, power off.
 pub fn finish(cpus_online: u32, tasks_completed: u32) -> ! {
     apf::disable_cpu();
+    timeline::hand_over_all();
     let config = config::get();
     let report = metrics::build_report(config, cpus_online, tasks_completed);
     let mut line = console::FixedBuf::<4096>::new();

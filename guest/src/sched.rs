@@ -16,8 +16,9 @@
 //! runnable.
 
 use crate::percpu::{MAX_CPUS, cpu_index};
-use crate::{arch, hypercall, metrics, run_end, timer};
+use crate::{arch, hypercall, metrics, run_end, timeline, timer};
 use aarch64_rt::Stack;
+use apflab_abi::trace::{IDLE_TASK, TraceKind};
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 use core::ops::Range;
@@ -318,6 +319,7 @@ pub fn spawn(entry: TaskEntry, params: TaskParams, placement: Placement) -> usiz
         ops: 0,
     };
     t.cpus[cpu].runqueue.push(id);
+    timeline::record(TraceKind::Runnable, id as u32, 0);
     LIVE_TASKS.fetch_add(1, Ordering::SeqCst);
     id
 }
@@ -351,6 +353,7 @@ pub fn schedule() {
     if prev == next {
         return;
     }
+    timeline::record(TraceKind::Switch, next.map_or(IDLE_TASK, |n| n as u32), 0);
     if next.is_some() {
         metrics::CONTEXT_SWITCHES.add(1);
     }
@@ -396,6 +399,11 @@ pub fn block_current(wait: Wait) {
             return;
         }
         t.tasks[current].state = State::Blocked(wait);
+        let (kind, arg) = match wait {
+            Wait::Until(d) => (TraceKind::BlockedUntil, d),
+            Wait::Key(k) => (TraceKind::BlockedOnKey, k),
+        };
+        timeline::record(kind, current as u32, arg);
     }
     schedule();
 }
@@ -408,6 +416,7 @@ pub fn yield_current() {
         let current = t.cpus[cpu].current.expect("yield from a task");
         t.tasks[current].state = State::Runnable;
         t.cpus[cpu].runqueue.push(current);
+        timeline::record(TraceKind::Runnable, current as u32, 0);
         run_queue_changed(t.cpus[cpu].runqueue.len());
     }
     schedule();
@@ -438,6 +447,7 @@ fn wake_where(t: &mut Table, cpu: usize, pred: impl Fn(Wait) -> bool) -> usize {
         {
             task.state = State::Runnable;
             t.cpus[cpu].runqueue.push(id);
+            timeline::record(TraceKind::Runnable, id as u32, 0);
             woken += 1;
         }
     }
@@ -516,6 +526,7 @@ pub fn exit_current() -> ! {
         let mut t = TABLE.lock();
         let id = t.cpus[cpu].current.expect("exit from a task");
         t.tasks[id].state = State::Exited;
+        timeline::record(TraceKind::Exited, id as u32, 0);
         (id, t.tasks[id].ops)
     };
     metrics::task_done(id);
@@ -547,6 +558,7 @@ pub fn cpus_online() -> u32 {
 pub fn run_cpu() -> ! {
     loop {
         schedule();
+        timeline::hand_over_all();
         metrics::idle_begin();
         crate::apf::wait_marked();
         metrics::idle_end();

@@ -98,7 +98,10 @@ pub fn entry_point() -> u64 {
 extern "C" fn sdei_handler(event: u64, arg: u64, pc: u64, pstate: u64) -> u64 {
     match arg {
         arg::SELFTEST => crate::sdei_selftest::on_event(event, arg, pc, pstate),
-        arg::APF => apf_event(pstate),
+        arg::APF => {
+            let _h = crate::timeline::handler(apflab_abi::trace::Handler::Sdei);
+            apf_event(pstate)
+        }
         _ => panic!("SDEI event {event:#x} with unknown argument {arg:#x} (pc {pc:#x})"),
     }
 }

@@ -43,6 +43,9 @@ pub const KEY_APF: &str = "apflab.apf";
 pub const KEY_APF_ABUSE: &str = "apflab.apf_abuse";
 /// ACKs with nothing consumed that an abusive guest sends in a row.
 pub const APF_ABUSE_ACK_FLOOD: u64 = 1000;
+/// `on`: the guest logs its scheduling and exception handlers for the
+/// timeline (see [`crate::trace`]).
+pub const KEY_TRACE: &str = "apflab.trace";
 /// `sdei` runs the SDEI firmware conformance test at boot (it prints one
 /// `sdei-selftest: PASS|FAIL` line per check), before the workload.
 pub const KEY_SELFTEST: &str = "apflab.selftest";

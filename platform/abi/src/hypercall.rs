@@ -35,6 +35,11 @@ pub const FN_PANIC: u32 = APFLAB_FN_BASE | 6;
 /// `TASK_DONE(task_id, ops) -> 0`: a workload task finished (for per-task
 /// completion time measured by the host clock).
 pub const FN_TASK_DONE: u32 = APFLAB_FN_BASE | 7;
+/// `TRACE(records_ipa, count, dropped) -> 0 | error`: the guest hands over
+/// `count` (at most [`crate::trace::TRACE_BATCH`]) records of its timeline
+/// log ([`crate::trace::TraceRecord`]s), and how many it could not keep
+/// since the last call.
+pub const FN_TRACE: u32 = APFLAB_FN_BASE | 8;
 
 /// Longest panic message the host reads.
 pub const PANIC_MSG_MAX: u64 = 1024;

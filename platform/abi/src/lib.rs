@@ -20,3 +20,4 @@ pub mod pattern;
 pub mod policy;
 pub mod report;
 pub mod sdei;
+pub mod trace;

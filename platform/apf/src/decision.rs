@@ -44,6 +44,10 @@ pub enum Fallback {
     /// The vCPU faulted again on a page it already holds a token for (it
     /// waits for it, as x86's APF_HALT does).
     RepeatFault,
+    /// The guest was in its exception entry/exit window
+    /// ([`apflab_abi::apf::GUEST_NO_INJECT`]), where an injected "not
+    /// present" would overwrite state it has not saved yet.
+    NoInjectWindow,
 }
 
 impl Fallback {
@@ -55,6 +59,7 @@ impl Fallback {
             Fallback::OutstandingCap => "outstanding_cap",
             Fallback::FeatureNotAccepted => "feature_not_accepted",
             Fallback::RepeatFault => "repeat_fault",
+            Fallback::NoInjectWindow => "no_inject_window",
         }
     }
 }
@@ -82,6 +87,8 @@ pub struct VcpuFacts {
     pub repeat: bool,
     /// IRQs were masked at the access.
     pub irqs_masked: bool,
+    /// The guest said it is in its no-inject window.
+    pub no_inject: bool,
 }
 
 /// Whether a kernel-mode fault with `facts` can be served as async `sleep`.
@@ -106,6 +113,8 @@ pub fn serve(decision: Decision, facts: VcpuFacts) -> Served {
     };
     let fallback = if facts.repeat {
         Some(Fallback::RepeatFault)
+    } else if facts.no_inject {
+        Some(Fallback::NoInjectWindow)
     } else if facts.el != 0 && !kernel_can_wait(&facts, accepted, sleep) {
         Some(Fallback::KernelMode)
     } else if facts.outstanding >= MAX_OUTSTANDING {
@@ -147,6 +156,7 @@ mod tests {
             outstanding: 0,
             repeat: false,
             irqs_masked: false,
+            no_inject: false,
         }
     }
 
@@ -169,6 +179,14 @@ mod tests {
         assert_eq!(
             serve(PAOLO, kernel),
             Served::Sync(Some(Fallback::KernelMode))
+        );
+        let in_window = VcpuFacts {
+            no_inject: true,
+            ..kernel
+        };
+        assert_eq!(
+            serve(PAOLO, in_window),
+            Served::Sync(Some(Fallback::NoInjectWindow))
         );
         let full = VcpuFacts {
             outstanding: MAX_OUTSTANDING,

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use apflab_abi::addr::Gpa;
-use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, REASON_NOT_PRESENT, Token};
+use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, GUEST_NO_INJECT, REASON_NOT_PRESENT, Token};
 use apflab_abi::hypercall as hc;
 use apflab_abi::policy::{Decision, FaultInfo, Policy, PolicyUsage};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
@@ -299,19 +299,18 @@ impl Engine {
         let estimate = self.fetch_estimate_ns;
         let page = fault.gpa.page_base();
         let v = self.vcpu(vcpu);
-        let (can_reschedule, runnable) = v.cb.map_or((false, 0), |cb| {
+        let (guest_state, runnable) = v.cb.map_or((0, 0), |cb| {
             let mem = pages.guest_memory();
-            (
-                cb.guest_state(mem) & GUEST_CAN_RESCHEDULE != 0,
-                cb.runnable_tasks(mem),
-            )
+            (cb.guest_state(mem), cb.runnable_tasks(mem))
         });
+        let can_reschedule = guest_state & GUEST_CAN_RESCHEDULE != 0;
         let facts = VcpuFacts {
             accepted: v.cb.map(|_| v.accepted),
             el: fault.el,
             outstanding: v.tokens.len(),
             repeat: v.tokens.values().any(|o| o.page == page),
             irqs_masked: fault.irqs_masked,
+            no_inject: guest_state & GUEST_NO_INJECT != 0,
         };
         let info = FaultInfo {
             vcpu,

@@ -280,6 +280,39 @@ fn the_65th_outstanding_fault_is_served_sync() {
 }
 
 #[test]
+fn a_fault_in_the_guests_no_inject_window_is_served_sync() {
+    let (mut e, mut m) = enabled(
+        decision(NotPresentDelivery::DedicatedEc, Initiation::Host),
+        64,
+    );
+    let state = GuestAddress(CB + cb_offset::GUEST_STATE as u64);
+    m.memory
+        .write_obj(apf::GUEST_CAN_RESCHEDULE | apf::GUEST_NO_INJECT, state)
+        .unwrap();
+    let page = Pfn(managed(0)).gpa();
+    assert!(matches!(
+        e.on_not_resident(0, &fault(page, false), 0, &mut m),
+        Action::StallUntil(_)
+    ));
+    assert_eq!(e.metrics().fallbacks["no_inject_window"], 1);
+    assert_eq!(
+        cb_u32(&m, cb_offset::REASON),
+        apf::REASON_NONE,
+        "nothing written"
+    );
+    // Out of the window, the next fault is async again.
+    m.memory
+        .write_obj(apf::GUEST_CAN_RESCHEDULE, state)
+        .unwrap();
+    let next = Pfn(managed(1)).gpa();
+    assert!(matches!(
+        e.on_not_resident(0, &fault(next, false), 0, &mut m),
+        Action::InjectException(_)
+    ));
+    assert_eq!(e.metrics().async_faults, 1);
+}
+
+#[test]
 fn kernel_mode_faults_stay_sync_unless_the_policy_says_halt() {
     let mut kernel = fault(Pfn(managed(0)).gpa(), false);
     kernel.el = 1;

@@ -387,6 +387,10 @@ pub struct Config {
     /// resolved against the config's directory, or the built-in guest).
     #[serde(skip)]
     pub kernel_path: PathBuf,
+    /// The guest keeps its timeline log for the host (`apflab run --trace`
+    /// on emu; not a config key, but in the bootargs the results record).
+    #[serde(skip)]
+    pub timeline: bool,
 }
 
 /// A config as loaded from a file: the validated config plus what identifies
@@ -1038,6 +1042,7 @@ impl Config {
             apf,
             base_dir: base_dir.to_path_buf(),
             kernel_path,
+            timeline: false,
         })
     }
 
@@ -1067,6 +1072,9 @@ impl Config {
         }
         if self.apf.is_some_and(|a| a.guest_abuses) {
             push(boot::KEY_APF_ABUSE, Some("on".into()));
+        }
+        if self.timeline {
+            push(boot::KEY_TRACE, Some("on".into()));
         }
         push(
             boot::KEY_STORE_SEED,

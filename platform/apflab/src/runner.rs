@@ -222,6 +222,10 @@ pub fn run_config(
     if let Some(b) = backend {
         config.backend.kind = b;
     }
+    // The guest's tracks need its timeline log; its times are the emu
+    // counter's, which is the emu clock (on kvm the trace has the VMM's
+    // tracks only).
+    config.timeline = flags.trace.is_some() && config.backend.kind == Backend::Emu;
     // No larger than guest RAM, which it is loaded into (and checked again
     // there): a regular file, refused before it is read otherwise.
     let ram = config.guest.memory_mib.saturating_mul(1 << 20);
@@ -292,8 +296,13 @@ pub fn run_config(
         write_token_log(out_dir, events)?;
     }
     if let Some(path) = &flags.trace {
-        let trace =
-            crate::trace::chrome_trace(config.guest.vcpus, events, stalls, &outcome.metrics.halts);
+        let trace = crate::trace::chrome_trace(&crate::trace::TraceInputs {
+            vcpus: config.guest.vcpus,
+            events,
+            stalls,
+            halts: &outcome.metrics.halts,
+            timeline: &outcome.timeline,
+        });
         std::fs::write(path, trace.to_string()).map_err(|error| RunError::Write {
             path: path.display().to_string(),
             error,

@@ -657,20 +657,49 @@ fn run_traced(config: &str) -> (Value, Vec<Value>) {
         .as_array()
         .expect("a traceEvents array")
         .clone();
-    // Every event is of a kind the trace-event format defines, on the one
-    // process, with a time where the kind has one.
+    // Every event is of a kind the trace-event format defines, on the vCPU
+    // or the task process, with a time where the kind has one.
     for e in &events {
         let ph = e["ph"].as_str().expect("ph");
         assert!(
             ["M", "X", "b", "n", "e", "s", "t", "f"].contains(&ph),
             "{e}"
         );
-        assert_eq!(e["pid"], 1, "{e}");
+        assert!(e["pid"] == 1 || e["pid"] == 2, "{e}");
         if ph != "M" {
             assert!(
                 e["ts"].as_f64().is_some() && e["tid"].as_u64().is_some(),
                 "{e}"
             );
+        }
+    }
+    // The slices of a track nest (the format draws them as a stack): each
+    // ends before the one it started inside (token steps, 50 ns marks on
+    // a step, aside).
+    type Slice<'a> = (f64, f64, &'a Value);
+    let mut tracks: std::collections::BTreeMap<(u64, u64), Vec<Slice>> = Default::default();
+    for e in events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["cat"] != "token-step")
+    {
+        let ts = e["ts"].as_f64().unwrap();
+        let key = (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap());
+        tracks
+            .entry(key)
+            .or_default()
+            .push((ts, ts + e["dur"].as_f64().unwrap(), e));
+    }
+    for slices in tracks.values_mut() {
+        slices.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+        let mut open: Vec<(f64, &Value)> = Vec::new();
+        for &(start, end, e) in slices.iter() {
+            while open.last().is_some_and(|&(oe, _)| oe <= start) {
+                open.pop();
+            }
+            if let Some(&(outer_end, outer)) = open.last() {
+                assert!(end <= outer_end + 1e-6, "{e} is not inside {outer}");
+            }
+            open.push((end, e));
         }
     }
     (r, events)
@@ -733,16 +762,70 @@ fn the_trace_has_a_slice_per_token_and_the_stalls_of_each_vcpu() {
         (halted_us - expected_us).abs() < 1.0,
         "{halted_us} vs {expected_us}"
     );
+    // The guest's task tracks: a task blocked on each token it faulted on
+    // (the policy reschedules), from after the fault to its wake-up, which
+    // comes once the page is in.
+    let mut blocked: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for e in events.iter().filter(|e| e["cat"] == "task") {
+        assert_eq!(e["pid"], 2, "{e}");
+        if let Some(token) = e["name"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("blocked on token ")
+        {
+            let ts = e["ts"].as_f64().unwrap();
+            let end = ts + e["dur"].as_f64().unwrap();
+            assert!(blocked.insert(token.to_owned(), (ts, end)).is_none(), "{e}");
+        }
+    }
+    assert!(!blocked.is_empty());
+    for (token, &(start, end)) in &blocked {
+        let life = &lives[token];
+        assert!(
+            start >= life[0].1,
+            "token {token}: blocked before its fault"
+        );
+        assert!(
+            end >= life[3].1,
+            "token {token}: woken before its page came in"
+        );
+    }
     for (id, flow) in &flows {
         let phases: String = flow.iter().map(|(ph, _)| *ph).collect();
-        assert_eq!(phases, "sttttf", "token {id}: {flow:?}");
-        let times: Vec<f64> = lives[id].iter().map(|(_, t)| *t).collect();
+        // Its life's steps, then (if a task slept on it) the wake-up.
+        let mut times: Vec<f64> = lives[id].iter().map(|(_, t)| *t).collect();
+        if let Some(&(_, wake)) = blocked.get(id) {
+            times.push(wake);
+            times.sort_by(f64::total_cmp);
+        }
+        let expected = format!("s{}f", "t".repeat(times.len() - 2));
+        assert_eq!(phases, expected, "token {id}: {flow:?}");
         assert_eq!(
             flow.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
             times,
             "token {id}"
         );
     }
+    // The vCPU's track: which task it ran, and the guest's handlers, among
+    // them one "not present" entry per token (left at the switch away from
+    // the parked task, entered again when it comes back).
+    let names = |cat: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["cat"] == cat && e["pid"] == 1)
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let on_vcpu = names("vcpu-task");
+    assert!(on_vcpu.iter().any(|n| n == "task 0") && on_vcpu.iter().any(|n| n == "idle"));
+    let handlers = names("handler");
+    let not_present = handlers.iter().filter(|n| *n == "not present").count();
+    assert!(
+        not_present as u64 >= u(&r, "/apf/async_faults"),
+        "{not_present}"
+    );
+    assert!(handlers.iter().any(|n| n == "page ready"));
+    assert!(handlers.iter().any(|n| n == "interrupt"));
     // The synchronous baseline: the vCPU's stalls, adding up to its
     // stalled time.
     let (r, events) = run_traced(&config(1, 2_000_000, ""));

@@ -42,7 +42,9 @@ pub use fault_hook::{
     Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, NoFarMemory, ResumeState,
     is_engine_call, no_async_pf,
 };
-pub use outcome::{GuestExit, Halt, MAX_RECORDED_HALTS, RunOutcome, VmMetrics};
+pub use outcome::{
+    GuestExit, GuestTimeline, Halt, MAX_RECORDED_HALTS, MAX_TIMELINE_RECORDS, RunOutcome, VmMetrics,
+};
 pub use page_server::{HostRam, PageServer};
 pub use vm::Vm;
 pub use watchdog::HangDiagnosis;

@@ -19,6 +19,7 @@ use apflab_abi::memory_map::{
 };
 use apflab_abi::report::GuestReport;
 use apflab_abi::sdei as sdei_abi;
+use apflab_abi::trace::{TRACE_BATCH, TraceKind, TraceRecord};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::{SysRegId, mpidr_of, sysreg};
@@ -30,6 +31,7 @@ use crate::devices::timer::CpuTimers;
 use crate::devices::virtio_mmio;
 use crate::fault_hook::{EngineCall, is_engine_call};
 use crate::hypervisor::{HypervisorError, MmioWriteKind, Vcpu, VmOps};
+use crate::outcome::{GuestTimeline, MAX_TIMELINE_RECORDS};
 use crate::sdei;
 
 /// PSCI CPU_ON, SMC32 calling convention.
@@ -120,6 +122,7 @@ struct State {
     exits: BTreeMap<String, u64>,
     report: Option<GuestReport>,
     task_done_ns: BTreeMap<u64, u64>,
+    timeline: GuestTimeline,
 }
 
 /// The devices and firmware services of one VM.
@@ -155,6 +158,7 @@ impl Machine {
                 exits: BTreeMap::new(),
                 report: None,
                 task_done_ns: BTreeMap::new(),
+                timeline: GuestTimeline::default(),
             }),
             sdei: Mutex::new(sdei::Firmware::new(vcpus)),
             memory,
@@ -235,6 +239,11 @@ impl Machine {
     /// Task completion times (virtual ns) by task id.
     pub fn task_done_ns(&self) -> BTreeMap<u64, u64> {
         self.lock().task_done_ns.clone()
+    }
+
+    /// Takes the guest's timeline log received so far.
+    pub fn take_timeline(&self) -> GuestTimeline {
+        std::mem::take(&mut self.lock().timeline)
     }
 
     /// Takes the effects queued by hypercalls since the last call.
@@ -461,6 +470,7 @@ impl Machine {
                     ret(hc::SMCCC_DENIED)
                 }
             }
+            hc::FN_TRACE => ret(self.receive_timeline(&mut s.timeline, vcpu, args)),
             f if sdei_abi::is_sdei_call(f) || f == sdei_abi::FN_APFLAB_SIGNAL => {
                 [self.lock_sdei().call(vcpu, f, args), 0, 0, 0]
             }
@@ -471,6 +481,41 @@ impl Machine {
                 ret(hc::SMCCC_NOT_SUPPORTED)
             }
         }
+    }
+
+    /// `TRACE(records_ipa, count, dropped)` from `vcpu`: keeps the records
+    /// (up to [`MAX_TIMELINE_RECORDS`] in all, counting the rest as
+    /// dropped). A batch that is too long, outside RAM or holds a record
+    /// of no known kind is refused whole.
+    fn receive_timeline(&self, timeline: &mut GuestTimeline, vcpu: u32, args: [u64; 5]) -> i64 {
+        let [at, count, dropped, ..] = args;
+        if count > TRACE_BATCH as u64 {
+            return hc::SMCCC_INVALID_PARAMETERS;
+        }
+        let mut buf = vec![0u8; count as usize * TraceRecord::SIZE];
+        if self.memory.read_slice(&mut buf, GuestAddress(at)).is_err() {
+            return hc::SMCCC_INVALID_PARAMETERS;
+        }
+        let records: Option<Vec<TraceRecord>> = buf
+            .as_chunks::<{ TraceRecord::SIZE }>()
+            .0
+            .iter()
+            .map(TraceRecord::from_bytes)
+            .map(|r| TraceKind::from_code(r.kind).is_some().then_some(r))
+            .collect();
+        let Some(records) = records else {
+            return hc::SMCCC_INVALID_PARAMETERS;
+        };
+        let room = MAX_TIMELINE_RECORDS.saturating_sub(timeline.records.len());
+        let kept = records.len().min(room);
+        timeline.dropped = timeline
+            .dropped
+            .saturating_add(dropped)
+            .saturating_add((records.len() - kept) as u64);
+        timeline
+            .records
+            .extend(records.into_iter().take(kept).map(|r| (vcpu, r)));
+        hc::SMCCC_SUCCESS
     }
 
     /// The vCPU whose affinity (MPIDR_EL1 Aff3..Aff0) is `mpidr`.
@@ -743,6 +788,42 @@ mod tests {
         assert!(
             matches!(&m.take_effects()[..], [Effect::Panic(msg)] if msg.contains("outside guest RAM"))
         );
+    }
+
+    #[test]
+    fn timeline_batches_are_kept_per_vcpu_and_bad_ones_refused_whole() {
+        let m = machine(2);
+        let put = |at: u64, r: TraceRecord| {
+            let mut b = Vec::new();
+            b.extend(r.ticks.to_le_bytes());
+            b.extend(r.kind.to_le_bytes());
+            b.extend(r.task.to_le_bytes());
+            b.extend(r.arg.to_le_bytes());
+            m.memory.write_slice(&b, GuestAddress(at)).unwrap();
+        };
+        let a = TraceRecord::new(10, TraceKind::Switch, 3, 0);
+        let b = TraceRecord::new(11, TraceKind::BlockedOnKey, 3, 0x55);
+        put(RAM_BASE, a);
+        put(RAM_BASE + 24, b);
+        let trace = |vcpu, args| m.hypercall(vcpu, hc::FN_TRACE, args, 0)[0] as i64;
+        assert_eq!(trace(1, [RAM_BASE, 2, 5, 0, 0]), hc::SMCCC_SUCCESS);
+        // Too long, outside RAM, or holding a record of no kind: refused.
+        let too_many = TRACE_BATCH as u64 + 1;
+        assert_eq!(
+            trace(0, [RAM_BASE, too_many, 0, 0, 0]),
+            hc::SMCCC_INVALID_PARAMETERS
+        );
+        assert_eq!(
+            trace(0, [u64::MAX - 8, 1, 0, 0, 0]),
+            hc::SMCCC_INVALID_PARAMETERS
+        );
+        assert_eq!(
+            trace(0, [RAM_BASE, 3, 0, 0, 0]),
+            hc::SMCCC_INVALID_PARAMETERS
+        );
+        let t = m.take_timeline();
+        assert_eq!(t.records, vec![(1, a), (1, b)]);
+        assert_eq!(t.dropped, 5);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apflab_abi::report::GuestReport;
+use apflab_abi::trace::TraceRecord;
 
 use crate::watchdog::HangDiagnosis;
 
@@ -70,6 +71,20 @@ pub struct Halt {
     pub end_ns: u64,
 }
 
+/// Most timeline records a run keeps ([`GuestTimeline::records`]): 28 MB.
+pub const MAX_TIMELINE_RECORDS: usize = 1_000_000;
+
+/// The guest's timeline log (`apflab.trace=on`, see
+/// [`apflab_abi::trace`]) as the VMM received it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestTimeline {
+    /// (vCPU, record): each vCPU's records in its program order.
+    pub records: Vec<(u32, TraceRecord)>,
+    /// Records the guest could not keep, and those past
+    /// [`MAX_TIMELINE_RECORDS`].
+    pub dropped: u64,
+}
+
 /// Everything a run produced.
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
@@ -83,6 +98,8 @@ pub struct RunOutcome {
     pub task_done_ns: BTreeMap<u64, u64>,
     /// VMM counters.
     pub metrics: VmMetrics,
+    /// The guest's timeline log (empty unless it kept one).
+    pub timeline: GuestTimeline,
     /// Host wall-clock time of the run (not deterministic).
     pub wall_time: Duration,
 }

@@ -201,6 +201,7 @@ pub(crate) fn outcome(
         console: machine.console(),
         report: machine.report(),
         task_done_ns: machine.task_done_ns(),
+        timeline: machine.take_timeline(),
         metrics: VmMetrics {
             exits,
             instructions: totals.instructions,
