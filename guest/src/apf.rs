@@ -117,7 +117,7 @@ pub fn init_cpu() {
         ENABLED[cpu].store(true, Ordering::Relaxed);
         metrics::APF_ENABLED.add(1);
         if abuse {
-            refused.add(apf_abuse::after_enable(cb));
+            refused.add(apf_abuse::after_enable(cb, offered));
         }
     }
     if abuse {

@@ -6,17 +6,24 @@
 use core::ptr::{addr_of, addr_of_mut};
 
 use apflab_abi::apf::{CONTROL_BLOCK_VERSION, ControlBlock};
-use apflab_abi::boot::APF_ABUSE_ACK_FLOOD;
-use apflab_abi::hypercall::SMCCC_INVALID_PARAMETERS;
+use apflab_abi::boot::{APF_ABUSE_ACK_FLOOD, APF_ABUSE_RANDOM_CALLS, APF_ABUSE_TOGGLES};
+use apflab_abi::hypercall::{
+    APFLAB_FN_BASE, PSCI_CPU_ON, SMCCC_INVALID_PARAMETERS, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
+};
+use apflab_abi::pattern::splitmix64;
+use apflab_abi::report::MAX_REPORTED_TASKS;
 
-use crate::{console, hypercall};
+use crate::{config, console, hypercall};
+
+/// PSCI `AFFINITY_INFO` (SMC64).
+const PSCI_AFFINITY_INFO: u32 = 0xC400_0004;
 
 /// A token the host never handed out (its id is far beyond any run's).
 const NEVER_GIVEN: u64 = 0xdead_beef << 12;
 /// An address outside guest RAM (below it, where the board has flash).
 const OUTSIDE_RAM: u64 = 0x1000;
 
-/// How many misuses were sent and how many the host refused.
+/// How many misuses were sent and how many the host answered as it must.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Refused {
     sent: u64,
@@ -24,9 +31,13 @@ pub struct Refused {
 }
 
 impl Refused {
-    fn expect_refused(&mut self, result: i64) {
+    fn expect(&mut self, result: i64, answer: i64) {
         self.sent += 1;
-        self.refused += u64::from(result == SMCCC_INVALID_PARAMETERS);
+        self.refused += u64::from(result == answer);
+    }
+
+    fn expect_refused(&mut self, result: i64) {
+        self.expect(result, SMCCC_INVALID_PARAMETERS);
     }
 
     /// Adds `other`'s counts.
@@ -38,7 +49,7 @@ impl Refused {
     /// Prints the tally for the tests to read.
     pub fn print(&self) {
         console::println!(
-            "apf abuse: {} of {} misuses refused",
+            "apf abuse: {} of {} misuses answered as they must be",
             self.refused,
             self.sent
         );
@@ -64,9 +75,11 @@ pub fn before_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
 }
 
 /// Misuses once `cb` is registered (nothing outstanding yet): a request
-/// for a token never given, ACKs with nothing consumed (a flood), and a
-/// consumed count beyond what the host published. `cb` is left as it was.
-pub fn after_enable(cb: *mut ControlBlock) -> Refused {
+/// for a token never given, ACKs with nothing consumed (a flood), a
+/// consumed count beyond what the host published, disable/enable loops
+/// (which must succeed, each a wake-all), and random calls. `cb` is left as
+/// it was, registered with `offered`.
+pub fn after_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
     let mut r = Refused::default();
     r.expect_refused(hypercall::apf_page_request(NEVER_GIVEN));
     for _ in 0..APF_ABUSE_ACK_FLOOD {
@@ -80,5 +93,54 @@ pub fn after_enable(cb: *mut ControlBlock) -> Refused {
     r.expect_refused(hypercall::apf_ack());
     // SAFETY: as above.
     unsafe { addr_of_mut!((*cb).ready_tail).write_volatile(tail) };
+    for _ in 0..APF_ABUSE_TOGGLES {
+        r.expect(hypercall::apf_disable(), SMCCC_SUCCESS);
+        r.expect(hypercall::apf_enable(cb as u64, offered), SMCCC_SUCCESS);
+    }
+    r.add(random_calls(config::get().seed));
     r
+}
+
+/// [`APF_ABUSE_RANDOM_CALLS`] calls with random ids or arguments, each of a
+/// kind the host must refuse (see the constant for the kinds).
+fn random_calls(seed: u64) -> Refused {
+    let mut r = Refused::default();
+    for i in 0..APF_ABUSE_RANDOM_CALLS {
+        let x = splitmix64(seed ^ splitmix64(i));
+        // Aff3 is never that of a CPU the board has.
+        let no_cpu = x | 0x80_0000_0000;
+        match i % 6 {
+            // Past every apflab id the host knows (0..0x100 holds them).
+            0 => r.expect(
+                hypercall::raw(APFLAB_FN_BASE | (0x101 + (x % 0xfeff) as u32), &[x, !x]),
+                SMCCC_NOT_SUPPORTED,
+            ),
+            // PSCI ids the emulated firmware does not implement (0x0B to
+            // 0x1F: CPU_FREEZE onwards), 32- and 64-bit.
+            1 => {
+                let id = 0x0B + (x % 0x15) as u32;
+                let convention = if x & (1 << 40) != 0 {
+                    0xC400_0000
+                } else {
+                    0x8400_0000
+                };
+                r.expect(psci(convention | id, [x, !x, x]), SMCCC_NOT_SUPPORTED);
+            }
+            2 => r.expect_refused(psci(PSCI_CPU_ON, [no_cpu, x, !x])),
+            3 => r.expect_refused(psci(PSCI_AFFINITY_INFO, [no_cpu, 0, 0])),
+            4 => r.expect_refused(hypercall::apf_page_request(no_cpu << 12)),
+            _ => r.expect_refused(hypercall::task_done(
+                MAX_REPORTED_TASKS as u32 + (x % 1000) as u32,
+                x,
+            )),
+        }
+    }
+    r
+}
+
+/// A PSCI call (always HVC) with three arguments; x0 as a signed status.
+fn psci(function: u32, a: [u64; 3]) -> i64 {
+    let mut args = [0u64; 17];
+    args[..3].copy_from_slice(&a);
+    smccc::hvc64(function, args)[0] as i64
 }

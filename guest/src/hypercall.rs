@@ -65,6 +65,12 @@ fn call_with(function: u32, a: &[u64]) -> i64 {
     }
 }
 
+/// Any apflab call, as [`call_with`] makes it (for a guest that misuses
+/// the protocol on purpose).
+pub fn raw(function: u32, a: &[u64]) -> i64 {
+    call_with(function, a)
+}
+
 /// [`call_with`] two arguments.
 fn call(function: u32, a1: u64, a2: u64) -> i64 {
     call_with(function, &[a1, a2])

@@ -38,11 +38,21 @@ pub const KEY_TIMESLICE_US: &str = "apflab.timeslice_us";
 /// `off` disables async PF in the guest (the boot option of the protocol).
 pub const KEY_APF: &str = "apflab.apf";
 /// `on`: the guest's boot CPU first misuses the async PF protocol in every
-/// way the host must refuse (before and after enabling it, then an ACK
-/// flood of [`APF_ABUSE_ACK_FLOOD`]), and only then uses it properly.
+/// way the host must refuse (before and after enabling it, an ACK flood of
+/// [`APF_ABUSE_ACK_FLOOD`], [`APF_ABUSE_TOGGLES`] disable/enable pairs,
+/// [`APF_ABUSE_RANDOM_CALLS`] random calls), and only then uses it
+/// properly.
 pub const KEY_APF_ABUSE: &str = "apflab.apf_abuse";
 /// ACKs with nothing consumed that an abusive guest sends in a row.
 pub const APF_ABUSE_ACK_FLOOD: u64 = 1000;
+/// APF_DISABLE / APF_ENABLE pairs an abusive guest sends in a row (each
+/// a wake-all with nothing outstanding).
+pub const APF_ABUSE_TOGGLES: u64 = 50;
+/// Calls with random function ids or arguments an abusive guest sends,
+/// one sixth each of: unknown apflab ids, unknown PSCI ids, PSCI CPU_ON and
+/// AFFINITY_INFO for CPUs that do not exist, page requests for random
+/// tokens, and TASK_DONE for tasks that cannot exist.
+pub const APF_ABUSE_RANDOM_CALLS: u64 = 240;
 /// `on`: the guest logs its scheduling and exception handlers for the
 /// timeline (see [`crate::trace`]).
 pub const KEY_TRACE: &str = "apflab.trace";

@@ -103,8 +103,10 @@ enum Command {
         #[arg(long)]
         token_log: bool,
         /// Also write the run as a Chrome trace-event JSON file (open it in
-        /// ui.perfetto.dev): a track per vCPU with its stalls on far
-        /// memory, and each async PF token's life as a slice.
+        /// ui.perfetto.dev): a track per vCPU with the task it runs, the
+        /// guest's exception handlers, its stalls on far memory and halts,
+        /// a track per guest task (emu), and each async PF token's life as
+        /// a slice with a flow to the task's wake-up.
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
     },

@@ -489,7 +489,11 @@ fn a_guest_that_misuses_the_protocol_is_refused_each_time_and_the_run_still_fini
             .unwrap()
             .contains("apflab.apf_abuse=on")
     );
-    let flood = apflab_abi::boot::APF_ABUSE_ACK_FLOOD;
+    use apflab_abi::boot::{
+        APF_ABUSE_ACK_FLOOD as flood, APF_ABUSE_RANDOM_CALLS, APF_ABUSE_TOGGLES,
+    };
+    // A sixth of the random calls are requests for random tokens.
+    let random_requests = APF_ABUSE_RANDOM_CALLS / 6;
     let expected = [
         ("ack_not_enabled", 1),
         ("request_not_enabled", 1),
@@ -497,7 +501,7 @@ fn a_guest_that_misuses_the_protocol_is_refused_each_time_and_the_run_still_fini
         ("control_block_misaligned", 1),
         ("control_block_outside_ram", 1),
         ("control_block_version", 1),
-        ("request_unknown_token", 1),
+        ("request_unknown_token", 1 + random_requests),
         ("ack_without_consumption", flood),
         ("ready_tail_out_of_range", 1),
     ];
@@ -510,12 +514,27 @@ fn a_guest_that_misuses_the_protocol_is_refused_each_time_and_the_run_still_fini
             "{kind}: {v:?}"
         );
     }
-    // The guest saw each misuse answered with INVALID_PARAMETERS.
-    let sent: u64 = expected.iter().map(|(_, n)| n).sum();
+    // The guest saw each misuse answered as it must be: the protocol's
+    // with INVALID_PARAMETERS, each disable and enable of the loop with
+    // success, unknown ids with NOT_SUPPORTED, PSCI calls for CPUs that do
+    // not exist and TASK_DONE for tasks that cannot with INVALID_PARAMETERS.
+    let sent: u64 = expected.iter().map(|(_, n)| n).sum::<u64>() - random_requests
+        + 2 * APF_ABUSE_TOGGLES
+        + APF_ABUSE_RANDOM_CALLS;
     assert!(
-        console.contains(&format!("apf abuse: {sent} of {sent} misuses refused")),
+        console.contains(&format!(
+            "apf abuse: {sent} of {sent} misuses answered as they must be"
+        )),
         "{console}"
     );
+    // Unknown apflab and PSCI ids: a third of the random calls.
+    assert!(
+        u(&r, "/vmm/exits/hypercall_unsupported") >= APF_ABUSE_RANDOM_CALLS / 3,
+        "{:#}",
+        r["vmm"]["exits"]
+    );
+    // No task the guest cannot have finished.
+    assert_eq!(u(&r, "/guest/tasks_completed"), 2);
     assert_eq!(r["guest"]["apf"]["enabled"], true);
     // And then it used the protocol as it should: every token once.
     let a = &r["apf"];

@@ -282,6 +282,25 @@ fn injected_store_errors_are_retried_or_stop_the_run_naming_the_page() {
     assert!((10_000..10_010).contains(&p50), "{p50}");
     assert!(u(&r, "/pager/fetch_latency/max_ns") >= 20_000);
 
+    // Far memory that silently corrupts every 64th page it reads: the
+    // guest's check finds each one, and the run fails saying so.
+    let (code, log, r) =
+        run_config(&(memtouch.clone() + "inject_errors = { corrupt_every = 64 }\n"));
+    assert_eq!(code, Some(1), "{log}");
+    let r = r.unwrap();
+    assert_eq!(r["outcome"]["success"], false);
+    assert_eq!(u(&r, "/integrity/pages_verified"), 512);
+    // One corrupted word in each of 512 / 64 pages.
+    assert_eq!(u(&r, "/integrity/mismatches"), 8, "{:#}", r["integrity"]);
+    assert!(
+        r["outcome"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("found 8 words that did not match"),
+        "{:#}",
+        r["outcome"]
+    );
+
     // A page that can never be read stops the run, named; no zero page is
     // handed to the guest in its place.
     let (code, log, r) =

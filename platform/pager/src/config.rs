@@ -21,7 +21,7 @@
 //! seed = 1
 //! fault_path = "vmm"                        # or "kernel" (kvm only)
 //! server_poll_us = 0                        # kernel fault path: busy-poll before blocking
-//! inject_errors = { transient_every = 100, permanent = [0x4300_0000], spike_every = 50, spike_us = 2000 }
+//! inject_errors = { transient_every = 100, permanent = [0x4300_0000], spike_every = 50, spike_us = 2000, corrupt_every = 0 }
 //! ```
 
 use std::fmt;
@@ -132,6 +132,11 @@ pub struct InjectErrors {
     /// The extra latency of a spiked fetch, µs (at most 10^9).
     #[serde(default)]
     pub spike_us: u64,
+    /// Every n-th store read silently returns the page with its first word
+    /// flipped (a device that corrupts data without an error), so that a
+    /// verifying workload's check can be seen to catch it. 0: never.
+    #[serde(default)]
+    pub corrupt_every: u64,
 }
 
 /// Where a fault on a non-resident page is handled, and so where the

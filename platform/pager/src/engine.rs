@@ -62,11 +62,14 @@ impl Prepared {
             }
         };
         let store = match &config.inject_errors {
-            Some(i) => Arc::new(FaultInjectingStore::new(
-                store,
-                i.transient_every,
-                i.permanent.iter().map(|a| a / PAGE_SIZE).collect(),
-            )),
+            Some(i) => Arc::new(
+                FaultInjectingStore::new(
+                    store,
+                    i.transient_every,
+                    i.permanent.iter().map(|a| a / PAGE_SIZE).collect(),
+                )
+                .corrupting_every(i.corrupt_every),
+            ),
             None => store,
         };
         let latency = LatencyModel::from_config(&config.latency, base_dir)?;

@@ -263,12 +263,14 @@ impl Store for SyntheticStore {
 }
 
 /// Wraps a store and makes chosen reads fail, to exercise retries and
-/// error reporting: every `transient_every`-th read fails transiently, and
-/// reads of the listed frames always fail permanently.
+/// error reporting: every `transient_every`-th read fails transiently,
+/// reads of the listed frames always fail permanently, and (if asked)
+/// every `corrupt_every`-th read returns a silently corrupted page.
 pub struct FaultInjectingStore<S> {
     inner: S,
     transient_every: u64,
     permanent: Vec<u64>,
+    corrupt_every: u64,
     reads: AtomicU64,
 }
 
@@ -279,7 +281,16 @@ impl<S: Store> FaultInjectingStore<S> {
             inner,
             transient_every,
             permanent,
+            corrupt_every: 0,
             reads: AtomicU64::new(0),
+        }
+    }
+
+    /// Also flips the first word of every `n`-th page read (0: never).
+    pub fn corrupting_every(self, n: u64) -> Self {
+        FaultInjectingStore {
+            corrupt_every: n,
+            ..self
         }
     }
 }
@@ -299,7 +310,13 @@ impl<S: Store> Store for FaultInjectingStore<S> {
                 reason: format!("injected timeout (read #{n})"),
             });
         }
-        self.inner.read_page(pfn, out)
+        self.inner.read_page(pfn, out)?;
+        if self.corrupt_every != 0 && n.is_multiple_of(self.corrupt_every) {
+            for b in &mut out[..8] {
+                *b = !*b;
+            }
+        }
+        Ok(())
     }
     fn write_page(&self, pfn: u64, data: &Page) -> Result<(), StoreError> {
         self.inner.write_page(pfn, data)
@@ -400,5 +417,16 @@ mod tests {
                 .is_err_and(|e| e.is_transient())
         );
         assert!(store.read_page(PFN + 1, &mut page).is_ok());
+    }
+
+    #[test]
+    fn a_corrupting_store_flips_the_first_word_of_every_nth_page_silently() {
+        let store = FaultInjectingStore::new(ZeroStore::new(), 0, vec![]).corrupting_every(2);
+        let mut page = [0u8; 4096];
+        store.read_page(PFN, &mut page).unwrap();
+        assert_eq!(page, [0u8; 4096]);
+        store.read_page(PFN, &mut page).unwrap();
+        assert_eq!(page[..8], [0xff; 8]);
+        assert!(page[8..].iter().all(|&b| b == 0));
     }
 }
