@@ -76,7 +76,7 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     metrics::mark_boot();
     console::init();
     let boot = bootinfo::BootInfo::from_device_tree(x0);
-    let config = config::Config::from_bootargs(boot.bootargs);
+    let config = config::set(&config::Config::from_bootargs(boot.bootargs));
     console::println!(
         "apflab-guest: {} cpus, {} MiB RAM, workload {}",
         boot.cpus().len(),
@@ -84,7 +84,7 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         config.workload_name()
     );
     mmu::init(&boot, sched::user_stacks());
-    timer::init(&config);
+    timer::init(config);
     gic::init(boot.cpus().len());
     gic::init_cpu(0);
     hypercall::init(boot.doorbell);
@@ -99,7 +99,7 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         timeline::enable();
     }
     sched::init(boot.cpus().len());
-    workloads::spawn(&config);
+    workloads::spawn(config);
     smp::start_secondaries(&boot);
     sched::run_cpu()
 }

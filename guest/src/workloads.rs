@@ -10,7 +10,7 @@ use crate::config::{Config, Pattern, Reader, Verify};
 use crate::metrics::metric;
 use crate::sched::{self, Placement, TaskParams};
 use crate::uapi::{self as user, NO_MORE_REQUESTS};
-use crate::{checksum, config, kv, mmu};
+use crate::{checksum, kv, mmu};
 use apflab_abi::boot::{
     KEY_MIB, WORKLOAD_CPU, WORKLOAD_KV, WORKLOAD_MEMTOUCH, WORKLOAD_MIXED, WORKLOAD_VA,
 };
@@ -25,7 +25,6 @@ const MEMTOUCH_KERNEL_READS: u64 = 1 << 1;
 
 /// Starts the configured workload's tasks (boot CPU, before the scheduler).
 pub fn spawn(config: &Config) {
-    let config = *config::set(config);
     let region = mmu::workload_phys();
     let region_pages = (region.end - region.start) >> PAGE_SHIFT;
     let pages = config.mib << (20 - PAGE_SHIFT);
