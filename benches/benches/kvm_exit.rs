@@ -44,6 +44,9 @@ mod aarch64 {
     struct ConstDevice;
 
     impl VmOps for ConstDevice {
+        fn decodes(&self, _: u64) -> bool {
+            true
+        }
         fn mmio_read(&self, _: u32, _: u64, data: &mut [u8], _: u64) {
             data.fill(0x5a);
         }

@@ -161,6 +161,10 @@ pub enum MmioWriteKind {
 /// in flight, inside [`Vcpu::run`]. Implemented by
 /// [`crate::machine::Machine`].
 pub trait VmOps: Send + Sync {
+    /// Whether a device answers at `addr` (outside RAM). An access where
+    /// none does is a decode error on the bus: the backend raises the
+    /// synchronous external abort instead of calling the device methods.
+    fn decodes(&self, addr: u64) -> bool;
     /// An MMIO read of `data.len()` bytes at `addr` by vCPU `vcpu` at
     /// virtual time `now_ns`.
     fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], now_ns: u64);

@@ -606,6 +606,44 @@ impl Machine {
     }
 }
 
+/// One window of the board's address map that a device answers in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceWindow {
+    /// The device, for messages.
+    pub name: &'static str,
+    /// First address.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// A write to it can make an interrupt deliverable at once (the GIC).
+    pub interrupt_controller: bool,
+}
+
+/// The windows of a board with `vcpus` vCPUs where a device answers; an
+/// access anywhere else outside RAM is a decode error on the bus, which the
+/// guest takes as a synchronous external abort.
+pub fn device_windows(vcpus: u32) -> [DeviceWindow; 6] {
+    let w = |name, base, size, interrupt_controller| DeviceWindow {
+        name,
+        base,
+        size,
+        interrupt_controller,
+    };
+    [
+        w("pl011", UART_BASE, UART_SIZE, false),
+        w("gic distributor", GICD_BASE, GICD_SIZE, true),
+        w(
+            "gic redistributors",
+            GICR_BASE,
+            GICR_STRIDE * u64::from(vcpus),
+            true,
+        ),
+        w("doorbell", DOORBELL_BASE, DOORBELL_SIZE, false),
+        w("pl031", RTC_BASE, RTC_SIZE, false),
+        w("virtio-mmio", VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, false),
+    ]
+}
+
 fn in_window(addr: u64, base: u64, size: u64) -> bool {
     addr >= base && addr - base < size
 }
@@ -619,6 +657,12 @@ fn le_value(data: &[u8]) -> u64 {
 }
 
 impl VmOps for Machine {
+    fn decodes(&self, addr: u64) -> bool {
+        device_windows(self.vcpus)
+            .iter()
+            .any(|w| in_window(addr, w.base, w.size))
+    }
+
     fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], now_ns: u64) {
         let mut s = self.lock();
         *s.exits.entry("mmio".to_owned()).or_default() += 1;

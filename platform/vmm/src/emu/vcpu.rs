@@ -6,10 +6,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use apflab_abi::memory_map::{
-    APF_READY_PPI, DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE,
-    RAM_BASE, RTC_BASE, RTC_SIZE, UART_BASE, UART_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
-};
+use apflab_abi::memory_map::{APF_READY_PPI, RAM_BASE};
 use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, UcHookId, Unicorn};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -102,21 +99,11 @@ impl EmuVcpu {
         // share it, which is coherent when all run on one thread.
         unsafe { uc.mem_map_ptr(base, size, Prot::ALL, host.cast()) }
             .map_err(|e| engine_err("map guest RAM", e))?;
-        for (name, base, size, gic) in [
-            ("pl011", UART_BASE, UART_SIZE, false),
-            ("gic distributor", GICD_BASE, GICD_SIZE, true),
-            (
-                "gic redistributors",
-                GICR_BASE,
-                GICR_STRIDE * u64::from(vcpus),
-                true,
-            ),
-            ("doorbell", DOORBELL_BASE, DOORBELL_SIZE, false),
-            ("pl031", RTC_BASE, RTC_SIZE, false),
-            ("virtio-mmio", VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, false),
-        ] {
-            hooks::map_device(&mut uc, base, size, gic)
-                .map_err(|e| engine_err(format!("map {name}"), e))?;
+        // Everything else is unmapped: an access there is the external
+        // abort the bus gives.
+        for w in crate::machine::device_windows(vcpus) {
+            hooks::map_device(&mut uc, w.base, w.size, w.interrupt_controller)
+                .map_err(|e| engine_err(format!("map {}", w.name), e))?;
         }
         hooks::install_hooks(&mut uc, (base, base + size))
             .map_err(|e| engine_err("install hooks", e))?;

@@ -21,7 +21,7 @@ use kvm_bindings::{
     KVM_ARM_IRQ_TYPE_PPI, KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_VCPU_SHIFT, KVM_ARM_VCPU_POWER_OFF,
     KVM_ARM_VCPU_PSCI_0_2, KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER,
     KVM_CAP_ARM_NISV_TO_USER, KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR,
-    KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_EXIT_ARM_NISV,
+    KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_EXIT_ARM_NISV, KVM_EXIT_UNKNOWN,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KVM_VGIC_V3_ADDR_TYPE_DIST,
     KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
     kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_enable_cap, kvm_smccc_filter,
@@ -415,6 +415,24 @@ impl KvmVcpu {
         }
     }
 
+    /// The guest's access in the MMIO exit just taken went where no device
+    /// answers: instead of completing it, KVM enters the synchronous
+    /// external abort the bus gives (ESR data abort, DFSC 0x10; FAR the
+    /// address; ELR the access), as emu and QEMU's TCG do.
+    fn raise_external_abort(&mut self) -> Result<(), KvmError> {
+        // Not an MMIO exit any more: the next KVM_RUN must not complete
+        // the access (load a value, step PC past it).
+        self.fd.get_kvm_run().exit_reason = KVM_EXIT_UNKNOWN;
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| ioctl_err("KVM_GET_VCPU_EVENTS", e))?;
+        events.exception.ext_dabt_pending = 1;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(|e| ioctl_err("KVM_SET_VCPU_EVENTS(ext_dabt_pending)", e))
+    }
+
     fn bind(&mut self) {
         if !self.bound {
             kick::bind_current_thread(self.fd.get_kvm_run());
@@ -522,6 +540,12 @@ impl Vcpu for KvmVcpu {
             let exit = match self.fd.run() {
                 // KVM completes the access (the loaded value, PC += 4) on
                 // the next entry; register writes before it must settle it.
+                Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _))
+                    if !self.ops.decodes(addr) =>
+                {
+                    self.raise_external_abort()?;
+                    continue;
+                }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     self.settle_pending = true;
                     let now = self.origin.elapsed().as_nanos() as u64;
