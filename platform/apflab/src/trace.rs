@@ -192,13 +192,6 @@ fn context_name(task: u32) -> String {
 /// parks its task) is left at the switch and entered again when its task
 /// comes back, so the slices on a vCPU nest as the format wants.
 fn vcpu_tasks_and_handlers(out: &mut Vec<Value>, timeline: &GuestTimeline, end_ns: u64) {
-    struct Cpu {
-        task: u32,
-        since: Option<u64>,
-        /// Per task (and the idle loop): its open handlers, innermost last,
-        /// each with the time it was (re-)entered while its task runs.
-        handlers: BTreeMap<u32, Vec<(Handler, Option<u64>)>>,
-    }
     let mut cpus: BTreeMap<u32, Cpu> = BTreeMap::new();
     for &(vcpu, r) in &timeline.records {
         let t = ns_at(r.ticks);
@@ -209,21 +202,7 @@ fn vcpu_tasks_and_handlers(out: &mut Vec<Value>, timeline: &GuestTimeline, end_n
         });
         match TraceKind::from_code(r.kind) {
             Some(TraceKind::Switch) => {
-                if let Some(since) = c.since {
-                    out.push(slice(
-                        PID,
-                        vcpu,
-                        "vcpu-task",
-                        context_name(c.task),
-                        since,
-                        t,
-                    ));
-                }
-                for (h, entered) in c.handlers.entry(c.task).or_default().iter_mut() {
-                    if let Some(s) = entered.take() {
-                        out.push(slice(PID, vcpu, "handler", h.name().to_owned(), s, t));
-                    }
-                }
+                c.leave(out, vcpu, t);
                 c.task = r.task;
                 c.since = Some(t);
                 for (_, entered) in c.handlers.entry(c.task).or_default().iter_mut() {
@@ -243,21 +222,35 @@ fn vcpu_tasks_and_handlers(out: &mut Vec<Value>, timeline: &GuestTimeline, end_n
             _ => {}
         }
     }
-    for (vcpu, c) in cpus {
-        for (h, entered) in c.handlers.get(&c.task).into_iter().flatten() {
-            if let Some(s) = entered {
-                out.push(slice(PID, vcpu, "handler", h.name().to_owned(), *s, end_ns));
-            }
+    for (vcpu, mut c) in cpus {
+        c.leave(out, vcpu, end_ns);
+    }
+}
+
+/// What one vCPU is doing, as its log is read.
+struct Cpu {
+    /// The task it runs, or [`IDLE_TASK`].
+    task: u32,
+    /// Since when it runs it.
+    since: Option<u64>,
+    /// Per task (and the idle loop): its open handlers, innermost last,
+    /// each with the time it was (re-)entered while its task runs.
+    handlers: BTreeMap<u32, Vec<(Handler, Option<u64>)>>,
+}
+
+impl Cpu {
+    /// Ends, at `t`, the slices of the task the vCPU runs and of the
+    /// handlers open in it (which stay open, to be entered again when the
+    /// task comes back).
+    fn leave(&mut self, out: &mut Vec<Value>, vcpu: u32, t: u64) {
+        if let Some(since) = self.since.take() {
+            let name = context_name(self.task);
+            out.push(slice(PID, vcpu, "vcpu-task", name, since, t));
         }
-        if let Some(since) = c.since {
-            out.push(slice(
-                PID,
-                vcpu,
-                "vcpu-task",
-                context_name(c.task),
-                since,
-                end_ns,
-            ));
+        for (h, entered) in self.handlers.entry(self.task).or_default().iter_mut() {
+            if let Some(s) = entered.take() {
+                out.push(slice(PID, vcpu, "handler", h.name().to_owned(), s, t));
+            }
         }
     }
 }
