@@ -8,15 +8,13 @@ use core::ptr::{addr_of, addr_of_mut};
 use apflab_abi::apf::{CONTROL_BLOCK_VERSION, ControlBlock};
 use apflab_abi::boot::{APF_ABUSE_ACK_FLOOD, APF_ABUSE_RANDOM_CALLS, APF_ABUSE_TOGGLES};
 use apflab_abi::hypercall::{
-    APFLAB_FN_BASE, PSCI_CPU_ON, SMCCC_INVALID_PARAMETERS, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
+    APFLAB_FN_BASE, PSCI_AFFINITY_INFO, PSCI_CPU_ON, SMCCC_INVALID_PARAMETERS, SMCCC_NOT_SUPPORTED,
+    SMCCC_SUCCESS,
 };
 use apflab_abi::pattern::splitmix64;
 use apflab_abi::report::MAX_REPORTED_TASKS;
 
 use crate::{config, console, hypercall};
-
-/// PSCI `AFFINITY_INFO` (SMC64).
-const PSCI_AFFINITY_INFO: u32 = 0xC400_0004;
 
 /// A token the host never handed out (its id is far beyond any run's).
 const NEVER_GIVEN: u64 = 0xdead_beef << 12;

@@ -4,11 +4,11 @@
 //! kernel's exception handlers.
 //!
 //! Each CPU appends [`TraceRecord`]s to a buffer of its own and hands the
-//! buffer to the host with [`crate::hypercall::FN_TRACE`] when it is full
-//! and whenever the CPU goes idle, so the log costs one exit per
-//! [`TRACE_BATCH`] records (or per idle period) and nothing when tracing is
-//! off. Records are in the CPU's program order; their times are the
-//! guest's counter.
+//! buffer to the host with [`crate::hypercall::FN_TRACE`] whenever the CPU
+//! goes idle, when a return to EL0 finds it half full, and at the end of
+//! the run, so the log costs at most one exit per idle period or per half
+//! [`TRACE_BATCH`] records, and none when tracing is off. Records are in
+//! the CPU's program order; their times are the guest's counter.
 
 /// Records a CPU buffers before it hands them over.
 pub const TRACE_BATCH: usize = 128;

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use apflab_abi::hypercall as hc;
+use apflab_abi::hypercall::{self as hc, PSCI_AFFINITY_INFO};
 use apflab_abi::memory_map::{
     DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE, RTC_BASE, RTC_SIZE,
     UART_BASE, UART_SIZE, UART_SPI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_STRIDE,
@@ -39,9 +39,8 @@ const PSCI_CPU_ON_SMC32: u32 = 0x8400_0003;
 /// PSCI CPU_SUSPEND, SMC32 and SMC64.
 const PSCI_CPU_SUSPEND_SMC32: u32 = 0x8400_0001;
 const PSCI_CPU_SUSPEND: u32 = 0xC400_0001;
-/// PSCI AFFINITY_INFO, SMC32 and SMC64.
+/// PSCI AFFINITY_INFO, SMC32 (SMC64: [`PSCI_AFFINITY_INFO`]).
 const PSCI_AFFINITY_INFO_SMC32: u32 = 0x8400_0004;
-const PSCI_AFFINITY_INFO: u32 = 0xC400_0004;
 /// PSCI MIGRATE_INFO_TYPE.
 const PSCI_MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
 /// MIGRATE_INFO_TYPE: no Trusted OS, nothing to migrate.
