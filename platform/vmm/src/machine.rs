@@ -555,12 +555,18 @@ impl Machine {
     pub fn mmio_write_kind(&self, vcpu: u32, addr: u64, data: &[u8], now_ns: u64) -> MmioWriteKind {
         let value = le_value(data);
         let len = data.len();
-        if in_window(addr, DOORBELL_BASE, DOORBELL_SIZE) {
+        let window = device_at(self.vcpus, addr);
+        if let Some(DeviceWindow {
+            device: Device::Doorbell,
+            base,
+            ..
+        }) = window
+        {
             let call = {
                 let mut s = self.lock();
                 *s.exits.entry("mmio".to_owned()).or_default() += 1;
                 match s.doorbell.get_mut(vcpu as usize) {
-                    Some(bank) => bank.write(addr - DOORBELL_BASE, len, value),
+                    Some(bank) => bank.write(addr - base, len, value),
                     None => DoorbellWrite::Stored,
                 }
             };
@@ -588,59 +594,95 @@ impl Machine {
         }
         let mut s = self.lock();
         *s.exits.entry("mmio".to_owned()).or_default() += 1;
-        if in_window(addr, UART_BASE, UART_SIZE) {
-            s.uart.write(addr - UART_BASE, value as u32);
-        } else if in_window(addr, GICD_BASE, GICD_SIZE) {
-            s.gic.dist_write(addr - GICD_BASE, len, value);
-        } else if in_window(addr, GICR_BASE, GICR_STRIDE * u64::from(self.vcpus)) {
-            s.gic.redist_write(addr - GICR_BASE, len, value);
-        } else if in_window(addr, RTC_BASE, RTC_SIZE) {
-            s.rtc.write(addr - RTC_BASE, value as u32, now_ns);
-        } else if in_window(addr, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE) {
-            // An empty transport ignores writes.
-        } else {
+        let Some(w) = window else {
             *s.exits.entry("mmio_unhandled".to_owned()).or_default() += 1;
+            return MmioWriteKind::Plain;
+        };
+        let offset = addr - w.base;
+        match w.device {
+            Device::Uart => s.uart.write(offset, value as u32),
+            Device::GicDistributor => s.gic.dist_write(offset, len, value),
+            Device::GicRedistributors => s.gic.redist_write(offset, len, value),
+            Device::Rtc => s.rtc.write(offset, value as u32, now_ns),
+            // An empty transport ignores writes.
+            Device::VirtioMmio => {}
+            Device::Doorbell => unreachable!("doorbell writes are handled above"),
         }
         MmioWriteKind::Plain
+    }
+}
+
+/// A device of the board's address map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The PL011 UART.
+    Uart,
+    /// The GICv3 distributor.
+    GicDistributor,
+    /// The GICv3 redistributors, one frame pair per vCPU.
+    GicRedistributors,
+    /// apflab's hypercall doorbell.
+    Doorbell,
+    /// The PL031 RTC.
+    Rtc,
+    /// The (empty) virtio-mmio transports.
+    VirtioMmio,
+}
+
+impl Device {
+    /// Its name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Uart => "pl011",
+            Device::GicDistributor => "gic distributor",
+            Device::GicRedistributors => "gic redistributors",
+            Device::Doorbell => "doorbell",
+            Device::Rtc => "pl031",
+            Device::VirtioMmio => "virtio-mmio",
+        }
+    }
+
+    /// Whether a write to it can make an interrupt deliverable at once.
+    pub fn is_interrupt_controller(self) -> bool {
+        matches!(self, Device::GicDistributor | Device::GicRedistributors)
     }
 }
 
 /// One window of the board's address map that a device answers in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceWindow {
-    /// The device, for messages.
-    pub name: &'static str,
+    /// The device.
+    pub device: Device,
     /// First address.
     pub base: u64,
     /// Size in bytes.
     pub size: u64,
-    /// A write to it can make an interrupt deliverable at once (the GIC).
-    pub interrupt_controller: bool,
 }
 
 /// The windows of a board with `vcpus` vCPUs where a device answers; an
 /// access anywhere else outside RAM is a decode error on the bus, which the
 /// guest takes as a synchronous external abort.
 pub fn device_windows(vcpus: u32) -> [DeviceWindow; 6] {
-    let w = |name, base, size, interrupt_controller| DeviceWindow {
-        name,
-        base,
-        size,
-        interrupt_controller,
-    };
+    let w = |device, base, size| DeviceWindow { device, base, size };
     [
-        w("pl011", UART_BASE, UART_SIZE, false),
-        w("gic distributor", GICD_BASE, GICD_SIZE, true),
+        w(Device::Uart, UART_BASE, UART_SIZE),
+        w(Device::GicDistributor, GICD_BASE, GICD_SIZE),
         w(
-            "gic redistributors",
+            Device::GicRedistributors,
             GICR_BASE,
             GICR_STRIDE * u64::from(vcpus),
-            true,
         ),
-        w("doorbell", DOORBELL_BASE, DOORBELL_SIZE, false),
-        w("pl031", RTC_BASE, RTC_SIZE, false),
-        w("virtio-mmio", VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, false),
+        w(Device::Doorbell, DOORBELL_BASE, DOORBELL_SIZE),
+        w(Device::Rtc, RTC_BASE, RTC_SIZE),
+        w(Device::VirtioMmio, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE),
     ]
+}
+
+/// The window `addr` falls in, if a device answers there.
+fn device_at(vcpus: u32, addr: u64) -> Option<DeviceWindow> {
+    device_windows(vcpus)
+        .into_iter()
+        .find(|w| in_window(addr, w.base, w.size))
 }
 
 fn in_window(addr: u64, base: u64, size: u64) -> bool {
@@ -657,34 +699,34 @@ fn le_value(data: &[u8]) -> u64 {
 
 impl VmOps for Machine {
     fn decodes(&self, addr: u64) -> bool {
-        device_windows(self.vcpus)
-            .iter()
-            .any(|w| in_window(addr, w.base, w.size))
+        device_at(self.vcpus, addr).is_some()
     }
 
     fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], now_ns: u64) {
         let mut s = self.lock();
         *s.exits.entry("mmio".to_owned()).or_default() += 1;
         let len = data.len();
-        let value = if in_window(addr, UART_BASE, UART_SIZE) {
-            u64::from(s.uart.read(addr - UART_BASE))
-        } else if in_window(addr, GICD_BASE, GICD_SIZE) {
-            s.gic.dist_read(addr - GICD_BASE)
-        } else if in_window(addr, GICR_BASE, GICR_STRIDE * u64::from(self.vcpus)) {
-            s.gic.redist_read(addr - GICR_BASE)
-        } else if in_window(addr, RTC_BASE, RTC_SIZE) {
-            u64::from(s.rtc.read(addr - RTC_BASE, now_ns))
-        } else if in_window(addr, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE) {
-            u64::from(virtio_mmio::read_empty(
-                (addr - VIRTIO_MMIO_BASE) % VIRTIO_MMIO_STRIDE,
-            ))
-        } else if in_window(addr, DOORBELL_BASE, DOORBELL_SIZE) {
-            s.doorbell
-                .get(vcpu as usize)
-                .map_or(0, |b| b.read(addr - DOORBELL_BASE, len))
-        } else {
-            *s.exits.entry("mmio_unhandled".to_owned()).or_default() += 1;
-            0
+        let value = match device_at(self.vcpus, addr) {
+            Some(w) => {
+                let offset = addr - w.base;
+                match w.device {
+                    Device::Uart => u64::from(s.uart.read(offset)),
+                    Device::GicDistributor => s.gic.dist_read(offset),
+                    Device::GicRedistributors => s.gic.redist_read(offset),
+                    Device::Rtc => u64::from(s.rtc.read(offset, now_ns)),
+                    Device::VirtioMmio => {
+                        u64::from(virtio_mmio::read_empty(offset % VIRTIO_MMIO_STRIDE))
+                    }
+                    Device::Doorbell => s
+                        .doorbell
+                        .get(vcpu as usize)
+                        .map_or(0, |b| b.read(offset, len)),
+                }
+            }
+            None => {
+                *s.exits.entry("mmio_unhandled".to_owned()).or_default() += 1;
+                0
+            }
         };
         for (i, b) in data.iter_mut().enumerate() {
             *b = (value >> (8 * i)) as u8;

@@ -102,8 +102,8 @@ impl EmuVcpu {
         // Everything else is unmapped: an access there is the external
         // abort the bus gives.
         for w in crate::machine::device_windows(vcpus) {
-            hooks::map_device(&mut uc, w.base, w.size, w.interrupt_controller)
-                .map_err(|e| engine_err(format!("map {}", w.name), e))?;
+            hooks::map_device(&mut uc, w.base, w.size, w.device.is_interrupt_controller())
+                .map_err(|e| engine_err(format!("map {}", w.device.name()), e))?;
         }
         hooks::install_hooks(&mut uc, (base, base + size))
             .map_err(|e| engine_err("install hooks", e))?;
