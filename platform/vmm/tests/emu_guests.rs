@@ -122,6 +122,37 @@ const TIMER_IRQ: [u32; 9] = [
     0xd4000002, // 0x020: hvc #0
 ];
 
+/// 100 blocks that each hold an FP instruction, run with FP trapped (the
+/// CPACR_EL1 reset value): more than the FP watch hooks block by block
+/// before it watches every instruction, so both ways are exercised.
+#[test]
+fn an_fp_trap_is_taken_in_every_block_that_holds_an_fp_instruction() {
+    const BLOCKS: usize = 100;
+    let mut main = vec![
+        0xd2a80009, // 0x000: movz x9, #0x4000, lsl #16
+        0x9120012a, // 0x004: add x10, x9, #0x800
+        0xd518c00a, // 0x008: msr vbar_el1, x10
+    ];
+    for _ in 0..BLOCKS {
+        main.push(0x9e670000); // fmov d0, x0   (traps: EC 0x07)
+        main.push(0x14000001); // b .+4         (ends the block)
+    }
+    main.extend_from_slice(&SYSTEM_OFF);
+    // Current EL with SPx, synchronous: print '.', skip the instruction.
+    let handler = [
+        0xd2a12001, // movz x1, #0x900, lsl #16   (PL011)
+        0x528005c2, // mov w2, #'.'
+        0xb9000022, // str w2, [x1]
+        0xd5384023, // mrs x3, elr_el1
+        0x91001063, // add x3, x3, #4
+        0xd5184023, // msr elr_el1, x3
+        0xd69f03e0, // eret
+    ];
+    let out = run(&[(0, &main), (0xa00, &handler)], 1);
+    assert_eq!(out.exit, GuestExit::PowerOff);
+    assert_eq!(out.console, ".".repeat(BLOCKS));
+}
+
 #[test]
 fn timer_irq_is_delivered_at_its_virtual_deadline() {
     let out = run(

@@ -36,6 +36,7 @@ use unicorn_engine::{RegisterARM64, Unicorn};
 
 use super::exception::{EngineRegs, GuestFault};
 use super::hooks::{read_insn, request_stop};
+use super::insn_watch;
 use super::regs::{SPSR_EL1, cp, engine_err};
 use super::state::HookState;
 use super::vcpu::EmuVcpu;
@@ -211,7 +212,7 @@ impl DebugRegs {
 
     /// Whether software step is enabled (the engine must run one
     /// instruction at a time).
-    fn stepping(&self) -> bool {
+    pub(super) fn stepping(&self) -> bool {
         self.mdscr & MDSCR_SS != 0
     }
 
@@ -444,6 +445,12 @@ impl EmuVcpu {
                 isv: stepped.is_some(),
                 ex: stepped.unwrap_or(false),
             });
+            return Ok(Step::Stop(Ok(())));
+        }
+        if self.uc.get_data().watch.mode.is_on()
+            && let Some(fault) = insn_watch::check(&mut self.uc, pc)
+        {
+            self.uc.get_data_mut().fault = Some(fault);
             return Ok(Step::Stop(Ok(())));
         }
         let word = read_insn(&self.uc, pc);

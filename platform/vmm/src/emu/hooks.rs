@@ -128,6 +128,11 @@ pub(super) fn install_hooks(
     uc.add_tlb_hook(0, u64::MAX, fill_tlb)?;
     // Counting block hook: exact instruction totals, slice budget.
     uc.add_block_hook(1, 0, |uc, addr, size| {
+        let st = uc.get_data();
+        if st.watch.mode.is_on() && !st.debug.stepping() && insn_watch::must_hook(uc, addr, size) {
+            // Stopped before the block runs, to hook it.
+            return;
+        }
         let unmasked = uc.get_data().irq_waiting
             && uc
                 .reg_read(RegisterARM64::PSTATE)
@@ -217,11 +222,16 @@ pub(super) fn install_hooks(
         if reg == CPACR_EL1 || reg == SCTLR_EL1 {
             // The write ends its block; the slice ends with it when the
             // instruction watch must come or go (insn_watch.rs).
-            let needed = insn_watch::needed_after_write(uc, reg, cpreg.val);
+            let mode = insn_watch::mode_after_write(uc, reg, cpreg.val);
             let st = uc.get_data_mut();
-            if needed != st.watching {
+            if mode != st.watch.mode {
                 st.end_slice = true;
             }
+            st.watch.forget_blocks();
+            return false;
+        }
+        if insn_watch::changes_code_view(reg) {
+            uc.get_data_mut().watch.forget_blocks();
             return false;
         }
         if debug::on_msr(uc, reg, cpreg.val) {
@@ -244,6 +254,14 @@ pub(super) fn install_hooks(
         st.end_slice = true;
         step_over_unknown_sysreg(uc, reg);
         true
+    })?;
+    // TLB and instruction cache invalidations (the instruction still
+    // executes).
+    uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_SYS, 1, 0, |uc, _rt, c| {
+        if insn_watch::invalidates_code(c.crn, c.crm) {
+            uc.get_data_mut().watch.forget_blocks();
+        }
+        false
     })?;
     // Only outside RAM: the engine keeps every store to a page covered
     // by a memory hook on its slow path (dirty tracking is never

@@ -1,28 +1,151 @@
 //! Two checks the software CPU does not make: CPACR_EL1.FPEN traps (its FP
 //! access check always passes) and SCTLR_EL1.A alignment checking (it only
 //! checks the accesses that must always be aligned, such as exclusives).
-//! While the guest has either on, a code hook looks at each instruction
-//! before it executes and stops the engine there with the exception the
-//! architecture takes: EC 0x07 for an FP/SIMD instruction at a trapped
-//! level, an alignment fault for a load or store whose address is not a
-//! multiple of its element size (the syndromes are built in
-//! `exception.rs`). A guest that leaves FP enabled and alignment checking
-//! off, as most do after boot, runs without the hook and pays nothing.
+//! While the guest has either on, a code hook looks at the instructions
+//! that could be affected before they execute and stops the engine there
+//! with the exception the architecture takes: EC 0x07 for an FP/SIMD
+//! instruction at a trapped level, an alignment fault for a load or store
+//! whose address is not a multiple of its element size (the syndromes are
+//! built in `exception.rs`).
+//!
+//! A code hook on every instruction costs about twenty times the guest's
+//! speed, and a kernel built without FP (ours is) keeps FP trapped for its
+//! whole life. So the watch goes by blocks: the counting block hook asks
+//! [`must_hook`] about each block it enters, which decodes a block once to
+//! see whether it holds an instruction the watch must see (FP/SIMD while FP
+//! is trapped, any load or store while alignment is checked). A block that
+//! does is stopped before it runs, gets a code hook limited to its own
+//! addresses and is translated again; every other block runs at full
+//! speed. Which blocks were found clean is forgotten whenever the code at
+//! an address may have changed for the CPU: a write to TTBR0/TTBR1/TCR/
+//! SCTLR_EL1, a TLB or instruction cache invalidation (a guest that
+//! rewrites code without the instruction cache maintenance the architecture
+//! asks for may run stale decodes here, as it may on hardware). Past
+//! [`MAX_HOOKED_BLOCKS`] blocks the watch falls back to one hook on every
+//! instruction. A guest that leaves FP enabled and alignment checking off,
+//! as most do after boot, runs without any of it.
+
+use std::collections::{HashMap, HashSet};
 
 use unicorn_engine::{RegisterARM64, Unicorn};
 
 use super::exception::{EngineRegs, GuestFault};
 use super::hooks::{read_insn, request_stop};
-use super::regs::{CPACR_EL1, SCTLR_A, SCTLR_EL1, cp, engine_err};
+use super::regs::{CPACR_EL1, SCTLR_A, SCTLR_EL1, TCR_EL1, cp, engine_err};
 use super::state::HookState;
 use super::vcpu::EmuVcpu;
 use crate::arch::access::{alignment_unit, data_access};
 use crate::arch::{SysRegId, pstate, syndrome};
 use crate::hypervisor::HypervisorError;
 
-/// Whether the watch is needed with these CPACR_EL1 and SCTLR_EL1 values.
-pub(super) fn needed(cpacr: u64, sctlr: u64) -> bool {
-    syndrome::fp_trapped(cpacr, true) || sctlr & SCTLR_A != 0
+/// TTBR0_EL1 and TTBR1_EL1: a write changes what code an address holds.
+const TTBR0_EL1: SysRegId = SysRegId::new(3, 0, 2, 0, 0);
+const TTBR1_EL1: SysRegId = SysRegId::new(3, 0, 2, 0, 1);
+
+/// Blocks with a code hook of their own before the watch covers every
+/// instruction instead (each hook is one more entry the engine scans for
+/// every instruction it translates).
+pub(super) const MAX_HOOKED_BLOCKS: usize = 64;
+
+/// What the watch checks, from CPACR_EL1 and SCTLR_EL1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct WatchMode {
+    /// FP/SIMD is trapped at EL0 or EL1.
+    fp: bool,
+    /// SCTLR_EL1.A: every load and store is checked for alignment.
+    align: bool,
+}
+
+impl WatchMode {
+    /// The watch CPACR_EL1 value `cpacr` and SCTLR_EL1 value `sctlr` need.
+    pub(super) fn of(cpacr: u64, sctlr: u64) -> Self {
+        WatchMode {
+            fp: syndrome::fp_trapped(cpacr, true),
+            align: sctlr & SCTLR_A != 0,
+        }
+    }
+
+    pub(super) fn is_on(self) -> bool {
+        self.fp || self.align
+    }
+
+    /// Whether the instruction `word` must be seen before it executes.
+    fn watches(self, word: u32) -> bool {
+        (self.fp && syndrome::is_fp_simd(word)) || (self.align && is_load_store(word))
+    }
+}
+
+/// The loads and stores class (op0 = x1x0), and system instructions (op0
+/// = 1: DC by VA), over-approximated: a block with one gets the hook.
+fn is_load_store(word: u32) -> bool {
+    (word >> 25) & 0b0101 == 0b0100 || word & 0xfff8_0000 == 0xd508_0000
+}
+
+/// The watch's state in one engine.
+#[derive(Debug, Default)]
+pub(super) struct BlockWatch {
+    pub(super) mode: WatchMode,
+    /// Blocks looked at since the code was last allowed to change: start →
+    /// (size, holds a watched instruction).
+    classified: HashMap<u64, (u32, bool)>,
+    /// Blocks that have a code hook of their own (by start address).
+    hooked: HashSet<u64>,
+    /// The watch covers every instruction.
+    everywhere: bool,
+    /// The block the block hook stopped before, to be hooked.
+    pub(super) wanted: Option<(u64, u32)>,
+}
+
+impl BlockWatch {
+    /// Forgets which blocks were found clean (the code they hold may have
+    /// changed for the CPU).
+    pub(super) fn forget_blocks(&mut self) {
+        if !self.classified.is_empty() {
+            self.classified.clear();
+        }
+    }
+}
+
+/// Whether a write of `reg` may change the code an address holds for the
+/// CPU.
+pub(super) fn changes_code_view(reg: SysRegId) -> bool {
+    [TTBR0_EL1, TTBR1_EL1, TCR_EL1, SCTLR_EL1].contains(&reg)
+}
+
+/// Whether the system instruction (SYS, op0 = 1) with `crn` invalidates
+/// TLB entries (TLBI, CRn = 8) or instruction cache lines (IC, CRn = 7,
+/// CRm = 1 or 5).
+pub(super) fn invalidates_code(crn: u32, crm: u32) -> bool {
+    crn == 8 || (crn == 7 && (crm == 1 || crm == 5))
+}
+
+/// Called by the block hook for the block `[addr, addr + size)` it
+/// entered: whether the block must get a code hook before it runs (the
+/// engine is then stopped before it, with the block left in `wanted`).
+pub(super) fn must_hook(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) -> bool {
+    let w = &uc.get_data().watch;
+    if w.everywhere || w.hooked.contains(&addr) {
+        return false;
+    }
+    let watched = match w.classified.get(&addr) {
+        Some(&(s, watched)) if s == size => watched,
+        _ => {
+            let mode = w.mode;
+            // An unreadable word cannot be decoded: hook the block.
+            let watched = (0..u64::from(size / 4))
+                .any(|i| read_insn(uc, addr + 4 * i).is_none_or(|word| mode.watches(word)));
+            uc.get_data_mut()
+                .watch
+                .classified
+                .insert(addr, (size, watched));
+            watched
+        }
+    };
+    if watched {
+        uc.get_data_mut().watch.wanted = Some((addr, size));
+        request_stop(uc);
+    }
+    watched
 }
 
 fn read(uc: &Unicorn<'_, HookState>, reg: SysRegId) -> Option<u64> {
@@ -30,28 +153,30 @@ fn read(uc: &Unicorn<'_, HookState>, reg: SysRegId) -> Option<u64> {
     uc.reg_read_arm64_coproc(&mut c).ok().map(|()| c.val)
 }
 
-/// Whether the watch is needed after `value` is written to `reg` (one of
-/// CPACR_EL1 and SCTLR_EL1; the other keeps its current value).
-pub(super) fn needed_after_write(uc: &Unicorn<'_, HookState>, reg: SysRegId, value: u64) -> bool {
+/// The watch needed after `value` is written to `reg` (one of CPACR_EL1
+/// and SCTLR_EL1; the other keeps its current value).
+pub(super) fn mode_after_write(
+    uc: &Unicorn<'_, HookState>,
+    reg: SysRegId,
+    value: u64,
+) -> WatchMode {
     let (cpacr, sctlr) = if reg == CPACR_EL1 {
         (value, read(uc, SCTLR_EL1).unwrap_or(0))
     } else {
         (read(uc, CPACR_EL1).unwrap_or(0), value)
     };
-    needed(cpacr, sctlr)
+    WatchMode::of(cpacr, sctlr)
 }
 
-/// The code hook of a watched engine: raises the trap or the alignment
-/// fault before the instruction at `pc` executes.
-fn watch(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
+/// The fault the instruction at `pc` raises before it executes, if the
+/// guest's FP trap or alignment checking applies to it.
+pub(super) fn check(uc: &mut Unicorn<'_, HookState>, pc: u64) -> Option<GuestFault> {
     let el0 = uc
         .reg_read(RegisterARM64::PSTATE)
         .is_ok_and(|p| p & pstate::MODE_MASK == pstate::EL0T);
-    let Some(word) = read_insn(uc, pc) else {
-        return;
-    };
+    let word = read_insn(uc, pc)?;
     let fp_trapped = read(uc, CPACR_EL1).is_some_and(|c| syndrome::fp_trapped(c, el0));
-    let fault = if fp_trapped && syndrome::is_fp_simd(word) {
+    if fp_trapped && syndrome::is_fp_simd(word) {
         Some(GuestFault::Undefined)
     } else if read(uc, SCTLR_EL1).is_some_and(|s| s & SCTLR_A != 0)
         && data_access(word, pc, &mut EngineRegs(uc))
@@ -60,42 +185,107 @@ fn watch(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
         Some(GuestFault::Alignment)
     } else {
         None
-    };
-    if fault.is_some() {
-        uc.get_data_mut().fault = fault;
+    }
+}
+
+/// The code hook of a watched block: stops the engine before the
+/// instruction at `pc` with the fault it raises.
+fn watch(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
+    if let Some(fault) = check(uc, pc) {
+        uc.get_data_mut().fault = Some(fault);
         request_stop(uc);
     }
 }
 
 impl EmuVcpu {
-    /// Installs or removes the watch to match the guest's CPACR_EL1 and
-    /// SCTLR_EL1; called before the engine runs (a write to either that
-    /// changes whether the watch is needed ends the slice, see hooks.rs).
+    /// Matches the watch to the guest's CPACR_EL1 and SCTLR_EL1; called
+    /// before the engine runs (a write to either that changes the watch
+    /// ends the slice, see hooks.rs). Blocks already translated keep
+    /// running unhooked until the block hook looks at them.
     pub(super) fn sync_insn_watch(&mut self) -> Result<(), HypervisorError> {
-        let on = needed(
+        let mode = WatchMode::of(
             read(&self.uc, CPACR_EL1).unwrap_or(0),
             read(&self.uc, SCTLR_EL1).unwrap_or(0),
         );
-        if on == self.insn_watch.is_some() {
+        if mode == self.uc.get_data().watch.mode {
             return Ok(());
         }
-        match self.insn_watch.take() {
-            Some(id) => self
-                .uc
+        // Deleting a hook drops the code translated with it.
+        for id in self.insn_watch.drain(..) {
+            self.uc
                 .remove_hook(id)
-                .map_err(|e| engine_err("remove the instruction watch", e))?,
-            None => {
-                let id = self
-                    .uc
-                    .add_code_hook(1, 0, watch)
-                    .map_err(|e| engine_err("add the instruction watch", e))?;
-                self.insn_watch = Some(id);
-            }
+                .map_err(|e| engine_err("remove the instruction watch", e))?;
         }
-        self.uc.get_data_mut().watching = on;
-        // Code already translated was compiled without (or with) the hook.
-        self.uc
-            .ctl_flush_tb()
-            .map_err(|e| engine_err("flush translated code", e))
+        self.uc.get_data_mut().watch = BlockWatch {
+            mode,
+            ..BlockWatch::default()
+        };
+        Ok(())
+    }
+
+    /// Gives the block the block hook stopped before (if any) its code
+    /// hook; whether there was one (the engine then runs again from it).
+    pub(super) fn hook_wanted_block(&mut self) -> Result<bool, HypervisorError> {
+        let Some((addr, size)) = self.uc.get_data_mut().watch.wanted.take() else {
+            return Ok(false);
+        };
+        let w = &self.uc.get_data().watch;
+        let (begin, end) = if w.hooked.len() < MAX_HOOKED_BLOCKS {
+            (addr, addr + u64::from(size) - 1)
+        } else {
+            (1, 0)
+        };
+        let id = self
+            .uc
+            .add_code_hook(begin, end, watch)
+            .map_err(|e| engine_err("add the instruction watch", e))?;
+        self.insn_watch.push(id);
+        let w = &mut self.uc.get_data_mut().watch;
+        if begin > end {
+            w.everywhere = true;
+            // Code translated before the hook runs without it.
+            self.uc
+                .ctl_flush_tb()
+                .map_err(|e| engine_err("flush translated code", e))?;
+        } else {
+            w.hooked.insert(addr);
+            // The block was translated without the hook.
+            self.uc
+                .ctl_remove_cache(addr, addr + u64::from(size))
+                .map_err(|e| engine_err("drop a translated block", e))?;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_looks_only_at_what_its_mode_checks() {
+        let fp_off = WatchMode::of(3 << 20, 0);
+        assert!(!fp_off.is_on());
+        let fp = WatchMode::of(0, 0);
+        assert!(fp.is_on());
+        assert!(fp.watches(0x9e67_0000)); // fmov d0, x0
+        assert!(!fp.watches(0xf940_0000)); // ldr x0, [x0]
+        let align = WatchMode::of(3 << 20, SCTLR_A);
+        assert!(align.watches(0xf940_0000)); // ldr x0, [x0]
+        assert!(align.watches(0xa9bf_7bfd)); // stp x29, x30, [sp, #-16]!
+        assert!(align.watches(0xd50b_7420)); // dc zva, x0
+        assert!(!align.watches(0x8b01_0000)); // add x0, x0, x1
+        assert!(!align.watches(0x9e67_0000)); // fmov d0, x0
+    }
+
+    #[test]
+    fn tlb_and_instruction_cache_invalidations_change_the_code_view() {
+        assert!(invalidates_code(8, 7)); // tlbi vmalle1
+        assert!(invalidates_code(7, 5)); // ic iallu / ic ivau
+        assert!(invalidates_code(7, 1)); // ic ialluis
+        assert!(!invalidates_code(7, 4)); // dc zva
+        assert!(!invalidates_code(7, 14)); // dc civac
+        assert!(changes_code_view(TTBR0_EL1));
+        assert!(!changes_code_view(CPACR_EL1));
     }
 }

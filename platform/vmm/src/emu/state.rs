@@ -10,6 +10,7 @@ use vm_memory::GuestMemoryMmap;
 use super::absent::AbsentPages;
 use super::debug::DebugRegs;
 use super::exception::GuestFault;
+use super::insn_watch::BlockWatch;
 use crate::config::CostModel;
 use crate::hypervisor::{VmExit, VmOps};
 
@@ -44,8 +45,8 @@ pub(super) struct HookState {
     pub(super) irq_waiting: bool,
     /// The debug registers and software step state (see `debug.rs`).
     pub(super) debug: DebugRegs,
-    /// The instruction watch is installed (see `insn_watch.rs`).
-    pub(super) watching: bool,
+    /// The FP trap and alignment watch (see `insn_watch.rs`).
+    pub(super) watch: BlockWatch,
     /// End address of the last block entered (to recognise WFI).
     pub(super) last_block_end: u64,
     /// Guest RAM, for the stage-1 walks of TLB fills.

@@ -13,6 +13,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use super::absent::AbsentPages;
 use super::debug::{DebugRegs, Step};
 use super::hooks::{self, read_insn};
+use super::insn_watch::BlockWatch;
 use super::regs::{
     HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3,
     SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
@@ -26,9 +27,9 @@ use crate::hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
 pub struct EmuVcpu {
     pub(super) index: u32,
     pub(super) uc: Unicorn<'static, HookState>,
-    /// The code hook that raises FP traps and alignment faults, while the
+    /// The code hooks that raise FP traps and alignment faults, while the
     /// guest has either on (see `insn_watch.rs`).
-    pub(super) insn_watch: Option<UcHookId>,
+    pub(super) insn_watch: Vec<UcHookId>,
     /// The code hooks of the armed hardware breakpoints, by address (see
     /// `debug.rs`).
     pub(super) breakpoint_hooks: Vec<(u64, UcHookId)>,
@@ -61,7 +62,7 @@ impl EmuVcpu {
             end_slice: false,
             irq_waiting: false,
             debug: DebugRegs::new(0, 0),
-            watching: false,
+            watch: BlockWatch::default(),
             last_block_end: 0,
             memory: memory.clone(),
             absent,
@@ -134,7 +135,7 @@ impl EmuVcpu {
         Ok(EmuVcpu {
             index,
             uc,
-            insn_watch: None,
+            insn_watch: Vec::new(),
             breakpoint_hooks: Vec::new(),
             watch_hook: None,
         })
@@ -246,6 +247,15 @@ impl Vcpu for EmuVcpu {
                 // `until` is ignored (no exits; see `new`).
                 self.uc.emu_start(pc, 0, 0, 0)
             };
+            if self.hook_wanted_block()? {
+                // The block hook stopped before a block the FP trap or
+                // alignment watch must see; it now has its hook.
+                let st = self.uc.get_data_mut();
+                if st.pending.is_none() && st.fault.is_none() && result.is_ok() {
+                    st.stop_requested = false;
+                    continue;
+                }
+            }
             let st = self.uc.get_data_mut();
             // An exit a hook decided on (an SVC, say) comes first: a fault
             // recorded after it is the engine fetching on before it
