@@ -13,9 +13,9 @@ pub const MIN_MEMORY_MIB: u64 = 8;
 
 /// Fewest instructions in an emu slice. The engine translates up to 512
 /// instructions (QEMU's `TCG_MAX_INSNS`) into one block and ends a slice
-/// only at a block's start: the block that reaches the budget is counted
-/// but runs in the next slice. A slice no longer than the block it starts
-/// with would end before running it, again and again.
+/// only at a block's start, after the block that reaches the budget: a
+/// slice may run up to 511 instructions past it, which would be most of a
+/// slice shorter than the longest block.
 pub const MIN_SLICE_INSTRUCTIONS: u64 = 513;
 
 /// Most instructions in an emu slice. The run's virtual-time limit is

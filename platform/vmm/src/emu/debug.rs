@@ -475,6 +475,8 @@ impl EmuVcpu {
         let st = self.uc.get_data_mut();
         st.budget = budget;
         st.irq_waiting = irq_waiting;
+        // Counted here, not by the block hook.
+        st.block_open = false;
         let executed = st.fault.is_none();
         st.insns = insns + u64::from(executed);
         st.slice_insns = slice_insns + u64::from(executed);

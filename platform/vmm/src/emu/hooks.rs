@@ -138,13 +138,19 @@ pub(super) fn install_hooks(
                 .reg_read(RegisterARM64::PSTATE)
                 .is_ok_and(|p| p & pstate::I == 0);
         let st = uc.get_data_mut();
+        // The block entered before this one ran to its end.
+        st.block_open = false;
+        if st.slice_insns >= st.budget || st.end_slice || unmasked {
+            // A stop here comes before the block runs: it is counted when
+            // it does, in the next run of the engine.
+            request_stop(uc);
+            return;
+        }
         let n = u64::from(size / 4);
         st.insns += n;
         st.slice_insns += n;
-        st.last_block_end = addr + u64::from(size);
-        if st.slice_insns >= st.budget || st.end_slice || unmasked {
-            request_stop(uc);
-        }
+        st.block = (addr, addr + u64::from(size));
+        st.block_open = true;
     })?;
     uc.add_intr_hook(|uc, intno| {
         let pc = uc.pc_read().unwrap_or(0);

@@ -19,7 +19,9 @@ pub(super) struct HookState {
     pub(super) index: u32,
     pub(super) ops: Arc<dyn VmOps>,
     pub(super) cost: CostModel,
-    /// Instructions executed in total (counted per block at block entry).
+    /// Instructions executed in total: counted per block as the block is
+    /// entered, less the part of it a stop cut short (see
+    /// [`HookState::uncount_cut_block`]).
     pub(super) insns: u64,
     /// Instructions in the current slice.
     pub(super) slice_insns: u64,
@@ -47,8 +49,12 @@ pub(super) struct HookState {
     pub(super) debug: DebugRegs,
     /// The FP trap and alignment watch (see `insn_watch.rs`).
     pub(super) watch: BlockWatch,
-    /// End address of the last block entered (to recognise WFI).
-    pub(super) last_block_end: u64,
+    /// `[start, end)` of the last block counted (its end also recognises
+    /// WFI, which ends the engine's run right after it).
+    pub(super) block: (u64, u64),
+    /// The engine may have stopped inside `block`: no later block was
+    /// entered.
+    pub(super) block_open: bool,
     /// Guest RAM, for the stage-1 walks of TLB fills.
     pub(super) memory: GuestMemoryMmap,
     /// Pages the pager withholds.
@@ -56,6 +62,19 @@ pub(super) struct HookState {
 }
 
 impl HookState {
+    /// Takes back the instructions of the last block counted that did not
+    /// run: the engine stopped with `pc` inside it (a fault, an exception
+    /// the guest takes, or a hook's stop before that instruction completed).
+    pub(super) fn uncount_cut_block(&mut self, pc: u64) {
+        let (start, end) = self.block;
+        if self.block_open && (start..end).contains(&pc) {
+            let cut = (end - pc) / 4;
+            self.insns -= cut;
+            self.slice_insns -= cut;
+        }
+        self.block_open = false;
+    }
+
     pub(super) fn now_ns(&self) -> u64 {
         self.extra_ns + (self.insns as f64 * self.cost.ns_per_instruction) as u64
     }

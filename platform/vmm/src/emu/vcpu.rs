@@ -63,7 +63,8 @@ impl EmuVcpu {
             irq_waiting: false,
             debug: DebugRegs::new(0, 0),
             watch: BlockWatch::default(),
-            last_block_end: 0,
+            block: (0, 0),
+            block_open: false,
             memory: memory.clone(),
             absent,
         };
@@ -224,7 +225,8 @@ impl Vcpu for EmuVcpu {
             st.pending = None;
             st.stop_requested = false;
             st.end_slice = false;
-            st.last_block_end = 0;
+            st.block = (0, 0);
+            st.block_open = false;
         }
         let result = loop {
             self.sync_insn_watch()?;
@@ -245,7 +247,10 @@ impl Vcpu for EmuVcpu {
                 }
             } else {
                 // `until` is ignored (no exits; see `new`).
-                self.uc.emu_start(pc, 0, 0, 0)
+                let result = self.uc.emu_start(pc, 0, 0, 0);
+                let stopped_at = self.get_reg(Reg::Pc)?;
+                self.uc.get_data_mut().uncount_cut_block(stopped_at);
+                result
             };
             if self.hook_wanted_block()? {
                 // The block hook stopped before a block the FP trap or
@@ -286,9 +291,7 @@ impl Vcpu for EmuVcpu {
                 // WFI ends the engine's run with PC past it and no hook: the
                 // last block entered ends right there with a WFI.
                 let st = self.uc.get_data();
-                if st.last_block_end == pc
-                    && read_insn(&self.uc, pc.wrapping_sub(4)) == Some(insn::WFI)
-                {
+                if st.block.1 == pc && read_insn(&self.uc, pc.wrapping_sub(4)) == Some(insn::WFI) {
                     Ok(VmExit::Wfi)
                 } else {
                     Ok(VmExit::SliceEnd)
