@@ -5,8 +5,10 @@
 
 use core::ptr::{addr_of, addr_of_mut};
 
-use apflab_abi::apf::{CONTROL_BLOCK_VERSION, ControlBlock};
-use apflab_abi::boot::{APF_ABUSE_ACK_FLOOD, APF_ABUSE_RANDOM_CALLS, APF_ABUSE_TOGGLES};
+use apflab_abi::apf::{CONTROL_BLOCK_VERSION, ControlBlock, GUEST_NO_INJECT};
+use apflab_abi::boot::{
+    APF_ABUSE_ACK_FLOOD, APF_ABUSE_RANDOM_CALLS, APF_ABUSE_TOGGLES, WORKLOAD_VA,
+};
 use apflab_abi::hypercall::{
     APFLAB_FN_BASE, PSCI_AFFINITY_INFO, PSCI_CPU_ON, SMCCC_INVALID_PARAMETERS, SMCCC_NOT_SUPPORTED,
     SMCCC_SUCCESS,
@@ -56,7 +58,7 @@ impl Refused {
 
 /// Misuses before `cb` is registered: calls that need async PF enabled,
 /// and control blocks the host must not accept (misaligned, outside RAM,
-/// of another version). `cb` is left as it was.
+/// over the kernel's code, of another version). `cb` is left as it was.
 pub fn before_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
     let mut r = Refused::default();
     r.expect_refused(hypercall::apf_ack());
@@ -64,6 +66,10 @@ pub fn before_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
     r.expect_refused(hypercall::apf_disable());
     r.expect_refused(hypercall::apf_enable(cb as u64 + 8, offered));
     r.expect_refused(hypercall::apf_enable(OUTSIDE_RAM, offered));
+    // Over the kernel's own code (identity mapped: the address is the
+    // physical one), where the host would write its ready ring.
+    let code = before_enable as *const () as u64 & !63;
+    r.expect_refused(hypercall::apf_enable(code, offered));
     // SAFETY: this CPU's own block, not registered with the host yet.
     unsafe { addr_of_mut!((*cb).version).write_volatile(CONTROL_BLOCK_VERSION + 1) };
     r.expect_refused(hypercall::apf_enable(cb as u64, offered));
@@ -74,7 +80,8 @@ pub fn before_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
 
 /// Misuses once `cb` is registered (nothing outstanding yet): a request
 /// for a token never given, ACKs with nothing consumed (a flood), a
-/// consumed count beyond what the host published, disable/enable loops
+/// consumed count beyond what the host published, a fault inside the
+/// no-inject window, disable/enable loops
 /// (which must succeed, each a wake-all), and random calls. `cb` is left as
 /// it was, registered with `offered`.
 pub fn after_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
@@ -91,6 +98,20 @@ pub fn after_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
     r.expect_refused(hypercall::apf_ack());
     // SAFETY: as above.
     unsafe { addr_of_mut!((*cb).ready_tail).write_volatile(tail) };
+    // A fault inside the no-inject window: the host must serve it where
+    // it is, synchronously. The first page of the workload region is
+    // withheld at boot in the far-memory runs; reading it changes nothing
+    // a task later sees.
+    // SAFETY: this CPU's own block; the host reads `guest_state` only at a
+    // fault.
+    let state = unsafe { addr_of!((*cb).guest_state).read_volatile() };
+    // SAFETY: as above.
+    unsafe { addr_of_mut!((*cb).guest_state).write_volatile(state | GUEST_NO_INJECT) };
+    // SAFETY: the workload region is mapped at WORKLOAD_VA (EL0 read/write,
+    // which EL1 may read: PAN is clear at boot) and holds at least a page.
+    unsafe { core::hint::black_box((WORKLOAD_VA as *const u64).read_volatile()) };
+    // SAFETY: as above.
+    unsafe { addr_of_mut!((*cb).guest_state).write_volatile(state) };
     for _ in 0..APF_ABUSE_TOGGLES {
         r.expect(hypercall::apf_disable(), SMCCC_SUCCESS);
         r.expect(hypercall::apf_enable(cb as u64, offered), SMCCC_SUCCESS);

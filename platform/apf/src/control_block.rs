@@ -3,9 +3,12 @@
 //! the guest registered with `APF_ENABLE`.
 //!
 //! Everything here is hostile input: the address is checked once at
-//! registration (aligned, inside RAM, not overlapping the kernel image is
-//! the guest's own business), and every access afterwards goes through
-//! guest memory, which refuses anything outside RAM.
+//! registration (aligned, inside RAM, clear of the kernel image's read-only
+//! segments, which the host would otherwise write into; overlapping the
+//! kernel's own data is the guest's business), and every access afterwards
+//! goes through guest memory, which refuses anything outside RAM.
+
+use core::ops::Range;
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::apf::{CONTROL_BLOCK_VERSION, ControlBlock, READY_RING_SLOTS, cb_offset};
@@ -18,6 +21,9 @@ pub enum BadBlock {
     Misaligned,
     /// Not wholly inside guest RAM.
     OutsideRam,
+    /// Over a segment the kernel image loads read-only (its code or
+    /// constants).
+    OverKernelCode,
     /// Its version is not [`CONTROL_BLOCK_VERSION`].
     Version,
 }
@@ -29,8 +35,13 @@ pub struct ControlBlockRef {
 }
 
 impl ControlBlockRef {
-    /// Checks the block the guest registered at `base`.
-    pub fn register(mem: &GuestMemoryMmap, base: Gpa) -> Result<Self, BadBlock> {
+    /// Checks the block the guest registered at `base`; `read_only` are
+    /// the physical ranges the kernel image loads read-only.
+    pub fn register(
+        mem: &GuestMemoryMmap,
+        base: Gpa,
+        read_only: &[Range<u64>],
+    ) -> Result<Self, BadBlock> {
         if !base.0.is_multiple_of(64) {
             return Err(BadBlock::Misaligned);
         }
@@ -40,6 +51,9 @@ impl ControlBlockRef {
         // Both ends inside RAM (guest RAM is one region).
         if mem.read_obj::<u8>(GuestAddress(end)).is_err() {
             return Err(BadBlock::OutsideRam);
+        }
+        if read_only.iter().any(|r| base.0 < r.end && r.start <= end) {
+            return Err(BadBlock::OverKernelCode);
         }
         match b.read_u32(mem, cb_offset::VERSION) {
             Some(CONTROL_BLOCK_VERSION) => Ok(b),
@@ -133,24 +147,47 @@ mod tests {
         let mem = ram();
         let base = Gpa(RAM_BASE + 0x1000);
         assert_eq!(
-            ControlBlockRef::register(&mem, base),
+            ControlBlockRef::register(&mem, base, &[]),
             Err(BadBlock::Version)
         );
         mem.write_obj(CONTROL_BLOCK_VERSION, GuestAddress(base.0))
             .unwrap();
-        let cb = ControlBlockRef::register(&mem, base).unwrap();
+        let cb = ControlBlockRef::register(&mem, base, &[]).unwrap();
         assert_eq!(
-            ControlBlockRef::register(&mem, Gpa(base.0 + 8)),
+            ControlBlockRef::register(&mem, Gpa(base.0 + 8), &[]),
             Err(BadBlock::Misaligned)
         );
         assert_eq!(
-            ControlBlockRef::register(&mem, Gpa(RAM_BASE + (1 << 20) - 64)),
+            ControlBlockRef::register(&mem, Gpa(RAM_BASE + (1 << 20) - 64), &[]),
             Err(BadBlock::OutsideRam)
         );
         assert_eq!(
-            ControlBlockRef::register(&mem, Gpa(u64::MAX - 63)),
+            ControlBlockRef::register(&mem, Gpa(u64::MAX - 63), &[]),
             Err(BadBlock::OutsideRam)
         );
+        // Over the kernel's code, or reaching into it from below; a block
+        // that ends where the code starts is clear of it.
+        let size = core::mem::size_of::<ControlBlock>() as u64;
+        let code = base.0 + size..base.0 + size + 0x1000;
+        for (at, read_only, ok) in [
+            (base.0, code.start - 64..code.end, false),
+            (base.0, code.clone(), true),
+            (code.start, code.clone(), false),
+            (code.end - 64, code.clone(), false),
+            (code.end, code.clone(), true),
+        ] {
+            mem.write_obj(CONTROL_BLOCK_VERSION, GuestAddress(at))
+                .unwrap();
+            let got = ControlBlockRef::register(&mem, Gpa(at), std::slice::from_ref(&read_only));
+            assert_eq!(
+                got.is_ok(),
+                ok,
+                "block at {at:#x}, code {read_only:x?}: {got:?}"
+            );
+            if !ok {
+                assert_eq!(got, Err(BadBlock::OverKernelCode));
+            }
+        }
         assert!(cb.push_ready(&mem, 63, 0x5001));
         let slot = base.0 + cb_offset::READY_RING as u64 + 8 * 63;
         assert_eq!(mem.read_obj::<u64>(GuestAddress(slot)).unwrap(), 0x5001);

@@ -12,6 +12,7 @@
 //! the one stall metric and every protocol counter of a run come from here.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use apflab_abi::addr::Gpa;
@@ -184,6 +185,8 @@ pub struct Engine {
     policy_time: Duration,
     /// Host time spent serving the VMM's calls (the policy's included).
     host_time: Duration,
+    /// What the kernel image loads read-only: no control block goes there.
+    kernel_read_only: Vec<Range<u64>>,
 }
 
 impl Engine {
@@ -207,6 +210,7 @@ impl Engine {
             fetch_estimate_ns: 0,
             policy_time: Duration::ZERO,
             host_time: Duration::ZERO,
+            kernel_read_only: Vec::new(),
         }
     }
 
@@ -491,12 +495,15 @@ impl Engine {
         now_ns: u64,
         pages: &mut dyn Residency,
     ) -> HypercallAnswer {
-        let cb = match ControlBlockRef::register(pages.guest_memory(), Gpa(args[0])) {
+        let block =
+            ControlBlockRef::register(pages.guest_memory(), Gpa(args[0]), &self.kernel_read_only);
+        let cb = match block {
             Ok(cb) => cb,
             Err(bad) => {
                 return self.violation(match bad {
                     BadBlock::Misaligned => "control_block_misaligned",
                     BadBlock::OutsideRam => "control_block_outside_ram",
+                    BadBlock::OverKernelCode => "control_block_over_kernel_code",
                     BadBlock::Version => "control_block_version",
                 });
             }
@@ -777,6 +784,10 @@ impl Engine {
 impl FaultHook for Engine {
     fn init(&mut self, pages: &mut dyn Residency) -> Result<(), HookInitError> {
         Ok(self.far.init(pages)?)
+    }
+
+    fn kernel_loaded(&mut self, read_only: &[Range<u64>]) {
+        self.kernel_read_only = read_only.to_vec();
     }
 
     fn on_not_resident(

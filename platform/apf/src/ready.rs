@@ -207,7 +207,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), 1 << 20)]).unwrap();
         mem.write_obj(CONTROL_BLOCK_VERSION, GuestAddress(RAM_BASE))
             .unwrap();
-        let cb = ControlBlockRef::register(&mem, Gpa(RAM_BASE)).unwrap();
+        let cb = ControlBlockRef::register(&mem, Gpa(RAM_BASE), &[]).unwrap();
         (mem, cb)
     }
 

@@ -500,6 +500,7 @@ fn a_guest_that_misuses_the_protocol_is_refused_each_time_and_the_run_still_fini
         ("disable_not_enabled", 1),
         ("control_block_misaligned", 1),
         ("control_block_outside_ram", 1),
+        ("control_block_over_kernel_code", 1),
         ("control_block_version", 1),
         ("request_unknown_token", 1 + random_requests),
         ("ack_without_consumption", flood),
@@ -532,6 +533,14 @@ fn a_guest_that_misuses_the_protocol_is_refused_each_time_and_the_run_still_fini
         u(&r, "/vmm/exits/hypercall_unsupported") >= APF_ABUSE_RANDOM_CALLS / 3,
         "{:#}",
         r["vmm"]["exits"]
+    );
+    // The read the guest made inside its no-inject window was served
+    // where it was, synchronously, and completed.
+    assert_eq!(
+        u(&r, "/fallbacks/no_inject_window"),
+        1,
+        "{:#}",
+        r["fallbacks"]
     );
     // No task the guest cannot have finished.
     assert_eq!(u(&r, "/guest/tasks_completed"), 2);

@@ -39,6 +39,8 @@
 //! }
 //! ```
 
+use std::ops::Range;
+
 use apflab_abi::hypercall as hc;
 
 use crate::hypervisor::{NotResidentFault, Residency, SyncException};
@@ -137,6 +139,14 @@ pub trait FaultHook {
     /// Called once before any vCPU runs (e.g. to mark pages absent for a
     /// post-copy start).
     fn init(&mut self, pages: &mut dyn Residency) -> Result<(), HookInitError>;
+
+    /// Called once, before [`FaultHook::init`], with the physical ranges
+    /// the kernel image loads read-only (its code and constants; none for
+    /// a raw image), which the guest has no business asking the host to
+    /// write.
+    fn kernel_loaded(&mut self, read_only: &[Range<u64>]) {
+        let _ = read_only;
+    }
 
     /// vCPU `vcpu` touched the not-resident page of `fault.gpa` at `now_ns`;
     /// the instruction has not executed.

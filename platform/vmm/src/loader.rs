@@ -2,6 +2,7 @@
 //! their physical addresses, entry from the header) or, for anything that is
 //! not ELF, a raw image at [`RAW_IMAGE_LOAD_ADDR`] like QEMU's `-kernel`.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use apflab_abi::memory_map::{DTB_ADDR, DTB_MAX_SIZE, RAM_BASE, RAW_IMAGE_LOAD_ADDR};
@@ -83,7 +84,7 @@ pub enum LoadError {
 }
 
 /// Where the kernel went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadedKernel {
     /// Entry point (physical).
     pub entry: u64,
@@ -93,6 +94,10 @@ pub struct LoadedKernel {
     pub end: u64,
     /// Where the device tree goes for this kernel.
     pub dtb_addr: u64,
+    /// The physical ranges the image loads without write permission (an
+    /// ELF's segments without PF_W: its code and constants). Empty for a
+    /// raw image, which does not say.
+    pub read_only: Vec<Range<u64>>,
 }
 
 /// Loads `path` into `mem` (RAM of `ram_size` bytes at RAM_BASE). The file
@@ -198,6 +203,7 @@ fn load_elf(
     };
     let (mut lo, mut hi) = (u64::MAX, 0u64);
     let mut entry_ok = false;
+    let mut read_only = Vec::new();
     for (index, ph) in elf.program_headers.iter().enumerate() {
         if ph.p_type != program_header::PT_LOAD || ph.p_memsz == 0 {
             continue;
@@ -238,6 +244,9 @@ fn load_elf(
         }
         lo = lo.min(ph.p_paddr);
         hi = hi.max(ph.p_paddr + ph.p_memsz);
+        if ph.p_flags & program_header::PF_W == 0 {
+            read_only.push(ph.p_paddr..ph.p_paddr + ph.p_memsz);
+        }
     }
     if hi == 0 {
         return Err(LoadError::NoSegments {
@@ -257,6 +266,7 @@ fn load_elf(
             start: lo,
             end: hi,
             dtb_addr: DTB_ADDR,
+            read_only,
         }),
         _ => Err(LoadError::BadEntry {
             path: path.to_owned(),
@@ -312,6 +322,7 @@ fn load_raw(
         start,
         end: start + len,
         dtb_addr,
+        read_only: Vec::new(),
     })
 }
 
@@ -366,6 +377,8 @@ mod tests {
             (k.start, k.end, k.entry),
             (LOAD, LOAD + 16 + 4096, LOAD + 4)
         );
+        // Its one segment is R+X: the whole of it is read-only.
+        assert_eq!(k.read_only, vec![LOAD..LOAD + 16 + 4096]);
     }
 
     /// Found by the `image` fuzz target: a segment whose virtual range ends

@@ -112,8 +112,8 @@ impl Vm {
     }
 
     /// Where the kernel was loaded.
-    pub fn kernel(&self) -> LoadedKernel {
-        self.kernel
+    pub fn kernel(&self) -> &LoadedKernel {
+        &self.kernel
     }
 
     /// Runs the guest until it powers off, resets, panics, crashes or runs

@@ -103,6 +103,7 @@ impl<'h> EmuRun<'h> {
     /// Runs the guest to its end.
     pub(crate) fn run(mut self) -> Result<RunOutcome, VmError> {
         let started = Instant::now();
+        self.hook.kernel_loaded(&self.kernel.read_only);
         self.hook
             .init(&mut self.residency.with(&mut self.vcpus))
             .map_err(VmError::HookInit)?;

@@ -86,6 +86,7 @@ pub(crate) fn run(
     boot.set_reg(Reg::Pstate, pstate::EL1H_MASKED)?;
     boot.set_reg(Reg::X(0), kernel.dtb_addr)?;
     boot.set_reg(Reg::Pc, kernel.entry)?;
+    hook.kernel_loaded(&kernel.read_only);
     hook.init(&mut hv).map_err(VmError::HookInit)?;
     if let Some(s) = &server {
         let ram = hv
