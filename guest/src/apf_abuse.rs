@@ -1,7 +1,11 @@
 //! A guest that misuses the async PF protocol (`apflab.apf_abuse=on`), so
 //! the tests can check that the host refuses every misuse with an SMCCC
 //! error, counts it by kind and lets the well-behaved rest of the run
-//! finish. The boot CPU does it once, around its own `APF_ENABLE`.
+//! finish. The boot CPU misuses the protocol around its own `APF_ENABLE`
+//! (what needs the protocol's state: before and after registering, ACK
+//! floods, garbage in its block, disable/enable loops), and a task of its
+//! own, beside the workload's, makes calls with random ids and arguments
+//! while the others fault ([`misuse`], through `SYS_MISUSE`).
 
 use core::ptr::{addr_of, addr_of_mut};
 
@@ -16,6 +20,10 @@ use apflab_abi::hypercall::{
 use apflab_abi::pattern::splitmix64;
 use apflab_abi::report::MAX_REPORTED_TASKS;
 
+use core::fmt::Write;
+
+use crate::sched::TaskParams;
+use crate::uapi::{self as user, E_INVAL};
 use crate::{config, console, hypercall};
 
 /// A token the host never handed out (its id is far beyond any run's).
@@ -81,9 +89,8 @@ pub fn before_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
 /// Misuses once `cb` is registered (nothing outstanding yet): a request
 /// for a token never given, ACKs with nothing consumed (a flood), a
 /// consumed count beyond what the host published, a fault inside the
-/// no-inject window, disable/enable loops
-/// (which must succeed, each a wake-all), and random calls. `cb` is left as
-/// it was, registered with `offered`.
+/// no-inject window, and disable/enable loops (which must succeed, each a
+/// wake-all). `cb` is left as it was, registered with `offered`.
 pub fn after_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
     let mut r = Refused::default();
     r.expect_refused(hypercall::apf_page_request(NEVER_GIVEN));
@@ -116,45 +123,79 @@ pub fn after_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
         r.expect(hypercall::apf_disable(), SMCCC_SUCCESS);
         r.expect(hypercall::apf_enable(cb as u64, offered), SMCCC_SUCCESS);
     }
-    r.add(random_calls(config::get().seed));
     r
 }
 
-/// [`APF_ABUSE_RANDOM_CALLS`] calls with random ids or arguments, each of a
-/// kind the host must refuse (see the constant for the kinds).
-fn random_calls(seed: u64) -> Refused {
-    let mut r = Refused::default();
-    for i in 0..APF_ABUSE_RANDOM_CALLS {
-        let x = splitmix64(seed ^ splitmix64(i));
-        // Aff3 is never that of a CPU the board has.
-        let no_cpu = x | 0x80_0000_0000;
-        match i % 6 {
-            // Past every apflab id the host knows (0..0x100 holds them).
-            0 => r.expect(
-                hypercall::raw(APFLAB_FN_BASE | (0x101 + (x % 0xfeff) as u32), &[x, !x]),
-                SMCCC_NOT_SUPPORTED,
-            ),
-            // PSCI ids the emulated firmware does not implement (0x0B to
-            // 0x1F: CPU_FREEZE onwards), 32- and 64-bit.
-            1 => {
-                let id = 0x0B + (x % 0x15) as u32;
-                let convention = if x & (1 << 40) != 0 {
-                    0xC400_0000
-                } else {
-                    0x8400_0000
-                };
-                r.expect(psci(convention | id, [x, !x, x]), SMCCC_NOT_SUPPORTED);
-            }
-            2 => r.expect_refused(psci(PSCI_CPU_ON, [no_cpu, x, !x])),
-            3 => r.expect_refused(psci(PSCI_AFFINITY_INFO, [no_cpu, 0, 0])),
-            4 => r.expect_refused(hypercall::apf_page_request(no_cpu << 12)),
-            _ => r.expect_refused(hypercall::task_done(
-                MAX_REPORTED_TASKS as u32 + (x % 1000) as u32,
-                x,
-            )),
+/// Misuse `i` of the hostile guest's task (a call with a random id or
+/// arguments, of a kind the host must refuse; see
+/// [`APF_ABUSE_RANDOM_CALLS`] for the kinds), made for it by the kernel:
+/// 1 if the host answered as it must, 0 if not, `E_INVAL` in a guest that
+/// is not hostile or past the last misuse.
+pub fn misuse(i: u64) -> i64 {
+    if !config::get().apf_abuse || i >= APF_ABUSE_RANDOM_CALLS {
+        return E_INVAL;
+    }
+    let x = splitmix64(config::get().seed ^ splitmix64(i));
+    // Aff3 is never that of a CPU the board has.
+    let no_cpu = x | 0x80_0000_0000;
+    let (got, want) = match i % 6 {
+        // Past every apflab id the host knows (0..0x100 holds them).
+        0 => (
+            hypercall::raw(APFLAB_FN_BASE | (0x101 + (x % 0xfeff) as u32), &[x, !x]),
+            SMCCC_NOT_SUPPORTED,
+        ),
+        // PSCI ids the emulated firmware does not implement (0x0B to
+        // 0x1F: CPU_FREEZE onwards), 32- and 64-bit.
+        1 => {
+            let id = 0x0B + (x % 0x15) as u32;
+            let convention = if x & (1 << 40) != 0 {
+                0xC400_0000
+            } else {
+                0x8400_0000
+            };
+            (psci(convention | id, [x, !x, x]), SMCCC_NOT_SUPPORTED)
+        }
+        2 => (psci(PSCI_CPU_ON, [no_cpu, x, !x]), SMCCC_INVALID_PARAMETERS),
+        3 => (
+            psci(PSCI_AFFINITY_INFO, [no_cpu, 0, 0]),
+            SMCCC_INVALID_PARAMETERS,
+        ),
+        4 => (
+            hypercall::apf_page_request(no_cpu << 12),
+            SMCCC_INVALID_PARAMETERS,
+        ),
+        _ => (
+            hypercall::task_done(MAX_REPORTED_TASKS as u32 + (x % 1000) as u32, x),
+            SMCCC_INVALID_PARAMETERS,
+        ),
+    };
+    i64::from(got == want)
+}
+
+/// The hostile guest's task (EL0 code), beside the workload's: every misuse [`misuse`] knows, made by the
+/// kernel for it, yielding every few so they fall among the other tasks'
+/// faults; then the tally, for the tests to read.
+pub extern "C" fn task(_params: *const TaskParams) -> ! {
+    let (mut sent, mut answered) = (0u64, 0u64);
+    loop {
+        let r = user::misuse(sent);
+        if r < 0 {
+            break;
+        }
+        sent += 1;
+        answered += r as u64;
+        if sent % 8 == 0 {
+            user::yield_now();
         }
     }
-    r
+    let mut line = console::FixedBuf::<96>::new();
+    // Truncation cannot happen: the line is far shorter than the buffer.
+    let _ = writeln!(
+        line,
+        "apf abuse task: {answered} of {sent} misuses answered as they must be"
+    );
+    user::write(line.as_str());
+    user::exit()
 }
 
 /// A PSCI call (always HVC) with three arguments; x0 as a signed status.

@@ -221,6 +221,16 @@ impl Config {
                 _ => {}
             }
         }
+        let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
+        if c.apf_abuse && c.tasks > most {
+            panic!(
+                "bad bootarg {}={}: expected at most {most} with {}=on (the abusive guest \
+                 runs a task of its own)",
+                boot::KEY_TASKS,
+                c.tasks,
+                boot::KEY_APF_ABUSE
+            );
+        }
         c
     }
 

@@ -2,7 +2,7 @@
 //! and the EL0 side).
 
 use crate::uapi::*;
-use crate::{apf, arch, checksum, console, kv, metrics, mmu, sched};
+use crate::{apf, apf_abuse, arch, checksum, console, kv, metrics, mmu, sched};
 use apflab_abi::memory_map::PAGE_SIZE;
 
 /// Runs syscall `number` for the current task.
@@ -65,6 +65,7 @@ pub fn dispatch(number: u64, args: [u64; 6]) -> i64 {
         }
         SYS_REQUEST_WAIT => kv::request_wait(),
         SYS_REQUEST_DONE => kv::request_done(args[0]),
+        SYS_MISUSE => apf_abuse::misuse(args[0]),
         _ => E_NOSYS,
     }
 }

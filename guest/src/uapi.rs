@@ -26,6 +26,11 @@ pub const SYS_REQUEST_DONE: u64 = 6;
 /// take faults on the task's far-memory pages.
 pub const SYS_CHECKSUM: u64 = 7;
 
+/// The hostile guest's task (`apflab.apf_abuse=on`): has the kernel make
+/// misuse x0 of the host (EL0 cannot make hypercalls itself); returns 1 if
+/// the host answered as it must, 0 if not.
+pub const SYS_MISUSE: u64 = 8;
+
 /// Unknown syscall number.
 pub const E_NOSYS: i64 = -1;
 /// Bad argument (unknown metric, buffer not readable by EL0, ...).
@@ -52,10 +57,6 @@ fn svc(number: u64, a0: u64, a1: u64) -> i64 {
 }
 
 /// Gives up the CPU.
-#[expect(
-    dead_code,
-    reason = "syscall API for workloads; no workload yields yet"
-)]
 pub fn yield_now() {
     svc(SYS_YIELD, 0, 0);
 }
@@ -89,6 +90,11 @@ pub fn report(id: u64, value: u64) -> i64 {
 /// error.
 pub fn checksum(ptr: u64, len: u64) -> i64 {
     svc(SYS_CHECKSUM, ptr, len)
+}
+
+/// Has the kernel make misuse `index` of the host ([`SYS_MISUSE`]).
+pub fn misuse(index: u64) -> i64 {
+    svc(SYS_MISUSE, index, 0)
 }
 
 /// Waits for the next `kv` request.

@@ -10,7 +10,7 @@ use crate::config::{Config, Pattern, Reader, Verify};
 use crate::metrics::metric;
 use crate::sched::{self, Placement, TaskParams};
 use crate::uapi::{self as user, NO_MORE_REQUESTS};
-use crate::{checksum, kv, mmu};
+use crate::{apf_abuse, checksum, kv, mmu};
 use apflab_abi::boot::{
     KEY_MIB, WORKLOAD_CPU, WORKLOAD_KV, WORKLOAD_MEMTOUCH, WORKLOAD_MIXED, WORKLOAD_VA,
 };
@@ -99,6 +99,9 @@ pub fn spawn(config: &Config) {
             sched::spawn(kv_task, params, Placement::Pinned(0));
         }
         other => unreachable!("workload id {other} passed config parsing"),
+    }
+    if config.apf_abuse {
+        sched::spawn(apf_abuse::task, [0; 8], Placement::Spread);
     }
 }
 

@@ -39,9 +39,10 @@ pub const KEY_TIMESLICE_US: &str = "apflab.timeslice_us";
 pub const KEY_APF: &str = "apflab.apf";
 /// `on`: the guest's boot CPU first misuses the async PF protocol in every
 /// way the host must refuse (before and after enabling it, an ACK flood of
-/// [`APF_ABUSE_ACK_FLOOD`], [`APF_ABUSE_TOGGLES`] disable/enable pairs,
-/// [`APF_ABUSE_RANDOM_CALLS`] random calls), and only then uses it
-/// properly.
+/// [`APF_ABUSE_ACK_FLOOD`], [`APF_ABUSE_TOGGLES`] disable/enable pairs),
+/// and only then uses it properly; and [`APF_ABUSE_TASKS`] task of its own
+/// makes [`APF_ABUSE_RANDOM_CALLS`] random calls beside the workload's
+/// tasks.
 pub const KEY_APF_ABUSE: &str = "apflab.apf_abuse";
 /// ACKs with nothing consumed that an abusive guest sends in a row.
 pub const APF_ABUSE_ACK_FLOOD: u64 = 1000;
@@ -53,6 +54,9 @@ pub const APF_ABUSE_TOGGLES: u64 = 50;
 /// AFFINITY_INFO for CPUs that do not exist, page requests for random
 /// tokens, and TASK_DONE for tasks that cannot exist.
 pub const APF_ABUSE_RANDOM_CALLS: u64 = 240;
+/// Tasks the abusive guest runs beside the workload's (which leaves room
+/// for [`crate::limits::TASKS`]`.max - APF_ABUSE_TASKS` of those).
+pub const APF_ABUSE_TASKS: u32 = 1;
 /// `on`: the guest logs its scheduling and exception handlers for the
 /// timeline (see [`crate::trace`]).
 pub const KEY_TRACE: &str = "apflab.trace";

@@ -1027,6 +1027,20 @@ impl Config {
             .map(crate::policy_config::apf)
             .transpose()
             .map_err(problem)?;
+        let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
+        if let (Some(tasks), true) = (workload.tasks, apf.is_some_and(|a| a.guest_abuses))
+            && tasks > most
+        {
+            let span = w.tasks.as_ref().map_or(0..0, Spanned::span);
+            return Err(src.key_error(
+                span,
+                "workload.tasks",
+                format!(
+                    "{tasks}; expected at most {most} with [apf] guest_abuses = true (the abusive \
+                     guest runs a task of its own)"
+                ),
+            ));
+        }
 
         Ok(Config {
             seed: raw.seed.unwrap_or(defaults::SEED),

@@ -160,6 +160,16 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
             vec!["pager.retries = 4000000000", "at most 100"],
         ),
         (
+            edit("ops = 1000\n", "ops = 1000\ntasks = 16\n") + "[apf]\nguest_abuses = true\n",
+            vec![
+                "test.toml:8:",
+                "workload.tasks",
+                "16",
+                "at most 15",
+                "guest_abuses",
+            ],
+        ),
+        (
             edit("[backend]\n", "[backend]\nslice_instructions = 80\n"),
             vec!["test.toml:9:", "backend.slice_instructions", "80", "513"],
         ),
