@@ -665,9 +665,66 @@ fn test_debug() {
         SYNC.count.load(Relaxed) - before + v,
         7,
     );
+    // A linked address match (BT 0b0001) on bp_target, linked (LBN) to
+    // the highest breakpoint, which can match a context, as a linked
+    // context ID match (BT 0b0011) on 0x42: taken only while
+    // CONTEXTIDR_EL1 holds 0x42.
+    let ctx_bp = (mrs!("id_aa64dfr0_el1") >> 12) & 0xf;
+    set_breakpoint(ctx_bp, 0x42, 1 | (0b11 << 1) | (0b0011 << 20));
+    let linked = bcr | (0b0001 << 20) | (ctx_bp << 16);
+    msr!("mdscr_el1", MDSCR_MDE | MDSCR_KDE);
+    msr!("contextidr_el1", 0x42);
+    msr!("dbgbcr0_el1", linked);
+    let before = SYNC.count.load(Relaxed);
+    let v = debug_unmasked(|| call_ret(bp_target));
+    check(
+        "linked_breakpoint_in_context_count",
+        SYNC.count.load(Relaxed) - before,
+        1,
+    );
+    check("linked_breakpoint_esr", SYNC.esr.load(Relaxed), 0xc600_0022);
+    check("linked_breakpoint_elr", SYNC.elr.load(Relaxed), bp);
+    check("linked_breakpoint_then_runs", v, 7);
+    msr!("contextidr_el1", 0x43);
+    msr!("dbgbcr0_el1", linked);
+    let before = SYNC.count.load(Relaxed);
+    let v = debug_unmasked(|| call_ret(bp_target));
+    check(
+        "linked_breakpoint_other_context",
+        SYNC.count.load(Relaxed) - before + v,
+        7,
+    );
+    set_breakpoint(ctx_bp, 0, 0);
+    msr!("contextidr_el1", 0);
     msr!("dbgbcr0_el1", 0);
     test_watchpoints();
     msr!("mdscr_el1", 0);
+}
+
+/// Writes breakpoint `n`'s value and control registers (`n` below 16,
+/// as ID_AA64DFR0_EL1.BRPs is).
+fn set_breakpoint(n: u64, bvr: u64, bcr: u64) {
+    macro_rules! slots {
+        ($($n:literal: $bvr:literal $bcr:literal),*) => {
+            match n {
+                $($n => {
+                    msr!($bvr, bvr);
+                    msr!($bcr, bcr);
+                })*
+                _ => {}
+            }
+        };
+    }
+    slots!(
+        0: "dbgbvr0_el1" "dbgbcr0_el1", 1: "dbgbvr1_el1" "dbgbcr1_el1",
+        2: "dbgbvr2_el1" "dbgbcr2_el1", 3: "dbgbvr3_el1" "dbgbcr3_el1",
+        4: "dbgbvr4_el1" "dbgbcr4_el1", 5: "dbgbvr5_el1" "dbgbcr5_el1",
+        6: "dbgbvr6_el1" "dbgbcr6_el1", 7: "dbgbvr7_el1" "dbgbcr7_el1",
+        8: "dbgbvr8_el1" "dbgbcr8_el1", 9: "dbgbvr9_el1" "dbgbcr9_el1",
+        10: "dbgbvr10_el1" "dbgbcr10_el1", 11: "dbgbvr11_el1" "dbgbcr11_el1",
+        12: "dbgbvr12_el1" "dbgbcr12_el1", 13: "dbgbvr13_el1" "dbgbcr13_el1",
+        14: "dbgbvr14_el1" "dbgbcr14_el1", 15: "dbgbvr15_el1" "dbgbcr15_el1"
+    );
 }
 
 /// The doubleword the watchpoint tests watch.
@@ -739,6 +796,27 @@ fn test_watchpoints() {
     check("watchpoint_load_esr", esr, 0xd600_0022);
     check("watchpoint_load_far", far, addr);
     check("watchpoint_load_elr", elr, load_u64 as *const () as u64);
+    // A load watchpoint linked (WT) to the highest breakpoint as a
+    // linked context ID match on 0x42: taken only in that context.
+    let ctx_bp = (mrs!("id_aa64dfr0_el1") >> 12) & 0xf;
+    set_breakpoint(ctx_bp, 0x42, 1 | (0b11 << 1) | (0b0011 << 20));
+    msr!("contextidr_el1", 0x43);
+    msr!("dbgwvr0_el1", addr);
+    let linked = 1 | (0b11 << 1) | (0b01 << 3) | (0xff << 5) | (1 << 20) | (ctx_bp << 16);
+    msr!("dbgwcr0_el1", linked);
+    let before = SYNC.count.load(Relaxed);
+    debug_unmasked(|| call1(load_u64, addr));
+    check(
+        "linked_watchpoint_other_context",
+        SYNC.count.load(Relaxed) - before,
+        0,
+    );
+    msr!("contextidr_el1", 0x42);
+    let (esr, far, _) = expect_sync(|| debug_unmasked(|| call1(load_u64, addr)));
+    check("linked_watchpoint_in_context_esr", esr, 0xd600_0022);
+    check("linked_watchpoint_in_context_far", far, addr);
+    set_breakpoint(ctx_bp, 0, 0);
+    msr!("contextidr_el1", 0);
     msr!("dbgwcr0_el1", 0);
 }
 

@@ -27,10 +27,16 @@
 //!   active with PSTATE.SS clear takes the Software Step exception before
 //!   the next instruction, whose address is ELR_EL1.
 //!
+//! - a linked address breakpoint (BT 0b0001) or a linked watchpoint
+//!   (DBGWCR.WT) also needs the breakpoint its LBN names to be an enabled,
+//!   context-aware linked context ID match (BT 0b0011) whose DBGBVR holds
+//!   CONTEXTIDR_EL1, checked when the instruction or access is reached.
+//!
 //! A guest that arms none runs without any of it: no hook, no
 //! single-instruction runs (an armed watchpoint costs a check per
-//! instruction, an armed breakpoint a call at its one address). Not modelled: linked and context-matching
-//! breakpoints and watchpoints, halting debug.
+//! instruction, an armed breakpoint a call at its one address). Not
+//! modelled, as on QEMU: unlinked context ID breakpoints (which never
+//! fire) and VMID matches (there is no EL2 for the guest); halting debug.
 
 use unicorn_engine::{RegisterARM64, Unicorn};
 
@@ -58,6 +64,12 @@ const MDSCR_MDE: u64 = 1 << 15;
 const MAX_BREAKPOINTS: usize = 16;
 /// `eret`.
 const ERET: u32 = 0xd69f_03e0;
+/// CONTEXTIDR_EL1, which linked context ID breakpoints compare.
+const CONTEXTIDR_EL1: SysRegId = SysRegId::new(3, 0, 13, 0, 1);
+/// DBGBCR.BT: unlinked and linked address match, linked context ID match.
+const BT_ADDRESS: u64 = 0b0000;
+const BT_LINKED_ADDRESS: u64 = 0b0001;
+const BT_LINKED_CONTEXT: u64 = 0b0011;
 
 /// The debug registers of one vCPU, as the guest wrote them, and the
 /// software step state.
@@ -72,6 +84,9 @@ pub(super) struct DebugRegs {
     breakpoints: usize,
     /// Watchpoints implemented (ID_AA64DFR0_EL1.WRPs + 1).
     watchpoints: usize,
+    /// Of the breakpoints, the highest this many can match a context
+    /// (ID_AA64DFR0_EL1.CTX_CMPs + 1).
+    context_aware: usize,
     /// PSTATE.SS.
     ss: bool,
     /// An instruction was stepped and the step exception is due: whether
@@ -83,17 +98,20 @@ pub(super) struct DebugRegs {
 }
 
 impl DebugRegs {
-    /// Reset state, for a CPU with `breakpoints` breakpoints and
-    /// `watchpoints` watchpoints.
-    pub(super) fn new(breakpoints: usize, watchpoints: usize) -> Self {
+    /// Reset state, for a CPU with `breakpoints` breakpoints (the highest
+    /// `context_aware` of which can match a context) and `watchpoints`
+    /// watchpoints.
+    pub(super) fn new(breakpoints: usize, watchpoints: usize, context_aware: usize) -> Self {
+        let breakpoints = breakpoints.min(MAX_BREAKPOINTS);
         DebugRegs {
             mdscr: 0,
             bvr: [0; MAX_BREAKPOINTS],
             bcr: [0; MAX_BREAKPOINTS],
             wvr: [0; MAX_BREAKPOINTS],
             wcr: [0; MAX_BREAKPOINTS],
-            breakpoints: breakpoints.min(MAX_BREAKPOINTS),
+            breakpoints,
             watchpoints: watchpoints.min(MAX_BREAKPOINTS),
+            context_aware: context_aware.min(breakpoints),
             ss: false,
             stepped: None,
             changed: false,
@@ -157,10 +175,11 @@ impl DebugRegs {
         let pac = (wcr >> 1) & 0b11;
         let lsc = (wcr >> 3) & 0b11;
         let el1_el0 = wcr & (1 << 13) == 0 && (wcr >> 14) & 0b11 <= 0b01;
-        let linked = wcr & (1 << 20) != 0;
-        if !(enabled && pac != 0 && lsc != 0 && el1_el0 && !linked) {
+        if !(enabled && pac != 0 && lsc != 0 && el1_el0) {
             return None;
         }
+        // DBGWCR.WT: linked to the context breakpoint DBGWCR.LBN.
+        let link = (wcr & (1 << 20) != 0).then_some(((wcr >> 16) & 0xf) as usize);
         let va = ((self.wvr[n] << 11) as i64 >> 11) as u64;
         let mask = (wcr >> 24) & 0x1f;
         let (start, len, bytes) = match mask {
@@ -175,6 +194,7 @@ impl DebugRegs {
             bytes,
             pac,
             lsc,
+            link,
         })
     }
 
@@ -184,8 +204,9 @@ impl DebugRegs {
     }
 
     /// The first watched byte an access of `size` bytes at `va` (a store
-    /// with `write`) at EL0 (`el0`) or EL1 meets, if any.
-    fn watch_hit(&self, va: u64, size: u64, write: bool, el0: bool) -> Option<u64> {
+    /// with `write`) at EL0 (`el0`) or EL1 meets, if any, with
+    /// CONTEXTIDR_EL1 = `context`.
+    fn watch_hit(&self, va: u64, size: u64, write: bool, el0: bool, context: u64) -> Option<u64> {
         let end = va.saturating_add(size.max(1));
         (0..self.watchpoints)
             .filter_map(|n| self.watched(n))
@@ -200,7 +221,7 @@ impl DebugRegs {
                 } else {
                     w.lsc & 0b01 != 0
                 };
-                el_ok && dir_ok
+                el_ok && dir_ok && w.link.is_none_or(|l| self.context_matches(l, context))
             })
             .filter_map(|w| {
                 let first = va.max(w.start);
@@ -217,14 +238,14 @@ impl DebugRegs {
     }
 
     /// The instruction address of breakpoint `n`, if it is an enabled
-    /// unlinked address match for non-secure EL0/EL1.
+    /// address match (unlinked or linked) for non-secure EL0/EL1.
     fn breakpoint_address(&self, n: usize) -> Option<u64> {
         let bcr = self.bcr[n];
         let enabled = bcr & 1 != 0;
-        let unlinked_address = (bcr >> 20) & 0xf == 0;
+        let address = matches!((bcr >> 20) & 0xf, BT_ADDRESS | BT_LINKED_ADDRESS);
         // HMC = 0 and SSC = 0b00 or 0b01: the EL1/EL0 matches of PMC.
         let el1_el0 = bcr & (1 << 13) == 0 && (bcr >> 14) & 0b11 <= 0b01;
-        if !(enabled && unlinked_address && el1_el0 && (bcr >> 1) & 0b11 != 0) {
+        if !(enabled && address && el1_el0 && (bcr >> 1) & 0b11 != 0) {
             return None;
         }
         // DBGBVR holds VA[52:2]; the bits above are a sign extension.
@@ -247,17 +268,33 @@ impl DebugRegs {
     }
 
     /// Whether a breakpoint matches the instruction at `pc` at EL0 (`el0`)
-    /// or EL1.
-    fn breakpoint_matches(&self, pc: u64, el0: bool) -> bool {
+    /// or EL1, with CONTEXTIDR_EL1 = `context`.
+    fn breakpoint_matches(&self, pc: u64, el0: bool, context: u64) -> bool {
         (0..self.breakpoints).any(|n| {
-            let pmc = (self.bcr[n] >> 1) & 0b11;
+            let bcr = self.bcr[n];
+            let pmc = (bcr >> 1) & 0b11;
             let el_ok = if el0 {
                 pmc & 0b10 != 0
             } else {
                 pmc & 0b01 != 0
             };
-            el_ok && self.breakpoint_address(n) == Some(pc & !3)
+            let link_ok = (bcr >> 20) & 0xf != BT_LINKED_ADDRESS
+                || self.context_matches(((bcr >> 16) & 0xf) as usize, context);
+            el_ok && link_ok && self.breakpoint_address(n) == Some(pc & !3)
         })
+    }
+
+    /// Whether breakpoint `lbn`, which a linked breakpoint or watchpoint
+    /// names, is an enabled linked context ID match on `context`. A link
+    /// to a breakpoint that cannot match a context behaves as disabled
+    /// (one of the CONSTRAINED UNPREDICTABLE choices, QEMU's).
+    fn context_matches(&self, lbn: usize, context: u64) -> bool {
+        let bcr = self.bcr[lbn.min(MAX_BREAKPOINTS - 1)];
+        lbn < self.breakpoints
+            && lbn >= self.breakpoints - self.context_aware
+            && bcr & 1 != 0
+            && (bcr >> 20) & 0xf == BT_LINKED_CONTEXT
+            && context as u32 == self.bvr[lbn] as u32
     }
 }
 
@@ -282,6 +319,8 @@ struct Watched {
     pac: u64,
     /// DBGWCR.LSC: bit 0 loads, bit 1 stores.
     lsc: u64,
+    /// The context breakpoint a linked watchpoint needs to match.
+    link: Option<usize>,
 }
 
 /// The code hook while a watchpoint is armed: the Watchpoint exception,
@@ -300,10 +339,10 @@ fn watch_hook(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
         return;
     };
     let el0 = p & pstate::MODE_MASK == pstate::EL0T;
-    let hit = uc
-        .get_data()
-        .debug
-        .watch_hit(access.va, access.size, access.write, el0);
+    let hit =
+        uc.get_data()
+            .debug
+            .watch_hit(access.va, access.size, access.write, el0, context_id(uc));
     if let Some(far) = hit {
         uc.get_data_mut().fault = Some(GuestFault::Watchpoint {
             far,
@@ -349,6 +388,12 @@ pub(super) fn on_msr(uc: &mut Unicorn<'_, HookState>, reg: SysRegId, value: u64)
     kept
 }
 
+/// CONTEXTIDR_EL1 (0 if the engine cannot read it).
+fn context_id(uc: &Unicorn<'_, HookState>) -> u64 {
+    let mut c = cp(CONTEXTIDR_EL1);
+    uc.reg_read_arm64_coproc(&mut c).map_or(0, |()| c.val)
+}
+
 fn at_el0(uc: &Unicorn<'_, HookState>) -> bool {
     uc.reg_read(RegisterARM64::PSTATE)
         .is_ok_and(|p| p & pstate::MODE_MASK == pstate::EL0T)
@@ -363,7 +408,7 @@ fn breakpoint_hook(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
     };
     let debug = &uc.get_data().debug;
     let el0 = p & pstate::MODE_MASK == pstate::EL0T;
-    if enabled(uc, debug.mdscr, p) && debug.breakpoint_matches(pc, el0) {
+    if enabled(uc, debug.mdscr, p) && debug.breakpoint_matches(pc, el0, context_id(uc)) {
         uc.get_data_mut().fault = Some(GuestFault::HwBreakpoint);
         request_stop(uc);
     }
@@ -533,24 +578,60 @@ mod tests {
 
     #[test]
     fn breakpoints_arm_with_mde_and_match_their_el() {
-        let mut d = DebugRegs::new(6, 4);
+        let mut d = DebugRegs::new(6, 4, 2);
         assert!(d.write(BVR0, 0x4008_1002));
         // E, PMC = EL1 only, BAS = 0xf.
         assert!(d.write(BCR0, 0x1e3));
         assert!(d.armed_addresses().is_empty(), "MDE clear");
         assert!(d.write(MDSCR_EL1, MDSCR_MDE | MDSCR_KDE));
         assert_eq!(d.armed_addresses(), vec![0x4008_1000]);
-        assert!(d.breakpoint_matches(0x4008_1000, false));
-        assert!(!d.breakpoint_matches(0x4008_1000, true));
-        assert!(!d.breakpoint_matches(0x4008_1004, false));
-        // Linked (BT = 0b0001): not an unlinked address match.
-        assert!(d.write(BCR0, 0x1e3 | (1 << 20)));
-        assert!(d.armed_addresses().is_empty());
+        assert!(d.breakpoint_matches(0x4008_1000, false, 0));
+        assert!(!d.breakpoint_matches(0x4008_1000, true, 0));
+        assert!(!d.breakpoint_matches(0x4008_1004, false, 0));
+    }
+
+    #[test]
+    fn a_linked_breakpoint_matches_only_in_its_context() {
+        const BVR5: SysRegId = SysRegId::new(2, 0, 0, 5, 4);
+        const BCR5: SysRegId = SysRegId::new(2, 0, 0, 5, 5);
+        const BCR1: SysRegId = SysRegId::new(2, 0, 0, 1, 5);
+        let mut d = DebugRegs::new(6, 4, 2);
+        d.write(MDSCR_EL1, MDSCR_MDE | MDSCR_KDE);
+        d.write(BVR0, 0x4008_1000);
+        // Linked address match (BT 0b0001) to breakpoint 5 (LBN).
+        d.write(BCR0, 0x1e7 | (BT_LINKED_ADDRESS << 20) | (5 << 16));
+        assert_eq!(d.armed_addresses(), vec![0x4008_1000]);
+        assert!(!d.breakpoint_matches(0x4008_1000, false, 0x42), "link off");
+        // Breakpoint 5: linked context ID match on 0x42.
+        d.write(BVR5, 0x42);
+        d.write(BCR5, 1 | (0b11 << 1) | (BT_LINKED_CONTEXT << 20));
+        assert!(d.breakpoint_matches(0x4008_1000, false, 0x42));
+        assert!(d.breakpoint_matches(0x4008_1000, true, 0x42));
+        assert!(!d.breakpoint_matches(0x4008_1000, false, 0x43));
+        // A context breakpoint on its own never fires.
+        assert!(!d.breakpoint_matches(0x42, false, 0x42));
+        // Breakpoint 1 cannot match a context (only 4 and 5 can).
+        d.write(BCR1, 1 | (0b11 << 1) | (BT_LINKED_CONTEXT << 20));
+        d.write(BCR0, 0x1e7 | (BT_LINKED_ADDRESS << 20) | (1 << 16));
+        assert!(!d.breakpoint_matches(0x4008_1000, false, 0));
+        // A linked watchpoint needs the same.
+        const WVR0: SysRegId = SysRegId::new(2, 0, 0, 0, 6);
+        const WCR0: SysRegId = SysRegId::new(2, 0, 0, 0, 7);
+        d.write(WVR0, 0x4010_0000);
+        d.write(
+            WCR0,
+            1 | (0b11 << 1) | (0b11 << 3) | (0xff << 5) | (1 << 20) | (5 << 16),
+        );
+        assert_eq!(
+            d.watch_hit(0x4010_0000, 8, true, false, 0x42),
+            Some(0x4010_0000)
+        );
+        assert_eq!(d.watch_hit(0x4010_0000, 8, true, false, 7), None);
     }
 
     #[test]
     fn breakpoint_addresses_are_sign_extended_and_slots_bounded() {
-        let mut d = DebugRegs::new(6, 4);
+        let mut d = DebugRegs::new(6, 4, 2);
         d.write(MDSCR_EL1, MDSCR_MDE);
         d.write(BVR0, 0x001f_ffff_8000_0000);
         d.write(BCR0, 0x1e7);
@@ -565,26 +646,32 @@ mod tests {
     fn watchpoints_match_selected_bytes_and_direction() {
         const WVR0: SysRegId = SysRegId::new(2, 0, 0, 0, 6);
         const WCR0: SysRegId = SysRegId::new(2, 0, 0, 0, 7);
-        let mut d = DebugRegs::new(6, 4);
+        let mut d = DebugRegs::new(6, 4, 2);
         d.write(WVR0, 0x4010_0008);
         // E, PAC = EL1 and EL0, LSC = stores, BAS = bytes 4..8.
         d.write(WCR0, 1 | (0b11 << 1) | (0b10 << 3) | (0xf0 << 5));
         assert!(!d.watching(), "MDE clear");
         d.write(MDSCR_EL1, MDSCR_MDE);
         assert!(d.watching());
-        assert_eq!(d.watch_hit(0x4010_0008, 8, true, false), Some(0x4010_000c));
-        assert_eq!(d.watch_hit(0x4010_0008, 4, true, true), None);
-        assert_eq!(d.watch_hit(0x4010_0008, 8, false, false), None);
+        assert_eq!(
+            d.watch_hit(0x4010_0008, 8, true, false, 0),
+            Some(0x4010_000c)
+        );
+        assert_eq!(d.watch_hit(0x4010_0008, 4, true, true, 0), None);
+        assert_eq!(d.watch_hit(0x4010_0008, 8, false, false, 0), None);
         // A masked range: 2^12 bytes, all of them.
         d.write(WCR0, 1 | (0b01 << 1) | (0b11 << 3) | (12 << 24));
-        assert_eq!(d.watch_hit(0x4010_0ffc, 8, false, false), Some(0x4010_0ffc));
-        assert_eq!(d.watch_hit(0x4010_0ff8, 8, false, true), None);
-        assert_eq!(d.watch_hit(0x4010_1000, 8, true, false), None);
+        assert_eq!(
+            d.watch_hit(0x4010_0ffc, 8, false, false, 0),
+            Some(0x4010_0ffc)
+        );
+        assert_eq!(d.watch_hit(0x4010_0ff8, 8, false, true, 0), None);
+        assert_eq!(d.watch_hit(0x4010_1000, 8, true, false, 0), None);
     }
 
     #[test]
     fn clearing_mdscr_ss_leaves_no_step_pending() {
-        let mut d = DebugRegs::new(6, 4);
+        let mut d = DebugRegs::new(6, 4, 2);
         d.write(MDSCR_EL1, MDSCR_SS | MDSCR_KDE);
         assert!(d.stepping());
         d.ss = true;

@@ -61,7 +61,7 @@ impl EmuVcpu {
             stop_requested: false,
             end_slice: false,
             irq_waiting: false,
-            debug: DebugRegs::new(0, 0),
+            debug: DebugRegs::new(0, 0, 0),
             watch: BlockWatch::default(),
             block: (0, 0),
             block_open: false,
@@ -125,13 +125,15 @@ impl EmuVcpu {
         uc.reg_write(RegisterARM64::PSTATE, pstate::EL1H_MASKED)
             .map_err(|e| engine_err("write PSTATE", e))?;
         // As many breakpoints and watchpoints as the ID register the guest
-        // reads says (BRPs + 1, WRPs + 1).
+        // reads says (BRPs + 1, WRPs + 1; the highest CTX_CMPs + 1
+        // breakpoints match contexts).
         let mut dfr0 = cp(ID_AA64DFR0_EL1);
         uc.reg_read_arm64_coproc(&mut dfr0)
             .map_err(|e| engine_err("read ID_AA64DFR0_EL1", e))?;
         uc.get_data_mut().debug = DebugRegs::new(
             ((dfr0.val >> 12) & 0xf) as usize + 1,
             ((dfr0.val >> 20) & 0xf) as usize + 1,
+            ((dfr0.val >> 28) & 0xf) as usize + 1,
         );
         Ok(EmuVcpu {
             index,
