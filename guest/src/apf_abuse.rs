@@ -200,7 +200,5 @@ pub extern "C" fn task(_params: *const TaskParams) -> ! {
 
 /// A PSCI call (always HVC) with three arguments; x0 as a signed status.
 fn psci(function: u32, a: [u64; 3]) -> i64 {
-    let mut args = [0u64; 17];
-    args[..3].copy_from_slice(&a);
-    smccc::hvc64(function, args)[0] as i64
+    hypercall::hvc(function, &a)
 }

@@ -24,7 +24,7 @@ static USE_DOORBELL: AtomicBool = AtomicBool::new(false);
 /// the doorbell if the device tree has one (`doorbell_present`) and the
 /// host answers there.
 pub fn init(doorbell_present: bool) {
-    if hvc_call(FN_FEATURES, &[0, 0]) != SMCCC_NOT_SUPPORTED || !doorbell_present {
+    if hvc(FN_FEATURES, &[0, 0]) != SMCCC_NOT_SUPPORTED || !doorbell_present {
         return;
     }
     if doorbell_call(FN_FEATURES, &[0, 0]) != SMCCC_NOT_SUPPORTED {
@@ -32,7 +32,10 @@ pub fn init(doorbell_present: bool) {
     }
 }
 
-fn hvc_call(function: u32, a: &[u64]) -> i64 {
+/// An SMCCC call through HVC with the arguments `a` (at most 17; the rest
+/// zero); x0 as a signed status or value. For the calls that never go
+/// through the doorbell (PSCI, SDEI) and the conduit probe.
+pub fn hvc(function: u32, a: &[u64]) -> i64 {
     let mut args = [0u64; 17];
     args[..a.len()].copy_from_slice(a);
     smccc::hvc64(function, args)[0] as i64
@@ -61,7 +64,7 @@ fn call_with(function: u32, a: &[u64]) -> i64 {
     if USE_DOORBELL.load(Ordering::Relaxed) {
         doorbell_call(function, a)
     } else {
-        hvc_call(function, a)
+        hvc(function, a)
     }
 }
 

@@ -22,8 +22,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use aarch64_cpu::registers::{Readable, VBAR_EL1};
 use apflab_abi::sdei as abi;
 
-use crate::apf;
 use crate::percpu::{MAX_CPUS, cpu_index};
+use crate::{apf, hypercall};
 
 /// Offset of "IRQ from a lower exception level, AArch64" in the vectors.
 const VECTOR_LOWER_EL_IRQ: u64 = 0x480;
@@ -151,9 +151,7 @@ extern "C" fn complete_failed() -> ! {
 
 /// An SDEI call with up to four arguments; x0 as a signed status or value.
 pub fn call(function: u32, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
-    let mut args = [0u64; 17];
-    args[..4].copy_from_slice(&[a1, a2, a3, a4]);
-    smccc::hvc64(function, args)[0] as i64
+    hypercall::hvc(function, &[a1, a2, a3, a4])
 }
 
 /// `SDEI_VERSION`: (major, minor), or `None` without an SDEI firmware
