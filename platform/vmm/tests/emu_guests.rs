@@ -152,6 +152,30 @@ fn an_fp_trap_is_taken_in_every_block_that_holds_an_fp_instruction() {
     assert_eq!(out.metrics.instructions, 3 + BLOCKS as u64 * 8 + 3);
 }
 
+/// With alignment checking on, a loop whose branch goes back into the
+/// middle of the block it ends: the block it enters there holds a load,
+/// so the engine stops before it to hook it; the block before it ran to
+/// its end and keeps its count.
+#[test]
+fn a_block_stopped_before_to_be_watched_leaves_the_count_of_the_block_before() {
+    let mut main = vec![
+        0xd2a80009, // 0x000: movz x9, #0x4000, lsl #16
+        0xd5381001, // 0x004: mrs x1, sctlr_el1
+        0xb27f0021, // 0x008: orr x1, x1, #2           (SCTLR_EL1.A)
+        0xd5181001, // 0x00c: msr sctlr_el1, x1
+        0xd5033fdf, // 0x010: isb
+        0xd2800065, // 0x014: movz x5, #3
+        0xf9400122, // 0x018: ldr x2, [x9]             (aligned)
+        0xf10004a5, // 0x01c: subs x5, x5, #1
+        0x54ffffc1, // 0x020: b.ne 0x018
+    ];
+    main.extend_from_slice(&SYSTEM_OFF);
+    let out = run(&[(0, &main)], 1);
+    assert_eq!(out.exit, GuestExit::PowerOff);
+    // 5 to turn checking on, the loop's 4 + 3 + 3, SYSTEM_OFF's 3.
+    assert_eq!(out.metrics.instructions, 5 + 4 + 3 + 3 + 3);
+}
+
 #[test]
 fn timer_irq_is_delivered_at_its_virtual_deadline() {
     let out = run(

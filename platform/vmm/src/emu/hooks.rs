@@ -128,7 +128,9 @@ pub(super) fn install_hooks(
     uc.add_tlb_hook(0, u64::MAX, fill_tlb)?;
     // Counting block hook: exact instruction totals, slice budget.
     uc.add_block_hook(1, 0, |uc, addr, size| {
-        let st = uc.get_data();
+        let st = uc.get_data_mut();
+        // The block entered before this one ran to its end.
+        st.block_open = false;
         if st.watch.mode.is_on() && !st.debug.stepping() && insn_watch::must_hook(uc, addr, size) {
             // Stopped before the block runs, to hook it.
             return;
@@ -138,8 +140,6 @@ pub(super) fn install_hooks(
                 .reg_read(RegisterARM64::PSTATE)
                 .is_ok_and(|p| p & pstate::I == 0);
         let st = uc.get_data_mut();
-        // The block entered before this one ran to its end.
-        st.block_open = false;
         if st.slice_insns >= st.budget || st.end_slice || unmasked {
             // A stop here comes before the block runs: it is counted when
             // it does, in the next run of the engine.
