@@ -7,6 +7,7 @@
 //! own, beside the workload's, makes calls with random ids and arguments
 //! while the others fault ([`misuse`], through `SYS_MISUSE`).
 
+use core::fmt::Write;
 use core::ptr::{addr_of, addr_of_mut};
 
 use apflab_abi::apf::{CONTROL_BLOCK_VERSION, ControlBlock, GUEST_NO_INJECT};
@@ -19,8 +20,6 @@ use apflab_abi::hypercall::{
 };
 use apflab_abi::pattern::splitmix64;
 use apflab_abi::report::MAX_REPORTED_TASKS;
-
-use core::fmt::Write;
 
 use crate::sched::TaskParams;
 use crate::uapi::{self as user, E_INVAL};
@@ -172,9 +171,10 @@ pub fn misuse(i: u64) -> i64 {
     i64::from(got == want)
 }
 
-/// The hostile guest's task (EL0 code), beside the workload's: every misuse [`misuse`] knows, made by the
-/// kernel for it, yielding every few so they fall among the other tasks'
-/// faults; then the tally, for the tests to read.
+/// The hostile guest's task (EL0 code), beside the workload's: every
+/// misuse [`misuse`] knows, made by the kernel for it, yielding every few
+/// so they fall among the other tasks' faults; then the tally, for the
+/// tests to read.
 pub extern "C" fn task(_params: *const TaskParams) -> ! {
     let (mut sent, mut answered) = (0u64, 0u64);
     loop {
