@@ -10,12 +10,12 @@ const GICR: u64 = 0x080a_0000;
 const GICR_STRIDE: u64 = 0x2_0000;
 const SGI_BASE: u64 = 0x1_0000;
 
-fn r32(a: u64) -> u32 {
+pub fn r32(a: u64) -> u32 {
     // SAFETY: a GIC register of the virt board.
     unsafe { read_volatile(a as *const u32) }
 }
 
-fn w32(a: u64, v: u32) {
+pub fn w32(a: u64, v: u32) {
     // SAFETY: a GIC register of the virt board.
     unsafe { write_volatile(a as *mut u32, v) }
 }
@@ -38,6 +38,11 @@ fn redistributor(aff0: usize) -> Option<u64> {
         }
     }
     None
+}
+
+/// The SGI/PPI frame of the redistributor whose affinity is `aff0`.
+pub fn sgi_frame(aff0: usize) -> Option<u64> {
+    redistributor(aff0).map(|rd| rd + SGI_BASE)
 }
 
 /// Brings up the redistributor and CPU interface of the calling CPU.

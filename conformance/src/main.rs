@@ -1020,6 +1020,104 @@ fn test_interrupts() {
     call_ret(unmask_daifclr);
 }
 
+/// The GIC as a kernel polls it, with IRQs masked: pending and active
+/// state in the SGI/PPI frame, acknowledge and running priority, priority
+/// drop and deactivation (EOImode 0 and 1), priority masking and order.
+fn test_gic() {
+    let Some(sgi) = gic::sgi_frame(0) else {
+        return;
+    };
+    let (ispendr, icpendr, isactiver) = (sgi + 0x200, sgi + 0x280, sgi + 0x300);
+    let (isenabler, icenabler) = (sgi + 0x100, sgi + 0x180);
+    let pend = |intid: u32| gic::w32(ispendr, 1 << intid);
+    let iar = || mrs!("s3_0_c12_c12_0") & 0xff_ffff;
+    let eoi = |intid: u64| msr!("s3_0_c12_c12_1", intid);
+    let rpr = || mrs!("s3_0_c12_c11_3");
+    msr!("s3_0_c4_c6_0", 0xff);
+    check("gic_pmr_implemented_bits", mrs!("s3_0_c4_c6_0"), 0xf8);
+    check("gic_nothing_pending_spurious", iar(), 1023);
+    check("gic_rpr_idle", rpr(), 0xff);
+    // SGI 7 set pending by its ISPENDR bit, acknowledged: active, at its
+    // priority; EOI (EOImode 0) drops the priority and deactivates it.
+    pend(7);
+    check(
+        "gic_ispendr_reads_pending",
+        u64::from(gic::r32(ispendr) & (1 << 7)),
+        1 << 7,
+    );
+    check("gic_hppir_pending", mrs!("s3_0_c12_c12_2") & 0xff_ffff, 7);
+    check("gic_iar_acknowledges", iar(), 7);
+    check(
+        "gic_acknowledged_active_not_pending",
+        u64::from(gic::r32(isactiver) >> 7 & 1) << 1 | u64::from(gic::r32(ispendr) >> 7 & 1),
+        0b10,
+    );
+    check("gic_rpr_running", rpr(), 0x80);
+    eoi(7);
+    check("gic_eoi_drops_priority", rpr(), 0xff);
+    check(
+        "gic_eoi_deactivates",
+        u64::from(gic::r32(isactiver) & (1 << 7)),
+        0,
+    );
+    // EOImode 1: EOI only drops the priority, DIR deactivates.
+    let ctlr = mrs!("s3_0_c12_c12_4");
+    msr!("s3_0_c12_c12_4", ctlr | 2);
+    pend(8);
+    let id = iar();
+    eoi(id);
+    check("gic_eoimode1_ack", id, 8);
+    check("gic_eoimode1_drop", rpr(), 0xff);
+    check(
+        "gic_eoimode1_still_active",
+        u64::from(gic::r32(isactiver) & (1 << 8)),
+        1 << 8,
+    );
+    msr!("s3_0_c12_c11_1", 8); // ICC_DIR_EL1
+    check(
+        "gic_dir_deactivates",
+        u64::from(gic::r32(isactiver) & (1 << 8)),
+        0,
+    );
+    msr!("s3_0_c12_c12_4", ctlr);
+    // PMR at the interrupt's priority masks it; opened, it is taken.
+    msr!("s3_0_c4_c6_0", 0x80);
+    pend(9);
+    check("gic_pmr_masks_equal_priority", iar(), 1023);
+    msr!("s3_0_c4_c6_0", 0xff);
+    let id = iar();
+    eoi(id);
+    check("gic_pmr_opened", id, 9);
+    // Disabled: pending but never signalled; ICPENDR clears it.
+    gic::w32(icenabler, 1 << 10);
+    pend(10);
+    check("gic_disabled_not_signalled", iar(), 1023);
+    gic::w32(icpendr, 1 << 10);
+    check(
+        "gic_icpendr_clears",
+        u64::from(gic::r32(ispendr) & (1 << 10)),
+        0,
+    );
+    gic::w32(isenabler, 1 << 10);
+    check("gic_cleared_not_signalled", iar(), 1023);
+    // The higher priority (lower value) first; the lower one does not
+    // preempt the running one and waits for its EOI.
+    let prio = sgi + 0x400 + 12; // IPRIORITYR bytes of SGIs 12..15
+    let saved = gic::r32(prio);
+    gic::w32(prio, 0x8080_a040);
+    pend(13);
+    pend(12);
+    let first = iar();
+    check("gic_priority_order_first", first, 12);
+    check("gic_rpr_of_first", rpr(), 0x40);
+    check("gic_lower_priority_waits", iar(), 1023);
+    eoi(first);
+    let second = iar();
+    eoi(second);
+    check("gic_priority_order_second", second, 13);
+    gic::w32(prio, saved);
+}
+
 /// Waits up to 2 s of counter time for `cond`.
 fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
     let freq = mrs!("cntfrq_el0");
@@ -1264,6 +1362,7 @@ extern "C" fn kmain(x0: u64) -> ! {
     test_el0();
     test_debug_el0();
     test_interrupts();
+    test_gic();
     test_devices(&tree);
     test_smp(&tree, ncpus);
     puts("virt-conformance: ");
