@@ -64,6 +64,9 @@ pub const PAGE_SHIFT: u32 = 12;
 
 /// PPI INTID of the EL1 virtual timer (the architected one QEMU and KVM use).
 pub const VTIMER_PPI: u32 = 27;
+/// INTIDs the board's GIC implements (32 SGIs and PPIs, then SPIs), as
+/// QEMU `virt`'s does: GICD_TYPER.ITLinesNumber = 7 on both backends.
+pub const GIC_INTIDS: u32 = 256;
 /// PPI INTID of the EL1 (non-secure) physical timer.
 pub const PTIMER_PPI: u32 = 30;
 /// PPI INTID on which "page ready" is signalled when ready is an interrupt.

@@ -8,14 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use apflab_abi::memory_map::{GICR_STRIDE, MAX_VCPUS};
+use apflab_abi::memory_map::{GIC_INTIDS, GICR_STRIDE, MAX_VCPUS};
 
 use crate::arch::{SysRegId, sysreg};
 
-/// Number of SPIs the distributor implements (INTIDs 32..32+NUM_SPIS).
-pub const NUM_SPIS: u32 = 64;
 /// One past the highest INTID.
-const NUM_INTIDS: u32 = 32 + NUM_SPIS;
+const NUM_INTIDS: u32 = GIC_INTIDS;
+/// Number of SPIs the distributor implements (INTIDs 32..NUM_INTIDS).
+pub const NUM_SPIS: u32 = NUM_INTIDS - 32;
 /// INTID returned by an acknowledge when nothing is pending.
 pub const SPURIOUS: u32 = 1023;
 /// Implemented priority bits (5): the mask applied to priorities and PMR.

@@ -44,8 +44,8 @@ use crate::hypervisor::{
     SyncException, Vcpu, VmExit, VmOps,
 };
 
-/// Interrupt lines of the in-kernel GIC: SGIs+PPIs (32) plus 96 SPIs.
-const GIC_NR_IRQS: u32 = 128;
+/// Interrupt lines of the in-kernel GIC (the board's, as emu's).
+const GIC_NR_IRQS: u32 = apflab_abi::memory_map::GIC_INTIDS;
 /// Size of the SMCCC function-id range forwarded to the VMM: the whole
 /// vendor-hypervisor range 0xC600_0000..=0xC600_FFFF.
 const APFLAB_FN_RANGE: u32 = 0x1_0000;
