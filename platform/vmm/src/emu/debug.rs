@@ -289,11 +289,9 @@ impl DebugRegs {
     /// to a breakpoint that cannot match a context behaves as disabled
     /// (one of the CONSTRAINED UNPREDICTABLE choices, QEMU's).
     fn context_matches(&self, lbn: usize, context: u64) -> bool {
-        let bcr = self.bcr[lbn.min(MAX_BREAKPOINTS - 1)];
-        lbn < self.breakpoints
-            && lbn >= self.breakpoints - self.context_aware
-            && bcr & 1 != 0
-            && (bcr >> 20) & 0xf == BT_LINKED_CONTEXT
+        (self.breakpoints - self.context_aware..self.breakpoints).contains(&lbn)
+            && self.bcr[lbn] & 1 != 0
+            && (self.bcr[lbn] >> 20) & 0xf == BT_LINKED_CONTEXT
             && context as u32 == self.bvr[lbn] as u32
     }
 }
