@@ -27,6 +27,7 @@ fn config(kernel: PathBuf, bootargs: &str) -> VmConfig {
         vcpus: 1,
         memory_mib: 64,
         kernel,
+        initrd: None,
         bootargs: bootargs.to_owned(),
         cost: CostModel::default(),
         slice_instructions: 20_000,

@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
     if let Err(e) = vm.validate() {
         panic!("a config that loads is refused by the VMM: {e}");
     }
-    if let Err(e) = fdt::build(vm.vcpus, vm.memory_mib << 20, &vm.bootargs) {
+    let chosen = fdt::Chosen {
+        bootargs: &vm.bootargs,
+        initrd: None,
+    };
+    if let Err(e) = fdt::build(vm.vcpus, vm.memory_mib << 20, &chosen) {
         panic!("a config that loads gives no device tree: {e}");
     }
     if let Some(pager) = &config.pager

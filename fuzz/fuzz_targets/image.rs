@@ -36,17 +36,21 @@ fuzz_target!(|data: &[u8]| {
     let (bootargs, image) = rest.split_at(len);
 
     let bootargs = String::from_utf8_lossy(bootargs);
-    match fdt::build(vcpus, ram_size, &bootargs) {
+    let chosen = fdt::Chosen {
+        bootargs: &bootargs,
+        initrd: None,
+    };
+    match fdt::build(vcpus, ram_size, &chosen) {
         Ok(blob) => {
             assert!(blob.len() as u64 <= DTB_MAX_SIZE);
             assert_eq!(blob[..4], [0xd0, 0x0d, 0xfe, 0xed], "FDT magic");
             let total = u32::from_be_bytes(blob[4..8].try_into().expect("4 bytes"));
             assert_eq!(total as usize, blob.len(), "totalsize is the blob's");
         }
-        // vm-fdt refuses a NUL inside a string; nothing else may fail
-        // for a command line of ordinary length.
+        // vm-fdt refuses a NUL inside a string, and a command line Linux
+        // would cut short is refused; nothing else may fail.
         Err(e) => assert!(
-            bootargs.contains('\0') || bootargs.len() > 64 << 10,
+            bootargs.contains('\0') || bootargs.len() > fdt::MAX_BOOTARGS_LEN,
             "{vcpus} vCPUs, {ram_size} bytes of RAM, a {}-byte command line: {e}",
             bootargs.len()
         ),

@@ -1108,6 +1108,7 @@ impl Config {
             vcpus: self.guest.vcpus,
             memory_mib: self.guest.memory_mib,
             kernel: self.kernel_path.clone(),
+            initrd: None,
             bootargs: self.bootargs(),
             cost: CostModel {
                 ns_per_instruction: c.ns_per_instruction,

@@ -110,37 +110,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
     },
-    /// Boot any bare-metal arm64 image built for QEMU's virt board (ELF, or
-    /// a raw image loaded at the start of RAM like QEMU's -kernel), with the
+    /// Boot any arm64 kernel built for QEMU's virt board (ELF, an arm64
+    /// Linux Image, plain or gzip'd, with --initrd for its initramfs, or a
+    /// raw image loaded at the start of RAM like QEMU's -kernel), with the
     /// guest console on stdout. Exit status 0 on PSCI SYSTEM_OFF, 3 on
     /// SYSTEM_RESET, 1 on a guest panic, crash or timeout.
-    Boot {
-        /// The image.
-        image: PathBuf,
-        /// Kernel command line (`/chosen/bootargs`), e.g.
-        /// "apflab.workload=cpu apflab.ops=1000".
-        #[arg(long, value_name = "ARGS", default_value = "")]
-        append: String,
-        /// vCPUs.
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        vcpus: u32,
-        /// Guest RAM in MiB.
-        #[arg(long, value_name = "MIB", default_value_t = 128)]
-        memory: u64,
-        /// Engine.
-        #[arg(long, value_enum, default_value_t = Backend::Emu)]
-        backend: Backend,
-        /// Give up (exit 1) after this much virtual time.
-        #[arg(long, value_name = "MS", default_value_t = apflab::config::defaults::MAX_VIRTUAL_MS)]
-        max_virtual_ms: u64,
-        /// Give up (exit 1, with what each vCPU was doing) once the guest
-        /// has shown no sign of life (an exit to the VMM, console output,
-        /// an interrupt taken) for this long: virtual time on emu, host
-        /// time on kvm. An image that spins or waits in WFI with interrupts
-        /// masked ends here.
-        #[arg(long, value_name = "MS", default_value_t = apflab::config::defaults::WATCHDOG_MS)]
-        timeout: u64,
-    },
+    Boot(BootArgs),
     /// List the configs in a directory, the guest's workloads and the
     /// policies built with apflab.
     List {
@@ -181,6 +156,40 @@ enum Command {
         #[arg(long, value_name = "FILE", default_value = "paper/paper.md")]
         out: PathBuf,
     },
+}
+
+/// `apflab boot`'s arguments.
+#[derive(clap::Args)]
+struct BootArgs {
+    /// The image.
+    image: PathBuf,
+    /// An initial RAM disk (e.g. a gzip'd cpio initramfs) for a Linux
+    /// image, loaded after the kernel and named in /chosen.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (`/chosen/bootargs`), e.g.
+    /// "apflab.workload=cpu apflab.ops=1000".
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    append: String,
+    /// vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u32,
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    memory: u64,
+    /// Engine.
+    #[arg(long, value_enum, default_value_t = Backend::Emu)]
+    backend: Backend,
+    /// Give up (exit 1) after this much virtual time.
+    #[arg(long, value_name = "MS", default_value_t = apflab::config::defaults::MAX_VIRTUAL_MS)]
+    max_virtual_ms: u64,
+    /// Give up (exit 1, with what each vCPU was doing) once the guest
+    /// has shown no sign of life (an exit to the VMM, console output,
+    /// an interrupt taken) for this long: virtual time on emu, host
+    /// time on kvm. An image that spins or waits in WFI with interrupts
+    /// masked ends here.
+    #[arg(long, value_name = "MS", default_value_t = apflab::config::defaults::WATCHDOG_MS)]
+    timeout: u64,
 }
 
 /// `apflab matrix`'s arguments.
@@ -303,23 +312,7 @@ fn main() -> ExitCode {
             base_dir,
             policy,
         ),
-        Command::Boot {
-            image,
-            append,
-            vcpus,
-            memory,
-            backend,
-            max_virtual_ms,
-            timeout,
-        } => boot(
-            &image,
-            append,
-            vcpus,
-            memory,
-            backend,
-            max_virtual_ms,
-            timeout,
-        ),
+        Command::Boot(args) => boot(&args),
         Command::List { configs } => {
             list(&configs);
             Ok(())
@@ -399,15 +392,17 @@ fn run(
     }
 }
 
-fn boot(
-    image: &Path,
-    bootargs: String,
-    vcpus: u32,
-    memory_mib: u64,
-    backend: Backend,
-    max_virtual_ms: u64,
-    timeout_ms: u64,
-) -> Result<(), Failure> {
+fn boot(args: &BootArgs) -> Result<(), Failure> {
+    let BootArgs {
+        ref image,
+        ref initrd,
+        ref append,
+        vcpus,
+        memory: memory_mib,
+        backend,
+        max_virtual_ms,
+        timeout: timeout_ms,
+    } = *args;
     let max = apflab_abi::memory_map::MAX_VCPUS;
     if !(1..=max).contains(&vcpus) {
         return Err(bad(anyhow::anyhow!("--vcpus {vcpus}: expected 1..={max}")));
@@ -449,7 +444,8 @@ fn boot(
         vcpus,
         memory_mib,
         kernel: image.to_path_buf(),
-        bootargs,
+        initrd: initrd.clone(),
+        bootargs: append.clone(),
         cost: CostModel::default(),
         slice_instructions: apflab::config::defaults::SLICE_INSTRUCTIONS,
         max_virtual_ns: max_virtual_ms.saturating_mul(1_000_000),

@@ -97,6 +97,9 @@ pub struct VmConfig {
     /// Guest kernel: an ELF, or a raw image loaded at
     /// [`apflab_abi::memory_map::RAW_IMAGE_LOAD_ADDR`] like QEMU's `-kernel`.
     pub kernel: PathBuf,
+    /// An initial RAM disk for a Linux kernel, loaded after the kernel and
+    /// its device tree and named in `/chosen`.
+    pub initrd: Option<PathBuf>,
     /// `/chosen/bootargs` (see [`apflab_abi::boot`]).
     pub bootargs: String,
     /// Emu backend: virtual-time costs.

@@ -24,12 +24,35 @@ const GIC_SPI: u32 = 0;
 const GIC_PPI: u32 = 1;
 const IRQ_LEVEL_HIGH: u32 = 4;
 
+/// The longest command line arm64 Linux takes whole: its
+/// `COMMAND_LINE_SIZE` is 2048 bytes with the terminating NUL, and it cuts a
+/// longer one short without a word.
+pub const MAX_BOOTARGS_LEN: usize = 2047;
+
+/// What `/chosen` tells the kernel besides where its console is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chosen<'a> {
+    /// The command line.
+    pub bootargs: &'a str,
+    /// Where the initial RAM disk was loaded (`linux,initrd-start` and
+    /// `linux,initrd-end`).
+    pub initrd: Option<std::ops::Range<u64>>,
+}
+
 /// Why the device tree could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum FdtError {
     /// vm-fdt refused (e.g. a string with a NUL in bootargs).
     #[error("cannot build the device tree: {0}")]
     Writer(#[from] vm_fdt::Error),
+    /// A command line Linux would cut short.
+    #[error(
+        "bootargs are {len} bytes; the kernel takes at most {MAX_BOOTARGS_LEN} (arm64 COMMAND_LINE_SIZE) and would silently cut the rest"
+    )]
+    BootargsTooLong {
+        /// Their length.
+        len: usize,
+    },
     /// Too big for the room reserved for it.
     #[error(
         "device tree is {size} bytes, more than the {max} reserved for it (bootargs too long?)"
@@ -42,8 +65,14 @@ pub enum FdtError {
     },
 }
 
-/// Builds the device tree for `vcpus` CPUs and `ram_size` bytes of RAM.
-pub fn build(vcpus: u32, ram_size: u64, bootargs: &str) -> Result<Vec<u8>, FdtError> {
+/// Builds the device tree for `vcpus` CPUs, `ram_size` bytes of RAM and
+/// what `chosen` says.
+pub fn build(vcpus: u32, ram_size: u64, chosen: &Chosen<'_>) -> Result<Vec<u8>, FdtError> {
+    if chosen.bootargs.len() > MAX_BOOTARGS_LEN {
+        return Err(FdtError::BootargsTooLong {
+            len: chosen.bootargs.len(),
+        });
+    }
     let mut w = FdtWriter::new()?;
     let root = w.begin_node("")?;
     w.property_string("compatible", "linux,dummy-virt")?;
@@ -52,10 +81,14 @@ pub fn build(vcpus: u32, ram_size: u64, bootargs: &str) -> Result<Vec<u8>, FdtEr
     w.property_u32("#size-cells", 2)?;
     w.property_u32("interrupt-parent", PHANDLE_GIC)?;
 
-    let chosen = w.begin_node("chosen")?;
-    w.property_string("bootargs", bootargs)?;
+    let chosen_node = w.begin_node("chosen")?;
+    w.property_string("bootargs", chosen.bootargs)?;
     w.property_string("stdout-path", &format!("/pl011@{UART_BASE:x}"))?;
-    w.end_node(chosen)?;
+    if let Some(initrd) = &chosen.initrd {
+        w.property_u64("linux,initrd-start", initrd.start)?;
+        w.property_u64("linux,initrd-end", initrd.end)?;
+    }
+    w.end_node(chosen_node)?;
 
     let memory = w.begin_node(&format!("memory@{RAM_BASE:x}"))?;
     w.property_string("device_type", "memory")?;
@@ -197,7 +230,11 @@ mod tests {
 
     #[test]
     fn blob_has_header_and_names_the_devices() {
-        let blob = build(4, 256 << 20, "apflab.workload=cpu").unwrap();
+        let chosen = Chosen {
+            bootargs: "apflab.workload=cpu",
+            initrd: None,
+        };
+        let blob = build(4, 256 << 20, &chosen).unwrap();
         assert_eq!(&blob[..4], &[0xd0, 0x0d, 0xfe, 0xed]);
         let text = String::from_utf8_lossy(&blob);
         for needle in [
@@ -214,5 +251,54 @@ mod tests {
             assert!(text.contains(needle), "{needle}");
         }
         assert!(!text.contains("cpu@4"));
+    }
+
+    #[test]
+    fn chosen_gives_the_command_line_the_console_and_the_initrd() {
+        let chosen = Chosen {
+            bootargs: "console=ttyAMA0 rdinit=/init",
+            initrd: Some(0x4820_0000..0x4830_0123),
+        };
+        let blob = build(1, 512 << 20, &chosen).unwrap();
+        let tree = fdt::Fdt::new(&blob).unwrap();
+        let node = tree.find_node("/chosen").unwrap();
+        assert_eq!(
+            tree.chosen().bootargs(),
+            Some("console=ttyAMA0 rdinit=/init")
+        );
+        assert_eq!(tree.chosen().stdout().unwrap().name, "pl011@9000000");
+        let u64_of = |name| {
+            let p = node.property(name).unwrap();
+            u64::from_be_bytes(p.value.try_into().unwrap())
+        };
+        assert_eq!(u64_of("linux,initrd-start"), 0x4820_0000);
+        assert_eq!(u64_of("linux,initrd-end"), 0x4830_0123);
+        let without = build(1, 512 << 20, &Chosen::default()).unwrap();
+        let tree = fdt::Fdt::new(&without).unwrap();
+        assert!(
+            tree.find_node("/chosen")
+                .unwrap()
+                .property("linux,initrd-start")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_command_line_linux_would_cut_short_is_refused() {
+        let long = "x".repeat(MAX_BOOTARGS_LEN + 1);
+        let chosen = Chosen {
+            bootargs: &long,
+            initrd: None,
+        };
+        assert!(matches!(
+            build(1, 512 << 20, &chosen),
+            Err(FdtError::BootargsTooLong { len }) if len == MAX_BOOTARGS_LEN + 1
+        ));
+        let fits = "x".repeat(MAX_BOOTARGS_LEN);
+        let chosen = Chosen {
+            bootargs: &fits,
+            initrd: None,
+        };
+        assert!(build(1, 512 << 20, &chosen).is_ok());
     }
 }

@@ -13,11 +13,13 @@
 //! is the one seam to the fault engine, and `run_loop` what both backends'
 //! loops share; [`arch`] has the architecture facts and the stage-1 walk
 //! and instruction decode both backends use to find a faulting page;
-//! [`loader`] and [`fdt`] prepare guest memory; [`page_server`] is where
+//! [`loader`] (with [`arm64_image`] for Linux) and [`fdt`] prepare guest
+//! memory; [`page_server`] is where
 //! a pager serving faults inside the host kernel plugs in (kvm);
 //! [`watchdog`] stops a run whose guest shows no sign of life.
 
 pub mod arch;
+pub mod arm64_image;
 pub mod config;
 pub mod devices;
 #[cfg(feature = "emu")]

@@ -1,13 +1,21 @@
 //! Loading the guest kernel into guest RAM: an ELF (PT_LOAD segments at
-//! their physical addresses, entry from the header) or, for anything that is
-//! not ELF, a raw image at [`RAW_IMAGE_LOAD_ADDR`] like QEMU's `-kernel`.
+//! their physical addresses, entry from the header), an arm64 Linux `Image`
+//! (plain or gzip'd) placed as its header asks (see [`crate::arm64_image`]),
+//! or, for anything else, a raw image at [`RAW_IMAGE_LOAD_ADDR`] like QEMU's
+//! `-kernel`; then, for Linux, an initial RAM disk after the kernel and its
+//! device tree.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use apflab_abi::memory_map::{DTB_ADDR, DTB_MAX_SIZE, RAM_BASE, RAW_IMAGE_LOAD_ADDR};
+use apflab_abi::memory_map::{DTB_ADDR, DTB_MAX_SIZE, PAGE_SIZE, RAM_BASE, RAW_IMAGE_LOAD_ADDR};
 use goblin::elf::{Elf, header, program_header};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::arm64_image::{self, ImageError, ImageHeader};
+
+/// The alignment of the base an arm64 Image is loaded at (booting.rst).
+const IMAGE_BASE_ALIGN: u64 = 2 << 20;
 
 /// Why a kernel could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +81,38 @@ pub enum LoadError {
         /// The file.
         path: PathBuf,
     },
+    /// An arm64 Image (or gzip data) this machine cannot boot.
+    #[error("guest kernel {} {source}", path.display())]
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ImageError,
+    },
+    /// The initial RAM disk could not be read.
+    #[error("cannot read initrd {}: {source}", path.display())]
+    ReadInitrd {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The initial RAM disk does not fit in RAM after the kernel and its
+    /// device tree.
+    #[error(
+        "initrd {} is {size} bytes; guest RAM has {room} bytes left after the kernel and its device tree (at {start:#x}): give the guest more memory",
+        path.display()
+    )]
+    InitrdTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Room left.
+        room: u64,
+        /// Where it would start.
+        start: u64,
+    },
     /// The entry point is not in a loaded segment.
     #[error("guest kernel {}: entry point {entry:#x} is not inside any loaded segment", path.display())]
     BadEntry {
@@ -98,6 +138,9 @@ pub struct LoadedKernel {
     /// ELF's segments without PF_W: its code and constants). Empty for a
     /// raw image, which does not say.
     pub read_only: Vec<Range<u64>>,
+    /// The first page after the kernel's footprint and its device tree's
+    /// room: where an initrd may go.
+    pub free_from: u64,
 }
 
 /// Loads `path` into `mem` (RAM of `ram_size` bytes at RAM_BASE). The file
@@ -131,10 +174,108 @@ pub fn load_image(
         });
     }
     if bytes.starts_with(b"\x7fELF") {
-        load_elf(path, bytes, mem, ram_size)
-    } else {
-        load_raw(path, bytes, mem, ram_size)
+        return load_elf(path, bytes, mem, ram_size);
     }
+    let bad_image = |source| LoadError::BadImage {
+        path: path.to_owned(),
+        source,
+    };
+    let unzipped = arm64_image::gunzip_if_compressed(bytes, ram_size).map_err(bad_image)?;
+    let bytes = unzipped.as_deref().unwrap_or(bytes);
+    match ImageHeader::parse(bytes) {
+        Some(header) => {
+            header.check().map_err(bad_image)?;
+            load_linux(path, &header, bytes, mem, ram_size)
+        }
+        None => load_raw(path, bytes, mem, ram_size),
+    }
+}
+
+/// Loads the initial RAM disk `path` at the first page `kernel` leaves free
+/// and returns where it went.
+pub fn load_initrd(
+    path: &Path,
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+    kernel: &LoadedKernel,
+) -> Result<Range<u64>, LoadError> {
+    let start = kernel.free_from;
+    let room = (RAM_BASE + ram_size).saturating_sub(start);
+    let too_large = |size| LoadError::InitrdTooLarge {
+        path: path.to_owned(),
+        size,
+        room,
+        start,
+    };
+    let size = apflab_files::check_regular(path, u64::MAX, "its size").map_err(|source| {
+        LoadError::ReadInitrd {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    if size > room {
+        return Err(too_large(size));
+    }
+    let bytes = apflab_files::read_regular(path, room, "the RAM left after the kernel").map_err(
+        |source| LoadError::ReadInitrd {
+            path: path.to_owned(),
+            source,
+        },
+    )?;
+    // In RAM (checked above), so this write cannot fail.
+    mem.write_slice(&bytes, GuestAddress(start))
+        .map_err(|_| too_large(bytes.len() as u64))?;
+    Ok(start..start + bytes.len() as u64)
+}
+
+/// Loads an arm64 Image as booting.rst asks: at `text_offset` from a 2 MiB
+/// aligned base as low in RAM as possible (the start of RAM), with its
+/// whole `image_size` in RAM; the device tree goes at the next 2 MiB
+/// boundary after that footprint, so the kernel's BSS and early page tables
+/// never overwrite it.
+fn load_linux(
+    path: &Path,
+    header: &ImageHeader,
+    bytes: &[u8],
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+) -> Result<LoadedKernel, LoadError> {
+    let checker = Checker {
+        path,
+        ram_end: RAM_BASE + ram_size,
+        dtb: None,
+    };
+    let start = RAM_BASE.next_multiple_of(IMAGE_BASE_ALIGN) + header.text_offset;
+    let footprint = header.footprint(bytes.len() as u64);
+    checker.check(0, start, footprint)?;
+    mem.write_slice(bytes, GuestAddress(start))
+        .map_err(|e| LoadError::BadElf {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    let end = start + footprint;
+    let dtb_addr = end.next_multiple_of(IMAGE_BASE_ALIGN);
+    checker
+        .check(0, dtb_addr, DTB_MAX_SIZE)
+        .map_err(|_| LoadError::BadSegment {
+            path: path.to_owned(),
+            index: 0,
+            start,
+            end,
+            problem: "leaves no room for the device tree after it",
+            ram_start: RAM_BASE,
+            ram_end: RAM_BASE + ram_size,
+            dtb_start: dtb_addr,
+            dtb_end: dtb_addr + DTB_MAX_SIZE,
+        })?;
+    Ok(LoadedKernel {
+        entry: start,
+        start,
+        end,
+        dtb_addr,
+        read_only: Vec::new(),
+        free_from: dtb_addr + DTB_MAX_SIZE,
+    })
 }
 
 struct Checker<'a> {
@@ -267,6 +408,7 @@ fn load_elf(
             end: hi,
             dtb_addr: DTB_ADDR,
             read_only,
+            free_from: hi.max(DTB_ADDR + DTB_MAX_SIZE).next_multiple_of(PAGE_SIZE),
         }),
         _ => Err(LoadError::BadEntry {
             path: path.to_owned(),
@@ -323,6 +465,7 @@ fn load_raw(
         end: start + len,
         dtb_addr,
         read_only: Vec::new(),
+        free_from: dtb_addr + DTB_MAX_SIZE,
     })
 }
 
@@ -395,6 +538,93 @@ mod tests {
         assert!(
             matches!(past, Err(LoadError::BadEntry { entry: 0x10, .. })),
             "{past:?}"
+        );
+    }
+
+    /// An arm64 Image of `len` bytes whose header says `image_size`.
+    fn image(image_size: u64, len: usize) -> Vec<u8> {
+        let mut b = crate::arm64_image::tests::header(0, image_size, 0xa);
+        b.resize(len, 0xaa);
+        b
+    }
+
+    #[test]
+    fn an_image_loads_at_the_start_of_ram_with_the_device_tree_after_its_footprint() {
+        let mem = ram();
+        let k = load_image(Path::new("Image"), &image(0x30_0000, 0x1000), &mem, RAM).unwrap();
+        assert_eq!(
+            (k.entry, k.start, k.end),
+            (RAM_BASE, RAM_BASE, RAM_BASE + 0x30_0000)
+        );
+        // The next 2 MiB boundary after the 3 MiB footprint (BSS included),
+        // not after the 4 KiB file.
+        assert_eq!(k.dtb_addr, RAM_BASE + (4 << 20));
+        assert_eq!(k.free_from, k.dtb_addr + DTB_MAX_SIZE);
+        let mut first = [0u8; 4];
+        mem.read_slice(&mut first, GuestAddress(RAM_BASE)).unwrap();
+        assert_eq!(u32::from_le_bytes(first), 0x1400_0010);
+    }
+
+    #[test]
+    fn a_gzipd_image_loads_as_the_image_it_holds() {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&image(0x10_0000, 0x2000)).unwrap();
+        let k = load_image(Path::new("vmlinuz"), &e.finish().unwrap(), &ram(), RAM).unwrap();
+        assert_eq!((k.start, k.end), (RAM_BASE, RAM_BASE + 0x10_0000));
+    }
+
+    #[test]
+    fn an_image_whose_footprint_or_device_tree_does_not_fit_is_refused() {
+        let err = load_image(Path::new("Image"), &image(RAM + 1, 0x1000), &ram(), RAM);
+        assert!(
+            matches!(
+                err,
+                Err(LoadError::BadSegment {
+                    problem: "lies outside guest RAM",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        let err = load_image(
+            Path::new("Image"),
+            &image(RAM - 0x1000, 0x1000),
+            &ram(),
+            RAM,
+        );
+        assert!(
+            matches!(err, Err(LoadError::BadSegment { problem, .. }) if problem.contains("device tree")),
+            "{err:?}"
+        );
+        let big_endian = crate::arm64_image::tests::header(0, 0x1000, 1);
+        let err = load_image(Path::new("Image"), &big_endian, &ram(), RAM).unwrap_err();
+        assert!(err.to_string().contains("big-endian"), "{err}");
+    }
+
+    #[test]
+    fn an_initrd_goes_after_the_device_tree_or_is_refused_when_it_does_not_fit() {
+        use std::io::Write;
+        let mem = ram();
+        let k = load_image(Path::new("Image"), &image(0x10_0000, 0x1000), &mem, RAM).unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"070701 cpio").unwrap();
+        let at = load_initrd(f.path(), &mem, RAM, &k).unwrap();
+        assert_eq!(at, k.free_from..k.free_from + 11);
+        let mut back = [0u8; 11];
+        mem.read_slice(&mut back, GuestAddress(at.start)).unwrap();
+        assert_eq!(&back, b"070701 cpio");
+
+        let room = RAM_BASE + RAM - k.free_from;
+        f.write_all(&vec![0u8; room as usize]).unwrap();
+        let err = load_initrd(f.path(), &mem, RAM, &k).unwrap_err();
+        assert!(
+            matches!(err, LoadError::InitrdTooLarge { room: r, .. } if r == room),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("give the guest more memory"),
+            "{err}"
         );
     }
 }

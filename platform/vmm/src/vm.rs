@@ -75,7 +75,16 @@ impl Vm {
         #[cfg(not(all(target_arch = "aarch64", target_os = "linux", feature = "kvm")))]
         let memory = new_ram(&config, ram_size)?;
         let kernel = loader::load_kernel(&config.kernel, &memory, ram_size)?;
-        let dtb = fdt::build(config.vcpus, ram_size, &config.bootargs)?;
+        let initrd = config
+            .initrd
+            .as_deref()
+            .map(|path| loader::load_initrd(path, &memory, ram_size, &kernel))
+            .transpose()?;
+        let chosen = fdt::Chosen {
+            bootargs: &config.bootargs,
+            initrd,
+        };
+        let dtb = fdt::build(config.vcpus, ram_size, &chosen)?;
         if kernel.dtb_addr + DTB_MAX_SIZE > RAM_BASE + ram_size {
             return Err(VmError::MemoryTooSmall {
                 requested: config.memory_mib,

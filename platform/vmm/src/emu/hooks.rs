@@ -7,8 +7,10 @@
 
 use super::debug;
 use super::exception::{Access, GuestFault};
+use super::id_regs;
 use super::insn_watch;
-use super::regs::{CPACR_EL1, ID_AA64DFR0_EL1, PMUVER_MASK, SCTLR_EL1, XREGS, cp};
+use super::regs::{CPACR_EL1, SCTLR_EL1, XREGS, cp};
+use super::shootdown;
 use super::state::HookState;
 use super::tlb::fill_tlb;
 use crate::arch::{SysRegId, insn, pstate, sysreg};
@@ -197,10 +199,11 @@ pub(super) fn install_hooks(
     })?;
     uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_MRS, 1, 0, |uc, rt, cpreg| {
         let reg = sysreg_of(cpreg);
-        if reg == ID_AA64DFR0_EL1 {
-            // The PMU is absent (MDCR_EL2 traps it): PMUVer reads 0.
-            let mut c = cp(ID_AA64DFR0_EL1);
-            let value = uc.reg_read_arm64_coproc(&mut c).map_or(0, |()| c.val) & !PMUVER_MASK;
+        if id_regs::is_hidden_from(reg) && at_el1(uc) {
+            // Features this machine does not give faithfully read as absent.
+            let mut c = cp(reg);
+            let raw = uc.reg_read_arm64_coproc(&mut c).map_or(0, |()| c.val);
+            let value = id_regs::sanitize(reg, raw).unwrap_or(raw);
             if rt != RegisterARM64::XZR {
                 let _ = uc.reg_write(rt, value);
             }
@@ -264,8 +267,14 @@ pub(super) fn install_hooks(
     // TLB and instruction cache invalidations (the instruction still
     // executes).
     uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_SYS, 1, 0, |uc, _rt, c| {
+        let st = uc.get_data_mut();
         if insn_watch::invalidates_code(c.crn, c.crm) {
-            uc.get_data_mut().watch.forget_blocks();
+            st.watch.forget_blocks();
+        }
+        if shootdown::is_broadcast_tlbi(c.crn, c.crm) {
+            // This engine carries it out itself; the others catch up
+            // before they next run.
+            st.shootdowns_seen = st.shootdowns.broadcast();
         }
         false
     })?;
@@ -284,6 +293,12 @@ pub(super) fn install_hooks(
 fn guest_fault(uc: &mut Unicorn<'_, HookState>, fault: GuestFault) {
     uc.get_data_mut().fault = Some(fault);
     request_stop(uc);
+}
+
+/// Whether the vCPU runs at EL1.
+fn at_el1(uc: &Unicorn<'_, HookState>) -> bool {
+    uc.reg_read(RegisterARM64::PSTATE)
+        .is_ok_and(|p| p & pstate::MODE_MASK != 0)
 }
 
 fn sysreg_of(c: &RegisterARM64CP) -> SysRegId {

@@ -22,6 +22,8 @@
 //! breakpoints, watchpoints and software step), `insn_watch` (the
 //! FP traps and alignment checks the software CPU lacks), `residency`
 //! (absent pages) and `run` (the scheduler of all vCPUs in virtual time).
+//! `id_regs` hides the features the guest cannot have faithfully,
+//! `shootdown` makes broadcast TLB invalidations reach every engine.
 //! `state` is what the hooks of one engine share, `absent` the bitmap of
 //! withheld pages, `regs` the register ids the files share.
 
@@ -30,10 +32,12 @@ mod debug;
 mod entry;
 mod exception;
 mod hooks;
+mod id_regs;
 mod insn_watch;
 mod regs;
 mod residency;
 pub(crate) mod run;
+mod shootdown;
 mod state;
 mod tlb;
 pub mod vcpu;
@@ -47,6 +51,7 @@ use std::sync::Arc;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use self::absent::AbsentPages;
+use self::shootdown::Shootdowns;
 use crate::config::CostModel;
 use crate::hypervisor::{Hypervisor, HypervisorError, VmOps};
 
@@ -56,6 +61,7 @@ pub struct EmuVm {
     cost: CostModel,
     vcpus: u32,
     absent: Rc<AbsentPages>,
+    shootdowns: Rc<Shootdowns>,
 }
 
 impl EmuVm {
@@ -67,6 +73,7 @@ impl EmuVm {
             cost,
             vcpus,
             absent: Rc::new(AbsentPages::new(ram_size)),
+            shootdowns: Rc::default(),
         }
     }
 
@@ -91,6 +98,7 @@ impl Hypervisor for EmuVm {
             index,
             &self.memory,
             self.absent.clone(),
+            self.shootdowns.clone(),
             self.vcpus,
             ops,
             self.cost,

@@ -46,8 +46,6 @@ pub(super) const MDCR_EL2: SysRegId = SysRegId::new(3, 4, 1, 1, 1);
 pub(super) const MDCR_EL2_NO_PMU: u64 = (1 << 6) | (1 << 5);
 /// ID_AA64DFR0_EL1, whose PMUVer field (11:8) says whether a PMU exists.
 pub(super) const ID_AA64DFR0_EL1: SysRegId = SysRegId::new(3, 0, 0, 5, 0);
-/// ID_AA64DFR0_EL1.PMUVer.
-pub(super) const PMUVER_MASK: u64 = 0xf << 8;
 /// MPIDR_EL1 bit 31, RES1.
 pub(super) const MPIDR_RES1: u64 = 1 << 31;
 

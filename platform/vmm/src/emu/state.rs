@@ -11,6 +11,7 @@ use super::absent::AbsentPages;
 use super::debug::DebugRegs;
 use super::exception::GuestFault;
 use super::insn_watch::BlockWatch;
+use super::shootdown::Shootdowns;
 use crate::config::CostModel;
 use crate::hypervisor::{VmExit, VmOps};
 
@@ -59,6 +60,10 @@ pub(super) struct HookState {
     pub(super) memory: GuestMemoryMmap,
     /// Pages the pager withholds.
     pub(super) absent: Rc<AbsentPages>,
+    /// The VM's broadcast TLB invalidations, and how many of them this
+    /// engine's TLB has seen.
+    pub(super) shootdowns: Rc<Shootdowns>,
+    pub(super) shootdowns_seen: u64,
 }
 
 impl HookState {

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use apflab_abi::memory_map::{APF_READY_PPI, RAM_BASE};
+use apflab_abi::memory_map::{APF_READY_PPI, PAGE_SIZE, RAM_BASE};
 use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, UcHookId, Unicorn};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -18,6 +18,7 @@ use super::regs::{
     HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3,
     SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
 };
+use super::shootdown::Shootdowns;
 use super::state::HookState;
 use crate::arch::{EntryKind, Reg, insn, mpidr_of, pstate};
 use crate::config::CostModel;
@@ -43,6 +44,7 @@ impl EmuVcpu {
         index: u32,
         memory: &GuestMemoryMmap,
         absent: Rc<AbsentPages>,
+        shootdowns: Rc<Shootdowns>,
         vcpus: u32,
         ops: Arc<dyn VmOps>,
         cost: CostModel,
@@ -67,6 +69,8 @@ impl EmuVcpu {
             block_open: false,
             memory: memory.clone(),
             absent,
+            shootdowns,
+            shootdowns_seen: 0,
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM64, Mode::ARM, state)
             .map_err(|e| engine_err("create engine", e))?;
@@ -74,6 +78,12 @@ impl EmuVcpu {
         // set before any mapping.
         uc.ctl_set_cpu_model(Arm64CpuModel::MAX as i32)
             .map_err(|e| engine_err("select CPU model max", e))?;
+        // The engine's TLB pages as large as the guest's smallest ones
+        // (4 KiB; unicorn's default is 1 KiB): a TLBI by VA then drops the
+        // whole page it names, not only its first KiB. Must precede any
+        // mapping.
+        uc.ctl_set_page_size(PAGE_SIZE as u32)
+            .map_err(|e| engine_err("set the engine's page size", e))?;
         // Translations come from `fill_tlb` (see residency.rs).
         uc.ctl_set_tlb_type(TlbType::VIRTUAL)
             .map_err(|e| engine_err("select the virtual TLB", e))?;
@@ -190,6 +200,19 @@ impl EmuVcpu {
         ((d as f64 / st.cost.ns_per_instruction).ceil() as u64).max(1)
     }
 
+    /// Drops this engine's TLB if another vCPU broadcast a TLB invalidation
+    /// since it last ran (see `shootdown.rs`).
+    fn catch_up_shootdowns(&mut self) -> Result<(), HypervisorError> {
+        let st = self.uc.get_data_mut();
+        let made = st.shootdowns.made();
+        if st.shootdowns_seen == made {
+            return Ok(());
+        }
+        st.shootdowns_seen = made;
+        st.watch.forget_blocks();
+        self.flush_tlb()
+    }
+
     /// Applies a residency change to this engine's view of guest RAM.
     /// Drops every cached translation of this engine.
     pub(crate) fn flush_tlb(&mut self) -> Result<(), HypervisorError> {
@@ -230,6 +253,7 @@ impl Vcpu for EmuVcpu {
             st.block = (0, 0);
             st.block_open = false;
         }
+        self.catch_up_shootdowns()?;
         let result = loop {
             self.sync_insn_watch()?;
             let stepping = self.sync_debug()?;

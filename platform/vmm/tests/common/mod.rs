@@ -44,6 +44,7 @@ pub fn config(kernel: PathBuf, vcpus: u32) -> VmConfig {
         vcpus,
         memory_mib: 64,
         kernel,
+        initrd: None,
         bootargs: String::new(),
         cost: CostModel::default(),
         slice_instructions: 10_000,
