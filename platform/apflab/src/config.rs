@@ -87,6 +87,8 @@ pub struct RawGuest {
     vcpus: Spanned<u32>,
     memory_mib: Spanned<u64>,
     kernel: Option<Spanned<PathBuf>>,
+    initrd: Option<Spanned<PathBuf>>,
+    bootargs: Option<Spanned<String>>,
 }
 
 /// The `[workload]` section as written. All parameters are optional; which
@@ -289,6 +291,17 @@ pub struct GuestConfig {
     /// Kernel as written in the config (relative to the config file), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
+    /// Initial RAM disk of a Linux kernel as written in the config, if any
+    /// (without one, Linux boots apflab's own initramfs; see
+    /// [`crate::linux_guest`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// Words added to the kernel command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootargs: Option<String>,
+    /// The kernel is an arm64 Linux Image.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub linux: bool,
 }
 
 /// The `[workload]` section, validated and with defaults filled in: the
@@ -387,6 +400,9 @@ pub struct Config {
     /// resolved against the config's directory, or the built-in guest).
     #[serde(skip)]
     pub kernel_path: PathBuf,
+    /// The initial RAM disk that will be loaded with a Linux kernel.
+    #[serde(skip)]
+    pub initrd_path: Option<PathBuf>,
     /// The guest keeps its timeline log for the host (`apflab run --trace`
     /// on emu; not a config key, but in the bootargs the results record).
     #[serde(skip)]
@@ -739,6 +755,39 @@ impl Config {
             }
         };
 
+        // A Linux kernel, its initramfs and command line.
+        let linux = raw.guest.kernel.is_some() && crate::linux_guest::is_linux_kernel(&kernel_path);
+        let initrd_path = match &raw.guest.initrd {
+            Some(i) if !linux => {
+                return Err(src.key_error(
+                    i.span(),
+                    "guest.initrd",
+                    "only a Linux kernel takes an initrd; guest.kernel is not an arm64 Linux Image",
+                ));
+            }
+            Some(i) => {
+                let resolved = base_dir.join(i.get_ref());
+                if let Err(e) = apflab_files::check_regular(&resolved, ram_bytes, "guest RAM") {
+                    return Err(src.key_error(
+                        i.span(),
+                        "guest.initrd",
+                        format!(
+                            "initrd {}: {e}; expected a file (a cpio initramfs, relative to the config file) that fits in guest RAM",
+                            resolved.display()
+                        ),
+                    ));
+                }
+                Some(resolved)
+            }
+            None if linux => {
+                return Err(src.missing(
+                    "guest.initrd",
+                    "a Linux kernel needs an initrd (a cpio initramfs whose /init runs the workload)",
+                ));
+            }
+            None => None,
+        };
+
         // [workload]
         let w = &raw.workload;
         let kind = WorkloadKind::from_name(w.kind.get_ref()).ok_or_else(|| {
@@ -766,6 +815,28 @@ impl Config {
             ("timeslice_us", w.timeslice_us.as_ref().map(Spanned::span)),
         ];
         for (name, span) in &given {
+            if let Some(span) = span
+                && linux
+                && crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX.contains(name)
+            {
+                return Err(
+                    src.key_error(
+                        span.clone(),
+                        &format!("workload.{name}"),
+                        format!(
+                            "does not apply to a Linux guest (only apflab's own kernel has it); \
+                         Linux's /init takes {}",
+                            kind.params()
+                                .iter()
+                                .filter(|p| !crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX
+                                    .contains(p))
+                                .copied()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                );
+            }
             if let Some(span) = span
                 && !kind.params().contains(name)
             {
@@ -838,7 +909,8 @@ impl Config {
         };
 
         // The kernel, its tables and stacks live below the workload region;
-        // the working set lives in it.
+        // the working set lives in it (Linux's own kernel needs about as
+        // much below its page cache and the process).
         let region_mib = boot::WORKLOAD_REGION_OFFSET / MIB;
         let needed = region_mib + workload.mib.unwrap_or(1);
         if *memory.get_ref() < needed {
@@ -1027,6 +1099,15 @@ impl Config {
             .map(crate::policy_config::apf)
             .transpose()
             .map_err(problem)?;
+        if linux && (policy.is_some() || apf.is_some()) {
+            let key = if policy.is_some() { "policy" } else { "apf" };
+            return Err(src.missing(
+                key,
+                "async page faults need the guest's async PF client, which the Linux guest \
+                 does not have yet; a Linux guest runs far memory synchronously (drop [policy] \
+                 and [apf])",
+            ));
+        }
         let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
         if let (Some(tasks), true) = (workload.tasks, apf.is_some_and(|a| a.guest_abuses))
             && tasks > most
@@ -1042,12 +1123,15 @@ impl Config {
             ));
         }
 
-        Ok(Config {
+        let config = Config {
             seed: raw.seed.unwrap_or(defaults::SEED),
             guest: GuestConfig {
                 vcpus: *vcpus.get_ref(),
                 memory_mib: *memory.get_ref(),
                 kernel,
+                initrd: raw.guest.initrd.as_ref().map(|i| i.get_ref().clone()),
+                bootargs: raw.guest.bootargs.as_ref().map(|b| b.get_ref().clone()),
+                linux,
             },
             workload,
             backend,
@@ -1056,13 +1140,45 @@ impl Config {
             apf,
             base_dir: base_dir.to_path_buf(),
             kernel_path,
+            initrd_path,
             timeline: false,
-        })
+        };
+        // Linux cuts a longer command line short without a word.
+        let len = config.bootargs().len();
+        if len > apflab_vmm::fdt::MAX_BOOTARGS_LEN {
+            let span = raw.guest.bootargs.as_ref().map_or(0..0, Spanned::span);
+            return Err(src.key_error(
+                span,
+                "guest.bootargs",
+                format!(
+                    "the kernel command line would be {len} bytes; the kernel takes at most {}",
+                    apflab_vmm::fdt::MAX_BOOTARGS_LEN
+                ),
+            ));
+        }
+        Ok(config)
     }
 
     /// The guest's `/chosen/bootargs`: every workload parameter explicitly,
-    /// in a fixed order, with the keys of [`apflab_abi::boot`].
+    /// in a fixed order, with the keys of [`apflab_abi::boot`], after the
+    /// config's own `[guest] bootargs`; for Linux, after its console and
+    /// init too ([`crate::linux_guest::bootargs`]).
     pub fn bootargs(&self) -> String {
+        let workload = self.workload_args();
+        if self.guest.linux {
+            crate::linux_guest::bootargs(self.guest.bootargs.as_deref(), &workload)
+        } else {
+            match self.guest.bootargs.as_deref().map(str::trim) {
+                Some(extra) if !extra.is_empty() => format!("{extra} {workload}"),
+                _ => workload,
+            }
+        }
+    }
+
+    /// The workload's keys on the command line. apflab's own kernel gets
+    /// every one; Linux's `/init` none of those it does not take.
+    fn workload_args(&self) -> String {
+        let linux = self.guest.linux;
         let w = &self.workload;
         let mut args = vec![format!("{}={}", boot::KEY_WORKLOAD, w.kind.name())];
         let mut push = |key: &str, value: Option<String>| {
@@ -1075,11 +1191,14 @@ impl Config {
         push(boot::KEY_MIB, w.mib.map(|v| v.to_string()));
         push(boot::KEY_PATTERN, w.pattern.clone());
         push(boot::KEY_PASSES, w.passes.map(|v| v.to_string()));
-        push(boot::KEY_VERIFY, w.verify.clone());
-        push(boot::KEY_READER, w.reader.clone());
+        push(boot::KEY_VERIFY, w.verify.clone().filter(|_| !linux));
+        push(boot::KEY_READER, w.reader.clone().filter(|_| !linux));
         push(boot::KEY_REQUESTS, w.requests.map(|v| v.to_string()));
         push(boot::KEY_INTERVAL_US, w.interval_us.map(|v| v.to_string()));
-        push(boot::KEY_TIMESLICE_US, Some(w.timeslice_us.to_string()));
+        push(
+            boot::KEY_TIMESLICE_US,
+            Some(w.timeslice_us.to_string()).filter(|_| !linux),
+        );
         push(boot::KEY_SEED, Some(self.seed.to_string()));
         if self.apf.is_some_and(|a| !a.guest_enables) {
             push(boot::KEY_APF, Some("off".into()));
@@ -1108,7 +1227,7 @@ impl Config {
             vcpus: self.guest.vcpus,
             memory_mib: self.guest.memory_mib,
             kernel: self.kernel_path.clone(),
-            initrd: None,
+            initrd: self.initrd_path.clone(),
             bootargs: self.bootargs(),
             cost: CostModel {
                 ns_per_instruction: c.ns_per_instruction,

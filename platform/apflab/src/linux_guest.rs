@@ -1,0 +1,86 @@
+//! Linux as a guest: a config whose `[guest] kernel` is an arm64 Linux
+//! `Image` (plain or gzip'd, as distributions ship `vmlinuz`) boots that
+//! kernel with an initramfs whose `/init` runs the configured workload
+//! (`guest/linux`, built with apflab; or the config's own `initrd`), and
+//! reads the workload's report from the console line it prints.
+//!
+//! The workload keys travel on the kernel command line as for apflab's own
+//! guest (`apflab.*` keys of [`apflab_abi::boot`]): `/init` reads them from
+//! `/proc/cmdline`. The keys and sections that only apflab's own kernel
+//! implements are refused for Linux with the key's name.
+
+use std::path::Path;
+
+use apflab_vmm::arm64_image;
+
+/// The command line every Linux guest gets first: its console on the
+/// board's PL011 from the first message on, and the initramfs's `/init`
+/// as the first process.
+pub const BASE_BOOTARGS: &str = "console=ttyAMA0 earlycon=pl011,0x09000000 rdinit=/init";
+
+/// Whether the kernel file `path` is an arm64 Linux Image (or gzip data,
+/// which the loader accepts only when it holds one). Unreadable files are
+/// not: the loader reports them.
+pub fn is_linux_kernel(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; arm64_image::HEADER_LEN];
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut n = 0;
+    let mut reader = file.take(head.len() as u64);
+    while let Ok(k) = reader.read(&mut head[n..]) {
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    arm64_image::ImageHeader::parse(&head[..n]).is_some() || head[..n].starts_with(&[0x1f, 0x8b])
+}
+
+/// `[workload]` keys apflab's own kernel implements and Linux's `/init`
+/// does not: its scheduler's time slice, the store-backed and kernel-side
+/// verification modes.
+pub const WORKLOAD_KEYS_NOT_FOR_LINUX: [&str; 3] = ["timeslice_us", "verify", "reader"];
+
+/// The command line of a Linux guest: [`BASE_BOOTARGS`], the config's own
+/// `[guest] bootargs`, then the workload's keys.
+pub fn bootargs(extra: Option<&str>, workload_args: &str) -> String {
+    let mut args = String::from(BASE_BOOTARGS);
+    for part in [extra.unwrap_or(""), workload_args] {
+        if !part.trim().is_empty() {
+            args.push(' ');
+            args.push_str(part.trim());
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn an_image_header_or_gzip_data_is_a_linux_kernel_and_an_elf_is_not() {
+        let mut image = vec![0u8; 64];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&image).unwrap();
+        assert!(is_linux_kernel(f.path()));
+        let mut gz = tempfile::NamedTempFile::new().unwrap();
+        gz.write_all(&[0x1f, 0x8b, 8, 0]).unwrap();
+        assert!(is_linux_kernel(gz.path()));
+        assert!(!is_linux_kernel(apflab_artifacts::guest_elf()));
+        assert!(!is_linux_kernel(Path::new("/nonexistent")));
+    }
+
+    #[test]
+    fn the_command_line_starts_with_the_console_and_init() {
+        assert_eq!(
+            bootargs(Some(" quiet "), "apflab.workload=mixed"),
+            format!("{BASE_BOOTARGS} quiet apflab.workload=mixed")
+        );
+        assert_eq!(bootargs(None, ""), BASE_BOOTARGS);
+    }
+}
