@@ -819,11 +819,10 @@ impl Config {
                 && linux
                 && crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX.contains(name)
             {
-                return Err(
-                    src.key_error(
-                        span.clone(),
-                        &format!("workload.{name}"),
-                        format!(
+                return Err(src.key_error(
+                    span.clone(),
+                    &format!("workload.{name}"),
+                    format!(
                             "does not apply to a Linux guest (only apflab's own kernel has it); \
                          Linux's /init takes {}",
                             kind.params()
@@ -834,8 +833,7 @@ impl Config {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ),
-                    ),
-                );
+                ));
             }
             if let Some(span) = span
                 && !kind.params().contains(name)
@@ -937,7 +935,35 @@ impl Config {
         // value fails before any VM is built.
         let pager = match &raw.pager {
             Some(p) => {
-                Prepared::new(p.get_ref(), ram_bytes, base_dir).map_err(|e| {
+                let low = if linux {
+                    boot::LINUX_RESIDENT_LOW
+                } else {
+                    boot::WORKLOAD_REGION_OFFSET
+                };
+                if let Some(end) = linux
+                    .then(|| {
+                        let initrd_len = initrd_path
+                            .as_deref()
+                            .and_then(|i| std::fs::metadata(i).ok())
+                            .map_or(0, |m| m.len());
+                        crate::linux_guest::payload_end(&kernel_path, initrd_len)
+                    })
+                    .flatten()
+                    && end > apflab_abi::memory_map::RAM_BASE + low
+                {
+                    return Err(src.key_error(
+                        p.span(),
+                        "pager",
+                        format!(
+                            "the Linux kernel, its device tree and initrd take the first {} MiB \
+                             of RAM, and far memory manages RAM above the first {} MiB: use a \
+                             smaller kernel or initrd",
+                            (end - apflab_abi::memory_map::RAM_BASE).div_ceil(MIB),
+                            low / MIB
+                        ),
+                    ));
+                }
+                Prepared::new_above(p.get_ref(), low, ram_bytes, base_dir).map_err(|e| {
                     let at = match &e {
                         apflab_pager::ConfigError::Invalid { key, .. } => {
                             src.key_in_section(p.span(), key)
@@ -1172,6 +1198,17 @@ impl Config {
                 Some(extra) if !extra.is_empty() => format!("{extra} {workload}"),
                 _ => workload,
             }
+        }
+    }
+
+    /// Where far memory's managed region starts, from the start of RAM:
+    /// apflab's own kernel keeps itself below its workload region, Linux
+    /// below [`boot::LINUX_RESIDENT_LOW`].
+    pub fn managed_low(&self) -> u64 {
+        if self.guest.linux {
+            boot::LINUX_RESIDENT_LOW
+        } else {
+            boot::WORKLOAD_REGION_OFFSET
         }
     }
 

@@ -18,24 +18,22 @@ use apflab_vmm::arm64_image;
 /// as the first process.
 pub const BASE_BOOTARGS: &str = "console=ttyAMA0 earlycon=pl011,0x09000000 rdinit=/init";
 
-/// Whether the kernel file `path` is an arm64 Linux Image (or gzip data,
-/// which the loader accepts only when it holds one). Unreadable files are
-/// not: the loader reports them.
+/// Whether the kernel file `path` is an arm64 Linux Image, plain or gzip'd.
+/// Unreadable files are not: the loader reports them.
 pub fn is_linux_kernel(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; arm64_image::HEADER_LEN];
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut n = 0;
-    let mut reader = file.take(head.len() as u64);
-    while let Ok(k) = reader.read(&mut head[n..]) {
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    arm64_image::ImageHeader::parse(&head[..n]).is_some() || head[..n].starts_with(&[0x1f, 0x8b])
+    matches!(arm64_image::read_header(path), Ok(Some(_)))
+}
+
+/// One past the last byte the loader puts in RAM for the Linux kernel
+/// `path` and an initrd of `initrd_len` bytes (see
+/// [`apflab_vmm::loader::LinuxLayout`]); `None` if `path` is no Image.
+pub fn payload_end(path: &Path, initrd_len: u64) -> Option<u64> {
+    let (header, len) = arm64_image::read_header(path).ok()??;
+    Some(
+        apflab_vmm::loader::LinuxLayout::of(&header, len)
+            .free_from
+            .saturating_add(initrd_len),
+    )
 }
 
 /// `[workload]` keys apflab's own kernel implements and Linux's `/init`
@@ -62,15 +60,16 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn an_image_header_or_gzip_data_is_a_linux_kernel_and_an_elf_is_not() {
+    fn an_image_is_a_linux_kernel_and_an_elf_is_not() {
         let mut image = vec![0u8; 64];
         image[0x38..0x3c].copy_from_slice(b"ARM\x64");
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&image).unwrap();
         assert!(is_linux_kernel(f.path()));
-        let mut gz = tempfile::NamedTempFile::new().unwrap();
-        gz.write_all(&[0x1f, 0x8b, 8, 0]).unwrap();
-        assert!(is_linux_kernel(gz.path()));
+        assert_eq!(
+            payload_end(f.path(), 100),
+            Some(apflab_abi::memory_map::RAM_BASE + (4 << 20) + 100)
+        );
         assert!(!is_linux_kernel(apflab_artifacts::guest_elf()));
         assert!(!is_linux_kernel(Path::new("/nonexistent")));
     }

@@ -123,8 +123,13 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
             path.display()
         )));
     }
-    let prepared = Prepared::new(pager, config.guest.memory_mib << 20, &config.base_dir)
-        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let prepared = Prepared::new_above(
+        pager,
+        config.managed_low(),
+        config.guest.memory_mib << 20,
+        &config.base_dir,
+    )
+    .map_err(|e| RunError::Setup(e.to_string()))?;
     Ok(Some(match pager.fault_path {
         // Both backends drive the same engine: emu in virtual time, kvm in
         // host time since the start of the run (fetch latencies become real

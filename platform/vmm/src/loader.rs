@@ -228,6 +228,34 @@ pub fn load_initrd(
     Ok(start..start + bytes.len() as u64)
 }
 
+/// Where an arm64 Image and what follows it go in RAM (see [`load_linux`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinuxLayout {
+    /// Load address and entry point.
+    pub start: u64,
+    /// One past the kernel's footprint.
+    pub end: u64,
+    /// The device tree.
+    pub dtb_addr: u64,
+    /// The first page after the device tree's room: the initrd's place.
+    pub free_from: u64,
+}
+
+impl LinuxLayout {
+    /// The layout of a kernel with `header` in a file of `file_len` bytes.
+    pub fn of(header: &ImageHeader, file_len: u64) -> LinuxLayout {
+        let start = RAM_BASE.next_multiple_of(IMAGE_BASE_ALIGN) + header.text_offset;
+        let end = start.saturating_add(header.footprint(file_len));
+        let dtb_addr = end.next_multiple_of(IMAGE_BASE_ALIGN);
+        LinuxLayout {
+            start,
+            end,
+            dtb_addr,
+            free_from: dtb_addr.saturating_add(DTB_MAX_SIZE),
+        }
+    }
+}
+
 /// Loads an arm64 Image as booting.rst asks: at `text_offset` from a 2 MiB
 /// aligned base as low in RAM as possible (the start of RAM), with its
 /// whole `image_size` in RAM; the device tree goes at the next 2 MiB
@@ -245,16 +273,18 @@ fn load_linux(
         ram_end: RAM_BASE + ram_size,
         dtb: None,
     };
-    let start = RAM_BASE.next_multiple_of(IMAGE_BASE_ALIGN) + header.text_offset;
-    let footprint = header.footprint(bytes.len() as u64);
-    checker.check(0, start, footprint)?;
+    let LinuxLayout {
+        start,
+        end,
+        dtb_addr,
+        free_from,
+    } = LinuxLayout::of(header, bytes.len() as u64);
+    checker.check(0, start, end - start)?;
     mem.write_slice(bytes, GuestAddress(start))
         .map_err(|e| LoadError::BadElf {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
-    let end = start + footprint;
-    let dtb_addr = end.next_multiple_of(IMAGE_BASE_ALIGN);
     checker
         .check(0, dtb_addr, DTB_MAX_SIZE)
         .map_err(|_| LoadError::BadSegment {
@@ -274,7 +304,7 @@ fn load_linux(
         end,
         dtb_addr,
         read_only: Vec::new(),
-        free_from: dtb_addr + DTB_MAX_SIZE,
+        free_from,
     })
 }
 
