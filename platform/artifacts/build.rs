@@ -125,6 +125,15 @@ fn main() {
         linux_init.display()
     );
     println!("cargo:rustc-env=APFLAB_LINUX_INIT={}", linux_init.display());
+    // Its initramfs: the init alone (the kernel's built-in initramfs gives
+    // /dev/console). The workload comes from the command line, so one
+    // initramfs serves every config.
+    let initramfs = linux_target_dir.join("initramfs.cpio");
+    pack_initramfs(&linux_init, &initramfs);
+    println!(
+        "cargo:rustc-env=APFLAB_LINUX_INITRAMFS={}",
+        initramfs.display()
+    );
 
     // Its own target directory: `core` is built for its profile (sharing
     // the guest's would rebuild one for the other on every change).
@@ -169,6 +178,20 @@ fn main() {
         "cargo:rustc-env=APFLAB_POLICY_WAT_DIR={}",
         policies_dir.join("wat").display()
     );
+}
+
+/// Writes a newc cpio archive holding `init` as `/init` (mode 0755, owned
+/// by root, time 0: the same bytes for the same init).
+fn pack_initramfs(init: &Path, out: &Path) {
+    let file = fs::File::open(init).unwrap_or_else(|e| panic!("{}: {e}", init.display()));
+    let entry = cpio::NewcBuilder::new("init").ino(1).mode(0o100_755);
+    let tmp = out.with_extension("cpio.tmp");
+    let written = fs::File::create(&tmp)
+        .and_then(|w| cpio::write_cpio(std::iter::once((entry, file)), w))
+        .and_then(|w| w.sync_all());
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, out)) {
+        panic!("cannot write the initramfs {}: {e}", out.display());
+    }
 }
 
 /// Runs `cargo build --release` for `target` in the workspace at `dir`,

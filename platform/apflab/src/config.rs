@@ -779,12 +779,7 @@ impl Config {
                 }
                 Some(resolved)
             }
-            None if linux => {
-                return Err(src.missing(
-                    "guest.initrd",
-                    "a Linux kernel needs an initrd (a cpio initramfs whose /init runs the workload)",
-                ));
-            }
+            None if linux => Some(apflab_artifacts::linux_initramfs().to_path_buf()),
             None => None,
         };
 

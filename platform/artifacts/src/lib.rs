@@ -17,6 +17,12 @@ pub fn linux_init() -> &'static Path {
     Path::new(env!("APFLAB_LINUX_INIT"))
 }
 
+/// The initramfs of a Linux guest: a newc cpio archive whose `/init` is
+/// [`linux_init`].
+pub fn linux_initramfs() -> &'static Path {
+    Path::new(env!("APFLAB_LINUX_INITRAMFS"))
+}
+
 /// The board conformance kernel (`conformance/`): a bare-metal image for
 /// QEMU's `virt` board, independent of apflab, that prints one `PASS` or
 /// `FAIL` line per behaviour of the machine it checks.
