@@ -83,6 +83,9 @@ pub struct Config {
     pub store_seed: u64,
     /// Scheduler time slice, microseconds.
     pub timeslice_us: u64,
+    /// The scheduler picks the task charged the least runtime
+    /// ([`boot::SCHEDULER_FAIR`]) instead of going round-robin.
+    pub fair_scheduler: bool,
     /// Whether the guest may use async PF (`apflab.apf=off` disables it).
     pub apf_allowed: bool,
     /// Whether the boot CPU misuses the async PF protocol first
@@ -110,6 +113,7 @@ impl Default for Config {
             seed: 1,
             store_seed: 0,
             timeslice_us: 1000,
+            fair_scheduler: false,
             apf_allowed: true,
             apf_abuse: false,
             trace: false,
@@ -190,6 +194,13 @@ impl Config {
                 boot::KEY_STORE_SEED => c.store_seed = number(key, value, 0, u64::MAX),
                 boot::KEY_TIMESLICE_US => {
                     c.timeslice_us = bounded(key, value, limits::TIMESLICE_US)
+                }
+                boot::KEY_SCHEDULER => {
+                    c.fair_scheduler = match value {
+                        boot::SCHEDULER_ROUND_ROBIN => false,
+                        boot::SCHEDULER_FAIR => true,
+                        _ => bad(key, value, "round-robin or fair"),
+                    }
                 }
                 boot::KEY_TRACE => {
                     c.trace = match value {

@@ -22,8 +22,9 @@ struct Kv {
     rng: u64,
     /// Arrival time of the next request (set when the server first waits).
     next_arrival: Option<u64>,
-    /// The request being served and its arrival time.
-    in_flight: Option<(u64, u64)>,
+    /// The requests being served (one per server task at most) and their
+    /// arrival times.
+    in_flight: [Option<(u64, u64)>; sched::MAX_TASKS],
 }
 
 impl Kv {
@@ -59,9 +60,14 @@ pub fn request_wait() -> i64 {
                 }
             };
             if arrival <= now {
+                let Some(slot) = kv.in_flight.iter_mut().find(|s| s.is_none()) else {
+                    // Every task serves one request at a time, and there are
+                    // at most MAX_TASKS of them.
+                    return E_INVAL;
+                };
                 let index = kv.handed_out;
                 kv.handed_out += 1;
-                kv.in_flight = Some((index, arrival));
+                *slot = Some((index, arrival));
                 let next = arrival + kv.draw();
                 kv.next_arrival = Some(next);
                 return index as i64;
@@ -80,13 +86,17 @@ pub fn request_done(index: u64) -> i64 {
     let Some(kv) = guard.as_mut() else {
         return E_INVAL;
     };
-    match kv.in_flight {
-        Some((i, arrival)) if i == index => {
-            kv.in_flight = None;
+    match kv
+        .in_flight
+        .iter_mut()
+        .find(|s| s.is_some_and(|(i, _)| i == index))
+    {
+        Some(slot) => {
+            let (_, arrival) = slot.take().expect("found as Some");
             metrics::request_done(arch::ticks_to_ns(arch::counter() - arrival));
             0
         }
-        _ => E_INVAL,
+        None => E_INVAL,
     }
 }
 
@@ -102,7 +112,8 @@ pub fn on_timer(now: u64) {
 }
 
 /// Starts the arrivals for `total` requests, `interval_us` apart on
-/// average, served on CPU `cpu`.
+/// average, served on CPU `cpu` by one or more server tasks (each takes the
+/// next request that has arrived when it asks).
 pub fn start(cpu: usize, total: u64, interval_us: u64, seed: u64) {
     *KV.lock() = Some(Kv {
         cpu,
@@ -111,6 +122,6 @@ pub fn start(cpu: usize, total: u64, interval_us: u64, seed: u64) {
         interval_ticks: arch::ns_to_ticks(interval_us * 1000).max(2),
         rng: seed | 1,
         next_arrival: None,
-        in_flight: None,
+        in_flight: [None; sched::MAX_TASKS],
     });
 }

@@ -98,7 +98,7 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     if config.trace {
         timeline::enable();
     }
-    sched::init(boot.cpus().len());
+    sched::init(boot.cpus().len(), config.fair_scheduler);
     workloads::spawn(config);
     smp::start_secondaries(&boot);
     sched::run_cpu()

@@ -11,9 +11,23 @@
 //! virtual counter (the `sleep` syscall) or a key that some interrupt or
 //! exception handler wakes with [`wake_key`] (`kv` request arrivals, async
 //! PF "page ready" tokens). Whoever asked ([`observe_run_queue`]) is told
-//! the number of tasks waiting in a CPU's run queue as it changes. Round-robin with a time slice: the
-//! virtual timer preempts a task whose slice is over when another task is
-//! runnable.
+//! the number of tasks waiting in a CPU's run queue as it changes.
+//!
+//! Two policies pick the next task (`apflab.scheduler`):
+//!
+//! - round-robin: every runnable task in turn; the virtual timer preempts a
+//!   task whose slice is over when another task is runnable. A slice that a
+//!   synchronous stall ate (the vCPU stopped by the host, the counter going
+//!   on) is the stalled task's, and nothing makes it up to the others.
+//! - fair, in the spirit of Linux's CFS: each task is charged the counter
+//!   time it spent as its CPU's current task (a synchronous stall included,
+//!   as Linux charges a task for the time its vCPU did not run; time
+//!   blocked on a token or a deadline is not charged), and the next task is
+//!   the runnable one charged the least. At the end of a slice the current
+//!   task goes on only while no runnable task has been charged less. A task
+//!   that wakes is charged at least its CPU's least charge less half a
+//!   slice (Linux's sleeper credit), a new task the least charge, so neither
+//!   can take the CPU for as long as it slept.
 
 use crate::percpu::{MAX_CPUS, cpu_index};
 use crate::{arch, hypercall, metrics, run_end, timeline, timer};
@@ -22,7 +36,7 @@ use apflab_abi::trace::{IDLE_TASK, TraceKind};
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 use core::ops::Range;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use spin::mutex::SpinMutex;
 
 /// Most tasks the kernel runs (one report slot each).
@@ -200,6 +214,9 @@ struct Task {
     cpu: usize,
     /// Operations the task reported (for `TASK_DONE`).
     ops: u64,
+    /// Counter ticks charged to the task as its CPU's current task (the
+    /// fair scheduler's key).
+    runtime: u64,
 }
 
 /// A CPU's run queue.
@@ -213,6 +230,11 @@ struct Cpu {
     slice_end: u64,
     /// Extra deadline asked for by [`set_cpu_deadline`] (kv arrivals).
     extra_deadline: Option<u64>,
+    /// Counter value up to which the current task has been charged.
+    charged_to: u64,
+    /// The least runtime of this CPU's runnable tasks, never decreasing:
+    /// where a new or woken task is placed.
+    min_runtime: u64,
 }
 
 struct Table {
@@ -228,12 +250,15 @@ static TABLE: SpinMutex<Table> = SpinMutex::new(Table {
         state: State::Free,
         cpu: 0,
         ops: 0,
+        runtime: 0,
     }; MAX_TASKS],
     cpus: [Cpu {
         current: None,
         runqueue: RunQueue::EMPTY,
         slice_end: 0,
         extra_deadline: None,
+        charged_to: 0,
+        min_runtime: 0,
     }; MAX_CPUS],
     cpu_count: 1,
     next_spread: 0,
@@ -263,9 +288,91 @@ static EXITED_TASKS: AtomicU32 = AtomicU32::new(0);
 /// CPUs that entered the scheduler.
 static CPUS_ONLINE: AtomicU32 = AtomicU32::new(0);
 
-/// Sets the number of CPUs tasks may be spread over.
-pub fn init(cpu_count: usize) {
+/// Whether the fair scheduler picks the tasks (set at boot).
+static FAIR: AtomicBool = AtomicBool::new(false);
+
+/// Sets the number of CPUs tasks may be spread over and the policy.
+pub fn init(cpu_count: usize, fair: bool) {
     TABLE.lock().cpu_count = cpu_count;
+    FAIR.store(fair, Ordering::Relaxed);
+}
+
+fn fair() -> bool {
+    FAIR.load(Ordering::Relaxed)
+}
+
+impl Table {
+    /// Charges the current task of `cpu` the counter time since it was last
+    /// charged, up to `now`, and moves the CPU's least runtime up.
+    fn charge(&mut self, cpu: usize, now: u64) {
+        let c = &mut self.cpus[cpu];
+        let ran = now.saturating_sub(c.charged_to);
+        c.charged_to = now;
+        if let Some(id) = c.current {
+            self.tasks[id].runtime += ran;
+        }
+        self.update_min_runtime(cpu);
+    }
+
+    /// Moves `cpu`'s least runtime up to that of its current and runnable
+    /// tasks, if all have been charged more.
+    fn update_min_runtime(&mut self, cpu: usize) {
+        let tasks = &self.tasks;
+        let c = &mut self.cpus[cpu];
+        let least = c
+            .runqueue
+            .min_key(|id| tasks[id].runtime)
+            .into_iter()
+            .chain(c.current.map(|id| tasks[id].runtime))
+            .min();
+        if let Some(least) = least {
+            c.min_runtime = c.min_runtime.max(least);
+        }
+    }
+
+    /// Puts `id` on its CPU's run queue after a sleep: under the fair
+    /// scheduler it is charged at least the CPU's least runtime less half a
+    /// slice, so a long sleep does not buy it the CPU for as long.
+    fn enqueue_woken(&mut self, id: usize) {
+        let cpu = self.tasks[id].cpu;
+        if fair() {
+            let floor = self.cpus[cpu]
+                .min_runtime
+                .saturating_sub(timer::slice_ticks() / 2);
+            let task = &mut self.tasks[id];
+            task.runtime = task.runtime.max(floor);
+        }
+        self.cpus[cpu].runqueue.push(id);
+    }
+
+    /// Takes the next task of `cpu`'s run queue: the front one, or under the
+    /// fair scheduler the one charged the least.
+    fn take_next(&mut self, cpu: usize) -> Option<usize> {
+        let tasks = &self.tasks;
+        let q = &mut self.cpus[cpu].runqueue;
+        if fair() {
+            q.take_min_by(|id| tasks[id].runtime)
+        } else {
+            q.pop()
+        }
+    }
+
+    /// Whether the current task of `cpu` should give way at the end of its
+    /// slice: round-robin, when any task waits; fair, when a waiting task
+    /// has been charged less than it.
+    fn should_preempt(&self, cpu: usize) -> bool {
+        let c = &self.cpus[cpu];
+        let Some(current) = c.current else {
+            return false;
+        };
+        if fair() {
+            c.runqueue
+                .min_key(|id| self.tasks[id].runtime)
+                .is_some_and(|least| least < self.tasks[current].runtime)
+        } else {
+            !c.runqueue.is_empty()
+        }
+    }
 }
 
 /// Parameters handed to a new task: copied to the top of its EL0 stack,
@@ -313,10 +420,12 @@ pub fn spawn(entry: TaskEntry, params: TaskParams, placement: Placement) -> usiz
     ctx.x19_x28[2] = params_ptr;
     // SAFETY: the task is not runnable yet, so no CPU uses its context.
     unsafe { *CONTEXTS.tasks[id].get() = ctx };
+    let runtime = t.cpus[cpu].min_runtime;
     t.tasks[id] = Task {
         state: State::Runnable,
         cpu,
         ops: 0,
+        runtime,
     };
     t.cpus[cpu].runqueue.push(id);
     timeline::record(TraceKind::Runnable, id as u32, 0);
@@ -338,9 +447,10 @@ pub fn schedule() {
     let now = arch::counter();
     let (prev, next) = {
         let mut t = TABLE.lock();
+        t.charge(cpu, now);
+        let prev = t.cpus[cpu].current;
+        let next = t.take_next(cpu);
         let c = &mut t.cpus[cpu];
-        let prev = c.current;
-        let next = c.runqueue.pop();
         run_queue_changed(c.runqueue.len());
         c.current = next;
         if let Some(n) = next {
@@ -446,7 +556,7 @@ fn wake_where(t: &mut Table, cpu: usize, pred: impl Fn(Wait) -> bool) -> usize {
             && pred(w)
         {
             task.state = State::Runnable;
-            t.cpus[cpu].runqueue.push(id);
+            t.enqueue_woken(id);
             timeline::record(TraceKind::Runnable, id as u32, 0);
             woken += 1;
         }
@@ -483,9 +593,11 @@ pub fn on_timer_interrupt(now: u64) {
         wake_where(&mut t, cpu, |w| matches!(w, Wait::Until(d) if d <= now));
     }
     let mut t = TABLE.lock();
+    t.charge(cpu, now);
+    let preempt = t.should_preempt(cpu);
     let c = &mut t.cpus[cpu];
     if c.current.is_some() && now >= c.slice_end {
-        if !c.runqueue.is_empty() {
+        if preempt {
             NEED_RESCHED[cpu].store(1, Ordering::Relaxed);
         }
         // A fresh slice (for the next task, or the same one if alone); the

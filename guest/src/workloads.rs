@@ -86,17 +86,30 @@ pub fn spawn(config: &Config) {
         }
         WORKLOAD_KV => {
             kv::start(0, config.requests, config.interval_us, config.seed);
-            let params = [
-                WORKLOAD_VA,
-                pages,
-                region.start,
-                config.requests,
-                config.seed,
-                0,
-                0,
-                0,
-            ];
-            sched::spawn(kv_task, params, Placement::Pinned(0));
+            // Several servers on the CPU the requests arrive on, each owning
+            // an even share of the working set (the last takes the rest),
+            // as shards of one store: a request goes to whichever server
+            // asks first and touches a page of that server's share.
+            let tasks = u64::from(config.tasks).min(pages);
+            let share = pages / tasks;
+            for i in 0..tasks {
+                let count = if i == tasks - 1 {
+                    pages - share * i
+                } else {
+                    share
+                };
+                let params = [
+                    WORKLOAD_VA,
+                    share * i,
+                    region.start,
+                    count,
+                    config.seed,
+                    0,
+                    0,
+                    0,
+                ];
+                sched::spawn(kv_task, params, Placement::Pinned(0));
+            }
         }
         other => unreachable!("workload id {other} passed config parsing"),
     }
@@ -227,15 +240,16 @@ extern "C" fn memtouch_task(params: *const TaskParams) -> ! {
     user::exit()
 }
 
-/// `kv`: params = [va, pages, phys, requests, seed]. The table is `pages`
-/// pages; word 0 of a page counts its updates, the other words hold the
-/// page's pattern. A request looks up a random page, verifies it and
-/// updates its counter.
+/// `kv`: params = [va, first, phys, count, seed]. The task serves the
+/// pages `first..first + count` of the table at `va` (its share); word 0
+/// of a page counts its updates, the other words hold the page's pattern.
+/// A request looks up a random page of the share, verifies it and updates
+/// its counter.
 extern "C" fn kv_task(params: *const TaskParams) -> ! {
     // SAFETY: the kernel wrote the block at the top of this task's stack.
-    let [va, pages, phys, _requests, seed, ..] = unsafe { params.read() };
+    let [va, first, phys, count, seed, ..] = unsafe { params.read() };
     let pfn_of = |i: u64| (phys >> PAGE_SHIFT) + i;
-    for i in 0..pages {
+    for i in first..first + count {
         fill_page(va + i * PAGE_SIZE, |w| {
             if w == 0 {
                 0
@@ -244,14 +258,15 @@ extern "C" fn kv_task(params: *const TaskParams) -> ! {
             }
         });
     }
-    let mut rng = Rng::new(seed ^ 0x6b76);
+    // The first share draws as the single server always did.
+    let mut rng = Rng::new(seed ^ 0x6b76 ^ first);
     let (mut verified, mut mismatches) = (0, 0);
     loop {
         let request = user::request_wait();
         if request == NO_MORE_REQUESTS || request < 0 {
             break;
         }
-        let i = rng.below(pages);
+        let i = first + rng.below(count);
         let page_va = va + i * PAGE_SIZE;
         // Word 0 is the update counter; the rest must keep their pattern.
         mismatches += verify_words(page_va, 1, |w| synthetic_word(seed, pfn_of(i), 1, w));

@@ -39,6 +39,27 @@ impl<const N: usize> RunQueue<N> {
         Some(t)
     }
 
+    /// Takes the task with the smallest `key`, the one nearest the front
+    /// among equals (so equal keys go in FIFO order): the fair scheduler's
+    /// pick, with the key the task's charged runtime.
+    pub fn take_min_by(&mut self, key: impl Fn(usize) -> u64) -> Option<usize> {
+        let best = (0..self.len).min_by_key(|&i| (key(self.slots[(self.head + i) % N]), i))?;
+        let task = self.slots[(self.head + best) % N];
+        // Close the gap: the tasks behind it move up one place.
+        for i in best..self.len - 1 {
+            self.slots[(self.head + i) % N] = self.slots[(self.head + i + 1) % N];
+        }
+        self.len -= 1;
+        Some(task)
+    }
+
+    /// The smallest `key` of a queued task, if any.
+    pub fn min_key(&self, key: impl Fn(usize) -> u64) -> Option<u64> {
+        (0..self.len)
+            .map(|i| key(self.slots[(self.head + i) % N]))
+            .min()
+    }
+
     /// Tasks queued.
     pub fn len(&self) -> usize {
         self.len
@@ -73,6 +94,29 @@ mod tests {
             (q.pop(), q.pop(), q.pop(), q.pop()),
             (Some(1), Some(2), Some(3), None)
         );
+    }
+
+    #[test]
+    fn the_least_key_comes_out_first_and_equals_keep_their_order() {
+        let mut q = RunQueue::<4>::EMPTY;
+        let runtime = [30, 10, 10, 5];
+        // Start past the wrap so the gap closes across it.
+        q.push(9);
+        q.push(9);
+        q.pop();
+        q.pop();
+        for t in [0, 1, 2, 3] {
+            q.push(t);
+        }
+        let key = |t: usize| runtime[t];
+        assert_eq!(q.min_key(key), Some(5));
+        assert_eq!(q.take_min_by(key), Some(3));
+        assert_eq!(q.take_min_by(key), Some(1));
+        assert_eq!(q.take_min_by(key), Some(2));
+        q.push(1);
+        assert_eq!((q.pop(), q.pop(), q.pop()), (Some(0), Some(1), None));
+        assert_eq!(q.take_min_by(key), None);
+        assert_eq!(q.min_key(key), None);
     }
 
     #[test]

@@ -259,6 +259,13 @@ pub fn parse(cmdline: &str) -> Result<Config, BadBootarg> {
                     "no such key for a Linux guest (Linux's scheduler picks its own time slices)",
                 ));
             }
+            boot::KEY_SCHEDULER => {
+                return Err(bad(
+                    key,
+                    value,
+                    "no such key for a Linux guest (Linux's own scheduler runs the threads)",
+                ));
+            }
             boot::KEY_STORE_SEED => {
                 return Err(bad(
                     key,
@@ -397,6 +404,10 @@ mod tests {
             (
                 "apflab.timeslice_us=1000",
                 "bad bootarg apflab.timeslice_us=1000: expected no such key for a Linux guest",
+            ),
+            (
+                "apflab.scheduler=fair",
+                "bad bootarg apflab.scheduler=fair: expected no such key for a Linux guest",
             ),
             (
                 "apflab.store_seed=3",

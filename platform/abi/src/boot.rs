@@ -35,6 +35,17 @@ pub const KEY_SEED: &str = "apflab.seed";
 pub const KEY_STORE_SEED: &str = "apflab.store_seed";
 /// Scheduler time slice in microseconds.
 pub const KEY_TIMESLICE_US: &str = "apflab.timeslice_us";
+/// How the guest picks the next task: [`SCHEDULER_ROUND_ROBIN`] or
+/// [`SCHEDULER_FAIR`].
+pub const KEY_SCHEDULER: &str = "apflab.scheduler";
+/// [`KEY_SCHEDULER`]: every runnable task in turn, each for one time slice
+/// of virtual time, whatever it used of earlier ones.
+pub const SCHEDULER_ROUND_ROBIN: &str = "round-robin";
+/// [`KEY_SCHEDULER`]: runtime-fair, in the spirit of Linux's CFS: the next
+/// task is the runnable one that has been charged the least time running
+/// (a synchronous stall inside its slice included, as Linux charges it;
+/// time asleep on a token or a deadline is not charged).
+pub const SCHEDULER_FAIR: &str = "fair";
 /// `off` disables async PF in the guest (the boot option of the protocol).
 pub const KEY_APF: &str = "apflab.apf";
 /// `on`: the guest's boot CPU first misuses the async PF protocol in every

@@ -107,6 +107,7 @@ pub struct RawWorkload {
     requests: Option<Spanned<u64>>,
     interval_us: Option<Spanned<u64>>,
     timeslice_us: Option<Spanned<u64>>,
+    scheduler: Option<Spanned<String>>,
 }
 
 /// `[backend.cost]` as written; missing fields take [`CostModel::default`].
@@ -217,7 +218,7 @@ impl WorkloadKind {
     /// The `[workload]` parameters this kind takes (besides `kind`).
     pub fn params(self) -> &'static [&'static str] {
         match self {
-            WorkloadKind::Cpu => &["tasks", "ops", "timeslice_us"],
+            WorkloadKind::Cpu => &["tasks", "ops", "timeslice_us", "scheduler"],
             WorkloadKind::Memtouch => &[
                 "tasks",
                 "mib",
@@ -226,6 +227,7 @@ impl WorkloadKind {
                 "verify",
                 "reader",
                 "timeslice_us",
+                "scheduler",
             ],
             WorkloadKind::Mixed => &[
                 "ops",
@@ -235,8 +237,16 @@ impl WorkloadKind {
                 "verify",
                 "reader",
                 "timeslice_us",
+                "scheduler",
             ],
-            WorkloadKind::Kv => &["tasks", "mib", "requests", "interval_us", "timeslice_us"],
+            WorkloadKind::Kv => &[
+                "tasks",
+                "mib",
+                "requests",
+                "interval_us",
+                "timeslice_us",
+                "scheduler",
+            ],
         }
     }
 
@@ -269,6 +279,8 @@ pub mod defaults {
     pub const INTERVAL_US: u64 = 100;
     /// Scheduler time slice.
     pub const TIMESLICE_US: u64 = 1_000;
+    /// `scheduler`: the guest's policy.
+    pub const SCHEDULER: &str = apflab_abi::boot::SCHEDULER_ROUND_ROBIN;
     /// Top-level `seed`.
     pub const SEED: u64 = 1;
     /// `backend.slice_instructions`.
@@ -341,6 +353,9 @@ pub struct WorkloadConfig {
     pub interval_us: Option<u64>,
     /// Scheduler time slice.
     pub timeslice_us: u64,
+    /// The guest's scheduler: `round-robin` or `fair` (runtime-fair, as
+    /// Linux's CFS).
+    pub scheduler: String,
 }
 
 /// The cost model, as recorded in results.
@@ -797,7 +812,7 @@ impl Config {
                 ),
             )
         })?;
-        let given: [(&str, Option<std::ops::Range<usize>>); 10] = [
+        let given: [(&str, Option<std::ops::Range<usize>>); 11] = [
             ("tasks", w.tasks.as_ref().map(Spanned::span)),
             ("ops", w.ops.as_ref().map(Spanned::span)),
             ("mib", w.mib.as_ref().map(Spanned::span)),
@@ -808,6 +823,7 @@ impl Config {
             ("requests", w.requests.as_ref().map(Spanned::span)),
             ("interval_us", w.interval_us.as_ref().map(Spanned::span)),
             ("timeslice_us", w.timeslice_us.as_ref().map(Spanned::span)),
+            ("scheduler", w.scheduler.as_ref().map(Spanned::span)),
         ];
         for (name, span) in &given {
             if let Some(span) = span
@@ -899,6 +915,13 @@ impl Config {
                 defaults::TIMESLICE_US,
             )?
             .expect("every kind takes timeslice_us"),
+            scheduler: one_of(
+                &w.scheduler,
+                "scheduler",
+                &[boot::SCHEDULER_ROUND_ROBIN, boot::SCHEDULER_FAIR],
+                defaults::SCHEDULER,
+            )?
+            .expect("every kind takes scheduler"),
         };
 
         // The kernel, its tables and stacks live below the workload region;
@@ -1230,6 +1253,10 @@ impl Config {
         push(
             boot::KEY_TIMESLICE_US,
             Some(w.timeslice_us.to_string()).filter(|_| !linux),
+        );
+        push(
+            boot::KEY_SCHEDULER,
+            Some(w.scheduler.clone()).filter(|_| !linux),
         );
         push(boot::KEY_SEED, Some(self.seed.to_string()));
         if self.apf.is_some_and(|a| !a.guest_enables) {

@@ -16,6 +16,7 @@ pub mod report;
 pub mod result;
 pub mod runner;
 pub mod slurm;
+pub mod stats;
 pub mod trace;
 
 pub use config::{Config, ConfigError, LoadedConfig};

@@ -37,9 +37,10 @@ pub fn payload_end(path: &Path, initrd_len: u64) -> Option<u64> {
 }
 
 /// `[workload]` keys apflab's own kernel implements and Linux's `/init`
-/// does not: its scheduler's time slice, the store-backed and kernel-side
-/// verification modes.
-pub const WORKLOAD_KEYS_NOT_FOR_LINUX: [&str; 3] = ["timeslice_us", "verify", "reader"];
+/// does not: its scheduler and time slice (Linux schedules with its own),
+/// the store-backed and kernel-side verification modes.
+pub const WORKLOAD_KEYS_NOT_FOR_LINUX: [&str; 4] =
+    ["timeslice_us", "scheduler", "verify", "reader"];
 
 /// The command line of a Linux guest: [`BASE_BOOTARGS`], the config's own
 /// `[guest] bootargs`, then the workload's keys.

@@ -6,6 +6,7 @@
 //! ```toml
 //! base = "../configs/quick.toml"   # relative to the experiment file
 //! repetitions = 2                  # repetition r runs with seed = base seed + r
+//!                                  # (and pager.seed = base pager.seed + r)
 //! [set]                            # the same in every point, over the base
 //! "backend.max_virtual_ms" = 60000
 //! [axes]
@@ -184,6 +185,27 @@ pub struct Experiment {
 }
 
 /// Sets dotted `key` in `table` to `value`, creating tables on the way.
+/// Sets the seeds of repetition `repetition` in a point's config `table`:
+/// the top-level `seed` and, where the point has far memory, `pager.seed`,
+/// each its value in the point (or the base config's) plus `repetition`.
+/// Repetition 0 keeps the configured seeds.
+fn vary_seeds(table: &mut toml::Table, base: &Config, repetition: u32) {
+    let offset = |seed: Option<&toml::Value>, default: u64| {
+        let seed = match seed {
+            Some(toml::Value::Integer(s)) => *s,
+            _ => default as i64,
+        };
+        toml::Value::Integer(seed.wrapping_add(i64::from(repetition)))
+    };
+    let seed = offset(table.get("seed"), base.seed);
+    table.insert("seed".to_owned(), seed);
+    if let Some(toml::Value::Table(pager)) = table.get_mut("pager") {
+        let default = base.pager.as_ref().map_or(0, |p| p.seed);
+        let seed = offset(pager.get("seed"), default);
+        pager.insert("seed".to_owned(), seed);
+    }
+}
+
 fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let mut parts = key.split('.').peekable();
     let mut t = table;
@@ -369,15 +391,11 @@ impl Experiment {
                     })?;
                 }
                 // Repetitions differ by seed only (the emu backend is
-                // deterministic, so equal seeds would give equal runs).
-                let seed = match table.get("seed") {
-                    Some(toml::Value::Integer(s)) => *s,
-                    _ => base_config.seed as i64,
-                };
-                table.insert(
-                    "seed".to_owned(),
-                    toml::Value::Integer(seed.wrapping_add(i64::from(repetition))),
-                );
+                // deterministic, so equal seeds would give equal runs), and
+                // by every seed that draws: the guest's (`seed`: random page
+                // order, kv keys) and the pager's (`pager.seed`: fetch
+                // latencies, the pages resident at boot).
+                vary_seeds(&mut table, &base_config, repetition);
                 let run_text = toml::to_string(&table).expect("a TOML table serializes");
                 let id = format!("r{:03}", points.len());
                 let config = Config::from_text(

@@ -5,35 +5,40 @@
 //! folder of the results directory (`results/paper/<experiment>`, as
 //! `scripts/paper` writes them) and a *selection* is space-separated
 //! `dotted.key=value` filters on the runs' configs (`policy.module=sync
-//! workload.kind=mixed`) that must match exactly one run:
+//! workload.kind=mixed`) that must match the runs of exactly one config:
+//! its repetitions, which differ only by their seeds. Every figure is the
+//! mean over those runs with the half-width of its 95 % confidence interval
+//! ([`crate::stats::Estimate`]), and a change whose interval holds 0 is
+//! written "no difference (...)", so the prose around it cannot call it one:
 //!
-//! - `{{vs-sync EXP SELECTION}}`: the selected run's makespan relative to
-//!   its synchronous baseline (the run of the same config, seed and backend
-//!   with no async PF), as a signed percentage (`-3.6 %`);
-//! - `{{value EXP POINTER UNIT SELECTION}}`: a number of the selected run's
+//! - `{{vs-sync EXP SELECTION}}`: the selected runs' makespan relative to
+//!   their synchronous baselines (the run of the same config, seeds and
+//!   backend with no async PF), as a signed percentage (`−3.6 ± 0.4 %`);
+//! - `{{value EXP POINTER UNIT SELECTION}}`: a number of the selected runs'
 //!   `result.json` at the JSON pointer POINTER, in UNIT (`ns`, `us`, `ms`,
 //!   `s` for a value in ns; `count`; `percent` for a fraction; `plain` as
 //!   it is);
 //! - `{{change EXP POINTER SELECTION -> SELECTION}}`: how the value at
-//!   POINTER of the second run differs from the first's, as a signed
-//!   percentage of the first;
+//!   POINTER of the second config's runs differs from the first's, each
+//!   pair of runs with the same seeds, as a signed percentage of the first;
 //! - `{{speedup EXP POINTER SELECTION -> SELECTION}}`: the first run's value
-//!   over the second's, minus one, as a signed percentage (a throughput gain
-//!   when the value is a time);
-//! - `{{runs EXP}}`: a table of the experiment's runs: its axes' values, the
-//!   policy, the makespan and the change against sync.
+//!   over the second's, minus one, per pair, as a signed percentage (a
+//!   throughput gain when the value is a time);
+//! - `{{runs EXP}}`: a table of the experiment's configs: its axes' values,
+//!   the policy, the runs, the makespan and the change against sync.
 //!
 //! A placeholder that cannot be filled (no such experiment, a selection of
-//! no run or of several, a missing value) is an error naming the template's
-//! line; nothing is written.
+//! no run or of several configs, a missing value) is an error naming the
+//! template's line; nothing is written.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::plot::{baseline_key, baselines};
-use crate::report::{find_results, load_result};
+use crate::report::{find_results, load_result, repetition_key, seeds_of};
 use crate::result::RunResult;
+use crate::stats::Estimate;
 
 /// Largest template read.
 pub const MAX_TEMPLATE_BYTES: u64 = 4 << 20;
@@ -137,8 +142,12 @@ fn config_matches(r: &RunResult, key: &str, value: &str) -> bool {
     }
 }
 
-/// The one run of `exp` every filter of `selection` admits.
-fn select<'e>(exp: &'e Experiment, selection: &[&str]) -> Result<&'e (PathBuf, RunResult), String> {
+/// The runs of `exp` every filter of `selection` admits: the repetitions
+/// of one config (they may differ only by their seeds).
+fn select<'e>(
+    exp: &'e Experiment,
+    selection: &[&str],
+) -> Result<Vec<&'e (PathBuf, RunResult)>, String> {
     let mut filters = Vec::new();
     for f in selection {
         let (k, v) = f
@@ -151,19 +160,43 @@ fn select<'e>(exp: &'e Experiment, selection: &[&str]) -> Result<&'e (PathBuf, R
         .iter()
         .filter(|(_, r)| filters.iter().all(|(k, v)| config_matches(r, k, v)))
         .collect();
-    match found.as_slice() {
-        [one] => Ok(one),
-        [] => Err(format!("no run has {}", selection.join(" "))),
-        many => Err(format!(
-            "{} runs have `{}` ({}); add filters until one is left",
-            many.len(),
+    let Some((_, first)) = found.first() else {
+        return Err(format!("no run has {}", selection.join(" ")));
+    };
+    let key = repetition_key(first);
+    let others: Vec<&(PathBuf, RunResult)> = found
+        .iter()
+        .copied()
+        .filter(|(_, r)| repetition_key(r) != key)
+        .collect();
+    if !others.is_empty() {
+        return Err(format!(
+            "runs of {} configs have `{}` (e.g. {} and {}); add filters until one config is left",
+            1 + others
+                .iter()
+                .map(|(_, r)| repetition_key(r))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
             selection.join(" "),
-            many.iter()
-                .map(|(p, _)| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+            found[0].0.display(),
+            others[0].0.display(),
+        ));
     }
+    Ok(found)
+}
+
+/// The change of each selected run's makespan against its synchronous
+/// baseline (same config, seeds and backend, no async PF), in percent.
+fn vs_sync_changes(exp: &Experiment, runs: &[&(PathBuf, RunResult)]) -> Result<Vec<f64>, String> {
+    let all = baselines(&exp.runs);
+    runs.iter()
+        .map(|(path, r)| {
+            let base = all.get(&baseline_key(r)).ok_or_else(|| {
+                format!("{}: no synchronous baseline among the runs", path.display())
+            })?;
+            Ok(100.0 * (r.virtual_time_ns as f64 - *base as f64) / (*base).max(1) as f64)
+        })
+        .collect()
 }
 
 /// The number at `pointer` of run `r`'s result file.
@@ -172,11 +205,6 @@ fn number(r: &RunResult, pointer: &str) -> Result<f64, String> {
     json.pointer(pointer)
         .and_then(serde_json::Value::as_f64)
         .ok_or_else(|| format!("no number at `{pointer}` of the result"))
-}
-
-/// A signed percentage as the paper prints it.
-fn percent(p: f64) -> String {
-    format!("{p:+.1} %").replace('-', "−")
 }
 
 /// Splits `A -> B` arguments.
@@ -199,34 +227,37 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
     let exp = results.experiment(name)?;
     match *op {
         "vs-sync" => {
-            let (path, r) = select(exp, args)?;
-            let all = baselines(&exp.runs);
-            let base = all.get(&baseline_key(r)).ok_or_else(|| {
-                format!("{}: no synchronous baseline among the runs", path.display())
-            })?;
-            Ok(percent(
-                100.0 * (r.virtual_time_ns as f64 - *base as f64) / (*base).max(1) as f64,
-            ))
+            let runs = select(exp, args)?;
+            Ok(Estimate::of(&vs_sync_changes(exp, &runs)?).difference())
         }
         "value" => {
             let [pointer, unit, selection @ ..] = args else {
                 return Err("expected `value EXPERIMENT POINTER UNIT SELECTION`".to_owned());
             };
-            let (_, r) = select(exp, selection)?;
-            let v = number(r, pointer)?;
-            Ok(match *unit {
-                "ns" => format!("{v:.0} ns"),
-                "us" => format!("{:.1} µs", v / 1e3),
-                "ms" => format!("{:.1} ms", v / 1e6),
-                "s" => format!("{:.2} s", v / 1e9),
-                "count" => format!("{v:.0}"),
-                "percent" => format!("{:.1} %", v * 100.0),
-                "plain" => format!("{v}"),
+            let runs = select(exp, selection)?;
+            let (scale, decimals, suffix) = match *unit {
+                "ns" => (1.0, 0, " ns"),
+                "us" => (1e-3, 1, " µs"),
+                "ms" => (1e-6, 1, " ms"),
+                "s" => (1e-9, 2, " s"),
+                "count" => (1.0, 0, ""),
+                "percent" => (100.0, 1, " %"),
+                "plain" => (1.0, 3, ""),
                 other => {
                     return Err(format!(
                         "unit `{other}`: expected ns, us, ms, s, count, percent or plain"
                     ));
                 }
+            };
+            let values = runs
+                .iter()
+                .map(|(_, r)| number(r, pointer).map(|v| v * scale))
+                .collect::<Result<Vec<f64>, String>>()?;
+            let e = Estimate::of(&values);
+            Ok(if *unit == "plain" && e.n < 2 {
+                format!("{}", e.mean)
+            } else {
+                format!("{}{suffix}", e.value(decimals))
             })
         }
         "change" | "speedup" => {
@@ -234,16 +265,30 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                 return Err(format!("expected `{op} EXPERIMENT POINTER A -> B`"));
             };
             let (a, b) = two_selections(rest)?;
-            let va = number(&select(exp, a)?.1, pointer)?;
-            let vb = number(&select(exp, b)?.1, pointer)?;
-            if va == 0.0 || vb == 0.0 {
-                return Err(format!("`{pointer}` is 0 in one of the runs"));
+            let (a, b) = (select(exp, a)?, select(exp, b)?);
+            // Each run of A against the run of B with the same seeds.
+            let mut changes = Vec::new();
+            for (path, ra) in &a {
+                let (_, rb) = b
+                    .iter()
+                    .find(|(_, rb)| seeds_of(rb) == seeds_of(ra))
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: no run of the second selection has its seeds",
+                            path.display()
+                        )
+                    })?;
+                let (va, vb) = (number(ra, pointer)?, number(rb, pointer)?);
+                if va == 0.0 || vb == 0.0 {
+                    return Err(format!("`{pointer}` is 0 in one of the runs"));
+                }
+                changes.push(if *op == "change" {
+                    100.0 * (vb - va) / va
+                } else {
+                    100.0 * (va / vb - 1.0)
+                });
             }
-            Ok(percent(if *op == "change" {
-                100.0 * (vb - va) / va
-            } else {
-                100.0 * (va / vb - 1.0)
-            }))
+            Ok(Estimate::of(&changes).difference())
         }
         "runs" => {
             if !args.is_empty() {
@@ -257,7 +302,8 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
     }
 }
 
-/// The `{{runs EXP}}` table.
+/// The `{{runs EXP}}` table: one row per config, its repetitions'
+/// makespan and change against sync as mean and 95 % interval.
 fn runs_table(exp: &Experiment) -> String {
     let all = baselines(&exp.runs);
     let mut out = String::new();
@@ -266,10 +312,20 @@ fn runs_table(exp: &Experiment) -> String {
         .filter(|&i| exp.axes[i] != "policy" && !exp.axes[i].starts_with("policy."))
         .collect();
     let mut header: Vec<&str> = shown.iter().map(|&i| exp.axes[i].as_str()).collect();
-    header.extend(["policy", "makespan ms", "vs sync"]);
+    header.extend(["policy", "runs", "makespan ms", "vs sync"]);
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let _ = write!(out, "|{}", "---|".repeat(header.len()));
-    for (path, r) in &exp.runs {
+    // Configs in the order of their first run.
+    let mut groups: Vec<(String, Vec<&(PathBuf, RunResult)>)> = Vec::new();
+    for run in &exp.runs {
+        let key = repetition_key(&run.1);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(run),
+            None => groups.push((key, vec![run])),
+        }
+    }
+    for (_, group) in &groups {
+        let (path, r) = group[0];
         let id = path
             .parent()
             .and_then(Path::file_name)
@@ -285,12 +341,30 @@ fn runs_table(exp: &Experiment) -> String {
             })
             .collect();
         row.push(r.policy_label());
-        row.push(format!("{:.3}", r.virtual_time_ns as f64 / 1e6));
-        row.push(match all.get(&baseline_key(r)) {
-            Some(&base) if !r.is_sync_baseline() && r.outcome.success => {
-                percent(100.0 * (r.virtual_time_ns as f64 - base as f64) / base.max(1) as f64)
-            }
-            _ => "-".to_owned(),
+        let ok: Vec<&RunResult> = group
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.outcome.success)
+            .collect();
+        row.push(if ok.len() == group.len() {
+            group.len().to_string()
+        } else {
+            format!("{} ({} failed)", group.len(), group.len() - ok.len())
+        });
+        let makespans: Vec<f64> = ok.iter().map(|r| r.virtual_time_ns as f64 / 1e6).collect();
+        row.push(Estimate::of(&makespans).value(3));
+        let changes: Vec<f64> = ok
+            .iter()
+            .filter(|r| !r.is_sync_baseline())
+            .filter_map(|r| {
+                let base = *all.get(&baseline_key(r))?;
+                Some(100.0 * (r.virtual_time_ns as f64 - base as f64) / base.max(1) as f64)
+            })
+            .collect();
+        row.push(if changes.is_empty() || changes.len() != ok.len() {
+            "-".to_owned()
+        } else {
+            Estimate::of(&changes).difference()
         });
         let _ = write!(out, "\n| {} |", row.join(" | "));
     }
@@ -329,12 +403,6 @@ pub fn render(file: &str, template: &str, results_dir: &Path) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentages_are_signed_with_a_true_minus() {
-        assert_eq!(percent(-3.64), "−3.6 %");
-        assert_eq!(percent(2.8), "+2.8 %");
-    }
 
     #[test]
     fn a_bad_placeholder_names_its_line() {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::plot::{self, CdfSeries, Figure};
 use crate::result::RunResult;
+use crate::stats::Estimate;
 
 /// An error reading results.
 #[derive(Debug, thiserror::Error)]
@@ -199,34 +200,28 @@ fn runs_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
     );
 }
 
-/// The config of `r` without its seed: runs that share it are repetitions.
-fn repetition_key(r: &RunResult) -> String {
+/// The config of `r` without the seeds a matrix varies per repetition (the
+/// guest's and the pager's): runs that share it are repetitions.
+pub fn repetition_key(r: &RunResult) -> String {
     let mut parsed = r.config.parsed.clone();
     if let Some(table) = parsed.as_object_mut() {
         table.remove("seed");
+        if let Some(pager) = table.get_mut("pager").and_then(|p| p.as_object_mut()) {
+            pager.remove("seed");
+        }
     }
     format!("{} {parsed}", r.backend)
 }
 
-/// Two-sided 95 % quantiles of Student's t for 1..=30 degrees of freedom;
-/// beyond, the normal 1.96.
-const T95: [f64; 30] = [
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-    2.052, 2.048, 2.045, 2.042,
-];
-
-/// Mean and half-width of the 95 % confidence interval of `xs` (at least
-/// two values).
-pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len();
-    let mean = xs.iter().sum::<f64>() / n as f64;
-    if n < 2 {
-        return (mean, 0.0);
-    }
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    let t = T95.get(n - 2).copied().unwrap_or(1.96);
-    (mean, t * (var / n as f64).sqrt())
+/// The seeds of `r` a matrix varies per repetition, as text: runs of two
+/// configs with the same seeds are a pair of one repetition.
+pub fn seeds_of(r: &RunResult) -> String {
+    let p = &r.config.parsed;
+    format!(
+        "{} {}",
+        p.get("seed").unwrap_or(&serde_json::Value::Null),
+        p.pointer("/pager/seed").unwrap_or(&serde_json::Value::Null)
+    )
 }
 
 /// Runs that repeat one config with other seeds, as mean ± 95 % CI.
@@ -245,14 +240,12 @@ fn repetitions_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
                 .iter()
                 .map(|(_, r)| r.virtual_time_ns as f64 / 1e6)
                 .collect();
-            let (mean, ci) = mean_ci95(&makespans);
             let ratios: Vec<f64> = g
                 .iter()
                 .filter_map(|(_, r)| vs_sync(r, &baselines))
                 .collect();
             let vs = if ratios.len() == g.len() {
-                let (m, c) = mean_ci95(&ratios);
-                format!("{m:+.1} ± {c:.1} %")
+                Estimate::of(&ratios).difference()
             } else {
                 "-".to_owned()
             };
@@ -261,7 +254,7 @@ fn repetitions_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
                 workload_of(r),
                 format!("{} {}", r.vcpus, r.backend),
                 g.len().to_string(),
-                format!("{mean:.3} ± {ci:.3}"),
+                Estimate::of(&makespans).value(3),
                 vs,
                 g.iter()
                     .map(|(p, _)| source(p))
@@ -278,7 +271,7 @@ fn repetitions_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
         out,
         "Runs of one config with different seeds: mean with the half-width of its 95 % \
          confidence interval (Student's t). \"vs sync\" pairs each run with the baseline of its \
-         own seed.\n"
+         own seed; where the interval of the change holds 0 it reads \"no difference\".\n"
     );
     table(
         out,

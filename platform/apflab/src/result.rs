@@ -27,6 +27,10 @@ pub struct RunResult {
     pub schema_version: u32,
     /// apflab's version (of the build that ran).
     pub apflab_version: String,
+    /// The git commit of apflab's source tree and whether the tree had
+    /// changes not committed, when the run ended.
+    #[serde(default)]
+    pub source: SourceRecord,
     /// The config that ran.
     pub config: ConfigRecord,
     /// `emu` or `kvm`.
@@ -76,6 +80,50 @@ pub struct RunResult {
     pub apf: Option<serde_json::Value>,
     /// Everything that depends on the host or the moment of the run.
     pub wall: Wall,
+}
+
+/// Which source tree a run came from: the git commit of the tree apflab was
+/// built from (the workspace the `apflab` executable was compiled in) and
+/// whether tracked files differed from it, so a result can be traced to
+/// code and one from uncommitted code is marked as such.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// `git rev-parse HEAD` of the tree (`unknown` where there is no git or
+    /// no tree, e.g. a copied static executable).
+    pub commit: String,
+    /// Whether `git status` found tracked files changed or new files not
+    /// ignored (false where the commit is unknown).
+    pub dirty: bool,
+}
+
+impl SourceRecord {
+    /// The record of the tree this executable was built in, as it is now.
+    pub fn of_build_tree() -> Self {
+        // platform/apflab -> the workspace root.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&root)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        };
+        match git(&["rev-parse", "HEAD"]) {
+            Some(commit) if !commit.is_empty() => SourceRecord {
+                dirty: git(&["status", "--porcelain"]).is_none_or(|s| !s.is_empty()),
+                commit,
+            },
+            _ => SourceRecord {
+                commit: "unknown".to_owned(),
+                dirty: false,
+            },
+        }
+    }
 }
 
 /// The config of a run, as recorded.
@@ -510,6 +558,7 @@ impl RunResult {
         RunResult {
             schema_version: SCHEMA_VERSION,
             apflab_version: env!("CARGO_PKG_VERSION").to_owned(),
+            source: SourceRecord::of_build_tree(),
             config: ConfigRecord {
                 name: inputs.name.to_owned(),
                 sha256: inputs.config_sha256.to_owned(),

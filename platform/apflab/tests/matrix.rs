@@ -598,7 +598,8 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let paper = std::fs::read_to_string(&paper).unwrap();
-    let expected = format!("{percent:+.1} %").replace('-', "\u{2212}");
+    // One run: the figure says so, as it has no interval.
+    let expected = format!("{percent:+.1} % (1 run)").replace('-', "\u{2212}");
     assert!(
         paper.starts_with(&format!("change: {expected}\n")),
         "{paper}"
@@ -606,11 +607,11 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
     let faults = results(&dir.path().join("out"))[1].1["apf"]["faults"].clone();
     assert!(paper.contains(&format!("faults: {faults}\n")), "{paper}");
     assert!(
-        paper.contains("| policy | makespan ms | vs sync |\n"),
+        paper.contains("| policy | runs | makespan ms | vs sync |\n"),
         "{paper}"
     );
     assert!(
-        paper.contains(&format!("| gavin-rfcv2 | {async_ms:.3} | {expected} |")),
+        paper.contains(&format!("| gavin-rfcv2 | 1 | {async_ms:.3} | {expected} |")),
         "{paper}"
     );
     // A selection of no run is an error naming the template's line.
@@ -687,4 +688,127 @@ fn keys_varied_together_and_set_keys_reach_every_point_and_the_table() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(table(&dir.path().join("one")).len(), 2);
+}
+
+/// A far-memory config with fetch latencies drawn at random (`quick.toml`'s
+/// mixed workload on one vCPU, log-normal latencies), as `base.toml`.
+fn drawn_latency_base(dir: &Path) {
+    let quick = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/quick.toml"),
+    )
+    .unwrap()
+    .replace("vcpus = 2", "vcpus = 1")
+    .replace(
+        "latency = { model = \"constant\", us = 50.0 }",
+        "latency = { model = \"lognormal\", median_us = 50.0, sigma = 0.8 }\nseed = 5",
+    );
+    std::fs::write(dir.join("base.toml"), quick).unwrap();
+}
+
+#[test]
+fn repetitions_draw_other_fetch_latencies_and_results_carry_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    drawn_latency_base(dir.path());
+    let exp = dir.path().join("reps.toml");
+    std::fs::write(
+        &exp,
+        "base = \"base.toml\"\nrepetitions = 3\n[axes]\n\"policy.module\" = [\"sync\"]\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = apflab(&["matrix", s(&exp), "--out", s(&out_dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runs = results(&out_dir);
+    assert_eq!(runs.len(), 3);
+    let seeds: Vec<(u64, u64)> = runs
+        .iter()
+        .map(|(_, r)| {
+            let p = &r["config"]["parsed"];
+            (
+                p["seed"].as_u64().unwrap(),
+                p["pager"]["seed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seeds, [(1, 5), (2, 6), (3, 7)]);
+    // Each repetition drew its own fetch latencies: their means differ, and
+    // so do the makespans.
+    let mean = |r: &Value| r["pager"]["fetch_latency"]["mean_ns"].as_f64().unwrap();
+    let (a, b, c) = (mean(&runs[0].1), mean(&runs[1].1), mean(&runs[2].1));
+    assert!(a != b && b != c && a != c, "{a} {b} {c}");
+    let makespan = |r: &Value| r["virtual_time_ns"].as_u64().unwrap();
+    assert_ne!(makespan(&runs[0].1), makespan(&runs[1].1));
+    // The source tree each came from.
+    let head = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    for (_, r) in &runs {
+        assert_eq!(r["source"]["commit"].as_str(), Some(head.as_str()), "{r}");
+        assert!(r["source"]["dirty"].is_boolean(), "{r}");
+    }
+}
+
+#[test]
+fn report_prints_no_difference_where_the_interval_holds_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    drawn_latency_base(dir.path());
+    let exp = dir.path().join("one.toml");
+    std::fs::write(
+        &exp,
+        "base = \"base.toml\"\n[axes]\n\"policy.module\" = [\"sync\", \"paolo\"]\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = apflab(&["matrix", s(&exp), "--out", s(&out_dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Four seeds of the pair, built from the two real results: the async
+    // run's makespan is the baseline's +1 %, -1 %, +0.5 %, -0.5 % (an
+    // interval around 0), then +10 %, +11 %, +9 %, +10 % for a second
+    // variant (an interval that excludes it).
+    let load = |id: &str| -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(out_dir.join(id).join("result.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let (base, paolo) = (load("r000"), load("r001"));
+    let made = dir.path().join("made");
+    let write = |name: String, v: &Value| {
+        std::fs::create_dir_all(made.join(&name)).unwrap();
+        std::fs::write(made.join(name).join("result.json"), v.to_string()).unwrap();
+    };
+    let changes = [
+        ("paolo", [1.0, -1.0, 0.5, -0.5]),
+        ("adaptive", [10.0, 11.0, 9.0, 10.0]),
+    ];
+    for seed in 0..4u64 {
+        let mut b = base.clone();
+        b["config"]["parsed"]["seed"] = seed.into();
+        let t = b["virtual_time_ns"].as_u64().unwrap() as f64;
+        write(format!("sync-{seed}"), &b);
+        for (policy, change) in &changes {
+            let mut a = paolo.clone();
+            a["config"]["parsed"]["seed"] = seed.into();
+            a["config"]["parsed"]["policy"]["module"]["name"] = (*policy).into();
+            a["policy"]["module"] = (*policy).into();
+            a["virtual_time_ns"] = ((t * (1.0 + change[seed as usize] / 100.0)) as u64).into();
+            write(format!("{policy}-{seed}"), &a);
+        }
+    }
+    let md = dir.path().join("made.md");
+    let out = apflab(&["report", s(&made), "--out", s(&md)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let md = std::fs::read_to_string(md).unwrap();
+    let row = |policy: &str| {
+        md.lines()
+            .skip_while(|l| !l.starts_with("## Repetitions"))
+            .find(|l| l.starts_with(&format!("| {policy} |")))
+            .unwrap_or_else(|| panic!("no {policy} row in {md}"))
+            .to_owned()
+    };
+    assert!(row("paolo").contains("| 4 |"), "{md}");
+    assert!(row("paolo").contains("| no difference ("), "{md}");
+    assert!(row("adaptive").contains("| +10.0 ± 1.3 % |"), "{md}");
 }
