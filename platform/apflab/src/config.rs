@@ -1252,12 +1252,9 @@ impl Config {
         push(boot::KEY_INTERVAL_US, w.interval_us.map(|v| v.to_string()));
         push(
             boot::KEY_TIMESLICE_US,
-            Some(w.timeslice_us.to_string()).filter(|_| !linux),
+            (!linux).then(|| w.timeslice_us.to_string()),
         );
-        push(
-            boot::KEY_SCHEDULER,
-            Some(w.scheduler.clone()).filter(|_| !linux),
-        );
+        push(boot::KEY_SCHEDULER, (!linux).then(|| w.scheduler.clone()));
         push(boot::KEY_SEED, Some(self.seed.to_string()));
         if self.apf.is_some_and(|a| !a.guest_enables) {
             push(boot::KEY_APF, Some("off".into()));
@@ -1273,6 +1270,7 @@ impl Config {
             self.pager
                 .as_ref()
                 .and_then(PagerConfig::synthetic_seed)
+                .filter(|_| !linux)
                 .map(|s| s.to_string()),
         );
         args.join(" ")

@@ -55,6 +55,17 @@ pub fn bootargs(extra: Option<&str>, workload_args: &str) -> String {
     args
 }
 
+/// What the Linux guest's init said when it powered off without a report
+/// (a bootarg it does not take, or a failure): its first such line.
+pub fn init_failure(console: &str) -> Option<String> {
+    use apflab_abi::linux::{BAD_BOOTARG_PREFIX, ERROR_PREFIX};
+    console
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(BAD_BOOTARG_PREFIX) || l.starts_with(ERROR_PREFIX))
+        .map(|l| format!("the Linux guest's init stopped: {l}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +93,19 @@ mod tests {
             format!("{BASE_BOOTARGS} quiet apflab.workload=mixed")
         );
         assert_eq!(bootargs(None, ""), BASE_BOOTARGS);
+    }
+
+    #[test]
+    fn the_inits_own_failure_line_is_the_runs_failure() {
+        let console = "[ 0.3] Run /init as init process\r\n\
+                       apflab-linux: bad bootarg apflab.mib=600: expected at most 431\r\n";
+        assert_eq!(
+            init_failure(console).as_deref(),
+            Some(
+                "the Linux guest's init stopped: apflab-linux: bad bootarg apflab.mib=600: \
+                 expected at most 431"
+            )
+        );
+        assert_eq!(init_failure("[ 0.3] reboot: Power down\n"), None);
     }
 }

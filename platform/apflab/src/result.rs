@@ -545,7 +545,11 @@ impl RunResult {
             None
         } else {
             match &outcome.report {
-                None => Some("the guest powered off without sending its report".to_owned()),
+                None => Some(
+                    crate::linux_guest::init_failure(&outcome.console).unwrap_or_else(|| {
+                        "the guest powered off without sending its report".to_owned()
+                    }),
+                ),
                 Some(r) if r.mismatches != 0 => Some(format!(
                     "the guest found {} words that did not match the expected page content",
                     r.mismatches
