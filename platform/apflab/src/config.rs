@@ -130,6 +130,7 @@ pub struct RawBackend {
     slice_instructions: Option<Spanned<u64>>,
     max_virtual_ms: Option<Spanned<u64>>,
     watchdog_ms: Option<Spanned<u64>>,
+    wall_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// A config file exactly as written.
@@ -255,6 +256,24 @@ impl WorkloadKind {
         self != WorkloadKind::Cpu
     }
 }
+
+/// Bounds of `backend.wall_timeout_ms` and `--wall-timeout`.
+pub const WALL_TIMEOUT_BOUND: Bound<u64> = Bound {
+    min: 1,
+    max: 30 * 24 * 3_600_000,
+    why: "at most 30 days of wall-clock time",
+};
+
+/// Instructions per MiB of guest RAM the built-in guest runs without a
+/// sign of life the watchdog sees (an exit, console output, an interrupt
+/// taken): at boot it maps all of its RAM with 4 KiB pages, interrupts
+/// masked, before its first exit. Measured with `configs/cpu.toml`,
+/// `watchdog_ms = 2` and a sweep of `ns_per_instruction`: 64 MiB hangs
+/// with 714,000 instructions to the span and boots with 833,000; 256 MiB
+/// hangs with 2,500,000 and boots with 3,330,000 (about 11,500 per MiB).
+/// A config whose span holds fewer than this many per MiB cannot boot;
+/// the bound is below every measured need, so none that could is refused.
+pub const GUEST_QUIET_INSTRUCTIONS_PER_MIB: u64 = 9_500;
 
 /// Default values of the workload parameters (all are passed to the guest
 /// explicitly, so a result records exactly what ran).
@@ -383,6 +402,10 @@ pub struct BackendConfig {
     /// The run is stopped once the guest has shown no sign of life for this
     /// long (virtual time on emu, host time on kvm).
     pub watchdog_ms: u64,
+    /// The run is stopped after this much wall-clock time, whatever the
+    /// guest does (`wall_timeout` in the results); absent, never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wall_timeout_ms: Option<u64>,
     /// Emu: host costs charged to virtual time.
     pub cost: CostConfig,
 }
@@ -1083,6 +1106,19 @@ impl Config {
                 },
                 defaults::WATCHDOG_MS,
             )?,
+            wall_timeout_ms: match &b.wall_timeout_ms {
+                Some(s) => {
+                    check_bound(
+                        &src,
+                        s.span(),
+                        "backend.wall_timeout_ms",
+                        *s.get_ref(),
+                        WALL_TIMEOUT_BOUND,
+                    )?;
+                    Some(*s.get_ref())
+                }
+                None => None,
+            },
             cost: CostConfig {
                 ns_per_instruction,
                 exit_ns: bounded(
@@ -1123,6 +1159,34 @@ impl Config {
                         defaults::WATCHDOG_MS
                     ),
                 ),
+                (None, None) => src.missing("backend.watchdog_ms", message),
+            });
+        }
+
+        // On emu, every instruction costs virtual time: the built-in guest
+        // must be able to run its longest stretch without a sign of life
+        // within the watchdog's span, or every run ends as a hang.
+        let quiet = GUEST_QUIET_INSTRUCTIONS_PER_MIB.saturating_mul(*memory.get_ref());
+        if backend.kind == Backend::Emu
+            && raw.guest.kernel.is_none()
+            && backend.watchdog_ms as f64 * 1e6 / backend.cost.ns_per_instruction < quiet as f64
+        {
+            let most = backend.watchdog_ms as f64 * 1e6 / quiet as f64;
+            let least_ms = (quiet as f64 * backend.cost.ns_per_instruction / 1e6).ceil();
+            let message = format!(
+                "backend.cost.ns_per_instruction = {} with backend.watchdog_ms = {}: at boot \
+                 the guest runs about {quiet} instructions ({GUEST_QUIET_INSTRUCTIONS_PER_MIB} \
+                 per MiB of guest.memory_mib = {}) without a sign of life, which take {least_ms} \
+                 ms at this cost, so the watchdog would stop every run as a hang; expected \
+                 ns_per_instruction at most {} or watchdog_ms at least {least_ms}",
+                apflab_pager::config::float_text(backend.cost.ns_per_instruction),
+                backend.watchdog_ms,
+                memory.get_ref(),
+                apflab_pager::config::float_text((most * 100.0).floor() / 100.0),
+            );
+            return Err(match (&b.cost.ns_per_instruction, &b.watchdog_ms) {
+                (Some(s), _) => src.key_error(s.span(), "backend.cost.ns_per_instruction", message),
+                (None, Some(s)) => src.key_error(s.span(), "backend.watchdog_ms", message),
                 (None, None) => src.missing("backend.watchdog_ms", message),
             });
         }
@@ -1295,6 +1359,10 @@ impl Config {
             slice_instructions: self.backend.slice_instructions,
             max_virtual_ns: self.backend.max_virtual_ms.saturating_mul(1_000_000),
             watchdog_ns: self.backend.watchdog_ms.saturating_mul(1_000_000),
+            wall_timeout: self
+                .backend
+                .wall_timeout_ms
+                .map(std::time::Duration::from_millis),
             echo_console,
         }
     }

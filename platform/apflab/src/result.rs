@@ -531,6 +531,14 @@ impl RunResult {
                     config.backend.max_virtual_ms
                 )),
             ),
+            GuestExit::WallTimeout => (
+                "wall_timeout",
+                Some(format!(
+                    "no power-off within {} ms of wall-clock time (backend.wall_timeout_ms or \
+                     --wall-timeout)",
+                    config.backend.wall_timeout_ms.unwrap_or_default()
+                )),
+            ),
             GuestExit::Hang(d) => ("hang", Some(d.to_string())),
         };
         let watchdog = match &outcome.exit {

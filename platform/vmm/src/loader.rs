@@ -342,6 +342,35 @@ impl Checker<'_> {
     }
 }
 
+/// What of an ELF lies past the end of `bytes`, if anything: the header
+/// or the program or section header table it points to. (The parser only
+/// says "bad offset N".)
+fn truncation(bytes: &[u8]) -> Option<String> {
+    let len = bytes.len() as u64;
+    let size = header::header64::SIZEOF_EHDR as u64;
+    if len < size {
+        return Some(format!(
+            "truncated: an ELF64 header is {size} bytes, the file has {len}"
+        ));
+    }
+    let h = Elf::parse_header(bytes).ok()?;
+    for (what, offset, count, entry) in [
+        ("program header table", h.e_phoff, h.e_phnum, h.e_phentsize),
+        ("section header table", h.e_shoff, h.e_shnum, h.e_shentsize),
+    ] {
+        let end = u64::from(count)
+            .checked_mul(u64::from(entry))
+            .and_then(|n| n.checked_add(offset));
+        if count > 0 && end.is_none_or(|end| end > len) {
+            return Some(format!(
+                "truncated: its {what} ({count} entries of {entry} bytes at offset {offset}) \
+                 ends past the end of the file, which has {len} bytes"
+            ));
+        }
+    }
+    None
+}
+
 fn load_elf(
     path: &Path,
     bytes: &[u8],
@@ -350,7 +379,7 @@ fn load_elf(
 ) -> Result<LoadedKernel, LoadError> {
     let elf = Elf::parse(bytes).map_err(|e| LoadError::BadElf {
         path: path.to_owned(),
-        detail: e.to_string(),
+        detail: truncation(bytes).unwrap_or_else(|| format!("malformed: {e}")),
     })?;
     if elf.header.e_machine != header::EM_AARCH64 || !elf.is_64 || !elf.little_endian {
         return Err(LoadError::NotAarch64 {
