@@ -1251,6 +1251,15 @@ impl Config {
             initrd_path,
             timeline: false,
         };
+        if let Some(b) = &raw.guest.bootargs
+            && b.get_ref().contains('\0')
+        {
+            return Err(src.key_error(
+                b.span(),
+                "guest.bootargs",
+                "contains a NUL character; expected kernel command line words",
+            ));
+        }
         // Linux cuts a longer command line short without a word.
         let len = config.bootargs().len();
         if len > apflab_vmm::fdt::MAX_BOOTARGS_LEN {

@@ -89,6 +89,14 @@ fn keys_that_do_not_apply_to_linux_are_exit_2_naming_them() {
             vec!["guest.bootargs", "at most 2047"],
         ),
         (
+            linux_config(
+                &format!("{initrd}\nbootargs = \"a\\u0000b\""),
+                "kind = \"cpu\"",
+                "",
+            ),
+            vec!["guest.bootargs", "NUL"],
+        ),
+        (
             linux_config("initrd = \"missing.cpio\"", "kind = \"cpu\"", ""),
             vec!["guest.initrd", "missing.cpio"],
         ),
