@@ -16,6 +16,13 @@ pub fn conformance_elf() -> &'static Path {
     Path::new(env!("APFLAB_CONFORMANCE_ELF"))
 }
 
+/// The sieve compute kernel (`benches/sieve/`): a bare-metal image for
+/// QEMU's `virt` board, independent of apflab, that turns its MMU on, runs
+/// a sieve of Eratosthenes, prints the prime count and powers off.
+pub fn sieve_elf() -> &'static Path {
+    Path::new(env!("APFLAB_SIEVE_ELF"))
+}
+
 /// The example policies built from `policies/` (Rust, to Wasm), by name.
 pub const EXAMPLE_POLICIES: [&str; 7] = [
     "sync",
