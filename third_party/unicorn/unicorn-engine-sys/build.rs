@@ -152,14 +152,10 @@ fn build_with_cmake() {
 }
 
 fn watch_source_files() {
+    // The published crate has the sources beside build.rs (upstream's
+    // three parents are the layout of its git repository).
     let current_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
-    let project_root = std::path::Path::new(&current_dir)
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap();
+    let project_root = std::path::Path::new(&current_dir);
 
     println!(
         "cargo:rerun-if-changed={}",
