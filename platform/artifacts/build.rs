@@ -171,6 +171,7 @@ fn main() {
         &conformance_target_dir,
         &[],
         &[("RUSTC_BOOTSTRAP", "1"), rustflags],
+        &[],
     );
     let sieve_elf = conformance_target_dir
         .join(GUEST_TARGET)
