@@ -145,7 +145,7 @@ fn label(values: &[(String, toml::Value)], repetition: u32) -> String {
 
 /// What [`Experiment::load`] keeps of each point once it has checked its
 /// config: what choosing, preflighting and resuming need without building
-/// the config again (32 bytes a point).
+/// the config again (48 bytes a point).
 #[derive(Clone, Copy, Debug)]
 struct PointFacts {
     backend: Backend,
