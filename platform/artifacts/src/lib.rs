@@ -38,7 +38,7 @@ pub fn sieve_elf() -> &'static Path {
 }
 
 /// The example policies built from `policies/` (Rust, to Wasm), by name.
-pub const EXAMPLE_POLICIES: [&str; 7] = [
+pub const EXAMPLE_POLICIES: [&str; 8] = [
     "sync",
     "gavin-rfcv2",
     "gavin-v4",
@@ -46,6 +46,7 @@ pub const EXAMPLE_POLICIES: [&str; 7] = [
     "always-halt",
     "always-reschedule",
     "adaptive",
+    "ewma",
 ];
 
 /// The hand-written WAT policies in `policies/wat/`, by name.
