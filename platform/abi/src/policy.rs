@@ -1011,7 +1011,7 @@ impl Decision {
 const _: () = {
     assert!(record::fault::FETCHES_COMPLETED + 8 == record::fault::BYTES);
     assert!(record::completion::NOW_NS + 8 == record::completion::BYTES);
-    assert!(record::fault::BYTES % 8 == 0 && record::completion::BYTES % 8 == 0);
+    assert!(record::fault::BYTES.is_multiple_of(8) && record::completion::BYTES.is_multiple_of(8));
 };
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ fn operator_at(binary: &[u8], offset: usize) -> Option<(usize, usize)> {
             let mut i = 0;
             while !ops.eof() {
                 let (_, at) = ops.read_with_offset().ok()?;
-                if (at as u64) > offset {
+                if at > offset {
                     break;
                 }
                 index = Some(i);
