@@ -62,9 +62,9 @@ impl Estimate {
     }
 
     /// A value with its interval, `12.345 ± 0.067` (`decimals` digits), or
-    /// the value alone for one run.
+    /// the value alone for one run or runs that all gave it.
     pub fn value(&self, decimals: usize) -> String {
-        if self.n < 2 {
+        if self.n < 2 || self.half_width == 0.0 {
             format!("{:.*}", decimals, self.mean)
         } else {
             format!(
@@ -121,5 +121,6 @@ mod tests {
         assert!(e.difference().starts_with("−3.4 ± "), "{}", e.difference());
         assert_eq!(Estimate::of(&[2.0]).difference(), "+2.0 % (1 run)");
         assert_eq!(Estimate::of(&[1.0, 3.0]).value(1), "2.0 ± 12.7");
+        assert_eq!(Estimate::of(&[0.33, 0.33]).value(2), "0.33");
     }
 }
