@@ -243,7 +243,7 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                 "count" => (1.0, 0, ""),
                 "percent" => (100.0, 1, " %"),
                 "plain" => (1.0, 3, ""),
-                "per_s" => (1.0, 1, " /s"),
+                "per_s" => (1.0, 1, ""),
                 other => {
                     return Err(format!(
                         "unit `{other}`: expected ns, us, ms, s, count, percent, per_s or plain"
