@@ -33,6 +33,7 @@ fn config(kernel: PathBuf, bootargs: &str) -> VmConfig {
         slice_instructions: 20_000,
         max_virtual_ns: 60_000_000_000,
         watchdog_ns: 60_000_000_000,
+        wall_timeout: None,
         echo_console: false,
     }
 }

@@ -1,7 +1,9 @@
 //! Builds the artifacts that are not host code: the arm64 guest kernel
-//! (`guest/`, target `aarch64-unknown-none-softfloat`), the board
-//! conformance kernel (`conformance/`, same target) and the example
-//! policies (`policies/`, target `wasm32-unknown-unknown`), so that a plain
+//! (`guest/`, target `aarch64-unknown-none-softfloat`), the init of the
+//! Linux guest (`guest/linux/`, a static `aarch64-unknown-linux-musl`
+//! binary), the board conformance kernel (`conformance/`, bare metal too)
+//! and the example policies (`policies/`, target `wasm32-unknown-unknown`),
+//! so that a plain
 //! `cargo build` or `cargo test` of the workspace has them ready.
 //!
 //! Each is its own cargo workspace, built by a nested cargo into
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const GUEST_TARGET: &str = "aarch64-unknown-none-softfloat";
+const LINUX_TARGET: &str = "aarch64-unknown-linux-musl";
 const POLICY_TARGET: &str = "wasm32-unknown-unknown";
 
 /// Variables of the outer build that would change what the nested cargo
@@ -82,6 +85,7 @@ fn main() {
         &guest_target_dir,
         &[],
         &[("RUSTC_BOOTSTRAP", "1"), rustflags],
+        &[],
     );
     let guest_elf = guest_target_dir
         .join(GUEST_TARGET)
@@ -94,6 +98,43 @@ fn main() {
     );
     println!("cargo:rustc-env=APFLAB_GUEST_ELF={}", guest_elf.display());
 
+    // The Linux guest's init lives under guest/ (watched above) but is a
+    // workspace of its own with std; linked by the toolchain's rust-lld (as
+    // guest/linux/.cargo/config.toml says too), so that no aarch64 C
+    // toolchain is needed. Without RUSTC_BOOTSTRAP, cargo ignores the
+    // bare-metal guest's `[unstable] build-std`, which its config inherits.
+    let linux_target_dir = artifacts_dir.join("linux");
+    cargo_build(
+        &guest_dir.join("linux"),
+        LINUX_TARGET,
+        &linux_target_dir,
+        &[],
+        &[
+            ("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld"),
+            rustflags,
+        ],
+        &["RUSTC_BOOTSTRAP"],
+    );
+    let linux_init = linux_target_dir
+        .join(LINUX_TARGET)
+        .join("release")
+        .join("apflab-linux-init");
+    assert!(
+        linux_init.is_file(),
+        "Linux init build produced no {}",
+        linux_init.display()
+    );
+    println!("cargo:rustc-env=APFLAB_LINUX_INIT={}", linux_init.display());
+    // Its initramfs: the init alone (the kernel's built-in initramfs gives
+    // /dev/console). The workload comes from the command line, so one
+    // initramfs serves every config.
+    let initramfs = linux_target_dir.join("initramfs.cpio");
+    pack_initramfs(&linux_init, &initramfs);
+    println!(
+        "cargo:rustc-env=APFLAB_LINUX_INITRAMFS={}",
+        initramfs.display()
+    );
+
     // Its own target directory: `core` is built for its profile (sharing
     // the guest's would rebuild one for the other on every change).
     let conformance_target_dir = artifacts_dir.join("conformance");
@@ -103,6 +144,7 @@ fn main() {
         &conformance_target_dir,
         &[],
         &[("RUSTC_BOOTSTRAP", "1"), rustflags],
+        &[],
     );
     let conformance_elf = conformance_target_dir
         .join(GUEST_TARGET)
@@ -125,6 +167,7 @@ fn main() {
         &policy_target_dir,
         &["--workspace"],
         &[rustflags],
+        &[],
     );
     let wasm_dir = policy_target_dir.join(POLICY_TARGET).join("release");
     println!(
@@ -137,15 +180,37 @@ fn main() {
     );
 }
 
-/// Runs `cargo build --release` for `target` in the workspace at `dir`.
-fn cargo_build(dir: &Path, target: &str, target_dir: &Path, extra: &[&str], vars: &[(&str, &str)]) {
+/// Writes a newc cpio archive holding `init` as `/init` (mode 0755, owned
+/// by root, time 0: the same bytes for the same init).
+fn pack_initramfs(init: &Path, out: &Path) {
+    let file = fs::File::open(init).unwrap_or_else(|e| panic!("{}: {e}", init.display()));
+    let entry = cpio::NewcBuilder::new("init").ino(1).mode(0o100_755);
+    let tmp = out.with_extension("cpio.tmp");
+    let written = fs::File::create(&tmp)
+        .and_then(|w| cpio::write_cpio(std::iter::once((entry, file)), w))
+        .and_then(|w| w.sync_all());
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, out)) {
+        panic!("cannot write the initramfs {}: {e}", out.display());
+    }
+}
+
+/// Runs `cargo build --release` for `target` in the workspace at `dir`,
+/// with `vars` set and the variables `unset` of the outer build removed.
+fn cargo_build(
+    dir: &Path,
+    target: &str,
+    target_dir: &Path,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+    unset: &[&str],
+) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(dir)
         .args(["build", "--release", "--target", target, "--target-dir"])
         .arg(target_dir)
         .args(extra);
-    for var in OUTER_ONLY_VARS {
+    for var in OUTER_ONLY_VARS.iter().chain(unset) {
         cmd.env_remove(var);
     }
     cmd.envs(vars.iter().copied());

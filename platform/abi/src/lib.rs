@@ -15,6 +15,7 @@ pub mod apf;
 pub mod boot;
 pub mod hypercall;
 pub mod limits;
+pub mod linux;
 pub mod memory_map;
 pub mod pattern;
 pub mod policy;

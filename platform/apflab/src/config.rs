@@ -87,6 +87,8 @@ pub struct RawGuest {
     vcpus: Spanned<u32>,
     memory_mib: Spanned<u64>,
     kernel: Option<Spanned<PathBuf>>,
+    initrd: Option<Spanned<PathBuf>>,
+    bootargs: Option<Spanned<String>>,
 }
 
 /// The `[workload]` section as written. All parameters are optional; which
@@ -128,6 +130,7 @@ pub struct RawBackend {
     slice_instructions: Option<Spanned<u64>>,
     max_virtual_ms: Option<Spanned<u64>>,
     watchdog_ms: Option<Spanned<u64>>,
+    wall_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// A config file exactly as written.
@@ -254,6 +257,24 @@ impl WorkloadKind {
     }
 }
 
+/// Bounds of `backend.wall_timeout_ms` and `--wall-timeout`.
+pub const WALL_TIMEOUT_BOUND: Bound<u64> = Bound {
+    min: 1,
+    max: 30 * 24 * 3_600_000,
+    why: "at most 30 days of wall-clock time",
+};
+
+/// Instructions per MiB of guest RAM the built-in guest runs without a
+/// sign of life the watchdog sees (an exit, console output, an interrupt
+/// taken): at boot it maps all of its RAM with 4 KiB pages, interrupts
+/// masked, before its first exit. Measured with `configs/cpu.toml`,
+/// `watchdog_ms = 2` and a sweep of `ns_per_instruction`: 64 MiB hangs
+/// with 714,000 instructions to the span and boots with 833,000; 256 MiB
+/// hangs with 2,500,000 and boots with 3,330,000 (about 11,500 per MiB).
+/// A config whose span holds fewer than this many per MiB cannot boot;
+/// the bound is below every measured need, so none that could is refused.
+pub const GUEST_QUIET_INSTRUCTIONS_PER_MIB: u64 = 9_500;
+
 /// Default values of the workload parameters (all are passed to the guest
 /// explicitly, so a result records exactly what ran).
 pub mod defaults {
@@ -301,6 +322,17 @@ pub struct GuestConfig {
     /// Kernel as written in the config (relative to the config file), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
+    /// Initial RAM disk of a Linux kernel as written in the config, if any
+    /// (without one, Linux boots apflab's own initramfs; see
+    /// [`crate::linux_guest`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// Words added to the kernel command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootargs: Option<String>,
+    /// The kernel is an arm64 Linux Image.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub linux: bool,
 }
 
 /// The `[workload]` section, validated and with defaults filled in: the
@@ -370,6 +402,10 @@ pub struct BackendConfig {
     /// The run is stopped once the guest has shown no sign of life for this
     /// long (virtual time on emu, host time on kvm).
     pub watchdog_ms: u64,
+    /// The run is stopped after this much wall-clock time, whatever the
+    /// guest does (`wall_timeout` in the results); absent, never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wall_timeout_ms: Option<u64>,
     /// Emu: host costs charged to virtual time.
     pub cost: CostConfig,
 }
@@ -402,6 +438,9 @@ pub struct Config {
     /// resolved against the config's directory, or the built-in guest).
     #[serde(skip)]
     pub kernel_path: PathBuf,
+    /// The initial RAM disk that will be loaded with a Linux kernel.
+    #[serde(skip)]
+    pub initrd_path: Option<PathBuf>,
     /// The guest keeps its timeline log for the host (`apflab run --trace`
     /// on emu; not a config key, but in the bootargs the results record).
     #[serde(skip)]
@@ -754,6 +793,34 @@ impl Config {
             }
         };
 
+        // A Linux kernel, its initramfs and command line.
+        let linux = raw.guest.kernel.is_some() && crate::linux_guest::is_linux_kernel(&kernel_path);
+        let initrd_path = match &raw.guest.initrd {
+            Some(i) if !linux => {
+                return Err(src.key_error(
+                    i.span(),
+                    "guest.initrd",
+                    "only a Linux kernel takes an initrd; guest.kernel is not an arm64 Linux Image",
+                ));
+            }
+            Some(i) => {
+                let resolved = base_dir.join(i.get_ref());
+                if let Err(e) = apflab_files::check_regular(&resolved, ram_bytes, "guest RAM") {
+                    return Err(src.key_error(
+                        i.span(),
+                        "guest.initrd",
+                        format!(
+                            "initrd {}: {e}; expected a file (a cpio initramfs, relative to the config file) that fits in guest RAM",
+                            resolved.display()
+                        ),
+                    ));
+                }
+                Some(resolved)
+            }
+            None if linux => Some(apflab_artifacts::linux_initramfs().to_path_buf()),
+            None => None,
+        };
+
         // [workload]
         let w = &raw.workload;
         let kind = WorkloadKind::from_name(w.kind.get_ref()).ok_or_else(|| {
@@ -782,6 +849,26 @@ impl Config {
             ("scheduler", w.scheduler.as_ref().map(Spanned::span)),
         ];
         for (name, span) in &given {
+            if let Some(span) = span
+                && linux
+                && crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX.contains(name)
+            {
+                return Err(src.key_error(
+                    span.clone(),
+                    &format!("workload.{name}"),
+                    format!(
+                            "does not apply to a Linux guest (only apflab's own kernel has it); \
+                         Linux's /init takes {}",
+                            kind.params()
+                                .iter()
+                                .filter(|p| !crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX
+                                    .contains(p))
+                                .copied()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                ));
+            }
             if let Some(span) = span
                 && !kind.params().contains(name)
             {
@@ -861,7 +948,8 @@ impl Config {
         };
 
         // The kernel, its tables and stacks live below the workload region;
-        // the working set lives in it.
+        // the working set lives in it (Linux's own kernel needs about as
+        // much below its page cache and the process).
         let region_mib = boot::WORKLOAD_REGION_OFFSET / MIB;
         let needed = region_mib + workload.mib.unwrap_or(1);
         if *memory.get_ref() < needed {
@@ -888,7 +976,35 @@ impl Config {
         // value fails before any VM is built.
         let pager = match &raw.pager {
             Some(p) => {
-                Prepared::new(p.get_ref(), ram_bytes, base_dir).map_err(|e| {
+                let low = if linux {
+                    boot::LINUX_RESIDENT_LOW
+                } else {
+                    boot::WORKLOAD_REGION_OFFSET
+                };
+                if let Some(end) = linux
+                    .then(|| {
+                        let initrd_len = initrd_path
+                            .as_deref()
+                            .and_then(|i| std::fs::metadata(i).ok())
+                            .map_or(0, |m| m.len());
+                        crate::linux_guest::payload_end(&kernel_path, initrd_len)
+                    })
+                    .flatten()
+                    && end > apflab_abi::memory_map::RAM_BASE + low
+                {
+                    return Err(src.key_error(
+                        p.span(),
+                        "pager",
+                        format!(
+                            "the Linux kernel, its device tree and initrd take the first {} MiB \
+                             of RAM, and far memory manages RAM above the first {} MiB: use a \
+                             smaller kernel or initrd",
+                            (end - apflab_abi::memory_map::RAM_BASE).div_ceil(MIB),
+                            low / MIB
+                        ),
+                    ));
+                }
+                Prepared::new_above(p.get_ref(), low, ram_bytes, base_dir).map_err(|e| {
                     let at = match &e {
                         apflab_pager::ConfigError::Invalid { key, .. } => {
                             src.key_in_section(p.span(), key)
@@ -990,6 +1106,19 @@ impl Config {
                 },
                 defaults::WATCHDOG_MS,
             )?,
+            wall_timeout_ms: match &b.wall_timeout_ms {
+                Some(s) => {
+                    check_bound(
+                        &src,
+                        s.span(),
+                        "backend.wall_timeout_ms",
+                        *s.get_ref(),
+                        WALL_TIMEOUT_BOUND,
+                    )?;
+                    Some(*s.get_ref())
+                }
+                None => None,
+            },
             cost: CostConfig {
                 ns_per_instruction,
                 exit_ns: bounded(
@@ -1034,6 +1163,34 @@ impl Config {
             });
         }
 
+        // On emu, every instruction costs virtual time: the built-in guest
+        // must be able to run its longest stretch without a sign of life
+        // within the watchdog's span, or every run ends as a hang.
+        let quiet = GUEST_QUIET_INSTRUCTIONS_PER_MIB.saturating_mul(*memory.get_ref());
+        if backend.kind == Backend::Emu
+            && raw.guest.kernel.is_none()
+            && backend.watchdog_ms as f64 * 1e6 / backend.cost.ns_per_instruction < quiet as f64
+        {
+            let most = backend.watchdog_ms as f64 * 1e6 / quiet as f64;
+            let least_ms = (quiet as f64 * backend.cost.ns_per_instruction / 1e6).ceil();
+            let message = format!(
+                "backend.cost.ns_per_instruction = {} with backend.watchdog_ms = {}: at boot \
+                 the guest runs about {quiet} instructions ({GUEST_QUIET_INSTRUCTIONS_PER_MIB} \
+                 per MiB of guest.memory_mib = {}) without a sign of life, which take {least_ms} \
+                 ms at this cost, so the watchdog would stop every run as a hang; expected \
+                 ns_per_instruction at most {} or watchdog_ms at least {least_ms}",
+                apflab_pager::config::float_text(backend.cost.ns_per_instruction),
+                backend.watchdog_ms,
+                memory.get_ref(),
+                apflab_pager::config::float_text((most * 100.0).floor() / 100.0),
+            );
+            return Err(match (&b.cost.ns_per_instruction, &b.watchdog_ms) {
+                (Some(s), _) => src.key_error(s.span(), "backend.cost.ns_per_instruction", message),
+                (None, Some(s)) => src.key_error(s.span(), "backend.watchdog_ms", message),
+                (None, None) => src.missing("backend.watchdog_ms", message),
+            });
+        }
+
         let problem = |p: crate::policy_config::KeyProblem| match p.span {
             Some(span) => src.key_error(span, p.key, p.message),
             None => src.missing(p.key, p.message),
@@ -1050,6 +1207,15 @@ impl Config {
             .map(crate::policy_config::apf)
             .transpose()
             .map_err(problem)?;
+        if linux && (policy.is_some() || apf.is_some()) {
+            let key = if policy.is_some() { "policy" } else { "apf" };
+            return Err(src.missing(
+                key,
+                "async page faults need the guest's async PF client, which the Linux guest \
+                 does not have yet; a Linux guest runs far memory synchronously (drop [policy] \
+                 and [apf])",
+            ));
+        }
         let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
         if let (Some(tasks), true) = (workload.tasks, apf.is_some_and(|a| a.guest_abuses))
             && tasks > most
@@ -1065,12 +1231,15 @@ impl Config {
             ));
         }
 
-        Ok(Config {
+        let config = Config {
             seed: raw.seed.unwrap_or(defaults::SEED),
             guest: GuestConfig {
                 vcpus: *vcpus.get_ref(),
                 memory_mib: *memory.get_ref(),
                 kernel,
+                initrd: raw.guest.initrd.as_ref().map(|i| i.get_ref().clone()),
+                bootargs: raw.guest.bootargs.as_ref().map(|b| b.get_ref().clone()),
+                linux,
             },
             workload,
             backend,
@@ -1079,13 +1248,56 @@ impl Config {
             apf,
             base_dir: base_dir.to_path_buf(),
             kernel_path,
+            initrd_path,
             timeline: false,
-        })
+        };
+        // Linux cuts a longer command line short without a word.
+        let len = config.bootargs().len();
+        if len > apflab_vmm::fdt::MAX_BOOTARGS_LEN {
+            let span = raw.guest.bootargs.as_ref().map_or(0..0, Spanned::span);
+            return Err(src.key_error(
+                span,
+                "guest.bootargs",
+                format!(
+                    "the kernel command line would be {len} bytes; the kernel takes at most {}",
+                    apflab_vmm::fdt::MAX_BOOTARGS_LEN
+                ),
+            ));
+        }
+        Ok(config)
     }
 
     /// The guest's `/chosen/bootargs`: every workload parameter explicitly,
-    /// in a fixed order, with the keys of [`apflab_abi::boot`].
+    /// in a fixed order, with the keys of [`apflab_abi::boot`], after the
+    /// config's own `[guest] bootargs`; for Linux, after its console and
+    /// init too ([`crate::linux_guest::bootargs`]).
     pub fn bootargs(&self) -> String {
+        let workload = self.workload_args();
+        if self.guest.linux {
+            crate::linux_guest::bootargs(self.guest.bootargs.as_deref(), &workload)
+        } else {
+            match self.guest.bootargs.as_deref().map(str::trim) {
+                Some(extra) if !extra.is_empty() => format!("{extra} {workload}"),
+                _ => workload,
+            }
+        }
+    }
+
+    /// Where far memory's managed region starts, from the start of RAM:
+    /// apflab's own kernel keeps itself below its workload region, Linux
+    /// below [`boot::LINUX_RESIDENT_LOW`].
+    pub fn managed_low(&self) -> u64 {
+        if self.guest.linux {
+            boot::LINUX_RESIDENT_LOW
+        } else {
+            boot::WORKLOAD_REGION_OFFSET
+        }
+    }
+
+    /// The workload's keys on the command line. apflab's own kernel gets
+    /// every one; Linux's `/init` none of those it does not take.
+    fn workload_args(&self) -> String {
+        let linux = self.guest.linux;
         let w = &self.workload;
         let mut args = vec![format!("{}={}", boot::KEY_WORKLOAD, w.kind.name())];
         let mut push = |key: &str, value: Option<String>| {
@@ -1098,12 +1310,15 @@ impl Config {
         push(boot::KEY_MIB, w.mib.map(|v| v.to_string()));
         push(boot::KEY_PATTERN, w.pattern.clone());
         push(boot::KEY_PASSES, w.passes.map(|v| v.to_string()));
-        push(boot::KEY_VERIFY, w.verify.clone());
-        push(boot::KEY_READER, w.reader.clone());
+        push(boot::KEY_VERIFY, w.verify.clone().filter(|_| !linux));
+        push(boot::KEY_READER, w.reader.clone().filter(|_| !linux));
         push(boot::KEY_REQUESTS, w.requests.map(|v| v.to_string()));
         push(boot::KEY_INTERVAL_US, w.interval_us.map(|v| v.to_string()));
-        push(boot::KEY_TIMESLICE_US, Some(w.timeslice_us.to_string()));
-        push(boot::KEY_SCHEDULER, Some(w.scheduler.clone()));
+        push(
+            boot::KEY_TIMESLICE_US,
+            (!linux).then(|| w.timeslice_us.to_string()),
+        );
+        push(boot::KEY_SCHEDULER, (!linux).then(|| w.scheduler.clone()));
         push(boot::KEY_SEED, Some(self.seed.to_string()));
         if self.apf.is_some_and(|a| !a.guest_enables) {
             push(boot::KEY_APF, Some("off".into()));
@@ -1119,6 +1334,7 @@ impl Config {
             self.pager
                 .as_ref()
                 .and_then(PagerConfig::synthetic_seed)
+                .filter(|_| !linux)
                 .map(|s| s.to_string()),
         );
         args.join(" ")
@@ -1132,7 +1348,7 @@ impl Config {
             vcpus: self.guest.vcpus,
             memory_mib: self.guest.memory_mib,
             kernel: self.kernel_path.clone(),
-            initrd: None,
+            initrd: self.initrd_path.clone(),
             bootargs: self.bootargs(),
             cost: CostModel {
                 ns_per_instruction: c.ns_per_instruction,
@@ -1143,6 +1359,10 @@ impl Config {
             slice_instructions: self.backend.slice_instructions,
             max_virtual_ns: self.backend.max_virtual_ms.saturating_mul(1_000_000),
             watchdog_ns: self.backend.watchdog_ms.saturating_mul(1_000_000),
+            wall_timeout: self
+                .backend
+                .wall_timeout_ms
+                .map(std::time::Duration::from_millis),
             echo_console,
         }
     }

@@ -109,6 +109,11 @@ enum Command {
         /// a slice with a flow to the task's wake-up.
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
+        /// Stop the run after this much wall-clock time, whatever the guest
+        /// does, overriding the config's `backend.wall_timeout_ms`; the
+        /// results record it as `wall_timeout` (exit status 1).
+        #[arg(long, value_name = "MS")]
+        wall_timeout: Option<u64>,
     },
     /// Boot any arm64 kernel built for QEMU's virt board (ELF, an arm64
     /// Linux Image, plain or gzip'd, with --initrd for its initramfs, or a
@@ -119,9 +124,10 @@ enum Command {
     /// List the configs in a directory, the guest's workloads and the
     /// policies built with apflab.
     List {
-        /// Where to look for configs.
-        #[arg(long, value_name = "DIR", default_value = "configs")]
-        configs: PathBuf,
+        /// Where to look for configs [default: configs, if there is one];
+        /// a folder named here must exist (else exit 2).
+        #[arg(long, value_name = "DIR")]
+        configs: Option<PathBuf>,
     },
     /// Run every point of an experiment grid (base config x axes x
     /// repetitions), JOBS at a time, each in a process of its own, with a
@@ -190,6 +196,10 @@ struct BootArgs {
     /// masked ends here.
     #[arg(long, value_name = "MS", default_value_t = apflab::config::defaults::WATCHDOG_MS)]
     timeout: u64,
+    /// Give up (exit 1) after this much wall-clock time, whatever the
+    /// guest does [default: never].
+    #[arg(long, value_name = "MS")]
+    wall_timeout: Option<u64>,
 }
 
 /// `apflab matrix`'s arguments.
@@ -234,6 +244,11 @@ struct MatrixArgs {
     /// e.g. 30 or 1:00:00).
     #[arg(long, value_name = "TIME", requires = "slurm")]
     time: Option<String>,
+    /// Stop each point's run after this much wall-clock time (`apflab run
+    /// --wall-timeout`); with --slurm, each array task's #SBATCH --time is
+    /// its points' share of it unless --time is given.
+    #[arg(long, value_name = "MS")]
+    wall_timeout: Option<u64>,
     /// With --slurm: the account charged (#SBATCH --account).
     #[arg(long, value_name = "NAME", requires = "slurm")]
     account: Option<String>,
@@ -286,6 +301,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only where a terminal shows them, not in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -299,6 +316,7 @@ fn main() -> ExitCode {
             policy,
             token_log,
             trace,
+            wall_timeout,
         } => run(
             &config,
             backend,
@@ -310,13 +328,13 @@ fn main() -> ExitCode {
             },
             name,
             base_dir,
-            policy,
+            Overrides {
+                policy,
+                wall_timeout,
+            },
         ),
         Command::Boot(args) => boot(&args),
-        Command::List { configs } => {
-            list(&configs);
-            Ok(())
-        }
+        Command::List { configs } => list(configs.as_deref()),
         Command::Matrix(args) => matrix(&args),
         Command::Policy {
             command: PolicyCommand::Check { module, json },
@@ -331,15 +349,38 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::BadInput(e)) => {
-            eprintln!("apflab: error: {e:#}");
+            eprintln!("apflab: error: {}", error_text(&e));
             ExitCode::from(EXIT_BAD_INPUT)
         }
         Err(Failure::Failed(e)) => {
-            eprintln!("apflab: failed: {e:#}");
+            eprintln!("apflab: failed: {}", error_text(&e));
             ExitCode::from(EXIT_FAILED)
         }
         Err(Failure::Status(s)) => ExitCode::from(s),
     }
+}
+
+/// What `apflab run`'s options change in the config.
+struct Overrides {
+    /// `--policy`.
+    policy: Option<String>,
+    /// `--wall-timeout`, ms.
+    wall_timeout: Option<u64>,
+}
+
+/// An error and its causes, each said once: many errors already include
+/// their cause's text in their own (`cannot read: is a directory`), and
+/// `{:#}` would repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(
@@ -349,8 +390,12 @@ fn run(
     flags: RunFlags,
     name: Option<String>,
     base_dir: Option<PathBuf>,
-    policy: Option<String>,
+    overrides: Overrides,
 ) -> Result<(), Failure> {
+    let Overrides {
+        policy,
+        wall_timeout,
+    } = overrides;
     let mut loaded =
         apflab::matrix::load_config_as(config_path, name.as_deref(), base_dir.as_deref())
             .map_err(bad)?;
@@ -359,6 +404,9 @@ fn run(
         let choice = apflab::policy_config::module(&module, Path::new("."))
             .map_err(|p| bad(anyhow::anyhow!("--policy {module}: {}", p.message)))?;
         loaded.config.policy = Some(choice);
+    }
+    if let Some(ms) = wall_timeout {
+        loaded.config.backend.wall_timeout_ms = Some(check_wall_timeout(ms)?);
     }
     let out = out.unwrap_or_else(|| runner::default_out_dir(&loaded));
     let result = runner::run_config(&loaded, backend, &out, &flags).map_err(|e| {
@@ -402,7 +450,9 @@ fn boot(args: &BootArgs) -> Result<(), Failure> {
         backend,
         max_virtual_ms,
         timeout: timeout_ms,
+        wall_timeout,
     } = *args;
+    let wall_timeout = wall_timeout.map(check_wall_timeout).transpose()?;
     let max = apflab_abi::memory_map::MAX_VCPUS;
     if !(1..=max).contains(&vcpus) {
         return Err(bad(anyhow::anyhow!("--vcpus {vcpus}: expected 1..={max}")));
@@ -450,6 +500,7 @@ fn boot(args: &BootArgs) -> Result<(), Failure> {
         slice_instructions: apflab::config::defaults::SLICE_INSTRUCTIONS,
         max_virtual_ns: max_virtual_ms.saturating_mul(1_000_000),
         watchdog_ns: timeout_ms.saturating_mul(1_000_000),
+        wall_timeout: wall_timeout.map(std::time::Duration::from_millis),
         echo_console: true,
     };
     let outcome = runner::execute(config, None).map_err(|e| {
@@ -470,17 +521,64 @@ fn boot(args: &BootArgs) -> Result<(), Failure> {
         GuestExit::Timeout => Err(Failure::Failed(anyhow::anyhow!(
             "no power-off within {max_virtual_ms} ms of virtual time"
         ))),
+        GuestExit::WallTimeout => Err(Failure::Failed(anyhow::anyhow!(
+            "no power-off within --wall-timeout {} ms of wall-clock time",
+            wall_timeout.unwrap_or_default()
+        ))),
         GuestExit::Hang(d) => Err(Failure::Failed(anyhow::anyhow!("guest hung: {d}"))),
     }
 }
 
-fn list(configs: &Path) {
-    outln!("configs ({}):", configs.display());
-    out!("{}", catalog::describe_configs(configs));
+/// `--wall-timeout MS`, checked against [`apflab::config::WALL_TIMEOUT_BOUND`].
+fn check_wall_timeout(ms: u64) -> Result<u64, Failure> {
+    let bound = apflab::config::WALL_TIMEOUT_BOUND;
+    if bound.contains(ms) {
+        Ok(ms)
+    } else {
+        Err(bad(anyhow::anyhow!(
+            "--wall-timeout {ms}: expected {}..={} ms ({})",
+            bound.min,
+            bound.max,
+            bound.why
+        )))
+    }
+}
+
+fn list(configs: Option<&Path>) -> Result<(), Failure> {
+    let named = configs.is_some();
+    let configs = configs.unwrap_or(Path::new("configs"));
+    match std::fs::metadata(configs) {
+        Ok(m) if m.is_dir() => {
+            outln!("configs ({}):", configs.display());
+            out!("{}", catalog::describe_configs(configs));
+        }
+        Ok(_) if named => {
+            return Err(bad(anyhow::anyhow!(
+                "--configs {}: not a folder; expected the folder holding the configs",
+                configs.display()
+            )));
+        }
+        Err(e) if named => {
+            return Err(bad(anyhow::anyhow!(
+                "--configs {}: {}; expected the folder holding the configs",
+                configs.display(),
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    "no such folder".to_owned()
+                } else {
+                    e.to_string()
+                }
+            )));
+        }
+        _ => outln!(
+            "configs: no folder {} here (--configs DIR names one)",
+            configs.display()
+        ),
+    }
     outln!("workloads (and their [workload] parameters):");
     out!("{}", catalog::describe_workloads());
     outln!("policies:");
     out!("{}", catalog::describe_policies());
+    Ok(())
 }
 
 fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
@@ -523,6 +621,7 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
         partition: args.partition.clone(),
         time: args.time.clone(),
         account: args.account.clone(),
+        wall_timeout_ms: args.wall_timeout.map(check_wall_timeout).transpose()?,
     };
     let root = if args.slurm.is_some() {
         slurm_options.check().map_err(|e| bad(anyhow::anyhow!(e)))?;
@@ -533,6 +632,11 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
         root
     };
     let layout = Layout { root };
+    // Nothing it writes may replace what it reads, and all of it must be
+    // writable, before the folder is touched.
+    layout
+        .check_outputs(&experiment, args.slurm.is_some())
+        .map_err(bad)?;
     if args.collect.is_some() {
         layout.check_schema().map_err(bad)?;
     } else {
@@ -544,17 +648,46 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
         layout: layout.clone(),
         backend: args.backend,
         exe,
+        wall_timeout_ms: slurm_options.wall_timeout_ms,
     };
 
     // What is already there: every point of the grid (a filtered run still
     // tables the others' results).
     let mut done: BTreeMap<usize, Status> = BTreeMap::new();
     let chosen: std::collections::BTreeSet<usize> = selected.iter().copied().collect();
-    for (i, point) in experiment.points.iter().enumerate() {
+    let mut corrupt = Vec::new();
+    for i in 0..experiment.len() {
         let rerun = args.force && chosen.contains(&i);
-        if !rerun && let Some(r) = layout.existing(point, point.backend(args.backend)) {
-            done.insert(i, Status::of(r));
+        if rerun {
+            continue;
         }
+        match layout.existing(&experiment, i, experiment.backend(i, args.backend)) {
+            apflab::matrix::Existing::Done(r) => {
+                done.insert(i, Status::of(*r));
+            }
+            apflab::matrix::Existing::Corrupt(why) => {
+                if args.collect.is_some() {
+                    done.insert(i, Status::Error(format!("corrupt results: {why}")));
+                }
+                if args.collect.is_some() || chosen.contains(&i) {
+                    corrupt.push(format!("{} ({why})", Experiment::id(i)));
+                }
+            }
+            apflab::matrix::Existing::Missing | apflab::matrix::Existing::Stale => {}
+        }
+    }
+    if !corrupt.is_empty() {
+        eprintln!(
+            "apflab: {} point{} with a corrupt result.json, {}: {}",
+            corrupt.len(),
+            if corrupt.len() == 1 { "" } else { "s" },
+            if args.collect.is_some() {
+                "counted as failed"
+            } else {
+                "run again"
+            },
+            corrupt.join("; ")
+        );
     }
     let pending: Vec<usize> = selected
         .iter()
@@ -571,8 +704,8 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
         return matrix_outcome(&experiment, &selected, &done, 0, &table_path);
     }
     layout
-        .write_points(selected.iter().map(|&i| &experiment.points[i]))
-        .with_context(|| format!("{}: cannot write the point configs", layout.root.display()))?;
+        .write_points(&experiment, &selected)
+        .map_err(|e| Failure::Failed(e.into()))?;
 
     if args.slurm.is_some() {
         if pending.is_empty() {
@@ -593,6 +726,16 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
             &slurm_options,
         )
         .with_context(|| format!("{}: cannot write the job", layout.root.display()))?;
+        if job.chunk > slurm_options.chunk {
+            outln!(
+                "{}: {} points per array task (not --chunk {}), to stay within Slurm's \
+                 default MaxArraySize of {} tasks",
+                experiment.name,
+                job.chunk,
+                slurm_options.chunk,
+                apflab::slurm::MAX_ARRAY_TASKS
+            );
+        }
         outln!(
             "{}: {} ({} array tasks for {} points{})",
             experiment.name,
@@ -682,7 +825,7 @@ fn matrix_outcome(
     skipped: usize,
     table_path: &Path,
 ) -> Result<(), Failure> {
-    let summary = MatrixSummary::of(experiment, selected, done);
+    let summary = MatrixSummary::of(selected, done);
     outln!(
         "{}: {} runs, {} ok, {} failed{}{}; table: {}",
         experiment.name,
@@ -753,6 +896,22 @@ fn policy_check(module: &Path, json: bool) -> Result<(), Failure> {
 }
 
 fn write_paper(template: &Path, results: &Path, out: &Path) -> Result<(), Failure> {
+    // The paper may replace neither its template nor a file it reads
+    // figures from.
+    let mut outputs = apflab_files::Outputs::new();
+    outputs.input(template);
+    if results.is_dir() {
+        let mut walk = apflab_files::walk::Walk::new(apflab_files::walk::MAX_DEPTH);
+        let read = walk
+            .files(results, |name| name == "result.json" || name == "table.csv")
+            .map_err(bad)?;
+        for path in &read {
+            outputs.input(path);
+        }
+    }
+    outputs
+        .file(out)
+        .map_err(|e| bad(anyhow::anyhow!("--out {e}")))?;
     let text = apflab_files::read_regular_to_string(
         template,
         apflab::paper::MAX_TEMPLATE_BYTES,
@@ -762,18 +921,27 @@ fn write_paper(template: &Path, results: &Path, out: &Path) -> Result<(), Failur
     .map_err(Failure::BadInput)?;
     let paper =
         apflab::paper::render(&template.display().to_string(), &text, results).map_err(bad)?;
-    std::fs::write(out, paper).with_context(|| format!("{}: cannot write", out.display()))?;
+    apflab_files::write_atomic(out, paper.as_bytes())
+        .with_context(|| format!("{}: cannot write", out.display()))?;
     outln!("{} → {}", template.display(), out.display());
     Ok(())
 }
 
 fn write_report(dirs: &[PathBuf], out: &Path) -> Result<(), Failure> {
+    let paths = report::find_all_results(dirs).map_err(bad)?;
+    // The report and its figures may replace none of the results it reads,
+    // and must be writable, before anything is read or drawn.
+    let mut outputs = apflab_files::Outputs::new();
+    for path in &paths {
+        outputs.input(path);
+    }
+    outputs
+        .file(out)
+        .map_err(|e| bad(anyhow::anyhow!("--out {e}")))?;
     let mut results = Vec::new();
-    for dir in dirs {
-        for path in report::find_results(dir).map_err(bad)? {
-            let r = report::load_result(&path).map_err(bad)?;
-            results.push((path, r));
-        }
+    for path in paths {
+        let r = report::load_result(&path).map_err(bad)?;
+        results.push((path, r));
     }
     if results.is_empty() {
         return Err(bad(anyhow::anyhow!(
@@ -784,22 +952,32 @@ fn write_report(dirs: &[PathBuf], out: &Path) -> Result<(), Failure> {
                 .join(", ")
         )));
     }
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "report".to_owned(), |s| s.to_string_lossy().into_owned());
+    let figures = report::figures(&results);
+    let figure_stem = |name: &str| out.with_file_name(format!("{stem}-{name}"));
+    for figure in &figures {
+        for file in apflab::plot::Figure::files(&figure_stem(figure.name)) {
+            outputs
+                .file(&file)
+                .map_err(|e| bad(anyhow::anyhow!("a figure of --out {}: {e}", out.display())))?;
+        }
+    }
     let mut md = report::markdown(&results, dirs);
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
     }
-    let stem = out
-        .file_stem()
-        .map_or_else(|| "report".to_owned(), |s| s.to_string_lossy().into_owned());
-    for figure in report::figures(&results) {
+    for figure in figures {
         let files = figure
             .figure
-            .save(&out.with_file_name(format!("{stem}-{}", figure.name)))
+            .save(&figure_stem(figure.name))
             .map_err(|e| Failure::Failed(anyhow::anyhow!(e)))?;
         md.push_str(&report::figure_section(&figure, &files, &results));
     }
-    std::fs::write(out, md).with_context(|| format!("{}: cannot write", out.display()))?;
+    apflab_files::write_atomic(out, md.as_bytes())
+        .with_context(|| format!("{}: cannot write", out.display()))?;
     outln!("{} results → {}", results.len(), out.display());
     Ok(())
 }

@@ -49,6 +49,7 @@ use serde::Deserialize;
 use crate::config::{Backend, Config, ConfigError, LoadedConfig, sha256_hex};
 use crate::report::{ReportError, find_results, load_result};
 use crate::result::{RunResult, SCHEMA_VERSION};
+use apflab_files::write_atomic;
 
 /// An error in an experiment file, its selection or its results folder:
 /// all bad input (exit status 2).
@@ -108,41 +109,60 @@ struct RawExperiment {
     axes: toml::Table,
 }
 
-/// One run of the grid.
+/// One run of the grid, as far as a table, a label or a run of it needs:
+/// a few hundred bytes, made on demand ([`Experiment::point`]), so that no
+/// grid is ever held whole.
 #[derive(Clone, Debug)]
 pub struct Point {
+    /// Its index in the grid.
+    pub index: usize,
     /// `r000`, `r001`, ...: also the run's directory name.
     pub id: String,
     /// Axis key → value, in axis order.
     pub values: Vec<(String, toml::Value)>,
     /// Repetition index.
     pub repetition: u32,
-    /// The config of this run.
-    pub config: LoadedConfig,
-    /// The config's text (what `config.sha256` hashes).
-    pub text: String,
-    /// Where the config's relative paths are taken from: the base
-    /// config's directory.
-    pub base_dir: PathBuf,
+    /// The run's seed.
+    pub seed: u64,
 }
 
 impl Point {
     /// `workload.kind=cpu guest.vcpus=2 rep=0`.
     pub fn label(&self) -> String {
-        let mut parts: Vec<String> = self
-            .values
-            .iter()
-            .map(|(k, v)| format!("{k}={}", value_text(v)))
-            .collect();
-        parts.push(format!("rep={}", self.repetition));
-        parts.join(" ")
-    }
-
-    /// The engine this point runs on, `--backend` (`backend`) first.
-    pub fn backend(&self, backend: Option<Backend>) -> Backend {
-        backend.unwrap_or(self.config.config.backend.kind)
+        label(&self.values, self.repetition)
     }
 }
+
+/// A point's label from its axis values and repetition.
+fn label(values: &[(String, toml::Value)], repetition: u32) -> String {
+    let mut parts: Vec<String> = values
+        .iter()
+        .map(|(k, v)| format!("{k}={}", value_text(v)))
+        .collect();
+    parts.push(format!("rep={repetition}"));
+    parts.join(" ")
+}
+
+/// What [`Experiment::load`] keeps of each point once it has checked its
+/// config: what choosing, preflighting and resuming need without building
+/// the config again (48 bytes a point).
+#[derive(Clone, Copy, Debug)]
+struct PointFacts {
+    backend: Backend,
+    kernel_fault_path: bool,
+    vcpus: u32,
+    memory_mib: u64,
+    /// Index into [`Experiment::kernels`].
+    kernel: u32,
+    seed: u64,
+    wall_timeout_ms: Option<u64>,
+}
+
+/// Most points in a grid: the product of the axes' lengths and the
+/// repetitions. A million runs of even a tenth of a second are more than a
+/// day of one CPU; a grid of more is a mistake in the experiment file, and
+/// [`Experiment::load`] refuses it before building any point.
+pub const MAX_POINTS: u64 = 1_000_000;
 
 /// A value as a CSV cell / label: strings without quotes, a table as its
 /// leaf values joined by `/` (`{ module = "sync" }` is `sync`), short
@@ -169,7 +189,10 @@ fn assignments(key: &str, value: &toml::Value) -> Vec<(String, toml::Value)> {
         .collect()
 }
 
-/// A parsed experiment: every point of its grid, already validated.
+/// A parsed experiment: its grid, every point of it already validated,
+/// with each point's config made again on demand ([`Experiment::point`],
+/// [`Experiment::config`]), so that memory grows with the points running,
+/// not with the grid.
 #[derive(Debug)]
 pub struct Experiment {
     /// The experiment file as named by the user.
@@ -180,32 +203,58 @@ pub struct Experiment {
     pub axes: Vec<(String, Vec<toml::Value>)>,
     /// Repetitions of each combination of axis values.
     pub repetitions: u32,
-    /// The grid, axes varying slowest-first, repetitions innermost.
-    pub points: Vec<Point>,
+    /// The base config with the experiment's `[set]` applied.
+    base_table: toml::Table,
+    /// The base config's file.
+    pub base_path: PathBuf,
+    /// Where the configs' relative paths are taken from: the base config's
+    /// directory.
+    pub base_dir: PathBuf,
+    /// The base config's seed and its pager's.
+    base_seed: u64,
+    base_pager_seed: u64,
+    /// Per point, in grid order.
+    facts: Vec<PointFacts>,
+    /// The distinct guest kernels the points boot.
+    kernels: Vec<PathBuf>,
+    /// Their SHA-256 (`None`: unreadable), computed once when asked.
+    kernel_hashes: Vec<std::sync::OnceLock<Option<String>>>,
+    /// Every file the points read (configs, kernels, stores, samples,
+    /// policies), each once.
+    pub inputs: Vec<PathBuf>,
 }
 
-/// Sets dotted `key` in `table` to `value`, creating tables on the way.
 /// Sets the seeds of repetition `repetition` in a point's config `table`:
 /// the top-level `seed` and, where the point has far memory, `pager.seed`,
-/// each its value in the point (or the base config's) plus `repetition`.
-/// Repetition 0 keeps the configured seeds.
-fn vary_seeds(table: &mut toml::Table, base: &Config, repetition: u32) {
-    let offset = |seed: Option<&toml::Value>, default: u64| {
+/// each its value in the point (or the base config's: `base_seed`,
+/// `base_pager_seed`) plus `repetition`. Repetition 0 keeps the configured
+/// seeds. A seed that would pass the largest TOML integer is the error:
+/// its key and value.
+fn vary_seeds(
+    table: &mut toml::Table,
+    base_seed: u64,
+    base_pager_seed: u64,
+    repetition: u32,
+) -> Result<(), (&'static str, i64)> {
+    let offset = |key: &'static str, seed: Option<&toml::Value>, default: u64| {
         let seed = match seed {
             Some(toml::Value::Integer(s)) => *s,
             _ => default as i64,
         };
-        toml::Value::Integer(seed.wrapping_add(i64::from(repetition)))
+        seed.checked_add(i64::from(repetition))
+            .map(toml::Value::Integer)
+            .ok_or((key, seed))
     };
-    let seed = offset(table.get("seed"), base.seed);
+    let seed = offset("seed", table.get("seed"), base_seed)?;
     table.insert("seed".to_owned(), seed);
     if let Some(toml::Value::Table(pager)) = table.get_mut("pager") {
-        let default = base.pager.as_ref().map_or(0, |p| p.seed);
-        let seed = offset(pager.get("seed"), default);
+        let seed = offset("pager.seed", pager.get("seed"), base_pager_seed)?;
         pager.insert("seed".to_owned(), seed);
     }
+    Ok(())
 }
 
+/// Sets dotted `key` in `table` to `value`, creating tables on the way.
 fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let mut parts = key.split('.').peekable();
     let mut t = table;
@@ -267,8 +316,48 @@ fn point_error(
     }
 }
 
+/// Points in a grid of `axes` with `repetitions`: their product, refused
+/// (naming it) above [`MAX_POINTS`].
+fn grid_size(
+    file: &str,
+    axes: &[(String, Vec<toml::Value>)],
+    repetitions: u32,
+) -> Result<usize, MatrixError> {
+    let factors: Vec<(String, u64)> = axes
+        .iter()
+        .map(|(k, v)| (format!("axes.\"{k}\""), v.len() as u64))
+        .chain([("repetitions".to_owned(), u64::from(repetitions))])
+        .collect();
+    let product = factors
+        .iter()
+        .try_fold(1u64, |acc, (_, n)| acc.checked_mul(*n));
+    if let Some(n) = product.filter(|&n| n <= MAX_POINTS) {
+        return Ok(n as usize);
+    }
+    let largest = factors
+        .iter()
+        .max_by_key(|(_, n)| *n)
+        .map_or("repetitions", |(k, _)| k.as_str());
+    Err(MatrixError::Key {
+        file: file.to_owned(),
+        key: largest.to_owned(),
+        message: format!(
+            "the grid has {} points ({}); at most {MAX_POINTS}: split the experiment, or \
+             use fewer values or repetitions",
+            product.map_or_else(|| format!("more than {}", u64::MAX), |n| n.to_string()),
+            factors
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect::<Vec<_>>()
+                .join(" × ")
+        ),
+    })
+}
+
 impl Experiment {
-    /// Reads an experiment file and builds (and validates) its whole grid.
+    /// Reads an experiment file and validates every point of its grid, one
+    /// at a time: a grid of more than [`MAX_POINTS`] is refused before any
+    /// point is made, naming the product.
     pub fn load(path: &Path) -> Result<Self, MatrixError> {
         let file = path.display().to_string();
         let text = read_config(path).map_err(|error| ConfigError::Read {
@@ -361,83 +450,199 @@ impl Experiment {
             }
             axes.push((key, values));
         }
+        let count = grid_size(&file, &axes, repetitions)?;
 
         let name = path.file_stem().map_or_else(
             || "experiment".to_owned(),
             |s| s.to_string_lossy().into_owned(),
         );
-        let mut points = Vec::new();
-        // Odometer over the axes: the last axis varies fastest.
-        let mut index = vec![0usize; axes.len()];
-        loop {
-            let values: Vec<(String, toml::Value)> = axes
+        let mut experiment = Experiment {
+            file,
+            name,
+            axes,
+            repetitions,
+            base_table,
+            base_path,
+            base_dir,
+            base_seed: base_config.seed,
+            base_pager_seed: base_config.pager.as_ref().map_or(0, |p| p.seed),
+            facts: Vec::with_capacity(count),
+            kernels: Vec::new(),
+            kernel_hashes: Vec::new(),
+            inputs: Vec::new(),
+        };
+        experiment.add_input(path.to_path_buf());
+        // Each point is made, checked and dropped: only its facts stay.
+        for index in 0..count {
+            let loaded = experiment.config(index)?;
+            let config = &loaded.config;
+            let kernel = match experiment
+                .kernels
                 .iter()
-                .zip(&index)
-                .flat_map(|((k, vs), &i)| assignments(k, &vs[i]))
-                .collect();
-            for repetition in 0..repetitions {
-                let mut table = base_table.clone();
-                let mut point_label: Vec<String> = values
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", value_text(v)))
-                    .collect();
-                point_label.push(format!("rep={repetition}"));
-                let point_label = point_label.join(" ");
-                for (k, v) in &values {
-                    set_dotted(&mut table, k, v.clone()).map_err(|message| MatrixError::Key {
-                        file: file.clone(),
-                        key: format!("axes.\"{k}\""),
-                        message,
-                    })?;
+                .position(|k| *k == config.kernel_path)
+            {
+                Some(k) => k,
+                None => {
+                    experiment.kernels.push(config.kernel_path.clone());
+                    experiment.kernel_hashes.push(std::sync::OnceLock::new());
+                    experiment.kernels.len() - 1
                 }
-                // Repetitions differ by seed only (the emu backend is
-                // deterministic, so equal seeds would give equal runs), and
-                // by every seed that draws: the guest's (`seed`: random page
-                // order, kv keys) and the pager's (`pager.seed`: fetch
-                // latencies, the pages resident at boot).
-                vary_seeds(&mut table, &base_config, repetition);
-                let run_text = toml::to_string(&table).expect("a TOML table serializes");
-                let id = format!("r{:03}", points.len());
-                let config = Config::from_text(
-                    &format!("{base_file} [{point_label}]"),
-                    &run_text,
-                    &base_dir,
-                )
-                .map_err(|error| point_error(&file, &point_label, &values, error))?;
-                points.push(Point {
-                    id: id.clone(),
-                    values: values.clone(),
-                    repetition,
-                    config: LoadedConfig {
-                        path: base_path.clone(),
-                        name: format!("{name}/{id}"),
-                        sha256: sha256_hex(run_text.as_bytes()),
-                        config,
-                    },
-                    text: run_text,
-                    base_dir: base_dir.clone(),
-                });
+            };
+            for input in crate::runner::inputs(&loaded.path, config) {
+                experiment.add_input(input);
             }
-            // Advance the odometer.
-            let mut axis = axes.len();
-            loop {
-                if axis == 0 {
-                    return Ok(Experiment {
-                        file,
-                        name,
-                        axes,
-                        repetitions,
-                        points,
-                    });
-                }
-                axis -= 1;
-                index[axis] += 1;
-                if index[axis] < axes[axis].1.len() {
-                    break;
-                }
-                index[axis] = 0;
-            }
+            experiment.facts.push(PointFacts {
+                backend: config.backend.kind,
+                kernel_fault_path: config
+                    .pager
+                    .as_ref()
+                    .is_some_and(|p| p.fault_path == FaultPath::Kernel),
+                vcpus: config.guest.vcpus,
+                memory_mib: config.guest.memory_mib,
+                kernel: kernel as u32,
+                seed: config.seed,
+                wall_timeout_ms: config.backend.wall_timeout_ms,
+            });
         }
+        Ok(experiment)
+    }
+
+    fn add_input(&mut self, path: PathBuf) {
+        if !self.inputs.contains(&path) {
+            self.inputs.push(path);
+        }
+    }
+
+    /// Points in the grid.
+    pub fn len(&self) -> usize {
+        self.facts.len()
+    }
+
+    /// Whether the grid is empty (it never is once loaded).
+    pub fn is_empty(&self) -> bool {
+        self.facts.is_empty()
+    }
+
+    /// The axis values and repetition of point `index`: axes vary
+    /// slowest-first, repetitions innermost.
+    fn coordinates(&self, index: usize) -> (Vec<(String, toml::Value)>, u32) {
+        let repetition = (index % self.repetitions as usize) as u32;
+        let mut rest = index / self.repetitions as usize;
+        let mut chosen = vec![0usize; self.axes.len()];
+        for (axis, (_, values)) in self.axes.iter().enumerate().rev() {
+            chosen[axis] = rest % values.len();
+            rest /= values.len();
+        }
+        let values = self
+            .axes
+            .iter()
+            .zip(&chosen)
+            .flat_map(|((k, vs), &i)| assignments(k, &vs[i]))
+            .collect();
+        (values, repetition)
+    }
+
+    /// The id of point `index`: `r003`.
+    pub fn id(index: usize) -> String {
+        format!("r{index:03}")
+    }
+
+    /// Point `index` (of [`Experiment::len`]).
+    pub fn point(&self, index: usize) -> Point {
+        let (values, repetition) = self.coordinates(index);
+        Point {
+            index,
+            id: Self::id(index),
+            values,
+            repetition,
+            seed: self.facts[index].seed,
+        }
+    }
+
+    /// The config text of point `index` (what its result's hash records)
+    /// and its label.
+    fn text(&self, index: usize) -> Result<(String, String), MatrixError> {
+        let (values, repetition) = self.coordinates(index);
+        let point_label = label(&values, repetition);
+        let mut table = self.base_table.clone();
+        for (k, v) in &values {
+            set_dotted(&mut table, k, v.clone()).map_err(|message| MatrixError::Key {
+                file: self.file.clone(),
+                key: format!("axes.\"{k}\""),
+                message,
+            })?;
+        }
+        // Repetitions differ by seed only (the emu backend is
+        // deterministic, so equal seeds would give equal runs), and by
+        // every seed that draws: the guest's (`seed`: random page order, kv
+        // keys) and the pager's (`pager.seed`: fetch latencies, the pages
+        // resident at boot).
+        vary_seeds(&mut table, self.base_seed, self.base_pager_seed, repetition).map_err(
+            |(key, seed)| MatrixError::Key {
+                file: self.file.clone(),
+                key: "repetitions".to_owned(),
+                message: format!(
+                    "{}: repetition {repetition} runs with {key} {seed} + {repetition}, more \
+                     than a seed can be ({}); use a smaller seed or fewer repetitions",
+                    self.repetitions,
+                    i64::MAX
+                ),
+            },
+        )?;
+        let text = toml::to_string(&table).expect("a TOML table serializes");
+        Ok((text, point_label))
+    }
+
+    /// The config of point `index`, as `apflab run` loads it from the
+    /// point's file, validated.
+    pub fn config(&self, index: usize) -> Result<LoadedConfig, MatrixError> {
+        let (text, point_label) = self.text(index)?;
+        let base_file = self.base_path.display().to_string();
+        let config = Config::from_text(
+            &format!("{base_file} [{point_label}]"),
+            &text,
+            &self.base_dir,
+        )
+        .map_err(|error| {
+            point_error(&self.file, &point_label, &self.coordinates(index).0, error)
+        })?;
+        Ok(LoadedConfig {
+            path: self.base_path.clone(),
+            name: format!("{}/{}", self.name, Self::id(index)),
+            sha256: sha256_hex(text.as_bytes()),
+            config,
+        })
+    }
+
+    /// The engine point `index` runs on, `--backend` (`backend`) first.
+    pub fn backend(&self, index: usize, backend: Option<Backend>) -> Backend {
+        backend.unwrap_or(self.facts[index].backend)
+    }
+
+    /// The SHA-256 of the kernel point `index` boots (`None` if it cannot
+    /// be read), read once per kernel.
+    fn kernel_sha256(&self, index: usize) -> Option<&String> {
+        let facts = self.facts[index];
+        let k = facts.kernel as usize;
+        self.kernel_hashes[k]
+            .get_or_init(|| {
+                let ram = facts.memory_mib.saturating_mul(1 << 20);
+                apflab_files::read_regular(&self.kernels[k], ram, "guest RAM")
+                    .ok()
+                    .map(|bytes| sha256_hex(&bytes))
+            })
+            .as_ref()
+    }
+
+    /// The wall-clock limit of point `index`, `--wall-timeout`
+    /// (`wall_timeout_ms`) first; `None`: none.
+    pub fn wall_timeout_ms(&self, index: usize, wall_timeout_ms: Option<u64>) -> Option<u64> {
+        wall_timeout_ms.or(self.facts[index].wall_timeout_ms)
+    }
+
+    /// vCPUs of point `index`.
+    pub fn vcpus(&self, index: usize) -> u32 {
+        self.facts[index].vcpus
     }
 
     /// Axis keys, in order, a key varied together with others as a column
@@ -518,23 +723,23 @@ impl Experiment {
                 .or_default()
                 .push(value.to_owned());
         }
-        let selected: Vec<usize> = self
-            .points
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| {
+        let selected: Vec<usize> = (0..self.len())
+            .filter(|&i| {
+                if wanted.is_empty() {
+                    return true;
+                }
+                let (point_values, repetition) = self.coordinates(i);
                 wanted.iter().all(|(axis, values)| {
                     if axis == "rep" {
-                        values.iter().any(|v| v.parse() == Ok(p.repetition))
+                        values.iter().any(|v| v.parse() == Ok(repetition))
                     } else {
-                        p.values
+                        point_values
                             .iter()
                             .find(|(k, _)| k == axis)
                             .is_some_and(|(_, pv)| values.iter().any(|v| value_matches(pv, v)))
                     }
                 })
             })
-            .map(|(i, _)| i)
             .collect();
         if selected.is_empty() {
             return Err(MatrixError::Key {
@@ -557,20 +762,25 @@ impl Experiment {
         host: bool,
     ) -> Result<(), MatrixError> {
         let kvm_missing = std::sync::OnceLock::new();
-        for point in selected.iter().map(|&i| &self.points[i]) {
-            let engine = point.backend(backend);
+        for &i in selected {
+            let engine = self.backend(i, backend);
             let whence = || -> (String, String) {
                 if backend.is_some() {
                     return (self.file.clone(), "--backend".to_owned());
                 }
-                if point.values.iter().any(|(k, _)| k == "backend.kind") {
+                if self
+                    .axes
+                    .iter()
+                    .any(|(k, _)| k.split(',').any(|k| k.trim() == "backend.kind"))
+                {
                     return (self.file.clone(), "axes.\"backend.kind\"".to_owned());
                 }
                 (
-                    point.config.path.display().to_string(),
+                    self.base_path.display().to_string(),
                     "backend.kind".to_owned(),
                 )
             };
+            let point = || self.point(i);
             let why = match engine {
                 Backend::Emu if !cfg!(feature = "emu") => Some(
                     "this apflab was built without the `emu` feature; use --backend kvm".to_owned(),
@@ -582,21 +792,16 @@ impl Experiment {
             };
             if let Some(why) = why {
                 let (file, key) = whence();
+                let point = point();
                 return Err(MatrixError::Point {
                     file,
                     point: format!("{} ({})", point.id, point.label()),
                     detail: format!("key `{key}` = \"{}\": {why}", engine.name()),
                 });
             }
-            if engine == Backend::Emu
-                && point
-                    .config
-                    .config
-                    .pager
-                    .as_ref()
-                    .is_some_and(|p| p.fault_path == FaultPath::Kernel)
-            {
+            if engine == Backend::Emu && self.facts[i].kernel_fault_path {
                 let (file, key) = whence();
+                let point = point();
                 return Err(MatrixError::Point {
                     file,
                     point: format!("{} ({})", point.id, point.label()),
@@ -692,6 +897,62 @@ impl Layout {
         self.root.join(format!(".partial-{id}"))
     }
 
+    /// Checks, before anything is written, what a matrix writes into its
+    /// folder: `table.csv` (and `job.sbatch` for `slurm`) can be written
+    /// and the folder and its `points/` are folders or can be made; and no
+    /// file `experiment` reads lies where the matrix writes (its table, job
+    /// and point configs, a point's results, the partial folders it
+    /// clears).
+    pub fn check_outputs(&self, experiment: &Experiment, slurm: bool) -> Result<(), MatrixError> {
+        let error = |e: apflab_files::OutputError| MatrixError::Folder {
+            path: e.path.display().to_string(),
+            message: e.reason,
+        };
+        let mut outputs = apflab_files::Outputs::new();
+        for input in &experiment.inputs {
+            outputs.input(input);
+        }
+        let mut files = vec!["table.csv"];
+        if slurm {
+            files.push("job.sbatch");
+        }
+        outputs.dir(&self.root, &files).map_err(error)?;
+        outputs.dir(&self.root.join("points"), &[]).map_err(error)?;
+        let root = apflab_files::output::absolute(&self.root);
+        for input in &experiment.inputs {
+            let Ok(rel) = apflab_files::output::absolute(input)
+                .strip_prefix(&root)
+                .map(Path::to_path_buf)
+            else {
+                continue;
+            };
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            let first = parts.first().map_or("", String::as_str);
+            let is_point = |s: &str| {
+                s.len() > 1 && s.starts_with('r') && s[1..].bytes().all(|b| b.is_ascii_digit())
+            };
+            let clobbered = matches!(first, "points" | "slurm" | "table.csv" | "job.sbatch")
+                || first.starts_with(".partial-")
+                || (is_point(first)
+                    && parts
+                        .get(1)
+                        .is_some_and(|f| f == "result.json" || f == "console.log"));
+            if clobbered {
+                return Err(MatrixError::Folder {
+                    path: input.display().to_string(),
+                    message: format!(
+                        "this matrix reads it, and it lies where the matrix writes in {}                          (table.csv, job.sbatch, points/, slurm/, .partial-*/, <run>/result.json,                          <run>/console.log): move it, or write the results elsewhere",
+                        self.root.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the folder ready for runs: it is created if missing; it must
     /// not be something other than a folder, and (unless `force`) must not
     /// hold results of another schema version. Leftovers of interrupted
@@ -732,7 +993,7 @@ impl Layout {
                 return Err(MatrixError::Folder {
                     path,
                     message: format!(
-                        "key `schema_version`: {found}; this apflab writes {SCHEMA_VERSION}. \
+                        "{found}; this apflab writes schema_version {SCHEMA_VERSION}. \
                          The folder holds results of another apflab version: use another \
                          folder, or --force to rerun every point"
                     ),
@@ -742,59 +1003,72 @@ impl Layout {
         Ok(())
     }
 
-    /// Writes the config of every point in `points` (unchanged files are
-    /// left alone).
-    pub fn write_points<'p>(
+    /// Writes the config of every point `selected` of `experiment`
+    /// (unchanged files are left alone), one at a time.
+    pub fn write_points(
         &self,
-        points: impl IntoIterator<Item = &'p Point>,
-    ) -> std::io::Result<()> {
-        for point in points {
-            let path = self.point_config(&point.id);
-            if std::fs::read_to_string(&path).is_ok_and(|t| t == point.text) {
+        experiment: &Experiment,
+        selected: &[usize],
+    ) -> Result<(), MatrixError> {
+        for &i in selected {
+            let (text, _) = experiment.text(i)?;
+            let path = self.point_config(&Experiment::id(i));
+            if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
                 continue;
             }
-            write_atomic(&path, point.text.as_bytes())?;
+            write_atomic(&path, text.as_bytes()).map_err(|e| MatrixError::Folder {
+                path: path.display().to_string(),
+                message: format!("cannot write the point's config: {e}"),
+            })?;
         }
         Ok(())
     }
 
-    /// The results already in the folder for `point` run on `backend`:
-    /// `None` if missing, of another config, another guest kernel or
-    /// another engine. (A run is deterministic given those and the VMM
-    /// build; after changing the VMM, `--force` reruns.)
-    pub fn existing(&self, point: &Point, backend: Backend) -> Option<RunResult> {
-        let path = self.result(&point.id);
-        if !path.is_file() {
-            return None;
+    /// The results already in the folder for point `index` of `experiment`
+    /// run on `backend` (see [`Existing`]). A run is deterministic given
+    /// its config, kernel and engine and the VMM build; after changing the
+    /// VMM, `--force` reruns.
+    pub fn existing(&self, experiment: &Experiment, index: usize, backend: Backend) -> Existing {
+        let path = self.result(&Experiment::id(index));
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Existing::Missing,
+            _ => {}
         }
-        let r = load_result(&path).ok()?;
-        if r.config.sha256 != point.config.sha256 || r.backend != backend.name() {
-            return None;
+        let r = match load_result(&path) {
+            Ok(r) => r,
+            Err(e) => return Existing::Corrupt(e.to_string()),
+        };
+        let Ok((text, _)) = experiment.text(index) else {
+            return Existing::Stale;
+        };
+        if r.config.sha256 != sha256_hex(text.as_bytes()) || r.backend != backend.name() {
+            return Existing::Stale;
         }
-        let ram = point.config.config.guest.memory_mib.saturating_mul(1 << 20);
-        let kernel =
-            apflab_files::read_regular(&point.config.config.kernel_path, ram, "guest RAM").ok()?;
-        (r.config.kernel_sha256 == sha256_hex(&kernel)).then_some(r)
+        match experiment.kernel_sha256(index) {
+            Some(k) if *k == r.config.kernel_sha256 => Existing::Done(Box::new(r)),
+            _ => Existing::Stale,
+        }
     }
+}
+
+/// What a matrix folder holds for one point.
+#[derive(Debug)]
+pub enum Existing {
+    /// No `result.json`.
+    Missing,
+    /// The results of this very point: it is done.
+    Done(Box<RunResult>),
+    /// Results of another config, kernel or engine: run it again.
+    Stale,
+    /// A `result.json` that cannot be read as results (why): run it
+    /// again, and say so.
+    Corrupt(String),
 }
 
 /// A config or experiment file's text: a regular file of at most
 /// [`crate::config::MAX_CONFIG_BYTES`].
 fn read_config(path: &Path) -> std::io::Result<String> {
     apflab_files::read_regular_to_string(path, crate::config::MAX_CONFIG_BYTES, "a config file")
-}
-
-/// Writes `bytes` to a temporary name beside `path` and renames it onto
-/// `path`, so a reader never sees a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 /// What a matrix keeps of a finished point for its table and comparison:
@@ -899,6 +1173,8 @@ pub struct Runner<'a> {
     pub backend: Option<Backend>,
     /// The `apflab` executable each run is a process of.
     pub exe: PathBuf,
+    /// `--wall-timeout`, passed to every run.
+    pub wall_timeout_ms: Option<u64>,
 }
 
 /// How often at most the table is rewritten while a matrix runs.
@@ -910,10 +1186,10 @@ impl Runner<'_> {
     pub fn run_point(&self, point: &Point) -> Status {
         let partial = self.layout.partial(&point.id);
         let _ = std::fs::remove_dir_all(&partial);
-        let base_dir = if point.base_dir.as_os_str().is_empty() {
+        let base_dir = if self.experiment.base_dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
-            &point.base_dir
+            &self.experiment.base_dir
         };
         let mut command = Command::new(&self.exe);
         command
@@ -922,12 +1198,15 @@ impl Runner<'_> {
             .arg("--out")
             .arg(&partial)
             .arg("--name")
-            .arg(&point.config.name)
+            .arg(format!("{}/{}", self.experiment.name, point.id))
             .arg("--base-dir")
             .arg(base_dir)
             .stdin(Stdio::null());
         if let Some(b) = self.backend {
             command.arg("--backend").arg(b.name());
+        }
+        if let Some(ms) = self.wall_timeout_ms {
+            command.arg("--wall-timeout").arg(ms.to_string());
         }
         let output = match command.output() {
             Ok(o) => o,
@@ -988,7 +1267,6 @@ impl Runner<'_> {
         done: &mut BTreeMap<usize, Status>,
         mut observe: impl FnMut(Event<'_>),
     ) -> std::io::Result<()> {
-        let points = &self.experiment.points;
         let next = AtomicUsize::new(0);
         let (tx, rx) = mpsc::channel::<(usize, Option<Status>)>();
         let mut written = Instant::now();
@@ -1002,7 +1280,7 @@ impl Runner<'_> {
                         if tx.send((p, None)).is_err() {
                             return;
                         }
-                        let status = self.run_point(&points[p]);
+                        let status = self.run_point(&self.experiment.point(p));
                         if tx.send((p, Some(status))).is_err() {
                             return;
                         }
@@ -1012,9 +1290,9 @@ impl Runner<'_> {
             drop(tx);
             for (p, status) in rx {
                 match status {
-                    None => observe(Event::Started(&points[p])),
+                    None => observe(Event::Started(&self.experiment.point(p))),
                     Some(status) => {
-                        observe(Event::Finished(&points[p], &status));
+                        observe(Event::Finished(&self.experiment.point(p), &status));
                         done.insert(p, status);
                         if result.is_ok() && written.elapsed() >= TABLE_INTERVAL {
                             result = self.write_table(done);
@@ -1030,7 +1308,7 @@ impl Runner<'_> {
 
     /// Writes the table of the points in `done`.
     pub fn write_table(&self, done: &BTreeMap<usize, Status>) -> std::io::Result<()> {
-        let rows = done.iter().map(|(&i, s)| (&self.experiment.points[i], s));
+        let rows = done.iter().map(|(&i, s)| (self.experiment.point(i), s));
         let csv = table_csv(&self.experiment.axis_names(), rows)?;
         write_atomic(&self.layout.table(), &csv)
     }
@@ -1067,7 +1345,7 @@ pub const WALL_COLUMNS: &[&str] = &["wall_time_ms"];
 /// path of the run's `result.json` relative to the matrix folder.
 pub fn table_csv<'p>(
     axes: &[String],
-    rows: impl IntoIterator<Item = (&'p Point, &'p Status)>,
+    rows: impl IntoIterator<Item = (Point, &'p Status)>,
 ) -> std::io::Result<Vec<u8>> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     let header: Vec<&str> = std::iter::once("run")
@@ -1079,7 +1357,7 @@ pub fn table_csv<'p>(
         let mut row: Vec<String> = vec![point.id.clone()];
         row.extend(point.values.iter().map(|(_, v)| value_text(v)));
         row.push(point.repetition.to_string());
-        row.push(point.config.config.seed.to_string());
+        row.push(point.seed.to_string());
         match status {
             Status::Ok(r) | Status::Failed(r, _) => {
                 row.extend(r.cells.iter().cloned());
@@ -1150,12 +1428,12 @@ pub struct MatrixSummary {
 }
 
 impl MatrixSummary {
-    /// Counts the points `selected` of `experiment` by their status in
+    /// Counts the points `selected` by their status in
     /// `done` (a point absent from `done` is missing).
-    pub fn of(experiment: &Experiment, selected: &[usize], done: &BTreeMap<usize, Status>) -> Self {
+    pub fn of(selected: &[usize], done: &BTreeMap<usize, Status>) -> Self {
         let mut summary = MatrixSummary::default();
         for &i in selected {
-            let id = &experiment.points[i].id;
+            let id = &Experiment::id(i);
             match done.get(&i) {
                 Some(Status::Ok(_)) => summary.ok += 1,
                 Some(status) => {
@@ -1198,11 +1476,11 @@ pub fn comparison(experiment: &Experiment, done: &BTreeMap<usize, Status>) -> St
     let baselines: BTreeMap<String, u64> = done
         .keys()
         .filter_map(|&i| ok(i).filter(|r| r.sync_baseline).map(|r| (i, r)))
-        .map(|(i, r)| (others(&experiment.points[i]), r.virtual_time_ns))
+        .map(|(i, r)| (others(&experiment.point(i)), r.virtual_time_ns))
         .collect();
     let mut rows = Vec::new();
     for &i in done.keys() {
-        let (Some(r), point) = (ok(i), &experiment.points[i]) else {
+        let (Some(r), point) = (ok(i), &experiment.point(i)) else {
             continue;
         };
         let Some(&base) = baselines.get(&others(point)) else {

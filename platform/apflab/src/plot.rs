@@ -388,19 +388,43 @@ impl Figure {
         }
     }
 
-    /// Writes the figure as `<stem>.svg` and `<stem>.png`; returns both
-    /// paths.
+    /// The files [`Figure::save`] writes for `stem`: `<stem>.svg` and
+    /// `<stem>.png`.
+    pub fn files(stem: &Path) -> [PathBuf; 2] {
+        [stem.with_extension("svg"), stem.with_extension("png")]
+    }
+
+    /// Writes the figure as `<stem>.svg` and `<stem>.png` ([`Figure::files`]),
+    /// each drawn under a temporary name in the same folder and renamed
+    /// into place; returns both paths.
     pub fn save(&self, stem: &Path) -> Result<[PathBuf; 2], String> {
-        let svg = stem.with_extension("svg");
-        let png = stem.with_extension("png");
+        let [svg, png] = Self::files(stem);
         let size = self.size();
         // Both backends lay text out with the registered font's metrics.
         text_font()?;
-        self.draw(SVGBackend::new(&svg, size).into_drawing_area())
-            .map_err(|e| format!("{}: {e}", svg.display()))?;
-        self.draw(BitMapBackend::new(&png, size).into_drawing_area())
-            .map_err(|e| format!("{}: {e}", png.display()))?;
-        Ok([svg, png])
+        // (The bitmap backend picks its format by the extension: the
+        // temporary name keeps it.)
+        let temporary = |p: &Path, ext: &str| {
+            let name = p.file_stem().unwrap_or_default().to_string_lossy();
+            p.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()))
+        };
+        let (svg_tmp, png_tmp) = (temporary(&svg, "svg"), temporary(&png, "png"));
+        let drawn = self
+            .draw(SVGBackend::new(&svg_tmp, size).into_drawing_area())
+            .map_err(|e| format!("{}: {e}", svg.display()))
+            .and_then(|()| {
+                self.draw(BitMapBackend::new(&png_tmp, size).into_drawing_area())
+                    .map_err(|e| format!("{}: {e}", png.display()))
+            })
+            .and_then(|()| {
+                std::fs::rename(&svg_tmp, &svg).map_err(|e| format!("{}: {e}", svg.display()))?;
+                std::fs::rename(&png_tmp, &png).map_err(|e| format!("{}: {e}", png.display()))
+            });
+        if drawn.is_err() {
+            let _ = std::fs::remove_file(&svg_tmp);
+            let _ = std::fs::remove_file(&png_tmp);
+        }
+        drawn.map(|()| [svg, png])
     }
 
     fn draw<DB: DrawingBackend>(

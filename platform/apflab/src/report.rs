@@ -33,41 +33,41 @@ pub enum ReportError {
         message: String,
     },
     /// A result file from another schema version.
-    #[error("{path}: schema_version {found}; this apflab reads {expected}")]
+    #[error("{path}: {found}; this apflab reads schema_version {expected}")]
     Schema {
         /// The file.
         path: String,
-        /// Its version.
-        found: u64,
+        /// What it holds: `schema_version 1`, `schema_version "2"`, `no
+        /// schema_version`.
+        found: String,
         /// Ours.
         expected: u32,
     },
 }
 
-/// Every `result.json` below `dir`, sorted by path. Hidden entries (a name
-/// starting with `.`, such as the matrix's `.partial-r003` folders of runs
-/// still going) are skipped.
+/// Every `result.json` below `dir`, sorted by path: see [`find_all_results`].
 pub fn find_results(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    find_all_results(std::slice::from_ref(&dir.to_path_buf()))
+}
+
+/// Every `result.json` below the folders `dirs`, each file once however
+/// many names the tree gives it (symlinks followed, a link back up the
+/// tree entered once, folders given twice or inside one another walked
+/// once: [`apflab_files::walk`]), sorted by path within each folder.
+/// Hidden entries (a name starting with `.`, such as the matrix's
+/// `.partial-r003` folders of runs still going) are skipped.
+pub fn find_all_results(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
+    let mut walk = apflab_files::walk::Walk::new(apflab_files::walk::MAX_DEPTH);
     let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|error| ReportError::Io {
-            path: d.display().to_string(),
-            error,
-        })?;
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "result.json") {
-                found.push(p);
-            }
-        }
+    for dir in dirs {
+        found.extend(
+            walk.files(dir, |name| name == "result.json")
+                .map_err(|error| ReportError::Io {
+                    path: dir.display().to_string(),
+                    error,
+                })?,
+        );
     }
-    found.sort();
     Ok(found)
 }
 
@@ -87,13 +87,16 @@ pub fn load_result(path: &Path) -> Result<RunResult, ReportError> {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let version = value
-        .get("schema_version")
-        .and_then(serde_json::Value::as_u64);
-    if version != Some(u64::from(crate::result::SCHEMA_VERSION)) {
+    let version = value.get("schema_version");
+    if version.and_then(serde_json::Value::as_u64) != Some(u64::from(crate::result::SCHEMA_VERSION))
+    {
         return Err(ReportError::Schema {
             path: path.display().to_string(),
-            found: version.unwrap_or(0),
+            // As written: two different wrong values read differently.
+            found: version.map_or_else(
+                || "no schema_version".to_owned(),
+                |v| format!("schema_version {v}"),
+            ),
             expected: crate::result::SCHEMA_VERSION,
         });
     }

@@ -534,6 +534,14 @@ impl RunResult {
                     config.backend.max_virtual_ms
                 )),
             ),
+            GuestExit::WallTimeout => (
+                "wall_timeout",
+                Some(format!(
+                    "no power-off within {} ms of wall-clock time (backend.wall_timeout_ms or \
+                     --wall-timeout)",
+                    config.backend.wall_timeout_ms.unwrap_or_default()
+                )),
+            ),
             GuestExit::Hang(d) => ("hang", Some(d.to_string())),
         };
         let watchdog = match &outcome.exit {
@@ -548,7 +556,11 @@ impl RunResult {
             None
         } else {
             match &outcome.report {
-                None => Some("the guest powered off without sending its report".to_owned()),
+                None => Some(
+                    crate::linux_guest::init_failure(&outcome.console).unwrap_or_else(|| {
+                        "the guest powered off without sending its report".to_owned()
+                    }),
+                ),
                 Some(r) if r.mismatches != 0 => Some(format!(
                     "the guest found {} words that did not match the expected page content",
                     r.mismatches

@@ -33,21 +33,44 @@ pub enum RunError {
     /// The VMM failed during the run.
     #[error("the VM failed: {0}")]
     Vmm(String),
-    /// The results could not be written.
-    #[error("{path}: cannot write results: {error}")]
+    /// An output cannot be written: found before the run starts.
+    #[error("{flag}{error}")]
+    Output {
+        /// The option that named it (`--trace `), or empty for a file in
+        /// the results folder.
+        flag: &'static str,
+        /// Which file and why.
+        error: apflab_files::OutputError,
+    },
+    /// The results could not be written after the run.
+    #[error("{path}: cannot write results: {error}{}", kept_text(kept))]
     Write {
         /// The file.
         path: String,
         /// Why.
         error: std::io::Error,
+        /// The files the run did write before this one failed.
+        kept: Vec<String>,
     },
+}
+
+/// What [`RunError::Write`] says of the files already written.
+fn kept_text(kept: &[String]) -> String {
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("; what was written is kept: {}", kept.join(", "))
+    }
 }
 
 impl RunError {
     /// Whether the error is the user's input (exit code 2) rather than a
     /// failed run (exit code 1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, RunError::Kernel { .. } | RunError::Setup(_))
+        matches!(
+            self,
+            RunError::Kernel { .. } | RunError::Setup(_) | RunError::Output { .. }
+        )
     }
 }
 
@@ -123,8 +146,13 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
             path.display()
         )));
     }
-    let prepared = Prepared::new(pager, config.guest.memory_mib << 20, &config.base_dir)
-        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let prepared = Prepared::new_above(
+        pager,
+        config.managed_low(),
+        config.guest.memory_mib << 20,
+        &config.base_dir,
+    )
+    .map_err(|e| RunError::Setup(e.to_string()))?;
     Ok(Some(match pager.fault_path {
         // Both backends drive the same engine: emu in virtual time, kvm in
         // host time since the start of the run (fetch latencies become real
@@ -207,8 +235,63 @@ pub struct RunFlags {
 /// per event in the order they happened.
 pub const TOKEN_LOG: &str = "tokens.csv";
 
+/// The files a run of `config` (from the file `path`) reads: the config,
+/// the kernel, the pager's store image and samples file, the policy module.
+pub fn inputs(path: &Path, config: &Config) -> Vec<PathBuf> {
+    use apflab_pager::{LatencyConfig, StoreConfig};
+    let mut files = vec![path.to_path_buf(), config.kernel_path.clone()];
+    if let Some(pager) = &config.pager {
+        if let StoreConfig::File { path } = &pager.store {
+            files.push(config.base_dir.join(path));
+        }
+        if let LatencyConfig::Empirical { samples } = &pager.latency {
+            files.push(config.base_dir.join(samples));
+        }
+    }
+    if let Some(PolicyChoice::Module { path, .. }) = &config.policy {
+        files.push(path.clone());
+    }
+    files
+}
+
+/// The results file of a run, in its folder.
+pub const RESULT_FILE: &str = "result.json";
+
+/// The guest's console output of a run, in its folder.
+pub const CONSOLE_LOG: &str = "console.log";
+
+/// Checks, before the run starts, every file a run of `loaded` writes into
+/// `out_dir` (and the trace `flags` ask for): see [`apflab_files::output`].
+pub fn check_outputs(
+    loaded: &LoadedConfig,
+    config: &Config,
+    out_dir: &Path,
+    flags: &RunFlags,
+) -> Result<(), RunError> {
+    let mut outputs = apflab_files::Outputs::new();
+    for input in inputs(&loaded.path, config) {
+        outputs.input(&input);
+    }
+    let mut files = vec![RESULT_FILE, CONSOLE_LOG];
+    if flags.token_log {
+        files.push(TOKEN_LOG);
+    }
+    outputs
+        .dir(out_dir, &files)
+        .map_err(|error| RunError::Output { flag: "", error })?;
+    if let Some(trace) = &flags.trace {
+        outputs.file(trace).map_err(|error| RunError::Output {
+            flag: "--trace ",
+            error,
+        })?;
+    }
+    Ok(())
+}
+
 /// Runs a loaded config and writes `DIR/result.json` and `DIR/console.log`
-/// (and [`TOKEN_LOG`] if `flags` ask for it).
+/// (and [`TOKEN_LOG`] if `flags` ask for it). Every output is checked
+/// before the run starts ([`check_outputs`]) and written whole or not at
+/// all ([`apflab_files::write_atomic`]).
 /// A run whose guest failed still writes its results (and
 /// [`RunResult::outcome`] says why); only a run that produced no results
 /// is an error.
@@ -222,6 +305,7 @@ pub fn run_config(
     if let Some(b) = backend {
         config.backend.kind = b;
     }
+    check_outputs(loaded, &config, out_dir, flags)?;
     // The guest's tracks need its timeline log; its times are the emu
     // counter's, which is the emu clock (on kvm the trace has the VMM's
     // tracks only).
@@ -285,7 +369,7 @@ pub fn run_config(
     if let Some(m) = pager.as_ref().and_then(Pager::metrics) {
         result.set_pager(&m);
     }
-    write_results(out_dir, &result, &outcome.console)?;
+    let mut kept = write_results(out_dir, &result, &outcome.console)?;
     // Without an engine in the VMM nothing was logged: the trace has just
     // its tracks.
     let (events, stalls) = match &pager {
@@ -293,7 +377,8 @@ pub fn run_config(
         _ => (&[][..], &[][..]),
     };
     if flags.token_log {
-        write_token_log(out_dir, events)?;
+        let path = out_dir.join(TOKEN_LOG);
+        write_kept(&path, token_log(events).as_bytes(), &mut kept)?;
     }
     if let Some(path) = &flags.trace {
         let trace = crate::trace::chrome_trace(&crate::trace::TraceInputs {
@@ -303,16 +388,25 @@ pub fn run_config(
             halts: &outcome.metrics.halts,
             timeline: &outcome.timeline,
         });
-        std::fs::write(path, trace.to_string()).map_err(|error| RunError::Write {
-            path: path.display().to_string(),
-            error,
-        })?;
+        write_kept(path, trace.to_string().as_bytes(), &mut kept)?;
     }
     Ok(result)
 }
 
-/// Writes `events` to `dir`/[`TOKEN_LOG`].
-fn write_token_log(dir: &Path, events: &[apflab_apf::Event]) -> Result<(), RunError> {
+/// Writes `bytes` to `path` whole or not at all, adding it to `kept`, the
+/// files this run wrote; a failure names them.
+fn write_kept(path: &Path, bytes: &[u8], kept: &mut Vec<String>) -> Result<(), RunError> {
+    apflab_files::write_atomic(path, bytes).map_err(|error| RunError::Write {
+        path: path.display().to_string(),
+        error,
+        kept: kept.clone(),
+    })?;
+    kept.push(path.display().to_string());
+    Ok(())
+}
+
+/// `events` as [`TOKEN_LOG`]'s CSV.
+fn token_log(events: &[apflab_apf::Event]) -> String {
     use std::fmt::Write as _;
     let mut csv = String::from("t_ns,vcpu,token,event\n");
     for e in events {
@@ -325,26 +419,20 @@ fn write_token_log(dir: &Path, events: &[apflab_apf::Event]) -> Result<(), RunEr
             e.kind.name()
         );
     }
-    let path = dir.join(TOKEN_LOG);
-    std::fs::write(&path, csv).map_err(|error| RunError::Write {
-        path: path.display().to_string(),
-        error,
-    })
+    csv
 }
 
-/// Writes `result.json` and `console.log` into `dir` (created if needed).
-pub fn write_results(dir: &Path, result: &RunResult, console: &str) -> Result<(), RunError> {
-    let write = |name: &str, bytes: &[u8]| {
-        let path = dir.join(name);
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&path, bytes))
-            .map_err(|error| RunError::Write {
-                path: path.display().to_string(),
-                error,
-            })
-    };
+/// Writes `result.json` and then `console.log` into `dir` (created if
+/// needed), each whole or not at all; returns the files written.
+pub fn write_results(
+    dir: &Path,
+    result: &RunResult,
+    console: &str,
+) -> Result<Vec<String>, RunError> {
     let mut json = serde_json::to_string_pretty(result).expect("results serialize");
     json.push('\n');
-    write("result.json", json.as_bytes())?;
-    write("console.log", console.as_bytes())
+    let mut kept = Vec::new();
+    write_kept(&dir.join(RESULT_FILE), json.as_bytes(), &mut kept)?;
+    write_kept(&dir.join(CONSOLE_LOG), console.as_bytes(), &mut kept)?;
+    Ok(kept)
 }

@@ -9,6 +9,12 @@
 //! only writes the script, hands it to `sbatch` ([`submit`]) and, once the
 //! tasks are done, `apflab matrix EXPERIMENT --collect DIR` writes the
 //! table from the results.
+//!
+//! A job array has at most [`MAX_ARRAY_TASKS`] tasks (Slurm's default
+//! `MaxArraySize`): a larger matrix gets more points per task. With
+//! `--wall-timeout` (or `backend.wall_timeout_ms` in every point) and no
+//! `--time`, each task's `--time` is the sum of its points' limits, plus a
+//! second per point and a minute.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -29,6 +35,28 @@ pub struct SlurmOptions {
     pub time: Option<String>,
     /// `#SBATCH --account`.
     pub account: Option<String>,
+    /// `apflab matrix --wall-timeout`: passed to every run, and (without
+    /// `time`) the base of each task's `--time`.
+    pub wall_timeout_ms: Option<u64>,
+}
+
+/// Most tasks in one job array: Slurm's default `MaxArraySize` (1001)
+/// allows indices 0 to 1000. More points are chunked to fit.
+pub const MAX_ARRAY_TASKS: usize = 1001;
+
+/// The `#SBATCH --time` of a task running points whose wall-clock limits
+/// are `limits_ms`, in whole minutes with one to spare for starting each
+/// run; `None` if a point has no limit.
+fn task_minutes(limits_ms: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut points: u64 = 0;
+    for limit in limits_ms {
+        total = total.saturating_add(limit?);
+        points += 1;
+    }
+    // A second per run to start it and write its results, and a minute
+    // for the task.
+    Some(total.saturating_add(points * 1000).div_ceil(60_000) + 1)
 }
 
 impl SlurmOptions {
@@ -73,6 +101,9 @@ pub struct Job {
     pub tasks: usize,
     /// Points the tasks run.
     pub points: usize,
+    /// Points per task: `--chunk`, or more to stay within
+    /// [`MAX_ARRAY_TASKS`].
+    pub chunk: usize,
 }
 
 /// `sbatch` on the `PATH`, if there is one.
@@ -109,24 +140,33 @@ pub fn write_job(
     exe: &Path,
     options: &SlurmOptions,
 ) -> std::io::Result<Job> {
-    let chunk = options.chunk.max(1);
+    let chunk = options
+        .chunk
+        .max(1)
+        .max(pending.len().div_ceil(MAX_ARRAY_TASKS));
     let chunks: Vec<&[usize]> = pending.chunks(chunk).collect();
+    let time = options.time.clone().or_else(|| {
+        chunks
+            .iter()
+            .map(|task| {
+                task_minutes(
+                    task.iter()
+                        .map(|&i| experiment.wall_timeout_ms(i, options.wall_timeout_ms)),
+                )
+            })
+            .try_fold(0, |most: u64, t| t.map(|t| most.max(t)))
+            .map(|minutes| minutes.to_string())
+    });
     let logs = layout.root.join("slurm");
     std::fs::create_dir_all(&logs)?;
-    let base_dir = experiment
-        .points
-        .first()
-        .map(|p| std::path::absolute(&p.base_dir).unwrap_or_else(|_| p.base_dir.clone()))
-        .unwrap_or_default();
+    let base_dir =
+        std::path::absolute(&experiment.base_dir).unwrap_or_else(|_| experiment.base_dir.clone());
     // The emu engine runs a VM on one host thread; kvm on one per vCPU.
     let cpus = pending
         .iter()
-        .map(|&i| {
-            let p = &experiment.points[i];
-            match p.backend(backend) {
-                Backend::Emu => 1,
-                Backend::Kvm => p.config.config.guest.vcpus,
-            }
+        .map(|&i| match experiment.backend(i, backend) {
+            Backend::Emu => 1,
+            Backend::Kvm => experiment.vcpus(i),
         })
         .max()
         .unwrap_or(1);
@@ -168,7 +208,7 @@ pub fn write_job(
     let _ = writeln!(s, "#SBATCH --cpus-per-task={cpus}");
     for (flag, value) in [
         ("partition", &options.partition),
-        ("time", &options.time),
+        ("time", &time),
         ("account", &options.account),
     ] {
         if let Some(v) = value {
@@ -180,16 +220,16 @@ pub fn write_job(
     let _ = writeln!(s, "dir={}", quote_path(&layout.root));
     let _ = writeln!(s, "base={}", quote_path(&base_dir));
     let _ = writeln!(s, "name={}", quote(&experiment.name));
-    let backend_arg = backend.map_or_else(String::new, |b| format!(" --backend {}", b.name()));
+    let mut backend_arg = backend.map_or_else(String::new, |b| format!(" --backend {}", b.name()));
+    if let Some(ms) = options.wall_timeout_ms {
+        backend_arg.push_str(&format!(" --wall-timeout {ms}"));
+    }
     let _ = writeln!(
         s,
         "case \"${{SLURM_ARRAY_TASK_ID:?submit this script with sbatch: it is a job array}}\" in"
     );
     for (task, points) in chunks.iter().enumerate() {
-        let ids: Vec<&str> = points
-            .iter()
-            .map(|&i| experiment.points[i].id.as_str())
-            .collect();
+        let ids: Vec<String> = points.iter().map(|&i| Experiment::id(i)).collect();
         let _ = writeln!(s, "    {task}) points=\"{}\" ;;", ids.join(" "));
     }
     let _ = writeln!(
@@ -220,11 +260,12 @@ exit "$status"
 "#
     ));
     let script = layout.root.join("job.sbatch");
-    crate::matrix::write_atomic(&script, s.as_bytes())?;
+    apflab_files::write_atomic(&script, s.as_bytes())?;
     Ok(Job {
         script,
         tasks: chunks.len(),
         points: pending.len(),
+        chunk,
     })
 }
 

@@ -25,8 +25,14 @@ struct Ran {
 /// Runs apflab with `args`; a run that has not ended after 60 s is killed
 /// and fails the test (a FIFO read would block forever).
 fn apflab(args: &[&str]) -> Ran {
-    let mut child = Command::new(APFLAB)
-        .args(args)
+    let mut command = Command::new(APFLAB);
+    command.args(args);
+    run_command(command, args)
+}
+
+/// [`apflab`] of a prepared command (environment, limits).
+fn run_command(mut command: Command, args: &[&str]) -> Ran {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -95,6 +101,10 @@ fn fixtures() -> tempfile::TempDir {
     let mut truncated = elf(0x4008_0000, 0x4008_0000);
     truncated.truncate(40);
     std::fs::write(p.join("truncated.elf"), truncated).unwrap();
+    // The built-in guest cut short, as a copy interrupted midway leaves it.
+    let mut guest = std::fs::read(apflab_artifacts::guest_elf()).unwrap();
+    guest.truncate(65536);
+    std::fs::write(p.join("cut-guest.elf"), guest).unwrap();
     std::fs::write(p.join("low.elf"), elf(0x1000, 0x1000)).unwrap();
     std::fs::write(p.join("entry.elf"), elf(0x4100_0000, 0x1000)).unwrap();
     dir
@@ -255,7 +265,18 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
         ),
         (
             edit("[workload]", "kernel = \"truncated.elf\"\n[workload]"),
-            vec!["truncated.elf"],
+            vec![
+                "truncated.elf",
+                "truncated: an ELF64 header is 64 bytes, the file has 40",
+            ],
+        ),
+        (
+            edit("[workload]", "kernel = \"cut-guest.elf\"\n[workload]"),
+            vec![
+                "cut-guest.elf",
+                "truncated: its section header table",
+                "ends past the end of the file, which has 65536 bytes",
+            ],
         ),
         (
             edit("[workload]", "kernel = \"low.elf\"\n[workload]"),
@@ -348,6 +369,34 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
                 "[backend]\ncost = { ns_per_instruction = 1e-300 }\n",
             ),
             vec!["backend.cost.ns_per_instruction", "0.01"],
+        ),
+        // A cost model under which the guest cannot show life within the
+        // watchdog's span: every run would end as a hang.
+        (
+            edit(
+                "[backend]\n",
+                "[backend]\ncost = { ns_per_instruction = 100000.0 }\n",
+            ),
+            vec![
+                "test.toml:9:",
+                "backend.cost.ns_per_instruction = 100000 with backend.watchdog_ms = 1000",
+                "guest.memory_mib = 64",
+                "expected ns_per_instruction at most 1644.73 or watchdog_ms at least 60800",
+            ],
+        ),
+        (
+            edit(
+                "[backend]\n",
+                "[backend]\nwatchdog_ms = 30\ncost = { ns_per_instruction = 1000.0 }\n",
+            ),
+            vec![
+                "backend.cost.ns_per_instruction = 1000 with backend.watchdog_ms = 30",
+                "watchdog_ms at least 608",
+            ],
+        ),
+        (
+            edit("[backend]\n", "[backend]\nwall_timeout_ms = 0\n"),
+            vec!["test.toml:9:", "backend.wall_timeout_ms", "at least 1"],
         ),
         // 5. Files a config names: regular files only, size-checked before
         //    they are read.
@@ -562,4 +611,648 @@ fn a_standard_output_closed_early_is_no_panic_for_any_subcommand() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert_eq!(code, Some(0), "{args:?}: {err}");
     }
+}
+
+/// Runs `GOOD` into `dir/res/r` and returns that folder (holding
+/// `result.json`).
+fn a_result(dir: &Path) -> PathBuf {
+    let config = dir.join("good.toml");
+    std::fs::write(&config, GOOD).unwrap();
+    let out = dir.join("res/r");
+    let ran = apflab(&[
+        "run",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.code, Some(0), "{}", ran.log);
+    out
+}
+
+#[test]
+fn every_output_is_checked_before_the_run_and_a_bad_one_is_exit_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_owned();
+    let config = p("test.toml");
+    std::fs::write(&config, GOOD).unwrap();
+    std::fs::write(p("file"), "").unwrap();
+    std::fs::create_dir_all(d.join("o3/result.json")).unwrap();
+    std::fs::create_dir_all(d.join("o5/tokens.csv")).unwrap();
+    // A config that is itself named result.json, run into its own folder.
+    std::fs::create_dir_all(d.join("o7")).unwrap();
+    std::fs::write(p("o7/result.json"), GOOD).unwrap();
+    let results = a_result(d);
+    let result = results.join("result.json");
+    let result_text = std::fs::read(&result).unwrap();
+    let template = p("paper.in.md");
+    std::fs::write(&template, "# paper\n").unwrap();
+    // A matrix whose base config lies where the matrix writes its points.
+    std::fs::create_dir_all(d.join("m/points")).unwrap();
+    std::fs::write(p("m/points/r000.toml"), GOOD).unwrap();
+    std::fs::write(p("exp.toml"), "base = \"m/points/r000.toml\"\n").unwrap();
+
+    let cases: Vec<(Vec<String>, Vec<String>)> = vec![
+        (
+            vec!["run".into(), config.clone(), "--out".into(), p("file")],
+            vec![p("file"), "is a file, not a directory".into()],
+        ),
+        (
+            vec![
+                "run".into(),
+                config.clone(),
+                "--out".into(),
+                "/dev/null".into(),
+            ],
+            vec!["/dev/null".into(), "character device".into()],
+        ),
+        (
+            vec!["run".into(), config.clone(), "--out".into(), p("o3")],
+            vec![p("o3/result.json"), "is a directory".into()],
+        ),
+        (
+            vec![
+                "run".into(),
+                config.clone(),
+                "--out".into(),
+                p("o4"),
+                "--trace".into(),
+                "/proc/apflab-trace.json".into(),
+            ],
+            vec![
+                "--trace /proc/apflab-trace.json: cannot be written: its folder /proc takes no \
+                 new files"
+                    .into(),
+            ],
+        ),
+        (
+            vec![
+                "run".into(),
+                config.clone(),
+                "--out".into(),
+                p("o5"),
+                "--token-log".into(),
+            ],
+            vec![p("o5/tokens.csv"), "is a directory".into()],
+        ),
+        (
+            vec![
+                "run".into(),
+                config.clone(),
+                "--out".into(),
+                p("o6"),
+                "--trace".into(),
+                config.clone(),
+            ],
+            vec![config.clone(), "destroy the input".into()],
+        ),
+        (
+            vec!["run".into(), p("o7/result.json"), "--out".into(), p("o7")],
+            vec![p("o7/result.json"), "destroy the input".into()],
+        ),
+        (
+            vec![
+                "run".into(),
+                config.clone(),
+                "--out".into(),
+                p("o8"),
+                "--trace".into(),
+                p("o8/x/../result.json"),
+            ],
+            vec!["same file as the output".into()],
+        ),
+        (
+            vec![
+                "report".into(),
+                p("res"),
+                "--out".into(),
+                result.to_str().unwrap().to_owned(),
+            ],
+            vec![
+                "--out".into(),
+                "result.json".into(),
+                "destroy the input".into(),
+            ],
+        ),
+        (
+            vec!["report".into(), p("res"), "--out".into(), p("o3")],
+            vec![p("o3"), "is a directory".into()],
+        ),
+        (
+            vec![
+                "paper".into(),
+                template.clone(),
+                "--results".into(),
+                p("res"),
+                "--out".into(),
+                template.clone(),
+            ],
+            vec!["paper.in.md".into(), "destroy the input".into()],
+        ),
+        (
+            vec!["matrix".into(), p("exp.toml"), "--out".into(), p("m")],
+            vec![
+                "m/points/r000.toml".into(),
+                "lies where the matrix writes".into(),
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (args, expected) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ran = apflab(&args);
+        let mut wrong = Vec::new();
+        if ran.code != Some(2) {
+            wrong.push(format!("exit {:?}, expected 2", ran.code));
+        }
+        for e in expected {
+            if !ran.log.contains(e.as_str()) {
+                wrong.push(format!("no {e:?}"));
+            }
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{args:?}: {}\n{}", wrong.join(", "), ran.log));
+        }
+    }
+    // Nothing ran, nothing was written or replaced.
+    for out in ["o4", "o5", "o6", "o8"] {
+        if d.join(out).join("result.json").exists() {
+            failures.push(format!("{out}/result.json was written"));
+        }
+    }
+    assert_eq!(
+        std::fs::read(&result).unwrap(),
+        result_text,
+        "the result read"
+    );
+    assert_eq!(std::fs::read_to_string(p("o7/result.json")).unwrap(), GOOD);
+    assert_eq!(std::fs::read_to_string(&template).unwrap(), "# paper\n");
+    assert_eq!(
+        std::fs::read_to_string(p("m/points/r000.toml")).unwrap(),
+        GOOD
+    );
+    let figures: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".png") || n.ends_with(".svg"))
+        .collect();
+    assert!(figures.is_empty(), "figures written: {figures:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_report_over_a_tree_with_a_symlink_loop_counts_each_result_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = a_result(d);
+    std::os::unix::fs::symlink(d.join("res"), run.join("loop")).unwrap();
+    std::os::unix::fs::symlink(&run, d.join("res/again")).unwrap();
+    let out = d.join("report.md");
+    let res = d.join("res");
+    // The folder given twice, and once inside itself, too.
+    let ran = apflab(&[
+        "report",
+        res.to_str().unwrap(),
+        res.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.code, Some(0), "{}", ran.log);
+    assert!(ran.log.contains("1 results"), "{}", ran.log);
+    let md = std::fs::read_to_string(&out).unwrap();
+    assert!(md.contains("from 1 result file "), "{md}");
+}
+
+/// An experiment over the `GOOD` config in `dir` with `body` after its
+/// `base` line.
+fn experiment(dir: &Path, body: &str) -> String {
+    std::fs::write(dir.join("good.toml"), GOOD).unwrap();
+    let path = dir.join("exp.toml");
+    std::fs::write(&path, format!("base = \"good.toml\"\n{body}")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// `apflab` with its address space limited to `mib` MiB.
+fn apflab_within(mib: u64, args: &[&str]) -> Ran {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(APFLAB);
+    command.args(args);
+    let bytes = mib << 20;
+    // SAFETY: setrlimit is async-signal-safe and touches nothing else.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    run_command(command, args)
+}
+
+#[test]
+fn a_grid_of_a_billion_points_is_exit_2_at_once_naming_the_product() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = (0..1000)
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (body, expected) in [
+        (
+            "repetitions = 1000000000\n".to_owned(),
+            vec![
+                "key `repetitions`",
+                "the grid has 1000000000 points",
+                "repetitions: 1000000000",
+                "at most 1000000",
+            ],
+        ),
+        (
+            format!(
+                "[axes]\n\"workload.ops\" = [{values}]\n\"seed\" = [{values}]\n\
+                 \"workload.timeslice_us\" = [{values}]\n"
+            ),
+            vec![
+                "the grid has 1000000000 points",
+                "axes.\"seed\": 1000 × axes.\"workload.ops\": 1000 × \
+                 axes.\"workload.timeslice_us\": 1000 × repetitions: 1",
+            ],
+        ),
+    ] {
+        let exp = experiment(dir.path(), &body);
+        let out = dir.path().join("out");
+        let start = Instant::now();
+        let ran = apflab_within(512, &["matrix", &exp, "--out", out.to_str().unwrap()]);
+        assert_eq!(ran.code, Some(2), "{}", ran.log);
+        for e in expected {
+            assert!(ran.log.contains(e), "no {e:?}: {}", ran.log);
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "refused at once");
+        assert!(!out.exists(), "nothing written");
+    }
+}
+
+#[test]
+fn a_large_grid_is_submitted_in_bounded_memory_within_slurms_array_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "repetitions = 20000\n");
+    let out = dir.path().join("job");
+    let ran = apflab_within(
+        512,
+        &[
+            "matrix",
+            &exp,
+            "--slurm",
+            out.to_str().unwrap(),
+            "--wall-timeout",
+            "60000",
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.log);
+    assert!(ran.log.contains("20 points per array task"), "{}", ran.log);
+    let job = std::fs::read_to_string(out.join("job.sbatch")).unwrap();
+    assert!(job.contains("#SBATCH --array=0-999\n"), "{job}");
+    // 20 points of at most a minute each, a second each to start, a
+    // minute for the task.
+    assert!(job.contains("#SBATCH --time=22\n"), "{job}");
+    assert!(job.contains("--wall-timeout 60000"), "{job}");
+    assert_eq!(
+        std::fs::read_dir(out.join("points")).unwrap().count(),
+        20000
+    );
+}
+
+/// A raw image that writes `.` to the UART every 100 million instructions,
+/// forever: alive to the watchdog, slow in wall-clock time.
+fn slow_printer(dir: &Path) -> String {
+    let words: [u32; 7] = [
+        0xd2a12001, // movz x1, #0x0900, lsl #16
+        0xd2a0bea0, // 1: movz x0, #0x05f5, lsl #16
+        0xf1000400, // 2: subs x0, x0, #1
+        0x54ffffe1, // b.ne 2b
+        0x528005c2, // movz w2, #'.'
+        0x39000022, // strb w2, [x1]
+        0x17fffffb, // b 1b
+    ];
+    let path = dir.join("slow.bin");
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn wall_timeout_stops_a_guest_that_prints_slowly_on_boot_run_and_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = slow_printer(d);
+    let start = Instant::now();
+    let ran = apflab(&[
+        "boot",
+        &image,
+        "--max-virtual-ms",
+        "1000000000",
+        "--wall-timeout",
+        "1000",
+    ]);
+    assert_eq!(ran.code, Some(1), "{}", ran.log);
+    assert!(
+        ran.log
+            .contains("no power-off within --wall-timeout 1000 ms of wall-clock time"),
+        "{}",
+        ran.log
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+
+    // The config key, and the option over it.
+    let config = GOOD
+        .replace(
+            "memory_mib = 64\n",
+            &format!("memory_mib = 64\nkernel = \"{image}\"\n"),
+        )
+        .replace(
+            "[backend]\n",
+            "[backend]\nmax_virtual_ms = 1000000000\nwall_timeout_ms = 1000\n",
+        );
+    let path = d.join("slow.toml");
+    std::fs::write(&path, &config).unwrap();
+    for (extra, ms) in [(vec![], 1000), (vec!["--wall-timeout", "500"], 500)] {
+        let out = d.join(format!("out-{ms}"));
+        let mut args = vec![
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let start = Instant::now();
+        let ran = apflab(&args);
+        assert_eq!(ran.code, Some(1), "{}", ran.log);
+        assert!(start.elapsed() < Duration::from_secs(20));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
+                .unwrap();
+        assert_eq!(r["outcome"]["exit"], "wall_timeout", "{r:#}");
+        assert!(
+            r["outcome"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{ms} ms of wall-clock time")),
+            "{r:#}"
+        );
+        assert!(r["watchdog"].is_null());
+    }
+
+    // A matrix passes --wall-timeout to every point.
+    std::fs::write(
+        d.join("slow-base.toml"),
+        config.replace("wall_timeout_ms = 1000\n", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("slow-exp.toml"),
+        "base = \"slow-base.toml\"\nrepetitions = 2\n",
+    )
+    .unwrap();
+    let out = d.join("m");
+    let start = Instant::now();
+    let ran = apflab(&[
+        "matrix",
+        d.join("slow-exp.toml").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--wall-timeout",
+        "500",
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(ran.code, Some(1), "{}", ran.log);
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let table = std::fs::read_to_string(out.join("table.csv")).unwrap();
+    assert_eq!(table.matches(",wall_timeout,").count(), 2, "{table}");
+}
+
+#[test]
+fn messages_say_what_is_wrong_once_and_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_owned();
+    let mut failures = Vec::new();
+    let mut check = |args: &[&str], code: i32, want: &[&str], once: &str| {
+        let ran = apflab(args);
+        let mut wrong = Vec::new();
+        if ran.code != Some(code) {
+            wrong.push(format!("exit {:?}, expected {code}", ran.code));
+        }
+        for w in want {
+            if !ran.log.contains(w) {
+                wrong.push(format!("no {w:?}"));
+            }
+        }
+        if !once.is_empty() && ran.log.matches(once).count() != 1 {
+            wrong.push(format!("{once:?} not exactly once"));
+        }
+        if ran.log.contains('\u{1b}') {
+            wrong.push("colour codes in output that is no terminal".into());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{args:?}: {}\n{}", wrong.join(", "), ran.log));
+        }
+    };
+
+    // A seed that would wrap is refused, naming both keys.
+    std::fs::write(
+        p("seed.toml"),
+        GOOD.replace("seed = 7", "seed = 9223372036854775807"),
+    )
+    .unwrap();
+    std::fs::write(
+        p("seed-exp.toml"),
+        "base = \"seed.toml\"\nrepetitions = 2\n",
+    )
+    .unwrap();
+    check(
+        &["matrix", &p("seed-exp.toml"), "--out", &p("seed-out")],
+        2,
+        &[
+            "key `repetitions`",
+            "repetition 1 runs with seed 9223372036854775807 + 1, more than a seed can be",
+        ],
+        "",
+    );
+    // Two different bad schema versions read differently.
+    let res = a_result(d);
+    let text = std::fs::read_to_string(res.join("result.json")).unwrap();
+    for (name, version, shown) in [
+        ("seven", "7", "schema_version 7;"),
+        ("text", "\"two\"", "schema_version \"two\";"),
+    ] {
+        let folder = d.join(format!("schema-{name}/r"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut v = v.as_object().unwrap().clone();
+        v.insert(
+            "schema_version".into(),
+            serde_json::from_str(version).unwrap(),
+        );
+        std::fs::write(
+            folder.join("result.json"),
+            serde_json::to_string(&v).unwrap(),
+        )
+        .unwrap();
+        check(
+            &[
+                "report",
+                &p(&format!("schema-{name}")),
+                "--out",
+                &p("report.md"),
+            ],
+            2,
+            &[shown],
+            "",
+        );
+    }
+    // `policy check` on a folder gives its reason once.
+    std::fs::create_dir(p("policy-dir")).unwrap();
+    check(
+        &["policy", "check", &p("policy-dir")],
+        2,
+        &["a directory"],
+        "a directory",
+    );
+    // A random file as a policy.
+    std::fs::write(p("random.wasm"), [0xffu8, 0xfe, 0x00, 0x13, 0x37]).unwrap();
+    check(
+        &["policy", "check", &p("random.wasm")],
+        2,
+        &[
+            "neither a Wasm binary",
+            "nor WAT text (byte 0 is not UTF-8)",
+        ],
+        "",
+    );
+    // A configs folder that is not there.
+    check(
+        &["list", "--configs", &p("no-such-folder")],
+        2,
+        &["--configs", "no-such-folder", "no such folder"],
+        "",
+    );
+    // The watchdog's message says how long the guest was quiet when the
+    // time limit stopped it first.
+    let wfi = d.join("wfi.bin");
+    let words: [u32; 3] = [0xd50342df, 0xd503207f, 0x17ffffff]; // msr daifset, #2; wfi; b .-4
+    std::fs::write(
+        &wfi,
+        words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    check(
+        &["boot", wfi.to_str().unwrap(), "--max-virtual-ms", "200"],
+        1,
+        &["for 200 ms"],
+        "",
+    );
+    // Logs carry no colour codes when stderr is no terminal.
+    let mut command = Command::new(APFLAB);
+    command
+        .env("RUST_LOG", "info")
+        .args(["run", &p("good.toml"), "--out", &p("o")]);
+    let ran = run_command(command, &["run"]);
+    if ran.code != Some(0) || !ran.log.contains("INFO") || ran.log.contains('\u{1b}') {
+        failures.push(format!("RUST_LOG=info run: {:?}\n{}", ran.code, ran.log));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_corrupt_result_is_named_corrupt_when_collected_and_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "repetitions = 2\n");
+    let out = dir.path().join("m");
+    let o = out.to_str().unwrap();
+    let ran = apflab(&["matrix", &exp, "--out", o]);
+    assert_eq!(ran.code, Some(0), "{}", ran.log);
+    std::fs::write(out.join("r001/result.json"), "{ not json").unwrap();
+    let ran = apflab(&["matrix", &exp, "--collect", o]);
+    assert_eq!(ran.code, Some(1), "{}", ran.log);
+    assert!(
+        ran.log
+            .contains("1 point with a corrupt result.json, counted as failed: r001"),
+        "{}",
+        ran.log
+    );
+    let table = std::fs::read_to_string(out.join("table.csv")).unwrap();
+    assert!(table.contains("corrupt results: "), "{table}");
+    assert!(!ran.log.contains("have no results"), "{}", ran.log);
+    let ran = apflab(&["matrix", &exp, "--out", o]);
+    assert_eq!(ran.code, Some(0), "{}", ran.log);
+    assert!(
+        ran.log
+            .contains("1 point with a corrupt result.json, run again: r001"),
+        "{}",
+        ran.log
+    );
+}
+
+#[test]
+fn a_write_that_fails_after_the_run_keeps_the_results_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = slow_printer(d);
+    let config = GOOD
+        .replace(
+            "memory_mib = 64\n",
+            &format!("memory_mib = 64\nkernel = \"{image}\"\n"),
+        )
+        .replace(
+            "[backend]\n",
+            "[backend]\nmax_virtual_ms = 1000000000\nwall_timeout_ms = 1500\n",
+        );
+    let path = d.join("slow.toml");
+    std::fs::write(&path, config).unwrap();
+    let traces = d.join("traces");
+    std::fs::create_dir(&traces).unwrap();
+    let out = d.join("out");
+    let child = {
+        let (path, out, trace) = (path.clone(), out.clone(), traces.join("trace.json"));
+        std::thread::spawn(move || {
+            apflab(&[
+                "run",
+                path.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--trace",
+                trace.to_str().unwrap(),
+            ])
+        })
+    };
+    // The trace's folder becomes a file while the guest runs.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_dir(&traces).unwrap();
+    std::fs::write(&traces, "").unwrap();
+    let ran = child.join().unwrap();
+    assert_eq!(ran.code, Some(1), "{}", ran.log);
+    let result = out.join("result.json");
+    assert!(
+        ran.log.contains("trace.json: cannot write results: ")
+            && ran.log.contains(&format!(
+                "; what was written is kept: {}, {}",
+                result.display(),
+                out.join("console.log").display()
+            )),
+        "{}",
+        ran.log
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(r["outcome"]["exit"], "wall_timeout");
 }

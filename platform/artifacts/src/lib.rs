@@ -1,5 +1,5 @@
 //! Paths of the artifacts built alongside the host code: the arm64 guest
-//! kernel and the example policies.
+//! kernel, the Linux guest's init and the example policies.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -7,6 +7,20 @@ use std::process::{Command, Stdio};
 /// The apflab guest kernel ELF (built for `aarch64-unknown-none-softfloat`).
 pub fn guest_elf() -> &'static Path {
     Path::new(env!("APFLAB_GUEST_ELF"))
+}
+
+/// The init of the Linux guest (`guest/linux/`): a static
+/// `aarch64-unknown-linux-musl` binary that runs as `/init` (PID 1) of an
+/// initramfs, runs the workload of the kernel command line's `apflab.*`
+/// words, prints the report's console line and powers off.
+pub fn linux_init() -> &'static Path {
+    Path::new(env!("APFLAB_LINUX_INIT"))
+}
+
+/// The initramfs of a Linux guest: a newc cpio archive whose `/init` is
+/// [`linux_init`].
+pub fn linux_initramfs() -> &'static Path {
+    Path::new(env!("APFLAB_LINUX_INITRAMFS"))
 }
 
 /// The board conformance kernel (`conformance/`): a bare-metal image for

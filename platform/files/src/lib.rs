@@ -1,6 +1,9 @@
-//! Reading the files an apflab user names (configs, experiment files,
-//! samples files, store images, policy modules, guest kernels): one helper,
-//! so that every such read is bounded the same way.
+//! The files an apflab user names: reading them (configs, experiment
+//! files, samples files, store images, policy modules, guest kernels),
+//! walking folders of them ([`walk`]) and writing outputs ([`output`]), each
+//! in one place so that every command does it the same way.
+//!
+//! Reading:
 //!
 //! - Only regular files are read. A directory, FIFO, device or socket is
 //!   refused before it is opened: opening a FIFO blocks until a writer
@@ -20,11 +23,16 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+pub mod output;
+pub mod walk;
+
+pub use output::{FileId, OutputError, Outputs, write_atomic};
+
 /// One MiB, for limits.
 pub const MIB: u64 = 1 << 20;
 
 /// What a file that is not regular is, for messages.
-fn kind_of(meta: &Metadata) -> &'static str {
+pub(crate) fn kind_of(meta: &Metadata) -> &'static str {
     let t = meta.file_type();
     if t.is_dir() {
         "a directory"

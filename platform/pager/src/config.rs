@@ -400,21 +400,27 @@ pub struct ManagedRange {
 impl ManagedRange {
     /// The workload region of a guest with `guest_ram_bytes` of RAM.
     pub fn for_guest_ram(guest_ram_bytes: u64) -> Result<Self, ConfigError> {
+        Self::above(WORKLOAD_REGION_OFFSET, guest_ram_bytes)
+    }
+
+    /// RAM from `low` bytes above its start to its end, for a guest with
+    /// `guest_ram_bytes` of RAM (`low` is page aligned).
+    pub fn above(low: u64, guest_ram_bytes: u64) -> Result<Self, ConfigError> {
         use apflab_abi::memory_map::{PAGE_SHIFT, RAM_BASE};
-        if guest_ram_bytes <= WORKLOAD_REGION_OFFSET {
+        if guest_ram_bytes <= low {
             return Err(ConfigError::invalid(
                 "guest_memory",
                 format!("{guest_ram_bytes} bytes"),
                 format!(
                     "the pager manages RAM above the first {} MiB (the kernel's); \
                      the guest needs more RAM than that",
-                    WORKLOAD_REGION_OFFSET >> 20
+                    low >> 20
                 ),
             ));
         }
         Ok(ManagedRange {
-            first_pfn: (RAM_BASE + WORKLOAD_REGION_OFFSET) >> PAGE_SHIFT,
-            pages: (guest_ram_bytes - WORKLOAD_REGION_OFFSET) / PAGE_SIZE,
+            first_pfn: (RAM_BASE + low) >> PAGE_SHIFT,
+            pages: (guest_ram_bytes - low) / PAGE_SIZE,
         })
     }
 
@@ -470,7 +476,17 @@ impl PagerConfig {
     /// Checks every value that does not need a file, against a guest with
     /// `guest_ram_bytes` of RAM; returns the managed range.
     pub fn validate(&self, guest_ram_bytes: u64) -> Result<ManagedRange, ConfigError> {
-        let range = ManagedRange::for_guest_ram(guest_ram_bytes)?;
+        self.validate_above(WORKLOAD_REGION_OFFSET, guest_ram_bytes)
+    }
+
+    /// [`Self::validate`] for a pager that manages RAM from `low` bytes
+    /// above its start ([`ManagedRange::above`]).
+    pub fn validate_above(
+        &self,
+        low: u64,
+        guest_ram_bytes: u64,
+    ) -> Result<ManagedRange, ConfigError> {
+        let range = ManagedRange::above(low, guest_ram_bytes)?;
         if let Some(limit) = self.resident_limit {
             if limit.0 < PAGE_SIZE {
                 return Err(ConfigError::invalid(

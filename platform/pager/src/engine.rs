@@ -45,7 +45,23 @@ impl Prepared {
         guest_ram_bytes: u64,
         base_dir: &Path,
     ) -> Result<Self, ConfigError> {
-        let range = config.validate(guest_ram_bytes)?;
+        Self::new_above(
+            config,
+            apflab_abi::boot::WORKLOAD_REGION_OFFSET,
+            guest_ram_bytes,
+            base_dir,
+        )
+    }
+
+    /// [`Self::new`] for a pager that manages RAM from `low` bytes above its
+    /// start (a Linux guest: [`apflab_abi::boot::LINUX_RESIDENT_LOW`]).
+    pub fn new_above(
+        config: &PagerConfig,
+        low: u64,
+        guest_ram_bytes: u64,
+        base_dir: &Path,
+    ) -> Result<Self, ConfigError> {
+        let range = config.validate_above(low, guest_ram_bytes)?;
         let store: Arc<dyn Store> = match config.store {
             StoreConfig::Zero {} => Arc::new(ZeroStore::new()),
             StoreConfig::Synthetic { seed } => Arc::new(SyntheticStore::new(seed)),

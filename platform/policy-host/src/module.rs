@@ -230,6 +230,21 @@ impl PolicyModule {
                 max: config.max_module_bytes,
             });
         }
+        // Wasmtime reads anything without the binary's magic as text: a
+        // random file would be "not valid UTF-8", which says nothing of
+        // what a module is.
+        if !bytes.starts_with(b"\0asm")
+            && let Err(e) = std::str::from_utf8(bytes)
+        {
+            return Err(PolicyError::Compile {
+                module: module_name(),
+                message: format!(
+                    "neither a Wasm binary (it does not start with the magic bytes \\0asm) nor \
+                     WAT text (byte {} is not UTF-8)",
+                    e.valid_up_to()
+                ),
+            });
+        }
         let engine = new_engine()?;
         let module = Module::new(&engine, bytes).map_err(|e| PolicyError::Compile {
             module: module_name(),

@@ -104,6 +104,33 @@ impl ImageHeader {
     }
 }
 
+/// The header of the kernel file `path` and the length of the image it
+/// holds (for a gzip'd one, the length its gzip trailer gives), reading only
+/// the start of the file (and the trailer); `None` if it is no arm64 Image.
+pub fn read_header(path: &std::path::Path) -> std::io::Result<Option<(ImageHeader, u64)>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    (&mut file).take(HEADER_LEN as u64).read_to_end(&mut head)?;
+    if !head.starts_with(&GZIP_MAGIC) {
+        return Ok(ImageHeader::parse(&head).map(|h| (h, len)));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let mut image = Vec::with_capacity(HEADER_LEN);
+    let decoded = flate2::read::GzDecoder::new(std::io::BufReader::new(&mut file))
+        .take(HEADER_LEN as u64)
+        .read_to_end(&mut image);
+    let Some(header) = decoded.ok().and_then(|_| ImageHeader::parse(&image)) else {
+        return Ok(None);
+    };
+    // ISIZE: the uncompressed length modulo 2^32 (kernels are far smaller).
+    let mut isize = [0u8; 4];
+    file.seek(SeekFrom::End(-4))?;
+    file.read_exact(&mut isize)?;
+    Ok(Some((header, u64::from(u32::from_le_bytes(isize)))))
+}
+
 /// `bytes` as a kernel image: unchanged unless it is gzip'd, in which case
 /// its decompressed content, which must be an arm64 Image of at most `limit`
 /// bytes (a decompression bomb stops at the limit).
@@ -208,5 +235,26 @@ pub(crate) mod tests {
             gunzip_if_compressed(&[0x1f, 0x8b, 8, 0, 1, 2], 1 << 20),
             Err(ImageError::BadGzip(_))
         ));
+    }
+
+    #[test]
+    fn the_header_of_a_file_is_read_plain_or_gzipd() {
+        let image = {
+            let mut b = header(0, 0x30_0000, 0xa);
+            b.resize(0x2000, 7);
+            b
+        };
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(plain.path(), &image).unwrap();
+        let (h, len) = read_header(plain.path()).unwrap().unwrap();
+        assert_eq!((h.image_size, len), (0x30_0000, 0x2000));
+        let gz = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(gz.path(), gzip(&image)).unwrap();
+        let (h, len) = read_header(gz.path()).unwrap().unwrap();
+        assert_eq!((h.image_size, len), (0x30_0000, 0x2000));
+        std::fs::write(gz.path(), gzip(b"not a kernel")).unwrap();
+        assert_eq!(read_header(gz.path()).unwrap(), None);
+        std::fs::write(plain.path(), b"\x7fELF").unwrap();
+        assert_eq!(read_header(plain.path()).unwrap(), None);
     }
 }

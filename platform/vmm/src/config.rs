@@ -115,6 +115,9 @@ pub struct VmConfig {
     /// no sign of life for this long: virtual ns on emu, host ns on kvm
     /// (see [`crate::watchdog`]).
     pub watchdog_ns: u64,
+    /// Stop the run ([`crate::GuestExit::WallTimeout`]) after this much
+    /// host wall-clock time, whatever the guest does; `None`: never.
+    pub wall_timeout: Option<std::time::Duration>,
     /// Echo the guest console to stdout as it is written.
     pub echo_console: bool,
 }

@@ -228,6 +228,34 @@ pub fn load_initrd(
     Ok(start..start + bytes.len() as u64)
 }
 
+/// Where an arm64 Image and what follows it go in RAM (see [`load_linux`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinuxLayout {
+    /// Load address and entry point.
+    pub start: u64,
+    /// One past the kernel's footprint.
+    pub end: u64,
+    /// The device tree.
+    pub dtb_addr: u64,
+    /// The first page after the device tree's room: the initrd's place.
+    pub free_from: u64,
+}
+
+impl LinuxLayout {
+    /// The layout of a kernel with `header` in a file of `file_len` bytes.
+    pub fn of(header: &ImageHeader, file_len: u64) -> LinuxLayout {
+        let start = RAM_BASE.next_multiple_of(IMAGE_BASE_ALIGN) + header.text_offset;
+        let end = start.saturating_add(header.footprint(file_len));
+        let dtb_addr = end.next_multiple_of(IMAGE_BASE_ALIGN);
+        LinuxLayout {
+            start,
+            end,
+            dtb_addr,
+            free_from: dtb_addr.saturating_add(DTB_MAX_SIZE),
+        }
+    }
+}
+
 /// Loads an arm64 Image as booting.rst asks: at `text_offset` from a 2 MiB
 /// aligned base as low in RAM as possible (the start of RAM), with its
 /// whole `image_size` in RAM; the device tree goes at the next 2 MiB
@@ -245,16 +273,18 @@ fn load_linux(
         ram_end: RAM_BASE + ram_size,
         dtb: None,
     };
-    let start = RAM_BASE.next_multiple_of(IMAGE_BASE_ALIGN) + header.text_offset;
-    let footprint = header.footprint(bytes.len() as u64);
-    checker.check(0, start, footprint)?;
+    let LinuxLayout {
+        start,
+        end,
+        dtb_addr,
+        free_from,
+    } = LinuxLayout::of(header, bytes.len() as u64);
+    checker.check(0, start, end - start)?;
     mem.write_slice(bytes, GuestAddress(start))
         .map_err(|e| LoadError::BadElf {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
-    let end = start + footprint;
-    let dtb_addr = end.next_multiple_of(IMAGE_BASE_ALIGN);
     checker
         .check(0, dtb_addr, DTB_MAX_SIZE)
         .map_err(|_| LoadError::BadSegment {
@@ -274,7 +304,7 @@ fn load_linux(
         end,
         dtb_addr,
         read_only: Vec::new(),
-        free_from: dtb_addr + DTB_MAX_SIZE,
+        free_from,
     })
 }
 
@@ -312,6 +342,35 @@ impl Checker<'_> {
     }
 }
 
+/// What of an ELF lies past the end of `bytes`, if anything: the header
+/// or the program or section header table it points to. (The parser only
+/// says "bad offset N".)
+fn truncation(bytes: &[u8]) -> Option<String> {
+    let len = bytes.len() as u64;
+    let size = header::header64::SIZEOF_EHDR as u64;
+    if len < size {
+        return Some(format!(
+            "truncated: an ELF64 header is {size} bytes, the file has {len}"
+        ));
+    }
+    let h = Elf::parse_header(bytes).ok()?;
+    for (what, offset, count, entry) in [
+        ("program header table", h.e_phoff, h.e_phnum, h.e_phentsize),
+        ("section header table", h.e_shoff, h.e_shnum, h.e_shentsize),
+    ] {
+        let end = u64::from(count)
+            .checked_mul(u64::from(entry))
+            .and_then(|n| n.checked_add(offset));
+        if count > 0 && end.is_none_or(|end| end > len) {
+            return Some(format!(
+                "truncated: its {what} ({count} entries of {entry} bytes at offset {offset}) \
+                 ends past the end of the file, which has {len} bytes"
+            ));
+        }
+    }
+    None
+}
+
 fn load_elf(
     path: &Path,
     bytes: &[u8],
@@ -320,7 +379,7 @@ fn load_elf(
 ) -> Result<LoadedKernel, LoadError> {
     let elf = Elf::parse(bytes).map_err(|e| LoadError::BadElf {
         path: path.to_owned(),
-        detail: e.to_string(),
+        detail: truncation(bytes).unwrap_or_else(|| format!("malformed: {e}")),
     })?;
     if elf.header.e_machine != header::EM_AARCH64 || !elf.is_64 || !elf.little_endian {
         return Err(LoadError::NotAarch64 {

@@ -227,9 +227,13 @@ impl Machine {
         self.lock().uart.console_text()
     }
 
-    /// The guest's report, if it sent a valid one.
+    /// The guest's report, if it sent a valid one: by the `REPORT` call,
+    /// or, from a guest that cannot make it (Linux user space has no HVC),
+    /// as the last valid report line on its console.
     pub fn report(&self) -> Option<GuestReport> {
-        self.lock().report
+        let s = self.lock();
+        s.report
+            .or_else(|| report_from_console(&s.uart.console_text()))
     }
 
     /// Task completion times (virtual ns) by task id.
@@ -780,6 +784,19 @@ impl VmOps for Machine {
     }
 }
 
+/// The last line of `console` that is a valid report
+/// ([`GuestReport::parse_console_line`]).
+fn report_from_console(console: &str) -> Option<GuestReport> {
+    console
+        .lines()
+        .rev()
+        .filter(|l| {
+            l.trim_start()
+                .starts_with(apflab_abi::report::CONSOLE_PREFIX)
+        })
+        .find_map(GuestReport::parse_console_line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -973,5 +990,18 @@ mod tests {
         assert_eq!(u64::from_le_bytes(out) as i64, hc::SMCCC_NOT_SUPPORTED);
         let status = m.hypercall(1, sdei_abi::FN_EVENT_STATUS, [ev, 0, 0, 0, 0], 0);
         assert_eq!(status[0], 0);
+    }
+
+    #[test]
+    fn a_report_printed_on_the_console_stands_in_for_the_call() {
+        let mut r = GuestReport::new(apflab_abi::boot::WORKLOAD_MIXED);
+        r.cpu_ops = 77;
+        let mut line = String::new();
+        r.write_console_line(&mut line).unwrap();
+        let console =
+            format!("[    1.0] boot\r\n{line}\r\nAPFLAB-REPORT torn\r\n[    2.0] reboot\r\n");
+        assert_eq!(report_from_console(&console), Some(r));
+        assert_eq!(report_from_console("no report here\n"), None);
+        assert_eq!(report_from_console("APFLAB-REPORT version=1\n"), None);
     }
 }

@@ -23,6 +23,9 @@ pub enum GuestExit {
     Crash(String),
     /// `max_virtual_ns` passed before the guest powered off.
     Timeout,
+    /// `wall_timeout` of host wall-clock time passed before the guest
+    /// powered off.
+    WallTimeout,
     /// The watchdog stopped the run: the guest showed no sign of life for
     /// `watchdog_ns`.
     Hang(HangDiagnosis),

@@ -55,9 +55,11 @@ impl Watchdog {
         self.since_ns.saturating_add(self.span_ns)
     }
 
-    /// The span, ns.
-    pub(crate) fn span_ns(&self) -> u64 {
-        self.span_ns
+    /// How long the guest has been quiet at `at_ns`: the span when the
+    /// watchdog bites at its deadline, less when the run is stopped sooner
+    /// (its time limit came first, and nothing was left to wake the guest).
+    pub(crate) fn quiet_ns(&self, at_ns: u64) -> u64 {
+        at_ns.saturating_sub(self.since_ns).min(self.span_ns)
     }
 }
 
@@ -109,7 +111,7 @@ impl fmt::Display for HangDiagnosis {
             f,
             "watchdog: no sign of life from the guest (no exit, interrupt taken, console \
              output or page completed) for {} ms, stopped at {} ns",
-            self.quiet_ns / 1_000_000,
+            ms_text(self.quiet_ns),
             self.at_ns
         )?;
         for v in &self.vcpus {
@@ -132,6 +134,16 @@ impl fmt::Display for HangDiagnosis {
         } else {
             write!(f, "; outstanding: {}", self.pending.join(", "))
         }
+    }
+}
+
+/// `ns` in ms, exact: `1000`, `0.25`.
+fn ms_text(ns: u64) -> String {
+    if ns.is_multiple_of(1_000_000) {
+        (ns / 1_000_000).to_string()
+    } else {
+        let text = format!("{:.6}", ns as f64 / 1e6);
+        text.trim_end_matches('0').to_owned()
     }
 }
 

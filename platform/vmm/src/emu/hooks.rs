@@ -5,6 +5,8 @@
 //! the guest's vectors with their syndrome, or become [`VmExit`]s (SVC,
 //! HVC, SMC).
 
+use apflab_abi::memory_map::PAGE_SIZE;
+
 use super::debug;
 use super::exception::{Access, GuestFault};
 use super::id_regs;
@@ -42,6 +44,51 @@ fn unmapped_access(
     if !uc.get_data().probing.get() {
         uc.get_data_mut().fault = Some(GuestFault::External {
             access: Access::of(kind),
+        });
+    }
+    false
+}
+
+/// An instruction fetch from a device window (the engine maps devices
+/// without execute permission). QEMU reads the device register there and
+/// executes its value; the registers of this board read as words in A64's
+/// unallocated encoding space (the top-level op0 classes 0b0000, 0b0001
+/// and 0b0011: UDF among them), which the guest takes as an UNDEFINED
+/// instruction (ESR EC 0x00, IL, ELR = the device address), exactly as on
+/// QEMU. A register whose value would decode as an instruction ends the
+/// run naming it: the software CPU cannot execute from a device.
+fn device_fetch(
+    uc: &mut Unicorn<'_, HookState>,
+    _kind: MemType,
+    addr: u64,
+    _size: usize,
+    _value: i64,
+) -> bool {
+    if uc.get_data().probing.get() {
+        return false;
+    }
+    let st = uc.get_data_mut();
+    let (va_page, pa_page) = st.last_fetch;
+    let offset = addr & (PAGE_SIZE - 1);
+    let pa = if addr - offset == va_page {
+        pa_page | offset
+    } else {
+        addr
+    };
+    // The read is the device access QEMU makes, side effects included.
+    st.extra_ns = st.extra_ns.saturating_add(st.cost.exit_ns);
+    let word = st.ops.mmio_read_value(st.index, pa, 4, st.now_ns()) as u32;
+    if matches!((word >> 25) & 0xf, 0b0000 | 0b0001 | 0b0011) {
+        st.fault = Some(GuestFault::Undefined);
+    } else {
+        st.pending = Some(VmExit::Crash {
+            pc: addr,
+            addr: Some(pa),
+            reason: format!(
+                "instruction fetch from the device registers at {pa:#x}, which read \
+                 {word:#010x}: QEMU would execute that value as an instruction, which the \
+                 software CPU cannot do from a device"
+            ),
         });
     }
     false
@@ -284,6 +331,7 @@ pub(super) fn install_hooks(
     let (ram_base, ram_end) = ram;
     for (begin, end) in [(0, ram_base - 1), (ram_end, u64::MAX)] {
         uc.add_mem_hook(HookType::MEM_UNMAPPED, begin, end, unmapped_access)?;
+        uc.add_mem_hook(HookType::MEM_FETCH_PROT, begin, end, device_fetch)?;
     }
     Ok(())
 }

@@ -230,7 +230,7 @@ impl<'h> EmuRun<'h> {
             });
         }
         Ok(HangDiagnosis {
-            quiet_ns: watchdog.span_ns(),
+            quiet_ns: watchdog.quiet_ns(at_ns),
             at_ns,
             vcpus,
             pending: self.hook.pending(),
@@ -245,7 +245,16 @@ impl<'h> EmuRun<'h> {
     fn schedule(&mut self) -> Result<GuestExit, VmError> {
         let cost = self.config.cost;
         let mut watchdog = Watchdog::new(self.config.watchdog_ns);
+        // Host time, looked at once a slice: a slice is at most
+        // `MAX_SLICE_INSTRUCTIONS`, so the limit is overshot by one at most.
+        let wall_deadline = self
+            .config
+            .wall_timeout
+            .and_then(|t| Instant::now().checked_add(t));
         loop {
+            if wall_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(GuestExit::WallTimeout);
+            }
             let next = (0..self.vcpus.len())
                 .filter_map(|i| self.ready_time(i).map(|t| (t, i)))
                 .min();

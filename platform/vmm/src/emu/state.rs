@@ -64,6 +64,10 @@ pub(super) struct HookState {
     /// engine's TLB has seen.
     pub(super) shootdowns: Rc<Shootdowns>,
     pub(super) shootdowns_seen: u64,
+    /// The last instruction fetch's TLB fill: (engine page's virtual
+    /// address, its physical address), for a fetch from a device window
+    /// (`hooks.rs`).
+    pub(super) last_fetch: (u64, u64),
 }
 
 impl HookState {

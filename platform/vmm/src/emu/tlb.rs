@@ -98,6 +98,9 @@ pub(super) fn fill_tlb(
                     None,
                 )
             } else {
+                if kind == MemType::FETCH && !st.probing.get() {
+                    st.last_fetch = (va & !(PAGE_SIZE - 1), ipa & !(PAGE_SIZE - 1));
+                }
                 let mut prot = Prot::NONE;
                 for (ok, p) in [
                     (perms.read, Prot::READ),

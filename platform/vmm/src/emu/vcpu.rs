@@ -71,6 +71,7 @@ impl EmuVcpu {
             absent,
             shootdowns,
             shootdowns_seen: 0,
+            last_fetch: (u64::MAX, 0),
         };
         let mut uc = Unicorn::new_with_data(Arch::ARM64, Mode::ARM, state)
             .map_err(|e| engine_err("create engine", e))?;

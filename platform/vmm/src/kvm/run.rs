@@ -248,6 +248,14 @@ impl Control<'_> {
             if now >= limit {
                 return Ok(GuestExit::Timeout);
             }
+            // Host time is the clock here: the wall-clock limit is one
+            // more deadline the loop wakes for.
+            let wall_limit = self.config.wall_timeout.map_or(u64::MAX, |t| {
+                u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
+            });
+            if now >= wall_limit {
+                return Ok(GuestExit::WallTimeout);
+            }
             self.watchdog.observe(self.machine.activity(), now);
             if now >= self.watchdog.deadline_ns() {
                 return Ok(GuestExit::Hang(self.diagnose(now)));
@@ -257,7 +265,7 @@ impl Control<'_> {
                 .iter()
                 .map(|w| w.until_ns)
                 .chain(self.hook.next_deadline())
-                .chain([self.watchdog.deadline_ns()])
+                .chain([self.watchdog.deadline_ns(), wall_limit])
                 .fold(limit, u64::min);
             if self.update_resume_pending(now) {
                 wake = wake.min(now + RESUME_POLL.as_nanos() as u64);
@@ -348,7 +356,7 @@ impl Control<'_> {
             })
             .collect();
         HangDiagnosis {
-            quiet_ns: self.watchdog.span_ns(),
+            quiet_ns: self.watchdog.quiet_ns(now),
             at_ns: now,
             vcpus,
             pending: self.hook.pending(),

@@ -50,6 +50,7 @@ pub fn config(kernel: PathBuf, vcpus: u32) -> VmConfig {
         slice_instructions: 10_000,
         max_virtual_ns: 1_000_000_000,
         watchdog_ns: 1_000_000_000,
+        wall_timeout: None,
         echo_console: false,
     }
 }

@@ -1,0 +1,111 @@
+//! The kernel's own counters, read from `/proc` before and after the
+//! workload, for the report's `context_switches`, `timer_irqs` and
+//! `idle_ns`, and the memory available for the working set.
+
+/// Counters of `/proc/stat` and `/proc/interrupts` at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Context switches on all CPUs (`ctxt` of `/proc/stat`).
+    pub context_switches: u64,
+    /// Idle time of all CPUs in clock ticks (`USER_HZ`; the `idle` column
+    /// of the `cpu` line of `/proc/stat`).
+    pub idle_ticks: u64,
+    /// Interrupts of the architected timer on all CPUs (the
+    /// `arch_timer` lines of `/proc/interrupts`).
+    pub timer_irqs: u64,
+}
+
+/// Reads the counters from the text of `/proc/stat` and `/proc/interrupts`;
+/// the error names what is missing.
+pub fn counters(stat: &str, interrupts: &str) -> Result<Counters, &'static str> {
+    let field = |name: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(str::split_ascii_whitespace)
+    };
+    let context_switches = field("ctxt")
+        .and_then(|mut f| f.next()?.parse().ok())
+        .ok_or("no ctxt line in /proc/stat")?;
+    // cpu  user nice system idle ...
+    let idle_ticks = field("cpu")
+        .and_then(|mut f| f.nth(3)?.parse().ok())
+        .ok_or("no cpu line in /proc/stat")?;
+    let timer_lines: Vec<&str> = interrupts
+        .lines()
+        .filter(|l| l.split_ascii_whitespace().last() == Some("arch_timer"))
+        .collect();
+    if timer_lines.is_empty() {
+        return Err("no arch_timer line in /proc/interrupts");
+    }
+    // " 11:  1234  5678  GICv3  27 Level  arch_timer": the per-CPU counts
+    // follow the interrupt number, up to the first word that is not one.
+    let timer_irqs = timer_lines
+        .iter()
+        .flat_map(|l| {
+            l.split_ascii_whitespace()
+                .skip(1)
+                .map_while(|w| w.parse::<u64>().ok())
+        })
+        .sum();
+    Ok(Counters {
+        context_switches,
+        idle_ticks,
+        timer_irqs,
+    })
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in KiB.
+pub fn mem_available_kib(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let mut words = l.strip_prefix("MemAvailable:")?.split_ascii_whitespace();
+        let kib = words.next()?.parse().ok()?;
+        (words.next() == Some("kB")).then_some(kib)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "cpu  10 0 25 9000 3 0 1 0 0 0\n\
+                        cpu0 5 0 12 4500 1 0 1 0 0 0\n\
+                        intr 4711 0 0\n\
+                        ctxt 23456\n\
+                        btime 0\n";
+    const INTERRUPTS: &str = "           CPU0       CPU1       \n\
+                              \x2011:       1234       5678     GICv3  27 Level     arch_timer\n\
+                              \x2012:          0          0     GICv3  30 Level     kvm guest ptimer\n\
+                              IPI0:        40         41       Rescheduling interrupts\n";
+
+    #[test]
+    fn counters_come_from_their_lines() {
+        let c = counters(STAT, INTERRUPTS).unwrap();
+        assert_eq!(
+            c,
+            Counters {
+                context_switches: 23456,
+                idle_ticks: 9000,
+                timer_irqs: 1234 + 5678,
+            }
+        );
+    }
+
+    #[test]
+    fn missing_counters_are_named() {
+        assert_eq!(
+            counters("cpu  1 2 3 4\n", INTERRUPTS),
+            Err("no ctxt line in /proc/stat")
+        );
+        assert_eq!(
+            counters(STAT, "  CPU0\n 3: 1 GICv3 33 Level uart-pl011\n"),
+            Err("no arch_timer line in /proc/interrupts")
+        );
+    }
+
+    #[test]
+    fn available_memory_is_read_in_kib() {
+        let meminfo = "MemTotal:  500000 kB\nMemFree:  400000 kB\nMemAvailable:  450123 kB\n";
+        assert_eq!(mem_available_kib(meminfo), Some(450123));
+        assert_eq!(mem_available_kib("MemTotal: 1 kB\n"), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! Linux as a guest: what a config with an arm64 Linux Image as its kernel
+//! may say (every key that does not apply to Linux is exit 2 naming it),
+//! and, with Debian's arm64 kernel (`scripts/linux-kernel` fetches it and
+//! `scripts/test` names it in `APFLAB_LINUX_KERNEL`), boots to `/init` and
+//! the far-memory workload on emu.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const APFLAB: &str = env!("CARGO_BIN_EXE_apflab");
+
+/// An arm64 Image header of a 4 KiB-page little-endian kernel: enough for
+/// the config to take the file as a Linux kernel.
+fn fake_image(dir: &Path) -> PathBuf {
+    let mut image = vec![0u8; 4096];
+    image[16..24].copy_from_slice(&0x10_0000u64.to_le_bytes());
+    image[24..32].copy_from_slice(&0xau64.to_le_bytes());
+    image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    let path = dir.join("Image");
+    std::fs::write(&path, image).unwrap();
+    std::fs::write(dir.join("initrd.cpio"), b"070701").unwrap();
+    path
+}
+
+/// `apflab run` of `config` (written as `linux.toml` in `dir`): exit code
+/// and output.
+fn run(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let path = dir.join("linux.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(APFLAB)
+        .args(["run", path.to_str().unwrap(), "--out"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("panicked"), "{log}");
+    (out.status.code(), log)
+}
+
+fn linux_config(guest: &str, workload: &str, rest: &str) -> String {
+    format!(
+        "seed = 7\n[guest]\nvcpus = 1\nmemory_mib = 256\nkernel = \"Image\"\n{guest}\n\
+         [workload]\n{workload}\n[backend]\nkind = \"emu\"\n{rest}"
+    )
+}
+
+#[test]
+fn keys_that_do_not_apply_to_linux_are_exit_2_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_image(dir.path());
+    let initrd = "initrd = \"initrd.cpio\"";
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            linux_config(initrd, "kind = \"cpu\"\nops = 10\ntimeslice_us = 500", ""),
+            vec![
+                "linux.toml:",
+                "workload.timeslice_us",
+                "Linux guest",
+                "tasks, ops",
+            ],
+        ),
+        (
+            linux_config(
+                initrd,
+                "kind = \"memtouch\"\nmib = 8\nverify = \"store\"",
+                "",
+            ),
+            vec!["workload.verify", "Linux guest"],
+        ),
+        (
+            linux_config(
+                initrd,
+                "kind = \"memtouch\"\nmib = 8\nreader = \"kernel\"",
+                "",
+            ),
+            vec!["workload.reader", "Linux guest"],
+        ),
+        (
+            linux_config(initrd, "kind = \"cpu\"", "[policy]\nmodule = \"sync\"\n"),
+            vec!["policy", "async PF client", "Linux"],
+        ),
+        (
+            linux_config(
+                &format!("{initrd}\nbootargs = \"{}\"", "x".repeat(2100)),
+                "kind = \"cpu\"",
+                "",
+            ),
+            vec!["guest.bootargs", "at most 2047"],
+        ),
+        (
+            linux_config("initrd = \"missing.cpio\"", "kind = \"cpu\"", ""),
+            vec!["guest.initrd", "missing.cpio"],
+        ),
+    ];
+    for (config, needles) in cases {
+        let (code, log) = run(dir.path(), &config);
+        assert_eq!(code, Some(2), "{config}\n{log}");
+        for needle in needles {
+            assert!(
+                log.contains(needle),
+                "{needle:?} not in:\n{log}\nfor:\n{config}"
+            );
+        }
+        assert!(!dir.path().join("out/result.json").exists());
+    }
+}
+
+#[test]
+fn an_initrd_for_a_kernel_that_is_not_linux_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_image(dir.path());
+    let config = "[guest]\nvcpus = 1\nmemory_mib = 64\ninitrd = \"initrd.cpio\"\n[workload]\n\
+                  kind = \"cpu\"\n[backend]\nkind = \"emu\"\n";
+    let (code, log) = run(dir.path(), config);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("guest.initrd") && log.contains("only a Linux kernel"),
+        "{log}"
+    );
+}
+
+/// Debian's arm64 kernel, as `scripts/test` names it; `None` (and the test
+/// says it did not run) outside CI when it is not given. CI must give it.
+fn debian_kernel() -> Option<PathBuf> {
+    match std::env::var_os("APFLAB_LINUX_KERNEL") {
+        Some(k) => Some(PathBuf::from(k)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("APFLAB_LINUX_KERNEL is not set: scripts/test sets it from scripts/linux-kernel")
+        }
+        None => {
+            eprintln!("not run: set APFLAB_LINUX_KERNEL (scripts/linux-kernel prints it)");
+            None
+        }
+    }
+}
+
+/// `apflab boot` of Debian's kernel with apflab's initramfs: exit code and
+/// console.
+fn boot_linux(kernel: &Path, vcpus: u32, workload: &str) -> (Option<i32>, String) {
+    let out = Command::new(APFLAB)
+        .arg("boot")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(apflab_artifacts::linux_initramfs())
+        .args(["--memory", "512", "--vcpus", &vcpus.to_string(), "--append"])
+        .arg(format!("{} {workload}", apflab::linux_guest::BASE_BOOTARGS))
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = console.clone() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("panicked"), "{log}");
+    (out.status.code(), console)
+}
+
+#[test]
+fn debians_kernel_boots_to_init_and_powers_off_the_same_way_twice_on_1_and_4_vcpus() {
+    let Some(kernel) = debian_kernel() else {
+        return;
+    };
+    for vcpus in [1, 4] {
+        let workload = "apflab.workload=cpu apflab.tasks=1 apflab.ops=100000";
+        let (code, console) = boot_linux(&kernel, vcpus, workload);
+        assert_eq!(code, Some(0), "{console}");
+        let cpus = if vcpus == 1 { "CPU" } else { "CPUs" };
+        for landmark in [
+            format!("smp: Brought up 1 node, {vcpus} {cpus}"),
+            "Memory: ".to_owned(),
+            "Freeing unused kernel memory".to_owned(),
+            "rtc-pl031 9010000.pl031: registered as rtc0".to_owned(),
+            "sdei: SDEIv1.0 (0x0) detected in firmware.".to_owned(),
+            "Run /init as init process".to_owned(),
+            "APFLAB-REPORT".to_owned(),
+            "reboot: Power down".to_owned(),
+        ] {
+            assert!(
+                console.contains(&landmark),
+                "{landmark:?} missing:\n{console}"
+            );
+        }
+        for trouble in [
+            "WARNING:",
+            "BUG:",
+            "Oops",
+            "Call trace",
+            "cut here",
+            "timed out",
+        ] {
+            assert!(
+                !console.contains(trouble),
+                "{trouble:?} on the console:\n{console}"
+            );
+        }
+        let (_, again) = boot_linux(&kernel, vcpus, workload);
+        assert!(console == again, "two boots on {vcpus} vCPUs differ");
+    }
+}
+
+#[test]
+fn the_mixed_workload_runs_on_far_memory_holding_half_its_working_set() {
+    let Some(kernel) = debian_kernel() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "seed = 7\n[guest]\nvcpus = 2\nmemory_mib = 256\nkernel = {kernel:?}\n\
+         [workload]\nkind = \"mixed\"\nops = 1000000\nmib = 32\npasses = 2\n\
+         [backend]\nkind = \"emu\"\n\
+         [pager]\nstore = {{ kind = \"zero\" }}\nresident_limit = \"16 MiB\"\n\
+         latency = {{ model = \"lognormal\", median_us = 20.0, sigma = 0.5 }}\n"
+    );
+    let (code, log) = run(dir.path(), &config);
+    assert_eq!(code, Some(0), "{log}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/result.json")).unwrap())
+            .unwrap();
+    let n = |p: &str| {
+        r.pointer(p)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    assert_eq!(n("/integrity/mismatches"), 0, "{r:#}");
+    assert_eq!(n("/integrity/pages_verified"), 2 * 32 * 256, "{r:#}");
+    // Every fault is synchronous: far memory really fetched and evicted.
+    assert!(n("/pager/fetches") > 1000, "{r:#}");
+    assert!(n("/pager/evictions") > 0, "{r:#}");
+    assert_eq!(n("/apf/async_faults"), 0, "{r:#}");
+}
