@@ -65,7 +65,7 @@ fn fault(k: u64) -> NotResidentFault {
 }
 
 fn sync_fault(c: &mut Criterion) {
-    let (mut e, mut m) = engine(Decision::Sync { prefetch: 0 }, ApfConfig::OFF);
+    let (mut e, mut m) = engine(Decision::Sync, ApfConfig::OFF);
     let (mut k, mut now) = (0u64, 0u64);
     c.bench_function("apf_host_work/sync", |b| {
         b.iter(|| {
@@ -86,7 +86,6 @@ fn async_fault(c: &mut Criterion) {
         ready: ReadyDelivery::Interrupt,
         initiation: Initiation::Host,
         sleep: Sleep::Reschedule,
-        prefetch: 0,
     };
     let (mut e, mut m) = enabled(decision);
     let ack = EngineCall {
@@ -132,7 +131,6 @@ fn async_fault_ready_exception(c: &mut Criterion) {
         ready: ReadyDelivery::Exception,
         initiation: Initiation::Host,
         sleep: Sleep::Reschedule,
-        prefetch: 0,
     };
     let (mut e, mut m) = enabled(decision);
     let reason = GuestAddress(CONTROL_BLOCK + cb_offset::REASON as u64);

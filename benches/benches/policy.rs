@@ -3,7 +3,7 @@
 //! native Rust. Goal: a Wasm decision ≤ 100 ns median.
 
 use apflab_artifacts::policy_wasm;
-use apflab_policy_host::{FaultInfo, Policy, PolicyConfig, PolicyModule};
+use apflab_policy_host::{Completion, FaultInfo, Policy, PolicyConfig, PolicyModule};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -20,6 +20,9 @@ fn faults() -> Vec<FaultInfo> {
             outstanding: i % 70,
             now_ns: u64::from(i) * 10_000,
             est_fetch_ns: u64::from(i % 8) * 5_000,
+            token: u64::from(i) << 8,
+            fetches_completed: u64::from(i),
+            ..FaultInfo::default()
         })
         .collect()
 }
@@ -44,10 +47,18 @@ fn bench_decide(c: &mut Criterion, group_name: &str, wasm_name: &str, native: im
             black_box(native.decide(black_box(&faults[i])))
         })
     });
-    group.bench_function(BenchmarkId::new("on_ready", "wasm"), |b| {
+    group.bench_function(BenchmarkId::new("on_complete", "wasm"), |b| {
         b.iter(|| {
             i = (i + 1) % faults.len();
-            wasm.on_ready(black_box(i as u64), black_box(faults[i].est_fetch_ns))
+            wasm.on_complete(black_box(&Completion {
+                vcpu: faults[i].vcpu,
+                asynchronous: i % 2 == 0,
+                token: faults[i].token,
+                ipa: faults[i].ipa,
+                fetch_ns: faults[i].est_fetch_ns,
+                wait_ns: faults[i].est_fetch_ns,
+                now_ns: faults[i].now_ns,
+            }))
         })
     });
     group.finish();

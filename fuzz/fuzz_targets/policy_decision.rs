@@ -13,7 +13,7 @@
 
 use std::sync::LazyLock;
 
-use apflab_abi::policy::{Decision, FaultInfo, Policy};
+use apflab_abi::policy::{Completion, Decision, FaultInfo, Policy};
 use apflab_policy_host::{FailureCause, PolicyConfig, PolicyModule};
 use libfuzzer_sys::fuzz_target;
 
@@ -63,8 +63,10 @@ fuzz_target!(|data: &[u8]| {
                 after_disabled += 1;
                 Decision::FALLBACK
             } else {
-                match Decision::unpack(word as i64) {
-                    Ok(d) => {
+                // The echo module speaks ABI v2, whose decisions may carry
+                // an (ignored) prefetch count.
+                match Decision::unpack_v2(word as i64) {
+                    Ok((d, _prefetch)) => {
                         in_a_row = 0;
                         d
                     }
@@ -78,7 +80,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(got, expected, "decision word {word:#x}");
         } else {
             notifications += 1;
-            policy.on_ready(word, 0);
+            policy.on_complete(&Completion {
+                asynchronous: true,
+                token: word,
+                ..Completion::default()
+            });
             if !disabled {
                 if word & 1 != 0 {
                     trapped += 1;

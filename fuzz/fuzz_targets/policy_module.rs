@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use apflab_abi::policy::{Decision, FaultInfo, Policy};
+use apflab_abi::policy::{Completion, Decision, FaultInfo, Policy};
 use apflab_policy_host::{PolicyConfig, PolicyModule};
 use libfuzzer_sys::fuzz_target;
 
@@ -44,7 +44,15 @@ fuzz_target!(|data: &[u8]| {
             Ok(decision),
             "a decision the host hands on is well formed"
         );
-        policy.on_ready(i, 10_000);
+        policy.on_complete(&Completion {
+            vcpu: 1,
+            asynchronous: i % 2 == 0,
+            token: i,
+            ipa: fault.ipa,
+            fetch_ns: 10_000,
+            wait_ns: 10_000,
+            now_ns: fault.now_ns + 10_000,
+        });
     }
     policy.on_run_end();
     let stats = policy.stats();

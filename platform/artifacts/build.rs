@@ -1,9 +1,10 @@
 //! Builds the artifacts that are not host code: the arm64 guest kernel
 //! (`guest/`, target `aarch64-unknown-none-softfloat`), the init of the
 //! Linux guest (`guest/linux/`, a static `aarch64-unknown-linux-musl`
-//! binary), the board conformance kernel (`conformance/`, bare metal too)
-//! and the example policies (`policies/`, target `wasm32-unknown-unknown`),
-//! so that a plain
+//! binary), the board conformance kernel (`conformance/`, bare metal too),
+//! the sieve compute kernel of `benches/qemu-ratio` (`benches/sieve/`, same
+//! target as the conformance kernel) and the example policies (`policies/`,
+//! target `wasm32-unknown-unknown`), so that a plain
 //! `cargo build` or `cargo test` of the workspace has them ready.
 //!
 //! Each is its own cargo workspace, built by a nested cargo into
@@ -64,6 +65,8 @@ fn main() {
     watch_crate_tree(&policies_dir);
     let conformance_dir = root.join("conformance");
     watch_crate_tree(&conformance_dir);
+    let sieve_dir = root.join("benches/sieve");
+    watch_crate_tree(&sieve_dir);
     watch_crate_tree(&root.join("platform/abi"));
     println!(
         "cargo:rerun-if-changed={}",
@@ -159,6 +162,27 @@ fn main() {
         "cargo:rustc-env=APFLAB_CONFORMANCE_ELF={}",
         conformance_elf.display()
     );
+
+    // The sieve shares the conformance kernel's target, profile and so
+    // its `core`.
+    cargo_build(
+        &sieve_dir,
+        GUEST_TARGET,
+        &conformance_target_dir,
+        &[],
+        &[("RUSTC_BOOTSTRAP", "1"), rustflags],
+        &[],
+    );
+    let sieve_elf = conformance_target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("apflab-sieve");
+    assert!(
+        sieve_elf.is_file(),
+        "sieve build produced no {}",
+        sieve_elf.display()
+    );
+    println!("cargo:rustc-env=APFLAB_SIEVE_ELF={}", sieve_elf.display());
 
     let policy_target_dir = artifacts_dir.join("policies");
     cargo_build(

@@ -146,7 +146,6 @@ mod tests {
         ready: ReadyDelivery::Interrupt,
         initiation: Initiation::Guest,
         sleep: Sleep::Reschedule,
-        prefetch: 0,
     };
 
     fn facts(accepted: Option<u64>) -> VcpuFacts {
@@ -196,10 +195,7 @@ mod tests {
             serve(PAOLO, full),
             Served::Sync(Some(Fallback::OutstandingCap))
         );
-        assert_eq!(
-            serve(Decision::Sync { prefetch: 0 }, facts(Some(all))),
-            Served::Sync(None)
-        );
+        assert_eq!(serve(Decision::Sync, facts(Some(all))), Served::Sync(None));
     }
 
     #[test]
@@ -209,7 +205,6 @@ mod tests {
             ready: ReadyDelivery::Interrupt,
             initiation: Initiation::Host,
             sleep: Sleep::Halt,
-            prefetch: 0,
         };
         let all = f::NOT_PRESENT_DATA_ABORT | f::READY_INTERRUPT | f::KERNEL_MODE_ASYNC;
         let kernel = VcpuFacts {
@@ -247,7 +242,6 @@ mod tests {
             ready,
             initiation,
             sleep: Sleep::Reschedule,
-            prefetch: 0,
         };
         assert_eq!(
             serve(reschedule, kernel),

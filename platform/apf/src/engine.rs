@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use apflab_abi::addr::Gpa;
 use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, GUEST_NO_INJECT, REASON_NOT_PRESENT, Token};
 use apflab_abi::hypercall as hc;
-use apflab_abi::policy::{Decision, FaultInfo, Policy, PolicyUsage};
+use apflab_abi::policy::{AccessKind, Completion, FaultInfo, Policy, PolicyUsage};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
 use apflab_pager::{Access, PagerMetrics};
 use apflab_vmm::hypervisor::{NotResidentFault, Residency};
@@ -26,7 +26,7 @@ use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, 
 
 use crate::control_block::{BadBlock, ControlBlockRef};
 use crate::decision::{AsyncPlan, Served, VcpuFacts, serve};
-use crate::events::{Event, EventLog, Stall, TokenEvent};
+use crate::events::{Event, EventLog, PolicyCall, PolicyCallLog, Stall, TokenEvent};
 use crate::far_memory::{FarMemory, Fetch};
 use crate::initiation;
 use crate::metrics::FaultMetrics;
@@ -88,6 +88,8 @@ struct Outstanding {
     page: Gpa,
     access: Access,
     fault_ns: u64,
+    /// When its fetch started: the fault, or the guest's page request.
+    fetch_start_ns: u64,
     state: TokenState,
     /// How "not present" went (the ready exception matches it).
     not_present: NotPresentDelivery,
@@ -103,6 +105,9 @@ struct VcpuState {
     /// When its current stall began (a retry that faults again continues
     /// the same stall).
     stalled_since: Option<u64>,
+    /// The token its current stall's decision was given (its completion
+    /// carries it).
+    stall_token: Option<Token>,
     /// Its control block, once the guest enabled async PF.
     cb: Option<ControlBlockRef>,
     /// Features the guest accepted with `APF_ENABLE`.
@@ -121,6 +126,7 @@ impl VcpuState {
         VcpuState {
             waiting_for: None,
             stalled_since: None,
+            stall_token: None,
             cb: None,
             accepted: 0,
             next_id: 1,
@@ -133,17 +139,26 @@ impl VcpuState {
     /// A token not outstanding on `vcpu` (ids wrap within what a token
     /// holds, and never give 0 or the wake-all token).
     fn new_token(&mut self, vcpu: u32) -> Token {
+        let (token, next_id) = self.peek_token(vcpu);
+        self.next_id = next_id;
+        token
+    }
+
+    /// The token [`VcpuState::new_token`] would give now, and the next id
+    /// after it.
+    fn peek_token(&self, vcpu: u32) -> (Token, u64) {
+        let mut id = self.next_id;
         loop {
-            let id = self.next_id;
-            self.next_id = if id >= (u64::MAX >> Token::VCPU_BITS) - 1 {
+            let next = if id >= (u64::MAX >> Token::VCPU_BITS) - 1 {
                 1
             } else {
                 id + 1
             };
             let t = Token::new(id, vcpu);
             if !self.tokens.contains_key(&t) {
-                return t;
+                return (t, next);
             }
+            id = next;
         }
     }
 }
@@ -167,7 +182,7 @@ impl VcpuState {
 /// struct Sync;
 /// impl apflab_abi::policy::Policy for Sync {
 ///     fn decide(&mut self, _: &apflab_abi::policy::FaultInfo) -> apflab_abi::policy::Decision {
-///         apflab_abi::policy::Decision::Sync { prefetch: 0 }
+///         apflab_abi::policy::Decision::Sync
 ///     }
 /// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -179,8 +194,12 @@ pub struct Engine {
     vcpus: Vec<VcpuState>,
     metrics: FaultMetrics,
     events: EventLog,
-    /// Moving average of fetch latencies seen (the policy's estimate).
+    /// Moving average of the fetch time of every completed fetch (the
+    /// policy's `est_fetch_ns`), and how many it is made of.
     fetch_estimate_ns: u64,
+    fetches_completed: u64,
+    /// The policy's calls, when kept.
+    policy_calls: PolicyCallLog,
     /// Host time spent in the policy's calls.
     policy_time: Duration,
     /// Host time spent serving the VMM's calls (the policy's included).
@@ -208,6 +227,8 @@ impl Engine {
             metrics: FaultMetrics::new(vcpus),
             events: EventLog::default(),
             fetch_estimate_ns: 0,
+            fetches_completed: 0,
+            policy_calls: PolicyCallLog::default(),
             policy_time: Duration::ZERO,
             host_time: Duration::ZERO,
             kernel_read_only: Vec::new(),
@@ -239,6 +260,36 @@ impl Engine {
         self.far.metrics()
     }
 
+    /// Keeps every policy call from now on ([`Engine::policy_calls`]).
+    pub fn record_policy_calls(&mut self) {
+        self.policy_calls.on = true;
+    }
+
+    /// The policy calls kept so far, in order, and how many did not fit.
+    pub fn policy_calls(&self) -> (&[PolicyCall], u64) {
+        (&self.policy_calls.calls, self.policy_calls.dropped)
+    }
+
+    /// Tells the policy a fetch completed, after folding its fetch time
+    /// into the estimate the next decisions get.
+    fn complete(&mut self, done: Completion) {
+        self.fetch_estimate_ns = if self.fetches_completed == 0 {
+            done.fetch_ns
+        } else {
+            // avg + (sample - avg) / 8, without overflow.
+            let avg = self.fetch_estimate_ns;
+            if done.fetch_ns >= avg {
+                avg + (done.fetch_ns - avg) / 8
+            } else {
+                avg - (avg - done.fetch_ns) / 8
+            }
+        };
+        self.fetches_completed += 1;
+        self.metrics.completions += 1;
+        self.policy_calls.record(PolicyCall::Complete(done));
+        self.call_policy(|p| p.on_complete(&done));
+    }
+
     /// Tells the policy the run is over.
     pub fn finish(&mut self) {
         self.call_policy(|p| p.on_run_end());
@@ -256,6 +307,14 @@ impl Engine {
     /// calls).
     pub fn policy_usage(&self) -> PolicyUsage {
         self.policy.usage()
+    }
+
+    /// What the policy logged during the run (empty for a native one).
+    pub fn policy_log(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.policy.write_log(&mut text);
+        text
     }
 
     /// Host time spent in the policy's calls (not deterministic: it belongs
@@ -300,9 +359,10 @@ impl Engine {
         now_ns: u64,
         pages: &dyn Residency,
     ) -> Served {
-        let estimate = self.fetch_estimate_ns;
+        let (estimate, fetches_completed) = (self.fetch_estimate_ns, self.fetches_completed);
         let page = fault.gpa.page_base();
         let v = self.vcpu(vcpu);
+        let (token, _) = v.peek_token(vcpu);
         let (guest_state, runnable) = v.cb.map_or((0, 0), |cb| {
             let mem = pages.guest_memory();
             (cb.guest_state(mem), cb.runnable_tasks(mem))
@@ -318,20 +378,30 @@ impl Engine {
         };
         let info = FaultInfo {
             vcpu,
-            ipa: fault.gpa.0,
+            ipa: page.0,
+            token: token.0,
+            access: if fault.fetch {
+                AccessKind::Fetch
+            } else if fault.write {
+                AccessKind::Write
+            } else {
+                AccessKind::Read
+            },
             el: u32::from(fault.el),
             can_reschedule,
             runnable,
             outstanding: facts.outstanding as u32,
             now_ns,
             est_fetch_ns: estimate,
+            fetches_completed,
         };
         self.metrics.policy_calls += 1;
         let decision = self.call_policy(|p| p.decide(&info));
-        let (Decision::Sync { prefetch } | Decision::Async { prefetch, .. }) = decision;
-        if prefetch > 0 {
-            self.metrics.prefetch_requests_ignored += 1;
-        }
+        self.policy_calls.record(PolicyCall::Decide {
+            fault: info,
+            decision,
+        });
+        self.vcpu(vcpu).stall_token = Some(token);
         serve(decision, facts)
     }
 
@@ -400,6 +470,7 @@ impl Engine {
                 page,
                 access: access(fault),
                 fault_ns: now_ns,
+                fetch_start_ns: now_ns,
                 state,
                 not_present: plan.not_present,
                 ready: plan.ready,
@@ -454,13 +525,15 @@ impl Engine {
             }
             self.metrics.fetches_done += 1;
             self.events.record(now_ns, token, TokenEvent::FetchDone);
-            let latency = now_ns.saturating_sub(o.fault_ns);
-            self.fetch_estimate_ns = if self.fetch_estimate_ns == 0 {
-                latency
-            } else {
-                self.fetch_estimate_ns - self.fetch_estimate_ns / 8 + latency / 8
-            };
-            self.call_policy(|p| p.on_ready(token.0, latency));
+            self.complete(Completion {
+                vcpu,
+                asynchronous: true,
+                token: token.0,
+                ipa: o.page.0,
+                fetch_ns: now_ns.saturating_sub(o.fetch_start_ns),
+                wait_ns: now_ns.saturating_sub(o.fault_ns),
+                now_ns,
+            });
         }
         Ok(())
     }
@@ -638,6 +711,7 @@ impl Engine {
         };
         if let Some(t) = self.vcpus[vcpu as usize].tokens.get_mut(&token) {
             t.state = state;
+            t.fetch_start_ns = now_ns;
         }
         HypercallAnswer::returning(hc::SMCCC_SUCCESS as u64)
     }
@@ -676,6 +750,7 @@ impl Engine {
         let state = self.vcpu(vcpu);
         let since = state.stalled_since.take();
         let waiting_for = state.waiting_for.take();
+        let stall_token = state.stall_token.take();
         if let Some(since) = since {
             let ns = now_ns.saturating_sub(since);
             self.far.record_stall(vcpu, ns);
@@ -686,6 +761,15 @@ impl Engine {
                     page,
                     start: since,
                     end: now_ns,
+                });
+                self.complete(Completion {
+                    vcpu,
+                    asynchronous: false,
+                    token: stall_token.map_or(0, |t| t.0),
+                    ipa: page.page_base().0,
+                    fetch_ns: ns,
+                    wait_ns: ns,
+                    now_ns,
                 });
             }
         }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::apf::Token;
+use apflab_abi::policy::{Completion, Decision, FaultInfo};
 
 /// What happened to a token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,5 +146,43 @@ impl EventLog {
     /// Events and stalls not kept because the log was full.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+}
+
+/// One call the engine made into its policy, with what it passed (and, for
+/// a decision, what came back): the run's policy input log, which
+/// `apflab policy test` replays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyCall {
+    /// `decide`, and the policy's answer (before any fallback).
+    Decide {
+        /// The facts.
+        fault: FaultInfo,
+        /// The decision.
+        decision: Decision,
+    },
+    /// `on_complete`.
+    Complete(Completion),
+}
+
+/// The policy calls of a run, kept when asked for and bounded like the
+/// token log.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyCallLog {
+    pub(crate) on: bool,
+    pub(crate) calls: Vec<PolicyCall>,
+    pub(crate) dropped: u64,
+}
+
+impl PolicyCallLog {
+    pub(crate) fn record(&mut self, call: PolicyCall) {
+        if !self.on {
+            return;
+        }
+        if self.calls.len() < MAX_EVENTS {
+            self.calls.push(call);
+        } else {
+            self.dropped += 1;
+        }
     }
 }

@@ -20,11 +20,11 @@ pub struct FaultMetrics {
     pub async_faults: u64,
     /// Async decisions served synchronously, by cause.
     pub fallbacks: BTreeMap<String, u64>,
-    /// Faults whose decision asked for neighbouring pages, which are not
-    /// prefetched yet.
-    pub prefetch_requests_ignored: u64,
-    /// Policy calls made.
+    /// Decisions asked of the policy (one per fault).
     pub policy_calls: u64,
+    /// Completed fetches reported to the policy (`on_complete`), sync and
+    /// async.
+    pub completions: u64,
     /// "Not present" injected, by delivery (`data_abort`, `dedicated_ec`,
     /// `sdei`).
     pub not_present: BTreeMap<String, u64>,

@@ -242,7 +242,7 @@ fn an_absent_page_outside_the_managed_range_is_refused() {
 #[test]
 fn the_engine_stalls_each_vcpu_until_its_page_is_in_and_counts_the_stall() {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let policy = Fixed(Decision::Sync { prefetch: 0 }, calls.clone());
+    let policy = Fixed(Decision::Sync, calls.clone());
     let mut c = config(None, 0.0);
     c.queue_depth = 2; // the two fetches overlap
     let mut engine = Engine::new(2, pager(&c), Box::new(policy), ApfConfig::OFF);
@@ -280,7 +280,7 @@ fn the_engine_stalls_each_vcpu_until_its_page_is_in_and_counts_the_stall() {
 #[test]
 fn an_async_decision_before_the_guest_enabled_async_pf_is_served_sync() {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let policy = Fixed(common::rfcv2_like(Initiation::Host, 2), calls);
+    let policy = Fixed(common::rfcv2_like(Initiation::Host), calls);
     let mut engine = Engine::new(
         1,
         pager(&config(None, 0.0)),
@@ -296,7 +296,6 @@ fn an_async_decision_before_the_guest_enabled_async_pf_is_served_sync() {
     );
     let metrics = engine.metrics();
     assert_eq!(metrics.fallbacks["not_enabled"], 1);
-    assert_eq!(metrics.prefetch_requests_ignored, 1);
     assert_eq!((metrics.sync_faults, metrics.async_faults), (1, 0));
 }
 
@@ -306,7 +305,7 @@ fn a_store_failure_fails_the_run_naming_the_page() {
     c.retries = 0;
     let bad = managed(3);
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let sync = Fixed(Decision::Sync { prefetch: 0 }, calls);
+    let sync = Fixed(Decision::Sync, calls);
     let mut engine = Engine::new(1, pager_failing_on(&c, bad), Box::new(sync), ApfConfig::OFF);
     let mut m = FakeMachine::new(RAM);
     engine.init(&mut m).unwrap();

@@ -51,7 +51,7 @@ impl Policy for RandomPolicy {
     fn decide(&mut self, _: &FaultInfo) -> Decision {
         let r = &mut self.0;
         if r.below(4) == 0 {
-            return Decision::Sync { prefetch: 0 };
+            return Decision::Sync;
         }
         Decision::Async {
             not_present: r.pick(&[
@@ -62,7 +62,6 @@ impl Policy for RandomPolicy {
             ready: r.pick(&[ReadyDelivery::Interrupt, ReadyDelivery::Exception]),
             initiation: r.pick(&[Initiation::Host, Initiation::Guest]),
             sleep: r.pick(&[Sleep::Halt, Sleep::Reschedule]),
-            prefetch: 0,
         }
     }
 }

@@ -108,7 +108,6 @@ fn decision(not_present: NotPresentDelivery, initiation: Initiation) -> Decision
         ready: ReadyDelivery::Interrupt,
         initiation,
         sleep: Sleep::Reschedule,
-        prefetch: 0,
     }
 }
 
@@ -332,7 +331,6 @@ fn kernel_mode_faults_stay_sync_unless_the_policy_says_halt() {
         ready: ReadyDelivery::Interrupt,
         initiation: Initiation::Host,
         sleep: Sleep::Halt,
-        prefetch: 0,
     };
     let (mut e, mut m) = enabled(halt, 64);
     let Action::InjectException(exc) = e.on_not_resident(0, &kernel, 0, &mut m) else {
@@ -450,7 +448,6 @@ fn ready_as_an_exception_waits_until_the_guest_can_take_it() {
         ready: ReadyDelivery::Exception,
         initiation: Initiation::Host,
         sleep: Sleep::Reschedule,
-        prefetch: 0,
     };
     let (mut e, mut m) = enabled(plan, 64);
     inject(&mut e, &mut m, 0, false, 0);
@@ -504,4 +501,66 @@ fn ready_as_an_exception_waits_until_the_guest_can_take_it() {
         e.on_resume(0, user, 31_000, &mut m),
         Action::InjectException(_)
     ));
+}
+
+#[test]
+fn every_fetch_completes_to_the_policy_with_its_token_and_fetch_time() {
+    // Sync first (async PF not yet enabled), then guest-initiated async.
+    let (mut e, mut m) = engine(
+        decision(NotPresentDelivery::DataAbort, Initiation::Guest),
+        64,
+    );
+    e.record_policy_calls();
+    // Not enabled: served sync; the stall ends 10 µs later.
+    let a = Pfn(managed(1)).gpa();
+    assert_eq!(
+        e.on_not_resident(0, &fault(a, false), 1_000, &mut m),
+        Action::StallUntil(11_000)
+    );
+    assert_eq!(e.on_wait_end(0, 11_000, &mut m), Action::Retry);
+    enable(&mut e, &mut m);
+    inject(&mut e, &mut m, 3, true, 20_000);
+    let token: u64 = m
+        .memory
+        .read_obj(GuestAddress(CB + cb_offset::TOKEN as u64))
+        .unwrap();
+    call(
+        &mut e,
+        &mut m,
+        hc::FN_APF_PAGE_REQUEST,
+        [token, 0, 0, 0, 0],
+        50_000,
+    );
+    e.on_time(60_000, &mut m);
+
+    let (calls, dropped) = e.policy_calls();
+    assert_eq!(dropped, 0);
+    let [
+        apflab_apf::PolicyCall::Decide { fault: f1, .. },
+        apflab_apf::PolicyCall::Complete(c1),
+        apflab_apf::PolicyCall::Decide { fault: f2, .. },
+        apflab_apf::PolicyCall::Complete(c2),
+    ] = calls
+    else {
+        panic!("{calls:#?}");
+    };
+    // The sync decision's token comes back with its completion, and the
+    // next fault on the vCPU is offered the same one (none was handed out).
+    assert_eq!((c1.token, c1.asynchronous), (f1.token, false));
+    assert_eq!(
+        (c1.fetch_ns, c1.wait_ns, c1.now_ns),
+        (10_000, 10_000, 11_000)
+    );
+    assert_eq!(f1.access, apflab_abi::policy::AccessKind::Read);
+    assert_eq!((f1.est_fetch_ns, f1.fetches_completed), (0, 0));
+    // The sync fetch is what the next decision's estimate knows.
+    assert_eq!((f2.est_fetch_ns, f2.fetches_completed), (10_000, 1));
+    assert_eq!(f2.access, apflab_abi::policy::AccessKind::Write);
+    assert_eq!(f2.token, token);
+    assert_eq!(f2.ipa, Pfn(managed(3)).gpa().0);
+    // Guest-initiated: the fetch counts from the request, the wait from
+    // the fault.
+    assert_eq!((c2.token, c2.asynchronous), (token, true));
+    assert_eq!((c2.fetch_ns, c2.wait_ns), (10_000, 40_000));
+    assert_eq!(e.metrics().completions, 2);
 }

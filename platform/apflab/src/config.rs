@@ -455,10 +455,41 @@ pub struct LoadedConfig {
     pub path: PathBuf,
     /// Its stem (`quick` for `configs/quick.toml`).
     pub name: String,
-    /// SHA-256 of the file's text, lower-case hex.
+    /// The config hash, lower-case hex: SHA-256 of the file's text, or,
+    /// when `[policy]` names a module, of that and the module file's
+    /// SHA-256 together ([`LoadedConfig::new`]), so that results (and a
+    /// matrix's resume check) follow the module's bytes.
     pub sha256: String,
+    /// SHA-256 of the file's text alone.
+    pub text_sha256: String,
     /// The validated config.
     pub config: Config,
+}
+
+impl LoadedConfig {
+    /// A config loaded from `path` under `name`, from `text`.
+    pub fn new(path: PathBuf, name: String, text: &str, config: Config) -> Self {
+        let mut loaded = LoadedConfig {
+            path,
+            name,
+            sha256: String::new(),
+            text_sha256: sha256_hex(text.as_bytes()),
+            config,
+        };
+        loaded.rehash();
+        loaded
+    }
+
+    /// Recomputes [`LoadedConfig::sha256`] after the config's policy
+    /// changed (`apflab run --policy`).
+    pub fn rehash(&mut self) {
+        self.sha256 = match self.config.policy_module_sha256() {
+            None => self.text_sha256.clone(),
+            Some(module) => sha256_hex(
+                format!("config {}\npolicy.module {module}\n", self.text_sha256).as_bytes(),
+            ),
+        };
+    }
 }
 
 /// Where a semantic error points: a span in the source text.
@@ -687,14 +718,13 @@ impl Config {
         let file = path.display().to_string();
         let text = read_config_text(path)?;
         let config = Self::from_text(&file, &text, path.parent().unwrap_or(Path::new("")))?;
-        Ok(LoadedConfig {
-            path: path.to_owned(),
-            name: path
-                .file_stem()
+        Ok(LoadedConfig::new(
+            path.to_owned(),
+            path.file_stem()
                 .map_or_else(|| "config".to_owned(), |s| s.to_string_lossy().into_owned()),
-            sha256: sha256_hex(text.as_bytes()),
+            &text,
             config,
-        })
+        ))
     }
 
     /// Parses and validates config `text`; `file` names it in errors and
@@ -1265,6 +1295,18 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+
+    /// SHA-256 of the policy module's file, when `[policy]` names one that
+    /// can be read (one that cannot fails the run when it is loaded).
+    pub fn policy_module_sha256(&self) -> Option<String> {
+        let Some(crate::policy_config::PolicyChoice::Module { path, .. }) = &self.policy else {
+            return None;
+        };
+        let max = apflab_policy_host::PolicyConfig::default().max_module_bytes as u64;
+        apflab_files::read_regular(path, max, "max_module_bytes")
+            .ok()
+            .map(|bytes| sha256_hex(&bytes))
     }
 
     /// The guest's `/chosen/bootargs`: every workload parameter explicitly,

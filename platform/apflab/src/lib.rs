@@ -11,6 +11,8 @@ pub mod matrix;
 pub mod page_server;
 pub mod paper;
 pub mod plot;
+pub mod policy_bench;
+pub mod policy_calls;
 pub mod policy_config;
 pub mod report;
 pub mod result;

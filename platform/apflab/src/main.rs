@@ -99,7 +99,9 @@ enum Command {
         policy: Option<String>,
         /// Also write DIR/tokens.csv: each async token's life (fault, not
         /// present, request, fetch done, pushed, consumed, dropped) with
-        /// the time of each event.
+        /// the time of each event; and DIR/policy-calls.csv: every call
+        /// into the policy with its inputs and decision, which `apflab
+        /// policy test` replays. (DIR/policy.log is written by every run.)
         #[arg(long)]
         token_log: bool,
         /// Also write the run as a Chrome trace-event JSON file (open it in
@@ -262,16 +264,69 @@ struct MatrixArgs {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate a policy module (core Wasm, binary or text) the way a run
-    /// would load it, and print its ABI version, exports and imports.
-    /// Exit status 2 if it is not a usable policy.
+    /// would load it, print its ABI version, exports and imports, then call
+    /// each export once with sample inputs under a run's fuel and memory
+    /// limits (configure, three faults, a sync and an async completion, the
+    /// run's end) and print what each returned. Exit status 2 if it is not
+    /// a usable policy or a call failed (trap, fuel, memory, a malformed
+    /// decision).
     Check {
         /// The module: a .wasm/.wat file, or the name of an example policy
         /// built with apflab (see `apflab list`).
         module: PathBuf,
-        /// Print the module's description as JSON.
+        /// Print the module's description and calls as JSON.
         #[arg(long)]
         json: bool,
+        /// A parameter handed to its `apf_configure`, as in `[policy]
+        /// params`: NAME=VALUE, VALUE in TOML (50000, 0.5, true, "text").
+        /// Repeatable.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
     },
+    /// Replay a sequence of faults and completions through a module: a
+    /// run's DIR/policy-calls.csv (`apflab run --token-log`), or a CSV
+    /// written by hand with any of its columns. Prints each decision, how
+    /// the engine would serve it, and whether it is the one the run took;
+    /// then the module's log. Exit status 1 if a call failed or a decision
+    /// differs from the recorded one.
+    Test {
+        /// The module: a .wasm/.wat file, or the name of an example policy.
+        module: PathBuf,
+        /// The calls: `t_ns,call,vcpu,token,ipa,access,el,can_reschedule,
+        /// runnable,outstanding,est_fetch_ns,fetches_completed,decision,
+        /// asynchronous,fetch_ns,wait_ns` (any subset with `call`).
+        calls: PathBuf,
+        /// A parameter for its `apf_configure` (NAME=VALUE, TOML value).
+        /// Repeatable.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Print only differences, failures and the summary.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write a new policy outside the repository, ready to build and run:
+    /// DIR/NAME/ with a Rust crate against this checkout's SDK (`cargo
+    /// build --release` builds the .wasm) or one .wat file, a config that
+    /// runs it and a README.
+    New {
+        /// The policy's name (lower-case letters, digits, `-`, `_`).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: NewLang,
+        /// The folder the policy's folder is made in.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// The language of `apflab policy new`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NewLang {
+    /// A Rust crate against the policy SDK.
+    Rust,
+    /// WebAssembly text.
+    Wat,
 }
 
 /// Why the command failed, and so which exit status it gets.
@@ -337,8 +392,25 @@ fn main() -> ExitCode {
         Command::List { configs } => list(configs.as_deref()),
         Command::Matrix(args) => matrix(&args),
         Command::Policy {
-            command: PolicyCommand::Check { module, json },
-        } => policy_check(&module, json),
+            command:
+                PolicyCommand::Check {
+                    module,
+                    json,
+                    params,
+                },
+        } => policy_check(&module, json, &params),
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    module,
+                    calls,
+                    params,
+                    quiet,
+                },
+        } => policy_test(&module, &calls, &params, quiet),
+        Command::Policy {
+            command: PolicyCommand::New { name, lang, dir },
+        } => policy_new(&name, lang, &dir),
         Command::Report { results, out } => write_report(&results, &out),
         Command::Paper {
             template,
@@ -404,6 +476,7 @@ fn run(
         let choice = apflab::policy_config::module(&module, Path::new("."))
             .map_err(|p| bad(anyhow::anyhow!("--policy {module}: {}", p.message)))?;
         loaded.config.policy = Some(choice);
+        loaded.rehash();
     }
     if let Some(ms) = wall_timeout {
         loaded.config.backend.wall_timeout_ms = Some(check_wall_timeout(ms)?);
@@ -420,6 +493,10 @@ fn run(
     outln!("  results: {}", out.join("result.json").display());
     if flags.token_log {
         outln!("  tokens: {}", out.join(runner::TOKEN_LOG).display());
+        outln!(
+            "  policy calls: {}",
+            out.join(apflab::policy_calls::POLICY_CALLS_LOG).display()
+        );
     }
     if let Some(trace) = &flags.trace {
         outln!("  trace: {} (open it in ui.perfetto.dev)", trace.display());
@@ -874,24 +951,111 @@ fn matrix_outcome(
     }
 }
 
-fn policy_check(module: &Path, json: bool) -> Result<(), Failure> {
-    let path = if module.exists() {
-        module.to_path_buf()
-    } else {
-        catalog::policy_by_name(&module.to_string_lossy()).ok_or_else(|| {
+/// The module a `policy` subcommand names: a file, or an example's name.
+fn policy_path(module: &Path) -> Result<PathBuf, Failure> {
+    if module.exists() {
+        return Ok(module.to_path_buf());
+    }
+    catalog::policy_by_name(&module.to_string_lossy()).ok_or_else(|| {
+        bad(anyhow::anyhow!(
+            "{}: no such file, and no example policy of that name (see `apflab list`)",
+            module.display()
+        ))
+    })
+}
+
+/// `--param NAME=VALUE` options as `[policy] params`.
+fn policy_params(params: &[String]) -> Result<apflab::policy_config::PolicyParams, Failure> {
+    let mut table = toml::Table::new();
+    for p in params {
+        let Some((name, value)) = p.split_once('=') else {
+            return Err(bad(anyhow::anyhow!(
+                "--param {p}: expected NAME=VALUE (VALUE in TOML: 50000, 0.5, true, \"text\")"
+            )));
+        };
+        let parsed: toml::Table = toml::from_str(&format!("v = {value}")).map_err(|_| {
             bad(anyhow::anyhow!(
-                "{}: no such file, and no example policy of that name (see `apflab list`)",
-                module.display()
+                "--param {p}: the value `{value}` is not TOML (50000, 0.5, true, \"text\")"
             ))
-        })?
-    };
-    let info = apflab_policy_host::check(&path).map_err(bad)?;
+        })?;
+        table.insert(name.trim().to_owned(), parsed["v"].clone());
+    }
+    apflab::policy_config::PolicyParams::from_table(&table)
+        .map_err(|e| bad(anyhow::anyhow!("--param: {e}")))
+}
+
+fn policy_check(module: &Path, json: bool, params: &[String]) -> Result<(), Failure> {
+    let path = policy_path(module)?;
+    let params = policy_params(params)?;
+    let loaded = apflab::policy_bench::load_module(&path).map_err(|e| bad(anyhow::anyhow!(e)))?;
+    let text = params.record_text();
+    let report = apflab_policy_host::sample_calls(&loaded, &apflab_policy_host::Params::new(&text))
+        .map_err(bad)?;
     if json {
-        let text = serde_json::to_string_pretty(&info).context("serializing the module info")?;
+        let text = serde_json::to_string_pretty(&report).context("serializing the module info")?;
         outln!("{text}");
     } else {
-        out!("{info}");
+        out!("{report}");
     }
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(bad(anyhow::anyhow!(
+            "{}: a call failed with sample inputs; a run would decide those faults sync",
+            path.display()
+        )))
+    }
+}
+
+fn policy_test(module: &Path, calls: &Path, params: &[String], quiet: bool) -> Result<(), Failure> {
+    let path = policy_path(module)?;
+    let params = policy_params(params)?;
+    let text = apflab_files::read_regular_to_string(calls, 1 << 30, "a policy input log")
+        .with_context(|| format!("{}: cannot read", calls.display()))
+        .map_err(Failure::BadInput)?;
+    let rows = apflab::policy_calls::parse(&calls.display().to_string(), &text)
+        .map_err(|e| bad(anyhow::anyhow!(e)))?;
+    let loaded = apflab::policy_bench::load_module(&path).map_err(|e| bad(anyhow::anyhow!(e)))?;
+    let report = apflab::policy_bench::test_module(&loaded, &params, &rows)
+        .map_err(|e| bad(anyhow::anyhow!("{}: {e}", path.display())))?;
+    outln!(
+        "{} on {}: (served: as the engine would, if the guest accepted every feature with IRQs \
+         unmasked)",
+        path.display(),
+        calls.display()
+    );
+    for line in &report.lines {
+        if !quiet || line.contains("DIFFERS") || line.contains("FAILED") {
+            outln!("{line}");
+        }
+    }
+    if !report.log.is_empty() {
+        outln!("policy log:");
+        out!("{}", report.log);
+    }
+    outln!("{}", report.summary());
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            report.summary()
+        )))
+    }
+}
+
+fn policy_new(name: &str, lang: NewLang, dir: &Path) -> Result<(), Failure> {
+    let lang = match lang {
+        NewLang::Rust => apflab::policy_bench::Lang::Rust,
+        NewLang::Wat => apflab::policy_bench::Lang::Wat,
+    };
+    let files =
+        apflab::policy_bench::new_policy(name, lang, dir).map_err(|e| bad(anyhow::anyhow!(e)))?;
+    for f in &files {
+        outln!("wrote {}", f.display());
+    }
+    outln!("next: cd {} and follow README.md", dir.join(name).display());
     Ok(())
 }
 

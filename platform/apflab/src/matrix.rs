@@ -23,7 +23,7 @@
 //!
 //! - `points/r003.toml`: the point's config, the exact text whose hash its
 //!   result records;
-//! - `r003/result.json` and `r003/console.log`: written by
+//! - `r003/result.json`, `r003/console.log` and `r003/policy.log`: written by
 //!   `apflab run points/r003.toml --name <experiment>/r003 --base-dir <base
 //!   config's folder>` (a process of its own per point: the emu CPU engine
 //!   is not shared between runs) into `.partial-r003/` and renamed into
@@ -31,8 +31,8 @@
 //!   result;
 //! - `table.csv`: one row per point with results, one column per axis.
 //!
-//! A point whose `result.json` records the same config hash and backend
-//! (and this schema version) is done: it is not run again (`--force`
+//! A point whose `result.json` records the same config hash (which covers
+//! the policy module's bytes) and backend (and this schema version) is done: it is not run again (`--force`
 //! reruns it). Local runs ([`Runner`]) and Slurm array tasks
 //! ([`crate::slurm`]) write the same folder.
 
@@ -606,12 +606,12 @@ impl Experiment {
         .map_err(|error| {
             point_error(&self.file, &point_label, &self.coordinates(index).0, error)
         })?;
-        Ok(LoadedConfig {
-            path: self.base_path.clone(),
-            name: format!("{}/{}", self.name, Self::id(index)),
-            sha256: sha256_hex(text.as_bytes()),
+        Ok(LoadedConfig::new(
+            self.base_path.clone(),
+            format!("{}/{}", self.name, Self::id(index)),
+            &text,
             config,
-        })
+        ))
     }
 
     /// The engine point `index` runs on, `--backend` (`backend`) first.
@@ -847,14 +847,14 @@ pub fn load_config_as(
                 file: file.clone(),
                 error,
             })?;
-            LoadedConfig {
-                path: path.to_owned(),
-                name: path
-                    .file_stem()
+            let config = Config::from_text(&file, &text, dir)?;
+            LoadedConfig::new(
+                path.to_owned(),
+                path.file_stem()
                     .map_or_else(|| "config".to_owned(), |s| s.to_string_lossy().into_owned()),
-                sha256: sha256_hex(text.as_bytes()),
-                config: Config::from_text(&file, &text, dir)?,
-            }
+                &text,
+                config,
+            )
         }
     };
     if let Some(name) = name {
@@ -1038,10 +1038,11 @@ impl Layout {
             Ok(r) => r,
             Err(e) => return Existing::Corrupt(e.to_string()),
         };
-        let Ok((text, _)) = experiment.text(index) else {
+        // The point's config hash, which covers its policy module's bytes.
+        let Ok(loaded) = experiment.config(index) else {
             return Existing::Stale;
         };
-        if r.config.sha256 != sha256_hex(text.as_bytes()) || r.backend != backend.name() {
+        if r.config.sha256 != loaded.sha256 || r.backend != backend.name() {
             return Existing::Stale;
         }
         match experiment.kernel_sha256(index) {
@@ -1249,8 +1250,10 @@ impl Runner<'_> {
         let partial = self.layout.partial(id);
         let dir = self.layout.run_dir(id);
         std::fs::create_dir_all(&dir)?;
-        if partial.join("console.log").is_file() {
-            std::fs::rename(partial.join("console.log"), dir.join("console.log"))?;
+        for file in ["console.log", crate::runner::POLICY_LOG] {
+            if partial.join(file).is_file() {
+                std::fs::rename(partial.join(file), dir.join(file))?;
+            }
         }
         std::fs::rename(partial.join("result.json"), dir.join("result.json"))?;
         std::fs::remove_dir_all(&partial)
@@ -1332,6 +1335,10 @@ pub const COLUMNS: &[&str] = &[
     "instructions",
     "exits_total",
     "halted_ns_total",
+    "policy_sha256",
+    "policy_failed_calls",
+    "policy_failure_causes",
+    "policy_disabled",
     "wall_time_ms",
     "result",
     "error",
@@ -1410,6 +1417,18 @@ fn result_cells(r: &RunResult) -> Vec<String> {
         r.vmm.instructions.to_string(),
         r.vmm.exits_total.to_string(),
         r.vmm.halted_ns.iter().sum::<u64>().to_string(),
+        // The policy's module (empty without one), so a row says which
+        // bytes decided it and whether they failed.
+        r.policy
+            .as_ref()
+            .map_or_else(String::new, |p| p.sha256.clone()),
+        opt(r.policy.as_ref().map(|p| p.failed_calls)),
+        r.policy
+            .as_ref()
+            .map_or_else(String::new, |p| p.failure_causes()),
+        r.policy
+            .as_ref()
+            .map_or_else(String::new, |p| p.disabled.to_string()),
         format!("{:.1}", r.wall.wall_time_ms),
     ]
 }

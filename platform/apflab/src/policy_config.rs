@@ -4,6 +4,8 @@
 //! ```toml
 //! [policy]
 //! module = "paolo"        # a built-in example, or a path to a .wasm / .wat
+//!                         # (relative to this config file)
+//! params = { threshold_ns = 50000 }  # handed to the module's `apf_configure`
 //! # or a fixed decision for every fault, without Wasm:
 //! # decision = { not_present = "dedicated-ec", ready = "interrupt", initiation = "host", sleep = "reschedule" }
 //!
@@ -16,11 +18,15 @@
 //! Without `[policy]` no async PF is offered (the guest never enables it)
 //! and every fault is the synchronous baseline.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use apflab_abi::apf::READY_RING_SLOTS;
-use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
+use apflab_abi::policy::{
+    Decision, Initiation, NotPresentDelivery, PARAMS_MAX_BYTES, ParamValue, ReadyDelivery, Sleep,
+    record,
+};
 use apflab_artifacts::{EXAMPLE_POLICIES, WAT_POLICIES};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -31,6 +37,7 @@ use toml::Spanned;
 pub struct RawPolicy {
     module: Option<Spanned<String>>,
     decision: Option<Spanned<FixedDecision>>,
+    params: Option<Spanned<toml::Table>>,
 }
 
 /// `[apf]` as written.
@@ -119,7 +126,6 @@ impl FixedDecision {
                 SleepName::Halt => Sleep::Halt,
                 SleepName::Reschedule => Sleep::Reschedule,
             },
-            prefetch: 0,
         }
     }
 }
@@ -135,9 +141,96 @@ pub enum PolicyChoice {
         /// The file that is loaded.
         #[serde(skip)]
         path: PathBuf,
+        /// `[policy] params`, handed to the module's `apf_configure`.
+        #[serde(skip_serializing_if = "PolicyParams::is_empty")]
+        params: PolicyParams,
     },
     /// The same decision for every fault, decided natively.
     Decision(FixedDecision),
+}
+
+/// `[policy] params`: scalar values by name, in name order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct PolicyParams(pub BTreeMap<String, ParamScalar>);
+
+/// One parameter's value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ParamScalar {
+    /// An integer.
+    Int(i64),
+    /// A finite float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A one-line string.
+    Str(String),
+}
+
+impl PolicyParams {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The text of the params record the module reads
+    /// ([`apflab_abi::policy::Params`]).
+    pub fn record_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        for (name, value) in &self.0 {
+            let v = match value {
+                ParamScalar::Int(i) => ParamValue::Int(*i),
+                ParamScalar::Float(f) => ParamValue::Float(*f),
+                ParamScalar::Bool(b) => ParamValue::Bool(*b),
+                ParamScalar::Str(s) => ParamValue::Str(s),
+            };
+            let _ = writeln!(text, "{name}={v}");
+        }
+        text
+    }
+
+    /// Checks a `[policy] params` table: names of letters, digits, `_` and
+    /// `-`; values integers, finite floats, booleans or one-line strings
+    /// without `"`; the whole within a params record.
+    pub fn from_table(table: &toml::Table) -> Result<PolicyParams, String> {
+        let mut params = BTreeMap::new();
+        for (name, value) in table {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(format!(
+                    "parameter name {name:?}: expected letters, digits, `_` and `-` only"
+                ));
+            }
+            let v = match value {
+                toml::Value::Integer(i) => ParamScalar::Int(*i),
+                toml::Value::Float(f) if f.is_finite() => ParamScalar::Float(*f),
+                toml::Value::Boolean(b) => ParamScalar::Bool(*b),
+                toml::Value::String(s) if !s.contains(['\n', '\r', '"']) => {
+                    ParamScalar::Str(s.clone())
+                }
+                other => {
+                    return Err(format!(
+                        "{name} = {other}: expected an integer, a finite float, a boolean or a \
+                         one-line string without `\"`"
+                    ));
+                }
+            };
+            params.insert(name.clone(), v);
+        }
+        let params = PolicyParams(params);
+        let size = record::HEADER_BYTES + params.record_text().len();
+        if size > PARAMS_MAX_BYTES {
+            return Err(format!(
+                "{size} bytes as a params record; expected at most {PARAMS_MAX_BYTES}"
+            ));
+        }
+        Ok(params)
+    }
 }
 
 /// What the host offers the guest.
@@ -178,11 +271,31 @@ pub struct KeyProblem {
 /// `base_dir`.
 pub fn policy(raw: &RawPolicy, base_dir: &Path) -> Result<PolicyChoice, KeyProblem> {
     match (&raw.module, &raw.decision) {
-        (Some(m), None) => module(m.get_ref(), base_dir).map_err(|mut p| {
-            p.span = Some(m.span());
-            p
-        }),
-        (None, Some(d)) => Ok(PolicyChoice::Decision(*d.get_ref())),
+        (Some(m), None) => {
+            let mut choice = module(m.get_ref(), base_dir).map_err(|mut p| {
+                p.span = Some(m.span());
+                p
+            })?;
+            if let (Some(table), PolicyChoice::Module { params, .. }) = (&raw.params, &mut choice) {
+                *params =
+                    PolicyParams::from_table(table.get_ref()).map_err(|message| KeyProblem {
+                        span: Some(table.span()),
+                        key: "policy.params",
+                        message,
+                    })?;
+            }
+            Ok(choice)
+        }
+        (None, Some(d)) => match &raw.params {
+            Some(p) => Err(KeyProblem {
+                span: Some(p.span()),
+                key: "policy.params",
+                message: "params are handed to a module's `apf_configure`; a fixed `decision` \
+                          takes none"
+                    .into(),
+            }),
+            None => Ok(PolicyChoice::Decision(*d.get_ref())),
+        },
         (Some(m), Some(_)) => Err(KeyProblem {
             span: Some(m.span()),
             key: "policy.module",
@@ -225,6 +338,7 @@ pub fn module(name: &str, base_dir: &Path) -> Result<PolicyChoice, KeyProblem> {
     Ok(PolicyChoice::Module {
         name: name.to_owned(),
         path,
+        params: PolicyParams::default(),
     })
 }
 

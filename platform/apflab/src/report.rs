@@ -131,7 +131,53 @@ pub fn markdown(results: &[(PathBuf, RunResult)], sources: &[PathBuf]) -> String
     workload_table(&mut out, results);
     pager_table(&mut out, results);
     async_table(&mut out, results);
+    policy_table(&mut out, results);
     out
+}
+
+/// The Wasm module behind each run that had one: which bytes decided
+/// (sha256), and whether its calls failed or it was disabled.
+fn policy_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .filter_map(|(path, r)| {
+            let p = r.policy.as_ref().filter(|p| !p.sha256.is_empty())?;
+            Some(vec![
+                r.config.name.clone(),
+                p.module.clone(),
+                p.sha256.get(..12).unwrap_or(&p.sha256).to_owned(),
+                p.abi_version.map_or_else(|| "-".into(), |v| v.to_string()),
+                p.fuel_used.to_string(),
+                p.failed_calls.to_string(),
+                p.failure_causes(),
+                if p.disabled {
+                    "**DISABLED**".to_owned()
+                } else {
+                    "no".to_owned()
+                },
+                source(path),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Policy modules\n");
+    table(
+        out,
+        &[
+            "run",
+            "module",
+            "sha256",
+            "ABI",
+            "fuel",
+            "failed calls",
+            "causes",
+            "disabled",
+            "source",
+        ],
+        &rows,
+    );
 }
 
 /// Writes a markdown table.

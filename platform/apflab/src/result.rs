@@ -134,7 +134,9 @@ impl SourceRecord {
 pub struct ConfigRecord {
     /// The config file's stem (`quick`).
     pub name: String,
-    /// SHA-256 of the config file's text.
+    /// The config hash: SHA-256 of the config file's text, or with a
+    /// policy module, of that and the module's SHA-256 together (see
+    /// [`crate::config::LoadedConfig::sha256`]).
     pub sha256: String,
     /// SHA-256 of the guest kernel file that was booted.
     pub kernel_sha256: String,
@@ -389,9 +391,39 @@ pub struct PolicyRecord {
     /// skipped once the policy was disabled; their decisions were sync.
     #[serde(default)]
     pub failed_calls: u64,
+    /// The same calls by cause (`trap`, `out_of_fuel`, `resource_limit`,
+    /// `malformed_decision`, `disabled`), the causes that occurred.
+    #[serde(default)]
+    pub failures: BTreeMap<String, u64>,
     /// The host disabled the module after repeated failures.
     #[serde(default)]
     pub disabled: bool,
+    /// The ABI version the module speaks (absent for a fixed decision).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub abi_version: Option<i32>,
+    /// Decisions of an ABI v2 module that asked for a prefetch, which
+    /// apflab does not do (ignored).
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub prefetch_ignored: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl PolicyRecord {
+    /// The failures by cause as one cell: `disabled 120; trap 8`, or `-`
+    /// (no comma, so a CSV cell needs no quotes).
+    pub fn failure_causes(&self) -> String {
+        if self.failures.is_empty() {
+            return "-".into();
+        }
+        self.failures
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// What the VMM counted.
@@ -515,6 +547,9 @@ impl RunResult {
             Some(_) => ["not_present", "ready", "initiation", "sleep"]
                 .map(choice)
                 .join("/"),
+            // A disabled module's run measured the fallback, not the
+            // module: every table and plot says so.
+            None if p.disabled => format!("{} (DISABLED)", p.module),
             None => p.module.clone(),
         }
     }
@@ -674,16 +709,32 @@ impl RunResult {
 
     /// A few lines for a human.
     pub fn summary(&self) -> String {
+        let disabled = self.policy.as_ref().filter(|p| p.disabled);
         let mut s = format!(
-            "{} ({}, {} vCPU{}): {} after {:.3} ms virtual, {:.0} ms wall",
+            "{} ({}, {} vCPU{}): {}{} after {:.3} ms virtual, {:.0} ms wall",
             self.config.name,
             self.backend,
             self.vcpus,
             if self.vcpus == 1 { "" } else { "s" },
             if self.outcome.success { "ok" } else { "FAILED" },
+            if disabled.is_some() {
+                ", POLICY DISABLED (its decisions were the sync fallback)"
+            } else {
+                ""
+            },
             self.virtual_time_ns as f64 / 1e6,
             self.wall.wall_time_ms,
         );
+        if let Some(p) = self.policy.as_ref().filter(|p| !p.sha256.is_empty()) {
+            s += &format!(
+                "\n  policy {} (sha256 {}): {} failed calls ({}){}; log: policy.log",
+                p.module,
+                p.sha256.get(..12).unwrap_or(&p.sha256),
+                p.failed_calls,
+                p.failure_causes(),
+                if p.disabled { ", disabled" } else { "" },
+            );
+        }
         if let Some(m) = self
             .outcome
             .message

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use apflab_abi::policy::Policy;
+use apflab_abi::policy::{Params, Policy};
 use apflab_apf::{ApfConfig, Engine};
 use apflab_pager::{FaultPath, PagerMetrics, Prepared, VirtualPager};
 use apflab_policy_host::{BuiltinFixed, BuiltinSync, PolicyConfig, PolicyModule};
@@ -185,7 +185,11 @@ fn policy(
 ) -> Result<(Box<dyn Policy>, Option<PolicyRecord>), RunError> {
     Ok(match &config.policy {
         None => (Box::new(BuiltinSync), None),
-        Some(PolicyChoice::Module { name, path: file }) => {
+        Some(PolicyChoice::Module {
+            name,
+            path: file,
+            params,
+        }) => {
             let module = PolicyModule::load(file, &PolicyConfig::default()).map_err(|e| {
                 RunError::Setup(format!(
                     "{}: policy.module = {name:?}: {}: {e}",
@@ -196,11 +200,16 @@ fn policy(
             let record = PolicyRecord {
                 module: name.clone(),
                 sha256: module.info().sha256.clone(),
+                abi_version: Some(module.info().abi_version),
                 ..PolicyRecord::default()
             };
-            let instance = module.instantiate().map_err(|e| {
+            let mut instance = module.instantiate().map_err(|e| {
                 RunError::Setup(format!("{}: policy.module = {name:?}: {e}", path.display()))
             })?;
+            let text = params.record_text();
+            instance
+                .configure_params(&Params::new(&text))
+                .map_err(|e| RunError::Setup(format!("{}: policy.params: {e}", path.display())))?;
             (Box::new(instance), Some(record))
         }
         Some(PolicyChoice::Decision(d)) => (
@@ -272,9 +281,10 @@ pub fn check_outputs(
     for input in inputs(&loaded.path, config) {
         outputs.input(&input);
     }
-    let mut files = vec![RESULT_FILE, CONSOLE_LOG];
+    let mut files = vec![RESULT_FILE, CONSOLE_LOG, POLICY_LOG];
     if flags.token_log {
         files.push(TOKEN_LOG);
+        files.push(crate::policy_calls::POLICY_CALLS_LOG);
     }
     outputs
         .dir(out_dir, &files)
@@ -325,6 +335,11 @@ pub fn run_config(
 
     let started_at = SystemTime::now();
     let mut pager = pager(&config, &loaded.path)?;
+    if flags.token_log
+        && let Some(Pager::InVmm { engine, .. }) = pager.as_mut()
+    {
+        engine.record_policy_calls();
+    }
     let outcome = execute(config.vm_config(flags.console), pager.as_mut())?;
     let mut result = RunResult::new(
         &RunInputs {
@@ -352,7 +367,15 @@ pub fn run_config(
                 result.policy = Some(PolicyRecord {
                     fuel_used: usage.fuel_used,
                     failed_calls: usage.failed_calls,
+                    failures: usage
+                        .failures
+                        .by_name()
+                        .into_iter()
+                        .filter(|&(_, n)| n > 0)
+                        .map(|(k, n)| (k.to_owned(), n))
+                        .collect(),
                     disabled: usage.disabled,
+                    prefetch_ignored: usage.prefetch_ignored,
                     ..record.clone()
                 });
                 result.wall.policy_time_ms = engine.policy_time().as_secs_f64() * 1e3;
@@ -370,6 +393,7 @@ pub fn run_config(
         result.set_pager(&m);
     }
     let mut kept = write_results(out_dir, &result, &outcome.console)?;
+    write_policy_log(out_dir, &result, &config, pager.as_ref(), &mut kept)?;
     // Without an engine in the VMM nothing was logged: the trace has just
     // its tracks.
     let (events, stalls) = match &pager {
@@ -379,6 +403,15 @@ pub fn run_config(
     if flags.token_log {
         let path = out_dir.join(TOKEN_LOG);
         write_kept(&path, token_log(events).as_bytes(), &mut kept)?;
+        if let Some(Pager::InVmm { engine, .. }) = &pager {
+            let (calls, dropped) = engine.policy_calls();
+            let csv = crate::policy_calls::render(calls);
+            if dropped > 0 {
+                tracing::warn!("{dropped} policy calls beyond the log's bound were not written");
+            }
+            let path = out_dir.join(crate::policy_calls::POLICY_CALLS_LOG);
+            write_kept(&path, csv.as_bytes(), &mut kept)?;
+        }
     }
     if let Some(path) = &flags.trace {
         let trace = crate::trace::chrome_trace(&crate::trace::TraceInputs {
@@ -420,6 +453,65 @@ fn token_log(events: &[apflab_apf::Event]) -> String {
         );
     }
     csv
+}
+
+/// The file of a run's policy log.
+pub const POLICY_LOG: &str = "policy.log";
+
+/// Writes `dir`/[`POLICY_LOG`]: a header naming the policy (module, its
+/// sha256 and ABI version, params), then what the module logged and what
+/// the host said about it (failed calls with their export and cause,
+/// disabling), one line each with the run's time and a level. Every run
+/// has one; one without a Wasm module says so.
+fn write_policy_log(
+    dir: &Path,
+    result: &RunResult,
+    config: &Config,
+    pager: Option<&Pager>,
+    kept: &mut Vec<String>,
+) -> Result<(), RunError> {
+    let mut text = match (&result.policy, pager) {
+        (Some(p), Some(Pager::InVmm { engine, .. })) if !p.sha256.is_empty() => {
+            let mut head = format!(
+                "# policy {} (sha256 {}, ABI v{})",
+                p.module,
+                p.sha256,
+                p.abi_version.unwrap_or(0)
+            );
+            if let Some(crate::policy_config::PolicyChoice::Module { params, .. }) = &config.policy
+                && !params.is_empty()
+            {
+                head += &format!(
+                    ", params {}",
+                    params.record_text().trim_end().replace('\n', " ")
+                );
+            }
+            if p.disabled {
+                head += &format!(
+                    "\n# DISABLED after repeated failures: {} failed calls ({})",
+                    p.failed_calls,
+                    p.failures
+                        .iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            format!(
+                "{head}\n# t_ns level source: message\n{}",
+                engine.policy_log()
+            )
+        }
+        (Some(p), _) if p.decision.is_some() => {
+            "# policy: a fixed decision for every fault (no module, no log)\n".to_owned()
+        }
+        _ => "# no [policy]: every fault is the synchronous baseline (no module, no log)\n"
+            .to_owned(),
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    write_kept(&dir.join(POLICY_LOG), text.as_bytes(), kept)
 }
 
 /// Writes `result.json` and then `console.log` into `dir` (created if

@@ -249,6 +249,7 @@ for p in $points; do
     if [ -f "$tmp/result.json" ]; then
         mkdir -p "$dir/$p" &&
             {{ [ ! -f "$tmp/console.log" ] || mv -f "$tmp/console.log" "$dir/$p/console.log"; }} &&
+            {{ [ ! -f "$tmp/policy.log" ] || mv -f "$tmp/policy.log" "$dir/$p/policy.log"; }} &&
             mv -f "$tmp/result.json" "$dir/$p/result.json" &&
             rm -rf "$tmp" || status=1
     else

@@ -30,8 +30,15 @@ pub fn conformance_elf() -> &'static Path {
     Path::new(env!("APFLAB_CONFORMANCE_ELF"))
 }
 
+/// The sieve compute kernel (`benches/sieve/`): a bare-metal image for
+/// QEMU's `virt` board, independent of apflab, that turns its MMU on, runs
+/// a sieve of Eratosthenes, prints the prime count and powers off.
+pub fn sieve_elf() -> &'static Path {
+    Path::new(env!("APFLAB_SIEVE_ELF"))
+}
+
 /// The example policies built from `policies/` (Rust, to Wasm), by name.
-pub const EXAMPLE_POLICIES: [&str; 7] = [
+pub const EXAMPLE_POLICIES: [&str; 8] = [
     "sync",
     "gavin-rfcv2",
     "gavin-v4",
@@ -39,6 +46,7 @@ pub const EXAMPLE_POLICIES: [&str; 7] = [
     "always-halt",
     "always-reschedule",
     "adaptive",
+    "ewma",
 ];
 
 /// The hand-written WAT policies in `policies/wat/`, by name.

@@ -61,7 +61,7 @@ pub enum PolicyError {
     /// A WASI import: policies get no system interface, so runs stay
     /// deterministic.
     #[error(
-        "policy {module}: imports `{import_module}.{name}`; WASI is not available to policies (only `apf.log` may be imported)"
+        "policy {module}: imports `{import_module}.{name}`; WASI is not available to policies (only `apf.log`, `apf.log_at` and `apf.input` may be imported)"
     )]
     WasiImport {
         /// The file (or label) the module came from.
@@ -73,7 +73,7 @@ pub enum PolicyError {
     },
     /// An import the host does not provide.
     #[error(
-        "policy {module}: unknown import `{import_module}.{name}` ({ty}); only `apf.log` may be imported"
+        "policy {module}: unknown import `{import_module}.{name}` ({ty}); only `apf.log`, `apf.log_at` and `apf.input` may be imported"
     )]
     UnknownImport {
         /// The file (or label) the module came from.
@@ -85,23 +85,29 @@ pub enum PolicyError {
         /// The imported item's kind and type.
         ty: String,
     },
-    /// `apf.log` imported with the wrong type.
-    #[error("policy {module}: import `apf.log` is {found}, expected {expected}")]
+    /// An `apf` import with the wrong type.
+    #[error("policy {module}: import `{import}` is {found}, expected {expected}")]
     WrongImport {
         /// The file (or label) the module came from.
         module: String,
+        /// The import (`apf.log`, ...).
+        import: String,
         /// The signature the host provides.
         expected: String,
         /// The type the module imports it with.
         found: String,
     },
     /// `apf_abi_version` returned a version this host does not speak.
-    #[error("policy {module}: ABI version {found}, this host speaks version {expected}")]
+    #[error(
+        "policy {module}: ABI version {found}, this host speaks versions {oldest} to {expected}"
+    )]
     AbiVersion {
         /// The file (or label) the module came from.
         module: String,
         /// The host's version, [`POLICY_ABI_VERSION`](apflab_abi::policy::POLICY_ABI_VERSION).
         expected: i32,
+        /// The oldest version the host still runs.
+        oldest: i32,
         /// The version the module returned.
         found: i32,
     },
@@ -125,4 +131,15 @@ pub enum PolicyError {
         /// Wasmtime's error, with its causes.
         message: String,
     },
+}
+
+/// A module that refused the config's `[policy] params` (its
+/// `apf_configure` returned non-zero or failed), or params it cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("policy {module}: {message}")]
+pub struct ConfigureError {
+    /// The file (or label) the module came from.
+    pub module: String,
+    /// Why: the module's own last message, or the failure.
+    pub message: String,
 }

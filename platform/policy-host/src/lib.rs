@@ -1,11 +1,13 @@
 //! Runs apflab's per-fault policies: sandboxed WebAssembly modules
 //! (wasmtime) or native Rust, behind one [`Policy`] trait.
 //!
-//! A Wasm policy speaks ABI v2 ([`apflab_abi::policy`]). Loading
-//! ([`PolicyModule::load`]) compiles it once and checks everything that can
-//! be checked before a run: size, imports (only `apf.log`; no WASI), the
-//! exports and their signatures, that it starts within its fuel and speaks
-//! ABI version 2. Each run gets a fresh instance
+//! A Wasm policy speaks ABI v3, or v2 for modules built before it
+//! ([`apflab_abi::policy`]). Loading ([`PolicyModule::load`]) compiles it
+//! once and checks everything that can be checked before a run: size,
+//! imports (only `apf.log`, `apf.log_at`, `apf.input`; no WASI), the
+//! exports its version requires or allows and their signatures, that it
+//! starts within its fuel and speaks a version this host runs. A text
+//! module's errors name its file and line. Each run gets a fresh instance
 //! ([`PolicyModule::instantiate`]), a [`WasmPolicy`], whose calls run under
 //! fuel and memory/table limits. A call that fails in any way gives the
 //! built-in fallback decision ([`Decision::FALLBACK`], the `sync` baseline)
@@ -17,17 +19,21 @@
 //! [`BuiltinSync`]) implement the same trait, so the VMM and the benchmarks
 //! can use either.
 
+mod check;
 mod config;
 mod error;
 mod log;
 mod module;
 mod runner;
 mod sandbox;
+mod source;
 mod stats;
 
-pub use apflab_abi::policy::{Decision, FaultInfo, Policy};
+pub use apflab_abi::policy::{Completion, Decision, FaultInfo, Params, Policy};
+pub use check::{CallCheck, CheckReport, sample_calls};
 pub use config::PolicyConfig;
-pub use error::PolicyError;
+pub use error::{ConfigureError, PolicyError};
+pub use log::{LogLine, LogSource, MAX_LOG_LINES, PolicyLog};
 pub use module::{ItemInfo, ModuleInfo, PolicyModule, check, check_with};
 pub use runner::WasmPolicy;
 pub use stats::{CauseCounts, FailureCause, PolicyStats};

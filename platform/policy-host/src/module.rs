@@ -1,5 +1,6 @@
-//! Loading a policy module: compile once, validate against ABI v2, and
-//! start one fresh instance per run.
+//! Loading a policy module: compile once, validate against the ABI version
+//! it speaks (3, or 2 for modules built before it), and start one fresh
+//! instance per run.
 
 use crate::config::PolicyConfig;
 use crate::error::PolicyError;
@@ -8,8 +9,9 @@ use crate::runner::WasmPolicy;
 use crate::sandbox::{HostState, Limits};
 use crate::stats::FailureCause;
 use apflab_abi::policy::{
-    EXPORT_ABI_VERSION, EXPORT_DECIDE, EXPORT_MEMORY, EXPORT_ON_READY, EXPORT_ON_RUN_END,
-    IMPORT_LOG, IMPORT_MODULE, POLICY_ABI_VERSION,
+    EXPORT_ABI_VERSION, EXPORT_CONFIGURE, EXPORT_DECIDE, EXPORT_MEMORY, EXPORT_ON_COMPLETE,
+    EXPORT_ON_READY, EXPORT_ON_RUN_END, IMPORT_INPUT, IMPORT_LOG, IMPORT_LOG_AT, IMPORT_MODULE,
+    LogLevel, OLDEST_POLICY_ABI_VERSION, POLICY_ABI_VERSION,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -64,7 +66,7 @@ const SIG_ABI_VERSION: Signature = Signature {
     params: &[],
     results: &[Ty::I32],
 };
-const SIG_DECIDE: Signature = Signature {
+const SIG_DECIDE_V2: Signature = Signature {
     params: &[
         Ty::I32,
         Ty::I64,
@@ -77,25 +79,55 @@ const SIG_DECIDE: Signature = Signature {
     ],
     results: &[Ty::I64],
 };
-const SIG_ON_READY: Signature = Signature {
+const SIG_DECIDE: Signature = Signature {
+    params: &[],
+    results: &[Ty::I64],
+};
+const SIG_ON_READY_V2: Signature = Signature {
     params: &[Ty::I64, Ty::I64],
     results: &[],
 };
-const SIG_ON_RUN_END: Signature = Signature {
+const SIG_NOTIFY: Signature = Signature {
     params: &[],
     results: &[],
+};
+const SIG_CONFIGURE: Signature = Signature {
+    params: &[],
+    results: &[Ty::I32],
 };
 const SIG_LOG: Signature = Signature {
     params: &[Ty::I32, Ty::I32],
     results: &[],
 };
+const SIG_LOG_AT: Signature = Signature {
+    params: &[Ty::I32, Ty::I32, Ty::I32],
+    results: &[],
+};
+const SIG_INPUT: Signature = Signature {
+    params: &[Ty::I32, Ty::I32],
+    results: &[Ty::I32],
+};
 
-/// The function exports of ABI v2.
-const REQUIRED_FUNCS: [(&str, Signature); 4] = [
-    (EXPORT_ABI_VERSION, SIG_ABI_VERSION),
-    (EXPORT_DECIDE, SIG_DECIDE),
-    (EXPORT_ON_READY, SIG_ON_READY),
-    (EXPORT_ON_RUN_END, SIG_ON_RUN_END),
+/// The imports a module may have, with their types.
+const IMPORTS: [(&str, Signature); 3] = [
+    (IMPORT_LOG, SIG_LOG),
+    (IMPORT_LOG_AT, SIG_LOG_AT),
+    (IMPORT_INPUT, SIG_INPUT),
+];
+
+/// The function exports of ABI v2, all required.
+const V2_FUNCS: [(&str, Signature); 3] = [
+    (EXPORT_DECIDE, SIG_DECIDE_V2),
+    (EXPORT_ON_READY, SIG_ON_READY_V2),
+    (EXPORT_ON_RUN_END, SIG_NOTIFY),
+];
+
+/// The function exports of ABI v3: required, then optional.
+const V3_REQUIRED: [(&str, Signature); 1] = [(EXPORT_DECIDE, SIG_DECIDE)];
+const V3_OPTIONAL: [(&str, Signature); 3] = [
+    (EXPORT_ON_COMPLETE, SIG_NOTIFY),
+    (EXPORT_CONFIGURE, SIG_CONFIGURE),
+    (EXPORT_ON_RUN_END, SIG_NOTIFY),
 ];
 
 fn describe_func(ft: &FuncType) -> String {
@@ -216,7 +248,8 @@ impl PolicyModule {
     }
 
     /// Loads a module from memory, binary or text; `name` names it in
-    /// errors and logs.
+    /// errors and logs (and is the file name in the source positions of a
+    /// text module's errors).
     pub fn from_bytes(
         name: &str,
         bytes: &[u8],
@@ -246,16 +279,20 @@ impl PolicyModule {
             });
         }
         let engine = new_engine()?;
-        let module = Module::new(&engine, bytes).map_err(|e| PolicyError::Compile {
+        let binary = crate::source::to_binary(name, bytes)?;
+        let module = Module::new(&engine, &binary).map_err(|e| PolicyError::Compile {
             module: module_name(),
-            message: format!("{e:#}"),
+            message: crate::source::explain(name, bytes, &binary, &format!("{e:#}")),
         })?;
         let imports = validate_imports(name, &module)?;
-        let exports = validate_exports(name, &module)?;
+        expect_func(name, &module, EXPORT_ABI_VERSION, &SIG_ABI_VERSION)?;
+        expect_memory(name, &module)?;
 
         let mut linker = Linker::new(&engine);
         linker
             .func_wrap(IMPORT_MODULE, IMPORT_LOG, host_log)
+            .and_then(|l| l.func_wrap(IMPORT_MODULE, IMPORT_LOG_AT, host_log_at))
+            .and_then(|l| l.func_wrap(IMPORT_MODULE, IMPORT_INPUT, host_input))
             .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(&module)
@@ -274,7 +311,7 @@ impl PolicyModule {
                 size_bytes: bytes.len(),
                 sha256: hex(&Sha256::digest(bytes)),
                 abi_version: 0,
-                exports,
+                exports: Vec::new(),
                 imports,
             },
         };
@@ -289,13 +326,15 @@ impl PolicyModule {
                 cause: classify(&e, store.data().limits.hit),
                 message: format!("{e:#}"),
             })?;
-        if version != POLICY_ABI_VERSION {
+        if !(OLDEST_POLICY_ABI_VERSION..=POLICY_ABI_VERSION).contains(&version) {
             return Err(PolicyError::AbiVersion {
                 module: module_name(),
                 expected: POLICY_ABI_VERSION,
+                oldest: OLDEST_POLICY_ABI_VERSION,
                 found: version,
             });
         }
+        this.info.exports = validate_exports(name, &module, version)?;
         this.info.abi_version = version;
         Ok(this)
     }
@@ -313,7 +352,13 @@ impl PolicyModule {
     /// A fresh instance for one run: new memory, new state, fresh counters.
     pub fn instantiate(&self) -> Result<WasmPolicy, PolicyError> {
         let (store, instance) = self.new_instance()?;
-        WasmPolicy::new(store, instance, &self.config, &self.name)
+        WasmPolicy::new(
+            store,
+            instance,
+            &self.config,
+            &self.name,
+            self.info.abi_version,
+        )
     }
 
     /// A store with this module's limits and an instance in it; the start
@@ -321,14 +366,14 @@ impl PolicyModule {
     fn new_instance(&self) -> Result<(Store<HostState>, wasmtime::Instance), PolicyError> {
         let mut store = Store::new(
             &self.engine,
-            HostState {
-                limits: Limits::new(
+            HostState::new(
+                Limits::new(
                     self.config.memory_limit_bytes,
                     self.config.table_elements_limit,
                 ),
-                log: LogLimiter::new(self.config.log_burst, self.config.log_refill_decisions),
-                module: self.name.clone(),
-            },
+                LogLimiter::new(self.config.log_burst, self.config.log_refill_decisions),
+                self.name.clone(),
+            ),
         );
         store.limiter(|s| &mut s.limits);
         let instantiate = store
@@ -392,20 +437,21 @@ fn validate_imports(name: &str, module: &Module) -> Result<Vec<ItemInfo>, Policy
                 name: n.into(),
             });
         }
-        if m != IMPORT_MODULE || n != IMPORT_LOG {
+        let Some((_, sig)) = IMPORTS.iter().find(|(i, _)| m == IMPORT_MODULE && n == *i) else {
             return Err(PolicyError::UnknownImport {
                 module: name.into(),
                 import_module: m.into(),
                 name: n.into(),
                 ty: describe_extern(&ty),
             });
-        }
+        };
         match &ty {
-            ExternType::Func(ft) if SIG_LOG.matches(ft) => {}
+            ExternType::Func(ft) if sig.matches(ft) => {}
             other => {
                 return Err(PolicyError::WrongImport {
                     module: name.into(),
-                    expected: SIG_LOG.describe(),
+                    import: format!("{m}.{n}"),
+                    expected: sig.describe(),
                     found: describe_extern(other),
                 });
             }
@@ -418,43 +464,74 @@ fn validate_imports(name: &str, module: &Module) -> Result<Vec<ItemInfo>, Policy
     Ok(out)
 }
 
-fn validate_exports(name: &str, module: &Module) -> Result<Vec<ItemInfo>, PolicyError> {
-    for (export, sig) in &REQUIRED_FUNCS {
-        match module.get_export(export) {
-            None => {
-                return Err(PolicyError::MissingExport {
-                    module: name.into(),
-                    export,
-                    expected: sig.describe(),
-                });
-            }
-            Some(ExternType::Func(ft)) if sig.matches(&ft) => {}
-            Some(other) => {
-                return Err(PolicyError::WrongExport {
-                    module: name.into(),
-                    export,
-                    expected: sig.describe(),
-                    found: describe_extern(&other),
-                });
-            }
-        }
+/// Checks that `export` is a function of type `sig` (or absent, when
+/// `required` is false); whether it is there.
+fn check_func(
+    name: &str,
+    module: &Module,
+    export: &'static str,
+    sig: &Signature,
+    required: bool,
+) -> Result<bool, PolicyError> {
+    match module.get_export(export) {
+        None if required => Err(PolicyError::MissingExport {
+            module: name.into(),
+            export,
+            expected: sig.describe(),
+        }),
+        None => Ok(false),
+        Some(ExternType::Func(ft)) if sig.matches(&ft) => Ok(true),
+        Some(other) => Err(PolicyError::WrongExport {
+            module: name.into(),
+            export,
+            expected: sig.describe(),
+            found: describe_extern(&other),
+        }),
     }
+}
+
+fn expect_func(
+    name: &str,
+    module: &Module,
+    export: &'static str,
+    sig: &Signature,
+) -> Result<(), PolicyError> {
+    check_func(name, module, export, sig, true).map(|_| ())
+}
+
+fn expect_memory(name: &str, module: &Module) -> Result<(), PolicyError> {
     match module.get_export(EXPORT_MEMORY) {
-        Some(ExternType::Memory(_)) => {}
-        None => {
-            return Err(PolicyError::MissingExport {
-                module: name.into(),
-                export: EXPORT_MEMORY,
-                expected: "memory".into(),
-            });
+        Some(ExternType::Memory(_)) => Ok(()),
+        None => Err(PolicyError::MissingExport {
+            module: name.into(),
+            export: EXPORT_MEMORY,
+            expected: "memory".into(),
+        }),
+        Some(other) => Err(PolicyError::WrongExport {
+            module: name.into(),
+            export: EXPORT_MEMORY,
+            expected: "memory".into(),
+            found: describe_extern(&other),
+        }),
+    }
+}
+
+/// Checks the exports a module of ABI `version` must and may have.
+fn validate_exports(
+    name: &str,
+    module: &Module,
+    version: i32,
+) -> Result<Vec<ItemInfo>, PolicyError> {
+    if version == 2 {
+        for (export, sig) in &V2_FUNCS {
+            expect_func(name, module, export, sig)?;
         }
-        Some(other) => {
-            return Err(PolicyError::WrongExport {
-                module: name.into(),
-                export: EXPORT_MEMORY,
-                expected: "memory".into(),
-                found: describe_extern(&other),
-            });
+    } else {
+        for (export, sig) in &V3_REQUIRED {
+            expect_func(name, module, export, sig)?;
+        }
+        for (export, sig) in &V3_OPTIONAL {
+            check_func(name, module, export, sig, false)?;
         }
     }
     Ok(module
@@ -466,25 +543,33 @@ fn validate_exports(name: &str, module: &Module) -> Result<Vec<ItemInfo>, Policy
         .collect())
 }
 
-/// `apf.log(ptr, len)`: a message from the module, passed to tracing if the
-/// rate limit allows. Bad pointers drop the message rather than trap: a log
-/// line is not worth failing a decision for.
-fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) {
+/// The text of `len` bytes at `ptr` in the caller's memory, if they are
+/// inside it.
+fn memory_text(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Option<String> {
+    let mem = caller.get_export(EXPORT_MEMORY)?.into_memory()?;
+    let data = mem.data(&*caller);
+    let start = usize::try_from(ptr as u32).ok()?;
+    let end = start.checked_add(usize::try_from(len as u32).ok()?)?;
+    data.get(start..end).map(message_text)
+}
+
+/// `apf.log(ptr, len)`: [`host_log_at`] at level info.
+fn host_log(caller: Caller<'_, HostState>, ptr: i32, len: i32) {
+    host_log_at(caller, LogLevel::Info as i32, ptr, len);
+}
+
+/// `apf.log_at(level, ptr, len)`: a message from the module, kept for the
+/// run's log and passed to tracing if the rate limit allows. Bad pointers
+/// drop the message rather than trap: a log line is not worth failing a
+/// decision for.
+fn host_log_at(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) {
     if !caller.data_mut().log.admit() {
         return;
     }
-    let text = caller
-        .get_export(EXPORT_MEMORY)
-        .and_then(|e| e.into_memory())
-        .and_then(|mem| {
-            let data = mem.data(&caller);
-            let start = usize::try_from(ptr as u32).ok()?;
-            let end = start.checked_add(usize::try_from(len as u32).ok()?)?;
-            data.get(start..end).map(message_text)
-        });
+    let text = memory_text(&mut caller, ptr, len);
     let state = caller.data_mut();
     match text {
-        Some(text) => tracing::info!(target: "apflab::policy", policy = %state.module, "{text}"),
+        Some(text) => state.module_message(LogLevel::from_raw(level), text),
         None => {
             // Counted as dropped, not passed.
             state.log.passed -= 1;
@@ -492,6 +577,31 @@ fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) {
             tracing::debug!(target: "apflab::policy", policy = %state.module, ptr, len, "apf.log outside the module's memory");
         }
     }
+}
+
+/// `apf.input(ptr, cap) -> size`: copies the first `min(cap, size)` bytes
+/// of the current call's input record to `ptr`; the record's size (0 in a
+/// call without one). A copy outside the module's memory traps: the
+/// module's bug, counted like any other.
+fn host_input(mut caller: Caller<'_, HostState>, ptr: i32, cap: i32) -> wasmtime::Result<i32> {
+    let record = std::mem::take(&mut caller.data_mut().input);
+    let n = record.len().min(cap as u32 as usize);
+    let result = (|| {
+        let mem = caller
+            .get_export(EXPORT_MEMORY)
+            .and_then(|e| e.into_memory())
+            .ok_or_else(|| wasmtime::Error::msg("apf.input: the module exports no memory"))?;
+        mem.write(&mut caller, ptr as u32 as usize, &record[..n])
+            .map_err(|_| {
+                wasmtime::Error::msg(format!(
+                    "apf.input: {n} bytes at {:#x} are outside the module's memory",
+                    ptr as u32
+                ))
+            })
+    })();
+    let size = record.len() as i32;
+    caller.data_mut().input = record;
+    result.map(|()| size)
 }
 
 fn hex(bytes: &[u8]) -> String {

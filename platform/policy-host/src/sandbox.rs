@@ -1,6 +1,8 @@
-//! The per-run store data: resource limits and the log limiter.
+//! The per-run store data: resource limits, the log and the current
+//! call's input record.
 
-use crate::log::LogLimiter;
+use crate::log::{LogLimiter, LogSource, PolicyLog};
+use apflab_abi::policy::LogLevel;
 use std::sync::Arc;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
@@ -10,6 +12,47 @@ pub(crate) struct HostState {
     pub(crate) log: LogLimiter,
     /// The module's name for log lines.
     pub(crate) module: Arc<str>,
+    /// The input record of the call running (`apf.input` copies it).
+    pub(crate) input: Vec<u8>,
+    /// The run's time at the call running, for log lines.
+    pub(crate) now_ns: u64,
+    /// What the module and the host said during the run.
+    pub(crate) lines: PolicyLog,
+}
+
+impl HostState {
+    pub(crate) fn new(limits: Limits, log: LogLimiter, module: Arc<str>) -> Self {
+        HostState {
+            limits,
+            log,
+            module,
+            input: Vec::new(),
+            now_ns: 0,
+            lines: PolicyLog::default(),
+        }
+    }
+
+    /// A message from the module: kept, and passed to tracing.
+    pub(crate) fn module_message(&mut self, level: LogLevel, text: String) {
+        let module = &self.module;
+        match level {
+            LogLevel::Error => {
+                tracing::error!(target: "apflab::policy", policy = %module, "{text}")
+            }
+            LogLevel::Warn => tracing::warn!(target: "apflab::policy", policy = %module, "{text}"),
+            LogLevel::Info => tracing::info!(target: "apflab::policy", policy = %module, "{text}"),
+            LogLevel::Debug => {
+                tracing::debug!(target: "apflab::policy", policy = %module, "{text}")
+            }
+        }
+        self.lines.push(self.now_ns, level, LogSource::Module, text);
+    }
+
+    /// What the host says about the module (a failed call, disabling):
+    /// kept; the caller traces it.
+    pub(crate) fn host_message(&mut self, level: LogLevel, text: String) {
+        self.lines.push(self.now_ns, level, LogSource::Host, text);
+    }
 }
 
 /// wasmtime's [`StoreLimits`], remembering whether a limit was hit so a

@@ -1,5 +1,6 @@
 //! What a policy did during a run, for the results file.
 
+use apflab_abi::policy::FailureCounts;
 use serde::Serialize;
 use std::fmt;
 
@@ -74,6 +75,18 @@ impl CauseCounts {
     pub fn total(&self) -> u64 {
         self.trap + self.out_of_fuel + self.resource_limit + self.malformed_decision + self.disabled
     }
+
+    /// These counts and `other`'s together, as the ABI's usage carries
+    /// them.
+    pub fn plus(&self, other: &CauseCounts) -> FailureCounts {
+        FailureCounts {
+            trap: self.trap + other.trap,
+            out_of_fuel: self.out_of_fuel + other.out_of_fuel,
+            resource_limit: self.resource_limit + other.resource_limit,
+            malformed_decision: self.malformed_decision + other.malformed_decision,
+            disabled: self.disabled + other.disabled,
+        }
+    }
 }
 
 /// The record of one run of a Wasm policy.
@@ -83,7 +96,7 @@ pub struct PolicyStats {
     pub decisions: u64,
     /// Decisions answered by the fallback, by cause.
     pub fallbacks: CauseCounts,
-    /// `on_ready` and `on_run_end` calls made.
+    /// `on_complete` (`on_ready` for ABI v2) and `on_run_end` calls made.
     pub notifications: u64,
     /// Notifications that failed (or were skipped once disabled), by cause.
     pub failed_notifications: CauseCounts,
@@ -96,6 +109,8 @@ pub struct PolicyStats {
     pub last_failure: Option<String>,
     /// Fuel consumed by all calls.
     pub fuel_used: u64,
+    /// Decisions of an ABI v2 module that asked for a prefetch (ignored).
+    pub prefetch_ignored: u64,
     /// `apf.log` messages passed on to tracing.
     pub log_messages: u64,
     /// `apf.log` messages dropped by the rate limit or for pointing outside

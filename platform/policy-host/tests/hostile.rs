@@ -3,11 +3,24 @@
 //! panics, nothing hangs.
 
 use apflab_policy_host::{
-    Decision, FailureCause, FaultInfo, Policy, PolicyConfig, PolicyError, PolicyModule, WasmPolicy,
+    Completion, Decision, FailureCause, FaultInfo, Policy, PolicyConfig, PolicyError, PolicyModule,
+    WasmPolicy,
 };
 
-/// A valid ABI v2 policy with `decide` as the body of `apf_decide` (params
-/// 0..=7 are the facts) and `extra` as more module fields.
+/// An async completion, as the engine reports one.
+fn async_done() -> Completion {
+    Completion {
+        asynchronous: true,
+        token: 1,
+        fetch_ns: 10,
+        wait_ns: 10,
+        ..Completion::default()
+    }
+}
+
+/// A valid ABI v2 policy (the previous version, which hosts keep running)
+/// with `decide` as the body of `apf_decide` (params 0..=7 are the facts)
+/// and `extra` as more module fields.
 fn policy(decide: &str, extra: &str) -> String {
     format!(
         r#"(module
@@ -76,7 +89,82 @@ fn memory_grow_bomb_hits_the_memory_limit() {
 fn unreachable_is_a_counted_trap() {
     let mut p = run(&policy("unreachable", ""));
     assert_contained(&mut p, FailureCause::Trap);
-    assert!(p.stats().last_failure.unwrap().contains("unreachable"));
+    let failure = p.stats().last_failure.unwrap();
+    assert!(failure.contains("unreachable"), "{failure}");
+    // The message names the export that trapped, and the log keeps it.
+    assert!(failure.contains("`apf_decide`"), "{failure}");
+    let log = p.log().render();
+    assert!(
+        log.contains("WARN  host: call failed (trap): `apf_decide`"),
+        "{log}"
+    );
+}
+
+/// A valid ABI v3 policy: `decide` is the body of `apf_decide`, which
+/// may read its record with `$input`.
+fn policy_v3(decide: &str, extra: &str) -> String {
+    format!(
+        r#"(module
+             (import "apf" "input" (func $input (param i32 i32) (result i32)))
+             {extra}
+             (memory (export "memory") 1)
+             (func (export "apf_abi_version") (result i32) i32.const 3)
+             (func (export "apf_decide") (result i64) {decide}))"#
+    )
+}
+
+#[test]
+fn a_v3_module_needs_only_decide_and_reads_its_record() {
+    // Async halt when the record's token (offset 24) is odd, else sync;
+    // the record's size comes back from `apf.input`.
+    let body = "(if (i32.ne (call $input (i32.const 0) (i32.const 72)) (i32.const 72))
+                  (then unreachable))
+                (i64.and (i64.load (i32.const 24)) (i64.const 1))";
+    let mut p = run(&policy_v3(body, ""));
+    let odd = FaultInfo {
+        token: 0x1001,
+        ..fault()
+    };
+    assert!(matches!(p.decide(&odd), Decision::Async { .. }));
+    assert_eq!(
+        p.decide(&FaultInfo {
+            token: 0x1002,
+            ..fault()
+        }),
+        Decision::Sync
+    );
+    // No on_complete, no on_run_end: nothing is called, nothing fails.
+    p.on_complete(&async_done());
+    p.on_run_end();
+    assert_eq!(p.usage().failed_calls, 0);
+    assert_eq!(p.stats().notifications, 0);
+}
+
+#[test]
+fn an_input_copy_outside_memory_is_a_counted_trap_naming_the_import() {
+    let mut p = run(&policy_v3(
+        "(drop (call $input (i32.const 65530) (i32.const 72))) i64.const 0",
+        "",
+    ));
+    assert_contained(&mut p, FailureCause::Trap);
+    let failure = p.stats().last_failure.unwrap();
+    assert!(
+        failure.contains("apf.input") && failure.contains("`apf_decide`"),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_v3_decision_with_the_old_prefetch_bits_is_malformed() {
+    let mut p = run(&policy_v3("i64.const 0x200", ""));
+    assert_contained(&mut p, FailureCause::MalformedDecision);
+}
+
+#[test]
+fn a_wat_type_error_names_the_file_and_line() {
+    let wat = "(module\n  (memory (export \"memory\") 1)\n  (func (export \"apf_abi_version\") (result i32)\n    i64.const 3))\n";
+    let err = load(wat).unwrap_err().to_string();
+    assert!(err.contains("test.wat:4:"), "{err}");
 }
 
 #[test]
@@ -167,17 +255,18 @@ fn missing_export_is_refused() {
 
 #[test]
 fn wrong_abi_version_is_refused() {
-    // Version 1 (before SDEI) and a future version 3 alike.
-    for found in [1, 3] {
+    // Version 1 (before SDEI) and a future version 4 alike.
+    for found in [1, 4] {
         let wat = policy("i64.const 0", "").replace("i32.const 2)", &format!("i32.const {found})"));
         let err = load(&wat).unwrap_err();
         assert!(
-            matches!(err, PolicyError::AbiVersion { expected: 2, found: f, .. } if f == found),
+            matches!(err, PolicyError::AbiVersion { expected: 3, oldest: 2, found: f, .. } if f == found),
             "{err}"
         );
         assert!(
-            err.to_string()
-                .contains(&format!("ABI version {found}, this host speaks version 2")),
+            err.to_string().contains(&format!(
+                "ABI version {found}, this host speaks versions 2 to 3"
+            )),
             "{err}"
         );
     }
@@ -307,7 +396,7 @@ fn disabled_after_consecutive_failures() {
     for _ in 0..5 {
         assert_eq!(p.decide(&fault()), Decision::FALLBACK);
     }
-    p.on_ready(1, 1);
+    p.on_complete(&async_done());
     let stats = p.stats();
     assert!(stats.disabled && p.is_disabled());
     assert_eq!(stats.disabled_after_calls, Some(3));
@@ -349,7 +438,7 @@ fn failing_notifications_are_counted_too() {
         r#"(func (export "apf_on_ready") (param i64 i64) unreachable)"#,
     );
     let mut p = run(&wat);
-    p.on_ready(1, 10);
+    p.on_complete(&async_done());
     assert_eq!(p.decide(&fault()), Decision::unpack(1).unwrap());
     let stats = p.stats();
     assert_eq!(stats.failed_notifications.trap, 1);
@@ -370,7 +459,7 @@ fn log_flood_is_rate_limited_and_bad_pointers_dropped() {
     // (The template puts the body first in the function, so the local
     // declaration is legal there.)
     let mut p = run(&policy(body, extra));
-    assert_eq!(p.decide(&fault()), Decision::Sync { prefetch: 0 });
+    assert_eq!(p.decide(&fault()), Decision::Sync);
     let stats = p.stats();
     assert_eq!(
         stats.log_messages,

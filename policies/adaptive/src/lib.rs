@@ -11,9 +11,10 @@
 //!    switch would pay off); at or above it, async and reschedule.
 //!
 //! The expected fetch latency is learned: an exponentially weighted moving
-//! average (weight 1/8, integer arithmetic, so deterministic) of the
-//! latencies reported by `on_ready`. Until the first report it is the
-//! store's own estimate from the fault (`est_fetch_ns`).
+//! average (weight 1/8, integer arithmetic, so deterministic) of the fetch
+//! times of every completed fetch, sync and async, reported by
+//! `on_complete`. Until the first report it is the engine's own estimate
+//! from the fault (`est_fetch_ns`, 0 before any fetch completed).
 //!
 //! The cost of a reschedule is the extra time a fault costs when the guest
 //! switches tasks instead of halting: two context switches plus the
@@ -26,7 +27,9 @@
 //! host initiation). At the end of the run the module logs what it learned.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
-use apflab_policy_sdk::{Decision, FaultInfo, Policy, Sleep, has_async_room, rfcv2};
+use apflab_policy_sdk::{
+    Completion, Decision, FaultInfo, ParamError, Params, Policy, Sleep, has_async_room, rfcv2,
+};
 
 /// Cost of a reschedule assumed by the exported module, in ns.
 pub const DEFAULT_RESCHEDULE_COST_NS: u64 = 10_000;
@@ -62,7 +65,7 @@ impl Adaptive {
         }
     }
 
-    /// How many `on_ready` latencies it has learned from.
+    /// How many fetch times it has learned from.
     pub const fn samples(&self) -> u64 {
         self.samples
     }
@@ -75,9 +78,19 @@ impl Default for Adaptive {
 }
 
 impl Policy for Adaptive {
+    /// `reschedule_cost_ns` (a non-negative integer) replaces
+    /// [`DEFAULT_RESCHEDULE_COST_NS`].
+    fn configure<'p>(&mut self, params: &Params<'p>) -> Result<(), ParamError<'p>> {
+        params.only(&["reschedule_cost_ns"])?;
+        if let Some(ns) = params.u64("reschedule_cost_ns")? {
+            self.reschedule_cost_ns = ns;
+        }
+        Ok(())
+    }
+
     fn decide(&mut self, fault: &FaultInfo) -> Decision {
         if !has_async_room(fault) {
-            return Decision::Sync { prefetch: 0 };
+            return Decision::Sync;
         }
         let can_use_reschedule = fault.el == 0 && fault.can_reschedule && fault.runnable > 0;
         if !can_use_reschedule || self.expected_fetch_ns(fault) < self.reschedule_cost_ns {
@@ -87,7 +100,8 @@ impl Policy for Adaptive {
         }
     }
 
-    fn on_ready(&mut self, _token: u64, latency_ns: u64) {
+    fn on_complete(&mut self, done: &Completion) {
+        let latency_ns = done.fetch_ns;
         self.samples += 1;
         self.learned_fetch_ns = Some(match self.learned_fetch_ns {
             None => latency_ns,
@@ -105,7 +119,7 @@ impl Policy for Adaptive {
                 self.samples,
                 self.reschedule_cost_ns
             ),
-            None => apflab_policy_sdk::log!("adaptive: no fetch latency reported"),
+            None => apflab_policy_sdk::log!("adaptive: no fetch completed"),
         }
     }
 }

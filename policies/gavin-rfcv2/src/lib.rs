@@ -10,7 +10,7 @@
 //!
 //! Every async decision uses the series' transport: "not present" as a data
 //! abort with the reason in the control block, "ready" as an injected
-//! exception, the host starts the fetch, no prefetch.
+//! exception, the host starts the fetch.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 use apflab_policy_sdk::{Decision, FaultInfo, Policy, Sleep, has_async_room, rfcv2};
@@ -22,7 +22,7 @@ pub struct GavinRfcv2;
 impl Policy for GavinRfcv2 {
     fn decide(&mut self, fault: &FaultInfo) -> Decision {
         if !has_async_room(fault) {
-            return Decision::Sync { prefetch: 0 };
+            return Decision::Sync;
         }
         // The guest takes "not present" in any mode but only sleeps the
         // task when the scheduler may run: never in the idle task, with

@@ -10,7 +10,7 @@
 //!
 //! Every async decision uses the series' transport: "not present" as the
 //! SDEI event, "ready" as the PPI acknowledged by hypercall, the host starts
-//! the fetch, no prefetch. v4 had no halt: a fault the guest cannot sleep
+//! the fetch. v4 had no halt: a fault the guest cannot sleep
 //! on stays synchronous.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
@@ -26,14 +26,13 @@ pub struct GavinV4;
 impl Policy for GavinV4 {
     fn decide(&mut self, fault: &FaultInfo) -> Decision {
         if fault.el != 0 || !has_async_room(fault) || !fault.can_reschedule {
-            return Decision::Sync { prefetch: 0 };
+            return Decision::Sync;
         }
         Decision::Async {
             not_present: NotPresentDelivery::Sdei,
             ready: ReadyDelivery::Interrupt,
             initiation: Initiation::Host,
             sleep: Sleep::Reschedule,
-            prefetch: 0,
         }
     }
 }

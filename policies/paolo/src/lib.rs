@@ -25,7 +25,7 @@ pub struct Paolo;
 impl Policy for Paolo {
     fn decide(&mut self, fault: &FaultInfo) -> Decision {
         if fault.el != 0 || !has_async_room(fault) {
-            return Decision::Sync { prefetch: 0 };
+            return Decision::Sync;
         }
         Decision::Async {
             not_present: NotPresentDelivery::DedicatedEc,
@@ -36,7 +36,6 @@ impl Policy for Paolo {
             } else {
                 Sleep::Halt
             },
-            prefetch: 0,
         }
     }
 }

@@ -1,46 +1,71 @@
 //! `apf.log`: the one thing a policy may ask of the host.
 
-use apflab_abi::policy::LOG_MAX_BYTES;
+use apflab_abi::policy::{LOG_MAX_BYTES, LogLevel};
 use core::fmt;
 
 #[cfg(target_arch = "wasm32")]
-mod host {
+pub(crate) mod host {
     #[link(wasm_import_module = "apf")]
     unsafe extern "C" {
-        /// `apf.log(ptr, len)`: UTF-8 text in this module's memory.
-        #[link_name = "log"]
-        pub fn log(ptr: *const u8, len: usize);
+        /// `apf.log_at(level, ptr, len)`: UTF-8 text in this module's memory.
+        #[link_name = "log_at"]
+        pub fn log_at(level: i32, ptr: *const u8, len: usize);
+        /// `apf.input(ptr, cap) -> size`: the current call's input record.
+        #[link_name = "input"]
+        pub fn input(ptr: *mut u8, cap: usize) -> i32;
     }
 }
 
-/// Sends `msg` to the host's log (tracing, target `apflab::policy`). The
-/// host rate-limits messages and truncates them to [`LOG_MAX_BYTES`]. When
-/// the policy runs natively rather than as Wasm this does nothing: a `no_std`
-/// policy has nowhere else to write.
+/// Sends `msg` to the host's log at level info: the run's `policy.log`
+/// (and tracing, target `apflab::policy`). The host rate-limits messages
+/// and truncates them to [`LOG_MAX_BYTES`]. When the policy runs natively
+/// rather than as Wasm this does nothing: a `no_std` policy has nowhere
+/// else to write.
 pub fn log(msg: &str) {
+    log_at(LogLevel::Info, msg);
+}
+
+/// [`log`] at `level`.
+pub fn log_at(level: LogLevel, msg: &str) {
     #[cfg(target_arch = "wasm32")]
     // SAFETY: the host only reads `len` bytes at `ptr` from this module's
     // memory during the call, and they are the bytes of `msg`.
     unsafe {
-        host::log(msg.as_ptr(), msg.len())
+        host::log_at(level as i32, msg.as_ptr(), msg.len())
     }
     #[cfg(not(target_arch = "wasm32"))]
-    let _ = msg;
+    let _ = (level, msg);
 }
 
 /// Formats into a fixed buffer and sends it with [`log`]; prefer the
 /// [`log!`](crate::log!) macro.
 pub fn log_fmt(args: fmt::Arguments<'_>) {
+    log_fmt_at(LogLevel::Info, args);
+}
+
+/// [`log_fmt`] at `level`; prefer the [`log!`](crate::log!) macro with a
+/// level (`log!(warn: "...")`).
+pub fn log_fmt_at(level: LogLevel, args: fmt::Arguments<'_>) {
     let mut buf = LogBuffer::new();
     // A full buffer only truncates, so the error is not worth reporting.
     let _ = fmt::write(&mut buf, args);
-    log(buf.as_str());
+    log_at(level, buf.as_str());
 }
 
 /// Formats a message like `format!` and sends it to the host's log:
-/// `apflab_policy_sdk::log!("ewma now {} ns", ewma)`.
+/// `apflab_policy_sdk::log!("ewma now {} ns", ewma)` (level info), or with
+/// a level first: `log!(warn: "...")`, `log!(error: ...)`, `log!(debug: ...)`.
 #[macro_export]
 macro_rules! log {
+    (error: $($arg:tt)*) => {
+        $crate::log_fmt_at($crate::LogLevel::Error, ::core::format_args!($($arg)*))
+    };
+    (warn: $($arg:tt)*) => {
+        $crate::log_fmt_at($crate::LogLevel::Warn, ::core::format_args!($($arg)*))
+    };
+    (debug: $($arg:tt)*) => {
+        $crate::log_fmt_at($crate::LogLevel::Debug, ::core::format_args!($($arg)*))
+    };
     ($($arg:tt)*) => {
         $crate::log_fmt(::core::format_args!($($arg)*))
     };

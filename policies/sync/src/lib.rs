@@ -11,7 +11,7 @@ pub struct SyncPolicy;
 
 impl Policy for SyncPolicy {
     fn decide(&mut self, _fault: &FaultInfo) -> Decision {
-        Decision::Sync { prefetch: 0 }
+        Decision::Sync
     }
 }
 

@@ -75,13 +75,12 @@ pub fn fault(gpa: Gpa, write: bool) -> NotResidentFault {
 }
 
 /// An async decision with a dedicated EC, ready as an interrupt, the given
-/// initiation, reschedule, and `prefetch`.
-pub fn rfcv2_like(initiation: Initiation, prefetch: u32) -> Decision {
+/// initiation, and reschedule.
+pub fn rfcv2_like(initiation: Initiation) -> Decision {
     Decision::Async {
         not_present: NotPresentDelivery::DedicatedEc,
         ready: ReadyDelivery::Interrupt,
         initiation,
         sleep: Sleep::Reschedule,
-        prefetch,
     }
 }

@@ -44,7 +44,7 @@ use super::exception::{EngineRegs, GuestFault};
 use super::hooks::{read_insn, request_stop};
 use super::insn_watch;
 use super::regs::{SPSR_EL1, cp, engine_err};
-use super::state::HookState;
+use super::state::{HookState, end_slice};
 use super::vcpu::EmuVcpu;
 use crate::arch::access::data_access;
 use crate::arch::{SysRegId, pstate, syndrome};
@@ -380,9 +380,10 @@ pub(super) fn on_msr(uc: &mut Unicorn<'_, HookState>, reg: SysRegId, value: u64)
     if at_el0(uc) {
         return false;
     }
-    let st = uc.get_data_mut();
-    let kept = st.debug.write(reg, value);
-    st.end_slice |= kept;
+    let kept = uc.get_data_mut().debug.write(reg, value);
+    if kept {
+        end_slice(uc);
+    }
     kept
 }
 
@@ -506,20 +507,18 @@ impl EmuVcpu {
         } else {
             None
         };
-        // The counting block hook counts whole blocks, and would end the
-        // run on the budget or an unmask before the instruction: here the
-        // caller does both, per instruction.
+        // The engine counts whole blocks, and would end the run on the
+        // budget or an unmask before the instruction: here the caller does
+        // both, per instruction.
         let st = self.uc.get_data_mut();
         let (insns, slice_insns) = (st.insns, st.slice_insns);
-        let (budget, irq_waiting) = (st.budget, st.irq_waiting);
-        st.budget = u64::MAX;
-        st.irq_waiting = false;
+        st.icount.set_budget(i64::MAX);
+        st.icount.stop_on_irq_unmask(false);
         let result = self.uc.emu_start(pc, 0, 0, 1);
         let st = self.uc.get_data_mut();
-        st.budget = budget;
-        st.irq_waiting = irq_waiting;
-        // Counted here, not by the block hook.
-        st.block_open = false;
+        st.icount.stop_on_irq_unmask(st.irq_waiting);
+        // Counted here, not by the engine.
+        st.run_budget = st.icount.read().budget;
         let executed = st.fault.is_none();
         st.insns = insns + u64::from(executed);
         st.slice_insns = slice_insns + u64::from(executed);

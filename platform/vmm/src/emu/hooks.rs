@@ -1,5 +1,4 @@
-//! What unicorn calls back while a vCPU runs: the counting block hook
-//! (instruction totals and the slice budget), MMIO windows, the emulated
+//! What unicorn calls back while a vCPU runs: MMIO windows, the emulated
 //! system registers, and CPU exceptions, which never reach the guest's
 //! vectors on this engine: they are recorded for `exception.rs` to enter
 //! the guest's vectors with their syndrome, or become [`VmExit`]s (SVC,
@@ -11,9 +10,9 @@ use super::debug;
 use super::exception::{Access, GuestFault};
 use super::id_regs;
 use super::insn_watch;
-use super::regs::{CPACR_EL1, SCTLR_EL1, XREGS, cp};
+use super::regs::{SCTLR_EL1, XREGS, cp};
 use super::shootdown;
-use super::state::HookState;
+use super::state::{HookState, end_slice};
 use super::tlb::fill_tlb;
 use crate::arch::{SysRegId, insn, pstate, sysreg};
 use crate::hypervisor::{Conduit, MmioWriteKind, VmExit};
@@ -157,7 +156,10 @@ pub(super) fn map_device(
                 let kind = st
                     .ops
                     .mmio_write(st.index, base + offset, &bytes[..len], st.now_ns());
-                st.end_slice |= ends_slice;
+                if ends_slice {
+                    end_slice(uc);
+                }
+                let st = uc.get_data_mut();
                 if kind == MmioWriteKind::Hypercall {
                     st.extra_ns = st.extra_ns.saturating_add(st.cost.hypercall_ns);
                     // The call may have queued effects (power off,
@@ -175,32 +177,8 @@ pub(super) fn install_hooks(
     ram: (u64, u64),
 ) -> Result<(), unicorn_engine::uc_error> {
     uc.add_tlb_hook(0, u64::MAX, fill_tlb)?;
-    // Counting block hook: exact instruction totals, slice budget.
-    uc.add_block_hook(1, 0, |uc, addr, size| {
-        let st = uc.get_data_mut();
-        // The block entered before this one ran to its end.
-        st.block_open = false;
-        if st.watch.mode.is_on() && !st.debug.stepping() && insn_watch::must_hook(uc, addr, size) {
-            // Stopped before the block runs, to hook it.
-            return;
-        }
-        let unmasked = uc.get_data().irq_waiting
-            && uc
-                .reg_read(RegisterARM64::PSTATE)
-                .is_ok_and(|p| p & pstate::I == 0);
-        let st = uc.get_data_mut();
-        if st.slice_insns >= st.budget || st.end_slice || unmasked {
-            // A stop here comes before the block runs: it is counted when
-            // it does, in the next run of the engine.
-            request_stop(uc);
-            return;
-        }
-        let n = u64::from(size / 4);
-        st.insns += n;
-        st.slice_insns += n;
-        st.block = (addr, addr + u64::from(size));
-        st.block_open = true;
-    })?;
+    // Instructions are counted, and slices ended, by the engine itself
+    // (icount.rs): no hook runs per block.
     uc.add_intr_hook(|uc, intno| {
         let pc = uc.pc_read().unwrap_or(0);
         let exit = match intno {
@@ -275,15 +253,14 @@ pub(super) fn install_hooks(
     })?;
     uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_MSR, 1, 0, |uc, _rt, cpreg| {
         let reg = sysreg_of(cpreg);
-        if reg == CPACR_EL1 || reg == SCTLR_EL1 {
+        if reg == SCTLR_EL1 {
             // The write ends its block; the slice ends with it when the
-            // instruction watch must come or go (insn_watch.rs).
-            let mode = insn_watch::mode_after_write(uc, reg, cpreg.val);
-            let st = uc.get_data_mut();
-            if mode != st.watch.mode {
-                st.end_slice = true;
+            // alignment watch must come or go (insn_watch.rs).
+            let mode = insn_watch::WatchMode::of(cpreg.val);
+            if mode != uc.get_data().watch.mode {
+                end_slice(uc);
             }
-            st.watch.forget_blocks();
+            uc.get_data_mut().watch.forget_blocks();
             return false;
         }
         if insn_watch::changes_code_view(reg) {
@@ -303,11 +280,8 @@ pub(super) fn install_hooks(
             st.extra_ns = st.extra_ns.saturating_add(st.cost.exit_ns);
         }
         // Timer, priority mask, EOI and SGI writes change what the vCPU
-        // loop must deliver or when the slice must end. The slice ends
-        // at the next block: a stop requested here, in the middle of a
-        // block, would resume at the block's start and execute its
-        // first instructions again.
-        st.end_slice = true;
+        // loop must deliver or when the slice must end: at the next block.
+        end_slice(uc);
         step_over_unknown_sysreg(uc, reg);
         true
     })?;

@@ -1,41 +1,39 @@
-//! Two checks the software CPU does not make: CPACR_EL1.FPEN traps (its FP
-//! access check always passes) and SCTLR_EL1.A alignment checking (it only
-//! checks the accesses that must always be aligned, such as exclusives).
-//! While the guest has either on, a code hook looks at the instructions
-//! that could be affected before they execute and stops the engine there
-//! with the exception the architecture takes: EC 0x07 for an FP/SIMD
-//! instruction at a trapped level, an alignment fault for a load or store
-//! whose address is not a multiple of its element size (the syndromes are
-//! built in `exception.rs`).
+//! A check the software CPU does not make: SCTLR_EL1.A alignment checking
+//! (it only checks the accesses that must always be aligned, such as
+//! exclusives). While the guest has it on, a code hook looks at the loads
+//! and stores before they execute and stops the engine at one whose
+//! address is not a multiple of its element size, with the alignment fault
+//! the architecture takes (the syndrome is built in `exception.rs`). FP
+//! traps (CPACR_EL1.FPEN) are the engine's own (third_party/unicorn,
+//! patch 0004).
 //!
-//! A code hook on every instruction made our guest's `cpu` workload 36
-//! times slower, and a kernel built without FP (ours is) keeps FP trapped for its
-//! whole life. So the watch goes by blocks: the counting block hook asks
-//! [`must_hook`] about each block it enters, which decodes a block once to
-//! see whether it holds an instruction the watch must see (FP/SIMD while FP
-//! is trapped, any load or store while alignment is checked). A block that
-//! does is stopped before it runs, gets a code hook limited to its own
-//! addresses and is translated again; every other block runs at full
-//! speed. Which blocks were found clean is forgotten whenever the code at
-//! an address may have changed for the CPU: a write to TTBR0/TTBR1/TCR/
-//! SCTLR_EL1, a TLB or instruction cache invalidation (a guest that
-//! rewrites code without the instruction cache maintenance the architecture
-//! asks for may run stale decodes here, as it may on hardware). Past
-//! [`MAX_HOOKED_BLOCKS`] blocks the watch falls back to one hook on every
-//! instruction. A guest that leaves FP enabled and alignment checking off,
-//! as most do after boot, runs without any of it.
+//! A code hook on every instruction makes a guest many times slower (36
+//! times on our guest's `cpu` workload, measured when FP traps were
+//! watched here). So the watch goes by blocks: while it is on, a block
+//! hook asks [`must_hook`] about each block entered, which decodes a block
+//! once to see whether it holds a load or store. A block that does is
+//! stopped before it runs, gets a code hook limited to its own addresses
+//! and is translated again; every other block runs at full speed. Which
+//! blocks were found clean is forgotten whenever the code at an address may
+//! have changed for the CPU: a write to TTBR0/TTBR1/TCR/SCTLR_EL1, a TLB or
+//! instruction cache invalidation (a guest that rewrites code without the
+//! instruction cache maintenance the architecture asks for may run stale
+//! decodes here, as it may on hardware). Past [`MAX_HOOKED_BLOCKS`] blocks
+//! the watch falls back to one hook on every instruction. A guest that
+//! leaves alignment checking off, as Linux and ours do, runs without any
+//! of it, block hook included.
 
 use std::collections::{HashMap, HashSet};
 
-use unicorn_engine::{RegisterARM64, Unicorn};
+use unicorn_engine::Unicorn;
 
 use super::exception::{EngineRegs, GuestFault};
 use super::hooks::{read_insn, request_stop};
-use super::regs::{CPACR_EL1, SCTLR_A, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, cp, engine_err};
+use super::regs::{SCTLR_A, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, cp, engine_err};
 use super::state::HookState;
 use super::vcpu::EmuVcpu;
+use crate::arch::SysRegId;
 use crate::arch::access::{alignment_unit, data_access};
-use crate::arch::{SysRegId, pstate, syndrome};
 use crate::hypervisor::HypervisorError;
 
 /// Blocks with a code hook of their own before the watch covers every
@@ -43,31 +41,28 @@ use crate::hypervisor::HypervisorError;
 /// every instruction it translates).
 pub(super) const MAX_HOOKED_BLOCKS: usize = 64;
 
-/// What the watch checks, from CPACR_EL1 and SCTLR_EL1.
+/// What the watch checks, from SCTLR_EL1.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct WatchMode {
-    /// FP/SIMD is trapped at EL0 or EL1.
-    fp: bool,
     /// SCTLR_EL1.A: every load and store is checked for alignment.
     align: bool,
 }
 
 impl WatchMode {
-    /// The watch CPACR_EL1 value `cpacr` and SCTLR_EL1 value `sctlr` need.
-    pub(super) fn of(cpacr: u64, sctlr: u64) -> Self {
+    /// The watch SCTLR_EL1 value `sctlr` needs.
+    pub(super) fn of(sctlr: u64) -> Self {
         WatchMode {
-            fp: syndrome::fp_trapped(cpacr, true),
             align: sctlr & SCTLR_A != 0,
         }
     }
 
     pub(super) fn is_on(self) -> bool {
-        self.fp || self.align
+        self.align
     }
 
     /// Whether the instruction `word` must be seen before it executes.
     fn watches(self, word: u32) -> bool {
-        (self.fp && syndrome::is_fp_simd(word)) || (self.align && is_load_store(word))
+        self.align && is_load_store(word)
     }
 }
 
@@ -151,38 +146,22 @@ fn read(uc: &Unicorn<'_, HookState>, reg: SysRegId) -> Option<u64> {
     uc.reg_read_arm64_coproc(&mut c).ok().map(|()| c.val)
 }
 
-/// The watch needed after `value` is written to `reg` (one of CPACR_EL1
-/// and SCTLR_EL1; the other keeps its current value).
-pub(super) fn mode_after_write(
-    uc: &Unicorn<'_, HookState>,
-    reg: SysRegId,
-    value: u64,
-) -> WatchMode {
-    let (cpacr, sctlr) = if reg == CPACR_EL1 {
-        (value, read(uc, SCTLR_EL1).unwrap_or(0))
-    } else {
-        (read(uc, CPACR_EL1).unwrap_or(0), value)
-    };
-    WatchMode::of(cpacr, sctlr)
+/// The alignment fault the instruction at `pc` raises before it executes,
+/// if the guest checks alignment and its address is misaligned.
+pub(super) fn check(uc: &mut Unicorn<'_, HookState>, pc: u64) -> Option<GuestFault> {
+    let word = read_insn(uc, pc)?;
+    let misaligned = read(uc, SCTLR_EL1).is_some_and(|s| s & SCTLR_A != 0)
+        && data_access(word, pc, &mut EngineRegs(uc))
+            .is_ok_and(|a| a.va % alignment_unit(word, a.size) != 0);
+    misaligned.then_some(GuestFault::Alignment)
 }
 
-/// The fault the instruction at `pc` raises before it executes, if the
-/// guest's FP trap or alignment checking applies to it.
-pub(super) fn check(uc: &mut Unicorn<'_, HookState>, pc: u64) -> Option<GuestFault> {
-    let el0 = uc
-        .reg_read(RegisterARM64::PSTATE)
-        .is_ok_and(|p| p & pstate::MODE_MASK == pstate::EL0T);
-    let word = read_insn(uc, pc)?;
-    let fp_trapped = read(uc, CPACR_EL1).is_some_and(|c| syndrome::fp_trapped(c, el0));
-    if fp_trapped && syndrome::is_fp_simd(word) {
-        Some(GuestFault::Undefined)
-    } else if read(uc, SCTLR_EL1).is_some_and(|s| s & SCTLR_A != 0)
-        && data_access(word, pc, &mut EngineRegs(uc))
-            .is_ok_and(|a| a.va % alignment_unit(word, a.size) != 0)
-    {
-        Some(GuestFault::Alignment)
-    } else {
-        None
+/// The block hook, while the watch is on.
+fn watch_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) {
+    // A stepping engine runs one instruction at a time, each checked
+    // before it runs (debug.rs).
+    if !uc.get_data().debug.stepping() {
+        must_hook(uc, addr, size);
     }
 }
 
@@ -196,15 +175,11 @@ fn watch(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
 }
 
 impl EmuVcpu {
-    /// Matches the watch to the guest's CPACR_EL1 and SCTLR_EL1; called
-    /// before the engine runs (a write to either that changes the watch
-    /// ends the slice, see hooks.rs). Blocks already translated keep
-    /// running unhooked until the block hook looks at them.
+    /// Matches the watch to the guest's SCTLR_EL1; called before the
+    /// engine runs (a write that changes the watch ends the slice, see
+    /// hooks.rs).
     pub(super) fn sync_insn_watch(&mut self) -> Result<(), HypervisorError> {
-        let mode = WatchMode::of(
-            read(&self.uc, CPACR_EL1).unwrap_or(0),
-            read(&self.uc, SCTLR_EL1).unwrap_or(0),
-        );
+        let mode = WatchMode::of(read(&self.uc, SCTLR_EL1).unwrap_or(0));
         if mode == self.uc.get_data().watch.mode {
             return Ok(());
         }
@@ -218,6 +193,18 @@ impl EmuVcpu {
             mode,
             ..BlockWatch::default()
         };
+        if mode.is_on() {
+            // (1, 0) is the engine's range for every address.
+            let id = self
+                .uc
+                .add_block_hook(1, 0, watch_block)
+                .map_err(|e| engine_err("add the instruction watch", e))?;
+            self.insn_watch.push(id);
+            // Code translated before the hook runs without it.
+            self.uc
+                .ctl_flush_tb()
+                .map_err(|e| engine_err("flush translated code", e))?;
+        }
         Ok(())
     }
 
@@ -263,13 +250,10 @@ mod tests {
 
     #[test]
     fn the_watch_looks_only_at_what_its_mode_checks() {
-        let fp_off = WatchMode::of(3 << 20, 0);
-        assert!(!fp_off.is_on());
-        let fp = WatchMode::of(0, 0);
-        assert!(fp.is_on());
-        assert!(fp.watches(0x9e67_0000)); // fmov d0, x0
-        assert!(!fp.watches(0xf940_0000)); // ldr x0, [x0]
-        let align = WatchMode::of(3 << 20, SCTLR_A);
+        let off = WatchMode::of(0);
+        assert!(!off.is_on());
+        assert!(!off.watches(0xf940_0000)); // ldr x0, [x0]
+        let align = WatchMode::of(SCTLR_A);
         assert!(align.watches(0xf940_0000)); // ldr x0, [x0]
         assert!(align.watches(0xa9bf_7bfd)); // stp x29, x30, [sp, #-16]!
         assert!(align.watches(0xd50b_7420)); // dc zva, x0
@@ -285,6 +269,6 @@ mod tests {
         assert!(!invalidates_code(7, 4)); // dc zva
         assert!(!invalidates_code(7, 14)); // dc civac
         assert!(changes_code_view(TTBR0_EL1));
-        assert!(!changes_code_view(CPACR_EL1));
+        assert!(!changes_code_view(super::super::regs::CPACR_EL1));
     }
 }

@@ -9,18 +9,20 @@
 //! the counters must be hooked to be deterministic, and SCR_EL3/HCR_EL2 need
 //! fixing before EL1 code can turn its MMU on.
 //!
-//! Virtual time of a vCPU = instructions (counted by a block hook) x
-//! `ns_per_instruction` + host costs charged by the cost model + time spent
-//! halted or stalled.
+//! Virtual time of a vCPU = instructions (counted by the engine itself, in
+//! its translated code: `icount`) x `ns_per_instruction` + host costs
+//! charged by the cost model + time spent halted or stalled. The engine is
+//! unicorn 2.1.5 built with the patches in `third_party/unicorn`.
 //!
 //! One file per concept: [`vcpu`] (the engine of one vCPU and its
-//! registers), `hooks` (what unicorn calls back: counting, MMIO, system
-//! registers, CPU exceptions), `tlb` (the virtual TLB fill: the guest's
+//! registers), `icount` (the engine's instruction counter and slice
+//! budget), `hooks` (what unicorn calls back: MMIO, system registers, CPU
+//! exceptions), `tlb` (the virtual TLB fill: the guest's
 //! stage-1 walk plus the pager's word on the page), `entry` (exception and
 //! IRQ entry, which the software CPU never does itself), `exception` (the
 //! syndrome of the guest's synchronous exceptions), `debug` (hardware
 //! breakpoints, watchpoints and software step), `insn_watch` (the
-//! FP traps and alignment checks the software CPU lacks), `residency`
+//! alignment checks the software CPU lacks), `residency`
 //! (absent pages) and `run` (the scheduler of all vCPUs in virtual time).
 //! `id_regs` hides the features the guest cannot have faithfully,
 //! `shootdown` makes broadcast TLB invalidations reach every engine.
@@ -32,6 +34,7 @@ mod debug;
 mod entry;
 mod exception;
 mod hooks;
+mod icount;
 mod id_regs;
 mod insn_watch;
 mod regs;

@@ -5,11 +5,14 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use unicorn_engine::Unicorn;
 use vm_memory::GuestMemoryMmap;
 
 use super::absent::AbsentPages;
 use super::debug::DebugRegs;
 use super::exception::GuestFault;
+use super::hooks::request_stop;
+use super::icount::Icount;
 use super::insn_watch::BlockWatch;
 use super::shootdown::Shootdowns;
 use crate::config::CostModel;
@@ -20,14 +23,19 @@ pub(super) struct HookState {
     pub(super) index: u32,
     pub(super) ops: Arc<dyn VmOps>,
     pub(super) cost: CostModel,
-    /// Instructions executed in total: counted per block as the block is
-    /// entered, less the part of it a stop cut short (see
-    /// [`HookState::uncount_cut_block`]).
+    /// Instructions executed in total up to the last engine run that
+    /// ended: counted per block as the block is entered, less the part of
+    /// it a stop cut short (see [`HookState::finish_run`]). The run under
+    /// way adds `run_budget` less the engine's budget left.
     pub(super) insns: u64,
-    /// Instructions in the current slice.
+    /// Instructions in the current slice (up to the last engine run).
     pub(super) slice_insns: u64,
     /// Slice budget.
     pub(super) budget: u64,
+    /// The engine's instruction counter.
+    pub(super) icount: Icount,
+    /// The engine's budget when `insns` was last brought up to date.
+    pub(super) run_budget: i64,
     /// Virtual ns not due to instructions (host costs, halts, stalls).
     pub(super) extra_ns: u64,
     /// The exit a hook decided on.
@@ -39,7 +47,8 @@ pub(super) struct HookState {
     pub(super) probing: Cell<bool>,
     /// A hook asked the engine to stop.
     pub(super) stop_requested: bool,
-    /// A hook asked for the slice to end at the next block boundary.
+    /// A hook asked for the slice to end at the next block boundary (see
+    /// [`end_slice`]).
     pub(super) end_slice: bool,
     /// An interrupt is signalled to this vCPU while it has IRQs masked:
     /// the first block entered with PSTATE.I clear ends the slice, so that
@@ -50,12 +59,6 @@ pub(super) struct HookState {
     pub(super) debug: DebugRegs,
     /// The FP trap and alignment watch (see `insn_watch.rs`).
     pub(super) watch: BlockWatch,
-    /// `[start, end)` of the last block counted (its end also recognises
-    /// WFI, which ends the engine's run right after it).
-    pub(super) block: (u64, u64),
-    /// The engine may have stopped inside `block`: no later block was
-    /// entered.
-    pub(super) block_open: bool,
     /// Guest RAM, for the stage-1 walks of TLB fills.
     pub(super) memory: GuestMemoryMmap,
     /// Pages the pager withholds.
@@ -71,20 +74,51 @@ pub(super) struct HookState {
 }
 
 impl HookState {
-    /// Takes back the instructions of the last block counted that did not
-    /// run: the engine stopped with `pc` inside it (a fault, an exception
-    /// the guest takes, or a hook's stop before that instruction completed).
-    pub(super) fn uncount_cut_block(&mut self, pc: u64) {
-        let (start, end) = self.block;
-        if self.block_open && (start..end).contains(&pc) {
-            let cut = (end - pc) / 4;
-            self.insns -= cut;
-            self.slice_insns -= cut;
+    /// Gives the engine what is left of the slice budget (at least one
+    /// block) before it runs.
+    pub(super) fn start_run(&mut self) {
+        let left = self.budget.saturating_sub(self.slice_insns).max(1);
+        let left = i64::try_from(left).unwrap_or(i64::MAX);
+        self.icount.set_budget(left);
+        self.run_budget = left;
+    }
+
+    /// Counts what the engine ran, once it stopped with `pc`: every block
+    /// entered, less the instructions at and after `pc` of the last one if
+    /// the engine stopped inside it (a fault, an exception the guest
+    /// takes, or a hook's stop before that instruction completed). Returns
+    /// that last block (`[start, end)`), if the engine did not stop before
+    /// a block.
+    pub(super) fn finish_run(&mut self, pc: u64) -> Option<(u64, u64)> {
+        let r = self.icount.read();
+        let mut ran = u64::try_from(self.run_budget - r.budget).unwrap_or(0);
+        if let Some((start, end)) = r.block
+            && (start..end).contains(&pc)
+        {
+            ran -= (end - pc) / 4;
         }
-        self.block_open = false;
+        self.insns += ran;
+        self.slice_insns += ran;
+        self.run_budget = r.budget;
+        r.block
+    }
+
+    /// Instructions executed so far, the block under way included (hooks
+    /// call this while the engine runs).
+    pub(super) fn live_insns(&self) -> u64 {
+        let left = self.icount.read().budget;
+        self.insns + u64::try_from(self.run_budget - left).unwrap_or(0)
     }
 
     pub(super) fn now_ns(&self) -> u64 {
-        self.extra_ns + (self.insns as f64 * self.cost.ns_per_instruction) as u64
+        self.extra_ns + (self.live_insns() as f64 * self.cost.ns_per_instruction) as u64
     }
+}
+
+/// Ends the slice at the next block boundary: the engine takes the stop
+/// request at the next block's start (it tests for none after loads,
+/// stores and system register hooks).
+pub(super) fn end_slice(uc: &mut Unicorn<'_, HookState>) {
+    uc.get_data_mut().end_slice = true;
+    request_stop(uc);
 }

@@ -13,6 +13,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use super::absent::AbsentPages;
 use super::debug::{DebugRegs, Step};
 use super::hooks::{self, read_insn};
+use super::icount::Icount;
 use super::insn_watch::BlockWatch;
 use super::regs::{
     HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3,
@@ -56,6 +57,8 @@ impl EmuVcpu {
             insns: 0,
             slice_insns: 0,
             budget: u64::MAX,
+            icount: Icount::default(),
+            run_budget: 0,
             extra_ns: 0,
             pending: None,
             fault: None,
@@ -65,8 +68,6 @@ impl EmuVcpu {
             irq_waiting: false,
             debug: DebugRegs::new(0, 0, 0),
             watch: BlockWatch::default(),
-            block: (0, 0),
-            block_open: false,
             memory: memory.clone(),
             absent,
             shootdowns,
@@ -120,6 +121,13 @@ impl EmuVcpu {
         }
         hooks::install_hooks(&mut uc, (base, base + size))
             .map_err(|e| engine_err("install hooks", e))?;
+        // SAFETY: the handle is `uc`'s, which owns the counter (in its
+        // hook state) and is only used on this thread.
+        let icount = unsafe { Icount::enable(uc.get_handle()) }
+            .map_err(|e| engine_err("enable exact instruction counting", e))?;
+        let st = uc.get_data_mut();
+        st.run_budget = icount.read().budget;
+        st.icount = icount;
         uc.reg_write_arm64_coproc(&cp(SCR_EL3).val(SCR_EL3_VALUE))
             .map_err(|e| engine_err("write SCR_EL3", e))?;
         uc.reg_write_arm64_coproc(&cp(HCR_EL2).val(HCR_EL2_VALUE))
@@ -191,7 +199,9 @@ impl EmuVcpu {
     /// Says whether an interrupt waits for this vCPU to unmask IRQs: the
     /// next [`Vcpu::run`] then ends right after the unmask.
     pub fn set_irq_waiting(&mut self, waiting: bool) {
-        self.uc.get_data_mut().irq_waiting = waiting;
+        let st = self.uc.get_data_mut();
+        st.irq_waiting = waiting;
+        st.icount.stop_on_irq_unmask(waiting);
     }
 
     /// The instructions left until `ns` of this vCPU's virtual time.
@@ -251,10 +261,9 @@ impl Vcpu for EmuVcpu {
             st.pending = None;
             st.stop_requested = false;
             st.end_slice = false;
-            st.block = (0, 0);
-            st.block_open = false;
         }
         self.catch_up_shootdowns()?;
+        let mut last_block = None;
         let result = loop {
             self.sync_insn_watch()?;
             let stepping = self.sync_debug()?;
@@ -273,15 +282,16 @@ impl Vcpu for EmuVcpu {
                     }
                 }
             } else {
+                self.uc.get_data_mut().start_run();
                 // `until` is ignored (no exits; see `new`).
                 let result = self.uc.emu_start(pc, 0, 0, 0);
                 let stopped_at = self.get_reg(Reg::Pc)?;
-                self.uc.get_data_mut().uncount_cut_block(stopped_at);
+                last_block = self.uc.get_data_mut().finish_run(stopped_at);
                 result
             };
             if self.hook_wanted_block()? {
-                // The block hook stopped before a block the FP trap or
-                // alignment watch must see; it now has its hook.
+                // The alignment watch's block hook stopped before a block
+                // it must see; the block now has its code hook.
                 let st = self.uc.get_data_mut();
                 if st.pending.is_none() && st.fault.is_none() && result.is_ok() {
                     st.stop_requested = false;
@@ -317,8 +327,9 @@ impl Vcpu for EmuVcpu {
             Ok(()) => {
                 // WFI ends the engine's run with PC past it and no hook: the
                 // last block entered ends right there with a WFI.
-                let st = self.uc.get_data();
-                if st.block.1 == pc && read_insn(&self.uc, pc.wrapping_sub(4)) == Some(insn::WFI) {
+                if last_block.is_some_and(|(_, end)| end == pc)
+                    && read_insn(&self.uc, pc.wrapping_sub(4)) == Some(insn::WFI)
+                {
                     Ok(VmExit::Wfi)
                 } else {
                     Ok(VmExit::SliceEnd)
