@@ -16,8 +16,8 @@
 //!   backend with no async PF), as a signed percentage (`−3.6 ± 0.4 %`);
 //! - `{{value EXP POINTER UNIT SELECTION}}`: a number of the selected runs'
 //!   `result.json` at the JSON pointer POINTER, in UNIT (`ns`, `us`, `ms`,
-//!   `s` for a value in ns; `count`; `percent` for a fraction; `plain` as
-//!   it is);
+//!   `s` for a value in ns; `count`; `percent` for a fraction; `per_s` for
+//!   a count per second of the run's virtual time; `plain` as it is);
 //! - `{{change EXP POINTER SELECTION -> SELECTION}}`: how the value at
 //!   POINTER of the second config's runs differs from the first's, each
 //!   pair of runs with the same seeds, as a signed percentage of the first;
@@ -243,18 +243,27 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                 "count" => (1.0, 0, ""),
                 "percent" => (100.0, 1, " %"),
                 "plain" => (1.0, 3, ""),
+                "per_s" => (1.0, 1, ""),
                 other => {
                     return Err(format!(
-                        "unit `{other}`: expected ns, us, ms, s, count, percent or plain"
+                        "unit `{other}`: expected ns, us, ms, s, count, percent, per_s or plain"
                     ));
                 }
             };
             let values = runs
                 .iter()
-                .map(|(_, r)| number(r, pointer).map(|v| v * scale))
+                .map(|(_, r)| {
+                    let v = number(r, pointer)?;
+                    Ok(if *unit == "per_s" {
+                        // A count over the run's virtual time.
+                        v / (r.virtual_time_ns.max(1) as f64 / 1e9)
+                    } else {
+                        v * scale
+                    })
+                })
                 .collect::<Result<Vec<f64>, String>>()?;
             let e = Estimate::of(&values);
-            Ok(if *unit == "plain" && e.n < 2 {
+            Ok(if *unit == "plain" && (e.n < 2 || e.half_width == 0.0) {
                 format!("{}", e.mean)
             } else {
                 format!("{}{suffix}", e.value(decimals))

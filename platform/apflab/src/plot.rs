@@ -48,21 +48,27 @@ pub struct CdfSeries {
     pub source: PathBuf,
 }
 
-/// One run's bar of the vCPU time plot, ms summed over its vCPUs.
+/// One config's bar of the vCPU time plot: where its vCPU time went, as
+/// percentages of all of it (summed over vCPUs), the mean over its
+/// repetitions, so runs of any length share one axis.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VcpuTimeBar {
-    /// The bar's label.
+    /// The bar's label: the first run's id, the policy, the config values
+    /// that tell it from the other bars, its makespan and runs.
     pub label: String,
-    /// Executing guest code (or exits other than the ones below).
-    pub running_ms: f64,
-    /// Stalled by the VMM on a not-resident page (sync faults).
-    pub stalled_ms: f64,
-    /// Halted by the guest until a page is ready (async-halt).
-    pub page_halted_ms: f64,
-    /// Otherwise halted in WFI: nothing to run.
-    pub idle_ms: f64,
-    /// The result file it came from.
-    pub source: PathBuf,
+    /// Executing guest code (or exits other than the ones below), %.
+    pub running: f64,
+    /// Stalled by the VMM on a not-resident page (sync faults), %.
+    pub stalled: f64,
+    /// Halted by the guest until a page is ready (async-halt), %.
+    pub page_halted: f64,
+    /// Otherwise halted in WFI: nothing to run, %.
+    pub idle: f64,
+    /// Half-width of the 95 % interval of the running share over the
+    /// repetitions (0 for one run): the bar's error bar.
+    pub running_ci: f64,
+    /// The result files it is the mean of.
+    pub sources: Vec<PathBuf>,
 }
 
 /// A figure of the report.
@@ -205,27 +211,123 @@ pub fn request_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> 
     })
 }
 
-/// Where the vCPU time of each successful run went.
+/// Where the vCPU time of each successful config went, over its
+/// repetitions.
 pub fn vcpu_time_bars(results: &[(PathBuf, RunResult)]) -> Vec<VcpuTimeBar> {
-    results
-        .iter()
-        .filter(|(_, r)| r.outcome.success)
-        .map(|(path, r)| {
-            let ms = |ns: u64| ns as f64 / 1e6;
-            let total = r.virtual_time_ns.saturating_mul(u64::from(r.vcpus));
-            let stalled: u64 = r.vmm.stalled_ns.iter().sum();
-            let halted: u64 = r.vmm.halted_ns.iter().sum();
-            let page_halted = r.guest.as_ref().map_or(0, |g| g.apf.halted_ns).min(halted);
+    let ok: Vec<&(PathBuf, RunResult)> =
+        results.iter().filter(|(_, r)| r.outcome.success).collect();
+    let varying = varying_keys(ok.iter().map(|(_, r)| r));
+    // Configs in the order of their first run.
+    let mut groups: Vec<(String, Vec<&(PathBuf, RunResult)>)> = Vec::new();
+    for run in ok {
+        let key = crate::report::repetition_key(&run.1);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(run),
+            None => groups.push((key, vec![run])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, runs)| {
+            let shares: Vec<[f64; 4]> = runs.iter().map(|(_, r)| vcpu_shares(r)).collect();
+            let mean = |k: usize| shares.iter().map(|s| s[k]).sum::<f64>() / shares.len() as f64;
+            let running: Vec<f64> = shares.iter().map(|s| s[0]).collect();
+            let makespans: Vec<f64> = runs
+                .iter()
+                .map(|(_, r)| r.virtual_time_ns as f64 / 1e6)
+                .collect();
+            let (path, r) = runs[0];
+            let values: Vec<String> = varying
+                .iter()
+                .filter_map(|k| Some(format!("{k}={}", config_value(r, k)?)))
+                .collect();
+            let mut label = run_label(path, r);
+            if !values.is_empty() {
+                label = format!("{label} {}", values.join(" "));
+            }
+            label = format!(
+                "{label}: {} ms",
+                crate::stats::Estimate::of(&makespans).value(1)
+            );
+            if runs.len() > 1 {
+                label = format!("{label} ({} runs)", runs.len());
+            }
             VcpuTimeBar {
-                label: run_label(path, r),
-                running_ms: ms(total.saturating_sub(stalled).saturating_sub(halted)),
-                stalled_ms: ms(stalled),
-                page_halted_ms: ms(page_halted),
-                idle_ms: ms(halted - page_halted),
-                source: path.clone(),
+                label,
+                running: mean(0),
+                stalled: mean(1),
+                page_halted: mean(2),
+                idle: mean(3),
+                running_ci: crate::stats::Estimate::of(&running).half_width,
+                sources: runs.iter().map(|(p, _)| p.clone()).collect(),
             }
         })
         .collect()
+}
+
+/// Running, stalled, halted for a page and idle shares of `r`'s vCPU time,
+/// in percent.
+fn vcpu_shares(r: &RunResult) -> [f64; 4] {
+    let total = r.virtual_time_ns.saturating_mul(u64::from(r.vcpus)).max(1) as f64;
+    let stalled: u64 = r.vmm.stalled_ns.iter().sum();
+    let halted: u64 = r.vmm.halted_ns.iter().sum();
+    let page_halted = r.guest.as_ref().map_or(0, |g| g.apf.halted_ns).min(halted);
+    let running = r
+        .virtual_time_ns
+        .saturating_mul(u64::from(r.vcpus))
+        .saturating_sub(stalled)
+        .saturating_sub(halted);
+    [running, stalled, page_halted, halted - page_halted].map(|ns| 100.0 * ns as f64 / total)
+}
+
+/// The dotted config keys (leaves of the parsed config, the seeds and the
+/// policy left out) whose values differ between `runs`: what tells their
+/// bars apart besides the policy.
+fn varying_keys<'a>(runs: impl Iterator<Item = &'a RunResult>) -> Vec<String> {
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut count = 0;
+    for r in runs {
+        count += 1;
+        let mut leaves = Vec::new();
+        flatten("", &r.config.parsed, &mut leaves);
+        for (k, v) in leaves {
+            seen.entry(k).or_default().insert(v);
+        }
+    }
+    seen.into_iter()
+        .filter(|(k, values)| {
+            values.len() > 1 && k != "seed" && k != "pager.seed" && !k.starts_with("policy")
+        })
+        .map(|(k, _)| k)
+        .filter(|_| count > 1)
+        .collect()
+}
+
+/// The leaves of a JSON value as `(dotted.key, value)`.
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        other => out.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
+/// The value of `r`'s config at dotted `key`, as text.
+fn config_value(r: &RunResult, key: &str) -> Option<String> {
+    let v = r
+        .config
+        .parsed
+        .pointer(&format!("/{}", key.replace('.', "/")))?;
+    Some(v.as_str().map_or_else(|| v.to_string(), str::to_owned))
 }
 
 /// Where the plots look for a TrueType font (Debian's `fonts-dejavu-core`
@@ -275,7 +377,13 @@ impl Figure {
     /// Pixel size of the figure.
     fn size(&self) -> (u32, u32) {
         match self {
-            Figure::VcpuTime(bars) => (760, 110 + 22 * bars.len().max(1) as u32),
+            Figure::VcpuTime(bars) => {
+                let longest = bars.iter().map(|b| b.label.len()).max().unwrap_or(0) as u32;
+                (
+                    (460 + 7 * longest).clamp(760, 1600),
+                    140 + 22 * bars.len().max(1) as u32,
+                )
+            }
             _ => (720, 440),
         }
     }
@@ -451,24 +559,33 @@ fn draw_vcpu_time<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     bars: &[VcpuTimeBar],
 ) -> DrawResult<DB> {
-    let parts = |b: &VcpuTimeBar| [b.running_ms, b.stalled_ms, b.page_halted_ms, b.idle_ms];
-    let x_hi = bars
-        .iter()
-        .map(|b| parts(b).iter().sum::<f64>())
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.05;
+    // The legend on a strip of its own above the chart, so that it covers
+    // no bar.
+    let (legend, root) = root.split_vertically(34);
+    let mut x = 12;
+    for (name, color) in VCPU_PARTS {
+        legend.draw(&Rectangle::new([(x, 12), (x + 14, 24)], color.filled()))?;
+        legend.draw(&Text::new(name, (x + 20, 10), ("sans-serif", 14)))?;
+        x += 30 + 8 * name.len() as i32;
+    }
+    legend.draw(&Text::new(
+        "| the 95 % interval of the running share",
+        (x, 10),
+        ("sans-serif", 14),
+    ))?;
+    let parts = |b: &VcpuTimeBar| [b.running, b.stalled, b.page_halted, b.idle];
     let n = bars.len().max(1);
     let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
-    let mut chart = ChartBuilder::on(root)
+    let longest = labels.iter().map(String::len).max().unwrap_or(0) as u32;
+    let mut chart = ChartBuilder::on(&root)
         .caption(
-            "vCPU time (summed over vCPUs, virtual ms)",
+            "Share of the vCPU time (summed over vCPUs), mean over repetitions",
             ("sans-serif", 18),
         )
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(260)
-        .build_cartesian_2d(0.0..x_hi, -0.5..n as f64 - 0.5)?;
+        .y_label_area_size((7 * longest).clamp(260, 1100))
+        .build_cartesian_2d(0.0..100.0, -0.5..n as f64 - 0.5)?;
     chart
         .configure_mesh()
         .disable_y_mesh()
@@ -477,7 +594,7 @@ fn draw_vcpu_time<DB: DrawingBackend>(
         .x_label_formatter(&|x: &f64| format!("{x:.0}"))
         .y_labels(n)
         .y_label_formatter(&|y: &f64| {
-            // Bar i is centred on n - 1 - i (the first run at the top).
+            // Bar i is centred on n - 1 - i (the first config at the top).
             let i = y.round();
             if (y - i).abs() < 1e-6 && i >= 0.0 {
                 labels.get(n - 1 - i as usize).cloned().unwrap_or_default()
@@ -485,30 +602,38 @@ fn draw_vcpu_time<DB: DrawingBackend>(
                 String::new()
             }
         })
-        .x_desc("ms")
+        .x_desc("% of the vCPU time")
         .draw()?;
-    for (k, (name, color)) in VCPU_PARTS.iter().enumerate() {
+    for (k, (_, color)) in VCPU_PARTS.iter().enumerate() {
         let color = *color;
-        chart
-            .draw_series(bars.iter().enumerate().map(|(i, b)| {
-                let p = parts(b);
-                let start: f64 = p[..k].iter().sum();
-                // The first run at the top.
-                let y = (n - 1 - i) as f64;
-                Rectangle::new(
-                    [(start, y - 0.35), (start + p[k], y + 0.35)],
-                    color.filled(),
-                )
-            }))?
-            .label(*name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+        chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
+            let p = parts(b);
+            let start: f64 = p[..k].iter().sum();
+            // The first config at the top.
+            let y = (n - 1 - i) as f64;
+            Rectangle::new(
+                [(start, y - 0.35), (start + p[k], y + 0.35)],
+                color.filled(),
+            )
+        }))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
+    // Error bars: the running share's interval, at the end of its segment.
+    chart.draw_series(
+        bars.iter()
+            .enumerate()
+            .filter(|(_, b)| b.running_ci > 0.0)
+            .map(|(i, b)| {
+                let y = (n - 1 - i) as f64;
+                PathElement::new(
+                    vec![
+                        ((b.running - b.running_ci).max(0.0), y),
+                        ((b.running + b.running_ci).min(100.0), y),
+                    ],
+                    BLACK.stroke_width(2),
+                )
+            }),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

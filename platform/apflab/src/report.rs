@@ -666,11 +666,15 @@ pub fn figures(results: &[(PathBuf, RunResult)]) -> Vec<ReportFigure> {
         figures.push(ReportFigure {
             name: "vcpu-time",
             title: "Where the vCPU time went",
-            text: "Virtual time of every vCPU of each run: running guest code, stalled by the VMM \
-                   on a not-resident page (sync), halted by the guest until a page was ready \
-                   (async-halt), and otherwise idle in WFI."
+            text: "Where the virtual time of the vCPUs went, as shares of all of it, so that runs \
+                   of any length share one axis: running guest code, stalled by the VMM on a \
+                   not-resident page (sync), halted by the guest until a page was ready \
+                   (async-halt), and otherwise idle in WFI. One bar per config, the mean over its \
+                   repetitions, labelled with its first run, its policy, the config values that \
+                   tell it from the others and its makespan (mean ± 95 % interval); the black \
+                   line is the 95 % interval of the running share."
                 .to_owned(),
-            sources: bars.iter().map(|b| b.source.clone()).collect(),
+            sources: bars.iter().flat_map(|b| b.sources.clone()).collect(),
             figure: Figure::VcpuTime(bars),
         });
     }

@@ -92,7 +92,9 @@ pub struct SourceRecord {
     /// no tree, e.g. a copied static executable).
     pub commit: String,
     /// Whether `git status` found tracked files changed or new files not
-    /// ignored (false where the commit is unknown).
+    /// ignored, outside `paper/` (false where the commit is unknown). The
+    /// write-up is left out: `scripts/paper` rewrites it while its runs go
+    /// on, and nothing in it goes into a build.
     pub dirty: bool,
 }
 
@@ -115,7 +117,8 @@ impl SourceRecord {
         };
         match git(&["rev-parse", "HEAD"]) {
             Some(commit) if !commit.is_empty() => SourceRecord {
-                dirty: git(&["status", "--porcelain"]).is_none_or(|s| !s.is_empty()),
+                dirty: git(&["status", "--porcelain", "--", ".", ":(exclude)paper"])
+                    .is_none_or(|s| !s.is_empty()),
                 commit,
             },
             _ => SourceRecord {

@@ -47,7 +47,12 @@ pub struct Estimate {
 impl Estimate {
     /// The estimate of `xs` (no values: a mean of 0 over 0 runs).
     pub fn of(xs: &[f64]) -> Self {
-        let (mean, half_width) = mean_ci95(xs);
+        let (mean, mut half_width) = mean_ci95(xs);
+        // Runs that all gave the same figure have no interval; what is left
+        // of one is the rounding of the mean.
+        if xs.iter().all(|&x| x == xs[0]) {
+            half_width = 0.0;
+        }
         Estimate {
             mean,
             half_width,
@@ -62,33 +67,40 @@ impl Estimate {
     }
 
     /// A value with its interval, `12.345 ± 0.067` (`decimals` digits), or
-    /// the value alone for one run.
+    /// the value alone for one run or runs that all gave it.
+    /// (Up to three more digits where the half-width would read 0.)
     pub fn value(&self, decimals: usize) -> String {
-        if self.n < 2 {
-            format!("{:.*}", decimals, self.mean)
-        } else {
-            format!(
-                "{:.*} ± {:.*}",
-                decimals, self.mean, decimals, self.half_width
-            )
+        if self.n < 2 || self.half_width == 0.0 {
+            return format!("{:.*}", decimals, self.mean);
         }
+        let mut d = decimals;
+        while d < decimals + 3 && self.half_width < 0.5 * 10f64.powi(-(d as i32)) {
+            d += 1;
+        }
+        format!("{:.*} ± {:.*}", d, self.mean, d, self.half_width)
     }
 
     /// A difference in percent: `−3.6 ± 0.4 %` where the interval excludes
     /// 0, `no difference (+0.1 ± 0.3 %)` where it holds it, and, for one run
     /// (no interval), `+2.0 % (1 run)`.
     pub fn difference(&self) -> String {
-        let signed = |v: f64| format!("{v:+.1}").replace('-', "−");
+        // One decimal, or as many (up to three) as the half-width needs to
+        // show a digit that is not 0.
+        let decimals = match self.half_width {
+            h if h == 0.0 || h >= 0.05 => 1,
+            h if h >= 0.005 => 2,
+            _ => 3,
+        };
+        let signed = |v: f64| format!("{v:+.decimals$}").replace('-', "−");
+        let half = format!("{:.decimals$}", self.half_width);
         if self.n < 2 {
             format!("{} % (1 run)", signed(self.mean))
+        } else if self.half_width == 0.0 && self.mean != 0.0 {
+            format!("{} % (the same in all {} runs)", signed(self.mean), self.n)
         } else if self.holds_zero() {
-            format!(
-                "no difference ({} ± {:.1} %)",
-                signed(self.mean),
-                self.half_width
-            )
+            format!("no difference ({} ± {half} %)", signed(self.mean))
         } else {
-            format!("{} ± {:.1} %", signed(self.mean), self.half_width)
+            format!("{} ± {half} %", signed(self.mean))
         }
     }
 }
@@ -120,6 +132,21 @@ mod tests {
         assert!(!e.holds_zero());
         assert!(e.difference().starts_with("−3.4 ± "), "{}", e.difference());
         assert_eq!(Estimate::of(&[2.0]).difference(), "+2.0 % (1 run)");
+        // A narrow interval keeps a digit that is not 0.
+        assert_eq!(
+            Estimate::of(&[0.10, 0.11, 0.12]).difference(),
+            "+0.11 ± 0.02 %"
+        );
+        assert_eq!(
+            Estimate::of(&[0.0, 0.0]).difference(),
+            "no difference (+0.0 ± 0.0 %)"
+        );
         assert_eq!(Estimate::of(&[1.0, 3.0]).value(1), "2.0 ± 12.7");
+        assert_eq!(Estimate::of(&[0.33, 0.33]).value(2), "0.33");
+        assert_eq!(Estimate::of(&[2.10, 2.11, 2.12]).value(1), "2.11 ± 0.02");
+        assert_eq!(
+            Estimate::of(&[3.856, 3.856, 3.856]).difference(),
+            "+3.9 % (the same in all 3 runs)"
+        );
     }
 }

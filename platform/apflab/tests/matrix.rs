@@ -811,4 +811,14 @@ fn report_prints_no_difference_where_the_interval_holds_zero() {
     assert!(row("paolo").contains("| 4 |"), "{md}");
     assert!(row("paolo").contains("| no difference ("), "{md}");
     assert!(row("adaptive").contains("| +10.0 ± 1.3 % |"), "{md}");
+    // The vCPU-time plot: one bar per config, the mean of its four runs.
+    let svg = std::fs::read_to_string(dir.path().join("made-vcpu-time.svg")).unwrap();
+    for policy in ["sync", "paolo", "adaptive"] {
+        assert_eq!(
+            svg.matches(&format!(" {policy}: ")).count(),
+            1,
+            "{policy}: {svg}"
+        );
+    }
+    assert_eq!(svg.matches("(4 runs)").count(), 3, "{svg}");
 }
