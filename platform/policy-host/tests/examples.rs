@@ -556,7 +556,7 @@ fn check_calls_each_export_once_under_the_run_limits() {
         let report = apflab_policy_host::sample_calls(&m, &Params::EMPTY).unwrap();
         assert!(!report.passed());
         let text = report.to_string();
-        assert!(text.contains(&format!("FAIL  apf_decide")), "{text}");
+        assert!(text.contains("FAIL  apf_decide"), "{text}");
         assert!(text.contains(cause), "{text}");
         assert!(text.contains("`apf_decide`"), "{text}");
     }
