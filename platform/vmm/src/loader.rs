@@ -285,19 +285,7 @@ fn load_linux(
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
-    checker
-        .check(0, dtb_addr, DTB_MAX_SIZE)
-        .map_err(|_| LoadError::BadSegment {
-            path: path.to_owned(),
-            index: 0,
-            start,
-            end,
-            problem: "leaves no room for the device tree after it",
-            ram_start: RAM_BASE,
-            ram_end: RAM_BASE + ram_size,
-            dtb_start: dtb_addr,
-            dtb_end: dtb_addr + DTB_MAX_SIZE,
-        })?;
+    checker.check_dtb_after(start..end, dtb_addr)?;
     Ok(LoadedKernel {
         entry: start,
         start,
@@ -315,6 +303,23 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Checks that the device tree's room at `dtb_addr`, after the image
+    /// at `image`, is in RAM.
+    fn check_dtb_after(&self, image: Range<u64>, dtb_addr: u64) -> Result<(), LoadError> {
+        self.check(0, dtb_addr, DTB_MAX_SIZE)
+            .map_err(|_| LoadError::BadSegment {
+                path: self.path.to_owned(),
+                index: 0,
+                start: image.start,
+                end: image.end,
+                problem: "leaves no room for the device tree after it",
+                ram_start: RAM_BASE,
+                ram_end: self.ram_end,
+                dtb_start: dtb_addr,
+                dtb_end: dtb_addr + DTB_MAX_SIZE,
+            })
+    }
+
     fn check(&self, index: usize, start: u64, len: u64) -> Result<(), LoadError> {
         let end = start.checked_add(len);
         let (dtb_start, dtb_end) = self.dtb.unwrap_or((0, 0));
@@ -505,19 +510,7 @@ fn load_raw(
     // The raw image sits where the ELF kernels' device tree goes; put the
     // device tree after it, 2 MiB aligned (x0 tells the guest where).
     let dtb_addr = (start + len).next_multiple_of(2 << 20);
-    checker
-        .check(0, dtb_addr, DTB_MAX_SIZE)
-        .map_err(|_| LoadError::BadSegment {
-            path: path.to_owned(),
-            index: 0,
-            start,
-            end: start + len,
-            problem: "leaves no room for the device tree after it",
-            ram_start: RAM_BASE,
-            ram_end: RAM_BASE + ram_size,
-            dtb_start: dtb_addr,
-            dtb_end: dtb_addr + DTB_MAX_SIZE,
-        })?;
+    checker.check_dtb_after(start..start + len, dtb_addr)?;
     Ok(LoadedKernel {
         entry: start,
         start,
