@@ -228,7 +228,9 @@ pub fn load_initrd(
     Ok(start..start + bytes.len() as u64)
 }
 
-/// Where an arm64 Image and what follows it go in RAM (see [`load_linux`]).
+/// Where an arm64 Image and what follows it go in RAM: the Image at
+/// `text_offset` from the start of RAM, its device tree at the next 2 MiB
+/// boundary after its footprint, and an initrd after the device tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinuxLayout {
     /// Load address and entry point.
