@@ -549,7 +549,11 @@ fn policy_check_describes_a_module_and_rejects_a_wasi_one() {
     let out = apflab(&["policy", "check", "paolo"]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(stdout.contains("valid policy, ABI version 2"), "{stdout}");
+    let version = apflab_abi::policy::POLICY_ABI_VERSION;
+    assert!(
+        stdout.contains(&format!("valid policy, ABI version {version}")),
+        "{stdout}"
+    );
     assert!(stdout.contains("apf_decide"), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
