@@ -673,7 +673,7 @@ impl Experiment {
         columns
     }
 
-    /// Indices (into [`Experiment::points`]) of the points every filter
+    /// Indices (into [`Experiment::point`]) of the points every filter
     /// admits. A filter is `AXIS=VALUE` (`rep=N` for a repetition);
     /// several on one axis admit any of their values.
     pub fn select(&self, filters: &[String]) -> Result<Vec<usize>, MatrixError> {
