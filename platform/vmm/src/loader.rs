@@ -246,9 +246,15 @@ pub struct LinuxLayout {
 impl LinuxLayout {
     /// The layout of a kernel with `header` in a file of `file_len` bytes.
     pub fn of(header: &ImageHeader, file_len: u64) -> LinuxLayout {
-        let start = RAM_BASE.next_multiple_of(IMAGE_BASE_ALIGN) + header.text_offset;
+        // Saturating: the header's fields are the file's to choose, and a
+        // layout past the end of the address space is refused as outside RAM.
+        let start = RAM_BASE
+            .next_multiple_of(IMAGE_BASE_ALIGN)
+            .saturating_add(header.text_offset);
         let end = start.saturating_add(header.footprint(file_len));
-        let dtb_addr = end.next_multiple_of(IMAGE_BASE_ALIGN);
+        let dtb_addr = end
+            .checked_next_multiple_of(IMAGE_BASE_ALIGN)
+            .unwrap_or(u64::MAX);
         LinuxLayout {
             start,
             end,
@@ -680,5 +686,13 @@ mod tests {
             err.to_string().contains("give the guest more memory"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_image_whose_header_points_past_the_address_space_is_refused() {
+        let mut b = crate::arm64_image::tests::header(u64::MAX - 0x1000, u64::MAX, 0xa);
+        b.resize(4096, 0);
+        let err = load_image(Path::new("Image"), &b, &ram(), RAM);
+        assert!(matches!(err, Err(LoadError::BadSegment { .. })), "{err:?}");
     }
 }
