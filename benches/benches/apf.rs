@@ -25,10 +25,10 @@ use apflab_abi::memory_map::RAM_BASE;
 use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
 use apflab_apf::plain::PlainMachine;
 use apflab_apf::{ApfConfig, Engine};
+use apflab_hypervisor::NotResidentFault;
+use apflab_hypervisor::{Action, EngineCall, FaultHook, ResumeState};
 use apflab_pager::{ManagedRange, PagerConfig, Prepared, VirtualPager};
 use apflab_policy_host::BuiltinFixed;
-use apflab_vmm::hypervisor::NotResidentFault;
-use apflab_vmm::{Action, EngineCall, FaultHook, ResumeState};
 use criterion::{Criterion, criterion_group, criterion_main};
 use vm_memory::{Bytes, GuestAddress};
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
-use apflab_vmm::hypervisor::{NotResidentFault, Residency};
+use apflab_hypervisor::{NotResidentFault, Residency};
 use apflab_vmm::{
     Action, BackendKind, CostModel, FaultHook, GuestExit, HookInitError, NoFarMemory, Vm, VmConfig,
 };

@@ -19,8 +19,8 @@ mod aarch64 {
 
     use apflab_abi::memory_map::RAM_BASE;
     use apflab_abi::memory_map::{GICD_BASE, GICR_BASE};
-    use apflab_vmm::arch::{Reg, SysRegId, pstate};
-    use apflab_vmm::hypervisor::{Hypervisor, MmioWriteKind, Vcpu, VmExit, VmOps};
+    use apflab_hypervisor::arch::{Reg, SysRegId, pstate};
+    use apflab_hypervisor::{Hypervisor, MmioWriteKind, Vcpu, VmExit, VmOps};
     use apflab_vmm::kvm::KvmHypervisor;
     use criterion::Criterion;
     use kvm_bindings::{

@@ -1,4 +1,4 @@
-//! The fault-site decoder and the stage-1 walk (`apflab_vmm::arch`): from
+//! The fault-site decoder and the stage-1 walk (`apflab_hypervisor::arch`): from
 //! any PC, translation registers, general registers and guest memory
 //! (page tables and instruction words included), locate the withheld page
 //! behind a fault, as the kvm backend does after an `EFAULT`. Also every
@@ -12,10 +12,10 @@
 #![no_main]
 
 use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
-use apflab_vmm::arch::access::{AddrReg, RegisterSource, alignment_unit, data_access};
-use apflab_vmm::arch::fault_site::{FaultKind, locate};
-use apflab_vmm::arch::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk};
-use apflab_vmm::arch::{insn, syndrome};
+use apflab_hypervisor::arch::access::{AddrReg, RegisterSource, alignment_unit, data_access};
+use apflab_hypervisor::arch::fault_site::{FaultKind, locate};
+use apflab_hypervisor::arch::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk};
+use apflab_hypervisor::arch::{insn, syndrome};
 use libfuzzer_sys::fuzz_target;
 
 const HEADER_WORDS: usize = 6 + 32;

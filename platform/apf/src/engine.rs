@@ -20,9 +20,11 @@ use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, GUEST_NO_INJECT, REASON_NOT_PR
 use apflab_abi::hypercall as hc;
 use apflab_abi::policy::{AccessKind, Completion, FaultInfo, Policy, PolicyUsage};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
+use apflab_hypervisor::{
+    Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, ResumeState,
+};
+use apflab_hypervisor::{NotResidentFault, Residency};
 use apflab_pager::{Access, PagerMetrics};
-use apflab_vmm::hypervisor::{NotResidentFault, Residency};
-use apflab_vmm::{Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, ResumeState};
 
 use crate::control_block::{BadBlock, ControlBlockRef};
 use crate::decision::{AsyncPlan, Served, VcpuFacts, serve};

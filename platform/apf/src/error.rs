@@ -2,8 +2,8 @@
 //! the engine puts them into the run's crash message.
 
 use apflab_abi::addr::Gpa;
+use apflab_hypervisor::HypervisorError;
 use apflab_pager::PagerError;
-use apflab_vmm::hypervisor::HypervisorError;
 
 /// A failure of the page side.
 #[derive(Debug, thiserror::Error)]

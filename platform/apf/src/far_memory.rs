@@ -9,8 +9,8 @@
 
 use apflab_abi::addr::{Gpa, Pfn};
 use apflab_abi::memory_map::PAGE_SIZE;
+use apflab_hypervisor::Residency;
 use apflab_pager::{Access, FaultPlan, PagerMetrics, VirtualPager};
-use apflab_vmm::hypervisor::Residency;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::ApfError;

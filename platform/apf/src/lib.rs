@@ -2,7 +2,7 @@
 //! and served, whichever backend runs the guest.
 //!
 //! Both backends report faults, async-PF hypercalls and the passing of time
-//! through the VMM's [`apflab_vmm::FaultHook`]; [`Engine`] implements it.
+//! through the VMM's [`apflab_hypervisor::FaultHook`]; [`Engine`] implements it.
 //! It asks the run's [`apflab_abi::policy::Policy`] (native, or Wasm through
 //! the policy host) for a decision per fault and serves it:
 //!

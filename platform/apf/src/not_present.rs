@@ -16,9 +16,9 @@
 
 use apflab_abi::apf::{EC_APF_NOT_PRESENT, Token, esr, features};
 use apflab_abi::policy::NotPresentDelivery;
-use apflab_vmm::Action;
-use apflab_vmm::arch::syndrome::{FaultStatus, data_abort};
-use apflab_vmm::hypervisor::{NotResidentFault, SyncException};
+use apflab_hypervisor::Action;
+use apflab_hypervisor::arch::syndrome::{FaultStatus, data_abort};
+use apflab_hypervisor::{NotResidentFault, SyncException};
 
 /// The fault status of a "not present" data abort
 /// ([`apflab_abi::apf::DFSC_TRANSLATION_L3`]).

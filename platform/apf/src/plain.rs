@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use apflab_abi::addr::{Gpa, Pfn};
 use apflab_abi::memory_map::RAM_BASE;
-use apflab_vmm::hypervisor::{HypervisorError, Residency};
+use apflab_hypervisor::{HypervisorError, Residency};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest RAM and residency as a backend keeps them.

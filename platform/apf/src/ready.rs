@@ -17,7 +17,7 @@
 //! an unread notification. With the dedicated exception class it is
 //! [`EC_APF_READY`]; with the data-abort variant, a data abort whose control
 //! block says "page ready". The backend asks at resume
-//! ([`apflab_vmm::FaultHook::on_resume`]): the emu scheduler before a
+//! ([`apflab_hypervisor::FaultHook::on_resume`]): the emu scheduler before a
 //! vCPU's slice, the kvm vCPU thread before `KVM_RUN` (kicked out of it
 //! while something is held for it). The CLI does not offer it on kvm yet:
 //! there a held exception was seen to stay held.
@@ -26,9 +26,9 @@ use std::collections::VecDeque;
 
 use apflab_abi::apf::{EC_APF_READY, GUEST_IN_IDLE, GUEST_NO_INJECT, Token, esr, features};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
-use apflab_vmm::ResumeState;
-use apflab_vmm::arch::syndrome::data_abort;
-use apflab_vmm::hypervisor::SyncException;
+use apflab_hypervisor::ResumeState;
+use apflab_hypervisor::SyncException;
+use apflab_hypervisor::arch::syndrome::data_abort;
 use vm_memory::GuestMemoryMmap;
 
 use crate::control_block::ControlBlockRef;

@@ -14,10 +14,10 @@ use apflab_abi::memory_map::PAGE_SIZE;
 use apflab_abi::pattern::synthetic_word;
 use apflab_abi::policy::{Decision, Initiation};
 use apflab_apf::{ApfConfig, ApfError, Engine, FarMemory, Fetch};
+use apflab_hypervisor::Residency;
+use apflab_hypervisor::{Action, FaultHook};
 use apflab_pager::store::SyntheticStore;
 use apflab_pager::{Access, LatencyConfig, Prepared, VirtualPager};
-use apflab_vmm::hypervisor::Residency;
-use apflab_vmm::{Action, FaultHook};
 use common::{FakeMachine, Fixed, RAM, SEED, config, fault, managed, pager, pager_failing_on};
 use vm_memory::{Bytes, GuestAddress};
 

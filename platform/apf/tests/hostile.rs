@@ -17,7 +17,7 @@ use apflab_abi::policy::{
     Decision, FaultInfo, Initiation, NotPresentDelivery, Policy, ReadyDelivery, Sleep,
 };
 use apflab_apf::{ApfConfig, Engine};
-use apflab_vmm::{EngineCall, FaultHook, ResumeState};
+use apflab_hypervisor::{EngineCall, FaultHook, ResumeState};
 use common::{FakeMachine, RAM, config, fault, managed, pager};
 use vm_memory::{Bytes, GuestAddress};
 

@@ -17,8 +17,8 @@ use apflab_abi::hypercall as hc;
 use apflab_abi::memory_map::RAM_BASE;
 use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
 use apflab_apf::{ApfConfig, Engine, TokenEvent};
-use apflab_vmm::hypervisor::Residency;
-use apflab_vmm::{Action, EngineCall, FaultHook};
+use apflab_hypervisor::Residency;
+use apflab_hypervisor::{Action, EngineCall, FaultHook};
 use common::{FakeMachine, Fixed, RAM, config, fault, managed, pager};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -60,7 +60,7 @@ fn inject(
     k: u64,
     write: bool,
     now: u64,
-) -> apflab_vmm::hypervisor::SyncException {
+) -> apflab_hypervisor::SyncException {
     match e.on_not_resident(0, &fault(Pfn(managed(k)).gpa(), write), now, m) {
         Action::InjectException(exc) => exc,
         other => panic!("an async fault injects \"not present\", not {other:?}"),
@@ -339,7 +339,7 @@ fn kernel_mode_faults_stay_sync_unless_the_policy_says_halt() {
     assert_eq!(esr_ec(exc.esr), apf::EC_DATA_ABORT_CURRENT);
     assert_eq!(cb_u32(&m, cb_offset::ACTION), apf::ACTION_HALT);
     // With IRQs masked the kernel could not wait: sync.
-    let masked = apflab_vmm::hypervisor::NotResidentFault {
+    let masked = apflab_hypervisor::NotResidentFault {
         gpa: Pfn(managed(1)).gpa(),
         irqs_masked: true,
         ..kernel
@@ -442,7 +442,7 @@ fn disable_drops_every_token_and_offers_nothing_when_off() {
 #[test]
 fn ready_as_an_exception_waits_until_the_guest_can_take_it() {
     use apflab_abi::apf::{EC_APF_READY, GUEST_IN_IDLE, REASON_NONE, REASON_PAGE_READY};
-    use apflab_vmm::ResumeState;
+    use apflab_hypervisor::ResumeState;
     let plan = Decision::Async {
         not_present: NotPresentDelivery::DedicatedEc,
         ready: ReadyDelivery::Exception,

@@ -3,10 +3,10 @@
 
 use apflab_abi::memory_map::MAX_VCPUS;
 
-use crate::fault_hook::HookInitError;
 use crate::fdt::FdtError;
-use crate::hypervisor::HypervisorError;
 use crate::loader::LoadError;
+use apflab_hypervisor::HookInitError;
+use apflab_hypervisor::HypervisorError;
 
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use apflab_abi::memory_map::{
 };
 use vm_fdt::FdtWriter;
 
-use crate::arch::mpidr_of;
+use apflab_hypervisor::arch::mpidr_of;
 
 /// `compatible` of the apflab node (the doorbell page).
 pub const APFLAB_COMPATIBLE: &str = "apflab,doorbell";

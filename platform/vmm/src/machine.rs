@@ -22,17 +22,17 @@ use apflab_abi::sdei as sdei_abi;
 use apflab_abi::trace::{TRACE_BATCH, TraceKind, TraceRecord};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::arch::{SysRegId, mpidr_of, sysreg};
 use crate::devices::doorbell::{DoorbellBank, DoorbellWrite};
 use crate::devices::gic::Gic;
 use crate::devices::pl011::Pl011;
 use crate::devices::pl031::Pl031;
 use crate::devices::timer::CpuTimers;
 use crate::devices::virtio_mmio;
-use crate::fault_hook::{EngineCall, is_engine_call};
-use crate::hypervisor::{HypervisorError, MmioWriteKind, Vcpu, VmOps};
 use crate::outcome::{GuestTimeline, MAX_TIMELINE_RECORDS};
 use crate::sdei;
+use apflab_hypervisor::arch::{SysRegId, mpidr_of, sysreg};
+use apflab_hypervisor::{EngineCall, is_engine_call};
+use apflab_hypervisor::{HypervisorError, MmioWriteKind, Vcpu, VmOps};
 
 /// PSCI CPU_ON, SMC32 calling convention.
 const PSCI_CPU_ON_SMC32: u32 = 0x8400_0003;

@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use apflab_abi::hypercall as hc;
 
-use crate::arch::Reg;
-use crate::fault_hook::{Action, EngineCall, HypercallAnswer};
-use crate::hypervisor::{HypervisorError, Vcpu, VmExit};
 use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, Halt, RunOutcome, VmMetrics};
+use apflab_hypervisor::arch::Reg;
+use apflab_hypervisor::{Action, EngineCall, HypercallAnswer};
+use apflab_hypervisor::{HypervisorError, Vcpu, VmExit};
 
 /// What a run loop does with a vCPU next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,7 +218,7 @@ pub(crate) fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::SyncException;
+    use apflab_hypervisor::SyncException;
 
     /// A vCPU that records what the loop did to it.
     #[derive(Default)]
@@ -382,9 +382,9 @@ mod tests {
 
     #[test]
     fn an_engine_call_through_the_doorbell_is_answered_in_the_bank() {
-        use crate::hypervisor::VmOps;
         use apflab_abi::hypercall::doorbell as layout;
         use apflab_abi::memory_map::DOORBELL_BASE;
+        use apflab_hypervisor::VmOps;
         let m = machine();
         let mut v = FakeVcpu::default();
         m.mmio_write(1, DOORBELL_BASE + layout::ARGS[0], &7u64.to_le_bytes(), 0);
@@ -394,7 +394,7 @@ mod tests {
             &u64::from(hc::FN_FEATURES).to_le_bytes(),
             0,
         );
-        assert_eq!(kind, crate::hypervisor::MmioWriteKind::Hypercall);
+        assert_eq!(kind, apflab_hypervisor::MmioWriteKind::Hypercall);
         let c = m
             .take_doorbell_engine_call(1)
             .expect("the call waits for the engine");

@@ -22,8 +22,8 @@
 
 use apflab_abi::sdei as abi;
 
-use crate::arch::{Reg, pstate};
-use crate::hypervisor::{HypervisorError, Vcpu};
+use apflab_hypervisor::arch::{Reg, pstate};
+use apflab_hypervisor::{HypervisorError, Vcpu};
 
 /// The registers a dispatch saves and a completion restores.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -439,7 +439,7 @@ pub fn deliver<V: Vcpu + ?Sized>(fw: &mut Firmware, vcpu: &mut V) -> Result<u32,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{SyncException, VmExit};
+    use apflab_hypervisor::{SyncException, VmExit};
 
     const EV: u64 = abi::EVENT_APF as u64;
     const ENTRY: u64 = 0x4008_0000;

@@ -21,12 +21,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::{BackendKind, VmConfig};
 use crate::error::VmError;
-use crate::fault_hook::FaultHook;
 use crate::fdt;
-use crate::hypervisor::HypervisorError;
 use crate::loader::{self, LoadedKernel};
 use crate::outcome::RunOutcome;
-use crate::page_server::PageServer;
+use apflab_hypervisor::FaultHook;
+use apflab_hypervisor::HypervisorError;
+use apflab_hypervisor::PageServer;
 
 /// A VM ready to run.
 pub struct Vm {
@@ -69,7 +69,7 @@ impl Vm {
         };
         #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
         let memory = match &kvm {
-            Some(hv) => crate::hypervisor::Hypervisor::memory(hv).clone(),
+            Some(hv) => apflab_hypervisor::Hypervisor::memory(hv).clone(),
             None => new_ram(&config, ram_size)?,
         };
         #[cfg(not(all(target_arch = "aarch64", target_os = "linux", feature = "kvm")))]
@@ -151,8 +151,8 @@ impl Vm {
     #[cfg(feature = "emu")]
     fn run_emu(self, hook: &mut dyn FaultHook) -> Result<RunOutcome, VmError> {
         use crate::emu::EmuVm;
-        use crate::hypervisor::Hypervisor;
         use crate::machine::Machine;
+        use apflab_hypervisor::Hypervisor;
 
         let n = self.config.vcpus;
         let machine = Arc::new(Machine::new(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::{RAM_BASE, VTIMER_PPI};
-use apflab_vmm::hypervisor::{NotResidentFault, Residency};
+use apflab_hypervisor::{NotResidentFault, Residency};
 use apflab_vmm::{Action, FaultHook, GuestExit, HookInitError, NoFarMemory, Vm};
 use common::{SYSTEM_OFF, TIMER_SETUP, config, image, temp_file};
 use vm_memory::{Bytes, GuestAddress};

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::{RAM_BASE, VTIMER_PPI};
+use apflab_hypervisor::{NotResidentFault, Residency};
 use apflab_vmm::config::{MAX_SLICE_INSTRUCTIONS, MIN_SLICE_INSTRUCTIONS};
-use apflab_vmm::hypervisor::{NotResidentFault, Residency};
 use apflab_vmm::watchdog::GuestPosition;
 use apflab_vmm::{
     Action, FaultHook, GuestExit, HangDiagnosis, HookInitError, NoFarMemory, RunOutcome, Vm,

@@ -11,9 +11,9 @@ use apflab_abi::addr::Gpa;
 use apflab_abi::policy::{
     Decision, FaultInfo, Initiation, NotPresentDelivery, Policy, ReadyDelivery, Sleep,
 };
+use apflab_hypervisor::NotResidentFault;
 use apflab_pager::store::{FaultInjectingStore, SyntheticStore};
 use apflab_pager::{PagerConfig, Prepared, VirtualPager};
-use apflab_vmm::hypervisor::NotResidentFault;
 
 pub const RAM: u64 = 64 << 20; // 8192 managed pages above the 32 MiB kernel part
 pub const SEED: u64 = 0xfeed;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use apflab_abi::memory_map::{GIC_INTIDS, GICR_STRIDE, MAX_VCPUS};
 
-use crate::arch::{SysRegId, sysreg};
+use apflab_hypervisor::arch::{SysRegId, sysreg};
 
 /// One past the highest INTID.
 const NUM_INTIDS: u32 = GIC_INTIDS;

@@ -9,7 +9,7 @@
 
 use apflab_abi::memory_map::{PTIMER_PPI, VTIMER_PPI};
 
-use crate::arch::{SysRegId, sysreg};
+use apflab_hypervisor::arch::{SysRegId, sysreg};
 
 /// Counter frequency.
 pub const CNTFRQ_HZ: u64 = 62_500_000;

@@ -46,9 +46,9 @@ use super::insn_watch;
 use super::regs::{SPSR_EL1, cp, engine_err};
 use super::state::{HookState, end_slice};
 use super::vcpu::EmuVcpu;
-use crate::arch::access::data_access;
-use crate::arch::{SysRegId, pstate, syndrome};
-use crate::hypervisor::HypervisorError;
+use apflab_hypervisor::HypervisorError;
+use apflab_hypervisor::arch::access::data_access;
+use apflab_hypervisor::arch::{SysRegId, pstate, syndrome};
 
 /// MDSCR_EL1.
 const MDSCR_EL1: SysRegId = SysRegId::new(2, 0, 0, 2, 2);
@@ -546,7 +546,7 @@ impl EmuVcpu {
             || !executed
             || st.pending.is_some()
             || st.stop_requested
-            || word == Some(crate::arch::insn::WFI)
+            || word == Some(apflab_hypervisor::arch::insn::WFI)
         {
             return Ok(Step::Stop(result));
         }

@@ -4,8 +4,8 @@
 
 use super::regs::{SCTLR_A, SCTLR_C, SCTLR_EL1, SCTLR_I, SCTLR_M, cp, engine_err};
 use super::vcpu::EmuVcpu;
-use crate::arch::{self, EntryKind, Reg, pstate};
-use crate::hypervisor::{HypervisorError, Vcpu};
+use apflab_hypervisor::arch::{self, EntryKind, Reg, pstate};
+use apflab_hypervisor::{HypervisorError, Vcpu};
 
 impl EmuVcpu {
     /// Exception entry to EL1 at `VBAR_EL1 + vector`, as the CPU does it

@@ -26,10 +26,10 @@ use super::hooks::read_insn;
 use super::regs::{CPACR_EL1, SCTLR_EL1, XREGS, cp};
 use super::state::HookState;
 use super::vcpu::EmuVcpu;
-use crate::arch::access::{AddrReg, RegisterSource, data_access};
-use crate::arch::syndrome::{self, FaultStatus};
-use crate::arch::{self, EntryKind, Reg, pstate};
-use crate::hypervisor::{HypervisorError, Vcpu, VmExit};
+use apflab_hypervisor::arch::access::{AddrReg, RegisterSource, data_access};
+use apflab_hypervisor::arch::syndrome::{self, FaultStatus};
+use apflab_hypervisor::arch::{self, EntryKind, Reg, pstate};
+use apflab_hypervisor::{HypervisorError, Vcpu, VmExit};
 
 /// The kind of access that faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

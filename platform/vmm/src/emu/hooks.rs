@@ -14,8 +14,8 @@ use super::regs::{SCTLR_EL1, XREGS, cp};
 use super::shootdown;
 use super::state::{HookState, end_slice};
 use super::tlb::fill_tlb;
-use crate::arch::{SysRegId, insn, pstate, sysreg};
-use crate::hypervisor::{Conduit, MmioWriteKind, VmExit};
+use apflab_hypervisor::arch::{SysRegId, insn, pstate, sysreg};
+use apflab_hypervisor::{Conduit, MmioWriteKind, VmExit};
 use unicorn_engine::{Arm64Insn, HookType, MemType, Prot, RegisterARM64, RegisterARM64CP, Unicorn};
 
 /// QEMU exception numbers seen by the interrupt hook.

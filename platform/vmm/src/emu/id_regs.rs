@@ -21,7 +21,7 @@
 //! kernel's to emulate (an EL0 MRS of them is UNDEFINED), so only EL1 reads
 //! are answered here.
 
-use crate::arch::SysRegId;
+use apflab_hypervisor::arch::SysRegId;
 
 /// A 4-bit field of an ID register: its lowest bit.
 #[derive(Clone, Copy, Debug)]

@@ -32,9 +32,9 @@ use super::hooks::{read_insn, request_stop};
 use super::regs::{SCTLR_A, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, cp, engine_err};
 use super::state::HookState;
 use super::vcpu::EmuVcpu;
-use crate::arch::SysRegId;
-use crate::arch::access::{alignment_unit, data_access};
-use crate::hypervisor::HypervisorError;
+use apflab_hypervisor::HypervisorError;
+use apflab_hypervisor::arch::SysRegId;
+use apflab_hypervisor::arch::access::{alignment_unit, data_access};
 
 /// Blocks with a code hook of their own before the watch covers every
 /// instruction instead (each hook is one more entry the engine scans for

@@ -56,7 +56,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use self::absent::AbsentPages;
 use self::shootdown::Shootdowns;
 use crate::config::CostModel;
-use crate::hypervisor::{Hypervisor, HypervisorError, VmOps};
+use apflab_hypervisor::{Hypervisor, HypervisorError, VmOps};
 
 /// The emu VM: guest RAM and the engines' common settings.
 pub struct EmuVm {

@@ -5,8 +5,8 @@
 
 use unicorn_engine::{RegisterARM64, RegisterARM64CP};
 
-use crate::arch::SysRegId;
-use crate::hypervisor::HypervisorError;
+use apflab_hypervisor::HypervisorError;
+use apflab_hypervisor::arch::SysRegId;
 
 /// SCR_EL3 = NS | HCE | RW: EL1 is AArch64 non-secure and HVC is enabled
 /// (at reset SCR_EL3 is 0 and EL1 translation breaks).

@@ -18,7 +18,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::absent::AbsentPages;
 use super::vcpu::EmuVcpu;
-use crate::hypervisor::{HypervisorError, Residency};
+use apflab_hypervisor::{HypervisorError, Residency};
 
 /// Residency of guest RAM pages across all engines of a VM.
 pub struct EmuResidency {

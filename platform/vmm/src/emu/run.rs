@@ -17,16 +17,16 @@ use tracing::{debug, info};
 
 use super::residency::EmuResidency;
 use super::vcpu::EmuVcpu;
-use crate::arch::{Reg, ec, pstate};
 use crate::config::VmConfig;
 use crate::error::VmError;
-use crate::fault_hook::{Action, FaultHook, HypercallAnswer, ResumeState};
-use crate::hypervisor::{SyncException, Vcpu, VmExit};
 use crate::loader::LoadedKernel;
 use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, Halt, MAX_RECORDED_HALTS, RunOutcome};
 use crate::run_loop::{self, Next, Totals};
 use crate::watchdog::{GuestPosition, HangDiagnosis, VcpuDiagnosis, Watchdog};
+use apflab_hypervisor::arch::{Reg, ec, pstate};
+use apflab_hypervisor::{Action, FaultHook, HypercallAnswer, ResumeState};
+use apflab_hypervisor::{SyncException, Vcpu, VmExit};
 
 /// Scheduling state of one vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use super::icount::Icount;
 use super::insn_watch::BlockWatch;
 use super::shootdown::Shootdowns;
 use crate::config::CostModel;
-use crate::hypervisor::{VmExit, VmOps};
+use apflab_hypervisor::{VmExit, VmOps};
 
 /// Per-engine state the hooks work on.
 pub(super) struct HookState {

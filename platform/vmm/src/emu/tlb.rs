@@ -13,10 +13,12 @@ use super::absent::AbsentPages;
 use super::exception::{Access, GuestFault};
 use super::regs::{SCTLR_EL1, TCR_EL1, cp};
 use super::state::HookState;
-use crate::arch::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk, WalkError};
-use crate::arch::syndrome::FaultStatus;
-use crate::arch::{SysRegId, pstate};
-use crate::hypervisor::{NotResidentFault, VmExit};
+use apflab_hypervisor::arch::stage1::{
+    GuestPhysMem, Permissions, TranslationRegs, Walk, WalkError,
+};
+use apflab_hypervisor::arch::syndrome::FaultStatus;
+use apflab_hypervisor::arch::{SysRegId, pstate};
+use apflab_hypervisor::{NotResidentFault, VmExit};
 
 /// Guest RAM as the stage-1 walk of a TLB fill reads it.
 struct WalkMemory<'a> {

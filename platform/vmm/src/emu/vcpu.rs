@@ -21,9 +21,9 @@ use super::regs::{
 };
 use super::shootdown::Shootdowns;
 use super::state::HookState;
-use crate::arch::{EntryKind, Reg, insn, mpidr_of, pstate};
 use crate::config::CostModel;
-use crate::hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
+use apflab_hypervisor::arch::{EntryKind, Reg, insn, mpidr_of, pstate};
+use apflab_hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
 
 /// One vCPU on its own unicorn engine.
 pub struct EmuVcpu {

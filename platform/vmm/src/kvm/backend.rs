@@ -1,5 +1,5 @@
 //! The VM and vCPUs of the kvm backend, behind the backend traits of
-//! [`crate::hypervisor`].
+//! [`apflab_hypervisor::backend`].
 //!
 //! What KVM does in the kernel: the GICv3 (distributor + redistributors,
 //! vGIC), the architected timer, PSCI (CPU_ON for SMP bring-up,
@@ -7,7 +7,7 @@
 //! comes to the VMM: MMIO outside RAM (PL011, doorbell), apflab's
 //! vendor-hypervisor HVCs (through the SMCCC filter on kernels that have it,
 //! 6.4+), and guest accesses to withheld pages (`EFAULT`, located by
-//! [`crate::arch::fault_site`]).
+//! [`apflab_hypervisor::arch::fault_site`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,11 +35,11 @@ use super::error::KvmError;
 use super::kick::{self, KickState, Kicker};
 use super::memory::GuestRam;
 use super::regs;
-use crate::arch::access::{AddrReg, RegisterSource};
-use crate::arch::fault_site::{FaultKind, LocateError, locate};
-use crate::arch::stage1::TranslationRegs;
-use crate::arch::{self, EntryKind, Reg, pstate};
-use crate::hypervisor::{
+use apflab_hypervisor::arch::access::{AddrReg, RegisterSource};
+use apflab_hypervisor::arch::fault_site::{FaultKind, LocateError, locate};
+use apflab_hypervisor::arch::stage1::TranslationRegs;
+use apflab_hypervisor::arch::{self, EntryKind, Reg, pstate};
+use apflab_hypervisor::{
     Conduit, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, Residency,
     SyncException, Vcpu, VmExit, VmOps,
 };

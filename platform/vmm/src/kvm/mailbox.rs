@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use crate::fault_hook::Action;
+use apflab_hypervisor::Action;
 
 /// One message for a vCPU thread.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -32,8 +32,8 @@ use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 use super::error::KvmError;
-use crate::arch::stage1::GuestPhysMem;
-use crate::page_server::HostRam;
+use apflab_hypervisor::HostRam;
+use apflab_hypervisor::arch::stage1::GuestPhysMem;
 
 /// Guest RAM: a contiguous range of guest physical addresses.
 pub struct GuestRam {

@@ -3,8 +3,8 @@
 //! The backend proper (`KvmHypervisor`, `KvmVcpu`: VM, memslots,
 //! in-kernel vGICv3 and PSCI, exception and PPI injection, kicking) exists
 //! only on aarch64 Linux with the `kvm` feature. The logic that finds the
-//! guest page behind a `KVM_RUN` → `EFAULT` ([`crate::arch::fault_site`],
-//! built on [`crate::arch::stage1`] and [`crate::arch::access`]) is shared
+//! guest page behind a `KVM_RUN` → `EFAULT` ([`apflab_hypervisor::arch::fault_site`],
+//! built on [`apflab_hypervisor::arch::stage1`] and [`apflab_hypervisor::arch::access`]) is shared
 //! arch code, compiled and tested on any host; [`unavailable_reason`] is
 //! compiled everywhere too, so the VM can refuse `--backend kvm` with one
 //! clear sentence on hosts that cannot run it.

@@ -11,7 +11,7 @@ use kvm_bindings::{
     KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U64, kvm_regs, user_pt_regs,
 };
 
-use crate::arch::{Reg, SysRegId};
+use apflab_hypervisor::arch::{Reg, SysRegId};
 
 /// Id of the 64-bit core register at byte offset `off` of `kvm_regs`.
 const fn core(off: usize) -> u64 {

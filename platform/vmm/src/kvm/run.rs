@@ -23,17 +23,17 @@ use tracing::{debug, info, warn};
 
 use super::backend::{KvmHypervisor, KvmVcpu, KvmVcpuKicker};
 use super::mailbox::{Mail, Mailbox};
-use crate::arch::{Reg, pstate};
 use crate::config::VmConfig;
 use crate::error::VmError;
-use crate::fault_hook::{Action, EngineCall, FaultHook, ResumeState};
-use crate::hypervisor::{Hypervisor, HypervisorError, NotResidentFault, Vcpu, VmExit, VmOps};
 use crate::loader::LoadedKernel;
 use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, RunOutcome};
-use crate::page_server::PageServer;
 use crate::run_loop::{self, Next, Totals};
 use crate::watchdog::{HangDiagnosis, VcpuDiagnosis, Watchdog};
+use apflab_hypervisor::PageServer;
+use apflab_hypervisor::arch::{Reg, pstate};
+use apflab_hypervisor::{Action, EngineCall, FaultHook, ResumeState};
+use apflab_hypervisor::{Hypervisor, HypervisorError, NotResidentFault, Vcpu, VmExit, VmOps};
 
 /// What a vCPU thread tells the control thread.
 enum Event {

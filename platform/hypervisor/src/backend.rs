@@ -5,7 +5,7 @@
 //! Device and system register accesses never come back out of
 //! [`Vcpu::run`]: every backend completes them inside `run` through the
 //! [`VmOps`] it was created with (implemented by
-//! [`crate::machine::Machine`]), whether the access happens in the middle
+//! the VMM's machine), whether the access happens in the middle
 //! of an instruction (emu) or after a return to userspace (kvm). So
 //! [`VmExit`] holds only what a run loop must decide on: hypercalls, WFI,
 //! SVC, not-resident pages, crashes, system events and slice ends.
@@ -121,7 +121,7 @@ pub enum VmExit {
 }
 
 impl VmExit {
-    /// Name used for this exit in [`crate::VmMetrics::exits`].
+    /// Name used for this exit in the VMM's exit counts.
     pub fn metric_name(&self) -> &'static str {
         match self {
             VmExit::Hypercall { .. } => "hypercall",
@@ -159,7 +159,7 @@ pub enum MmioWriteKind {
 
 /// Device and system register handling a backend calls while an access is
 /// in flight, inside [`Vcpu::run`]. Implemented by
-/// [`crate::machine::Machine`].
+/// the VMM's machine.
 pub trait VmOps: Send + Sync {
     /// Whether a device answers at `addr` (outside RAM). An access where
     /// none does is a decode error on the bus: the backend raises the

@@ -5,7 +5,7 @@
 //! the passing of time (a wait the hook ordered has ended, or the hook's own
 //! deadline has come). The hook answers with [`Action`]s in the backends'
 //! vocabulary, and each backend's run loop applies them in one place
-//! (`run_loop::apply`). Everything the protocol decides (sync or
+//! (the VMM's `run_loop::apply`). Everything the protocol decides (sync or
 //! async, which exception, when "ready" is raised) stays behind this trait,
 //! so it can grow without touching a backend.
 //!
@@ -13,8 +13,8 @@
 //! kvm.
 //!
 //! ```
-//! use apflab_vmm::hypervisor::{NotResidentFault, Residency};
-//! use apflab_vmm::{Action, FaultHook, HookInitError};
+//! use apflab_hypervisor::{NotResidentFault, Residency};
+//! use apflab_hypervisor::{Action, FaultHook, HookInitError};
 //!
 //! /// Every fault waits 10 µs, then the page is made resident and retried.
 //! struct FixedDelay;
@@ -43,7 +43,7 @@ use std::ops::Range;
 
 use apflab_abi::hypercall as hc;
 
-use crate::hypervisor::{NotResidentFault, Residency, SyncException};
+use crate::backend::{NotResidentFault, Residency, SyncException};
 
 /// What a backend does next with the vCPU a hook answered for.
 #[derive(Clone, Debug, PartialEq, Eq)]
