@@ -64,11 +64,7 @@ impl PageServer for KernelPager {
                 return Err("the page server was started twice".into());
             }
         };
-        let mapping = RamMapping::SharedFile {
-            guest: ram.guest_view,
-            vmm: ram.vmm_view,
-            len: ram.len,
-        };
+        let mapping = RamMapping::from(ram);
         // SAFETY: the VMM keeps both views mapped until `stop` returns (the
         // contract of `PageServer::start`), and calls `stop` only after its
         // vCPUs were told to stop, which is what `UffdPager::start` needs.

@@ -11,6 +11,8 @@
 //!   time, answering with [`Action`]s.
 //! * [`page_server`]: the other way a fault is served, inside the host
 //!   kernel's fault path (kvm), by a [`PageServer`] over [`HostRam`].
+//! * `host_memory` (Linux): guest RAM's memfd and its views, the layout
+//!   the kvm backend runs guests in and the pager serves.
 //! * [`arch`]: the pure arm64 code both sides use: registers, syndromes,
 //!   the guest's stage-1 walk, the decode of a faulting access and the two
 //!   combined into the page behind a fault.
@@ -21,6 +23,8 @@
 pub mod arch;
 pub mod backend;
 pub mod fault_hook;
+#[cfg(target_os = "linux")]
+pub mod host_memory;
 pub mod page_server;
 
 pub use backend::{

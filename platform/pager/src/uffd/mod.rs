@@ -10,7 +10,8 @@
 //!   (plus write-protect where the kernel supports it for anonymous memory).
 //!   A page is installed with `UFFDIO_COPY`.
 //! * **Shared file**: one memfd mapped twice, as the kvm backend maps guest
-//!   RAM (both build it on [`MemfdRam`]). The guest's view is registered
+//!   RAM (both build it on
+//!   [`apflab_hypervisor::host_memory::MemfdRam`]). The guest's view is registered
 //!   for minor faults; the VMM's view is always accessible. A page is
 //!   installed by writing its content through the VMM's view and mapping
 //!   it in the guest's with `UFFDIO_CONTINUE`.
@@ -55,7 +56,7 @@ use apflab_abi::memory_map::{PAGE_SHIFT, RAM_BASE};
 
 pub use error::UffdError;
 use mapping::PAGE;
-pub use mapping::{AnonMapping, MemfdRam, RamMapping, SharedMapping};
+pub use mapping::{AnonMapping, RamMapping, SharedMapping};
 pub use region::UffdRegion;
 use server::{Shared, serve, spawn};
 

@@ -17,16 +17,16 @@
 //! Unlike withholding by `mprotect`, this keeps the guest view one VMA, so
 //! any number of pages can be withheld at once.
 //!
-//! The memfd and its guest view are built by the pager's
-//! [`MemfdRam`], the same guest RAM its page server is tested and
-//! benchmarked on; only the VMM view is mapped here, by vm-memory, which
-//! must own it (the [`GuestMemoryMmap`] is cloned into the machine).
+//! The memfd and its guest view are a [`MemfdRam`] of the backend seam,
+//! the same layout the pager's page server is tested and benchmarked on;
+//! only the VMM view is mapped here, by vm-memory, which must own it (the
+//! [`GuestMemoryMmap`] is cloned into the machine). A page server in the
+//! host kernel's fault path gets both views' addresses ([`HostRam`]).
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use apflab_abi::memory_map::{PAGE_SHIFT, PAGE_SIZE};
-use apflab_pager::uffd::{MemfdRam, UffdError};
 use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
@@ -34,6 +34,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, G
 use super::error::KvmError;
 use apflab_hypervisor::HostRam;
 use apflab_hypervisor::arch::stage1::GuestPhysMem;
+use apflab_hypervisor::host_memory::{HostMemoryError, MemfdRam};
 
 /// Guest RAM: a contiguous range of guest physical addresses.
 pub struct GuestRam {
@@ -69,13 +70,10 @@ fn uffd_err(op: impl Into<String>, e: userfaultfd::Error) -> KvmError {
 }
 
 /// The error for building the memfd and its guest view.
-fn memfd_err(size: u64) -> impl FnOnce(UffdError) -> KvmError {
-    move |e| match e {
-        UffdError::Os { op, source } => KvmError::Ioctl {
-            op: format!("{op} for {size:#x} bytes"),
-            errno: source,
-        },
-        other => KvmError::Memory(format!("guest RAM of {size:#x} bytes: {other}")),
+fn memfd_err(size: u64) -> impl FnOnce(HostMemoryError) -> KvmError {
+    move |e| KvmError::Ioctl {
+        op: format!("{} for {size:#x} bytes", e.op),
+        errno: e.source,
     }
 }
 
