@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
-use apflab_hypervisor::{NotResidentFault, Residency};
+use apflab_hypervisor::{HookFailure, NotResidentFault, Residency};
 use apflab_vmm::{
     Action, BackendKind, CostModel, FaultHook, GuestExit, HookInitError, NoFarMemory, Vm, VmConfig,
 };
@@ -129,7 +129,7 @@ impl FaultHook for Immediate {
     ) -> Action {
         match res.set_resident(fault.gpa, true) {
             Ok(()) => Action::Retry,
-            Err(e) => Action::Fail(e.to_string()),
+            Err(e) => Action::Fail(HookFailure::not_made_resident(fault.gpa, e)),
         }
     }
 

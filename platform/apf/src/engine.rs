@@ -21,7 +21,7 @@ use apflab_abi::hypercall as hc;
 use apflab_abi::policy::{AccessKind, Completion, FaultInfo, Policy, PolicyUsage};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
 use apflab_hypervisor::{
-    Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, ResumeState,
+    Action, EngineCall, FaultHook, HookFailure, HookInitError, HypercallAnswer, ResumeState,
 };
 use apflab_hypervisor::{NotResidentFault, Residency};
 use apflab_pager::{Access, PagerMetrics};
@@ -424,7 +424,7 @@ impl Engine {
                 state.stalled_since.get_or_insert(now_ns);
                 Action::StallUntil(t)
             }
-            Err(e) => Action::Fail(format!("page {:#x} unavailable: {e}", fault.gpa)),
+            Err(e) => Action::Fail(HookFailure::unavailable(fault.gpa, e)),
         }
     }
 
@@ -443,7 +443,7 @@ impl Engine {
                 // A stale mapping: nothing to wait for.
                 Ok(Fetch::Mapped) => return Action::Retry,
                 Ok(Fetch::DueAt(due)) => TokenState::Fetching { due },
-                Err(e) => return Action::Fail(format!("page {page:#x} unavailable: {e}")),
+                Err(e) => return Action::Fail(HookFailure::unavailable(page, e)),
             }
         } else {
             TokenState::AwaitingRequest
@@ -462,9 +462,7 @@ impl Engine {
         );
         if !written {
             // Checked at registration: cannot happen while RAM stays.
-            return Action::Fail(format!(
-                "the control block of vCPU {vcpu} became unwritable"
-            ));
+            return Action::Fail(HookFailure::ControlBlockUnwritable { vcpu });
         }
         v.tokens.insert(
             token,
@@ -500,20 +498,20 @@ impl Engine {
         token: Token,
         now_ns: u64,
         pages: &mut dyn Residency,
-    ) -> Result<(), String> {
+    ) -> Result<(), HookFailure> {
         let Some(o) = self.vcpus[vcpu as usize].tokens.get(&token).copied() else {
             return Ok(());
         };
         self.far
             .complete_due(o.page, now_ns, pages)
-            .map_err(|e| format!("page {:#x} could not be made resident: {e}", o.page))?;
+            .map_err(|e| HookFailure::not_made_resident(o.page, e))?;
         let state = if self.far.pager().is_resident(o.page.pfn().0) {
             TokenState::Ready
         } else {
             match self.far.fault(o.page, o.access, now_ns, pages) {
                 Ok(Fetch::Mapped) => TokenState::Ready,
                 Ok(Fetch::DueAt(due)) => TokenState::Fetching { due },
-                Err(e) => return Err(format!("page {:#x} unavailable: {e}", o.page)),
+                Err(e) => return Err(HookFailure::unavailable(o.page, e)),
             }
         };
         let v = &mut self.vcpus[vcpu as usize];
@@ -707,7 +705,7 @@ impl Engine {
             Err(e) => {
                 return HypercallAnswer {
                     regs: [hc::SMCCC_SUCCESS as u64, 0, 0, 0],
-                    action: Action::Fail(format!("page {:#x} unavailable: {e}", o.page)),
+                    action: Action::Fail(HookFailure::unavailable(o.page, e)),
                 };
             }
         };
@@ -780,7 +778,7 @@ impl Engine {
         };
         match self.far.complete_due(gpa, now_ns, pages) {
             Ok(()) => Action::Retry,
-            Err(e) => Action::Fail(format!("page {gpa:#x} could not be made resident: {e}")),
+            Err(e) => Action::Fail(HookFailure::not_made_resident(gpa, e)),
         }
     }
 
@@ -829,9 +827,7 @@ impl Engine {
             return Action::Retry;
         };
         if !cb.write_ready(mem, token.0) {
-            return Action::Fail(format!(
-                "the control block of vCPU {vcpu} became unwritable"
-            ));
+            return Action::Fail(HookFailure::ControlBlockUnwritable { vcpu });
         }
         self.metrics.ready_delivered += 1;
         self.metrics.ready_exceptions += 1;
@@ -854,8 +850,8 @@ impl Engine {
                 .collect();
             due.sort_unstable();
             for (_, token) in due {
-                if let Err(msg) = self.fetch_due(v, token, now_ns, pages) {
-                    actions.push((v, Action::Fail(msg)));
+                if let Err(failure) = self.fetch_due(v, token, now_ns, pages) {
+                    actions.push((v, Action::Fail(failure)));
                     return actions;
                 }
             }

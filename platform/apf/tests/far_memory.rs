@@ -15,7 +15,7 @@ use apflab_abi::pattern::synthetic_word;
 use apflab_abi::policy::{Decision, Initiation};
 use apflab_apf::{ApfConfig, ApfError, Engine, FarMemory, Fetch};
 use apflab_hypervisor::Residency;
-use apflab_hypervisor::{Action, FaultHook};
+use apflab_hypervisor::{Action, FaultHook, HookFailure};
 use apflab_pager::store::SyntheticStore;
 use apflab_pager::{Access, LatencyConfig, Prepared, VirtualPager};
 use common::{FakeMachine, Fixed, RAM, SEED, config, fault, managed, pager, pager_failing_on};
@@ -310,9 +310,14 @@ fn a_store_failure_fails_the_run_naming_the_page() {
     let mut m = FakeMachine::new(RAM);
     engine.init(&mut m).unwrap();
     let gpa = Pfn(bad).gpa();
-    let Action::Fail(msg) = engine.on_not_resident(0, &fault(gpa, false), 0, &mut m) else {
+    let Action::Fail(failure) = engine.on_not_resident(0, &fault(gpa, false), 0, &mut m) else {
         panic!("a permanent store error must fail the run")
     };
+    assert!(
+        matches!(failure, HookFailure::Unavailable { gpa: g, .. } if g == gpa),
+        "{failure:?}"
+    );
+    let msg = failure.to_string();
     assert!(
         msg.starts_with(&format!("page {gpa:#x} unavailable: ")),
         "{msg}"

@@ -23,4 +23,4 @@ pub mod trace;
 
 pub use config::{Config, ConfigError, LoadedConfig};
 pub use result::RunResult;
-pub use runner::{RunError, execute, run_config};
+pub use runner::{RunError, SectionConflict, execute, run_config};

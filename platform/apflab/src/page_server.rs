@@ -8,11 +8,22 @@
 //! and map it with `UFFDIO_CONTINUE`. The VMM sees no exit: this is how
 //! stock KVM waits for post-copy and swapped-out memory.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use apflab_pager::uffd::{RamMapping, UffdPager};
+use apflab_pager::uffd::{RamMapping, UffdError, UffdPager};
 use apflab_pager::{PagerMetrics, Prepared};
-use apflab_vmm::{HostRam, PageServer};
+use apflab_vmm::{HostRam, PageServer, PageServerError};
+
+/// Why the page server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// It was already serving (or done).
+    #[error("the page server was started twice")]
+    StartedTwice,
+    /// Taking over guest RAM failed.
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+}
 
 /// The pager of one run, before, during and after it.
 pub struct KernelPager {
@@ -53,7 +64,7 @@ impl KernelPager {
 }
 
 impl PageServer for KernelPager {
-    unsafe fn start(&self, ram: HostRam) -> Result<(), String> {
+    unsafe fn start(&self, ram: HostRam) -> Result<(), PageServerError> {
         let mut state = self.state();
         let prepared = match std::mem::replace(&mut *state, State::Failed) {
             State::Ready(p) => p,
@@ -61,14 +72,15 @@ impl PageServer for KernelPager {
                 // A pager already serving must not be dropped here: that
                 // would let its blocked vCPUs through.
                 *state = other;
-                return Err("the page server was started twice".into());
+                return Err(Arc::new(StartError::StartedTwice));
             }
         };
         let mapping = RamMapping::from(ram);
         // SAFETY: the VMM keeps both views mapped until `stop` returns (the
         // contract of `PageServer::start`), and calls `stop` only after its
         // vCPUs were told to stop, which is what `UffdPager::start` needs.
-        let pager = unsafe { UffdPager::start(prepared, mapping) }.map_err(|e| e.to_string())?;
+        let pager = unsafe { UffdPager::start(prepared, mapping) }
+            .map_err(|e| Arc::new(StartError::from(e)) as PageServerError)?;
         *state = State::Serving(pager);
         Ok(())
     }
@@ -81,9 +93,9 @@ impl PageServer for KernelPager {
         }
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<PageServerError> {
         match &*self.state() {
-            State::Serving(p) => p.failure(),
+            State::Serving(p) => p.failure().map(|e| e as PageServerError),
             _ => None,
         }
     }

@@ -6,9 +6,11 @@ use std::time::SystemTime;
 
 use apflab_abi::policy::{Params, Policy};
 use apflab_apf::{ApfConfig, Engine};
-use apflab_pager::{FaultPath, PagerMetrics, Prepared, VirtualPager};
-use apflab_policy_host::{BuiltinFixed, BuiltinSync, PolicyConfig, PolicyModule};
-use apflab_vmm::{NoFarMemory, RunOutcome, Vm, VmConfig};
+use apflab_pager::{ConfigError, FaultPath, PagerMetrics, Prepared, VirtualPager};
+use apflab_policy_host::{
+    BuiltinFixed, BuiltinSync, ConfigureError, PolicyConfig, PolicyError, PolicyModule,
+};
+use apflab_vmm::{NoFarMemory, RunOutcome, Vm, VmConfig, VmError};
 
 use crate::config::{Backend, Config, LoadedConfig, sha256_hex};
 use crate::page_server::KernelPager;
@@ -24,15 +26,65 @@ pub enum RunError {
         /// The image.
         path: String,
         /// Why.
+        #[source]
         error: std::io::Error,
     },
     /// The VMM refused the configuration (bad image, unsupported backend on
     /// this host...).
     #[error("cannot start the VM: {0}")]
-    Setup(String),
+    Setup(#[source] VmError),
+    /// The config's sections ask for something together that none of them
+    /// is wrong about alone.
+    #[error("cannot start the VM: {}: {conflict}", path.display())]
+    Sections {
+        /// The config file.
+        path: PathBuf,
+        /// What does not fit.
+        conflict: SectionConflict,
+    },
+    /// The `[pager]` section cannot be served (its store, its range).
+    #[error("cannot start the VM: {0}")]
+    Pager(#[source] ConfigError),
+    /// The `[policy]` module cannot be loaded.
+    #[error(
+        "cannot start the VM: {}: policy.module = {name:?}: {}: {source}",
+        path.display(),
+        file.display()
+    )]
+    PolicyLoad {
+        /// The config file.
+        path: PathBuf,
+        /// The module's name in the config.
+        name: String,
+        /// The module file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<PolicyError>,
+    },
+    /// The `[policy]` module cannot be instantiated.
+    #[error("cannot start the VM: {}: policy.module = {name:?}: {source}", path.display())]
+    PolicyInstance {
+        /// The config file.
+        path: PathBuf,
+        /// The module's name in the config.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<PolicyError>,
+    },
+    /// The policy refused `[policy] params`.
+    #[error("cannot start the VM: {}: policy.params: {source}", path.display())]
+    PolicyParams {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ConfigureError,
+    },
     /// The VMM failed during the run.
     #[error("the VM failed: {0}")]
-    Vmm(String),
+    Vmm(#[source] VmError),
     /// An output cannot be written: found before the run starts.
     #[error("{flag}{error}")]
     Output {
@@ -40,6 +92,7 @@ pub enum RunError {
         /// the results folder.
         flag: &'static str,
         /// Which file and why.
+        #[source]
         error: apflab_files::OutputError,
     },
     /// The results could not be written after the run.
@@ -48,10 +101,35 @@ pub enum RunError {
         /// The file.
         path: String,
         /// Why.
+        #[source]
         error: std::io::Error,
         /// The files the run did write before this one failed.
         kept: Vec<String>,
     },
+}
+
+/// Config sections that do not fit together ([`RunError::Sections`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SectionConflict {
+    /// `[policy]` without `[pager]`: there are no far-memory faults to
+    /// decide.
+    #[error(
+        "[policy] decides faults on far memory, and without a [pager] section \
+         there are none: add [pager] or remove [policy]"
+    )]
+    PolicyWithoutPager,
+    /// `fault_path = "kernel"` on a backend other than kvm.
+    #[error(
+        "[pager] fault_path = \"kernel\" serves pages in the host kernel's fault \
+         path, which only the kvm backend has; use fault_path = \"vmm\" or --backend kvm"
+    )]
+    KernelPathWithoutKvm,
+    /// `[policy]` with `fault_path = "kernel"`, where faults never exit.
+    #[error(
+        "[policy] decides faults that exit to the VMM; with [pager] fault_path = \"kernel\" \
+         they never do: use fault_path = \"vmm\" for async PF"
+    )]
+    PolicyOnKernelPath,
 }
 
 /// What [`RunError::Write`] says of the files already written.
@@ -69,7 +147,14 @@ impl RunError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            RunError::Kernel { .. } | RunError::Setup(_) | RunError::Output { .. }
+            RunError::Kernel { .. }
+                | RunError::Setup(_)
+                | RunError::Sections { .. }
+                | RunError::Pager(_)
+                | RunError::PolicyLoad { .. }
+                | RunError::PolicyInstance { .. }
+                | RunError::PolicyParams { .. }
+                | RunError::Output { .. }
         )
     }
 }
@@ -102,7 +187,7 @@ impl Pager {
 /// given. This is the only place the CLI calls the VMM.
 pub fn execute(config: VmConfig, pager: Option<&mut Pager>) -> Result<RunOutcome, RunError> {
     tracing::debug!(?config, "starting VM");
-    let mut vm = Vm::new(config).map_err(|e| RunError::Setup(e.to_string()))?;
+    let mut vm = Vm::new(config).map_err(RunError::Setup)?;
     let outcome = match pager {
         Some(Pager::InVmm { engine, .. }) => {
             let outcome = vm.run(engine.as_mut());
@@ -115,7 +200,7 @@ pub fn execute(config: VmConfig, pager: Option<&mut Pager>) -> Result<RunOutcome
         }
         None => vm.run(&mut NoFarMemory),
     };
-    outcome.map_err(|e| RunError::Vmm(e.to_string()))
+    outcome.map_err(RunError::Vmm)
 }
 
 /// The pager of `config`'s `[pager]` section (from the file `path`), if it
@@ -124,27 +209,24 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
     let Some(pager) = &config.pager else {
         if config.policy.is_some() {
             // Its module is never loaded, so it must not pass unnoticed.
-            return Err(RunError::Setup(format!(
-                "{}: [policy] decides faults on far memory, and without a [pager] section \
-                 there are none: add [pager] or remove [policy]",
-                path.display()
-            )));
+            return Err(RunError::Sections {
+                path: path.to_owned(),
+                conflict: SectionConflict::PolicyWithoutPager,
+            });
         }
         return Ok(None);
     };
     if pager.fault_path == FaultPath::Kernel && config.backend.kind != Backend::Kvm {
-        return Err(RunError::Setup(format!(
-            "{}: [pager] fault_path = \"kernel\" serves pages in the host kernel's fault \
-             path, which only the kvm backend has; use fault_path = \"vmm\" or --backend kvm",
-            path.display()
-        )));
+        return Err(RunError::Sections {
+            path: path.to_owned(),
+            conflict: SectionConflict::KernelPathWithoutKvm,
+        });
     }
     if config.policy.is_some() && pager.fault_path == FaultPath::Kernel {
-        return Err(RunError::Setup(format!(
-            "{}: [policy] decides faults that exit to the VMM; with [pager] fault_path = \"kernel\" \
-             they never do: use fault_path = \"vmm\" for async PF",
-            path.display()
-        )));
+        return Err(RunError::Sections {
+            path: path.to_owned(),
+            conflict: SectionConflict::PolicyOnKernelPath,
+        });
     }
     let prepared = Prepared::new_above(
         pager,
@@ -152,7 +234,7 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
         config.guest.memory_mib << 20,
         &config.base_dir,
     )
-    .map_err(|e| RunError::Setup(e.to_string()))?;
+    .map_err(RunError::Pager)?;
     Ok(Some(match pager.fault_path {
         // Both backends drive the same engine: emu in virtual time, kvm in
         // host time since the start of the run (fetch latencies become real
@@ -190,12 +272,13 @@ fn policy(
             path: file,
             params,
         }) => {
-            let module = PolicyModule::load(file, &PolicyConfig::default()).map_err(|e| {
-                RunError::Setup(format!(
-                    "{}: policy.module = {name:?}: {}: {e}",
-                    path.display(),
-                    file.display()
-                ))
+            let module = PolicyModule::load(file, &PolicyConfig::default()).map_err(|source| {
+                RunError::PolicyLoad {
+                    path: path.to_owned(),
+                    name: name.clone(),
+                    file: file.clone(),
+                    source: Box::new(source),
+                }
             })?;
             let record = PolicyRecord {
                 module: name.clone(),
@@ -203,13 +286,20 @@ fn policy(
                 abi_version: Some(module.info().abi_version),
                 ..PolicyRecord::default()
             };
-            let mut instance = module.instantiate().map_err(|e| {
-                RunError::Setup(format!("{}: policy.module = {name:?}: {e}", path.display()))
-            })?;
+            let mut instance = module
+                .instantiate()
+                .map_err(|source| RunError::PolicyInstance {
+                    path: path.to_owned(),
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?;
             let text = params.record_text();
             instance
                 .configure_params(&Params::new(&text))
-                .map_err(|e| RunError::Setup(format!("{}: policy.params: {e}", path.display())))?;
+                .map_err(|source| RunError::PolicyParams {
+                    path: path.to_owned(),
+                    source,
+                })?;
             (Box::new(instance), Some(record))
         }
         Some(PolicyChoice::Decision(d)) => (

@@ -23,14 +23,23 @@ use crate::arch::{Reg, SysRegId};
 pub enum HypervisorError {
     /// The engine refused an operation (names the operation and the
     /// engine's error).
-    #[error("{backend} backend: {op} failed: {detail}")]
+    #[error("{backend} backend: {op} failed: {source}")]
     Engine {
         /// `emu` or `kvm`.
         backend: &'static str,
         /// What was attempted.
         op: String,
         /// The engine's error.
-        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A register the backend has no way to reach.
+    #[error("{backend} backend: {op} failed: no such register")]
+    NoSuchRegister {
+        /// `emu` or `kvm`.
+        backend: &'static str,
+        /// What was attempted.
+        op: String,
     },
     /// A vCPU index beyond what the VM has.
     #[error("no vCPU {0}")]

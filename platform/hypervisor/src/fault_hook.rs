@@ -39,8 +39,11 @@
 //! }
 //! ```
 
+use std::error::Error;
 use std::ops::Range;
+use std::sync::Arc;
 
+use apflab_abi::addr::Gpa;
 use apflab_abi::hypercall as hc;
 
 use crate::backend::{NotResidentFault, Residency, SyncException};
@@ -67,10 +70,87 @@ pub enum Action {
     /// signalled to it, whichever comes first, then call
     /// [`FaultHook::on_wait_end`]. The time counts as halted.
     HaltUntil(u64),
-    /// The run cannot go on: it ends as a crash with this text (the backend
+    /// The run cannot go on: it ends as a crash saying why (the backend
     /// prefixes the vCPU).
-    Fail(String),
+    Fail(HookFailure),
 }
+
+/// A cause behind a [`HookFailure`], shared so that an [`Action`] stays
+/// cheap to clone.
+pub type FailureSource = Arc<dyn Error + Send + Sync>;
+
+/// Why a hook ends the run ([`Action::Fail`]).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HookFailure {
+    /// A page the guest needs could not be fetched (the store failed after
+    /// its retries, or the page is outside what the pager manages).
+    #[error("page {gpa:#x} unavailable: {source}")]
+    Unavailable {
+        /// The page.
+        gpa: Gpa,
+        /// Why.
+        #[source]
+        source: FailureSource,
+    },
+    /// A fetched page could not be installed and mapped.
+    #[error("page {gpa:#x} could not be made resident: {source}")]
+    NotMadeResident {
+        /// The page.
+        gpa: Gpa,
+        /// Why.
+        #[source]
+        source: FailureSource,
+    },
+    /// The vCPU's async-PF control block, checked when it was registered,
+    /// can no longer be written.
+    #[error("the control block of vCPU {vcpu} became unwritable")]
+    ControlBlockUnwritable {
+        /// The vCPU.
+        vcpu: u32,
+    },
+    /// A page is not resident in a run without a pager ([`NoFarMemory`]).
+    #[error("access to not-resident page {gpa:#x} at pc {pc:#x} with no pager")]
+    NoPager {
+        /// The page.
+        gpa: Gpa,
+        /// PC of the access.
+        pc: u64,
+    },
+    /// A hook's own failure (hooks other than the fault engine: tests,
+    /// benchmarks).
+    #[error(transparent)]
+    Hook(FailureSource),
+}
+
+impl HookFailure {
+    /// [`HookFailure::Unavailable`] for `gpa` because of `source`.
+    pub fn unavailable(gpa: Gpa, source: impl Error + Send + Sync + 'static) -> Self {
+        HookFailure::Unavailable {
+            gpa,
+            source: Arc::new(source),
+        }
+    }
+
+    /// [`HookFailure::NotMadeResident`] for `gpa` because of `source`.
+    pub fn not_made_resident(gpa: Gpa, source: impl Error + Send + Sync + 'static) -> Self {
+        HookFailure::NotMadeResident {
+            gpa,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Two failures are equal when they are of the same kind and say the same
+/// thing (their causes are compared by what they say, as a crash reports
+/// them).
+impl PartialEq for HookFailure {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for HookFailure {}
 
 /// Where a vCPU is as it resumes ([`FaultHook::on_resume`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,10 +315,10 @@ impl FaultHook for NoFarMemory {
         _now_ns: u64,
         _pages: &mut dyn Residency,
     ) -> Action {
-        Action::Fail(format!(
-            "access to not-resident page {:#x} at pc {:#x} with no pager",
-            fault.gpa, fault.pc
-        ))
+        Action::Fail(HookFailure::NoPager {
+            gpa: fault.gpa,
+            pc: fault.pc,
+        })
     }
 
     fn on_wait_end(&mut self, _vcpu: u32, _now_ns: u64, _pages: &mut dyn Residency) -> Action {

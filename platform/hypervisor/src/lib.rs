@@ -32,7 +32,7 @@ pub use backend::{
     SyncException, Vcpu, VmExit, VmOps,
 };
 pub use fault_hook::{
-    Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, NoFarMemory, ResumeState,
-    is_engine_call, no_async_pf,
+    Action, EngineCall, FailureSource, FaultHook, HookFailure, HookInitError, HypercallAnswer,
+    NoFarMemory, ResumeState, is_engine_call, no_async_pf,
 };
-pub use page_server::{HostRam, PageServer};
+pub use page_server::{HostRam, PageServer, PageServerError};

@@ -4,6 +4,13 @@
 //! the VMM sees no exit. Faults that do exit to the VMM go to the
 //! [`crate::FaultHook`] instead.
 
+use std::error::Error;
+use std::sync::Arc;
+
+/// Why a [`PageServer`] could not start, or stopped serving (the server's
+/// own error, shared: the server keeps it too).
+pub type PageServerError = Arc<dyn Error + Send + Sync>;
+
 /// Guest RAM as the host maps it, for a [`PageServer`].
 #[derive(Clone, Copy, Debug)]
 pub struct HostRam {
@@ -25,7 +32,7 @@ pub trait PageServer: Send + Sync {
     ///
     /// # Safety
     /// `ram`'s mappings must stay valid until [`PageServer::stop`] returns.
-    unsafe fn start(&self, ram: HostRam) -> Result<(), String>;
+    unsafe fn start(&self, ram: HostRam) -> Result<(), PageServerError>;
 
     /// Attributes the stalls of the calling thread to vCPU `vcpu`. Each
     /// vCPU thread calls it before it first enters the guest.
@@ -33,7 +40,7 @@ pub trait PageServer: Send + Sync {
 
     /// The first fatal error. The page it names stays absent and the vCPU
     /// waiting for it stays blocked, so the run must end.
-    fn failure(&self) -> Option<String>;
+    fn failure(&self) -> Option<PageServerError>;
 
     /// Stops serving and lets go of the mappings. A thread still blocked on
     /// a page is let through to whatever the memory holds, so the VMM calls

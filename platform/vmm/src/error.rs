@@ -5,8 +5,8 @@ use apflab_abi::memory_map::MAX_VCPUS;
 
 use crate::fdt::FdtError;
 use crate::loader::LoadError;
-use apflab_hypervisor::HookInitError;
 use apflab_hypervisor::HypervisorError;
+use apflab_hypervisor::{HookInitError, PageServerError};
 
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -75,5 +75,5 @@ pub enum VmError {
     HookInit(#[source] HookInitError),
     /// The page server failed at start-up (kvm, `fault_path = "kernel"`).
     #[error("pager set-up failed: {0}")]
-    PageServer(String),
+    PageServer(#[source] PageServerError),
 }

@@ -37,7 +37,7 @@ pub use apflab_hypervisor::{
     Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, NoFarMemory, ResumeState,
     is_engine_call, no_async_pf,
 };
-pub use apflab_hypervisor::{HostRam, PageServer};
+pub use apflab_hypervisor::{HostRam, PageServer, PageServerError};
 pub use config::{BackendKind, CostModel, VmConfig, host_memory_mib};
 pub use error::VmError;
 pub use outcome::{

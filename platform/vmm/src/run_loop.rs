@@ -26,7 +26,7 @@ use apflab_abi::hypercall as hc;
 use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, Halt, RunOutcome, VmMetrics};
 use apflab_hypervisor::arch::Reg;
-use apflab_hypervisor::{Action, EngineCall, HypercallAnswer};
+use apflab_hypervisor::{Action, EngineCall, HookFailure, HypercallAnswer};
 use apflab_hypervisor::{HypervisorError, Vcpu, VmExit};
 
 /// What a run loop does with a vCPU next.
@@ -52,9 +52,9 @@ pub(crate) fn crash_text(vcpu: u32, pc: u64, addr: Option<u64>, reason: &str) ->
     format!("vCPU {vcpu}: {reason} at pc {pc:#x}{at}")
 }
 
-/// The text of a run the hook failed with `msg` on `vcpu`.
-pub(crate) fn fail_text(vcpu: u32, msg: &str) -> String {
-    format!("vCPU {vcpu}: {msg}")
+/// The text of a run the hook failed with `failure` on `vcpu`.
+pub(crate) fn fail_text(vcpu: u32, failure: &HookFailure) -> String {
+    format!("vCPU {vcpu}: {failure}")
 }
 
 /// How the run ends if `exit` ends it: a crash or a system event the
@@ -106,7 +106,7 @@ pub(crate) fn apply<V: Vcpu + ?Sized>(
             machine.deliver_sdei(vcpu)?;
             Next::Run
         }
-        Action::Fail(msg) => Next::End(GuestExit::Crash(fail_text(vcpu.index(), &msg))),
+        Action::Fail(failure) => Next::End(GuestExit::Crash(fail_text(vcpu.index(), &failure))),
     })
 }
 
@@ -218,6 +218,7 @@ pub(crate) fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apflab_abi::addr::Gpa;
     use apflab_hypervisor::SyncException;
 
     /// A vCPU that records what the loop did to it.
@@ -293,7 +294,14 @@ mod tests {
         );
         assert_eq!(v.ready_line, Some(true));
         assert_eq!(
-            apply(&mut v, Action::Fail("page 0x5000 unavailable: gone".into())).unwrap(),
+            apply(
+                &mut v,
+                Action::Fail(HookFailure::unavailable(
+                    Gpa(0x5000),
+                    std::io::Error::other("gone")
+                ))
+            )
+            .unwrap(),
             Next::End(GuestExit::Crash(
                 "vCPU 1: page 0x5000 unavailable: gone".into()
             ))

@@ -5,10 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::{RAM_BASE, VTIMER_PPI};
-use apflab_hypervisor::{NotResidentFault, Residency};
+use apflab_hypervisor::{HookFailure, NotResidentFault, Residency};
 use apflab_vmm::{Action, FaultHook, GuestExit, HookInitError, NoFarMemory, Vm};
 use common::{SYSTEM_OFF, TIMER_SETUP, config, image, temp_file};
 use vm_memory::{Bytes, GuestAddress};
@@ -354,7 +355,10 @@ impl FaultHook for DelayedPage {
     ) -> Action {
         self.faults.push(*fault);
         if fault.gpa.page_base() != Gpa(self.page) {
-            return Action::Fail(format!("unexpected fault at {:#x}", fault.gpa));
+            return Action::Fail(HookFailure::Hook(Arc::new(std::io::Error::other(format!(
+                "unexpected fault at {:#x}",
+                fault.gpa
+            )))));
         }
         self.stalled_since[vcpu as usize] = Some(now_ns);
         Action::StallUntil(now_ns + self.delay_ns)
@@ -364,17 +368,16 @@ impl FaultHook for DelayedPage {
         if let Some(since) = self.stalled_since[vcpu as usize].take() {
             self.stalled_ns[vcpu as usize] += now_ns - since;
         }
-        let installed = res
+        let page = Gpa(self.page);
+        if let Err(e) = res
             .guest_memory()
             .write_obj(self.value, GuestAddress(self.page + 8))
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                res.set_resident(Gpa(self.page), true)
-                    .map_err(|e| e.to_string())
-            });
-        match installed {
+        {
+            return Action::Fail(HookFailure::not_made_resident(page, e));
+        }
+        match res.set_resident(page, true) {
             Ok(()) => Action::Retry,
-            Err(e) => Action::Fail(e),
+            Err(e) => Action::Fail(HookFailure::not_made_resident(page, e)),
         }
     }
 }

@@ -196,17 +196,16 @@ impl UffdPager {
 
     /// The first fatal error, if a page could not be served. The threads
     /// waiting for that page stay blocked: stop the VM.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<Arc<PagerError>> {
         self.shared
             .failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|e| e.to_string())
+            .clone()
     }
 
     /// Waits up to `timeout` for a fatal error and takes it.
-    pub fn wait_failure(&self, timeout: Duration) -> Option<PagerError> {
+    pub fn wait_failure(&self, timeout: Duration) -> Option<Arc<PagerError>> {
         let g = self
             .shared
             .failure

@@ -40,7 +40,7 @@ pub(super) struct Shared {
     pub(super) retries: u32,
     pub(super) epoch: Instant,
     pub(super) vcpus: Mutex<HashMap<i32, usize>>,
-    pub(super) failure: Mutex<Option<PagerError>>,
+    pub(super) failure: Mutex<Option<Arc<PagerError>>>,
     pub(super) failed: Condvar,
     pub(super) stop: AtomicBool,
     /// How long the server holding the turn busy-polls before blocking.
@@ -77,7 +77,7 @@ impl Shared {
         tracing::error!(error = %e, "page server failed; the guest page stays absent");
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
-            *f = Some(e);
+            *f = Some(Arc::new(e));
         }
         self.failed.notify_all();
     }

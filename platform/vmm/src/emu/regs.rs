@@ -87,10 +87,16 @@ pub(super) const XREGS: [RegisterARM64; 31] = {
     ]
 };
 
+/// An error code of the CPU engine, shown as unicorn names it
+/// (`UC_ERR_` left out, e.g. `EXCEPTION`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}")]
+pub(super) struct EngineCode(pub unicorn_engine::uc_error);
+
 pub(super) fn engine_err(op: impl Into<String>, e: unicorn_engine::uc_error) -> HypervisorError {
     HypervisorError::Engine {
         backend: "emu",
         op: op.into(),
-        detail: format!("{e:?}"),
+        source: Box::new(EngineCode(e)),
     }
 }

@@ -82,7 +82,7 @@ impl From<KvmError> for HypervisorError {
                 KvmError::Unsupported(_) => "setup".into(),
                 KvmError::Memory(_) => "guest memory".into(),
             },
-            detail: e.to_string(),
+            source: Box::new(e),
         }
     }
 }
@@ -619,10 +619,9 @@ impl Vcpu for KvmVcpu {
     fn get_reg(&self, reg: Reg) -> Result<u64, HypervisorError> {
         let (id, name) = match reg {
             Reg::Sp => regs::current_sp(self.get(regs::PSTATE, "PSTATE")?),
-            other => regs::id_of(other).ok_or_else(|| HypervisorError::Engine {
+            other => regs::id_of(other).ok_or_else(|| HypervisorError::NoSuchRegister {
                 backend: "kvm",
                 op: format!("get {other:?}"),
-                detail: "no such register".into(),
             })?,
         };
         Ok(self.get(id, name)?)
@@ -632,10 +631,9 @@ impl Vcpu for KvmVcpu {
         self.settle()?;
         let (id, name) = match reg {
             Reg::Sp => regs::current_sp(self.get(regs::PSTATE, "PSTATE")?),
-            other => regs::id_of(other).ok_or_else(|| HypervisorError::Engine {
+            other => regs::id_of(other).ok_or_else(|| HypervisorError::NoSuchRegister {
                 backend: "kvm",
                 op: format!("set {other:?}"),
-                detail: "no such register".into(),
             })?,
         };
         Ok(self.set(id, name, value)?)

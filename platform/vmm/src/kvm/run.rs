@@ -144,7 +144,7 @@ pub(crate) fn run(
                 return Err(HypervisorError::Engine {
                     backend: "kvm",
                     op: "spawning a vCPU thread".into(),
-                    detail: e.to_string(),
+                    source: Box::new(e),
                 }
                 .into());
             }
@@ -271,8 +271,8 @@ impl Control<'_> {
                 wake = wake.min(now + RESUME_POLL.as_nanos() as u64);
             }
             if let Some(s) = server {
-                if let Some(msg) = s.failure() {
-                    return Ok(GuestExit::Crash(format!("page server: {msg}")));
+                if let Some(e) = s.failure() {
+                    return Ok(GuestExit::Crash(format!("page server: {e}")));
                 }
                 wake = wake.min(now + PAGE_SERVER_POLL.as_nanos() as u64);
             }
@@ -403,7 +403,9 @@ impl Control<'_> {
             )));
         };
         match action {
-            Action::Fail(msg) => return Some(GuestExit::Crash(run_loop::fail_text(vcpu, &msg))),
+            Action::Fail(failure) => {
+                return Some(GuestExit::Crash(run_loop::fail_text(vcpu, &failure)));
+            }
             Action::StallUntil(until_ns) | Action::HaltUntil(until_ns) => {
                 // (A halt on this backend is not cut short by an interrupt:
                 // the vCPU waits in the VMM, not in the guest's WFI.)
