@@ -66,10 +66,6 @@ pub enum Action {
     /// Set the level of this vCPU's "page ready" PPI
     /// ([`apflab_abi::memory_map::APF_READY_PPI`]), then run on.
     SetReadyLine(bool),
-    /// Idle the vCPU as in WFI until this time or until an interrupt is
-    /// signalled to it, whichever comes first, then call
-    /// [`FaultHook::on_wait_end`]. The time counts as halted.
-    HaltUntil(u64),
     /// The run cannot go on: it ends as a crash saying why (the backend
     /// prefixes the vCPU).
     Fail(HookFailure),
@@ -238,8 +234,8 @@ pub trait FaultHook {
         pages: &mut dyn Residency,
     ) -> Action;
 
-    /// The [`Action::StallUntil`] or [`Action::HaltUntil`] ordered for
-    /// `vcpu` has ended at `now_ns`.
+    /// The [`Action::StallUntil`] ordered for `vcpu` has ended at
+    /// `now_ns`.
     fn on_wait_end(&mut self, vcpu: u32, now_ns: u64, pages: &mut dyn Residency) -> Action;
 
     /// vCPU `vcpu` made the engine call `call` at `now_ns`. By default the

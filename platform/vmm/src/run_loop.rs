@@ -37,9 +37,6 @@ pub(crate) enum Next {
     /// Keep it off the CPU until this time, then ask the hook again
     /// ([`crate::FaultHook::on_wait_end`]); stalled time.
     Stall(u64),
-    /// Idle it until this time or an interrupt for it, then ask the hook
-    /// again; halted time.
-    Halt(u64),
     /// The run is over.
     End(GuestExit),
 }
@@ -90,7 +87,6 @@ pub(crate) fn apply<V: Vcpu + ?Sized>(
     Ok(match action {
         Action::Retry => Next::Run,
         Action::StallUntil(t) => Next::Stall(t),
-        Action::HaltUntil(t) => Next::Halt(t),
         Action::InjectException(exc) => {
             vcpu.inject_exception(exc)?;
             Next::Run
@@ -277,7 +273,6 @@ mod tests {
             apply(&mut v, Action::StallUntil(7)).unwrap(),
             Next::Stall(7)
         );
-        assert_eq!(apply(&mut v, Action::HaltUntil(9)).unwrap(), Next::Halt(9));
         let exc = SyncException {
             esr: 0x7800_0001,
             far: 0x1000,

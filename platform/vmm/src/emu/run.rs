@@ -36,11 +36,9 @@ enum RunState {
     Running,
     /// In WFI.
     Halted,
-    /// Kept off the CPU by the fault hook until `until` (with `halt`, also
-    /// until an interrupt is signalled to it).
+    /// Kept off the CPU by the fault hook until `until`.
     Waiting {
         until: u64,
-        halt: bool,
     },
 }
 
@@ -138,10 +136,7 @@ impl<'h> EmuRun<'h> {
         match self.states[i] {
             RunState::Off => None,
             RunState::Running => Some(now),
-            RunState::Waiting { until, halt: false } => Some(until.max(now)),
-            RunState::Waiting { until, halt: true } => {
-                Some(irq_wake().map_or(until, |t| t.min(until)).max(now))
-            }
+            RunState::Waiting { until } => Some(until.max(now)),
             RunState::Halted => [
                 irq_wake(),
                 self.machine.next_deadline(i as u32, now),
@@ -158,8 +153,7 @@ impl<'h> EmuRun<'h> {
     fn enter(&mut self, i: usize, next: Next) -> Option<GuestExit> {
         self.states[i] = match next {
             Next::Run => RunState::Running,
-            Next::Stall(until) => RunState::Waiting { until, halt: false },
-            Next::Halt(until) => RunState::Waiting { until, halt: true },
+            Next::Stall(until) => RunState::Waiting { until },
             Next::End(exit) => return Some(exit),
         };
         None
@@ -205,11 +199,8 @@ impl<'h> EmuRun<'h> {
                 RunState::Off => "off".to_owned(),
                 RunState::Running => "running".to_owned(),
                 RunState::Halted => "halted in WFI".to_owned(),
-                RunState::Waiting { until, halt: false } => {
+                RunState::Waiting { until } => {
                     format!("stalled by the fault engine until {until} ns")
-                }
-                RunState::Waiting { until, halt: true } => {
-                    format!("halted by the fault engine until {until} ns or an interrupt")
                 }
             };
             let at = if self.states[i] == RunState::Off {

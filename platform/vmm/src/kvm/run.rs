@@ -406,9 +406,7 @@ impl Control<'_> {
             Action::Fail(failure) => {
                 return Some(GuestExit::Crash(run_loop::fail_text(vcpu, &failure)));
             }
-            Action::StallUntil(until_ns) | Action::HaltUntil(until_ns) => {
-                // (A halt on this backend is not cut short by an interrupt:
-                // the vCPU waits in the VMM, not in the guest's WFI.)
+            Action::StallUntil(until_ns) => {
                 self.waits.retain(|w| w.vcpu != vcpu);
                 self.waits.push(Wait { until_ns, vcpu });
                 if !blocked {
