@@ -30,6 +30,7 @@ fn config(kernel: PathBuf, bootargs: &str) -> VmConfig {
         initrd: None,
         bootargs: bootargs.to_owned(),
         cost: CostModel::default(),
+        faults_in_kernel: false,
         slice_instructions: 20_000,
         max_virtual_ns: 60_000_000_000,
         watchdog_ns: 60_000_000_000,

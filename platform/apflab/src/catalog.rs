@@ -1,5 +1,6 @@
 //! What `apflab list` shows: the configs in a directory, the workloads the
-//! guest offers and the policies built with apflab.
+//! guest offers, the policies built with apflab and the cost-model presets
+//! with the source of every value.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -93,6 +94,37 @@ pub fn describe_policies() -> String {
     }
     for p in policies {
         let _ = writeln!(out, "  {:<20} {}", stem(&p), p.display());
+    }
+    out
+}
+
+/// Every cost-model preset (`[backend.cost] preset`): its values and where
+/// each comes from.
+pub fn describe_cost_presets() -> String {
+    let mut out = String::new();
+    for p in apflab_vmm::CostPreset::ALL {
+        let default = if p == apflab_vmm::CostPreset::Uncalibrated {
+            " (the default)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  {}{default}: {}", p.name(), p.summary());
+        let model = p.model();
+        for source in p.sources() {
+            let value = model
+                .fields()
+                .iter()
+                .find(|(k, _)| *k == source.key)
+                .map_or(f64::NAN, |(_, v)| *v);
+            let _ = writeln!(
+                out,
+                "    {:<19} {:>10}  {:<9} {}",
+                source.key,
+                apflab_pager::config::float_text((value * 1000.0).round() / 1000.0),
+                source.kind,
+                source.note
+            );
+        }
     }
     out
 }

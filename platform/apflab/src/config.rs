@@ -17,7 +17,7 @@ use apflab_vmm::config::{
     MAX_COST_NS, MAX_NS_PER_INSTRUCTION, MAX_SLICE_INSTRUCTIONS, MAX_VIRTUAL_MS,
     MIN_NS_PER_INSTRUCTION, MIN_SLICE_INSTRUCTIONS,
 };
-use apflab_vmm::{BackendKind, CostModel, VmConfig, host_memory_mib};
+use apflab_vmm::{BackendKind, CostModel, CostPreset, VmConfig, host_memory_mib};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
@@ -110,14 +110,18 @@ pub struct RawWorkload {
     scheduler: Option<Spanned<String>>,
 }
 
-/// `[backend.cost]` as written; missing fields take [`CostModel::default`].
+/// `[backend.cost]` as written: a `preset` ([`CostPreset`], default
+/// `uncalibrated`) and any of its values overridden.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCost {
+    preset: Option<Spanned<String>>,
     ns_per_instruction: Option<Spanned<f64>>,
     exit_ns: Option<Spanned<u64>>,
+    kernel_exit_ns: Option<Spanned<u64>>,
     hypercall_ns: Option<Spanned<u64>>,
     inject_ns: Option<Spanned<u64>>,
+    kick_ns: Option<Spanned<u64>>,
 }
 
 /// `[backend]` as written.
@@ -378,16 +382,22 @@ pub struct WorkloadConfig {
 }
 
 /// The cost model, as recorded in results.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct CostConfig {
+    /// The [`CostPreset`] the values start from (its name).
+    pub preset: String,
     /// See [`CostModel::ns_per_instruction`].
     pub ns_per_instruction: f64,
     /// See [`CostModel::exit_ns`].
     pub exit_ns: u64,
+    /// See [`CostModel::kernel_exit_ns`].
+    pub kernel_exit_ns: u64,
     /// See [`CostModel::hypercall_ns`].
     pub hypercall_ns: u64,
     /// See [`CostModel::inject_ns`].
     pub inject_ns: u64,
+    /// See [`CostModel::kick_ns`].
+    pub kick_ns: u64,
 }
 
 /// The `[backend]` section, validated.
@@ -1065,7 +1075,22 @@ impl Config {
 
         // [backend]
         let b = &raw.backend;
-        let default_cost = CostModel::default();
+        let preset = match &b.cost.preset {
+            None => CostPreset::Uncalibrated,
+            Some(p) => CostPreset::from_name(p.get_ref()).ok_or_else(|| {
+                src.key_error(
+                    p.span(),
+                    "backend.cost.preset",
+                    format!(
+                        "\"{}\" is not a cost preset; expected one of {} (`apflab list` says \
+                         where each value comes from)",
+                        p.get_ref(),
+                        CostPreset::names()
+                    ),
+                )
+            })?,
+        };
+        let default_cost = preset.model();
         let ns_per_instruction = match &b.cost.ns_per_instruction {
             Some(s)
                 if !(s.get_ref().is_finite()
@@ -1150,12 +1175,25 @@ impl Config {
                 None => None,
             },
             cost: CostConfig {
+                preset: preset.name().to_owned(),
                 ns_per_instruction,
                 exit_ns: bounded(
                     &b.cost.exit_ns,
                     "backend.cost.exit_ns",
                     cost_bound(0),
                     default_cost.exit_ns,
+                )?,
+                kernel_exit_ns: bounded(
+                    &b.cost.kernel_exit_ns,
+                    "backend.cost.kernel_exit_ns",
+                    cost_bound(0),
+                    default_cost.kernel_exit_ns,
+                )?,
+                kick_ns: bounded(
+                    &b.cost.kick_ns,
+                    "backend.cost.kick_ns",
+                    cost_bound(0),
+                    default_cost.kick_ns,
                 )?,
                 hypercall_ns: bounded(
                     &b.cost.hypercall_ns,
@@ -1404,9 +1442,15 @@ impl Config {
             cost: CostModel {
                 ns_per_instruction: c.ns_per_instruction,
                 exit_ns: c.exit_ns,
+                kernel_exit_ns: c.kernel_exit_ns,
                 hypercall_ns: c.hypercall_ns,
                 inject_ns: c.inject_ns,
+                kick_ns: c.kick_ns,
             },
+            faults_in_kernel: self
+                .pager
+                .as_ref()
+                .is_some_and(|p| p.fault_path == apflab_pager::FaultPath::Kernel),
             slice_instructions: self.backend.slice_instructions,
             max_virtual_ns: self.backend.max_virtual_ms.saturating_mul(1_000_000),
             watchdog_ns: self.backend.watchdog_ms.saturating_mul(1_000_000),

@@ -123,8 +123,9 @@ enum Command {
     /// guest console on stdout. Exit status 0 on PSCI SYSTEM_OFF, 3 on
     /// SYSTEM_RESET, 1 on a guest panic, crash or timeout.
     Boot(BootArgs),
-    /// List the configs in a directory, the guest's workloads and the
-    /// policies built with apflab.
+    /// List the configs in a directory, the guest's workloads, the
+    /// policies built with apflab and the cost-model presets (every value
+    /// with its source).
     List {
         /// Where to look for configs [default: configs, if there is one];
         /// a folder named here must exist (else exit 2).
@@ -574,6 +575,7 @@ fn boot(args: &BootArgs) -> Result<(), Failure> {
         initrd: initrd.clone(),
         bootargs: append.clone(),
         cost: CostModel::default(),
+        faults_in_kernel: false,
         slice_instructions: apflab::config::defaults::SLICE_INSTRUCTIONS,
         max_virtual_ns: max_virtual_ms.saturating_mul(1_000_000),
         watchdog_ns: timeout_ms.saturating_mul(1_000_000),
@@ -655,6 +657,8 @@ fn list(configs: Option<&Path>) -> Result<(), Failure> {
     out!("{}", catalog::describe_workloads());
     outln!("policies:");
     out!("{}", catalog::describe_policies());
+    outln!("cost-model presets ([backend.cost] preset; any value can be overridden):");
+    out!("{}", catalog::describe_cost_presets());
     Ok(())
 }
 

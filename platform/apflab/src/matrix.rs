@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use apflab_pager::FaultPath;
 use serde::Deserialize;
 
 use crate::config::{Backend, Config, ConfigError, LoadedConfig, sha256_hex};
@@ -149,7 +148,6 @@ fn label(values: &[(String, toml::Value)], repetition: u32) -> String {
 #[derive(Clone, Copy, Debug)]
 struct PointFacts {
     backend: Backend,
-    kernel_fault_path: bool,
     vcpus: u32,
     memory_mib: u64,
     /// Index into [`Experiment::kernels`].
@@ -493,10 +491,6 @@ impl Experiment {
             }
             experiment.facts.push(PointFacts {
                 backend: config.backend.kind,
-                kernel_fault_path: config
-                    .pager
-                    .as_ref()
-                    .is_some_and(|p| p.fault_path == FaultPath::Kernel),
                 vcpus: config.guest.vcpus,
                 memory_mib: config.guest.memory_mib,
                 kernel: kernel as u32,
@@ -797,18 +791,6 @@ impl Experiment {
                     file,
                     point: format!("{} ({})", point.id, point.label()),
                     detail: format!("key `{key}` = \"{}\": {why}", engine.name()),
-                });
-            }
-            if engine == Backend::Emu && self.facts[i].kernel_fault_path {
-                let (file, key) = whence();
-                let point = point();
-                return Err(MatrixError::Point {
-                    file,
-                    point: format!("{} ({})", point.id, point.label()),
-                    detail: format!(
-                        "key `{key}` = \"emu\" with pager.fault_path = \"kernel\": pages served \
-                         in the host kernel's fault path need the kvm backend"
-                    ),
                 });
             }
         }

@@ -118,12 +118,6 @@ pub enum SectionConflict {
          there are none: add [pager] or remove [policy]"
     )]
     PolicyWithoutPager,
-    /// `fault_path = "kernel"` on a backend other than kvm.
-    #[error(
-        "[pager] fault_path = \"kernel\" serves pages in the host kernel's fault \
-         path, which only the kvm backend has; use fault_path = \"vmm\" or --backend kvm"
-    )]
-    KernelPathWithoutKvm,
     /// `[policy]` with `fault_path = "kernel"`, where faults never exit.
     #[error(
         "[policy] decides faults that exit to the VMM; with [pager] fault_path = \"kernel\" \
@@ -216,12 +210,6 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
         }
         return Ok(None);
     };
-    if pager.fault_path == FaultPath::Kernel && config.backend.kind != Backend::Kvm {
-        return Err(RunError::Sections {
-            path: path.to_owned(),
-            conflict: SectionConflict::KernelPathWithoutKvm,
-        });
-    }
     if config.policy.is_some() && pager.fault_path == FaultPath::Kernel {
         return Err(RunError::Sections {
             path: path.to_owned(),
@@ -235,11 +223,17 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
         &config.base_dir,
     )
     .map_err(RunError::Pager)?;
-    Ok(Some(match pager.fault_path {
+    let in_kernel = pager.fault_path == FaultPath::Kernel;
+    Ok(Some(match config.backend.kind {
+        // Page-server threads in the host kernel's fault path (real time).
+        Backend::Kvm if in_kernel => Pager::InKernel(Arc::new(KernelPager::new(prepared))),
         // Both backends drive the same engine: emu in virtual time, kvm in
         // host time since the start of the run (fetch latencies become real
-        // stalls of the faulting vCPU).
-        FaultPath::Vmm => {
+        // stalls of the faulting vCPU). On emu, the kernel's fault path is
+        // this engine's synchronous stall with the fault charged as an
+        // in-kernel exit (`CostModel::kernel_exit_ns`) instead of an exit to
+        // the VMM; no policy sees it.
+        _ => {
             let (policy, record) = policy(config, path)?;
             let offered = match (&config.policy, config.apf) {
                 (None, _) => ApfConfig::OFF,
@@ -255,7 +249,6 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
                 policy: record,
             }
         }
-        FaultPath::Kernel => Pager::InKernel(Arc::new(KernelPager::new(prepared))),
     }))
 }
 

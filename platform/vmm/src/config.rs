@@ -59,29 +59,286 @@ pub enum BackendKind {
 }
 
 /// Host-side costs charged to virtual time on the emu backend, so that the
-/// emu results model a real host. All in nanoseconds.
+/// emu results model a host. All in nanoseconds. Which values a run uses is
+/// a [`CostPreset`] plus any field a config overrides; every preset says
+/// where each of its values comes from.
+///
+/// Where each cost is charged (emu, `emu/run.rs` and `emu/hooks.rs`):
+/// - [`exit_ns`](Self::exit_ns): an exit that KVM hands to the VMM in user
+///   space: a not-resident fault with `fault_path = "vmm"`, a hypercall
+///   (forwarded by the SMCCC filter, or the MMIO doorbell), an access to a
+///   device the VMM emulates (UART, RTC, virtio);
+/// - [`kernel_exit_ns`](Self::kernel_exit_ns): an exit KVM handles in the
+///   host kernel without returning to user space: a not-resident fault
+///   with `fault_path = "kernel"` (the stage-2 fault blocks in the kernel),
+///   an access to the in-kernel vGIC (distributor, redistributor, an SGI
+///   generated through ICC_SGI1R_EL1), a wake-up from WFI;
+/// - [`hypercall_ns`](Self::hypercall_ns): the VMM's work for one
+///   hypercall, on top of its exit;
+/// - [`inject_ns`](Self::inject_ns): entering an injected exception,
+///   interrupt or SDEI event;
+/// - [`kick_ns`](Self::kick_ns): "page ready" for a vCPU that is running
+///   guest code: the host must interrupt it (an IPI that forces an exit)
+///   before it can deliver anything.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CostModel {
     /// Virtual time per guest instruction.
     pub ns_per_instruction: f64,
-    /// One exit to the VMM and back (MMIO, sysreg trap, WFI wake-up).
+    /// One exit to the VMM in user space and back into the guest.
     pub exit_ns: u64,
-    /// One hypercall (on top of the exit).
+    /// One exit handled in the host kernel and back into the guest.
+    pub kernel_exit_ns: u64,
+    /// The VMM's handling of one hypercall (on top of the exit).
     pub hypercall_ns: u64,
     /// Injecting an exception or interrupt.
     pub inject_ns: u64,
+    /// Forcing a running vCPU out of the guest to deliver "page ready".
+    pub kick_ns: u64,
+}
+
+impl CostModel {
+    /// Every field by its config key, as a number (for listings and
+    /// results).
+    pub fn fields(&self) -> [(&'static str, f64); 6] {
+        [
+            ("ns_per_instruction", self.ns_per_instruction),
+            ("exit_ns", self.exit_ns as f64),
+            ("kernel_exit_ns", self.kernel_exit_ns as f64),
+            ("hypercall_ns", self.hypercall_ns as f64),
+            ("inject_ns", self.inject_ns as f64),
+            ("kick_ns", self.kick_ns as f64),
+        ]
+    }
 }
 
 impl Default for CostModel {
-    /// 0.33 ns per instruction (an IPC of about 1 at 3 GHz) and 1.5 us per
-    /// exit round trip to the VMM: orders of magnitude, not yet taken from a
-    /// published measurement of arm64 KVM (the paper says so).
+    /// [`CostPreset::Uncalibrated`]: 0.33 ns per instruction (about three
+    /// instructions per ns), 1.5 us per exit, in the kernel or to the VMM,
+    /// no kick. These are the values every emu figure before the presets
+    /// was computed with, and no published measurement backs them: a run
+    /// that should model a machine names a preset.
     fn default() -> Self {
-        CostModel {
-            ns_per_instruction: 0.33,
-            exit_ns: 1_500,
-            hypercall_ns: 200,
-            inject_ns: 300,
+        CostPreset::Uncalibrated.model()
+    }
+}
+
+/// A named set of cost-model values (`[backend.cost] preset`), each traced
+/// to the measurement it comes from. A value no measurement gives is marked
+/// as assumed, with the reasoning, in [`CostPreset::sources`]; the
+/// sensitivity experiment (`experiments/cost-sensitivity.toml`) varies
+/// each of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CostPreset {
+    /// The values apflab used before it had presets; not a machine.
+    Uncalibrated,
+    /// KVM/arm64 on real hardware as published: Dall et al., "ARM
+    /// Virtualization: Performance and Architectural Implications", ISCA
+    /// 2016, measured on HP Moonshot m400 nodes (APM X-Gene, 8 Armv8-A
+    /// cores at 2.4 GHz) with Linux 4.0-rc4 (KVM without VHE): a no-op
+    /// hypercall round trip of 6,500 cycles.
+    M400Kvm,
+    /// KVM/arm64 nested in QEMU TCG on this project's x86 machines, as
+    /// measured in `../shared/KVM-NOTES.md`: about 1.5-1.6 G guest
+    /// instructions per second and 210-230 us per exit to user space.
+    NestedTcg,
+}
+
+/// One value of a preset and where it comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct CostSource {
+    /// The [`CostModel`] field (as the config key).
+    pub key: &'static str,
+    /// `"published"`, `"measured"`, `"derived"` or `"assumed"`.
+    pub kind: &'static str,
+    /// The source and the arithmetic, or the reason for an assumption.
+    pub note: &'static str,
+}
+
+/// The m400's clock, GHz (HP Moonshot m400: APM X-Gene, 2.4 GHz).
+const M400_GHZ: f64 = 2.4;
+/// Dall et al. (ISCA 2016), KVM ARM on the m400: a no-op hypercall from
+/// the guest to the host kernel and back, in cycles.
+const M400_HYPERCALL_CYCLES: f64 = 6_500.0;
+/// `../shared/KVM-NOTES.md`: guest instructions per second of a tight loop
+/// under nested KVM on QEMU TCG (1.5 G on 6.1, 1.6 G on 6.12; the mean).
+const NESTED_INSNS_PER_S: f64 = 1.55e9;
+/// `../shared/KVM-NOTES.md`: KVM_RUN round trip per MMIO exit to user
+/// space under nested KVM (230 us on 6.1, 210 us on 6.12; the mean).
+const NESTED_USER_EXIT_NS: u64 = 220_000;
+/// `../shared/KVM-NOTES.md`: one KVM_GET_ONE_REG ioctl under nested KVM
+/// (33 us on 6.1, 26 us on 6.12; rounded mean), the cost of a return to
+/// user space and an ioctl back that an in-kernel exit does not pay.
+const NESTED_IOCTL_NS: u64 = 30_000;
+
+impl CostPreset {
+    /// Every preset, in the order `apflab list` prints them.
+    pub const ALL: [CostPreset; 3] = [
+        CostPreset::Uncalibrated,
+        CostPreset::M400Kvm,
+        CostPreset::NestedTcg,
+    ];
+
+    /// The name a config gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CostPreset::Uncalibrated => "uncalibrated",
+            CostPreset::M400Kvm => "m400-kvm",
+            CostPreset::NestedTcg => "nested-tcg",
+        }
+    }
+
+    /// The preset called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<CostPreset> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Every preset's name, for error messages.
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|p| format!("\"{}\"", p.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// One line on what the preset models.
+    pub fn summary(self) -> &'static str {
+        match self {
+            CostPreset::Uncalibrated => {
+                "the values of every emu figure before presets; orders of magnitude, no source"
+            }
+            CostPreset::M400Kvm => {
+                "KVM/arm64 without VHE on an HP Moonshot m400 (APM X-Gene, 2.4 GHz), Dall et \
+                 al. ISCA 2016"
+            }
+            CostPreset::NestedTcg => {
+                "KVM/arm64 nested in QEMU TCG on this project's x86 machines, \
+                 ../shared/KVM-NOTES.md"
+            }
+        }
+    }
+
+    /// The values.
+    pub fn model(self) -> CostModel {
+        match self {
+            CostPreset::Uncalibrated => CostModel {
+                ns_per_instruction: 0.33,
+                exit_ns: 1_500,
+                kernel_exit_ns: 1_500,
+                hypercall_ns: 200,
+                inject_ns: 300,
+                kick_ns: 0,
+            },
+            CostPreset::M400Kvm => {
+                let kernel_exit_ns = (M400_HYPERCALL_CYCLES / M400_GHZ).round() as u64;
+                CostModel {
+                    ns_per_instruction: 1.0 / M400_GHZ,
+                    // Assumed: twice the in-kernel round trip (see sources).
+                    exit_ns: 2 * kernel_exit_ns,
+                    kernel_exit_ns,
+                    hypercall_ns: 200,
+                    inject_ns: 300,
+                    kick_ns: kernel_exit_ns,
+                }
+            }
+            CostPreset::NestedTcg => CostModel {
+                ns_per_instruction: 1e9 / NESTED_INSNS_PER_S,
+                exit_ns: NESTED_USER_EXIT_NS,
+                kernel_exit_ns: NESTED_USER_EXIT_NS - NESTED_IOCTL_NS,
+                hypercall_ns: 200,
+                inject_ns: 300,
+                kick_ns: NESTED_USER_EXIT_NS - NESTED_IOCTL_NS,
+            },
+        }
+    }
+
+    /// Where each value comes from (printed by `apflab list`; the paper's
+    /// cost-model table says the same).
+    pub fn sources(self) -> &'static [CostSource] {
+        const fn s(key: &'static str, kind: &'static str, note: &'static str) -> CostSource {
+            CostSource { key, kind, note }
+        }
+        const UNCALIBRATED: &[CostSource] = &[
+            s(
+                "ns_per_instruction",
+                "assumed",
+                "about 3 instructions per ns",
+            ),
+            s("exit_ns", "assumed", "order of magnitude"),
+            s("kernel_exit_ns", "assumed", "the same as exit_ns"),
+            s("hypercall_ns", "assumed", "order of magnitude"),
+            s("inject_ns", "assumed", "order of magnitude"),
+            s("kick_ns", "assumed", "no kick"),
+        ];
+        const M400_KVM: &[CostSource] = &[
+            s(
+                "ns_per_instruction",
+                "assumed",
+                "one instruction per cycle at the m400's 2.4 GHz; Dall et al. give no IPC",
+            ),
+            s(
+                "kernel_exit_ns",
+                "published",
+                "Dall et al., ISCA 2016, KVM ARM on HP Moonshot m400 (APM X-Gene, 2.4 GHz, \
+                     Linux 4.0-rc4, no VHE): no-op hypercall round trip 6,500 cycles, at 2.4 GHz",
+            ),
+            s(
+                "exit_ns",
+                "assumed",
+                "twice the in-kernel round trip: the return to the VMM and its KVM_RUN \
+                     back cross the kernel/user boundary twice more (not measured on arm64 here)",
+            ),
+            s(
+                "kick_ns",
+                "derived",
+                "the IPI forces the running vCPU into the host kernel and back: one \
+                     in-kernel round trip",
+            ),
+            s(
+                "hypercall_ns",
+                "assumed",
+                "the VMM's own work per hypercall (a table look-up and a reply)",
+            ),
+            s(
+                "inject_ns",
+                "assumed",
+                "writing ESR/ELR/SPSR or a list register before entry",
+            ),
+        ];
+        const NESTED_TCG: &[CostSource] = &[
+            s(
+                "ns_per_instruction",
+                "measured",
+                "KVM-NOTES.md: 1.5 (6.1) and 1.6 (6.12) G guest instructions/s, mean 1.55 G",
+            ),
+            s(
+                "exit_ns",
+                "measured",
+                "KVM-NOTES.md: KVM_RUN round trip per MMIO exit, 230 us (6.1) and 210 us \
+                     (6.12), mean",
+            ),
+            s(
+                "kernel_exit_ns",
+                "derived",
+                "exit_ns less one ioctl round trip (KVM_GET_ONE_REG, 33 and 26 us, about \
+                     30 us), which an exit handled in the kernel does not make",
+            ),
+            s(
+                "kick_ns",
+                "derived",
+                "one in-kernel round trip, as kernel_exit_ns",
+            ),
+            s(
+                "hypercall_ns",
+                "assumed",
+                "as m400-kvm: the VMM's own work, not the nested exit",
+            ),
+            s("inject_ns", "assumed", "as m400-kvm"),
+        ];
+        match self {
+            CostPreset::Uncalibrated => UNCALIBRATED,
+            CostPreset::M400Kvm => M400_KVM,
+            CostPreset::NestedTcg => NESTED_TCG,
         }
     }
 }
@@ -105,6 +362,11 @@ pub struct VmConfig {
     pub bootargs: String,
     /// Emu backend: virtual-time costs.
     pub cost: CostModel,
+    /// Emu backend: not-resident faults are handled in the host kernel
+    /// (`[pager] fault_path = "kernel"`), so each is charged
+    /// [`CostModel::kernel_exit_ns`] instead of an exit to the VMM. (On kvm
+    /// the page server set with `Vm::set_page_server` is that path.)
+    pub faults_in_kernel: bool,
     /// Emu backend: instructions per scheduling slice of one vCPU before
     /// the round-robin moves to the next one (also bounded by the next
     /// timer deadline).
@@ -164,8 +426,10 @@ impl VmConfig {
         }
         for (key, ns) in [
             ("cost.exit_ns", self.cost.exit_ns),
+            ("cost.kernel_exit_ns", self.cost.kernel_exit_ns),
             ("cost.hypercall_ns", self.cost.hypercall_ns),
             ("cost.inject_ns", self.cost.inject_ns),
+            ("cost.kick_ns", self.cost.kick_ns),
         ] {
             if ns > MAX_COST_NS {
                 return Err(VmError::BadValue {
@@ -210,4 +474,48 @@ pub fn host_memory_mib() -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_is_found_by_its_name_and_cites_every_field() {
+        for p in CostPreset::ALL {
+            assert_eq!(CostPreset::from_name(p.name()), Some(p));
+            let keys: Vec<_> = p.model().fields().iter().map(|(k, _)| *k).collect();
+            let mut cited: Vec<_> = p.sources().iter().map(|s| s.key).collect();
+            cited.sort_unstable();
+            let mut want = keys.clone();
+            want.sort_unstable();
+            assert_eq!(cited, want, "{}", p.name());
+            for s in p.sources() {
+                assert!(
+                    ["published", "measured", "derived", "assumed"].contains(&s.kind),
+                    "{}: {}",
+                    p.name(),
+                    s.kind
+                );
+            }
+        }
+        assert_eq!(CostPreset::from_name("vhe"), None);
+    }
+
+    #[test]
+    fn presets_hold_the_cited_figures() {
+        // 6,500 cycles at 2.4 GHz.
+        let m400 = CostPreset::M400Kvm.model();
+        assert_eq!(m400.kernel_exit_ns, 2_708);
+        assert_eq!(m400.kick_ns, 2_708);
+        assert_eq!(m400.exit_ns, 5_416);
+        // 1.55 G instructions per second; 220 us per exit to user space.
+        let nested = CostPreset::NestedTcg.model();
+        assert!((nested.ns_per_instruction - 0.645).abs() < 1e-3);
+        assert_eq!(nested.exit_ns, 220_000);
+        assert_eq!(nested.kernel_exit_ns, 190_000);
+        // The default keeps the figures computed before presets.
+        assert_eq!(CostModel::default(), CostPreset::Uncalibrated.model());
+        assert_eq!(CostModel::default().exit_ns, 1_500);
+    }
 }

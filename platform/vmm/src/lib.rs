@@ -38,7 +38,7 @@ pub use apflab_hypervisor::{
     is_engine_call, no_async_pf,
 };
 pub use apflab_hypervisor::{HostRam, PageServer, PageServerError};
-pub use config::{BackendKind, CostModel, VmConfig, host_memory_mib};
+pub use config::{BackendKind, CostModel, CostPreset, CostSource, VmConfig, host_memory_mib};
 pub use error::VmError;
 pub use outcome::{
     GuestExit, GuestTimeline, Halt, MAX_RECORDED_HALTS, MAX_TIMELINE_RECORDS, RunOutcome, VmMetrics,

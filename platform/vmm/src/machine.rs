@@ -202,12 +202,18 @@ impl Machine {
 
     /// The guest's signs of life so far, for the watchdog: every exit
     /// counted except those that are no work of the guest's (WFI, the emu
-    /// slice ends, the kvm loop's kicks to look at a vCPU).
+    /// slice ends, the kvm loop's kicks to look at a vCPU, the emu's kicks
+    /// that deliver "page ready" to a running vCPU).
     pub fn activity(&self) -> u64 {
         self.lock()
             .exits
             .iter()
-            .filter(|(kind, _)| !matches!(kind.as_str(), "wfi" | "slice_end" | "resume_check"))
+            .filter(|(kind, _)| {
+                !matches!(
+                    kind.as_str(),
+                    "wfi" | "slice_end" | "resume_check" | "ready_kick"
+                )
+            })
             .map(|(_, n)| n)
             .sum()
     }

@@ -129,20 +129,30 @@ pub(super) fn read_insn(uc: &Unicorn<'_, HookState>, va: u64) -> Option<u32> {
 
 /// Maps the device window `[base, base + size)`; with `ends_slice`, every
 /// write to it ends the slice at the next block (an interrupt controller
-/// write can make an interrupt deliverable at once).
+/// write can make an interrupt deliverable at once). With `in_kernel`, an
+/// access is charged as KVM's in-kernel emulation (the vGIC), otherwise as
+/// an exit to the VMM.
 pub(super) fn map_device(
     uc: &mut Unicorn<'static, HookState>,
     base: u64,
     size: u64,
     ends_slice: bool,
+    in_kernel: bool,
 ) -> Result<(), unicorn_engine::uc_error> {
+    let exit_ns = move |cost: &crate::config::CostModel| {
+        if in_kernel {
+            cost.kernel_exit_ns
+        } else {
+            cost.exit_ns
+        }
+    };
     uc.mmio_map(
         base,
         size,
         Some(
             move |uc: &mut Unicorn<'_, HookState>, offset: u64, len: usize| {
                 let st = uc.get_data_mut();
-                st.extra_ns = st.extra_ns.saturating_add(st.cost.exit_ns);
+                st.extra_ns = st.extra_ns.saturating_add(exit_ns(&st.cost));
                 st.ops
                     .mmio_read_value(st.index, base + offset, len, st.now_ns())
             },
@@ -150,7 +160,7 @@ pub(super) fn map_device(
         Some(
             move |uc: &mut Unicorn<'_, HookState>, offset: u64, len: usize, value: u64| {
                 let st = uc.get_data_mut();
-                st.extra_ns = st.extra_ns.saturating_add(st.cost.exit_ns);
+                st.extra_ns = st.extra_ns.saturating_add(exit_ns(&st.cost));
                 let len = len.min(8);
                 let bytes = value.to_le_bytes();
                 let kind = st
@@ -276,8 +286,9 @@ pub(super) fn install_hooks(
         let st = uc.get_data_mut();
         st.ops.sysreg_write(st.index, reg, cpreg.val, st.now_ns());
         if reg == sysreg::ICC_SGI1R_EL1 {
-            // Generating an SGI traps to the hypervisor on real hardware.
-            st.extra_ns = st.extra_ns.saturating_add(st.cost.exit_ns);
+            // Generating an SGI traps to the hypervisor on real hardware,
+            // whose vGIC handles it in the kernel.
+            st.extra_ns = st.extra_ns.saturating_add(st.cost.kernel_exit_ns);
         }
         // Timer, priority mask, EOI and SGI writes change what the vCPU
         // loop must deliver or when the slice must end: at the next block.

@@ -171,6 +171,18 @@ impl<'h> EmuRun<'h> {
                     "the fault engine acted on vCPU {v}, which this VM does not have"
                 ))));
             };
+            // "Page ready" for a vCPU that is running guest code: the host
+            // must kick it out of the guest (an IPI) first. A halted or
+            // stalled vCPU is not in the guest and needs no kick.
+            let raises = match action {
+                Action::SetReadyLine(level) => level,
+                Action::InjectException(_) | Action::SignalSdei => true,
+                _ => false,
+            };
+            if raises && self.states[i] == RunState::Running {
+                vcpu.charge_ns(self.config.cost.kick_ns);
+                self.machine.count_exit("ready_kick");
+            }
             if let Action::SetReadyLine(level) = action {
                 // An interrupt from outside the vCPU, sent at `t`: a halted
                 // vCPU wakes through it (no earlier), a running one takes it
@@ -288,8 +300,9 @@ impl<'h> EmuRun<'h> {
                     if ns > 0 {
                         self.record_halt(idx, t - ns, t);
                     }
-                    // Waking from WFI is an exit on real hardware too.
-                    self.vcpus[i].charge_ns(cost.exit_ns);
+                    // Waking from WFI is an exit on real hardware too, which
+                    // KVM handles in the kernel.
+                    self.vcpus[i].charge_ns(cost.kernel_exit_ns);
                     self.states[i] = RunState::Running;
                 }
                 RunState::Waiting { .. } => {
@@ -386,8 +399,13 @@ impl<'h> EmuRun<'h> {
                 }
                 VmExit::NotResident(fault) => {
                     self.machine.count_exit("not_resident");
-                    // The exit to the VMM comes first; the fetch starts after it.
-                    v.charge_ns(cost.exit_ns);
+                    // The exit comes first (to the VMM, or into the host
+                    // kernel's fault path); the fetch starts after it.
+                    v.charge_ns(if self.config.faults_in_kernel {
+                        cost.kernel_exit_ns
+                    } else {
+                        cost.exit_ns
+                    });
                     let now = v.now_ns();
                     let action = self.hook.on_not_resident(
                         idx,

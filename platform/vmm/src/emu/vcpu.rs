@@ -116,7 +116,9 @@ impl EmuVcpu {
         // Everything else is unmapped: an access there is the external
         // abort the bus gives.
         for w in crate::machine::device_windows(vcpus) {
-            hooks::map_device(&mut uc, w.base, w.size, w.device.is_interrupt_controller())
+            // The interrupt controller is KVM's in-kernel vGIC.
+            let gic = w.device.is_interrupt_controller();
+            hooks::map_device(&mut uc, w.base, w.size, gic, gic)
                 .map_err(|e| engine_err(format!("map {}", w.device.name()), e))?;
         }
         hooks::install_hooks(&mut uc, (base, base + size))

@@ -47,6 +47,7 @@ pub fn config(kernel: PathBuf, vcpus: u32) -> VmConfig {
         initrd: None,
         bootargs: String::new(),
         cost: CostModel::default(),
+        faults_in_kernel: false,
         slice_instructions: 10_000,
         max_virtual_ns: 1_000_000_000,
         watchdog_ns: 1_000_000_000,
