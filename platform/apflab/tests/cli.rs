@@ -421,12 +421,6 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
         &format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\nfault_path = \"guest\"\n"),
         &["test.toml:", "fault_path", "guest"],
     );
-    // The kernel fault path exists only where there is a host kernel's
-    // fault path to wait in.
-    assert_bad_config(
-        &format!("{good}[pager]\nstore = {{ kind = \"zero\" }}\nfault_path = \"kernel\"\n"),
-        &["test.toml", "fault_path = \"kernel\"", "kvm backend"],
-    );
 }
 
 #[test]
