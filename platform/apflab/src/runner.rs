@@ -216,6 +216,14 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
             conflict: SectionConflict::PolicyOnKernelPath,
         });
     }
+    if pager.server_poll_us > 0 && config.backend.kind != Backend::Kvm {
+        return Err(RunError::Setup(format!(
+            "{}: [pager] server_poll_us = {}: only kvm's page-server threads poll; the emu \
+             backend's kernel fault path has none (expected 0 or --backend kvm)",
+            path.display(),
+            pager.server_poll_us
+        )));
+    }
     let prepared = Prepared::new_above(
         pager,
         config.managed_low(),

@@ -139,6 +139,14 @@ fn a_fault_the_host_kernel_handles_costs_an_in_kernel_exit_not_an_exit_to_the_vm
         &memtouch(cost, "fault_path = \"kernel\"\n"),
     );
     assert_eq!(kernel["config"]["parsed"]["pager"]["fault_path"], "kernel");
+    // Only kvm's page-server threads poll: on emu the key would be lost.
+    let (code, stderr, _) = run(
+        dir.path(),
+        "poll",
+        &memtouch(cost, "fault_path = \"kernel\"\nserver_poll_us = 50\n"),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("server_poll_us = 50"), "{stderr}");
     // The same faults, the same fetches, every page verified.
     let fetches = u(&vmm, "/pager/fetches");
     assert!(fetches >= 512, "{fetches} fetches");
