@@ -25,7 +25,12 @@
 //!   over the second's, minus one, per pair, as a signed percentage (a
 //!   throughput gain when the value is a time);
 //! - `{{runs EXP}}`: a table of the experiment's configs: its axes' values,
-//!   the policy, the runs, the makespan and the change against sync.
+//!   the policy, the runs, the makespan and the change against sync;
+//! - `{{ranking EXP KEY=A,B,C SELECTION}}`: the configs SELECTION with KEY
+//!   set to each of A, B, C, ordered by mean makespan (shortest first) as
+//!   `B < A ≈ C`: `<` where the next one's makespan is longer in a paired
+//!   comparison (runs of the same seeds) whose 95 % interval excludes 0,
+//!   `≈` where it holds 0 (no difference).
 //!
 //! A placeholder that cannot be filled (no such experiment, a selection of
 //! no run or of several configs, a missing value) is an error naming the
@@ -305,10 +310,69 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
             }
             Ok(runs_table(exp))
         }
+        "ranking" => {
+            let [choices, selection @ ..] = args else {
+                return Err("expected `ranking EXPERIMENT KEY=A,B,... SELECTION`".to_owned());
+            };
+            ranking(exp, choices, selection)
+        }
         other => Err(format!(
-            "`{other}`: expected vs-sync, value, change, speedup or runs"
+            "`{other}`: expected vs-sync, value, change, speedup, runs or ranking"
         )),
     }
+}
+
+/// The `{{ranking EXP KEY=A,B,... SELECTION}}` text (see the module doc).
+fn ranking(exp: &Experiment, choices: &str, selection: &[&str]) -> Result<String, String> {
+    let (key, values) = choices
+        .split_once('=')
+        .ok_or_else(|| format!("`{choices}`: expected KEY=A,B,..."))?;
+    let values: Vec<&str> = values.split(',').filter(|v| !v.is_empty()).collect();
+    if values.len() < 2 {
+        return Err(format!("`{choices}`: expected at least two values to rank"));
+    }
+    let mut ranked = Vec::new();
+    for value in values {
+        let filter = format!("{key}={value}");
+        let mut filters = selection.to_vec();
+        filters.push(&filter);
+        let runs = select(exp, &filters)?;
+        if let Some((path, _)) = runs.iter().find(|(_, r)| !r.outcome.success) {
+            return Err(format!(
+                "{}: the run failed; nothing to rank",
+                path.display()
+            ));
+        }
+        let makespans: Vec<f64> = runs.iter().map(|(_, r)| r.virtual_time_ns as f64).collect();
+        ranked.push((value, Estimate::of(&makespans).mean, runs));
+    }
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut out = ranked[0].0.to_owned();
+    for pair in ranked.windows(2) {
+        let (a, b) = (&pair[0].2, &pair[1].2);
+        // Each run of the shorter config against the run of the longer one
+        // with the same seeds.
+        let mut changes = Vec::new();
+        for (path, ra) in a {
+            let (_, rb) = b
+                .iter()
+                .find(|(_, rb)| seeds_of(rb) == seeds_of(ra))
+                .ok_or_else(|| {
+                    format!("{}: no run to pair it with has its seeds", path.display())
+                })?;
+            changes.push(
+                100.0 * (rb.virtual_time_ns as f64 - ra.virtual_time_ns as f64)
+                    / ra.virtual_time_ns.max(1) as f64,
+            );
+        }
+        let sign = if Estimate::of(&changes).holds_zero() {
+            "≈"
+        } else {
+            "<"
+        };
+        let _ = write!(out, " {sign} {}", pair[1].0);
+    }
+    Ok(out)
 }
 
 /// The `{{runs EXP}}` table: one row per config, its repetitions'

@@ -811,6 +811,32 @@ fn report_prints_no_difference_where_the_interval_holds_zero() {
     assert!(row("paolo").contains("| 4 |"), "{md}");
     assert!(row("paolo").contains("| no difference ("), "{md}");
     assert!(row("adaptive").contains("| +10.0 ± 1.3 % |"), "{md}");
+    // The paper's ranking: shortest makespan first, `<` only where the
+    // paired interval excludes 0.
+    let template = dir.path().join("rank.in.md");
+    std::fs::write(
+        &template,
+        "{{ranking made policy.module.name=adaptive,sync}}\n\
+         {{ranking made policy.module.name=sync,paolo,adaptive}}\n",
+    )
+    .unwrap();
+    let ranked = dir.path().join("rank.md");
+    let out = apflab(&[
+        "paper",
+        s(&template),
+        "--results",
+        s(dir.path()),
+        "--out",
+        s(&ranked),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ranked = std::fs::read_to_string(ranked).unwrap();
+    let lines: Vec<&str> = ranked.lines().collect();
+    assert_eq!(lines[0], "sync < adaptive", "{ranked}");
+    assert!(
+        ["sync ≈ paolo < adaptive", "paolo ≈ sync < adaptive"].contains(&lines[1]),
+        "{ranked}"
+    );
     // The vCPU-time plot: one bar per config, the mean of its four runs.
     let svg = std::fs::read_to_string(dir.path().join("made-vcpu-time.svg")).unwrap();
     for policy in ["sync", "paolo", "adaptive"] {
