@@ -17,7 +17,7 @@
 //! - `{{value EXP POINTER UNIT SELECTION}}`: a number of the selected runs'
 //!   `result.json` at the JSON pointer POINTER, in UNIT (`ns`, `us`, `ms`,
 //!   `s` for a value in ns; `count`; `percent` for a fraction; `per_s` for
-//!   a count per second of the run's virtual time; `plain` as it is);
+//!   a count per second of the run's virtual time; `plain` as it is, to at most four decimals);
 //! - `{{change EXP POINTER SELECTION -> SELECTION}}`: how the value at
 //!   POINTER of the second config's runs differs from the first's, each
 //!   pair of runs with the same seeds, as a signed percentage of the first;
@@ -269,7 +269,15 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                 .collect::<Result<Vec<f64>, String>>()?;
             let e = Estimate::of(&values);
             Ok(if *unit == "plain" && (e.n < 2 || e.half_width == 0.0) {
-                format!("{}", e.mean)
+                // At most four decimals (a mean of equal values can differ
+                // from them in the last bits), without trailing zeros.
+                let text = format!("{:.4}", e.mean);
+                let text = if text.contains('.') {
+                    text.trim_end_matches('0').trim_end_matches('.')
+                } else {
+                    &text
+                };
+                text.to_owned()
             } else {
                 format!("{}{suffix}", e.value(decimals))
             })
