@@ -118,6 +118,16 @@ pub enum SectionConflict {
          there are none: add [pager] or remove [policy]"
     )]
     PolicyWithoutPager,
+    /// `server_poll_us` on a backend other than kvm: only kvm's page-server
+    /// threads poll, so the key would be lost.
+    #[error(
+        "[pager] server_poll_us = {poll_us}: only kvm's page-server threads poll; the emu \
+         backend's kernel fault path has none (expected 0 or --backend kvm)"
+    )]
+    PollWithoutPageServers {
+        /// The value given.
+        poll_us: u64,
+    },
     /// `[policy]` with `fault_path = "kernel"`, where faults never exit.
     #[error(
         "[policy] decides faults that exit to the VMM; with [pager] fault_path = \"kernel\" \
@@ -217,12 +227,12 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
         });
     }
     if pager.server_poll_us > 0 && config.backend.kind != Backend::Kvm {
-        return Err(RunError::Setup(format!(
-            "{}: [pager] server_poll_us = {}: only kvm's page-server threads poll; the emu \
-             backend's kernel fault path has none (expected 0 or --backend kvm)",
-            path.display(),
-            pager.server_poll_us
-        )));
+        return Err(RunError::Sections {
+            path: path.to_owned(),
+            conflict: SectionConflict::PollWithoutPageServers {
+                poll_us: pager.server_poll_us,
+            },
+        });
     }
     let prepared = Prepared::new_above(
         pager,
