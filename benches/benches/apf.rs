@@ -25,8 +25,9 @@ use apflab_abi::memory_map::RAM_BASE;
 use apflab_abi::policy::{Decision, Initiation, NotPresentDelivery, ReadyDelivery, Sleep};
 use apflab_apf::plain::PlainMachine;
 use apflab_apf::{ApfConfig, Engine};
-use apflab_hypervisor::NotResidentFault;
+use apflab_hypervisor::arch::pstate;
 use apflab_hypervisor::{Action, EngineCall, FaultHook, ResumeState};
+use apflab_hypervisor::{NotResidentFault, PageAccess};
 use apflab_pager::{ManagedRange, PagerConfig, Prepared, VirtualPager};
 use apflab_policy_host::BuiltinFixed;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -53,15 +54,19 @@ fn engine(decision: Decision, offered: ApfConfig) -> (Engine, PlainMachine) {
 
 fn fault(k: u64) -> NotResidentFault {
     let first = ManagedRange::for_guest_ram(RAM).expect("range").first_pfn;
-    NotResidentFault {
-        gpa: Pfn(first + k % PAGES).gpa(),
-        write: k.is_multiple_of(3),
-        fetch: false,
-        pc: RAM_BASE + 0x1000,
-        va: 0x10_0000_0000 + (k % PAGES) * 4096,
-        el: 0,
-        irqs_masked: false,
-    }
+    let access = if k.is_multiple_of(3) {
+        PageAccess::Write
+    } else {
+        PageAccess::Read
+    };
+    // From a user task (EL0t), IRQs unmasked.
+    NotResidentFault::new(
+        Pfn(first + k % PAGES).gpa(),
+        access,
+        RAM_BASE + 0x1000,
+        0x10_0000_0000 + (k % PAGES) * 4096,
+        pstate::EL0T,
+    )
 }
 
 fn sync_fault(c: &mut Criterion) {

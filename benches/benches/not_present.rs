@@ -23,7 +23,7 @@ use apflab_abi::policy::NotPresentDelivery;
 use apflab_abi::sdei as abi;
 use apflab_apf::not_present;
 use apflab_hypervisor::arch::{Reg, pstate};
-use apflab_hypervisor::{Hypervisor, NotResidentFault, Vcpu};
+use apflab_hypervisor::{Hypervisor, NotResidentFault, PageAccess, Vcpu};
 use apflab_vmm::CostModel;
 use apflab_vmm::emu::{EmuVcpu, EmuVm};
 use apflab_vmm::machine::Machine;
@@ -64,15 +64,13 @@ fn at_el0(v: &mut EmuVcpu) {
 }
 
 fn fault() -> NotResidentFault {
-    NotResidentFault {
-        gpa: Gpa(RAM_BASE + (40 << 20)),
-        write: false,
-        fetch: false,
-        pc: TASK_PC,
-        va: 0x10_0000_0000,
-        el: 0,
-        irqs_masked: false,
-    }
+    NotResidentFault::new(
+        Gpa(RAM_BASE + (40 << 20)),
+        PageAccess::Read,
+        TASK_PC,
+        0x10_0000_0000,
+        pstate::EL0T,
+    )
 }
 
 fn exceptions(c: &mut Criterion) {

@@ -75,20 +75,19 @@ mod tests {
     use apflab_abi::apf::{
         DFSC_TRANSLATION_L3, EC_DATA_ABORT_CURRENT, EC_DATA_ABORT_LOWER, ESR_IL, esr_ec,
     };
+    use apflab_hypervisor::PageAccess;
+    use apflab_hypervisor::arch::pstate;
 
     /// ESR.ISS.WnR of a data abort: the access was a write.
     const ISS_WNR: u64 = 1 << 6;
 
     fn fault(write: bool) -> NotResidentFault {
-        NotResidentFault {
-            gpa: Gpa(0x4210_0000),
-            write,
-            fetch: false,
-            pc: 0x40_1000,
-            va: 0x10_0123,
-            el: 0,
-            irqs_masked: false,
-        }
+        let access = if write {
+            PageAccess::Write
+        } else {
+            PageAccess::Read
+        };
+        NotResidentFault::new(Gpa(0x4210_0000), access, 0x40_1000, 0x10_0123, pstate::EL0T)
     }
 
     #[test]

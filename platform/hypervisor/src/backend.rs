@@ -16,7 +16,7 @@ use vm_memory::GuestMemoryMmap;
 
 use apflab_abi::addr::Gpa;
 
-use crate::arch::{Reg, SysRegId};
+use crate::arch::{Reg, SysRegId, pstate};
 
 /// Errors of a backend operation.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,34 @@ pub struct NotResidentFault {
     /// faults with IRQs unmasked could take an interrupt there, so it can
     /// also take an asynchronous "not present" and wait for "ready".
     pub irqs_masked: bool,
+}
+
+/// What a guest access to a page did, as far as the fault engine cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageAccess {
+    /// A data read, or a read of a stage-1 table its translation needed.
+    Read,
+    /// A data write.
+    Write,
+    /// An instruction fetch.
+    Fetch,
+}
+
+impl NotResidentFault {
+    /// The fault of `access` to the page at `gpa` by the instruction at
+    /// `pc`, to virtual address `va`, from a vCPU whose PSTATE is `pstate`
+    /// (which gives the exception level and the IRQ mask).
+    pub fn new(gpa: Gpa, access: PageAccess, pc: u64, va: u64, pstate: u64) -> Self {
+        NotResidentFault {
+            gpa,
+            write: access == PageAccess::Write,
+            fetch: access == PageAccess::Fetch,
+            pc,
+            va,
+            el: u8::from(pstate & pstate::MODE_MASK != pstate::EL0T),
+            irqs_masked: pstate & pstate::I != 0,
+        }
+    }
 }
 
 /// Why [`Vcpu::run`] returned.

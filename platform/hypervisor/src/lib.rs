@@ -28,7 +28,7 @@ pub mod host_memory;
 pub mod page_server;
 
 pub use backend::{
-    Conduit, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, Residency,
+    Conduit, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, PageAccess, Residency,
     SyncException, Vcpu, VmExit, VmOps,
 };
 pub use fault_hook::{

@@ -11,7 +11,8 @@ use apflab_abi::addr::Gpa;
 use apflab_abi::policy::{
     Decision, FaultInfo, Initiation, NotPresentDelivery, Policy, ReadyDelivery, Sleep,
 };
-use apflab_hypervisor::NotResidentFault;
+use apflab_hypervisor::arch::pstate;
+use apflab_hypervisor::{NotResidentFault, PageAccess};
 use apflab_pager::store::{FaultInjectingStore, SyntheticStore};
 use apflab_pager::{PagerConfig, Prepared, VirtualPager};
 
@@ -62,16 +63,14 @@ impl Policy for Fixed {
     }
 }
 
+/// A data access to `gpa` from a user task (EL0t, IRQs unmasked).
 pub fn fault(gpa: Gpa, write: bool) -> NotResidentFault {
-    NotResidentFault {
-        gpa,
-        write,
-        fetch: false,
-        pc: 0x4000_1000,
-        va: 0x10_0000,
-        el: 0,
-        irqs_masked: false,
-    }
+    let access = if write {
+        PageAccess::Write
+    } else {
+        PageAccess::Read
+    };
+    NotResidentFault::new(gpa, access, 0x4000_1000, 0x10_0000, pstate::EL0T)
 }
 
 /// An async decision with a dedicated EC, ready as an interrupt, the given

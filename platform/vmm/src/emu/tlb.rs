@@ -18,7 +18,7 @@ use apflab_hypervisor::arch::stage1::{
 };
 use apflab_hypervisor::arch::syndrome::FaultStatus;
 use apflab_hypervisor::arch::{SysRegId, pstate};
-use apflab_hypervisor::{NotResidentFault, VmExit};
+use apflab_hypervisor::{NotResidentFault, PageAccess, VmExit};
 
 /// Guest RAM as the stage-1 walk of a TLB fill reads it.
 struct WalkMemory<'a> {
@@ -51,7 +51,6 @@ pub(super) fn fill_tlb(
     let pc = uc.pc_read().unwrap_or(0);
     let ps = uc.reg_read(RegisterARM64::PSTATE).unwrap_or(0);
     let el0 = ps & pstate::MODE_MASK == 0;
-    let irqs_masked = ps & pstate::I != 0;
     let regs = translation_regs(uc);
     let st = uc.get_data_mut();
     let mem = WalkMemory {
@@ -87,15 +86,17 @@ pub(super) fn fill_tlb(
                 (None, Some(abort(status)), None)
             } else if st.absent.is_absent(page) {
                 (
-                    Some(VmExit::NotResident(NotResidentFault {
-                        gpa: Gpa(page),
-                        write: kind == MemType::WRITE,
-                        fetch: kind == MemType::FETCH,
+                    Some(VmExit::NotResident(NotResidentFault::new(
+                        Gpa(page),
+                        match kind {
+                            MemType::WRITE => PageAccess::Write,
+                            MemType::FETCH => PageAccess::Fetch,
+                            _ => PageAccess::Read,
+                        },
                         pc,
                         va,
-                        el: u8::from(!el0),
-                        irqs_masked,
-                    })),
+                        ps,
+                    ))),
                     None,
                     None,
                 )
@@ -126,15 +127,13 @@ pub(super) fn fill_tlb(
             }
         }
         Ok(Ok(Walk::NeedsPage(ipa))) => (
-            Some(VmExit::NotResident(NotResidentFault {
-                gpa: Gpa(ipa).page_base(),
-                write: false,
-                fetch: false,
+            Some(VmExit::NotResident(NotResidentFault::new(
+                Gpa(ipa).page_base(),
+                PageAccess::Read,
                 pc,
                 va,
-                el: u8::from(!el0),
-                irqs_masked,
-            })),
+                ps,
+            ))),
             None,
             None,
         ),

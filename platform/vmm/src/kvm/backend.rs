@@ -40,7 +40,7 @@ use apflab_hypervisor::arch::fault_site::{FaultKind, LocateError, locate};
 use apflab_hypervisor::arch::stage1::TranslationRegs;
 use apflab_hypervisor::arch::{self, EntryKind, Reg, pstate};
 use apflab_hypervisor::{
-    Conduit, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, Residency,
+    Conduit, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, PageAccess, Residency,
     SyncException, Vcpu, VmExit, VmOps,
 };
 
@@ -475,15 +475,20 @@ impl KvmVcpu {
             Ok(site) => {
                 self.unexplained_efaults = 0;
                 tracing::trace!(vcpu = self.index, ?site, "kvm: not-resident fault");
-                Ok(Some(VmExit::NotResident(NotResidentFault {
-                    gpa: Gpa(site.ipa_page),
-                    write: site.write,
-                    fetch: site.kind == FaultKind::InstructionFetch,
+                let access = if site.kind == FaultKind::InstructionFetch {
+                    PageAccess::Fetch
+                } else if site.write {
+                    PageAccess::Write
+                } else {
+                    PageAccess::Read
+                };
+                Ok(Some(VmExit::NotResident(NotResidentFault::new(
+                    Gpa(site.ipa_page),
+                    access,
                     pc,
-                    va: site.va,
-                    el: u8::from(ps & pstate::MODE_MASK != pstate::EL0T),
-                    irqs_masked: ps & pstate::I != 0,
-                })))
+                    site.va,
+                    ps,
+                ))))
             }
             Err(LocateError::AllResident { .. })
                 if self.unexplained_efaults < MAX_UNEXPLAINED_EFAULTS =>
