@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use apflab::config::Backend;
 use apflab::matrix::{Experiment, MatrixSummary};
 use apflab::{catalog, report, runner};
-use apflab_vmm::{CostModel, GuestExit, VmConfig};
+use apflab_vmm::{GuestExit, VmConfig};
 use clap::{Parser, Subcommand};
 
 /// Exit status for bad input.
@@ -203,6 +203,20 @@ struct BootArgs {
     /// guest does [default: never].
     #[arg(long, value_name = "MS")]
     wall_timeout: Option<u64>,
+    /// The emu backend's cost model (`apflab list` gives every preset's
+    /// values and their sources).
+    #[arg(long, value_name = "PRESET", default_value = "uncalibrated", value_parser = cost_preset)]
+    cost_preset: apflab_vmm::CostPreset,
+}
+
+/// `--cost-preset`'s value.
+fn cost_preset(name: &str) -> Result<apflab_vmm::CostPreset, String> {
+    apflab_vmm::CostPreset::from_name(name).ok_or_else(|| {
+        format!(
+            "not a cost preset; expected one of {}",
+            apflab_vmm::CostPreset::names()
+        )
+    })
 }
 
 /// `apflab matrix`'s arguments.
@@ -529,6 +543,7 @@ fn boot(args: &BootArgs) -> Result<(), Failure> {
         max_virtual_ms,
         timeout: timeout_ms,
         wall_timeout,
+        cost_preset,
     } = *args;
     let wall_timeout = wall_timeout.map(check_wall_timeout).transpose()?;
     let max = apflab_abi::memory_map::MAX_VCPUS;
@@ -574,7 +589,7 @@ fn boot(args: &BootArgs) -> Result<(), Failure> {
         kernel: image.to_path_buf(),
         initrd: initrd.clone(),
         bootargs: append.clone(),
-        cost: CostModel::default(),
+        cost: cost_preset.model(),
         faults_in_kernel: false,
         slice_instructions: apflab::config::defaults::SLICE_INSTRUCTIONS,
         max_virtual_ns: max_virtual_ms.saturating_mul(1_000_000),

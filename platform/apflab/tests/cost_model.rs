@@ -181,3 +181,42 @@ fn page_ready_for_a_running_vcpu_costs_a_kick_and_a_stall_costs_none() {
     let sync = ok(dir.path(), "sync", &memtouch("kick_ns = 100000", ""));
     assert!(sync["vmm"]["exits"].get("ready_kick").is_none());
 }
+
+#[test]
+fn boot_takes_a_cost_preset_and_refuses_an_unknown_one() {
+    let image = apflab_artifacts::guest_elf();
+    let elapsed_ns = |preset: &str| -> u64 {
+        let out = Command::new(APFLAB)
+            .args(["boot", image.to_str().unwrap(), "--append"])
+            .arg("apflab.workload=cpu apflab.ops=1000")
+            .args(["--cost-preset", preset])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{preset}: {stdout}");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("APFLAB-REPORT"))
+            .unwrap_or_else(|| panic!("{preset}: no report in {stdout}"));
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix("elapsed_ns="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // The same instructions and exits; nested exits cost over a hundred
+    // times more.
+    let default = elapsed_ns("uncalibrated");
+    let nested = elapsed_ns("nested-tcg");
+    assert!(nested > 10 * default, "{nested} ns against {default} ns");
+    let out = Command::new(APFLAB)
+        .args(["boot", image.to_str().unwrap(), "--cost-preset", "vhe"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cost-preset") && stderr.contains("\"m400-kvm\""),
+        "{stderr}"
+    );
+}
