@@ -25,9 +25,9 @@ fn memtouch(cost: &str, extra: &str) -> String {
 }
 
 /// The mixed workload on one vCPU (a CPU task beside a memory task whose
-/// every fault is async, "page ready" an interrupt), `cost` as
-/// `[backend.cost]`.
-fn async_mixed(cost: &str) -> String {
+/// every fault is async, "page ready" delivered as `ready`: `interrupt` or
+/// `exception`), `cost` as `[backend.cost]`.
+fn async_mixed(cost: &str, ready: &str) -> String {
     format!(
         "seed = 3\n[guest]\nvcpus = 1\nmemory_mib = 64\n\
          [workload]\nkind = \"mixed\"\nops = 2000000\nmib = 1\npattern = \"seq\"\npasses = 1\n\
@@ -35,7 +35,7 @@ fn async_mixed(cost: &str) -> String {
          [backend]\nkind = \"emu\"\nmax_virtual_ms = 60000\ncost = {{ {cost} }}\n\
          [pager]\nstore = {{ kind = \"synthetic\", seed = 5 }}\n\
          latency = {{ model = \"constant\", us = 200.0 }}\ninitially_resident = 0.0\n\
-         [policy]\ndecision = {{ not_present = \"data-abort\", ready = \"interrupt\", \
+         [policy]\ndecision = {{ not_present = \"data-abort\", ready = \"{ready}\", \
          initiation = \"host\", sleep = \"reschedule\" }}\n"
     )
 }
@@ -165,18 +165,29 @@ fn a_fault_the_host_kernel_handles_costs_an_in_kernel_exit_not_an_exit_to_the_vm
 #[test]
 fn page_ready_for_a_running_vcpu_costs_a_kick_and_a_stall_costs_none() {
     let dir = tempfile::tempdir().unwrap();
-    let free = ok(dir.path(), "free", &async_mixed("kick_ns = 0"));
-    let dear = ok(dir.path(), "dear", &async_mixed("kick_ns = 100000"));
-    let kicks = u(&dear, "/vmm/exits/ready_kick");
-    assert!(u(&dear, "/apf/async_faults") > 0);
-    // While the memory task waits the CPU task runs, so most pages come
-    // back to a running vCPU.
-    assert!(kicks > 0, "no kick in {}", dear["vmm"]["exits"]);
-    assert!(
-        u(&dear, "/virtual_time_ns") >= u(&free, "/virtual_time_ns") + kicks * 50_000,
-        "{} kicks of 100 us cost too little",
-        kicks
-    );
+    // As an interrupt (raised at the fetch's end) and as an exception
+    // (entered where the hook sees the guest, at once only if kicked).
+    for ready in ["interrupt", "exception"] {
+        let free = ok(
+            dir.path(),
+            &format!("free-{ready}"),
+            &async_mixed("kick_ns = 0", ready),
+        );
+        let dear = ok(
+            dir.path(),
+            &format!("dear-{ready}"),
+            &async_mixed("kick_ns = 100000", ready),
+        );
+        let kicks = u(&dear, "/vmm/exits/ready_kick");
+        assert!(u(&dear, "/apf/async_faults") > 0);
+        // While the memory task waits the CPU task runs, so most pages
+        // come back to a running vCPU.
+        assert!(kicks > 0, "{ready}: no kick in {}", dear["vmm"]["exits"]);
+        assert!(
+            u(&dear, "/virtual_time_ns") >= u(&free, "/virtual_time_ns") + kicks * 50_000,
+            "{ready}: {kicks} kicks of 100 us cost too little"
+        );
+    }
     // The synchronous baseline never sends "page ready".
     let sync = ok(dir.path(), "sync", &memtouch("kick_ns = 100000", ""));
     assert!(sync["vmm"]["exits"].get("ready_kick").is_none());

@@ -161,9 +161,24 @@ impl<'h> EmuRun<'h> {
 
     /// Applies what the hook says at its own deadline (time `t`).
     fn hook_deadline(&mut self, t: u64) -> Result<Option<GuestExit>, VmError> {
+        let pending_before: Vec<bool> = (0..self.vcpus.len() as u32)
+            .map(|v| self.hook.resume_pending_since(v).is_some())
+            .collect();
         let actions = self
             .hook
             .on_time(t, &mut self.residency.with(&mut self.vcpus));
+        // "Page ready" that the hook delivers where it sees the guest (an
+        // exception, at the vCPU's next entry) reaches a running vCPU at
+        // once only because the host kicks it out of the guest.
+        for (i, was_pending) in pending_before.into_iter().enumerate() {
+            if !was_pending
+                && self.states[i] == RunState::Running
+                && self.hook.resume_pending_since(i as u32).is_some()
+            {
+                self.vcpus[i].charge_ns(self.config.cost.kick_ns);
+                self.machine.count_exit("ready_kick");
+            }
+        }
         for (v, action) in actions {
             let i = v as usize;
             let Some(vcpu) = self.vcpus.get_mut(i) else {
