@@ -7,9 +7,10 @@
 //! same time cannot mix their arguments.
 
 use apflab_abi::hypercall::doorbell as layout;
+use serde::{Deserialize, Serialize};
 
 /// One vCPU's bank of doorbell registers.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct DoorbellBank {
     args: [u64; 5],
     results: [u64; 2],
