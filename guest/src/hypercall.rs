@@ -9,11 +9,11 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use apflab_abi::boot_point::FN_BOOT_DONE;
 use apflab_abi::hypercall::{
     FN_APF_ACK, FN_APF_DISABLE, FN_APF_ENABLE, FN_APF_PAGE_REQUEST, FN_FEATURES, FN_PANIC,
     FN_REPORT, FN_TASK_DONE, FN_TRACE, PANIC_MSG_MAX, SMCCC_NOT_SUPPORTED, doorbell,
 };
-use apflab_abi::boot_point::FN_BOOT_DONE;
 use apflab_abi::memory_map::DOORBELL_BASE;
 use apflab_abi::trace::TraceRecord;
 use smccc::Hvc;

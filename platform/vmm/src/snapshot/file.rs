@@ -31,7 +31,14 @@ const MAX_SECTION: u64 = 1 << 30;
 const PAGE: usize = PAGE_SIZE as usize;
 
 /// Guest RAM (one region) as a byte slice.
-fn ram(memory: &GuestMemoryMmap) -> Result<&mut [u8], String> {
+///
+/// # Safety
+///
+/// Nothing else may read or write guest RAM while the slice lives (guest
+/// memory is shared, written through `&GuestMemoryMmap` by design; here
+/// the run loop is between two slices, on the thread the engines run on).
+#[allow(clippy::mut_from_ref)]
+unsafe fn ram(memory: &GuestMemoryMmap) -> Result<&mut [u8], String> {
     let region = memory
         .iter()
         .next()
@@ -42,9 +49,8 @@ fn ram(memory: &GuestMemoryMmap) -> Result<&mut [u8], String> {
         .get_host_address(GuestAddress(base.0))
         .map_err(|e| e.to_string())?;
     // SAFETY: `host` starts the region's `len` mapped bytes, which live as
-    // long as `memory`; nothing else reads or writes guest RAM while a
-    // snapshot is written or read (the run loop is between two slices, on
-    // this thread, and the engines run on this thread only).
+    // long as `memory`; nothing else touches them meanwhile (this
+    // function's contract).
     Ok(unsafe { std::slice::from_raw_parts_mut(host, len) })
 }
 
@@ -78,8 +84,9 @@ pub(crate) fn write(
                 .map_err(|e| e.to_string())?;
             gz.write_all(&section).map_err(|e| e.to_string())?;
         }
-        let ram = ram(memory)?;
-        for (i, page) in ram.chunks_exact(PAGE).enumerate() {
+        // SAFETY: the run loop is between two slices and waits for this.
+        let ram = unsafe { ram(memory) }?;
+        for (i, page) in ram.as_chunks::<PAGE>().0.iter().enumerate() {
             if page.iter().all(|&b| b == 0) {
                 continue;
             }
@@ -161,7 +168,8 @@ pub(crate) fn read<T: DeserializeOwned>(
     }
     let state: T = serde_json::from_slice(&section(&mut gz)?)
         .map_err(|e| bad(format!("damaged machine state ({e})")))?;
-    let ram = ram(memory).map_err(|e| bad(e.to_string()))?;
+    // SAFETY: no vCPU has run yet; the run loop waits for this.
+    let ram = unsafe { ram(memory) }.map_err(|e| bad(e.to_string()))?;
     let pages = (ram.len() / PAGE) as u64;
     let mut next = 0u64;
     loop {
