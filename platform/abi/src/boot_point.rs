@@ -8,7 +8,9 @@
 //! resumed from a snapshot rewrites the device tree before the guest reads
 //! them, so one boot serves every workload that shares its other keys. The
 //! call changes nothing the guest can measure: the VMM charges it no time
-//! and counts no exit for it.
+//! and counts no exit for it. A Linux guest, whose kernel keeps the
+//! command line it booted with, fetches those words after the call with
+//! [`FN_WORKLOAD_ARGS`] instead.
 
 use crate::boot;
 use crate::hypercall::APFLAB_FN_BASE;
@@ -18,6 +20,20 @@ use crate::hypercall::APFLAB_FN_BASE;
 /// returns [`crate::hypercall::SMCCC_NOT_SUPPORTED`], which changes
 /// nothing for the guest.
 pub const FN_BOOT_DONE: u32 = APFLAB_FN_BASE | 0x20;
+
+/// `WORKLOAD_ARGS(offset) -> (length, bytes)`: the words of the bootargs
+/// that are read after the boot ([`AFTER_BOOT_KEYS`]), for a guest whose
+/// kernel consumes its command line at boot (Linux): x0 = the length of
+/// the whole string, x1 = its bytes `offset..offset + 8` (little-endian,
+/// zero past the end); `INVALID_PARAMETERS` for an offset past the end.
+/// The Linux guest's init makes it through the doorbell page.
+pub const FN_WORKLOAD_ARGS: u32 = APFLAB_FN_BASE | 0x21;
+
+/// The word the VMM puts on a Linux kernel's command line in place of the
+/// words of [`AFTER_BOOT_KEYS`], which it hands over with
+/// [`FN_WORKLOAD_ARGS`] instead: the command line (which the kernel prints
+/// and keeps) is then the same for every workload of one boot.
+pub const HANDOVER_WORD: &str = "apflab.handover=doorbell";
 
 /// The bootargs keys the guest reads only after [`FN_BOOT_DONE`]: what the
 /// workload does. Every other key shapes the boot, so a snapshot serves
@@ -51,6 +67,15 @@ pub fn boot_words(bootargs: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The words of `bootargs` read after the boot: the `key=value` ones of
+/// [`AFTER_BOOT_KEYS`], in order.
+pub fn after_boot_words(bootargs: &str) -> impl Iterator<Item = &str> {
+    bootargs.split_ascii_whitespace().filter(|word| {
+        word.split_once('=')
+            .is_some_and(|(key, _)| is_after_boot_key(key))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,8 +92,14 @@ mod tests {
             words,
             ["console=ttyAMA0", "apflab.timeslice_us=500", "quiet"]
         );
+        let after: [&str; 2] = {
+            let mut it = after_boot_words("quiet apflab.ops=7 apflab.apf=off apflab.seed=3");
+            [it.next().unwrap(), it.next().unwrap()]
+        };
+        assert_eq!(after, ["apflab.ops=7", "apflab.seed=3"]);
         assert!(is_after_boot_key(boot::KEY_SEED));
         assert!(!is_after_boot_key(boot::KEY_APF));
         assert_ne!(FN_BOOT_DONE, crate::hypercall::FN_TRACE);
+        assert_ne!(FN_BOOT_DONE, FN_WORKLOAD_ARGS);
     }
 }

@@ -129,6 +129,10 @@ struct State {
     /// The guest made the [`boot_point::FN_BOOT_DONE`] call since the run
     /// loop last looked.
     boot_done: bool,
+    /// What [`boot_point::FN_WORKLOAD_ARGS`] hands over: this run's, not
+    /// saved in a snapshot.
+    #[serde(skip)]
+    workload_args: String,
 }
 
 /// The whole state of a [`Machine`], as a snapshot saves it
@@ -174,6 +178,7 @@ impl Machine {
                 task_done_ns: BTreeMap::new(),
                 timeline: GuestTimeline::default(),
                 boot_done: false,
+                workload_args: String::new(),
             }),
             sdei: Mutex::new(sdei::Firmware::new(vcpus)),
             memory,
@@ -220,6 +225,12 @@ impl Machine {
         std::mem::take(&mut self.lock().boot_done)
     }
 
+    /// Sets the bootargs words [`boot_point::FN_WORKLOAD_ARGS`] hands
+    /// over (see [`crate::loader::LoadedKernel::handed_over`]).
+    pub fn set_workload_args(&self, words: &str) {
+        self.lock().workload_args = words.to_owned();
+    }
+
     /// A copy of the whole machine, for a snapshot.
     pub fn save_state(&self) -> MachineState {
         let state = self.lock().clone();
@@ -251,8 +262,10 @@ impl Machine {
         }
         let mut s = self.lock();
         let echo = s.uart.echo();
+        let workload_args = std::mem::take(&mut s.workload_args);
         *s = saved.state;
         s.uart.set_echo(echo);
+        s.workload_args = workload_args;
         *self.lock_sdei() = saved.sdei;
         Ok(())
     }
@@ -546,6 +559,21 @@ impl Machine {
                 ret(hc::SMCCC_SUCCESS)
             }
             hc::FN_TRACE => ret(self.receive_timeline(&mut s.timeline, vcpu, args)),
+            boot_point::FN_WORKLOAD_ARGS => {
+                let words = s.workload_args.as_bytes();
+                match usize::try_from(args[0])
+                    .ok()
+                    .filter(|&at| at <= words.len())
+                {
+                    Some(at) => {
+                        let mut chunk = [0u8; 8];
+                        let part = &words[at..words.len().min(at + 8)];
+                        chunk[..part.len()].copy_from_slice(part);
+                        [words.len() as u64, u64::from_le_bytes(chunk), 0, 0]
+                    }
+                    None => ret(hc::SMCCC_INVALID_PARAMETERS),
+                }
+            }
             f if sdei_abi::is_sdei_call(f) || f == sdei_abi::FN_APFLAB_SIGNAL => {
                 [self.lock_sdei().call(vcpu, f, args), 0, 0, 0]
             }

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use apflab_abi::boot_point;
 use apflab_abi::memory_map::{DTB_MAX_SIZE, RAM_BASE};
 use tracing::info;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -79,14 +80,28 @@ impl Vm {
         };
         #[cfg(not(all(target_arch = "aarch64", target_os = "linux", feature = "kvm")))]
         let memory = new_ram(&config, ram_size)?;
-        let kernel = loader::load_kernel(&config.kernel, &memory, ram_size)?;
+        let mut kernel = loader::load_kernel(&config.kernel, &memory, ram_size)?;
+        // A Linux kernel keeps the command line it booted with, so the
+        // workload's words are handed over after the boot instead (see
+        // `boot_point`); apflab's kernel reads its device tree again then.
+        let bootargs = if matches!(crate::arm64_image::read_header(&config.kernel), Ok(Some(_))) {
+            kernel.handed_over = boot_point::after_boot_words(&config.bootargs)
+                .collect::<Vec<_>>()
+                .join(" ");
+            boot_point::boot_words(&config.bootargs)
+                .chain([boot_point::HANDOVER_WORD])
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            config.bootargs.clone()
+        };
         let initrd = config
             .initrd
             .as_deref()
             .map(|path| loader::load_initrd(path, &memory, ram_size, &kernel))
             .transpose()?;
         let chosen = fdt::Chosen {
-            bootargs: &config.bootargs,
+            bootargs: &bootargs,
             initrd,
         };
         let dtb = fdt::build(config.vcpus, ram_size, &chosen)?;
@@ -181,6 +196,7 @@ impl Vm {
             self.memory.clone(),
             self.config.echo_console,
         ));
+        machine.set_workload_args(&self.kernel.handed_over);
         let mut hv = EmuVm::new(self.memory.clone(), n, self.config.cost);
         let vcpus = (0..n)
             .map(|i| hv.create_vcpu(i, machine.clone()))

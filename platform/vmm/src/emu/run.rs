@@ -659,6 +659,37 @@ impl<'h> EmuRun<'h> {
         Ok(())
     }
 
+    /// Writes this run's device tree (apflab's guest reads its workload's
+    /// bootargs there after the boot point) over the snapshot's, which
+    /// takes exactly the bytes of the larger of the two: the memory after
+    /// a tree is the guest's (Linux reserves only the tree's own pages).
+    /// A Linux guest's tree is the same for every run of one boot (its
+    /// workload's words are handed over instead), so it stays untouched.
+    fn replace_dtb(&mut self) -> Result<(), VmError> {
+        let at = self.kernel.dtb_addr;
+        let outside = || HypervisorError::OutsideRam(at);
+        let mut header = [0u8; 8];
+        self.memory
+            .read_slice(&mut header, GuestAddress(at))
+            .map_err(|_| outside())?;
+        let old_len = u64::from(u32::from_be_bytes([
+            header[4], header[5], header[6], header[7],
+        ]))
+        .min(DTB_MAX_SIZE) as usize;
+        let mut old = vec![0u8; old_len];
+        self.memory
+            .read_slice(&mut old, GuestAddress(at))
+            .map_err(|_| outside())?;
+        if old == self.dtb {
+            return Ok(());
+        }
+        self.memory
+            .write_slice(&vec![0u8; old_len.max(self.dtb.len())], GuestAddress(at))
+            .and_then(|()| self.memory.write_slice(&self.dtb, GuestAddress(at)))
+            .map_err(|_| outside())?;
+        Ok(())
+    }
+
     /// Puts the whole run in the state of the snapshot at `path`, taken of
     /// a boot with `identity`, and sets the fault engine up as the boot
     /// left it.
@@ -670,13 +701,7 @@ impl<'h> EmuRun<'h> {
         };
         let started = Instant::now();
         let saved: EmuSnapshot = snapshot::read(path, identity, &self.memory)?;
-        // This run's device tree (its workload's bootargs), which the guest
-        // reads after the boot point, over the snapshot's.
-        let dtb_at = GuestAddress(self.kernel.dtb_addr);
-        self.memory
-            .write_slice(&vec![0u8; DTB_MAX_SIZE as usize], dtb_at)
-            .and_then(|()| self.memory.write_slice(&self.dtb, dtb_at))
-            .map_err(|_| HypervisorError::OutsideRam(self.kernel.dtb_addr))?;
+        self.replace_dtb()?;
         let n = self.vcpus.len();
         if [saved.vcpus.len(), saved.states.len(), saved.halted_ns.len()]
             .iter()
