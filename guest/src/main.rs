@@ -81,11 +81,6 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     // Only what does not depend on the workload is set up before the boot
     // point, so that one boot (or its snapshot) serves every workload.
     let booting = config::Config::boot_part(boot.bootargs);
-    console::println!(
-        "apflab-guest: {} cpus, {} MiB RAM",
-        boot.cpus().len(),
-        boot.ram_size >> 20
-    );
     mmu::init(&boot, sched::user_stacks());
     timer::init(&booting);
     gic::init(boot.cpus().len());
@@ -107,7 +102,12 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     // resumed from a snapshot taken at the call above rewrote it.
     let boot = bootinfo::BootInfo::from_device_tree(x0);
     let config = config::set(&config::Config::from_bootargs(boot.bootargs));
-    console::println!("apflab-guest: workload {}", config.workload_name());
+    console::println!(
+        "apflab-guest: {} cpus, {} MiB RAM, workload {}",
+        boot.cpus().len(),
+        boot.ram_size >> 20,
+        config.workload_name()
+    );
     workloads::spawn(config);
     smp::start_secondaries(&boot);
     sched::run_cpu()

@@ -105,7 +105,7 @@ fn resumed_run_matches_a_run_from_power_on(vcpus: u32) {
     assert!(from_boot["pager"]["fetches"].as_u64().unwrap() > 0);
     assert_eq!(outside_wall(resumed), outside_wall(from_boot));
     assert_eq!(resumed_console, boot_console);
-    assert!(resumed_console.contains("apflab-guest: workload mixed"));
+    assert!(resumed_console.contains("MiB RAM, workload mixed"));
 }
 
 #[test]
