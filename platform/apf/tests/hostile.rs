@@ -14,6 +14,7 @@ use apflab_abi::policy::{
 };
 use apflab_apf::hostile::{Choices, HostileGuest};
 use apflab_apf::{ApfConfig, Engine};
+use apflab_guest_core::XorShift64Star;
 use apflab_hypervisor::FaultHook;
 use apflab_pager::ManagedRange;
 use common::{FakeMachine, RAM, config, pager};
@@ -21,33 +22,22 @@ use common::{FakeMachine, RAM, config, pager};
 const VCPUS: u32 = 4;
 const STEPS: u32 = 20_000;
 
-/// xorshift64*: the test's own deterministic randomness.
-struct Rng(u64);
+/// The test's deterministic randomness: the guest's own generator.
+struct Rng(XorShift64Star);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[self.below(from.len() as u64) as usize]
+        from[self.0.below(from.len() as u64) as usize]
     }
 }
 
 impl Choices for Rng {
     fn below(&mut self, n: u64) -> Option<u64> {
-        Some(Rng::below(self, n))
+        Some(self.0.below(n))
     }
 
     fn any(&mut self) -> Option<u64> {
-        Some(self.next())
+        Some(self.0.next_u64())
     }
 }
 
@@ -57,7 +47,7 @@ struct RandomPolicy(Rng);
 impl Policy for RandomPolicy {
     fn decide(&mut self, _: &FaultInfo) -> Decision {
         let r = &mut self.0;
-        if r.below(4) == 0 {
+        if r.0.below(4) == 0 {
             return Decision::Sync;
         }
         Decision::Async {
@@ -78,7 +68,7 @@ fn a_guest_that_does_anything_never_breaks_the_engine_or_its_books() {
     for seed in [1u64, 7, 0xdead_beef] {
         let mut c = config(Some(128), 0.0);
         c.queue_depth = 4;
-        let policy = RandomPolicy(Rng(seed ^ 0x5eed));
+        let policy = RandomPolicy(Rng(XorShift64Star::from_state(seed ^ 0x5eed)));
         let mut e = Engine::new(VCPUS, pager(&c), Box::new(policy), ApfConfig::all(8));
         let mut m = FakeMachine::new(RAM);
         e.init(&mut m).unwrap();
@@ -87,7 +77,7 @@ fn a_guest_that_does_anything_never_breaks_the_engine_or_its_books() {
             ram: RAM,
             managed: ManagedRange::for_guest_ram(RAM).unwrap(),
         };
-        let mut rng = Rng(seed);
+        let mut rng = Rng(XorShift64Star::from_state(seed));
         let mut now = 0;
         for _ in 0..STEPS {
             guest.step(&mut rng, &mut e, &mut m, &mut now);
