@@ -2,9 +2,10 @@
 //! does anything: the input is a script of faults, protocol calls with any
 //! function id and arguments, writes of any bytes anywhere in (or around) a
 //! control block, resumes and passing time on four vCPUs, decided by a
-//! policy whose answers come from the input too. The coverage-guided twin
-//! of platform/apf/tests/hostile.rs, with the same books checked at the
-//! end: each token is handed out once, ends at most once, is never
+//! policy whose answers come from the input too. The guest is the engine's
+//! own hostile driver (`apflab_apf::hostile`, which its seeded test drives
+//! too) with the input as its choices, and the same books are checked at
+//! the end: each token is handed out once, ends at most once, is never
 //! consumed before its page came in, and no vCPU holds more than 64.
 
 #![no_main]
@@ -12,19 +13,15 @@
 use std::path::Path;
 use std::sync::LazyLock;
 
-use apflab_abi::addr::Pfn;
-use apflab_abi::apf::{self, CONTROL_BLOCK_VERSION, MAX_OUTSTANDING, cb_offset};
-use apflab_abi::hypercall as hc;
-use apflab_abi::memory_map::RAM_BASE;
+use apflab_abi::apf;
 use apflab_abi::policy::{Decision, FaultInfo, Policy};
+use apflab_apf::hostile::{Choices, HostileGuest};
 use apflab_apf::plain::PlainMachine;
 use apflab_apf::{ApfConfig, Engine};
-use apflab_hypervisor::NotResidentFault;
-use apflab_hypervisor::{EngineCall, FaultHook, ResumeState};
+use apflab_hypervisor::FaultHook;
 use apflab_pager::{ManagedRange, PagerConfig, Prepared, VirtualPager};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use vm_memory::{Bytes, GuestAddress};
 
 const VCPUS: u32 = 4;
 /// Guest RAM: the 32 MiB kernel part and 512 managed pages (few, so that
@@ -65,128 +62,17 @@ impl Policy for Scripted {
     }
 }
 
-/// Where the well-behaved guest keeps vCPU `v`'s control block.
-fn control_block(v: u32) -> u64 {
-    RAM_BASE + 0x10_0000 + u64::from(v) * 0x1000
-}
+/// The fuzzer's input as the hostile guest's choices.
+struct Input<'a, 'b>(&'a mut Unstructured<'b>);
 
-/// A control block base as a guest might pass it: its own, misaligned,
-/// straddling the end of RAM, outside RAM, in another vCPU's block, or any
-/// value at all.
-fn block_base(u: &mut Unstructured, v: u32) -> Result<u64> {
-    Ok(match u.int_in_range(0..=6)? {
-        0..=2 => control_block(v),
-        3 => control_block(v) + u64::from(u.int_in_range(1..=63u8)?),
-        4 => RAM_BASE + RAM - u64::from(u.int_in_range(0..=1024u16)?),
-        5 => control_block(u.int_in_range(0..=VCPUS - 1)?),
-        _ => u.arbitrary()?,
-    })
-}
-
-fn function(u: &mut Unstructured) -> Result<u32> {
-    const KNOWN: [u32; 8] = [
-        hc::FN_FEATURES,
-        hc::FN_APF_ENABLE,
-        hc::FN_APF_DISABLE,
-        hc::FN_APF_ACK,
-        hc::FN_APF_PAGE_REQUEST,
-        hc::FN_REPORT,
-        hc::FN_PANIC,
-        hc::FN_TASK_DONE,
-    ];
-    Ok(if u.ratio(7, 8)? {
-        *u.choose(&KNOWN)?
-    } else {
-        hc::APFLAB_FN_BASE | u32::from(u.arbitrary::<u16>()?)
-    })
-}
-
-/// One step of the hostile guest and the passing time.
-fn step(u: &mut Unstructured, e: &mut Engine, m: &mut PlainMachine, now: &mut u64) -> Result<()> {
-    let v = u.int_in_range(0..=VCPUS - 1)?;
-    *now += u64::from(u.arbitrary::<u16>()?);
-    let cb = control_block(v);
-    match u.int_in_range(0..=9u8)? {
-        0..=2 => {
-            let k = u64::from(u.arbitrary::<u16>()?) % MANAGED.pages;
-            let f = NotResidentFault {
-                gpa: Pfn(MANAGED.first_pfn + k).gpa(),
-                write: u.arbitrary()?,
-                fetch: u.ratio(1, 8)?,
-                pc: u.arbitrary()?,
-                va: u.arbitrary()?,
-                el: u.int_in_range(0..=1)?,
-                irqs_masked: u.arbitrary()?,
-            };
-            let _ = e.on_not_resident(v, &f, *now, m);
-        }
-        3 => {
-            let _ = e.on_wait_end(v, *now, m);
-        }
-        4 => {
-            let _ = e.on_time(*now, m);
-        }
-        5 => {
-            let state = ResumeState {
-                el: u.int_in_range(0..=1)?,
-                pc: u.arbitrary()?,
-            };
-            let _ = e.on_resume(v, state, *now, m);
-        }
-        6 => {
-            let function = function(u)?;
-            let first = if function == hc::FN_APF_ENABLE {
-                let base = block_base(u, v)?;
-                if u.ratio(3, 4)? {
-                    // As a guest prepares its block before registering it.
-                    let _ = m
-                        .memory
-                        .write_obj(CONTROL_BLOCK_VERSION, GuestAddress(base));
-                }
-                base
-            } else if function == hc::FN_APF_PAGE_REQUEST && u.ratio(3, 4)? {
-                // The token just handed out, mostly: the path that works.
-                m.memory
-                    .read_obj(GuestAddress(cb + cb_offset::TOKEN as u64))
-                    .unwrap_or(0)
-            } else {
-                u.arbitrary()?
-            };
-            let call = EngineCall {
-                function,
-                args: [first, u.arbitrary()?, u.arbitrary()?, 0, 0],
-            };
-            let _ = e.on_hypercall(v, call, *now, m);
-        }
-        7 => {
-            // Consume some of the ring (or claim anything), then ACK.
-            let head: u32 = m
-                .memory
-                .read_obj(GuestAddress(cb + cb_offset::READY_HEAD as u64))
-                .unwrap_or(0);
-            let tail = if u.ratio(3, 4)? {
-                head.wrapping_sub(u.int_in_range(0..=3)?)
-            } else {
-                u.arbitrary()?
-            };
-            let _ = m
-                .memory
-                .write_obj(tail, GuestAddress(cb + cb_offset::READY_TAIL as u64));
-            let ack = EngineCall {
-                function: hc::FN_APF_ACK,
-                args: [0; 5],
-            };
-            let _ = e.on_hypercall(v, ack, *now, m);
-        }
-        _ => {
-            // Any bytes anywhere in the block or just past it.
-            let at = cb + u64::from(u.int_in_range(0..=640u16)?);
-            let len = u.int_in_range(1..=16usize)?;
-            let bytes = u.bytes(len)?;
-            let _ = m.memory.write_slice(bytes, GuestAddress(at));
-        }
+impl Choices for Input<'_, '_> {
+    fn below(&mut self, n: u64) -> Option<u64> {
+        self.0.int_in_range(0..=n - 1).ok()
     }
-    Ok(())
+
+    fn any(&mut self) -> Option<u64> {
+        self.0.arbitrary().ok()
+    }
 }
 
 fn run(u: &mut Unstructured) -> Result<()> {
@@ -207,47 +93,24 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let mut e = Engine::new(VCPUS, VirtualPager::new(prepared), Box::new(policy), config);
     let mut m = PlainMachine::new(RAM);
     e.init(&mut m).expect("the engine starts");
+    let guest = HostileGuest {
+        vcpus: VCPUS,
+        ram: RAM,
+        managed: *MANAGED,
+    };
     let mut now = 0;
     let mut steps = 0;
     while !u.is_empty() && steps < MAX_STEPS {
-        step(u, &mut e, &mut m, &mut now)?;
+        if guest
+            .step(&mut Input(u), &mut e, &mut m, &mut now)
+            .is_none()
+        {
+            break;
+        }
         steps += 1;
     }
-    check_books(&e, &m);
+    guest.assert_books(&e, &m);
     Ok(())
-}
-
-/// The books of every token, from the engine's event log.
-fn check_books(e: &Engine, m: &PlainMachine) {
-    let mt = e.metrics();
-    assert!(
-        mt.ready_delivered + mt.tokens_dropped <= mt.async_faults,
-        "{mt:?}"
-    );
-    assert!(
-        mt.outstanding_high_water
-            .iter()
-            .all(|&n| n as usize <= MAX_OUTSTANDING),
-        "{mt:?}"
-    );
-    let lives = apflab_apf::events::lives(e.events());
-    if e.events_dropped() == 0 {
-        assert_eq!(lives.len() as u64, mt.async_faults, "one life per token");
-    }
-    for (token, life) in &lives {
-        if let Err(e) = apflab_apf::events::check_life(*token, life) {
-            panic!("{e}");
-        }
-    }
-    // Every page the engine says is absent is one the guest could fault on.
-    for page in &m.absent {
-        let pfn = page.0 >> 12;
-        assert!(
-            MANAGED.first_pfn <= pfn && pfn < MANAGED.first_pfn + MANAGED.pages,
-            "{:#x} made absent outside the managed range",
-            page.0
-        );
-    }
 }
 
 fuzz_target!(|data: &[u8]| {

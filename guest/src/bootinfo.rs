@@ -36,8 +36,10 @@ impl BootInfo {
             "no device tree in x0 ({x0:#x}) nor at {DTB_ADDR:#x}"
         );
         // SAFETY: the blob starts with the FDT magic inside RAM mapped by the
-        // initial page table, and nothing writes to it for the kernel's
-        // lifetime (it sits below the kernel image, outside any allocation).
+        // initial page table, and the kernel never writes to it (it sits
+        // below the kernel image, outside any allocation). Only the VMM
+        // does, while every CPU is stopped at the boot point, and the
+        // kernel reads the tree again after it (see `main`).
         let fdt = unsafe { Fdt::from_ptr(dtb_addr as *const u8) }
             .unwrap_or_else(|e| panic!("bad device tree at {dtb_addr:#x}: {e:?}"));
 

@@ -5,6 +5,7 @@
 //! when it loads a config.
 
 use apflab_abi::boot::{self, parse_bootargs};
+use apflab_abi::boot_point;
 use apflab_abi::limits::{self, Bound};
 use core::str::FromStr;
 use spin::Once;
@@ -156,8 +157,32 @@ fn number<T: FromStr + PartialOrd + Copy + core::fmt::Display>(
 impl Config {
     /// Parses the bootargs; later words override earlier ones.
     pub fn from_bootargs(bootargs: &str) -> Config {
+        let c = Config::parse(bootargs, |_| true);
+        let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
+        if c.apf_abuse && c.tasks > most {
+            panic!(
+                "bad bootarg {}={}: expected at most {most} with {}=on (the abusive guest \
+                 runs a task of its own)",
+                boot::KEY_TASKS,
+                c.tasks,
+                boot::KEY_APF_ABUSE
+            );
+        }
+        c
+    }
+
+    /// The keys of the bootargs that shape the boot, parsed; the workload's
+    /// ([`boot_point::AFTER_BOOT_KEYS`]) keep their defaults, as the boot
+    /// must not depend on them (they are read after
+    /// [`boot_point::FN_BOOT_DONE`], see `main`).
+    pub fn boot_part(bootargs: &str) -> Config {
+        Config::parse(bootargs, |key| !boot_point::is_after_boot_key(key))
+    }
+
+    /// The keys `wanted` of the bootargs, parsed over the defaults.
+    fn parse(bootargs: &str, wanted: impl Fn(&str) -> bool) -> Config {
         let mut c = Config::default();
-        for (key, value) in parse_bootargs(bootargs) {
+        for (key, value) in parse_bootargs(bootargs).filter(|(key, _)| wanted(key)) {
             match key {
                 boot::KEY_WORKLOAD => {
                     c.workload = boot::workload_id(value)
@@ -231,16 +256,6 @@ impl Config {
                 }
                 _ => {}
             }
-        }
-        let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
-        if c.apf_abuse && c.tasks > most {
-            panic!(
-                "bad bootarg {}={}: expected at most {most} with {}=on (the abusive guest \
-                 runs a task of its own)",
-                boot::KEY_TASKS,
-                c.tasks,
-                boot::KEY_APF_ABUSE
-            );
         }
         c
     }

@@ -9,6 +9,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use apflab_abi::boot_point::FN_BOOT_DONE;
 use apflab_abi::hypercall::{
     FN_APF_ACK, FN_APF_DISABLE, FN_APF_ENABLE, FN_APF_PAGE_REQUEST, FN_FEATURES, FN_PANIC,
     FN_REPORT, FN_TASK_DONE, FN_TRACE, PANIC_MSG_MAX, SMCCC_NOT_SUPPORTED, doorbell,
@@ -135,6 +136,13 @@ pub fn trace(records: &[TraceRecord], dropped: u64) -> i64 {
 pub fn panic(msg: &[u8]) {
     let len = (msg.len() as u64).min(PANIC_MSG_MAX);
     call(FN_PANIC, msg.as_ptr() as u64, len);
+}
+
+/// `BOOT_DONE`: the boot is over and the workload is read next (see
+/// [`apflab_abi::boot_point`]). Always HVC, so that the call is one exit
+/// on every backend; its answer changes nothing (plain QEMU refuses it).
+pub fn boot_done() {
+    hvc(FN_BOOT_DONE, &[]);
 }
 
 /// PSCI `SYSTEM_OFF`; spins if the firmware returns.

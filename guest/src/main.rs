@@ -3,10 +3,12 @@
 //!
 //! Boot flow: aarch64-rt's entry turns the MMU on with a static 1 GiB-block
 //! identity map ([`INITIAL_PAGETABLE`]), zeroes .bss and calls [`main`] on
-//! the boot CPU. `main` reads the device tree, parses the bootargs, builds
-//! the real 4 KiB-page tables (kernel + EL0 mappings), sets up the GICv3 and
-//! the virtual timer, creates the workload's EL0 tasks, starts the other
-//! CPUs with PSCI `CPU_ON` and enters the scheduler. When the last task
+//! the boot CPU. `main` reads the device tree, parses the bootargs that
+//! shape the boot, builds the real 4 KiB-page tables (kernel + EL0
+//! mappings), sets up the GICv3 and the virtual timer, announces the end of
+//! its boot (`BOOT_DONE`, where the VMM may save or resume a snapshot),
+//! reads the workload's bootargs, creates the workload's EL0 tasks, starts
+//! the other CPUs with PSCI `CPU_ON` and enters the scheduler. When the last task
 //! exits the kernel fills the [`apflab_abi::report::GuestReport`], prints it,
 //! hands it to the host and powers off with PSCI `SYSTEM_OFF`.
 #![no_std]
@@ -76,6 +78,29 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     metrics::mark_boot();
     console::init();
     let boot = bootinfo::BootInfo::from_device_tree(x0);
+    // Only what does not depend on the workload is set up before the boot
+    // point, so that one boot (or its snapshot) serves every workload.
+    let booting = config::Config::boot_part(boot.bootargs);
+    mmu::init(&boot, sched::user_stacks());
+    timer::init(&booting);
+    gic::init(boot.cpus().len());
+    gic::init_cpu(0);
+    hypercall::init(boot.doorbell);
+    if booting.selftest_sdei {
+        sdei_selftest::run();
+    }
+    let features = hypercall::features();
+    metrics::set_apf_features(features);
+    apf::init(booting.apf_allowed, booting.apf_abuse, features);
+    apf::init_cpu();
+    if booting.trace {
+        timeline::enable();
+    }
+    sched::init(boot.cpus().len(), booting.fair_scheduler);
+    hypercall::boot_done();
+    // The workload's keys, from the device tree as it is now: a run
+    // resumed from a snapshot taken at the call above rewrote it.
+    let boot = bootinfo::BootInfo::from_device_tree(x0);
     let config = config::set(&config::Config::from_bootargs(boot.bootargs));
     console::println!(
         "apflab-guest: {} cpus, {} MiB RAM, workload {}",
@@ -83,22 +108,6 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         boot.ram_size >> 20,
         config.workload_name()
     );
-    mmu::init(&boot, sched::user_stacks());
-    timer::init(config);
-    gic::init(boot.cpus().len());
-    gic::init_cpu(0);
-    hypercall::init(boot.doorbell);
-    if config.selftest_sdei {
-        sdei_selftest::run();
-    }
-    let features = hypercall::features();
-    metrics::set_apf_features(features);
-    apf::init(config.apf_allowed, config.apf_abuse, features);
-    apf::init_cpu();
-    if config.trace {
-        timeline::enable();
-    }
-    sched::init(boot.cpus().len(), config.fair_scheduler);
     workloads::spawn(config);
     smp::start_secondaries(&boot);
     sched::run_cpu()

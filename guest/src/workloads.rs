@@ -122,26 +122,8 @@ pub fn spawn(config: &Config) {
 // EL0 code
 // ---------------------------------------------------------------------------
 
-/// xorshift64*: the EL0 tasks' deterministic pseudo-random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(splitmix64(seed) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (n > 0; the bias is negligible for n << 2^64).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The EL0 tasks' deterministic pseudo-random numbers.
+type Rng = apflab_guest_core::XorShift64Star;
 
 /// `cpu`: params[0] loop operations, then report them.
 extern "C" fn cpu_task(params: *const TaskParams) -> ! {

@@ -3,7 +3,8 @@
 //!
 //! It mounts `/proc` (and devtmpfs on `/dev` if the initramfs has no
 //! `/dev/console`), takes the workload from the `apflab.*` words of
-//! `/proc/cmdline`, runs it in threads, prints one `APFLAB-REPORT` line
+//! `/proc/cmdline` or, on apflab, from the VMM after announcing the end of
+//! its boot (`handover`), runs it in threads, prints one `APFLAB-REPORT` line
 //! (see [`apflab_abi::report::GuestReport::write_console_line`]) on
 //! `/dev/console` and powers off. A bad bootarg or any failure prints one
 //! line with the prefixes of [`apflab_abi::linux`] and powers off without
@@ -13,6 +14,7 @@
 //! `task_done_ns` and `elapsed_ns` count from the workload's start (after
 //! the kernel's boot and the init's set-up), which the init prints first.
 
+mod handover;
 mod sys;
 
 use std::fmt;
@@ -93,7 +95,10 @@ fn counters() -> Result<procfs::Counters, Failure> {
 fn run() -> Result<(), Failure> {
     sys::mount("proc", "/proc")?;
     sys::open_console()?;
-    let config = bootargs::parse(&read_proc("/proc/cmdline")?)?;
+    // The end of the boot (a snapshot's point) comes before anything the
+    // workload's words change.
+    let words = handover::workload_words(&read_proc("/proc/cmdline")?)?;
+    let config = bootargs::parse(&words)?;
     let available = procfs::mem_available_kib(&read_proc("/proc/meminfo")?)
         .ok_or_else(|| "no MemAvailable line in /proc/meminfo".to_string())?;
     bootargs::check_fits(&config, available, RESERVE_KIB)?;

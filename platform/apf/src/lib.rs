@@ -27,6 +27,7 @@ mod engine;
 mod error;
 pub mod events;
 pub mod far_memory;
+pub mod hostile;
 pub mod initiation;
 mod metrics;
 pub mod not_present;

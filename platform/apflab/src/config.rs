@@ -1383,6 +1383,40 @@ impl Config {
         }
     }
 
+    /// What shapes this config's boot beyond the VM's own config, for a
+    /// snapshot's identity ([`apflab_vmm::SnapshotRequest::boot_identity`]):
+    /// the guest's kind and the pager's store and initial residency. Its
+    /// latencies, queue, retries and injected errors act only on faults,
+    /// which come after the boot, so they are left out: runs that differ
+    /// only there share a snapshot.
+    pub fn boot_identity(&self) -> std::collections::BTreeMap<String, String> {
+        const AFTER_BOOT: [&str; 6] = [
+            "latency",
+            "bandwidth_bytes_per_sec",
+            "queue_depth",
+            "retries",
+            "inject_errors",
+            "server_poll_us",
+        ];
+        let pager = match self.pager.as_ref().map(serde_json::to_value) {
+            None => "none".to_owned(),
+            Some(Ok(serde_json::Value::Object(mut fields))) => {
+                for key in AFTER_BOOT {
+                    fields.remove(key);
+                }
+                serde_json::Value::Object(fields).to_string()
+            }
+            // Not an object: all of it, then.
+            Some(other) => format!("{other:?}"),
+        };
+        [
+            ("guest.linux", self.guest.linux.to_string()),
+            ("pager", pager),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into()
+    }
+
     /// The workload's keys on the command line. apflab's own kernel gets
     /// every one; Linux's `/init` none of those it does not take.
     fn workload_args(&self) -> String {

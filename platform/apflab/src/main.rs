@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use apflab::config::Backend;
 use apflab::matrix::{Experiment, MatrixSummary};
 use apflab::{catalog, report, runner};
-use apflab_vmm::{GuestExit, VmConfig};
+use apflab_vmm::{GuestExit, SnapshotPlan, VmConfig};
 use clap::{Parser, Subcommand};
 
 /// Exit status for bad input.
@@ -116,6 +116,19 @@ enum Command {
         /// results record it as `wall_timeout` (exit status 1).
         #[arg(long, value_name = "MS")]
         wall_timeout: Option<u64>,
+        /// Save the whole machine to FILE at the end of the guest's boot,
+        /// before its workload starts, then run on (emu). Runs whose
+        /// config differs only in the workload, the policy and the pager's
+        /// latencies can start from it with --resume.
+        #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+        save_snapshot: Option<PathBuf>,
+        /// Start from the snapshot in FILE (see --save-snapshot) instead
+        /// of booting: the results are those of this config run from
+        /// power-on. A snapshot of another boot (another apflab build,
+        /// kernel, or a config key that shapes the boot) is refused (exit
+        /// 2), naming what differs.
+        #[arg(long, value_name = "FILE")]
+        resume: Option<PathBuf>,
     },
     /// Boot any arm64 kernel built for QEMU's virt board (ELF, an arm64
     /// Linux Image, plain or gzip'd, with --initrd for its initramfs, or a
@@ -387,6 +400,8 @@ fn main() -> ExitCode {
             token_log,
             trace,
             wall_timeout,
+            save_snapshot,
+            resume,
         } => run(
             &config,
             backend,
@@ -395,6 +410,9 @@ fn main() -> ExitCode {
                 console,
                 token_log,
                 trace,
+                snapshot: save_snapshot
+                    .map(SnapshotPlan::Save)
+                    .or(resume.map(SnapshotPlan::Resume)),
             },
             name,
             base_dir,
@@ -597,7 +615,7 @@ fn boot(args: &BootArgs) -> Result<(), Failure> {
         wall_timeout: wall_timeout.map(std::time::Duration::from_millis),
         echo_console: true,
     };
-    let outcome = runner::execute(config, None).map_err(|e| {
+    let outcome = runner::execute(config, None, None).map_err(|e| {
         if e.is_bad_input() {
             bad(e)
         } else {

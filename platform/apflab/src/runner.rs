@@ -10,7 +10,9 @@ use apflab_pager::{ConfigError, FaultPath, PagerMetrics, Prepared, VirtualPager}
 use apflab_policy_host::{
     BuiltinFixed, BuiltinSync, ConfigureError, PolicyConfig, PolicyError, PolicyModule,
 };
-use apflab_vmm::{NoFarMemory, RunOutcome, Vm, VmConfig, VmError};
+use apflab_vmm::{
+    NoFarMemory, RunOutcome, SnapshotError, SnapshotPlan, SnapshotRequest, Vm, VmConfig, VmError,
+};
 
 use crate::config::{Backend, Config, LoadedConfig, sha256_hex};
 use crate::page_server::KernelPager;
@@ -85,6 +87,9 @@ pub enum RunError {
     /// The VMM failed during the run.
     #[error("the VM failed: {0}")]
     Vmm(#[source] VmError),
+    /// A snapshot could not be written, or does not fit the run.
+    #[error(transparent)]
+    Snapshot(SnapshotError),
     /// An output cannot be written: found before the run starts.
     #[error("{flag}{error}")]
     Output {
@@ -159,6 +164,7 @@ impl RunError {
                 | RunError::PolicyInstance { .. }
                 | RunError::PolicyParams { .. }
                 | RunError::Output { .. }
+                | RunError::Snapshot(_)
         )
     }
 }
@@ -188,10 +194,18 @@ impl Pager {
 }
 
 /// Builds and runs one VM, with `pager` serving its not-resident pages if
-/// given. This is the only place the CLI calls the VMM.
-pub fn execute(config: VmConfig, pager: Option<&mut Pager>) -> Result<RunOutcome, RunError> {
+/// given, saving or resuming a snapshot at the boot point if `snapshot`
+/// says so. This is the only place the CLI calls the VMM.
+pub fn execute(
+    config: VmConfig,
+    pager: Option<&mut Pager>,
+    snapshot: Option<SnapshotRequest>,
+) -> Result<RunOutcome, RunError> {
     tracing::debug!(?config, "starting VM");
     let mut vm = Vm::new(config).map_err(RunError::Setup)?;
+    if let Some(request) = snapshot {
+        vm.set_snapshot(request);
+    }
     let outcome = match pager {
         Some(Pager::InVmm { engine, .. }) => {
             let outcome = vm.run(engine.as_mut());
@@ -204,7 +218,12 @@ pub fn execute(config: VmConfig, pager: Option<&mut Pager>) -> Result<RunOutcome
         }
         None => vm.run(&mut NoFarMemory),
     };
-    outcome.map_err(RunError::Vmm)
+    outcome.map_err(|e| match e {
+        VmError::Snapshot(e) => RunError::Snapshot(e),
+        // Refused before the VM started (kvm).
+        e @ VmError::BackendUnavailable { .. } => RunError::Setup(e),
+        e => RunError::Vmm(e),
+    })
 }
 
 /// The pager of `config`'s `[pager]` section (from the file `path`), if it
@@ -339,6 +358,9 @@ pub struct RunFlags {
     pub token_log: bool,
     /// Write the run's Chrome trace here ([`crate::trace`]).
     pub trace: Option<PathBuf>,
+    /// Save a snapshot at the end of the guest's boot, or start from one
+    /// (emu; see [`apflab_vmm::snapshot`]).
+    pub snapshot: Option<SnapshotPlan>,
 }
 
 /// The file of a run's token event log: `t_ns,vcpu,token,event`, one row
@@ -396,6 +418,12 @@ pub fn check_outputs(
             error,
         })?;
     }
+    if let Some(SnapshotPlan::Save(path)) = &flags.snapshot {
+        outputs.file(path).map_err(|error| RunError::Output {
+            flag: "--save-snapshot ",
+            error,
+        })?;
+    }
     Ok(())
 }
 
@@ -441,7 +469,11 @@ pub fn run_config(
     {
         engine.record_policy_calls();
     }
-    let outcome = execute(config.vm_config(flags.console), pager.as_mut())?;
+    let snapshot = flags.snapshot.clone().map(|plan| SnapshotRequest {
+        plan,
+        boot_identity: config.boot_identity(),
+    });
+    let outcome = execute(config.vm_config(flags.console), pager.as_mut(), snapshot)?;
     let mut result = RunResult::new(
         &RunInputs {
             name: &loaded.name,

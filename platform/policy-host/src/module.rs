@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use wasmtime::{
-    Caller, Config, Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, Trap, ValType,
+    Caller, Config, Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, ValType,
 };
 
 /// The Wasm value types the ABI uses.
@@ -323,7 +323,7 @@ impl PolicyModule {
             .and_then(|f| f.call(&mut store, ()))
             .map_err(|e| PolicyError::AbiVersionCall {
                 module: module_name(),
-                cause: classify(&e, store.data().limits.hit),
+                cause: FailureCause::of_call(&e, store.data().limits.hit),
                 message: format!("{e:#}"),
             })?;
         if !(OLDEST_POLICY_ABI_VERSION..=POLICY_ABI_VERSION).contains(&version) {
@@ -383,7 +383,7 @@ impl PolicyModule {
             Ok(instance) => Ok((store, instance)),
             Err(e) => Err(PolicyError::Instantiate {
                 module: self.name.to_string(),
-                cause: classify(&e, store.data().limits.hit),
+                cause: FailureCause::of_call(&e, store.data().limits.hit),
                 message: format!("{e:#}"),
             }),
         }
@@ -411,18 +411,6 @@ fn new_engine() -> Result<Engine, PolicyError> {
         .cranelift_nan_canonicalization(true)
         .relaxed_simd_deterministic(true);
     Engine::new(&config).map_err(|e| PolicyError::Engine(format!("{e:#}")))
-}
-
-/// Maps a failed call to its cause; `limit_hit` says whether the store's
-/// limiter refused something during it.
-pub(crate) fn classify(err: &wasmtime::Error, limit_hit: bool) -> FailureCause {
-    if err.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
-        FailureCause::OutOfFuel
-    } else if limit_hit {
-        FailureCause::ResourceLimit
-    } else {
-        FailureCause::Trap
-    }
 }
 
 fn validate_imports(name: &str, module: &Module) -> Result<Vec<ItemInfo>, PolicyError> {

@@ -4,7 +4,6 @@
 use crate::config::PolicyConfig;
 use crate::error::{ConfigureError, PolicyError};
 use crate::log::PolicyLog;
-use crate::module::classify;
 use crate::sandbox::HostState;
 use crate::stats::{FailureCause, PolicyStats};
 use apflab_abi::policy::{
@@ -235,7 +234,7 @@ impl WasmPolicy {
         self.stats.fuel_used += self.fuel_per_call.saturating_sub(left);
         result.map_err(|e| {
             (
-                classify(&e, self.store.data().limits.hit),
+                FailureCause::of_call(&e, self.store.data().limits.hit),
                 format!("`{export}`: {e:#}"),
             )
         })

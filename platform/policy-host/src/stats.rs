@@ -3,6 +3,7 @@
 use apflab_abi::policy::FailureCounts;
 use serde::Serialize;
 use std::fmt;
+use wasmtime::Trap;
 
 /// Why a call into a policy produced no usable result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -19,6 +20,21 @@ pub enum FailureCause {
     MalformedDecision,
     /// The policy was already disabled, so it was not called.
     Disabled,
+}
+
+impl FailureCause {
+    /// The cause of a call into the module that failed with `err`;
+    /// `limit_hit` says whether the store's limiter refused something
+    /// during it.
+    pub(crate) fn of_call(err: &wasmtime::Error, limit_hit: bool) -> Self {
+        if err.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+            FailureCause::OutOfFuel
+        } else if limit_hit {
+            FailureCause::ResourceLimit
+        } else {
+            FailureCause::Trap
+        }
+    }
 }
 
 impl fmt::Display for FailureCause {

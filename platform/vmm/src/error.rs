@@ -69,6 +69,9 @@ pub enum VmError {
     /// A backend operation failed.
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
+    /// A snapshot could not be written, or does not fit this run.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// The fault hook failed at start-up (e.g. the pager could not read the
     /// pages of a post-copy start).
     #[error("pager set-up failed: {0}")]

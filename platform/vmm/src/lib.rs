@@ -15,7 +15,9 @@
 //! shared by every backend, [`sdei`] the SDEI firmware interface they
 //! offer; `run_loop` is what both backends' loops share;
 //! [`loader`] (with [`arm64_image`] for Linux) and [`fdt`] prepare guest
-//! memory; [`watchdog`] stops a run whose guest shows no sign of life.
+//! memory; [`watchdog`] stops a run whose guest shows no sign of life;
+//! [`snapshot`] saves the machine at the end of the guest's boot and
+//! resumes runs from there (emu).
 
 pub mod arm64_image;
 pub mod config;
@@ -30,6 +32,7 @@ pub mod machine;
 pub mod outcome;
 mod run_loop;
 pub mod sdei;
+pub mod snapshot;
 mod vm;
 pub mod watchdog;
 
@@ -43,5 +46,6 @@ pub use error::VmError;
 pub use outcome::{
     GuestExit, GuestTimeline, Halt, MAX_RECORDED_HALTS, MAX_TIMELINE_RECORDS, RunOutcome, VmMetrics,
 };
+pub use snapshot::{SnapshotError, SnapshotPlan, SnapshotRequest};
 pub use vm::Vm;
 pub use watchdog::HangDiagnosis;

@@ -141,6 +141,11 @@ pub struct LoadedKernel {
     /// The first page after the kernel's footprint and its device tree's
     /// room: where an initrd may go.
     pub free_from: u64,
+    /// The bootargs words the guest fetches after its boot
+    /// ([`apflab_abi::boot_point::FN_WORKLOAD_ARGS`]) rather than from its
+    /// device tree: a Linux Image's workload words, none for an ELF (set
+    /// by [`crate::Vm::new`]).
+    pub handed_over: String,
 }
 
 /// Loads `path` into `mem` (RAM of `ram_size` bytes at RAM_BASE). The file
@@ -301,6 +306,7 @@ fn load_linux(
         dtb_addr,
         read_only: Vec::new(),
         free_from,
+        handed_over: String::new(),
     })
 }
 
@@ -481,6 +487,7 @@ fn load_elf(
             dtb_addr: DTB_ADDR,
             read_only,
             free_from: hi.max(DTB_ADDR + DTB_MAX_SIZE).next_multiple_of(PAGE_SIZE),
+            handed_over: String::new(),
         }),
         _ => Err(LoadError::BadEntry {
             path: path.to_owned(),
@@ -526,6 +533,7 @@ fn load_raw(
         dtb_addr,
         read_only: Vec::new(),
         free_from: dtb_addr + DTB_MAX_SIZE,
+        handed_over: String::new(),
     })
 }
 

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
+use apflab_abi::boot_point;
 use apflab_abi::hypercall::{self as hc, PSCI_AFFINITY_INFO};
 use apflab_abi::memory_map::{
     DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE, RTC_BASE, RTC_SIZE,
@@ -20,6 +21,7 @@ use apflab_abi::memory_map::{
 use apflab_abi::report::{GuestReport, MAX_REPORTED_TASKS};
 use apflab_abi::sdei as sdei_abi;
 use apflab_abi::trace::{TRACE_BATCH, TraceKind, TraceRecord};
+use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::doorbell::{DoorbellBank, DoorbellWrite};
@@ -55,7 +57,7 @@ const PSCI_AFFINITY_OFF: i64 = 1;
 const PSCI_POWER_STATE_RESERVED: u64 = 0xfffe_0000;
 
 /// Something a hypercall asks of the vCPU loop.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     /// PSCI CPU_ON succeeded: start `target` at `entry` with x0 =
     /// `context_id`.
@@ -95,12 +97,15 @@ pub enum Call {
 }
 
 /// Whether a vCPU is powered on (PSCI's view).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Power {
     On,
     Off,
 }
 
+/// Everything the devices and firmware hold but the SDEI state: what a
+/// snapshot saves of the machine (see [`MachineState`]).
+#[derive(Clone, Serialize, Deserialize)]
 struct State {
     uart: Pl011,
     rtc: Pl031,
@@ -109,6 +114,7 @@ struct State {
     doorbell: Vec<DoorbellBank>,
     /// An engine call made through the doorbell, waiting for the vCPU loop
     /// to hand it to the fault engine (its result goes back into the bank).
+    #[serde(with = "crate::snapshot::abi_serde::engine_calls")]
     doorbell_engine_calls: Vec<Option<EngineCall>>,
     power: Vec<Power>,
     effects: Vec<Effect>,
@@ -116,9 +122,25 @@ struct State {
     /// another one since it last ran (a halted vCPU wakes no earlier).
     wake_hints: Vec<Option<u64>>,
     exits: BTreeMap<String, u64>,
+    #[serde(with = "crate::snapshot::abi_serde::report")]
     report: Option<GuestReport>,
     task_done_ns: BTreeMap<u64, u64>,
     timeline: GuestTimeline,
+    /// The guest made the [`boot_point::FN_BOOT_DONE`] call since the run
+    /// loop last looked.
+    boot_done: bool,
+    /// What [`boot_point::FN_WORKLOAD_ARGS`] hands over: this run's, not
+    /// saved in a snapshot.
+    #[serde(skip)]
+    workload_args: String,
+}
+
+/// The whole state of a [`Machine`], as a snapshot saves it
+/// ([`Machine::save_state`], [`Machine::restore_state`]).
+#[derive(Serialize, Deserialize)]
+pub struct MachineState {
+    state: State,
+    sdei: sdei::Firmware,
 }
 
 /// The devices and firmware services of one VM.
@@ -155,6 +177,8 @@ impl Machine {
                 report: None,
                 task_done_ns: BTreeMap::new(),
                 timeline: GuestTimeline::default(),
+                boot_done: false,
+                workload_args: String::new(),
             }),
             sdei: Mutex::new(sdei::Firmware::new(vcpus)),
             memory,
@@ -193,6 +217,57 @@ impl Machine {
     /// or [`sdei_abi::DENIED`] when the guest registered no handler there.
     pub fn signal_sdei(&self, vcpu: u32) -> i64 {
         self.lock_sdei().signal(vcpu)
+    }
+
+    /// Whether the guest announced the end of its boot
+    /// ([`boot_point::FN_BOOT_DONE`]) since the last call.
+    pub fn take_boot_done(&self) -> bool {
+        std::mem::take(&mut self.lock().boot_done)
+    }
+
+    /// Sets the bootargs words [`boot_point::FN_WORKLOAD_ARGS`] hands
+    /// over (see [`crate::loader::LoadedKernel::handed_over`]).
+    pub fn set_workload_args(&self, words: &str) {
+        self.lock().workload_args = words.to_owned();
+    }
+
+    /// A copy of the whole machine, for a snapshot.
+    pub fn save_state(&self) -> MachineState {
+        let state = self.lock().clone();
+        MachineState {
+            state,
+            sdei: self.lock_sdei().clone(),
+        }
+    }
+
+    /// Puts the machine in the state `saved` (from [`Machine::save_state`]
+    /// of a machine with as many vCPUs); the console echo stays this
+    /// machine's.
+    pub fn restore_state(&self, saved: MachineState) -> Result<(), String> {
+        let n = self.vcpus as usize;
+        let st = &saved.state;
+        if [
+            st.timers.len(),
+            st.doorbell.len(),
+            st.doorbell_engine_calls.len(),
+            st.power.len(),
+            st.wake_hints.len(),
+            st.gic.cpus() as usize,
+            saved.sdei.pes(),
+        ]
+        .iter()
+        .any(|&len| len != n)
+        {
+            return Err(format!("the machine state is not one of {n} vCPUs"));
+        }
+        let mut s = self.lock();
+        let echo = s.uart.echo();
+        let workload_args = std::mem::take(&mut s.workload_args);
+        *s = saved.state;
+        s.uart.set_echo(echo);
+        s.workload_args = workload_args;
+        *self.lock_sdei() = saved.sdei;
+        Ok(())
     }
 
     /// Counts one exit of kind `name`.
@@ -347,6 +422,12 @@ impl Machine {
     /// [`Machine::take_effects`]).
     pub fn hypercall(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> [u64; 4] {
         let mut s = self.lock();
+        if function == boot_point::FN_BOOT_DONE {
+            // A mark for the VMM, not a request of the machine's: no exit
+            // counted, nothing for the guest to see (see `boot_point`).
+            s.boot_done = true;
+            return [hc::SMCCC_SUCCESS as u64, 0, 0, 0];
+        }
         let kind = if sdei_abi::is_sdei_call(function) {
             "sdei"
         } else if hc::smccc_owner(function) == 4 {
@@ -478,6 +559,21 @@ impl Machine {
                 ret(hc::SMCCC_SUCCESS)
             }
             hc::FN_TRACE => ret(self.receive_timeline(&mut s.timeline, vcpu, args)),
+            boot_point::FN_WORKLOAD_ARGS => {
+                let words = s.workload_args.as_bytes();
+                match usize::try_from(args[0])
+                    .ok()
+                    .filter(|&at| at <= words.len())
+                {
+                    Some(at) => {
+                        let mut chunk = [0u8; 8];
+                        let part = &words[at..words.len().min(at + 8)];
+                        chunk[..part.len()].copy_from_slice(part);
+                        [words.len() as u64, u64::from_le_bytes(chunk), 0, 0]
+                    }
+                    None => ret(hc::SMCCC_INVALID_PARAMETERS),
+                }
+            }
             f if sdei_abi::is_sdei_call(f) || f == sdei_abi::FN_APFLAB_SIGNAL => {
                 [self.lock_sdei().call(vcpu, f, args), 0, 0, 0]
             }

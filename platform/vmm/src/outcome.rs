@@ -64,7 +64,7 @@ pub struct VmMetrics {
 pub const MAX_RECORDED_HALTS: usize = 100_000;
 
 /// One stretch of virtual time a vCPU spent halted in WFI.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Halt {
     /// The vCPU.
     pub vcpu: u32,
@@ -79,9 +79,10 @@ pub const MAX_TIMELINE_RECORDS: usize = 1_000_000;
 
 /// The guest's timeline log (`apflab.trace=on`, see
 /// [`apflab_abi::trace`]) as the VMM received it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestTimeline {
     /// (vCPU, record): each vCPU's records in its program order.
+    #[serde(with = "crate::snapshot::abi_serde::timeline")]
     pub records: Vec<(u32, TraceRecord)>,
     /// Records the guest could not keep, and those past
     /// [`MAX_TIMELINE_RECORDS`].

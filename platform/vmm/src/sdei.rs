@@ -24,9 +24,10 @@ use apflab_abi::sdei as abi;
 
 use apflab_hypervisor::arch::{Reg, pstate};
 use apflab_hypervisor::{HypervisorError, Vcpu};
+use serde::{Deserialize, Serialize};
 
 /// The registers a dispatch saves and a completion restores.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Context {
     /// x0..x17.
     pub x: [u64; abi::CONTEXT_REGS],
@@ -37,7 +38,7 @@ pub struct Context {
 }
 
 /// What the dispatcher does to a vCPU's registers next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
     /// `EVENT_COMPLETE`: the interrupted context runs on.
     Resume(Context),
@@ -63,14 +64,14 @@ pub enum Step {
 }
 
 /// A registered handler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Handler {
     entry: u64,
     arg: u64,
 }
 
 /// The event's and the dispatcher's state on one PE.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Pe {
     handler: Option<Handler>,
     enabled: bool,
@@ -145,7 +146,7 @@ impl Pe {
 }
 
 /// The SDEI firmware of one machine: the state of every PE.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Firmware {
     pes: Vec<Pe>,
 }
@@ -162,6 +163,11 @@ impl Firmware {
         Firmware {
             pes: vec![Pe::new(); pes as usize],
         }
+    }
+
+    /// How many PEs (vCPUs) it serves.
+    pub fn pes(&self) -> usize {
+        self.pes.len()
     }
 
     /// Answers SDEI call `function` (or [`abi::FN_APFLAB_SIGNAL`]) from PE

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use apflab_abi::boot_point;
 use apflab_abi::memory_map::{DTB_MAX_SIZE, RAM_BASE};
 use tracing::info;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -24,6 +25,7 @@ use crate::error::VmError;
 use crate::fdt;
 use crate::loader::{self, LoadedKernel};
 use crate::outcome::RunOutcome;
+use crate::snapshot::SnapshotRequest;
 use apflab_hypervisor::FaultHook;
 use apflab_hypervisor::HypervisorError;
 use apflab_hypervisor::PageServer;
@@ -42,7 +44,11 @@ pub struct Vm {
     config: VmConfig,
     memory: GuestMemoryMmap,
     kernel: LoadedKernel,
+    /// The device tree written at [`LoadedKernel::dtb_addr`].
+    #[cfg_attr(not(feature = "emu"), allow(dead_code))]
+    dtb: Vec<u8>,
     page_server: Option<Arc<dyn PageServer>>,
+    snapshot: Option<SnapshotRequest>,
     /// The kvm VM (its RAM is `memory`), when the backend is kvm.
     #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
     kvm: Option<crate::kvm::KvmHypervisor>,
@@ -74,14 +80,28 @@ impl Vm {
         };
         #[cfg(not(all(target_arch = "aarch64", target_os = "linux", feature = "kvm")))]
         let memory = new_ram(&config, ram_size)?;
-        let kernel = loader::load_kernel(&config.kernel, &memory, ram_size)?;
+        let mut kernel = loader::load_kernel(&config.kernel, &memory, ram_size)?;
+        // A Linux kernel keeps the command line it booted with, so the
+        // workload's words are handed over after the boot instead (see
+        // `boot_point`); apflab's kernel reads its device tree again then.
+        let bootargs = if matches!(crate::arm64_image::read_header(&config.kernel), Ok(Some(_))) {
+            kernel.handed_over = boot_point::after_boot_words(&config.bootargs)
+                .collect::<Vec<_>>()
+                .join(" ");
+            boot_point::boot_words(&config.bootargs)
+                .chain([boot_point::HANDOVER_WORD])
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            config.bootargs.clone()
+        };
         let initrd = config
             .initrd
             .as_deref()
             .map(|path| loader::load_initrd(path, &memory, ram_size, &kernel))
             .transpose()?;
         let chosen = fdt::Chosen {
-            bootargs: &config.bootargs,
+            bootargs: &bootargs,
             initrd,
         };
         let dtb = fdt::build(config.vcpus, ram_size, &chosen)?;
@@ -103,7 +123,9 @@ impl Vm {
             config,
             memory,
             kernel,
+            dtb,
             page_server: None,
+            snapshot: None,
             #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
             kvm,
         })
@@ -113,6 +135,13 @@ impl Vm {
     /// kernel's fault path (kvm only; the run fails on emu).
     pub fn set_page_server(&mut self, server: Arc<dyn PageServer>) {
         self.page_server = Some(server);
+    }
+
+    /// Saves the machine at the end of the guest's boot, or starts from
+    /// such a snapshot instead of booting (emu only; see
+    /// [`crate::snapshot`]).
+    pub fn set_snapshot(&mut self, request: SnapshotRequest) {
+        self.snapshot = Some(request);
     }
 
     /// Guest RAM (e.g. for a pager to prepare page contents).
@@ -130,6 +159,13 @@ impl Vm {
     /// async-PF hypercall ([`crate::NoFarMemory`] for a run without far
     /// memory); on kvm it lives on the calling (control) thread.
     pub fn run(self, hook: &mut dyn FaultHook) -> Result<RunOutcome, VmError> {
+        if self.snapshot.is_some() && self.config.backend == BackendKind::Kvm {
+            return Err(VmError::BackendUnavailable {
+                backend: "kvm",
+                why: "snapshots need the emu backend (the kvm one cannot count \
+                      instructions, so its runs are not repeatable)",
+            });
+        }
         #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
         let mut vm = self;
         #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
@@ -160,13 +196,26 @@ impl Vm {
             self.memory.clone(),
             self.config.echo_console,
         ));
+        machine.set_workload_args(&self.kernel.handed_over);
         let mut hv = EmuVm::new(self.memory.clone(), n, self.config.cost);
         let vcpus = (0..n)
             .map(|i| hv.create_vcpu(i, machine.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let residency = hv.residency();
-        crate::emu::run::EmuRun::new(self.config, self.kernel, machine, vcpus, residency, hook)
-            .run()
+        let mut run = crate::emu::run::EmuRun::new(
+            self.config,
+            self.kernel,
+            machine,
+            vcpus,
+            residency,
+            hook,
+            self.memory,
+            self.dtb,
+        );
+        if let Some(request) = self.snapshot {
+            run.set_snapshot(request)?;
+        }
+        run.run()
     }
 
     #[cfg(not(feature = "emu"))]

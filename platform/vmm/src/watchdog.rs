@@ -23,7 +23,7 @@ use std::fmt;
 /// (Only the backends' run loops use it: a build with neither, such as the
 /// fuzz targets', has none.)
 #[cfg_attr(not(any(feature = "emu", feature = "kvm")), allow(dead_code))]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Watchdog {
     span_ns: u64,
     activity: u64,
@@ -48,6 +48,11 @@ impl Watchdog {
             self.activity = activity;
             self.since_ns = self.since_ns.max(now_ns);
         }
+    }
+
+    /// This watchdog (its signs of life so far) with the span `span_ns`.
+    pub(crate) fn with_span(self, span_ns: u64) -> Self {
+        Watchdog { span_ns, ..self }
     }
 
     /// When the watchdog bites unless the guest shows life first.

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use apflab_abi::memory_map::{GIC_INTIDS, GICR_STRIDE, MAX_VCPUS};
 
 use apflab_hypervisor::arch::{SysRegId, sysreg};
+use serde::{Deserialize, Serialize};
 
 /// One past the highest INTID.
 const NUM_INTIDS: u32 = GIC_INTIDS;
@@ -26,7 +27,7 @@ const RD_FRAME: u64 = 0x1_0000;
 const PIDR2: u64 = 0xffe8;
 const PIDR2_GICV3: u64 = 0x3b;
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Irq {
     enabled: bool,
     /// Edge latch (also set by ISPENDR writes).
@@ -46,7 +47,7 @@ impl Irq {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct CpuInterface {
     pmr: u8,
     igrpen1: bool,
@@ -87,7 +88,7 @@ impl CpuInterface {
 }
 
 /// The whole interrupt controller.
-#[derive(Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Gic {
     cpus: Vec<CpuInterface>,
     /// GICD_CTLR EnableGrp0 / EnableGrp1.

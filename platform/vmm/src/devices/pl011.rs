@@ -3,6 +3,7 @@
 //! runs: data, flags, baud divisors, line and control, interrupt mask, raw
 //! and masked status, interrupt clear, peripheral and cell ids.
 
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 
 /// Register offsets.
@@ -38,10 +39,12 @@ const IDS: [u32; 8] = [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
 pub const CONSOLE_MAX_BYTES: usize = 16 << 20;
 
 /// The UART's state.
-#[derive(Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pl011 {
     console: Vec<u8>,
     dropped: u64,
+    /// Not saved: a run resumed from a snapshot echoes as it was told.
+    #[serde(skip)]
     echo: bool,
     ibrd: u32,
     fbrd: u32,
@@ -138,6 +141,16 @@ impl Pl011 {
         } else {
             self.dropped += 1;
         }
+    }
+
+    /// Whether output is copied to stdout.
+    pub fn echo(&self) -> bool {
+        self.echo
+    }
+
+    /// Copies output to stdout from now on, or stops.
+    pub fn set_echo(&mut self, echo: bool) {
+        self.echo = echo;
     }
 
     /// Everything written so far (invalid UTF-8 replaced).

@@ -7,6 +7,8 @@
 //! not raised (the match register is kept, and the raw status stays
 //! clear): nothing in the VMM schedules a deadline for it.
 
+use serde::{Deserialize, Serialize};
+
 /// What the counter reads at virtual time 0: 2025-01-01T00:00:00Z.
 pub const EPOCH_SECONDS: u32 = 1_735_689_600;
 
@@ -23,7 +25,7 @@ const MIS: u64 = 0x18;
 const ICR: u64 = 0x1c;
 
 /// The RTC's registers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pl031 {
     /// Counter value at `loaded_ns`.
     loaded: u32,

@@ -10,6 +10,7 @@
 use apflab_abi::memory_map::{PTIMER_PPI, VTIMER_PPI};
 
 use apflab_hypervisor::arch::{SysRegId, sysreg};
+use serde::{Deserialize, Serialize};
 
 /// Counter frequency.
 pub const CNTFRQ_HZ: u64 = 62_500_000;
@@ -51,7 +52,7 @@ const PHYSICAL: TimerRegs = TimerRegs {
 
 /// One comparator: CTL and CVAL of an EL1 timer. Both timers compare
 /// against the same count (CNTVOFF is 0).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Comparator {
     ctl: u64,
     cval: u64,
@@ -109,7 +110,7 @@ impl Comparator {
 
 /// One vCPU's EL1 timers: the virtual timer (PPI [`VTIMER_PPI`]) and the
 /// physical timer (PPI [`PTIMER_PPI`]), as the device tree lists them.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct CpuTimers {
     virt: Comparator,
     phys: Comparator,

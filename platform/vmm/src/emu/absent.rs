@@ -37,6 +37,24 @@ impl AbsentPages {
     }
 
     /// Marks page `i` absent or resident; whether that changed anything.
+    /// The bitmap, a bit per page (set: absent), for a snapshot.
+    pub(crate) fn words(&self) -> Vec<u64> {
+        self.bits.borrow().clone()
+    }
+
+    /// Makes the bitmap `words` (from [`AbsentPages::words`] of as much
+    /// RAM); false if it is not of this size.
+    pub(crate) fn load(&self, words: &[u64]) -> bool {
+        let mut bits = self.bits.borrow_mut();
+        if words.len() != bits.len() {
+            return false;
+        }
+        bits.copy_from_slice(words);
+        self.count
+            .set(words.iter().map(|w| u64::from(w.count_ones())).sum());
+        true
+    }
+
     pub(super) fn set(&self, i: usize, absent: bool) -> bool {
         let mut bits = self.bits.borrow_mut();
         let (word, bit) = (i / 64, 1u64 << (i % 64));

@@ -73,7 +73,7 @@ const BT_LINKED_CONTEXT: u64 = 0b0011;
 
 /// The debug registers of one vCPU, as the guest wrote them, and the
 /// software step state.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct DebugRegs {
     mdscr: u64,
     bvr: [u64; MAX_BREAKPOINTS],
@@ -116,6 +116,11 @@ impl DebugRegs {
             stepped: None,
             changed: false,
         }
+    }
+
+    /// Has the hooks brought up to date at the next run (after a restore).
+    pub(super) fn mark_changed(&mut self) {
+        self.changed = true;
     }
 
     /// The register `reg` names, if it is one kept here.

@@ -25,7 +25,8 @@
 //! alignment checks the software CPU lacks), `residency`
 //! (absent pages) and `run` (the scheduler of all vCPUs in virtual time).
 //! `id_regs` hides the features the guest cannot have faithfully,
-//! `shootdown` makes broadcast TLB invalidations reach every engine.
+//! `shootdown` makes broadcast TLB invalidations reach every engine,
+//! `snapshot` saves and restores one engine for [`crate::snapshot`].
 //! `state` is what the hooks of one engine share, `absent` the bitmap of
 //! withheld pages, `regs` the register ids the files share.
 
@@ -41,6 +42,7 @@ mod regs;
 mod residency;
 pub(crate) mod run;
 mod shootdown;
+mod snapshot;
 mod state;
 mod tlb;
 pub mod vcpu;

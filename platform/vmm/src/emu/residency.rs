@@ -36,6 +36,18 @@ impl EmuResidency {
         self.absent.count.get()
     }
 
+    /// The bitmap of absent pages (a snapshot's).
+    pub(crate) fn absent_words(&self) -> Vec<u64> {
+        self.absent.words()
+    }
+
+    /// Makes the pages `words` says absent (from
+    /// [`EmuResidency::absent_words`] of as much RAM) the absent ones;
+    /// false if the bitmap is not of this RAM's size.
+    pub(crate) fn load_absent(&mut self, words: &[u64]) -> bool {
+        self.absent.load(words)
+    }
+
     /// A [`Residency`] handle that applies changes to `vcpus`' engines.
     pub fn with<'a>(&'a mut self, vcpus: &'a mut [EmuVcpu]) -> ResidencyHandle<'a> {
         ResidencyHandle { res: self, vcpus }

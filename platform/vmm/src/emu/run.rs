@@ -13,23 +13,29 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use apflab_abi::apf::esr;
+use apflab_abi::boot_point::FN_BOOT_DONE;
+use apflab_abi::memory_map::DTB_MAX_SIZE;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::residency::EmuResidency;
+use super::snapshot::{InitRecorder, VcpuSnapshot};
 use super::vcpu::EmuVcpu;
 use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::loader::LoadedKernel;
-use crate::machine::{Call, Effect, Machine};
+use crate::machine::{Call, Effect, Machine, MachineState};
 use crate::outcome::{GuestExit, Halt, MAX_RECORDED_HALTS, RunOutcome};
 use crate::run_loop::{self, Next, Totals};
+use crate::snapshot::{self, Identity, SnapshotError, SnapshotPlan, SnapshotRequest};
 use crate::watchdog::{GuestPosition, HangDiagnosis, VcpuDiagnosis, Watchdog};
 use apflab_hypervisor::arch::{Reg, ec, pstate};
-use apflab_hypervisor::{Action, FaultHook, HypercallAnswer, ResumeState};
-use apflab_hypervisor::{SyncException, Vcpu, VmExit};
+use apflab_hypervisor::{Action, EngineCall, FaultHook, HypercallAnswer, ResumeState};
+use apflab_hypervisor::{HypervisorError, SyncException, Vcpu, VmExit};
 
 /// Scheduling state of one vCPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum RunState {
     /// Powered off (PSCI).
     Off,
@@ -55,10 +61,58 @@ pub(crate) struct EmuRun<'h> {
     halts: Vec<Halt>,
     halts_dropped: u64,
     irq_entries: u64,
+    watchdog: Watchdog,
+    /// The snapshot to save or resume from, with this boot's identity.
+    snapshot: Option<(SnapshotRequest, Identity)>,
+    /// Guest RAM and the device tree this run's config made (a resumed
+    /// run writes its own tree over the snapshot's).
+    memory: GuestMemoryMmap,
+    dtb: Vec<u8>,
+    /// The guest has announced the end of its boot (or the run resumed
+    /// from a snapshot taken there).
+    booted: bool,
+    /// What the fault engine did during the boot besides answering engine
+    /// calls, if anything (the first): a snapshot cannot hold its state.
+    hook_busy: Option<&'static str>,
+    /// The engine calls of the boot, with their answers.
+    boot_calls: Vec<BootCall>,
+}
+
+/// A call to the fault engine during the boot, as a snapshot replays it to
+/// the engine of the run that resumes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct BootCall {
+    vcpu: u32,
+    function: u32,
+    args: [u64; 5],
+    now_ns: u64,
+    /// The answer, as its `Debug` text: this build's (the snapshot's
+    /// identity holds the build), and all a replay compares.
+    answer: String,
+}
+
+/// Everything a snapshot holds besides guest RAM.
+#[derive(Serialize, Deserialize)]
+struct EmuSnapshot {
+    machine: MachineState,
+    vcpus: Vec<VcpuSnapshot>,
+    states: Vec<RunState>,
+    halted_ns: Vec<u64>,
+    halts: Vec<Halt>,
+    halts_dropped: u64,
+    irq_entries: u64,
+    watchdog: Watchdog,
+    /// The pages the pager withholds (a bit per page).
+    absent: Vec<u64>,
+    /// Broadcast TLB invalidations made.
+    shootdowns: u64,
+    boot_calls: Vec<BootCall>,
 }
 
 impl<'h> EmuRun<'h> {
-    /// A run of `vcpus` (vCPU 0 boots `kernel`) on `machine`.
+    /// A run of `vcpus` (vCPU 0 boots `kernel`, with the device tree
+    /// `dtb`, in `memory`) on `machine`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: VmConfig,
         kernel: LoadedKernel,
@@ -66,11 +120,20 @@ impl<'h> EmuRun<'h> {
         vcpus: Vec<EmuVcpu>,
         residency: EmuResidency,
         hook: &'h mut dyn FaultHook,
+        memory: GuestMemoryMmap,
+        dtb: Vec<u8>,
     ) -> Self {
         let n = vcpus.len();
         let mut states = vec![RunState::Off; n];
         states[0] = RunState::Running;
         EmuRun {
+            watchdog: Watchdog::new(config.watchdog_ns),
+            snapshot: None,
+            memory,
+            dtb,
+            booted: false,
+            hook_busy: None,
+            boot_calls: Vec::new(),
             config,
             kernel,
             hook,
@@ -98,17 +161,50 @@ impl<'h> EmuRun<'h> {
         }
     }
 
+    /// Saves a snapshot at the boot point, or starts from one, as
+    /// `request` says.
+    pub(crate) fn set_snapshot(&mut self, request: SnapshotRequest) -> Result<(), VmError> {
+        let identity = snapshot::identity(&self.config, &request.boot_identity)?;
+        self.snapshot = Some((request, identity));
+        Ok(())
+    }
+
     /// Runs the guest to its end.
     pub(crate) fn run(mut self) -> Result<RunOutcome, VmError> {
         let started = Instant::now();
         self.hook.kernel_loaded(&self.kernel.read_only);
-        self.hook
-            .init(&mut self.residency.with(&mut self.vcpus))
-            .map_err(VmError::HookInit)?;
-        let boot = &mut self.vcpus[0];
-        boot.set_reg(Reg::X(0), self.kernel.dtb_addr)?;
-        boot.set_reg(Reg::Pc, self.kernel.entry)?;
+        if let Some((
+            SnapshotRequest {
+                plan: SnapshotPlan::Resume(path),
+                ..
+            },
+            identity,
+        )) = self.snapshot.clone()
+        {
+            self.resume(&path, &identity)?;
+        } else {
+            self.hook
+                .init(&mut self.residency.with(&mut self.vcpus))
+                .map_err(VmError::HookInit)?;
+            let boot = &mut self.vcpus[0];
+            boot.set_reg(Reg::X(0), self.kernel.dtb_addr)?;
+            boot.set_reg(Reg::Pc, self.kernel.entry)?;
+        }
         let exit = self.schedule()?;
+        if let Some((
+            SnapshotRequest {
+                plan: SnapshotPlan::Save(path),
+                ..
+            },
+            _,
+        )) = &self.snapshot
+            && !self.booted
+        {
+            return Err(SnapshotError::NoBootPoint {
+                path: path.display().to_string(),
+            }
+            .into());
+        }
         let totals = Totals {
             instructions: self.vcpus.iter().map(EmuVcpu::instructions).sum(),
             time_ns: self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0),
@@ -159,8 +255,17 @@ impl<'h> EmuRun<'h> {
         None
     }
 
+    /// Notes that the fault engine did `what`, which a snapshot at the
+    /// boot point could not hold, if the boot is not over.
+    fn note_hook(&mut self, what: &'static str) {
+        if !self.booted && self.hook_busy.is_none() {
+            self.hook_busy = Some(what);
+        }
+    }
+
     /// Applies what the hook says at its own deadline (time `t`).
     fn hook_deadline(&mut self, t: u64) -> Result<Option<GuestExit>, VmError> {
+        self.note_hook("a deadline of its own came");
         let pending_before: Vec<bool> = (0..self.vcpus.len() as u32)
             .map(|v| self.hook.resume_pending_since(v).is_some())
             .collect();
@@ -262,7 +367,6 @@ impl<'h> EmuRun<'h> {
 
     fn schedule(&mut self) -> Result<GuestExit, VmError> {
         let cost = self.config.cost;
-        let mut watchdog = Watchdog::new(self.config.watchdog_ns);
         // Host time, looked at once a slice: a slice is at most
         // `MAX_SLICE_INSTRUCTIONS`, so the limit is overshot by one at most.
         let wall_deadline = self
@@ -277,16 +381,20 @@ impl<'h> EmuRun<'h> {
                 .filter_map(|i| self.ready_time(i).map(|t| (t, i)))
                 .min();
             let deadline = self.hook.next_deadline();
+            if deadline.is_some() {
+                self.note_hook("it had a page in flight");
+            }
             // Signs of life since the last look happened by the latest
             // clock (the vCPU that just ran); nothing at all to happen next
             // is a hang as soon as it is seen.
             let now = self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0);
-            watchdog.observe(self.activity(), now);
+            let activity = self.activity();
+            self.watchdog.observe(activity, now);
             let soonest = next.map(|(t, _)| t).into_iter().chain(deadline).min();
-            let bite = watchdog.deadline_ns();
+            let bite = self.watchdog.deadline_ns();
             if soonest.is_none_or(|t| t > bite && bite <= self.config.max_virtual_ns) {
                 let at = bite.min(self.config.max_virtual_ns);
-                return Ok(GuestExit::Hang(self.diagnose(&watchdog, at)?));
+                return Ok(GuestExit::Hang(self.diagnose(&self.watchdog, at)?));
             }
             if let Some(d) = deadline
                 && next.is_none_or(|(t, _)| d <= t)
@@ -302,7 +410,7 @@ impl<'h> EmuRun<'h> {
             let Some((t, i)) = next else {
                 // Not reached: with nothing to run and no deadline the
                 // watchdog has stopped the run above.
-                return Ok(GuestExit::Hang(self.diagnose(&watchdog, bite)?));
+                return Ok(GuestExit::Hang(self.diagnose(&self.watchdog, bite)?));
             };
             if t > self.config.max_virtual_ns {
                 return Ok(GuestExit::Timeout);
@@ -321,6 +429,7 @@ impl<'h> EmuRun<'h> {
                     self.states[i] = RunState::Running;
                 }
                 RunState::Waiting { .. } => {
+                    self.note_hook("it made a vCPU wait");
                     self.vcpus[i].advance_to(t);
                     let now = self.vcpus[i].now_ns();
                     let action =
@@ -337,6 +446,7 @@ impl<'h> EmuRun<'h> {
                 RunState::Running | RunState::Off => {}
             }
             if self.hook.resume_pending_since(idx).is_some() {
+                self.note_hook("it had an exception to deliver");
                 let v = &mut self.vcpus[i];
                 let state = ResumeState {
                     el: u8::from(v.get_reg(Reg::Pstate)? & pstate::MODE_MASK != pstate::EL0T),
@@ -402,7 +512,11 @@ impl<'h> EmuRun<'h> {
                     Next::Run
                 }
                 VmExit::Hypercall { function, args, .. } => {
-                    v.charge_ns(cost.exit_ns + cost.hypercall_ns);
+                    // The boot point is the VMM's mark, not the guest's
+                    // work: it costs no virtual time (see `boot_point`).
+                    if function != FN_BOOT_DONE {
+                        v.charge_ns(cost.exit_ns + cost.hypercall_ns);
+                    }
                     let call = self.machine.dispatch(idx, function, args, now);
                     let answer = self.answer(idx, call, now);
                     let next =
@@ -413,6 +527,9 @@ impl<'h> EmuRun<'h> {
                     next
                 }
                 VmExit::NotResident(fault) => {
+                    if !self.booted && self.hook_busy.is_none() {
+                        self.hook_busy = Some("the guest touched a page the pager withholds");
+                    }
                     self.machine.count_exit("not_resident");
                     // The exit comes first (to the VMM, or into the host
                     // kernel's fault path); the fetch starts after it.
@@ -477,6 +594,9 @@ impl<'h> EmuRun<'h> {
                     Effect::SystemOff | Effect::SystemReset | Effect::Panic(_) => {}
                 }
             }
+            if self.machine.take_boot_done() && !self.booted {
+                self.boot_point()?;
+            }
         }
     }
 
@@ -484,9 +604,186 @@ impl<'h> EmuRun<'h> {
     /// machine's, or the hook's.
     fn answer(&mut self, vcpu: u32, call: Call, now: u64) -> Option<HypercallAnswer> {
         let (hook, residency, vcpus) = (&mut *self.hook, &mut self.residency, &mut self.vcpus);
+        let boot_calls = (!self.booted).then_some(&mut self.boot_calls);
         run_loop::answer(&self.machine, call, |c| {
-            Some(hook.on_hypercall(vcpu, c, now, &mut residency.with(vcpus)))
+            let answer = hook.on_hypercall(vcpu, c, now, &mut residency.with(vcpus));
+            if let Some(calls) = boot_calls {
+                calls.push(BootCall {
+                    vcpu,
+                    function: c.function,
+                    args: c.args,
+                    now_ns: now,
+                    answer: format!("{answer:?}"),
+                });
+            }
+            Some(answer)
         })
+    }
+
+    /// The guest announced the end of its boot: saves the snapshot asked
+    /// for, if one was.
+    fn boot_point(&mut self) -> Result<(), VmError> {
+        self.booted = true;
+        let Some((
+            SnapshotRequest {
+                plan: SnapshotPlan::Save(path),
+                ..
+            },
+            identity,
+        )) = &self.snapshot
+        else {
+            return Ok(());
+        };
+        let refused = |why: String| SnapshotError::Refused {
+            path: path.display().to_string(),
+            why,
+        };
+        if let Some(what) = self.hook_busy {
+            return Err(refused(format!(
+                "the machine cannot be saved at the end of the boot: the fault engine was at \
+                 work during it ({what}), and a snapshot holds no fault engine state; boot \
+                 with a pager that withholds no page the boot touches"
+            ))
+            .into());
+        }
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for v in &mut self.vcpus {
+            vcpus.push(v.save_snapshot()?);
+        }
+        let state = EmuSnapshot {
+            machine: self.machine.save_state(),
+            vcpus,
+            states: self.states.clone(),
+            halted_ns: self.halted_ns.clone(),
+            halts: self.halts.clone(),
+            halts_dropped: self.halts_dropped,
+            irq_entries: self.irq_entries,
+            watchdog: self.watchdog,
+            absent: self.residency.absent_words(),
+            shootdowns: self.vcpus[0].shootdowns_made(),
+            boot_calls: self.boot_calls.clone(),
+        };
+        let started = Instant::now();
+        snapshot::write(path, identity, &state, &self.memory)?;
+        info!(
+            path = %path.display(),
+            virtual_ns = self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0),
+            wall_ms = started.elapsed().as_millis() as u64,
+            "snapshot saved at the boot point"
+        );
+        Ok(())
+    }
+
+    /// Writes this run's device tree (apflab's guest reads its workload's
+    /// bootargs there after the boot point) over the snapshot's, which
+    /// takes exactly the bytes of the larger of the two: the memory after
+    /// a tree is the guest's (Linux reserves only the tree's own pages).
+    /// A Linux guest's tree is the same for every run of one boot (its
+    /// workload's words are handed over instead), so it stays untouched.
+    fn replace_dtb(&mut self) -> Result<(), VmError> {
+        let at = self.kernel.dtb_addr;
+        let outside = || HypervisorError::OutsideRam(at);
+        let mut header = [0u8; 8];
+        self.memory
+            .read_slice(&mut header, GuestAddress(at))
+            .map_err(|_| outside())?;
+        let old_len = u64::from(u32::from_be_bytes([
+            header[4], header[5], header[6], header[7],
+        ]))
+        .min(DTB_MAX_SIZE) as usize;
+        let mut old = vec![0u8; old_len];
+        self.memory
+            .read_slice(&mut old, GuestAddress(at))
+            .map_err(|_| outside())?;
+        if old == self.dtb {
+            return Ok(());
+        }
+        self.memory
+            .write_slice(&vec![0u8; old_len.max(self.dtb.len())], GuestAddress(at))
+            .and_then(|()| self.memory.write_slice(&self.dtb, GuestAddress(at)))
+            .map_err(|_| outside())?;
+        Ok(())
+    }
+
+    /// Puts the whole run in the state of the snapshot at `path`, taken of
+    /// a boot with `identity`, and sets the fault engine up as the boot
+    /// left it.
+    fn resume(&mut self, path: &std::path::Path, identity: &Identity) -> Result<(), VmError> {
+        let shown = path.display().to_string();
+        let refused = |why: String| SnapshotError::Refused {
+            path: shown.clone(),
+            why,
+        };
+        let started = Instant::now();
+        let saved: EmuSnapshot = snapshot::read(path, identity, &self.memory)?;
+        self.replace_dtb()?;
+        let n = self.vcpus.len();
+        if [saved.vcpus.len(), saved.states.len(), saved.halted_ns.len()]
+            .iter()
+            .any(|&len| len != n)
+        {
+            return Err(refused(format!("its state is not one of {n} vCPUs")).into());
+        }
+        self.machine.restore_state(saved.machine).map_err(refused)?;
+        for (v, s) in self.vcpus.iter_mut().zip(&saved.vcpus) {
+            v.restore_snapshot(s)?;
+        }
+        self.vcpus[0].set_shootdowns_made(saved.shootdowns);
+        self.states = saved.states;
+        self.halted_ns = saved.halted_ns;
+        self.halts = saved.halts;
+        self.halts_dropped = saved.halts_dropped;
+        self.irq_entries = saved.irq_entries;
+        self.watchdog = saved.watchdog.with_span(self.config.watchdog_ns);
+        // The fault engine: set up as for a boot (its page writes are
+        // already in the snapshot's RAM), then told of the boot's calls.
+        let mut recorder = InitRecorder::new(self.config.memory_mib << 20).map_err(refused)?;
+        self.hook.init(&mut recorder).map_err(VmError::HookInit)?;
+        let absent = recorder.absent_words();
+        if absent != saved.absent {
+            let count = |w: &[u64]| w.iter().map(|w| w.count_ones()).sum::<u32>();
+            return Err(refused(format!(
+                "this run's pager withholds {} pages at the start and the snapshot's run \
+                 withheld {} (or others): the pager's layout differs",
+                count(&absent),
+                count(&saved.absent)
+            ))
+            .into());
+        }
+        if !self.residency.load_absent(&saved.absent) {
+            return Err(refused("its page bitmap is not of this RAM's size".into()).into());
+        }
+        for c in &saved.boot_calls {
+            let call = EngineCall {
+                function: c.function,
+                args: c.args,
+            };
+            let answer = self.hook.on_hypercall(
+                c.vcpu,
+                call,
+                c.now_ns,
+                &mut self.residency.with(&mut self.vcpus),
+            );
+            let answer = format!("{answer:?}");
+            if answer != c.answer {
+                return Err(refused(format!(
+                    "the fault engine of this run answers the boot's call {:#x} (vCPU {}) \
+                     with {answer}, the snapshot's run got {}: the boot would differ (a \
+                     [policy] or [apf] section changes what the guest is offered at boot)",
+                    c.function, c.vcpu, c.answer
+                ))
+                .into());
+            }
+        }
+        self.boot_calls = saved.boot_calls;
+        self.booted = true;
+        info!(
+            path = %path.display(),
+            virtual_ns = self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0),
+            wall_ms = started.elapsed().as_millis() as u64,
+            "resumed from the snapshot at the boot point"
+        );
+        Ok(())
     }
 
     /// Like [`EmuRun::enter`], except that [`Next::Run`] leaves a vCPU that

@@ -32,6 +32,11 @@ impl Shootdowns {
     pub(super) fn made(&self) -> u64 {
         self.made.get()
     }
+
+    /// Sets how many were made (a snapshot's count).
+    pub(super) fn set_made(&self, n: u64) {
+        self.made.set(n);
+    }
 }
 
 /// Whether the system instruction (op0 = 1) with `crn` and `crm` is a TLBI

@@ -78,6 +78,7 @@ pub(crate) fn run(
 ) -> Result<RunOutcome, VmError> {
     let n = config.vcpus;
     let machine = Arc::new(Machine::new(n, hv.memory().clone(), config.echo_console));
+    machine.set_workload_args(&kernel.handed_over);
     let ops: Arc<dyn VmOps> = machine.clone();
     let mut vcpus = (0..n)
         .map(|i| hv.create_vcpu(i, Arc::clone(&ops)))

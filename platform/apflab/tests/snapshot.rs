@@ -1,0 +1,197 @@
+//! Boot once, run many: `apflab run --save-snapshot` and `--resume` on
+//! the emu backend, end to end. A run resumed from a snapshot must write
+//! the results of the same config run from power-on, byte for byte
+//! outside `wall`; a snapshot of another boot must be refused.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const APFLAB: &str = env!("CARGO_BIN_EXE_apflab");
+
+/// A far-memory config: a `mixed` workload on `vcpus` vCPUs over a pager
+/// that withholds every page at the start, with the policy `policy`.
+/// `ops`, `mib`, `latency_us` and `policy` are what runs sharing one
+/// snapshot may change.
+fn config(vcpus: u32, ops: u64, mib: u64, latency_us: f64, policy: &str) -> String {
+    format!(
+        r#"seed = 1
+[guest]
+vcpus = {vcpus}
+memory_mib = 64
+[workload]
+kind = "mixed"
+ops = {ops}
+mib = {mib}
+pattern = "random"
+passes = 1
+verify = "store"
+timeslice_us = 1000
+[backend]
+kind = "emu"
+[pager]
+store = {{ kind = "synthetic", seed = 42 }}
+latency = {{ model = "lognormal", median_us = {latency_us}, sigma = 0.5 }}
+resident_limit = "2 MiB"
+initially_resident = 0.0
+seed = 3
+[policy]
+module = "{policy}"
+"#
+    )
+}
+
+/// Runs `config` (written to `dir/name.toml`, the run named `point` in
+/// its results whatever the file) with `extra` options into `dir/name`;
+/// returns the exit status, the log, the results and the console.
+fn run(
+    dir: &Path,
+    name: &str,
+    config: &str,
+    extra: &[&str],
+) -> (Option<i32>, String, Option<Value>, String) {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let out = dir.join(name);
+    let o = Command::new(APFLAB)
+        .arg("run")
+        .arg(&path)
+        .arg("--out")
+        .arg(&out)
+        .args(["--name", "point"])
+        .args(extra)
+        .output()
+        .expect("apflab runs");
+    let log = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!log.contains("panicked"), "apflab panicked:\n{log}");
+    let result = std::fs::read_to_string(out.join("result.json"))
+        .ok()
+        .map(|s| serde_json::from_str(&s).expect("result.json is JSON"));
+    let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
+    (o.status.code(), log, result, console)
+}
+
+/// The results without `wall` (host time, which no two runs share).
+fn outside_wall(mut r: Value) -> String {
+    r.as_object_mut().unwrap().remove("wall");
+    serde_json::to_string_pretty(&r).unwrap()
+}
+
+fn resumed_run_matches_a_run_from_power_on(vcpus: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("boot.snap");
+    let snap = snap.to_str().unwrap();
+    let first = config(vcpus, 150_000, 4, 50.0, "paolo");
+    let (code, log, saved, saved_console) =
+        run(dir.path(), "save", &first, &["--save-snapshot", snap]);
+    assert_eq!(code, Some(0), "{log}");
+    // Saving changes nothing of the run that saves.
+    let (code, log, plain, plain_console) = run(dir.path(), "plain", &first, &[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(outside_wall(saved.unwrap()), outside_wall(plain.unwrap()));
+    assert_eq!(saved_console, plain_console);
+
+    // Another workload, policy and pager latency: what a matrix varies.
+    let second = config(vcpus, 260_000, 6, 20.0, "gavin-v4");
+    let (code, log, from_boot, boot_console) = run(dir.path(), "from-boot", &second, &[]);
+    assert_eq!(code, Some(0), "{log}");
+    let (code, log, resumed, resumed_console) =
+        run(dir.path(), "resumed", &second, &["--resume", snap]);
+    assert_eq!(code, Some(0), "{log}");
+    let (from_boot, resumed) = (from_boot.unwrap(), resumed.unwrap());
+    // The run did fault, in the other workload's working set.
+    assert_eq!(from_boot["integrity"]["pages_verified"], 1536);
+    assert!(from_boot["pager"]["fetches"].as_u64().unwrap() > 0);
+    assert_eq!(outside_wall(resumed), outside_wall(from_boot));
+    assert_eq!(resumed_console, boot_console);
+    assert!(resumed_console.contains("MiB RAM, workload mixed"));
+}
+
+#[test]
+fn a_resumed_run_gives_the_results_of_a_run_from_power_on_on_one_vcpu() {
+    resumed_run_matches_a_run_from_power_on(1);
+}
+
+#[test]
+fn a_resumed_run_gives_the_results_of_a_run_from_power_on_on_four_vcpus() {
+    resumed_run_matches_a_run_from_power_on(4);
+}
+
+#[test]
+fn a_snapshot_of_another_boot_is_refused_with_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("boot.snap");
+    let snap = snap.to_str().unwrap();
+    let base = config(2, 100_000, 2, 50.0, "paolo");
+    let (code, log, _, _) = run(dir.path(), "save", &base, &["--save-snapshot", snap]);
+    assert_eq!(code, Some(0), "{log}");
+    // Written compactly: a 64 MiB guest's few MiB of non-zero pages.
+    let size = std::fs::metadata(snap).unwrap().len();
+    assert!(size < 4 << 20, "{size} bytes");
+
+    for (name, config, says) in [
+        (
+            "memory",
+            base.replace("memory_mib = 64", "memory_mib = 128"),
+            "memory_mib is \"64\" in the snapshot and \"128\" here",
+        ),
+        (
+            "vcpus",
+            base.replace("vcpus = 2", "vcpus = 4"),
+            "vcpus is \"2\" in the snapshot and \"4\" here",
+        ),
+        (
+            "timeslice",
+            base.replace("timeslice_us = 1000", "timeslice_us = 500"),
+            "apflab.timeslice_us=500",
+        ),
+        (
+            "residency",
+            base.replace("initially_resident = 0.0", "initially_resident = 0.5"),
+            "pager is",
+        ),
+        (
+            // Without [policy] the guest is offered no async PF at boot.
+            "sync",
+            base.replace("[policy]\nmodule = \"paolo\"\n", ""),
+            "the fault engine of this run answers the boot's call",
+        ),
+    ] {
+        let (code, log, result, _) = run(dir.path(), name, &config, &["--resume", snap]);
+        assert_eq!(code, Some(2), "{name}: {log}");
+        assert!(log.contains(says), "{name}: {log}");
+        assert!(result.is_none(), "{name}: results written");
+    }
+
+    let junk = dir.path().join("junk.snap");
+    std::fs::write(&junk, b"not a snapshot at all").unwrap();
+    let (code, log, _, _) = run(
+        dir.path(),
+        "junk",
+        &base,
+        &["--resume", junk.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("not an apflab snapshot"), "{log}");
+
+    let cut = dir.path().join("cut.snap");
+    let bytes = std::fs::read(snap).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, log, _, _) = run(
+        dir.path(),
+        "cut",
+        &base,
+        &["--resume", cut.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("damaged"), "{log}");
+
+    let (code, log, _, _) = run(
+        dir.path(),
+        "both",
+        &base,
+        &["--resume", snap, "--save-snapshot", snap],
+    );
+    assert_eq!(code, Some(2), "{log}");
+}

@@ -1,0 +1,244 @@
+//! Snapshots of the whole machine at the end of the guest's boot ("boot
+//! once, run many"), on the emu backend.
+//!
+//! The guest announces the end of its boot with
+//! [`apflab_abi::boot_point::FN_BOOT_DONE`] and reads its workload only
+//! after it. A run asked to [`SnapshotPlan::Save`] writes everything there
+//! is at that point to a file and runs on; a run asked to
+//! [`SnapshotPlan::Resume`] starts from such a file instead of booting, with
+//! its own workload, policy and pager latencies. Virtual time is exact, so
+//! the resumed run's results are those of the same config run from power-on.
+//!
+//! What a snapshot holds (`emu::snapshot`, `emu::run`): every vCPU's CPU
+//! state, clock and instruction count, the devices, the GIC, the timers,
+//! PSCI and SDEI state, the counters so far (exits, console, timeline), the
+//! scheduler's state, the pages the pager withholds, the fault engine's
+//! calls during the boot, and guest RAM. RAM goes in as its non-zero pages
+//! only, in one gzip stream with the rest (a fresh 1 GiB guest holds a few
+//! MiB).
+//!
+//! A snapshot is only valid for a run whose boot would be the same: its
+//! [`Identity`] (the apflab build, the kernel and initrd, vCPUs, memory,
+//! cost model, slice, the bootargs that shape the boot, and what the caller
+//! adds, such as the pager's layout) must match this run's, or it is
+//! refused with the keys that differ. The fault engine of the resuming run
+//! is then set up exactly as the boot left it: its set-up must withhold the
+//! same pages, and it must answer the boot's engine calls as the snapshot's
+//! did (they are replayed to it); otherwise the resume is refused too.
+
+pub(crate) mod abi_serde;
+mod file;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use apflab_abi::boot_point;
+
+use crate::config::VmConfig;
+
+pub(crate) use file::{read, write};
+
+/// What a run does with a snapshot at the boot point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotPlan {
+    /// Write the machine to this file at the boot point, then run on.
+    Save(PathBuf),
+    /// Start from the machine in this file instead of booting.
+    Resume(PathBuf),
+}
+
+impl SnapshotPlan {
+    /// The snapshot file.
+    pub fn path(&self) -> &Path {
+        match self {
+            SnapshotPlan::Save(p) | SnapshotPlan::Resume(p) => p,
+        }
+    }
+}
+
+/// A run's use of snapshots (see [`crate::Vm::set_snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// Save or resume, and where.
+    pub plan: SnapshotPlan,
+    /// What shapes the boot beyond the VM's config, as the caller knows it
+    /// (for example the pager's store and initial residency): name →
+    /// value. It joins the [`Identity`] under these names.
+    pub boot_identity: BTreeMap<String, String>,
+}
+
+/// Everything that shapes a boot, by name (see the module's comment).
+pub type Identity = BTreeMap<String, String>;
+
+/// Why a snapshot could not be written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The file could not be read or written.
+    #[error("snapshot {path}: {what}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        what: String,
+    },
+    /// The file is no snapshot of this format.
+    #[error("snapshot {path}: {what}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The snapshot was taken of another boot (another build, kernel or
+    /// config).
+    #[error(
+        "snapshot {path} was taken of another boot, so it cannot start this run: {}; \
+         take a new snapshot with this config",
+        .differences.join("; ")
+    )]
+    Mismatch {
+        /// The file.
+        path: String,
+        /// One line per key that differs: the snapshot's value and this
+        /// run's.
+        differences: Vec<String>,
+    },
+    /// The machine at the boot point cannot be captured (or re-created)
+    /// exactly.
+    #[error("snapshot {path}: {why}")]
+    Refused {
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// The run ended before the guest announced the end of its boot.
+    #[error(
+        "snapshot {path} was not written: the guest never announced the end of its boot \
+         (apflab's guest does, with the BOOT_DONE call, before its workload)"
+    )]
+    NoBootPoint {
+        /// The file.
+        path: String,
+    },
+}
+
+/// The format of the file; a change makes older snapshots unreadable.
+pub(crate) const FORMAT: u32 = 1;
+
+/// The identity of the boot `config` describes, with `extra` from the
+/// caller.
+pub(crate) fn identity(
+    config: &VmConfig,
+    extra: &BTreeMap<String, String>,
+) -> Result<Identity, SnapshotError> {
+    let mut id = Identity::new();
+    let mut put = |k: &str, v: String| {
+        id.insert(k.to_owned(), v);
+    };
+    put("apflab", env!("CARGO_PKG_VERSION").to_owned());
+    put("build", build_hash().to_owned());
+    put("format", FORMAT.to_string());
+    put("backend", format!("{:?}", config.backend));
+    put("kernel", file_hash(&config.kernel)?);
+    put(
+        "initrd",
+        match &config.initrd {
+            Some(p) => file_hash(p)?,
+            None => "none".into(),
+        },
+    );
+    put("vcpus", config.vcpus.to_string());
+    put("memory_mib", config.memory_mib.to_string());
+    put("cost", format!("{:?}", config.cost));
+    put("slice_instructions", config.slice_instructions.to_string());
+    put(
+        "bootargs",
+        boot_point::boot_words(&config.bootargs)
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    for (k, v) in extra {
+        id.insert(k.clone(), v.clone());
+    }
+    Ok(id)
+}
+
+/// The keys on which `theirs` (the snapshot's) and `ours` differ, each as
+/// a line that says both values.
+pub(crate) fn differences(theirs: &Identity, ours: &Identity) -> Vec<String> {
+    let shown = |v: Option<&String>| v.map_or("(none)".to_owned(), |v| format!("{v:?}"));
+    let mut keys: Vec<&String> = theirs.keys().chain(ours.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| theirs.get(*k) != ours.get(*k))
+        .map(|k| {
+            format!(
+                "{k} is {} in the snapshot and {} here",
+                shown(theirs.get(k)),
+                shown(ours.get(k))
+            )
+        })
+        .collect()
+}
+
+/// A hash of `bytes` (not cryptographic: it tells builds and files apart,
+/// it does not authenticate them).
+fn hash_bytes(bytes: &[u8]) -> String {
+    use std::hash::Hasher;
+    // SipHash with fixed keys: the same bytes hash the same in every
+    // process of this build.
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    format!("{:016x}-{}", h.finish(), bytes.len())
+}
+
+fn file_hash(path: &Path) -> Result<String, SnapshotError> {
+    let bytes = std::fs::read(path).map_err(|e| SnapshotError::Io {
+        path: path.display().to_string(),
+        what: format!("cannot read it to identify the boot: {e}"),
+    })?;
+    Ok(hash_bytes(&bytes))
+}
+
+/// The hash of this program's executable, which tells apflab builds
+/// apart (the CPU state a snapshot holds is laid out as this build's
+/// engine lays it out). Computed once per process.
+fn build_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        match std::env::current_exe().and_then(std::fs::read) {
+            Ok(bytes) => hash_bytes(&bytes),
+            // Then no snapshot matches: a build that cannot be told apart
+            // must not resume one.
+            Err(e) => format!("unknown ({e}) {:?}", std::time::SystemTime::now()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_each_key_with_both_values() {
+        let a: Identity = [("vcpus", "1"), ("memory_mib", "64"), ("kernel", "k")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let mut b = a.clone();
+        assert!(differences(&a, &b).is_empty());
+        b.insert("vcpus".into(), "4".into());
+        b.insert("pager".into(), "store".into());
+        b.remove("kernel");
+        assert_eq!(
+            differences(&a, &b),
+            [
+                "kernel is \"k\" in the snapshot and (none) here",
+                "pager is (none) in the snapshot and \"store\" here",
+                "vcpus is \"1\" in the snapshot and \"4\" here",
+            ]
+        );
+    }
+}
