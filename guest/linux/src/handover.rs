@@ -29,6 +29,15 @@ pub fn workload_words(cmdline: &str) -> io::Result<String> {
     }
     let bell = Doorbell::map()?;
     bell.call(FN_BOOT_DONE, 0);
+    // The VMM takes its snapshot where the CPU next stops for it: an
+    // emulated one completes an MMIO store at once and stops at its next
+    // context synchronisation or branch. The ISB is that, before anything
+    // after the boot point (on hardware it only orders the call).
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: an ISB has no effect on memory or registers.
+    unsafe {
+        std::arch::asm!("isb", options(nostack, preserves_flags))
+    };
     let (len, _) = bell.call(FN_WORKLOAD_ARGS, 0);
     if len > MAX_WORDS {
         return Err(io::Error::other(format!(

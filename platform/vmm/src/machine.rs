@@ -129,6 +129,9 @@ struct State {
     /// The guest made the [`boot_point::FN_BOOT_DONE`] call since the run
     /// loop last looked.
     boot_done: bool,
+    /// ... and another call after it, before the loop looked: the machine
+    /// at the boot point is gone.
+    boot_overrun: bool,
     /// What [`boot_point::FN_WORKLOAD_ARGS`] hands over: this run's, not
     /// saved in a snapshot.
     #[serde(skip)]
@@ -178,6 +181,7 @@ impl Machine {
                 task_done_ns: BTreeMap::new(),
                 timeline: GuestTimeline::default(),
                 boot_done: false,
+                boot_overrun: false,
                 workload_args: String::new(),
             }),
             sdei: Mutex::new(sdei::Firmware::new(vcpus)),
@@ -223,6 +227,13 @@ impl Machine {
     /// ([`boot_point::FN_BOOT_DONE`]) since the last call.
     pub fn take_boot_done(&self) -> bool {
         std::mem::take(&mut self.lock().boot_done)
+    }
+
+    /// Whether the guest made another call after
+    /// [`boot_point::FN_BOOT_DONE`] before the run loop took the boot point
+    /// (a snapshot there would miss it).
+    pub fn take_boot_overrun(&self) -> bool {
+        std::mem::take(&mut self.lock().boot_overrun)
     }
 
     /// Sets the bootargs words [`boot_point::FN_WORKLOAD_ARGS`] hands
@@ -395,7 +406,9 @@ impl Machine {
     /// pass on; the machine answers every other one ([`Machine::hypercall`]).
     pub fn dispatch(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> Call {
         if is_engine_call(function) {
-            self.count_exit("hypercall");
+            let mut s = self.lock();
+            s.boot_overrun |= s.boot_done;
+            *s.exits.entry("hypercall".to_owned()).or_default() += 1;
             return Call::Engine(EngineCall { function, args });
         }
         Call::Answered(self.hypercall(vcpu, function, args, now_ns))
@@ -422,6 +435,7 @@ impl Machine {
     /// [`Machine::take_effects`]).
     pub fn hypercall(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> [u64; 4] {
         let mut s = self.lock();
+        s.boot_overrun |= s.boot_done;
         if function == boot_point::FN_BOOT_DONE {
             // A mark for the VMM, not a request of the machine's: no exit
             // counted, nothing for the guest to see (see `boot_point`).

@@ -638,6 +638,15 @@ impl<'h> EmuRun<'h> {
             path: path.display().to_string(),
             why,
         };
+        if self.machine.take_boot_overrun() {
+            return Err(refused(
+                "the guest went on to make calls after announcing the end of its boot \
+                 before the CPU stopped for it: end the code block after BOOT_DONE (an ISB \
+                 or a branch), as apflab's guests do"
+                    .into(),
+            )
+            .into());
+        }
         if let Some(what) = self.hook_busy {
             return Err(refused(format!(
                 "the machine cannot be saved at the end of the boot: the fault engine was at \
