@@ -624,6 +624,10 @@ impl<'h> EmuRun<'h> {
     /// for, if one was.
     fn boot_point(&mut self) -> Result<(), VmError> {
         self.booted = true;
+        // Every run goes on from empty engine caches, as a resumed one does.
+        for v in &mut self.vcpus {
+            v.drop_caches()?;
+        }
         let Some((
             SnapshotRequest {
                 plan: SnapshotPlan::Save(path),

@@ -171,14 +171,28 @@ impl EmuVcpu {
         // The hooks of the armed breakpoints and watchpoints are installed
         // at the next run.
         st.debug.mark_changed();
+        self.drop_caches()
+    }
+}
+
+impl EmuVcpu {
+    /// Drops what the engine caches (its translated code and TLB, the
+    /// watch's view of blocks): done at the boot point in every run, so
+    /// that a run resumed there (whose engines start empty) and one that
+    /// went through it translate the same blocks from then on. Which
+    /// blocks an engine translates can depend on what it translated
+    /// before (a block cut short once stays cut in the cache), and blocks
+    /// are where slices end and interrupts are taken.
+    pub(crate) fn drop_caches(&mut self) -> Result<(), HypervisorError> {
+        let st = self.uc.get_data_mut();
+        st.watch.forget_blocks();
+        st.last_fetch = (u64::MAX, 0);
         self.uc
             .ctl_flush_tb()
             .map_err(|e| engine_err("flush translated code", e))?;
         self.flush_tlb()
     }
-}
 
-impl EmuVcpu {
     /// Broadcast TLB invalidations made in the VM so far.
     pub(crate) fn shootdowns_made(&self) -> u64 {
         self.uc.get_data().shootdowns.made()

@@ -203,14 +203,22 @@ fn file_hash(path: &Path) -> Result<String, SnapshotError> {
     Ok(hash_bytes(&bytes))
 }
 
-/// The hash of this program's executable, which tells apflab builds
-/// apart (the CPU state a snapshot holds is laid out as this build's
-/// engine lays it out). Computed once per process.
+/// What tells apflab builds apart (the CPU state a snapshot holds is laid
+/// out as this build's engine lays it out): this program's executable, by
+/// its size and modification time (hashing its 140 MB would cost a resumed
+/// run more than apflab's own guest takes to boot). A rebuilt or copied
+/// executable is another build, which errs on the side of refusing.
 fn build_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
-        match std::env::current_exe().and_then(std::fs::read) {
-            Ok(bytes) => hash_bytes(&bytes),
+        let exe = std::env::current_exe().and_then(std::fs::metadata);
+        match exe.and_then(|m| Ok((m.len(), m.modified()?))) {
+            Ok((len, modified)) => {
+                let ns = modified
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                format!("{len}-{ns}")
+            }
             // Then no snapshot matches: a build that cannot be told apart
             // must not resume one.
             Err(e) => format!("unknown ({e}) {:?}", std::time::SystemTime::now()),
