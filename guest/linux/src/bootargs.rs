@@ -62,6 +62,17 @@ pub enum Pattern {
     Random,
 }
 
+/// Who reads the memory threads' pages back for the check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// The thread itself, with loads.
+    Task,
+    /// The kernel: the thread writes each page into a pipe, so the
+    /// kernel's `copy_from_user` touches it (a fault in kernel mode), and
+    /// compares what it reads back out.
+    Kernel,
+}
+
 /// The configuration of this boot. The defaults are those the built-in
 /// guest boots with when given no bootargs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +90,8 @@ pub struct Config {
     pub pattern: Pattern,
     /// Passes of the memory threads.
     pub passes: u64,
+    /// Who reads the memory threads' pages back.
+    pub reader: Reader,
     /// `kv`: requests.
     pub requests: u64,
     /// `kv`: mean inter-arrival time, microseconds.
@@ -96,6 +109,7 @@ impl Default for Config {
             mib: 4,
             pattern: Pattern::Sequential,
             passes: 1,
+            reader: Reader::Task,
             requests: 100,
             interval_us: 100,
             seed: 1,
@@ -180,13 +194,14 @@ fn only(key: &str, value: &str, accepted: &str, why: &str) -> Result<(), BadBoot
 
 /// The keys that apply to a Linux guest, for the message about an unknown
 /// one.
-const LINUX_KEYS: [&str; 9] = [
+const LINUX_KEYS: [&str; 10] = [
     boot::KEY_WORKLOAD,
     boot::KEY_TASKS,
     boot::KEY_OPS,
     boot::KEY_MIB,
     boot::KEY_PATTERN,
     boot::KEY_PASSES,
+    boot::KEY_READER,
     boot::KEY_REQUESTS,
     boot::KEY_INTERVAL_US,
     boot::KEY_SEED,
@@ -227,24 +242,25 @@ pub fn parse(cmdline: &str) -> Result<Config, BadBootarg> {
                 "Linux zeroes the memory it gives a process, so the far-memory store's content \
                  never reaches the workload",
             )?,
-            boot::KEY_READER => only(
-                key,
-                value,
-                "task",
-                "the Linux workload reads its pages itself; the checksum system call is the \
-                 built-in guest's",
-            )?,
+            boot::KEY_READER => {
+                c.reader = match value {
+                    "task" => Reader::Task,
+                    "kernel" => Reader::Kernel,
+                    _ => return Err(bad(key, value, "task or kernel")),
+                }
+            }
             boot::KEY_APF => only(
                 key,
                 value,
                 "off",
-                "the Linux guest has no async page fault client",
+                "the async page fault client of apflab's Linux kernel is on unless the kernel \
+                 parameter no-apflab-apf turns it off",
             )?,
             boot::KEY_APF_ABUSE => only(
                 key,
                 value,
                 "off",
-                "the Linux guest has no async page fault client",
+                "the abusive guest is apflab's own kernel",
             )?,
             boot::KEY_TRACE => only(
                 key,
@@ -334,7 +350,7 @@ mod tests {
 
     const LINE: &str = "console=ttyAMA0 rdinit=/init apflab.workload=mixed apflab.mib=64 \
                         apflab.tasks=2 apflab.ops=5000 apflab.passes=3 apflab.pattern=random \
-                        apflab.seed=7 apflab.requests=9 apflab.interval_us=250 quiet";
+                        apflab.seed=7 apflab.requests=9 apflab.interval_us=250 apflab.reader=kernel quiet";
 
     #[test]
     fn every_linux_key_is_taken() {
@@ -348,6 +364,7 @@ mod tests {
                 mib: 64,
                 pattern: Pattern::Random,
                 passes: 3,
+                reader: Reader::Kernel,
                 requests: 9,
                 interval_us: 250,
                 seed: 7,
@@ -389,8 +406,8 @@ mod tests {
                 "bad bootarg apflab.verify=store: expected self (",
             ),
             (
-                "apflab.reader=kernel",
-                "bad bootarg apflab.reader=kernel: expected task (",
+                "apflab.reader=both",
+                "bad bootarg apflab.reader=both: expected task or kernel",
             ),
             ("apflab.apf=on", "bad bootarg apflab.apf=on: expected off ("),
             (

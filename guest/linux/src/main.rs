@@ -23,11 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use apflab_abi::linux::{ERROR_PREFIX, MESSAGE_PREFIX};
+use apflab_abi::linux::{APF_COUNTERS, APF_PROC_FILE, ERROR_PREFIX, MESSAGE_PREFIX};
 use apflab_abi::memory_map::PAGE_SIZE;
 use apflab_abi::pattern::{WORDS_PER_PAGE, splitmix64};
 use apflab_abi::report::GuestReport;
-use apflab_linux_init::bootargs::{self, BadBootarg, Config, Pattern, Workload};
+use apflab_linux_init::bootargs::{self, BadBootarg, Config, Pattern, Reader, Workload};
 use apflab_linux_init::kv::{self, Arrivals, Latencies};
 use apflab_linux_init::memory::{self, Checked};
 use apflab_linux_init::{console_report, cpu, procfs};
@@ -92,6 +92,40 @@ fn counters() -> Result<procfs::Counters, Failure> {
     procfs::counters(&stat, &interrupts).map_err(|e| Failure::Error(e.into()))
 }
 
+/// The async PF client's counters, if the kernel has the client.
+fn apf_counters() -> Result<Option<[u64; APF_COUNTERS.len()]>, Failure> {
+    match std::fs::read_to_string(APF_PROC_FILE) {
+        Ok(text) => Ok(Some(procfs::apf_counters(&text)?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::Error(format!("read {APF_PROC_FILE}: {e}"))),
+    }
+}
+
+/// The report's `apf_*` fields: the counters since boot, as the host's
+/// count every fault since boot (the init's own faults included).
+fn fill_apf(report: &mut GuestReport, c: &[u64; APF_COUNTERS.len()]) {
+    let [
+        not_present,
+        ready,
+        parked,
+        halts,
+        early_ready,
+        enabled,
+        kernel_halts,
+        wake_alls,
+        halted_ns,
+    ] = *c;
+    report.apf_not_present = not_present;
+    report.apf_ready = ready;
+    report.apf_parked = parked;
+    report.apf_halts = halts;
+    report.apf_early_ready = early_ready;
+    report.apf_enabled = enabled;
+    report.apf_kernel_halts = kernel_halts;
+    report.apf_wake_alls = wake_alls;
+    report.apf_halted_ns = halted_ns;
+}
+
 fn run() -> Result<(), Failure> {
     sys::mount("proc", "/proc")?;
     sys::open_console()?;
@@ -119,6 +153,7 @@ fn run() -> Result<(), Failure> {
         Workload::Kv => run_kv(&config, start)?,
     };
     let after = counters()?;
+    let apf = apf_counters()?;
 
     let mut report = GuestReport::new(config.workload.id());
     report.cpus_online = cpus_online;
@@ -134,6 +169,9 @@ fn run() -> Result<(), Failure> {
     report.elapsed_ns = outcome.task_done_ns.iter().copied().max().unwrap_or(0);
     report.task_done_ns[..outcome.task_done_ns.len()].copy_from_slice(&outcome.task_done_ns);
     report.latency_hist = outcome.latencies.0;
+    if let Some(apf) = apf {
+        fill_apf(&mut report, &apf);
+    }
     sys::write_console(&console_report(&report))
         .map_err(|e| Failure::Error(format!("write the report to /dev/console: {e}")))
 }
@@ -295,14 +333,37 @@ fn memory_thread(
         let words = map.words_mut();
         memory::fill(words, first_page, config.seed, version);
         let draw_seed = config.seed ^ splitmix64(first_page ^ (pass << 40));
-        let c = memory::check(
-            words,
-            first_page,
-            config.seed,
-            version,
-            config.pattern,
-            draw_seed,
-        );
+        let c = match config.reader {
+            Reader::Task => memory::check_loads(
+                words,
+                first_page,
+                config.seed,
+                version,
+                config.pattern,
+                draw_seed,
+            ),
+            Reader::Kernel => {
+                let pipe = sys::Pipe::new().map_err(|e| format!("pipe: {e}"))?;
+                let mut copy = [0u64; WORDS_PER_PAGE];
+                memory::check(
+                    words,
+                    first_page,
+                    config.pattern,
+                    draw_seed,
+                    |page, index| {
+                        pipe.copy_through(page, &mut copy)
+                            .map_err(|e| format!("copy page {index} through a pipe: {e}"))?;
+                        Ok::<_, String>(memory::mismatches_in_words(
+                            &copy,
+                            index,
+                            config.seed,
+                            version,
+                            0,
+                        ))
+                    },
+                )?
+            }
+        };
         map.unmap().map_err(|e| e.to_string())?;
         checked.pages += c.pages;
         checked.mismatches += c.mismatches;

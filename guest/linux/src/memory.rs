@@ -77,14 +77,16 @@ pub struct Checked {
 /// Reads back `pages` (as written by [`fill`]) and counts the words that
 /// differ: every page once in order, or as many pages drawn at random.
 /// `draw_seed` makes each thread's and pass's random order its own.
-pub fn check(
+/// `compare` gives the mismatching words of one page, given its words and
+/// its index in the working set (it reads the page the way the workload
+/// was asked to).
+pub fn check<E>(
     pages: &[u64],
     first_page: u64,
-    seed: u64,
-    version: u32,
     pattern: Pattern,
     draw_seed: u64,
-) -> Checked {
+    mut compare: impl FnMut(&[u64], u64) -> Result<u64, E>,
+) -> Result<Checked, E> {
     let count = (pages.len() / WORDS_PER_PAGE) as u64;
     let mut found = Checked::default();
     for n in 0..count {
@@ -93,10 +95,25 @@ pub fn check(
             Pattern::Random => draw(draw_seed, n, count),
         };
         let at = i as usize * WORDS_PER_PAGE;
-        let page = &pages[at..at + WORDS_PER_PAGE];
-        found.mismatches += mismatches_in_words(page, first_page + i, seed, version, 0);
+        found.mismatches += compare(&pages[at..at + WORDS_PER_PAGE], first_page + i)?;
         found.pages += 1;
     }
+    Ok(found)
+}
+
+/// [`check`] with the thread's own loads.
+pub fn check_loads(
+    pages: &[u64],
+    first_page: u64,
+    seed: u64,
+    version: u32,
+    pattern: Pattern,
+    draw_seed: u64,
+) -> Checked {
+    let Ok(found) =
+        check::<core::convert::Infallible>(pages, first_page, pattern, draw_seed, |page, index| {
+            Ok(mismatches_in_words(page, index, seed, version, 0))
+        });
     found
 }
 
@@ -131,7 +148,7 @@ mod tests {
         let mut mem = region(8);
         fill(&mut mem, 40, 7, version(0));
         for pattern in [Pattern::Sequential, Pattern::Random] {
-            let found = check(&mem, 40, 7, version(0), pattern, 3);
+            let found = check_loads(&mem, 40, 7, version(0), pattern, 3);
             assert_eq!(
                 found,
                 Checked {
@@ -151,18 +168,18 @@ mod tests {
         mem[WORDS_PER_PAGE..2 * WORDS_PER_PAGE].fill(0);
         let (a, b) = mem.split_at_mut(3 * WORDS_PER_PAGE);
         a[2 * WORDS_PER_PAGE..].swap_with_slice(&mut b[..WORDS_PER_PAGE]);
-        let found = check(&mem, 0, 7, version(0), Pattern::Sequential, 0);
+        let found = check_loads(&mem, 0, 7, version(0), Pattern::Sequential, 0);
         assert_eq!(found.mismatches, 1 + 512 + 2 * 512);
         // Stale content (the previous pass's) is wrong for this pass.
         let mut stale = region(1);
         fill(&mut stale, 0, 7, version(0));
         assert_eq!(
-            check(&stale, 0, 7, version(1), Pattern::Sequential, 0).mismatches,
+            check_loads(&stale, 0, 7, version(1), Pattern::Sequential, 0).mismatches,
             512
         );
         // The same content checked as another page of the set is wrong too.
         assert_eq!(
-            check(&stale, 1, 7, version(0), Pattern::Sequential, 0).mismatches,
+            check_loads(&stale, 1, 7, version(0), Pattern::Sequential, 0).mismatches,
             512
         );
     }

@@ -1,6 +1,9 @@
 //! The kernel's own counters, read from `/proc` before and after the
-//! workload, for the report's `context_switches`, `timer_irqs` and
-//! `idle_ns`, and the memory available for the working set.
+//! workload, for the report's `context_switches`, `timer_irqs`, `idle_ns`
+//! and (with apflab's kernel) `apf_*`, and the memory available for the
+//! working set.
+
+use apflab_abi::linux::{APF_COUNTERS, APF_PROC_FILE};
 
 /// Counters of `/proc/stat` and `/proc/interrupts` at one instant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +66,21 @@ pub fn mem_available_kib(meminfo: &str) -> Option<u64> {
     })
 }
 
+/// The async PF client's counters (the lines of
+/// [`apflab_abi::linux::APF_PROC_FILE`]), in the order of
+/// [`apflab_abi::linux::APF_COUNTERS`]; the error names the first counter
+/// missing or unreadable.
+pub fn apf_counters(text: &str) -> Result<[u64; APF_COUNTERS.len()], String> {
+    let mut values = [0; APF_COUNTERS.len()];
+    for (value, name) in values.iter_mut().zip(APF_COUNTERS) {
+        *value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| format!("no {name} line in {APF_PROC_FILE}"))?;
+    }
+    Ok(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +117,17 @@ mod tests {
         assert_eq!(
             counters(STAT, "  CPU0\n 3: 1 GICv3 33 Level uart-pl011\n"),
             Err("no arch_timer line in /proc/interrupts")
+        );
+    }
+
+    #[test]
+    fn apf_counters_are_read_by_name() {
+        let text = "not_present 7\nready 7\nparked 5\nhalts 2\nearly_ready 1\nenabled 4\n\
+                    kernel_halts 0\nwake_alls 3\nhalted_ns 123456\n";
+        assert_eq!(apf_counters(text), Ok([7, 7, 5, 2, 1, 4, 0, 3, 123456]));
+        assert_eq!(
+            apf_counters("not_present 7\n"),
+            Err(format!("no ready line in {APF_PROC_FILE}"))
         );
     }
 

@@ -220,6 +220,48 @@ impl Drop for Mapping {
     }
 }
 
+/// A pipe to copy a page through: the kernel reads the page from the
+/// caller's memory (`write(2)`, `copy_from_user`) and writes it back into
+/// another buffer (`read(2)`).
+pub struct Pipe {
+    read: std::fs::File,
+    write: std::fs::File,
+}
+
+impl Pipe {
+    /// A new pipe (its capacity, 64 KiB by default, holds a page).
+    pub fn new() -> io::Result<Pipe> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are fresh and owned by nothing else.
+        Ok(unsafe {
+            Pipe {
+                read: std::fs::File::from_raw_fd(fds[0]),
+                write: std::fs::File::from_raw_fd(fds[1]),
+            }
+        })
+    }
+
+    /// Copies the words of `from` into `to` (of the same length) through
+    /// the pipe.
+    pub fn copy_through(&self, from: &[u64], to: &mut [u64]) -> io::Result<()> {
+        use std::io::{Read, Write};
+        // SAFETY: plain words viewed as their bytes, for their lifetime.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(from.as_ptr().cast::<u8>(), size_of_val(from)) };
+        (&self.write).write_all(bytes)?;
+        // SAFETY: as above; any bytes are valid words.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(to.as_mut_ptr().cast::<u8>(), size_of_val(to))
+        };
+        (&self.read).read_exact(out)
+    }
+}
+
 /// Flushes the file systems and powers the machine off through the
 /// kernel (PSCI SYSTEM_OFF on arm64). PID 1 must not exit: the kernel
 /// would panic.

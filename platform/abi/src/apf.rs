@@ -49,8 +49,10 @@ pub mod features {
 /// the low 25 bits of the token; the full token is also in the control block.
 pub const EC_APF_NOT_PRESENT: u32 = 0x1E;
 /// Exception class used for "page ready" delivered as an exception in the
-/// dedicated-EC variant (another unallocated class).
-pub const EC_APF_READY: u32 = 0x1D;
+/// dedicated-EC variant: another class the architecture leaves
+/// unallocated (0x1D, next to [`EC_APF_NOT_PRESENT`], is FEAT_SME's trap,
+/// which Linux dispatches as such).
+pub const EC_APF_READY: u32 = 0x0F;
 /// Data abort from a lower exception level (EL0).
 pub const EC_DATA_ABORT_LOWER: u32 = 0x24;
 /// Data abort from the current exception level (EL1).

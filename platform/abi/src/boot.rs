@@ -113,13 +113,6 @@ pub fn workload_name(id: u32) -> Option<&'static str> {
 /// resident; only pages at or above it can be made non-resident by the pager.
 pub const WORKLOAD_REGION_OFFSET: u64 = 32 << 20;
 
-/// Offset from the start of RAM of the region far memory manages under a
-/// Linux guest: below it sit the kernel image (with its BSS and early page
-/// tables), the device tree and the initramfs, which the loader writes and
-/// the store does not hold, so they stay resident. Linux allocates its own
-/// memory and the workload's from all of RAM, so both fault above it.
-pub const LINUX_RESIDENT_LOW: u64 = 128 << 20;
-
 /// Guest virtual address at which EL0 tasks see the workload region.
 pub const WORKLOAD_VA: u64 = 0x10_0000_0000;
 

@@ -14,6 +14,7 @@ pub mod addr;
 pub mod apf;
 pub mod boot;
 pub mod boot_point;
+pub mod c_header;
 pub mod hypercall;
 pub mod limits;
 pub mod linux;

@@ -17,3 +17,26 @@ pub const BAD_BOOTARG_PREFIX: &str = "apflab-linux: bad bootarg ";
 /// panic), followed by what failed. The init then powers off without a
 /// report.
 pub const ERROR_PREFIX: &str = "apflab-linux: error: ";
+
+/// The file of the async PF client's counters in the apflab Linux kernel
+/// (`guest/linux/kernel`): one `NAME VALUE` line per counter of
+/// [`APF_COUNTERS`].
+pub const APF_PROC_FILE: &str = "/proc/apflab-apf";
+
+/// The async PF client's counters, named as in [`APF_PROC_FILE`], in the
+/// order of the report's `apf_*` fields they fill
+/// ([`crate::report::GuestReport`]): "not present" taken, "page ready"
+/// taken, tasks put to sleep, halts, dummy entries (a ready before its
+/// sleeper), CPUs enabled, halts of the kernel itself, wake-alls, and the
+/// time halted in nanoseconds.
+pub const APF_COUNTERS: [&str; 9] = [
+    "not_present",
+    "ready",
+    "parked",
+    "halts",
+    "early_ready",
+    "enabled",
+    "kernel_halts",
+    "wake_alls",
+    "halted_ns",
+];

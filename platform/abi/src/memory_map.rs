@@ -48,6 +48,8 @@ pub const GICR_REGION_SIZE: u64 = 0x00F6_0000;
 pub const DOORBELL_BASE: u64 = 0x0B00_0000;
 /// Size of the doorbell window.
 pub const DOORBELL_SIZE: u64 = 0x1000;
+/// `compatible` of the device tree node of the doorbell.
+pub const DOORBELL_COMPATIBLE: &str = "apflab,doorbell";
 
 /// Where QEMU's `-kernel` loads a raw (non-ELF) image: the start of RAM
 /// (bare-metal images without a Linux header are loaded at RAM base).
@@ -71,6 +73,9 @@ pub const GIC_INTIDS: u32 = 256;
 pub const PTIMER_PPI: u32 = 30;
 /// PPI INTID on which "page ready" is signalled when ready is an interrupt.
 pub const APF_READY_PPI: u32 = 20;
+/// `compatible` of the device tree node that names [`APF_READY_PPI`] for
+/// guests that take their interrupts from the device tree (Linux).
+pub const APF_COMPATIBLE: &str = "apflab,apf";
 /// SGI INTID the guest uses to kick another CPU's scheduler.
 pub const RESCHEDULE_SGI: u32 = 1;
 

@@ -337,6 +337,10 @@ pub struct GuestConfig {
     /// The kernel is an arm64 Linux Image.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub linux: bool,
+    /// Where far memory's managed region starts, from the start of RAM
+    /// (derived from the kernel, so not echoed).
+    #[serde(skip)]
+    pub resident_low: u64,
 }
 
 /// The `[workload]` section, validated and with defaults filled in: the
@@ -1012,47 +1016,37 @@ impl Config {
             ));
         }
 
+        // Far memory manages RAM above what the loader writes: apflab's own
+        // kernel keeps itself below its workload region; a Linux kernel, its
+        // device tree and initrd sit at the start of RAM (rounded up to
+        // 2 MiB), and Linux allocates its own memory and the workload's
+        // from the rest, lowest addresses first, so both fault.
+        let resident_low = if linux {
+            let initrd_len = initrd_path
+                .as_deref()
+                .and_then(|i| std::fs::metadata(i).ok())
+                .map_or(0, |m| m.len());
+            crate::linux_guest::payload_end(&kernel_path, initrd_len)
+                .map_or(0, |end| end - apflab_abi::memory_map::RAM_BASE)
+                .next_multiple_of(2 * MIB)
+        } else {
+            boot::WORKLOAD_REGION_OFFSET
+        };
         // [pager]: everything is checked now, files included, so a bad
         // value fails before any VM is built.
         let pager = match &raw.pager {
             Some(p) => {
-                let low = if linux {
-                    boot::LINUX_RESIDENT_LOW
-                } else {
-                    boot::WORKLOAD_REGION_OFFSET
-                };
-                if let Some(end) = linux
-                    .then(|| {
-                        let initrd_len = initrd_path
-                            .as_deref()
-                            .and_then(|i| std::fs::metadata(i).ok())
-                            .map_or(0, |m| m.len());
-                        crate::linux_guest::payload_end(&kernel_path, initrd_len)
-                    })
-                    .flatten()
-                    && end > apflab_abi::memory_map::RAM_BASE + low
-                {
-                    return Err(src.key_error(
-                        p.span(),
-                        "pager",
-                        format!(
-                            "the Linux kernel, its device tree and initrd take the first {} MiB \
-                             of RAM, and far memory manages RAM above the first {} MiB: use a \
-                             smaller kernel or initrd",
-                            (end - apflab_abi::memory_map::RAM_BASE).div_ceil(MIB),
-                            low / MIB
-                        ),
-                    ));
-                }
-                Prepared::new_above(p.get_ref(), low, ram_bytes, base_dir).map_err(|e| {
-                    let at = match &e {
-                        apflab_pager::ConfigError::Invalid { key, .. } => {
-                            src.key_in_section(p.span(), key)
-                        }
-                        _ => p.span(),
-                    };
-                    src.error_at(at, e.to_string())
-                })?;
+                Prepared::new_above(p.get_ref(), resident_low, ram_bytes, base_dir).map_err(
+                    |e| {
+                        let at = match &e {
+                            apflab_pager::ConfigError::Invalid { key, .. } => {
+                                src.key_in_section(p.span(), key)
+                            }
+                            _ => p.span(),
+                        };
+                        src.error_at(at, e.to_string())
+                    },
+                )?;
                 Some(p.get_ref().clone())
             }
             None => None,
@@ -1275,13 +1269,11 @@ impl Config {
             .map(crate::policy_config::apf)
             .transpose()
             .map_err(problem)?;
-        if linux && (policy.is_some() || apf.is_some()) {
-            let key = if policy.is_some() { "policy" } else { "apf" };
+        if linux && apf.is_some_and(|a| a.guest_abuses) {
             return Err(src.missing(
-                key,
-                "async page faults need the guest's async PF client, which the Linux guest \
-                 does not have yet; a Linux guest runs far memory synchronously (drop [policy] \
-                 and [apf])",
+                "apf",
+                "guest_abuses = false: the abusive guest is apflab's own kernel; the Linux \
+                 guest's client (guest/linux/kernel) only uses the protocol as it is meant",
             ));
         }
         let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
@@ -1308,6 +1300,7 @@ impl Config {
                 initrd: raw.guest.initrd.as_ref().map(|i| i.get_ref().clone()),
                 bootargs: raw.guest.bootargs.as_ref().map(|b| b.get_ref().clone()),
                 linux,
+                resident_low,
             },
             workload,
             backend,
@@ -1372,15 +1365,9 @@ impl Config {
         }
     }
 
-    /// Where far memory's managed region starts, from the start of RAM:
-    /// apflab's own kernel keeps itself below its workload region, Linux
-    /// below [`boot::LINUX_RESIDENT_LOW`].
+    /// Where far memory's managed region starts, from the start of RAM.
     pub fn managed_low(&self) -> u64 {
-        if self.guest.linux {
-            boot::LINUX_RESIDENT_LOW
-        } else {
-            boot::WORKLOAD_REGION_OFFSET
-        }
+        self.guest.resident_low
     }
 
     /// What shapes this config's boot beyond the VM's own config, for a
@@ -1434,7 +1421,7 @@ impl Config {
         push(boot::KEY_PATTERN, w.pattern.clone());
         push(boot::KEY_PASSES, w.passes.map(|v| v.to_string()));
         push(boot::KEY_VERIFY, w.verify.clone().filter(|_| !linux));
-        push(boot::KEY_READER, w.reader.clone().filter(|_| !linux));
+        push(boot::KEY_READER, w.reader.clone());
         push(boot::KEY_REQUESTS, w.requests.map(|v| v.to_string()));
         push(boot::KEY_INTERVAL_US, w.interval_us.map(|v| v.to_string()));
         push(
@@ -1443,9 +1430,8 @@ impl Config {
         );
         push(boot::KEY_SCHEDULER, (!linux).then(|| w.scheduler.clone()));
         push(boot::KEY_SEED, Some(self.seed.to_string()));
-        if self.apf.is_some_and(|a| !a.guest_enables) {
-            push(boot::KEY_APF, Some("off".into()));
-        }
+        let apf_off = self.apf.is_some_and(|a| !a.guest_enables);
+        push(boot::KEY_APF, (apf_off && !linux).then(|| "off".into()));
         if self.apf.is_some_and(|a| a.guest_abuses) {
             push(boot::KEY_APF_ABUSE, Some("on".into()));
         }
@@ -1460,6 +1446,9 @@ impl Config {
                 .filter(|_| !linux)
                 .map(|s| s.to_string()),
         );
+        if apf_off && linux {
+            args.push(crate::linux_guest::NO_APF_BOOTARG.into());
+        }
         args.join(" ")
     }
 

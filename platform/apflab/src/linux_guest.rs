@@ -36,11 +36,14 @@ pub fn payload_end(path: &Path, initrd_len: u64) -> Option<u64> {
     )
 }
 
+/// The kernel parameter that keeps the async PF client of apflab's Linux
+/// kernel (`guest/linux/kernel`) off, for `[apf] guest_enables = false`.
+pub const NO_APF_BOOTARG: &str = "no-apflab-apf";
+
 /// `[workload]` keys apflab's own kernel implements and Linux's `/init`
-/// does not: its scheduler and time slice (Linux schedules with its own),
-/// the store-backed and kernel-side verification modes.
-pub const WORKLOAD_KEYS_NOT_FOR_LINUX: [&str; 4] =
-    ["timeslice_us", "scheduler", "verify", "reader"];
+/// does not: its scheduler and time slice (Linux schedules with its own)
+/// and the store-backed verification.
+pub const WORKLOAD_KEYS_NOT_FOR_LINUX: [&str; 3] = ["timeslice_us", "scheduler", "verify"];
 
 /// The command line of a Linux guest: [`BASE_BOOTARGS`], the config's own
 /// `[guest] bootargs`, then the workload's keys.

@@ -2,10 +2,13 @@
 //! may say (every key that does not apply to Linux is exit 2 naming it),
 //! and, with Debian's arm64 kernel (`scripts/linux-kernel` fetches it and
 //! `scripts/test` names it in `APFLAB_LINUX_KERNEL`), boots to `/init` and
-//! the far-memory workload on emu.
+//! the far-memory workload on emu; with apflab's own Linux kernel
+//! (`guest/linux/kernel`), runs every async PF variant in Linux.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
 
 const APFLAB: &str = env!("CARGO_BIN_EXE_apflab");
 
@@ -69,16 +72,8 @@ fn keys_that_do_not_apply_to_linux_are_exit_2_naming_them() {
             vec!["workload.verify", "Linux guest"],
         ),
         (
-            linux_config(
-                initrd,
-                "kind = \"memtouch\"\nmib = 8\nreader = \"kernel\"",
-                "",
-            ),
-            vec!["workload.reader", "Linux guest"],
-        ),
-        (
-            linux_config(initrd, "kind = \"cpu\"", "[policy]\nmodule = \"sync\"\n"),
-            vec!["policy", "async PF client", "Linux"],
+            linux_config(initrd, "kind = \"cpu\"", "[apf]\nguest_abuses = true\n"),
+            vec!["apf", "guest_abuses = false", "Linux guest"],
         ),
         (
             linux_config(
@@ -233,4 +228,98 @@ fn the_mixed_workload_runs_on_far_memory_holding_half_its_working_set() {
     assert!(n("/pager/fetches") > 1000, "{r:#}");
     assert!(n("/pager/evictions") > 0, "{r:#}");
     assert_eq!(n("/apf/async_faults"), 0, "{r:#}");
+}
+
+/// apflab's Linux kernel with the async PF client (`scripts/linux-apf-kernel`
+/// builds it and `scripts/test` names it in `APFLAB_LINUX_APF_KERNEL`);
+/// `None` (and the test says it did not run) outside CI when it is not
+/// given. CI must give it.
+fn apf_kernel() -> Option<PathBuf> {
+    match std::env::var_os("APFLAB_LINUX_APF_KERNEL") {
+        Some(k) => Some(PathBuf::from(k)),
+        None if std::env::var_os("CI").is_some() => panic!(
+            "APFLAB_LINUX_APF_KERNEL is not set: scripts/test sets it from scripts/linux-apf-kernel"
+        ),
+        None => {
+            eprintln!("not run: set APFLAB_LINUX_APF_KERNEL (scripts/linux-apf-kernel prints it)");
+            None
+        }
+    }
+}
+
+/// Linux's `mixed` workload on far memory holding half its working set,
+/// 100 µs fetches, plus `extra` sections.
+fn linux_apf_config(kernel: &Path, vcpus: u32, extra: &str) -> String {
+    format!(
+        "seed = 3\n[guest]\nvcpus = {vcpus}\nmemory_mib = 256\nkernel = {kernel:?}\n\
+         [workload]\nkind = \"mixed\"\nops = 200000\nmib = 16\npattern = \"random\"\npasses = 2\n\
+         [backend]\nkind = \"emu\"\n\
+         [pager]\nstore = {{ kind = \"zero\" }}\nlatency = {{ model = \"constant\", us = 100.0 }}\n\
+         queue_depth = 4\nresident_limit = \"8 MiB\"\n{extra}"
+    )
+}
+
+/// What every complete run of [`linux_apf_config`] shows.
+fn assert_linux_mixed_complete(r: &serde_json::Value, variant: &str) {
+    assert_eq!(
+        common::u(r, "/guest/tasks_completed"),
+        2,
+        "{variant}: {:#}",
+        r["guest"]
+    );
+    assert_eq!(common::u(r, "/integrity/mismatches"), 0, "{variant}");
+    assert_eq!(
+        common::u(r, "/integrity/pages_verified"),
+        2 * 16 * 256,
+        "{variant}"
+    );
+}
+
+#[test]
+fn every_variant_runs_in_linux_and_delivers_each_token_exactly_once() {
+    let Some(kernel) = apf_kernel() else {
+        return;
+    };
+    // Without a policy the client finds nothing offered and stays off.
+    let (sync, _, console) = common::run_logged(&linux_apf_config(&kernel, 1, ""));
+    assert_linux_mixed_complete(&sync, "sync");
+    assert!(console.contains("apflab-apf: "), "{console}");
+    assert_eq!(common::u(&sync, "/guest/apf/not_present"), 0);
+    for (not_present, ready, initiation, sleep) in common::VARIANTS {
+        let variant = format!("{not_present}/{ready}/{initiation}/{sleep}");
+        let (r, tokens, console) = common::run_logged(&linux_apf_config(
+            &kernel,
+            1,
+            &common::decision(not_present, ready, initiation, sleep),
+        ));
+        assert_linux_mixed_complete(&r, &variant);
+        for trouble in ["WARNING:", "BUG:", "Oops", "Call trace", "cut here"] {
+            assert!(
+                !console.contains(trouble),
+                "{variant}: {trouble:?}:\n{console}"
+            );
+        }
+        let a = &r["apf"];
+        let n = common::u(a, "/async_faults");
+        assert!(n > 0, "{variant}: {a:#}");
+        assert_eq!(
+            common::assert_each_token_once(&tokens, initiation == "guest", ready == "interrupt"),
+            n as usize,
+            "{variant}"
+        );
+        assert_eq!(r["violations"], serde_json::json!({}), "{variant}");
+        assert_eq!(common::u(a, "/ready_delivered"), n, "{variant}");
+        assert_eq!(common::u(a, "/tokens_dropped"), 0, "{variant}");
+        // The kernel's own counters agree with the host's.
+        let g = &r["guest"]["apf"];
+        assert_eq!(common::u(g, "/not_present"), n, "{variant}: {g:#}");
+        assert_eq!(common::u(g, "/ready"), n, "{variant}: {g:#}");
+        let waits = common::u(g, "/parked") + common::u(g, "/halts") + common::u(g, "/early_ready");
+        assert_eq!(waits, n, "{variant}: {g:#}");
+        if sleep == "halt" {
+            assert_eq!(common::u(g, "/parked"), 0, "{variant}: {g:#}");
+        } else {
+            assert_eq!(common::u(g, "/halts"), 0, "{variant}: {g:#}");
+        }
+    }
 }

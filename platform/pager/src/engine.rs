@@ -54,7 +54,7 @@ impl Prepared {
     }
 
     /// [`Self::new`] for a pager that manages RAM from `low` bytes above its
-    /// start (a Linux guest: [`apflab_abi::boot::LINUX_RESIDENT_LOW`]).
+    /// start (a Linux guest: past its kernel, device tree and initrd).
     pub fn new_above(
         config: &PagerConfig,
         low: u64,

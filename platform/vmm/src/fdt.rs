@@ -1,18 +1,19 @@
 //! The flattened device tree handed to the guest in x0, mirroring the nodes
 //! QEMU's `virt` board generates for the same devices, plus an `apflab`
-//! node advertising the hypercall doorbell and the `/firmware/sdei` node of
-//! the SDEI firmware.
+//! node advertising the hypercall doorbell, the `/firmware/sdei` node of
+//! the SDEI firmware and an `apflab-apf` node naming the "page ready" PPI.
 
 use apflab_abi::memory_map::{
-    DOORBELL_BASE, DOORBELL_SIZE, DTB_MAX_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE,
-    PTIMER_PPI, RAM_BASE, RTC_BASE, RTC_SIZE, RTC_SPI, UART_BASE, UART_SIZE, UART_SPI, VTIMER_PPI,
+    APF_COMPATIBLE, APF_READY_PPI, DOORBELL_BASE, DOORBELL_SIZE, DTB_MAX_SIZE, GICD_BASE,
+    GICD_SIZE, GICR_BASE, GICR_STRIDE, PTIMER_PPI, RAM_BASE, RTC_BASE, RTC_SIZE, RTC_SPI,
+    UART_BASE, UART_SIZE, UART_SPI, VTIMER_PPI,
 };
 use vm_fdt::FdtWriter;
 
 use apflab_hypervisor::arch::mpidr_of;
 
 /// `compatible` of the apflab node (the doorbell page).
-pub const APFLAB_COMPATIBLE: &str = "apflab,doorbell";
+pub const APFLAB_COMPATIBLE: &str = apflab_abi::memory_map::DOORBELL_COMPATIBLE;
 
 /// `compatible` of the `/firmware/sdei` node (the SDEI 1.0 binding).
 pub const SDEI_COMPATIBLE: &str = "arm,sdei-1.0";
@@ -213,6 +214,13 @@ pub fn build(vcpus: u32, ram_size: u64, chosen: &Chosen<'_>) -> Result<Vec<u8>, 
     w.end_node(sdei)?;
     w.end_node(firmware)?;
 
+    // The "page ready" PPI, for a guest that maps its interrupts from the
+    // device tree (apflab's Linux client). Last, for the same reason.
+    let apf = w.begin_node("apflab-apf")?;
+    w.property_string("compatible", APF_COMPATIBLE)?;
+    w.property_array_u32("interrupts", &[GIC_PPI, APF_READY_PPI - 16, IRQ_LEVEL_HIGH])?;
+    w.end_node(apf)?;
+
     w.end_node(root)?;
     let blob = w.finish()?;
     if blob.len() as u64 > DTB_MAX_SIZE {
@@ -245,6 +253,7 @@ mod tests {
             "apflab.workload=cpu",
             APFLAB_COMPATIBLE,
             SDEI_COMPATIBLE,
+            APF_COMPATIBLE,
             "cpu@3",
             "hvc",
         ] {
