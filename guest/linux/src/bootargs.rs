@@ -11,6 +11,7 @@
 
 use apflab_abi::boot::{self, parse_bootargs};
 use apflab_abi::limits::{self, Bound};
+use apflab_abi::linux::KEY_HOTPLUG;
 use core::fmt;
 use core::str::FromStr;
 
@@ -92,6 +93,9 @@ pub struct Config {
     pub passes: u64,
     /// Who reads the memory threads' pages back.
     pub reader: Reader,
+    /// CPU 1 goes offline and online again during the memory threads'
+    /// run ([`apflab_abi::linux::KEY_HOTPLUG`]).
+    pub hotplug: bool,
     /// `kv`: requests.
     pub requests: u64,
     /// `kv`: mean inter-arrival time, microseconds.
@@ -110,6 +114,7 @@ impl Default for Config {
             pattern: Pattern::Sequential,
             passes: 1,
             reader: Reader::Task,
+            hotplug: false,
             requests: 100,
             interval_us: 100,
             seed: 1,
@@ -194,7 +199,7 @@ fn only(key: &str, value: &str, accepted: &str, why: &str) -> Result<(), BadBoot
 
 /// The keys that apply to a Linux guest, for the message about an unknown
 /// one.
-const LINUX_KEYS: [&str; 10] = [
+const LINUX_KEYS: [&str; 11] = [
     boot::KEY_WORKLOAD,
     boot::KEY_TASKS,
     boot::KEY_OPS,
@@ -202,6 +207,7 @@ const LINUX_KEYS: [&str; 10] = [
     boot::KEY_PATTERN,
     boot::KEY_PASSES,
     boot::KEY_READER,
+    KEY_HOTPLUG,
     boot::KEY_REQUESTS,
     boot::KEY_INTERVAL_US,
     boot::KEY_SEED,
@@ -247,6 +253,13 @@ pub fn parse(cmdline: &str) -> Result<Config, BadBootarg> {
                     "task" => Reader::Task,
                     "kernel" => Reader::Kernel,
                     _ => return Err(bad(key, value, "task or kernel")),
+                }
+            }
+            KEY_HOTPLUG => {
+                c.hotplug = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(key, value, "on or off")),
                 }
             }
             boot::KEY_APF => only(
@@ -350,7 +363,7 @@ mod tests {
 
     const LINE: &str = "console=ttyAMA0 rdinit=/init apflab.workload=mixed apflab.mib=64 \
                         apflab.tasks=2 apflab.ops=5000 apflab.passes=3 apflab.pattern=random \
-                        apflab.seed=7 apflab.requests=9 apflab.interval_us=250 apflab.reader=kernel quiet";
+                        apflab.seed=7 apflab.requests=9 apflab.interval_us=250 apflab.reader=kernel apflab.hotplug=on quiet";
 
     #[test]
     fn every_linux_key_is_taken() {
@@ -365,6 +378,7 @@ mod tests {
                 pattern: Pattern::Random,
                 passes: 3,
                 reader: Reader::Kernel,
+                hotplug: true,
                 requests: 9,
                 interval_us: 250,
                 seed: 7,

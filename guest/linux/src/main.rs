@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use apflab_abi::linux::{APF_COUNTERS, APF_PROC_FILE, ERROR_PREFIX, MESSAGE_PREFIX};
+use apflab_abi::linux::{
+    APF_COUNTERS, APF_PROC_FILE, ERROR_PREFIX, HOTPLUG_OFFLINE_AT_NS, HOTPLUG_OFFLINE_FOR_NS,
+    MESSAGE_PREFIX,
+};
 use apflab_abi::memory_map::PAGE_SIZE;
 use apflab_abi::pattern::{WORDS_PER_PAGE, splitmix64};
 use apflab_abi::report::GuestReport;
@@ -79,6 +82,34 @@ fn main() {
         Err(Failure::Error(e)) => sys::console_line(ERROR_PREFIX, &e),
     }
     sys::power_off()
+}
+
+/// Takes CPU 1 offline at [`HOTPLUG_OFFLINE_AT_NS`] after the workload's
+/// start and online again [`HOTPLUG_OFFLINE_FOR_NS`] later, unless the
+/// memory threads are done (`stop`) by then: a thread beside the workload's,
+/// which has no slot in the report.
+fn spawn_hotplug(
+    start: u64,
+    stop: Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<Result<(), String>>, Failure> {
+    sys::mount("sysfs", "/sys")?;
+    let online = "/sys/devices/system/cpu/cpu1/online";
+    let set = move |value: &str| {
+        std::fs::write(online, value).map_err(|e| format!("write {value} to {online}: {e}"))
+    };
+    thread::Builder::new()
+        .name("hotplug".into())
+        .spawn(move || {
+            sys::sleep_until(start + HOTPLUG_OFFLINE_AT_NS).map_err(|e| e.to_string())?;
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            set("0")?;
+            sys::sleep_until(start + HOTPLUG_OFFLINE_AT_NS + HOTPLUG_OFFLINE_FOR_NS)
+                .map_err(|e| e.to_string())?;
+            set("1")
+        })
+        .map_err(|e| Failure::Error(format!("start the hotplug thread: {e}")))
 }
 
 /// Reads a file of `/proc`, naming it on failure.
@@ -296,6 +327,10 @@ fn run_memory(config: &Config, start: u64) -> Result<Outcome, Failure> {
             r
         })?);
     }
+    let hotplug = config
+        .hotplug
+        .then(|| spawn_hotplug(start, stop.clone()))
+        .transpose()?;
     if config.workload == Workload::Mixed {
         let ops = config.ops;
         handles.push(spawn("cpu".into(), move || {
@@ -315,7 +350,12 @@ fn run_memory(config: &Config, start: u64) -> Result<Outcome, Failure> {
             })
         })?);
     }
-    join(handles)
+    let outcome = join(handles)?;
+    if let Some(h) = hotplug {
+        h.join()
+            .map_err(|_| "the hotplug thread panicked".to_string())??;
+    }
+    Ok(outcome)
 }
 
 /// One memory thread: per pass, map its share, write the pass's pattern,

@@ -40,3 +40,15 @@ pub const APF_COUNTERS: [&str; 9] = [
     "wake_alls",
     "halted_ns",
 ];
+
+/// Linux guest only: `apflab.hotplug=on` has the init take CPU 1 offline
+/// and back online while the memory threads run (through
+/// `/sys/devices/system/cpu/cpu1/online`), so that the async PF client's
+/// CPU offline and online paths run in the middle of a workload.
+pub const KEY_HOTPLUG: &str = "apflab.hotplug";
+
+/// When the init takes CPU 1 offline, and for how long, in nanoseconds of
+/// `CLOCK_MONOTONIC` after the workload's start.
+pub const HOTPLUG_OFFLINE_AT_NS: u64 = 20_000_000;
+/// See [`HOTPLUG_OFFLINE_AT_NS`].
+pub const HOTPLUG_OFFLINE_FOR_NS: u64 = 20_000_000;

@@ -347,3 +347,50 @@ fn check_linux_variant(
         );
     }
 }
+
+#[test]
+fn cpu_offline_and_online_mid_run_wakes_that_cpus_sleepers_and_loses_nothing() {
+    let Some(kernel) = apf_kernel() else {
+        return;
+    };
+    let config = linux_apf_config(
+        &kernel,
+        2,
+        &common::decision("data-abort", "interrupt", "host", "reschedule"),
+    )
+    .replace(
+        "[workload]\nkind = \"mixed\"\n",
+        &format!(
+            "bootargs = \"{}=on\"\n[workload]\nkind = \"mixed\"\ntasks = 2\n",
+            apflab_abi::linux::KEY_HOTPLUG
+        ),
+    );
+    let (r, tokens, console) = common::run_logged(&config);
+    assert!(console.contains("CPU1: shutdown"), "{console}");
+    for trouble in ["WARNING:", "BUG:", "Oops", "Call trace", "cut here"] {
+        assert!(!console.contains(trouble), "{trouble:?}:\n{console}");
+    }
+    assert_eq!(
+        common::u(&r, "/guest/tasks_completed"),
+        3,
+        "{:#}",
+        r["guest"]
+    );
+    assert_eq!(common::u(&r, "/integrity/mismatches"), 0);
+    assert_eq!(common::u(&r, "/integrity/pages_verified"), 2 * 8 * 256);
+    assert_eq!(r["violations"], serde_json::json!({}));
+    let g = &r["guest"]["apf"];
+    // CPU 1 disabled once (waking its sleepers) and enabled again.
+    assert!(common::u(g, "/wake_alls") >= 1, "{g:#}");
+    assert_eq!(common::u(g, "/enabled"), 3, "{g:#}");
+    assert!(common::u(&r, "/apf/async_faults") > 0, "{:#}", r["apf"]);
+    // No token reaches the guest twice.
+    let mut consumed = std::collections::BTreeSet::new();
+    for e in tokens.iter().filter(|e| e.event == "consumed") {
+        assert!(
+            consumed.insert(e.token.clone()),
+            "{} consumed twice",
+            e.token
+        );
+    }
+}
