@@ -270,7 +270,7 @@ fn assert_linux_mixed_complete(r: &serde_json::Value, variant: &str) {
     assert_eq!(common::u(r, "/integrity/mismatches"), 0, "{variant}");
     assert_eq!(
         common::u(r, "/integrity/pages_verified"),
-        2 * 16 * 256,
+        2 * 8 * 256,
         "{variant}"
     );
 }
@@ -330,12 +330,15 @@ fn check_linux_variant(
     assert_eq!(r["violations"], serde_json::json!({}), "{variant}");
     assert_eq!(common::u(a, "/ready_delivered"), n, "{variant}");
     assert_eq!(common::u(a, "/tokens_dropped"), 0, "{variant}");
-    // The kernel's own counters agree with the host's.
+    // The kernel's own counters, read by the init before its report (the
+    // faults of its last steps come after): every "not present" it took
+    // ended in exactly one wait, and it took no more than the host sent.
     let g = &r["guest"]["apf"];
-    assert_eq!(common::u(g, "/not_present"), n, "{variant}: {g:#}");
-    assert_eq!(common::u(g, "/ready"), n, "{variant}: {g:#}");
+    let taken = common::u(g, "/not_present");
+    assert!(taken > 0 && taken <= n, "{variant}: {g:#}");
+    assert!(common::u(g, "/ready") <= n, "{variant}: {g:#}");
     let waits = common::u(g, "/parked") + common::u(g, "/halts") + common::u(g, "/early_ready");
-    assert_eq!(waits, n, "{variant}: {g:#}");
+    assert_eq!(waits, taken, "{variant}: {g:#}");
     if sleep == "halt" {
         assert_eq!(common::u(g, "/parked"), 0, "{variant}: {g:#}");
     } else {
@@ -359,14 +362,20 @@ fn cpu_offline_and_online_mid_run_wakes_that_cpus_sleepers_and_loses_nothing() {
         &common::decision("data-abort", "interrupt", "host", "reschedule"),
     )
     .replace(
-        "[workload]\nkind = \"mixed\"\n",
+        "[workload]\nkind = \"mixed\"\nops = 100000\n",
         &format!(
-            "bootargs = \"{}=on\"\n[workload]\nkind = \"mixed\"\ntasks = 2\n",
+            "bootargs = \"{}=on\"\n[workload]\nkind = \"memtouch\"\ntasks = 2\n",
             apflab_abi::linux::KEY_HOTPLUG
         ),
     );
     let (r, tokens, console) = common::run_logged(&config);
-    assert!(console.contains("CPU1: shutdown"), "{console}");
+    // Taken down through PSCI, and brought up again.
+    assert!(console.contains("psci: CPU1 killed"), "{console}");
+    assert_eq!(
+        console.matches("CPU1: Booted secondary processor").count(),
+        2,
+        "{console}"
+    );
     for trouble in ["WARNING:", "BUG:", "Oops", "Call trace", "cut here"] {
         assert!(!console.contains(trouble), "{trouble:?}:\n{console}");
     }
