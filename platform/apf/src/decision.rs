@@ -91,9 +91,20 @@ pub struct VcpuFacts {
     pub no_inject: bool,
 }
 
-/// Whether a kernel-mode fault with `facts` can be served as async `sleep`.
-fn kernel_can_wait(facts: &VcpuFacts, accepted: u64, sleep: Sleep) -> bool {
-    accepted & features::KERNEL_MODE_ASYNC != 0 && sleep == Sleep::Halt && !facts.irqs_masked
+/// Whether a kernel-mode fault with `facts` can be served as async `sleep`
+/// delivered as `not_present`. Never through SDEI: its handler runs with
+/// everything masked, where the kernel can wait for nothing (v4 sent it
+/// only for a task's faults), so the token would stay unread.
+fn kernel_can_wait(
+    facts: &VcpuFacts,
+    accepted: u64,
+    sleep: Sleep,
+    not_present: NotPresentDelivery,
+) -> bool {
+    accepted & features::KERNEL_MODE_ASYNC != 0
+        && sleep == Sleep::Halt
+        && !facts.irqs_masked
+        && not_present != NotPresentDelivery::Sdei
 }
 
 /// How `decision` is served on a vCPU with `facts`.
@@ -115,7 +126,7 @@ pub fn serve(decision: Decision, facts: VcpuFacts) -> Served {
         Some(Fallback::RepeatFault)
     } else if facts.no_inject {
         Some(Fallback::NoInjectWindow)
-    } else if facts.el != 0 && !kernel_can_wait(&facts, accepted, sleep) {
+    } else if facts.el != 0 && !kernel_can_wait(&facts, accepted, sleep, not_present) {
         Some(Fallback::KernelMode)
     } else if facts.outstanding >= MAX_OUTSTANDING {
         Some(Fallback::OutstandingCap)
@@ -228,6 +239,31 @@ mod tests {
             serve(halt, not_accepted),
             Served::Sync(Some(Fallback::KernelMode))
         );
+        // SDEI reaches a task's faults only: its handler can wait for nothing.
+        let sdei = Decision::Async {
+            not_present: NotPresentDelivery::Sdei,
+            ready: ReadyDelivery::Interrupt,
+            initiation: Initiation::Host,
+            sleep: Sleep::Halt,
+        };
+        let sdei_kernel = VcpuFacts {
+            accepted: Some(all | f::NOT_PRESENT_SDEI),
+            ..kernel
+        };
+        assert_eq!(
+            serve(sdei, sdei_kernel),
+            Served::Sync(Some(Fallback::KernelMode))
+        );
+        assert!(matches!(
+            serve(
+                sdei,
+                VcpuFacts {
+                    el: 0,
+                    ..sdei_kernel
+                }
+            ),
+            Served::Async(_)
+        ));
         let Decision::Async {
             not_present,
             ready,
