@@ -100,10 +100,13 @@ pub fn init_cpu() {
         offered &= !features::NOT_PRESENT_SDEI;
     }
     let cb = block(cpu);
+    let window = arch::no_inject_window();
     // SAFETY: this CPU's own block, not yet registered with the host.
     unsafe {
         cb.write_volatile(ControlBlock::new());
         addr_of_mut!((*cb).guest_state).write_volatile(GUEST_CAN_RESCHEDULE);
+        addr_of_mut!((*cb).no_inject_start).write_volatile(window.start);
+        addr_of_mut!((*cb).no_inject_end).write_volatile(window.end);
     }
     gic::enable_apf_ready(cpu);
     let abuse = cpu == 0 && ABUSE.load(Ordering::Relaxed);

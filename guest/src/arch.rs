@@ -2,7 +2,7 @@
 //! that aarch64-cpu does not already provide as safe calls.
 
 use aarch64_cpu::asm::barrier;
-use aarch64_cpu::registers::{CNTFRQ_EL0, CNTVCT_EL0, DAIF, Readable, Writeable};
+use aarch64_cpu::registers::{CNTFRQ_EL0, CNTVCT_EL0, DAIF, Readable, VBAR_EL1, Writeable};
 
 /// Masks IRQs on this CPU (the kernel runs with IRQs masked except in the
 /// idle loop's wait window).
@@ -71,4 +71,18 @@ pub fn ticks_to_ns(ticks: u64) -> u64 {
 pub fn ns_to_ticks(ns: u64) -> u64 {
     let hz = counter_hz().max(1) as u128;
     (ns as u128 * hz).div_ceil(1_000_000_000) as u64
+}
+
+/// The size of an AArch64 vector table (16 vectors of 128 bytes).
+const VECTOR_TABLE_SIZE: u64 = 0x800;
+
+/// The kernel's no-inject window (`ControlBlock::no_inject_start`): its
+/// vector table. aarch64-rt's vectors save ELR and SPSR and restore them
+/// for the `eret` within each 128-byte vector, so the only code that runs
+/// with them unsaved is in the table. (`sched`'s `apflab_enter_el0` writes
+/// them too, but touches no memory before its `eret`, so nothing can fault
+/// there.)
+pub fn no_inject_window() -> core::ops::Range<u64> {
+    let base = VBAR_EL1.get();
+    base..base + VECTOR_TABLE_SIZE
 }

@@ -144,7 +144,9 @@ pub const GUEST_CAN_RESCHEDULE: u32 = 1 << 0;
 /// [`ControlBlock::guest_state`] bit: the idle task is running.
 pub const GUEST_IN_IDLE: u32 = 1 << 1;
 /// [`ControlBlock::guest_state`] bit: inside the exception entry/exit window
-/// where an injected exception would corrupt saved state.
+/// where an injected exception would corrupt saved state. For code that
+/// can fault there, [`ControlBlock::no_inject_start`] and
+/// [`ControlBlock::no_inject_end`] say the same without a store per entry.
 pub const GUEST_NO_INJECT: u32 = 1 << 2;
 
 /// Number of slots of the ready ring.
@@ -152,8 +154,9 @@ pub const READY_RING_SLOTS: usize = 64;
 
 /// Version of the control block layout and meaning, in
 /// [`ControlBlock::version`]. 2: [`ControlBlock::action`] carries
-/// [`ACTION_REQUEST_PAGE`] beside the sleep choice.
-pub const CONTROL_BLOCK_VERSION: u32 = 2;
+/// [`ACTION_REQUEST_PAGE`] beside the sleep choice. 3: the guest publishes
+/// its no-inject window ([`ControlBlock::no_inject_start`]).
+pub const CONTROL_BLOCK_VERSION: u32 = 3;
 
 /// The per-vCPU async PF control block, in guest memory, registered with
 /// `APF_ENABLE`. 64-byte aligned; fields are written by the side named.
@@ -188,8 +191,17 @@ pub struct ControlBlock {
     pub ready_head: u32,
     /// Guest: number of tokens consumed from [`Self::ready_ring`].
     pub ready_tail: u32,
-    /// Reserved, zero.
-    pub _reserved: [u32; 4],
+    /// Guest: the first address (a virtual address of the guest kernel) of
+    /// its exception entry and return path, where ELR and SPSR are not yet
+    /// saved or already restored. An exception injected while the vCPU's
+    /// PC is in `no_inject_start..no_inject_end` would overwrite them, so
+    /// the host injects none there: a fault there is served
+    /// synchronously. Written once before `APF_ENABLE`; an empty range
+    /// (both zero) publishes no window.
+    pub no_inject_start: u64,
+    /// Guest: the end (exclusive) of the range that
+    /// [`Self::no_inject_start`] begins.
+    pub no_inject_end: u64,
     /// Host: ready tokens when "ready" is an interrupt.
     pub ready_ring: [u64; READY_RING_SLOTS],
 }
@@ -208,7 +220,8 @@ impl ControlBlock {
             fault_ipa: 0,
             ready_head: 0,
             ready_tail: 0,
-            _reserved: [0; 4],
+            no_inject_start: 0,
+            no_inject_end: 0,
             ready_ring: [0; READY_RING_SLOTS],
         }
     }
@@ -245,6 +258,10 @@ pub mod cb_offset {
     pub const READY_HEAD: usize = offset_of!(ControlBlock, ready_head);
     /// [`ControlBlock::ready_tail`].
     pub const READY_TAIL: usize = offset_of!(ControlBlock, ready_tail);
+    /// [`ControlBlock::no_inject_start`].
+    pub const NO_INJECT_START: usize = offset_of!(ControlBlock, no_inject_start);
+    /// [`ControlBlock::no_inject_end`].
+    pub const NO_INJECT_END: usize = offset_of!(ControlBlock, no_inject_end);
     /// [`ControlBlock::ready_ring`].
     pub const READY_RING: usize = offset_of!(ControlBlock, ready_ring);
 }
@@ -262,6 +279,8 @@ const _: () = {
     assert!(cb_offset::FAULT_IPA == 32);
     assert!(cb_offset::READY_HEAD == 40);
     assert!(cb_offset::READY_TAIL == 44);
+    assert!(cb_offset::NO_INJECT_START == 48);
+    assert!(cb_offset::NO_INJECT_END == 56);
     assert!(cb_offset::READY_RING == 64);
 };
 

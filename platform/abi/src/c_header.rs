@@ -152,7 +152,7 @@ fn defines() -> [(&'static str, u64, bool); 34] {
 }
 
 /// The control block's fields: C declaration and the offset it must have.
-fn fields() -> [(&'static str, usize); 11] {
+fn fields() -> [(&'static str, usize); 13] {
     [
         ("u32 version", cb_offset::VERSION),
         ("u32 reason", cb_offset::REASON),
@@ -164,6 +164,8 @@ fn fields() -> [(&'static str, usize); 11] {
         ("u64 fault_ipa", cb_offset::FAULT_IPA),
         ("u32 ready_head", cb_offset::READY_HEAD),
         ("u32 ready_tail", cb_offset::READY_TAIL),
+        ("u64 no_inject_start", cb_offset::NO_INJECT_START),
+        ("u64 no_inject_end", cb_offset::NO_INJECT_END),
         (
             "u64 ready_ring[APFLAB_APF_READY_RING_SLOTS]",
             cb_offset::READY_RING,
@@ -336,7 +338,8 @@ mod tests {
         // The declared fields and reserved words add up to the Rust size.
         let t = header();
         let s = text(&t);
-        assert!(s.contains("\tu32 reserved[4];\n\tu64 ready_ring[APFLAB_APF_READY_RING_SLOTS];"));
+        assert!(!s.contains("reserved"));
+        assert!(s.contains("\tu64 no_inject_end;\n\tu64 ready_ring[APFLAB_APF_READY_RING_SLOTS];"));
         assert!(s.contains("#define APFLAB_APF_CB_SIZE\t576\n"));
         assert!(s.contains(
             "static_assert(offsetof(struct apflab_apf_control_block, ready_ring) == 64);"

@@ -11,7 +11,9 @@
 use core::ops::Range;
 
 use apflab_abi::addr::Gpa;
-use apflab_abi::apf::{CONTROL_BLOCK_VERSION, ControlBlock, READY_RING_SLOTS, cb_offset};
+use apflab_abi::apf::{
+    CONTROL_BLOCK_VERSION, ControlBlock, GUEST_NO_INJECT, READY_RING_SLOTS, cb_offset,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Why a control block cannot be registered.
@@ -73,6 +75,15 @@ impl ControlBlockRef {
     /// `guest_state` (0 if unreadable).
     pub fn guest_state(&self, mem: &GuestMemoryMmap) -> u32 {
         self.read_u32(mem, cb_offset::GUEST_STATE).unwrap_or(0)
+    }
+
+    /// Whether an exception injected with the vCPU at `pc` would land in
+    /// the guest's no-inject window: `GUEST_NO_INJECT` is set, or `pc` is in
+    /// the range the guest published. An unreadable block publishes none.
+    pub fn in_no_inject_window(&self, mem: &GuestMemoryMmap, pc: u64) -> bool {
+        let read = |offset| mem.read_obj::<u64>(self.at(offset)).unwrap_or(0);
+        let window = read(cb_offset::NO_INJECT_START)..read(cb_offset::NO_INJECT_END);
+        self.guest_state(mem) & GUEST_NO_INJECT != 0 || window.contains(&pc)
     }
 
     /// `runnable_tasks` (0 if unreadable).

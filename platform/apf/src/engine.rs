@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use apflab_abi::addr::Gpa;
-use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, GUEST_NO_INJECT, REASON_NOT_PRESENT, Token};
+use apflab_abi::apf::{self, GUEST_CAN_RESCHEDULE, REASON_NOT_PRESENT, Token};
 use apflab_abi::hypercall as hc;
 use apflab_abi::policy::{AccessKind, Completion, FaultInfo, Policy, PolicyUsage};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
@@ -376,7 +376,9 @@ impl Engine {
             outstanding: v.tokens.len(),
             repeat: v.tokens.values().any(|o| o.page == page),
             irqs_masked: fault.irqs_masked,
-            no_inject: guest_state & GUEST_NO_INJECT != 0,
+            no_inject: v
+                .cb
+                .is_some_and(|cb| cb.in_no_inject_window(pages.guest_memory(), fault.pc)),
         };
         let info = FaultInfo {
             vcpu,
@@ -817,7 +819,8 @@ impl Engine {
         };
         let mem = pages.guest_memory();
         let reason = cb.reason(mem).unwrap_or(u32::MAX);
-        if !ready::exception_deliverable(state, cb.guest_state(mem), reason) {
+        let no_inject = cb.in_no_inject_window(mem, state.pc);
+        if !ready::exception_deliverable(state, cb.guest_state(mem), no_inject, reason) {
             // Held until the guest can take it.
             self.metrics.ready_exception_held += 1;
             return Action::Retry;

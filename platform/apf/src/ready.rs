@@ -13,8 +13,9 @@
 //! [`ReadyDelivery::Exception`] (RFCv2): a synchronous exception per token,
 //! held until the guest can take it: when the vCPU resumes at EL0, or in a
 //! wait the guest marks with `GUEST_IN_IDLE` (its idle and halt loops),
-//! never with `GUEST_NO_INJECT` set or while the control block still holds
-//! an unread notification. With the dedicated exception class it is
+//! never in its no-inject window (`GUEST_NO_INJECT`, or a PC in the range
+//! it published) or while the control block still holds an unread
+//! notification. With the dedicated exception class it is
 //! [`EC_APF_READY`]; with the data-abort variant, a data abort whose control
 //! block says "page ready". The backend asks at resume
 //! ([`apflab_hypervisor::FaultHook::on_resume`]): the emu scheduler before a
@@ -24,7 +25,7 @@
 
 use std::collections::VecDeque;
 
-use apflab_abi::apf::{EC_APF_READY, GUEST_IN_IDLE, GUEST_NO_INJECT, Token, esr, features};
+use apflab_abi::apf::{EC_APF_READY, GUEST_IN_IDLE, Token, esr, features};
 use apflab_abi::policy::{NotPresentDelivery, ReadyDelivery};
 use apflab_hypervisor::ResumeState;
 use apflab_hypervisor::SyncException;
@@ -42,10 +43,16 @@ pub fn feature(delivery: ReadyDelivery) -> u64 {
 }
 
 /// Whether a "page ready" exception can be entered now, with the vCPU in
-/// `state` and its control block's `guest_state` and `reason`.
-pub fn exception_deliverable(state: ResumeState, guest_state: u32, reason: u32) -> bool {
+/// `state`, its control block's `guest_state` and `reason`, and
+/// `no_inject` if its PC is in the guest's no-inject window.
+pub fn exception_deliverable(
+    state: ResumeState,
+    guest_state: u32,
+    no_inject: bool,
+    reason: u32,
+) -> bool {
     let where_ok = state.el == 0 || guest_state & GUEST_IN_IDLE != 0;
-    where_ok && guest_state & GUEST_NO_INJECT == 0 && reason == apflab_abi::apf::REASON_NONE
+    where_ok && !no_inject && reason == apflab_abi::apf::REASON_NONE
 }
 
 /// The "page ready" exception for `token`, in the class that goes with how

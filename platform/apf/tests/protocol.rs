@@ -312,6 +312,74 @@ fn a_fault_in_the_guests_no_inject_window_is_served_sync() {
 }
 
 #[test]
+fn the_published_no_inject_window_keeps_kernel_faults_and_ready_exceptions_out_of_it() {
+    use apflab_abi::apf::{GUEST_IN_IDLE, REASON_NONE};
+    use apflab_hypervisor::ResumeState;
+    // The kernel's exception entry path, as the guest published it.
+    let (start, end) = (0xffff_8000_0801_0000u64, 0xffff_8000_0801_0800u64);
+    let publish = |m: &mut FakeMachine| {
+        let at = |o: usize| GuestAddress(CB + o as u64);
+        m.memory
+            .write_obj(start, at(cb_offset::NO_INJECT_START))
+            .unwrap();
+        m.memory
+            .write_obj(end, at(cb_offset::NO_INJECT_END))
+            .unwrap();
+    };
+    let kernel_at = |page: u64, pc: u64| apflab_hypervisor::NotResidentFault {
+        pc,
+        el: 1,
+        ..fault(Pfn(managed(page)).gpa(), false)
+    };
+    // Kernel-mode async-halt, ready as an exception.
+    let halt = Decision::Async {
+        not_present: NotPresentDelivery::DataAbort,
+        ready: ReadyDelivery::Exception,
+        initiation: Initiation::Host,
+        sleep: Sleep::Halt,
+    };
+    let (mut e, mut m) = enabled(halt, 64);
+    publish(&mut m);
+    for pc in [start, end - 4] {
+        assert!(matches!(
+            e.on_not_resident(0, &kernel_at(0, pc), 0, &mut m),
+            Action::StallUntil(_)
+        ));
+    }
+    assert_eq!(e.metrics().fallbacks["no_inject_window"], 2);
+    assert_eq!(
+        cb_u32(&m, cb_offset::REASON),
+        REASON_NONE,
+        "nothing written"
+    );
+    // Just past the window the same fault goes async.
+    assert!(matches!(
+        e.on_not_resident(0, &kernel_at(1, end), 0, &mut m),
+        Action::InjectException(_)
+    ));
+    assert_eq!(e.metrics().async_faults, 1);
+    m.memory
+        .write_obj(REASON_NONE, GuestAddress(CB + cb_offset::REASON as u64))
+        .unwrap();
+    // Its "ready" waits for the halted vCPU to leave the window, even in a
+    // marked wait.
+    e.on_time(10_000, &mut m);
+    let state = GuestAddress(CB + cb_offset::GUEST_STATE as u64);
+    m.memory.write_obj(GUEST_IN_IDLE, state).unwrap();
+    let inside = ResumeState {
+        el: 1,
+        pc: start + 0x80,
+    };
+    assert_eq!(e.on_resume(0, inside, 11_000, &mut m), Action::Retry);
+    assert_eq!(e.metrics().ready_exception_held, 1);
+    let outside = ResumeState { el: 1, pc: end };
+    assert!(matches!(
+        e.on_resume(0, outside, 12_000, &mut m),
+        Action::InjectException(_)
+    ));
+}
+
+#[test]
 fn kernel_mode_faults_stay_sync_unless_the_policy_says_halt() {
     let mut kernel = fault(Pfn(managed(0)).gpa(), false);
     kernel.el = 1;
