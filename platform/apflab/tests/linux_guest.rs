@@ -300,6 +300,63 @@ fn every_variant_runs_in_linux_and_delivers_each_token_exactly_once() {
     });
 }
 
+#[test]
+fn kernel_mode_faults_in_linux_are_sync_by_default_and_async_halt_when_the_host_says_halt() {
+    let Some(kernel) = apf_kernel() else {
+        return;
+    };
+    // The memory thread writes its pages itself (user-mode faults) and
+    // reads them back through a pipe: the kernel's copy_from_user faults
+    // on the pages evicted since, with IRQs unmasked.
+    let kernel_reads = |decision: String| {
+        linux_apf_config(&kernel, 1, &decision)
+            .replace("passes = 2\n", "passes = 2\nreader = \"kernel\"\n")
+    };
+    // Reschedule is never served in the kernel: its faults fall back to
+    // sync, the thread's own go async.
+    let (r, tokens, _) = common::run_logged(&kernel_reads(common::decision(
+        "data-abort",
+        "interrupt",
+        "host",
+        "reschedule",
+    )));
+    assert_linux_mixed_complete(&r, "reschedule");
+    let n = common::u(&r, "/apf/async_faults");
+    assert!(
+        common::u(&r, "/fallbacks/kernel_mode") > 0,
+        "{:#}",
+        r["fallbacks"]
+    );
+    assert!(n > 0);
+    assert_eq!(
+        common::assert_each_token_once(&tokens, false, true),
+        n as usize
+    );
+    assert_eq!(
+        common::u(&r, "/guest/apf/kernel_halts"),
+        0,
+        "{:#}",
+        r["guest"]
+    );
+    // Async-halt: the kernel's faults go async too, and it waits for each
+    // in its halt loop, where the ready interrupt reaches it.
+    let (r, tokens, _) = common::run_logged(&kernel_reads(common::decision(
+        "data-abort",
+        "interrupt",
+        "host",
+        "halt",
+    )));
+    assert_linux_mixed_complete(&r, "halt");
+    let n = common::u(&r, "/apf/async_faults");
+    assert_eq!(
+        common::assert_each_token_once(&tokens, false, true),
+        n as usize
+    );
+    let g = &r["guest"]["apf"];
+    assert!(common::u(g, "/kernel_halts") > 0, "{g:#}");
+    assert_eq!(common::u(g, "/parked"), 0, "{g:#}");
+}
+
 /// Runs one variant of the protocol on Linux's `mixed` workload and checks
 /// every token's life and the kernel's counters against the host's.
 fn check_linux_variant(
