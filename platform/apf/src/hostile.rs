@@ -162,6 +162,9 @@ impl HostileGuest {
                 if c.chance(7, 8)? {
                     let version = c.pick(&[CONTROL_BLOCK_VERSION, CONTROL_BLOCK_VERSION, 99])?;
                     let _ = m.memory.write_obj(version, GuestAddress(base));
+                    // No no-inject window yet.
+                    let window = GuestAddress(base + cb_offset::NO_INJECT_START as u64);
+                    let _ = m.memory.write_obj([0u64; 2], window);
                 }
                 let function =
                     c.pick(&[hc::FN_APF_ENABLE, hc::FN_APF_ENABLE, hc::FN_APF_DISABLE])?;
@@ -179,7 +182,8 @@ impl HostileGuest {
                     .read_obj(GuestAddress(cb + cb_offset::READY_HEAD as u64))
                     .unwrap_or(0);
                 let tail = if c.chance(7, 8)? {
-                    head.wrapping_sub(c.below(4)? as u32) + c.pick(&[0, 0, 0, 5])?
+                    head.wrapping_sub(c.below(4)? as u32)
+                        .wrapping_add(c.pick(&[0, 0, 0, 5])?)
                 } else {
                     c.any()? as u32
                 };
@@ -218,7 +222,22 @@ impl HostileGuest {
                 let _ = e.on_hypercall(v, call, *now, m);
             }
             _ => {
-                if c.chance(3, 4)? {
+                if c.chance(1, 4)? {
+                    // A no-inject window over the PC the faults and resumes
+                    // use, over any range, or mostly none (in one over the
+                    // PC every fault is sync), so that tokens still get
+                    // far.
+                    let (start, len) = match c.below(4)? {
+                        0 => (GUEST_PC, 1 + c.below(0x2000)?),
+                        1 => (c.any()?, c.any()?),
+                        _ => (0, 0),
+                    };
+                    let at = |o: usize| GuestAddress(cb + o as u64);
+                    let _ = m.memory.write_obj(start, at(cb_offset::NO_INJECT_START));
+                    let _ = m
+                        .memory
+                        .write_obj(start.wrapping_add(len), at(cb_offset::NO_INJECT_END));
+                } else if c.chance(3, 4)? {
                     // Any value into a field the guest writes, weighted
                     // towards states without GUEST_NO_INJECT (in which
                     // every fault is sync) so that tokens still get far.
