@@ -24,6 +24,10 @@
 //! - `{{speedup EXP POINTER SELECTION -> SELECTION}}`: the first run's value
 //!   over the second's, minus one, per pair, as a signed percentage (a
 //!   throughput gain when the value is a time);
+//! - `{{rate-change EXP POINTER SELECTION -> SELECTION}}`: as `change`, of
+//!   the value at POINTER per second of each run's virtual time (a
+//!   throughput change when the value is a count of work done over the
+//!   whole run, such as a CPU thread that runs until the run ends);
 //! - `{{runs EXP}}`: a table of the experiment's configs: its axes' values,
 //!   the policy, the runs, the makespan and the change against sync;
 //! - `{{ranking EXP KEY=A,B,C SELECTION}}`: the configs SELECTION with KEY
@@ -282,7 +286,7 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                 format!("{}{suffix}", e.value(decimals))
             })
         }
-        "change" | "speedup" => {
+        "change" | "speedup" | "rate-change" => {
             let [pointer, rest @ ..] = args else {
                 return Err(format!("expected `{op} EXPERIMENT POINTER A -> B`"));
             };
@@ -300,11 +304,15 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                             path.display()
                         )
                     })?;
-                let (va, vb) = (number(ra, pointer)?, number(rb, pointer)?);
+                let (mut va, mut vb) = (number(ra, pointer)?, number(rb, pointer)?);
+                if *op == "rate-change" {
+                    va /= ra.virtual_time_ns.max(1) as f64;
+                    vb /= rb.virtual_time_ns.max(1) as f64;
+                }
                 if va == 0.0 || vb == 0.0 {
                     return Err(format!("`{pointer}` is 0 in one of the runs"));
                 }
-                changes.push(if *op == "change" {
+                changes.push(if *op != "speedup" {
                     100.0 * (vb - va) / va
                 } else {
                     100.0 * (va / vb - 1.0)
@@ -325,7 +333,7 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
             ranking(exp, choices, selection)
         }
         other => Err(format!(
-            "`{other}`: expected vs-sync, value, change, speedup, runs or ranking"
+            "`{other}`: expected vs-sync, value, change, speedup, rate-change, runs or ranking"
         )),
     }
 }

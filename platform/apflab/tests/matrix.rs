@@ -584,6 +584,7 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
         &template,
         "change: {{vs-sync out policy.module.name=gavin-rfcv2}}\n\
          faults: {{value out /apf/faults count policy.module.name=gavin-rfcv2}}\n\
+         rate: {{rate-change out /vmm/instructions policy.module.name=sync -> policy.module.name=gavin-rfcv2}}\n\
          {{runs out}}\n",
     )
     .unwrap();
@@ -606,6 +607,23 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
     );
     let faults = results(&dir.path().join("out"))[1].1["apf"]["faults"].clone();
     assert!(paper.contains(&format!("faults: {faults}\n")), "{paper}");
+    // Instructions per virtual second, async against sync.
+    let rate = |r: &serde_json::Value| {
+        r["vmm"]["instructions"].as_f64().unwrap() / r["virtual_time_ns"].as_f64().unwrap()
+    };
+    let all = results(&dir.path().join("out"));
+    let of = |policy: &str| {
+        &all.iter()
+            .find(|(_, r)| r["policy"]["module"] == policy)
+            .unwrap_or_else(|| panic!("no {policy} run"))
+            .1
+    };
+    let rate_change = 100.0 * (rate(of("gavin-rfcv2")) / rate(of("sync")) - 1.0);
+    let expected_rate = format!("{rate_change:+.1} % (1 run)").replace('-', "\u{2212}");
+    assert!(
+        paper.contains(&format!("rate: {expected_rate}\n")),
+        "{paper}"
+    );
     assert!(
         paper.contains("| policy | runs | makespan ms | vs sync |\n"),
         "{paper}"
