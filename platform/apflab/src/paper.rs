@@ -24,10 +24,11 @@
 //! - `{{speedup EXP POINTER SELECTION -> SELECTION}}`: the first run's value
 //!   over the second's, minus one, per pair, as a signed percentage (a
 //!   throughput gain when the value is a time);
-//! - `{{rate-change EXP POINTER SELECTION -> SELECTION}}`: as `change`, of
-//!   the value at POINTER per second of each run's virtual time (a
-//!   throughput change when the value is a count of work done over the
-//!   whole run, such as a CPU thread that runs until the run ends);
+//! - `{{rate-change EXP POINTER OVER SELECTION -> SELECTION}}`: as
+//!   `change`, of the value at POINTER divided by the value at the pointer
+//!   OVER of the same run (a throughput change: work done over the time it
+//!   was done in, such as a CPU thread's operations over the workload's
+//!   elapsed time);
 //! - `{{runs EXP}}`: a table of the experiment's configs: its axes' values,
 //!   the policy, the runs, the makespan and the change against sync;
 //! - `{{ranking EXP KEY=A,B,C SELECTION}}`: the configs SELECTION with KEY
@@ -287,8 +288,13 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
             })
         }
         "change" | "speedup" | "rate-change" => {
-            let [pointer, rest @ ..] = args else {
-                return Err(format!("expected `{op} EXPERIMENT POINTER A -> B`"));
+            let (pointer, over, rest) = match (*op, args) {
+                ("rate-change", [pointer, over, rest @ ..]) => (pointer, Some(over), rest),
+                ("rate-change", _) => {
+                    return Err("expected `rate-change EXPERIMENT POINTER OVER A -> B`".to_owned());
+                }
+                (_, [pointer, rest @ ..]) => (pointer, None, rest),
+                _ => return Err(format!("expected `{op} EXPERIMENT POINTER A -> B`")),
             };
             let (a, b) = two_selections(rest)?;
             let (a, b) = (select(exp, a)?, select(exp, b)?);
@@ -305,9 +311,12 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                         )
                     })?;
                 let (mut va, mut vb) = (number(ra, pointer)?, number(rb, pointer)?);
-                if *op == "rate-change" {
-                    va /= ra.virtual_time_ns.max(1) as f64;
-                    vb /= rb.virtual_time_ns.max(1) as f64;
+                if let Some(over) = over {
+                    let (oa, ob) = (number(ra, over)?, number(rb, over)?);
+                    if oa == 0.0 || ob == 0.0 {
+                        return Err(format!("`{over}` is 0 in one of the runs"));
+                    }
+                    (va, vb) = (va / oa, vb / ob);
                 }
                 if va == 0.0 || vb == 0.0 {
                     return Err(format!("`{pointer}` is 0 in one of the runs"));

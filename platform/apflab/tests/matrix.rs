@@ -584,7 +584,7 @@ fn a_matrix_with_a_sync_baseline_ends_with_the_comparison_against_it() {
         &template,
         "change: {{vs-sync out policy.module.name=gavin-rfcv2}}\n\
          faults: {{value out /apf/faults count policy.module.name=gavin-rfcv2}}\n\
-         rate: {{rate-change out /vmm/instructions policy.module.name=sync -> policy.module.name=gavin-rfcv2}}\n\
+         rate: {{rate-change out /vmm/instructions /virtual_time_ns policy.module.name=sync -> policy.module.name=gavin-rfcv2}}\n\
          {{runs out}}\n",
     )
     .unwrap();
