@@ -51,6 +51,8 @@ impl Watchdog {
     }
 
     /// This watchdog (its signs of life so far) with the span `span_ns`.
+    // Only a run resumed from an emu snapshot re-arms a saved watchdog.
+    #[cfg_attr(not(feature = "emu"), allow(dead_code))]
     pub(crate) fn with_span(self, span_ns: u64) -> Self {
         Watchdog { span_ns, ..self }
     }
