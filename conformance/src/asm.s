@@ -170,6 +170,17 @@ load_u64:
 store_u8:
     strb    w1, [x0]
     ret
+// An unprivileged load: at EL1, with EL0's permissions.
+    .global load_u8_unprivileged
+load_u8_unprivileged:
+    ldtrb   w0, [x0]
+    ret
+// PSTATE.PAN = x0 (MSR PAN, as its system register, S3_0_C4_C2_3).
+    .global set_pan
+set_pan:
+    lsl     x0, x0, #22
+    msr     S3_0_C4_C2_3, x0
+    ret
     .global call_addr
 call_addr:
     stp     x29, x30, [sp, #-16]!

@@ -41,6 +41,8 @@ unsafe extern "C" {
     fn load_u8(addr: u64) -> u64;
     fn load_u64(addr: u64) -> u64;
     fn store_u8(addr: u64, v: u64);
+    fn load_u8_unprivileged(addr: u64) -> u64;
+    fn set_pan(on: u64);
     fn call_addr(addr: u64);
     fn unmask_daifclr() -> u64;
     fn unmask_msr_daif() -> u64;
@@ -865,6 +867,45 @@ fn test_aborts_el1() {
     let (esr, far, _) = expect_sync(|| call1(load_u8, 0x0900_1000));
     check("dabt_unassigned_external_esr", esr, 0x9600_0010);
     check("dabt_unassigned_external_far", far, 0x0900_1000);
+    test_unprivileged_and_pan();
+}
+
+/// EL1's unprivileged loads (LDTR*) have EL0's permissions, and with
+/// PSTATE.PAN set EL1's own data accesses to a page EL0 can reach fault
+/// (a permission fault, level 3, of the current EL) while LDTR* and
+/// accesses to EL1's pages do not.
+fn test_unprivileged_and_pan() {
+    let faults = |f: &dyn Fn()| {
+        let before = SYNC.count.load(Relaxed);
+        f();
+        SYNC.count.load(Relaxed) - before
+    };
+    let (esr, far, _) = expect_sync(|| call1(load_u8_unprivileged, TV_EL1_ONLY + 3));
+    check("ldtr_of_el1_page_permission_esr", esr, 0x9600_000f);
+    check("ldtr_of_el1_page_permission_far", far, TV_EL1_ONLY + 3);
+    let n = faults(&|| {
+        call1(load_u8_unprivileged, TV_EL0_DATA + 3);
+    });
+    check("ldtr_of_el0_page_reads", n, 0);
+    // SAFETY: PSTATE.PAN only narrows what EL1 may access; this code, its
+    // stack and the handler's data are EL1's pages.
+    unsafe { set_pan(1) };
+    let (esr, far, _) = expect_sync(|| call1(load_u8, TV_EL0_DATA + 5));
+    check("pan_load_of_el0_page_permission_esr", esr, 0x9600_000f);
+    check("pan_load_of_el0_page_permission_far", far, TV_EL0_DATA + 5);
+    let (esr, _, _) = expect_sync(|| call2(store_u8, TV_EL0_DATA + 6, 1));
+    check("pan_store_to_el0_page_permission_esr", esr, 0x9600_004f);
+    let n = faults(&|| {
+        call1(load_u8_unprivileged, TV_EL0_DATA + 5);
+        call1(load_u8, TV_OK + 5);
+    });
+    check("pan_spares_ldtr_and_el1_pages", n, 0);
+    // SAFETY: as above.
+    unsafe { set_pan(0) };
+    let n = faults(&|| {
+        call1(load_u8, TV_EL0_DATA + 5);
+    });
+    check("pan_clear_load_of_el0_page_reads", n, 0);
 }
 
 fn test_el0() {

@@ -14,7 +14,9 @@
 use apflab_abi::memory_map::{PAGE_SIZE, RAM_BASE};
 use apflab_hypervisor::arch::access::{AddrReg, RegisterSource, alignment_unit, data_access};
 use apflab_hypervisor::arch::fault_site::{FaultKind, locate};
-use apflab_hypervisor::arch::stage1::{GuestPhysMem, Permissions, TranslationRegs, Walk};
+use apflab_hypervisor::arch::stage1::{
+    AccessLevel, GuestPhysMem, Permissions, TranslationRegs, Walk,
+};
 use apflab_hypervisor::arch::{insn, syndrome};
 use libfuzzer_sys::fuzz_target;
 
@@ -107,8 +109,13 @@ fuzz_target!(|data: &[u8]| {
     for va in [pc, regs.0[0], regs.0[31]] {
         if let Ok(Walk::Leaf { desc, level, .. }) = tregs.walk(va, &ram) {
             assert!(level <= 3);
-            let _ = Permissions::of(desc, true);
-            let _ = Permissions::of(desc, false);
+            for level in [
+                AccessLevel::User,
+                AccessLevel::Kernel,
+                AccessLevel::KernelPan,
+            ] {
+                let _ = Permissions::of(desc, level);
+            }
             let _ = Permissions::access_flag_clear(desc);
         }
     }

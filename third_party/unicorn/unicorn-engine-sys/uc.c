@@ -325,6 +325,7 @@ uc_err uc_open(uc_arch arch, uc_mode mode, uc_engine **result)
         uc->mode = mode;
         uc->reg_read = default_reg_read;
         uc->reg_write = default_reg_write;
+        uc->tlb_fill_mmu_idx = -1;
 
         // uc->ram_list = { .blocks = QLIST_HEAD_INITIALIZER(ram_list.blocks) };
         QLIST_INIT(&uc->ram_list.blocks);
@@ -1274,6 +1275,18 @@ uc_err uc_icount_enable(uc_engine *uc)
     restore_jit_state(uc);
     return UC_ERR_ARCH;
 #endif
+}
+
+UNICORN_EXPORT
+uc_err uc_tlb_fill_mmu_index(uc_engine *uc, int *mmu_idx)
+{
+    // Only meaningful inside a TLB fill, where the engine is set up: no
+    // UC_INIT, which a hook must not run.
+    if (uc->tlb_fill_mmu_idx < 0) {
+        return UC_ERR_ARG;
+    }
+    *mmu_idx = uc->tlb_fill_mmu_idx;
+    return UC_ERR_OK;
 }
 
 UNICORN_EXPORT

@@ -119,6 +119,18 @@ pub enum Walk {
     NeedsPage(u64),
 }
 
+/// Whose permissions an access needs: the engine's MMU index of the access,
+/// as the architecture's translation regime and PSTATE give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLevel {
+    /// EL0's: a task's access, or the kernel's unprivileged `LDTR`/`STTR`.
+    User,
+    /// EL1's, with PSTATE.PAN clear.
+    Kernel,
+    /// EL1's with PSTATE.PAN set: no data access to a page EL0 can reach.
+    KernelPan,
+}
+
 /// Who may access a page, from a leaf descriptor's attributes. Table
 /// descriptors' hierarchical attributes (APTable, XNTable) are not applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,8 +151,8 @@ impl Permissions {
         desc.is_some_and(|d| d & DESC_AF == 0)
     }
 
-    /// What an access from EL0 (`el0`) or EL1 may do through `desc`.
-    pub fn of(desc: Option<u64>, el0: bool) -> Permissions {
+    /// What an access needing `level`'s permissions may do through `desc`.
+    pub fn of(desc: Option<u64>, level: AccessLevel) -> Permissions {
         let Some(d) = desc else {
             return Permissions {
                 read: true,
@@ -160,18 +172,21 @@ impl Permissions {
         let read_only = d & (1 << 7) != 0;
         let pxn = d & (1 << 53) != 0;
         let uxn = d & (1 << 54) != 0;
-        if el0 {
-            Permissions {
+        match level {
+            AccessLevel::User => Permissions {
                 read: el0_access,
                 write: el0_access && !read_only,
                 exec: !uxn,
-            }
-        } else {
-            Permissions {
-                read: true,
-                write: !read_only,
-                // EL1 never executes memory that EL0 can write.
-                exec: !pxn && !(el0_access && !read_only),
+            },
+            AccessLevel::Kernel | AccessLevel::KernelPan => {
+                // PAN denies data accesses only.
+                let data = !(level == AccessLevel::KernelPan && el0_access);
+                Permissions {
+                    read: data,
+                    write: data && !read_only,
+                    // EL1 never executes memory that EL0 can write.
+                    exec: !pxn && !(el0_access && !read_only),
+                }
             }
         }
     }
@@ -389,6 +404,29 @@ pub(crate) mod tests {
             ttbr0: tables | (5 << 48),
             ttbr1: 0,
         }
+    }
+
+    #[test]
+    fn pan_denies_the_kernel_data_access_to_user_pages_and_ldtr_gets_el0s_permissions() {
+        const VALID_PAGE: u64 = 0b11 | DESC_AF;
+        let (user_rw, kernel_rw) = (VALID_PAGE | 1 << 6, VALID_PAGE);
+        let p = |desc: u64, level| {
+            let p = Permissions::of(Some(desc), level);
+            (p.read, p.write, p.exec)
+        };
+        // A user page: the kernel reads and writes it unless PAN is set,
+        // and never executes it (it is writable at EL0).
+        assert_eq!(p(user_rw, AccessLevel::Kernel), (true, true, false));
+        assert_eq!(p(user_rw, AccessLevel::KernelPan), (false, false, false));
+        assert_eq!(p(user_rw, AccessLevel::User), (true, true, true));
+        // A kernel page: PAN does not apply; an unprivileged access (EL0's
+        // permissions, as LDTR/STTR at EL1 have) is refused.
+        assert_eq!(p(kernel_rw, AccessLevel::KernelPan), (true, true, true));
+        assert_eq!(p(kernel_rw, AccessLevel::User), (false, false, true));
+        // A user page the kernel may execute (read-only at EL0): PAN
+        // denies its data accesses, not its fetches.
+        let user_ro = user_rw | 1 << 7;
+        assert_eq!(p(user_ro, AccessLevel::KernelPan), (false, false, true));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The virtual TLB fill: unicorn asks for every translation, and the VMM
-//! answers with the guest's own stage-1 walk, its permissions for the
-//! current exception level, and the pager's word on the target page. A
+//! answers with the guest's own stage-1 walk, the permissions of the
+//! access (the engine's MMU index tells EL0's, EL1's and EL1's under
+//! PSTATE.PAN apart, and gives an unprivileged `LDTR`/`STTR` at EL1 EL0's;
+//! each index caches its own entries), and the pager's word on the target
+//! page. A
 //! page the pager withholds fails the fill before the access has any
 //! effect, so the instruction can be retried once the page is in.
 
@@ -14,11 +17,12 @@ use super::exception::{Access, GuestFault};
 use super::regs::{SCTLR_EL1, TCR_EL1, cp};
 use super::state::HookState;
 use apflab_hypervisor::arch::stage1::{
-    GuestPhysMem, Permissions, TranslationRegs, Walk, WalkError,
+    AccessLevel, GuestPhysMem, Permissions, TranslationRegs, Walk, WalkError,
 };
 use apflab_hypervisor::arch::syndrome::FaultStatus;
 use apflab_hypervisor::arch::{SysRegId, pstate};
 use apflab_hypervisor::{NotResidentFault, PageAccess, VmExit};
+use unicorn_engine_sys::{uc_error, uc_tlb_fill_mmu_index};
 
 /// Guest RAM as the stage-1 walk of a TLB fill reads it.
 struct WalkMemory<'a> {
@@ -39,7 +43,7 @@ impl GuestPhysMem for WalkMemory<'_> {
 }
 
 /// The engine's TLB fill for the page at `va`: the guest's stage-1 walk,
-/// its permissions for the current exception level, and the pager's word on
+/// the permissions of the access (see the module comment), and the pager's word on
 /// the target page. `None` fails the access before it has any effect; the
 /// reason is left in `pending` for [`Vcpu::run`] to return, or, for a fault
 /// of the guest's own translation, in `fault` for the guest to take.
@@ -50,7 +54,7 @@ pub(super) fn fill_tlb(
 ) -> Option<TlbEntry> {
     let pc = uc.pc_read().unwrap_or(0);
     let ps = uc.reg_read(RegisterARM64::PSTATE).unwrap_or(0);
-    let el0 = ps & pstate::MODE_MASK == 0;
+    let needs = access_level(uc, ps);
     let regs = translation_regs(uc);
     let st = uc.get_data_mut();
     let mem = WalkMemory {
@@ -71,7 +75,7 @@ pub(super) fn fill_tlb(
     let (exit, fault, entry) = match regs.map(|r| r.walk(va, &mem)) {
         Ok(Ok(Walk::Leaf { ipa, desc, level })) => {
             let page = ipa & !(PAGE_SIZE - 1);
-            let perms = Permissions::of(desc, el0);
+            let perms = Permissions::of(desc, needs);
             let allowed = match kind {
                 MemType::WRITE => perms.write,
                 MemType::FETCH => perms.exec,
@@ -156,6 +160,32 @@ pub(super) fn fill_tlb(
         }
     }
     entry
+}
+
+/// QEMU's AArch64 MMU indexes (`ARMMMUIdx` without the profile bit) of
+/// the EL1&0 regime: EL0's (tasks, and `LDTR`/`STTR` at EL1), EL1's, and
+/// EL1's with PSTATE.PAN set.
+const MMU_IDX_E10_0: i32 = 0;
+const MMU_IDX_E10_1: i32 = 2;
+const MMU_IDX_E10_1_PAN: i32 = 3;
+
+/// Whose permissions the access being filled needs, from the engine's MMU
+/// index of the fill (`third_party/unicorn` patch 0006); from the
+/// exception level in `ps` if the engine gives none.
+fn access_level(uc: &Unicorn<'_, HookState>, ps: u64) -> AccessLevel {
+    let mut idx = -1;
+    // SAFETY: the engine's own handle, inside its TLB fill hook; `idx` is
+    // a valid place for the result.
+    if unsafe { uc_tlb_fill_mmu_index(uc.get_handle(), &mut idx) } != uc_error::OK {
+        idx = -1;
+    }
+    match idx {
+        MMU_IDX_E10_0 => AccessLevel::User,
+        MMU_IDX_E10_1 => AccessLevel::Kernel,
+        MMU_IDX_E10_1_PAN => AccessLevel::KernelPan,
+        _ if ps & pstate::MODE_MASK == 0 => AccessLevel::User,
+        _ => AccessLevel::Kernel,
+    }
 }
 
 /// The fault the guest's own MMU raises for a walk that fails with `e`;

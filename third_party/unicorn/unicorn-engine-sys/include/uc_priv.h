@@ -413,6 +413,8 @@ struct uc_struct {
     bool icount_enabled; // uc_icount_enable: counting in translated code,
                          // exit checks only at block starts
     bool icount_stop_on_unmask; // uc_icount_stop_on_irq_unmask
+    int tlb_fill_mmu_idx; // the MMU index of the TLB fill in progress, for
+                          // its hooks (uc_tlb_fill_mmu_index); -1 outside
     bool no_exit_request; // Disable check_exit_request temporarily. A
                           // workaround to treat the IT block as a whole block.
     bool init_done;       // Whether the initialization is done.

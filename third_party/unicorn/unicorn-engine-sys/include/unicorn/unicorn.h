@@ -1486,6 +1486,18 @@ uc_err uc_icount_read(uc_engine *uc, int64_t *budget, uint64_t *block_start,
                       uint64_t *block_end);
 
 /*
+ From a UC_HOOK_TLB_FILL hook: the engine's MMU index of the fill, which
+ says whose permissions the access needs. On AArch64 (QEMU's ARMMMUIdx
+ without its profile bit): 0 EL1&0 at EL0 (and LDTR/STTR at EL1), 2 EL1,
+ 3 EL1 with PSTATE.PAN set. The entry the hook returns is cached under this
+ index only.
+
+ @return UC_ERR_OK, or UC_ERR_ARG outside a TLB fill.
+*/
+UNICORN_EXPORT
+uc_err uc_tlb_fill_mmu_index(uc_engine *uc, int *mmu_idx);
+
+/*
  With @on, the engine stops as soon as PSTATE.I is clear when it returns to
  its main loop, which it does after every instruction that can clear it
  (MSR DAIFClr, MSR DAIF, ERET): a host that keeps an interrupt pending for

@@ -57,6 +57,7 @@ bool unicorn_fill_tlb(CPUState *cs, vaddr address, int size,
 
     cpu_restore_state(cs, retaddr, false);
 
+    uc->tlb_fill_mmu_idx = mmu_idx;
     HOOK_FOREACH(uc, hook, UC_HOOK_TLB_FILL) {
         if (hook->to_delete) {
             continue;
@@ -70,6 +71,7 @@ bool unicorn_fill_tlb(CPUState *cs, vaddr address, int size,
             break;
         }
     }
+    uc->tlb_fill_mmu_idx = -1;
 
     if (handled && !ret) {
         goto tlb_miss;
