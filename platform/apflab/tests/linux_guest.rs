@@ -123,21 +123,6 @@ fn an_initrd_for_a_kernel_that_is_not_linux_is_exit_2() {
     );
 }
 
-/// Debian's arm64 kernel, as `scripts/test` names it; `None` (and the test
-/// says it did not run) outside CI when it is not given. CI must give it.
-fn debian_kernel() -> Option<PathBuf> {
-    match std::env::var_os("APFLAB_LINUX_KERNEL") {
-        Some(k) => Some(PathBuf::from(k)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("APFLAB_LINUX_KERNEL is not set: scripts/test sets it from scripts/linux-kernel")
-        }
-        None => {
-            eprintln!("not run: set APFLAB_LINUX_KERNEL (scripts/linux-kernel prints it)");
-            None
-        }
-    }
-}
-
 /// `apflab boot` of Debian's kernel with apflab's initramfs: exit code and
 /// console.
 fn boot_linux(kernel: &Path, vcpus: u32, workload: &str) -> (Option<i32>, String) {
@@ -158,7 +143,7 @@ fn boot_linux(kernel: &Path, vcpus: u32, workload: &str) -> (Option<i32>, String
 
 #[test]
 fn debians_kernel_boots_to_init_and_powers_off_the_same_way_twice_on_1_and_4_vcpus() {
-    let Some(kernel) = debian_kernel() else {
+    let Some(kernel) = common::debian_kernel() else {
         return;
     };
     for vcpus in [1, 4] {
@@ -201,7 +186,7 @@ fn debians_kernel_boots_to_init_and_powers_off_the_same_way_twice_on_1_and_4_vcp
 
 #[test]
 fn the_mixed_workload_runs_on_far_memory_holding_half_its_working_set() {
-    let Some(kernel) = debian_kernel() else {
+    let Some(kernel) = common::debian_kernel() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -228,23 +213,6 @@ fn the_mixed_workload_runs_on_far_memory_holding_half_its_working_set() {
     assert!(n("/pager/fetches") > 1000, "{r:#}");
     assert!(n("/pager/evictions") > 0, "{r:#}");
     assert_eq!(n("/apf/async_faults"), 0, "{r:#}");
-}
-
-/// apflab's Linux kernel with the async PF client (`scripts/linux-apf-kernel`
-/// builds it and `scripts/test` names it in `APFLAB_LINUX_APF_KERNEL`);
-/// `None` (and the test says it did not run) outside CI when it is not
-/// given. CI must give it.
-fn apf_kernel() -> Option<PathBuf> {
-    match std::env::var_os("APFLAB_LINUX_APF_KERNEL") {
-        Some(k) => Some(PathBuf::from(k)),
-        None if std::env::var_os("CI").is_some() => panic!(
-            "APFLAB_LINUX_APF_KERNEL is not set: scripts/test sets it from scripts/linux-apf-kernel"
-        ),
-        None => {
-            eprintln!("not run: set APFLAB_LINUX_APF_KERNEL (scripts/linux-apf-kernel prints it)");
-            None
-        }
-    }
 }
 
 /// Linux's `mixed` workload on far memory holding half its working set,
@@ -277,7 +245,7 @@ fn assert_linux_mixed_complete(r: &serde_json::Value, variant: &str) {
 
 #[test]
 fn every_variant_runs_in_linux_and_delivers_each_token_exactly_once() {
-    let Some(kernel) = apf_kernel() else {
+    let Some(kernel) = common::apf_kernel() else {
         return;
     };
     // Without a policy the client finds nothing offered and stays off.
@@ -302,7 +270,7 @@ fn every_variant_runs_in_linux_and_delivers_each_token_exactly_once() {
 
 #[test]
 fn kernel_mode_faults_in_linux_are_sync_by_default_and_async_halt_when_the_host_says_halt() {
-    let Some(kernel) = apf_kernel() else {
+    let Some(kernel) = common::apf_kernel() else {
         return;
     };
     // The memory thread writes its pages itself (user-mode faults) and
@@ -410,7 +378,7 @@ fn check_linux_variant(
 
 #[test]
 fn cpu_offline_and_online_mid_run_wakes_that_cpus_sleepers_and_loses_nothing() {
-    let Some(kernel) = apf_kernel() else {
+    let Some(kernel) = common::apf_kernel() else {
         return;
     };
     let config = linux_apf_config(

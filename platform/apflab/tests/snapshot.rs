@@ -3,12 +3,8 @@
 //! the results of the same config run from power-on, byte for byte
 //! outside `wall`; a snapshot of another boot must be refused.
 
-use std::path::Path;
-use std::process::Command;
-
-use serde_json::Value;
-
-const APFLAB: &str = env!("CARGO_BIN_EXE_apflab");
+mod common;
+use common::{outside_wall, run_named as run};
 
 /// A far-memory config: a `mixed` workload on `vcpus` vCPUs over a pager
 /// that withholds every page at the start, with the policy `policy`.
@@ -40,42 +36,6 @@ seed = 3
 module = "{policy}"
 "#
     )
-}
-
-/// Runs `config` (written to `dir/name.toml`, the run named `point` in
-/// its results whatever the file) with `extra` options into `dir/name`;
-/// returns the exit status, the log, the results and the console.
-fn run(
-    dir: &Path,
-    name: &str,
-    config: &str,
-    extra: &[&str],
-) -> (Option<i32>, String, Option<Value>, String) {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let out = dir.join(name);
-    let o = Command::new(APFLAB)
-        .arg("run")
-        .arg(&path)
-        .arg("--out")
-        .arg(&out)
-        .args(["--name", "point"])
-        .args(extra)
-        .output()
-        .expect("apflab runs");
-    let log = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert!(!log.contains("panicked"), "apflab panicked:\n{log}");
-    let result = std::fs::read_to_string(out.join("result.json"))
-        .ok()
-        .map(|s| serde_json::from_str(&s).expect("result.json is JSON"));
-    let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
-    (o.status.code(), log, result, console)
-}
-
-/// The results without `wall` (host time, which no two runs share).
-fn outside_wall(mut r: Value) -> String {
-    r.as_object_mut().unwrap().remove("wall");
-    serde_json::to_string_pretty(&r).unwrap()
 }
 
 fn resumed_run_matches_a_run_from_power_on(vcpus: u32) {

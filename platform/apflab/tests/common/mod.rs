@@ -136,3 +136,67 @@ pub const VARIANTS: [(&str, &str, &str, &str); 24] = {
     }
     v
 };
+
+/// A kernel the test suite is given in the environment variable `var`
+/// (`scripts/test` sets it from `script`); `None`, and the test says it
+/// did not run, when it is not given outside CI. CI must give it.
+pub fn kernel_from_env(var: &str, script: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(k) => Some(PathBuf::from(k)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{var} is not set: scripts/test sets it from {script}")
+        }
+        None => {
+            eprintln!("not run: set {var} ({script} prints it)");
+            None
+        }
+    }
+}
+
+/// Debian's arm64 kernel (`scripts/linux-kernel`).
+pub fn debian_kernel() -> Option<PathBuf> {
+    kernel_from_env("APFLAB_LINUX_KERNEL", "scripts/linux-kernel")
+}
+
+/// apflab's Linux kernel with the async PF client
+/// (`scripts/linux-apf-kernel`).
+pub fn apf_kernel() -> Option<PathBuf> {
+    kernel_from_env("APFLAB_LINUX_APF_KERNEL", "scripts/linux-apf-kernel")
+}
+
+/// Runs `config` (written to `dir/name.toml`, the run named `point` in
+/// its results whatever the file) with `extra` options into `dir/name`;
+/// returns the exit status, the log, the results (if written) and the
+/// console.
+pub fn run_named(
+    dir: &Path,
+    name: &str,
+    config: &str,
+    extra: &[&str],
+) -> (Option<i32>, String, Option<Value>, String) {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let out = dir.join(name);
+    let o = Command::new(APFLAB)
+        .arg("run")
+        .arg(&path)
+        .arg("--out")
+        .arg(&out)
+        .args(["--name", "point"])
+        .args(extra)
+        .output()
+        .expect("apflab runs");
+    let log = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!log.contains("panicked"), "apflab panicked:\n{log}");
+    let result = std::fs::read_to_string(out.join("result.json"))
+        .ok()
+        .map(|s| serde_json::from_str(&s).expect("result.json is JSON"));
+    let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
+    (o.status.code(), log, result, console)
+}
+
+/// A result without `wall` (host time, which no two runs share), as text.
+pub fn outside_wall(mut r: Value) -> String {
+    r.as_object_mut().unwrap().remove("wall");
+    serde_json::to_string_pretty(&r).unwrap()
+}
