@@ -30,6 +30,13 @@ pub enum BadBlock {
     Version,
 }
 
+/// Whether an exception injected with the vCPU at `pc` would land in the
+/// guest's no-inject window: its `guest_state` has `GUEST_NO_INJECT`, or
+/// `pc` is in the `window` it published.
+pub fn in_no_inject_window(guest_state: u32, window: &Range<u64>, pc: u64) -> bool {
+    guest_state & GUEST_NO_INJECT != 0 || window.contains(&pc)
+}
+
 /// A registered control block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ControlBlockRef {
@@ -77,13 +84,10 @@ impl ControlBlockRef {
         self.read_u32(mem, cb_offset::GUEST_STATE).unwrap_or(0)
     }
 
-    /// Whether an exception injected with the vCPU at `pc` would land in
-    /// the guest's no-inject window: `GUEST_NO_INJECT` is set, or `pc` is in
-    /// the range the guest published. An unreadable block publishes none.
-    pub fn in_no_inject_window(&self, mem: &GuestMemoryMmap, pc: u64) -> bool {
+    /// The no-inject window the guest published (empty if unreadable).
+    pub fn no_inject_window(&self, mem: &GuestMemoryMmap) -> Range<u64> {
         let read = |offset| mem.read_obj::<u64>(self.at(offset)).unwrap_or(0);
-        let window = read(cb_offset::NO_INJECT_START)..read(cb_offset::NO_INJECT_END);
-        self.guest_state(mem) & GUEST_NO_INJECT != 0 || window.contains(&pc)
+        read(cb_offset::NO_INJECT_START)..read(cb_offset::NO_INJECT_END)
     }
 
     /// `runnable_tasks` (0 if unreadable).

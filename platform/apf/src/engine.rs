@@ -26,7 +26,7 @@ use apflab_hypervisor::{
 use apflab_hypervisor::{NotResidentFault, Residency};
 use apflab_pager::{Access, PagerMetrics};
 
-use crate::control_block::{BadBlock, ControlBlockRef};
+use crate::control_block::{BadBlock, ControlBlockRef, in_no_inject_window};
 use crate::decision::{AsyncPlan, Served, VcpuFacts, serve};
 use crate::events::{Event, EventLog, PolicyCall, PolicyCallLog, Stall, TokenEvent};
 use crate::far_memory::{FarMemory, Fetch};
@@ -365,9 +365,13 @@ impl Engine {
         let page = fault.gpa.page_base();
         let v = self.vcpu(vcpu);
         let (token, _) = v.peek_token(vcpu);
-        let (guest_state, runnable) = v.cb.map_or((0, 0), |cb| {
+        let (guest_state, runnable, window) = v.cb.map_or((0, 0, 0..0), |cb| {
             let mem = pages.guest_memory();
-            (cb.guest_state(mem), cb.runnable_tasks(mem))
+            (
+                cb.guest_state(mem),
+                cb.runnable_tasks(mem),
+                cb.no_inject_window(mem),
+            )
         });
         let can_reschedule = guest_state & GUEST_CAN_RESCHEDULE != 0;
         let facts = VcpuFacts {
@@ -376,9 +380,7 @@ impl Engine {
             outstanding: v.tokens.len(),
             repeat: v.tokens.values().any(|o| o.page == page),
             irqs_masked: fault.irqs_masked,
-            no_inject: v
-                .cb
-                .is_some_and(|cb| cb.in_no_inject_window(pages.guest_memory(), fault.pc)),
+            no_inject: in_no_inject_window(guest_state, &window, fault.pc),
         };
         let info = FaultInfo {
             vcpu,
@@ -819,8 +821,9 @@ impl Engine {
         };
         let mem = pages.guest_memory();
         let reason = cb.reason(mem).unwrap_or(u32::MAX);
-        let no_inject = cb.in_no_inject_window(mem, state.pc);
-        if !ready::exception_deliverable(state, cb.guest_state(mem), no_inject, reason) {
+        let guest_state = cb.guest_state(mem);
+        let no_inject = in_no_inject_window(guest_state, &cb.no_inject_window(mem), state.pc);
+        if !ready::exception_deliverable(state, guest_state, no_inject, reason) {
             // Held until the guest can take it.
             self.metrics.ready_exception_held += 1;
             return Action::Retry;

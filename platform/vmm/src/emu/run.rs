@@ -207,7 +207,7 @@ impl<'h> EmuRun<'h> {
         }
         let totals = Totals {
             instructions: self.vcpus.iter().map(EmuVcpu::instructions).sum(),
-            time_ns: self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0),
+            time_ns: self.latest_ns(),
             halted_ns: self.halted_ns.clone(),
             halts: (std::mem::take(&mut self.halts), self.halts_dropped),
             irq_entries: self.irq_entries,
@@ -360,6 +360,11 @@ impl<'h> EmuRun<'h> {
         })
     }
 
+    /// The latest vCPU clock: the run's virtual time so far.
+    fn latest_ns(&self) -> u64 {
+        self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0)
+    }
+
     /// The guest's signs of life so far (see [`crate::watchdog`]).
     fn activity(&self) -> u64 {
         self.machine.activity() + self.irq_entries
@@ -387,7 +392,7 @@ impl<'h> EmuRun<'h> {
             // Signs of life since the last look happened by the latest
             // clock (the vCPU that just ran); nothing at all to happen next
             // is a hang as soon as it is seen.
-            let now = self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0);
+            let now = self.latest_ns();
             let activity = self.activity();
             self.watchdog.observe(activity, now);
             let soonest = next.map(|(t, _)| t).into_iter().chain(deadline).min();
@@ -680,7 +685,7 @@ impl<'h> EmuRun<'h> {
         snapshot::write(path, identity, &state, &self.memory)?;
         info!(
             path = %path.display(),
-            virtual_ns = self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0),
+            virtual_ns = self.latest_ns(),
             wall_ms = started.elapsed().as_millis() as u64,
             "snapshot saved at the boot point"
         );
@@ -792,7 +797,7 @@ impl<'h> EmuRun<'h> {
         self.booted = true;
         info!(
             path = %path.display(),
-            virtual_ns = self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0),
+            virtual_ns = self.latest_ns(),
             wall_ms = started.elapsed().as_millis() as u64,
             "resumed from the snapshot at the boot point"
         );
