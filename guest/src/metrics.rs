@@ -6,9 +6,9 @@
 use crate::arch;
 use crate::config::Config;
 use crate::percpu::{self, MAX_CPUS};
-use apflab_abi::report::{GuestReport, LATENCY_BUCKETS, MAX_REPORTED_TASKS};
+use apflab_abi::report::{GuestReport, MAX_REPORTED_TASKS};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use spin::mutex::SpinMutex;
+use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 /// Metric ids of the `report` syscall (EL0 tasks add to these).
 pub mod metric {
@@ -82,16 +82,11 @@ static APF_FEATURES: Counter = Counter::new();
 /// Counter value at boot (the report's time origin).
 static BOOT_TICKS: AtomicU64 = AtomicU64::new(0);
 
-/// Per-task completion times and the request latency histogram.
-struct Detail {
-    task_done_ns: [u64; MAX_REPORTED_TASKS],
-    latency_hist: [u64; LATENCY_BUCKETS],
-}
-
-static DETAIL: SpinMutex<Detail> = SpinMutex::new(Detail {
-    task_done_ns: [0; MAX_REPORTED_TASKS],
-    latency_hist: [0; LATENCY_BUCKETS],
-});
+/// The report, filled in place: per-task completion times and the request
+/// latency histograms as they happen, the counters at the end. A static
+/// and not a value built on the stack, because its fine histogram (30 KiB)
+/// is larger than a task's kernel stack.
+static REPORT: SpinMutex<GuestReport> = SpinMutex::new(GuestReport::new(0));
 
 /// Records the boot time (called first thing by the boot CPU).
 pub fn mark_boot() {
@@ -148,19 +143,27 @@ pub fn add_metric(id: u64, value: u64) -> bool {
 /// Records that workload task `index` finished now.
 pub fn task_done(index: usize) {
     if index < MAX_REPORTED_TASKS {
-        DETAIL.lock().task_done_ns[index] = now_ns().max(1);
+        REPORT.lock().task_done_ns[index] = now_ns().max(1);
     }
 }
 
 /// Records one served request with its latency.
 pub fn request_done(latency_ns: u64) {
     REQUESTS.add(1);
-    DETAIL.lock().latency_hist[GuestReport::latency_bucket(latency_ns)] += 1;
+    let mut report = REPORT.lock();
+    report.latency_hist[GuestReport::latency_bucket(latency_ns)] += 1;
+    report.latency_fine[GuestReport::latency_fine_bucket(latency_ns)] += 1;
 }
 
-/// Builds the final report.
-pub fn build_report(config: &Config, cpus_online: u32, tasks_completed: u32) -> GuestReport {
-    let mut r = GuestReport::new(config.workload);
+/// Completes the report with the counters; the guard keeps it for the
+/// console line and `REPORT`.
+pub fn build_report(
+    config: &Config,
+    cpus_online: u32,
+    tasks_completed: u32,
+) -> SpinMutexGuard<'static, GuestReport> {
+    let mut r = REPORT.lock();
+    r.workload = config.workload;
     r.cpus_online = cpus_online;
     r.tasks_completed = tasks_completed;
     r.context_switches = CONTEXT_SWITCHES.get();
@@ -180,8 +183,5 @@ pub fn build_report(config: &Config, cpus_online: u32, tasks_completed: u32) -> 
     r.apf_halted_ns = arch::ticks_to_ns(APF_HALTED_TICKS.get());
     r.elapsed_ns = now_ns();
     r.idle_ns = arch::ticks_to_ns(idle_ticks_now());
-    let detail = DETAIL.lock();
-    r.task_done_ns = detail.task_done_ns;
-    r.latency_hist = detail.latency_hist;
     r
 }

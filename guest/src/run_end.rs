@@ -1,7 +1,7 @@
 //! The end of the run, after the last task: async PF off, the report
 //! printed and handed to the host, power off.
 
-use apflab_abi::report::CONSOLE_PREFIX;
+use apflab_abi::report::{CONSOLE_PREFIX, ConsoleDetail};
 
 use crate::{apf, config, console, hypercall, metrics, timeline};
 
@@ -12,7 +12,7 @@ pub fn finish(cpus_online: u32, tasks_completed: u32) -> ! {
     let config = config::get();
     let report = metrics::build_report(config, cpus_online, tasks_completed);
     let mut line = console::FixedBuf::<4096>::new();
-    let _ = report.write_console_line(&mut line);
+    let _ = report.write_console_line(&mut line, ConsoleDetail::Summary);
     console::println!("{}", line.as_str());
     debug_assert!(line.as_str().starts_with(CONSOLE_PREFIX));
     // NOT_SUPPORTED on plain QEMU: the console line is the report there.

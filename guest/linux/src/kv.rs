@@ -8,7 +8,7 @@
 //! page's pattern (version 1).
 
 use apflab_abi::pattern::splitmix64;
-use apflab_abi::report::{GuestReport, LATENCY_BUCKETS};
+use apflab_abi::report::{GuestReport, LATENCY_BUCKETS, LATENCY_FINE_BUCKETS};
 
 use crate::memory;
 
@@ -51,32 +51,50 @@ pub fn request_page(seed: u64, index: u64, pages: u64) -> u64 {
     memory::draw(seed ^ 0x6b76_7061_6765, index, pages)
 }
 
-/// A latency histogram in the report's buckets.
+/// Latency histograms in the report's two layouts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Latencies(pub [u64; LATENCY_BUCKETS]);
+pub struct Latencies {
+    /// [`GuestReport::latency_hist`]'s log2 buckets.
+    pub log2: [u64; LATENCY_BUCKETS],
+    /// [`GuestReport::latency_fine`]'s buckets (on the heap: 30 KiB).
+    pub fine: Vec<u64>,
+}
 
 impl Default for Latencies {
     fn default() -> Self {
-        Latencies([0; LATENCY_BUCKETS])
+        Latencies {
+            log2: [0; LATENCY_BUCKETS],
+            fine: vec![0; LATENCY_FINE_BUCKETS],
+        }
     }
 }
 
 impl Latencies {
     /// Records one latency.
     pub fn record(&mut self, ns: u64) {
-        self.0[GuestReport::latency_bucket(ns)] += 1;
+        self.log2[GuestReport::latency_bucket(ns)] += 1;
+        self.fine[GuestReport::latency_fine_bucket(ns)] += 1;
     }
 
-    /// Adds another thread's histogram.
+    /// Adds another thread's histograms.
     pub fn merge(&mut self, other: &Latencies) {
-        for (a, b) in self.0.iter_mut().zip(other.0) {
+        for (a, b) in self.log2.iter_mut().zip(other.log2) {
+            *a += b;
+        }
+        for (a, b) in self.fine.iter_mut().zip(&other.fine) {
             *a += b;
         }
     }
 
     /// Latencies recorded.
     pub fn count(&self) -> u64 {
-        self.0.iter().sum()
+        self.log2.iter().sum()
+    }
+
+    /// Copies both histograms into `report`.
+    pub fn fill(&self, report: &mut GuestReport) {
+        report.latency_hist = self.log2;
+        report.latency_fine.copy_from_slice(&self.fine);
     }
 }
 
@@ -126,8 +144,21 @@ mod tests {
         let mut b = Latencies::default();
         b.record(1024);
         a.merge(&b);
-        assert_eq!(a.0[0], 1);
-        assert_eq!(a.0[10], 2);
+        assert_eq!(a.log2[0], 1);
+        assert_eq!(a.log2[10], 2);
         assert_eq!(a.count(), 3);
+        let mut report = GuestReport::new(0);
+        a.fill(&mut report);
+        assert_eq!(report.latency_hist, a.log2);
+        assert_eq!(report.latency_fine[0], 1);
+        assert_eq!(
+            report.latency_fine[GuestReport::latency_fine_bucket(1024)],
+            1
+        );
+        assert_eq!(
+            report.latency_fine[GuestReport::latency_fine_bucket(1500)],
+            1
+        );
+        assert_eq!(report.latency_fine.iter().sum::<u64>(), 3);
     }
 }

@@ -12,15 +12,16 @@ pub mod kv;
 pub mod memory;
 pub mod procfs;
 
-use apflab_abi::report::GuestReport;
+use apflab_abi::report::{ConsoleDetail, GuestReport};
 
 /// The bytes written to the console for `report`: a newline (the kernel's
-/// last line may lack one), the report's line, a newline. The init writes
+/// last line may lack one), the report's whole line (the console is the
+/// init's only channel to the host), a newline. The init writes
 /// them with one `write(2)` so no kernel message lands inside the line.
 pub fn console_report(report: &GuestReport) -> Vec<u8> {
     let mut line = String::from("\n");
     report
-        .write_console_line(&mut line)
+        .write_console_line(&mut line, ConsoleDetail::Full)
         .expect("writing to a String cannot fail");
     line.push('\n');
     line.into_bytes()

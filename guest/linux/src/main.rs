@@ -199,7 +199,7 @@ fn run() -> Result<(), Failure> {
     report.requests = outcome.requests;
     report.elapsed_ns = outcome.task_done_ns.iter().copied().max().unwrap_or(0);
     report.task_done_ns[..outcome.task_done_ns.len()].copy_from_slice(&outcome.task_done_ns);
-    report.latency_hist = outcome.latencies.0;
+    outcome.latencies.fill(&mut report);
     if let Some(apf) = apf {
         fill_apf(&mut report, &apf);
     }

@@ -6,13 +6,26 @@
 /// `GuestReport::magic`: "APFLABRP".
 pub const REPORT_MAGIC: u64 = u64::from_le_bytes(*b"APFLABRP");
 /// Version of the [`GuestReport`] layout. 2: kernel-mode halts, wake-alls
-/// and halted time of the async PF client.
-pub const REPORT_VERSION: u32 = 2;
+/// and halted time of the async PF client. 3: the fine latency histogram
+/// ([`GuestReport::latency_fine`]).
+pub const REPORT_VERSION: u32 = 3;
 /// Most tasks whose completion time is reported.
 pub const MAX_REPORTED_TASKS: usize = 16;
 /// Buckets of [`GuestReport::latency_hist`]: bucket `i` counts request
 /// latencies in `[2^i, 2^(i+1))` nanoseconds (bucket 0 also holds 0).
 pub const LATENCY_BUCKETS: usize = 40;
+/// Sub-buckets per power of two in [`GuestReport::latency_fine`], as a
+/// power of two: 2^7 = 128, so a bucket is at most 1/128 (0.79 %) of its
+/// values wide, which makes a percentile read from it exact to 0.79 %.
+pub const LATENCY_FINE_SUB_BITS: u32 = 7;
+/// The largest power of two [`GuestReport::latency_fine`] tells apart:
+/// latencies from 2^36 ns (68.7 s) up all count in its last bucket.
+pub const LATENCY_FINE_MAX_EXP: u32 = 35;
+/// Buckets of [`GuestReport::latency_fine`]: latencies below 2^8 ns one
+/// per nanosecond, then 128 per power of two up to [`LATENCY_FINE_MAX_EXP`]
+/// (HdrHistogram's log-linear layout, with its significant figures fixed).
+pub const LATENCY_FINE_BUCKETS: usize =
+    ((LATENCY_FINE_MAX_EXP - LATENCY_FINE_SUB_BITS + 2) << LATENCY_FINE_SUB_BITS) as usize;
 /// Prefix of the console line that carries the report.
 pub const CONSOLE_PREFIX: &str = "APFLAB-REPORT";
 
@@ -70,6 +83,25 @@ pub struct GuestReport {
     pub task_done_ns: [u64; MAX_REPORTED_TASKS],
     /// `kv`: request latency histogram (see [`LATENCY_BUCKETS`]).
     pub latency_hist: [u64; LATENCY_BUCKETS],
+    /// `kv`: the same latencies at 0.79 % resolution (see
+    /// [`Self::latency_fine_bucket`]), from which the percentiles are read.
+    /// The log2 histogram stays beside it because it is what the console
+    /// line of apflab's own guest carries (see [`ConsoleDetail`]).
+    pub latency_fine: [u64; LATENCY_FINE_BUCKETS],
+}
+
+/// How much of the report [`GuestReport::write_console_line`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleDetail {
+    /// Every field but the fine histogram. For apflab's own guest, which
+    /// hands the whole report over with `REPORT`: every console byte is an
+    /// MMIO exit, and a fine histogram of a few thousand bytes would add
+    /// its exits to the run's virtual time.
+    Summary,
+    /// Also the fine histogram's non-empty buckets, for a guest whose
+    /// console is its only channel (the Linux init) and for runs on plain
+    /// QEMU.
+    Full,
 }
 
 impl GuestReport {
@@ -100,6 +132,7 @@ impl GuestReport {
             idle_ns: 0,
             task_done_ns: [0; MAX_REPORTED_TASKS],
             latency_hist: [0; LATENCY_BUCKETS],
+            latency_fine: [0; LATENCY_FINE_BUCKETS],
         }
     }
 
@@ -139,6 +172,36 @@ impl GuestReport {
             b
         }
     }
+
+    /// Index of the [`Self::latency_fine`] bucket for `ns`: `ns` itself
+    /// below 2^8, else the power of two and the 7 bits below its leading
+    /// one.
+    pub const fn latency_fine_bucket(ns: u64) -> usize {
+        let linear = 2u64 << LATENCY_FINE_SUB_BITS;
+        if ns < linear {
+            return ns as usize;
+        }
+        let exp = 63 - ns.leading_zeros();
+        if exp > LATENCY_FINE_MAX_EXP {
+            return LATENCY_FINE_BUCKETS - 1;
+        }
+        let shift = exp - LATENCY_FINE_SUB_BITS;
+        // `ns >> shift` is in [128, 256): the leading one and 7 bits.
+        ((shift as usize) << LATENCY_FINE_SUB_BITS) + (ns >> shift) as usize
+    }
+
+    /// The values `[low, high)` that count in [`Self::latency_fine`] bucket
+    /// `index` (the last bucket also holds everything above `high`).
+    pub const fn latency_fine_bounds(index: usize) -> (u64, u64) {
+        let linear = 2usize << LATENCY_FINE_SUB_BITS;
+        if index < linear {
+            return (index as u64, index as u64 + 1);
+        }
+        let shift = (index >> LATENCY_FINE_SUB_BITS) as u32 - 1;
+        let mantissa =
+            (index & ((1 << LATENCY_FINE_SUB_BITS) - 1)) as u64 + (1 << LATENCY_FINE_SUB_BITS);
+        (mantissa << shift, (mantissa + 1) << shift)
+    }
 }
 
 /// Applies `$m!(field, type)` to every scalar field of [`GuestReport`] in
@@ -174,8 +237,14 @@ impl GuestReport {
     /// Writes the report as one console line (no newline):
     /// [`CONSOLE_PREFIX`] followed by space-separated `field=value` words for
     /// every field but `magic` (implied by the prefix), with the arrays as
-    /// comma-separated lists: `task_done_ns=1,2,...`, `latency_hist=...`.
-    pub fn write_console_line(&self, out: &mut impl core::fmt::Write) -> core::fmt::Result {
+    /// comma-separated lists: `task_done_ns=1,2,...`, `latency_hist=...`,
+    /// and with [`ConsoleDetail::Full`] the fine histogram's non-empty
+    /// buckets as `latency_fine=index:count,...` (no word when it is empty).
+    pub fn write_console_line(
+        &self,
+        out: &mut impl core::fmt::Write,
+        detail: ConsoleDetail,
+    ) -> core::fmt::Result {
         out.write_str(CONSOLE_PREFIX)?;
         macro_rules! write_field {
             ($f:ident, $t:ty) => {
@@ -195,21 +264,39 @@ impl GuestReport {
                 write!(out, "{v}")?;
             }
         }
+        if detail == ConsoleDetail::Full {
+            let mut buckets = self
+                .latency_fine
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n > 0)
+                .peekable();
+            if buckets.peek().is_some() {
+                out.write_str(" latency_fine=")?;
+                for (k, (i, n)) in buckets.enumerate() {
+                    if k > 0 {
+                        out.write_char(',')?;
+                    }
+                    write!(out, "{i}:{n}")?;
+                }
+            }
+        }
         Ok(())
     }
 
     /// Parses a line written by [`Self::write_console_line`] (surrounding
     /// whitespace allowed). `None` unless it starts with
     /// [`CONSOLE_PREFIX`], every field appears exactly once with a valid
-    /// value, no unknown field appears and the version is
-    /// [`REPORT_VERSION`].
+    /// value (`latency_fine` at most once; absent, it is empty), no unknown
+    /// field appears and the version is [`REPORT_VERSION`].
     pub fn parse_console_line(line: &str) -> Option<GuestReport> {
         let rest = line.trim().strip_prefix(CONSOLE_PREFIX)?;
         if !rest.is_empty() && !rest.starts_with(' ') {
             return None;
         }
         let mut r = GuestReport::new(0);
-        // One bit per field: scalars, then the two arrays.
+        // One bit per field: scalars, then the two arrays, then the
+        // optional fine histogram.
         let mut seen: u32 = 0;
         for word in rest.split_ascii_whitespace() {
             let (key, value) = word.split_once('=')?;
@@ -235,6 +322,10 @@ impl GuestReport {
                         bit += 1;
                         parse_list(value, &mut r.latency_hist)?
                     }
+                    "latency_fine" => {
+                        bit += 2;
+                        parse_sparse(value, &mut r.latency_fine)?
+                    }
                     _ => return None,
                 }
             }
@@ -243,8 +334,8 @@ impl GuestReport {
             }
             seen |= 1 << bit;
         }
-        let all = (1u32 << (SCALAR_FIELDS + 2)) - 1;
-        (seen == all && r.version == REPORT_VERSION).then_some(r)
+        let required = (1u32 << (SCALAR_FIELDS + 2)) - 1;
+        (seen & required == required && r.version == REPORT_VERSION).then_some(r)
     }
 }
 
@@ -269,6 +360,23 @@ fn parse_list(value: &str, out: &mut [u64]) -> Option<()> {
     items.next().is_none().then_some(())
 }
 
+/// Parses `index:count,...` into `out`: indices strictly increasing and in
+/// range, counts non-zero, at least one pair.
+fn parse_sparse(value: &str, out: &mut [u64]) -> Option<()> {
+    let mut next = 0;
+    for pair in value.split(',') {
+        let (index, count) = pair.split_once(':')?;
+        let index: usize = index.parse().ok()?;
+        let count: u64 = count.parse().ok()?;
+        if index < next || index >= out.len() || count == 0 {
+            return None;
+        }
+        out[index] = count;
+        next = index + 1;
+    }
+    Some(())
+}
+
 const _: () = {
     use core::mem::offset_of;
     assert!(offset_of!(GuestReport, magic) == 0);
@@ -276,8 +384,19 @@ const _: () = {
     assert!(offset_of!(GuestReport, apf_kernel_halts) == 120);
     assert!(offset_of!(GuestReport, task_done_ns) == 160);
     assert!(offset_of!(GuestReport, latency_hist) == 160 + 8 * MAX_REPORTED_TASKS);
+    assert!(
+        offset_of!(GuestReport, latency_fine) == 160 + 8 * MAX_REPORTED_TASKS + 8 * LATENCY_BUCKETS
+    );
     // No padding anywhere: the sum of the fields' sizes.
-    assert!(GuestReport::SIZE == 160 + 8 * MAX_REPORTED_TASKS + 8 * LATENCY_BUCKETS);
+    assert!(
+        GuestReport::SIZE
+            == 160 + 8 * MAX_REPORTED_TASKS + 8 * LATENCY_BUCKETS + 8 * LATENCY_FINE_BUCKETS
+    );
+    // The last fine bucket is the one of 2^(MAX_EXP+1) - 1.
+    assert!(
+        GuestReport::latency_fine_bucket((2 << LATENCY_FINE_MAX_EXP) - 1)
+            == LATENCY_FINE_BUCKETS - 1
+    );
 };
 
 #[cfg(test)]
@@ -320,20 +439,66 @@ mod tests {
         r.task_done_ns[0] = 123;
         r.task_done_ns[MAX_REPORTED_TASKS - 1] = 9;
         r.latency_hist[7] = 42;
+        r.latency_fine[GuestReport::latency_fine_bucket(200)] = 40;
+        r.latency_fine[LATENCY_FINE_BUCKETS - 1] = 2;
         let mut line = String::new();
-        r.write_console_line(&mut line).unwrap();
-        assert!(line.starts_with("APFLAB-REPORT version=2 workload=4 cpus_online=4 "));
+        r.write_console_line(&mut line, ConsoleDetail::Full)
+            .unwrap();
+        assert!(line.starts_with("APFLAB-REPORT version=3 workload=4 cpus_online=4 "));
+        assert!(line.ends_with(" latency_fine=200:40,3839:2"), "{line}");
         assert_eq!(GuestReport::parse_console_line(&line), Some(r));
         assert_eq!(
             GuestReport::parse_console_line(&format!("  {line}\r\n")),
             Some(r)
         );
+        // The summary leaves the fine histogram out, and only it.
+        let mut summary = String::new();
+        r.write_console_line(&mut summary, ConsoleDetail::Summary)
+            .unwrap();
+        assert_eq!(
+            line.strip_prefix(summary.as_str()),
+            Some(" latency_fine=200:40,3839:2")
+        );
+        let mut without_fine = r;
+        without_fine.latency_fine = [0; LATENCY_FINE_BUCKETS];
+        assert_eq!(
+            GuestReport::parse_console_line(&summary),
+            Some(without_fine)
+        );
+    }
+
+    #[test]
+    fn fine_buckets_are_contiguous_and_within_0_79_percent() {
+        assert_eq!(LATENCY_FINE_BUCKETS, 3840);
+        let mut expected_low = 0;
+        for i in 0..LATENCY_FINE_BUCKETS {
+            let (low, high) = GuestReport::latency_fine_bounds(i);
+            assert_eq!(low, expected_low, "bucket {i}");
+            assert!(high > low);
+            // Width over the smallest value held: at most 1/128.
+            assert!(
+                (high - low) * 128 <= low.max(128),
+                "bucket {i}: {low}..{high}"
+            );
+            assert_eq!(GuestReport::latency_fine_bucket(low), i);
+            assert_eq!(GuestReport::latency_fine_bucket(high - 1), i);
+            expected_low = high;
+        }
+        assert_eq!(expected_low, 1 << (LATENCY_FINE_MAX_EXP + 1));
+        assert_eq!(
+            GuestReport::latency_fine_bucket(u64::MAX),
+            LATENCY_FINE_BUCKETS - 1
+        );
+        assert_eq!(GuestReport::latency_fine_bucket(1_000_000), 1780);
+        assert_eq!(GuestReport::latency_fine_bounds(1780), (999_424, 1_003_520));
     }
 
     #[test]
     fn malformed_console_lines_are_rejected() {
         let mut line = String::new();
-        GuestReport::new(1).write_console_line(&mut line).unwrap();
+        GuestReport::new(1)
+            .write_console_line(&mut line, ConsoleDetail::Full)
+            .unwrap();
         assert!(GuestReport::parse_console_line(&line).is_some());
         // Missing field, duplicate, unknown key, bad number, short array.
         let missing = line.replace(" cpu_ops=0", "");
@@ -346,8 +511,20 @@ mod tests {
         assert!(GuestReport::parse_console_line(&bad).is_none());
         let short = line.replace("task_done_ns=0,", "task_done_ns=");
         assert!(GuestReport::parse_console_line(&short).is_none());
-        let version = line.replace("version=2", "version=1");
+        let version = line.replace("version=3", "version=2");
         assert!(GuestReport::parse_console_line(&version).is_none());
+        // The fine histogram: twice, out of order, out of range, a zero
+        // count, empty.
+        for fine in [
+            " latency_fine=1:1 latency_fine=2:1",
+            " latency_fine=5:1,4:1",
+            " latency_fine=3840:1",
+            " latency_fine=3:0",
+            " latency_fine=",
+        ] {
+            let bad = format!("{line}{fine}");
+            assert!(GuestReport::parse_console_line(&bad).is_none(), "{fine}");
+        }
         assert!(
             GuestReport::parse_console_line(&line.replace("APFLAB-REPORT", "APFLAB-REPORTX"))
                 .is_none()

@@ -23,6 +23,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::result::RunResult;
+use apflab_abi::report::GuestReport;
 
 /// One run on the makespan plot.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,15 +147,25 @@ pub fn makespan_points(results: &[(PathBuf, RunResult)]) -> Vec<MakespanPoint> {
 /// units: one point at each non-empty bucket's upper bound, scaled by
 /// `scale` (to µs).
 fn log2_cdf(buckets: impl IntoIterator<Item = (u32, u64)>, scale: f64) -> Vec<(f64, f64)> {
+    let buckets = buckets.into_iter().filter(|&(i, _)| i < 63);
+    bucket_cdf(buckets, |i| 1u64 << (i + 1), scale)
+}
+
+/// The CDF of a histogram whose bucket `i` holds values below `upper(i)`,
+/// as (upper bound x `scale`, fraction at or below) points.
+fn bucket_cdf(
+    buckets: impl IntoIterator<Item = (u32, u64)>,
+    upper: impl Fn(u32) -> u64,
+    scale: f64,
+) -> Vec<(f64, f64)> {
     let buckets: Vec<(u32, u64)> = buckets.into_iter().filter(|&(_, n)| n > 0).collect();
     let total: u64 = buckets.iter().map(|&(_, n)| n).sum();
     let mut seen = 0;
     buckets
         .into_iter()
-        .filter(|&(i, _)| i < 63)
         .map(|(i, n)| {
             seen += n;
-            ((1u64 << (i + 1)) as f64 * scale, seen as f64 / total as f64)
+            (upper(i) as f64 * scale, seen as f64 / total as f64)
         })
         .collect()
 }
@@ -204,8 +215,16 @@ pub fn token_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> {
 pub fn request_latency_cdfs(results: &[(PathBuf, RunResult)]) -> Vec<CdfSeries> {
     cdfs(results, |r| {
         let kv = r.guest.as_ref()?.metrics.kv.as_ref()?;
-        Some(log2_cdf(
-            kv.latency_hist.iter().map(|(&i, &n)| (i, n)),
+        if kv.latency_fine.is_empty() {
+            return Some(log2_cdf(
+                kv.latency_hist.iter().map(|(&i, &n)| (i, n)),
+                1e-3,
+            ));
+        }
+        let upper = |i: u32| GuestReport::latency_fine_bounds(i as usize).1;
+        Some(bucket_cdf(
+            kv.latency_fine.iter().map(|(&i, &n)| (i, n)),
+            upper,
             1e-3,
         ))
     })

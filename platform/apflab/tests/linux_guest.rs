@@ -215,6 +215,40 @@ fn the_mixed_workload_runs_on_far_memory_holding_half_its_working_set() {
     assert_eq!(n("/apf/async_faults"), 0, "{r:#}");
 }
 
+#[test]
+fn linux_kv_reports_its_request_latencies_at_fine_resolution() {
+    let Some(kernel) = common::debian_kernel() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "seed = 7\n[guest]\nvcpus = 2\nmemory_mib = 256\nkernel = {kernel:?}\n\
+         [workload]\nkind = \"kv\"\nmib = 4\nrequests = 300\ninterval_us = 100\n\
+         [backend]\nkind = \"emu\"\n"
+    );
+    let (code, log) = run(dir.path(), &config);
+    assert_eq!(code, Some(0), "{log}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/result.json")).unwrap())
+            .unwrap();
+    let kv = &r["guest"]["metrics"]["kv"];
+    assert_eq!(kv["requests"], 300, "{kv:#}");
+    // The init's console line carries the fine histogram (its only channel),
+    // so the percentiles come from it, and it holds every request.
+    let latency = &kv["latency"];
+    assert_eq!(latency["resolution"], "fine", "{kv:#}");
+    assert_eq!(latency["count"], 300, "{kv:#}");
+    let fine: u64 = kv["latency_fine"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(fine, 300, "{kv:#}");
+    let ns = |k: &str| latency[k].as_u64().unwrap();
+    assert!(0 < ns("p50_ns") && ns("p50_ns") <= ns("p99_ns") && ns("p99_ns") <= ns("max_ns"));
+}
+
 /// Linux's `mixed` workload on far memory holding half its working set,
 /// 100 µs fetches, plus `extra` sections.
 fn linux_apf_config(kernel: &Path, vcpus: u32, extra: &str) -> String {
