@@ -17,6 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use apflab_abi::addr::Gpa;
 
 use crate::arch::{Reg, SysRegId, pstate};
+use crate::crash::CrashReason;
 
 /// Errors of a backend operation.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +148,7 @@ pub enum VmExit {
         /// Faulting address, when known.
         addr: Option<u64>,
         /// What happened.
-        reason: String,
+        reason: CrashReason,
     },
     /// The backend saw the machine power off or reset by itself (kvm
     /// in-kernel PSCI `SYSTEM_EVENT`).

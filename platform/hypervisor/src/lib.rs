@@ -6,6 +6,7 @@
 //!   memory, vCPU creation), its [`Vcpu`]s and why one stopped
 //!   ([`VmExit`]), the device callbacks ([`VmOps`]) and per-page
 //!   [`Residency`].
+//! * [`crash`]: why a backend stopped a vCPU for good ([`CrashReason`]).
 //! * [`fault_hook`]: what the fault engine is to a backend: a
 //!   [`FaultHook`] told of not-resident pages, engine hypercalls and
 //!   time, answering with [`Action`]s.
@@ -22,6 +23,7 @@
 
 pub mod arch;
 pub mod backend;
+pub mod crash;
 pub mod fault_hook;
 #[cfg(target_os = "linux")]
 pub mod host_memory;
@@ -31,6 +33,7 @@ pub use backend::{
     Conduit, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, PageAccess, Residency,
     SyncException, Vcpu, VmExit, VmOps,
 };
+pub use crash::{CrashReason, CrashSource};
 pub use fault_hook::{
     Action, EngineCall, FailureSource, FaultHook, HookFailure, HookInitError, HypercallAnswer,
     NoFarMemory, ResumeState, is_engine_call, no_async_pf,

@@ -27,7 +27,7 @@ use crate::machine::{Call, Effect, Machine};
 use crate::outcome::{GuestExit, Halt, RunOutcome, VmMetrics};
 use apflab_hypervisor::arch::Reg;
 use apflab_hypervisor::{Action, EngineCall, HookFailure, HypercallAnswer};
-use apflab_hypervisor::{HypervisorError, Vcpu, VmExit};
+use apflab_hypervisor::{CrashReason, HypervisorError, Vcpu, VmExit};
 
 /// What a run loop does with a vCPU next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub(crate) enum Next {
 }
 
 /// The text of a run that ended on `vcpu` at `pc` (and `addr`, when known).
-pub(crate) fn crash_text(vcpu: u32, pc: u64, addr: Option<u64>, reason: &str) -> String {
+pub(crate) fn crash_text(vcpu: u32, pc: u64, addr: Option<u64>, reason: &CrashReason) -> String {
     let at = addr
         .map(|a| format!(", address {a:#x}"))
         .unwrap_or_default();
@@ -423,12 +423,18 @@ mod tests {
         let crash = VmExit::Crash {
             pc: 0x4000_0010,
             addr: Some(0x10),
-            reason: "undefined instruction 0x00000000".into(),
+            reason: CrashReason::FetchFromDevice {
+                pa: 0x10,
+                word: 0x1234_5678,
+            },
         };
         assert_eq!(
             terminal_exit(3, &crash),
             Some(GuestExit::Crash(
-                "vCPU 3: undefined instruction 0x00000000 at pc 0x40000010, address 0x10".into()
+                "vCPU 3: instruction fetch from the device registers at 0x10, which read \
+                 0x12345678: QEMU would execute that value as an instruction, which the \
+                 software CPU cannot do from a device at pc 0x40000010, address 0x10"
+                    .into()
             ))
         );
         assert_eq!(

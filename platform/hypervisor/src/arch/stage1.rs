@@ -55,7 +55,7 @@ pub struct TranslationRegs {
 pub enum WalkError {
     /// The guest uses a translation setup the walker does not implement.
     #[error("unsupported stage-1 setup: {0}")]
-    Unsupported(&'static str),
+    Unsupported(UnsupportedSetup),
     /// The VA is outside both halves of the address space TCR_EL1 defines.
     #[error("virtual address {va:#x} is outside the ranges TCR_EL1 {tcr:#x} maps")]
     OutOfRange {
@@ -89,6 +89,30 @@ pub enum WalkError {
         /// Level.
         level: u8,
     },
+}
+
+/// A stage-1 setup the walker does not implement ([`WalkError::Unsupported`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedSetup {
+    /// A half of the address space uses a 16 or 64 KiB granule.
+    #[error("translation granule other than 4 KiB (TCR_EL1.TG{half} = {tg:#b})")]
+    Granule {
+        /// Which half: 0 (TTBR0_EL1) or 1 (TTBR1_EL1).
+        half: u8,
+        /// The TGn field.
+        tg: u64,
+    },
+    /// A half's size is outside what a 4 KiB granule without LPA2 gives.
+    #[error("TnSZ outside 16..=39 (TCR_EL1.T{half}SZ = {tsz})")]
+    RegionSize {
+        /// Which half: 0 (TTBR0_EL1) or 1 (TTBR1_EL1).
+        half: u8,
+        /// The TnSZ field.
+        tsz: u64,
+    },
+    /// SCTLR_EL1.EE: descriptors are read big-endian.
+    #[error("big-endian page tables")]
+    BigEndian,
 }
 
 /// Result of translating one VA.
@@ -213,33 +237,41 @@ impl TranslationRegs {
 
     fn half(&self, upper: bool) -> Result<Half, WalkError> {
         let tcr = self.tcr;
-        let (tsz, epd, tbi, tg, ttbr) = if upper {
+        let (half, tsz, epd, tbi, tg, tg_4k, ttbr) = if upper {
             // TG1 encodes 4 KiB as 0b10.
             (
+                1,
                 (tcr >> 16) & 0x3f,
                 tcr >> 23 & 1 != 0,
                 tcr >> 38 & 1 != 0,
-                ((tcr >> 30) & 3) == 0b10,
+                (tcr >> 30) & 3,
+                0b10,
                 self.ttbr1,
             )
         } else {
             // TG0 encodes 4 KiB as 0b00.
             (
+                0,
                 tcr & 0x3f,
                 tcr >> 7 & 1 != 0,
                 tcr >> 37 & 1 != 0,
-                ((tcr >> 14) & 3) == 0b00,
+                (tcr >> 14) & 3,
+                0b00,
                 self.ttbr0,
             )
         };
-        if !tg {
-            return Err(WalkError::Unsupported(
-                "translation granule other than 4 KiB",
-            ));
+        if tg != tg_4k {
+            return Err(WalkError::Unsupported(UnsupportedSetup::Granule {
+                half,
+                tg,
+            }));
         }
         // TnSZ 16..=39 gives 48..=25-bit halves with a 4 KiB granule (no LPA2).
         if !(16..=39).contains(&tsz) {
-            return Err(WalkError::Unsupported("TnSZ outside 16..=39"));
+            return Err(WalkError::Unsupported(UnsupportedSetup::RegionSize {
+                half,
+                tsz,
+            }));
         }
         Ok(Half {
             va_bits: 64 - tsz as u32,
@@ -269,7 +301,7 @@ impl TranslationRegs {
             });
         }
         if self.sctlr & SCTLR_EE != 0 {
-            return Err(WalkError::Unsupported("big-endian page tables"));
+            return Err(WalkError::Unsupported(UnsupportedSetup::BigEndian));
         }
         // Bit 55 selects the half whether or not the top byte is ignored.
         let upper = va >> 55 & 1 != 0;
@@ -516,10 +548,13 @@ pub(crate) mod tests {
             tcr: TCR_39 | (0b01 << 14),
             ..r
         };
-        assert!(matches!(
+        assert_eq!(
             r64.translate(0x1000, &ram),
-            Err(WalkError::Unsupported(_))
-        ));
+            Err(WalkError::Unsupported(UnsupportedSetup::Granule {
+                half: 0,
+                tg: 0b01
+            }))
+        );
         // Table pointer outside RAM.
         ram.write_u64(0x4010_0000, 0x1234_5000 | 0b11);
         assert!(matches!(
@@ -539,9 +574,16 @@ pub(crate) mod tests {
             tcr: TCR_39 & !0x3f | 8,
             ..r
         };
-        assert!(matches!(
+        assert_eq!(
             rbad.translate(0, &ram),
-            Err(WalkError::Unsupported(_))
-        ));
+            Err(WalkError::Unsupported(UnsupportedSetup::RegionSize {
+                half: 0,
+                tsz: 8
+            }))
+        );
+        assert_eq!(
+            rbad.translate(0, &ram).unwrap_err().to_string(),
+            "unsupported stage-1 setup: TnSZ outside 16..=39 (TCR_EL1.T0SZ = 8)"
+        );
     }
 }

@@ -29,7 +29,7 @@ use super::vcpu::EmuVcpu;
 use apflab_hypervisor::arch::access::{AddrReg, RegisterSource, data_access};
 use apflab_hypervisor::arch::syndrome::{self, FaultStatus};
 use apflab_hypervisor::arch::{self, EntryKind, Reg, pstate};
-use apflab_hypervisor::{HypervisorError, Vcpu, VmExit};
+use apflab_hypervisor::{CrashReason, HypervisorError, Vcpu, VmExit};
 
 /// The kind of access that faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,11 +256,13 @@ impl EmuVcpu {
             return Ok(Some(VmExit::Crash {
                 pc: elr,
                 addr: Some(first_far),
-                reason: format!(
-                    "synchronous exception (ESR_EL1 {first_esr:#x}, FAR_EL1 {first_far:#x}) \
-                     taken to VBAR_EL1 {vbar:#x} + {offset:#x}, where there is no vector \
-                     table: the CPU takes exception {esr:#x} there again and again"
-                ),
+                reason: CrashReason::NoVectorTable {
+                    esr: first_esr,
+                    far: first_far,
+                    vbar,
+                    offset,
+                    again_esr: esr,
+                },
             }));
         }
         self.enter_el1(EntryKind::Sync, pc, Some(esr), far)?;

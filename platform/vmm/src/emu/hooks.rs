@@ -15,7 +15,7 @@ use super::shootdown;
 use super::state::{HookState, end_slice};
 use super::tlb::fill_tlb;
 use apflab_hypervisor::arch::{SysRegId, insn, pstate, sysreg};
-use apflab_hypervisor::{Conduit, MmioWriteKind, VmExit};
+use apflab_hypervisor::{Conduit, CrashReason, MmioWriteKind, VmExit};
 use unicorn_engine::{Arm64Insn, HookType, MemType, Prot, RegisterARM64, RegisterARM64CP, Unicorn};
 
 /// QEMU exception numbers seen by the interrupt hook.
@@ -83,11 +83,7 @@ fn device_fetch(
         st.pending = Some(VmExit::Crash {
             pc: addr,
             addr: Some(pa),
-            reason: format!(
-                "instruction fetch from the device registers at {pa:#x}, which read \
-                 {word:#010x}: QEMU would execute that value as an instruction, which the \
-                 software CPU cannot do from a device"
-            ),
+            reason: CrashReason::FetchFromDevice { pa, word },
         });
     }
     false
@@ -221,12 +217,12 @@ pub(super) fn install_hooks(
             excp::PREFETCH_ABORT => VmExit::Crash {
                 pc,
                 addr: Some(pc),
-                reason: "instruction abort the engine raised by itself".to_owned(),
+                reason: CrashReason::EngineInstructionAbort,
             },
             n => VmExit::Crash {
                 pc,
                 addr: None,
-                reason: format!("unexpected CPU exception {n}"),
+                reason: CrashReason::UnexpectedException(n),
             },
         };
         uc.get_data_mut().pending = Some(exit);

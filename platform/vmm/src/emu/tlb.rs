@@ -7,6 +7,8 @@
 //! page the pager withholds fails the fill before the access has any
 //! effect, so the instruction can be retried once the page is in.
 
+use std::sync::Arc;
+
 use apflab_abi::addr::Gpa;
 use apflab_abi::memory_map::PAGE_SIZE;
 use unicorn_engine::{MemType, Prot, RegisterARM64, TlbEntry, Unicorn};
@@ -14,14 +16,14 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::absent::AbsentPages;
 use super::exception::{Access, GuestFault};
-use super::regs::{SCTLR_EL1, TCR_EL1, cp};
+use super::regs::{EngineCode, SCTLR_EL1, TCR_EL1, cp};
 use super::state::HookState;
 use apflab_hypervisor::arch::stage1::{
-    AccessLevel, GuestPhysMem, Permissions, TranslationRegs, Walk, WalkError,
+    AccessLevel, GuestPhysMem, Permissions, TranslationRegs, UnsupportedSetup, Walk, WalkError,
 };
 use apflab_hypervisor::arch::syndrome::FaultStatus;
 use apflab_hypervisor::arch::{SysRegId, pstate};
-use apflab_hypervisor::{NotResidentFault, PageAccess, VmExit};
+use apflab_hypervisor::{CrashReason, NotResidentFault, PageAccess, VmExit};
 use unicorn_engine_sys::{uc_error, uc_tlb_fill_mmu_index};
 
 /// Guest RAM as the stage-1 walk of a TLB fill reads it.
@@ -61,7 +63,7 @@ pub(super) fn fill_tlb(
         memory: &st.memory,
         absent: &st.absent,
     };
-    let crash = |reason: String| VmExit::Crash {
+    let crash = |reason: CrashReason| VmExit::Crash {
         pc,
         addr: Some(va),
         reason,
@@ -142,11 +144,17 @@ pub(super) fn fill_tlb(
             None,
         ),
         Ok(Err(e)) => match walk_fault(&e) {
-            Some(status) => (None, Some(abort(status)), None),
-            None => (Some(crash(format!("translation fault: {e}"))), None, None),
+            Ok(status) => (None, Some(abort(status)), None),
+            Err(setup) => (
+                Some(crash(CrashReason::UnsupportedTranslation(setup))),
+                None,
+                None,
+            ),
         },
         Err(e) => (
-            Some(crash(format!("cannot read the MMU registers: {e}"))),
+            Some(crash(CrashReason::MmuRegistersUnreadable(Arc::new(
+                EngineCode(e),
+            )))),
             None,
             None,
         ),
@@ -189,29 +197,27 @@ fn access_level(uc: &Unicorn<'_, HookState>, ps: u64) -> AccessLevel {
 }
 
 /// The fault the guest's own MMU raises for a walk that fails with `e`;
-/// `None` for a setup the walker does not implement (the run cannot go on
+/// the setup the walker does not implement otherwise (the run cannot go on
 /// faithfully).
-fn walk_fault(e: &WalkError) -> Option<FaultStatus> {
-    Some(match *e {
+fn walk_fault(e: &WalkError) -> Result<FaultStatus, UnsupportedSetup> {
+    Ok(match *e {
         WalkError::NotMapped { level, .. } => FaultStatus::Translation(level),
         // Outside TnSZ's range, or EPDn set: a level-0 translation fault.
         WalkError::OutOfRange { .. } | WalkError::WalksDisabled { .. } => {
             FaultStatus::Translation(0)
         }
         WalkError::TableOutsideRam { level, .. } => FaultStatus::ExternalOnWalk(level),
-        WalkError::Unsupported(_) => return None,
+        WalkError::Unsupported(setup) => return Err(setup),
     })
 }
 
 /// The vCPU's EL1&0 translation registers.
-fn translation_regs(uc: &Unicorn<'_, HookState>) -> Result<TranslationRegs, String> {
+fn translation_regs(uc: &Unicorn<'_, HookState>) -> Result<TranslationRegs, uc_error> {
     let coproc = |reg: SysRegId| {
         let mut c = cp(reg);
-        uc.reg_read_arm64_coproc(&mut c)
-            .map(|()| c.val)
-            .map_err(|e| format!("{e:?}"))
+        uc.reg_read_arm64_coproc(&mut c).map(|()| c.val)
     };
-    let reg = |r: RegisterARM64| uc.reg_read(r).map_err(|e| format!("{e:?}"));
+    let reg = |r: RegisterARM64| uc.reg_read(r);
     Ok(TranslationRegs {
         sctlr: coproc(SCTLR_EL1)?,
         tcr: coproc(TCR_EL1)?,

@@ -16,14 +16,14 @@ use super::hooks::{self, read_insn};
 use super::icount::Icount;
 use super::insn_watch::BlockWatch;
 use super::regs::{
-    HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1, SCR_EL3,
-    SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
+    EngineCode, HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1,
+    SCR_EL3, SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
 };
 use super::shootdown::Shootdowns;
 use super::state::HookState;
 use crate::config::CostModel;
 use apflab_hypervisor::arch::{EntryKind, Reg, insn, mpidr_of, pstate};
-use apflab_hypervisor::{HypervisorError, SyncException, Vcpu, VmExit, VmOps};
+use apflab_hypervisor::{CrashReason, HypervisorError, SyncException, Vcpu, VmExit, VmOps};
 
 /// One vCPU on its own unicorn engine.
 pub struct EmuVcpu {
@@ -340,7 +340,7 @@ impl Vcpu for EmuVcpu {
             Err(e) => Ok(VmExit::Crash {
                 pc,
                 addr: None,
-                reason: format!("CPU stopped with {e:?}"),
+                reason: CrashReason::EngineStopped(Arc::new(EngineCode(e))),
             }),
         }
     }

@@ -40,8 +40,8 @@ use apflab_hypervisor::arch::fault_site::{FaultKind, LocateError, locate};
 use apflab_hypervisor::arch::stage1::TranslationRegs;
 use apflab_hypervisor::arch::{self, EntryKind, Reg, pstate};
 use apflab_hypervisor::{
-    Conduit, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, PageAccess, Residency,
-    SyncException, Vcpu, VmExit, VmOps,
+    Conduit, CrashReason, Hypervisor, HypervisorError, MmioWriteKind, NotResidentFault, PageAccess,
+    Residency, SyncException, Vcpu, VmExit, VmOps,
 };
 
 /// Interrupt lines of the in-kernel GIC (the board's, as emu's).
@@ -500,7 +500,7 @@ impl KvmVcpu {
             Err(e) => Ok(Some(VmExit::Crash {
                 pc,
                 addr: None,
-                reason: format!("KVM_RUN failed with EFAULT and the fault cannot be located: {e}"),
+                reason: CrashReason::FaultNotLocated(Arc::new(e)),
             })),
         }
     }
@@ -581,7 +581,7 @@ impl Vcpu for KvmVcpu {
                     other => VmExit::Crash {
                         pc: self.get(regs::PC, "PC")?,
                         addr: None,
-                        reason: format!("KVM system event {other} (crash or unknown)"),
+                        reason: CrashReason::SystemEvent(other),
                     },
                 },
                 Ok(VcpuExit::Intr) => continue,
@@ -592,15 +592,14 @@ impl Vcpu for KvmVcpu {
                     VmExit::Crash {
                         pc: self.get(regs::PC, "PC")?,
                         addr: Some(nisv.fault_ipa),
-                        reason: format!(
-                            "access to {:#x} (outside RAM) by an instruction without a valid \
-                             syndrome (ESR ISS {:#x}); devices need single LDR/STR",
-                            nisv.fault_ipa, nisv.esr_iss
-                        ),
+                        reason: CrashReason::AccessWithoutSyndrome {
+                            ipa: nisv.fault_ipa,
+                            esr_iss: nisv.esr_iss,
+                        },
                     }
                 }
                 Ok(other) => {
-                    let reason = format!("unexpected KVM exit {other:?}");
+                    let reason = CrashReason::UnexpectedKvmExit(format!("{other:?}"));
                     VmExit::Crash {
                         pc: self.get(regs::PC, "PC")?,
                         addr: None,
