@@ -63,26 +63,62 @@ pub fn lives(events: &[Event]) -> BTreeMap<Token, Vec<TokenEvent>> {
     lives
 }
 
+/// A token whose life breaks the books ([`check_life`]): the token, the
+/// rule its life breaks, and the life.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{token:?} {rule}: {life:?}")]
+pub struct BrokenLife {
+    /// The token.
+    pub token: Token,
+    /// The rule broken.
+    pub rule: LifeRule,
+    /// Its event kinds in order.
+    pub life: Vec<TokenEvent>,
+}
+
+/// A rule of the token books ([`check_life`]), worded as its breach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LifeRule {
+    /// A life starts with its one fault.
+    #[error("does not start with its one fault")]
+    OneFaultFirst,
+    /// A life ends (consumed or dropped) at most once.
+    #[error("ended twice")]
+    EndsOnce,
+    /// A token is consumed only after its page came in.
+    #[error("was consumed before its page came in")]
+    ConsumedAfterFetch,
+    /// A token asks for its page at most once.
+    #[error("asked for its page twice")]
+    RequestsOnce,
+}
+
 /// Checks the token books the protocol keeps whatever the guest does:
 /// each life starts with its one fault, ends at most once, is consumed only
 /// after its page came in, and asks for its page at most once. The error
-/// names the token and its life.
-pub fn check_life(token: Token, life: &[TokenEvent]) -> Result<(), String> {
+/// names the token, the rule and the life.
+pub fn check_life(token: Token, life: &[TokenEvent]) -> Result<(), BrokenLife> {
     let count = |k: TokenEvent| life.iter().filter(|&&x| x == k).count();
-    let bad = |why: &str| Err(format!("{token:?} {why}: {life:?}"));
+    let bad = |rule| {
+        Err(BrokenLife {
+            token,
+            rule,
+            life: life.to_vec(),
+        })
+    };
     if life.first() != Some(&TokenEvent::Fault) || count(TokenEvent::Fault) != 1 {
-        return bad("does not start with its one fault");
+        return bad(LifeRule::OneFaultFirst);
     }
     if count(TokenEvent::Consumed) + count(TokenEvent::Dropped) > 1 {
-        return bad("ended twice");
+        return bad(LifeRule::EndsOnce);
     }
     if let Some(at) = life.iter().position(|&k| k == TokenEvent::Consumed)
         && !life[..at].contains(&TokenEvent::FetchDone)
     {
-        return bad("was consumed before its page came in");
+        return bad(LifeRule::ConsumedAfterFetch);
     }
     if count(TokenEvent::Request) > 1 {
-        return bad("asked for its page twice");
+        return bad(LifeRule::RequestsOnce);
     }
     Ok(())
 }

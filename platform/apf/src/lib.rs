@@ -37,6 +37,6 @@ pub mod sleep;
 
 pub use engine::{ApfConfig, Engine};
 pub use error::ApfError;
-pub use events::{Event, PolicyCall, Stall, TokenEvent};
+pub use events::{BrokenLife, Event, LifeRule, PolicyCall, Stall, TokenEvent};
 pub use far_memory::{FarMemory, Fetch};
 pub use metrics::{FaultMetrics, LATENCY_BUCKETS};

@@ -629,7 +629,11 @@ fn boot(args: &BootArgs) -> Result<(), Failure> {
             Err(Failure::Status(EXIT_RESET))
         }
         GuestExit::Panic(m) => Err(Failure::Failed(anyhow::anyhow!("guest panic: {m}"))),
-        GuestExit::Crash(m) => Err(Failure::Failed(anyhow::anyhow!("guest crash: {m}"))),
+        // The crash stays the cause, so the message says each of its
+        // causes (the engine's or kernel's error, the pager's) once.
+        GuestExit::Crash(crash) => Err(Failure::Failed(
+            anyhow::Error::new(crash).context("guest crash"),
+        )),
         GuestExit::Timeout => Err(Failure::Failed(anyhow::anyhow!(
             "no power-off within {max_virtual_ms} ms of virtual time"
         ))),

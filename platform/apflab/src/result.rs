@@ -595,7 +595,7 @@ impl RunResult {
             GuestExit::PowerOff => ("power_off", None),
             GuestExit::Reset => ("reset", None),
             GuestExit::Panic(m) => ("panic", Some(m.clone())),
-            GuestExit::Crash(m) => ("crash", Some(m.clone())),
+            GuestExit::Crash(crash) => ("crash", Some(crash.to_string())),
             GuestExit::Timeout => (
                 "timeout",
                 Some(format!(

@@ -258,9 +258,28 @@ pub enum DirtyTracking {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+/// Why a text is no [`ByteSize`]; each variant holds the text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ByteSizeError {
+    /// No number first.
+    #[error("expected a size like \"64 MiB\" or 4096, found {0:?}")]
+    NoNumber(String),
+    /// A unit other than the binary ones.
+    #[error("unknown unit {unit:?} in {text:?} (use B, KiB, MiB or GiB)")]
+    UnknownUnit {
+        /// The unit given.
+        unit: String,
+        /// The whole text.
+        text: String,
+    },
+    /// More bytes than a u64 holds.
+    #[error("{0:?} does not fit in 64 bits")]
+    TooLarge(String),
+}
+
 impl ByteSize {
     /// Parses `"64 MiB"`, `"4KiB"`, `"4096"`, ...
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ByteSizeError> {
         let t = text.trim();
         let split = t
             .find(|c: char| !c.is_ascii_digit() && c != '_')
@@ -269,21 +288,22 @@ impl ByteSize {
         let num: u64 = num
             .replace('_', "")
             .parse()
-            .map_err(|_| format!("expected a size like \"64 MiB\" or 4096, found {text:?}"))?;
+            .map_err(|_| ByteSizeError::NoNumber(text.to_owned()))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "K" | "KiB" => 1 << 10,
             "M" | "MiB" => 1 << 20,
             "G" | "GiB" => 1 << 30,
             other => {
-                return Err(format!(
-                    "unknown unit {other:?} in {text:?} (use B, KiB, MiB or GiB)"
-                ));
+                return Err(ByteSizeError::UnknownUnit {
+                    unit: other.to_owned(),
+                    text: text.to_owned(),
+                });
             }
         };
         num.checked_mul(mult)
             .map(ByteSize)
-            .ok_or_else(|| format!("{text:?} does not fit in 64 bits"))
+            .ok_or_else(|| ByteSizeError::TooLarge(text.to_owned()))
     }
 }
 
@@ -703,12 +723,28 @@ mod tests {
         assert_eq!(ByteSize::parse("4KiB"), Ok(ByteSize(4096)));
         assert_eq!(ByteSize::parse(" 2 GiB "), Ok(ByteSize(2 << 30)));
         assert_eq!(ByteSize::parse("1_000 B"), Ok(ByteSize(1000)));
-        assert!(
-            ByteSize::parse("12 parsecs")
-                .unwrap_err()
-                .contains("parsecs")
+        assert_eq!(
+            ByteSize::parse("12 parsecs"),
+            Err(ByteSizeError::UnknownUnit {
+                unit: "parsecs".into(),
+                text: "12 parsecs".into()
+            })
         );
-        assert!(ByteSize::parse("MiB").is_err());
+        assert_eq!(
+            ByteSize::parse("MiB"),
+            Err(ByteSizeError::NoNumber("MiB".into()))
+        );
+        assert_eq!(
+            ByteSize::parse("16777216 TiB"),
+            Err(ByteSizeError::UnknownUnit {
+                unit: "TiB".into(),
+                text: "16777216 TiB".into()
+            })
+        );
+        assert_eq!(
+            ByteSize::parse("17179869184 GiB"),
+            Err(ByteSizeError::TooLarge("17179869184 GiB".into()))
+        );
         let e = parse("store = { kind = \"zero\" }\nresident_limit = -4").unwrap_err();
         assert!(e.to_string().contains("negative"), "{e}");
         let e = parse("store = { kind = \"zero\" }\nresident_limit = \"3 XB\"").unwrap_err();

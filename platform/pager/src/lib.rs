@@ -103,8 +103,8 @@ pub mod store;
 pub mod uffd;
 
 pub use config::{
-    ByteSize, ConfigError, DirtyTracking, EvictionPolicy, FaultPath, InjectErrors, LatencyConfig,
-    ManagedRange, PagerConfig, StoreConfig,
+    ByteSize, ByteSizeError, ConfigError, DirtyTracking, EvictionPolicy, FaultPath, InjectErrors,
+    LatencyConfig, ManagedRange, PagerConfig, StoreConfig,
 };
 pub use emu::{FaultPlan, VirtualPager};
 pub use engine::{Access, Begin, Eviction, FaultEngine, PagerError, Prepared};

@@ -37,15 +37,16 @@ mod vm;
 pub mod watchdog;
 
 pub use apflab_hypervisor::{
-    Action, EngineCall, FaultHook, HookInitError, HypercallAnswer, NoFarMemory, ResumeState,
-    is_engine_call, no_async_pf,
+    Action, CrashReason, EngineCall, FaultHook, HookFailure, HookInitError, HypercallAnswer,
+    NoFarMemory, ResumeState, is_engine_call, no_async_pf,
 };
 pub use apflab_hypervisor::{HostRam, PageServer, PageServerError};
 pub use config::{BackendKind, CostModel, CostPreset, CostSource, VmConfig, host_memory_mib};
 pub use error::VmError;
 pub use outcome::{
-    GuestExit, GuestTimeline, Halt, MAX_RECORDED_HALTS, MAX_TIMELINE_RECORDS, RunOutcome, VmMetrics,
+    GuestCrash, GuestExit, GuestTimeline, Halt, MAX_RECORDED_HALTS, MAX_TIMELINE_RECORDS,
+    RunOutcome, VmMetrics,
 };
-pub use snapshot::{SnapshotError, SnapshotPlan, SnapshotRequest};
+pub use snapshot::{Refusal, SnapshotError, SnapshotPlan, SnapshotRequest};
 pub use vm::Vm;
 pub use watchdog::HangDiagnosis;

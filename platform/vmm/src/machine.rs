@@ -56,6 +56,15 @@ const PSCI_AFFINITY_OFF: i64 = 1;
 /// call once an interrupt is pending).
 const PSCI_POWER_STATE_RESERVED: u64 = 0xfffe_0000;
 
+/// A saved machine state of another number of vCPUs than this machine's
+/// ([`Machine::restore_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the machine state is not one of {vcpus} vCPUs")]
+pub struct StateMismatch {
+    /// This machine's vCPUs.
+    pub vcpus: u32,
+}
+
 /// Something a hypercall asks of the vCPU loop.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
@@ -254,7 +263,7 @@ impl Machine {
     /// Puts the machine in the state `saved` (from [`Machine::save_state`]
     /// of a machine with as many vCPUs); the console echo stays this
     /// machine's.
-    pub fn restore_state(&self, saved: MachineState) -> Result<(), String> {
+    pub fn restore_state(&self, saved: MachineState) -> Result<(), StateMismatch> {
         let n = self.vcpus as usize;
         let st = &saved.state;
         if [
@@ -269,7 +278,7 @@ impl Machine {
         .iter()
         .any(|&len| len != n)
         {
-            return Err(format!("the machine state is not one of {n} vCPUs"));
+            return Err(StateMismatch { vcpus: self.vcpus });
         }
         let mut s = self.lock();
         let echo = s.uart.echo();

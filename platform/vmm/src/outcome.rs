@@ -6,6 +6,9 @@ use std::time::Duration;
 use apflab_abi::report::GuestReport;
 use apflab_abi::trace::TraceRecord;
 
+use apflab_hypervisor::{CrashReason, HookFailure, PageServerError};
+
+use crate::machine::Effect;
 use crate::watchdog::HangDiagnosis;
 
 /// How the guest's run ended.
@@ -19,8 +22,8 @@ pub enum GuestExit {
     Panic(String),
     /// The guest hit a fault the VMM cannot resolve (an exception with no
     /// vector table to take it, a translation setup the VMM does not
-    /// implement...).
-    Crash(String),
+    /// implement...), or the fault engine ended the run.
+    Crash(GuestCrash),
     /// `max_virtual_ns` passed before the guest powered off.
     Timeout,
     /// `wall_timeout` of host wall-clock time passed before the guest
@@ -30,6 +33,77 @@ pub enum GuestExit {
     /// `watchdog_ns`.
     Hang(HangDiagnosis),
 }
+
+/// Why a run ended as a crash ([`GuestExit::Crash`]), with what the
+/// backend, the fault engine or the page server said as the cause.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum GuestCrash {
+    /// The backend stopped vCPU `vcpu` at `pc` (touching `addr`, when
+    /// known) for good.
+    #[error("vCPU {vcpu}: {reason} at pc {pc:#x}{}", at_address(.addr))]
+    Vcpu {
+        /// The vCPU.
+        vcpu: u32,
+        /// PC of the instruction.
+        pc: u64,
+        /// Faulting address, when known.
+        addr: Option<u64>,
+        /// Why.
+        #[source]
+        reason: CrashReason,
+    },
+    /// The fault engine could not go on with vCPU `vcpu` ([`apflab_hypervisor::Action::Fail`]).
+    #[error("vCPU {vcpu}: {failure}")]
+    Hook {
+        /// The vCPU.
+        vcpu: u32,
+        /// Why.
+        #[source]
+        failure: HookFailure,
+    },
+    /// The fault engine went away while a hypercall waited for its answer.
+    #[error("the fault engine stopped before answering a hypercall")]
+    EngineGone,
+    /// The fault engine acted on a vCPU the VM does not have.
+    #[error("the fault engine acted on vCPU {0}, which this VM does not have")]
+    NoSuchVcpu(u32),
+    /// The in-kernel page server failed (kvm's `fault_path = "kernel"`).
+    #[error("page server: {0}")]
+    PageServer(#[source] PageServerError),
+    /// Every vCPU thread ended without saying why (kvm).
+    #[error("every vCPU thread stopped")]
+    VcpuThreadsGone,
+    /// A PSCI call came through apflab's doorbell on kvm, where PSCI is
+    /// the in-kernel firmware's.
+    #[error(
+        "vCPU {vcpu}: PSCI call {call:?} through the apflab conduit; on kvm PSCI is HVC to the \
+         in-kernel firmware"
+    )]
+    PsciThroughDoorbell {
+        /// The vCPU.
+        vcpu: u32,
+        /// The call.
+        call: Effect,
+    },
+}
+
+/// `, address A` for a crash whose faulting address is known.
+fn at_address(addr: &Option<u64>) -> String {
+    addr.map(|a| format!(", address {a:#x}"))
+        .unwrap_or_default()
+}
+
+/// Two crashes are equal when they are of the same kind and say the same
+/// thing (their causes are compared by what they say, as a run reports
+/// them).
+impl PartialEq for GuestCrash {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for GuestCrash {}
 
 impl GuestExit {
     /// Whether the run counts as a success.

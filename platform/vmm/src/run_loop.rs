@@ -24,10 +24,10 @@ use std::time::Duration;
 use apflab_abi::hypercall as hc;
 
 use crate::machine::{Call, Effect, Machine};
-use crate::outcome::{GuestExit, Halt, RunOutcome, VmMetrics};
+use crate::outcome::{GuestCrash, GuestExit, Halt, RunOutcome, VmMetrics};
 use apflab_hypervisor::arch::Reg;
-use apflab_hypervisor::{Action, EngineCall, HookFailure, HypercallAnswer};
-use apflab_hypervisor::{CrashReason, HypervisorError, Vcpu, VmExit};
+use apflab_hypervisor::{Action, EngineCall, HypercallAnswer};
+use apflab_hypervisor::{HypervisorError, Vcpu, VmExit};
 
 /// What a run loop does with a vCPU next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,26 +41,16 @@ pub(crate) enum Next {
     End(GuestExit),
 }
 
-/// The text of a run that ended on `vcpu` at `pc` (and `addr`, when known).
-pub(crate) fn crash_text(vcpu: u32, pc: u64, addr: Option<u64>, reason: &CrashReason) -> String {
-    let at = addr
-        .map(|a| format!(", address {a:#x}"))
-        .unwrap_or_default();
-    format!("vCPU {vcpu}: {reason} at pc {pc:#x}{at}")
-}
-
-/// The text of a run the hook failed with `failure` on `vcpu`.
-pub(crate) fn fail_text(vcpu: u32, failure: &HookFailure) -> String {
-    format!("vCPU {vcpu}: {failure}")
-}
-
 /// How the run ends if `exit` ends it: a crash or a system event the
 /// backend saw by itself.
 pub(crate) fn terminal_exit(vcpu: u32, exit: &VmExit) -> Option<GuestExit> {
     match exit {
-        VmExit::Crash { pc, addr, reason } => {
-            Some(GuestExit::Crash(crash_text(vcpu, *pc, *addr, reason)))
-        }
+        VmExit::Crash { pc, addr, reason } => Some(GuestExit::Crash(GuestCrash::Vcpu {
+            vcpu,
+            pc: *pc,
+            addr: *addr,
+            reason: reason.clone(),
+        })),
         VmExit::SystemEvent { reset: true } => Some(GuestExit::Reset),
         VmExit::SystemEvent { reset: false } => Some(GuestExit::PowerOff),
         _ => None,
@@ -102,7 +92,10 @@ pub(crate) fn apply<V: Vcpu + ?Sized>(
             machine.deliver_sdei(vcpu)?;
             Next::Run
         }
-        Action::Fail(failure) => Next::End(GuestExit::Crash(fail_text(vcpu.index(), &failure))),
+        Action::Fail(failure) => Next::End(GuestExit::Crash(GuestCrash::Hook {
+            vcpu: vcpu.index(),
+            failure,
+        })),
     })
 }
 
@@ -130,7 +123,7 @@ pub(crate) fn return_from_hypercall<V: Vcpu + ?Sized>(
     answer: Option<HypercallAnswer>,
 ) -> Result<Next, HypervisorError> {
     let Some(answer) = answer else {
-        return Ok(Next::End(GuestExit::Crash(ENGINE_GONE.into())));
+        return Ok(Next::End(GuestExit::Crash(GuestCrash::EngineGone)));
     };
     for (n, value) in answer.regs.iter().enumerate() {
         vcpu.set_reg(Reg::X(n as u8), *value)?;
@@ -148,13 +141,11 @@ pub(crate) fn return_from_doorbell<V: Vcpu + ?Sized>(
     answer: Option<HypercallAnswer>,
 ) -> Result<Next, HypervisorError> {
     let Some(answer) = answer else {
-        return Ok(Next::End(GuestExit::Crash(ENGINE_GONE.into())));
+        return Ok(Next::End(GuestExit::Crash(GuestCrash::EngineGone)));
     };
     machine.set_doorbell_results(vcpu.index(), answer.regs);
     apply(vcpu, machine, answer.action)
 }
-
-const ENGINE_GONE: &str = "the fault engine stopped before answering a hypercall";
 
 /// Counts an engine call the engine refused, as the machine counts its own.
 fn engine_answered(machine: &Machine, answer: HypercallAnswer) -> HypercallAnswer {
@@ -215,7 +206,7 @@ pub(crate) fn outcome(
 mod tests {
     use super::*;
     use apflab_abi::addr::Gpa;
-    use apflab_hypervisor::SyncException;
+    use apflab_hypervisor::{CrashReason, HookFailure, SyncException};
 
     /// A vCPU that records what the loop did to it.
     #[derive(Default)]
@@ -297,9 +288,10 @@ mod tests {
                 ))
             )
             .unwrap(),
-            Next::End(GuestExit::Crash(
-                "vCPU 1: page 0x5000 unavailable: gone".into()
-            ))
+            Next::End(GuestExit::Crash(GuestCrash::Hook {
+                vcpu: 1,
+                failure: HookFailure::unavailable(Gpa(0x5000), std::io::Error::other("gone"))
+            }))
         );
     }
 
@@ -428,14 +420,23 @@ mod tests {
                 word: 0x1234_5678,
             },
         };
+        let Some(GuestExit::Crash(ended)) = terminal_exit(3, &crash) else {
+            panic!("a crash ends the run as one");
+        };
+        assert!(matches!(
+            ended,
+            GuestCrash::Vcpu {
+                vcpu: 3,
+                pc: 0x4000_0010,
+                addr: Some(0x10),
+                reason: CrashReason::FetchFromDevice { .. },
+            }
+        ));
         assert_eq!(
-            terminal_exit(3, &crash),
-            Some(GuestExit::Crash(
-                "vCPU 3: instruction fetch from the device registers at 0x10, which read \
-                 0x12345678: QEMU would execute that value as an instruction, which the \
-                 software CPU cannot do from a device at pc 0x40000010, address 0x10"
-                    .into()
-            ))
+            ended.to_string(),
+            "vCPU 3: instruction fetch from the device registers at 0x10, which read \
+             0x12345678: QEMU would execute that value as an instruction, which the \
+             software CPU cannot do from a device at pc 0x40000010, address 0x10"
         );
         assert_eq!(
             terminal_exit(0, &VmExit::SystemEvent { reset: true }),

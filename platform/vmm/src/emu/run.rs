@@ -26,9 +26,9 @@ use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::loader::LoadedKernel;
 use crate::machine::{Call, Effect, Machine, MachineState};
-use crate::outcome::{GuestExit, Halt, MAX_RECORDED_HALTS, RunOutcome};
+use crate::outcome::{GuestCrash, GuestExit, Halt, MAX_RECORDED_HALTS, RunOutcome};
 use crate::run_loop::{self, Next, Totals};
-use crate::snapshot::{self, Identity, SnapshotError, SnapshotPlan, SnapshotRequest};
+use crate::snapshot::{self, Identity, Refusal, SnapshotError, SnapshotPlan, SnapshotRequest};
 use crate::watchdog::{GuestPosition, HangDiagnosis, VcpuDiagnosis, Watchdog};
 use apflab_hypervisor::arch::{Reg, ec, pstate};
 use apflab_hypervisor::{Action, EngineCall, FaultHook, HypercallAnswer, ResumeState};
@@ -287,9 +287,7 @@ impl<'h> EmuRun<'h> {
         for (v, action) in actions {
             let i = v as usize;
             let Some(vcpu) = self.vcpus.get_mut(i) else {
-                return Ok(Some(GuestExit::Crash(format!(
-                    "the fault engine acted on vCPU {v}, which this VM does not have"
-                ))));
+                return Ok(Some(GuestExit::Crash(GuestCrash::NoSuchVcpu(v))));
             };
             // "Page ready" for a vCPU that is running guest code: the host
             // must kick it out of the guest (an IPI) first. A halted or
@@ -643,26 +641,15 @@ impl<'h> EmuRun<'h> {
         else {
             return Ok(());
         };
-        let refused = |why: String| SnapshotError::Refused {
+        let refused = |why: Refusal| SnapshotError::Refused {
             path: path.display().to_string(),
             why,
         };
         if self.machine.take_boot_overrun() {
-            return Err(refused(
-                "the guest went on to make calls after announcing the end of its boot \
-                 before the CPU stopped for it: end the code block after BOOT_DONE (an ISB \
-                 or a branch), as apflab's guests do"
-                    .into(),
-            )
-            .into());
+            return Err(refused(Refusal::BootOverrun).into());
         }
         if let Some(what) = self.hook_busy {
-            return Err(refused(format!(
-                "the machine cannot be saved at the end of the boot: the fault engine was at \
-                 work during it ({what}), and a snapshot holds no fault engine state; boot \
-                 with a pager that withholds no page the boot touches"
-            ))
-            .into());
+            return Err(refused(Refusal::EngineBusy(what)).into());
         }
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for v in &mut self.vcpus {
@@ -728,7 +715,7 @@ impl<'h> EmuRun<'h> {
     /// left it.
     fn resume(&mut self, path: &std::path::Path, identity: &Identity) -> Result<(), VmError> {
         let shown = path.display().to_string();
-        let refused = |why: String| SnapshotError::Refused {
+        let refused = |why: Refusal| SnapshotError::Refused {
             path: shown.clone(),
             why,
         };
@@ -740,9 +727,11 @@ impl<'h> EmuRun<'h> {
             .iter()
             .any(|&len| len != n)
         {
-            return Err(refused(format!("its state is not one of {n} vCPUs")).into());
+            return Err(refused(Refusal::VcpuCount(n)).into());
         }
-        self.machine.restore_state(saved.machine).map_err(refused)?;
+        self.machine
+            .restore_state(saved.machine)
+            .map_err(|e| refused(e.into()))?;
         for (v, s) in self.vcpus.iter_mut().zip(&saved.vcpus) {
             v.restore_snapshot(s)?;
         }
@@ -760,16 +749,14 @@ impl<'h> EmuRun<'h> {
         let absent = recorder.absent_words();
         if absent != saved.absent {
             let count = |w: &[u64]| w.iter().map(|w| w.count_ones()).sum::<u32>();
-            return Err(refused(format!(
-                "this run's pager withholds {} pages at the start and the snapshot's run \
-                 withheld {} (or others): the pager's layout differs",
-                count(&absent),
-                count(&saved.absent)
-            ))
+            return Err(refused(Refusal::WithheldPages {
+                ours: count(&absent),
+                theirs: count(&saved.absent),
+            })
             .into());
         }
         if !self.residency.load_absent(&saved.absent) {
-            return Err(refused("its page bitmap is not of this RAM's size".into()).into());
+            return Err(refused(Refusal::BitmapSize).into());
         }
         for c in &saved.boot_calls {
             let call = EngineCall {
@@ -784,12 +771,12 @@ impl<'h> EmuRun<'h> {
             );
             let answer = format!("{answer:?}");
             if answer != c.answer {
-                return Err(refused(format!(
-                    "the fault engine of this run answers the boot's call {:#x} (vCPU {}) \
-                     with {answer}, the snapshot's run got {}: the boot would differ (a \
-                     [policy] or [apf] section changes what the guest is offered at boot)",
-                    c.function, c.vcpu, c.answer
-                ))
+                return Err(refused(Refusal::BootCallAnswer {
+                    function: c.function,
+                    vcpu: c.vcpu,
+                    ours: answer,
+                    theirs: c.answer.clone(),
+                })
                 .into());
             }
         }

@@ -26,6 +26,7 @@ use super::absent::AbsentPages;
 use super::debug::DebugRegs;
 use super::regs::engine_err;
 use super::vcpu::EmuVcpu;
+use crate::snapshot::Refusal;
 use apflab_hypervisor::{HypervisorError, Residency};
 
 /// One vCPU in a snapshot.
@@ -216,9 +217,9 @@ pub(crate) struct InitRecorder {
 
 impl InitRecorder {
     /// A recorder for a VM with `ram_size` bytes of RAM.
-    pub(crate) fn new(ram_size: u64) -> Result<Self, String> {
+    pub(crate) fn new(ram_size: u64) -> Result<Self, Refusal> {
         let scratch = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), ram_size as usize)])
-            .map_err(|e| format!("cannot map scratch memory: {e}"))?;
+            .map_err(Refusal::ScratchMemory)?;
         Ok(InitRecorder {
             absent: AbsentPages::new(ram_size),
             scratch,

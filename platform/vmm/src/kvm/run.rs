@@ -27,7 +27,7 @@ use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::loader::LoadedKernel;
 use crate::machine::{Call, Effect, Machine};
-use crate::outcome::{GuestExit, RunOutcome};
+use crate::outcome::{GuestCrash, GuestExit, RunOutcome};
 use crate::run_loop::{self, Next, Totals};
 use crate::watchdog::{HangDiagnosis, VcpuDiagnosis, Watchdog};
 use apflab_hypervisor::PageServer;
@@ -273,7 +273,7 @@ impl Control<'_> {
             }
             if let Some(s) = server {
                 if let Some(e) = s.failure() {
-                    return Ok(GuestExit::Crash(format!("page server: {e}")));
+                    return Ok(GuestExit::Crash(GuestCrash::PageServer(e)));
                 }
                 wake = wake.min(now + PAGE_SERVER_POLL.as_nanos() as u64);
             }
@@ -281,7 +281,7 @@ impl Control<'_> {
                 Ok(e) => e,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Ok(GuestExit::Crash("every vCPU thread stopped".into()));
+                    return Ok(GuestExit::Crash(GuestCrash::VcpuThreadsGone));
                 }
             };
             let now = now_ns(self.started);
@@ -399,13 +399,11 @@ impl Control<'_> {
     /// Makes vCPU `vcpu` do what `action` says; the run's end if it ends it.
     fn act(&mut self, vcpu: u32, action: Action) -> Option<GuestExit> {
         let Some(&blocked) = self.blocked.get(vcpu as usize) else {
-            return Some(GuestExit::Crash(format!(
-                "the fault engine acted on vCPU {vcpu}, which this VM does not have"
-            )));
+            return Some(GuestExit::Crash(GuestCrash::NoSuchVcpu(vcpu)));
         };
         match action {
             Action::Fail(failure) => {
-                return Some(GuestExit::Crash(run_loop::fail_text(vcpu, &failure)));
+                return Some(GuestExit::Crash(GuestCrash::Hook { vcpu, failure }));
             }
             Action::StallUntil(until_ns) => {
                 self.waits.retain(|w| w.vcpu != vcpu);
@@ -578,18 +576,22 @@ fn vcpu_thread(
             // one decides how.
             if let Some(effect) = machine.take_effects().into_iter().next() {
                 debug!(vcpu = idx, ?effect, "hypercall effect");
-                return Ok(Some(run_loop::terminal_effect(&effect).unwrap_or_else(|| {
-                    // PSCI is in the kernel on this backend; a CPU_ON or
-                    // CPU_OFF through the doorbell is a guest error.
-                    debug_assert!(matches!(
-                        effect,
-                        Effect::CpuOn { .. } | Effect::CpuOff { .. } | Effect::CpuSuspend { .. }
-                    ));
-                    GuestExit::Crash(format!(
-                        "vCPU {idx}: PSCI call {effect:?} through the apflab conduit; on kvm PSCI \
-                         is HVC to the in-kernel firmware"
-                    ))
-                })));
+                return Ok(Some(run_loop::terminal_effect(&effect).unwrap_or_else(
+                    || {
+                        // PSCI is in the kernel on this backend; a CPU_ON or
+                        // CPU_OFF through the doorbell is a guest error.
+                        debug_assert!(matches!(
+                            effect,
+                            Effect::CpuOn { .. }
+                                | Effect::CpuOff { .. }
+                                | Effect::CpuSuspend { .. }
+                        ));
+                        GuestExit::Crash(GuestCrash::PsciThroughDoorbell {
+                            vcpu: idx,
+                            call: effect,
+                        })
+                    },
+                )));
             }
         }
     })();

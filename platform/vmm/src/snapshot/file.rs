@@ -38,20 +38,43 @@ const PAGE: usize = PAGE_SIZE as usize;
 /// memory is shared, written through `&GuestMemoryMmap` by design; here
 /// the run loop is between two slices, on the thread the engines run on).
 #[allow(clippy::mut_from_ref)]
-unsafe fn ram(memory: &GuestMemoryMmap) -> Result<&mut [u8], String> {
-    let region = memory
-        .iter()
-        .next()
-        .ok_or_else(|| "the VM has no RAM".to_owned())?;
+unsafe fn ram(memory: &GuestMemoryMmap) -> Result<&mut [u8], RamUnreachable> {
+    let region = memory.iter().next().ok_or(RamUnreachable::NoRam)?;
     let base = region.start_addr();
     let len = region.len() as usize;
-    let host = memory
-        .get_host_address(GuestAddress(base.0))
-        .map_err(|e| e.to_string())?;
+    let host = memory.get_host_address(GuestAddress(base.0))?;
     // SAFETY: `host` starts the region's `len` mapped bytes, which live as
     // long as `memory`; nothing else touches them meanwhile (this
     // function's contract).
     Ok(unsafe { std::slice::from_raw_parts_mut(host, len) })
+}
+
+/// Why guest RAM cannot be had as one byte slice.
+#[derive(Debug, thiserror::Error)]
+pub enum RamUnreachable {
+    /// The VM has no memory region.
+    #[error("the VM has no RAM")]
+    NoRam,
+    /// Its region has no host mapping.
+    #[error(transparent)]
+    Unmapped(#[from] vm_memory::GuestMemoryError),
+}
+
+/// Why a snapshot file could not be written ([`SnapshotError::Write`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteFailure {
+    /// The file next to its place could not be created.
+    #[error("cannot create it: {0}")]
+    Create(#[source] std::io::Error),
+    /// Writing, compressing or syncing it failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A JSON section could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    /// Guest RAM could not be read.
+    #[error(transparent)]
+    Ram(#[from] RamUnreachable),
 }
 
 /// Writes the snapshot of a boot with `identity`: `state`, then `memory`.
@@ -69,20 +92,15 @@ pub(crate) fn write(
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = std::path::PathBuf::from(partial);
-    let written = (|| -> Result<(), String> {
-        let file = File::create(&partial).map_err(|e| format!("cannot create it: {e}"))?;
+    let written = (|| -> Result<(), WriteFailure> {
+        let file = File::create(&partial).map_err(WriteFailure::Create)?;
         let mut out = BufWriter::new(file);
-        out.write_all(MAGIC).map_err(|e| e.to_string())?;
-        out.write_all(&FORMAT.to_le_bytes())
-            .map_err(|e| e.to_string())?;
+        out.write_all(MAGIC)?;
+        out.write_all(&FORMAT.to_le_bytes())?;
         let mut gz = GzEncoder::new(out, Compression::fast());
-        for section in [
-            serde_json::to_vec(identity).map_err(|e| e.to_string())?,
-            serde_json::to_vec(state).map_err(|e| e.to_string())?,
-        ] {
-            gz.write_all(&(section.len() as u64).to_le_bytes())
-                .map_err(|e| e.to_string())?;
-            gz.write_all(&section).map_err(|e| e.to_string())?;
+        for section in [serde_json::to_vec(identity)?, serde_json::to_vec(state)?] {
+            gz.write_all(&(section.len() as u64).to_le_bytes())?;
+            gz.write_all(&section)?;
         }
         // SAFETY: the run loop is between two slices and waits for this.
         let ram = unsafe { ram(memory) }?;
@@ -90,19 +108,20 @@ pub(crate) fn write(
             if page.iter().all(|&b| b == 0) {
                 continue;
             }
-            gz.write_all(&(i as u64).to_le_bytes())
-                .map_err(|e| e.to_string())?;
-            gz.write_all(page).map_err(|e| e.to_string())?;
+            gz.write_all(&(i as u64).to_le_bytes())?;
+            gz.write_all(page)?;
         }
-        gz.write_all(&END.to_le_bytes())
-            .map_err(|e| e.to_string())?;
-        let out = gz.finish().map_err(|e| e.to_string())?;
-        let file = out.into_inner().map_err(|e| e.error().to_string())?;
-        file.sync_all().map_err(|e| e.to_string())
+        gz.write_all(&END.to_le_bytes())?;
+        let out = gz.finish()?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        Ok(file.sync_all()?)
     })();
-    if let Err(e) = written {
+    if let Err(source) = written {
         let _ = std::fs::remove_file(&partial);
-        return Err(io(format!("cannot write it: {e}")));
+        return Err(SnapshotError::Write {
+            path: shown,
+            source,
+        });
     }
     std::fs::rename(&partial, path).map_err(|e| {
         let _ = std::fs::remove_file(&partial);

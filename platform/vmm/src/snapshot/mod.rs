@@ -33,6 +33,8 @@
 pub(crate) mod abi_serde;
 mod file;
 
+pub use file::{RamUnreachable, WriteFailure};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -86,6 +88,15 @@ pub enum SnapshotError {
         /// What failed.
         what: String,
     },
+    /// The file could not be written (the partial file is removed).
+    #[error("snapshot {path}: cannot write it: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: file::WriteFailure,
+    },
     /// The file is no snapshot of this format.
     #[error("snapshot {path}: {what}")]
     Unreadable {
@@ -115,7 +126,8 @@ pub enum SnapshotError {
         /// The file.
         path: String,
         /// Why.
-        why: String,
+        #[source]
+        why: Refusal,
     },
     /// The run ended before the guest announced the end of its boot.
     #[error(
@@ -125,6 +137,69 @@ pub enum SnapshotError {
     NoBootPoint {
         /// The file.
         path: String,
+    },
+}
+
+/// Why the machine at the boot point cannot be saved, or a snapshot
+/// cannot re-create it ([`SnapshotError::Refused`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The guest made calls after BOOT_DONE in the same code block, so the
+    /// saved machine would be past the boot point.
+    #[error(
+        "the guest went on to make calls after announcing the end of its boot before the CPU \
+         stopped for it: end the code block after BOOT_DONE (an ISB or a branch), as \
+         apflab's guests do"
+    )]
+    BootOverrun,
+    /// The fault engine worked during the boot, and its state is not saved.
+    #[error(
+        "the machine cannot be saved at the end of the boot: the fault engine was at work \
+         during it ({0}), and a snapshot holds no fault engine state; boot with a pager that \
+         withholds no page the boot touches"
+    )]
+    EngineBusy(&'static str),
+    /// The snapshot's vCPU states are not one per vCPU of this VM.
+    #[error("its state is not one of {0} vCPUs")]
+    VcpuCount(usize),
+    /// The snapshot's machine state is not one of this VM's vCPUs.
+    #[error(transparent)]
+    MachineState(#[from] crate::machine::StateMismatch),
+    /// The memory the fault engine's set-up writes to while resuming could
+    /// not be mapped.
+    #[error("cannot map scratch memory: {0}")]
+    ScratchMemory(#[source] vm_memory::mmap::FromRangesError),
+    /// This run's pager withholds other pages at the start than the
+    /// snapshot's did.
+    #[error(
+        "this run's pager withholds {ours} pages at the start and the snapshot's run \
+         withheld {theirs} (or others): the pager's layout differs"
+    )]
+    WithheldPages {
+        /// Pages this run withholds.
+        ours: u32,
+        /// Pages the snapshot's run withheld.
+        theirs: u32,
+    },
+    /// The snapshot's page bitmap is not of this RAM's size.
+    #[error("its page bitmap is not of this RAM's size")]
+    BitmapSize,
+    /// This run's fault engine answers a boot call otherwise than the
+    /// snapshot's did.
+    #[error(
+        "the fault engine of this run answers the boot's call {function:#x} (vCPU {vcpu}) with \
+         {ours}, the snapshot's run got {theirs}: the boot would differ (a [policy] or [apf] \
+         section changes what the guest is offered at boot)"
+    )]
+    BootCallAnswer {
+        /// The call's function id.
+        function: u32,
+        /// The vCPU that made it.
+        vcpu: u32,
+        /// This run's answer, as its debug text (how snapshots keep it).
+        ours: String,
+        /// The snapshot's.
+        theirs: String,
     },
 }
 
