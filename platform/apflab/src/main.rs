@@ -222,14 +222,17 @@ struct BootArgs {
     cost_preset: apflab_vmm::CostPreset,
 }
 
+/// A `--cost-preset` value that names no preset (clap names the value).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not a cost preset; expected one of {}",
+    apflab_vmm::CostPreset::names()
+)]
+struct UnknownCostPreset;
+
 /// `--cost-preset`'s value.
-fn cost_preset(name: &str) -> Result<apflab_vmm::CostPreset, String> {
-    apflab_vmm::CostPreset::from_name(name).ok_or_else(|| {
-        format!(
-            "not a cost preset; expected one of {}",
-            apflab_vmm::CostPreset::names()
-        )
-    })
+fn cost_preset(name: &str) -> Result<apflab_vmm::CostPreset, UnknownCostPreset> {
+    apflab_vmm::CostPreset::from_name(name).ok_or(UnknownCostPreset)
 }
 
 /// `apflab matrix`'s arguments.
@@ -742,9 +745,9 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
         wall_timeout_ms: args.wall_timeout.map(check_wall_timeout).transpose()?,
     };
     let root = if args.slurm.is_some() {
-        slurm_options.check().map_err(|e| bad(anyhow::anyhow!(e)))?;
+        slurm_options.check().map_err(bad)?;
         let root = std::path::absolute(&root).with_context(|| format!("{}", root.display()))?;
-        apflab::slurm::check_folder(&root).map_err(|e| bad(anyhow::anyhow!(e)))?;
+        apflab::slurm::check_folder(&root).map_err(bad)?;
         root
     } else {
         root
@@ -867,7 +870,7 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
             }
         );
         if let Some(sbatch) = sbatch {
-            let id = apflab::slurm::submit(&sbatch, &job.script).map_err(|e| anyhow::anyhow!(e))?;
+            let id = apflab::slurm::submit(&sbatch, &job.script).map_err(anyhow::Error::from)?;
             outln!("submitted batch job {id}");
         } else {
             outln!("submit it with: sbatch {}", job.script.display());
@@ -1022,13 +1025,13 @@ fn policy_params(params: &[String]) -> Result<apflab::policy_config::PolicyParam
         table.insert(name.trim().to_owned(), parsed["v"].clone());
     }
     apflab::policy_config::PolicyParams::from_table(&table)
-        .map_err(|e| bad(anyhow::anyhow!("--param: {e}")))
+        .map_err(|e| bad(anyhow::Error::new(e).context("--param")))
 }
 
 fn policy_check(module: &Path, json: bool, params: &[String]) -> Result<(), Failure> {
     let path = policy_path(module)?;
     let params = policy_params(params)?;
-    let loaded = apflab::policy_bench::load_module(&path).map_err(|e| bad(anyhow::anyhow!(e)))?;
+    let loaded = apflab::policy_bench::load_module(&path).map_err(bad)?;
     let text = params.record_text();
     let report = apflab_policy_host::sample_calls(&loaded, &apflab_policy_host::Params::new(&text))
         .map_err(bad)?;
@@ -1054,11 +1057,10 @@ fn policy_test(module: &Path, calls: &Path, params: &[String], quiet: bool) -> R
     let text = apflab_files::read_regular_to_string(calls, 1 << 30, "a policy input log")
         .with_context(|| format!("{}: cannot read", calls.display()))
         .map_err(Failure::BadInput)?;
-    let rows = apflab::policy_calls::parse(&calls.display().to_string(), &text)
-        .map_err(|e| bad(anyhow::anyhow!(e)))?;
-    let loaded = apflab::policy_bench::load_module(&path).map_err(|e| bad(anyhow::anyhow!(e)))?;
+    let rows = apflab::policy_calls::parse(&calls.display().to_string(), &text).map_err(bad)?;
+    let loaded = apflab::policy_bench::load_module(&path).map_err(bad)?;
     let report = apflab::policy_bench::test_module(&loaded, &params, &rows)
-        .map_err(|e| bad(anyhow::anyhow!("{}: {e}", path.display())))?;
+        .map_err(|e| bad(anyhow::Error::new(e).context(path.display().to_string())))?;
     outln!(
         "{} on {}: (served: as the engine would, if the guest accepted every feature with IRQs \
          unmasked)",
@@ -1091,8 +1093,7 @@ fn policy_new(name: &str, lang: NewLang, dir: &Path) -> Result<(), Failure> {
         NewLang::Rust => apflab::policy_bench::Lang::Rust,
         NewLang::Wat => apflab::policy_bench::Lang::Wat,
     };
-    let files =
-        apflab::policy_bench::new_policy(name, lang, dir).map_err(|e| bad(anyhow::anyhow!(e)))?;
+    let files = apflab::policy_bench::new_policy(name, lang, dir).map_err(bad)?;
     for f in &files {
         outln!("wrote {}", f.display());
     }
@@ -1178,7 +1179,7 @@ fn write_report(dirs: &[PathBuf], out: &Path) -> Result<(), Failure> {
         let files = figure
             .figure
             .save(&figure_stem(figure.name))
-            .map_err(|e| Failure::Failed(anyhow::anyhow!(e)))?;
+            .map_err(|e| Failure::Failed(e.into()))?;
         md.push_str(&report::figure_section(&figure, &files, &results));
     }
     apflab_files::write_atomic(out, md.as_bytes())

@@ -252,13 +252,28 @@ fn vary_seeds(
     Ok(())
 }
 
+/// Why a dotted key cannot be set in a config table ([`set_dotted`]).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum DottedKeyError {
+    /// `a..b`, or a key that starts or ends with a dot.
+    #[error("empty key segment")]
+    EmptySegment,
+    /// A segment before the last names a value that is not a table.
+    #[error("`{0}` is not a table in the base config")]
+    NotATable(String),
+}
+
 /// Sets dotted `key` in `table` to `value`, creating tables on the way.
-fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+fn set_dotted(
+    table: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+) -> Result<(), DottedKeyError> {
     let mut parts = key.split('.').peekable();
     let mut t = table;
     while let Some(part) = parts.next() {
         if part.is_empty() {
-            return Err("empty key segment".to_owned());
+            return Err(DottedKeyError::EmptySegment);
         }
         if parts.peek().is_none() {
             t.insert(part.to_owned(), value);
@@ -269,7 +284,7 @@ fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         t = entry
             .as_table_mut()
-            .ok_or_else(|| format!("`{part}` is not a table in the base config"))?;
+            .ok_or_else(|| DottedKeyError::NotATable(part.to_owned()))?;
     }
     Ok(())
 }
@@ -377,10 +392,10 @@ impl Experiment {
         let base_config = Config::from_text(&base_file, &base_text, &base_dir)?;
         let mut base_table: toml::Table = crate::config::parse_toml(&base_file, &base_text)?;
         for (key, value) in raw.set {
-            set_dotted(&mut base_table, &key, value).map_err(|message| MatrixError::Key {
+            set_dotted(&mut base_table, &key, value).map_err(|e| MatrixError::Key {
                 file: file.clone(),
                 key: format!("set.\"{key}\""),
-                message,
+                message: e.to_string(),
             })?;
         }
 
@@ -560,10 +575,10 @@ impl Experiment {
         let point_label = label(&values, repetition);
         let mut table = self.base_table.clone();
         for (k, v) in &values {
-            set_dotted(&mut table, k, v.clone()).map_err(|message| MatrixError::Key {
+            set_dotted(&mut table, k, v.clone()).map_err(|e| MatrixError::Key {
                 file: self.file.clone(),
                 key: format!("axes.\"{k}\""),
-                message,
+                message: e.to_string(),
             })?;
         }
         // Repetitions differ by seed only (the emu backend is

@@ -357,9 +357,56 @@ pub const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
 ];
 
+/// Why plots cannot have their font.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FontError {
+    /// No candidate file could be read.
+    #[error(
+        "plots need a TrueType font: none of {} (install fonts-dejavu-core, or name one with \
+         APFLAB_FONT)",
+        .candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound {
+        /// The files tried, in order.
+        candidates: Vec<PathBuf>,
+    },
+    /// The first readable candidate is no font plotters can use.
+    #[error("{}: not a TrueType font", .path.display())]
+    NotTrueType {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Why a figure could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// No font to lay text out with.
+    #[error(transparent)]
+    Font(#[from] FontError),
+    /// Drawing the figure into `path` failed.
+    #[error("{}: {source}", .path.display())]
+    Draw {
+        /// The file.
+        path: PathBuf,
+        /// The drawing backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The drawn file could not be moved to `path`.
+    #[error("{}: {source}", .path.display())]
+    Rename {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Registers the font text is measured and drawn with, once.
-fn text_font() -> Result<(), String> {
-    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+fn text_font() -> Result<(), FontError> {
+    static FONT: OnceLock<Result<(), FontError>> = OnceLock::new();
     FONT.get_or_init(|| {
         let candidates: Vec<PathBuf> = std::env::var_os("APFLAB_FONT")
             .map(PathBuf::from)
@@ -373,21 +420,13 @@ fn text_font() -> Result<(), String> {
                     .ok()
                     .map(|b| (p, b))
             })
-            .ok_or_else(|| {
-                format!(
-                    "plots need a TrueType font: none of {} (install fonts-dejavu-core, or \
-                     name one with APFLAB_FONT)",
-                    candidates
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+            .ok_or_else(|| FontError::NotFound {
+                candidates: candidates.clone(),
             })?;
         // plotters keeps registered fonts for the life of the process.
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| format!("{}: not a TrueType font", path.display()))
+            .map_err(|_| FontError::NotTrueType { path: path.clone() })
     })
     .clone()
 }
@@ -416,7 +455,7 @@ impl Figure {
     /// Writes the figure as `<stem>.svg` and `<stem>.png` ([`Figure::files`]),
     /// each drawn under a temporary name in the same folder and renamed
     /// into place; returns both paths.
-    pub fn save(&self, stem: &Path) -> Result<[PathBuf; 2], String> {
+    pub fn save(&self, stem: &Path) -> Result<[PathBuf; 2], PlotError> {
         let [svg, png] = Self::files(stem);
         let size = self.size();
         // Both backends lay text out with the registered font's metrics.
@@ -428,16 +467,24 @@ impl Figure {
             p.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()))
         };
         let (svg_tmp, png_tmp) = (temporary(&svg, "svg"), temporary(&png, "png"));
+        let drawn_into = |path: &Path| {
+            let path = path.to_owned();
+            move |source| PlotError::Draw { path, source }
+        };
+        let moved_to = |path: &Path| {
+            let path = path.to_owned();
+            move |source| PlotError::Rename { path, source }
+        };
         let drawn = self
             .draw(SVGBackend::new(&svg_tmp, size).into_drawing_area())
-            .map_err(|e| format!("{}: {e}", svg.display()))
+            .map_err(drawn_into(&svg))
             .and_then(|()| {
                 self.draw(BitMapBackend::new(&png_tmp, size).into_drawing_area())
-                    .map_err(|e| format!("{}: {e}", png.display()))
+                    .map_err(drawn_into(&png))
             })
             .and_then(|()| {
-                std::fs::rename(&svg_tmp, &svg).map_err(|e| format!("{}: {e}", svg.display()))?;
-                std::fs::rename(&png_tmp, &png).map_err(|e| format!("{}: {e}", png.display()))
+                std::fs::rename(&svg_tmp, &svg).map_err(moved_to(&svg))?;
+                std::fs::rename(&png_tmp, &png).map_err(moved_to(&png))
             });
         if drawn.is_err() {
             let _ = std::fs::remove_file(&svg_tmp);
@@ -449,7 +496,7 @@ impl Figure {
     fn draw<DB: DrawingBackend>(
         &self,
         root: DrawingArea<DB, Shift>,
-    ) -> Result<(), Box<dyn std::error::Error>>
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     where
         DB::ErrorType: 'static,
     {

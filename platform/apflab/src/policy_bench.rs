@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use apflab_abi::policy::{Params, Policy};
 use apflab_apf::decision::{Served, VcpuFacts, serve};
 use apflab_apf::{ApfConfig, PolicyCall};
-use apflab_policy_host::{PolicyConfig, PolicyModule};
+use apflab_policy_host::{ConfigureError, PolicyConfig, PolicyError, PolicyModule};
 
 use crate::policy_calls::{Row, decision_name};
 use crate::policy_config::PolicyParams;
@@ -56,6 +56,17 @@ impl TestReport {
     }
 }
 
+/// Why a policy module cannot be tested on a call log.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleTestError {
+    /// The module cannot be instantiated.
+    #[error(transparent)]
+    Instance(#[from] PolicyError),
+    /// The module refused the params.
+    #[error("policy.params: {0}")]
+    Params(#[source] ConfigureError),
+}
+
 /// Runs `module` (a fresh instance under the run's limits, configured with
 /// `params`) on `rows` in order: each `decide` row's decision, whether the
 /// call failed, whether it matches the recorded one, and how the engine
@@ -66,11 +77,11 @@ pub fn test_module(
     module: &PolicyModule,
     params: &PolicyParams,
     rows: &[Row],
-) -> Result<TestReport, String> {
-    let mut p = module.instantiate().map_err(|e| e.to_string())?;
+) -> Result<TestReport, ModuleTestError> {
+    let mut p = module.instantiate()?;
     let text = params.record_text();
     p.configure_params(&Params::new(&text))
-        .map_err(|e| format!("policy.params: {e}"))?;
+        .map_err(ModuleTestError::Params)?;
     let mut report = TestReport::default();
     let failures = |p: &apflab_policy_host::WasmPolicy| {
         let s = p.stats();
@@ -160,37 +171,27 @@ pub fn sdk_dir() -> PathBuf {
 /// path dependency, the wasm32 target set in `.cargo/config.toml`); for
 /// WAT one `.wat` file. Both get a config that runs it (module path
 /// relative to the config) and a README. The files written, in order.
-pub fn new_policy(name: &str, lang: Lang, parent: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn new_policy(name: &str, lang: Lang, parent: &Path) -> Result<Vec<PathBuf>, NewPolicyError> {
     if name.is_empty()
         || !name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         || !name.starts_with(|c: char| c.is_ascii_lowercase())
     {
-        return Err(format!(
-            "policy name {name:?}: expected lower-case letters, digits, `-` and `_`, starting \
-             with a letter (it becomes the crate's name)"
-        ));
+        return Err(NewPolicyError::Name(name.to_owned()));
     }
     let dir = parent.join(name);
     if dir.exists() {
-        return Err(format!(
-            "{}: already exists; choose another name or folder",
-            dir.display()
-        ));
+        return Err(NewPolicyError::Exists(dir));
     }
     let snake = name.replace('-', "_");
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     let module_path = match lang {
         Lang::Rust => {
             let sdk = sdk_dir();
-            let sdk = sdk.canonicalize().map_err(|e| {
-                format!(
-                    "{}: the policy SDK of this apflab is not there ({e}); `policy new` needs the \
-                     checkout apflab was built from",
-                    sdk.display()
-                )
-            })?;
+            let sdk = sdk
+                .canonicalize()
+                .map_err(|source| NewPolicyError::NoSdk { sdk, source })?;
             files.push((
                 "Cargo.toml".into(),
                 RUST_CARGO
@@ -250,18 +251,60 @@ pub fn new_policy(name: &str, lang: Lang, parent: &Path) -> Result<Vec<PathBuf>,
     for (rel, text) in files {
         let path = dir.join(rel);
         if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            std::fs::create_dir_all(p).map_err(|source| NewPolicyError::Write {
+                path: p.to_owned(),
+                source,
+            })?;
         }
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Err(source) = std::fs::write(&path, text) {
+            return Err(NewPolicyError::Write { path, source });
+        }
         written.push(path);
     }
     Ok(written)
 }
 
+/// Why `apflab policy new` made no policy.
+#[derive(Debug, thiserror::Error)]
+pub enum NewPolicyError {
+    /// The name cannot be a crate's.
+    #[error(
+        "policy name {0:?}: expected lower-case letters, digits, `-` and `_`, starting with a \
+         letter (it becomes the crate's name)"
+    )]
+    Name(String),
+    /// Its folder is there already.
+    #[error("{}: already exists; choose another name or folder", .0.display())]
+    Exists(PathBuf),
+    /// The policy SDK a Rust policy depends on is not where apflab was
+    /// built.
+    #[error(
+        "{}: the policy SDK of this apflab is not there ({source}); `policy new` needs the \
+         checkout apflab was built from",
+        .sdk.display()
+    )]
+    NoSdk {
+        /// Where it should be.
+        sdk: PathBuf,
+        /// Why it is not.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or folder could not be written.
+    #[error("{}: {source}", .path.display())]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A policy module by name (a built-in example) or path, with the run's
 /// limits.
-pub fn load_module(path: &Path) -> Result<PolicyModule, String> {
-    PolicyModule::load(path, &PolicyConfig::default()).map_err(|e| e.to_string())
+pub fn load_module(path: &Path) -> Result<PolicyModule, PolicyError> {
+    PolicyModule::load(path, &PolicyConfig::default())
 }
 
 const RUST_CARGO: &str = r#"[package]

@@ -147,14 +147,67 @@ pub struct Row {
     pub recorded: Option<Decision>,
 }
 
+/// A policy input log that cannot be read: the file, the line (none for
+/// an empty file) and what is wrong there.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {problem}", .line.map(|n| format!(":{n}")).unwrap_or_default())]
+pub struct CallsError {
+    /// The file, as the caller names it.
+    pub file: String,
+    /// The line (1-based).
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub problem: CallsProblem,
+}
+
+/// What is wrong in a policy input log ([`CallsError`]).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallsProblem {
+    /// Not even a header line.
+    #[error("empty; expected the header line `{}`", HEADER)]
+    Empty,
+    /// A header column this reader does not know.
+    #[error("unknown column `{0}`; expected columns of `{header}`", header = HEADER)]
+    UnknownColumn(String),
+    /// The header has no `call` column.
+    #[error("no `call` column; expected `{}`", HEADER)]
+    NoCallColumn,
+    /// A number column holds something else.
+    #[error("{column}: `{value}`; expected a non-negative integer")]
+    NotANumber {
+        /// The column.
+        column: String,
+        /// What it holds.
+        value: String,
+    },
+    /// A 32-bit column holds a larger number.
+    #[error("{0}: expected at most {max}", max = u32::MAX)]
+    TooLarge(String),
+    /// An access kind other than read, write or fetch.
+    #[error("access: `{0}`; expected read, write or fetch")]
+    Access(String),
+    /// A decision this reader does not know.
+    #[error(
+        "decision: `{0}`; expected sync or \
+         async/<data-abort|dedicated-ec|sdei>/<exception|interrupt>/<host|guest>/<halt|reschedule>"
+    )]
+    Decision(String),
+    /// A call other than decide or complete.
+    #[error("call: `{0}`; expected decide or complete")]
+    Call(String),
+}
+
 /// Reads a policy input log; `file` names it in errors (`file:line: column
 /// name: what was expected`).
-pub fn parse(file: &str, text: &str) -> Result<Vec<Row>, String> {
+pub fn parse(file: &str, text: &str) -> Result<Vec<Row>, CallsError> {
+    let error = |line: Option<usize>, problem| CallsError {
+        file: file.to_owned(),
+        line,
+        problem,
+    };
     let mut lines = text.lines().enumerate();
     let Some((_, header)) = lines.next() else {
-        return Err(format!(
-            "{file}: empty; expected the header line `{HEADER}`"
-        ));
+        return Err(error(None, CallsProblem::Empty));
     };
     let columns: HashMap<&str, usize> = header
         .split(',')
@@ -164,12 +217,10 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Row>, String> {
         .collect();
     let known: Vec<&str> = HEADER.split(',').collect();
     if let Some(bad) = columns.keys().find(|c| !known.contains(c)) {
-        return Err(format!(
-            "{file}:1: unknown column `{bad}`; expected columns of `{HEADER}`"
-        ));
+        return Err(error(Some(1), CallsProblem::UnknownColumn(bad.to_string())));
     }
     if !columns.contains_key("call") {
-        return Err(format!("{file}:1: no `call` column; expected `{HEADER}`"));
+        return Err(error(Some(1), CallsProblem::NoCallColumn));
     }
     let mut rows = Vec::new();
     for (i, line) in lines {
@@ -179,7 +230,8 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Row>, String> {
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let get = |name: &str| columns.get(name).and_then(|&c| fields.get(c)).copied();
-        let num = |name: &str| -> Result<u64, String> {
+        let at = |problem| error(Some(n), problem);
+        let num = |name: &str| -> Result<u64, CallsError> {
             match get(name) {
                 None | Some("") => Ok(0),
                 Some(v) => {
@@ -188,14 +240,16 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Row>, String> {
                         None => v.parse(),
                     };
                     parsed.map_err(|_| {
-                        format!("{file}:{n}: {name}: `{v}`; expected a non-negative integer")
+                        at(CallsProblem::NotANumber {
+                            column: name.to_owned(),
+                            value: v.to_owned(),
+                        })
                     })
                 }
             }
         };
-        let small = |name: &str| -> Result<u32, String> {
-            u32::try_from(num(name)?)
-                .map_err(|_| format!("{file}:{n}: {name}: expected at most {}", u32::MAX))
+        let small = |name: &str| -> Result<u32, CallsError> {
+            u32::try_from(num(name)?).map_err(|_| at(CallsProblem::TooLarge(name.to_owned())))
         };
         let call = match get("call") {
             Some("decide") => {
@@ -203,20 +257,14 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Row>, String> {
                     None | Some("" | "read") => AccessKind::Read,
                     Some("write") => AccessKind::Write,
                     Some("fetch") => AccessKind::Fetch,
-                    Some(v) => {
-                        return Err(format!(
-                            "{file}:{n}: access: `{v}`; expected read, write or fetch"
-                        ));
-                    }
+                    Some(v) => return Err(at(CallsProblem::Access(v.to_owned()))),
                 };
                 let recorded = match get("decision") {
                     None | Some("") => None,
-                    Some(v) => Some(parse_decision(v).ok_or_else(|| {
-                        format!(
-                            "{file}:{n}: decision: `{v}`; expected sync or \
-                             async/<data-abort|dedicated-ec|sdei>/<exception|interrupt>/<host|guest>/<halt|reschedule>"
-                        )
-                    })?),
+                    Some(v) => Some(
+                        parse_decision(v)
+                            .ok_or_else(|| at(CallsProblem::Decision(v.to_owned())))?,
+                    ),
                 };
                 let fault = FaultInfo {
                     vcpu: small("vcpu")?,
@@ -251,10 +299,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Row>, String> {
                 now_ns: num("t_ns")?,
             }),
             other => {
-                return Err(format!(
-                    "{file}:{n}: call: `{}`; expected decide or complete",
-                    other.unwrap_or("")
-                ));
+                return Err(at(CallsProblem::Call(other.unwrap_or("").to_owned())));
             }
         };
         rows.push(Row {
@@ -331,8 +376,29 @@ mod tests {
         assert_eq!((fault.el, fault.est_fetch_ns), (0, 60_000));
         assert!(rows[0].recorded.is_none());
         let e = parse("s.csv", "call,el\ndecide,x\n").unwrap_err();
-        assert!(e.starts_with("s.csv:2: el: `x`"), "{e}");
+        assert_eq!(
+            (e.line, &e.problem),
+            (
+                Some(2),
+                &CallsProblem::NotANumber {
+                    column: "el".into(),
+                    value: "x".into()
+                }
+            )
+        );
+        assert_eq!(
+            e.to_string(),
+            "s.csv:2: el: `x`; expected a non-negative integer"
+        );
         let e = parse("s.csv", "call,color\n").unwrap_err();
-        assert!(e.contains("unknown column `color`"), "{e}");
+        assert_eq!(
+            (e.line, e.problem),
+            (Some(1), CallsProblem::UnknownColumn("color".into()))
+        );
+        let e = parse("s.csv", "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.csv: empty; expected the header line `".to_owned() + HEADER + "`"
+        );
     }
 }

@@ -194,7 +194,7 @@ impl PolicyParams {
     /// Checks a `[policy] params` table: names of letters, digits, `_` and
     /// `-`; values integers, finite floats, booleans or one-line strings
     /// without `"`; the whole within a params record.
-    pub fn from_table(table: &toml::Table) -> Result<PolicyParams, String> {
+    pub fn from_table(table: &toml::Table) -> Result<PolicyParams, ParamsError> {
         let mut params = BTreeMap::new();
         for (name, value) in table {
             if name.is_empty()
@@ -202,9 +202,7 @@ impl PolicyParams {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
-                return Err(format!(
-                    "parameter name {name:?}: expected letters, digits, `_` and `-` only"
-                ));
+                return Err(ParamsError::Name(name.clone()));
             }
             let v = match value {
                 toml::Value::Integer(i) => ParamScalar::Int(*i),
@@ -214,10 +212,10 @@ impl PolicyParams {
                     ParamScalar::Str(s.clone())
                 }
                 other => {
-                    return Err(format!(
-                        "{name} = {other}: expected an integer, a finite float, a boolean or a \
-                         one-line string without `\"`"
-                    ));
+                    return Err(ParamsError::Value {
+                        name: name.clone(),
+                        value: other.clone(),
+                    });
                 }
             };
             params.insert(name.clone(), v);
@@ -225,12 +223,33 @@ impl PolicyParams {
         let params = PolicyParams(params);
         let size = record::HEADER_BYTES + params.record_text().len();
         if size > PARAMS_MAX_BYTES {
-            return Err(format!(
-                "{size} bytes as a params record; expected at most {PARAMS_MAX_BYTES}"
-            ));
+            return Err(ParamsError::TooLarge(size));
         }
         Ok(params)
     }
+}
+
+/// Why a `[policy] params` table (or `--param`s) cannot be handed to a
+/// policy ([`PolicyParams::from_table`]).
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ParamsError {
+    /// A name with other characters than letters, digits, `_` and `-`.
+    #[error("parameter name {0:?}: expected letters, digits, `_` and `-` only")]
+    Name(String),
+    /// A value of another kind than a params record holds.
+    #[error(
+        "{name} = {value}: expected an integer, a finite float, a boolean or a one-line string \
+         without `\"`"
+    )]
+    Value {
+        /// The parameter.
+        name: String,
+        /// Its value.
+        value: toml::Value,
+    },
+    /// The whole does not fit in a params record.
+    #[error("{0} bytes as a params record; expected at most {max}", max = PARAMS_MAX_BYTES)]
+    TooLarge(usize),
 }
 
 /// What the host offers the guest.
@@ -277,12 +296,11 @@ pub fn policy(raw: &RawPolicy, base_dir: &Path) -> Result<PolicyChoice, KeyProbl
                 p
             })?;
             if let (Some(table), PolicyChoice::Module { params, .. }) = (&raw.params, &mut choice) {
-                *params =
-                    PolicyParams::from_table(table.get_ref()).map_err(|message| KeyProblem {
-                        span: Some(table.span()),
-                        key: "policy.params",
-                        message,
-                    })?;
+                *params = PolicyParams::from_table(table.get_ref()).map_err(|e| KeyProblem {
+                    span: Some(table.span()),
+                    key: "policy.params",
+                    message: e.to_string(),
+                })?;
             }
             Ok(choice)
         }

@@ -59,10 +59,51 @@ fn task_minutes(limits_ms: impl Iterator<Item = Option<u64>>) -> Option<u64> {
     Some(total.saturating_add(points * 1000).div_ceil(60_000) + 1)
 }
 
+/// What is wrong with a Slurm option, or why `sbatch` did not take a job.
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    /// An option that becomes an `#SBATCH` line is not one word.
+    #[error("{flag} {value:?}: expected one word, as sbatch takes it")]
+    NotOneWord {
+        /// The option.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The results folder, which becomes `#SBATCH --output`, has spaces.
+    #[error("--slurm {0:?}: a path without spaces, as #SBATCH --output takes it")]
+    FolderWithSpaces(String),
+    /// `sbatch` could not be started.
+    #[error("{}: cannot run: {source}", sbatch.display())]
+    CannotRun {
+        /// The `sbatch` program.
+        sbatch: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `sbatch` refused the job.
+    #[error("sbatch {} failed ({status}): {stderr}", script.display())]
+    Refused {
+        /// The job script.
+        script: PathBuf,
+        /// sbatch's exit status.
+        status: std::process::ExitStatus,
+        /// What it said.
+        stderr: String,
+    },
+    /// `sbatch` succeeded without printing a job id.
+    #[error("sbatch {} printed no job id", script.display())]
+    NoJobId {
+        /// The job script.
+        script: PathBuf,
+    },
+}
+
 impl SlurmOptions {
     /// Checks the values that become `#SBATCH` lines: one word each (a
     /// newline would end the line and start a shell command).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SlurmError> {
         for (flag, value) in [
             ("--partition", &self.partition),
             ("--time", &self.time),
@@ -71,9 +112,10 @@ impl SlurmOptions {
             if let Some(v) = value
                 && (v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()))
             {
-                return Err(format!(
-                    "{flag} {v:?}: expected one word, as sbatch takes it"
-                ));
+                return Err(SlurmError::NotOneWord {
+                    flag,
+                    value: v.clone(),
+                });
             }
         }
         Ok(())
@@ -82,12 +124,10 @@ impl SlurmOptions {
 
 /// Checks the results folder of a job: its path goes into `#SBATCH
 /// --output`, which takes no spaces.
-pub fn check_folder(dir: &Path) -> Result<(), String> {
+pub fn check_folder(dir: &Path) -> Result<(), SlurmError> {
     let text = dir.to_string_lossy();
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "--slurm {text:?}: a path without spaces, as #SBATCH --output takes it"
-        ));
+        return Err(SlurmError::FolderWithSpaces(text.into_owned()));
     }
     Ok(())
 }
@@ -271,25 +311,29 @@ exit "$status"
 }
 
 /// Submits `script` with `sbatch`; returns the job id.
-pub fn submit(sbatch: &Path, script: &Path) -> Result<String, String> {
+pub fn submit(sbatch: &Path, script: &Path) -> Result<String, SlurmError> {
     let out = Command::new(sbatch)
         .arg("--parsable")
         .arg(script)
         .output()
-        .map_err(|e| format!("{}: cannot run: {e}", sbatch.display()))?;
+        .map_err(|source| SlurmError::CannotRun {
+            sbatch: sbatch.to_owned(),
+            source,
+        })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!(
-            "sbatch {} failed ({}): {}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(SlurmError::Refused {
+            script: script.to_owned(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     // `--parsable` prints `jobid` or `jobid;cluster`.
     let id = stdout.trim().split(';').next().unwrap_or("").to_owned();
     if id.is_empty() {
-        return Err(format!("sbatch {} printed no job id", script.display()));
+        return Err(SlurmError::NoJobId {
+            script: script.to_owned(),
+        });
     }
     Ok(id)
 }
