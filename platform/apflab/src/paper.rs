@@ -46,7 +46,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::plot::{baseline_key, baselines};
-use crate::report::{find_results, load_result, repetition_key, seeds_of};
+use crate::report::{ReportError, find_results, load_result, repetition_key, seeds_of};
 use crate::result::RunResult;
 use crate::stats::Estimate;
 
@@ -55,14 +55,115 @@ pub const MAX_TEMPLATE_BYTES: u64 = 4 << 20;
 
 /// An error filling a template.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
+#[error("{file}:{line}: {problem}")]
 pub struct PaperError {
     /// The template.
     pub file: String,
     /// Its line (1-based).
     pub line: usize,
     /// What is wrong.
-    pub message: String,
+    #[source]
+    pub problem: Unfillable,
+}
+
+/// Why a placeholder cannot be filled ([`PaperError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Unfillable {
+    /// `{{` with no `}}` after it on its line.
+    #[error("`{{{{` without its `}}}}` on the same line")]
+    Unclosed,
+    /// A placeholder of fewer than two words.
+    #[error("`{{{{{0}}}}}`: expected {{{{OP EXPERIMENT ...}}}}")]
+    NoOperation(String),
+    /// An operation this template language does not have.
+    #[error("`{0}`: expected vs-sync, value, change, speedup, rate-change, runs or ranking")]
+    Operation(String),
+    /// An operation's arguments are not of its form.
+    #[error("expected `{op} {form}`")]
+    Usage {
+        /// The operation.
+        op: &'static str,
+        /// What follows it.
+        form: &'static str,
+    },
+    /// A name that could leave the results folder.
+    #[error("`{0}` is not an experiment name")]
+    NotAnExperiment(String),
+    /// No results folder for the experiment.
+    #[error(
+        "no results under {} (run `apflab matrix experiments/{name}.toml --out {}` first)",
+        .dir.display(),
+        .dir.display()
+    )]
+    NoResultsFolder {
+        /// The experiment.
+        name: String,
+        /// Where its results would be.
+        dir: PathBuf,
+    },
+    /// The experiment's folder holds no result file.
+    #[error("no results under {}", .0.display())]
+    NoResults(PathBuf),
+    /// A result file could not be read.
+    #[error(transparent)]
+    Results(#[from] ReportError),
+    /// A result could not be turned into JSON to look a number up in.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A selection filter that is not `dotted.key=value`.
+    #[error("`{0}`: expected dotted.key=value")]
+    NotAFilter(String),
+    /// No run matches the selection.
+    #[error("no run has {0}")]
+    NoRun(String),
+    /// Runs of several configs match the selection.
+    #[error(
+        "runs of {configs} configs have `{selection}` (e.g. {} and {}); add filters until one \
+         config is left",
+        .first.display(),
+        .other.display()
+    )]
+    SeveralConfigs {
+        /// How many configs.
+        configs: usize,
+        /// The selection.
+        selection: String,
+        /// A run of one of them.
+        first: PathBuf,
+        /// A run of another.
+        other: PathBuf,
+    },
+    /// A run has no synchronous baseline to compare with.
+    #[error("{}: no synchronous baseline among the runs", .0.display())]
+    NoBaseline(PathBuf),
+    /// A pointer that names no number in a result.
+    #[error("no number at `{0}` of the result")]
+    NoNumber(String),
+    /// A unit this template language does not have.
+    #[error("unit `{0}`: expected ns, us, ms, s, count, percent, per_s or plain")]
+    Unit(String),
+    /// No `->` between the two selections of a comparison.
+    #[error("expected two selections separated by `->`")]
+    NoArrow,
+    /// A run of the first selection has no run of the second with its
+    /// seeds.
+    #[error("{}: no run of the second selection has its seeds", .0.display())]
+    Unpaired(PathBuf),
+    /// A value to divide by is 0.
+    #[error("`{0}` is 0 in one of the runs")]
+    Zero(String),
+    /// A ranking's values are not `KEY=A,B,...`.
+    #[error("`{0}`: expected KEY=A,B,...")]
+    NotChoices(String),
+    /// A ranking of fewer than two values.
+    #[error("`{0}`: expected at least two values to rank")]
+    TooFewChoices(String),
+    /// A run to rank failed.
+    #[error("{}: the run failed; nothing to rank", .0.display())]
+    FailedRun(PathBuf),
+    /// A run to rank has no run of the next config with its seeds.
+    #[error("{}: no run to pair it with has its seeds", .0.display())]
+    NoPair(PathBuf),
 }
 
 /// The runs of one experiment.
@@ -80,26 +181,25 @@ struct Results {
 }
 
 impl Results {
-    fn experiment(&mut self, name: &str) -> Result<&Experiment, String> {
+    fn experiment(&mut self, name: &str) -> Result<&Experiment, Unfillable> {
         if !self.loaded.contains_key(name) {
             if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-                return Err(format!("`{name}` is not an experiment name"));
+                return Err(Unfillable::NotAnExperiment((*name).to_owned()));
             }
             let dir = self.dir.join(name);
             if !dir.is_dir() {
-                return Err(format!(
-                    "no results under {} (run `apflab matrix experiments/{name}.toml --out {}` first)",
-                    dir.display(),
-                    dir.display()
-                ));
+                return Err(Unfillable::NoResultsFolder {
+                    name: name.to_owned(),
+                    dir,
+                });
             }
             let mut runs = Vec::new();
-            for path in find_results(&dir).map_err(|e| e.to_string())? {
-                let r = load_result(&path).map_err(|e| e.to_string())?;
+            for path in find_results(&dir)? {
+                let r = load_result(&path)?;
                 runs.push((path, r));
             }
             if runs.is_empty() {
-                return Err(format!("no results under {}", dir.display()));
+                return Err(Unfillable::NoResults(dir));
             }
             let (axes, values) = read_axes(&dir.join("table.csv"));
             self.loaded
@@ -157,12 +257,12 @@ fn config_matches(r: &RunResult, key: &str, value: &str) -> bool {
 fn select<'e>(
     exp: &'e Experiment,
     selection: &[&str],
-) -> Result<Vec<&'e (PathBuf, RunResult)>, String> {
+) -> Result<Vec<&'e (PathBuf, RunResult)>, Unfillable> {
     let mut filters = Vec::new();
     for f in selection {
         let (k, v) = f
             .split_once('=')
-            .ok_or_else(|| format!("`{f}`: expected dotted.key=value"))?;
+            .ok_or_else(|| Unfillable::NotAFilter((*f).to_owned()))?;
         filters.push((k, v));
     }
     let found: Vec<&(PathBuf, RunResult)> = exp
@@ -171,7 +271,7 @@ fn select<'e>(
         .filter(|(_, r)| filters.iter().all(|(k, v)| config_matches(r, k, v)))
         .collect();
     let Some((_, first)) = found.first() else {
-        return Err(format!("no run has {}", selection.join(" ")));
+        return Err(Unfillable::NoRun(selection.join(" ")));
     };
     let key = repetition_key(first);
     let others: Vec<&(PathBuf, RunResult)> = found
@@ -180,59 +280,59 @@ fn select<'e>(
         .filter(|(_, r)| repetition_key(r) != key)
         .collect();
     if !others.is_empty() {
-        return Err(format!(
-            "runs of {} configs have `{}` (e.g. {} and {}); add filters until one config is left",
-            1 + others
+        return Err(Unfillable::SeveralConfigs {
+            configs: 1 + others
                 .iter()
                 .map(|(_, r)| repetition_key(r))
                 .collect::<std::collections::BTreeSet<_>>()
                 .len(),
-            selection.join(" "),
-            found[0].0.display(),
-            others[0].0.display(),
-        ));
+            selection: selection.join(" "),
+            first: found[0].0.clone(),
+            other: others[0].0.clone(),
+        });
     }
     Ok(found)
 }
 
 /// The change of each selected run's makespan against its synchronous
 /// baseline (same config, seeds and backend, no async PF), in percent.
-fn vs_sync_changes(exp: &Experiment, runs: &[&(PathBuf, RunResult)]) -> Result<Vec<f64>, String> {
+fn vs_sync_changes(
+    exp: &Experiment,
+    runs: &[&(PathBuf, RunResult)],
+) -> Result<Vec<f64>, Unfillable> {
     let all = baselines(&exp.runs);
     runs.iter()
         .map(|(path, r)| {
-            let base = all.get(&baseline_key(r)).ok_or_else(|| {
-                format!("{}: no synchronous baseline among the runs", path.display())
-            })?;
+            let base = all
+                .get(&baseline_key(r))
+                .ok_or_else(|| Unfillable::NoBaseline(path.clone()))?;
             Ok(100.0 * (r.virtual_time_ns as f64 - *base as f64) / (*base).max(1) as f64)
         })
         .collect()
 }
 
 /// The number at `pointer` of run `r`'s result file.
-fn number(r: &RunResult, pointer: &str) -> Result<f64, String> {
-    let json = serde_json::to_value(r).map_err(|e| e.to_string())?;
+fn number(r: &RunResult, pointer: &str) -> Result<f64, Unfillable> {
+    let json = serde_json::to_value(r)?;
     json.pointer(pointer)
         .and_then(serde_json::Value::as_f64)
-        .ok_or_else(|| format!("no number at `{pointer}` of the result"))
+        .ok_or_else(|| Unfillable::NoNumber(pointer.to_owned()))
 }
 
 /// Splits `A -> B` arguments.
-fn two_selections<'a>(args: &'a [&'a str]) -> Result<(&'a [&'a str], &'a [&'a str]), String> {
+fn two_selections<'a>(args: &'a [&'a str]) -> Result<(&'a [&'a str], &'a [&'a str]), Unfillable> {
     let arrow = args
         .iter()
         .position(|a| *a == "->")
-        .ok_or("expected two selections separated by `->`")?;
+        .ok_or(Unfillable::NoArrow)?;
     Ok((&args[..arrow], &args[arrow + 1..]))
 }
 
 /// The text that replaces one placeholder.
-fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
+fn fill(results: &mut Results, placeholder: &str) -> Result<String, Unfillable> {
     let words: Vec<&str> = placeholder.split_whitespace().collect();
     let [op, name, args @ ..] = words.as_slice() else {
-        return Err(format!(
-            "`{{{{{placeholder}}}}}`: expected {{{{OP EXPERIMENT ...}}}}"
-        ));
+        return Err(Unfillable::NoOperation(placeholder.to_owned()));
     };
     let exp = results.experiment(name)?;
     match *op {
@@ -242,7 +342,10 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
         }
         "value" => {
             let [pointer, unit, selection @ ..] = args else {
-                return Err("expected `value EXPERIMENT POINTER UNIT SELECTION`".to_owned());
+                return Err(Unfillable::Usage {
+                    op: "value",
+                    form: "EXPERIMENT POINTER UNIT SELECTION",
+                });
             };
             let runs = select(exp, selection)?;
             let (scale, decimals, suffix) = match *unit {
@@ -255,9 +358,7 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                 "plain" => (1.0, 3, ""),
                 "per_s" => (1.0, 1, ""),
                 other => {
-                    return Err(format!(
-                        "unit `{other}`: expected ns, us, ms, s, count, percent, per_s or plain"
-                    ));
+                    return Err(Unfillable::Unit(other.to_owned()));
                 }
             };
             let values = runs
@@ -271,7 +372,7 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                         v * scale
                     })
                 })
-                .collect::<Result<Vec<f64>, String>>()?;
+                .collect::<Result<Vec<f64>, Unfillable>>()?;
             let e = Estimate::of(&values);
             Ok(if *unit == "plain" && (e.n < 2 || e.half_width == 0.0) {
                 // At most four decimals (a mean of equal values can differ
@@ -291,10 +392,18 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
             let (pointer, over, rest) = match (*op, args) {
                 ("rate-change", [pointer, over, rest @ ..]) => (pointer, Some(over), rest),
                 ("rate-change", _) => {
-                    return Err("expected `rate-change EXPERIMENT POINTER OVER A -> B`".to_owned());
+                    return Err(Unfillable::Usage {
+                        op: "rate-change",
+                        form: "EXPERIMENT POINTER OVER A -> B",
+                    });
                 }
                 (_, [pointer, rest @ ..]) => (pointer, None, rest),
-                _ => return Err(format!("expected `{op} EXPERIMENT POINTER A -> B`")),
+                _ => {
+                    return Err(Unfillable::Usage {
+                        op: if *op == "change" { "change" } else { "speedup" },
+                        form: "EXPERIMENT POINTER A -> B",
+                    });
+                }
             };
             let (a, b) = two_selections(rest)?;
             let (a, b) = (select(exp, a)?, select(exp, b)?);
@@ -304,22 +413,17 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
                 let (_, rb) = b
                     .iter()
                     .find(|(_, rb)| seeds_of(rb) == seeds_of(ra))
-                    .ok_or_else(|| {
-                        format!(
-                            "{}: no run of the second selection has its seeds",
-                            path.display()
-                        )
-                    })?;
+                    .ok_or_else(|| Unfillable::Unpaired(path.clone()))?;
                 let (mut va, mut vb) = (number(ra, pointer)?, number(rb, pointer)?);
                 if let Some(over) = over {
                     let (oa, ob) = (number(ra, over)?, number(rb, over)?);
                     if oa == 0.0 || ob == 0.0 {
-                        return Err(format!("`{over}` is 0 in one of the runs"));
+                        return Err(Unfillable::Zero((*over).to_owned()));
                     }
                     (va, vb) = (va / oa, vb / ob);
                 }
                 if va == 0.0 || vb == 0.0 {
-                    return Err(format!("`{pointer}` is 0 in one of the runs"));
+                    return Err(Unfillable::Zero((*pointer).to_owned()));
                 }
                 changes.push(if *op != "speedup" {
                     100.0 * (vb - va) / va
@@ -331,30 +435,34 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, String> {
         }
         "runs" => {
             if !args.is_empty() {
-                return Err("expected `runs EXPERIMENT`".to_owned());
+                return Err(Unfillable::Usage {
+                    op: "runs",
+                    form: "EXPERIMENT",
+                });
             }
             Ok(runs_table(exp))
         }
         "ranking" => {
             let [choices, selection @ ..] = args else {
-                return Err("expected `ranking EXPERIMENT KEY=A,B,... SELECTION`".to_owned());
+                return Err(Unfillable::Usage {
+                    op: "ranking",
+                    form: "EXPERIMENT KEY=A,B,... SELECTION",
+                });
             };
             ranking(exp, choices, selection)
         }
-        other => Err(format!(
-            "`{other}`: expected vs-sync, value, change, speedup, rate-change, runs or ranking"
-        )),
+        other => Err(Unfillable::Operation(other.to_owned())),
     }
 }
 
 /// The `{{ranking EXP KEY=A,B,... SELECTION}}` text (see the module doc).
-fn ranking(exp: &Experiment, choices: &str, selection: &[&str]) -> Result<String, String> {
+fn ranking(exp: &Experiment, choices: &str, selection: &[&str]) -> Result<String, Unfillable> {
     let (key, values) = choices
         .split_once('=')
-        .ok_or_else(|| format!("`{choices}`: expected KEY=A,B,..."))?;
+        .ok_or_else(|| Unfillable::NotChoices(choices.to_owned()))?;
     let values: Vec<&str> = values.split(',').filter(|v| !v.is_empty()).collect();
     if values.len() < 2 {
-        return Err(format!("`{choices}`: expected at least two values to rank"));
+        return Err(Unfillable::TooFewChoices(choices.to_owned()));
     }
     let mut ranked = Vec::new();
     for value in values {
@@ -363,10 +471,7 @@ fn ranking(exp: &Experiment, choices: &str, selection: &[&str]) -> Result<String
         filters.push(&filter);
         let runs = select(exp, &filters)?;
         if let Some((path, _)) = runs.iter().find(|(_, r)| !r.outcome.success) {
-            return Err(format!(
-                "{}: the run failed; nothing to rank",
-                path.display()
-            ));
+            return Err(Unfillable::FailedRun(path.clone()));
         }
         let makespans: Vec<f64> = runs.iter().map(|(_, r)| r.virtual_time_ns as f64).collect();
         ranked.push((value, Estimate::of(&makespans).mean, runs));
@@ -382,9 +487,7 @@ fn ranking(exp: &Experiment, choices: &str, selection: &[&str]) -> Result<String
             let (_, rb) = b
                 .iter()
                 .find(|(_, rb)| seeds_of(rb) == seeds_of(ra))
-                .ok_or_else(|| {
-                    format!("{}: no run to pair it with has its seeds", path.display())
-                })?;
+                .ok_or_else(|| Unfillable::NoPair(path.clone()))?;
             changes.push(
                 100.0 * (rb.virtual_time_ns as f64 - ra.virtual_time_ns as f64)
                     / ra.virtual_time_ns.max(1) as f64,
@@ -478,18 +581,16 @@ pub fn render(file: &str, template: &str, results_dir: &Path) -> Result<String, 
     };
     let mut out = String::with_capacity(template.len() * 2);
     for (n, line) in template.split_inclusive('\n').enumerate() {
-        let err = |message: String| PaperError {
+        let err = |problem: Unfillable| PaperError {
             file: file.to_owned(),
             line: n + 1,
-            message,
+            problem,
         };
         let mut rest = line;
         while let Some(start) = rest.find("{{") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| err("`{{` without its `}}` on the same line".to_owned()))?;
+            let end = after.find("}}").ok_or_else(|| err(Unfillable::Unclosed))?;
             out.push_str(&fill(&mut results, &after[..end]).map_err(err)?);
             rest = &after[end + 2..];
         }
@@ -507,11 +608,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = render("t.md", "fine\nthen {{nope x}}\n", dir.path()).unwrap_err();
         assert_eq!((e.file.as_str(), e.line), ("t.md", 2));
-        assert!(e.message.contains("no results under"), "{e}");
+        assert!(
+            matches!(&e.problem, Unfillable::NoResultsFolder { name, .. } if name == "x"),
+            "{e}"
+        );
         let e = render("t.md", "{{vs-sync", dir.path()).unwrap_err();
-        assert!(e.message.contains("without its"), "{e}");
+        assert!(matches!(e.problem, Unfillable::Unclosed), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "t.md:1: `{{` without its `}}` on the same line"
+        );
+        let e = render("t.md", "{{runs}}", dir.path()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.md:1: `{{runs}}`: expected {{OP EXPERIMENT ...}}"
+        );
         let e = render("t.md", "{{runs ../etc}}", dir.path()).unwrap_err();
-        assert!(e.message.contains("not an experiment name"), "{e}");
+        assert!(
+            matches!(&e.problem, Unfillable::NotAnExperiment(name) if name == "../etc"),
+            "{e}"
+        );
         assert_eq!(
             render("t.md", "no placeholders\n", dir.path()).unwrap(),
             "no placeholders\n"
