@@ -19,8 +19,40 @@ pub struct CallCheck {
     pub export: &'static str,
     /// What it was called with.
     pub input: String,
-    /// What it returned (a decision, `ok`), or why it failed.
-    pub outcome: Result<String, String>,
+    /// What it returned, or why it failed.
+    pub outcome: CallOutcome,
+}
+
+/// How one sample call went: part of the report, not an error of the
+/// check (a failed call is what the check is there to find). Serialized as
+/// `{"Ok": ...}` or `{"Err": ...}`, the form `--json` has always had.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum CallOutcome {
+    /// What the call returned (a decision, `accepted`, `ok`).
+    #[serde(rename = "Ok")]
+    Returned(String),
+    /// Why the call failed, as the sandbox recorded it (a trap, fuel or
+    /// memory exhausted, a decision the engine rejects, refused params).
+    #[serde(rename = "Err")]
+    Failed(String),
+}
+
+impl CallOutcome {
+    /// The outcome of a call that failed if the policy's failure count
+    /// went up from `before`, with the sandbox's last failure as the why.
+    fn of(p: &crate::WasmPolicy, before: u64, returned: impl FnOnce() -> String) -> Self {
+        if failures(p) > before {
+            CallOutcome::Failed(p.stats().last_failure.unwrap_or_default())
+        } else {
+            CallOutcome::Returned(returned())
+        }
+    }
+}
+
+/// The policy's failed calls and notifications so far.
+fn failures(p: &crate::WasmPolicy) -> u64 {
+    let s = p.stats();
+    s.fallbacks.total() + s.failed_notifications.total()
 }
 
 /// What `apflab policy check` reports: the module and its sample calls.
@@ -35,7 +67,9 @@ pub struct CheckReport {
 impl CheckReport {
     /// Whether every call worked.
     pub fn passed(&self) -> bool {
-        self.calls.iter().all(|c| c.outcome.is_ok())
+        self.calls
+            .iter()
+            .all(|c| matches!(c.outcome, CallOutcome::Returned(_)))
     }
 }
 
@@ -48,8 +82,12 @@ impl fmt::Display for CheckReport {
         )?;
         for c in &self.calls {
             match &c.outcome {
-                Ok(what) => writeln!(f, "    ok    {:<16} {} -> {what}", c.export, c.input)?,
-                Err(why) => writeln!(f, "    FAIL  {:<16} {}: {why}", c.export, c.input)?,
+                CallOutcome::Returned(what) => {
+                    writeln!(f, "    ok    {:<16} {} -> {what}", c.export, c.input)?
+                }
+                CallOutcome::Failed(why) => {
+                    writeln!(f, "    FAIL  {:<16} {}: {why}", c.export, c.input)?
+                }
             }
         }
         if self.passed() {
@@ -75,21 +113,17 @@ pub fn sample_calls(
     let mut p = module.instantiate()?;
     let mut calls = Vec::new();
     let v3 = p.abi_version() >= 3;
-    let failures = |p: &crate::WasmPolicy| {
-        let s = p.stats();
-        s.fallbacks.total() + s.failed_notifications.total()
-    };
     let configure_input = format!("params {:?}", params.text());
-    let outcome = p
-        .configure_params(params)
-        .map(|()| "accepted".to_owned())
-        .map_err(|e| e.message);
+    let outcome = match p.configure_params(params) {
+        Ok(()) => CallOutcome::Returned("accepted".to_owned()),
+        Err(e) => CallOutcome::Failed(e.message),
+    };
     let has_configure = module
         .info()
         .exports
         .iter()
         .any(|e| e.name == EXPORT_CONFIGURE);
-    if has_configure || outcome.is_err() {
+    if has_configure || matches!(outcome, CallOutcome::Failed(_)) {
         calls.push(CallCheck {
             export: EXPORT_CONFIGURE,
             input: configure_input,
@@ -137,11 +171,7 @@ pub fn sample_calls(
         calls.push(CallCheck {
             export: EXPORT_DECIDE,
             input: what.to_owned(),
-            outcome: if failures(&p) > before {
-                Err(p.stats().last_failure.unwrap_or_default())
-            } else {
-                Ok(format!("{decision:?}"))
-            },
+            outcome: CallOutcome::of(&p, before, || format!("{decision:?}")),
         });
     }
     let completions = [("sync, 30 us", false), ("async, 30 us", true)];
@@ -170,11 +200,7 @@ pub fn sample_calls(
         calls.push(CallCheck {
             export,
             input: what.to_owned(),
-            outcome: if failures(&p) > before {
-                Err(p.stats().last_failure.unwrap_or_default())
-            } else {
-                Ok("ok".into())
-            },
+            outcome: CallOutcome::of(&p, before, || "ok".into()),
         });
     }
     if module
@@ -188,11 +214,7 @@ pub fn sample_calls(
         calls.push(CallCheck {
             export: EXPORT_ON_RUN_END,
             input: "-".into(),
-            outcome: if failures(&p) > before {
-                Err(p.stats().last_failure.unwrap_or_default())
-            } else {
-                Ok("ok".into())
-            },
+            outcome: CallOutcome::of(&p, before, || "ok".into()),
         });
     }
     Ok(CheckReport {

@@ -30,7 +30,7 @@ mod source;
 mod stats;
 
 pub use apflab_abi::policy::{Completion, Decision, FaultInfo, Params, Policy};
-pub use check::{CallCheck, CheckReport, sample_calls};
+pub use check::{CallCheck, CallOutcome, CheckReport, sample_calls};
 pub use config::PolicyConfig;
 pub use error::{ConfigureError, PolicyError};
 pub use log::{LogLine, LogSource, MAX_LOG_LINES, PolicyLog};
