@@ -31,7 +31,7 @@ use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
-use super::error::KvmError;
+use super::error::{KvmError, RamLayoutError};
 use apflab_hypervisor::HostRam;
 use apflab_hypervisor::arch::stage1::GuestPhysMem;
 use apflab_hypervisor::host_memory::{HostMemoryError, MemfdRam};
@@ -101,9 +101,10 @@ impl GuestRam {
     /// Creates `size` bytes of zeroed RAM at guest physical `base`.
     pub fn new(base: u64, size: u64) -> Result<Self, KvmError> {
         if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !base.is_multiple_of(PAGE_SIZE) {
-            return Err(KvmError::Memory(format!(
-                "RAM at {base:#x} of {size:#x} bytes is not a non-empty whole number of pages"
-            )));
+            return Err(KvmError::Memory(RamLayoutError::NotWholePages {
+                base,
+                size,
+            }));
         }
         // SAFETY: sysconf has no preconditions.
         let host_page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -112,8 +113,8 @@ impl GuestRam {
                 "per-page residency with {host_page}-byte host pages (apflab withholds 4 KiB pages)"
             )));
         }
-        let len = usize::try_from(size)
-            .map_err(|_| KvmError::Memory(format!("{size:#x} bytes do not fit this host")))?;
+        let len =
+            usize::try_from(size).map_err(|_| KvmError::Memory(RamLayoutError::TooLarge(size)))?;
         let uffd = new_sigbus_uffd()?;
         let memfd = MemfdRam::new(len).map_err(memfd_err(size))?;
         let region_file = memfd.file().try_clone().map_err(|errno| KvmError::Ioctl {
@@ -121,11 +122,11 @@ impl GuestRam {
             errno,
         })?;
         let region = MmapRegion::from_file(FileOffset::new(region_file, 0), len)
-            .map_err(|e| KvmError::Memory(format!("mapping the VMM view of RAM: {e}")))?;
+            .map_err(|e| KvmError::Memory(RamLayoutError::VmmMapping(e)))?;
         let region = GuestRegionMmap::new(region, GuestAddress(base))
-            .ok_or_else(|| KvmError::Memory(format!("RAM at {base:#x} overflows")))?;
-        let vmm_view = GuestMemoryMmap::from_regions(vec![region])
-            .map_err(|e| KvmError::Memory(format!("{e}")))?;
+            .ok_or(KvmError::Memory(RamLayoutError::Overflows(base)))?;
+        let vmm_view =
+            GuestMemoryMmap::from_regions(vec![region]).map_err(|e| KvmError::Memory(e.into()))?;
         let pages = size >> PAGE_SHIFT;
         let ram = GuestRam {
             base,
@@ -186,7 +187,7 @@ impl GuestRam {
         let vmm_view = self
             .vmm_view
             .get_host_address(GuestAddress(self.base))
-            .map_err(|e| KvmError::Memory(format!("the VMM view of RAM: {e}")))?;
+            .map_err(|e| KvmError::Memory(RamLayoutError::VmmView(e)))?;
         Ok(HostRam {
             guest_view: self.memfd.guest_ptr(),
             vmm_view,
@@ -204,7 +205,7 @@ impl GuestRam {
     pub fn set_resident(&self, ipa: u64, resident: bool) -> Result<(), KvmError> {
         let page = self
             .page_index(ipa)
-            .ok_or_else(|| KvmError::Memory(format!("{ipa:#x} is outside guest RAM")))?;
+            .ok_or(KvmError::Memory(RamLayoutError::OutsideRam(ipa)))?;
         let bit = 1u64 << (page % 64);
         let word = &self.withheld[(page / 64) as usize];
         let offset = page << PAGE_SHIFT;
