@@ -141,12 +141,24 @@ pub enum PagerError {
     },
     /// The host interface pages are served through failed (a userfaultfd
     /// read or ioctl): the pages it was serving stay absent.
-    #[error("{what}: {detail}")]
+    #[error("{what}: {source}")]
     Host {
         /// Which operation.
         what: &'static str,
-        /// The error, with the guest page where there is one.
-        detail: String,
+        /// The host's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Serving one guest page through the host interface failed.
+    #[error("{what}: guest page {pfn:#x}: {source}")]
+    HostPage {
+        /// Which operation.
+        what: &'static str,
+        /// Guest page frame.
+        pfn: u64,
+        /// The host's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The backend broke the protocol (a call out of order); a VMM bug.
     #[error("guest page {pfn:#x}: {what}")]

@@ -109,4 +109,4 @@ pub use config::{
 pub use emu::{FaultPlan, VirtualPager};
 pub use engine::{Access, Begin, Eviction, FaultEngine, PagerError, Prepared};
 pub use metrics::{LatencySummary, PagerMetrics};
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, StoreFault};

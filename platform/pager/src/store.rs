@@ -29,7 +29,8 @@ pub enum StoreError {
         /// Guest page frame.
         pfn: u64,
         /// What happened.
-        reason: String,
+        #[source]
+        reason: StoreFault,
     },
     /// Retrying will not help (bad sector, page outside the image).
     #[error("permanent store error on guest page {pfn:#x}: {reason}")]
@@ -37,8 +38,34 @@ pub enum StoreError {
         /// Guest page frame.
         pfn: u64,
         /// What happened.
-        reason: String,
+        #[source]
+        reason: StoreFault,
     },
+}
+
+/// What happened to a store read ([`StoreError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFault {
+    /// The page is past the end of the image file.
+    #[error("outside the image {0:?}")]
+    OutsideImage(PathBuf),
+    /// Reading the image file failed.
+    #[error("reading {path:?} at offset {offset:#x}: {source}")]
+    Read {
+        /// The image.
+        path: PathBuf,
+        /// Byte offset of the page in it.
+        offset: u64,
+        /// The read's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A page [`FaultInjectingStore`] was told can never be read.
+    #[error("injected media error")]
+    InjectedMediaError,
+    /// A read [`FaultInjectingStore`] fails once (the n-th read).
+    #[error("injected timeout (read #{0})")]
+    InjectedTimeout(u64),
 }
 
 impl StoreError {
@@ -186,14 +213,19 @@ impl Store for FileStore {
             .filter(|o| o + PAGE_SIZE <= self.len)
             .ok_or_else(|| StoreError::Permanent {
                 pfn,
-                reason: format!("outside the image {:?}", self.path),
+                reason: StoreFault::OutsideImage(self.path.clone()),
             })?;
         self.file.read_exact_at(out, offset).map_err(|e| {
-            let reason = format!("reading {:?} at offset {offset:#x}: {e}", self.path);
+            let kind = e.kind();
+            let reason = StoreFault::Read {
+                path: self.path.clone(),
+                offset,
+                source: e,
+            };
             // EINTR/EAGAIN-style errors may go away; anything else (EIO,
             // a file truncated under us) will not.
             if matches!(
-                e.kind(),
+                kind,
                 std::io::ErrorKind::Interrupted
                     | std::io::ErrorKind::WouldBlock
                     | std::io::ErrorKind::TimedOut
@@ -300,14 +332,14 @@ impl<S: Store> Store for FaultInjectingStore<S> {
         if self.permanent.contains(&pfn) {
             return Err(StoreError::Permanent {
                 pfn,
-                reason: "injected media error".into(),
+                reason: StoreFault::InjectedMediaError,
             });
         }
         let n = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
         if self.transient_every != 0 && n.is_multiple_of(self.transient_every) {
             return Err(StoreError::Transient {
                 pfn,
-                reason: format!("injected timeout (read #{n})"),
+                reason: StoreFault::InjectedTimeout(n),
             });
         }
         self.inner.read_page(pfn, out)?;

@@ -158,7 +158,7 @@ fn next_request(s: &Shared, stop_fd: i32) -> Option<Request> {
             Err(e) => {
                 s.fail(PagerError::Host {
                     what: "reading the userfaultfd",
-                    detail: e.to_string(),
+                    source: Box::new(e),
                 });
                 return None;
             }
@@ -179,7 +179,7 @@ fn next_request(s: &Shared, stop_fd: i32) -> Option<Request> {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 s.fail(PagerError::Host {
                     what: "polling the userfaultfd",
-                    detail: e.to_string(),
+                    source: Box::new(e),
                 });
                 return None;
             }
@@ -206,9 +206,10 @@ pub(super) fn serve(s: &Shared, turn: &Mutex<()>, stop_fd: i32) {
         if let Err(e) = serve_one(s, &req, &mut page, &mut victim) {
             match e {
                 UffdError::Pager(p) => s.fail(p),
-                other => s.fail(PagerError::Host {
+                other => s.fail(PagerError::HostPage {
                     what: "serving a page through userfaultfd",
-                    detail: format!("guest page {:#x}: {other}", s.pfn(req.offset)),
+                    pfn: s.pfn(req.offset),
+                    source: Box::new(other),
                 }),
             }
         }
