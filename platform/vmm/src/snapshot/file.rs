@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::{FORMAT, Identity, SnapshotError, differences};
+use super::{Damage, FORMAT, Identity, SnapshotError, differences};
 
 /// The first bytes of every snapshot.
 const MAGIC: &[u8; 8] = b"APFLSNAP";
@@ -85,10 +85,6 @@ pub(crate) fn write(
     memory: &GuestMemoryMmap,
 ) -> Result<(), SnapshotError> {
     let shown = path.display().to_string();
-    let io = |what: String| SnapshotError::Io {
-        path: shown.clone(),
-        what,
-    };
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = std::path::PathBuf::from(partial);
@@ -123,9 +119,13 @@ pub(crate) fn write(
             source,
         });
     }
-    std::fs::rename(&partial, path).map_err(|e| {
+    std::fs::rename(&partial, path).map_err(|source| {
         let _ = std::fs::remove_file(&partial);
-        io(format!("cannot move {} there: {e}", partial.display()))
+        SnapshotError::Rename {
+            path: shown,
+            partial,
+            source,
+        }
     })
 }
 
@@ -138,21 +138,22 @@ pub(crate) fn read<T: DeserializeOwned>(
     memory: &GuestMemoryMmap,
 ) -> Result<T, SnapshotError> {
     let shown = path.display().to_string();
-    let bad = |what: String| SnapshotError::Unreadable {
+    let bad = |what: Damage| SnapshotError::Unreadable {
         path: shown.clone(),
         what,
     };
-    let file = File::open(path).map_err(|e| SnapshotError::Io {
+    let file = File::open(path).map_err(|source| SnapshotError::Io {
         path: shown.clone(),
-        what: format!("cannot open it: {e}"),
+        what: "cannot open it",
+        source,
     })?;
     let mut input = BufReader::new(file);
     let mut head = [0u8; 12];
     input
         .read_exact(&mut head)
-        .map_err(|_| bad("not an apflab snapshot (too short)".into()))?;
+        .map_err(|_| bad(Damage::TooShort))?;
     if &head[..8] != MAGIC {
-        return Err(bad("not an apflab snapshot (no APFLSNAP header)".into()));
+        return Err(bad(Damage::NoHeader));
     }
     let format = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
     if format != FORMAT {
@@ -164,20 +165,20 @@ pub(crate) fn read<T: DeserializeOwned>(
         });
     }
     let mut gz = GzDecoder::new(input);
-    let damaged = |e: std::io::Error| bad(format!("damaged ({e})"));
+    let damaged = |e: std::io::Error| bad(Damage::Stream(e));
     let section = |gz: &mut GzDecoder<BufReader<File>>| -> Result<Vec<u8>, SnapshotError> {
         let mut len = [0u8; 8];
         gz.read_exact(&mut len).map_err(damaged)?;
         let len = u64::from_le_bytes(len);
         if len > MAX_SECTION {
-            return Err(bad(format!("damaged (a section of {len} bytes)")));
+            return Err(bad(Damage::SectionLength(len)));
         }
         let mut bytes = vec![0u8; len as usize];
         gz.read_exact(&mut bytes).map_err(damaged)?;
         Ok(bytes)
     };
-    let theirs: Identity = serde_json::from_slice(&section(&mut gz)?)
-        .map_err(|e| bad(format!("damaged identity ({e})")))?;
+    let theirs: Identity =
+        serde_json::from_slice(&section(&mut gz)?).map_err(|e| bad(Damage::Identity(e)))?;
     let differences = differences(&theirs, ours);
     if !differences.is_empty() {
         return Err(SnapshotError::Mismatch {
@@ -185,10 +186,10 @@ pub(crate) fn read<T: DeserializeOwned>(
             differences,
         });
     }
-    let state: T = serde_json::from_slice(&section(&mut gz)?)
-        .map_err(|e| bad(format!("damaged machine state ({e})")))?;
+    let state: T =
+        serde_json::from_slice(&section(&mut gz)?).map_err(|e| bad(Damage::MachineState(e)))?;
     // SAFETY: no vCPU has run yet; the run loop waits for this.
-    let ram = unsafe { ram(memory) }.map_err(|e| bad(e.to_string()))?;
+    let ram = unsafe { ram(memory) }.map_err(|e| bad(e.into()))?;
     let pages = (ram.len() / PAGE) as u64;
     let mut next = 0u64;
     loop {
@@ -197,9 +198,7 @@ pub(crate) fn read<T: DeserializeOwned>(
         let index = u64::from_le_bytes(index);
         let upto = if index == END { pages } else { index };
         if upto < next || upto > pages || (index != END && index >= pages) {
-            return Err(bad(format!(
-                "damaged (page {index} out of order or past RAM)"
-            )));
+            return Err(bad(Damage::PageIndex(index)));
         }
         // The pages between hold zeros in the snapshot.
         for p in next..upto {
@@ -219,7 +218,7 @@ pub(crate) fn read<T: DeserializeOwned>(
     let mut rest = Vec::new();
     gz.read_to_end(&mut rest).map_err(damaged)?;
     if !rest.is_empty() {
-        return Err(bad("damaged (data after the RAM section)".into()));
+        return Err(bad(Damage::TrailingData));
     }
     Ok(state)
 }

@@ -80,13 +80,27 @@ pub type Identity = BTreeMap<String, String>;
 /// Why a snapshot could not be written or used.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// The file could not be read or written.
-    #[error("snapshot {path}: {what}")]
+    /// The file could not be opened or read.
+    #[error("snapshot {path}: {what}: {source}")]
     Io {
         /// The file.
         path: String,
-        /// What failed.
-        what: String,
+        /// What was attempted (`cannot open it`).
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The written file could not be moved to its place.
+    #[error("snapshot {path}: cannot move {} there: {source}", .partial.display())]
+    Rename {
+        /// The file.
+        path: String,
+        /// The whole file written next to it.
+        partial: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The file could not be written (the partial file is removed).
     #[error("snapshot {path}: cannot write it: {source}")]
@@ -97,13 +111,14 @@ pub enum SnapshotError {
         #[source]
         source: file::WriteFailure,
     },
-    /// The file is no snapshot of this format.
+    /// The file is no snapshot of this format, or a damaged one.
     #[error("snapshot {path}: {what}")]
     Unreadable {
         /// The file.
         path: String,
         /// What is wrong with it.
-        what: String,
+        #[source]
+        what: Damage,
     },
     /// The snapshot was taken of another boot (another build, kernel or
     /// config).
@@ -138,6 +153,38 @@ pub enum SnapshotError {
         /// The file.
         path: String,
     },
+}
+
+/// What is wrong with a file read as a snapshot ([`SnapshotError::Unreadable`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    /// Shorter than its header.
+    #[error("not an apflab snapshot (too short)")]
+    TooShort,
+    /// Another header than apflab's.
+    #[error("not an apflab snapshot (no APFLSNAP header)")]
+    NoHeader,
+    /// The compressed stream ends early or fails its CRC.
+    #[error("damaged ({0})")]
+    Stream(#[source] std::io::Error),
+    /// A section's length is past what a snapshot may hold.
+    #[error("damaged (a section of {0} bytes)")]
+    SectionLength(u64),
+    /// The boot's identity does not decode.
+    #[error("damaged identity ({0})")]
+    Identity(#[source] serde_json::Error),
+    /// The machine state does not decode.
+    #[error("damaged machine state ({0})")]
+    MachineState(#[source] serde_json::Error),
+    /// A page index out of order or past RAM.
+    #[error("damaged (page {0} out of order or past RAM)")]
+    PageIndex(u64),
+    /// Bytes after the RAM section.
+    #[error("damaged (data after the RAM section)")]
+    TrailingData,
+    /// Guest RAM could not be had to read the pages into.
+    #[error(transparent)]
+    Ram(#[from] RamUnreachable),
 }
 
 /// Why the machine at the boot point cannot be saved, or a snapshot
@@ -275,9 +322,10 @@ fn hash_bytes(bytes: &[u8]) -> String {
 }
 
 fn file_hash(path: &Path) -> Result<String, SnapshotError> {
-    let bytes = std::fs::read(path).map_err(|e| SnapshotError::Io {
+    let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
         path: path.display().to_string(),
-        what: format!("cannot read it to identify the boot: {e}"),
+        what: "cannot read it to identify the boot",
+        source,
     })?;
     Ok(hash_bytes(&bytes))
 }
