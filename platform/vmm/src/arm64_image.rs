@@ -34,11 +34,11 @@ pub struct ImageHeader {
 }
 
 /// Why an image is not a kernel this machine can boot.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// gzip data that does not decompress.
     #[error("is gzip data that does not decompress: {0}")]
-    BadGzip(String),
+    BadGzip(#[source] std::io::Error),
     /// Decompressed, it would not fit in guest RAM.
     #[error("decompresses to more than the {limit} bytes of guest RAM")]
     TooLarge {
@@ -57,6 +57,17 @@ pub enum ImageError {
     #[error("is an arm64 kernel built for {0} KiB pages; this machine supports 4 KiB pages only")]
     PageSize(u64),
 }
+
+/// Two errors are equal when they are of the same kind and say the same
+/// thing (a decompression error is compared by what it says).
+impl PartialEq for ImageError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for ImageError {}
 
 impl ImageHeader {
     /// The header of `bytes`, or `None` if they do not start with one.
@@ -142,7 +153,7 @@ pub fn gunzip_if_compressed(bytes: &[u8], limit: u64) -> Result<Option<Vec<u8>>,
     flate2::read::GzDecoder::new(bytes)
         .take(limit.saturating_add(1))
         .read_to_end(&mut out)
-        .map_err(|e| ImageError::BadGzip(e.to_string()))?;
+        .map_err(ImageError::BadGzip)?;
     if out.len() as u64 > limit {
         return Err(ImageError::TooLarge { limit });
     }
