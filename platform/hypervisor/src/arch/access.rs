@@ -53,8 +53,9 @@ pub enum AccessError<E> {
     Undecodable {
         /// The instruction word.
         word: u32,
-        /// Decoder message.
-        reason: String,
+        /// The decoder's error.
+        #[source]
+        reason: yaxpeax_arm::armv8::a64::DecodeError,
     },
     /// The instruction does not access data memory.
     #[error("instruction {word:#010x} ({text}) does not access memory")]
@@ -77,13 +78,9 @@ pub fn data_access<R: RegisterSource>(
 ) -> Result<DataAccess, AccessError<R::Error>> {
     let bytes = word.to_le_bytes();
     let mut reader = U8Reader::new(&bytes[..]);
-    let inst: Instruction =
-        InstDecoder::default()
-            .decode(&mut reader)
-            .map_err(|e| AccessError::Undecodable {
-                word,
-                reason: e.to_string(),
-            })?;
+    let inst: Instruction = InstDecoder::default()
+        .decode(&mut reader)
+        .map_err(|reason| AccessError::Undecodable { word, reason })?;
     let text = inst.to_string();
     if let Some(va) = dc_address(word, regs)? {
         // DC ZVA zeroes an aligned block of at most 2 KiB (DCZID_EL0.BS <= 9);
