@@ -155,14 +155,14 @@ EOF
 
 # Packs the initramfs tree DIR (whose /init is in place) and boots it on 2
 # vCPUs with nested virtualization until it powers off; sets `console`
-# (the console as written, CRs removed: $console.txt), `qemu_rc` and
-# `boot_s`. Gives up
-# after APFLAB_KVM_TIMEOUT seconds.
+# (the cache's NAME.log [console.log], as written; CRs removed:
+# $console.txt), `qemu_rc` and `boot_s`. Gives up after APFLAB_KVM_TIMEOUT
+# seconds.
 nested_kvm_boot() {
     local dir="$1" initrd="$cache/initramfs.cpio.gz"
     chmod +x "$dir/init"
     (cd "$dir" && find . | cpio -o -H newc --quiet | gzip -1) >"$initrd"
-    console="$cache/console.log"
+    console="$cache/${2:-console}.log"
     say "booting $kernel_version under qemu-system-aarch64 (nested KVM, timeout ${timeout_s}s)"
     local started=$SECONDS
     set +e
