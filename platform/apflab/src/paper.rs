@@ -494,21 +494,32 @@ fn configs<'e>(
     Ok(by_config)
 }
 
-/// How `runs` order configs `i` and `j` by the value at `pointer`: `Equal`
-/// where the paired comparison's 95 % interval holds 0.
+/// How `runs` order configs `i` and `j` by the value at `pointer`, as
+/// `ranking` does: by mean, and `Equal` where the paired changes against
+/// the config of the smaller mean have a 95 % interval that holds 0. (A
+/// change in percent of one side is not the negated change in percent of
+/// the other, so the base is chosen as `ranking` chooses it, and a pair
+/// reads the same in both placeholders.)
 fn paired_order(
     runs: &[Repetitions<'_>],
     i: usize,
     j: usize,
     pointer: &str,
 ) -> Result<std::cmp::Ordering, String> {
-    let e = Estimate::of(&paired_changes(&runs[i], &runs[j], pointer)?);
+    let mean = |k: usize| -> Result<f64, String> {
+        let values = runs[k]
+            .iter()
+            .map(|(_, r)| number(r, pointer))
+            .collect::<Result<Vec<f64>, String>>()?;
+        Ok(Estimate::of(&values).mean)
+    };
+    let order = mean(i)?.total_cmp(&mean(j)?);
+    let (lower, higher) = if order.is_le() { (i, j) } else { (j, i) };
+    let e = Estimate::of(&paired_changes(&runs[lower], &runs[higher], pointer)?);
     Ok(if e.holds_zero() {
         std::cmp::Ordering::Equal
-    } else if e.mean > 0.0 {
-        std::cmp::Ordering::Less
     } else {
-        std::cmp::Ordering::Greater
+        order
     })
 }
 
