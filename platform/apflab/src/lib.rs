@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod kendall;
 pub mod linux_guest;
 pub mod matrix;
 pub mod page_server;

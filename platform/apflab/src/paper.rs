@@ -35,7 +35,16 @@
 //!   set to each of A, B, C, ordered by mean makespan (shortest first) as
 //!   `B < A ≈ C`: `<` where the next one's makespan is longer in a paired
 //!   comparison (runs of the same seeds) whose 95 % interval excludes 0,
-//!   `≈` where it holds 0 (no difference).
+//!   `≈` where it holds 0 (no difference);
+//! - `{{kendall EXP_A EXP_B POINTER SELECTION}}`: whether two experiments
+//!   run from the same file (the same configs, e.g. on two backends) rank
+//!   their configs alike by the value at POINTER (`/virtual_time_ns`: the
+//!   makespan), as Kendall's τ_b ([`crate::kendall`]) over every pair of the
+//!   configs SELECTION admits. Each experiment orders a pair as `ranking`
+//!   does: by a paired comparison, a tie where its 95 % interval holds 0,
+//!   so two configs the runs cannot tell apart neither agree nor disagree.
+//!   A config is the same on both sides when its config is, up to its seeds
+//!   and `backend.kind`.
 //!
 //! A placeholder that cannot be filled (no such experiment, a selection of
 //! no run or of several configs, a missing value) is an error naming the
@@ -76,7 +85,9 @@ pub enum Unfillable {
     #[error("`{{{{{0}}}}}`: expected {{{{OP EXPERIMENT ...}}}}")]
     NoOperation(String),
     /// An operation this template language does not have.
-    #[error("`{0}`: expected vs-sync, value, change, speedup, rate-change, runs or ranking")]
+    #[error(
+        "`{0}`: expected vs-sync, value, change, speedup, rate-change, runs, ranking or kendall"
+    )]
     Operation(String),
     /// An operation's arguments are not of its form.
     #[error("expected `{op} {form}`")]
@@ -164,6 +175,30 @@ pub enum Unfillable {
     /// A run to rank has no run of the next config with its seeds.
     #[error("{}: no run to pair it with has its seeds", .0.display())]
     NoPair(PathBuf),
+    /// A `kendall` pointer that is not a JSON pointer.
+    #[error("`{0}`: expected a JSON pointer into result.json, e.g. /virtual_time_ns")]
+    NotAPointer(String),
+    /// A config one experiment of a `kendall` ran and the other did not.
+    #[error(
+        "{}: {other} has no run of its config (both experiments must run the same configs)",
+        .run.display()
+    )]
+    NotInBoth {
+        /// A run of the config.
+        run: PathBuf,
+        /// The experiment without it.
+        other: String,
+    },
+    /// A `kendall` selection that admits fewer than two configs.
+    #[error("{configs} config(s) of `{selection}` in {experiment}: expected at least two to rank")]
+    TooFewConfigs {
+        /// How many configs it admits.
+        configs: usize,
+        /// The selection.
+        selection: String,
+        /// The experiment.
+        experiment: String,
+    },
 }
 
 /// The runs of one experiment.
@@ -252,19 +287,24 @@ fn config_matches(r: &RunResult, key: &str, value: &str) -> bool {
     }
 }
 
+/// A selection's `dotted.key=value` filters as (key, value).
+fn filters<'s>(selection: &[&'s str]) -> Result<Vec<(&'s str, &'s str)>, Unfillable> {
+    selection
+        .iter()
+        .map(|f| {
+            f.split_once('=')
+                .ok_or_else(|| Unfillable::NotAFilter((*f).to_owned()))
+        })
+        .collect()
+}
+
 /// The runs of `exp` every filter of `selection` admits: the repetitions
 /// of one config (they may differ only by their seeds).
 fn select<'e>(
     exp: &'e Experiment,
     selection: &[&str],
 ) -> Result<Vec<&'e (PathBuf, RunResult)>, Unfillable> {
-    let mut filters = Vec::new();
-    for f in selection {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| Unfillable::NotAFilter((*f).to_owned()))?;
-        filters.push((k, v));
-    }
+    let filters = filters(selection)?;
     let found: Vec<&(PathBuf, RunResult)> = exp
         .runs
         .iter()
@@ -451,6 +491,24 @@ fn fill(results: &mut Results, placeholder: &str) -> Result<String, Unfillable> 
             };
             ranking(exp, choices, selection)
         }
+        "kendall" => {
+            let [other, pointer, selection @ ..] = args else {
+                return Err(Unfillable::Usage {
+                    op: "kendall",
+                    form: "EXPERIMENT OTHER-EXPERIMENT POINTER SELECTION",
+                });
+            };
+            if !pointer.starts_with('/') {
+                return Err(Unfillable::NotAPointer((*pointer).to_owned()));
+            }
+            results.experiment(other)?;
+            kendall(
+                (name, &results.loaded[*name]),
+                (other, &results.loaded[*other]),
+                pointer,
+                selection,
+            )
+        }
         other => Err(Unfillable::Operation(other.to_owned())),
     }
 }
@@ -479,20 +537,9 @@ fn ranking(exp: &Experiment, choices: &str, selection: &[&str]) -> Result<String
     ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut out = ranked[0].0.to_owned();
     for pair in ranked.windows(2) {
-        let (a, b) = (&pair[0].2, &pair[1].2);
         // Each run of the shorter config against the run of the longer one
         // with the same seeds.
-        let mut changes = Vec::new();
-        for (path, ra) in a {
-            let (_, rb) = b
-                .iter()
-                .find(|(_, rb)| seeds_of(rb) == seeds_of(ra))
-                .ok_or_else(|| Unfillable::NoPair(path.clone()))?;
-            changes.push(
-                100.0 * (rb.virtual_time_ns as f64 - ra.virtual_time_ns as f64)
-                    / ra.virtual_time_ns.max(1) as f64,
-            );
-        }
+        let changes = paired_changes(&pair[0].2, &pair[1].2, "/virtual_time_ns")?;
         let sign = if Estimate::of(&changes).holds_zero() {
             "≈"
         } else {
@@ -501,6 +548,152 @@ fn ranking(exp: &Experiment, choices: &str, selection: &[&str]) -> Result<String
         let _ = write!(out, " {sign} {}", pair[1].0);
     }
     Ok(out)
+}
+
+/// How the value at `pointer` of each run of `b` differs from that of the
+/// run of `a` with the same seeds, in percent of the latter. Every run of
+/// either side must have its pair.
+fn paired_changes(
+    a: &[&(PathBuf, RunResult)],
+    b: &[&(PathBuf, RunResult)],
+    pointer: &str,
+) -> Result<Vec<f64>, Unfillable> {
+    if let Some((path, _)) = b
+        .iter()
+        .find(|(_, rb)| !a.iter().any(|(_, ra)| seeds_of(ra) == seeds_of(rb)))
+    {
+        return Err(Unfillable::NoPair(path.clone()));
+    }
+    a.iter()
+        .map(|(path, ra)| {
+            let (_, rb) = b
+                .iter()
+                .find(|(_, rb)| seeds_of(rb) == seeds_of(ra))
+                .ok_or_else(|| Unfillable::NoPair(path.clone()))?;
+            let (va, vb) = (number(ra, pointer)?, number(rb, pointer)?);
+            Ok(100.0 * (vb - va) / va.abs().max(f64::MIN_POSITIVE))
+        })
+        .collect()
+}
+
+/// The config a run repeats, whatever backend ran it: its config without
+/// the seeds a matrix varies and without `backend.kind`.
+fn config_key(r: &RunResult) -> String {
+    let mut parsed = r.config.parsed.clone();
+    if let Some(table) = parsed.as_object_mut() {
+        table.remove("seed");
+        for (section, key) in [("pager", "seed"), ("backend", "kind")] {
+            if let Some(t) = table.get_mut(section).and_then(|t| t.as_object_mut()) {
+                t.remove(key);
+            }
+        }
+    }
+    parsed.to_string()
+}
+
+/// The repetitions of one config: runs with their result files.
+type Repetitions<'e> = Vec<&'e (PathBuf, RunResult)>;
+
+/// The runs of `exp` that `selection` admits, by config ([`config_key`]);
+/// a failed run is an error, as nothing can be ranked by it.
+fn configs<'e>(
+    exp: &'e Experiment,
+    selection: &[&str],
+) -> Result<BTreeMap<String, Repetitions<'e>>, Unfillable> {
+    let filters = filters(selection)?;
+    let mut by_config: BTreeMap<String, Repetitions<'e>> = BTreeMap::new();
+    for run in exp
+        .runs
+        .iter()
+        .filter(|(_, r)| filters.iter().all(|(k, v)| config_matches(r, k, v)))
+    {
+        if !run.1.outcome.success {
+            return Err(Unfillable::FailedRun(run.0.clone()));
+        }
+        by_config.entry(config_key(&run.1)).or_default().push(run);
+    }
+    Ok(by_config)
+}
+
+/// How `runs` order configs `i` and `j` by the value at `pointer`, as
+/// `ranking` does: by mean, and `Equal` where the paired changes against
+/// the config of the smaller mean have a 95 % interval that holds 0. (A
+/// change in percent of one side is not the negated change in percent of
+/// the other, so the base is chosen as `ranking` chooses it, and a pair
+/// reads the same in both placeholders.)
+fn paired_order(
+    runs: &[Repetitions<'_>],
+    i: usize,
+    j: usize,
+    pointer: &str,
+) -> Result<std::cmp::Ordering, Unfillable> {
+    let mean = |k: usize| -> Result<f64, Unfillable> {
+        let values = runs[k]
+            .iter()
+            .map(|(_, r)| number(r, pointer))
+            .collect::<Result<Vec<f64>, Unfillable>>()?;
+        Ok(Estimate::of(&values).mean)
+    };
+    let order = mean(i)?.total_cmp(&mean(j)?);
+    let (lower, higher) = if order.is_le() { (i, j) } else { (j, i) };
+    let e = Estimate::of(&paired_changes(&runs[lower], &runs[higher], pointer)?);
+    Ok(if e.holds_zero() {
+        std::cmp::Ordering::Equal
+    } else {
+        order
+    })
+}
+
+/// The `{{kendall EXP_A EXP_B POINTER SELECTION}}` text (see the module
+/// doc): `τ_b = +0.60 over 6 configs (15 pairs: 11 ordered alike, 2
+/// reversed, 2 told apart on one side only or neither)`.
+fn kendall(
+    (name_a, a): (&str, &Experiment),
+    (name_b, b): (&str, &Experiment),
+    pointer: &str,
+    selection: &[&str],
+) -> Result<String, Unfillable> {
+    let (a, b) = (configs(a, selection)?, configs(b, selection)?);
+    for (one, other, name) in [(&a, &b, name_b), (&b, &a, name_a)] {
+        if let Some((_, runs)) = one.iter().find(|(k, _)| !other.contains_key(*k)) {
+            return Err(Unfillable::NotInBoth {
+                run: runs[0].0.clone(),
+                other: name.to_owned(),
+            });
+        }
+    }
+    if a.len() < 2 {
+        return Err(Unfillable::TooFewConfigs {
+            configs: a.len(),
+            selection: selection.join(" "),
+            experiment: name_a.to_owned(),
+        });
+    }
+    // The same configs in the same (key) order on both sides.
+    let (a, b): (Vec<_>, Vec<_>) = (a.into_values().collect(), b.into_values().collect());
+    let mut orders = Vec::new();
+    for i in 0..a.len() {
+        for j in i + 1..a.len() {
+            orders.push((
+                paired_order(&a, i, j, pointer)?,
+                paired_order(&b, i, j, pointer)?,
+            ));
+        }
+    }
+    let agreement = crate::kendall::Agreement::of_orders(orders);
+    let tau = agreement.tau_b().map_or_else(
+        || "undefined (one side tells no pair apart)".to_owned(),
+        |t| format!("{t:+.2}").replace('-', "−"),
+    );
+    Ok(format!(
+        "τ_b = {tau} over {} configs ({} pairs: {} ordered alike, {} reversed, {} told apart on \
+         one side only or neither)",
+        a.len(),
+        agreement.pairs,
+        agreement.concordant,
+        agreement.discordant,
+        agreement.pairs - agreement.concordant - agreement.discordant
+    ))
 }
 
 /// The `{{runs EXP}}` table: one row per config, its repetitions'

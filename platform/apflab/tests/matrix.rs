@@ -768,53 +768,100 @@ fn repetitions_draw_other_fetch_latencies_and_results_carry_the_commit() {
     }
 }
 
-#[test]
-fn report_prints_no_difference_where_the_interval_holds_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    drawn_latency_base(dir.path());
-    let exp = dir.path().join("one.toml");
+/// A sync and a paolo run of `drawn_latency_base` (the real results the
+/// made-up experiments of [`made_experiment`] are built from).
+fn sync_and_async_runs(dir: &Path) -> (Value, Value) {
+    drawn_latency_base(dir);
+    let exp = dir.join("one.toml");
     std::fs::write(
         &exp,
         "base = \"base.toml\"\n[axes]\n\"policy.module\" = [\"sync\", \"paolo\"]\n",
     )
     .unwrap();
-    let out_dir = dir.path().join("out");
+    let out_dir = dir.join("out");
     let out = apflab(&["matrix", s(&exp), "--out", s(&out_dir)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    // Four seeds of the pair, built from the two real results: the async
-    // run's makespan is the baseline's +1 %, -1 %, +0.5 %, -0.5 % (an
-    // interval around 0), then +10 %, +11 %, +9 %, +10 % for a second
-    // variant (an interval that excludes it).
     let load = |id: &str| -> Value {
         serde_json::from_str(
             &std::fs::read_to_string(out_dir.join(id).join("result.json")).unwrap(),
         )
         .unwrap()
     };
-    let (base, paolo) = (load("r000"), load("r001"));
-    let made = dir.path().join("made");
+    (load("r000"), load("r001"))
+}
+
+/// Results folder `made` of four seeds of the baseline `base` and of each
+/// policy named in `changes` (a copy of the async run `async_run` whose
+/// makespan is the baseline's changed by the seed's percentage), every run
+/// marked as run by `backend`.
+fn made_experiment(
+    made: &Path,
+    (base, async_run): (&Value, &Value),
+    changes: &[(&str, [f64; 4])],
+    backend: &str,
+) {
     let write = |name: String, v: &Value| {
         std::fs::create_dir_all(made.join(&name)).unwrap();
         std::fs::write(made.join(name).join("result.json"), v.to_string()).unwrap();
     };
-    let changes = [
-        ("paolo", [1.0, -1.0, 0.5, -0.5]),
-        ("adaptive", [10.0, 11.0, 9.0, 10.0]),
-    ];
     for seed in 0..4u64 {
         let mut b = base.clone();
         b["config"]["parsed"]["seed"] = seed.into();
+        b["config"]["parsed"]["backend"]["kind"] = backend.into();
+        b["backend"] = backend.into();
         let t = b["virtual_time_ns"].as_u64().unwrap() as f64;
         write(format!("sync-{seed}"), &b);
-        for (policy, change) in &changes {
-            let mut a = paolo.clone();
+        for (policy, change) in changes {
+            let mut a = async_run.clone();
             a["config"]["parsed"]["seed"] = seed.into();
+            a["config"]["parsed"]["backend"]["kind"] = backend.into();
+            a["backend"] = backend.into();
             a["config"]["parsed"]["policy"]["module"]["name"] = (*policy).into();
             a["policy"]["module"] = (*policy).into();
             a["virtual_time_ns"] = ((t * (1.0 + change[seed as usize] / 100.0)) as u64).into();
             write(format!("{policy}-{seed}"), &a);
         }
     }
+}
+
+/// Fills `template` with `apflab paper` over the folders of `results`:
+/// the filled text, or the failed command's output.
+fn paper(results: &Path, template: &str) -> Result<String, std::process::Output> {
+    let file = results.join("t.in.md");
+    std::fs::write(&file, template).unwrap();
+    let filled = results.join("t.md");
+    let out = apflab(&[
+        "paper",
+        s(&file),
+        "--results",
+        s(results),
+        "--out",
+        s(&filled),
+    ]);
+    if out.status.code() != Some(0) {
+        return Err(out);
+    }
+    Ok(std::fs::read_to_string(filled).unwrap())
+}
+
+#[test]
+fn report_prints_no_difference_where_the_interval_holds_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, paolo) = sync_and_async_runs(dir.path());
+    // Four seeds of the pair, built from the two real results: the async
+    // run's makespan is the baseline's +1 %, -1 %, +0.5 %, -0.5 % (an
+    // interval around 0), then +10 %, +11 %, +9 %, +10 % for a second
+    // variant (an interval that excludes it).
+    let made = dir.path().join("made");
+    made_experiment(
+        &made,
+        (&base, &paolo),
+        &[
+            ("paolo", [1.0, -1.0, 0.5, -0.5]),
+            ("adaptive", [10.0, 11.0, 9.0, 10.0]),
+        ],
+        "emu",
+    );
     let md = dir.path().join("made.md");
     let out = apflab(&["report", s(&made), "--out", s(&md)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -831,24 +878,12 @@ fn report_prints_no_difference_where_the_interval_holds_zero() {
     assert!(row("adaptive").contains("| +10.0 ± 1.3 % |"), "{md}");
     // The paper's ranking: shortest makespan first, `<` only where the
     // paired interval excludes 0.
-    let template = dir.path().join("rank.in.md");
-    std::fs::write(
-        &template,
+    let ranked = paper(
+        dir.path(),
         "{{ranking made policy.module.name=adaptive,sync}}\n\
          {{ranking made policy.module.name=sync,paolo,adaptive}}\n",
     )
-    .unwrap();
-    let ranked = dir.path().join("rank.md");
-    let out = apflab(&[
-        "paper",
-        s(&template),
-        "--results",
-        s(dir.path()),
-        "--out",
-        s(&ranked),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let ranked = std::fs::read_to_string(ranked).unwrap();
+    .unwrap_or_else(|out| panic!("{}", text(&out)));
     let lines: Vec<&str> = ranked.lines().collect();
     assert_eq!(lines[0], "sync < adaptive", "{ranked}");
     assert!(
@@ -865,4 +900,131 @@ fn report_prints_no_difference_where_the_interval_holds_zero() {
         );
     }
     assert_eq!(svg.matches("(4 runs)").count(), 3, "{svg}");
+}
+
+#[test]
+fn kendall_compares_two_backends_rankings_with_untold_pairs_as_ties() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, paolo) = sync_and_async_runs(dir.path());
+    let runs = (&base, &paolo);
+    // On "emu": sync ≈ paolo < adaptive (paolo's interval holds 0).
+    let emu = [
+        ("paolo", [1.0, -1.0, 0.5, -0.5]),
+        ("adaptive", [10.0, 11.0, 9.0, 10.0]),
+    ];
+    made_experiment(&dir.path().join("emu"), runs, &emu, "emu");
+    // The same order on "kvm", with other figures: τ_b = 1 (the tied pair
+    // counts on neither side).
+    let alike = [
+        ("paolo", [2.0, -2.0, 1.0, -1.0]),
+        ("adaptive", [30.0, 31.0, 29.0, 30.0]),
+    ];
+    made_experiment(&dir.path().join("alike"), runs, &alike, "kvm");
+    // adaptive first: both of its pairs reversed, τ_b = -1.
+    let reversed = [
+        ("paolo", [1.0, -1.0, 0.5, -0.5]),
+        ("adaptive", [-10.0, -11.0, -9.0, -10.0]),
+    ];
+    made_experiment(&dir.path().join("reversed"), runs, &reversed, "kvm");
+    // sync < paolo < adaptive: the pair emu cannot tell apart is ordered
+    // here, so τ_b = 2 / √(2 · 3).
+    let finer = [
+        ("paolo", [5.0, 6.0, 4.0, 5.0]),
+        ("adaptive", [10.0, 11.0, 9.0, 10.0]),
+    ];
+    made_experiment(&dir.path().join("finer"), runs, &finer, "kvm");
+    // paolo's changes against sync hold 0 (+137.5 ± 214 %), sync's against
+    // paolo's do not (-48.8 ± 35.4 %): the pair is tied, as `ranking` (which
+    // measures against the shorter mean) says, whichever config comes first.
+    let skewed = [
+        ("paolo", [40.0, 330.0, 130.0, 50.0]),
+        ("adaptive", [1000.0, 1100.0, 900.0, 1000.0]),
+    ];
+    made_experiment(&dir.path().join("skewed"), runs, &skewed, "kvm");
+    let filled = paper(
+        dir.path(),
+        "{{kendall emu alike /virtual_time_ns}}\n\
+         {{kendall emu reversed /virtual_time_ns}}\n\
+         {{kendall emu finer /virtual_time_ns}}\n\
+         {{ranking skewed policy.module.name=sync,paolo,adaptive}}\n\
+         {{kendall emu skewed /virtual_time_ns}}\n",
+    );
+    let filled = filled.unwrap_or_else(|out| panic!("{}", text(&out)));
+    let lines: Vec<&str> = filled.lines().collect();
+    assert_eq!(
+        lines[0],
+        "τ_b = +1.00 over 3 configs (3 pairs: 2 ordered alike, 0 reversed, 1 told apart on \
+         one side only or neither)"
+    );
+    assert!(
+        lines[1].starts_with("τ_b = −1.00 over 3 configs (3 pairs: 0 ordered alike, 2 reversed,"),
+        "{filled}"
+    );
+    assert!(
+        lines[2].starts_with("τ_b = +0.82 over 3 configs"),
+        "{filled}"
+    );
+    assert!(
+        lines[2].contains("2 ordered alike, 0 reversed, 1 told"),
+        "{filled}"
+    );
+    assert_eq!(lines[3], "sync ≈ paolo < adaptive", "{filled}");
+    assert!(
+        lines[4].starts_with("τ_b = +1.00 over 3 configs (3 pairs: 2 ordered alike, 0 reversed,"),
+        "{filled}"
+    );
+
+    // Bad input names the template's line and what is wrong, exit 2.
+    std::fs::remove_dir_all(dir.path().join("finer").join("adaptive-2")).unwrap();
+    for (template, expected) in [
+        (
+            "{{kendall emu}}",
+            "expected `kendall EXPERIMENT OTHER-EXPERIMENT POINTER",
+        ),
+        (
+            "{{kendall emu alike virtual_time_ns}}",
+            "expected a JSON pointer",
+        ),
+        (
+            "{{kendall emu nowhere /virtual_time_ns}}",
+            "no results under",
+        ),
+        ("{{kendall emu alike /nope}}", "no number at `/nope`"),
+        (
+            "{{kendall emu alike /virtual_time_ns policy.module.name=sync}}",
+            "expected at least two to rank",
+        ),
+        (
+            "{{kendall emu alike /virtual_time_ns policy.module}}",
+            "expected dotted.key=value",
+        ),
+        (
+            "{{kendall emu finer /virtual_time_ns}}",
+            "no run to pair it with has its seeds",
+        ),
+    ] {
+        let out = paper(dir.path(), &format!("line 1\n{template}\n")).unwrap_err();
+        assert_eq!(out.status.code(), Some(2), "{template}: {}", text(&out));
+        assert!(
+            text(&out).contains("t.in.md:2:"),
+            "{template}: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains(expected), "{template}: {}", text(&out));
+    }
+    // A config one side never ran.
+    made_experiment(
+        &dir.path().join("fewer"),
+        runs,
+        &[("paolo", [1.0, -1.0, 0.5, -0.5])],
+        "kvm",
+    );
+    let out = paper(dir.path(), "{{kendall emu fewer /virtual_time_ns}}\n").unwrap_err();
+    assert!(
+        text(&out).contains(
+            "fewer has no run of its config (both experiments must run the same configs)"
+        ),
+        "{}",
+        text(&out)
+    );
 }
