@@ -123,8 +123,9 @@ pub(super) fn fill_tlb(
                 (
                     None,
                     None,
-                    // The engine's TLB pages are 1 KiB (the smallest arm
-                    // granule QEMU supports): map exactly the one asked for.
+                    // The engine's TLB pages are the guest's smallest,
+                    // 4 KiB (set in `vcpu.rs`): map exactly the one asked
+                    // for.
                     Some(TlbEntry {
                         paddr: ipa,
                         perms: prot,

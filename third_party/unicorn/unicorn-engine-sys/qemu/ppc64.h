@@ -788,6 +788,7 @@
 #define tlb_flush_page_by_mmuidx_all_cpus_synced tlb_flush_page_by_mmuidx_all_cpus_synced_ppc64
 #define tlb_flush_page_all_cpus_synced tlb_flush_page_all_cpus_synced_ppc64
 #define tlb_protect_code tlb_protect_code_ppc64
+#define tb_page_has_code tb_page_has_code_ppc64
 #define tlb_unprotect_code tlb_unprotect_code_ppc64
 #define tlb_reset_dirty tlb_reset_dirty_ppc64
 #define tlb_set_dirty tlb_set_dirty_ppc64

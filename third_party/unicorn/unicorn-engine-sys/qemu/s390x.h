@@ -788,6 +788,7 @@
 #define tlb_flush_page_by_mmuidx_all_cpus_synced tlb_flush_page_by_mmuidx_all_cpus_synced_s390x
 #define tlb_flush_page_all_cpus_synced tlb_flush_page_all_cpus_synced_s390x
 #define tlb_protect_code tlb_protect_code_s390x
+#define tb_page_has_code tb_page_has_code_s390x
 #define tlb_unprotect_code tlb_unprotect_code_s390x
 #define tlb_reset_dirty tlb_reset_dirty_s390x
 #define tlb_set_dirty tlb_set_dirty_s390x

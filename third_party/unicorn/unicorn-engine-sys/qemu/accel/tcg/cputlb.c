@@ -614,8 +614,16 @@ void tlb_flush_page_all_cpus_synced(CPUState *src, target_ulong addr)
    can be detected */
 void tlb_protect_code(struct uc_struct *uc, ram_addr_t ram_addr)
 {
-    cpu_physical_memory_test_and_clear_dirty(ram_addr, TARGET_PAGE_SIZE,
-                                             DIRTY_MEMORY_CODE);
+    /*
+     * The page's first TB: entries filled while it had none let writes
+     * through on the fast path, so send them back to the slow one (QEMU
+     * does this when it clears the page's DIRTY_MEMORY_CODE bit).
+     */
+    if (uc->cpu) {
+        tlb_reset_dirty(uc->cpu,
+                        (uintptr_t)qemu_map_ram_ptr(uc, NULL, ram_addr & TARGET_PAGE_MASK),
+                        TARGET_PAGE_SIZE);
+    }
 }
 
 /* update the TLB so that writes in physical page 'phys_addr' are no longer
@@ -874,7 +882,8 @@ void tlb_set_page_with_attrs(CPUState *cpu, target_ulong vaddr,
         if (prot & PAGE_WRITE) {
             if (section->readonly) {
                 write_address |= TLB_DISCARD_WRITE;
-            } else if (cpu_physical_memory_is_clean(iotlb)) {
+            } else if (tb_page_has_code(cpu->uc, iotlb)) {
+                /* Writes to this page must invalidate its code. */
                 write_address |= TLB_NOTDIRTY;
             }
         }

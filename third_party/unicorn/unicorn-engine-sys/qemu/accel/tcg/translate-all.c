@@ -424,6 +424,18 @@ static inline PageDesc *page_find(struct uc_struct *uc, tb_page_addr_t index)
 static void page_lock_pair(struct uc_struct *uc, PageDesc **ret_p1, tb_page_addr_t phys1,
                            PageDesc **ret_p2, tb_page_addr_t phys2, int alloc);
 
+/*
+ * Whether translated code exists for the RAM page of @ram_addr: the
+ * question QEMU answers with its DIRTY_MEMORY_CODE bitmap, which unicorn
+ * does not keep. The page's TB list is the same fact.
+ */
+bool tb_page_has_code(struct uc_struct *uc, ram_addr_t ram_addr)
+{
+    PageDesc *p = page_find(uc, ram_addr >> TARGET_PAGE_BITS);
+
+    return p != NULL && p->first_tb != (uintptr_t)NULL;
+}
+
 #ifdef CONFIG_DEBUG_TCG
 
 static void ht_pages_locked_debug_init(void)

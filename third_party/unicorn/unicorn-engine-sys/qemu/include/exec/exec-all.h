@@ -464,6 +464,8 @@ tb_page_addr_t get_page_addr_code_hostp(CPUArchState *env, target_ulong addr,
                                         void **hostp);
 
 void tlb_reset_dirty(CPUState *cpu, ram_addr_t start1, ram_addr_t length);
+/* Whether translated code exists for the RAM page of @ram_addr. */
+bool tb_page_has_code(struct uc_struct *uc, ram_addr_t ram_addr);
 void tlb_reset_dirty_by_vaddr(CPUState *cpu, target_ulong start1, target_ulong length);
 void tlb_set_dirty(CPUState *cpu, target_ulong vaddr);
 
