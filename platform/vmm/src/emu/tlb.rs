@@ -16,15 +16,15 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::absent::AbsentPages;
 use super::exception::{Access, GuestFault};
-use super::regs::{EngineCode, SCTLR_EL1, TCR_EL1, cp};
+use super::regs::EngineCode;
 use super::state::HookState;
 use apflab_hypervisor::arch::stage1::{
     AccessLevel, GuestPhysMem, Permissions, TranslationRegs, UnsupportedSetup, Walk, WalkError,
 };
 use apflab_hypervisor::arch::syndrome::FaultStatus;
-use apflab_hypervisor::arch::{SysRegId, pstate};
+use apflab_hypervisor::arch::pstate;
 use apflab_hypervisor::{CrashReason, NotResidentFault, PageAccess, VmExit};
-use unicorn_engine_sys::{uc_error, uc_tlb_fill_mmu_index};
+use unicorn_engine_sys::{uc_arm64_tlb_fill_regs, uc_error, uc_tlb_fill_mmu_index};
 
 /// Guest RAM as the stage-1 walk of a TLB fill reads it.
 struct WalkMemory<'a> {
@@ -44,6 +44,19 @@ impl GuestPhysMem for WalkMemory<'_> {
     }
 }
 
+/// What a TLB fill found, before the PC is read: only a fill that stops
+/// the vCPU reports it, and reading it is a fifth of a fill's cost.
+enum Filled {
+    /// The translation to give the engine.
+    Entry(TlbEntry),
+    /// A fault of the guest's own translation, for the guest to take.
+    Fault(GuestFault),
+    /// The target page, or a table of the walk, is withheld by the pager.
+    NotResident { page: Gpa, access: PageAccess },
+    /// A setup the walk cannot follow faithfully.
+    Crash(CrashReason),
+}
+
 /// The engine's TLB fill for the page at `va`: the guest's stage-1 walk,
 /// the permissions of the access (see the module comment), and the pager's word on
 /// the target page. `None` fails the access before it has any effect; the
@@ -54,27 +67,25 @@ pub(super) fn fill_tlb(
     va: u64,
     kind: MemType,
 ) -> Option<TlbEntry> {
-    let pc = uc.pc_read().unwrap_or(0);
-    let ps = uc.reg_read(RegisterARM64::PSTATE).unwrap_or(0);
+    let (regs, ps) = match fill_regs(uc) {
+        Ok((regs, ps)) => (Ok(regs), ps),
+        Err(e) => (Err(e), 0),
+    };
     let needs = access_level(uc, ps);
-    let regs = translation_regs(uc);
     let st = uc.get_data_mut();
     let mem = WalkMemory {
         memory: &st.memory,
         absent: &st.absent,
     };
-    let crash = |reason: CrashReason| VmExit::Crash {
-        pc,
-        addr: Some(va),
-        reason,
-    };
     let access = Access::of(kind);
-    let abort = |status: FaultStatus| GuestFault::Abort {
-        page_va: va,
-        access,
-        status,
+    let abort = |status: FaultStatus| {
+        Filled::Fault(GuestFault::Abort {
+            page_va: va,
+            access,
+            status,
+        })
     };
-    let (exit, fault, entry) = match regs.map(|r| r.walk(va, &mem)) {
+    let filled = match regs.map(|r| r.walk(va, &mem)) {
         Ok(Ok(Walk::Leaf { ipa, desc, level })) => {
             let page = ipa & !(PAGE_SIZE - 1);
             let perms = Permissions::of(desc, needs);
@@ -84,28 +95,20 @@ pub(super) fn fill_tlb(
                 _ => perms.read,
             };
             if !allowed {
-                let status = if Permissions::access_flag_clear(desc) {
+                abort(if Permissions::access_flag_clear(desc) {
                     FaultStatus::AccessFlag(level)
                 } else {
                     FaultStatus::Permission(level)
-                };
-                (None, Some(abort(status)), None)
+                })
             } else if st.absent.is_absent(page) {
-                (
-                    Some(VmExit::NotResident(NotResidentFault::new(
-                        Gpa(page),
-                        match kind {
-                            MemType::WRITE => PageAccess::Write,
-                            MemType::FETCH => PageAccess::Fetch,
-                            _ => PageAccess::Read,
-                        },
-                        pc,
-                        va,
-                        ps,
-                    ))),
-                    None,
-                    None,
-                )
+                Filled::NotResident {
+                    page: Gpa(page),
+                    access: match kind {
+                        MemType::WRITE => PageAccess::Write,
+                        MemType::FETCH => PageAccess::Fetch,
+                        _ => PageAccess::Read,
+                    },
+                }
             } else {
                 if kind == MemType::FETCH && !st.probing.get() {
                     st.last_fetch = (va & !(PAGE_SIZE - 1), ipa & !(PAGE_SIZE - 1));
@@ -120,55 +123,46 @@ pub(super) fn fill_tlb(
                         prot |= p;
                     }
                 }
-                (
-                    None,
-                    None,
-                    // The engine's TLB pages are the guest's smallest,
-                    // 4 KiB (set in `vcpu.rs`): map exactly the one asked
-                    // for.
-                    Some(TlbEntry {
-                        paddr: ipa,
-                        perms: prot,
-                    }),
-                )
+                // The engine's TLB pages are the guest's smallest, 4 KiB
+                // (set in `vcpu.rs`): map exactly the one asked for.
+                Filled::Entry(TlbEntry {
+                    paddr: ipa,
+                    perms: prot,
+                })
             }
         }
-        Ok(Ok(Walk::NeedsPage(ipa))) => (
-            Some(VmExit::NotResident(NotResidentFault::new(
-                Gpa(ipa).page_base(),
-                PageAccess::Read,
-                pc,
-                va,
-                ps,
-            ))),
-            None,
-            None,
-        ),
-        Ok(Err(e)) => match walk_fault(&e) {
-            Ok(status) => (None, Some(abort(status)), None),
-            Err(setup) => (
-                Some(crash(CrashReason::UnsupportedTranslation(setup))),
-                None,
-                None,
-            ),
+        Ok(Ok(Walk::NeedsPage(ipa))) => Filled::NotResident {
+            page: Gpa(ipa).page_base(),
+            access: PageAccess::Read,
         },
-        Err(e) => (
-            Some(crash(CrashReason::MmuRegistersUnreadable(Arc::new(
-                EngineCode(e),
-            )))),
-            None,
-            None,
-        ),
+        Ok(Err(e)) => match walk_fault(&e) {
+            Ok(status) => abort(status),
+            Err(setup) => Filled::Crash(CrashReason::UnsupportedTranslation(setup)),
+        },
+        Err(e) => Filled::Crash(CrashReason::MmuRegistersUnreadable(Arc::new(EngineCode(e)))),
     };
-    if !st.probing.get() {
-        if exit.is_some() {
-            st.pending = exit;
+    let probing = st.probing.get();
+    let pc = |uc: &Unicorn<'_, HookState>| uc.reg_read(RegisterARM64::PC).unwrap_or(0);
+    let exit = match filled {
+        Filled::Entry(entry) => return Some(entry),
+        // A probe (an instruction read of the VMM's own) leaves the vCPU
+        // as it was.
+        _ if probing => return None,
+        Filled::Fault(fault) => {
+            uc.get_data_mut().fault = Some(fault);
+            return None;
         }
-        if fault.is_some() {
-            st.fault = fault;
+        Filled::NotResident { page, access } => {
+            VmExit::NotResident(NotResidentFault::new(page, access, pc(uc), va, ps))
         }
-    }
-    entry
+        Filled::Crash(reason) => VmExit::Crash {
+            pc: pc(uc),
+            addr: Some(va),
+            reason,
+        },
+    };
+    uc.get_data_mut().pending = Some(exit);
+    None
 }
 
 /// QEMU's AArch64 MMU indexes (`ARMMMUIdx` without the profile bit) of
@@ -212,17 +206,24 @@ fn walk_fault(e: &WalkError) -> Result<FaultStatus, UnsupportedSetup> {
     })
 }
 
-/// The vCPU's EL1&0 translation registers.
-fn translation_regs(uc: &Unicorn<'_, HookState>) -> Result<TranslationRegs, uc_error> {
-    let coproc = |reg: SysRegId| {
-        let mut c = cp(reg);
-        uc.reg_read_arm64_coproc(&mut c).map(|()| c.val)
-    };
-    let reg = |r: RegisterARM64| uc.reg_read(r);
-    Ok(TranslationRegs {
-        sctlr: coproc(SCTLR_EL1)?,
-        tcr: coproc(TCR_EL1)?,
-        ttbr0: reg(RegisterARM64::TTBR0_EL1)?,
-        ttbr1: reg(RegisterARM64::TTBR1_EL1)?,
-    })
+/// The vCPU's EL1&0 translation registers and PSTATE, as the fill in
+/// progress sees them, in one call into the engine (`third_party/unicorn`
+/// patch 0008): a fill runs on every TLB miss, and one register read each
+/// was a tenth of a store-heavy guest's time.
+fn fill_regs(uc: &Unicorn<'_, HookState>) -> Result<(TranslationRegs, u64), uc_error> {
+    let mut r = [0u64; 5];
+    // SAFETY: the engine's own handle, inside its TLB fill hook; `r` has
+    // room for the five values it writes.
+    match unsafe { uc_arm64_tlb_fill_regs(uc.get_handle(), r.as_mut_ptr()) } {
+        uc_error::OK => Ok((
+            TranslationRegs {
+                sctlr: r[0],
+                tcr: r[1],
+                ttbr0: r[2],
+                ttbr1: r[3],
+            },
+            r[4],
+        )),
+        e => Err(e),
+    }
 }

@@ -1498,6 +1498,19 @@ UNICORN_EXPORT
 uc_err uc_tlb_fill_mmu_index(uc_engine *uc, int *mmu_idx);
 
 /*
+ From a UC_HOOK_TLB_FILL hook of an AArch64 engine: what a stage-1 walk of
+ the EL1&0 regime reads, in one call instead of one register read each
+ (a hook that walks the guest's tables runs on every TLB miss):
+ regs[0] SCTLR_EL1, regs[1] TCR_EL1, regs[2] TTBR0_EL1, regs[3] TTBR1_EL1,
+ regs[4] PSTATE (as UC_ARM64_REG_PSTATE reads it).
+
+ @return UC_ERR_OK, UC_ERR_ARG outside a TLB fill, or UC_ERR_ARCH for an
+ engine of another architecture.
+*/
+UNICORN_EXPORT
+uc_err uc_arm64_tlb_fill_regs(uc_engine *uc, uint64_t regs[5]);
+
+/*
  With @on, the engine stops as soon as PSTATE.I is clear when it returns to
  its main loop, which it does after every instruction that can clear it
  (MSR DAIFClr, MSR DAIF, ERET): a host that keeps an interrupt pending for

@@ -138,6 +138,28 @@ static uc_err write_cp_reg(CPUARMState *env, uc_arm64_cp_reg *cp)
     return UC_ERR_OK;
 }
 
+UNICORN_EXPORT
+uc_err uc_arm64_tlb_fill_regs(uc_engine *uc, uint64_t regs[5])
+{
+    CPUARMState *env;
+
+    if (uc->arch != UC_ARCH_ARM64) {
+        return UC_ERR_ARCH;
+    }
+    // Only inside a TLB fill, where the engine is set up (no UC_INIT,
+    // which a hook must not run).
+    if (uc->tlb_fill_mmu_idx < 0) {
+        return UC_ERR_ARG;
+    }
+    env = uc->cpu->env_ptr;
+    regs[0] = env->cp15.sctlr_el[1];
+    regs[1] = env->cp15.tcr_el[1].raw_tcr;
+    regs[2] = env->cp15.ttbr0_el[1];
+    regs[3] = env->cp15.ttbr1_el[1];
+    regs[4] = pstate_read(env);
+    return UC_ERR_OK;
+}
+
 DEFAULT_VISIBILITY
 uc_err reg_read(void *_env, int mode, unsigned int regid, void *value,
                 size_t *size)
