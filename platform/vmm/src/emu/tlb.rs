@@ -18,11 +18,11 @@ use super::absent::AbsentPages;
 use super::exception::{Access, GuestFault};
 use super::regs::EngineCode;
 use super::state::HookState;
+use apflab_hypervisor::arch::pstate;
 use apflab_hypervisor::arch::stage1::{
     AccessLevel, GuestPhysMem, Permissions, TranslationRegs, UnsupportedSetup, Walk, WalkError,
 };
 use apflab_hypervisor::arch::syndrome::FaultStatus;
-use apflab_hypervisor::arch::pstate;
 use apflab_hypervisor::{CrashReason, NotResidentFault, PageAccess, VmExit};
 use unicorn_engine_sys::{uc_arm64_tlb_fill_regs, uc_error, uc_tlb_fill_mmu_index};
 
