@@ -45,7 +45,9 @@ impl GuestPhysMem for WalkMemory<'_> {
 }
 
 /// What a TLB fill found, before the PC is read: only a fill that stops
-/// the vCPU reports it, and reading it is a fifth of a fill's cost.
+/// the vCPU reports it, and reading it on every fill (through
+/// unicorn-engine's `pc_read`, which asks the engine for its mode first)
+/// took 18 % of a store-heavy guest's `perf` samples.
 enum Filled {
     /// The translation to give the engine.
     Entry(TlbEntry),
