@@ -1042,8 +1042,20 @@ impl Layout {
         if r.config.sha256 != loaded.sha256 || r.backend != backend.name() {
             return Existing::Stale;
         }
-        match experiment.kernel_sha256(index) {
-            Some(k) if *k == r.config.kernel_sha256 => Existing::Done(Box::new(r)),
+        if experiment.kernel_sha256(index) != Some(&r.config.kernel_sha256) {
+            return Existing::Stale;
+        }
+        // A Linux guest's initramfs (apflab's init, rebuilt with apflab, or
+        // the config's own) is as much the guest as its kernel is.
+        let initrd = loaded.config.initrd_path.as_ref().map(|path| {
+            let ram = loaded.config.guest.memory_mib.saturating_mul(1 << 20);
+            apflab_files::read_regular(path, ram, "guest RAM")
+                .ok()
+                .map(|bytes| sha256_hex(&bytes))
+        });
+        match (initrd, &r.config.initrd_sha256) {
+            (None, None) => Existing::Done(Box::new(r)),
+            (Some(Some(now)), Some(then)) if now == *then => Existing::Done(Box::new(r)),
             _ => Existing::Stale,
         }
     }

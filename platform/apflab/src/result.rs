@@ -140,6 +140,11 @@ pub struct ConfigRecord {
     pub sha256: String,
     /// SHA-256 of the guest kernel file that was booted.
     pub kernel_sha256: String,
+    /// SHA-256 of the initramfs a Linux guest booted with (apflab's init
+    /// or the config's own `guest.initrd`); none for apflab's own kernel.
+    /// A Linux run depends on these bytes as on the kernel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_sha256: Option<String>,
     /// The guest's bootargs as passed.
     pub bootargs: String,
     /// The config as parsed, with defaults filled in.
@@ -547,6 +552,8 @@ pub struct RunInputs<'a> {
     pub config_sha256: &'a str,
     /// SHA-256 of the kernel file.
     pub kernel_sha256: &'a str,
+    /// SHA-256 of the Linux guest's initramfs, if it has one.
+    pub initrd_sha256: Option<&'a str>,
     /// The validated config (backend already overridden if asked).
     pub config: &'a Config,
     /// The config file as named by the user.
@@ -647,6 +654,7 @@ impl RunResult {
                 name: inputs.name.to_owned(),
                 sha256: inputs.config_sha256.to_owned(),
                 kernel_sha256: inputs.kernel_sha256.to_owned(),
+                initrd_sha256: inputs.initrd_sha256.map(str::to_owned),
                 bootargs: config.bootargs(),
                 parsed: serde_json::to_value(config).unwrap_or(serde_json::Value::Null),
             },

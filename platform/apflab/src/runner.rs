@@ -31,6 +31,15 @@ pub enum RunError {
         #[source]
         error: std::io::Error,
     },
+    /// A Linux guest's initramfs could not be read.
+    #[error("{path}: cannot read the initramfs: {error}")]
+    Initrd {
+        /// The initramfs.
+        path: String,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
     /// The VMM refused the configuration (bad image, unsupported backend on
     /// this host...).
     #[error("cannot start the VM: {0}")]
@@ -157,6 +166,7 @@ impl RunError {
         matches!(
             self,
             RunError::Kernel { .. }
+                | RunError::Initrd { .. }
                 | RunError::Setup(_)
                 | RunError::Sections { .. }
                 | RunError::Pager(_)
@@ -461,6 +471,17 @@ pub fn run_config(
         })?;
     let kernel_sha256 = sha256_hex(&kernel);
     drop(kernel);
+    let initrd_sha256 = match &config.initrd_path {
+        Some(path) => Some(
+            apflab_files::read_regular(path, ram, "guest RAM")
+                .map(|bytes| sha256_hex(&bytes))
+                .map_err(|error| RunError::Initrd {
+                    path: path.display().to_string(),
+                    error,
+                })?,
+        ),
+        None => None,
+    };
 
     let started_at = SystemTime::now();
     let mut pager = pager(&config, &loaded.path)?;
@@ -479,6 +500,7 @@ pub fn run_config(
             name: &loaded.name,
             config_sha256: &loaded.sha256,
             kernel_sha256: &kernel_sha256,
+            initrd_sha256: initrd_sha256.as_deref(),
             config: &config,
             config_path: &loaded.path,
             started_at,

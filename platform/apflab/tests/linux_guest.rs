@@ -249,6 +249,61 @@ fn linux_kv_reports_its_request_latencies_at_fine_resolution() {
     assert!(0 < ns("p50_ns") && ns("p50_ns") <= ns("p99_ns") && ns("p99_ns") <= ns("max_ns"));
 }
 
+#[test]
+fn the_initramfs_is_in_the_results_and_a_changed_one_makes_a_matrix_run_again() {
+    let Some(kernel) = common::debian_kernel() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.cpio.gz");
+    let built = std::fs::read(apflab_artifacts::linux_initramfs()).unwrap();
+    std::fs::write(&initrd, &built).unwrap();
+    std::fs::write(
+        dir.path().join("base.toml"),
+        format!(
+            "seed = 7\n[guest]\nvcpus = 1\nmemory_mib = 256\nkernel = {kernel:?}\n\
+             initrd = \"initrd.cpio.gz\"\n[workload]\nkind = \"cpu\"\nops = 100000\n\
+             [backend]\nkind = \"emu\"\n"
+        ),
+    )
+    .unwrap();
+    let exp = dir.path().join("exp.toml");
+    std::fs::write(&exp, "base = \"base.toml\"\n[axes]\nseed = [7]\n").unwrap();
+    let out_dir = dir.path().join("out");
+    let matrix = || {
+        let out = Command::new(APFLAB)
+            .arg("matrix")
+            .arg(&exp)
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{log}");
+        log
+    };
+    let recorded = || {
+        let r: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out_dir.join("r000/result.json")).unwrap(),
+        )
+        .unwrap();
+        r["config"]["initrd_sha256"].as_str().unwrap().to_owned()
+    };
+
+    matrix();
+    assert_eq!(recorded(), apflab::config::sha256_hex(&built));
+    assert!(matrix().contains("1 of 1 points already have results"));
+    // Zeros after the archive are padding to the kernel's unpacker: the same
+    // files, other bytes, so the point is another run.
+    let mut padded = built.clone();
+    padded.extend_from_slice(&[0; 512]);
+    std::fs::write(&initrd, &padded).unwrap();
+    let log = matrix();
+    assert!(!log.contains("already"), "{log}");
+    assert_eq!(recorded(), apflab::config::sha256_hex(&padded));
+}
+
 /// Linux's `mixed` workload on far memory holding half its working set,
 /// 100 µs fetches, plus `extra` sections.
 fn linux_apf_config(kernel: &Path, vcpus: u32, extra: &str) -> String {
