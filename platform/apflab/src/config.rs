@@ -649,6 +649,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Hex SHA-256 of the regular file `path`, refused above `max_bytes` (the
+/// limit `why` names) as [`apflab_files::read_regular`] refuses it.
+pub fn file_sha256(path: &Path, max_bytes: u64, why: &str) -> std::io::Result<String> {
+    apflab_files::read_regular(path, max_bytes, why).map(|bytes| sha256_hex(&bytes))
+}
+
 /// Deserializes TOML `text` (named `file` in errors) into `T`, with errors
 /// that give the position and the dotted key.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
@@ -1344,9 +1350,7 @@ impl Config {
             return None;
         };
         let max = apflab_policy_host::PolicyConfig::default().max_module_bytes as u64;
-        apflab_files::read_regular(path, max, "max_module_bytes")
-            .ok()
-            .map(|bytes| sha256_hex(&bytes))
+        file_sha256(path, max, "max_module_bytes").ok()
     }
 
     /// The guest's `/chosen/bootargs`: every workload parameter explicitly,

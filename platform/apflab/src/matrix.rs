@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::config::{Backend, Config, ConfigError, LoadedConfig, sha256_hex};
+use crate::config::{Backend, Config, ConfigError, LoadedConfig, file_sha256};
 use crate::report::{ReportError, find_results, load_result};
 use crate::result::{RunResult, SCHEMA_VERSION};
 use apflab_files::write_atomic;
@@ -144,14 +144,16 @@ fn label(values: &[(String, toml::Value)], repetition: u32) -> String {
 
 /// What [`Experiment::load`] keeps of each point once it has checked its
 /// config: what choosing, preflighting and resuming need without building
-/// the config again (48 bytes a point).
+/// the config again (56 bytes a point).
 #[derive(Clone, Copy, Debug)]
 struct PointFacts {
     backend: Backend,
     vcpus: u32,
     memory_mib: u64,
-    /// Index into [`Experiment::kernels`].
+    /// Index into [`Experiment::guest_files`].
     kernel: u32,
+    /// A Linux guest's initramfs, index into [`Experiment::guest_files`].
+    initrd: Option<u32>,
     seed: u64,
     wall_timeout_ms: Option<u64>,
 }
@@ -213,10 +215,10 @@ pub struct Experiment {
     base_pager_seed: u64,
     /// Per point, in grid order.
     facts: Vec<PointFacts>,
-    /// The distinct guest kernels the points boot.
-    kernels: Vec<PathBuf>,
+    /// The distinct guest files the points boot: kernels and initramfs.
+    guest_files: Vec<PathBuf>,
     /// Their SHA-256 (`None`: unreadable), computed once when asked.
-    kernel_hashes: Vec<std::sync::OnceLock<Option<String>>>,
+    guest_file_hashes: Vec<std::sync::OnceLock<Option<String>>>,
     /// Every file the points read (configs, kernels, stores, samples,
     /// policies), each once.
     pub inputs: Vec<PathBuf>,
@@ -480,8 +482,8 @@ impl Experiment {
             base_seed: base_config.seed,
             base_pager_seed: base_config.pager.as_ref().map_or(0, |p| p.seed),
             facts: Vec::with_capacity(count),
-            kernels: Vec::new(),
-            kernel_hashes: Vec::new(),
+            guest_files: Vec::new(),
+            guest_file_hashes: Vec::new(),
             inputs: Vec::new(),
         };
         experiment.add_input(path.to_path_buf());
@@ -489,18 +491,11 @@ impl Experiment {
         for index in 0..count {
             let loaded = experiment.config(index)?;
             let config = &loaded.config;
-            let kernel = match experiment
-                .kernels
-                .iter()
-                .position(|k| *k == config.kernel_path)
-            {
-                Some(k) => k,
-                None => {
-                    experiment.kernels.push(config.kernel_path.clone());
-                    experiment.kernel_hashes.push(std::sync::OnceLock::new());
-                    experiment.kernels.len() - 1
-                }
-            };
+            let kernel = experiment.guest_file(&config.kernel_path);
+            let initrd = config
+                .initrd_path
+                .as_deref()
+                .map(|i| experiment.guest_file(i));
             for input in crate::runner::inputs(&loaded.path, config) {
                 experiment.add_input(input);
             }
@@ -508,7 +503,8 @@ impl Experiment {
                 backend: config.backend.kind,
                 vcpus: config.guest.vcpus,
                 memory_mib: config.guest.memory_mib,
-                kernel: kernel as u32,
+                kernel,
+                initrd,
                 seed: config.seed,
                 wall_timeout_ms: config.backend.wall_timeout_ms,
             });
@@ -628,19 +624,44 @@ impl Experiment {
         backend.unwrap_or(self.facts[index].backend)
     }
 
-    /// The SHA-256 of the kernel point `index` boots (`None` if it cannot
-    /// be read), read once per kernel.
-    fn kernel_sha256(&self, index: usize) -> Option<&String> {
-        let facts = self.facts[index];
-        let k = facts.kernel as usize;
-        self.kernel_hashes[k]
+    /// The index of guest file `path` in [`Experiment::guest_files`],
+    /// added if new.
+    fn guest_file(&mut self, path: &Path) -> u32 {
+        let k = match self.guest_files.iter().position(|f| f == path) {
+            Some(k) => k,
+            None => {
+                self.guest_files.push(path.to_path_buf());
+                self.guest_file_hashes.push(std::sync::OnceLock::new());
+                self.guest_files.len() - 1
+            }
+        };
+        k as u32
+    }
+
+    /// The SHA-256 of guest file `file` as point `index` loads it (`None`
+    /// if it cannot be read), read once per file.
+    fn guest_file_sha256(&self, index: usize, file: u32) -> Option<&String> {
+        let k = file as usize;
+        self.guest_file_hashes[k]
             .get_or_init(|| {
-                let ram = facts.memory_mib.saturating_mul(1 << 20);
-                apflab_files::read_regular(&self.kernels[k], ram, "guest RAM")
-                    .ok()
-                    .map(|bytes| sha256_hex(&bytes))
+                let ram = self.facts[index].memory_mib.saturating_mul(1 << 20);
+                file_sha256(&self.guest_files[k], ram, "guest RAM").ok()
             })
             .as_ref()
+    }
+
+    /// The SHA-256 of the kernel point `index` boots (`None` if it cannot
+    /// be read).
+    fn kernel_sha256(&self, index: usize) -> Option<&String> {
+        self.guest_file_sha256(index, self.facts[index].kernel)
+    }
+
+    /// The SHA-256 of the initramfs point `index` boots a Linux guest with:
+    /// `None` without one, `Some(None)` if it cannot be read.
+    fn initrd_sha256(&self, index: usize) -> Option<Option<&String>> {
+        self.facts[index]
+            .initrd
+            .map(|file| self.guest_file_sha256(index, file))
     }
 
     /// The wall-clock limit of point `index`, `--wall-timeout`
@@ -1047,15 +1068,9 @@ impl Layout {
         }
         // A Linux guest's initramfs (apflab's init, rebuilt with apflab, or
         // the config's own) is as much the guest as its kernel is.
-        let initrd = loaded.config.initrd_path.as_ref().map(|path| {
-            let ram = loaded.config.guest.memory_mib.saturating_mul(1 << 20);
-            apflab_files::read_regular(path, ram, "guest RAM")
-                .ok()
-                .map(|bytes| sha256_hex(&bytes))
-        });
-        match (initrd, &r.config.initrd_sha256) {
+        match (experiment.initrd_sha256(index), &r.config.initrd_sha256) {
             (None, None) => Existing::Done(Box::new(r)),
-            (Some(Some(now)), Some(then)) if now == *then => Existing::Done(Box::new(r)),
+            (Some(Some(now)), Some(then)) if now == then => Existing::Done(Box::new(r)),
             _ => Existing::Stale,
         }
     }

@@ -14,7 +14,7 @@ use apflab_vmm::{
     NoFarMemory, RunOutcome, SnapshotError, SnapshotPlan, SnapshotRequest, Vm, VmConfig, VmError,
 };
 
-use crate::config::{Backend, Config, LoadedConfig, sha256_hex};
+use crate::config::{Backend, Config, LoadedConfig, file_sha256};
 use crate::page_server::KernelPager;
 use crate::policy_config::PolicyChoice;
 use crate::result::{PolicyRecord, RunInputs, RunResult};
@@ -382,6 +382,7 @@ pub const TOKEN_LOG: &str = "tokens.csv";
 pub fn inputs(path: &Path, config: &Config) -> Vec<PathBuf> {
     use apflab_pager::{LatencyConfig, StoreConfig};
     let mut files = vec![path.to_path_buf(), config.kernel_path.clone()];
+    files.extend(config.initrd_path.clone());
     if let Some(pager) = &config.pager {
         if let StoreConfig::File { path } = &pager.store {
             files.push(config.base_dir.join(path));
@@ -462,26 +463,21 @@ pub fn run_config(
     // No larger than guest RAM, which it is loaded into (and checked again
     // there): a regular file, refused before it is read otherwise.
     let ram = config.guest.memory_mib.saturating_mul(1 << 20);
-    let kernel =
-        apflab_files::read_regular(&config.kernel_path, ram, "guest RAM").map_err(|error| {
-            RunError::Kernel {
-                path: config.kernel_path.display().to_string(),
-                error,
-            }
+    let kernel_sha256 =
+        file_sha256(&config.kernel_path, ram, "guest RAM").map_err(|error| RunError::Kernel {
+            path: config.kernel_path.display().to_string(),
+            error,
         })?;
-    let kernel_sha256 = sha256_hex(&kernel);
-    drop(kernel);
-    let initrd_sha256 = match &config.initrd_path {
-        Some(path) => Some(
-            apflab_files::read_regular(path, ram, "guest RAM")
-                .map(|bytes| sha256_hex(&bytes))
-                .map_err(|error| RunError::Initrd {
-                    path: path.display().to_string(),
-                    error,
-                })?,
-        ),
-        None => None,
-    };
+    let initrd_sha256 = config
+        .initrd_path
+        .as_ref()
+        .map(|path| {
+            file_sha256(path, ram, "guest RAM").map_err(|error| RunError::Initrd {
+                path: path.display().to_string(),
+                error,
+            })
+        })
+        .transpose()?;
 
     let started_at = SystemTime::now();
     let mut pager = pager(&config, &loaded.path)?;
