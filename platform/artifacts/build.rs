@@ -7,7 +7,8 @@
 //! target `wasm32-unknown-unknown`), so that a plain
 //! `cargo build` or `cargo test` of the workspace has them ready.
 //!
-//! Each is its own cargo workspace, built by a nested cargo into
+//! Each but the Linux init is its own cargo workspace; the init is a member
+//! of this one. Each is built by a nested cargo into
 //! `<target>/apflab-artifacts/` (a directory of its own, so the nested cargo
 //! never waits on the outer one's lock), or into `APFLAB_ARTIFACTS_DIR`.
 
@@ -16,25 +17,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUEST_TARGET: &str = "aarch64-unknown-none-softfloat";
-const LINUX_TARGET: &str = "aarch64-unknown-linux-musl";
-const POLICY_TARGET: &str = "wasm32-unknown-unknown";
+#[path = "src/nested.rs"]
+mod nested;
 
-/// Variables of the outer build that would change what the nested cargo
-/// does (flags meant for host code, clippy's driver, the outer target dir).
-const OUTER_ONLY_VARS: &[&str] = &[
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO_BUILD_RUSTFLAGS",
-    "CARGO_PRIMARY_PACKAGE",
-    "__CARGO_FIX_PLZ",
-    "CARGO_LLVM_COV",
-    "LLVM_PROFILE_FILE",
-];
+use nested::{GUEST_TARGET, POLICY_TARGET};
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -73,22 +59,18 @@ fn main() {
         root.join("rust-toolchain.toml").display()
     );
 
-    // The checkout's path must not reach the artifacts: panic locations
-    // carry source paths, and their lengths move the guest's data, its
-    // instruction counts and so emu's virtual times, and the policies'
-    // sha256. Every checkout builds them as if it were at /apflab.
-    let remap = format!("--remap-path-prefix={}=/apflab", root.display());
-    let rustflags: (&str, &str) = ("CARGO_ENCODED_RUSTFLAGS", &remap);
-
     let guest_target_dir = artifacts_dir.join("guest");
     // The guest builds `core` from source (guest/.cargo/config.toml).
-    cargo_build(
+    run(
+        nested::cargo_build(
+            &root,
+            &guest_dir,
+            GUEST_TARGET,
+            "release",
+            &guest_target_dir,
+        )
+        .env("RUSTC_BOOTSTRAP", "1"),
         &guest_dir,
-        GUEST_TARGET,
-        &guest_target_dir,
-        &[],
-        &[("RUSTC_BOOTSTRAP", "1"), rustflags],
-        &[],
     );
     let guest_elf = guest_target_dir
         .join(GUEST_TARGET)
@@ -101,27 +83,16 @@ fn main() {
     );
     println!("cargo:rustc-env=APFLAB_GUEST_ELF={}", guest_elf.display());
 
-    // The Linux guest's init lives under guest/ (watched above) but is a
-    // workspace of its own with std; linked by the toolchain's rust-lld (as
-    // guest/linux/.cargo/config.toml says too), so that no aarch64 C
-    // toolchain is needed. Without RUSTC_BOOTSTRAP, cargo ignores the
-    // bare-metal guest's `[unstable] build-std`, which its config inherits.
+    // The Linux guest's init is a member of this workspace (the root
+    // Cargo.toml says why), built from the root for aarch64 musl with its
+    // own profile and linked as the root's .cargo/config.toml says. Run
+    // from the root, cargo reads none of guest/'s bare-metal config.
     let linux_target_dir = artifacts_dir.join("linux");
-    cargo_build(
-        &guest_dir.join("linux"),
-        LINUX_TARGET,
-        &linux_target_dir,
-        &[],
-        &[
-            ("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld"),
-            rustflags,
-        ],
-        &["RUSTC_BOOTSTRAP"],
+    run(
+        &mut nested::linux_init_build(&root, &linux_target_dir),
+        &root,
     );
-    let linux_init = linux_target_dir
-        .join(LINUX_TARGET)
-        .join("release")
-        .join("apflab-linux-init");
+    let linux_init = nested::linux_init_in(&linux_target_dir);
     assert!(
         linux_init.is_file(),
         "Linux init build produced no {}",
@@ -141,13 +112,16 @@ fn main() {
     // Its own target directory: `core` is built for its profile (sharing
     // the guest's would rebuild one for the other on every change).
     let conformance_target_dir = artifacts_dir.join("conformance");
-    cargo_build(
+    run(
+        nested::cargo_build(
+            &root,
+            &conformance_dir,
+            GUEST_TARGET,
+            "release",
+            &conformance_target_dir,
+        )
+        .env("RUSTC_BOOTSTRAP", "1"),
         &conformance_dir,
-        GUEST_TARGET,
-        &conformance_target_dir,
-        &[],
-        &[("RUSTC_BOOTSTRAP", "1"), rustflags],
-        &[],
     );
     let conformance_elf = conformance_target_dir
         .join(GUEST_TARGET)
@@ -165,13 +139,16 @@ fn main() {
 
     // The sieve shares the conformance kernel's target, profile and so
     // its `core`.
-    cargo_build(
+    run(
+        nested::cargo_build(
+            &root,
+            &sieve_dir,
+            GUEST_TARGET,
+            "release",
+            &conformance_target_dir,
+        )
+        .env("RUSTC_BOOTSTRAP", "1"),
         &sieve_dir,
-        GUEST_TARGET,
-        &conformance_target_dir,
-        &[],
-        &[("RUSTC_BOOTSTRAP", "1"), rustflags],
-        &[],
     );
     let sieve_elf = conformance_target_dir
         .join(GUEST_TARGET)
@@ -185,13 +162,16 @@ fn main() {
     println!("cargo:rustc-env=APFLAB_SIEVE_ELF={}", sieve_elf.display());
 
     let policy_target_dir = artifacts_dir.join("policies");
-    cargo_build(
+    run(
+        nested::cargo_build(
+            &root,
+            &policies_dir,
+            POLICY_TARGET,
+            "release",
+            &policy_target_dir,
+        )
+        .arg("--workspace"),
         &policies_dir,
-        POLICY_TARGET,
-        &policy_target_dir,
-        &["--workspace"],
-        &[rustflags],
-        &[],
     );
     let wasm_dir = policy_target_dir.join(POLICY_TARGET).join("release");
     println!(
@@ -218,33 +198,18 @@ fn pack_initramfs(init: &Path, out: &Path) {
     }
 }
 
-/// Runs `cargo build --release` for `target` in the workspace at `dir`,
-/// with `vars` set and the variables `unset` of the outer build removed.
-fn cargo_build(
-    dir: &Path,
-    target: &str,
-    target_dir: &Path,
-    extra: &[&str],
-    vars: &[(&str, &str)],
-    unset: &[&str],
-) {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(dir)
-        .args(["build", "--release", "--target", target, "--target-dir"])
-        .arg(target_dir)
-        .args(extra);
-    for var in OUTER_ONLY_VARS.iter().chain(unset) {
-        cmd.env_remove(var);
-    }
-    cmd.envs(vars.iter().copied());
+/// Runs a nested build of the workspace at `dir`; a failure fails this
+/// build with how to see why.
+fn run(cmd: &mut Command, dir: &Path) {
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo for {}: {e}", dir.display()));
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
     assert!(
         status.success(),
-        "building {} for {target} failed ({status}); run `cargo build --release --target {target}` in {} to see why",
+        "building {} failed ({status}); run `cargo {}` in {} to see why",
         dir.display(),
+        args.join(" "),
         dir.display()
     );
 }

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+pub mod nested;
+
 /// The apflab guest kernel ELF (built for `aarch64-unknown-none-softfloat`).
 pub fn guest_elf() -> &'static Path {
     Path::new(env!("APFLAB_GUEST_ELF"))
