@@ -25,9 +25,14 @@ pub enum PolicyError {
         /// The limit in bytes.
         max: usize,
     },
-    /// The engine could not be created with the sandbox's settings.
-    #[error("policy engine: {0}")]
-    Engine(String),
+    /// The engine could not be created with the sandbox's settings, or the
+    /// host's functions could not be linked.
+    #[error("policy engine: {source}")]
+    Engine {
+        /// Wasmtime's error, whose causes follow it in the chain.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Not valid WebAssembly (binary or text), or cranelift rejected it.
     #[error("policy {module}: not a valid module: {message}")]
     Compile {
@@ -142,4 +147,15 @@ pub struct ConfigureError {
     pub module: String,
     /// Why: the module's own last message, or the failure.
     pub message: String,
+}
+
+impl PolicyError {
+    /// Wasmtime's `err` creating the engine or linking the host functions.
+    /// (`wasmtime::Error` is not a `std::error::Error` itself: its boxed
+    /// form is, with the same causes.)
+    pub(crate) fn engine(err: wasmtime::Error) -> Self {
+        Self::Engine {
+            source: err.into_boxed_dyn_error(),
+        }
+    }
 }

@@ -293,7 +293,7 @@ impl PolicyModule {
             .func_wrap(IMPORT_MODULE, IMPORT_LOG, host_log)
             .and_then(|l| l.func_wrap(IMPORT_MODULE, IMPORT_LOG_AT, host_log_at))
             .and_then(|l| l.func_wrap(IMPORT_MODULE, IMPORT_INPUT, host_input))
-            .map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+            .map_err(PolicyError::engine)?;
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| PolicyError::Compile {
@@ -410,7 +410,7 @@ fn new_engine() -> Result<Engine, PolicyError> {
         .consume_fuel(true)
         .cranelift_nan_canonicalization(true)
         .relaxed_simd_deterministic(true);
-    Engine::new(&config).map_err(|e| PolicyError::Engine(format!("{e:#}")))
+    Engine::new(&config).map_err(PolicyError::engine)
 }
 
 fn validate_imports(name: &str, module: &Module) -> Result<Vec<ItemInfo>, PolicyError> {
