@@ -1,9 +1,11 @@
-//! The machine every backend shares: the devices, PSCI and apflab's
-//! hypercalls. Backends reach it through [`VmOps`] (MMIO and system
-//! registers, possibly inline in the middle of an instruction) and through
-//! [`Machine::hypercall`] (HVC/SMC exits); what a call does to vCPUs (start
-//! one, stop one, power off) comes back as [`Effect`]s that the backend's
-//! vCPU loop applies.
+//! The machine every backend shares: the wiring of the devices, the
+//! firmware (PSCI, SDEI) and apflab's own hypercalls, each behind a lock of
+//! its own. Backends reach it through [`VmOps`] (MMIO and system registers,
+//! possibly inline in the middle of an instruction) and through
+//! [`Machine::hypercall`] (HVC/SMC exits), which routes a call to the
+//! service that owns it; what a call does to vCPUs (start one, stop one,
+//! power off) comes back as [`Effect`]s that the backend's vCPU loop
+//! applies.
 //!
 //! Everything arriving from the guest is hostile input: addresses and
 //! lengths are checked, oversized requests are refused with SMCCC error
@@ -13,16 +15,15 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use apflab_abi::boot_point;
-use apflab_abi::hypercall::{self as hc, PSCI_AFFINITY_INFO};
+use apflab_abi::hypercall as hc;
 use apflab_abi::memory_map::{
     DOORBELL_BASE, DOORBELL_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, GICR_STRIDE, RTC_BASE, RTC_SIZE,
     UART_BASE, UART_SIZE, UART_SPI, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_STRIDE,
 };
-use apflab_abi::report::{GuestReport, MAX_REPORTED_TASKS};
+use apflab_abi::report::GuestReport;
 use apflab_abi::sdei as sdei_abi;
-use apflab_abi::trace::{TRACE_BATCH, TraceKind, TraceRecord};
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use crate::devices::doorbell::{DoorbellBank, DoorbellWrite};
 use crate::devices::gic::Gic;
@@ -30,31 +31,13 @@ use crate::devices::pl011::Pl011;
 use crate::devices::pl031::Pl031;
 use crate::devices::timer::CpuTimers;
 use crate::devices::virtio_mmio;
-use crate::outcome::{GuestTimeline, MAX_TIMELINE_RECORDS};
+use crate::guest_calls::GuestCalls;
+use crate::outcome::GuestTimeline;
+use crate::psci::Psci;
 use crate::sdei;
-use apflab_hypervisor::arch::{SysRegId, mpidr_of, sysreg};
+use apflab_hypervisor::arch::{SysRegId, sysreg};
 use apflab_hypervisor::{EngineCall, is_engine_call};
 use apflab_hypervisor::{HypervisorError, MmioWriteKind, Vcpu, VmOps};
-
-/// PSCI CPU_ON, SMC32 calling convention.
-const PSCI_CPU_ON_SMC32: u32 = 0x8400_0003;
-/// PSCI CPU_SUSPEND, SMC32 and SMC64.
-const PSCI_CPU_SUSPEND_SMC32: u32 = 0x8400_0001;
-const PSCI_CPU_SUSPEND: u32 = 0xC400_0001;
-/// PSCI AFFINITY_INFO, SMC32 (SMC64: [`PSCI_AFFINITY_INFO`]).
-const PSCI_AFFINITY_INFO_SMC32: u32 = 0x8400_0004;
-/// PSCI MIGRATE_INFO_TYPE.
-const PSCI_MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
-/// MIGRATE_INFO_TYPE: no Trusted OS, nothing to migrate.
-const PSCI_TOS_NOT_PRESENT_MP: i64 = 2;
-/// AFFINITY_INFO answers.
-const PSCI_AFFINITY_ON: i64 = 0;
-const PSCI_AFFINITY_OFF: i64 = 1;
-/// CPU_SUSPEND power_state bits that must be zero: only the original
-/// format's StateID (15:0) and StateType (16) are accepted, as QEMU's
-/// firmware does; every state is a standby (the caller resumes after the
-/// call once an interrupt is pending).
-const PSCI_POWER_STATE_RESERVED: u64 = 0xfffe_0000;
 
 /// A saved machine state of another number of vCPUs than this machine's
 /// ([`Machine::restore_state`]).
@@ -105,15 +88,40 @@ pub enum Call {
     Engine(EngineCall),
 }
 
-/// Whether a vCPU is powered on (PSCI's view).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Power {
-    On,
-    Off,
+/// What a service of the machine (the PSCI firmware, apflab's own calls)
+/// returns to the caller of a hypercall, and what it asks of the vCPU
+/// loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// x0..x3 for the caller.
+    pub regs: [u64; 4],
+    /// Something for the vCPU loop to carry out.
+    pub effect: Option<Effect>,
 }
 
-/// Everything the devices and firmware hold but the SDEI state: what a
-/// snapshot saves of the machine (see [`MachineState`]).
+impl Answer {
+    /// x0..x3 and nothing else.
+    pub(crate) fn regs(regs: [u64; 4]) -> Self {
+        Answer { regs, effect: None }
+    }
+
+    /// x0 (an SMCCC or PSCI status, or a value) and nothing else.
+    pub(crate) fn returning(x0: i64) -> Self {
+        Answer::regs([x0 as u64, 0, 0, 0])
+    }
+
+    /// Success, with `effect` for the vCPU loop.
+    pub(crate) fn success_with(effect: Effect) -> Self {
+        Answer {
+            effect: Some(effect),
+            ..Answer::returning(hc::SMCCC_SUCCESS)
+        }
+    }
+}
+
+/// The devices and the machine's own bookkeeping: what a snapshot saves of
+/// the machine besides the firmware's and the guest calls' state (see
+/// [`MachineState`]).
 #[derive(Clone, Serialize, Deserialize)]
 struct State {
     uart: Pl011,
@@ -125,26 +133,17 @@ struct State {
     /// to hand it to the fault engine (its result goes back into the bank).
     #[serde(with = "crate::snapshot::abi_serde::engine_calls")]
     doorbell_engine_calls: Vec<Option<EngineCall>>,
-    power: Vec<Power>,
     effects: Vec<Effect>,
     /// Earliest virtual time at which an interrupt was sent to a vCPU by
     /// another one since it last ran (a halted vCPU wakes no earlier).
     wake_hints: Vec<Option<u64>>,
     exits: BTreeMap<String, u64>,
-    #[serde(with = "crate::snapshot::abi_serde::report")]
-    report: Option<GuestReport>,
-    task_done_ns: BTreeMap<u64, u64>,
-    timeline: GuestTimeline,
     /// The guest made the [`boot_point::FN_BOOT_DONE`] call since the run
     /// loop last looked.
     boot_done: bool,
     /// ... and another call after it, before the loop looked: the machine
     /// at the boot point is gone.
     boot_overrun: bool,
-    /// What [`boot_point::FN_WORKLOAD_ARGS`] hands over: this run's, not
-    /// saved in a snapshot.
-    #[serde(skip)]
-    workload_args: String,
 }
 
 /// The whole state of a [`Machine`], as a snapshot saves it
@@ -152,17 +151,30 @@ struct State {
 #[derive(Serialize, Deserialize)]
 pub struct MachineState {
     state: State,
+    psci: Psci,
     sdei: sdei::Firmware,
+    guest_calls: GuestCalls,
 }
 
 /// The devices and firmware services of one VM.
 pub struct Machine {
+    /// The devices and the bookkeeping of exits and effects.
     state: Mutex<State>,
-    /// Locked on its own: delivering an event writes vCPU registers, which
-    /// on kvm are ioctls that need not hold up the devices.
+    /// Which vCPUs are on.
+    psci: Mutex<Psci>,
+    /// Delivering an event writes vCPU registers, which on kvm are ioctls
+    /// that need not hold up the devices.
     sdei: Mutex<sdei::Firmware>,
+    /// What the guest reported, and the workload's words it is handed.
+    guest_calls: Mutex<GuestCalls>,
     memory: GuestMemoryMmap,
     vcpus: u32,
+}
+
+/// Locks `mutex`. A panic while holding one is a VMM bug; the state is
+/// still consistent enough to report, so it is recovered.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Machine {
@@ -170,10 +182,6 @@ impl Machine {
     /// RAM `memory`; `echo_console` copies UART output to stdout.
     pub fn new(vcpus: u32, memory: GuestMemoryMmap, echo_console: bool) -> Self {
         let n = vcpus as usize;
-        let mut power = vec![Power::Off; n];
-        if let Some(p) = power.first_mut() {
-            *p = Power::On;
-        }
         Machine {
             state: Mutex::new(State {
                 uart: Pl011::new(echo_console),
@@ -182,31 +190,26 @@ impl Machine {
                 timers: vec![CpuTimers::default(); n],
                 doorbell: vec![DoorbellBank::default(); n],
                 doorbell_engine_calls: vec![None; n],
-                power,
                 effects: Vec::new(),
                 wake_hints: vec![None; n],
                 exits: BTreeMap::new(),
-                report: None,
-                task_done_ns: BTreeMap::new(),
-                timeline: GuestTimeline::default(),
                 boot_done: false,
                 boot_overrun: false,
-                workload_args: String::new(),
             }),
+            psci: Mutex::new(Psci::new(vcpus)),
             sdei: Mutex::new(sdei::Firmware::new(vcpus)),
+            guest_calls: Mutex::new(GuestCalls::default()),
             memory,
             vcpus,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock is a VMM bug; the state is still
-        // consistent enough to report, so recover it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn lock_sdei(&self) -> MutexGuard<'_, sdei::Firmware> {
-        self.sdei.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.sdei)
     }
 
     /// Carries out what the SDEI firmware has for `vcpu` (see
@@ -248,15 +251,16 @@ impl Machine {
     /// Sets the bootargs words [`boot_point::FN_WORKLOAD_ARGS`] hands
     /// over (see [`crate::loader::LoadedKernel::handed_over`]).
     pub fn set_workload_args(&self, words: &str) {
-        self.lock().workload_args = words.to_owned();
+        lock(&self.guest_calls).set_workload_args(words);
     }
 
     /// A copy of the whole machine, for a snapshot.
     pub fn save_state(&self) -> MachineState {
-        let state = self.lock().clone();
         MachineState {
-            state,
+            state: self.lock().clone(),
+            psci: lock(&self.psci).clone(),
             sdei: self.lock_sdei().clone(),
+            guest_calls: lock(&self.guest_calls).clone(),
         }
     }
 
@@ -270,7 +274,7 @@ impl Machine {
             st.timers.len(),
             st.doorbell.len(),
             st.doorbell_engine_calls.len(),
-            st.power.len(),
+            saved.psci.vcpus(),
             st.wake_hints.len(),
             st.gic.cpus() as usize,
             saved.sdei.pes(),
@@ -282,11 +286,11 @@ impl Machine {
         }
         let mut s = self.lock();
         let echo = s.uart.echo();
-        let workload_args = std::mem::take(&mut s.workload_args);
         *s = saved.state;
         s.uart.set_echo(echo);
-        s.workload_args = workload_args;
+        *lock(&self.psci) = saved.psci;
         *self.lock_sdei() = saved.sdei;
+        lock(&self.guest_calls).restore(saved.guest_calls);
         Ok(())
     }
 
@@ -332,19 +336,18 @@ impl Machine {
     /// or, from a guest that cannot make it (Linux user space has no HVC),
     /// as the last valid report line on its console.
     pub fn report(&self) -> Option<GuestReport> {
-        let s = self.lock();
-        s.report
-            .or_else(|| report_from_console(&s.uart.console_text()))
+        let reported = lock(&self.guest_calls).report();
+        reported.or_else(|| report_from_console(&self.console()))
     }
 
     /// Task completion times (virtual ns) by task id.
     pub fn task_done_ns(&self) -> BTreeMap<u64, u64> {
-        self.lock().task_done_ns.clone()
+        lock(&self.guest_calls).task_done_ns().clone()
     }
 
     /// Takes the guest's timeline log received so far.
     pub fn take_timeline(&self) -> GuestTimeline {
-        std::mem::take(&mut self.lock().timeline)
+        lock(&self.guest_calls).take_timeline()
     }
 
     /// Takes the effects queued by hypercalls since the last call.
@@ -443,242 +446,46 @@ impl Machine {
     /// returns x0..x3 for the caller. Effects on vCPUs are queued (see
     /// [`Machine::take_effects`]).
     pub fn hypercall(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> [u64; 4] {
-        let mut s = self.lock();
-        s.boot_overrun |= s.boot_done;
-        if function == boot_point::FN_BOOT_DONE {
-            // A mark for the VMM, not a request of the machine's: no exit
-            // counted, nothing for the guest to see (see `boot_point`).
-            s.boot_done = true;
-            return [hc::SMCCC_SUCCESS as u64, 0, 0, 0];
+        {
+            let mut s = self.lock();
+            s.boot_overrun |= s.boot_done;
+            if function == boot_point::FN_BOOT_DONE {
+                // A mark for the VMM, not a request of the machine's: no
+                // exit counted, nothing for the guest to see (see
+                // `boot_point`).
+                s.boot_done = true;
+                return [hc::SMCCC_SUCCESS as u64, 0, 0, 0];
+            }
+            let kind = if sdei_abi::is_sdei_call(function) {
+                "sdei"
+            } else if Psci::owns(function) {
+                "psci"
+            } else {
+                "hypercall"
+            };
+            *s.exits.entry(kind.to_owned()).or_default() += 1;
         }
-        let kind = if sdei_abi::is_sdei_call(function) {
-            "sdei"
-        } else if hc::smccc_owner(function) == 4 {
-            "psci"
+        if sdei_abi::is_sdei_call(function) || function == sdei_abi::FN_APFLAB_SIGNAL {
+            return [self.lock_sdei().call(vcpu, function, args), 0, 0, 0];
+        }
+        let answer = if Psci::owns(function) {
+            lock(&self.psci).call(vcpu, function, args, &self.memory)
         } else {
-            "hypercall"
+            lock(&self.guest_calls).call(vcpu, function, args, now_ns, &self.memory)
         };
-        *s.exits.entry(kind.to_owned()).or_default() += 1;
-        let ret = |v: i64| [v as u64, 0, 0, 0];
-        match function {
-            hc::PSCI_VERSION => [hc::PSCI_VERSION_1_0, 0, 0, 0],
-            hc::PSCI_FEATURES => {
-                let supported = matches!(
-                    args[0] as u32,
-                    hc::PSCI_VERSION
-                        | hc::PSCI_CPU_ON
-                        | PSCI_CPU_ON_SMC32
-                        | hc::PSCI_CPU_OFF
-                        | PSCI_CPU_SUSPEND
-                        | PSCI_CPU_SUSPEND_SMC32
-                        | PSCI_AFFINITY_INFO
-                        | PSCI_AFFINITY_INFO_SMC32
-                        | PSCI_MIGRATE_INFO_TYPE
-                        | hc::PSCI_SYSTEM_OFF
-                        | hc::PSCI_SYSTEM_RESET
-                        | hc::PSCI_FEATURES
-                );
-                ret(if supported {
-                    hc::SMCCC_SUCCESS
-                } else {
-                    hc::SMCCC_NOT_SUPPORTED
-                })
+        let mut s = self.lock();
+        match answer {
+            Some(Answer { regs, effect }) => {
+                s.effects.extend(effect);
+                regs
             }
-            hc::PSCI_CPU_ON | PSCI_CPU_ON_SMC32 => {
-                let (mpidr, entry, context_id) = if function == PSCI_CPU_ON_SMC32 {
-                    (
-                        args[0] & 0xffff_ffff,
-                        args[1] & 0xffff_ffff,
-                        args[2] & 0xffff_ffff,
-                    )
-                } else {
-                    (args[0], args[1], args[2])
-                };
-                ret(Self::cpu_on(
-                    &mut s,
-                    &self.memory,
-                    self.vcpus,
-                    mpidr,
-                    entry,
-                    context_id,
-                ))
-            }
-            hc::PSCI_CPU_OFF => {
-                if let Some(p) = s.power.get_mut(vcpu as usize) {
-                    *p = Power::Off;
-                }
-                s.effects.push(Effect::CpuOff { vcpu });
-                ret(hc::SMCCC_SUCCESS)
-            }
-            PSCI_CPU_SUSPEND | PSCI_CPU_SUSPEND_SMC32 => {
-                if args[0] & PSCI_POWER_STATE_RESERVED != 0 {
-                    return ret(hc::SMCCC_INVALID_PARAMETERS);
-                }
-                s.effects.push(Effect::CpuSuspend { vcpu });
-                ret(hc::SMCCC_SUCCESS)
-            }
-            PSCI_AFFINITY_INFO | PSCI_AFFINITY_INFO_SMC32 => {
-                let target = if function == PSCI_AFFINITY_INFO_SMC32 {
-                    args[0] & 0xffff_ffff
-                } else {
-                    args[0]
-                };
-                // Only level 0 (one CPU) is answered, as QEMU does.
-                ret(match Self::vcpu_of(self.vcpus, target) {
-                    Some(t) if args[1] == 0 => match s.power[t as usize] {
-                        Power::On => PSCI_AFFINITY_ON,
-                        Power::Off => PSCI_AFFINITY_OFF,
-                    },
-                    _ => hc::SMCCC_INVALID_PARAMETERS,
-                })
-            }
-            PSCI_MIGRATE_INFO_TYPE => ret(PSCI_TOS_NOT_PRESENT_MP),
-            hc::PSCI_SYSTEM_OFF => {
-                s.effects.push(Effect::SystemOff);
-                ret(hc::SMCCC_SUCCESS)
-            }
-            hc::PSCI_SYSTEM_RESET => {
-                s.effects.push(Effect::SystemReset);
-                ret(hc::SMCCC_SUCCESS)
-            }
-            hc::FN_REPORT => {
-                let len = args[1];
-                if len != GuestReport::SIZE as u64 {
-                    return ret(hc::SMCCC_INVALID_PARAMETERS);
-                }
-                // On the heap: the report is 30 KiB.
-                let mut buf = vec![0u8; GuestReport::SIZE];
-                match self.memory.read_slice(&mut buf, GuestAddress(args[0])) {
-                    Ok(()) => match GuestReport::from_bytes(&buf) {
-                        Some(r) => {
-                            s.report = Some(r);
-                            ret(hc::SMCCC_SUCCESS)
-                        }
-                        None => ret(hc::SMCCC_INVALID_PARAMETERS),
-                    },
-                    Err(_) => ret(hc::SMCCC_INVALID_PARAMETERS),
-                }
-            }
-            hc::FN_PANIC => {
-                let len = args[1].min(hc::PANIC_MSG_MAX) as usize;
-                let mut buf = vec![0u8; len];
-                let msg = match self.memory.read_slice(&mut buf, GuestAddress(args[0])) {
-                    Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
-                    Err(_) => format!(
-                        "(panic message at {:#x}, {} bytes, is outside guest RAM)",
-                        args[0], args[1]
-                    ),
-                };
-                s.effects.push(Effect::Panic(msg));
-                ret(hc::SMCCC_SUCCESS)
-            }
-            hc::FN_TASK_DONE => {
-                let id = args[0];
-                // A task the guest cannot have would be a bogus result (and
-                // the bound keeps the map small).
-                if id >= MAX_REPORTED_TASKS as u64 {
-                    return ret(hc::SMCCC_INVALID_PARAMETERS);
-                }
-                s.task_done_ns.insert(id, now_ns);
-                ret(hc::SMCCC_SUCCESS)
-            }
-            hc::FN_TRACE => ret(self.receive_timeline(&mut s.timeline, vcpu, args)),
-            boot_point::FN_WORKLOAD_ARGS => {
-                let words = s.workload_args.as_bytes();
-                match usize::try_from(args[0])
-                    .ok()
-                    .filter(|&at| at <= words.len())
-                {
-                    Some(at) => {
-                        let mut chunk = [0u8; 8];
-                        let part = &words[at..words.len().min(at + 8)];
-                        chunk[..part.len()].copy_from_slice(part);
-                        [words.len() as u64, u64::from_le_bytes(chunk), 0, 0]
-                    }
-                    None => ret(hc::SMCCC_INVALID_PARAMETERS),
-                }
-            }
-            f if sdei_abi::is_sdei_call(f) || f == sdei_abi::FN_APFLAB_SIGNAL => {
-                [self.lock_sdei().call(vcpu, f, args), 0, 0, 0]
-            }
-            _ => {
+            None => {
                 *s.exits
                     .entry("hypercall_unsupported".to_owned())
                     .or_default() += 1;
-                ret(hc::SMCCC_NOT_SUPPORTED)
+                [hc::SMCCC_NOT_SUPPORTED as u64, 0, 0, 0]
             }
         }
-    }
-
-    /// `TRACE(records_ipa, count, dropped)` from `vcpu`: keeps the records
-    /// (up to [`MAX_TIMELINE_RECORDS`] in all, counting the rest as
-    /// dropped). A batch that is too long, outside RAM or holds a record
-    /// of no known kind is refused whole.
-    fn receive_timeline(&self, timeline: &mut GuestTimeline, vcpu: u32, args: [u64; 5]) -> i64 {
-        let [at, count, dropped, ..] = args;
-        if count > TRACE_BATCH as u64 {
-            return hc::SMCCC_INVALID_PARAMETERS;
-        }
-        let mut buf = vec![0u8; count as usize * TraceRecord::SIZE];
-        if self.memory.read_slice(&mut buf, GuestAddress(at)).is_err() {
-            return hc::SMCCC_INVALID_PARAMETERS;
-        }
-        let records: Option<Vec<TraceRecord>> = buf
-            .as_chunks::<{ TraceRecord::SIZE }>()
-            .0
-            .iter()
-            .map(TraceRecord::from_bytes)
-            .map(|r| TraceKind::from_code(r.kind).is_some().then_some(r))
-            .collect();
-        let Some(records) = records else {
-            return hc::SMCCC_INVALID_PARAMETERS;
-        };
-        let room = MAX_TIMELINE_RECORDS.saturating_sub(timeline.records.len());
-        let kept = records.len().min(room);
-        timeline.dropped = timeline
-            .dropped
-            .saturating_add(dropped)
-            .saturating_add((records.len() - kept) as u64);
-        timeline
-            .records
-            .extend(records.into_iter().take(kept).map(|r| (vcpu, r)));
-        hc::SMCCC_SUCCESS
-    }
-
-    /// The vCPU whose affinity (MPIDR_EL1 Aff3..Aff0) is `mpidr`.
-    fn vcpu_of(vcpus: u32, mpidr: u64) -> Option<u32> {
-        (0..vcpus).find(|&i| mpidr_of(i) == mpidr)
-    }
-
-    fn cpu_on(
-        s: &mut State,
-        memory: &GuestMemoryMmap,
-        vcpus: u32,
-        mpidr: u64,
-        entry: u64,
-        context_id: u64,
-    ) -> i64 {
-        let Some(target) = Self::vcpu_of(vcpus, mpidr) else {
-            return hc::SMCCC_INVALID_PARAMETERS;
-        };
-        if s.power[target as usize] == Power::On {
-            return hc::PSCI_ALREADY_ON;
-        }
-        if memory
-            .read_slice(&mut [0u8; 4], GuestAddress(entry))
-            .is_err()
-            || !entry.is_multiple_of(4)
-        {
-            // PSCI INVALID_ADDRESS.
-            return -9;
-        }
-        s.power[target as usize] = Power::On;
-        s.effects.push(Effect::CpuOn {
-            target,
-            entry,
-            context_id,
-        });
-        hc::SMCCC_SUCCESS
     }
 
     /// An MMIO write with its kind (see [`MmioWriteKind`]).
@@ -928,6 +735,8 @@ mod tests {
     use super::*;
     use apflab_abi::hypercall::doorbell as db_layout;
     use apflab_abi::memory_map::RAM_BASE;
+    use apflab_abi::trace::{TRACE_BATCH, TraceKind, TraceRecord};
+    use vm_memory::{Bytes, GuestAddress};
 
     fn machine(vcpus: u32) -> Machine {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), 1 << 20)]).unwrap();
@@ -952,39 +761,6 @@ mod tests {
                 context_id: 7
             }]
         );
-    }
-
-    #[test]
-    fn psci_affinity_info_follows_cpu_on_and_off() {
-        let m = machine(2);
-        let info = |f, mpidr, level| m.hypercall(0, f, [mpidr, level, 0, 0, 0], 0)[0] as i64;
-        assert_eq!(info(PSCI_AFFINITY_INFO, 1, 0), PSCI_AFFINITY_OFF);
-        assert_eq!(info(PSCI_AFFINITY_INFO, 0, 0), PSCI_AFFINITY_ON);
-        assert_eq!(info(PSCI_AFFINITY_INFO, 2, 0), hc::SMCCC_INVALID_PARAMETERS);
-        assert_eq!(info(PSCI_AFFINITY_INFO, 1, 1), hc::SMCCC_INVALID_PARAMETERS);
-        m.hypercall(0, hc::PSCI_CPU_ON, [1, RAM_BASE, 0, 0, 0], 0);
-        assert_eq!(info(PSCI_AFFINITY_INFO_SMC32, 1, 0), PSCI_AFFINITY_ON);
-        m.hypercall(1, hc::PSCI_CPU_OFF, [0; 5], 0);
-        assert_eq!(info(PSCI_AFFINITY_INFO, 1, 0), PSCI_AFFINITY_OFF);
-        assert_eq!(info(PSCI_MIGRATE_INFO_TYPE, 0, 0), PSCI_TOS_NOT_PRESENT_MP);
-        m.take_effects();
-        assert_eq!(
-            info(PSCI_CPU_SUSPEND, 1 << 17, 0),
-            hc::SMCCC_INVALID_PARAMETERS
-        );
-        assert_eq!(info(PSCI_CPU_SUSPEND, 1 << 16, 0), hc::SMCCC_SUCCESS);
-        assert_eq!(m.take_effects(), vec![Effect::CpuSuspend { vcpu: 0 }]);
-        for f in [
-            PSCI_CPU_SUSPEND,
-            PSCI_CPU_SUSPEND_SMC32,
-            PSCI_AFFINITY_INFO,
-            PSCI_AFFINITY_INFO_SMC32,
-            PSCI_MIGRATE_INFO_TYPE,
-            hc::PSCI_CPU_OFF,
-        ] {
-            let r = m.hypercall(0, hc::PSCI_FEATURES, [u64::from(f), 0, 0, 0, 0], 0)[0];
-            assert_eq!(r, 0, "{f:#x}");
-        }
     }
 
     #[test]

@@ -251,7 +251,7 @@ pub enum Refusal {
 }
 
 /// The format of the file; a change makes older snapshots unreadable.
-pub(crate) const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 2;
 
 /// The identity of the boot `config` describes, with `extra` from the
 /// caller.
