@@ -732,6 +732,660 @@ fn toml_error(src: &Source<'_>, err: toml::de::Error, path: Option<String>) -> C
     }
 }
 
+/// The guest's files as `[guest]` names them, resolved and checked.
+struct GuestFiles {
+    /// Guest RAM in bytes.
+    ram_bytes: u64,
+    /// `guest.kernel` as written (none: the built-in guest).
+    kernel: Option<PathBuf>,
+    /// The kernel file that will be booted.
+    kernel_path: PathBuf,
+    /// The initramfs a Linux kernel boots with.
+    initrd_path: Option<PathBuf>,
+    /// The kernel is an arm64 Linux Image.
+    linux: bool,
+}
+
+impl GuestFiles {
+    /// The lowest address far memory manages, as an offset into RAM.
+    fn resident_low(&self) -> u64 {
+        // Far memory manages RAM above what the loader writes: apflab's own
+        // kernel keeps itself below its workload region; a Linux kernel, its
+        // device tree and initrd sit at the start of RAM (rounded up to
+        // 2 MiB), and Linux allocates its own memory and the workload's
+        // from the rest, lowest addresses first, so both fault.
+        if self.linux {
+            let initrd_len = self
+                .initrd_path
+                .as_deref()
+                .and_then(|i| std::fs::metadata(i).ok())
+                .map_or(0, |m| m.len());
+            crate::linux_guest::payload_end(&self.kernel_path, initrd_len)
+                .map_or(0, |end| end - apflab_abi::memory_map::RAM_BASE)
+                .next_multiple_of(2 * MIB)
+        } else {
+            boot::WORKLOAD_REGION_OFFSET
+        }
+    }
+}
+
+/// `[guest]` on its own: the vCPUs, the memory, and the kernel and initrd
+/// files, checked to exist and to fit in guest RAM.
+fn guest_files(src: &Source<'_>, g: &RawGuest, base_dir: &Path) -> Result<GuestFiles, ConfigError> {
+    let vcpus = &g.vcpus;
+    if !(1..=MAX_VCPUS).contains(vcpus.get_ref()) {
+        return Err(src.key_error(
+            vcpus.span(),
+            "guest.vcpus",
+            format!("{} vCPUs; expected 1..={MAX_VCPUS}", vcpus.get_ref()),
+        ));
+    }
+    let memory = &g.memory_mib;
+    if let Some(host) = host_memory_mib()
+        && *memory.get_ref() > host
+    {
+        return Err(src.key_error(
+            memory.span(),
+            "guest.memory_mib",
+            format!(
+                "{} MiB is more memory than this host has ({host} MiB)",
+                memory.get_ref()
+            ),
+        ));
+    }
+    if *memory.get_ref() > limits::MAX_MEMORY_MIB {
+        return Err(src.key_error(
+            memory.span(),
+            "guest.memory_mib",
+            format!(
+                "{} MiB; expected at most {} MiB (RAM starts at 1 GiB and the machine's \
+                 physical address space ends at 1 TiB)",
+                memory.get_ref(),
+                limits::MAX_MEMORY_MIB
+            ),
+        ));
+    }
+    let ram_bytes = *memory.get_ref() * MIB;
+    let (kernel, kernel_path) = match &g.kernel {
+        Some(k) => {
+            let resolved = base_dir.join(k.get_ref());
+            // The image is loaded into guest RAM: a larger one cannot
+            // fit, and is refused before anything reads it.
+            match apflab_files::check_regular(&resolved, ram_bytes, "guest RAM") {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(src.key_error(
+                        k.span(),
+                        "guest.kernel",
+                        format!(
+                            "guest image {} not found; expected a path to an arm64 ELF or raw image, relative to the config file",
+                            resolved.display()
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(src.key_error(
+                        k.span(),
+                        "guest.kernel",
+                        format!(
+                            "guest image {}: {e}; expected an arm64 ELF or raw image that fits in guest RAM",
+                            resolved.display()
+                        ),
+                    ));
+                }
+            }
+            (Some(k.get_ref().clone()), resolved)
+        }
+        None => {
+            let built_in = apflab_artifacts::guest_elf().to_path_buf();
+            if !built_in.is_file() {
+                return Err(src.missing(
+                    "guest.kernel",
+                    format!(
+                        "no kernel given and the built-in guest {} is missing (rebuild apflab)",
+                        built_in.display()
+                    ),
+                ));
+            }
+            (None, built_in)
+        }
+    };
+
+    // A Linux kernel, its initramfs and command line.
+    let linux = g.kernel.is_some() && crate::linux_guest::is_linux_kernel(&kernel_path);
+    let initrd_path = match &g.initrd {
+        Some(i) if !linux => {
+            return Err(src.key_error(
+                i.span(),
+                "guest.initrd",
+                "only a Linux kernel takes an initrd; guest.kernel is not an arm64 Linux Image",
+            ));
+        }
+        Some(i) => {
+            let resolved = base_dir.join(i.get_ref());
+            if let Err(e) = apflab_files::check_regular(&resolved, ram_bytes, "guest RAM") {
+                return Err(src.key_error(
+                    i.span(),
+                    "guest.initrd",
+                    format!(
+                        "initrd {}: {e}; expected a file (a cpio initramfs, relative to the config file) that fits in guest RAM",
+                        resolved.display()
+                    ),
+                ));
+            }
+            Some(resolved)
+        }
+        None if linux => Some(apflab_artifacts::linux_initramfs().to_path_buf()),
+        None => None,
+    };
+
+    Ok(GuestFiles {
+        ram_bytes,
+        kernel,
+        kernel_path,
+        initrd_path,
+        linux,
+    })
+}
+
+/// `[workload]`: the kind, and each parameter it takes within the guest's
+/// bounds (on a Linux guest, only those Linux's /init takes).
+fn workload_section(
+    src: &Source<'_>,
+    w: &RawWorkload,
+    linux: bool,
+) -> Result<WorkloadConfig, ConfigError> {
+    let kind = WorkloadKind::from_name(w.kind.get_ref()).ok_or_else(|| {
+        let names: Vec<_> = WorkloadKind::ALL.iter().map(|k| k.name()).collect();
+        src.key_error(
+            w.kind.span(),
+            "workload.kind",
+            format!(
+                "unknown workload `{}`; expected one of {}",
+                w.kind.get_ref(),
+                names.join(", ")
+            ),
+        )
+    })?;
+    let given: [(&str, Option<std::ops::Range<usize>>); 11] = [
+        ("tasks", w.tasks.as_ref().map(Spanned::span)),
+        ("ops", w.ops.as_ref().map(Spanned::span)),
+        ("mib", w.mib.as_ref().map(Spanned::span)),
+        ("pattern", w.pattern.as_ref().map(Spanned::span)),
+        ("passes", w.passes.as_ref().map(Spanned::span)),
+        ("verify", w.verify.as_ref().map(Spanned::span)),
+        ("reader", w.reader.as_ref().map(Spanned::span)),
+        ("requests", w.requests.as_ref().map(Spanned::span)),
+        ("interval_us", w.interval_us.as_ref().map(Spanned::span)),
+        ("timeslice_us", w.timeslice_us.as_ref().map(Spanned::span)),
+        ("scheduler", w.scheduler.as_ref().map(Spanned::span)),
+    ];
+    for (name, span) in &given {
+        if let Some(span) = span
+            && linux
+            && crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX.contains(name)
+        {
+            return Err(src.key_error(
+                span.clone(),
+                &format!("workload.{name}"),
+                format!(
+                    "does not apply to a Linux guest (only apflab's own kernel has it); \
+                     Linux's /init takes {}",
+                    kind.params()
+                        .iter()
+                        .filter(|p| !crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX.contains(p))
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if let Some(span) = span
+            && !kind.params().contains(name)
+        {
+            return Err(src.key_error(
+                span.clone(),
+                &format!("workload.{name}"),
+                format!(
+                    "does not apply to workload `{}`; it takes {}",
+                    kind.name(),
+                    kind.params().join(", ")
+                ),
+            ));
+        }
+    }
+    let takes = |name: &str| kind.params().contains(&name);
+    let bounded_u32 = |v: &Option<Spanned<u32>>, name: &str, bound: Bound<u64>, default: u32| {
+        bounded_param(src, takes(name), v, name, bound, default)
+    };
+    let bounded_u64 = |v: &Option<Spanned<u64>>, name: &str, bound: Bound<u64>, default: u64| {
+        bounded_param(src, takes(name), v, name, bound, default)
+    };
+    let one_of = |v: &Option<Spanned<String>>,
+                  name: &str,
+                  allowed: &[&str],
+                  default: &str|
+     -> Result<Option<String>, ConfigError> {
+        if !takes(name) {
+            return Ok(None);
+        }
+        match v {
+            Some(s) if !allowed.contains(&s.get_ref().as_str()) => Err(src.key_error(
+                s.span(),
+                &format!("workload.{name}"),
+                format!("`{}`; expected one of {}", s.get_ref(), allowed.join(", ")),
+            )),
+            Some(s) => Ok(Some(s.get_ref().clone())),
+            None => Ok(Some(default.to_owned())),
+        }
+    };
+    Ok(WorkloadConfig {
+        kind,
+        tasks: bounded_u32(&w.tasks, "tasks", TASKS_BOUND, defaults::TASKS)?,
+        ops: bounded_u64(&w.ops, "ops", limits::OPS, defaults::OPS)?,
+        mib: bounded_u64(&w.mib, "mib", limits::MIB, defaults::MIB)?,
+        pattern: one_of(&w.pattern, "pattern", &["seq", "random"], defaults::PATTERN)?,
+        passes: bounded_u32(&w.passes, "passes", limits::PASSES, defaults::PASSES)?,
+        verify: one_of(&w.verify, "verify", &["self", "store"], defaults::VERIFY)?,
+        reader: one_of(&w.reader, "reader", &["task", "kernel"], defaults::READER)?,
+        requests: bounded_u64(
+            &w.requests,
+            "requests",
+            limits::REQUESTS,
+            defaults::REQUESTS,
+        )?,
+        interval_us: bounded_u64(
+            &w.interval_us,
+            "interval_us",
+            limits::INTERVAL_US,
+            defaults::INTERVAL_US,
+        )?,
+        timeslice_us: bounded_u64(
+            &w.timeslice_us,
+            "timeslice_us",
+            limits::TIMESLICE_US,
+            defaults::TIMESLICE_US,
+        )?
+        .expect("every kind takes timeslice_us"),
+        scheduler: one_of(
+            &w.scheduler,
+            "scheduler",
+            &[boot::SCHEDULER_ROUND_ROBIN, boot::SCHEDULER_FAIR],
+            defaults::SCHEDULER,
+        )?
+        .expect("every kind takes scheduler"),
+    })
+}
+
+/// Guest memory enough for the kernel and the workload's working set.
+fn check_room(
+    src: &Source<'_>,
+    memory: &Spanned<u64>,
+    workload: &WorkloadConfig,
+) -> Result<(), ConfigError> {
+    // The kernel, its tables and stacks live below the workload region;
+    // the working set lives in it (Linux's own kernel needs about as
+    // much below its page cache and the process).
+    let region_mib = boot::WORKLOAD_REGION_OFFSET / MIB;
+    let needed = region_mib + workload.mib.unwrap_or(1);
+    if *memory.get_ref() < needed {
+        let why = if workload.kind.has_working_set() {
+            format!(
+                "{region_mib} MiB for the kernel + {} MiB working set",
+                workload.mib.unwrap_or(0)
+            )
+        } else {
+            format!("{region_mib} MiB for the kernel + 1 MiB for tasks")
+        };
+        return Err(src.key_error(
+            memory.span(),
+            "guest.memory_mib",
+            format!(
+                "{} MiB is too small for workload `{}`; expected at least {needed} MiB ({why})",
+                memory.get_ref(),
+                workload.kind.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[pager]`, managing RAM from `resident_low` up.
+fn pager_section(
+    src: &Source<'_>,
+    pager: Option<&Spanned<PagerConfig>>,
+    resident_low: u64,
+    ram_bytes: u64,
+    base_dir: &Path,
+) -> Result<Option<PagerConfig>, ConfigError> {
+    // [pager]: everything is checked now, files included, so a bad
+    // value fails before any VM is built.
+    match pager {
+        Some(p) => {
+            Prepared::new_above(p.get_ref(), resident_low, ram_bytes, base_dir).map_err(|e| {
+                let at = match &e {
+                    apflab_pager::ConfigError::Invalid { key, .. } => {
+                        src.key_in_section(p.span(), key)
+                    }
+                    _ => p.span(),
+                };
+                src.error_at(at, e.to_string())
+            })?;
+            Ok(Some(p.get_ref().clone()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// `workload.verify = "store"` needs the pager's synthetic store.
+fn check_store_verification(
+    src: &Source<'_>,
+    w: &RawWorkload,
+    workload: &WorkloadConfig,
+    pager: Option<&PagerConfig>,
+) -> Result<(), ConfigError> {
+    if workload.verify.as_deref() == Some("store")
+        && pager.and_then(PagerConfig::synthetic_seed).is_none()
+    {
+        let span = w.verify.as_ref().map_or(0..0, |v| v.span());
+        return Err(src.key_error(
+            span,
+            "workload.verify",
+            "`store` checks pages against the pager's synthetic store; expected a [pager] \
+             section with store = { kind = \"synthetic\", seed = ... }, or verify = \"self\""
+                .to_owned(),
+        ));
+    }
+
+    Ok(())
+}
+
+/// `[backend]`: the engine, its limits and its cost model (a preset and the
+/// keys that override it).
+fn backend_section(src: &Source<'_>, b: &RawBackend) -> Result<BackendConfig, ConfigError> {
+    let preset = match &b.cost.preset {
+        None => CostPreset::Uncalibrated,
+        Some(p) => CostPreset::from_name(p.get_ref()).ok_or_else(|| {
+            src.key_error(
+                p.span(),
+                "backend.cost.preset",
+                format!(
+                    "\"{}\" is not a cost preset; expected one of {} (`apflab list` says \
+                     where each value comes from)",
+                    p.get_ref(),
+                    CostPreset::names()
+                ),
+            )
+        })?,
+    };
+    let default_cost = preset.model();
+    let ns_per_instruction = match &b.cost.ns_per_instruction {
+        Some(s)
+            if !(s.get_ref().is_finite()
+                && (MIN_NS_PER_INSTRUCTION..MAX_NS_PER_INSTRUCTION).contains(s.get_ref())) =>
+        {
+            return Err(src.key_error(
+                s.span(),
+                "backend.cost.ns_per_instruction",
+                format!(
+                    "{}; expected {MIN_NS_PER_INSTRUCTION} ns or more (no CPU retires \
+                     instructions faster, and virtual time must advance) and below \
+                     {MAX_NS_PER_INSTRUCTION:e} ns",
+                    apflab_pager::config::float_text(*s.get_ref())
+                ),
+            ));
+        }
+        Some(s) => *s.get_ref(),
+        None => default_cost.ns_per_instruction,
+    };
+    let bounded = |v: &Option<Spanned<u64>>,
+                   key: &str,
+                   bound: Bound<u64>,
+                   default: u64|
+     -> Result<u64, ConfigError> {
+        match v {
+            Some(s) => {
+                check_bound(src, s.span(), key, *s.get_ref(), bound)?;
+                Ok(*s.get_ref())
+            }
+            None => Ok(default),
+        }
+    };
+    let cost_bound = |min: u64| Bound {
+        min,
+        max: MAX_COST_NS,
+        why: "one exit, hypercall or injection costs at most a second, so the \
+              virtual clock cannot wrap",
+    };
+    Ok(BackendConfig {
+        kind: b.kind.unwrap_or(Backend::Emu),
+        slice_instructions: bounded(
+            &b.slice_instructions,
+            "backend.slice_instructions",
+            Bound {
+                min: MIN_SLICE_INSTRUCTIONS,
+                max: MAX_SLICE_INSTRUCTIONS,
+                why: apflab_vmm::config::SLICE_INSTRUCTIONS_WHY,
+            },
+            defaults::SLICE_INSTRUCTIONS,
+        )?,
+        max_virtual_ms: bounded(
+            &b.max_virtual_ms,
+            "backend.max_virtual_ms",
+            Bound {
+                min: 1,
+                max: MAX_VIRTUAL_MS,
+                why: "about 11.6 days of guest time, far past any run",
+            },
+            defaults::MAX_VIRTUAL_MS,
+        )?,
+        watchdog_ms: bounded(
+            &b.watchdog_ms,
+            "backend.watchdog_ms",
+            Bound {
+                min: 1,
+                max: MAX_VIRTUAL_MS,
+                why: "about 11.6 days of guest time, far past any run",
+            },
+            defaults::WATCHDOG_MS,
+        )?,
+        wall_timeout_ms: match &b.wall_timeout_ms {
+            Some(s) => {
+                check_bound(
+                    src,
+                    s.span(),
+                    "backend.wall_timeout_ms",
+                    *s.get_ref(),
+                    WALL_TIMEOUT_BOUND,
+                )?;
+                Some(*s.get_ref())
+            }
+            None => None,
+        },
+        cost: CostConfig {
+            preset: preset.name().to_owned(),
+            ns_per_instruction,
+            exit_ns: bounded(
+                &b.cost.exit_ns,
+                "backend.cost.exit_ns",
+                cost_bound(0),
+                default_cost.exit_ns,
+            )?,
+            kernel_exit_ns: bounded(
+                &b.cost.kernel_exit_ns,
+                "backend.cost.kernel_exit_ns",
+                cost_bound(0),
+                default_cost.kernel_exit_ns,
+            )?,
+            kick_ns: bounded(
+                &b.cost.kick_ns,
+                "backend.cost.kick_ns",
+                cost_bound(0),
+                default_cost.kick_ns,
+            )?,
+            hypercall_ns: bounded(
+                &b.cost.hypercall_ns,
+                "backend.cost.hypercall_ns",
+                cost_bound(0),
+                default_cost.hypercall_ns,
+            )?,
+            inject_ns: bounded(
+                &b.cost.inject_ns,
+                "backend.cost.inject_ns",
+                cost_bound(0),
+                default_cost.inject_ns,
+            )?,
+        },
+    })
+}
+
+/// The watchdog's span against what the guest does between two signs of
+/// life: a time slice, and on emu the built-in guest's longest quiet
+/// stretch.
+fn check_watchdog(
+    src: &Source<'_>,
+    raw: &RawConfig,
+    workload: &WorkloadConfig,
+    backend: &BackendConfig,
+) -> Result<(), ConfigError> {
+    let b = &raw.backend;
+    let memory = &raw.guest.memory_mib;
+    // A guest that computes makes no exit between two timer interrupts,
+    // which come once a time slice.
+    if backend.watchdog_ms.saturating_mul(1000) <= workload.timeslice_us {
+        let message = format!(
+            "{}; expected more than workload.timeslice_us = {} us: a busy guest may show \
+             no sign of life for a whole time slice",
+            backend.watchdog_ms, workload.timeslice_us
+        );
+        return Err(match (&b.watchdog_ms, &raw.workload.timeslice_us) {
+            (Some(s), _) => src.key_error(s.span(), "backend.watchdog_ms", message),
+            (None, Some(t)) => src.key_error(
+                t.span(),
+                "workload.timeslice_us",
+                format!(
+                    "{message} (backend.watchdog_ms defaults to {})",
+                    defaults::WATCHDOG_MS
+                ),
+            ),
+            (None, None) => src.missing("backend.watchdog_ms", message),
+        });
+    }
+
+    // On emu, every instruction costs virtual time: the built-in guest
+    // must be able to run its longest stretch without a sign of life
+    // within the watchdog's span, or every run ends as a hang.
+    let quiet = GUEST_QUIET_INSTRUCTIONS_PER_MIB.saturating_mul(*memory.get_ref());
+    if backend.kind == Backend::Emu
+        && raw.guest.kernel.is_none()
+        && backend.watchdog_ms as f64 * 1e6 / backend.cost.ns_per_instruction < quiet as f64
+    {
+        let most = backend.watchdog_ms as f64 * 1e6 / quiet as f64;
+        let least_ms = (quiet as f64 * backend.cost.ns_per_instruction / 1e6).ceil();
+        let message = format!(
+            "backend.cost.ns_per_instruction = {} with backend.watchdog_ms = {}: at boot \
+             the guest runs about {quiet} instructions ({GUEST_QUIET_INSTRUCTIONS_PER_MIB} \
+             per MiB of guest.memory_mib = {}) without a sign of life, which take {least_ms} \
+             ms at this cost, so the watchdog would stop every run as a hang; expected \
+             ns_per_instruction at most {} or watchdog_ms at least {least_ms}",
+            apflab_pager::config::float_text(backend.cost.ns_per_instruction),
+            backend.watchdog_ms,
+            memory.get_ref(),
+            apflab_pager::config::float_text((most * 100.0).floor() / 100.0),
+        );
+        return Err(match (&b.cost.ns_per_instruction, &b.watchdog_ms) {
+            (Some(s), _) => src.key_error(s.span(), "backend.cost.ns_per_instruction", message),
+            (None, Some(s)) => src.key_error(s.span(), "backend.watchdog_ms", message),
+            (None, None) => src.missing("backend.watchdog_ms", message),
+        });
+    }
+
+    Ok(())
+}
+
+/// `[policy]` and `[apf]`, and what they ask of the guest and the workload.
+fn policy_sections(
+    src: &Source<'_>,
+    raw: &RawConfig,
+    base_dir: &Path,
+    linux: bool,
+    workload: &WorkloadConfig,
+) -> Result<
+    (
+        Option<crate::policy_config::PolicyChoice>,
+        Option<crate::policy_config::ApfSettings>,
+    ),
+    ConfigError,
+> {
+    let w = &raw.workload;
+    let problem = |p: crate::policy_config::KeyProblem| match p.span {
+        Some(span) => src.key_error(span, p.key, p.message),
+        None => src.missing(p.key, p.message),
+    };
+    let policy = raw
+        .policy
+        .as_ref()
+        .map(|p| crate::policy_config::policy(p, base_dir))
+        .transpose()
+        .map_err(problem)?;
+    let apf = raw
+        .apf
+        .as_ref()
+        .map(crate::policy_config::apf)
+        .transpose()
+        .map_err(problem)?;
+    if linux && apf.is_some_and(|a| a.guest_abuses) {
+        return Err(src.missing(
+            "apf",
+            "guest_abuses = false: the abusive guest is apflab's own kernel; the Linux \
+             guest's client (guest/linux/kernel) only uses the protocol as it is meant",
+        ));
+    }
+    let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
+    if let (Some(tasks), true) = (workload.tasks, apf.is_some_and(|a| a.guest_abuses))
+        && tasks > most
+    {
+        let span = w.tasks.as_ref().map_or(0..0, Spanned::span);
+        return Err(src.key_error(
+            span,
+            "workload.tasks",
+            format!(
+                "{tasks}; expected at most {most} with [apf] guest_abuses = true (the abusive \
+                 guest runs a task of its own)"
+            ),
+        ));
+    }
+
+    Ok((policy, apf))
+}
+
+/// The kernel command line: no NUL, and no longer than the kernel takes.
+fn check_bootargs(src: &Source<'_>, g: &RawGuest, config: &Config) -> Result<(), ConfigError> {
+    if let Some(b) = &g.bootargs
+        && b.get_ref().contains('\0')
+    {
+        return Err(src.key_error(
+            b.span(),
+            "guest.bootargs",
+            "contains a NUL character; expected kernel command line words",
+        ));
+    }
+    // Linux cuts a longer command line short without a word.
+    let len = config.bootargs().len();
+    if len > apflab_vmm::fdt::MAX_BOOTARGS_LEN {
+        let span = g.bootargs.as_ref().map_or(0..0, Spanned::span);
+        return Err(src.key_error(
+            span,
+            "guest.bootargs",
+            format!(
+                "the kernel command line would be {len} bytes; the kernel takes at most {}",
+                apflab_vmm::fdt::MAX_BOOTARGS_LEN
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
@@ -754,558 +1408,41 @@ impl Config {
         Self::from_raw(file, text, raw, base_dir)
     }
 
-    /// Validates a parsed config (see [`Config::from_text`]).
+    /// Validates a parsed config (see [`Config::from_text`]): each section
+    /// on its own, then what one asks of another. The checks run in this
+    /// order, so a config with several mistakes is told of the same one
+    /// first every time.
     fn from_raw(
         file: &str,
         text: &str,
         raw: RawConfig,
         base_dir: &Path,
     ) -> Result<Config, ConfigError> {
-        let src = Source { file, text };
-
-        // [guest]
-        let vcpus = &raw.guest.vcpus;
-        if !(1..=MAX_VCPUS).contains(vcpus.get_ref()) {
-            return Err(src.key_error(
-                vcpus.span(),
-                "guest.vcpus",
-                format!("{} vCPUs; expected 1..={MAX_VCPUS}", vcpus.get_ref()),
-            ));
-        }
-        let memory = &raw.guest.memory_mib;
-        if let Some(host) = host_memory_mib()
-            && *memory.get_ref() > host
-        {
-            return Err(src.key_error(
-                memory.span(),
-                "guest.memory_mib",
-                format!(
-                    "{} MiB is more memory than this host has ({host} MiB)",
-                    memory.get_ref()
-                ),
-            ));
-        }
-        if *memory.get_ref() > limits::MAX_MEMORY_MIB {
-            return Err(src.key_error(
-                memory.span(),
-                "guest.memory_mib",
-                format!(
-                    "{} MiB; expected at most {} MiB (RAM starts at 1 GiB and the machine's \
-                     physical address space ends at 1 TiB)",
-                    memory.get_ref(),
-                    limits::MAX_MEMORY_MIB
-                ),
-            ));
-        }
-        let ram_bytes = *memory.get_ref() * MIB;
-        let (kernel, kernel_path) = match &raw.guest.kernel {
-            Some(k) => {
-                let resolved = base_dir.join(k.get_ref());
-                // The image is loaded into guest RAM: a larger one cannot
-                // fit, and is refused before anything reads it.
-                match apflab_files::check_regular(&resolved, ram_bytes, "guest RAM") {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(src.key_error(
-                            k.span(),
-                            "guest.kernel",
-                            format!(
-                                "guest image {} not found; expected a path to an arm64 ELF or raw image, relative to the config file",
-                                resolved.display()
-                            ),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(src.key_error(
-                            k.span(),
-                            "guest.kernel",
-                            format!(
-                                "guest image {}: {e}; expected an arm64 ELF or raw image that fits in guest RAM",
-                                resolved.display()
-                            ),
-                        ));
-                    }
-                }
-                (Some(k.get_ref().clone()), resolved)
-            }
-            None => {
-                let built_in = apflab_artifacts::guest_elf().to_path_buf();
-                if !built_in.is_file() {
-                    return Err(src.missing(
-                        "guest.kernel",
-                        format!(
-                            "no kernel given and the built-in guest {} is missing (rebuild apflab)",
-                            built_in.display()
-                        ),
-                    ));
-                }
-                (None, built_in)
-            }
-        };
-
-        // A Linux kernel, its initramfs and command line.
-        let linux = raw.guest.kernel.is_some() && crate::linux_guest::is_linux_kernel(&kernel_path);
-        let initrd_path = match &raw.guest.initrd {
-            Some(i) if !linux => {
-                return Err(src.key_error(
-                    i.span(),
-                    "guest.initrd",
-                    "only a Linux kernel takes an initrd; guest.kernel is not an arm64 Linux Image",
-                ));
-            }
-            Some(i) => {
-                let resolved = base_dir.join(i.get_ref());
-                if let Err(e) = apflab_files::check_regular(&resolved, ram_bytes, "guest RAM") {
-                    return Err(src.key_error(
-                        i.span(),
-                        "guest.initrd",
-                        format!(
-                            "initrd {}: {e}; expected a file (a cpio initramfs, relative to the config file) that fits in guest RAM",
-                            resolved.display()
-                        ),
-                    ));
-                }
-                Some(resolved)
-            }
-            None if linux => Some(apflab_artifacts::linux_initramfs().to_path_buf()),
-            None => None,
-        };
-
-        // [workload]
-        let w = &raw.workload;
-        let kind = WorkloadKind::from_name(w.kind.get_ref()).ok_or_else(|| {
-            let names: Vec<_> = WorkloadKind::ALL.iter().map(|k| k.name()).collect();
-            src.key_error(
-                w.kind.span(),
-                "workload.kind",
-                format!(
-                    "unknown workload `{}`; expected one of {}",
-                    w.kind.get_ref(),
-                    names.join(", ")
-                ),
-            )
-        })?;
-        let given: [(&str, Option<std::ops::Range<usize>>); 11] = [
-            ("tasks", w.tasks.as_ref().map(Spanned::span)),
-            ("ops", w.ops.as_ref().map(Spanned::span)),
-            ("mib", w.mib.as_ref().map(Spanned::span)),
-            ("pattern", w.pattern.as_ref().map(Spanned::span)),
-            ("passes", w.passes.as_ref().map(Spanned::span)),
-            ("verify", w.verify.as_ref().map(Spanned::span)),
-            ("reader", w.reader.as_ref().map(Spanned::span)),
-            ("requests", w.requests.as_ref().map(Spanned::span)),
-            ("interval_us", w.interval_us.as_ref().map(Spanned::span)),
-            ("timeslice_us", w.timeslice_us.as_ref().map(Spanned::span)),
-            ("scheduler", w.scheduler.as_ref().map(Spanned::span)),
-        ];
-        for (name, span) in &given {
-            if let Some(span) = span
-                && linux
-                && crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX.contains(name)
-            {
-                return Err(src.key_error(
-                    span.clone(),
-                    &format!("workload.{name}"),
-                    format!(
-                            "does not apply to a Linux guest (only apflab's own kernel has it); \
-                         Linux's /init takes {}",
-                            kind.params()
-                                .iter()
-                                .filter(|p| !crate::linux_guest::WORKLOAD_KEYS_NOT_FOR_LINUX
-                                    .contains(p))
-                                .copied()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                ));
-            }
-            if let Some(span) = span
-                && !kind.params().contains(name)
-            {
-                return Err(src.key_error(
-                    span.clone(),
-                    &format!("workload.{name}"),
-                    format!(
-                        "does not apply to workload `{}`; it takes {}",
-                        kind.name(),
-                        kind.params().join(", ")
-                    ),
-                ));
-            }
-        }
-        let takes = |name: &str| kind.params().contains(&name);
-        let bounded_u32 =
-            |v: &Option<Spanned<u32>>, name: &str, bound: Bound<u64>, default: u32| {
-                bounded_param(&src, takes(name), v, name, bound, default)
-            };
-        let bounded_u64 =
-            |v: &Option<Spanned<u64>>, name: &str, bound: Bound<u64>, default: u64| {
-                bounded_param(&src, takes(name), v, name, bound, default)
-            };
-        let one_of = |v: &Option<Spanned<String>>,
-                      name: &str,
-                      allowed: &[&str],
-                      default: &str|
-         -> Result<Option<String>, ConfigError> {
-            if !takes(name) {
-                return Ok(None);
-            }
-            match v {
-                Some(s) if !allowed.contains(&s.get_ref().as_str()) => Err(src.key_error(
-                    s.span(),
-                    &format!("workload.{name}"),
-                    format!("`{}`; expected one of {}", s.get_ref(), allowed.join(", ")),
-                )),
-                Some(s) => Ok(Some(s.get_ref().clone())),
-                None => Ok(Some(default.to_owned())),
-            }
-        };
-        let workload = WorkloadConfig {
-            kind,
-            tasks: bounded_u32(&w.tasks, "tasks", TASKS_BOUND, defaults::TASKS)?,
-            ops: bounded_u64(&w.ops, "ops", limits::OPS, defaults::OPS)?,
-            mib: bounded_u64(&w.mib, "mib", limits::MIB, defaults::MIB)?,
-            pattern: one_of(&w.pattern, "pattern", &["seq", "random"], defaults::PATTERN)?,
-            passes: bounded_u32(&w.passes, "passes", limits::PASSES, defaults::PASSES)?,
-            verify: one_of(&w.verify, "verify", &["self", "store"], defaults::VERIFY)?,
-            reader: one_of(&w.reader, "reader", &["task", "kernel"], defaults::READER)?,
-            requests: bounded_u64(
-                &w.requests,
-                "requests",
-                limits::REQUESTS,
-                defaults::REQUESTS,
-            )?,
-            interval_us: bounded_u64(
-                &w.interval_us,
-                "interval_us",
-                limits::INTERVAL_US,
-                defaults::INTERVAL_US,
-            )?,
-            timeslice_us: bounded_u64(
-                &w.timeslice_us,
-                "timeslice_us",
-                limits::TIMESLICE_US,
-                defaults::TIMESLICE_US,
-            )?
-            .expect("every kind takes timeslice_us"),
-            scheduler: one_of(
-                &w.scheduler,
-                "scheduler",
-                &[boot::SCHEDULER_ROUND_ROBIN, boot::SCHEDULER_FAIR],
-                defaults::SCHEDULER,
-            )?
-            .expect("every kind takes scheduler"),
-        };
-
-        // The kernel, its tables and stacks live below the workload region;
-        // the working set lives in it (Linux's own kernel needs about as
-        // much below its page cache and the process).
-        let region_mib = boot::WORKLOAD_REGION_OFFSET / MIB;
-        let needed = region_mib + workload.mib.unwrap_or(1);
-        if *memory.get_ref() < needed {
-            let why = if kind.has_working_set() {
-                format!(
-                    "{region_mib} MiB for the kernel + {} MiB working set",
-                    workload.mib.unwrap_or(0)
-                )
-            } else {
-                format!("{region_mib} MiB for the kernel + 1 MiB for tasks")
-            };
-            return Err(src.key_error(
-                memory.span(),
-                "guest.memory_mib",
-                format!(
-                    "{} MiB is too small for workload `{}`; expected at least {needed} MiB ({why})",
-                    memory.get_ref(),
-                    kind.name()
-                ),
-            ));
-        }
-
-        // Far memory manages RAM above what the loader writes: apflab's own
-        // kernel keeps itself below its workload region; a Linux kernel, its
-        // device tree and initrd sit at the start of RAM (rounded up to
-        // 2 MiB), and Linux allocates its own memory and the workload's
-        // from the rest, lowest addresses first, so both fault.
-        let resident_low = if linux {
-            let initrd_len = initrd_path
-                .as_deref()
-                .and_then(|i| std::fs::metadata(i).ok())
-                .map_or(0, |m| m.len());
-            crate::linux_guest::payload_end(&kernel_path, initrd_len)
-                .map_or(0, |end| end - apflab_abi::memory_map::RAM_BASE)
-                .next_multiple_of(2 * MIB)
-        } else {
-            boot::WORKLOAD_REGION_OFFSET
-        };
-        // [pager]: everything is checked now, files included, so a bad
-        // value fails before any VM is built.
-        let pager = match &raw.pager {
-            Some(p) => {
-                Prepared::new_above(p.get_ref(), resident_low, ram_bytes, base_dir).map_err(
-                    |e| {
-                        let at = match &e {
-                            apflab_pager::ConfigError::Invalid { key, .. } => {
-                                src.key_in_section(p.span(), key)
-                            }
-                            _ => p.span(),
-                        };
-                        src.error_at(at, e.to_string())
-                    },
-                )?;
-                Some(p.get_ref().clone())
-            }
-            None => None,
-        };
-        if workload.verify.as_deref() == Some("store")
-            && pager
-                .as_ref()
-                .and_then(PagerConfig::synthetic_seed)
-                .is_none()
-        {
-            let span = w.verify.as_ref().map_or(0..0, |v| v.span());
-            return Err(src.key_error(
-                span,
-                "workload.verify",
-                "`store` checks pages against the pager's synthetic store; expected a [pager] \
-                 section with store = { kind = \"synthetic\", seed = ... }, or verify = \"self\""
-                    .to_owned(),
-            ));
-        }
-
-        // [backend]
-        let b = &raw.backend;
-        let preset = match &b.cost.preset {
-            None => CostPreset::Uncalibrated,
-            Some(p) => CostPreset::from_name(p.get_ref()).ok_or_else(|| {
-                src.key_error(
-                    p.span(),
-                    "backend.cost.preset",
-                    format!(
-                        "\"{}\" is not a cost preset; expected one of {} (`apflab list` says \
-                         where each value comes from)",
-                        p.get_ref(),
-                        CostPreset::names()
-                    ),
-                )
-            })?,
-        };
-        let default_cost = preset.model();
-        let ns_per_instruction = match &b.cost.ns_per_instruction {
-            Some(s)
-                if !(s.get_ref().is_finite()
-                    && (MIN_NS_PER_INSTRUCTION..MAX_NS_PER_INSTRUCTION).contains(s.get_ref())) =>
-            {
-                return Err(src.key_error(
-                    s.span(),
-                    "backend.cost.ns_per_instruction",
-                    format!(
-                        "{}; expected {MIN_NS_PER_INSTRUCTION} ns or more (no CPU retires \
-                         instructions faster, and virtual time must advance) and below \
-                         {MAX_NS_PER_INSTRUCTION:e} ns",
-                        apflab_pager::config::float_text(*s.get_ref())
-                    ),
-                ));
-            }
-            Some(s) => *s.get_ref(),
-            None => default_cost.ns_per_instruction,
-        };
-        let bounded = |v: &Option<Spanned<u64>>,
-                       key: &str,
-                       bound: Bound<u64>,
-                       default: u64|
-         -> Result<u64, ConfigError> {
-            match v {
-                Some(s) => {
-                    check_bound(&src, s.span(), key, *s.get_ref(), bound)?;
-                    Ok(*s.get_ref())
-                }
-                None => Ok(default),
-            }
-        };
-        let cost_bound = |min: u64| Bound {
-            min,
-            max: MAX_COST_NS,
-            why: "one exit, hypercall or injection costs at most a second, so the \
-                  virtual clock cannot wrap",
-        };
-        let backend = BackendConfig {
-            kind: b.kind.unwrap_or(Backend::Emu),
-            slice_instructions: bounded(
-                &b.slice_instructions,
-                "backend.slice_instructions",
-                Bound {
-                    min: MIN_SLICE_INSTRUCTIONS,
-                    max: MAX_SLICE_INSTRUCTIONS,
-                    why: apflab_vmm::config::SLICE_INSTRUCTIONS_WHY,
-                },
-                defaults::SLICE_INSTRUCTIONS,
-            )?,
-            max_virtual_ms: bounded(
-                &b.max_virtual_ms,
-                "backend.max_virtual_ms",
-                Bound {
-                    min: 1,
-                    max: MAX_VIRTUAL_MS,
-                    why: "about 11.6 days of guest time, far past any run",
-                },
-                defaults::MAX_VIRTUAL_MS,
-            )?,
-            watchdog_ms: bounded(
-                &b.watchdog_ms,
-                "backend.watchdog_ms",
-                Bound {
-                    min: 1,
-                    max: MAX_VIRTUAL_MS,
-                    why: "about 11.6 days of guest time, far past any run",
-                },
-                defaults::WATCHDOG_MS,
-            )?,
-            wall_timeout_ms: match &b.wall_timeout_ms {
-                Some(s) => {
-                    check_bound(
-                        &src,
-                        s.span(),
-                        "backend.wall_timeout_ms",
-                        *s.get_ref(),
-                        WALL_TIMEOUT_BOUND,
-                    )?;
-                    Some(*s.get_ref())
-                }
-                None => None,
-            },
-            cost: CostConfig {
-                preset: preset.name().to_owned(),
-                ns_per_instruction,
-                exit_ns: bounded(
-                    &b.cost.exit_ns,
-                    "backend.cost.exit_ns",
-                    cost_bound(0),
-                    default_cost.exit_ns,
-                )?,
-                kernel_exit_ns: bounded(
-                    &b.cost.kernel_exit_ns,
-                    "backend.cost.kernel_exit_ns",
-                    cost_bound(0),
-                    default_cost.kernel_exit_ns,
-                )?,
-                kick_ns: bounded(
-                    &b.cost.kick_ns,
-                    "backend.cost.kick_ns",
-                    cost_bound(0),
-                    default_cost.kick_ns,
-                )?,
-                hypercall_ns: bounded(
-                    &b.cost.hypercall_ns,
-                    "backend.cost.hypercall_ns",
-                    cost_bound(0),
-                    default_cost.hypercall_ns,
-                )?,
-                inject_ns: bounded(
-                    &b.cost.inject_ns,
-                    "backend.cost.inject_ns",
-                    cost_bound(0),
-                    default_cost.inject_ns,
-                )?,
-            },
-        };
-        // A guest that computes makes no exit between two timer interrupts,
-        // which come once a time slice.
-        if backend.watchdog_ms.saturating_mul(1000) <= workload.timeslice_us {
-            let message = format!(
-                "{}; expected more than workload.timeslice_us = {} us: a busy guest may show \
-                 no sign of life for a whole time slice",
-                backend.watchdog_ms, workload.timeslice_us
-            );
-            return Err(match (&b.watchdog_ms, &raw.workload.timeslice_us) {
-                (Some(s), _) => src.key_error(s.span(), "backend.watchdog_ms", message),
-                (None, Some(t)) => src.key_error(
-                    t.span(),
-                    "workload.timeslice_us",
-                    format!(
-                        "{message} (backend.watchdog_ms defaults to {})",
-                        defaults::WATCHDOG_MS
-                    ),
-                ),
-                (None, None) => src.missing("backend.watchdog_ms", message),
-            });
-        }
-
-        // On emu, every instruction costs virtual time: the built-in guest
-        // must be able to run its longest stretch without a sign of life
-        // within the watchdog's span, or every run ends as a hang.
-        let quiet = GUEST_QUIET_INSTRUCTIONS_PER_MIB.saturating_mul(*memory.get_ref());
-        if backend.kind == Backend::Emu
-            && raw.guest.kernel.is_none()
-            && backend.watchdog_ms as f64 * 1e6 / backend.cost.ns_per_instruction < quiet as f64
-        {
-            let most = backend.watchdog_ms as f64 * 1e6 / quiet as f64;
-            let least_ms = (quiet as f64 * backend.cost.ns_per_instruction / 1e6).ceil();
-            let message = format!(
-                "backend.cost.ns_per_instruction = {} with backend.watchdog_ms = {}: at boot \
-                 the guest runs about {quiet} instructions ({GUEST_QUIET_INSTRUCTIONS_PER_MIB} \
-                 per MiB of guest.memory_mib = {}) without a sign of life, which take {least_ms} \
-                 ms at this cost, so the watchdog would stop every run as a hang; expected \
-                 ns_per_instruction at most {} or watchdog_ms at least {least_ms}",
-                apflab_pager::config::float_text(backend.cost.ns_per_instruction),
-                backend.watchdog_ms,
-                memory.get_ref(),
-                apflab_pager::config::float_text((most * 100.0).floor() / 100.0),
-            );
-            return Err(match (&b.cost.ns_per_instruction, &b.watchdog_ms) {
-                (Some(s), _) => src.key_error(s.span(), "backend.cost.ns_per_instruction", message),
-                (None, Some(s)) => src.key_error(s.span(), "backend.watchdog_ms", message),
-                (None, None) => src.missing("backend.watchdog_ms", message),
-            });
-        }
-
-        let problem = |p: crate::policy_config::KeyProblem| match p.span {
-            Some(span) => src.key_error(span, p.key, p.message),
-            None => src.missing(p.key, p.message),
-        };
-        let policy = raw
-            .policy
-            .as_ref()
-            .map(|p| crate::policy_config::policy(p, base_dir))
-            .transpose()
-            .map_err(problem)?;
-        let apf = raw
-            .apf
-            .as_ref()
-            .map(crate::policy_config::apf)
-            .transpose()
-            .map_err(problem)?;
-        if linux && apf.is_some_and(|a| a.guest_abuses) {
-            return Err(src.missing(
-                "apf",
-                "guest_abuses = false: the abusive guest is apflab's own kernel; the Linux \
-                 guest's client (guest/linux/kernel) only uses the protocol as it is meant",
-            ));
-        }
-        let most = limits::TASKS.max - boot::APF_ABUSE_TASKS;
-        if let (Some(tasks), true) = (workload.tasks, apf.is_some_and(|a| a.guest_abuses))
-            && tasks > most
-        {
-            let span = w.tasks.as_ref().map_or(0..0, Spanned::span);
-            return Err(src.key_error(
-                span,
-                "workload.tasks",
-                format!(
-                    "{tasks}; expected at most {most} with [apf] guest_abuses = true (the abusive \
-                     guest runs a task of its own)"
-                ),
-            ));
-        }
-
+        let src = &Source { file, text };
+        let guest = guest_files(src, &raw.guest, base_dir)?;
+        let workload = workload_section(src, &raw.workload, guest.linux)?;
+        check_room(src, &raw.guest.memory_mib, &workload)?;
+        let resident_low = guest.resident_low();
+        let pager = pager_section(
+            src,
+            raw.pager.as_ref(),
+            resident_low,
+            guest.ram_bytes,
+            base_dir,
+        )?;
+        check_store_verification(src, &raw.workload, &workload, pager.as_ref())?;
+        let backend = backend_section(src, &raw.backend)?;
+        check_watchdog(src, &raw, &workload, &backend)?;
+        let (policy, apf) = policy_sections(src, &raw, base_dir, guest.linux, &workload)?;
         let config = Config {
             seed: raw.seed.unwrap_or(defaults::SEED),
             guest: GuestConfig {
-                vcpus: *vcpus.get_ref(),
-                memory_mib: *memory.get_ref(),
-                kernel,
+                vcpus: *raw.guest.vcpus.get_ref(),
+                memory_mib: *raw.guest.memory_mib.get_ref(),
+                kernel: guest.kernel,
                 initrd: raw.guest.initrd.as_ref().map(|i| i.get_ref().clone()),
                 bootargs: raw.guest.bootargs.as_ref().map(|b| b.get_ref().clone()),
-                linux,
+                linux: guest.linux,
                 resident_low,
             },
             workload,
@@ -1314,32 +1451,11 @@ impl Config {
             policy,
             apf,
             base_dir: base_dir.to_path_buf(),
-            kernel_path,
-            initrd_path,
+            kernel_path: guest.kernel_path,
+            initrd_path: guest.initrd_path,
             timeline: false,
         };
-        if let Some(b) = &raw.guest.bootargs
-            && b.get_ref().contains('\0')
-        {
-            return Err(src.key_error(
-                b.span(),
-                "guest.bootargs",
-                "contains a NUL character; expected kernel command line words",
-            ));
-        }
-        // Linux cuts a longer command line short without a word.
-        let len = config.bootargs().len();
-        if len > apflab_vmm::fdt::MAX_BOOTARGS_LEN {
-            let span = raw.guest.bootargs.as_ref().map_or(0..0, Spanned::span);
-            return Err(src.key_error(
-                span,
-                "guest.bootargs",
-                format!(
-                    "the kernel command line would be {len} bytes; the kernel takes at most {}",
-                    apflab_vmm::fdt::MAX_BOOTARGS_LEN
-                ),
-            ));
-        }
+        check_bootargs(src, &raw.guest, &config)?;
         Ok(config)
     }
 
