@@ -84,17 +84,20 @@ pub struct RunResult {
 
 /// Which source tree a run came from: the git commit of the tree apflab was
 /// built from (the workspace the `apflab` executable was compiled in) and
-/// whether tracked files differed from it, so a result can be traced to
-/// code and one from uncommitted code is marked as such.
+/// whether the code that ran may differ from that commit, so a result can be
+/// traced to code and one from uncommitted code is marked as such.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SourceRecord {
     /// `git rev-parse HEAD` of the tree (`unknown` where there is no git or
     /// no tree, e.g. a copied static executable).
     pub commit: String,
-    /// Whether `git status` found tracked files changed or new files not
-    /// ignored, outside `paper/` (false where the commit is unknown). The
-    /// write-up is left out: `scripts/paper` rewrites it while its runs go
-    /// on, and nothing in it goes into a build.
+    /// Whether the run's code may not be exactly `commit`: `git status`
+    /// found tracked files changed or new files not ignored, outside
+    /// `paper/`, or the executable was built from another commit than the
+    /// tree's current one (the tree moved on after the build). False where
+    /// the commit is unknown. The write-up is left out: `scripts/paper`
+    /// rewrites it while its runs go on, and nothing in it goes into a
+    /// build.
     pub dirty: bool,
 }
 
@@ -115,10 +118,24 @@ impl SourceRecord {
                 .filter(|o| o.status.success())
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         };
-        match git(&["rev-parse", "HEAD"]) {
+        Self::from_git(
+            git(&["rev-parse", "HEAD"]),
+            || git(&["status", "--porcelain", "--", ".", ":(exclude)paper"]),
+            env!("APFLAB_BUILD_COMMIT"),
+        )
+    }
+
+    /// The record of a tree at `head` (none: no git or no tree) whose
+    /// `status` (`git status --porcelain`, asked only with a head) says
+    /// what changed, for an executable built at commit `built`.
+    fn from_git(
+        head: Option<String>,
+        status: impl FnOnce() -> Option<String>,
+        built: &str,
+    ) -> Self {
+        match head {
             Some(commit) if !commit.is_empty() => SourceRecord {
-                dirty: git(&["status", "--porcelain", "--", ".", ":(exclude)paper"])
-                    .is_none_or(|s| !s.is_empty()),
+                dirty: commit != built || status().is_none_or(|s| !s.is_empty()),
                 commit,
             },
             _ => SourceRecord {
@@ -944,6 +961,25 @@ fn non_empty(hist: &[u64]) -> BTreeMap<u32, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_is_clean_only_from_the_commit_the_executable_was_built_at_with_no_changes() {
+        let record = |head: Option<&str>, status: Option<&str>, built| {
+            let status = status.map(str::to_owned);
+            SourceRecord::from_git(head.map(str::to_owned), move || status, built)
+        };
+        let clean = record(Some("aaa"), Some(""), "aaa");
+        assert_eq!((clean.commit.as_str(), clean.dirty), ("aaa", false));
+        // Files changed since the commit.
+        assert!(record(Some("aaa"), Some(" M platform/vmm/src/machine.rs"), "aaa").dirty);
+        // The tree moved on after the executable was built.
+        let moved = record(Some("bbb"), Some(""), "aaa");
+        assert_eq!((moved.commit.as_str(), moved.dirty), ("bbb", true));
+        // git status failed.
+        assert!(record(Some("aaa"), None, "aaa").dirty);
+        let none = record(None, None, "aaa");
+        assert_eq!((none.commit.as_str(), none.dirty), ("unknown", false));
+    }
 
     #[test]
     fn percentiles_come_from_the_fine_histogram_to_0_79_percent() {
