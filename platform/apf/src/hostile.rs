@@ -162,8 +162,9 @@ impl HostileGuest {
                 if c.chance(7, 8)? {
                     let version = c.pick(&[CONTROL_BLOCK_VERSION, CONTROL_BLOCK_VERSION, 99])?;
                     let _ = m.memory.write_obj(version, GuestAddress(base));
-                    // No no-inject window yet.
-                    let window = GuestAddress(base + cb_offset::NO_INJECT_START as u64);
+                    // No no-inject window yet. (The base is any value, so
+                    // its fields' addresses wrap, as the guest's would.)
+                    let window = GuestAddress(base.wrapping_add(cb_offset::NO_INJECT_START as u64));
                     let _ = m.memory.write_obj([0u64; 2], window);
                 }
                 let function =

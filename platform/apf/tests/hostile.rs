@@ -95,3 +95,46 @@ fn a_guest_that_does_anything_never_breaks_the_engine_or_its_books() {
         guest.assert_books(&e, &m);
     }
 }
+
+/// Choices read from a script, as the fuzz target's come from its input;
+/// none once it runs out.
+struct Scripted(std::vec::IntoIter<u64>);
+
+impl Choices for Scripted {
+    fn below(&mut self, n: u64) -> Option<u64> {
+        self.0.next().map(|v| v % n)
+    }
+
+    fn any(&mut self) -> Option<u64> {
+        self.0.next()
+    }
+}
+
+/// The fuzz target found this one: a control block registered at the very
+/// top of the address space, whose fields' addresses wrap.
+#[test]
+fn a_control_block_at_the_top_of_the_address_space_is_refused_not_a_panic() {
+    let c = config(Some(128), 0.0);
+    let policy = RandomPolicy(Rng(XorShift64Star::from_state(1)));
+    let mut e = Engine::new(VCPUS, pager(&c), Box::new(policy), ApfConfig::all(8));
+    let mut m = FakeMachine::new(RAM);
+    e.init(&mut m).unwrap();
+    let guest = HostileGuest {
+        vcpus: VCPUS,
+        ram: RAM,
+        managed: ManagedRange::for_guest_ram(RAM).unwrap(),
+    };
+    // vCPU 0, no time passing, step 7 (register a block), a base of any
+    // value (choice 9, then not another vCPU's), u64::MAX - 8, prepared
+    // (7 in 8) with this version, then ENABLE with any two arguments.
+    let script = vec![0, 0, 7, 9, 1, u64::MAX - 8, 0, 0, 0, 0, 0];
+    let mut now = 0;
+    let stepped = guest.step(&mut Scripted(script.into_iter()), &mut e, &mut m, &mut now);
+    assert_eq!(stepped, Some(()), "the script covers the whole step");
+    assert!(
+        !e.metrics().violations.is_empty(),
+        "a block outside RAM is refused: {:?}",
+        e.metrics()
+    );
+    guest.assert_books(&e, &m);
+}
