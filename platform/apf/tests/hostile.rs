@@ -63,20 +63,28 @@ impl Policy for RandomPolicy {
     }
 }
 
+/// The hostile guest on four vCPUs, and an engine (every protocol feature
+/// offered, a pager with 128 resident pages and four fetches in flight)
+/// whose policy decides at random from `policy_seed`.
+fn hostile_setup(policy_seed: u64) -> (HostileGuest, Engine, FakeMachine) {
+    let mut c = config(Some(128), 0.0);
+    c.queue_depth = 4;
+    let policy = RandomPolicy(Rng(XorShift64Star::from_state(policy_seed)));
+    let mut e = Engine::new(VCPUS, pager(&c), Box::new(policy), ApfConfig::all(8));
+    let mut m = FakeMachine::new(RAM);
+    e.init(&mut m).unwrap();
+    let guest = HostileGuest {
+        vcpus: VCPUS,
+        ram: RAM,
+        managed: ManagedRange::for_guest_ram(RAM).unwrap(),
+    };
+    (guest, e, m)
+}
+
 #[test]
 fn a_guest_that_does_anything_never_breaks_the_engine_or_its_books() {
     for seed in [1u64, 7, 0xdead_beef] {
-        let mut c = config(Some(128), 0.0);
-        c.queue_depth = 4;
-        let policy = RandomPolicy(Rng(XorShift64Star::from_state(seed ^ 0x5eed)));
-        let mut e = Engine::new(VCPUS, pager(&c), Box::new(policy), ApfConfig::all(8));
-        let mut m = FakeMachine::new(RAM);
-        e.init(&mut m).unwrap();
-        let guest = HostileGuest {
-            vcpus: VCPUS,
-            ram: RAM,
-            managed: ManagedRange::for_guest_ram(RAM).unwrap(),
-        };
+        let (guest, mut e, mut m) = hostile_setup(seed ^ 0x5eed);
         let mut rng = Rng(XorShift64Star::from_state(seed));
         let mut now = 0;
         for _ in 0..STEPS {
@@ -114,16 +122,7 @@ impl Choices for Scripted {
 /// top of the address space, whose fields' addresses wrap.
 #[test]
 fn a_control_block_at_the_top_of_the_address_space_is_refused_not_a_panic() {
-    let c = config(Some(128), 0.0);
-    let policy = RandomPolicy(Rng(XorShift64Star::from_state(1)));
-    let mut e = Engine::new(VCPUS, pager(&c), Box::new(policy), ApfConfig::all(8));
-    let mut m = FakeMachine::new(RAM);
-    e.init(&mut m).unwrap();
-    let guest = HostileGuest {
-        vcpus: VCPUS,
-        ram: RAM,
-        managed: ManagedRange::for_guest_ram(RAM).unwrap(),
-    };
+    let (guest, mut e, mut m) = hostile_setup(1);
     // vCPU 0, no time passing, step 7 (register a block), a base of any
     // value (choice 9, then not another vCPU's), u64::MAX - 8, prepared
     // (7 in 8) with this version, then ENABLE with any two arguments.
