@@ -21,8 +21,15 @@ use std::fmt;
 
 /// The guest has been quiet since `since_ns`, as of its last sign of life.
 /// (Only the backends' run loops use it: a build with neither, such as the
-/// fuzz targets', has none.)
-#[cfg_attr(not(any(feature = "emu", feature = "kvm")), allow(dead_code))]
+/// fuzz targets' or a kvm-only one on a host that is not aarch64 Linux, has
+/// none.)
+#[cfg_attr(
+    not(any(
+        feature = "emu",
+        all(target_arch = "aarch64", target_os = "linux", feature = "kvm")
+    )),
+    allow(dead_code)
+)]
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Watchdog {
     span_ns: u64,
@@ -30,7 +37,13 @@ pub(crate) struct Watchdog {
     since_ns: u64,
 }
 
-#[cfg_attr(not(any(feature = "emu", feature = "kvm")), allow(dead_code))]
+#[cfg_attr(
+    not(any(
+        feature = "emu",
+        all(target_arch = "aarch64", target_os = "linux", feature = "kvm")
+    )),
+    allow(dead_code)
+)]
 impl Watchdog {
     /// A watchdog that bites after `span_ns` without a sign of life.
     pub(crate) fn new(span_ns: u64) -> Self {
