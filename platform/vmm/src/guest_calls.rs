@@ -15,7 +15,7 @@ use apflab_abi::trace::{TRACE_BATCH, TraceKind, TraceRecord};
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::machine::{Answer, Effect};
+use crate::effect::{Answer, Effect};
 use crate::outcome::{GuestTimeline, MAX_TIMELINE_RECORDS};
 
 /// What the guest handed over so far, and what the VMM hands it.

@@ -22,6 +22,7 @@
 pub mod arm64_image;
 pub mod config;
 pub mod devices;
+mod effect;
 #[cfg(feature = "emu")]
 pub mod emu;
 mod error;

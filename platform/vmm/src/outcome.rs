@@ -8,7 +8,7 @@ use apflab_abi::trace::TraceRecord;
 
 use apflab_hypervisor::{CrashReason, HookFailure, PageServerError};
 
-use crate::machine::Effect;
+use crate::effect::Effect;
 use crate::watchdog::HangDiagnosis;
 
 /// How the guest's run ended.

@@ -10,7 +10,7 @@ use apflab_hypervisor::arch::mpidr_of;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::machine::{Answer, Effect};
+use crate::effect::{Answer, Effect};
 
 /// PSCI CPU_ON, SMC32 calling convention.
 const PSCI_CPU_ON_SMC32: u32 = 0x8400_0003;
