@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod grouping;
 pub mod kendall;
 pub mod linux_guest;
 pub mod matrix;

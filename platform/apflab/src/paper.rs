@@ -54,8 +54,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::plot::{baseline_key, baselines};
-use crate::report::{ReportError, find_results, load_result, repetition_key, seeds_of};
+use crate::grouping::{baseline_key, baselines, repetition_key, seeds_of};
+use crate::report::{ReportError, find_results, load_result};
 use crate::result::RunResult;
 use crate::stats::Estimate;
 

@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use crate::grouping::{baseline_key, baselines, repetition_key};
 use crate::result::RunResult;
 use apflab_abi::report::GuestReport;
 
@@ -93,26 +94,6 @@ pub enum Figure {
 /// Most curves drawn on one CDF plot: more are unreadable (the report's
 /// text says how many were left out).
 pub const MAX_CDF_SERIES: usize = 12;
-
-/// The config of `r` without what tells variants apart, as a key.
-pub fn baseline_key(r: &RunResult) -> String {
-    let mut parsed = r.config.parsed.clone();
-    if let Some(table) = parsed.as_object_mut() {
-        table.remove("policy");
-        table.remove("apf");
-    }
-    format!("{} {parsed}", r.backend)
-}
-
-/// The makespan of the sync baseline of each successful baseline run of
-/// `results`, by [`baseline_key`].
-pub fn baselines(results: &[(PathBuf, RunResult)]) -> BTreeMap<String, u64> {
-    results
-        .iter()
-        .filter(|(_, r)| r.outcome.success && r.is_sync_baseline())
-        .map(|(_, r)| (baseline_key(r), r.virtual_time_ns))
-        .collect()
-}
 
 /// Every successful async run of `results` that has a baseline among them.
 pub fn makespan_points(results: &[(PathBuf, RunResult)]) -> Vec<MakespanPoint> {
@@ -239,7 +220,7 @@ pub fn vcpu_time_bars(results: &[(PathBuf, RunResult)]) -> Vec<VcpuTimeBar> {
     // Configs in the order of their first run.
     let mut groups: Vec<(String, Vec<&(PathBuf, RunResult)>)> = Vec::new();
     for run in ok {
-        let key = crate::report::repetition_key(&run.1);
+        let key = repetition_key(&run.1);
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, g)) => g.push(run),
             None => groups.push((key, vec![run])),

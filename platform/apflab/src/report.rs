@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
+use crate::grouping::{baseline_key, baselines, repetition_key};
 use crate::plot::{self, CdfSeries, Figure};
 use crate::result::RunResult;
 use crate::stats::Estimate;
@@ -202,13 +203,13 @@ fn vs_sync(r: &RunResult, baselines: &BTreeMap<String, u64>) -> Option<f64> {
     if !r.outcome.success || r.is_sync_baseline() {
         return None;
     }
-    let base = *baselines.get(&crate::plot::baseline_key(r))?;
+    let base = *baselines.get(&baseline_key(r))?;
     Some(100.0 * (r.virtual_time_ns as f64 - base as f64) / base.max(1) as f64)
 }
 
 /// What every run was and how long it took.
 fn runs_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
-    let baselines = crate::plot::baselines(results);
+    let baselines = baselines(results);
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|(path, r)| {
@@ -250,33 +251,9 @@ fn runs_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
     );
 }
 
-/// The config of `r` without the seeds a matrix varies per repetition (the
-/// guest's and the pager's): runs that share it are repetitions.
-pub fn repetition_key(r: &RunResult) -> String {
-    let mut parsed = r.config.parsed.clone();
-    if let Some(table) = parsed.as_object_mut() {
-        table.remove("seed");
-        if let Some(pager) = table.get_mut("pager").and_then(|p| p.as_object_mut()) {
-            pager.remove("seed");
-        }
-    }
-    format!("{} {parsed}", r.backend)
-}
-
-/// The seeds of `r` a matrix varies per repetition, as text: runs of two
-/// configs with the same seeds are a pair of one repetition.
-pub fn seeds_of(r: &RunResult) -> String {
-    let p = &r.config.parsed;
-    format!(
-        "{} {}",
-        p.get("seed").unwrap_or(&serde_json::Value::Null),
-        p.pointer("/pager/seed").unwrap_or(&serde_json::Value::Null)
-    )
-}
-
 /// Runs that repeat one config with other seeds, as mean ± 95 % CI.
 fn repetitions_table(out: &mut String, results: &[(PathBuf, RunResult)]) {
-    let baselines = crate::plot::baselines(results);
+    let baselines = baselines(results);
     let mut groups: BTreeMap<String, Vec<(&PathBuf, &RunResult)>> = BTreeMap::new();
     for (path, r) in results.iter().filter(|(_, r)| r.outcome.success) {
         groups.entry(repetition_key(r)).or_default().push((path, r));
