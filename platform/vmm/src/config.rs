@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use apflab_abi::limits::MAX_MEMORY_MIB;
 use apflab_abi::memory_map::MAX_VCPUS;
 
-use crate::error::VmError;
-
 /// Smallest guest RAM accepted (room for the device tree and a kernel).
 pub const MIN_MEMORY_MIB: u64 = 8;
 
@@ -384,17 +382,51 @@ pub struct VmConfig {
     pub echo_console: bool,
 }
 
+/// A value of a [`VmConfig`] out of the range the VMM or the host can run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// vCPU count out of range.
+    #[error("vcpus = {0}: must be between 1 and {MAX_VCPUS}")]
+    Vcpus(u32),
+    /// Memory too small.
+    #[error("memory = {requested} MiB: must be at least {minimum} MiB")]
+    MemoryTooSmall {
+        /// Requested MiB.
+        requested: u64,
+        /// The least that works.
+        minimum: u64,
+    },
+    /// Memory larger than the host has.
+    #[error("memory = {requested} MiB is more than this host's {host} MiB of RAM")]
+    MemoryTooLarge {
+        /// Requested MiB.
+        requested: u64,
+        /// Host MiB.
+        host: u64,
+    },
+    /// A cost model or slice value that makes no sense.
+    #[error("{key} = {value}: {expected}")]
+    BadValue {
+        /// Config key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is expected.
+        expected: &'static str,
+    },
+}
+
 impl VmConfig {
     /// Checks what only the VMM knows: vCPU and memory limits (including the
     /// host's RAM), the cost model, the slice size and the time limit (so
     /// that the virtual clock can neither stall nor wrap). The kernel file
     /// is checked when it is loaded.
-    pub fn validate(&self) -> Result<(), VmError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(VmError::Vcpus(self.vcpus));
+            return Err(ConfigError::Vcpus(self.vcpus));
         }
         if self.memory_mib < MIN_MEMORY_MIB {
-            return Err(VmError::MemoryTooSmall {
+            return Err(ConfigError::MemoryTooSmall {
                 requested: self.memory_mib,
                 minimum: MIN_MEMORY_MIB,
             });
@@ -402,13 +434,13 @@ impl VmConfig {
         if let Some(host) = host_memory_mib()
             && self.memory_mib > host
         {
-            return Err(VmError::MemoryTooLarge {
+            return Err(ConfigError::MemoryTooLarge {
                 requested: self.memory_mib,
                 host,
             });
         }
         if self.memory_mib > MAX_MEMORY_MIB {
-            return Err(VmError::BadValue {
+            return Err(ConfigError::BadValue {
                 key: "memory",
                 value: format!("{} MiB", self.memory_mib),
                 expected: "at most 1047552 MiB (RAM from 1 GiB to the end of the machine's \
@@ -417,7 +449,7 @@ impl VmConfig {
         }
         let nspi = self.cost.ns_per_instruction;
         if !(nspi.is_finite() && (MIN_NS_PER_INSTRUCTION..MAX_NS_PER_INSTRUCTION).contains(&nspi)) {
-            return Err(VmError::BadValue {
+            return Err(ConfigError::BadValue {
                 key: "cost.ns_per_instruction",
                 value: nspi.to_string(),
                 expected: "at least 0.01 ns (no CPU is faster, and virtual time must advance) \
@@ -432,7 +464,7 @@ impl VmConfig {
             ("cost.kick_ns", self.cost.kick_ns),
         ] {
             if ns > MAX_COST_NS {
-                return Err(VmError::BadValue {
+                return Err(ConfigError::BadValue {
                     key,
                     value: ns.to_string(),
                     expected: "at most 1000000000 ns (one second), so the virtual clock \
@@ -441,7 +473,7 @@ impl VmConfig {
             }
         }
         if !(MIN_SLICE_INSTRUCTIONS..=MAX_SLICE_INSTRUCTIONS).contains(&self.slice_instructions) {
-            return Err(VmError::BadValue {
+            return Err(ConfigError::BadValue {
                 key: "slice_instructions",
                 value: self.slice_instructions.to_string(),
                 expected: "513..=1000000000 instructions: a slice must be longer than the \
@@ -450,14 +482,14 @@ impl VmConfig {
             });
         }
         if self.max_virtual_ns == 0 || self.max_virtual_ns > MAX_VIRTUAL_NS {
-            return Err(VmError::BadValue {
+            return Err(ConfigError::BadValue {
                 key: "max_virtual_ns",
                 value: self.max_virtual_ns.to_string(),
                 expected: "1..=10^15 ns (about 11.6 days of guest time)",
             });
         }
         if self.watchdog_ns == 0 || self.watchdog_ns > MAX_VIRTUAL_NS {
-            return Err(VmError::BadValue {
+            return Err(ConfigError::BadValue {
                 key: "watchdog_ns",
                 value: self.watchdog_ns.to_string(),
                 expected: "1..=10^15 ns (about 11.6 days)",

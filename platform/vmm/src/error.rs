@@ -1,8 +1,7 @@
 //! Why a VM could not be built or run. A guest that misbehaves is not an
 //! error: its run ends with a [`crate::GuestExit`] that says what happened.
 
-use apflab_abi::memory_map::MAX_VCPUS;
-
+use crate::config::ConfigError;
 use crate::fdt::FdtError;
 use crate::loader::LoadError;
 use apflab_hypervisor::HypervisorError;
@@ -11,35 +10,9 @@ use apflab_hypervisor::{HookInitError, PageServerError};
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// vCPU count out of range.
-    #[error("vcpus = {0}: must be between 1 and {MAX_VCPUS}")]
-    Vcpus(u32),
-    /// Memory too small.
-    #[error("memory = {requested} MiB: must be at least {minimum} MiB")]
-    MemoryTooSmall {
-        /// Requested MiB.
-        requested: u64,
-        /// The least that works.
-        minimum: u64,
-    },
-    /// Memory larger than the host has.
-    #[error("memory = {requested} MiB is more than this host's {host} MiB of RAM")]
-    MemoryTooLarge {
-        /// Requested MiB.
-        requested: u64,
-        /// Host MiB.
-        host: u64,
-    },
-    /// A cost model or slice value that makes no sense.
-    #[error("{key} = {value}: {expected}")]
-    BadValue {
-        /// Config key.
-        key: &'static str,
-        /// Its value.
-        value: String,
-        /// What is expected.
-        expected: &'static str,
-    },
+    /// The config asks for what this VMM or host cannot give.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Guest RAM could not be allocated.
     #[error("cannot allocate {mib} MiB of guest RAM: {detail}")]
     Allocate {

@@ -44,7 +44,9 @@ pub use apflab_hypervisor::{
     NoFarMemory, ResumeState, is_engine_call, no_async_pf,
 };
 pub use apflab_hypervisor::{HostRam, PageServer, PageServerError};
-pub use config::{BackendKind, CostModel, CostPreset, CostSource, VmConfig, host_memory_mib};
+pub use config::{
+    BackendKind, ConfigError, CostModel, CostPreset, CostSource, VmConfig, host_memory_mib,
+};
 pub use error::VmError;
 pub use outcome::{
     GuestCrash, GuestExit, GuestTimeline, Halt, MAX_RECORDED_HALTS, MAX_TIMELINE_RECORDS,

@@ -20,7 +20,7 @@ use apflab_abi::memory_map::{DTB_MAX_SIZE, RAM_BASE};
 use tracing::info;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::config::{BackendKind, VmConfig};
+use crate::config::{BackendKind, ConfigError, VmConfig};
 use crate::error::VmError;
 use crate::fdt;
 use crate::loader::{self, LoadedKernel};
@@ -106,10 +106,11 @@ impl Vm {
         };
         let dtb = fdt::build(config.vcpus, ram_size, &chosen)?;
         if kernel.dtb_addr + DTB_MAX_SIZE > RAM_BASE + ram_size {
-            return Err(VmError::MemoryTooSmall {
+            return Err(ConfigError::MemoryTooSmall {
                 requested: config.memory_mib,
                 minimum: crate::config::MIN_MEMORY_MIB,
-            });
+            }
+            .into());
         }
         memory
             .write_slice(&dtb, GuestAddress(kernel.dtb_addr))
