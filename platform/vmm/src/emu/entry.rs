@@ -34,7 +34,7 @@ impl EmuVcpu {
         self.set_reg(Reg::Pstate, pstate::EL1H_MASKED)?;
         // The SPSR write goes through the coprocessor interface, which also
         // makes the new PSTATE's exception level take effect.
-        let ss = self.take_step_state();
+        let ss = self.uc.get_data_mut().debug.take_step_state();
         self.set_reg(Reg::SpsrEl1, old_pstate | ss)?;
         if from_el0 || old_pstate & pstate::MODE_MASK == pstate::EL1T {
             let sp1 = self.get_reg(Reg::SpEl1)?;

@@ -6,17 +6,17 @@
 
 use apflab_abi::memory_map::PAGE_SIZE;
 
+use super::block_watch;
 use super::debug;
-use super::exception::{Access, GuestFault};
+use super::fault::{Access, GuestFault};
 use super::id_regs;
-use super::insn_watch;
 use super::regs::{SCTLR_EL1, XREGS, cp};
 use super::shootdown;
-use super::state::{HookState, end_slice};
+use super::state::{HookState, end_slice, read_insn, request_stop};
 use super::tlb::fill_tlb;
 use apflab_hypervisor::arch::{SysRegId, insn, pstate, sysreg};
 use apflab_hypervisor::{Conduit, CrashReason, MmioWriteKind, VmExit};
-use unicorn_engine::{Arm64Insn, HookType, MemType, Prot, RegisterARM64, RegisterARM64CP, Unicorn};
+use unicorn_engine::{Arm64Insn, HookType, MemType, RegisterARM64, RegisterARM64CP, Unicorn};
 
 /// QEMU exception numbers seen by the interrupt hook.
 mod excp {
@@ -100,27 +100,6 @@ fn step_over_unknown_sysreg(uc: &mut Unicorn<'_, HookState>, reg: SysRegId) {
     {
         let _ = uc.set_pc(pc + 4);
     }
-}
-
-pub(super) fn request_stop(uc: &mut Unicorn<'_, HookState>) {
-    let st = uc.get_data_mut();
-    if !st.stop_requested {
-        st.stop_requested = true;
-        // Cannot fail on a running engine; if it did, the slice budget
-        // still ends the run.
-        let _ = uc.emu_stop();
-    }
-}
-
-/// Reads the instruction word at virtual address `va` as the CPU would
-/// fetch it.
-pub(super) fn read_insn(uc: &Unicorn<'_, HookState>, va: u64) -> Option<u32> {
-    let mut b = [0u8; 4];
-    let probing = &uc.get_data().probing;
-    probing.set(true);
-    let read = uc.vmem_read(va, Prot::EXEC, &mut b);
-    uc.get_data().probing.set(false);
-    read.ok().map(|()| u32::from_le_bytes(b))
 }
 
 /// Maps the device window `[base, base + size)`; with `ends_slice`, every
@@ -262,14 +241,14 @@ pub(super) fn install_hooks(
         if reg == SCTLR_EL1 {
             // The write ends its block; the slice ends with it when the
             // alignment watch must come or go (insn_watch.rs).
-            let mode = insn_watch::WatchMode::of(cpreg.val);
+            let mode = block_watch::WatchMode::of(cpreg.val);
             if mode != uc.get_data().watch.mode {
                 end_slice(uc);
             }
             uc.get_data_mut().watch.forget_blocks();
             return false;
         }
-        if insn_watch::changes_code_view(reg) {
+        if block_watch::changes_code_view(reg) {
             uc.get_data_mut().watch.forget_blocks();
             return false;
         }
@@ -296,7 +275,7 @@ pub(super) fn install_hooks(
     // executes).
     uc.add_insn_sys_hook_arm64(Arm64Insn::UC_ARM64_INS_SYS, 1, 0, |uc, _rt, c| {
         let st = uc.get_data_mut();
-        if insn_watch::invalidates_code(c.crn, c.crm) {
+        if block_watch::invalidates_code(c.crn, c.crm) {
             st.watch.forget_blocks();
         }
         if shootdown::is_broadcast_tlbi(c.crn, c.crm) {

@@ -23,94 +23,15 @@
 //! leaves alignment checking off, as Linux and ours do, runs without any
 //! of it, block hook included.
 
-use std::collections::{HashMap, HashSet};
+use unicorn_engine::{UcHookId, Unicorn};
 
-use unicorn_engine::Unicorn;
-
-use super::exception::{EngineRegs, GuestFault};
-use super::hooks::{read_insn, request_stop};
-use super::regs::{SCTLR_A, SCTLR_EL1, TCR_EL1, TTBR0_EL1, TTBR1_EL1, cp, engine_err};
-use super::state::HookState;
-use super::vcpu::EmuVcpu;
+use super::block_watch::{BlockWatch, MAX_HOOKED_BLOCKS, WatchMode};
+use super::fault::GuestFault;
+use super::regs::{EngineRegs, SCTLR_A, SCTLR_EL1, cp, engine_err};
+use super::state::{HookState, read_insn, request_stop};
 use apflab_hypervisor::HypervisorError;
 use apflab_hypervisor::arch::SysRegId;
 use apflab_hypervisor::arch::access::{alignment_unit, data_access};
-
-/// Blocks with a code hook of their own before the watch covers every
-/// instruction instead (each hook is one more entry the engine scans for
-/// every instruction it translates).
-pub(super) const MAX_HOOKED_BLOCKS: usize = 64;
-
-/// What the watch checks, from SCTLR_EL1.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct WatchMode {
-    /// SCTLR_EL1.A: every load and store is checked for alignment.
-    align: bool,
-}
-
-impl WatchMode {
-    /// The watch SCTLR_EL1 value `sctlr` needs.
-    pub(super) fn of(sctlr: u64) -> Self {
-        WatchMode {
-            align: sctlr & SCTLR_A != 0,
-        }
-    }
-
-    pub(super) fn is_on(self) -> bool {
-        self.align
-    }
-
-    /// Whether the instruction `word` must be seen before it executes.
-    fn watches(self, word: u32) -> bool {
-        self.align && is_load_store(word)
-    }
-}
-
-/// The loads and stores class (op0 = x1x0), and system instructions (op0
-/// = 1: DC by VA), over-approximated: a block with one gets the hook.
-fn is_load_store(word: u32) -> bool {
-    (word >> 25) & 0b0101 == 0b0100 || word & 0xfff8_0000 == 0xd508_0000
-}
-
-/// The watch's state in one engine.
-#[derive(Debug, Default)]
-pub(super) struct BlockWatch {
-    pub(super) mode: WatchMode,
-    /// Blocks looked at since the code was last allowed to change: start →
-    /// (size, holds a watched instruction).
-    classified: HashMap<u64, (u32, bool)>,
-    /// Blocks that have a code hook of their own (by start address).
-    hooked: HashSet<u64>,
-    /// The watch covers every instruction.
-    everywhere: bool,
-    /// The block the block hook stopped before, to be hooked.
-    pub(super) wanted: Option<(u64, u32)>,
-}
-
-impl BlockWatch {
-    /// Forgets which blocks were found clean (the code they hold may have
-    /// changed for the CPU).
-    pub(super) fn forget_blocks(&mut self) {
-        // Called on every TTBR write and TLBI, with or without the watch:
-        // clearing an empty map would still sweep its allocation.
-        if !self.classified.is_empty() {
-            self.classified.clear();
-        }
-    }
-}
-
-/// Whether a write of `reg` may change the code an address holds for the
-/// CPU.
-pub(super) fn changes_code_view(reg: SysRegId) -> bool {
-    [TTBR0_EL1, TTBR1_EL1, TCR_EL1, SCTLR_EL1].contains(&reg)
-}
-
-/// Whether the system instruction (SYS, op0 = 1) with `crn` invalidates
-/// TLB entries (TLBI, CRn = 8) or instruction cache lines (IC, CRn = 7,
-/// CRm = 1 or 5).
-pub(super) fn invalidates_code(crn: u32, crm: u32) -> bool {
-    crn == 8 || (crn == 7 && (crm == 1 || crm == 5))
-}
 
 /// Called by the block hook for the block `[addr, addr + size)` it
 /// entered: whether the block must get a code hook before it runs (the
@@ -174,35 +95,40 @@ fn watch(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
     }
 }
 
-impl EmuVcpu {
+/// The code hooks that raise alignment faults, while the guest has the
+/// check on.
+#[derive(Default)]
+pub(super) struct InsnWatchHooks(Vec<UcHookId>);
+
+impl InsnWatchHooks {
     /// Matches the watch to the guest's SCTLR_EL1; called before the
     /// engine runs (a write that changes the watch ends the slice, see
     /// hooks.rs).
-    pub(super) fn sync_insn_watch(&mut self) -> Result<(), HypervisorError> {
-        let mode = WatchMode::of(read(&self.uc, SCTLR_EL1).unwrap_or(0));
-        if mode == self.uc.get_data().watch.mode {
+    pub(super) fn sync(
+        &mut self,
+        uc: &mut Unicorn<'static, HookState>,
+    ) -> Result<(), HypervisorError> {
+        let mode = WatchMode::of(read(uc, SCTLR_EL1).unwrap_or(0));
+        if mode == uc.get_data().watch.mode {
             return Ok(());
         }
         // Deleting a hook drops the code translated with it.
-        for id in self.insn_watch.drain(..) {
-            self.uc
-                .remove_hook(id)
+        for id in self.0.drain(..) {
+            uc.remove_hook(id)
                 .map_err(|e| engine_err("remove the instruction watch", e))?;
         }
-        self.uc.get_data_mut().watch = BlockWatch {
+        uc.get_data_mut().watch = BlockWatch {
             mode,
             ..BlockWatch::default()
         };
         if mode.is_on() {
             // (1, 0) is the engine's range for every address.
-            let id = self
-                .uc
+            let id = uc
                 .add_block_hook(1, 0, watch_block)
                 .map_err(|e| engine_err("add the instruction watch", e))?;
-            self.insn_watch.push(id);
+            self.0.push(id);
             // Code translated before the hook runs without it.
-            self.uc
-                .ctl_flush_tb()
+            uc.ctl_flush_tb()
                 .map_err(|e| engine_err("flush translated code", e))?;
         }
         Ok(())
@@ -210,65 +136,36 @@ impl EmuVcpu {
 
     /// Gives the block the block hook stopped before (if any) its code
     /// hook; whether there was one (the engine then runs again from it).
-    pub(super) fn hook_wanted_block(&mut self) -> Result<bool, HypervisorError> {
-        let Some((addr, size)) = self.uc.get_data_mut().watch.wanted.take() else {
+    pub(super) fn hook_wanted_block(
+        &mut self,
+        uc: &mut Unicorn<'static, HookState>,
+    ) -> Result<bool, HypervisorError> {
+        let Some((addr, size)) = uc.get_data_mut().watch.wanted.take() else {
             return Ok(false);
         };
-        let everywhere = self.uc.get_data().watch.hooked.len() >= MAX_HOOKED_BLOCKS;
+        let everywhere = uc.get_data().watch.hooked.len() >= MAX_HOOKED_BLOCKS;
         // (1, 0) is the engine's range for every address.
         let (begin, end) = if everywhere {
             (1, 0)
         } else {
             (addr, addr + u64::from(size) - 1)
         };
-        let id = self
-            .uc
+        let id = uc
             .add_code_hook(begin, end, watch)
             .map_err(|e| engine_err("add the instruction watch", e))?;
-        self.insn_watch.push(id);
-        let w = &mut self.uc.get_data_mut().watch;
+        self.0.push(id);
+        let w = &mut uc.get_data_mut().watch;
         if everywhere {
             w.everywhere = true;
             // Code translated before the hook runs without it.
-            self.uc
-                .ctl_flush_tb()
+            uc.ctl_flush_tb()
                 .map_err(|e| engine_err("flush translated code", e))?;
         } else {
             w.hooked.insert(addr);
             // The block was translated without the hook.
-            self.uc
-                .ctl_remove_cache(addr, addr + u64::from(size))
+            uc.ctl_remove_cache(addr, addr + u64::from(size))
                 .map_err(|e| engine_err("drop a translated block", e))?;
         }
         Ok(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_watch_looks_only_at_what_its_mode_checks() {
-        let off = WatchMode::of(0);
-        assert!(!off.is_on());
-        assert!(!off.watches(0xf940_0000)); // ldr x0, [x0]
-        let align = WatchMode::of(SCTLR_A);
-        assert!(align.watches(0xf940_0000)); // ldr x0, [x0]
-        assert!(align.watches(0xa9bf_7bfd)); // stp x29, x30, [sp, #-16]!
-        assert!(align.watches(0xd50b_7420)); // dc zva, x0
-        assert!(!align.watches(0x8b01_0000)); // add x0, x0, x1
-        assert!(!align.watches(0x9e67_0000)); // fmov d0, x0
-    }
-
-    #[test]
-    fn tlb_and_instruction_cache_invalidations_change_the_code_view() {
-        assert!(invalidates_code(8, 7)); // tlbi vmalle1
-        assert!(invalidates_code(7, 5)); // ic iallu / ic ivau
-        assert!(invalidates_code(7, 1)); // ic ialluis
-        assert!(!invalidates_code(7, 4)); // dc zva
-        assert!(!invalidates_code(7, 14)); // dc civac
-        assert!(changes_code_view(TTBR0_EL1));
-        assert!(!changes_code_view(super::super::regs::CPACR_EL1));
     }
 }

@@ -19,21 +19,31 @@
 //! budget), `hooks` (what unicorn calls back: MMIO, system registers, CPU
 //! exceptions), `tlb` (the virtual TLB fill: the guest's
 //! stage-1 walk plus the pager's word on the page), `entry` (exception and
-//! IRQ entry, which the software CPU never does itself), `exception` (the
-//! syndrome of the guest's synchronous exceptions), `debug` (hardware
-//! breakpoints, watchpoints and software step), `insn_watch` (the
-//! alignment checks the software CPU lacks), `residency`
-//! (absent pages) and `run` (the scheduler of all vCPUs in virtual time).
-//! `id_regs` hides the features the guest cannot have faithfully,
-//! `shootdown` makes broadcast TLB invalidations reach every engine,
-//! `snapshot` saves and restores one engine for [`crate::snapshot`].
-//! `state` is what the hooks of one engine share, `absent` the bitmap of
-//! withheld pages, `regs` the register ids the files share.
-
+//! IRQ entry, which the software CPU never does itself), `fault` (what a
+//! hook saw the guest fault on) and `exception` (its syndrome, and the
+//! entry to the guest's vector), `debug_regs` (the debug registers as the
+//! guest programs them) and `debug` (the hooks and single-instruction runs
+//! that enforce its breakpoints, watchpoints and software step),
+//! `block_watch` and `insn_watch` (the alignment checks the software CPU
+//! lacks), `residency` (absent pages) and `run` (the scheduler of all
+//! vCPUs in virtual time). `id_regs` hides the features the guest cannot
+//! have faithfully, `shootdown` makes broadcast TLB invalidations reach
+//! every engine, `snapshot` saves and restores one engine for
+//! [`crate::snapshot`]. `state` is what the hooks of one engine share,
+//! `absent` the bitmap of withheld pages, `regs` the register ids the
+//! files share.
+//!
+//! The files form layers, with no import cycle: the data of one concept
+//! (`fault`, `debug_regs`, `block_watch`, `icount`, ...) below `state`,
+//! which holds them; the hooks of one concept above it; `hooks`, which
+//! installs them, above those; `vcpu` on top.
 mod absent;
+mod block_watch;
 mod debug;
+mod debug_regs;
 mod entry;
 mod exception;
+mod fault;
 mod hooks;
 mod icount;
 mod id_regs;

@@ -1,12 +1,14 @@
 //! Register plumbing shared by the emu backend's files: unicorn's register
 //! ids for the general registers, the coprocessor-interface ids of the
-//! system registers the backend reads or writes itself, and the error type
-//! of a refused engine operation.
+//! system registers the backend reads or writes itself, the error type
+//! of a refused engine operation, and the engine's registers as the source
+//! of an address computation.
 
-use unicorn_engine::{RegisterARM64, RegisterARM64CP};
+use unicorn_engine::{RegisterARM64, RegisterARM64CP, Unicorn};
 
 use apflab_hypervisor::HypervisorError;
 use apflab_hypervisor::arch::SysRegId;
+use apflab_hypervisor::arch::access::{AddrReg, RegisterSource};
 
 /// SCR_EL3 = NS | HCE | RW: EL1 is AArch64 non-secure and HVC is enabled
 /// (at reset SCR_EL3 is 0 and EL1 translation breaks).
@@ -98,5 +100,21 @@ pub(super) fn engine_err(op: impl Into<String>, e: unicorn_engine::uc_error) -> 
         backend: "emu",
         op: op.into(),
         source: Box::new(EngineCode(e)),
+    }
+}
+
+/// The registers an address computation reads, from the engine.
+pub(super) struct EngineRegs<'a, 'b, D>(pub(super) &'a Unicorn<'b, D>);
+
+impl<D> RegisterSource for EngineRegs<'_, '_, D> {
+    type Error = unicorn_engine::uc_error;
+
+    fn read(&mut self, reg: AddrReg) -> Result<u64, Self::Error> {
+        match reg {
+            AddrReg::X(n) => self
+                .0
+                .reg_read(*XREGS.get(usize::from(n)).unwrap_or(&RegisterARM64::XZR)),
+            AddrReg::Sp => self.0.reg_read(RegisterARM64::SP),
+        }
     }
 }

@@ -23,7 +23,7 @@ use unicorn_engine_sys::{
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::absent::AbsentPages;
-use super::debug::DebugRegs;
+use super::debug_regs::DebugRegs;
 use super::regs::engine_err;
 use super::vcpu::EmuVcpu;
 use crate::snapshot::Refusal;

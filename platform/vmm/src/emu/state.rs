@@ -1,19 +1,20 @@
 //! What the hooks of one engine share: the vCPU's clock and slice budget,
-//! the exit a hook decided on, and the pieces of the VM the hooks reach.
+//! the exit a hook decided on, and the pieces of the VM the hooks reach;
+//! and the engine operations every hook uses (stopping it, reading an
+//! instruction).
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use unicorn_engine::Unicorn;
+use unicorn_engine::{Prot, Unicorn};
 use vm_memory::GuestMemoryMmap;
 
 use super::absent::AbsentPages;
-use super::debug::DebugRegs;
-use super::exception::GuestFault;
-use super::hooks::request_stop;
+use super::block_watch::BlockWatch;
+use super::debug_regs::DebugRegs;
+use super::fault::GuestFault;
 use super::icount::Icount;
-use super::insn_watch::BlockWatch;
 use super::shootdown::Shootdowns;
 use crate::config::CostModel;
 use apflab_hypervisor::{VmExit, VmOps};
@@ -55,7 +56,7 @@ pub(super) struct HookState {
     /// the interrupt is taken at the instruction that follows the unmask
     /// (`msr daifclr`, `msr daif` and `eret` all end a block).
     pub(super) irq_waiting: bool,
-    /// The debug registers and software step state (see `debug.rs`).
+    /// The debug registers and software step state (see `debug_regs.rs`).
     pub(super) debug: DebugRegs,
     /// The FP trap and alignment watch (see `insn_watch.rs`).
     pub(super) watch: BlockWatch,
@@ -121,4 +122,27 @@ impl HookState {
 pub(super) fn end_slice(uc: &mut Unicorn<'_, HookState>) {
     uc.get_data_mut().end_slice = true;
     request_stop(uc);
+}
+
+/// Stops the engine at the next point it tests for a stop request (a
+/// block's start), once.
+pub(super) fn request_stop(uc: &mut Unicorn<'_, HookState>) {
+    let st = uc.get_data_mut();
+    if !st.stop_requested {
+        st.stop_requested = true;
+        // Cannot fail on a running engine; if it did, the slice budget
+        // still ends the run.
+        let _ = uc.emu_stop();
+    }
+}
+
+/// Reads the instruction word at virtual address `va` as the CPU would
+/// fetch it.
+pub(super) fn read_insn(uc: &Unicorn<'_, HookState>, va: u64) -> Option<u32> {
+    let mut b = [0u8; 4];
+    let probing = &uc.get_data().probing;
+    probing.set(true);
+    let read = uc.vmem_read(va, Prot::EXEC, &mut b);
+    uc.get_data().probing.set(false);
+    read.ok().map(|()| u32::from_le_bytes(b))
 }

@@ -15,7 +15,7 @@ use unicorn_engine::{MemType, Prot, RegisterARM64, TlbEntry, Unicorn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::absent::AbsentPages;
-use super::exception::{Access, GuestFault};
+use super::fault::{Access, GuestFault};
 use super::regs::EngineCode;
 use super::state::HookState;
 use apflab_hypervisor::arch::pstate;

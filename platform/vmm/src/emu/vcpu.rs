@@ -7,20 +7,22 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use apflab_abi::memory_map::{APF_READY_PPI, PAGE_SIZE, RAM_BASE};
-use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, UcHookId, Unicorn};
+use unicorn_engine::{Arch, Arm64CpuModel, Mode, Prot, RegisterARM64, TlbType, Unicorn};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::absent::AbsentPages;
-use super::debug::{DebugRegs, Step};
-use super::hooks::{self, read_insn};
+use super::block_watch::BlockWatch;
+use super::debug::{self, DebugHooks, Step};
+use super::debug_regs::DebugRegs;
+use super::hooks;
 use super::icount::Icount;
-use super::insn_watch::BlockWatch;
+use super::insn_watch::InsnWatchHooks;
 use super::regs::{
     EngineCode, HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1,
     SCR_EL3, SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
 };
 use super::shootdown::Shootdowns;
-use super::state::HookState;
+use super::state::{HookState, read_insn};
 use crate::config::CostModel;
 use apflab_hypervisor::arch::{EntryKind, Reg, insn, mpidr_of, pstate};
 use apflab_hypervisor::{CrashReason, HypervisorError, SyncException, Vcpu, VmExit, VmOps};
@@ -29,15 +31,10 @@ use apflab_hypervisor::{CrashReason, HypervisorError, SyncException, Vcpu, VmExi
 pub struct EmuVcpu {
     pub(super) index: u32,
     pub(super) uc: Unicorn<'static, HookState>,
-    /// The code hooks that raise FP traps and alignment faults, while the
-    /// guest has either on (see `insn_watch.rs`).
-    pub(super) insn_watch: Vec<UcHookId>,
-    /// The code hooks of the armed hardware breakpoints, by address (see
-    /// `debug.rs`).
-    pub(super) breakpoint_hooks: Vec<(u64, UcHookId)>,
-    /// The code hook that checks loads and stores while a watchpoint is
-    /// armed.
-    pub(super) watch_hook: Option<UcHookId>,
+    /// The alignment watch's hooks (see `insn_watch.rs`).
+    insn_watch: InsnWatchHooks,
+    /// The hooks of armed breakpoints and watchpoints (see `debug.rs`).
+    debug_hooks: DebugHooks,
 }
 
 impl EmuVcpu {
@@ -159,9 +156,8 @@ impl EmuVcpu {
         Ok(EmuVcpu {
             index,
             uc,
-            insn_watch: Vec::new(),
-            breakpoint_hooks: Vec::new(),
-            watch_hook: None,
+            insn_watch: InsnWatchHooks::default(),
+            debug_hooks: DebugHooks::default(),
         })
     }
 
@@ -267,11 +263,11 @@ impl Vcpu for EmuVcpu {
         self.catch_up_shootdowns()?;
         let mut last_block = None;
         let result = loop {
-            self.sync_insn_watch()?;
-            let stepping = self.sync_debug()?;
+            self.insn_watch.sync(&mut self.uc)?;
+            let stepping = self.debug_hooks.sync(&mut self.uc)?;
             let pc = self.get_reg(Reg::Pc)?;
             let result = if stepping {
-                match self.step(pc)? {
+                match debug::step(&mut self.uc, pc)? {
                     Step::Stop(result) => result,
                     Step::Next => {
                         let st = self.uc.get_data();
@@ -291,7 +287,7 @@ impl Vcpu for EmuVcpu {
                 last_block = self.uc.get_data_mut().finish_run(stopped_at);
                 result
             };
-            if self.hook_wanted_block()? {
+            if self.insn_watch.hook_wanted_block(&mut self.uc)? {
                 // The alignment watch's block hook stopped before a block
                 // it must see; the block now has its code hook.
                 let st = self.uc.get_data_mut();
