@@ -26,6 +26,7 @@ mod effect;
 #[cfg(feature = "emu")]
 pub mod emu;
 mod error;
+mod exit_counts;
 pub mod fdt;
 mod guest_calls;
 pub mod kvm;

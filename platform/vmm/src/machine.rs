@@ -27,17 +27,19 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::devices::doorbell::{DoorbellBank, DoorbellWrite};
 use crate::devices::gic::Gic;
+use crate::devices::interrupts::{Interrupts, SysregWrite};
 use crate::devices::pl011::Pl011;
 use crate::devices::pl031::Pl031;
 use crate::devices::timer::CpuTimers;
 use crate::devices::virtio_mmio;
 use crate::effect::Answer;
 pub use crate::effect::Effect;
+use crate::exit_counts::ExitCounts;
 use crate::guest_calls::GuestCalls;
 use crate::outcome::GuestTimeline;
 use crate::psci::Psci;
 use crate::sdei;
-use apflab_hypervisor::arch::{SysRegId, sysreg};
+use apflab_hypervisor::arch::SysRegId;
 use apflab_hypervisor::{EngineCall, is_engine_call};
 use apflab_hypervisor::{HypervisorError, MmioWriteKind, Vcpu, VmOps};
 
@@ -59,8 +61,35 @@ pub enum Call {
     Engine(EngineCall),
 }
 
-/// The devices and the machine's own bookkeeping: what a snapshot saves of
-/// the machine besides the firmware's and the guest calls' state (see
+/// The doorbell banks, and the engine call made through each, waiting for
+/// the vCPU loop to hand it to the fault engine (its result goes back into
+/// the bank).
+struct Doorbells {
+    banks: Vec<DoorbellBank>,
+    engine_calls: Vec<Option<EngineCall>>,
+}
+
+/// What hypercalls leave for the vCPU loops to act on.
+#[derive(Default)]
+struct Queued {
+    effects: Vec<Effect>,
+    /// The guest made the [`boot_point::FN_BOOT_DONE`] call since the run
+    /// loop last looked.
+    boot_done: bool,
+    /// ... and another call after it, before the loop looked: the machine
+    /// at the boot point is gone.
+    boot_overrun: bool,
+}
+
+impl Queued {
+    /// A call other than the boot point's arrived.
+    fn call_made(&mut self) {
+        self.boot_overrun |= self.boot_done;
+    }
+}
+
+/// The devices and the machine's own bookkeeping, as a snapshot saves them
+/// besides the firmware's and the guest calls' state (see
 /// [`MachineState`]).
 #[derive(Clone, Serialize, Deserialize)]
 struct State {
@@ -69,20 +98,12 @@ struct State {
     gic: Gic,
     timers: Vec<CpuTimers>,
     doorbell: Vec<DoorbellBank>,
-    /// An engine call made through the doorbell, waiting for the vCPU loop
-    /// to hand it to the fault engine (its result goes back into the bank).
     #[serde(with = "crate::snapshot::abi_serde::engine_calls")]
     doorbell_engine_calls: Vec<Option<EngineCall>>,
     effects: Vec<Effect>,
-    /// Earliest virtual time at which an interrupt was sent to a vCPU by
-    /// another one since it last ran (a halted vCPU wakes no earlier).
     wake_hints: Vec<Option<u64>>,
     exits: BTreeMap<String, u64>,
-    /// The guest made the [`boot_point::FN_BOOT_DONE`] call since the run
-    /// loop last looked.
     boot_done: bool,
-    /// ... and another call after it, before the loop looked: the machine
-    /// at the boot point is gone.
     boot_overrun: bool,
 }
 
@@ -96,10 +117,15 @@ pub struct MachineState {
     guest_calls: GuestCalls,
 }
 
-/// The devices and firmware services of one VM.
+/// The devices and firmware services of one VM, each behind a lock of its
+/// own (a vCPU reaching one does not hold up another reaching another);
+/// no method holds two at once.
 pub struct Machine {
-    /// The devices and the bookkeeping of exits and effects.
-    state: Mutex<State>,
+    uart: Mutex<Pl011>,
+    rtc: Mutex<Pl031>,
+    /// The GIC and the timers that drive its lines.
+    interrupts: Mutex<Interrupts>,
+    doorbells: Mutex<Doorbells>,
     /// Which vCPUs are on.
     psci: Mutex<Psci>,
     /// Delivering an event writes vCPU registers, which on kvm are ioctls
@@ -107,6 +133,8 @@ pub struct Machine {
     sdei: Mutex<sdei::Firmware>,
     /// What the guest reported, and the workload's words it is handed.
     guest_calls: Mutex<GuestCalls>,
+    queued: Mutex<Queued>,
+    exits: Mutex<ExitCounts>,
     memory: GuestMemoryMmap,
     vcpus: u32,
 }
@@ -123,33 +151,29 @@ impl Machine {
     pub fn new(vcpus: u32, memory: GuestMemoryMmap, echo_console: bool) -> Self {
         let n = vcpus as usize;
         Machine {
-            state: Mutex::new(State {
-                uart: Pl011::new(echo_console),
-                rtc: Pl031::default(),
-                gic: Gic::new(vcpus),
-                timers: vec![CpuTimers::default(); n],
-                doorbell: vec![DoorbellBank::default(); n],
-                doorbell_engine_calls: vec![None; n],
-                effects: Vec::new(),
-                wake_hints: vec![None; n],
-                exits: BTreeMap::new(),
-                boot_done: false,
-                boot_overrun: false,
+            uart: Mutex::new(Pl011::new(echo_console)),
+            rtc: Mutex::new(Pl031::default()),
+            interrupts: Mutex::new(Interrupts::new(vcpus)),
+            doorbells: Mutex::new(Doorbells {
+                banks: vec![DoorbellBank::default(); n],
+                engine_calls: vec![None; n],
             }),
             psci: Mutex::new(Psci::new(vcpus)),
             sdei: Mutex::new(sdei::Firmware::new(vcpus)),
             guest_calls: Mutex::new(GuestCalls::default()),
+            queued: Mutex::new(Queued::default()),
+            exits: Mutex::new(ExitCounts::default()),
             memory,
             vcpus,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
-    }
-
     fn lock_sdei(&self) -> MutexGuard<'_, sdei::Firmware> {
         lock(&self.sdei)
+    }
+
+    fn lock_interrupts(&self) -> MutexGuard<'_, Interrupts> {
+        lock(&self.interrupts)
     }
 
     /// Carries out what the SDEI firmware has for `vcpu` (see
@@ -159,11 +183,7 @@ impl Machine {
     pub fn deliver_sdei<V: Vcpu + ?Sized>(&self, vcpu: &mut V) -> Result<u32, HypervisorError> {
         let entered = sdei::deliver(&mut self.lock_sdei(), vcpu)?;
         if entered > 0 {
-            *self
-                .lock()
-                .exits
-                .entry("sdei_dispatch".to_owned())
-                .or_default() += u64::from(entered);
+            lock(&self.exits).add("sdei_dispatch", u64::from(entered));
         }
         Ok(entered)
     }
@@ -178,14 +198,14 @@ impl Machine {
     /// Whether the guest announced the end of its boot
     /// ([`boot_point::FN_BOOT_DONE`]) since the last call.
     pub fn take_boot_done(&self) -> bool {
-        std::mem::take(&mut self.lock().boot_done)
+        std::mem::take(&mut lock(&self.queued).boot_done)
     }
 
     /// Whether the guest made another call after
     /// [`boot_point::FN_BOOT_DONE`] before the run loop took the boot point
     /// (a snapshot there would miss it).
     pub fn take_boot_overrun(&self) -> bool {
-        std::mem::take(&mut self.lock().boot_overrun)
+        std::mem::take(&mut lock(&self.queued).boot_overrun)
     }
 
     /// Sets the bootargs words [`boot_point::FN_WORKLOAD_ARGS`] hands
@@ -194,10 +214,32 @@ impl Machine {
         lock(&self.guest_calls).set_workload_args(words);
     }
 
-    /// A copy of the whole machine, for a snapshot.
+    /// A copy of the whole machine, for a snapshot (taken while no vCPU
+    /// runs).
     pub fn save_state(&self) -> MachineState {
+        let interrupts = self.lock_interrupts().clone();
+        let (doorbell, doorbell_engine_calls) = {
+            let d = lock(&self.doorbells);
+            (d.banks.clone(), d.engine_calls.clone())
+        };
+        let (effects, boot_done, boot_overrun) = {
+            let q = lock(&self.queued);
+            (q.effects.clone(), q.boot_done, q.boot_overrun)
+        };
         MachineState {
-            state: self.lock().clone(),
+            state: State {
+                uart: lock(&self.uart).clone(),
+                rtc: lock(&self.rtc).clone(),
+                gic: interrupts.gic,
+                timers: interrupts.timers,
+                doorbell,
+                doorbell_engine_calls,
+                effects,
+                wake_hints: interrupts.wake_hints,
+                exits: lock(&self.exits).by_kind().clone(),
+                boot_done,
+                boot_overrun,
+            },
             psci: lock(&self.psci).clone(),
             sdei: self.lock_sdei().clone(),
             guest_calls: lock(&self.guest_calls).clone(),
@@ -209,7 +251,7 @@ impl Machine {
     /// machine's.
     pub fn restore_state(&self, saved: MachineState) -> Result<(), StateMismatch> {
         let n = self.vcpus as usize;
-        let st = &saved.state;
+        let st = saved.state;
         if [
             st.timers.len(),
             st.doorbell.len(),
@@ -224,10 +266,32 @@ impl Machine {
         {
             return Err(StateMismatch { vcpus: self.vcpus });
         }
-        let mut s = self.lock();
-        let echo = s.uart.echo();
-        *s = saved.state;
-        s.uart.set_echo(echo);
+        {
+            let mut uart = lock(&self.uart);
+            let echo = uart.echo();
+            *uart = st.uart;
+            uart.set_echo(echo);
+        }
+        *lock(&self.rtc) = st.rtc;
+        *self.lock_interrupts() = Interrupts {
+            gic: st.gic,
+            timers: st.timers,
+            wake_hints: st.wake_hints,
+        };
+        *lock(&self.doorbells) = Doorbells {
+            banks: st.doorbell,
+            engine_calls: st.doorbell_engine_calls,
+        };
+        *lock(&self.queued) = Queued {
+            effects: st.effects,
+            boot_done: st.boot_done,
+            boot_overrun: st.boot_overrun,
+        };
+        let mut exits = ExitCounts::default();
+        for (kind, n) in &st.exits {
+            exits.add(kind, *n);
+        }
+        *lock(&self.exits) = exits;
         *lock(&self.psci) = saved.psci;
         *self.lock_sdei() = saved.sdei;
         lock(&self.guest_calls).restore(saved.guest_calls);
@@ -236,40 +300,28 @@ impl Machine {
 
     /// Counts one exit of kind `name`.
     pub fn count_exit(&self, name: &str) {
-        *self.lock().exits.entry(name.to_owned()).or_default() += 1;
+        lock(&self.exits).count(name);
     }
 
-    /// The guest's signs of life so far, for the watchdog: every exit
-    /// counted except those that are no work of the guest's (WFI, the emu
-    /// slice ends, the kvm loop's kicks to look at a vCPU, the emu's kicks
-    /// that deliver "page ready" to a running vCPU).
+    /// The guest's signs of life so far, for the watchdog (see
+    /// [`ExitCounts::activity`]).
     pub fn activity(&self) -> u64 {
-        self.lock()
-            .exits
-            .iter()
-            .filter(|(kind, _)| {
-                !matches!(
-                    kind.as_str(),
-                    "wfi" | "slice_end" | "resume_check" | "ready_kick"
-                )
-            })
-            .map(|(_, n)| n)
-            .sum()
+        lock(&self.exits).activity()
     }
 
     /// Exits counted so far, by kind.
     pub fn exits(&self) -> BTreeMap<String, u64> {
-        self.lock().exits.clone()
+        lock(&self.exits).by_kind().clone()
     }
 
     /// Interrupts acknowledged by the guest, by INTID.
     pub fn interrupts(&self) -> BTreeMap<u32, u64> {
-        self.lock().gic.acknowledged().clone()
+        self.lock_interrupts().gic.acknowledged().clone()
     }
 
     /// The console output so far.
     pub fn console(&self) -> String {
-        self.lock().uart.console_text()
+        lock(&self.uart).console_text()
     }
 
     /// The guest's report, if it sent a valid one: by the `REPORT` call,
@@ -292,29 +344,21 @@ impl Machine {
 
     /// Takes the effects queued by hypercalls since the last call.
     pub fn take_effects(&self) -> Vec<Effect> {
-        std::mem::take(&mut self.lock().effects)
+        std::mem::take(&mut lock(&self.queued).effects)
     }
 
     /// Brings the interrupt lines of `vcpu` (its virtual timer) and the
     /// UART's up to date at `now_ns`.
     pub fn update_lines(&self, vcpu: u32, now_ns: u64) {
-        let mut s = self.lock();
-        Self::update_timer_lines(&mut s, vcpu, now_ns);
-        let uart = s.uart.irq_level();
-        s.gic.set_level(0, 32 + UART_SPI, uart);
-    }
-
-    fn update_timer_lines(s: &mut State, vcpu: u32, now_ns: u64) {
-        if let Some(levels) = s.timers.get(vcpu as usize).map(|t| t.irq_levels(now_ns)) {
-            for (intid, level) in levels {
-                s.gic.set_level(vcpu, intid, level);
-            }
-        }
+        let uart = lock(&self.uart).irq_level();
+        let mut irq = self.lock_interrupts();
+        irq.update_timer_lines(vcpu, now_ns);
+        irq.gic.set_level(0, 32 + UART_SPI, uart);
     }
 
     /// Next virtual time at which one of `vcpu`'s timers fires, if armed.
     pub fn next_deadline(&self, vcpu: u32, now_ns: u64) -> Option<u64> {
-        self.lock()
+        self.lock_interrupts()
             .timers
             .get(vcpu as usize)
             .and_then(|t| t.deadline_ns(now_ns))
@@ -322,14 +366,14 @@ impl Machine {
 
     /// The INTID the GIC signals to `vcpu` now, if any.
     pub fn signalled_irq(&self, vcpu: u32) -> Option<u32> {
-        self.lock().gic.signalled(vcpu)
+        self.lock_interrupts().gic.signalled(vcpu)
     }
 
     /// Takes the wake-up hint of `vcpu`: the earliest virtual time at which
     /// another vCPU sent it an interrupt since it last ran (a halted vCPU
     /// wakes no earlier).
     pub fn take_wake_hint(&self, vcpu: u32) -> Option<u64> {
-        self.lock()
+        self.lock_interrupts()
             .wake_hints
             .get_mut(vcpu as usize)
             .and_then(Option::take)
@@ -339,18 +383,16 @@ impl Machine {
     /// it (another vCPU, the fault engine): a halted `vcpu` wakes no
     /// earlier.
     pub fn interrupt_sent(&self, vcpu: u32, at_ns: u64) {
-        Self::hint_wake(&mut self.lock(), vcpu, at_ns);
-    }
-
-    fn hint_wake(s: &mut State, vcpu: u32, at_ns: u64) {
-        if let Some(h) = s.wake_hints.get_mut(vcpu as usize) {
-            *h = Some(h.map_or(at_ns, |old| old.min(at_ns)));
-        }
+        self.lock_interrupts().hint_wake(vcpu, at_ns);
     }
 
     /// Reads the wake-up hint of `vcpu` without clearing it.
     pub fn wake_hint(&self, vcpu: u32) -> Option<u64> {
-        self.lock().wake_hints.get(vcpu as usize).copied().flatten()
+        self.lock_interrupts()
+            .wake_hints
+            .get(vcpu as usize)
+            .copied()
+            .flatten()
     }
 
     /// Routes a hypercall from `vcpu` at `now_ns`: the fault engine's calls
@@ -358,9 +400,8 @@ impl Machine {
     /// pass on; the machine answers every other one ([`Machine::hypercall`]).
     pub fn dispatch(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> Call {
         if is_engine_call(function) {
-            let mut s = self.lock();
-            s.boot_overrun |= s.boot_done;
-            *s.exits.entry("hypercall".to_owned()).or_default() += 1;
+            lock(&self.queued).call_made();
+            self.count_exit("hypercall");
             return Call::Engine(EngineCall { function, args });
         }
         Call::Answered(self.hypercall(vcpu, function, args, now_ns))
@@ -368,8 +409,8 @@ impl Machine {
 
     /// The engine call `vcpu` made through the doorbell, if one waits.
     pub fn take_doorbell_engine_call(&self, vcpu: u32) -> Option<EngineCall> {
-        self.lock()
-            .doorbell_engine_calls
+        lock(&self.doorbells)
+            .engine_calls
             .get_mut(vcpu as usize)
             .and_then(Option::take)
     }
@@ -377,7 +418,7 @@ impl Machine {
     /// Stores the results of a doorbell call in `vcpu`'s bank, where the
     /// guest reads them.
     pub fn set_doorbell_results(&self, vcpu: u32, regs: [u64; 4]) {
-        if let Some(bank) = self.lock().doorbell.get_mut(vcpu as usize) {
+        if let Some(bank) = lock(&self.doorbells).banks.get_mut(vcpu as usize) {
             bank.set_results([regs[0], regs[1]]);
         }
     }
@@ -387,24 +428,24 @@ impl Machine {
     /// [`Machine::take_effects`]).
     pub fn hypercall(&self, vcpu: u32, function: u32, args: [u64; 5], now_ns: u64) -> [u64; 4] {
         {
-            let mut s = self.lock();
-            s.boot_overrun |= s.boot_done;
+            let mut q = lock(&self.queued);
+            q.call_made();
             if function == boot_point::FN_BOOT_DONE {
                 // A mark for the VMM, not a request of the machine's: no
                 // exit counted, nothing for the guest to see (see
                 // `boot_point`).
-                s.boot_done = true;
+                q.boot_done = true;
                 return [hc::SMCCC_SUCCESS as u64, 0, 0, 0];
             }
-            let kind = if sdei_abi::is_sdei_call(function) {
-                "sdei"
-            } else if Psci::owns(function) {
-                "psci"
-            } else {
-                "hypercall"
-            };
-            *s.exits.entry(kind.to_owned()).or_default() += 1;
         }
+        let kind = if sdei_abi::is_sdei_call(function) {
+            "sdei"
+        } else if Psci::owns(function) {
+            "psci"
+        } else {
+            "hypercall"
+        };
+        self.count_exit(kind);
         if sdei_abi::is_sdei_call(function) || function == sdei_abi::FN_APFLAB_SIGNAL {
             return [self.lock_sdei().call(vcpu, function, args), 0, 0, 0];
         }
@@ -413,16 +454,13 @@ impl Machine {
         } else {
             lock(&self.guest_calls).call(vcpu, function, args, now_ns, &self.memory)
         };
-        let mut s = self.lock();
         match answer {
             Some(Answer { regs, effect }) => {
-                s.effects.extend(effect);
+                lock(&self.queued).effects.extend(effect);
                 regs
             }
             None => {
-                *s.exits
-                    .entry("hypercall_unsupported".to_owned())
-                    .or_default() += 1;
+                self.count_exit("hypercall_unsupported");
                 [hc::SMCCC_NOT_SUPPORTED as u64, 0, 0, 0]
             }
         }
@@ -432,60 +470,59 @@ impl Machine {
     pub fn mmio_write_kind(&self, vcpu: u32, addr: u64, data: &[u8], now_ns: u64) -> MmioWriteKind {
         let value = le_value(data);
         let len = data.len();
-        let window = device_at(self.vcpus, addr);
-        if let Some(DeviceWindow {
-            device: Device::Doorbell,
-            base,
-            ..
-        }) = window
-        {
-            let call = {
-                let mut s = self.lock();
-                *s.exits.entry("mmio".to_owned()).or_default() += 1;
-                match s.doorbell.get_mut(vcpu as usize) {
-                    Some(bank) => bank.write(addr - base, len, value),
-                    None => DoorbellWrite::Stored,
-                }
-            };
-            if let DoorbellWrite::Call { function, args } = call {
-                if sdei_abi::is_sdei_call(function) || function == sdei_abi::FN_APFLAB_SIGNAL {
-                    // SDEI's conduit is HVC (the device tree says so): its
-                    // calls change the caller's registers, which a doorbell
-                    // store cannot.
-                    self.count_exit("hypercall_unsupported");
-                    self.set_doorbell_results(vcpu, [hc::SMCCC_NOT_SUPPORTED as u64, 0, 0, 0]);
-                    return MmioWriteKind::Hypercall;
-                }
-                match self.dispatch(vcpu, function, args, now_ns) {
-                    Call::Answered(r) => self.set_doorbell_results(vcpu, r),
-                    Call::Engine(c) => {
-                        if let Some(slot) = self.lock().doorbell_engine_calls.get_mut(vcpu as usize)
-                        {
-                            *slot = Some(c);
-                        }
-                    }
-                }
-                return MmioWriteKind::Hypercall;
-            }
-            return MmioWriteKind::Plain;
-        }
-        let mut s = self.lock();
-        *s.exits.entry("mmio".to_owned()).or_default() += 1;
-        let Some(w) = window else {
-            *s.exits.entry("mmio_unhandled".to_owned()).or_default() += 1;
+        self.count_exit("mmio");
+        let Some(w) = device_at(self.vcpus, addr) else {
+            self.count_exit("mmio_unhandled");
             return MmioWriteKind::Plain;
         };
         let offset = addr - w.base;
         match w.device {
-            Device::Uart => s.uart.write(offset, value as u32),
-            Device::GicDistributor => s.gic.dist_write(offset, len, value),
-            Device::GicRedistributors => s.gic.redist_write(offset, len, value),
-            Device::Rtc => s.rtc.write(offset, value as u32, now_ns),
+            Device::Uart => lock(&self.uart).write(offset, value as u32),
+            Device::GicDistributor => self.lock_interrupts().gic.dist_write(offset, len, value),
+            Device::GicRedistributors => {
+                self.lock_interrupts().gic.redist_write(offset, len, value);
+            }
+            Device::Rtc => lock(&self.rtc).write(offset, value as u32, now_ns),
             // An empty transport ignores writes.
             Device::VirtioMmio => {}
-            Device::Doorbell => unreachable!("doorbell writes are handled above"),
+            Device::Doorbell => return self.doorbell_write(vcpu, offset, len, value, now_ns),
         }
         MmioWriteKind::Plain
+    }
+
+    /// A write to `vcpu`'s doorbell bank; a write of the function register
+    /// makes the call.
+    fn doorbell_write(
+        &self,
+        vcpu: u32,
+        offset: u64,
+        len: usize,
+        value: u64,
+        now_ns: u64,
+    ) -> MmioWriteKind {
+        let call = match lock(&self.doorbells).banks.get_mut(vcpu as usize) {
+            Some(bank) => bank.write(offset, len, value),
+            None => DoorbellWrite::Stored,
+        };
+        let DoorbellWrite::Call { function, args } = call else {
+            return MmioWriteKind::Plain;
+        };
+        if sdei_abi::is_sdei_call(function) || function == sdei_abi::FN_APFLAB_SIGNAL {
+            // SDEI's conduit is HVC (the device tree says so): its calls
+            // change the caller's registers, which a doorbell store cannot.
+            self.count_exit("hypercall_unsupported");
+            self.set_doorbell_results(vcpu, [hc::SMCCC_NOT_SUPPORTED as u64, 0, 0, 0]);
+            return MmioWriteKind::Hypercall;
+        }
+        match self.dispatch(vcpu, function, args, now_ns) {
+            Call::Answered(r) => self.set_doorbell_results(vcpu, r),
+            Call::Engine(c) => {
+                if let Some(slot) = lock(&self.doorbells).engine_calls.get_mut(vcpu as usize) {
+                    *slot = Some(c);
+                }
+            }
+        }
+        MmioWriteKind::Hypercall
     }
 }
 
@@ -580,28 +617,27 @@ impl VmOps for Machine {
     }
 
     fn mmio_read(&self, vcpu: u32, addr: u64, data: &mut [u8], now_ns: u64) {
-        let mut s = self.lock();
-        *s.exits.entry("mmio".to_owned()).or_default() += 1;
+        self.count_exit("mmio");
         let len = data.len();
         let value = match device_at(self.vcpus, addr) {
             Some(w) => {
                 let offset = addr - w.base;
                 match w.device {
-                    Device::Uart => u64::from(s.uart.read(offset)),
-                    Device::GicDistributor => s.gic.dist_read(offset),
-                    Device::GicRedistributors => s.gic.redist_read(offset),
-                    Device::Rtc => u64::from(s.rtc.read(offset, now_ns)),
+                    Device::Uart => u64::from(lock(&self.uart).read(offset)),
+                    Device::GicDistributor => self.lock_interrupts().gic.dist_read(offset),
+                    Device::GicRedistributors => self.lock_interrupts().gic.redist_read(offset),
+                    Device::Rtc => u64::from(lock(&self.rtc).read(offset, now_ns)),
                     Device::VirtioMmio => {
                         u64::from(virtio_mmio::read_empty(offset % VIRTIO_MMIO_STRIDE))
                     }
-                    Device::Doorbell => s
-                        .doorbell
+                    Device::Doorbell => lock(&self.doorbells)
+                        .banks
                         .get(vcpu as usize)
                         .map_or(0, |b| b.read(offset, len)),
                 }
             }
             None => {
-                *s.exits.entry("mmio_unhandled".to_owned()).or_default() += 1;
+                self.count_exit("mmio_unhandled");
                 0
             }
         };
@@ -615,50 +651,24 @@ impl VmOps for Machine {
     }
 
     fn sysreg_read(&self, vcpu: u32, reg: SysRegId, now_ns: u64) -> Option<u64> {
-        let mut s = self.lock();
-        if let Some(v) = s
-            .timers
-            .get(vcpu as usize)
-            .and_then(|t| t.read(reg, now_ns))
-        {
-            return Some(v);
-        }
-        // Acknowledge sees the timer lines as of now.
-        if reg == sysreg::ICC_IAR1_EL1 {
-            Self::update_timer_lines(&mut s, vcpu, now_ns);
-        }
-        s.gic.sysreg_read(vcpu, reg)
+        self.lock_interrupts().sysreg_read(vcpu, reg, now_ns)
     }
 
     fn set_irq_line(&self, vcpu: u32, intid: u32, level: bool) {
-        self.lock().gic.set_level(vcpu, intid, level);
+        self.lock_interrupts().gic.set_level(vcpu, intid, level);
     }
 
     fn sysreg_write(&self, vcpu: u32, reg: SysRegId, value: u64, now_ns: u64) -> bool {
-        let mut s = self.lock();
-        if let Some(t) = s.timers.get_mut(vcpu as usize)
-            && t.write(reg, value, now_ns)
-        {
-            Self::update_timer_lines(&mut s, vcpu, now_ns);
-            return true;
+        let written = self
+            .lock_interrupts()
+            .sysreg_write(vcpu, reg, value, now_ns);
+        if written == SysregWrite::SentSgi {
+            self.count_exit("sysreg");
         }
-        match s.gic.sysreg_write(vcpu, reg, value) {
-            Some(targets) => {
-                if reg == sysreg::ICC_SGI1R_EL1 {
-                    *s.exits.entry("sysreg".to_owned()).or_default() += 1;
-                }
-                for t in targets {
-                    Self::hint_wake(&mut s, t, now_ns);
-                }
-                true
-            }
-            None => false,
-        }
+        written != SysregWrite::NotOurs
     }
 }
 
-/// The last line of `console` that is a valid report
-/// ([`GuestReport::parse_console_line`]).
 fn report_from_console(console: &str) -> Option<GuestReport> {
     console
         .lines()

@@ -2,6 +2,7 @@
 
 pub mod doorbell;
 pub mod gic;
+pub mod interrupts;
 pub mod pl011;
 pub mod pl031;
 pub mod timer;
