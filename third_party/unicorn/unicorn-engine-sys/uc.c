@@ -246,6 +246,11 @@ bool uc_arch_supported(uc_arch arch)
 
 #define UC_INIT(uc)                                                            \
     save_jit_state(uc);                                                        \
+    if (unlikely((uc)->tlb_fill_restore != NULL)) {                            \
+        void (*__restore)(struct uc_struct *) = (uc)->tlb_fill_restore;        \
+        (uc)->tlb_fill_restore = NULL;                                         \
+        __restore(uc);                                                         \
+    }                                                                          \
     if (unlikely(!(uc)->init_done)) {                                          \
         int __init_ret = uc_init_engine(uc);                                   \
         if (unlikely(__init_ret != UC_ERR_OK)) {                               \

@@ -415,6 +415,10 @@ struct uc_struct {
     bool icount_stop_on_unmask; // uc_icount_stop_on_irq_unmask
     int tlb_fill_mmu_idx; // the MMU index of the TLB fill in progress, for
                           // its hooks (uc_tlb_fill_mmu_index); -1 outside
+    // Set during a TLB fill whose CPU state (PC) is not restored yet: the
+    // next API call a hook makes restores it first (UC_INIT).
+    void (*tlb_fill_restore)(struct uc_struct *uc);
+    uintptr_t tlb_fill_retaddr; // the host return address of that fill
     bool no_exit_request; // Disable check_exit_request temporarily. A
                           // workaround to treat the IT block as a whole block.
     bool init_done;       // Whether the initialization is done.

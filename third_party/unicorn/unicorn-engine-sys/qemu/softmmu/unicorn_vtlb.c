@@ -44,6 +44,16 @@ static int perms_to_prot(int perms)
     return ret;
 }
 
+/*
+ * Brings the CPU state (PC) to the instruction of the TLB fill in progress,
+ * on the first API call a fill hook makes: a fill the hook answers without
+ * reading registers costs no search of the translated code.
+ */
+static void restore_state_for_fill_hook(struct uc_struct *uc)
+{
+    cpu_restore_state(uc->cpu, uc->tlb_fill_retaddr, false);
+}
+
 bool unicorn_fill_tlb(CPUState *cs, vaddr address, int size,
                       MMUAccessType rw, int mmu_idx,
                       bool probe, uintptr_t retaddr)
@@ -55,8 +65,8 @@ bool unicorn_fill_tlb(CPUState *cs, vaddr address, int size,
     struct hook *hook;
     HOOK_FOREACH_VAR_DECLARE;
 
-    cpu_restore_state(cs, retaddr, false);
-
+    uc->tlb_fill_retaddr = retaddr;
+    uc->tlb_fill_restore = restore_state_for_fill_hook;
     uc->tlb_fill_mmu_idx = mmu_idx;
     HOOK_FOREACH(uc, hook, UC_HOOK_TLB_FILL) {
         if (hook->to_delete) {
@@ -72,6 +82,7 @@ bool unicorn_fill_tlb(CPUState *cs, vaddr address, int size,
         }
     }
     uc->tlb_fill_mmu_idx = -1;
+    uc->tlb_fill_restore = NULL;
 
     if (handled && !ret) {
         goto tlb_miss;
