@@ -1270,6 +1270,8 @@ uc_err uc_icount_enable(uc_engine *uc)
     }
     uc->icount_enabled = true;
     uc->cpu->uc_icount_ptr->budget = INT64_MAX;
+    uc->cpu->uc_icount_ptr->held = false;
+    uc->cpu->uc_icount_ptr->block_tb = 0;
     uc->cpu->uc_icount_ptr->block_start = 0;
     uc->cpu->uc_icount_ptr->block_end = 0;
     // Blocks translated so far have no counting prologue.
@@ -1298,9 +1300,16 @@ UNICORN_EXPORT
 uc_err uc_icount_set_budget(uc_engine *uc, int64_t budget)
 {
     UC_INIT(uc);
-    uc->cpu->uc_icount_ptr->budget = budget;
-    uc->cpu->uc_icount_ptr->block_start = 0;
-    uc->cpu->uc_icount_ptr->block_end = 0;
+    UcIcount *c = uc->cpu->uc_icount_ptr;
+    // A pending exit request keeps holding the new budget.
+    if (c->held) {
+        c->held_budget = budget;
+    } else {
+        c->budget = budget;
+    }
+    c->block_tb = 0;
+    c->block_start = 0;
+    c->block_end = 0;
     restore_jit_state(uc);
     return UC_ERR_OK;
 }
@@ -1312,7 +1321,7 @@ uc_err uc_icount_read(uc_engine *uc, int64_t *budget, uint64_t *block_start,
     UC_INIT(uc);
     UcIcount *c = uc->cpu->uc_icount_ptr;
     if (budget) {
-        *budget = c->budget;
+        *budget = uc_icount_budget(c);
     }
     if (block_start) {
         *block_start = c->block_start;

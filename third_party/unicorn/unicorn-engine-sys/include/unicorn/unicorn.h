@@ -1478,8 +1478,9 @@ uc_err uc_icount_set_budget(uc_engine *uc, int64_t budget);
 /*
  The budget left and the last block entered ([start, end), both 0 if the
  engine stopped before a block or none ran since uc_icount_set_budget).
- Callable from hooks: the budget then already has the whole current block
- subtracted. Any pointer may be NULL.
+ Callable from hooks, for the budget: it then already has the whole
+ current block subtracted (the block is known once the engine has
+ stopped). Any pointer may be NULL.
 */
 UNICORN_EXPORT
 uc_err uc_icount_read(uc_engine *uc, int64_t *budget, uint64_t *block_start,

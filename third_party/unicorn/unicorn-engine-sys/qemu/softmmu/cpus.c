@@ -138,6 +138,8 @@ static int tcg_cpu_exec(struct uc_struct *uc)
     uc->cpu->exit_request = 0;
     uc->cpu->icount_decr_ptr->u16.high = 0;
     uc->cpu->tcg_exit_req = 0;
+    uc_icount_release(uc->cpu->uc_icount_ptr);
+    uc_icount_resolve_block(uc->cpu->uc_icount_ptr);
 
     return finish;
 }

@@ -80,6 +80,7 @@ static inline tcg_target_ulong cpu_tb_exec(CPUState *cpu, TranslationBlock *itb)
              * uc_icount: only the block prologue exits this way, before
              * the block ran (its PC is not synced yet, code hooks or not).
              */
+            cpu->uc_icount_ptr->block_tb = 0;
             cpu->uc_icount_ptr->block_start = 0;
             cpu->uc_icount_ptr->block_end = 0;
             if (!cpu->uc->quit_request) {
@@ -455,6 +456,7 @@ static inline bool cpu_handle_interrupt(CPUState *cpu,
      * cpu->interrupt_request (see also smp_wmb in cpu_exit())
      */
     cpu_neg(cpu)->icount_decr.u16.high = 0;
+    uc_icount_release(cpu->uc_icount_ptr);
 
     if (unlikely(cpu->interrupt_request)) {
         int interrupt_request;

@@ -1382,6 +1382,8 @@ static void do_tb_flush(CPUState *cpu, run_on_cpu_data tb_flush_count)
 #else
     cpu_tb_jmp_cache_clear(cpu);
 #endif
+    /* uc_icount: the record of the last block entered outlives its TB. */
+    uc_icount_resolve_block(cpu->uc_icount_ptr);
 
     qht_reset_size(cpu->uc, &cpu->uc->tcg_ctx->tb_ctx.htable, CODE_GEN_HTABLE_SIZE);
     page_flush_tb(cpu->uc);

@@ -147,10 +147,6 @@ _end_loop:
     /* The disas_log hook may use these values rather than recompute.  */
     db->tb->size = db->pc_next - db->pc_first;
     db->tb->icount = db->num_insns;
-    if (uc->icount_enabled) {
-        tcg_set_insn_param(tcg_ctx->uc_icount_end_insn, 1,
-                           db->tb->pc + db->tb->size);
-    }
 
     hooked_regions_check(uc, db->tb->pc, db->tb->size);
 

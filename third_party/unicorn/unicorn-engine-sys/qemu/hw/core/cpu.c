@@ -60,6 +60,10 @@ void cpu_exit(CPUState *cpu)
     cpu->exit_request = 1;
     cpu->tcg_exit_req = 1;
     cpu->icount_decr_ptr->u16.high = -1;
+    if (cpu->uc->icount_enabled) {
+        /* uc_icount: the block prologue tests only the budget. */
+        uc_icount_hold(cpu->uc_icount_ptr);
+    }
 }
 
 static void cpu_common_noop(CPUState *cpu)

@@ -380,6 +380,21 @@ static inline uint32_t curr_cflags(void)
     return 0;
 }
 
+/*
+ * uc_icount: turns the record of the last block entered (its TB) into its
+ * [start, end), while that TB is still in the code buffer.
+ */
+static inline void uc_icount_resolve_block(UcIcount *c)
+{
+    if (c->block_tb != 0) {
+        const TranslationBlock *tb = (const TranslationBlock *)
+            ((char *)c->tb_base + (c->block_tb - 1));
+        c->block_start = tb->pc;
+        c->block_end = tb->pc + tb->size;
+        c->block_tb = 0;
+    }
+}
+
 /* TranslationBlock invalidate API */
 void tb_invalidate_phys_addr(AddressSpace *as, hwaddr addr, MemTxAttrs attrs);
 void tb_flush(CPUState *cpu);

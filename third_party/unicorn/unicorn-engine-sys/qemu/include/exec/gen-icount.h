@@ -31,45 +31,49 @@ static inline void gen_io_end(TCGContext *tcg_ctx)
 }
 
 /*
- * uc_icount_enable: QEMU's own block prologue (an inline test of the exit
- * request, no helper call) plus the instruction budget. The length and end
- * of the block are placeholders until gen_tb_end knows them.
+ * uc_icount_enable: the block prologue. One test of the budget, which an
+ * exit request also makes 0 or less (cpu_exit holds it), then the block's
+ * length off the budget and a 32-bit store of its TB's place in the code
+ * buffer. QEMU's icount prologue tests one word the same way. The budget
+ * is loaded again after the test rather than kept in a local temp, which
+ * TCG would spill to the stack across the branch. The length is a
+ * placeholder until gen_tb_end knows it.
  */
 static inline void gen_uc_icount_start(TCGContext *tcg_ctx, TranslationBlock *tb)
 {
-    TCGv_i32 req = tcg_temp_new_i32(tcg_ctx);
-    /* Lives across the branch: a local temp (as QEMU's icount count). */
-    TCGv_i64 budget = tcg_temp_local_new_i64(tcg_ctx);
-    TCGv_i64 v = tcg_temp_new_i64(tcg_ctx);
+    TCGv_i64 budget = tcg_temp_new_i64(tcg_ctx);
+    TCGv_i64 len = tcg_temp_new_i64(tcg_ctx);
+    TCGv_i32 block = tcg_temp_new_i32(tcg_ctx);
     TCGLabel *exit = gen_new_label(tcg_ctx);
+    uintptr_t offset = (uintptr_t)tb - (uintptr_t)tcg_ctx->code_gen_buffer;
+    UcIcount *c = tcg_ctx->uc->cpu->uc_icount_ptr;
 
+    /* TBs live in the code buffer, which is at most 1 GiB (uc_open). */
+    if (offset >= UINT32_MAX) {
+        abort();
+    }
+    c->tb_base = tcg_ctx->code_gen_buffer;
     tcg_ctx->uc_icount_exit_label = exit;
-    tcg_gen_ld_i32(tcg_ctx, req, tcg_ctx->cpu_env,
-                   offsetof(ArchCPU, neg.icount_decr.u32) -
-                   offsetof(ArchCPU, env));
-    tcg_gen_brcondi_i32(tcg_ctx, TCG_COND_LT, req, 0, exit);
     tcg_gen_ld_i64(tcg_ctx, budget, tcg_ctx->cpu_env,
                    offsetof(ArchCPU, neg.uc_icount.budget) -
                    offsetof(ArchCPU, env));
     tcg_gen_brcondi_i64(tcg_ctx, TCG_COND_LE, budget, 0, exit);
-    tcg_gen_movi_i64(tcg_ctx, v, 0xdeadbeef);
+    tcg_gen_ld_i64(tcg_ctx, budget, tcg_ctx->cpu_env,
+                   offsetof(ArchCPU, neg.uc_icount.budget) -
+                   offsetof(ArchCPU, env));
+    tcg_gen_movi_i64(tcg_ctx, len, 0xdeadbeef);
     tcg_ctx->uc_icount_len_insn = tcg_last_op(tcg_ctx);
-    tcg_gen_sub_i64(tcg_ctx, budget, budget, v);
+    tcg_gen_sub_i64(tcg_ctx, budget, budget, len);
     tcg_gen_st_i64(tcg_ctx, budget, tcg_ctx->cpu_env,
                    offsetof(ArchCPU, neg.uc_icount.budget) -
                    offsetof(ArchCPU, env));
-    tcg_gen_movi_i64(tcg_ctx, v, tb->pc);
-    tcg_gen_st_i64(tcg_ctx, v, tcg_ctx->cpu_env,
-                   offsetof(ArchCPU, neg.uc_icount.block_start) -
+    tcg_gen_movi_i32(tcg_ctx, block, (uint32_t)(offset + 1));
+    tcg_gen_st_i32(tcg_ctx, block, tcg_ctx->cpu_env,
+                   offsetof(ArchCPU, neg.uc_icount.block_tb) -
                    offsetof(ArchCPU, env));
-    tcg_gen_movi_i64(tcg_ctx, v, 0xdeadbeef);
-    tcg_ctx->uc_icount_end_insn = tcg_last_op(tcg_ctx);
-    tcg_gen_st_i64(tcg_ctx, v, tcg_ctx->cpu_env,
-                   offsetof(ArchCPU, neg.uc_icount.block_end) -
-                   offsetof(ArchCPU, env));
-    tcg_temp_free_i64(tcg_ctx, v);
+    tcg_temp_free_i32(tcg_ctx, block);
+    tcg_temp_free_i64(tcg_ctx, len);
     tcg_temp_free_i64(tcg_ctx, budget);
-    tcg_temp_free_i32(tcg_ctx, req);
 }
 
 static inline void gen_tb_start(TCGContext *tcg_ctx, TranslationBlock *tb)

@@ -690,9 +690,8 @@ struct TCGContext {
     TBContext tb_ctx;
     /* qemu/include/exec/gen-icount.h */
     TCGOp *icount_start_insn;
-    /* uc_icount: the block's length and end, patched after translation */
+    /* uc_icount: the block's length, patched after translation */
     TCGOp *uc_icount_len_insn;
-    TCGOp *uc_icount_end_insn;
     TCGLabel *uc_icount_exit_label;
     /* qemu/tcg/tcg.c */
     GHashTable *helper_table;

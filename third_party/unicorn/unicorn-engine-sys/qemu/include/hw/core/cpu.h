@@ -144,18 +144,53 @@ typedef struct CPUClass {
  */
 /*
  * Exact instruction counting in translated code (uc_icount_enable): every
- * translation block entered first checks for an exit request, then stops
- * the engine before it runs if @budget is 0 or less, else subtracts its
- * instruction count from @budget and records itself in
- * @block_start/@block_end. A stop before a block clears the record; a
- * block an exception cuts short keeps it (its count is then the whole
- * block: the caller takes back what follows the stop PC).
+ * translation block entered stops the engine before it runs if @budget is
+ * 0 or less, else subtracts its instruction count from @budget and records
+ * itself in @block_tb (its TranslationBlock's offset in the code buffer
+ * @tb_base, plus one: one 32-bit store of a constant). An exit request
+ * (cpu_exit) holds the budget: it sets it aside in @held_budget and leaves
+ * 0 until the request is taken, so the one test of the budget also stops
+ * the engine for a request, where QEMU's prologue tests a flag of its own
+ * (no block runs while it is held, so the budget set aside is exact). The
+ * record becomes @block_start/@block_end when the engine stops (or its
+ * code buffer is flushed): a stop before a block clears it; a block an
+ * exception cuts short keeps it (its count is then the whole block: the
+ * caller takes back what follows the stop PC).
  */
 typedef struct UcIcount {
     int64_t budget;
+    uint32_t block_tb;
+    bool held;
+    int64_t held_budget;
+    void *tb_base;
     uint64_t block_start;
     uint64_t block_end;
 } UcIcount;
+
+/* An exit request: the next block start sees the budget used up. */
+static inline void uc_icount_hold(UcIcount *c)
+{
+    if (!c->held) {
+        c->held = true;
+        c->held_budget = c->budget;
+        c->budget = 0;
+    }
+}
+
+/* The request was taken: the budget is the budget again. */
+static inline void uc_icount_release(UcIcount *c)
+{
+    if (c->held) {
+        c->held = false;
+        c->budget = c->held_budget;
+    }
+}
+
+/* The budget left, whether or not a request holds it. */
+static inline int64_t uc_icount_budget(const UcIcount *c)
+{
+    return c->held ? c->held_budget : c->budget;
+}
 
 typedef union IcountDecr {
     uint32_t u32;
