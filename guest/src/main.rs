@@ -110,7 +110,7 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     );
     workloads::spawn(config);
     smp::start_secondaries(&boot);
-    sched::run_cpu()
+    sched::run_cpu(apf::wait_marked)
 }
 
 /// Prints the panic, hands the message to the host (`FN_PANIC`) and powers

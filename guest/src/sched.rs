@@ -30,7 +30,7 @@
 //!   can take the CPU for as long as it slept.
 
 use crate::percpu::{MAX_CPUS, cpu_index};
-use crate::{arch, hypercall, metrics, run_end, timeline, timer};
+use crate::{arch, hypercall, metrics, timeline, timer};
 use aarch64_rt::Stack;
 use apflab_abi::trace::{IDLE_TASK, TraceKind};
 use core::arch::global_asm;
@@ -631,8 +631,19 @@ pub fn add_current_ops(ops: u64) {
     }
 }
 
-/// Ends the current task; after the last one, reports and powers off.
-pub fn exit_current() -> ! {
+/// The end of the run, after the last task has exited: reports and powers
+/// off. A type parameter of [`exit_current`] rather than a call, so that
+/// the scheduler does not depend on what ending the run uses (the async PF
+/// client, which depends on the scheduler), and a trait rather than a
+/// closure, as a closure's `-> !` is not stable Rust. Resolved at compile
+/// time, it runs the instructions of a direct call.
+pub trait RunEnd {
+    /// Ends the run, with the CPUs online and the tasks completed.
+    fn finish(cpus_online: u32, tasks_completed: u32) -> !;
+}
+
+/// Ends the current task; after the last one, ends the run with `E`.
+pub fn exit_current<E: RunEnd>() -> ! {
     let cpu = cpu_index();
     let (id, ops) = {
         let mut t = TABLE.lock();
@@ -646,7 +657,7 @@ pub fn exit_current() -> ! {
     let _ = hypercall::task_done(id as u32, ops);
     EXITED_TASKS.fetch_add(1, Ordering::SeqCst);
     if LIVE_TASKS.fetch_sub(1, Ordering::SeqCst) == 1 {
-        run_end::finish(
+        E::finish(
             CPUS_ONLINE.load(Ordering::SeqCst),
             EXITED_TASKS.load(Ordering::SeqCst),
         );
@@ -666,13 +677,16 @@ pub fn cpus_online() -> u32 {
 }
 
 /// This CPU's scheduler loop (its idle context): runs tasks while there are
-/// any, and waits for interrupts in between.
-pub fn run_cpu() -> ! {
+/// any, and waits for interrupts in between with `idle_wait` (the async PF
+/// client's wait, which the host may enter). A parameter rather than a
+/// call, so the scheduler does not depend on the client that depends on
+/// it; resolved at compile time, it runs the instructions of a direct call.
+pub fn run_cpu(idle_wait: impl Fn()) -> ! {
     loop {
         schedule();
         timeline::hand_over_all();
         metrics::idle_begin();
-        crate::apf::wait_marked();
+        idle_wait();
         metrics::idle_end();
     }
 }

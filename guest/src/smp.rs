@@ -44,5 +44,5 @@ fn secondary_main(index: usize) -> ! {
     gic::init_cpu(index);
     apf::init_cpu();
     sched::cpu_online();
-    sched::run_cpu()
+    sched::run_cpu(apf::wait_marked)
 }

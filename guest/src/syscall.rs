@@ -2,7 +2,7 @@
 //! and the EL0 side).
 
 use crate::uapi::*;
-use crate::{apf, apf_abuse, arch, checksum, console, kv, metrics, mmu, sched};
+use crate::{apf, apf_abuse, arch, checksum, console, kv, metrics, mmu, run_end, sched};
 use apflab_abi::memory_map::PAGE_SIZE;
 
 /// Runs syscall `number` for the current task.
@@ -21,7 +21,7 @@ pub fn dispatch(number: u64, args: [u64; 6]) -> i64 {
             }
             0
         }
-        SYS_EXIT => sched::exit_current(),
+        SYS_EXIT => sched::exit_current::<run_end::Shutdown>(),
         SYS_WRITE => {
             let (ptr, len) = (args[0], args[1]);
             if len > 4096 || !mmu::el0_readable(ptr, len, &sched::user_stacks()) {
