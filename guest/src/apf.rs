@@ -96,7 +96,7 @@ pub fn init_cpu() {
         return;
     }
     // SDEI "not present" only once this CPU's handler can take it.
-    if offered & features::NOT_PRESENT_SDEI != 0 && !crate::sdei::enable_for_apf() {
+    if offered & features::NOT_PRESENT_SDEI != 0 && !crate::sdei_calls::enable_for_apf() {
         offered &= !features::NOT_PRESENT_SDEI;
     }
     let cb = block(cpu);

@@ -31,6 +31,7 @@ mod percpu;
 mod run_end;
 mod sched;
 mod sdei;
+mod sdei_calls;
 mod sdei_selftest;
 mod smp;
 mod syscall;

@@ -1,19 +1,20 @@
-//! The SDEI client (Arm DEN0054 over HVC): the calls, and the handler
-//! entry the firmware dispatches to.
+//! The SDEI handler: the entry the firmware dispatches to, and the Rust
+//! handler it calls, which sends each event where the argument it was
+//! registered with ([`crate::sdei_calls::arg`]) says: to the self-test or
+//! to async PF. The calls and the registration are [`crate::sdei_calls`].
 //!
-//! The firmware enters [`sdei_entry`] at EL1h with every exception masked,
-//! x0 = event, x1 = the argument given at registration, x2/x3 = the
-//! interrupted PC and PSTATE, on the interrupted stack (SP_EL1). It has
+//! The firmware enters `sdei_entry` (below) at EL1h with every exception
+//! masked, x0 = event, x1 = the argument given at registration, x2/x3 =
+//! the interrupted PC and PSTATE, on the interrupted stack (SP_EL1). It has
 //! saved x0..x17 of the interrupted context; the entry keeps x18 and x30,
 //! the Rust handler keeps x19..x29 and the stack balanced, so that when the
 //! handler returns only the completing call is left: `EVENT_COMPLETE`
 //! (the handler returned 0) or `EVENT_COMPLETE_AND_RESUME` at the address
 //! it returned. Neither returns.
 //!
-//! For async PF (Gavin Shan's v4) each CPU registers, enables and unmasks
-//! the event at boot ([`enable_for_apf`]). Its handler takes the token from
-//! the control block and completes-and-resumes into the IRQ vector of the
-//! interrupted task, as if an interrupt had come from it; the IRQ path
+//! For async PF the handler takes the token from the control block and
+//! completes-and-resumes into the IRQ vector of the interrupted task, as if
+//! an interrupt had come from it; the IRQ path
 //! ([`take_deferred_not_present`]) then puts the task to sleep on the token.
 //! Only a task's faults (EL0) come this way.
 
@@ -23,7 +24,8 @@ use aarch64_cpu::registers::{Readable, VBAR_EL1};
 use apflab_abi::sdei as abi;
 
 use crate::percpu::{MAX_CPUS, cpu_index};
-use crate::{apf, hypercall};
+use crate::sdei_calls::arg;
+use crate::{apf, sdei_selftest, timeline};
 
 /// Offset of "IRQ from a lower exception level, AArch64" in the vectors.
 const VECTOR_LOWER_EL_IRQ: u64 = 0x480;
@@ -45,14 +47,6 @@ static DEFERRED: [Deferred; MAX_CPUS] = [const {
         action: AtomicU32::new(0),
     }
 }; MAX_CPUS];
-
-/// What a handler registered with argument `arg` is for.
-pub mod arg {
-    /// The conformance self-test ([`crate::sdei_selftest`]).
-    pub const SELFTEST: u64 = 1;
-    /// "Not present" of async PF.
-    pub const APF: u64 = 2;
-}
 
 core::arch::global_asm!(
     ".balign 4",
@@ -82,24 +76,13 @@ core::arch::global_asm!(
     resume_hi = const abi::FN_EVENT_COMPLETE_AND_RESUME >> 16,
 );
 
-unsafe extern "C" {
-    /// The handler entry point registered with the firmware (never called
-    /// from Rust).
-    fn sdei_entry();
-}
-
-/// The address to register as the handler's entry point.
-pub fn entry_point() -> u64 {
-    sdei_entry as *const () as u64
-}
-
 /// Handles one event; returns 0 to complete it, or the address to resume
 /// at (as if an IRQ had been taken in the interrupted context).
 extern "C" fn sdei_handler(event: u64, arg: u64, pc: u64, pstate: u64) -> u64 {
     match arg {
-        arg::SELFTEST => crate::sdei_selftest::on_event(event, arg, pc, pstate),
+        arg::SELFTEST => sdei_selftest::on_event(event, arg, pc, pstate),
         arg::APF => {
-            let _h = crate::timeline::handler(apflab_abi::trace::Handler::Sdei);
+            let _h = timeline::handler(apflab_abi::trace::Handler::Sdei);
             apf_event(pstate)
         }
         _ => panic!("SDEI event {event:#x} with unknown argument {arg:#x} (pc {pc:#x})"),
@@ -136,27 +119,6 @@ pub fn take_deferred_not_present() -> Option<(u64, u32)> {
     })
 }
 
-/// Registers, enables and unmasks the async PF event on this CPU; whether
-/// the host can now deliver "not present" through it.
-pub fn enable_for_apf() -> bool {
-    let ev = u64::from(abi::EVENT_APF);
-    call(abi::FN_EVENT_REGISTER, ev, entry_point(), arg::APF, 0) == abi::SUCCESS
-        && call(abi::FN_EVENT_ENABLE, ev, 0, 0, 0) == abi::SUCCESS
-        && call(abi::FN_PE_UNMASK, 0, 0, 0, 0) == abi::SUCCESS
-}
-
 extern "C" fn complete_failed() -> ! {
     panic!("SDEI: the completing call returned (no handler was running?)")
-}
-
-/// An SDEI call with up to four arguments; x0 as a signed status or value.
-pub fn call(function: u32, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
-    hypercall::hvc(function, &[a1, a2, a3, a4])
-}
-
-/// `SDEI_VERSION`: (major, minor), or `None` without an SDEI firmware
-/// (plain QEMU answers NOT_SUPPORTED).
-pub fn version() -> Option<(u64, u64)> {
-    let v = call(abi::FN_VERSION, 0, 0, 0, 0);
-    (v >= 0).then_some(((v as u64 >> 48) & 0x7fff, (v as u64 >> 32) & 0xffff))
 }

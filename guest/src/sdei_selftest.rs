@@ -16,7 +16,7 @@ use aarch64_cpu::registers::{CurrentEL, DAIF, Readable, SPSel};
 use apflab_abi::sdei as abi;
 
 use crate::console::println;
-use crate::sdei::{self, call};
+use crate::sdei_calls::{self, call};
 
 const EV: u64 = abi::EVENT_APF as u64;
 /// Left in x5 and x17 across a probe call, for `EVENT_CONTEXT` to find.
@@ -102,7 +102,7 @@ fn address(f: unsafe extern "C" fn()) -> u64 {
     f as *const () as u64
 }
 
-/// The handler's part of the test (argument [`sdei::arg::SELFTEST`]).
+/// The handler's part of the test (argument [`sdei_calls::arg::SELFTEST`]).
 pub fn on_event(event: u64, arg: u64, pc: u64, pstate: u64) -> u64 {
     ENTRIES.fetch_add(1, Relaxed);
     for (slot, v) in ENTRY_ARGS.iter().zip([event, arg, pc, pstate]) {
@@ -170,7 +170,7 @@ pub fn run() {
         passed: 0,
         failed: 0,
     };
-    let Some((major, minor)) = sdei::version() else {
+    let Some((major, minor)) = sdei_calls::version() else {
         println!("sdei-selftest: FAIL version: no SDEI firmware");
         return;
     };
@@ -179,8 +179,8 @@ pub fn run() {
         (major, minor) == (1, 0),
         format_args!("{major}.{minor}"),
     );
-    let entry = sdei::entry_point();
-    let arg = sdei::arg::SELFTEST;
+    let entry = sdei_calls::entry_point();
+    let arg = sdei_calls::arg::SELFTEST;
     let (inval, denied) = (abi::INVALID_PARAMETERS, abi::DENIED);
 
     // Wrong arguments and calls in the wrong state.
