@@ -28,10 +28,11 @@ use apflab_abi::apf::{
 use apflab_abi::trace::BLOCK_KEY_TOKEN;
 use apflab_guest_core::DummyEntries;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::Once;
 use spin::mutex::SpinMutex;
 
 use crate::percpu::{MAX_CPUS, cpu_index};
-use crate::{apf_abuse, arch, gic, hypercall, metrics, sched};
+use crate::{arch, gic, hypercall, metrics, sched};
 
 /// The features this client handles.
 const ACCEPTED: u64 = features::NOT_PRESENT_DATA_ABORT
@@ -56,8 +57,9 @@ static BLOCKS: Blocks = Blocks([const { UnsafeCell::new(ControlBlock::new()) }; 
 
 /// The boot options allow async PF (`apflab.apf=off` clears it).
 static ALLOWED: AtomicBool = AtomicBool::new(false);
-/// The boot CPU misuses the protocol before using it (`apflab.apf_abuse`).
-static ABUSE: AtomicBool = AtomicBool::new(false);
+/// What the boot CPU does around its `APF_ENABLE` besides the enable, if
+/// anything registered it ([`around_enable`]).
+static AROUND_ENABLE: Once<&'static AroundEnable> = Once::new();
 /// What the host offered at boot (`FEATURES`), of what this client handles.
 static OFFERED: AtomicU64 = AtomicU64::new(0);
 
@@ -72,11 +74,30 @@ fn block(cpu: usize) -> *mut ControlBlock {
     BLOCKS.0[cpu].get()
 }
 
-/// Records whether the boot options allow async PF (and ask for abuse
-/// first) and what the host offers (boot CPU, before any [`init_cpu`]).
-pub fn init(allowed: bool, abuse: bool, offered: u64) {
+/// Calls the boot CPU makes around its `APF_ENABLE`, besides the enable:
+/// in a normal guest none. The abusive guest ([`crate::apf_abuse`])
+/// registers its misuses of the protocol here, and only when the boot
+/// options ask for it, so this client knows nothing of them.
+pub struct AroundEnable {
+    /// Before the control block `cb` is registered with `offered`; leaves
+    /// it as it was.
+    pub before: fn(cb: *mut ControlBlock, offered: u64),
+    /// Once the host accepted it; leaves it registered with `offered`.
+    pub after: fn(cb: *mut ControlBlock, offered: u64),
+    /// Last, whether or not the host accepted it.
+    pub done: fn(),
+}
+
+/// Has the boot CPU make `calls` around its `APF_ENABLE` (boot CPU,
+/// before [`init_cpu`]; the first registration holds).
+pub fn around_enable(calls: &'static AroundEnable) {
+    AROUND_ENABLE.call_once(|| calls);
+}
+
+/// Records whether the boot options allow async PF and what the host
+/// offers (boot CPU, before any [`init_cpu`]).
+pub fn init(allowed: bool, offered: u64) {
     ALLOWED.store(allowed, Ordering::Relaxed);
-    ABUSE.store(abuse, Ordering::Relaxed);
     sched::observe_run_queue(note_runnable);
     OFFERED.store(offered & ACCEPTED, Ordering::Relaxed);
 }
@@ -109,22 +130,20 @@ pub fn init_cpu() {
         addr_of_mut!((*cb).no_inject_end).write_volatile(window.end);
     }
     gic::enable_apf_ready(cpu);
-    let abuse = cpu == 0 && ABUSE.load(Ordering::Relaxed);
-    let mut refused = if abuse {
-        apf_abuse::before_enable(cb, offered)
-    } else {
-        apf_abuse::Refused::default()
-    };
+    let around = if cpu == 0 { AROUND_ENABLE.get() } else { None };
+    if let Some(around) = around {
+        (around.before)(cb, offered);
+    }
     // The kernel runs on an identity map: the address is the physical one.
     if hypercall::apf_enable(cb as u64, offered) == 0 {
         ENABLED[cpu].store(true, Ordering::Relaxed);
         metrics::APF_ENABLED.add(1);
-        if abuse {
-            refused.add(apf_abuse::after_enable(cb, offered));
+        if let Some(around) = around {
+            (around.after)(cb, offered);
         }
     }
-    if abuse {
-        refused.print();
+    if let Some(around) = around {
+        (around.done)();
     }
 }
 

@@ -20,7 +20,9 @@ use apflab_abi::hypercall::{
 };
 use apflab_abi::pattern::splitmix64;
 use apflab_abi::report::MAX_REPORTED_TASKS;
+use spin::mutex::SpinMutex;
 
+use crate::apf::{self, AroundEnable};
 use crate::sched::TaskParams;
 use crate::uapi::{self as user, E_INVAL};
 use crate::{config, console, hypercall};
@@ -30,9 +32,28 @@ const NEVER_GIVEN: u64 = 0xdead_beef << 12;
 /// An address outside guest RAM (below it, where the board has flash).
 const OUTSIDE_RAM: u64 = 0x1000;
 
+/// The boot CPU's misuses around its `APF_ENABLE`.
+static AROUND_ENABLE: AroundEnable = AroundEnable {
+    before: before_enable,
+    after: after_enable,
+    done: print_tally,
+};
+
+/// What the host answered to the boot CPU's misuses so far.
+static TALLY: SpinMutex<Refused> = SpinMutex::new(Refused {
+    sent: 0,
+    refused: 0,
+});
+
+/// Has the boot CPU misuse the protocol around its `APF_ENABLE` (boot CPU,
+/// before [`apf::init_cpu`]; only when the boot options ask for it).
+pub fn register() {
+    apf::around_enable(&AROUND_ENABLE);
+}
+
 /// How many misuses were sent and how many the host answered as it must.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Refused {
+struct Refused {
     sent: u64,
     refused: u64,
 }
@@ -48,25 +69,26 @@ impl Refused {
     }
 
     /// Adds `other`'s counts.
-    pub fn add(&mut self, other: Refused) {
+    fn add(&mut self, other: Refused) {
         self.sent += other.sent;
         self.refused += other.refused;
     }
+}
 
-    /// Prints the tally for the tests to read.
-    pub fn print(&self) {
-        console::println!(
-            "apf abuse: {} of {} misuses answered as they must be",
-            self.refused,
-            self.sent
-        );
-    }
+/// Prints the tally of the boot CPU's misuses, for the tests to read.
+fn print_tally() {
+    let tally = *TALLY.lock();
+    console::println!(
+        "apf abuse: {} of {} misuses answered as they must be",
+        tally.refused,
+        tally.sent
+    );
 }
 
 /// Misuses before `cb` is registered: calls that need async PF enabled,
 /// and control blocks the host must not accept (misaligned, outside RAM,
 /// over the kernel's code, of another version). `cb` is left as it was.
-pub fn before_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
+fn before_enable(cb: *mut ControlBlock, offered: u64) {
     let mut r = Refused::default();
     r.expect_refused(hypercall::apf_ack());
     r.expect_refused(hypercall::apf_page_request(NEVER_GIVEN));
@@ -82,7 +104,7 @@ pub fn before_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
     r.expect_refused(hypercall::apf_enable(cb as u64, offered));
     // SAFETY: as above.
     unsafe { addr_of_mut!((*cb).version).write_volatile(CONTROL_BLOCK_VERSION) };
-    r
+    TALLY.lock().add(r);
 }
 
 /// Misuses once `cb` is registered (nothing outstanding yet): a request
@@ -90,7 +112,7 @@ pub fn before_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
 /// consumed count beyond what the host published, a fault inside the
 /// no-inject window, and disable/enable loops (which must succeed, each a
 /// wake-all). `cb` is left as it was, registered with `offered`.
-pub fn after_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
+fn after_enable(cb: *mut ControlBlock, offered: u64) {
     let mut r = Refused::default();
     r.expect_refused(hypercall::apf_page_request(NEVER_GIVEN));
     for _ in 0..APF_ABUSE_ACK_FLOOD {
@@ -122,7 +144,7 @@ pub fn after_enable(cb: *mut ControlBlock, offered: u64) -> Refused {
         r.expect(hypercall::apf_disable(), SMCCC_SUCCESS);
         r.expect(hypercall::apf_enable(cb as u64, offered), SMCCC_SUCCESS);
     }
-    r
+    TALLY.lock().add(r);
 }
 
 /// Misuse `i` of the hostile guest's task (a call with a random id or

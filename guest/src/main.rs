@@ -92,7 +92,10 @@ fn boot_main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     }
     let features = hypercall::features();
     metrics::set_apf_features(features);
-    apf::init(booting.apf_allowed, booting.apf_abuse, features);
+    apf::init(booting.apf_allowed, features);
+    if booting.apf_abuse {
+        apf_abuse::register();
+    }
     apf::init_cpu();
     if booting.trace {
         timeline::enable();
