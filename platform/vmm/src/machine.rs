@@ -303,8 +303,10 @@ impl Machine {
         lock(&self.exits).count(name);
     }
 
-    /// The guest's signs of life so far, for the watchdog (see
-    /// [`ExitCounts::activity`]).
+    /// The guest's signs of life so far, for the watchdog: every exit
+    /// counted except those that are no work of the guest's (WFI, the emu
+    /// slice ends, the kvm loop's kicks to look at a vCPU, the emu's kicks
+    /// that deliver "page ready" to a running vCPU).
     pub fn activity(&self) -> u64 {
         lock(&self.exits).activity()
     }
