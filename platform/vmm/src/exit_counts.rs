@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Exits by kind.
+/// Exits by kind; a snapshot saves it as the map of counts it wraps.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ExitCounts(BTreeMap<String, u64>);

@@ -102,7 +102,8 @@ struct State {
     doorbell_engine_calls: Vec<Option<EngineCall>>,
     effects: Vec<Effect>,
     wake_hints: Vec<Option<u64>>,
-    exits: BTreeMap<String, u64>,
+    /// Saved as the map it wraps (`serde(transparent)`).
+    exits: ExitCounts,
     boot_done: bool,
     boot_overrun: bool,
 }
@@ -236,7 +237,7 @@ impl Machine {
                 doorbell_engine_calls,
                 effects,
                 wake_hints: interrupts.wake_hints,
-                exits: lock(&self.exits).by_kind().clone(),
+                exits: lock(&self.exits).clone(),
                 boot_done,
                 boot_overrun,
             },
@@ -287,11 +288,7 @@ impl Machine {
             boot_done: st.boot_done,
             boot_overrun: st.boot_overrun,
         };
-        let mut exits = ExitCounts::default();
-        for (kind, n) in &st.exits {
-            exits.add(kind, *n);
-        }
-        *lock(&self.exits) = exits;
+        *lock(&self.exits) = st.exits;
         *lock(&self.psci) = saved.psci;
         *self.lock_sdei() = saved.sdei;
         lock(&self.guest_calls).restore(saved.guest_calls);
