@@ -526,7 +526,7 @@ fn vcpu_thread(
             }
             let flow = match exit {
                 VmExit::Hypercall { function, args, .. } => {
-                    match machine.dispatch(idx, function, args, now) {
+                    let flow = match machine.dispatch(idx, function, args, now) {
                         Call::Engine(call) => ask(
                             &mut vcpu,
                             Event::Call {
@@ -539,13 +539,16 @@ fn vcpu_thread(
                             let answer = run_loop::answer(machine, answered, |_| None);
                             match run_loop::return_from_hypercall(&mut vcpu, machine, answer)? {
                                 Next::End(exit) => Flow::Stop(Some(exit)),
-                                _ => {
-                                    machine.deliver_sdei(&mut vcpu)?;
-                                    Flow::Run
-                                }
+                                _ => Flow::Run,
                             }
                         }
+                    };
+                    // Whoever answered the call, an SDEI event it left
+                    // pending is entered on its return, as on emu.
+                    if let Flow::Run = flow {
+                        machine.deliver_sdei(&mut vcpu)?;
                     }
+                    flow
                 }
                 VmExit::NotResident(fault) => {
                     machine.count_exit("not_resident");
