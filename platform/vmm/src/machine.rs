@@ -61,6 +61,15 @@ pub enum Call {
     Engine(EngineCall),
 }
 
+/// The interrupt state a vCPU's slice starts from ([`Machine::slice_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceStart {
+    /// The INTID the GIC signals to the vCPU, if any.
+    pub signalled_irq: Option<u32>,
+    /// Next virtual time at which one of its timers fires, if armed.
+    pub timer_deadline: Option<u64>,
+}
+
 /// The doorbell banks, and the engine call made through each, waiting for
 /// the vCPU loop to hand it to the fault engine (its result goes back into
 /// the bank).
@@ -178,9 +187,10 @@ impl Machine {
     }
 
     /// Carries out what the SDEI firmware has for `vcpu` (see
-    /// [`sdei::deliver`]); run loops call it after every hypercall the
-    /// machine answered. Each handler entry is counted as an
-    /// `sdei_dispatch` exit; returns how many there were.
+    /// [`sdei::deliver`]); both run loops call it as every hypercall
+    /// returns, whether the machine or the fault engine answered it. Each
+    /// handler entry is counted as an `sdei_dispatch` exit; returns how many
+    /// there were.
     pub fn deliver_sdei<V: Vcpu + ?Sized>(&self, vcpu: &mut V) -> Result<u32, HypervisorError> {
         let entered = sdei::deliver(&mut self.lock_sdei(), vcpu)?;
         if entered > 0 {
@@ -355,6 +365,30 @@ impl Machine {
         irq.gic.set_level(0, 32 + UART_SPI, uart);
     }
 
+    /// What a slice of `vcpu` starting at `now_ns` needs, under one look at
+    /// the interrupts: drops its wake-up hint (the earliest virtual time at
+    /// which another vCPU sent it an interrupt since it last ran: it runs
+    /// now), brings its lines up to date ([`Machine::update_lines`]), and
+    /// returns the INTID signalled to it ([`Machine::signalled_irq`]) and
+    /// when its next timer fires ([`Machine::next_deadline`]). The emu loop
+    /// calls it once per slice, tens of thousands of times a second.
+    pub fn slice_start(&self, vcpu: u32, now_ns: u64) -> SliceStart {
+        let uart = lock(&self.uart).irq_level();
+        let mut irq = self.lock_interrupts();
+        if let Some(hint) = irq.wake_hints.get_mut(vcpu as usize) {
+            *hint = None;
+        }
+        irq.update_timer_lines(vcpu, now_ns);
+        irq.gic.set_level(0, 32 + UART_SPI, uart);
+        SliceStart {
+            signalled_irq: irq.gic.signalled(vcpu),
+            timer_deadline: irq
+                .timers
+                .get(vcpu as usize)
+                .and_then(|t| t.deadline_ns(now_ns)),
+        }
+    }
+
     /// Next virtual time at which one of `vcpu`'s timers fires, if armed.
     pub fn next_deadline(&self, vcpu: u32, now_ns: u64) -> Option<u64> {
         self.lock_interrupts()
@@ -366,16 +400,6 @@ impl Machine {
     /// The INTID the GIC signals to `vcpu` now, if any.
     pub fn signalled_irq(&self, vcpu: u32) -> Option<u32> {
         self.lock_interrupts().gic.signalled(vcpu)
-    }
-
-    /// Takes the wake-up hint of `vcpu`: the earliest virtual time at which
-    /// another vCPU sent it an interrupt since it last ran (a halted vCPU
-    /// wakes no earlier).
-    pub fn take_wake_hint(&self, vcpu: u32) -> Option<u64> {
-        self.lock_interrupts()
-            .wake_hints
-            .get_mut(vcpu as usize)
-            .and_then(Option::take)
     }
 
     /// Records that an interrupt was sent to `vcpu` at `at_ns` from outside

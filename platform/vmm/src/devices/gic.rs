@@ -6,6 +6,7 @@
 //! spurious): that is what a non-secure OS uses. Priorities have 5 bits,
 //! like QEMU's GICv3.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use apflab_abi::memory_map::{GIC_INTIDS, GICR_STRIDE, MAX_VCPUS};
@@ -17,6 +18,8 @@ use serde::{Deserialize, Serialize};
 const NUM_INTIDS: u32 = GIC_INTIDS;
 /// Number of SPIs the distributor implements (INTIDs 32..NUM_INTIDS).
 pub const NUM_SPIS: u32 = NUM_INTIDS - 32;
+/// 64-bit words of a bitmap with one bit per SPI.
+const SPI_WORDS: usize = NUM_SPIS.div_ceil(64) as usize;
 /// INTID returned by an acknowledge when nothing is pending.
 pub const SPURIOUS: u32 = 1023;
 /// Implemented priority bits (5): the mask applied to priorities and PMR.
@@ -97,6 +100,12 @@ pub struct Gic {
     irouter: Vec<u64>,
     /// Interrupts acknowledged, by INTID.
     acknowledged: BTreeMap<u32, u64>,
+    /// The SPIs enabled, one bit each, so that looking for the highest
+    /// pending interrupt (at every slice of every vCPU) skips the many
+    /// disabled ones; `None` until the next look finds them (after an
+    /// enable or disable, and in a restored or cloned GIC).
+    #[serde(skip)]
+    enabled_spis: Cell<Option<[u64; SPI_WORDS]>>,
 }
 
 impl Gic {
@@ -115,6 +124,7 @@ impl Gic {
             ],
             irouter: vec![0; NUM_SPIS as usize],
             acknowledged: BTreeMap::new(),
+            enabled_spis: Cell::new(None),
         }
     }
 
@@ -186,14 +196,34 @@ impl Gic {
             consider(i as u32, irq);
         }
         if self.dist_enable & 2 != 0 {
-            for (i, irq) in self.spis.iter().enumerate() {
-                let intid = 32 + i as u32;
-                if self.spi_target(intid) == cpu {
-                    consider(intid, irq);
+            // In INTID order, as a scan of every SPI would consider them.
+            for (word, mut bits) in self.enabled_spis().into_iter().enumerate() {
+                while bits != 0 {
+                    let i = word * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let intid = 32 + i as u32;
+                    if self.spi_target(intid) == cpu {
+                        consider(intid, &self.spis[i]);
+                    }
                 }
             }
         }
         best
+    }
+
+    /// The bitmap of enabled SPIs, found again if it is not known.
+    fn enabled_spis(&self) -> [u64; SPI_WORDS] {
+        if let Some(bits) = self.enabled_spis.get() {
+            return bits;
+        }
+        let mut bits = [0u64; SPI_WORDS];
+        for (i, irq) in self.spis.iter().enumerate() {
+            if irq.enabled {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        self.enabled_spis.set(Some(bits));
+        bits
     }
 
     /// The interrupt the CPU interface would signal to `cpu` now (group 1
@@ -393,9 +423,11 @@ impl Gic {
                 }
             }
             0x100..0x180 => {
+                self.enabled_spis.set(None);
                 self.write_bits(cpu, first_of(offset, 0x100), value, |i| i.enabled = true)
             }
             0x180..0x200 => {
+                self.enabled_spis.set(None);
                 self.write_bits(cpu, first_of(offset, 0x180), value, |i| i.enabled = false)
             }
             0x200..0x280 => {
@@ -642,5 +674,49 @@ mod tests {
         assert_eq!(g.dist_read(0x104), 1 << 1);
         assert_eq!(g.dist_read(0x100), 0, "private block is RAZ");
         assert_eq!(g.dist_read(PIDR2) & 0xf0, 0x30);
+    }
+
+    /// A GIC with the distributor on, CPU 0's interface on, and SPIs 33
+    /// (priority 0xa0) and 200 (0x80) in group 1, both routed to CPU 0 and
+    /// with their lines high, but not enabled.
+    fn two_spis_pending() -> Gic {
+        let mut g = Gic::new(1);
+        enable_cpu_interface(&mut g, 0);
+        g.dist_write(0, 4, 2);
+        for (intid, prio) in [(33u32, 0xa0u64), (200, 0x80)] {
+            let (word, bit) = (u64::from(intid / 32) * 4, intid % 32);
+            g.dist_write(0x080 + word, 4, 1 << bit);
+            g.dist_write(0x400 + u64::from(intid), 1, prio);
+            g.set_level(0, intid, true);
+        }
+        g
+    }
+
+    #[test]
+    fn enabling_and_disabling_spis_changes_what_is_signalled() {
+        let mut g = two_spis_pending();
+        assert_eq!(g.signalled(0), None, "neither is enabled");
+        g.dist_write(0x104, 4, 1 << 1); // enable 33
+        assert_eq!(g.signalled(0), Some(33));
+        g.dist_write(0x118, 4, 1 << 8); // enable 200
+        assert_eq!(g.signalled(0), Some(200), "the higher priority");
+        g.dist_write(0x198, 4, 1 << 8); // disable 200
+        assert_eq!(g.signalled(0), Some(33));
+        g.dist_write(0x184, 4, 1 << 1); // disable 33
+        assert_eq!(g.signalled(0), None);
+    }
+
+    #[test]
+    fn a_restored_or_cloned_gic_signals_what_the_original_does() {
+        let mut g = two_spis_pending();
+        g.dist_write(0x118, 4, 1 << 8); // enable 200
+        assert_eq!(g.signalled(0), Some(200));
+        let restored: Gic = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        assert_eq!(restored.signalled(0), Some(200));
+        let mut cloned = g.clone();
+        cloned.dist_write(0x104, 4, 1 << 1); // enable 33 in the clone only
+        cloned.dist_write(0x198, 4, 1 << 8); // disable 200 in the clone only
+        assert_eq!(cloned.signalled(0), Some(33));
+        assert_eq!(g.signalled(0), Some(200));
     }
 }

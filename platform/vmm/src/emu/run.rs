@@ -469,11 +469,10 @@ impl<'h> EmuRun<'h> {
             }
             let v = &mut self.vcpus[i];
             let now = v.now_ns();
-            self.machine.take_wake_hint(idx);
-            self.machine.update_lines(idx, now);
+            let start = self.machine.slice_start(idx, now);
             let mut budget = self.config.slice_instructions;
             let mut irq_waiting = false;
-            if self.machine.signalled_irq(idx).is_some() {
+            if start.signalled_irq.is_some() {
                 if v.enter_irq()? {
                     v.charge_ns(cost.inject_ns);
                     self.irq_entries += 1;
@@ -482,10 +481,7 @@ impl<'h> EmuRun<'h> {
                 }
             }
             v.set_irq_waiting(irq_waiting);
-            for d in [self.machine.next_deadline(idx, now), deadline]
-                .into_iter()
-                .flatten()
-            {
+            for d in [start.timer_deadline, deadline].into_iter().flatten() {
                 budget = budget.min(v.instructions_until(d));
             }
             v.set_budget(budget);
