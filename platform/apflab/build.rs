@@ -3,22 +3,14 @@
 //! current commit (see `SourceRecord::of_build_tree`).
 
 use std::path::Path;
-use std::process::Command;
+
+#[path = "src/git.rs"]
+mod git;
 
 fn main() {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
     let root = Path::new(&manifest_dir).join("../..");
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .filter(|s| !s.is_empty())
-    };
+    let git = |args: &[&str]| git::output(&root, args).filter(|s| !s.is_empty());
     let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=APFLAB_BUILD_COMMIT={commit}");
     // Rerun when HEAD moves: HEAD itself (a checkout), the branch it names
@@ -34,4 +26,5 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/git.rs");
 }

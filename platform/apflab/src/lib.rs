@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod config;
+mod git;
 pub mod grouping;
 pub mod kendall;
 pub mod linux_guest;

@@ -106,18 +106,7 @@ impl SourceRecord {
     pub fn of_build_tree() -> Self {
         // platform/apflab -> the workspace root.
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let git = |args: &[&str]| {
-            std::process::Command::new("git")
-                .arg("-C")
-                .arg(&root)
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        };
+        let git = |args: &[&str]| crate::git::output(&root, args);
         Self::from_git(
             git(&["rev-parse", "HEAD"]),
             || git(&["status", "--porcelain", "--", ".", ":(exclude)paper"]),
