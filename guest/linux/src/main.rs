@@ -39,28 +39,42 @@ use apflab_linux_init::{console_report, cpu, procfs};
 const RESERVE_KIB: u64 = 16 << 10;
 
 /// Why the init stopped without a report.
+#[derive(Debug, thiserror::Error)]
 enum Failure {
-    /// A bootarg it does not accept.
-    Bootarg(BadBootarg),
-    /// Anything else.
-    Error(String),
+    /// A bootarg it does not accept (the run's config, not the init, is
+    /// at fault: printed as a message).
+    #[error(transparent)]
+    Bootarg(#[from] BadBootarg),
+    /// A system call failed while the init did `what`.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A system call of [`sys`] failed (its error says which and on what).
+    #[error(transparent)]
+    Sys(#[from] io::Error),
+    /// A file of `/proc` lacks a line the init needs.
+    #[error(transparent)]
+    Proc(#[from] procfs::MissingLine),
+    /// A thread could not finish (the panic hook powers off on a panic, so
+    /// this is one that is left when it could not).
+    #[error("{0} panicked")]
+    Panicked(&'static str),
 }
 
-impl From<BadBootarg> for Failure {
-    fn from(b: BadBootarg) -> Self {
-        Failure::Bootarg(b)
-    }
+/// Names what the init was doing when a system call failed.
+trait Doing<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, Failure>;
 }
 
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Self {
-        Failure::Error(e.to_string())
-    }
-}
-
-impl From<String> for Failure {
-    fn from(e: String) -> Self {
-        Failure::Error(e)
+impl<T> Doing<T> for io::Result<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, Failure> {
+        self.map_err(|source| Failure::Io {
+            what: what(),
+            source,
+        })
     }
 }
 
@@ -79,7 +93,7 @@ fn main() {
     match run() {
         Ok(()) => {}
         Err(Failure::Bootarg(b)) => sys::console_line(MESSAGE_PREFIX, &b.to_string()),
-        Err(Failure::Error(e)) => sys::console_line(ERROR_PREFIX, &e),
+        Err(e) => sys::console_line(ERROR_PREFIX, &e.to_string()),
     }
     sys::power_off()
 }
@@ -91,36 +105,36 @@ fn main() {
 fn spawn_hotplug(
     start: u64,
     stop: Arc<AtomicBool>,
-) -> Result<thread::JoinHandle<Result<(), String>>, Failure> {
+) -> Result<thread::JoinHandle<Result<(), Failure>>, Failure> {
     sys::mount("sysfs", "/sys")?;
     let online = "/sys/devices/system/cpu/cpu1/online";
     let set = move |value: &str| {
-        std::fs::write(online, value).map_err(|e| format!("write {value} to {online}: {e}"))
+        std::fs::write(online, value).doing(|| format!("write {value} to {online}"))
     };
     thread::Builder::new()
         .name("hotplug".into())
         .spawn(move || {
-            sys::sleep_until(start + HOTPLUG_OFFLINE_AT_NS).map_err(|e| e.to_string())?;
+            sys::sleep_until(start + HOTPLUG_OFFLINE_AT_NS).doing(|| "clock_nanosleep".into())?;
             if stop.load(Ordering::Acquire) {
                 return Ok(());
             }
             set("0")?;
             sys::sleep_until(start + HOTPLUG_OFFLINE_AT_NS + HOTPLUG_OFFLINE_FOR_NS)
-                .map_err(|e| e.to_string())?;
+                .doing(|| "clock_nanosleep".into())?;
             set("1")
         })
-        .map_err(|e| Failure::Error(format!("start the hotplug thread: {e}")))
+        .doing(|| "start the hotplug thread".into())
 }
 
 /// Reads a file of `/proc`, naming it on failure.
 fn read_proc(path: &str) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure::Error(format!("read {path}: {e}")))
+    std::fs::read_to_string(path).doing(|| format!("read {path}"))
 }
 
 fn counters() -> Result<procfs::Counters, Failure> {
     let stat = read_proc("/proc/stat")?;
     let interrupts = read_proc("/proc/interrupts")?;
-    procfs::counters(&stat, &interrupts).map_err(|e| Failure::Error(e.into()))
+    Ok(procfs::counters(&stat, &interrupts)?)
 }
 
 /// The async PF client's counters, if the kernel has the client.
@@ -128,7 +142,10 @@ fn apf_counters() -> Result<Option<[u64; APF_COUNTERS.len()]>, Failure> {
     match std::fs::read_to_string(APF_PROC_FILE) {
         Ok(text) => Ok(Some(procfs::apf_counters(&text)?)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Failure::Error(format!("read {APF_PROC_FILE}: {e}"))),
+        Err(source) => Err(Failure::Io {
+            what: format!("read {APF_PROC_FILE}"),
+            source,
+        }),
     }
 }
 
@@ -164,8 +181,7 @@ fn run() -> Result<(), Failure> {
     // workload's words change.
     let words = handover::workload_words(&read_proc("/proc/cmdline")?)?;
     let config = bootargs::parse(&words)?;
-    let available = procfs::mem_available_kib(&read_proc("/proc/meminfo")?)
-        .ok_or_else(|| "no MemAvailable line in /proc/meminfo".to_string())?;
+    let available = procfs::mem_available_kib(&read_proc("/proc/meminfo")?)?;
     bootargs::check_fits(&config, available, RESERVE_KIB)?;
     let cpus_online = sys::cpus_online();
     let before = counters()?;
@@ -203,8 +219,7 @@ fn run() -> Result<(), Failure> {
     if let Some(apf) = apf {
         fill_apf(&mut report, &apf);
     }
-    sys::write_console(&console_report(&report))
-        .map_err(|e| Failure::Error(format!("write the report to /dev/console: {e}")))
+    sys::write_console(&console_report(&report)).doing(|| "write the report to /dev/console".into())
 }
 
 /// The workload in words, for the first line.
@@ -260,7 +275,7 @@ struct ThreadResult {
 
 /// Joins the threads in spawn order and sums what they did.
 fn join(
-    handles: Vec<thread::JoinHandle<Result<ThreadResult, String>>>,
+    handles: Vec<thread::JoinHandle<Result<ThreadResult, Failure>>>,
 ) -> Result<Outcome, Failure> {
     let mut out = Outcome::default();
     for h in handles {
@@ -268,7 +283,7 @@ fn join(
         // a join error is only a thread that could not finish.
         let r = h
             .join()
-            .map_err(|_| "a workload thread panicked".to_string())??;
+            .map_err(|_| Failure::Panicked("a workload thread"))??;
         out.task_done_ns.push(r.done_ns);
         out.cpu_ops += r.cpu_ops;
         out.checked.pages += r.checked.pages;
@@ -281,12 +296,12 @@ fn join(
 
 fn spawn(
     name: String,
-    f: impl FnOnce() -> Result<ThreadResult, String> + Send + 'static,
-) -> Result<thread::JoinHandle<Result<ThreadResult, String>>, Failure> {
+    f: impl FnOnce() -> Result<ThreadResult, Failure> + Send + 'static,
+) -> Result<thread::JoinHandle<Result<ThreadResult, Failure>>, Failure> {
     thread::Builder::new()
         .name(name.clone())
         .spawn(f)
-        .map_err(|e| Failure::Error(format!("start thread {name}: {e}")))
+        .doing(|| format!("start thread {name}"))
 }
 
 /// `cpu`: `tasks` threads of `ops` operations each.
@@ -353,7 +368,7 @@ fn run_memory(config: &Config, start: u64) -> Result<Outcome, Failure> {
     let outcome = join(handles)?;
     if let Some(h) = hotplug {
         h.join()
-            .map_err(|_| "the hotplug thread panicked".to_string())??;
+            .map_err(|_| Failure::Panicked("the hotplug thread"))??;
     }
     Ok(outcome)
 }
@@ -365,11 +380,11 @@ fn memory_thread(
     first_page: u64,
     pages: u64,
     start: u64,
-) -> Result<ThreadResult, String> {
+) -> Result<ThreadResult, Failure> {
     let mut checked = Checked::default();
     for pass in 0..config.passes {
         let version = memory::version(pass);
-        let mut map = sys::Mapping::new(pages * PAGE_SIZE).map_err(|e| e.to_string())?;
+        let mut map = sys::Mapping::new(pages * PAGE_SIZE)?;
         let words = map.words_mut();
         memory::fill(words, first_page, config.seed, version);
         let draw_seed = config.seed ^ splitmix64(first_page ^ (pass << 40));
@@ -383,7 +398,7 @@ fn memory_thread(
                 draw_seed,
             ),
             Reader::Kernel => {
-                let pipe = sys::Pipe::new().map_err(|e| format!("pipe: {e}"))?;
+                let pipe = sys::Pipe::new().doing(|| "pipe".into())?;
                 let mut copy = [0u64; WORDS_PER_PAGE];
                 memory::check(
                     words,
@@ -392,8 +407,8 @@ fn memory_thread(
                     draw_seed,
                     |page, index| {
                         pipe.copy_through(page, &mut copy)
-                            .map_err(|e| format!("copy page {index} through a pipe: {e}"))?;
-                        Ok::<_, String>(memory::mismatches_in_words(
+                            .doing(|| format!("copy page {index} through a pipe"))?;
+                        Ok::<_, Failure>(memory::mismatches_in_words(
                             &copy,
                             index,
                             config.seed,
@@ -404,7 +419,7 @@ fn memory_thread(
                 )?
             }
         };
-        map.unmap().map_err(|e| e.to_string())?;
+        map.unmap()?;
         checked.pages += c.pages;
         checked.mismatches += c.mismatches;
     }
@@ -465,14 +480,14 @@ fn run_kv(config: &Config, start: u64) -> Result<Outcome, Failure> {
                 let mut r = ThreadResult::default();
                 loop {
                     let (index, due) = {
-                        let mut a = arrivals.lock().map_err(|_| "a server panicked")?;
+                        let mut a = arrivals.lock().map_err(|_| Failure::Panicked("a server"))?;
                         if a.0 == c.requests {
                             break;
                         }
                         a.0 += 1;
                         (a.0 - 1, a.1.next_due())
                     };
-                    sys::sleep_until(due).map_err(|e| format!("clock_nanosleep: {e}"))?;
+                    sys::sleep_until(due).doing(|| "clock_nanosleep".into())?;
                     let page = kv::request_page(c.seed, index, table.pages);
                     r.checked.mismatches += memory::mismatches_in_words(
                         table.pattern_words(page),
