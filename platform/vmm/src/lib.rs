@@ -35,6 +35,8 @@ pub mod machine;
 pub mod outcome;
 mod psci;
 mod run_loop;
+#[cfg(test)]
+mod scripted_vcpu;
 pub mod sdei;
 pub mod snapshot;
 mod vm;

@@ -205,45 +205,9 @@ pub(crate) fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scripted_vcpu::ScriptedVcpu;
     use apflab_abi::addr::Gpa;
     use apflab_hypervisor::{CrashReason, HookFailure, SyncException};
-
-    /// A vCPU that records what the loop did to it.
-    #[derive(Default)]
-    struct FakeVcpu {
-        regs: std::collections::BTreeMap<u8, u64>,
-        injected: Vec<SyncException>,
-        ready_line: Option<bool>,
-    }
-
-    impl Vcpu for FakeVcpu {
-        fn index(&self) -> u32 {
-            1
-        }
-        fn run(&mut self) -> Result<VmExit, HypervisorError> {
-            Ok(VmExit::SliceEnd)
-        }
-        fn get_reg(&self, reg: Reg) -> Result<u64, HypervisorError> {
-            match reg {
-                Reg::X(n) => Ok(self.regs.get(&n).copied().unwrap_or(0)),
-                _ => Ok(0),
-            }
-        }
-        fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), HypervisorError> {
-            if let Reg::X(n) = reg {
-                self.regs.insert(n, value);
-            }
-            Ok(())
-        }
-        fn inject_exception(&mut self, exc: SyncException) -> Result<(), HypervisorError> {
-            self.injected.push(exc);
-            Ok(())
-        }
-        fn set_ready_line(&mut self, level: bool) -> Result<(), HypervisorError> {
-            self.ready_line = Some(level);
-            Ok(())
-        }
-    }
 
     fn machine() -> Machine {
         let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(
@@ -257,8 +221,8 @@ mod tests {
     #[test]
     fn actions_become_what_the_loop_does_next() {
         let m = machine();
-        let apply = |v: &mut FakeVcpu, a| apply(v, &m, a);
-        let mut v = FakeVcpu::default();
+        let apply = |v: &mut ScriptedVcpu, a| apply(v, &m, a);
+        let mut v = ScriptedVcpu::new(1, []);
         assert_eq!(apply(&mut v, Action::Retry).unwrap(), Next::Run);
         assert_eq!(
             apply(&mut v, Action::StallUntil(7)).unwrap(),
@@ -273,12 +237,12 @@ mod tests {
             apply(&mut v, Action::InjectException(exc)).unwrap(),
             Next::Run
         );
-        assert_eq!(v.injected, [exc]);
+        assert_eq!(v.logged().injected, [exc]);
         assert_eq!(
             apply(&mut v, Action::SetReadyLine(true)).unwrap(),
             Next::Run
         );
-        assert_eq!(v.ready_line, Some(true));
+        assert_eq!(v.logged().ready_line, Some(true));
         assert_eq!(
             apply(
                 &mut v,
@@ -309,7 +273,7 @@ mod tests {
     #[test]
     fn engine_calls_go_to_the_engine_and_the_rest_to_the_machine() {
         let m = machine();
-        let mut v = FakeVcpu::default();
+        let mut v = ScriptedVcpu::new(1, []);
         let mut seen = None;
         let next = call(
             &mut v,
@@ -326,14 +290,14 @@ mod tests {
         );
         assert_eq!(seen.unwrap().function, hc::FN_APF_ENABLE);
         assert_eq!(seen.unwrap().args[0], 0x4000_1000);
-        assert_eq!((v.regs[&0], v.regs[&1]), (0, 42));
+        assert_eq!((v.logged().regs[&0], v.logged().regs[&1]), (0, 42));
         assert_eq!(next, Next::Stall(100));
 
         let next = call(&mut v, &m, hc::PSCI_VERSION, [0; 5], |_| {
             panic!("PSCI is the machine's")
         });
         assert_eq!(next, Next::Run);
-        assert_eq!(v.regs[&0], hc::PSCI_VERSION_1_0);
+        assert_eq!(v.logged().regs[&0], hc::PSCI_VERSION_1_0);
         assert_eq!(m.exits()["hypercall"], 1);
         assert_eq!(m.exits()["psci"], 1);
     }
@@ -342,10 +306,10 @@ mod tests {
     fn an_sdei_signal_enters_the_registered_handler_or_is_refused() {
         use apflab_abi::sdei;
         let m = machine();
-        let mut v = FakeVcpu::default();
+        let mut v = ScriptedVcpu::new(1, []);
         // No handler: refused, the vCPU retries the access untouched.
         assert_eq!(apply(&mut v, &m, Action::SignalSdei).unwrap(), Next::Run);
-        assert!(v.regs.is_empty());
+        assert!(v.logged().regs.is_empty());
         let ev = u64::from(sdei::EVENT_APF);
         for (f, args) in [
             (sdei::FN_EVENT_REGISTER, [ev, 0x4000_2000, 0x77, 0, 0]),
@@ -356,10 +320,10 @@ mod tests {
                 call(&mut v, &m, f, args, |_| panic!("the machine's")),
                 Next::Run
             );
-            assert_eq!(v.regs[&0], 0, "{f:#x}");
+            assert_eq!(v.logged().regs[&0], 0, "{f:#x}");
         }
         assert_eq!(apply(&mut v, &m, Action::SignalSdei).unwrap(), Next::Run);
-        assert_eq!((v.regs[&0], v.regs[&1]), (ev, 0x77));
+        assert_eq!((v.logged().regs[&0], v.logged().regs[&1]), (ev, 0x77));
         assert_eq!(m.exits()["sdei_dispatch"], 1);
         assert_eq!(m.exits()["sdei"], 3);
     }
@@ -367,11 +331,11 @@ mod tests {
     #[test]
     fn a_refused_engine_call_is_counted_as_unsupported() {
         let m = machine();
-        let mut v = FakeVcpu::default();
+        let mut v = ScriptedVcpu::new(1, []);
         call(&mut v, &m, hc::FN_APF_ACK, [0; 5], |_| {
             Some(HypercallAnswer::not_supported())
         });
-        assert_eq!(v.regs[&0], hc::SMCCC_NOT_SUPPORTED as u64);
+        assert_eq!(v.logged().regs[&0], hc::SMCCC_NOT_SUPPORTED as u64);
         assert_eq!(m.exits()["hypercall_unsupported"], 1);
     }
 
@@ -381,7 +345,7 @@ mod tests {
         use apflab_abi::memory_map::DOORBELL_BASE;
         use apflab_hypervisor::VmOps;
         let m = machine();
-        let mut v = FakeVcpu::default();
+        let mut v = ScriptedVcpu::new(1, []);
         m.mmio_write(1, DOORBELL_BASE + layout::ARGS[0], &7u64.to_le_bytes(), 0);
         let kind = m.mmio_write(
             1,

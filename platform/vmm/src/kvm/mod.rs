@@ -23,6 +23,11 @@ mod memory;
 pub mod regs;
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 pub(crate) mod run;
+#[cfg(any(
+    test,
+    all(target_arch = "aarch64", target_os = "linux", feature = "kvm")
+))]
+mod threads;
 
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 pub use backend::{HypercallConduit, KvmHypervisor, KvmIrqLine, KvmVcpu, KvmVcpuKicker};
