@@ -230,10 +230,27 @@ impl Vm {
 
 /// Anonymous guest RAM for the emu backend.
 fn new_ram(config: &VmConfig, ram_size: u64) -> Result<GuestMemoryMmap, VmError> {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), ram_size as usize)]).map_err(|e| {
-        VmError::Allocate {
+    let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), ram_size as usize)])
+        .map_err(|e| VmError::Allocate {
             mib: config.memory_mib,
             detail: e.to_string(),
-        }
-    })
+        })?;
+    // Transparent huge pages, as QEMU asks for its guest RAM: a guest that
+    // sweeps its memory otherwise evicts the host TLB's entries, those of
+    // the engine's own code with them, at every page (the sieve of
+    // benches/qemu-ratio ran 1.17x QEMU's time without, 1.03x with). Only
+    // the host's mapping changes; what the guest sees does not. Advice the
+    // host ignores or refuses costs nothing but the speed.
+    #[cfg(target_os = "linux")]
+    for region in vm_memory::GuestMemoryBackend::iter(&ram) {
+        // SAFETY: advice on a mapping this function made and owns.
+        let _ = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                vm_memory::GuestMemoryRegion::len(region) as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+    }
+    Ok(ram)
 }
