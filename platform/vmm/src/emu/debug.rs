@@ -43,7 +43,7 @@ use unicorn_engine::{RegisterARM64, UcHookId, Unicorn};
 use super::debug_regs::MDSCR_KDE;
 use super::fault::GuestFault;
 use super::insn_watch;
-use super::regs::{EngineRegs, SPSR_EL1, cp, engine_err};
+use super::regs::{EngineRegs, SPSR_EL1, engine_err, read_sysreg};
 use super::state::{HookState, end_slice, read_insn, request_stop};
 use apflab_hypervisor::HypervisorError;
 use apflab_hypervisor::arch::access::data_access;
@@ -87,10 +87,7 @@ fn watch_hook(uc: &mut Unicorn<'_, HookState>, pc: u64, _size: u32) {
 
 /// Whether debug exceptions (to EL1) are enabled at the EL of `pstate`.
 fn enabled(uc: &Unicorn<'_, HookState>, mdscr: u64, pstate: u64) -> bool {
-    let mut c = cp(OSLSR_EL1);
-    let os_locked = uc
-        .reg_read_arm64_coproc(&mut c)
-        .is_ok_and(|()| c.val & 2 != 0);
+    let os_locked = read_sysreg(uc, OSLSR_EL1).is_ok_and(|v| v & 2 != 0);
     if os_locked {
         return false;
     }
@@ -124,8 +121,7 @@ pub(super) fn on_msr(uc: &mut Unicorn<'_, HookState>, reg: SysRegId, value: u64)
 
 /// CONTEXTIDR_EL1 (0 if the engine cannot read it).
 fn context_id(uc: &Unicorn<'_, HookState>) -> u64 {
-    let mut c = cp(CONTEXTIDR_EL1);
-    uc.reg_read_arm64_coproc(&mut c).map_or(0, |()| c.val)
+    read_sysreg(uc, CONTEXTIDR_EL1).unwrap_or(0)
 }
 
 fn at_el0(uc: &Unicorn<'_, HookState>) -> bool {
@@ -242,10 +238,8 @@ pub(super) fn step(uc: &mut Unicorn<'static, HookState>, pc: u64) -> Result<Step
     }
     let word = read_insn(uc, pc);
     let eret_ss = if word == Some(ERET) {
-        let mut c = cp(SPSR_EL1);
-        uc.reg_read_arm64_coproc(&mut c)
-            .map_err(|e| engine_err("read SPSR_EL1", e))?;
-        Some(c.val & pstate::SS != 0)
+        let spsr = read_sysreg(uc, SPSR_EL1).map_err(|e| engine_err("read SPSR_EL1", e))?;
+        Some(spsr & pstate::SS != 0)
     } else {
         None
     };

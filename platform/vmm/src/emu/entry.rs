@@ -2,7 +2,7 @@
 //! never takes an exception itself (its interrupt hook sees them), so the
 //! VMM builds every entry to the guest's vectors.
 
-use super::regs::{SCTLR_A, SCTLR_C, SCTLR_EL1, SCTLR_I, SCTLR_M, cp, engine_err};
+use super::regs::{SCTLR_A, SCTLR_C, SCTLR_EL1, SCTLR_I, SCTLR_M, cp, engine_err, read_sysreg};
 use super::vcpu::EmuVcpu;
 use apflab_hypervisor::arch::{self, EntryKind, Reg, pstate};
 use apflab_hypervisor::{HypervisorError, Vcpu};
@@ -48,12 +48,10 @@ impl EmuVcpu {
     /// masked, the MMU and caches off (a CPU turned off with them on comes
     /// back without), at `entry` with x0 = `context_id`.
     pub(super) fn power_on(&mut self, entry: u64, context_id: u64) -> Result<(), HypervisorError> {
-        let mut sctlr = cp(SCTLR_EL1);
-        self.uc
-            .reg_read_arm64_coproc(&mut sctlr)
-            .map_err(|e| engine_err("read SCTLR_EL1", e))?;
-        let off = sctlr.val & !(SCTLR_M | SCTLR_A | SCTLR_C | SCTLR_I);
-        if off != sctlr.val {
+        let sctlr =
+            read_sysreg(&self.uc, SCTLR_EL1).map_err(|e| engine_err("read SCTLR_EL1", e))?;
+        let off = sctlr & !(SCTLR_M | SCTLR_A | SCTLR_C | SCTLR_I);
+        if off != sctlr {
             self.uc
                 .reg_write_arm64_coproc(&cp(SCTLR_EL1).val(off))
                 .map_err(|e| engine_err("write SCTLR_EL1", e))?;

@@ -21,7 +21,7 @@
 //! interrupts, as IRQs).
 
 use super::fault::{Access, GuestFault};
-use super::regs::{CPACR_EL1, EngineRegs, SCTLR_EL1, cp};
+use super::regs::{CPACR_EL1, EngineRegs, SCTLR_EL1, read_sysreg};
 use super::state::read_insn;
 use super::vcpu::EmuVcpu;
 use apflab_hypervisor::arch::access::data_access;
@@ -54,16 +54,8 @@ impl EmuVcpu {
     fn syndrome_of(&self, fault: GuestFault, pc: u64, el0: bool) -> (u64, Option<u64>) {
         match fault {
             GuestFault::Undefined => {
-                let mut cpacr = cp(CPACR_EL1);
-                let cpacr = self
-                    .uc
-                    .reg_read_arm64_coproc(&mut cpacr)
-                    .map_or(0, |()| cpacr.val);
-                let mut sctlr = cp(SCTLR_EL1);
-                let sctlr = self
-                    .uc
-                    .reg_read_arm64_coproc(&mut sctlr)
-                    .map_or(0, |()| sctlr.val);
+                let cpacr = read_sysreg(&self.uc, CPACR_EL1).unwrap_or(0);
+                let sctlr = read_sysreg(&self.uc, SCTLR_EL1).unwrap_or(0);
                 let word = read_insn(&self.uc, pc);
                 let fp = word.is_some_and(syndrome::is_fp_simd);
                 let el0_trap = word

@@ -10,7 +10,7 @@ use super::block_watch;
 use super::debug;
 use super::fault::{Access, GuestFault};
 use super::id_regs;
-use super::regs::{SCTLR_EL1, XREGS, cp};
+use super::regs::{SCTLR_EL1, XREGS, read_sysreg};
 use super::shootdown;
 use super::state::{HookState, end_slice, read_insn, request_stop};
 use super::tlb::fill_tlb;
@@ -211,8 +211,7 @@ pub(super) fn install_hooks(
         let reg = sysreg_of(cpreg);
         if id_regs::is_hidden_from(reg) && at_el1(uc) {
             // Features this machine does not give faithfully read as absent.
-            let mut c = cp(reg);
-            let raw = uc.reg_read_arm64_coproc(&mut c).map_or(0, |()| c.val);
+            let raw = read_sysreg(uc, reg).unwrap_or(0);
             let value = id_regs::sanitize(reg, raw).unwrap_or(raw);
             if rt != RegisterARM64::XZR {
                 let _ = uc.reg_write(rt, value);

@@ -27,10 +27,9 @@ use unicorn_engine::{UcHookId, Unicorn};
 
 use super::block_watch::{BlockWatch, MAX_HOOKED_BLOCKS, WatchMode};
 use super::fault::GuestFault;
-use super::regs::{EngineRegs, SCTLR_A, SCTLR_EL1, cp, engine_err};
+use super::regs::{EngineRegs, SCTLR_A, SCTLR_EL1, engine_err, read_sysreg};
 use super::state::{HookState, read_insn, request_stop};
 use apflab_hypervisor::HypervisorError;
-use apflab_hypervisor::arch::SysRegId;
 use apflab_hypervisor::arch::access::{alignment_unit, data_access};
 
 /// Called by the block hook for the block `[addr, addr + size)` it
@@ -62,16 +61,11 @@ pub(super) fn must_hook(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) -
     watched
 }
 
-fn read(uc: &Unicorn<'_, HookState>, reg: SysRegId) -> Option<u64> {
-    let mut c = cp(reg);
-    uc.reg_read_arm64_coproc(&mut c).ok().map(|()| c.val)
-}
-
 /// The alignment fault the instruction at `pc` raises before it executes,
 /// if the guest checks alignment and its address is misaligned.
 pub(super) fn check(uc: &mut Unicorn<'_, HookState>, pc: u64) -> Option<GuestFault> {
     let word = read_insn(uc, pc)?;
-    let misaligned = read(uc, SCTLR_EL1).is_some_and(|s| s & SCTLR_A != 0)
+    let misaligned = read_sysreg(uc, SCTLR_EL1).is_ok_and(|s| s & SCTLR_A != 0)
         && data_access(word, pc, &mut EngineRegs(uc))
             .is_ok_and(|a| a.va % alignment_unit(word, a.size) != 0);
     misaligned.then_some(GuestFault::Alignment)
@@ -108,7 +102,7 @@ impl InsnWatchHooks {
         &mut self,
         uc: &mut Unicorn<'static, HookState>,
     ) -> Result<(), HypervisorError> {
-        let mode = WatchMode::of(read(uc, SCTLR_EL1).unwrap_or(0));
+        let mode = WatchMode::of(read_sysreg(uc, SCTLR_EL1).unwrap_or(0));
         if mode == uc.get_data().watch.mode {
             return Ok(());
         }

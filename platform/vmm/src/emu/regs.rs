@@ -16,6 +16,15 @@ pub(super) const SCR_EL3_VALUE: u64 = (1 << 0) | (1 << 8) | (1 << 10);
 /// HCR_EL2 = RW: EL1 is AArch64.
 pub(super) const HCR_EL2_VALUE: u64 = 1 << 31;
 
+/// System register `reg` of the engine's CPU.
+pub(super) fn read_sysreg<D>(
+    uc: &Unicorn<'_, D>,
+    reg: SysRegId,
+) -> Result<u64, unicorn_engine::uc_error> {
+    let mut c = cp(reg);
+    uc.reg_read_arm64_coproc(&mut c).map(|()| c.val)
+}
+
 pub(super) fn cp(reg: SysRegId) -> RegisterARM64CP {
     RegisterARM64CP::new()
         .op0(u32::from(reg.op0))

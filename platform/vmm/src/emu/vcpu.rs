@@ -19,7 +19,7 @@ use super::icount::Icount;
 use super::insn_watch::InsnWatchHooks;
 use super::regs::{
     EngineCode, HCR_EL2, HCR_EL2_VALUE, ID_AA64DFR0_EL1, MDCR_EL2, MDCR_EL2_NO_PMU, MPIDR_RES1,
-    SCR_EL3, SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err,
+    SCR_EL3, SCR_EL3_VALUE, SPSR_EL1, VMPIDR_EL2, XREGS, cp, engine_err, read_sysreg,
 };
 use super::shootdown::Shootdowns;
 use super::state::{HookState, read_insn};
@@ -145,13 +145,12 @@ impl EmuVcpu {
         // As many breakpoints and watchpoints as the ID register the guest
         // reads says (BRPs + 1, WRPs + 1; the highest CTX_CMPs + 1
         // breakpoints match contexts).
-        let mut dfr0 = cp(ID_AA64DFR0_EL1);
-        uc.reg_read_arm64_coproc(&mut dfr0)
-            .map_err(|e| engine_err("read ID_AA64DFR0_EL1", e))?;
+        let dfr0 =
+            read_sysreg(&uc, ID_AA64DFR0_EL1).map_err(|e| engine_err("read ID_AA64DFR0_EL1", e))?;
         uc.get_data_mut().debug = DebugRegs::new(
-            ((dfr0.val >> 12) & 0xf) as usize + 1,
-            ((dfr0.val >> 20) & 0xf) as usize + 1,
-            ((dfr0.val >> 28) & 0xf) as usize + 1,
+            ((dfr0 >> 12) & 0xf) as usize + 1,
+            ((dfr0 >> 20) & 0xf) as usize + 1,
+            ((dfr0 >> 28) & 0xf) as usize + 1,
         );
         Ok(EmuVcpu {
             index,
@@ -347,13 +346,7 @@ impl Vcpu for EmuVcpu {
                 .uc
                 .reg_read(id)
                 .map_err(|e| engine_err(format!("read {reg:?}"), e)),
-            None => {
-                let mut c = cp(SPSR_EL1);
-                self.uc
-                    .reg_read_arm64_coproc(&mut c)
-                    .map_err(|e| engine_err("read SPSR_EL1", e))?;
-                Ok(c.val)
-            }
+            None => read_sysreg(&self.uc, SPSR_EL1).map_err(|e| engine_err("read SPSR_EL1", e)),
         }
     }
 
