@@ -35,6 +35,7 @@ use super::error::KvmError;
 use super::kick::{self, KickState, Kicker};
 use super::memory::GuestRam;
 use super::regs;
+use apflab_hypervisor::arch::access::AccessError;
 use apflab_hypervisor::arch::access::{AddrReg, RegisterSource};
 use apflab_hypervisor::arch::fault_site::{FaultKind, LocateError, locate};
 use apflab_hypervisor::arch::stage1::TranslationRegs;
@@ -490,10 +491,17 @@ impl KvmVcpu {
                     ps,
                 ))))
             }
-            Err(LocateError::AllResident { .. })
-                if self.unexplained_efaults < MAX_UNEXPLAINED_EFAULTS =>
-            {
-                // The page was made resident between the fault and now.
+            // The page was made resident between the fault and now: by
+            // another vCPU's fetch of it, say. An instruction that accesses
+            // no memory, on a page `locate` found resident, can only have
+            // faulted on its own fetch, which is that case too.
+            Err(
+                LocateError::AllResident { .. }
+                | LocateError::Access {
+                    source: AccessError::NotMemoryAccess { .. },
+                    ..
+                },
+            ) if self.unexplained_efaults < MAX_UNEXPLAINED_EFAULTS => {
                 self.unexplained_efaults += 1;
                 Ok(None)
             }
