@@ -359,10 +359,17 @@ impl Machine {
     /// Brings the interrupt lines of `vcpu` (its virtual timer) and the
     /// UART's up to date at `now_ns`.
     pub fn update_lines(&self, vcpu: u32, now_ns: u64) {
+        drop(self.interrupts_at(vcpu, now_ns));
+    }
+
+    /// The interrupts, with the lines of `vcpu` (its virtual timer) and the
+    /// UART's brought up to date at `now_ns`.
+    fn interrupts_at(&self, vcpu: u32, now_ns: u64) -> MutexGuard<'_, Interrupts> {
         let uart = lock(&self.uart).irq_level();
         let mut irq = self.lock_interrupts();
         irq.update_timer_lines(vcpu, now_ns);
         irq.gic.set_level(0, 32 + UART_SPI, uart);
+        irq
     }
 
     /// What a slice of `vcpu` starting at `now_ns` needs, under one look at
@@ -373,28 +380,19 @@ impl Machine {
     /// when its next timer fires ([`Machine::next_deadline`]). The emu loop
     /// calls it once per slice, tens of thousands of times a second.
     pub fn slice_start(&self, vcpu: u32, now_ns: u64) -> SliceStart {
-        let uart = lock(&self.uart).irq_level();
-        let mut irq = self.lock_interrupts();
+        let mut irq = self.interrupts_at(vcpu, now_ns);
         if let Some(hint) = irq.wake_hints.get_mut(vcpu as usize) {
             *hint = None;
         }
-        irq.update_timer_lines(vcpu, now_ns);
-        irq.gic.set_level(0, 32 + UART_SPI, uart);
         SliceStart {
             signalled_irq: irq.gic.signalled(vcpu),
-            timer_deadline: irq
-                .timers
-                .get(vcpu as usize)
-                .and_then(|t| t.deadline_ns(now_ns)),
+            timer_deadline: irq.timer_deadline(vcpu, now_ns),
         }
     }
 
     /// Next virtual time at which one of `vcpu`'s timers fires, if armed.
     pub fn next_deadline(&self, vcpu: u32, now_ns: u64) -> Option<u64> {
-        self.lock_interrupts()
-            .timers
-            .get(vcpu as usize)
-            .and_then(|t| t.deadline_ns(now_ns))
+        self.lock_interrupts().timer_deadline(vcpu, now_ns)
     }
 
     /// The INTID the GIC signals to `vcpu` now, if any.

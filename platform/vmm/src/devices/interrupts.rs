@@ -41,6 +41,13 @@ impl Interrupts {
         }
     }
 
+    /// Next virtual time at which one of `vcpu`'s timers fires, if armed.
+    pub fn timer_deadline(&self, vcpu: u32, now_ns: u64) -> Option<u64> {
+        self.timers
+            .get(vcpu as usize)
+            .and_then(|t| t.deadline_ns(now_ns))
+    }
+
     /// Records that an interrupt was sent to `vcpu` at `at_ns`.
     pub fn hint_wake(&mut self, vcpu: u32, at_ns: u64) {
         if let Some(h) = self.wake_hints.get_mut(vcpu as usize) {
