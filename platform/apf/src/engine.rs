@@ -874,6 +874,10 @@ impl FaultHook for Engine {
         Ok(self.far.init(pages)?)
     }
 
+    fn boot_point(&mut self, now_ns: u64, pages: &mut dyn Residency) -> Result<(), HookInitError> {
+        Ok(self.far.arm_at_boot_point(now_ns, pages)?)
+    }
+
     fn kernel_loaded(&mut self, read_only: &[Range<u64>]) {
         self.kernel_read_only = read_only.to_vec();
     }

@@ -10,7 +10,7 @@
 use apflab_abi::addr::{Gpa, Pfn};
 use apflab_abi::memory_map::PAGE_SIZE;
 use apflab_hypervisor::Residency;
-use apflab_pager::{Access, FaultPlan, PagerMetrics, VirtualPager};
+use apflab_pager::{Access, ArmedAt, FaultPlan, PagerMetrics, VirtualPager};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::ApfError;
@@ -42,19 +42,56 @@ impl FarMemory {
     }
 
     /// Fills the initially resident pages of the managed range from the
-    /// store and marks every other one absent (post-copy start).
+    /// store and marks every other one absent (post-copy start). With far
+    /// memory armed at the boot point, fills every managed page and
+    /// withholds none yet ([`FarMemory::arm_at_boot_point`] does that).
     pub fn init(&mut self, res: &mut dyn Residency) -> Result<(), ApfError> {
+        let at_boot_point = self.pager.armed_at() == ArmedAt::BootPoint;
         let range = self.pager.range();
         let resident = self.pager.initially_resident();
         let mut next = resident.iter().copied().peekable();
         for pfn in (0..range.pages).map(|i| range.pfn(i as usize)) {
-            if next.peek() == Some(&pfn) {
-                next.next();
+            let initially_resident = next.next_if_eq(&pfn).is_some();
+            if initially_resident || at_boot_point {
                 self.pager.read_initial(pfn, &mut self.page[..])?;
-                self.write_guest_page(res, Pfn(pfn))?;
+                // Guest RAM above the loaded kernel is zero at power-on, so
+                // a zero page that is not resident by the pager's choice
+                // (all of a zero store's, armed at the boot point) needs no
+                // write: the host's memory stays untouched. A resident one
+                // is written, which is what populates a kvm memslot.
+                if initially_resident || self.page.iter().any(|&b| b != 0) {
+                    self.write_guest_page(res, Pfn(pfn))?;
+                }
             } else {
                 res.set_resident(Pfn(pfn).gpa(), false)?;
             }
+        }
+        Ok(())
+    }
+
+    /// The guest reached its boot point at `now_ns`: with far memory armed
+    /// there, every managed page outside the initially resident set goes
+    /// to the store with the content the boot left in it, and is withheld
+    /// from the guest from now on. Nothing to do otherwise.
+    pub fn arm_at_boot_point(
+        &mut self,
+        now_ns: u64,
+        res: &mut dyn Residency,
+    ) -> Result<(), ApfError> {
+        if self.pager.armed_at() != ArmedAt::BootPoint {
+            return Ok(());
+        }
+        self.pager.reached_boot_point(now_ns);
+        let range = self.pager.range();
+        let resident = self.pager.initially_resident();
+        let mut next = resident.iter().copied().peekable();
+        for pfn in (0..range.pages).map(|i| range.pfn(i as usize)) {
+            if next.next_if_eq(&pfn).is_some() {
+                continue;
+            }
+            self.read_guest_page(res, Pfn(pfn))?;
+            self.pager.withhold_at_boot_point(pfn, &self.page[..])?;
+            res.set_resident(Pfn(pfn).gpa(), false)?;
         }
         Ok(())
     }

@@ -85,6 +85,51 @@ fn post_copy_init_marks_every_managed_page_absent() {
 }
 
 #[test]
+fn far_memory_armed_at_the_boot_point_keeps_what_the_boot_wrote() {
+    let mut c = config(Some(64), 0.0);
+    c.armed_at = apflab_pager::ArmedAt::BootPoint;
+    let mut v = OneVcpu::boot(pager(&c));
+    let range = v.far.pager().range();
+    let (written, untouched) = (range.first_pfn + 5, range.first_pfn + 6);
+    // The boot sees the store's pages, withheld nowhere.
+    assert!(v.machine.absent.is_empty());
+    assert_eq!(
+        v.machine.word(untouched, 3),
+        synthetic_word(SEED, untouched, 0, 3)
+    );
+    v.machine.set_word(written, 3, 0xB007);
+
+    v.far.arm_at_boot_point(7_000, &mut v.machine).unwrap();
+    assert_eq!(v.machine.absent.len() as u64, range.pages);
+    let arming = v.far.metrics().boot_point.expect("armed at the boot point");
+    assert_eq!(arming.at_ns, Some(7_000));
+    assert_eq!(arming.pages_withheld, range.pages);
+    assert_eq!(arming.pages_stored, 1, "only the page the boot changed");
+
+    // The workload faults both back in: the boot's write survives, the
+    // untouched page is the store's; and setting up is no pager traffic.
+    v.machine.set_word(written, 3, 0xEEEE);
+    v.touch(written, Access::Read).unwrap();
+    v.touch(untouched, Access::Read).unwrap();
+    assert_eq!(v.machine.word(written, 3), 0xB007);
+    assert_eq!(
+        v.machine.word(untouched, 3),
+        synthetic_word(SEED, untouched, 0, 3)
+    );
+    let m = v.far.metrics();
+    assert_eq!((m.fetches, m.write_backs), (2, 0));
+}
+
+#[test]
+fn far_memory_armed_at_power_on_ignores_the_boot_point() {
+    let mut v = OneVcpu::boot(pager(&config(None, 0.0)));
+    let absent = v.machine.absent.len();
+    v.far.arm_at_boot_point(7_000, &mut v.machine).unwrap();
+    assert_eq!(v.machine.absent.len(), absent);
+    assert_eq!(v.far.metrics().boot_point, None);
+}
+
+#[test]
 fn initially_resident_pages_hold_the_store_content() {
     let v = OneVcpu::boot(pager(&config(None, 0.25)));
     let resident = v.far.pager().initially_resident();

@@ -1495,7 +1495,9 @@ impl Config {
     /// the guest's kind and the pager's store and initial residency. Its
     /// latencies, queue, retries and injected errors act only on faults,
     /// which come after the boot, so they are left out: runs that differ
-    /// only there share a snapshot.
+    /// only there share a snapshot. Far memory armed at the boot point
+    /// withholds nothing before it, so then only the store (which fills
+    /// guest RAM at power-on) and `armed_at` are kept.
     pub fn boot_identity(&self) -> std::collections::BTreeMap<String, String> {
         const AFTER_BOOT: [&str; 6] = [
             "latency",
@@ -1505,11 +1507,20 @@ impl Config {
             "inject_errors",
             "server_poll_us",
         ];
+        const AT_BOOT_POINT: [&str; 2] = ["store", "armed_at"];
         let pager = match self.pager.as_ref().map(serde_json::to_value) {
             None => "none".to_owned(),
             Some(Ok(serde_json::Value::Object(mut fields))) => {
-                for key in AFTER_BOOT {
-                    fields.remove(key);
+                if self
+                    .pager
+                    .as_ref()
+                    .is_some_and(|p| p.armed_at == apflab_pager::ArmedAt::BootPoint)
+                {
+                    fields.retain(|key, _| AT_BOOT_POINT.contains(&key.as_str()));
+                } else {
+                    for key in AFTER_BOOT {
+                        fields.remove(key);
+                    }
                 }
                 serde_json::Value::Object(fields).to_string()
             }

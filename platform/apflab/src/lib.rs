@@ -4,6 +4,7 @@
 //!
 //! The `apflab` binary is a thin clap layer over these modules.
 
+pub mod boot_sharing;
 pub mod catalog;
 pub mod config;
 mod git;

@@ -915,6 +915,15 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
     bar.set_message(message(0, 0, &running));
     runner
         .run(&pending, jobs, &mut done, |event| match event {
+            Event::BootsShared { groups, points } => {
+                bar.suspend(|| {
+                    outln!(
+                        "{}: {points} points boot alike in {groups} groups: each group boots \
+                         once and its other points resume from a snapshot of that boot",
+                        experiment.name
+                    )
+                });
+            }
             Event::Started(point) => {
                 running.push(point.id.clone());
                 bar.set_message(message(finished, failed, &running));

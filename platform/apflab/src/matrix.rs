@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::boot_sharing::{BootSharing, BootUse};
 use crate::config::{Backend, Config, ConfigError, LoadedConfig, file_sha256};
 use crate::report::{ReportError, find_results, load_result};
 use crate::result::{RunResult, SCHEMA_VERSION};
@@ -1181,6 +1182,14 @@ impl Status {
 
 /// What [`Runner::run`] tells its observer.
 pub enum Event<'a> {
+    /// Before any run: `points` of the points to run boot alike in
+    /// `groups` groups, each of which boots once ([`crate::boot_sharing`]).
+    BootsShared {
+        /// Groups that share a boot.
+        groups: usize,
+        /// Points in them.
+        points: usize,
+    },
     /// A run started.
     Started(&'a Point),
     /// A run ended.
@@ -1208,7 +1217,19 @@ const TABLE_INTERVAL: Duration = Duration::from_secs(1);
 impl Runner<'_> {
     /// Runs one point: `apflab run` into its partial folder, whose files
     /// are renamed into the point's folder once the run has written them.
-    pub fn run_point(&self, point: &Point) -> Status {
+    /// `boot` says whether it boots, or saves or resumes a shared boot
+    /// ([`crate::boot_sharing`]). A run asked to save that ends without
+    /// results runs again from power-on, so that sharing never fails a
+    /// point that runs on its own.
+    pub fn run_point(&self, point: &Point, boot: &BootUse) -> Status {
+        let status = self.run_point_once(point, boot);
+        if matches!(boot, BootUse::Save(_)) && matches!(status, Status::Error(_)) {
+            return self.run_point_once(point, &BootUse::Boot);
+        }
+        status
+    }
+
+    fn run_point_once(&self, point: &Point, boot: &BootUse) -> Status {
         let partial = self.layout.partial(&point.id);
         let _ = std::fs::remove_dir_all(&partial);
         let base_dir = if self.experiment.base_dir.as_os_str().is_empty() {
@@ -1233,6 +1254,7 @@ impl Runner<'_> {
         if let Some(ms) = self.wall_timeout_ms {
             command.arg("--wall-timeout").arg(ms.to_string());
         }
+        command.args(boot.args());
         let output = match command.output() {
             Ok(o) => o,
             Err(e) => return Status::Error(format!("cannot start {}: {e}", self.exe.display())),
@@ -1286,7 +1308,8 @@ impl Runner<'_> {
     /// Runs the points `pending` (indices into the experiment's points),
     /// `jobs` at a time, adding each one's status to `done` as it ends and
     /// keeping the table up to date. A failed run is recorded and the
-    /// others go on.
+    /// others go on. Points that boot alike share one boot
+    /// ([`crate::boot_sharing`]).
     pub fn run(
         &self,
         pending: &[usize],
@@ -1294,6 +1317,15 @@ impl Runner<'_> {
         done: &mut BTreeMap<usize, Status>,
         mut observe: impl FnMut(Event<'_>),
     ) -> std::io::Result<()> {
+        let sharing = BootSharing::plan(self.experiment, pending, self.backend, &self.layout.root);
+        if sharing.groups() > 0 {
+            observe(Event::BootsShared {
+                groups: sharing.groups(),
+                points: sharing.points(),
+            });
+        }
+        let pending = &sharing.order(pending)[..];
+        let sharing = &sharing;
         let next = AtomicUsize::new(0);
         let (tx, rx) = mpsc::channel::<(usize, Option<Status>)>();
         let mut written = Instant::now();
@@ -1307,7 +1339,14 @@ impl Runner<'_> {
                         if tx.send((p, None)).is_err() {
                             return;
                         }
-                        let status = self.run_point(&self.experiment.point(p));
+                        let status = match sharing.boot_use(p) {
+                            Ok(boot) => self.run_point(&self.experiment.point(p), &boot),
+                            Err(e) => Status::Error(format!(
+                                "{}: cannot make the folder for shared boots: {e}",
+                                self.layout.root.display()
+                            )),
+                        };
+                        sharing.finished(p);
                         if tx.send((p, Some(status))).is_err() {
                             return;
                         }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use apflab_abi::policy::{Params, Policy};
 use apflab_apf::{ApfConfig, Engine};
-use apflab_pager::{ConfigError, FaultPath, PagerMetrics, Prepared, VirtualPager};
+use apflab_pager::{ArmedAt, ConfigError, FaultPath, PagerMetrics, Prepared, VirtualPager};
 use apflab_policy_host::{
     BuiltinFixed, BuiltinSync, ConfigureError, PolicyConfig, PolicyError, PolicyModule,
 };
@@ -148,6 +148,13 @@ pub enum SectionConflict {
          they never do: use fault_path = \"vmm\" for async PF"
     )]
     PolicyOnKernelPath,
+    /// `armed_at = "boot-point"` on kvm, which does not stop at the boot
+    /// point, so far memory would never start.
+    #[error(
+        "[pager] armed_at = \"boot-point\": only the emu backend stops at the guest's boot \
+         point to start far memory there (expected armed_at = \"power-on\" or --backend emu)"
+    )]
+    ArmedAtBootPointOnKvm,
 }
 
 /// What [`RunError::Write`] says of the files already written.
@@ -261,6 +268,12 @@ fn pager(config: &Config, path: &Path) -> Result<Option<Pager>, RunError> {
             conflict: SectionConflict::PollWithoutPageServers {
                 poll_us: pager.server_poll_us,
             },
+        });
+    }
+    if pager.armed_at == ArmedAt::BootPoint && config.backend.kind == Backend::Kvm {
+        return Err(RunError::Sections {
+            path: path.to_owned(),
+            conflict: SectionConflict::ArmedAtBootPointOnKvm,
         });
     }
     let prepared = Prepared::new_above(

@@ -165,6 +165,17 @@ fn cases() -> Vec<(String, Vec<&'static str>)> {
             pager("queue_depth = 1000000000"),
             vec!["pager.queue_depth", "at most 512"],
         ),
+        // Far memory armed at the boot point needs a backend that stops
+        // there: emu, whose faults exit to the VMM.
+        (
+            pager("armed_at = \"boot-point\"\nfault_path = \"kernel\""),
+            vec!["pager.armed_at", "fault_path = \"vmm\""],
+        ),
+        (
+            edit("kind = \"emu\"", "kind = \"kvm\"")
+                + "[pager]\nstore = { kind = \"zero\" }\narmed_at = \"boot-point\"\n",
+            vec!["armed_at = \"boot-point\"", "only the emu backend"],
+        ),
         (
             pager("retries = 4000000000"),
             vec!["pager.retries = 4000000000", "at most 100"],

@@ -224,6 +224,17 @@ pub trait FaultHook {
         let _ = read_only;
     }
 
+    /// The guest announced the end of its boot at `now_ns`
+    /// ([`apflab_abi::boot_point::FN_BOOT_DONE`]), after any snapshot of
+    /// the boot was saved, or as a run resumed from one starts: e.g. to
+    /// start far memory there. Called once, by the emu backend (the kvm
+    /// backend does not stop at the boot point, so a config that needs
+    /// this is refused there).
+    fn boot_point(&mut self, now_ns: u64, pages: &mut dyn Residency) -> Result<(), HookInitError> {
+        let _ = (now_ns, pages);
+        Ok(())
+    }
+
     /// vCPU `vcpu` touched the not-resident page of `fault.gpa` at `now_ns`;
     /// the instruction has not executed.
     fn on_not_resident(

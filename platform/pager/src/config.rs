@@ -22,6 +22,7 @@
 //! fault_path = "vmm"                        # or "kernel" (kvm only)
 //! server_poll_us = 0                        # kernel fault path: busy-poll before blocking
 //! inject_errors = { transient_every = 100, permanent = [0x4300_0000], spike_every = 50, spike_us = 2000, corrupt_every = 0 }
+//! armed_at = "power-on"                     # or "boot-point" (emu): far memory starts after the boot
 //! ```
 
 use std::fmt;
@@ -109,6 +110,10 @@ pub struct PagerConfig {
     /// Absent: the store never fails unless it really does.
     #[serde(default)]
     pub inject_errors: Option<InjectErrors>,
+    /// When far memory starts (default `power-on`). Left out of the
+    /// echoed config at its default.
+    #[serde(default, skip_serializing_if = "ArmedAt::is_power_on")]
+    pub armed_at: ArmedAt,
 }
 
 /// Store read failures injected into a run.
@@ -153,6 +158,33 @@ pub enum FaultPath {
     /// pager's page-server threads install the page; the VMM sees no exit.
     /// This is stock KVM post-copy and swap. kvm backend only.
     Kernel,
+}
+
+/// When far memory starts withholding pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArmedAt {
+    /// From power-on: the boot already faults on withheld pages (a
+    /// post-copy start of a guest that has not booted yet).
+    #[default]
+    PowerOn,
+    /// From the guest's boot point (its `BOOT_DONE` call): the boot runs
+    /// with every page resident, then every managed page outside the
+    /// initially resident set moves to the store with the content the
+    /// boot left in it, and the workload starts on far memory. This is a
+    /// booted VM put under a memory limit, or restored from a snapshot
+    /// with its memory served post-copy; and since the boot no longer
+    /// depends on latencies or the pager's seed, runs that differ only
+    /// there share one saved boot (`apflab matrix`). emu backend, fault
+    /// path `vmm`.
+    BootPoint,
+}
+
+impl ArmedAt {
+    /// Whether this is the default, [`ArmedAt::PowerOn`].
+    pub fn is_power_on(&self) -> bool {
+        *self == ArmedAt::PowerOn
+    }
 }
 
 fn default_queue_depth() -> u32 {
@@ -482,6 +514,7 @@ impl PagerConfig {
             fault_path: FaultPath::default(),
             server_poll_us: 0,
             inject_errors: None,
+            armed_at: ArmedAt::default(),
         }
     }
 
@@ -572,6 +605,14 @@ impl PagerConfig {
                 self.server_poll_us,
                 "only the kernel fault path (fault_path = \"kernel\") has page-server threads \
                  to poll",
+            ));
+        }
+        if self.armed_at == ArmedAt::BootPoint && self.fault_path == FaultPath::Kernel {
+            return Err(ConfigError::invalid(
+                "armed_at",
+                "\"boot-point\"",
+                "only the VMM fault path (fault_path = \"vmm\", emu) starts far memory at the \
+                 boot point; the kernel fault path withholds pages from power-on",
             ));
         }
         if self.server_poll_us > 1_000_000 {
@@ -694,6 +735,26 @@ mod tests {
         assert_eq!(c.dirty_tracking, DirtyTracking::Hinted);
         assert_eq!(c.synthetic_seed(), Some(7));
         assert_eq!(c.validate(256 << 20).unwrap().pages, (224 << 20) / 4096);
+    }
+
+    #[test]
+    fn far_memory_starts_at_power_on_unless_the_boot_point_is_asked_for() {
+        let c = parse(r#"store = { kind = "zero" }"#).unwrap();
+        assert_eq!(c.armed_at, ArmedAt::PowerOn);
+        // The default is not echoed, so configs that do not name it keep
+        // their recorded form.
+        assert!(!serde_json::to_string(&c).unwrap().contains("armed_at"));
+        let c = parse("store = { kind = \"zero\" }\narmed_at = \"boot-point\"").unwrap();
+        assert_eq!(c.armed_at, ArmedAt::BootPoint);
+        c.validate(256 << 20).unwrap();
+        let e = parse("store = { kind = \"zero\" }\narmed_at = \"boot\"").unwrap_err();
+        assert!(e.to_string().contains("boot-point"), "{e}");
+        let kernel = PagerConfig {
+            fault_path: FaultPath::Kernel,
+            ..c
+        };
+        let e = kernel.validate(256 << 20).unwrap_err().to_string();
+        assert!(e.contains("armed_at") && e.contains("fault_path"), "{e}");
     }
 
     #[test]

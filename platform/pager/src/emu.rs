@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use apflab_abi::memory_map::PAGE_SIZE;
 
-use crate::config::ManagedRange;
+use crate::config::{ArmedAt, ManagedRange};
 use crate::engine::{Access, Begin, Eviction, FaultEngine, PagerError, Prepared};
-use crate::metrics::PagerMetrics;
+use crate::metrics::{BootPointArming, PagerMetrics};
 use crate::residency::PageState;
 use crate::store::{Page, Store};
 
@@ -57,16 +57,22 @@ pub struct VirtualPager {
     staged: HashMap<u64, (Box<Page>, Access)>,
     /// Page buffers for reuse, so a fault does not allocate.
     spare: Vec<Box<Page>>,
+    armed_at: ArmedAt,
+    /// With [`ArmedAt::BootPoint`]: what happened there.
+    boot_point: Option<BootPointArming>,
 }
 
 impl VirtualPager {
     /// Builds the pager; the initially resident set is chosen here.
     pub fn new(prepared: Prepared) -> Self {
+        let armed_at = prepared.config.armed_at;
         VirtualPager {
             engine: FaultEngine::new(&prepared),
             store: prepared.store,
             staged: HashMap::new(),
             spare: Vec::new(),
+            armed_at,
+            boot_point: (armed_at == ArmedAt::BootPoint).then(BootPointArming::default),
         }
     }
 
@@ -80,6 +86,61 @@ impl VirtualPager {
     /// and marks every other managed page absent.
     pub fn initially_resident(&self) -> Vec<u64> {
         self.engine.resident_pfns()
+    }
+
+    /// When far memory starts withholding pages. With
+    /// [`ArmedAt::BootPoint`], the backend fills every managed page from
+    /// the store before the guest starts, withholds none, and at the boot
+    /// point hands each page outside [`VirtualPager::initially_resident`]
+    /// to [`VirtualPager::withhold_at_boot_point`] and marks it absent.
+    pub fn armed_at(&self) -> ArmedAt {
+        self.armed_at
+    }
+
+    /// Withholds managed page `pfn`, whose content is `data` at the boot
+    /// point ([`VirtualPager::reached_boot_point`]): the store keeps `data`
+    /// if it differs from the store's own page. This is the experiment's
+    /// set-up, so it is no write-back in the metrics. A store read that
+    /// fails counts as different content.
+    pub fn withhold_at_boot_point(&mut self, pfn: u64, data: &[u8]) -> Result<(), PagerError> {
+        let data: &Page = data.try_into().map_err(|_| PagerError::Protocol {
+            pfn,
+            what: "a page withheld at the boot point is not exactly one page",
+        })?;
+        let Some(arming) = &mut self.boot_point else {
+            return Err(PagerError::Protocol {
+                pfn,
+                what: "a page withheld at the boot point, and far memory starts at power-on",
+            });
+        };
+        if self.engine.is_resident(pfn) {
+            return Err(PagerError::Protocol {
+                pfn,
+                what: "an initially resident page withheld at the boot point",
+            });
+        }
+        arming.pages_withheld += 1;
+        let mut stored = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Box::new([0; PAGE_SIZE as usize]));
+        let same = self.store.read_page(pfn, &mut stored).is_ok() && stored[..] == data[..];
+        self.spare.push(stored);
+        if !same {
+            arming.pages_stored += 1;
+            self.store
+                .write_page(pfn, data)
+                .map_err(|source| PagerError::WriteBack { pfn, source })?;
+        }
+        Ok(())
+    }
+
+    /// Records that the boot point came at `now_ns` (also when it
+    /// withheld no page).
+    pub fn reached_boot_point(&mut self, now_ns: u64) {
+        if let Some(arming) = &mut self.boot_point {
+            arming.at_ns = Some(now_ns);
+        }
     }
 
     /// Content of an initially resident page, from the store.
@@ -232,7 +293,10 @@ impl VirtualPager {
 
     /// Metrics so far.
     pub fn metrics(&self) -> PagerMetrics {
-        self.engine.metrics()
+        PagerMetrics {
+            boot_point: self.boot_point.clone(),
+            ..self.engine.metrics()
+        }
     }
 }
 

@@ -103,10 +103,10 @@ pub mod store;
 pub mod uffd;
 
 pub use config::{
-    ByteSize, ByteSizeError, ConfigError, DirtyTracking, EvictionPolicy, FaultPath, InjectErrors,
-    LatencyConfig, ManagedRange, PagerConfig, StoreConfig,
+    ArmedAt, ByteSize, ByteSizeError, ConfigError, DirtyTracking, EvictionPolicy, FaultPath,
+    InjectErrors, LatencyConfig, ManagedRange, PagerConfig, StoreConfig,
 };
 pub use emu::{FaultPlan, VirtualPager};
 pub use engine::{Access, Begin, Eviction, FaultEngine, PagerError, Prepared};
-pub use metrics::{LatencySummary, PagerMetrics};
+pub use metrics::{BootPointArming, LatencySummary, PagerMetrics};
 pub use store::{Store, StoreError, StoreFault};

@@ -66,6 +66,23 @@ pub struct PagerMetrics {
     /// Per vCPU: nanoseconds it stalled waiting for pages (as accounted by
     /// the backend).
     pub stalled_ns: Vec<u64>,
+    /// With `armed_at = "boot-point"`: when far memory started. Left out
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_point: Option<BootPointArming>,
+}
+
+/// Far memory started at the guest's boot point (`armed_at = "boot-point"`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BootPointArming {
+    /// Virtual time of the boot point; `None` if the guest never reached
+    /// it, so far memory never started.
+    pub at_ns: Option<u64>,
+    /// Managed pages withheld then.
+    pub pages_withheld: u64,
+    /// Of those, pages whose content the boot had changed, moved into the
+    /// store (the others the store already held as they were).
+    pub pages_stored: u64,
 }
 
 /// Collects counters and the latency histogram during a run.

@@ -620,13 +620,28 @@ impl<'h> EmuRun<'h> {
     }
 
     /// The guest announced the end of its boot: saves the snapshot asked
-    /// for, if one was.
+    /// for, if one was, then tells the fault engine.
     fn boot_point(&mut self) -> Result<(), VmError> {
         self.booted = true;
         // Every run goes on from empty engine caches, as a resumed one does.
         for v in &mut self.vcpus {
             v.drop_caches()?;
         }
+        self.save_boot()?;
+        self.hook_boot_point()
+    }
+
+    /// The fault engine's [`FaultHook::boot_point`], at the latest vCPU's
+    /// time (the boot point's in a run that booted and in one resumed).
+    fn hook_boot_point(&mut self) -> Result<(), VmError> {
+        let now = self.latest_ns();
+        self.hook
+            .boot_point(now, &mut self.residency.with(&mut self.vcpus))
+            .map_err(VmError::HookInit)
+    }
+
+    /// Saves the snapshot asked for at the boot point, if one was.
+    fn save_boot(&mut self) -> Result<(), VmError> {
         let Some((
             SnapshotRequest {
                 plan: SnapshotPlan::Save(path),
@@ -778,6 +793,7 @@ impl<'h> EmuRun<'h> {
         }
         self.boot_calls = saved.boot_calls;
         self.booted = true;
+        self.hook_boot_point()?;
         info!(
             path = %path.display(),
             virtual_ns = self.latest_ns(),

@@ -259,6 +259,26 @@ pub(crate) fn identity(
     config: &VmConfig,
     extra: &BTreeMap<String, String>,
 ) -> Result<Identity, SnapshotError> {
+    let initrd = config.initrd.as_deref().map(file_hash).transpose()?;
+    Ok(boot_identity(
+        config,
+        file_hash(&config.kernel)?,
+        initrd,
+        extra,
+    ))
+}
+
+/// The identity of the boot `config` describes, its kernel and initrd
+/// identified by the caller (any digest of their bytes), with `extra` from
+/// the caller. Runs whose boots have equal identities (and whose fault
+/// engines answer the boot's calls alike) can share one snapshot; `apflab
+/// matrix` groups its points by it.
+pub fn boot_identity(
+    config: &VmConfig,
+    kernel: String,
+    initrd: Option<String>,
+    extra: &BTreeMap<String, String>,
+) -> Identity {
     let mut id = Identity::new();
     let mut put = |k: &str, v: String| {
         id.insert(k.to_owned(), v);
@@ -267,14 +287,8 @@ pub(crate) fn identity(
     put("build", build_hash().to_owned());
     put("format", FORMAT.to_string());
     put("backend", format!("{:?}", config.backend));
-    put("kernel", file_hash(&config.kernel)?);
-    put(
-        "initrd",
-        match &config.initrd {
-            Some(p) => file_hash(p)?,
-            None => "none".into(),
-        },
-    );
+    put("kernel", kernel);
+    put("initrd", initrd.unwrap_or_else(|| "none".into()));
     put("vcpus", config.vcpus.to_string());
     put("memory_mib", config.memory_mib.to_string());
     put("cost", format!("{:?}", config.cost));
@@ -288,7 +302,7 @@ pub(crate) fn identity(
     for (k, v) in extra {
         id.insert(k.clone(), v.clone());
     }
-    Ok(id)
+    id
 }
 
 /// The keys on which `theirs` (the snapshot's) and `ours` differ, each as
