@@ -252,6 +252,11 @@ struct MatrixArgs {
     /// Run the points again even if their results are there.
     #[arg(long)]
     force: bool,
+    /// Boot every point, even those whose boots are the same (by default
+    /// each group of those boots once and its other points resume from a
+    /// snapshot of that boot; see the README's "Boot once, run many").
+    #[arg(long)]
+    no_boot_sharing: bool,
     /// Only the points whose axis AXIS has VALUE (`rep=N`: repetition N).
     /// Repeatable: filters on one axis admit any of their values, filters
     /// on different axes must all hold.
@@ -770,6 +775,7 @@ fn matrix(args: &MatrixArgs) -> Result<(), Failure> {
         backend: args.backend,
         exe,
         wall_timeout_ms: slurm_options.wall_timeout_ms,
+        share_boots: !args.no_boot_sharing,
     };
 
     // What is already there: every point of the grid (a filtered run still

@@ -1209,6 +1209,9 @@ pub struct Runner<'a> {
     pub exe: PathBuf,
     /// `--wall-timeout`, passed to every run.
     pub wall_timeout_ms: Option<u64>,
+    /// Points that boot alike share one boot ([`crate::boot_sharing`]);
+    /// `--no-boot-sharing` turns it off.
+    pub share_boots: bool,
 }
 
 /// How often at most the table is rewritten while a matrix runs.
@@ -1309,7 +1312,7 @@ impl Runner<'_> {
     /// `jobs` at a time, adding each one's status to `done` as it ends and
     /// keeping the table up to date. A failed run is recorded and the
     /// others go on. Points that boot alike share one boot
-    /// ([`crate::boot_sharing`]).
+    /// ([`crate::boot_sharing`]) if [`Runner::share_boots`].
     pub fn run(
         &self,
         pending: &[usize],
@@ -1317,7 +1320,8 @@ impl Runner<'_> {
         done: &mut BTreeMap<usize, Status>,
         mut observe: impl FnMut(Event<'_>),
     ) -> std::io::Result<()> {
-        let sharing = BootSharing::plan(self.experiment, pending, self.backend, &self.layout.root);
+        let shared = if self.share_boots { pending } else { &[] };
+        let sharing = BootSharing::plan(self.experiment, shared, self.backend, &self.layout.root);
         if sharing.groups() > 0 {
             observe(Event::BootsShared {
                 groups: sharing.groups(),
