@@ -36,8 +36,12 @@ pub mod outcome;
 mod psci;
 mod run_loop;
 #[cfg(test)]
+mod scripted_hook;
+#[cfg(test)]
 mod scripted_vcpu;
 pub mod sdei;
+#[cfg(all(test, feature = "emu"))]
+mod seam_conformance;
 pub mod snapshot;
 mod vm;
 pub mod watchdog;

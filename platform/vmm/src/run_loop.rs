@@ -43,7 +43,12 @@ pub(crate) enum Next {
 
 /// How the run ends if `exit` ends it: a crash or a system event the
 /// backend saw by itself.
-pub(crate) fn terminal_exit(vcpu: u32, exit: &VmExit) -> Option<GuestExit> {
+pub(crate) fn terminal_exit(machine: &Machine, vcpu: u32, exit: &VmExit) -> Option<GuestExit> {
+    if let VmExit::SystemEvent { .. } = exit {
+        // KVM handles PSCI's SYSTEM_OFF and SYSTEM_RESET itself and exits
+        // with this; apflab's machine answers them as hypercalls.
+        machine.count_exit("system_event");
+    }
     match exit {
         VmExit::Crash { pc, addr, reason } => Some(GuestExit::Crash(GuestCrash::Vcpu {
             vcpu,
@@ -384,7 +389,8 @@ mod tests {
                 word: 0x1234_5678,
             },
         };
-        let Some(GuestExit::Crash(ended)) = terminal_exit(3, &crash) else {
+        let m = machine();
+        let Some(GuestExit::Crash(ended)) = terminal_exit(&m, 3, &crash) else {
             panic!("a crash ends the run as one");
         };
         assert!(matches!(
@@ -403,10 +409,11 @@ mod tests {
              software CPU cannot do from a device at pc 0x40000010, address 0x10"
         );
         assert_eq!(
-            terminal_exit(0, &VmExit::SystemEvent { reset: true }),
+            terminal_exit(&m, 0, &VmExit::SystemEvent { reset: true }),
             Some(GuestExit::Reset)
         );
-        assert_eq!(terminal_exit(0, &VmExit::Wfi), None);
+        assert_eq!(terminal_exit(&m, 0, &VmExit::Wfi), None);
+        assert_eq!(m.exits()["system_event"], 1);
         assert_eq!(
             terminal_effect(&Effect::Panic("oops".into())),
             Some(GuestExit::Panic("oops".into()))

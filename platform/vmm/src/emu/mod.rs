@@ -37,7 +37,7 @@
 //! (`fault`, `debug_regs`, `block_watch`, `icount`, ...) below `state`,
 //! which holds them; the hooks of one concept above it; `hooks`, which
 //! installs them, above those; `vcpu` on top.
-mod absent;
+pub(crate) mod absent;
 mod block_watch;
 mod debug;
 mod debug_regs;
@@ -49,13 +49,14 @@ mod icount;
 mod id_regs;
 mod insn_watch;
 mod regs;
-mod residency;
+pub(crate) mod residency;
 pub(crate) mod run;
 mod shootdown;
-mod snapshot;
+pub(crate) mod snapshot;
 mod state;
 mod tlb;
 pub mod vcpu;
+pub(crate) mod virtual_time_vcpu;
 
 pub use residency::EmuResidency;
 pub use vcpu::EmuVcpu;

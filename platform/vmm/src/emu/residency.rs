@@ -17,7 +17,7 @@ use apflab_abi::addr::Gpa;
 use vm_memory::GuestMemoryMmap;
 
 use super::absent::AbsentPages;
-use super::vcpu::EmuVcpu;
+use super::virtual_time_vcpu::VirtualTimeVcpu;
 use apflab_hypervisor::{HypervisorError, Residency};
 
 /// Residency of guest RAM pages across all engines of a VM.
@@ -49,18 +49,21 @@ impl EmuResidency {
     }
 
     /// A [`Residency`] handle that applies changes to `vcpus`' engines.
-    pub fn with<'a>(&'a mut self, vcpus: &'a mut [EmuVcpu]) -> ResidencyHandle<'a> {
+    pub(crate) fn with<'a, V: VirtualTimeVcpu>(
+        &'a mut self,
+        vcpus: &'a mut [V],
+    ) -> ResidencyHandle<'a, V> {
         ResidencyHandle { res: self, vcpus }
     }
 }
 
 /// [`Residency`] over the engines of an emu VM.
-pub struct ResidencyHandle<'a> {
+pub(crate) struct ResidencyHandle<'a, V> {
     res: &'a mut EmuResidency,
-    vcpus: &'a mut [EmuVcpu],
+    vcpus: &'a mut [V],
 }
 
-impl Residency for ResidencyHandle<'_> {
+impl<V: VirtualTimeVcpu> Residency for ResidencyHandle<'_, V> {
     fn set_resident(&mut self, gpa: Gpa, resident: bool) -> Result<(), HypervisorError> {
         let ipa = gpa.0;
         let i = self

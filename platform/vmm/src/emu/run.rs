@@ -22,6 +22,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::residency::EmuResidency;
 use super::snapshot::{InitRecorder, VcpuSnapshot};
 use super::vcpu::EmuVcpu;
+use super::virtual_time_vcpu::VirtualTimeVcpu;
 use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::loader::LoadedKernel;
@@ -32,7 +33,7 @@ use crate::snapshot::{self, Identity, Refusal, SnapshotError, SnapshotPlan, Snap
 use crate::watchdog::{GuestPosition, HangDiagnosis, VcpuDiagnosis, Watchdog};
 use apflab_hypervisor::arch::{Reg, ec, pstate};
 use apflab_hypervisor::{Action, EngineCall, FaultHook, HypercallAnswer, ResumeState};
-use apflab_hypervisor::{HypervisorError, SyncException, Vcpu, VmExit};
+use apflab_hypervisor::{HypervisorError, SyncException, VmExit};
 
 /// Scheduling state of one vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,13 +49,13 @@ enum RunState {
     },
 }
 
-/// What one emu run drives.
-pub(crate) struct EmuRun<'h> {
+/// What one emu run drives: [`EmuVcpu`]s, or in unit tests scripted ones.
+pub(crate) struct EmuRun<'h, V: VirtualTimeVcpu = EmuVcpu> {
     config: VmConfig,
     kernel: LoadedKernel,
     hook: &'h mut dyn FaultHook,
     machine: Arc<Machine>,
-    vcpus: Vec<EmuVcpu>,
+    vcpus: Vec<V>,
     residency: EmuResidency,
     states: Vec<RunState>,
     halted_ns: Vec<u64>,
@@ -109,7 +110,7 @@ struct EmuSnapshot {
     boot_calls: Vec<BootCall>,
 }
 
-impl<'h> EmuRun<'h> {
+impl<'h, V: VirtualTimeVcpu> EmuRun<'h, V> {
     /// A run of `vcpus` (vCPU 0 boots `kernel`, with the device tree
     /// `dtb`, in `memory`) on `machine`.
     #[allow(clippy::too_many_arguments)]
@@ -117,7 +118,7 @@ impl<'h> EmuRun<'h> {
         config: VmConfig,
         kernel: LoadedKernel,
         machine: Arc<Machine>,
-        vcpus: Vec<EmuVcpu>,
+        vcpus: Vec<V>,
         residency: EmuResidency,
         hook: &'h mut dyn FaultHook,
         memory: GuestMemoryMmap,
@@ -206,7 +207,7 @@ impl<'h> EmuRun<'h> {
             .into());
         }
         let totals = Totals {
-            instructions: self.vcpus.iter().map(EmuVcpu::instructions).sum(),
+            instructions: self.vcpus.iter().map(V::instructions).sum(),
             time_ns: self.latest_ns(),
             halted_ns: self.halted_ns.clone(),
             halts: (std::mem::take(&mut self.halts), self.halts_dropped),
@@ -360,7 +361,7 @@ impl<'h> EmuRun<'h> {
 
     /// The latest vCPU clock: the run's virtual time so far.
     fn latest_ns(&self) -> u64 {
-        self.vcpus.iter().map(EmuVcpu::now_ns).max().unwrap_or(0)
+        self.vcpus.iter().map(V::now_ns).max().unwrap_or(0)
     }
 
     /// The guest's signs of life so far (see [`crate::watchdog`]).
@@ -487,7 +488,7 @@ impl<'h> EmuRun<'h> {
             v.set_budget(budget);
             let exit = v.run()?;
             let now = v.now_ns();
-            if let Some(end) = run_loop::terminal_exit(idx, &exit) {
+            if let Some(end) = run_loop::terminal_exit(&self.machine, idx, &exit) {
                 return Ok(end);
             }
             let next = match exit {
@@ -815,8 +816,8 @@ impl<'h> EmuRun<'h> {
 
 /// [`run_loop::apply`], charging an exception injection (or an SDEI
 /// dispatch) its cost.
-fn apply(
-    vcpu: &mut EmuVcpu,
+fn apply<V: VirtualTimeVcpu>(
+    vcpu: &mut V,
     machine: &Machine,
     action: Action,
     inject_ns: u64,

@@ -178,15 +178,6 @@ impl EmuVcpu {
         st.extra_ns = st.extra_ns.saturating_add(ns);
     }
 
-    /// Moves this vCPU's clock forward to `t` (no-op if already there);
-    /// returns how far it moved.
-    pub fn advance_to(&mut self, t: u64) -> u64 {
-        let now = self.now_ns();
-        let d = t.saturating_sub(now);
-        self.charge_ns(d);
-        d
-    }
-
     /// Instructions the next [`Vcpu::run`] may execute before returning
     /// [`VmExit::SliceEnd`] (rounded up to a whole block).
     pub fn set_budget(&mut self, instructions: u64) {

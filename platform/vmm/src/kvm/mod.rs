@@ -27,7 +27,7 @@ pub(crate) mod run;
     test,
     all(target_arch = "aarch64", target_os = "linux", feature = "kvm")
 ))]
-mod threads;
+pub(crate) mod threads;
 
 #[cfg(all(target_arch = "aarch64", target_os = "linux", feature = "kvm"))]
 pub use backend::{HypercallConduit, KvmHypervisor, KvmIrqLine, KvmVcpu, KvmVcpuKicker};

@@ -498,10 +498,7 @@ fn vcpu_thread<V: Vcpu>(
             }
             let exit = vcpu.run()?;
             let now = now_ns(started);
-            if let VmExit::SystemEvent { .. } = exit {
-                machine.count_exit("system_event");
-            }
-            if let Some(end) = run_loop::terminal_exit(idx, &exit) {
+            if let Some(end) = run_loop::terminal_exit(machine, idx, &exit) {
                 return Ok(Some(end));
             }
             let flow = match exit {
@@ -588,17 +585,16 @@ fn vcpu_thread<V: Vcpu>(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
-
+pub(crate) mod tests {
     use apflab_abi::addr::Gpa;
     use apflab_abi::hypercall as hc;
     use apflab_abi::memory_map::RAM_BASE;
-    use apflab_hypervisor::{Conduit, HookFailure, HookInitError, HypercallAnswer, SyncException};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use apflab_hypervisor::{Conduit, HookFailure, SyncException};
+    use vm_memory::GuestMemoryMmap;
 
     use super::*;
-    use crate::config::{BackendKind, CostModel};
+    use crate::config::BackendKind;
+    use crate::scripted_hook::{Asked, ScriptedHook, config, fault, memory};
     use crate::scripted_vcpu::ScriptedVcpu;
 
     /// A kick has nothing to do: a scripted vCPU never blocks in guest code.
@@ -625,93 +621,15 @@ mod tests {
         }
     }
 
-    /// What the loop asked the hook.
-    #[derive(Debug, PartialEq, Eq)]
-    enum Asked {
-        NotResident { vcpu: u32, gpa: Gpa },
-        WaitEnd { vcpu: u32 },
-        Hypercall { vcpu: u32, call: EngineCall },
-    }
-
-    /// Answers with its actions in order (then [`Action::Retry`]), and an
-    /// engine call with `regs`.
-    #[derive(Default)]
-    struct ScriptedHook {
-        asked: Vec<Asked>,
-        actions: VecDeque<Action>,
-        regs: [u64; 4],
-    }
-
-    impl ScriptedHook {
-        fn next(&mut self) -> Action {
-            self.actions.pop_front().unwrap_or(Action::Retry)
-        }
-    }
-
-    impl FaultHook for ScriptedHook {
-        fn init(&mut self, _pages: &mut dyn Residency) -> Result<(), HookInitError> {
-            Ok(())
-        }
-        fn on_not_resident(
-            &mut self,
-            vcpu: u32,
-            fault: &NotResidentFault,
-            _now_ns: u64,
-            _pages: &mut dyn Residency,
-        ) -> Action {
-            self.asked.push(Asked::NotResident {
-                vcpu,
-                gpa: fault.gpa,
-            });
-            self.next()
-        }
-        fn on_wait_end(&mut self, vcpu: u32, _now_ns: u64, _pages: &mut dyn Residency) -> Action {
-            self.asked.push(Asked::WaitEnd { vcpu });
-            self.next()
-        }
-        fn on_hypercall(
-            &mut self,
-            vcpu: u32,
-            call: EngineCall,
-            _now_ns: u64,
-            _pages: &mut dyn Residency,
-        ) -> HypercallAnswer {
-            self.asked.push(Asked::Hypercall { vcpu, call });
-            HypercallAnswer {
-                regs: self.regs,
-                action: self.next(),
-            }
-        }
-    }
-
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), 1 << 20)]).unwrap()
-    }
-
-    fn config() -> VmConfig {
-        VmConfig {
-            backend: BackendKind::Kvm,
-            vcpus: 1,
-            memory_mib: 64,
-            kernel: Default::default(),
-            initrd: None,
-            bootargs: String::new(),
-            cost: CostModel::default(),
-            faults_in_kernel: false,
-            slice_instructions: 20_000,
-            max_virtual_ns: 60_000_000_000,
-            watchdog_ns: 60_000_000_000,
-            // A loop that never ends fails the test instead of hanging it.
-            wall_timeout: Some(Duration::from_secs(60)),
-            echo_console: false,
-        }
-    }
-
     /// Drives one scripted vCPU with `hook` to the end of the run.
-    fn drive_one(vcpu: ScriptedVcpu, hook: &mut ScriptedHook, machine: &Machine) -> GuestExit {
+    pub(crate) fn drive_one(
+        vcpu: ScriptedVcpu,
+        hook: &mut ScriptedHook,
+        machine: &Machine,
+    ) -> GuestExit {
         let mut pages = AllResident(memory());
         drive(
-            &config(),
+            &config(BackendKind::Kvm),
             &mut pages,
             hook,
             machine,
@@ -721,18 +639,6 @@ mod tests {
             Instant::now(),
         )
         .unwrap()
-    }
-
-    fn fault(gpa: u64) -> NotResidentFault {
-        NotResidentFault {
-            gpa: Gpa(gpa),
-            write: true,
-            fetch: false,
-            pc: 0x4008_0000,
-            va: 0xffff_0000_0000_1000,
-            el: 0,
-            irqs_masked: false,
-        }
     }
 
     #[test]
