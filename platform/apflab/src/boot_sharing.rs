@@ -32,7 +32,6 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use apflab_pager::ArmedAt;
 
 use crate::config::{Backend, Config};
-use crate::matrix::Experiment;
 
 /// What a point does about its boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,27 +114,14 @@ fn boot_key(config: &Config) -> String {
 }
 
 impl BootSharing {
-    /// Groups the points `pending` of `experiment` (run on `backend`, if
-    /// `--backend` overrides the configs) whose boots are the same; only
-    /// groups of two or more share. A point whose config does not load
-    /// shares nothing (its run reports the error). Snapshots go below
-    /// `root`, the matrix folder.
-    pub fn plan(
-        experiment: &Experiment,
-        pending: &[usize],
-        backend: Option<Backend>,
-        root: &Path,
-    ) -> Self {
+    /// Groups the points whose boots are the same, from each point's index
+    /// and config as its run will use it (`--backend` applied); only groups
+    /// of two or more share. Snapshots go below `root`, the matrix folder.
+    pub fn plan(points: impl IntoIterator<Item = (usize, Config)>, root: &Path) -> Self {
         let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for &p in pending {
-            let Ok(mut loaded) = experiment.config(p) else {
-                continue;
-            };
-            if let Some(b) = backend {
-                loaded.config.backend.kind = b;
-            }
-            if shareable(&loaded.config) {
-                by_key.entry(boot_key(&loaded.config)).or_default().push(p);
+        for (p, config) in points {
+            if shareable(&config) {
+                by_key.entry(boot_key(&config)).or_default().push(p);
             }
         }
         let mut group_of = HashMap::new();
@@ -214,5 +200,127 @@ impl Drop for BootSharing {
     fn drop(&mut self) {
         // The snapshots are this run's scratch.
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A file that passes for an arm64 Linux Image (its header only).
+    fn linux_image(dir: &Path) -> PathBuf {
+        let mut image = vec![0u8; 64];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        let path = dir.join("Image");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&image)
+            .unwrap();
+        path
+    }
+
+    /// A Linux config with `extra` sections (or apflab's own guest with
+    /// `linux` false).
+    fn config(dir: &Path, linux: bool, extra: &str) -> Config {
+        let kernel = if linux {
+            format!("kernel = {:?}\n", linux_image(dir).display().to_string())
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "seed = 1\n[guest]\nvcpus = 1\nmemory_mib = 256\n{kernel}[workload]\nkind = \"cpu\"\n\
+             ops = 1000\n[backend]\nkind = \"emu\"\n{extra}"
+        );
+        Config::from_text("test.toml", &text, dir).unwrap()
+    }
+
+    const ARMED_AT_BOOT: &str = "[pager]\nstore = { kind = \"zero\" }\narmed_at = \"boot-point\"\n\
+         latency = { model = \"constant\", us = LATENCY }\n";
+
+    fn armed_at_boot(latency_us: f64) -> String {
+        ARMED_AT_BOOT.replace("LATENCY", &format!("{latency_us:?}"))
+    }
+
+    #[test]
+    fn linux_points_that_boot_alike_share_and_the_others_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let points = [
+            // 0, 2 and 4 boot alike: far memory starts after the boot, so
+            // the latency does not matter.
+            (0, config(d, true, &armed_at_boot(10.0))),
+            (2, config(d, true, &armed_at_boot(100.0))),
+            (4, config(d, true, &armed_at_boot(1000.0))),
+            // Far memory from power-on: the boot faults.
+            (1, config(d, true, "[pager]\nstore = { kind = \"zero\" }\n")),
+            (3, config(d, true, "[pager]\nstore = { kind = \"zero\" }\n")),
+            // apflab's own guest boots faster than a snapshot is read.
+            (5, config(d, false, "")),
+            (6, config(d, false, "")),
+            // Another policy answers the boot's feature discovery.
+            (
+                7,
+                config(
+                    d,
+                    true,
+                    &(armed_at_boot(10.0) + "[policy]\nmodule = \"paolo\"\n"),
+                ),
+            ),
+            (
+                8,
+                config(
+                    d,
+                    true,
+                    &(armed_at_boot(20.0) + "[policy]\nmodule = \"paolo\"\n"),
+                ),
+            ),
+        ];
+        let sharing = BootSharing::plan(points, d);
+        assert_eq!((sharing.groups(), sharing.points()), (2, 5));
+        // Each group's first point (in the order the plan was given) runs
+        // before the points that wait for it.
+        assert_eq!(sharing.order(&[1, 2, 3, 0, 4, 8, 7]), [0, 7, 1, 2, 3, 4, 8]);
+        for p in [1, 3, 5, 6] {
+            assert_eq!(sharing.boot_use(p).unwrap(), BootUse::Boot, "point {p}");
+        }
+        let BootUse::Save(file) = sharing.boot_use(0).unwrap() else {
+            panic!("the group's first point saves its boot");
+        };
+        // Its run saves the snapshot and ends: the others resume from it.
+        std::fs::write(&file, b"snapshot").unwrap();
+        sharing.finished(0);
+        assert_eq!(sharing.boot_use(2).unwrap(), BootUse::Resume(file.clone()));
+        assert_eq!(sharing.boot_use(4).unwrap(), BootUse::Resume(file));
+        // The other group's first point ends without a snapshot (it never
+        // reached its boot point): its other point boots.
+        assert!(matches!(sharing.boot_use(7).unwrap(), BootUse::Save(_)));
+        sharing.finished(7);
+        assert_eq!(sharing.boot_use(8).unwrap(), BootUse::Boot);
+        let folder = sharing.dir.clone();
+        drop(sharing);
+        assert!(!folder.exists(), "the snapshots are scratch");
+    }
+
+    #[test]
+    fn a_point_waits_for_its_group_to_save_its_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let points = [0, 1].map(|p| (p, config(d, true, "")));
+        let sharing = Arc::new(BootSharing::plan(points, d));
+        let BootUse::Save(file) = sharing.boot_use(0).unwrap() else {
+            panic!("the first point saves");
+        };
+        let waiting = {
+            let sharing = Arc::clone(&sharing);
+            std::thread::spawn(move || sharing.boot_use(1).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "it waits for the first point");
+        std::fs::write(&file, b"snapshot").unwrap();
+        sharing.finished(0);
+        assert_eq!(waiting.join().unwrap(), BootUse::Resume(file));
     }
 }

@@ -1320,8 +1320,19 @@ impl Runner<'_> {
         done: &mut BTreeMap<usize, Status>,
         mut observe: impl FnMut(Event<'_>),
     ) -> std::io::Result<()> {
-        let shared = if self.share_boots { pending } else { &[] };
-        let sharing = BootSharing::plan(self.experiment, shared, self.backend, &self.layout.root);
+        // A point whose config does not load shares nothing (its run
+        // reports the error).
+        let configs = pending
+            .iter()
+            .filter(|_| self.share_boots)
+            .filter_map(|&p| {
+                let mut config = self.experiment.config(p).ok()?.config;
+                if let Some(b) = self.backend {
+                    config.backend.kind = b;
+                }
+                Some((p, config))
+            });
+        let sharing = BootSharing::plan(configs, &self.layout.root);
         if sharing.groups() > 0 {
             observe(Event::BootsShared {
                 groups: sharing.groups(),
