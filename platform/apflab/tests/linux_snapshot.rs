@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use serde_json::Value;
+
 mod common;
 use common::{debian_kernel, outside_wall, run_named as run};
 
@@ -16,27 +18,32 @@ fn config(kernel: &Path, vcpus: u32, workload: &str) -> String {
     )
 }
 
+/// Saves the boot of config `first`, then runs config `second` from
+/// power-on and resumed from that boot: the results and console of each.
+fn from_boot_and_resumed(vcpus: u32, first: &str, second: &str) -> [(Value, String); 2] {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("linux.snap");
+    let snap = snap.to_str().unwrap();
+    let (code, log, _, _) = run(dir.path(), "save", first, &["--save-snapshot", snap]);
+    assert_eq!(code, Some(0), "{vcpus} vCPUs: {log}");
+    [("from-boot", &[][..]), ("resumed", &["--resume", snap][..])].map(|(name, flags)| {
+        let (code, log, result, console) = run(dir.path(), name, second, flags);
+        assert_eq!(code, Some(0), "{vcpus} vCPUs, {name}: {log}");
+        (result.expect("results written"), console)
+    })
+}
+
 #[test]
 fn a_linux_run_resumed_from_its_boot_gives_the_results_of_one_from_power_on() {
     let Some(kernel) = debian_kernel() else {
         return;
     };
     for vcpus in [1, 4] {
-        let dir = tempfile::tempdir().unwrap();
-        let snap = dir.path().join("linux.snap");
-        let snap = snap.to_str().unwrap();
-        let first = config(&kernel, vcpus, "kind = \"cpu\"\nops = 50000");
-        let (code, log, _, _) = run(dir.path(), "save", &first, &["--save-snapshot", snap]);
-        assert_eq!(code, Some(0), "{vcpus} vCPUs: {log}");
-
-        let second = config(&kernel, vcpus, "kind = \"cpu\"\ntasks = 2\nops = 120000");
-        let (code, log, from_boot, boot_console) = run(dir.path(), "from-boot", &second, &[]);
-        assert_eq!(code, Some(0), "{vcpus} vCPUs: {log}");
-        let from_boot = from_boot.expect("results written");
-        let (code, log, resumed, resumed_console) =
-            run(dir.path(), "resumed", &second, &["--resume", snap]);
-        assert_eq!(code, Some(0), "{vcpus} vCPUs: {log}");
-        let resumed = resumed.expect("results written");
+        let [(from_boot, boot_console), (resumed, resumed_console)] = from_boot_and_resumed(
+            vcpus,
+            &config(&kernel, vcpus, "kind = \"cpu\"\nops = 50000"),
+            &config(&kernel, vcpus, "kind = \"cpu\"\ntasks = 2\nops = 120000"),
+        );
         assert_eq!(
             from_boot["guest"]["metrics"]["cpu"]["ops"], 240_000,
             "{from_boot:#}"
@@ -76,20 +83,11 @@ fn far_memory_armed_at_the_boot_point_lets_runs_of_other_latencies_share_the_boo
         return;
     };
     for vcpus in [1, 4] {
-        let dir = tempfile::tempdir().unwrap();
-        let snap = dir.path().join("linux.snap");
-        let snap = snap.to_str().unwrap();
-        let first = far_config(&kernel, vcpus, 10.0);
-        let (code, log, _, _) = run(dir.path(), "save", &first, &["--save-snapshot", snap]);
-        assert_eq!(code, Some(0), "{vcpus} vCPUs: {log}");
-
-        let second = far_config(&kernel, vcpus, 200.0);
-        let (code, log, from_boot, _) = run(dir.path(), "from-boot", &second, &[]);
-        assert_eq!(code, Some(0), "{vcpus} vCPUs: {log}");
-        let from_boot = from_boot.expect("results written");
-        let (code, log, resumed, _) = run(dir.path(), "resumed", &second, &["--resume", snap]);
-        assert_eq!(code, Some(0), "{vcpus} vCPUs: {log}");
-        let resumed = resumed.expect("results written");
+        let [(from_boot, _), (resumed, _)] = from_boot_and_resumed(
+            vcpus,
+            &far_config(&kernel, vcpus, 10.0),
+            &far_config(&kernel, vcpus, 200.0),
+        );
 
         // Far memory started at the boot point: everything Linux holds
         // above its image went to the store, what the boot wrote kept.
