@@ -826,6 +826,19 @@ impl RunResult {
                 n("bytes_moved") >> 20,
                 p99 as f64 / 1e3
             );
+            if let Some(arming) = p.get("boot_point") {
+                s += &match arming.get("at_ns").and_then(serde_json::Value::as_u64) {
+                    Some(at) => format!(
+                        "; far from the boot point at {:.3} ms ({} pages withheld, {} stored)",
+                        at as f64 / 1e6,
+                        arming["pages_withheld"],
+                        arming["pages_stored"]
+                    ),
+                    None => "; far memory never started: the guest never reached its boot \
+                             point (armed_at = \"boot-point\")"
+                        .to_owned(),
+                };
+            }
         }
         let kinds_of = |m: &BTreeMap<String, u64>| {
             if m.is_empty() {

@@ -155,3 +155,89 @@ fn a_snapshot_of_another_boot_is_refused_with_what_differs() {
     );
     assert_eq!(code, Some(2), "{log}");
 }
+
+#[test]
+fn far_memory_from_the_boot_point_serves_the_store_s_pages_and_resumes_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot_point = |latency_us| {
+        config(2, 150_000, 4, latency_us, "paolo")
+            .replace("seed = 3\n", "seed = 3\narmed_at = \"boot-point\"\n")
+    };
+    let (power_on, boot_point_run) = (
+        run(
+            dir.path(),
+            "power-on",
+            &config(2, 150_000, 4, 50.0, "paolo"),
+            &[],
+        ),
+        run(dir.path(), "boot-point", &boot_point(50.0), &[]),
+    );
+    let (code, log, power_on, _) = power_on;
+    assert_eq!(code, Some(0), "{log}");
+    let (code, log, at_boot, _) = boot_point_run;
+    assert_eq!(code, Some(0), "{log}");
+    let (power_on, at_boot) = (power_on.unwrap(), at_boot.unwrap());
+    // apflab's guest touches no managed page before its boot point, so
+    // both runs see the synthetic store's pages and fault on the same
+    // working set; far memory only starts later.
+    for r in [&power_on, &at_boot] {
+        assert_eq!(r["integrity"]["pages_verified"], 1024, "{r:#}");
+        assert_eq!(r["integrity"]["mismatches"], 0, "{r:#}");
+    }
+    assert_eq!(at_boot["pager"]["fetches"], power_on["pager"]["fetches"]);
+    let arming = &at_boot["pager"]["boot_point"];
+    assert_eq!(arming["pages_withheld"], at_boot["pager"]["managed_pages"]);
+    assert_eq!(
+        arming["pages_stored"], 0,
+        "the boot changed no managed page"
+    );
+    assert!(log.contains("far from the boot point at"), "{log}");
+    assert!(power_on["pager"].get("boot_point").is_none());
+
+    // Runs of another latency resume from its boot.
+    let snap = dir.path().join("boot.snap");
+    let snap = snap.to_str().unwrap();
+    let (code, log, _, _) = run(
+        dir.path(),
+        "save",
+        &boot_point(50.0),
+        &["--save-snapshot", snap],
+    );
+    assert_eq!(code, Some(0), "{log}");
+    let (code, log, from_boot, _) = run(dir.path(), "from-boot", &boot_point(20.0), &[]);
+    assert_eq!(code, Some(0), "{log}");
+    let (code, log, resumed, _) = run(
+        dir.path(),
+        "resumed",
+        &boot_point(20.0),
+        &["--resume", snap],
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        outside_wall(resumed.unwrap()),
+        outside_wall(from_boot.unwrap())
+    );
+}
+
+#[test]
+fn far_memory_from_a_boot_point_the_guest_never_reaches_says_it_never_started() {
+    let dir = tempfile::tempdir().unwrap();
+    // The sieve kernel computes and powers off without a boot point.
+    let config = format!(
+        "seed = 1\n[guest]\nvcpus = 1\nmemory_mib = 256\nkernel = {:?}\n[workload]\n\
+         kind = \"cpu\"\n[backend]\nkind = \"emu\"\nmax_virtual_ms = 1000000\n[pager]\n\
+         store = {{ kind = \"zero\" }}\narmed_at = \"boot-point\"\n",
+        apflab_artifacts::sieve_elf().display().to_string()
+    );
+    let (code, log, result, _) = run(dir.path(), "sieve", &config, &[]);
+    // It sends apflab no report either: a failed run, with its results.
+    assert_eq!(code, Some(1), "{log}");
+    let pager = &result.unwrap()["pager"];
+    assert_eq!(
+        pager["boot_point"]["at_ns"],
+        serde_json::Value::Null,
+        "{pager:#}"
+    );
+    assert_eq!(pager["boot_point"]["pages_withheld"], 0, "{pager:#}");
+    assert!(log.contains("far memory never started"), "{log}");
+}
