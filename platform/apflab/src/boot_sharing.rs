@@ -23,7 +23,8 @@
 //! others boot on their own.
 //!
 //! The snapshots live in a hidden folder of the matrix folder, one per
-//! `apflab matrix` process, removed when it ends.
+//! `apflab matrix` process, removed when it ends (or, if it was
+//! interrupted, by the next one that shares boots there).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -133,10 +134,13 @@ impl BootSharing {
             first.push(points[0]);
         }
         let groups = first.len();
+        if groups > 0 {
+            remove_stale(root);
+        }
         BootSharing {
             group_of,
             first,
-            dir: root.join(format!(".snapshots-{}", std::process::id())),
+            dir: scratch_dir(root, std::process::id()),
             saving: Mutex::new(vec![Saving::Pending; groups]),
             saved: Condvar::new(),
         }
@@ -192,6 +196,34 @@ impl BootSharing {
         {
             self.saving.lock().unwrap_or_else(PoisonError::into_inner)[group] = Saving::Finished;
             self.saved.notify_all();
+        }
+    }
+}
+
+/// Where the snapshots of the `apflab matrix` process `pid` go.
+fn scratch_dir(root: &Path, pid: u32) -> PathBuf {
+    root.join(format!("{SCRATCH_PREFIX}{pid}"))
+}
+
+const SCRATCH_PREFIX: &str = ".snapshots-";
+
+/// Removes the snapshot folders of `apflab matrix` processes that are gone
+/// (interrupted before they could clean up); those of live ones stay.
+fn remove_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -302,6 +334,25 @@ mod tests {
         let folder = sharing.dir.clone();
         drop(sharing);
         assert!(!folder.exists(), "the snapshots are scratch");
+    }
+
+    #[test]
+    fn the_snapshots_of_an_interrupted_matrix_are_removed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // No process has this id (Linux's pid_max is at most 2^22).
+        let gone = scratch_dir(d, u32::MAX);
+        // Process 1 always runs: its folder is another matrix's at work.
+        let live = scratch_dir(d, 1);
+        for folder in [&gone, &live] {
+            std::fs::create_dir_all(folder).unwrap();
+            std::fs::write(folder.join("boot-0.snap"), b"snapshot").unwrap();
+        }
+        let points = [0, 1].map(|p| (p, config(d, true, "")));
+        let sharing = BootSharing::plan(points, d);
+        assert!(!gone.exists());
+        assert!(live.join("boot-0.snap").exists());
+        assert_eq!(sharing.dir, scratch_dir(d, std::process::id()));
     }
 
     #[test]
