@@ -47,11 +47,7 @@ impl FarMemory {
     /// withholds none yet ([`FarMemory::arm_at_boot_point`] does that).
     pub fn init(&mut self, res: &mut dyn Residency) -> Result<(), ApfError> {
         let at_boot_point = self.pager.armed_at() == ArmedAt::BootPoint;
-        let range = self.pager.range();
-        let resident = self.pager.initially_resident();
-        let mut next = resident.iter().copied().peekable();
-        for pfn in (0..range.pages).map(|i| range.pfn(i as usize)) {
-            let initially_resident = next.next_if_eq(&pfn).is_some();
+        for (pfn, initially_resident) in managed_pages(&self.pager) {
             if initially_resident || at_boot_point {
                 self.pager.read_initial(pfn, &mut self.page[..])?;
                 // Guest RAM above the loaded kernel is zero at power-on, so
@@ -82,11 +78,8 @@ impl FarMemory {
             return Ok(());
         }
         self.pager.reached_boot_point(now_ns);
-        let range = self.pager.range();
-        let resident = self.pager.initially_resident();
-        let mut next = resident.iter().copied().peekable();
-        for pfn in (0..range.pages).map(|i| range.pfn(i as usize)) {
-            if next.next_if_eq(&pfn).is_some() {
+        for (pfn, initially_resident) in managed_pages(&self.pager) {
+            if initially_resident {
                 continue;
             }
             self.read_guest_page(res, Pfn(pfn))?;
@@ -183,4 +176,15 @@ impl FarMemory {
             .write_slice(&self.page[..], GuestAddress(gpa.0))
             .map_err(|source| ApfError::WritePage { gpa, source })
     }
+}
+
+/// Every managed page of `pager`, in address order, with whether it is in
+/// the pager's initially resident set.
+fn managed_pages(pager: &VirtualPager) -> impl Iterator<Item = (u64, bool)> + use<> {
+    let range = pager.range();
+    let mut resident = pager.initially_resident().into_iter().peekable();
+    (0..range.pages).map(move |i| {
+        let pfn = range.pfn(i as usize);
+        (pfn, resident.next_if_eq(&pfn).is_some())
+    })
 }

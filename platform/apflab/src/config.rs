@@ -1508,14 +1508,10 @@ impl Config {
             "server_poll_us",
         ];
         const AT_BOOT_POINT: [&str; 2] = ["store", "armed_at"];
-        let pager = match self.pager.as_ref().map(serde_json::to_value) {
+        let pager = match self.pager.as_ref().map(|p| (p, serde_json::to_value(p))) {
             None => "none".to_owned(),
-            Some(Ok(serde_json::Value::Object(mut fields))) => {
-                if self
-                    .pager
-                    .as_ref()
-                    .is_some_and(|p| p.armed_at == apflab_pager::ArmedAt::BootPoint)
-                {
+            Some((p, Ok(serde_json::Value::Object(mut fields)))) => {
+                if p.armed_at == apflab_pager::ArmedAt::BootPoint {
                     fields.retain(|key, _| AT_BOOT_POINT.contains(&key.as_str()));
                 } else {
                     for key in AFTER_BOOT {
@@ -1525,7 +1521,7 @@ impl Config {
                 serde_json::Value::Object(fields).to_string()
             }
             // Not an object: all of it, then.
-            Some(other) => format!("{other:?}"),
+            Some((_, other)) => format!("{other:?}"),
         };
         [
             ("guest.linux", self.guest.linux.to_string()),

@@ -5,10 +5,8 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
 mod common;
-use common::{debian_kernel, outside_wall, run_named as run};
+use common::{debian_kernel, from_boot_and_resumed, outside_wall, run_named as run};
 
 fn config(kernel: &Path, vcpus: u32, workload: &str) -> String {
     format!(
@@ -18,21 +16,6 @@ fn config(kernel: &Path, vcpus: u32, workload: &str) -> String {
     )
 }
 
-/// Saves the boot of config `first`, then runs config `second` from
-/// power-on and resumed from that boot: the results and console of each.
-fn from_boot_and_resumed(vcpus: u32, first: &str, second: &str) -> [(Value, String); 2] {
-    let dir = tempfile::tempdir().unwrap();
-    let snap = dir.path().join("linux.snap");
-    let snap = snap.to_str().unwrap();
-    let (code, log, _, _) = run(dir.path(), "save", first, &["--save-snapshot", snap]);
-    assert_eq!(code, Some(0), "{vcpus} vCPUs: {log}");
-    [("from-boot", &[][..]), ("resumed", &["--resume", snap][..])].map(|(name, flags)| {
-        let (code, log, result, console) = run(dir.path(), name, second, flags);
-        assert_eq!(code, Some(0), "{vcpus} vCPUs, {name}: {log}");
-        (result.expect("results written"), console)
-    })
-}
-
 #[test]
 fn a_linux_run_resumed_from_its_boot_gives_the_results_of_one_from_power_on() {
     let Some(kernel) = debian_kernel() else {
@@ -40,7 +23,7 @@ fn a_linux_run_resumed_from_its_boot_gives_the_results_of_one_from_power_on() {
     };
     for vcpus in [1, 4] {
         let [(from_boot, boot_console), (resumed, resumed_console)] = from_boot_and_resumed(
-            vcpus,
+            &format!("{vcpus} vCPUs"),
             &config(&kernel, vcpus, "kind = \"cpu\"\nops = 50000"),
             &config(&kernel, vcpus, "kind = \"cpu\"\ntasks = 2\nops = 120000"),
         );
@@ -84,7 +67,7 @@ fn far_memory_armed_at_the_boot_point_lets_runs_of_other_latencies_share_the_boo
     };
     for vcpus in [1, 4] {
         let [(from_boot, _), (resumed, _)] = from_boot_and_resumed(
-            vcpus,
+            &format!("{vcpus} vCPUs"),
             &far_config(&kernel, vcpus, 10.0),
             &far_config(&kernel, vcpus, 200.0),
         );

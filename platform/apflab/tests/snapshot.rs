@@ -4,7 +4,7 @@
 //! outside `wall`; a snapshot of another boot must be refused.
 
 mod common;
-use common::{outside_wall, run_named as run};
+use common::{from_boot_and_resumed, outside_wall, run_named as run};
 
 /// A far-memory config: a `mixed` workload on `vcpus` vCPUs over a pager
 /// that withholds every page at the start, with the policy `policy`.
@@ -163,20 +163,13 @@ fn far_memory_from_the_boot_point_serves_the_store_s_pages_and_resumes_alike() {
         config(2, 150_000, 4, latency_us, "paolo")
             .replace("seed = 3\n", "seed = 3\narmed_at = \"boot-point\"\n")
     };
-    let (power_on, boot_point_run) = (
-        run(
-            dir.path(),
-            "power-on",
-            &config(2, 150_000, 4, 50.0, "paolo"),
-            &[],
-        ),
-        run(dir.path(), "boot-point", &boot_point(50.0), &[]),
-    );
-    let (code, log, power_on, _) = power_on;
-    assert_eq!(code, Some(0), "{log}");
-    let (code, log, at_boot, _) = boot_point_run;
-    assert_eq!(code, Some(0), "{log}");
-    let (power_on, at_boot) = (power_on.unwrap(), at_boot.unwrap());
+    let ran = |name, config: &str| {
+        let (code, log, result, _) = run(dir.path(), name, config, &[]);
+        assert_eq!(code, Some(0), "{name}: {log}");
+        (result.expect("results written"), log)
+    };
+    let (power_on, _) = ran("power-on", &config(2, 150_000, 4, 50.0, "paolo"));
+    let (at_boot, log) = ran("boot-point", &boot_point(50.0));
     // apflab's guest touches no managed page before its boot point, so
     // both runs see the synthetic store's pages and fault on the same
     // working set; far memory only starts later.
@@ -195,28 +188,9 @@ fn far_memory_from_the_boot_point_serves_the_store_s_pages_and_resumes_alike() {
     assert!(power_on["pager"].get("boot_point").is_none());
 
     // Runs of another latency resume from its boot.
-    let snap = dir.path().join("boot.snap");
-    let snap = snap.to_str().unwrap();
-    let (code, log, _, _) = run(
-        dir.path(),
-        "save",
-        &boot_point(50.0),
-        &["--save-snapshot", snap],
-    );
-    assert_eq!(code, Some(0), "{log}");
-    let (code, log, from_boot, _) = run(dir.path(), "from-boot", &boot_point(20.0), &[]);
-    assert_eq!(code, Some(0), "{log}");
-    let (code, log, resumed, _) = run(
-        dir.path(),
-        "resumed",
-        &boot_point(20.0),
-        &["--resume", snap],
-    );
-    assert_eq!(code, Some(0), "{log}");
-    assert_eq!(
-        outside_wall(resumed.unwrap()),
-        outside_wall(from_boot.unwrap())
-    );
+    let [(from_boot, _), (resumed, _)] =
+        from_boot_and_resumed("boot point", &boot_point(50.0), &boot_point(20.0));
+    assert_eq!(outside_wall(resumed), outside_wall(from_boot));
 }
 
 #[test]

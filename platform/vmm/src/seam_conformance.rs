@@ -92,16 +92,10 @@ impl VirtualTimeVcpu for Clocked {
         Ok(())
     }
     fn save_snapshot(&mut self) -> Result<VcpuSnapshot, HypervisorError> {
-        Err(HypervisorError::NoSuchRegister {
-            backend: "emu",
-            op: "save a scripted vCPU".into(),
-        })
+        Err(no_snapshot("save"))
     }
     fn restore_snapshot(&mut self, _saved: &VcpuSnapshot) -> Result<(), HypervisorError> {
-        Err(HypervisorError::NoSuchRegister {
-            backend: "emu",
-            op: "restore a scripted vCPU".into(),
-        })
+        Err(no_snapshot("restore"))
     }
     fn shootdowns_made(&self) -> u64 {
         0
@@ -116,6 +110,15 @@ impl VirtualTimeVcpu for Clocked {
 /// charges a kick when something becomes pending for a running vCPU
 /// (`ready_kick`).
 const HOW_HELD_IS_DELIVERED: [&str; 2] = ["resume_check", "ready_kick"];
+
+/// A scripted vCPU has no engine state to save or restore.
+fn no_snapshot(op: &str) -> HypervisorError {
+    HypervisorError::Engine {
+        backend: "emu",
+        op: format!("{op} a scripted vCPU"),
+        source: "a scripted vCPU has no snapshot".into(),
+    }
+}
 
 /// What a loop did with a script.
 #[derive(Debug, PartialEq, Eq)]

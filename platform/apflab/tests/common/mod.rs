@@ -200,3 +200,19 @@ pub fn outside_wall(mut r: Value) -> String {
     r.as_object_mut().unwrap().remove("wall");
     serde_json::to_string_pretty(&r).unwrap()
 }
+
+/// Saves the boot of config `first` (in a folder of its own), then runs
+/// config `second` from power-on and resumed from that boot: the results
+/// and console of each. `what` names the case in a failure.
+pub fn from_boot_and_resumed(what: &str, first: &str, second: &str) -> [(Value, String); 2] {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("boot.snap");
+    let snap = snap.to_str().unwrap();
+    let (code, log, _, _) = run_named(dir.path(), "save", first, &["--save-snapshot", snap]);
+    assert_eq!(code, Some(0), "{what}: {log}");
+    [("from-boot", &[][..]), ("resumed", &["--resume", snap][..])].map(|(name, flags)| {
+        let (code, log, result, console) = run_named(dir.path(), name, second, flags);
+        assert_eq!(code, Some(0), "{what}, {name}: {log}");
+        (result.expect("results written"), console)
+    })
+}
